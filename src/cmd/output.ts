@@ -1,0 +1,36 @@
+/**
+ * Writing whole lines to stdout synchronously, so a line is never interleaved or lost at exit.
+ *
+ * @module
+ */
+
+const encoder = new TextEncoder();
+
+/** Writes `line` and a newline to stdout, retrying partial writes. */
+export function writeStdoutLine(line: string): void {
+  let bytes = encoder.encode(line + "\n");
+  while (bytes.length > 0) bytes = bytes.subarray(Deno.stdout.writeSync(bytes));
+}
+
+/** Context every subcommand's `run` receives. */
+export interface CommandContext {
+  /** Aborting asks the command to stop as on SIGTERM. Unset: only signals stop it. */
+  signal?: AbortSignal;
+  /** Writes one line of stdout; unset: {@linkcode writeStdoutLine}. */
+  stdout?: (line: string) => void;
+}
+
+/** Writes `line` and a newline to stderr (for usage errors, before logging is set up). */
+export function writeStderrLine(line: string): void {
+  let bytes = encoder.encode(line + "\n");
+  while (bytes.length > 0) bytes = bytes.subarray(Deno.stderr.writeSync(bytes));
+}
+
+/**
+ * Reports a usage error as one stderr line naming what was wrong and the command's synopsis,
+ * and returns exit status 2.
+ */
+export function reportUsageError(message: string, synopsis: string): number {
+  writeStderrLine(`foo-proxy: ${message} (usage: ${synopsis}; see --help)`);
+  return 2;
+}

@@ -1,0 +1,186 @@
+/**
+ * `foo-proxy proxy`: flags, logging, signals and the exit code around {@linkcode Proxy}.
+ *
+ * @module
+ */
+import { getLogger } from "@logtape/logtape";
+import { formatAddress, parseAddress } from "../cli/address.ts";
+import { parseDuration } from "../cli/duration.ts";
+import {
+  denoEnvReader,
+  type FlagSpec,
+  parseFlags,
+  parseIntegerFlag,
+  UsageError,
+} from "../cli/flags.ts";
+import { Proxy } from "../proxy/proxy.ts";
+import { systemClock } from "../stats/clock.ts";
+import { Stats } from "../stats/stats.ts";
+import { VERSION } from "../version.ts";
+import { setupLogging } from "./logging.ts";
+import { type CommandContext, reportUsageError, writeStdoutLine } from "./output.ts";
+
+/** Flags of `foo-proxy proxy`. */
+export const PROXY_FLAGS: Record<string, FlagSpec> = {
+  listen: { type: "string", default: ":8002" },
+  forward: { type: "string", default: "localhost:8001" },
+  "connect-timeout": { type: "string", default: "5s" },
+  "max-connections": { type: "string", default: "10000" },
+  "log-level": { type: "string", default: "info" },
+  "log-format": { type: "string", default: "text" },
+  help: { type: "boolean", short: "h", env: false },
+  version: { type: "boolean", short: "V", env: false },
+};
+
+/** One-line synopsis of `foo-proxy proxy`, quoted in usage errors. */
+export const PROXY_SYNOPSIS =
+  "foo-proxy [proxy] [--listen ADDR] [--forward ADDR] [--connect-timeout DUR] [--max-connections N] [--log-level LEVEL] [--log-format text|json]";
+
+/** Usage text of `foo-proxy proxy`. */
+export const PROXY_USAGE = `Usage: foo-proxy [proxy] [flags]
+
+Proxies Foo traffic from --listen to --forward and counts every message.
+Send SIGUSR2 for one JSON stats line on stdout; SIGINT/SIGTERM print a final line and exit 0.
+
+Flags (each also from FOO_PROXY_<NAME>, e.g. FOO_PROXY_LISTEN; flags win):
+  --listen ADDR            where clients connect            (default :8002, all interfaces)
+  --forward ADDR           the upstream Foo server          (default localhost:8001)
+  --connect-timeout DUR    upstream connect timeout         (default 5s; 0 = none)
+  --max-connections N      clients served at once           (default 10000)
+  --log-level LEVEL        debug|info|warning|error         (default info)
+  --log-format FORMAT      text|json, on stderr             (default text)
+  -h, --help               print this help
+  -V, --version            print the version
+
+ADDR is :PORT, PORT, HOST:PORT or [IPv6]:PORT. Go-style -listen=:8002 also works.`;
+
+/** Parsed configuration of `foo-proxy proxy`. */
+export interface ProxyConfig {
+  listen: { hostname: string; port: number };
+  forward: { hostname: string; port: number };
+  connectTimeoutMs: number;
+  maxConnections: number;
+  logLevel: string;
+  logFormat: string;
+  help: boolean;
+  version: boolean;
+}
+
+/**
+ * Parses the proxy's flags (and `FOO_PROXY_*` through `getEnv`).
+ *
+ * @throws {UsageError} naming the bad flag or value.
+ */
+export function parseProxyConfig(
+  args: readonly string[],
+  getEnv?: (name: string) => string | undefined,
+): ProxyConfig {
+  const v = parseFlags(args, PROXY_FLAGS, { getEnv });
+  const address = (flag: string, defaultHost: string) => {
+    try {
+      return parseAddress(String(v[flag]), { defaultHost });
+    } catch (error) {
+      throw new UsageError(`--${flag}: ${(error as Error).message}`, { cause: error });
+    }
+  };
+  return {
+    listen: address("listen", "0.0.0.0"),
+    forward: address("forward", "localhost"),
+    connectTimeoutMs: parseDuration("connect-timeout", v["connect-timeout"]),
+    maxConnections: parseIntegerFlag("max-connections", v["max-connections"], { min: 1 }),
+    logLevel: String(v["log-level"]),
+    logFormat: String(v["log-format"]),
+    help: v.help === true,
+    version: v.version === true,
+  };
+}
+
+/** Runs the proxy until SIGINT/SIGTERM (or `context.signal`); resolves with the exit code. */
+export async function runProxy(args: string[], context: CommandContext = {}): Promise<number> {
+  const stdout = context.stdout ?? writeStdoutLine;
+  let config: ProxyConfig;
+  let logging: Disposable;
+  try {
+    config = parseProxyConfig(args, denoEnvReader());
+    if (config.help) {
+      stdout(PROXY_USAGE);
+      return 0;
+    }
+    if (config.version) {
+      stdout(`foo-proxy ${VERSION}`);
+      return 0;
+    }
+    logging = setupLogging({ level: config.logLevel, format: config.logFormat });
+  } catch (error) {
+    if (error instanceof UsageError) {
+      return reportUsageError(error.message, PROXY_SYNOPSIS);
+    }
+    throw error;
+  }
+  using _logging = logging;
+  const logger = getLogger(["foo-proxy", "proxy"]);
+  const stats = new Stats({ clock: systemClock });
+  const printStats = () => stdout(JSON.stringify(stats.snapshot()));
+
+  // Signals first: a SIGUSR2 that arrives before its listener would kill the process.
+  const stop = Promise.withResolvers<string>();
+  const signals = installSignals({
+    onStats: printStats,
+    onStop: (name) => stop.resolve(name),
+    warn: (message) => logger.warning(message),
+  });
+  context.signal?.addEventListener("abort", () => stop.resolve("abort"), { once: true });
+
+  const proxy = new Proxy({
+    listen: config.listen,
+    forward: config.forward,
+    stats,
+    logger,
+    connectTimeoutMs: config.connectTimeoutMs,
+    maxConnections: config.maxConnections,
+  });
+  try {
+    await proxy.start();
+  } catch (error) {
+    signals.remove();
+    logger.error("Cannot listen on {listen}: {error}", {
+      listen: formatAddress(config.listen),
+      error: String(error),
+    });
+    return 1;
+  }
+  const why = await stop.promise;
+  logger.info("Got {signal}: closing", { signal: why });
+  await proxy.close();
+  signals.remove();
+  printStats();
+  return 0;
+}
+
+interface SignalHooks {
+  onStats: () => void;
+  onStop: (signal: string) => void;
+  warn: (message: string) => void;
+}
+
+function installSignals(hooks: SignalHooks): { remove: () => void } {
+  const installed: [Deno.Signal, () => void][] = [];
+  const add = (signal: Deno.Signal, handler: () => void) => {
+    Deno.addSignalListener(signal, handler);
+    installed.push([signal, handler]);
+  };
+  if (Deno.build.os === "windows") {
+    hooks.warn("SIGUSR2 does not exist on Windows: stats are not printed on a signal");
+    add("SIGINT", () => hooks.onStop("SIGINT"));
+    add("SIGBREAK", () => hooks.onStop("SIGBREAK"));
+  } else {
+    add("SIGUSR2", hooks.onStats);
+    add("SIGINT", () => hooks.onStop("SIGINT"));
+    add("SIGTERM", () => hooks.onStop("SIGTERM"));
+  }
+  return {
+    remove: () => {
+      for (const [signal, handler] of installed) Deno.removeSignalListener(signal, handler);
+    },
+  };
+}

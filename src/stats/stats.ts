@@ -1,0 +1,150 @@
+/**
+ * The proxy's statistics: message counters, moving-window rates, connection and byte counters,
+ * and the snapshot printed on SIGUSR2 and served at `/stats`.
+ *
+ * @module
+ */
+import { createMessageCounts, invalidTotal, type MessageCounts } from "../protocol/analyzer.ts";
+import type { Clock } from "./clock.ts";
+import { MovingWindow } from "./window.ts";
+
+/** Why a proxied connection ended (a metrics label: a closed set, never an address). */
+export type CloseReason =
+  | "client_closed"
+  | "upstream_closed"
+  | "upstream_error"
+  | "downstream_error"
+  | "upstream_unreachable"
+  | "shutdown"
+  | "idle_timeout"
+  | "max_connections";
+
+/** The JSON object of one stats report. Field names are part of the interface: never rename. */
+export interface StatsSnapshot {
+  /** `msg_req + msg_ack + msg_nak`: valid messages only. */
+  msg_total: number;
+  msg_req: number;
+  msg_ack: number;
+  msg_nak: number;
+  /** Invalid lines, all kinds (forwarded unchanged, never in `msg_total`). */
+  msg_invalid: number;
+  /** REQs per second over the last second. */
+  request_rate_1s: number;
+  /** REQs per second over the last 10 seconds. */
+  request_rate_10s: number;
+  /** ACK+NAK per second over the last second. */
+  response_rate_1s: number;
+  /** ACK+NAK per second over the last 10 seconds. */
+  response_rate_10s: number;
+  connections_active: number;
+  /** Downstream connections accepted (including rejected ones). */
+  connections_total: number;
+  /** Downstream connections closed at once because a limit was reached. */
+  connections_rejected: number;
+  /** Upstream connect failures plus upstream connections that failed mid-stream. */
+  upstream_errors: number;
+  /** Bytes received from downstream clients (and forwarded upstream). */
+  bytes_downstream: number;
+  /** Bytes received from the upstream (and forwarded to clients). */
+  bytes_upstream: number;
+  uptime_seconds: number;
+  /** Invalid lines by kind. */
+  msg_invalid_by_kind: { type: number; seq: number; direction: number; truncated: number };
+  /** Closed connections by reason. */
+  connections_closed: Partial<Record<CloseReason, number>>;
+}
+
+/** Options for {@linkcode Stats}. */
+export interface StatsOptions {
+  /** Time source for the windows and uptime (ms). Required: stats never read a clock themselves. */
+  clock: Clock;
+}
+
+/** Counters and windows shared by every connection of one proxy. */
+export class Stats {
+  /** Message counters, added to directly by the analyzers. */
+  readonly counts: MessageCounts = createMessageCounts();
+  readonly clock: Clock;
+  /** The 1 s (10 ms buckets) and 10 s (100 ms buckets) windows of requests and responses. */
+  readonly windows: {
+    request1s: MovingWindow;
+    request10s: MovingWindow;
+    response1s: MovingWindow;
+    response10s: MovingWindow;
+  };
+  connectionsActive = 0;
+  connectionsTotal = 0;
+  connectionsRejected = 0;
+  upstreamErrors = 0;
+  bytesDownstream = 0;
+  bytesUpstream = 0;
+  /** Closed connections by reason. */
+  readonly closed: Partial<Record<CloseReason, number>> = {};
+  readonly startedAt: number;
+
+  /** Creates zeroed stats reading time from `options.clock`. */
+  constructor(options: StatsOptions) {
+    this.clock = options.clock;
+    this.startedAt = options.clock();
+    this.windows = {
+      request1s: new MovingWindow(1_000, 10),
+      request10s: new MovingWindow(10_000, 100),
+      response1s: new MovingWindow(1_000, 10),
+      response10s: new MovingWindow(10_000, 100),
+    };
+  }
+
+  /** Records `count` REQs just seen. */
+  recordRequests(count: number): void {
+    const now = this.clock();
+    this.windows.request1s.add(now, count);
+    this.windows.request10s.add(now, count);
+  }
+
+  /** Records `count` ACK/NAKs just seen. */
+  recordResponses(count: number): void {
+    const now = this.clock();
+    this.windows.response1s.add(now, count);
+    this.windows.response10s.add(now, count);
+  }
+
+  /** Counts a closed connection. */
+  recordClose(reason: CloseReason): void {
+    this.closed[reason] = (this.closed[reason] ?? 0) + 1;
+  }
+
+  /** The current values as one JSON-ready object. */
+  snapshot(): StatsSnapshot {
+    const now = this.clock();
+    const c = this.counts;
+    return {
+      msg_total: c.msg_req + c.msg_ack + c.msg_nak,
+      msg_req: c.msg_req,
+      msg_ack: c.msg_ack,
+      msg_nak: c.msg_nak,
+      msg_invalid: invalidTotal(c),
+      request_rate_1s: round3(this.windows.request1s.rate(now)),
+      request_rate_10s: round3(this.windows.request10s.rate(now)),
+      response_rate_1s: round3(this.windows.response1s.rate(now)),
+      response_rate_10s: round3(this.windows.response10s.rate(now)),
+      connections_active: this.connectionsActive,
+      connections_total: this.connectionsTotal,
+      connections_rejected: this.connectionsRejected,
+      upstream_errors: this.upstreamErrors,
+      bytes_downstream: this.bytesDownstream,
+      bytes_upstream: this.bytesUpstream,
+      uptime_seconds: round3((now - this.startedAt) / 1000),
+      msg_invalid_by_kind: {
+        type: c.invalid_type,
+        seq: c.invalid_seq,
+        direction: c.invalid_direction,
+        truncated: c.invalid_truncated,
+      },
+      connections_closed: { ...this.closed },
+    };
+  }
+}
+
+function round3(value: number): number {
+  return Math.round(value * 1000) / 1000;
+}
