@@ -89,7 +89,6 @@ const TAB = 9;
 const TYPE_REQ = 0x524551; // "REQ"
 const TYPE_ACK = 0x41434b; // "ACK"
 const TYPE_NAK = 0x4e414b; // "NAK"
-const SEQ_LIMIT = Math.floor(Number.MAX_SAFE_INTEGER / 10) - 1;
 
 const K_TYPE = 0;
 const K_SEQ = 1;
@@ -198,7 +197,10 @@ export class Analyzer {
         case S_SEQ:
           if (c >= 48 && c <= 57) {
             const seq = this.#seq;
-            if (seq >= 0) this.#seq = seq > SEQ_LIMIT ? -1 : seq * 10 + (c - 48);
+            if (seq >= 0) {
+              const next = seq * 10 + (c - 48);
+              this.#seq = next > Number.MAX_SAFE_INTEGER ? -1 : next;
+            }
           } else if (c === NL) {
             this.#accept();
             valid++;
