@@ -1,0 +1,312 @@
+/**
+ * Per-request latency: matching each reply (ACK/NAK) to the REQ with the same Seq on the same
+ * connection, recording REQ→reply time in a shared histogram, and counting protocol anomalies.
+ *
+ * The bridge reads the clock once per chunk ({@linkcode LatencyTracker.setTime}); the analyzer
+ * hook then calls {@linkcode LatencyTracker.onMessage} for every message of that chunk without
+ * reading the clock again.
+ *
+ * @module
+ */
+import { MSG_REQ } from "../protocol/analyzer.ts";
+import { Histogram } from "./histogram.ts";
+
+/**
+ * What every connection's tracker adds to: the latency histogram and the anomaly counters. One
+ * per proxy.
+ */
+export class LatencyStats {
+  /** REQ→reply latencies in seconds. */
+  readonly histogram: Histogram;
+  /** Replies whose Seq had no outstanding REQ on their connection. */
+  unmatchedReplies = 0;
+  /** REQs whose Seq was already outstanding on their connection. */
+  duplicateSeq = 0;
+  /**
+   * REQs not tracked because their connection already had the maximum outstanding, or because
+   * their Seq was too large to represent exactly. They are still forwarded and counted.
+   */
+  untrackedRequests = 0;
+  /** Tracked REQs still unanswered when their connection ended. */
+  unansweredRequests = 0;
+  /** Tracked REQs awaiting a reply, over all connections (a gauge). */
+  inFlight = 0;
+
+  /** Creates zeroed latency stats; `histogram` defaults to the 100 µs…10 s buckets. */
+  constructor(histogram: Histogram = new Histogram()) {
+    this.histogram = histogram;
+  }
+}
+
+/** The latency figures `/stats` adds to the snapshot. */
+export interface LatencySummary {
+  /** Median REQ→reply latency estimate (seconds), 0 before the first reply. */
+  latency_p50_seconds: number;
+  /** 99th percentile REQ→reply latency estimate (seconds). */
+  latency_p99_seconds: number;
+  /** Largest REQ→reply latency seen (seconds). */
+  latency_max_seconds: number;
+  /** Replies matched to a REQ (the histogram's count). */
+  latency_samples: number;
+  /** REQs awaiting a reply now. */
+  requests_in_flight: number;
+  /** Replies with no outstanding REQ of that Seq. */
+  unmatched_replies: number;
+  /** REQs whose Seq was already outstanding. */
+  duplicate_seq: number;
+  /** REQs over the per-connection tracking cap (or with an unrepresentable Seq). */
+  untracked_requests: number;
+  /** Tracked REQs never answered before their connection ended. */
+  unanswered_requests: number;
+}
+
+/** Summarizes `latency` for `/stats` (quantiles rounded to the microsecond). */
+export function summarizeLatency(latency: LatencyStats): LatencySummary {
+  const h = latency.histogram;
+  return {
+    latency_p50_seconds: roundMicros(h.quantile(0.5)),
+    latency_p99_seconds: roundMicros(h.quantile(0.99)),
+    latency_max_seconds: roundMicros(h.max),
+    latency_samples: h.count,
+    requests_in_flight: latency.inFlight,
+    unmatched_replies: latency.unmatchedReplies,
+    duplicate_seq: latency.duplicateSeq,
+    untracked_requests: latency.untrackedRequests,
+    unanswered_requests: latency.unansweredRequests,
+  };
+}
+
+function roundMicros(seconds: number): number {
+  return Math.round(seconds * 1e6) / 1e6;
+}
+
+/** Options for {@linkcode LatencyTracker}. */
+export interface LatencyTrackerOptions {
+  /**
+   * Most REQs tracked at once on this connection; past it REQs are forwarded but not timed
+   * (counted in `untrackedRequests`). Bounds the tracker's memory. @default {10000}
+   */
+  maxOutstanding?: number;
+}
+
+const INITIAL_RING = 16;
+
+/**
+ * Matches replies to REQs on one connection. Memory is bounded by `maxOutstanding` entries.
+ *
+ * Pipelined clients send increasing Seqs and servers answer in order, so outstanding REQs are
+ * kept in a ring sorted by Seq (appending a larger Seq keeps it sorted): an in-order reply pops
+ * the head without hashing or allocating, and an out-of-order one is found by binary search and
+ * marked answered. Only a REQ whose Seq is not larger than every outstanding one goes to a
+ * fallback map.
+ *
+ * Replies that cannot be matched because their REQ was untracked (cap reached) or was a
+ * duplicate are absorbed by per-connection counters instead of being reported as unmatched, so
+ * one anomaly is counted once.
+ */
+export class LatencyTracker {
+  #stats: LatencyStats;
+  #max: number;
+  #now = 0;
+  // Ring of outstanding REQs sorted by seq; a NaN time marks an entry answered out of order.
+  #seqs: Float64Array;
+  #times: Float64Array;
+  #head = 0;
+  #size = 0; // entries in the ring, answered ones included
+  #ringLive = 0;
+  #fallback = new Map<number, number>();
+  // Untracked or duplicate REQs whose replies are still owed: their replies are not anomalies.
+  #owedUntracked = 0;
+  #owedDuplicates = 0;
+  #closed = false;
+
+  /** Creates a tracker adding to `stats`. */
+  constructor(stats: LatencyStats, options: LatencyTrackerOptions = {}) {
+    const max = options.maxOutstanding ?? 10_000;
+    if (!Number.isSafeInteger(max) || max < 1) {
+      throw new RangeError(`Invalid maxOutstanding ${max}: expected a positive integer`);
+    }
+    this.#stats = stats;
+    this.#max = max;
+    this.#seqs = new Float64Array(INITIAL_RING);
+    this.#times = new Float64Array(INITIAL_RING);
+  }
+
+  /** REQs of this connection awaiting a reply (tracked ones only). */
+  get inFlight(): number {
+    return this.#ringLive + this.#fallback.size;
+  }
+
+  /** Sets the time (clock ms) that the following {@linkcode onMessage} calls are stamped with. */
+  setTime(nowMs: number): void {
+    this.#now = nowMs;
+  }
+
+  /**
+   * Takes one message from an analyzer: a REQ starts a timing, an ACK/NAK ends the one with its
+   * Seq. `seq` is `-1` when the analyzer could not represent it; such REQs are untracked and
+   * such replies are ignored. Calls after {@linkcode close} are ignored.
+   */
+  onMessage(type: number, seq: number): void {
+    if (this.#closed) return;
+    if (type === MSG_REQ) this.#request(seq);
+    else this.#reply(seq);
+  }
+
+  /**
+   * Ends the connection: its unanswered REQs are counted and leave the in-flight gauge. Later
+   * messages are ignored. Idempotent.
+   */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const live = this.inFlight;
+    this.#stats.unansweredRequests += live;
+    this.#stats.inFlight -= live;
+    this.#fallback.clear();
+    this.#size = 0;
+    this.#ringLive = 0;
+    this.#seqs = new Float64Array(0);
+    this.#times = new Float64Array(0);
+  }
+
+  /** Same as {@linkcode close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  #request(seq: number): void {
+    const stats = this.#stats;
+    if (seq < 0) {
+      stats.untrackedRequests++;
+      this.#owedUntracked++;
+      return;
+    }
+    const size = this.#size;
+    const tailSeq = size > 0 ? this.#seqs[(this.#head + size - 1) & (this.#seqs.length - 1)] : -1;
+    if (seq <= tailSeq || this.#fallback.size > 0) {
+      // Not the fast, increasing case: it may be a duplicate of an outstanding Seq.
+      if (this.#ringFind(seq) >= 0 || this.#fallback.has(seq)) {
+        stats.duplicateSeq++;
+        this.#owedDuplicates++;
+        return;
+      }
+    }
+    if (this.inFlight >= this.#max) {
+      stats.untrackedRequests++;
+      this.#owedUntracked++;
+      return;
+    }
+    stats.inFlight++;
+    if (seq > tailSeq) {
+      this.#ringPush(seq);
+    } else {
+      this.#fallback.set(seq, this.#now);
+    }
+  }
+
+  #reply(seq: number): void {
+    if (seq < 0) return;
+    const stats = this.#stats;
+    let started = NaN;
+    if (this.#size > 0) {
+      const mask = this.#seqs.length - 1;
+      const head = this.#head;
+      if (this.#seqs[head] === seq && this.#times[head] === this.#times[head]) {
+        started = this.#times[head];
+        this.#ringLive--;
+        this.#popAnswered(1);
+      } else {
+        const at = this.#ringFind(seq);
+        if (at >= 0) {
+          const slot = (head + at) & mask;
+          started = this.#times[slot];
+          this.#times[slot] = NaN;
+          this.#ringLive--;
+        }
+      }
+    }
+    if (started !== started && this.#fallback.size > 0) {
+      const t = this.#fallback.get(seq);
+      if (t !== undefined) {
+        started = t;
+        this.#fallback.delete(seq);
+      }
+    }
+    if (started === started) {
+      stats.inFlight--;
+      const ms = this.#now - started;
+      stats.histogram.record(ms > 0 ? ms / 1000 : 0);
+      return;
+    }
+    // No outstanding REQ: the reply of a duplicate or an untracked REQ, or a real anomaly.
+    if (this.#owedDuplicates > 0) this.#owedDuplicates--;
+    else if (this.#owedUntracked > 0) this.#owedUntracked--;
+    else stats.unmatchedReplies++;
+  }
+
+  // Drops `n` entries from the head, then any answered ones that follow.
+  #popAnswered(n: number): void {
+    const mask = this.#seqs.length - 1;
+    let head = (this.#head + n) & mask;
+    let size = this.#size - n;
+    const times = this.#times;
+    while (size > 0 && times[head] !== times[head]) {
+      head = (head + 1) & mask;
+      size--;
+    }
+    this.#head = size === 0 ? 0 : head;
+    this.#size = size;
+  }
+
+  #ringPush(seq: number): void {
+    if (this.#size === this.#seqs.length) this.#grow();
+    const slot = (this.#head + this.#size) & (this.#seqs.length - 1);
+    this.#seqs[slot] = seq;
+    this.#times[slot] = this.#now;
+    this.#size++;
+    this.#ringLive++;
+  }
+
+  // Doubles the ring, or compacts it in place when answered entries fill half of it or more. It
+  // only doubles while live entries fill over half, so it stays below 4 × `maxOutstanding`.
+  #grow(): void {
+    const old = this.#seqs.length;
+    const capacity = this.#ringLive * 2 <= old ? old : old * 2;
+    const seqs = new Float64Array(capacity);
+    const times = new Float64Array(capacity);
+    const mask = old - 1;
+    let n = 0;
+    for (let i = 0; i < this.#size; i++) {
+      const slot = (this.#head + i) & mask;
+      const t = this.#times[slot];
+      if (t !== t) continue;
+      seqs[n] = this.#seqs[slot];
+      times[n] = t;
+      n++;
+    }
+    this.#seqs = seqs;
+    this.#times = times;
+    this.#head = 0;
+    this.#size = n;
+  }
+
+  // Index (from the head) of the live ring entry with `seq`, or -1.
+  #ringFind(seq: number): number {
+    const mask = this.#seqs.length - 1;
+    const head = this.#head;
+    let lo = 0;
+    let hi = this.#size - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      const s = this.#seqs[(head + mid) & mask];
+      if (s < seq) lo = mid + 1;
+      else if (s > seq) hi = mid - 1;
+      else {
+        const t = this.#times[(head + mid) & mask];
+        return t === t ? mid : -1;
+      }
+    }
+    return -1;
+  }
+}
