@@ -50,7 +50,11 @@ export function setupLogging(options: LoggingOptions = {}): Disposable {
   }
   const formatter = format === "json"
     ? getJsonLinesFormatter({ categorySeparator: ".", properties: "flatten" })
-    : getTextFormatter({ timestamp: "date-time-tz", category: "." });
+    : getTextFormatter({
+      timestamp: "date-time-tz",
+      category: ".",
+      value: (v) => typeof v === "string" ? v : Deno.inspect(v),
+    });
   const write = options.write ?? writeStderr;
   const sink: Sink = (record: LogRecord) => write(formatter(record));
   resetSync();

@@ -70,11 +70,13 @@ export async function bridge(
   signal?.addEventListener("abort", onAbort, { once: true });
   if (signal?.aborted) onAbort();
 
+  let clientHalfClosed = false;
   const up = pump(downstream, upstream, requests, initial, max, (n, valid) => {
     stats.bytesDownstream += n;
     if (valid > 0) stats.recordRequests(valid);
   }).then((result) => {
     if (result.end === "eof") {
+      clientHalfClosed = true;
       // The client half-closed: pass the FIN on and keep relaying the replies it is owed.
       try {
         upstream.closeWrite();
@@ -95,10 +97,9 @@ export async function bridge(
     if (down.end === "eof") {
       // Upstream finished. If the client had half-closed this is a normal end; otherwise the
       // upstream went away first and the client is closed after getting every relayed byte.
+      reason ??= clientHalfClosed ? "client_closed" : "upstream_closed";
       closeBoth();
-      const result = await up;
-      reason ??= result.end === "eof" ? "client_closed" : "upstream_closed";
-      return result;
+      return await up;
     }
     reason ??= down.end === "read_error" ? "upstream_error" : "downstream_error";
     closeBoth();
