@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { Proxy } from "../src/proxy/proxy.ts";
 import { FooServer } from "../src/tools/server.ts";
+import { listenLocal } from "./_util.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -53,19 +54,6 @@ async function startPair(server: Partial<ConstructorParameters<typeof FooServer>
   };
 }
 
-/** A one-connection raw upstream the test scripts by hand. */
-async function rawUpstream() {
-  const listener = Deno.listen(LOCAL);
-  return {
-    listener,
-    addr: listener.addr,
-    accept: () => listener.accept(),
-    [Symbol.dispose]() {
-      listener.close();
-    },
-  };
-}
-
 function requests(from: number, to: number, data = ""): string {
   let out = "";
   for (let seq = from; seq <= to; seq++) out += `REQ ${seq}${data}\n`;
@@ -91,8 +79,8 @@ Deno.test("proxy relays 500 pipelined REQs in one write and counts each message 
 });
 
 Deno.test("proxy forwards each fragment as it arrives, without waiting for the newline", async () => {
-  using raw = await rawUpstream();
-  await using proxy = new Proxy({ listen: LOCAL, forward: raw.addr });
+  using raw = listenLocal();
+  await using proxy = new Proxy({ listen: LOCAL, forward: raw.addr as Deno.NetAddr });
   await proxy.start();
   using client = await Deno.connect({ hostname: "127.0.0.1", port: proxy.addr.port });
   using server = await raw.accept();
@@ -110,8 +98,8 @@ Deno.test("proxy forwards each fragment as it arrives, without waiting for the n
 });
 
 Deno.test("proxy forwards invalid lines unchanged and counts them apart from msg_total", async () => {
-  using raw = await rawUpstream();
-  await using proxy = new Proxy({ listen: LOCAL, forward: raw.addr });
+  using raw = listenLocal();
+  await using proxy = new Proxy({ listen: LOCAL, forward: raw.addr as Deno.NetAddr });
   await proxy.start();
   using client = await Deno.connect({ hostname: "127.0.0.1", port: proxy.addr.port });
   using server = await raw.accept();
@@ -150,8 +138,8 @@ Deno.test("proxy keeps relaying replies after the client half-closes", async () 
 });
 
 Deno.test("proxy closes the client after relaying what an upstream sent before closing first", async () => {
-  using raw = await rawUpstream();
-  await using proxy = new Proxy({ listen: LOCAL, forward: raw.addr });
+  using raw = listenLocal();
+  await using proxy = new Proxy({ listen: LOCAL, forward: raw.addr as Deno.NetAddr });
   await proxy.start();
   using client = await Deno.connect({ hostname: "127.0.0.1", port: proxy.addr.port });
   const server = await raw.accept();
