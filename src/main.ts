@@ -6,11 +6,13 @@
 import { VERSION } from "./version.ts";
 import { type CommandContext, reportUsageError, writeStdoutLine } from "./cmd/output.ts";
 import { runProxy } from "./cmd/proxy.ts";
+import { runServer } from "./cmd/server.ts";
 
 type Command = (args: string[], context?: CommandContext) => Promise<number>;
 
 const COMMANDS: Record<string, { run: Command; summary: string }> = {
   proxy: { run: runProxy, summary: "proxy Foo traffic and count it (the default)" },
+  server: { run: runServer, summary: "a Foo server for demos and tests" },
 };
 
 const USAGE = () =>

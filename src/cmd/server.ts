@@ -1,0 +1,146 @@
+/**
+ * `foo-proxy server`: flags, logging, signals and the exit code around {@linkcode FooServer}.
+ *
+ * @module
+ */
+import { getLogger } from "@logtape/logtape";
+import { type Address, formatAddress, parseAddress } from "../cli/address.ts";
+import {
+  denoEnvReader,
+  type FlagSpec,
+  parseFlags,
+  parseIntegerFlag,
+  UsageError,
+} from "../cli/flags.ts";
+import { FooServer } from "../tools/server.ts";
+import { setupLogging } from "./logging.ts";
+import { type CommandContext, reportUsageError, writeStdoutLine } from "./output.ts";
+
+/** Flags of `foo-proxy server`. */
+export const SERVER_FLAGS: Record<string, FlagSpec> = {
+  listen: { type: "string", default: ":8001" },
+  "nak-every": { type: "string", default: "0" },
+  fragment: { type: "boolean", default: false },
+  "delay-ms": { type: "string", default: "0" },
+  "log-level": { type: "string", default: "info" },
+  "log-format": { type: "string", default: "text" },
+  help: { type: "boolean", short: "h", env: false },
+};
+
+/** One-line synopsis of `foo-proxy server`, quoted in usage errors. */
+export const SERVER_SYNOPSIS =
+  "foo-proxy server [--listen ADDR] [--nak-every N] [--fragment] [--delay-ms N] [--log-level LEVEL] [--log-format text|json]";
+
+/** Usage text of `foo-proxy server`. */
+export const SERVER_USAGE = `Usage: foo-proxy server [flags]
+
+A Foo server for demos and tests: answers every REQ with ACK (or NAK) and the same Seq, in
+order, for any number of pipelining connections. Prints "listening on HOST:PORT" on stdout once
+bound; SIGINT/SIGTERM close it and exit 0.
+
+Flags (each also from FOO_PROXY_<NAME>, e.g. FOO_PROXY_NAK_EVERY; flags win):
+  --listen ADDR        where to listen                          (default :8001, all interfaces)
+  --nak-every N        NAK every Nth REQ of each connection     (default 0 = never)
+  --fragment           write each reply in several small writes (default off)
+  --delay-ms N         send each reply N ms after its REQ       (default 0)
+  --log-level LEVEL    debug|info|warning|error                 (default info)
+  --log-format FORMAT  text|json, on stderr                     (default text)
+  -h, --help           print this help
+
+ADDR is :PORT, PORT, HOST:PORT or [IPv6]:PORT; port 0 picks a free port.`;
+
+/** Parsed configuration of `foo-proxy server`. */
+export interface ServerConfig {
+  listen: Address;
+  nakEvery: number;
+  fragment: boolean;
+  delayMs: number;
+  logLevel: string;
+  logFormat: string;
+  help: boolean;
+}
+
+/**
+ * Parses the server's flags (and `FOO_PROXY_*` through `getEnv`).
+ *
+ * @throws {UsageError} naming the bad flag or value.
+ */
+export function parseServerConfig(
+  args: readonly string[],
+  getEnv?: (name: string) => string | undefined,
+): ServerConfig {
+  const v = parseFlags(args, SERVER_FLAGS, { getEnv });
+  let listen: Address;
+  try {
+    listen = parseAddress(String(v.listen), { defaultHost: "0.0.0.0" });
+  } catch (error) {
+    throw new UsageError(`--listen: ${(error as Error).message}`, { cause: error });
+  }
+  return {
+    listen,
+    nakEvery: parseIntegerFlag("nak-every", v["nak-every"]),
+    fragment: v.fragment === true,
+    delayMs: parseIntegerFlag("delay-ms", v["delay-ms"], { max: 3_600_000 }),
+    logLevel: String(v["log-level"]),
+    logFormat: String(v["log-format"]),
+    help: v.help === true,
+  };
+}
+
+/** Runs the Foo server until SIGINT/SIGTERM (or `context.signal`); resolves with the exit code. */
+export async function runServer(args: string[], context: CommandContext = {}): Promise<number> {
+  const stdout = context.stdout ?? writeStdoutLine;
+  let config: ServerConfig;
+  let logging: Disposable;
+  try {
+    config = parseServerConfig(args, denoEnvReader());
+    if (config.help) {
+      stdout(SERVER_USAGE);
+      return 0;
+    }
+    logging = setupLogging({ level: config.logLevel, format: config.logFormat });
+  } catch (error) {
+    if (error instanceof UsageError) return reportUsageError(error.message, SERVER_SYNOPSIS);
+    throw error;
+  }
+  using _logging = logging;
+  const logger = getLogger(["foo-proxy", "server"]);
+
+  const stop = Promise.withResolvers<string>();
+  const signals: [Deno.Signal, () => void][] = Deno.build.os === "windows"
+    ? [["SIGINT", () => stop.resolve("SIGINT")], ["SIGBREAK", () => stop.resolve("SIGBREAK")]]
+    : [["SIGINT", () => stop.resolve("SIGINT")], ["SIGTERM", () => stop.resolve("SIGTERM")]];
+  for (const [signal, handler] of signals) Deno.addSignalListener(signal, handler);
+  const onAbort = () => stop.resolve("abort");
+  context.signal?.addEventListener("abort", onAbort, { once: true });
+  if (context.signal?.aborted) onAbort();
+  try {
+    await using server = new FooServer({
+      listen: config.listen,
+      nakEvery: config.nakEvery,
+      fragment: config.fragment,
+      delayMs: config.delayMs,
+      logger,
+    });
+    let addr: Deno.NetAddr;
+    try {
+      addr = await server.start();
+    } catch (error) {
+      logger.error("Cannot listen on {listen}: {error}", {
+        listen: formatAddress(config.listen),
+        error: String(error),
+      });
+      return 1;
+    }
+    stdout(`listening on ${formatAddress(addr)}`);
+    const why = await stop.promise;
+    logger.info("Got {signal}: closing after {requests} requests", {
+      signal: why,
+      requests: server.requests,
+    });
+    return 0;
+  } finally {
+    context.signal?.removeEventListener("abort", onAbort);
+    for (const [signal, handler] of signals) Deno.removeSignalListener(signal, handler);
+  }
+}

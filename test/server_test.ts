@@ -1,0 +1,331 @@
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import { Analyzer, createMessageCounts, invalidTotal } from "../src/protocol/analyzer.ts";
+import { parseServerConfig, runServer } from "../src/cmd/server.ts";
+import { FooServer, RequestScanner } from "../src/tools/server.ts";
+import {
+  connectTo,
+  lineReader,
+  readLines,
+  readText,
+  spawnMain,
+  startUpstream,
+  withTimeout,
+  writeAll,
+} from "./_util.ts";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+function requests(from: number, to: number, data = ""): string {
+  let text = "";
+  for (let seq = from; seq <= to; seq++) text += data ? `REQ ${seq} ${data}\n` : `REQ ${seq}\n`;
+  return text;
+}
+
+function acks(from: number, to: number): string[] {
+  return Array.from({ length: to - from + 1 }, (_, i) => `ACK ${from + i}`);
+}
+
+function scan(chunks: Uint8Array[], nakEvery = 0): { out: string; invalid: number } {
+  const scanner = new RequestScanner(nakEvery);
+  let out = "";
+  for (const chunk of chunks) {
+    scanner.feed(chunk);
+    out += decoder.decode(scanner.out.subarray(0, scanner.outLength));
+  }
+  scanner.end();
+  return { out, invalid: scanner.invalid };
+}
+
+function splitAt(bytes: Uint8Array, cuts: number[]): Uint8Array[] {
+  const points = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b);
+  const chunks: Uint8Array[] = [];
+  let last = 0;
+  for (const p of points) {
+    chunks.push(bytes.subarray(last, p));
+    last = p;
+  }
+  chunks.push(bytes.subarray(last));
+  return chunks;
+}
+
+// Lines that look like REQs, almost-REQs and junk, so the property explores the grammar's edges.
+const lineArb = fc.oneof(
+  fc.nat({ max: 10 ** 9 }).map((n) => `REQ ${n}`),
+  fc.tuple(fc.nat(), fc.string({ maxLength: 20 })).map(([n, d]) =>
+    `REQ\t ${n} ${d.replaceAll("\n", "")}`
+  ),
+  fc.nat().map((n) => `REQ ${n}\r`),
+  fc.nat().map((n) => `REQ ${n}\rx`),
+  fc.stringMatching(/^[0-9]{15,40}$/).map((digits) => `REQ ${digits}`),
+  fc.nat().map((n) => `ACK ${n}`),
+  fc.constantFrom("", "REQ", "REQ ", "REQ x", "REQ 1x", "RE", "REQ5", "req 1", "\r", "REQ -1"),
+  fc.string({ maxLength: 12 }).map((s) => s.replaceAll("\n", "")),
+);
+
+Deno.test("RequestScanner gives the same replies however the stream is chunked", () => {
+  fc.assert(
+    fc.property(
+      fc.array(lineArb, { maxLength: 30 }),
+      fc.boolean(),
+      fc.array(fc.nat(), { maxLength: 12 }),
+      fc.nat({ max: 4 }),
+      (lines, newlineAtEnd, cuts, nakEvery) => {
+        const bytes = encoder.encode(lines.join("\n") + (newlineAtEnd ? "\n" : ""));
+        const whole = scan([bytes], nakEvery);
+        const split = scan(splitAt(bytes, cuts), nakEvery);
+        assert.deepEqual(split, whole);
+        const byteWise = scan(Array.from(bytes, (_, i) => bytes.subarray(i, i + 1)), nakEvery);
+        assert.deepEqual(byteWise, whole);
+      },
+    ),
+  );
+});
+
+Deno.test("RequestScanner answers exactly the REQs the proxy's analyzer counts as valid", () => {
+  fc.assert(
+    fc.property(fc.array(lineArb, { maxLength: 30 }), fc.boolean(), (lines, newlineAtEnd) => {
+      const bytes = encoder.encode(lines.join("\n") + (newlineAtEnd ? "\n" : ""));
+      const seqs: number[] = [];
+      const counts = createMessageCounts();
+      const analyzer = new Analyzer("downstream", counts, {
+        onMessage: (_type, seq) => seqs.push(seq),
+      });
+      analyzer.feed(bytes);
+      analyzer.end();
+      const { out, invalid } = scan([bytes]);
+      const replies = out === "" ? [] : out.slice(0, -1).split("\n");
+      assert.equal(replies.length, counts.msg_req);
+      assert.equal(invalid, invalidTotal(counts));
+      replies.forEach((reply, i) => {
+        const m = /^ACK (\d+)$/.exec(reply);
+        assert.ok(m, `bad reply ${JSON.stringify(reply)}`);
+        if (seqs[i] >= 0) assert.equal(Number(m[1]), seqs[i]);
+      });
+    }),
+  );
+});
+
+Deno.test("RequestScanner echoes the Seq digits exactly and NAKs every Nth", () => {
+  const input = "REQ 007\nREQ 2 x\r\nREQ\t\t3\r\nREQ 123456789012345678901234567890\n";
+  assert.deepEqual(scan([encoder.encode(input)], 2), {
+    out: "ACK 007\nNAK 2\nACK 3\nNAK 123456789012345678901234567890\n",
+    invalid: 0,
+  });
+});
+
+Deno.test("FooServer answers 200 REQs pipelined in one write, in order", async () => {
+  await using server = await startUpstream();
+  using conn = await connectTo(server.addr);
+  await writeAll(conn, requests(1, 200, "payload"));
+  assert.deepEqual(await readLines(conn, 200), acks(1, 200));
+  assert.equal(server.requests, 200);
+  assert.equal(server.connections, 1);
+});
+
+Deno.test("FooServer answers REQs split across writes and coalesced with others", async () => {
+  await using server = await startUpstream();
+  using conn = await connectTo(server.addr);
+  const reader = lineReader(conn);
+  await writeAll(conn, "REQ 1\nRE");
+  assert.equal(await reader.readLine(), "ACK 1");
+  for (const piece of ["Q 2", " da", "ta\r", "\nREQ 3\nREQ ", "4"]) await writeAll(conn, piece);
+  assert.deepEqual(await reader.readLines(2), ["ACK 2", "ACK 3"]);
+  await writeAll(conn, "\n");
+  assert.equal(await reader.readLine(), "ACK 4");
+  assert.equal(server.requests, 4);
+  assert.equal(server.invalid, 0);
+});
+
+Deno.test("FooServer with nakEvery NAKs every Nth REQ of each connection", async () => {
+  await using server = await startUpstream({ nakEvery: 3 });
+  for (let round = 0; round < 2; round++) {
+    using conn = await connectTo(server.addr);
+    await writeAll(conn, requests(1, 7));
+    assert.deepEqual(await readLines(conn, 7), [
+      "ACK 1",
+      "ACK 2",
+      "NAK 3",
+      "ACK 4",
+      "ACK 5",
+      "NAK 6",
+      "ACK 7",
+    ]);
+  }
+});
+
+Deno.test("FooServer with fragment splits every reply into several writes", async () => {
+  await using server = await startUpstream({ fragment: true });
+  using conn = await connectTo(server.addr);
+  await writeAll(conn, requests(1, 20));
+  assert.deepEqual(await readLines(conn, 20), acks(1, 20));
+  assert.equal(server.writes, 60);
+  conn.closeWrite();
+  assert.equal(await readText(conn), "");
+});
+
+Deno.test("FooServer sends every owed reply after the client half-closes, then closes", async () => {
+  for (const options of [{}, { delayMs: 30 }, { delayMs: 5, fragment: true, nakEvery: 10 }]) {
+    await using server = await startUpstream(options);
+    using conn = await connectTo(server.addr);
+    await writeAll(conn, requests(1, 100) + "REQ 101"); // the last line is cut off by the FIN
+    conn.closeWrite();
+    const lines = (await readText(conn)).split("\n");
+    assert.equal(lines.pop(), "");
+    assert.deepEqual(
+      lines.map((l) => l.replace(/^NAK/, "ACK")),
+      acks(1, 100),
+      JSON.stringify(options),
+    );
+    assert.equal(server.invalid, 1);
+    await withTimeout(waitForConnections(server, 0), 5000, "the server to drop the connection");
+  }
+});
+
+Deno.test("FooServer with delayMs holds each reply at least that long, order kept", async () => {
+  await using server = await startUpstream({ delayMs: 40 });
+  using conn = await connectTo(server.addr);
+  const reader = lineReader(conn);
+  const sent = performance.now();
+  await writeAll(conn, "REQ 1\n");
+  await writeAll(conn, "REQ 2\nREQ 3\n");
+  assert.deepEqual(await reader.readLines(3), acks(1, 3));
+  assert.ok(performance.now() - sent >= 39, "replies came before the delay");
+});
+
+Deno.test("FooServer ignores invalid lines and answers the next REQ", async () => {
+  await using server = await startUpstream();
+  using conn = await connectTo(server.addr);
+  await writeAll(conn, "hello\nREQ 1\nACK 2\nREQ x\nREQ\n\nREQ 3 data\nREQ 4\r\n");
+  assert.deepEqual(await readLines(conn, 3), ["ACK 1", "ACK 3", "ACK 4"]);
+  assert.equal(server.invalid, 5);
+  assert.equal(server.requests, 3);
+});
+
+Deno.test("FooServer serves many concurrent pipelining connections", async () => {
+  await using server = await startUpstream();
+  const conns = await Promise.all(Array.from({ length: 20 }, () => connectTo(server.addr)));
+  try {
+    await Promise.all(conns.map(async (conn, i) => {
+      await writeAll(conn, requests(1, 100, `conn${i}`));
+      assert.deepEqual(await readLines(conn, 100), acks(1, 100));
+    }));
+    assert.equal(server.connections, 20);
+    assert.equal(server.requests, 2000);
+  } finally {
+    for (const conn of conns) conn.close();
+  }
+});
+
+Deno.test("FooServer survives a client that resets the connection", async () => {
+  await using server = await startUpstream();
+  {
+    using conn = await connectTo(server.addr);
+    await writeAll(conn, requests(1, 5000, "x".repeat(100)));
+    // Closing with replies unread makes the kernel send RST instead of FIN.
+  }
+  await withTimeout(waitForConnections(server, 0), 5000, "the server to drop the reset client");
+  using conn = await connectTo(server.addr);
+  await writeAll(conn, "REQ 1\n");
+  assert.deepEqual(await readLines(conn, 1), ["ACK 1"]);
+});
+
+Deno.test("FooServer.close() closes open connections and resolves finished", async () => {
+  const server = await startUpstream();
+  using conn = await connectTo(server.addr);
+  await writeAll(conn, "REQ 1\n");
+  assert.deepEqual(await readLines(conn, 1), ["ACK 1"]);
+  await server.close();
+  await server.finished;
+  assert.equal(server.connections, 0);
+  assert.equal(await readText(conn), "");
+  await assert.rejects(connectTo(server.addr));
+});
+
+Deno.test("FooServer closes when its signal is aborted", async () => {
+  const controller = new AbortController();
+  const server = new FooServer({
+    listen: { hostname: "127.0.0.1", port: 0 },
+    signal: controller.signal,
+  });
+  await server.start();
+  controller.abort();
+  await withTimeout(server.finished, 5000, "the server to finish");
+});
+
+Deno.test("FooServer.start() rejects when the port is taken", async () => {
+  await using first = await startUpstream();
+  const second = new FooServer({ listen: { hostname: "127.0.0.1", port: first.addr.port } });
+  await assert.rejects(second.start(), Deno.errors.AddrInUse);
+  await second.close();
+});
+
+Deno.test("parseServerConfig reads flags, Go-style flags and FOO_PROXY_* variables", () => {
+  assert.deepEqual(parseServerConfig([]), {
+    listen: { hostname: "0.0.0.0", port: 8001 },
+    nakEvery: 0,
+    fragment: false,
+    delayMs: 0,
+    logLevel: "info",
+    logFormat: "text",
+    help: false,
+  });
+  const config = parseServerConfig(
+    ["-listen=127.0.0.1:9", "--nak-every", "5", "--fragment"],
+    (name) => ({ FOO_PROXY_DELAY_MS: "20", FOO_PROXY_NAK_EVERY: "7" })[name],
+  );
+  assert.deepEqual(
+    [config.listen, config.nakEvery, config.fragment, config.delayMs],
+    [{ hostname: "127.0.0.1", port: 9 }, 5, true, 20],
+  );
+  for (
+    const bad of [["--nak-every", "x"], ["--delay-ms", "-1"], ["--listen", "a:b"], ["--bogus"]]
+  ) {
+    assert.throws(() => parseServerConfig(bad), { name: "UsageError" }, bad.join(" "));
+  }
+});
+
+Deno.test("runServer prints the bound address and returns 0 when its signal aborts", async () => {
+  const controller = new AbortController();
+  const listening = Promise.withResolvers<string>();
+  const run = runServer(["--listen", "127.0.0.1:0", "--log-level", "error"], {
+    signal: controller.signal,
+    stdout: (line) => listening.resolve(line),
+  });
+  const line = await withTimeout(listening.promise, 5000, "the listening line");
+  const port = Number(/^listening on 127\.0\.0\.1:(\d+)$/.exec(line)?.[1]);
+  using conn = await connectTo(port);
+  await writeAll(conn, "REQ 42\n");
+  assert.deepEqual(await readLines(conn, 1), ["ACK 42"]);
+  controller.abort();
+  assert.equal(await withTimeout(run, 5000, "runServer to return"), 0);
+});
+
+Deno.test("foo-proxy server prints 'listening on' and exits 0 on SIGTERM", async () => {
+  await using child = spawnMain(["server", "--listen", "127.0.0.1:0", "--nak-every", "2"]);
+  const [, port] = await child.waitForLine(/^listening on 127\.0\.0\.1:(\d+)$/);
+  using conn = await connectTo(Number(port));
+  await writeAll(conn, "REQ 1\nREQ 2\n");
+  assert.deepEqual(await readLines(conn, 2), ["ACK 1", "NAK 2"]);
+  child.kill("SIGTERM");
+  const status = await child.status();
+  assert.equal(status.code, 0, child.stderr.text);
+  assert.equal(await readText(conn), "");
+});
+
+Deno.test("foo-proxy server exits 2 naming a bad flag", async () => {
+  await using child = spawnMain(["server", "--nak-every", "often"]);
+  const status = await child.status();
+  assert.equal(status.code, 2);
+  assert.match(child.stderr.text, /--nak-every/);
+  assert.match(child.stderr.text, /usage: foo-proxy server/);
+  assert.equal(child.stdout.text, "");
+});
+
+/** Waits (callers bound it with withTimeout) until the server has `count` connections open. */
+async function waitForConnections(server: FooServer, count: number): Promise<void> {
+  // Nothing outside the server observes a handler ending, so check the condition each turn of the
+  // event loop; the result never depends on timing, only how long the wait takes does.
+  while (server.connections !== count) await new Promise((resolve) => setTimeout(resolve, 2));
+}
