@@ -1,0 +1,209 @@
+/**
+ * The Prometheus text exposition (format 0.0.4) of the proxy's statistics, served at `/metrics`.
+ *
+ * Every name starts with `foo_proxy_`, counters end in `_total`, and units are seconds and bytes.
+ * Labels take values from small closed sets (direction, type, kind, reason, side, window): never
+ * an address, a connection id or a Seq.
+ *
+ * @module
+ */
+import type { CloseReason, StatsSnapshot } from "../stats/stats.ts";
+import { LatencyStats } from "../stats/latency.ts";
+import { VERSION } from "../version.ts";
+
+/** The `Content-Type` of the text exposition format 0.0.4. */
+export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
+
+/** Close reasons always exposed (at 0 until they happen), so rate() sees the series appear. */
+const CLOSE_REASONS = [
+  "client_closed",
+  "upstream_closed",
+  "upstream_error",
+  "downstream_error",
+  "upstream_unreachable",
+  "shutdown",
+  "idle_timeout",
+  "max_connections",
+] as const satisfies readonly CloseReason[];
+
+/** Options for {@linkcode renderMetrics}. */
+export interface RenderMetricsOptions {
+  /** Latency histogram and anomaly counters; unset: exposed as empty (all zero). */
+  latency?: LatencyStats;
+  /** The `version` label of `foo_proxy_build_info`. @default {VERSION} */
+  version?: string;
+}
+
+/** Renders `snapshot` (and the latency stats) as Prometheus text, ending with a newline. */
+export function renderMetrics(snapshot: StatsSnapshot, options: RenderMetricsOptions = {}): string {
+  const latency = options.latency ?? new LatencyStats();
+  const out = new Exposition();
+
+  out.family("foo_proxy_build_info", "gauge", "Build information; the value is always 1.");
+  out.sample("foo_proxy_build_info", { version: options.version ?? VERSION }, 1);
+  out.family("foo_proxy_uptime_seconds", "gauge", "Seconds since the proxy started.");
+  out.sample("foo_proxy_uptime_seconds", {}, snapshot.uptime_seconds);
+
+  out.family(
+    "foo_proxy_messages_total",
+    "counter",
+    "Valid Foo messages seen, by direction (downstream: from clients) and type.",
+  );
+  out.sample(
+    "foo_proxy_messages_total",
+    { direction: "downstream", type: "req" },
+    snapshot.msg_req,
+  );
+  out.sample("foo_proxy_messages_total", { direction: "upstream", type: "ack" }, snapshot.msg_ack);
+  out.sample("foo_proxy_messages_total", { direction: "upstream", type: "nak" }, snapshot.msg_nak);
+
+  out.family(
+    "foo_proxy_invalid_messages_total",
+    "counter",
+    "Lines that do not follow the protocol (forwarded unchanged), by kind.",
+  );
+  for (const [kind, value] of Object.entries(snapshot.msg_invalid_by_kind)) {
+    out.sample("foo_proxy_invalid_messages_total", { kind }, value);
+  }
+
+  out.family("foo_proxy_requests_per_second", "gauge", "REQ messages per second over a window.");
+  out.sample("foo_proxy_requests_per_second", { window: "1s" }, snapshot.request_rate_1s);
+  out.sample("foo_proxy_requests_per_second", { window: "10s" }, snapshot.request_rate_10s);
+  out.family(
+    "foo_proxy_responses_per_second",
+    "gauge",
+    "ACK and NAK messages per second over a window.",
+  );
+  out.sample("foo_proxy_responses_per_second", { window: "1s" }, snapshot.response_rate_1s);
+  out.sample("foo_proxy_responses_per_second", { window: "10s" }, snapshot.response_rate_10s);
+
+  out.family(
+    "foo_proxy_connections_accepted_total",
+    "counter",
+    "Downstream connections accepted, including rejected ones.",
+  );
+  out.sample("foo_proxy_connections_accepted_total", {}, snapshot.connections_total);
+  out.family(
+    "foo_proxy_connections_rejected_total",
+    "counter",
+    "Downstream connections closed at once because the connection limit was reached.",
+  );
+  out.sample("foo_proxy_connections_rejected_total", {}, snapshot.connections_rejected);
+  out.family("foo_proxy_connections_active", "gauge", "Downstream connections being served.");
+  out.sample("foo_proxy_connections_active", {}, snapshot.connections_active);
+  out.family(
+    "foo_proxy_connections_closed_total",
+    "counter",
+    "Downstream connections closed, by reason.",
+  );
+  const closed: Record<string, number | undefined> = snapshot.connections_closed;
+  for (const reason of CLOSE_REASONS) {
+    out.sample("foo_proxy_connections_closed_total", { reason }, closed[reason] ?? 0);
+  }
+  for (const [reason, value] of Object.entries(closed)) {
+    if (!(CLOSE_REASONS as readonly string[]).includes(reason)) {
+      out.sample("foo_proxy_connections_closed_total", { reason }, value ?? 0);
+    }
+  }
+
+  out.family(
+    "foo_proxy_upstream_connect_failures_total",
+    "counter",
+    "Attempts to connect to the upstream that failed (refused, unreachable or timed out).",
+  );
+  out.sample("foo_proxy_upstream_connect_failures_total", {}, closed.upstream_unreachable ?? 0);
+  out.family(
+    "foo_proxy_upstream_errors_total",
+    "counter",
+    "Upstream connect failures plus upstream connections that failed mid-stream.",
+  );
+  out.sample("foo_proxy_upstream_errors_total", {}, snapshot.upstream_errors);
+
+  out.family(
+    "foo_proxy_received_bytes_total",
+    "counter",
+    "Bytes received from each side (and forwarded to the other).",
+  );
+  out.sample("foo_proxy_received_bytes_total", { side: "downstream" }, snapshot.bytes_downstream);
+  out.sample("foo_proxy_received_bytes_total", { side: "upstream" }, snapshot.bytes_upstream);
+
+  out.family(
+    "foo_proxy_requests_in_flight",
+    "gauge",
+    "REQ messages forwarded and awaiting their reply (tracked ones).",
+  );
+  out.sample("foo_proxy_requests_in_flight", {}, latency.inFlight);
+
+  const h = latency.histogram;
+  const name = "foo_proxy_request_duration_seconds";
+  out.family(name, "histogram", "Time from a REQ to its ACK or NAK on the same connection.");
+  const cumulative = h.cumulativeCounts();
+  for (let i = 0; i < h.bounds.length; i++) {
+    out.sample(`${name}_bucket`, { le: formatValue(h.bounds[i]) }, cumulative[i]);
+  }
+  out.sample(`${name}_bucket`, { le: "+Inf" }, h.count);
+  out.sample(`${name}_sum`, {}, h.sum);
+  out.sample(`${name}_count`, {}, h.count);
+
+  out.family(
+    "foo_proxy_protocol_anomalies_total",
+    "counter",
+    "Replies with no outstanding REQ of their Seq (unmatched_reply) and REQs reusing an " +
+      "outstanding Seq (duplicate_seq).",
+  );
+  out.sample(
+    "foo_proxy_protocol_anomalies_total",
+    { kind: "unmatched_reply" },
+    latency.unmatchedReplies,
+  );
+  out.sample("foo_proxy_protocol_anomalies_total", { kind: "duplicate_seq" }, latency.duplicateSeq);
+  out.family(
+    "foo_proxy_untracked_requests_total",
+    "counter",
+    "REQ messages forwarded but not timed (per-connection tracking limit reached).",
+  );
+  out.sample("foo_proxy_untracked_requests_total", {}, latency.untrackedRequests);
+  out.family(
+    "foo_proxy_unanswered_requests_total",
+    "counter",
+    "Timed REQ messages whose connection ended before their reply.",
+  );
+  out.sample("foo_proxy_unanswered_requests_total", {}, latency.unansweredRequests);
+  return out.text();
+}
+
+/** Formats a sample value the way Prometheus parses it (`+Inf`, `-Inf`, `NaN`). */
+export function formatValue(value: number): string {
+  if (value === Infinity) return "+Inf";
+  if (value === -Infinity) return "-Inf";
+  if (Number.isNaN(value)) return "NaN";
+  return String(value);
+}
+
+/** Escapes a label value: backslash, double quote and newline. */
+export function escapeLabelValue(value: string): string {
+  return value.replace(/[\\"\n]/g, (c) => (c === "\n" ? "\\n" : `\\${c}`));
+}
+
+/** Escapes `# HELP` text: backslash and newline. */
+export function escapeHelp(text: string): string {
+  return text.replace(/[\\\n]/g, (c) => (c === "\n" ? "\\n" : "\\\\"));
+}
+
+class Exposition {
+  #lines: string[] = [];
+
+  family(name: string, type: "counter" | "gauge" | "histogram", help: string): void {
+    this.#lines.push(`# HELP ${name} ${escapeHelp(help)}`, `# TYPE ${name} ${type}`);
+  }
+
+  sample(name: string, labels: Record<string, string>, value: number): void {
+    const pairs = Object.entries(labels).map(([k, v]) => `${k}="${escapeLabelValue(v)}"`);
+    const labelText = pairs.length > 0 ? `{${pairs.join(",")}}` : "";
+    this.#lines.push(`${name}${labelText} ${formatValue(value)}`);
+  }
+
+  text(): string {
+    return this.#lines.join("\n") + "\n";
+  }
+}

@@ -1,0 +1,229 @@
+import assert from "node:assert/strict";
+import {
+  escapeHelp,
+  escapeLabelValue,
+  formatValue,
+  METRICS_CONTENT_TYPE,
+  renderMetrics,
+} from "../src/http/metrics.ts";
+import { MSG_ACK, MSG_REQ } from "../src/protocol/analyzer.ts";
+import { LatencyStats, LatencyTracker } from "../src/stats/latency.ts";
+import { Stats } from "../src/stats/stats.ts";
+
+interface Sample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+/** A strict reader of the 0.0.4 text format: throws on any line it does not understand. */
+function parseExposition(text: string): { samples: Sample[]; types: Map<string, string> } {
+  assert.ok(text.endsWith("\n"), "the exposition must end with a newline");
+  const types = new Map<string, string>();
+  const helps = new Set<string>();
+  const samples: Sample[] = [];
+  const seen = new Set<string>();
+  for (const line of text.slice(0, -1).split("\n")) {
+    let m = /^# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) (.*)$/.exec(line);
+    if (m) {
+      assert.ok(!helps.has(m[1]), `second HELP for ${m[1]}`);
+      helps.add(m[1]);
+      continue;
+    }
+    m = /^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped)$/.exec(line);
+    if (m) {
+      assert.ok(helps.has(m[1]), `TYPE before HELP for ${m[1]}`);
+      assert.ok(!types.has(m[1]), `second TYPE for ${m[1]}`);
+      types.set(m[1], m[2]);
+      continue;
+    }
+    m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    assert.ok(m, `unparsable line: ${JSON.stringify(line)}`);
+    const labels: Record<string, string> = {};
+    if (m[2] !== undefined) {
+      const re = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(,|$)/gy;
+      let lm: RegExpExecArray | null;
+      let consumed = 0;
+      while ((lm = re.exec(m[2])) !== null) {
+        labels[lm[1]] = lm[2].replace(/\\(.)/g, (_, c) => (c === "n" ? "\n" : c));
+        consumed = re.lastIndex;
+      }
+      assert.equal(consumed, m[2].length, `bad labels in ${line}`);
+    }
+    const value = m[3] === "+Inf" ? Infinity : m[3] === "-Inf" ? -Infinity : Number(m[3]);
+    assert.ok(!Number.isNaN(value) || m[3] === "NaN", `bad value in ${line}`);
+    const family = m[1].replace(/_(bucket|sum|count)$/, "");
+    assert.ok(types.has(m[1]) || types.get(family) === "histogram", `no TYPE for ${m[1]}`);
+    const key = line.slice(0, line.lastIndexOf(" "));
+    assert.ok(!seen.has(key), `duplicate series ${key}`);
+    seen.add(key);
+    samples.push({ name: m[1], labels, value });
+  }
+  return { samples, types };
+}
+
+function find(samples: Sample[], name: string, labels: Record<string, string> = {}): number {
+  const hit = samples.find((s) =>
+    s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v)
+  );
+  assert.ok(hit, `no sample ${name} ${JSON.stringify(labels)}`);
+  return hit.value;
+}
+
+function busyStats(): { stats: Stats; latency: LatencyStats } {
+  let now = 1_000_000;
+  const stats = new Stats({ clock: () => now });
+  stats.counts.msg_req = 7;
+  stats.counts.msg_ack = 5;
+  stats.counts.msg_nak = 1;
+  stats.counts.invalid_seq = 2;
+  stats.counts.invalid_direction = 1;
+  stats.recordRequests(7);
+  stats.recordResponses(6);
+  stats.connectionsActive = 2;
+  stats.connectionsTotal = 9;
+  stats.connectionsRejected = 1;
+  stats.upstreamErrors = 3;
+  stats.bytesDownstream = 1234;
+  stats.bytesUpstream = 567;
+  stats.recordClose("client_closed");
+  stats.recordClose("client_closed");
+  stats.recordClose("upstream_unreachable");
+  now += 500;
+  const latency = new LatencyStats();
+  const t = new LatencyTracker(latency);
+  t.setTime(0);
+  t.onMessage(MSG_REQ, 1);
+  t.onMessage(MSG_REQ, 2);
+  t.onMessage(MSG_REQ, 3);
+  t.setTime(3); // 3 ms
+  t.onMessage(MSG_ACK, 1);
+  t.setTime(20_000); // 20 s: beyond the last bucket
+  t.onMessage(MSG_ACK, 2);
+  t.onMessage(MSG_ACK, 99);
+  return { stats, latency };
+}
+
+Deno.test("renderMetrics() output parses as text format 0.0.4 with HELP and TYPE per family", () => {
+  const { stats, latency } = busyStats();
+  const { samples, types } = parseExposition(
+    renderMetrics(stats.snapshot(), { latency, version: "1.2.3" }),
+  );
+  assert.ok(samples.length > 20);
+  for (const [name, type] of types) {
+    assert.match(name, /^foo_proxy_/);
+    if (type === "counter") assert.match(name, /_total$/, `${name} is a counter`);
+    else assert.doesNotMatch(name, /_total$/, `${name} is a ${type}`);
+  }
+  assert.equal(METRICS_CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
+});
+
+Deno.test("renderMetrics() exposes messages, invalid, connections, bytes and rates", () => {
+  const { stats, latency } = busyStats();
+  const { samples } = parseExposition(renderMetrics(stats.snapshot(), { latency }));
+  const m = "foo_proxy_messages_total";
+  assert.equal(find(samples, m, { direction: "downstream", type: "req" }), 7);
+  assert.equal(find(samples, m, { direction: "upstream", type: "ack" }), 5);
+  assert.equal(find(samples, m, { direction: "upstream", type: "nak" }), 1);
+  assert.equal(find(samples, "foo_proxy_invalid_messages_total", { kind: "seq" }), 2);
+  assert.equal(find(samples, "foo_proxy_invalid_messages_total", { kind: "direction" }), 1);
+  assert.equal(find(samples, "foo_proxy_invalid_messages_total", { kind: "type" }), 0);
+  assert.equal(find(samples, "foo_proxy_invalid_messages_total", { kind: "truncated" }), 0);
+  assert.equal(find(samples, "foo_proxy_connections_accepted_total"), 9);
+  assert.equal(find(samples, "foo_proxy_connections_rejected_total"), 1);
+  assert.equal(find(samples, "foo_proxy_connections_active"), 2);
+  const closed = "foo_proxy_connections_closed_total";
+  assert.equal(find(samples, closed, { reason: "client_closed" }), 2);
+  assert.equal(find(samples, closed, { reason: "upstream_unreachable" }), 1);
+  assert.equal(find(samples, closed, { reason: "shutdown" }), 0);
+  assert.equal(find(samples, "foo_proxy_upstream_connect_failures_total"), 1);
+  assert.equal(find(samples, "foo_proxy_upstream_errors_total"), 3);
+  assert.equal(find(samples, "foo_proxy_received_bytes_total", { side: "downstream" }), 1234);
+  assert.equal(find(samples, "foo_proxy_received_bytes_total", { side: "upstream" }), 567);
+  const snap = stats.snapshot();
+  assert.ok(snap.request_rate_1s > 0);
+  assert.equal(
+    find(samples, "foo_proxy_requests_per_second", { window: "1s" }),
+    snap.request_rate_1s,
+  );
+  assert.equal(
+    find(samples, "foo_proxy_responses_per_second", { window: "10s" }),
+    snap.response_rate_10s,
+  );
+  assert.equal(find(samples, "foo_proxy_uptime_seconds"), 0.5);
+});
+
+Deno.test("renderMetrics() exposes the latency histogram cumulatively with +Inf = count", () => {
+  const { stats, latency } = busyStats();
+  const { samples, types } = parseExposition(renderMetrics(stats.snapshot(), { latency }));
+  const name = "foo_proxy_request_duration_seconds";
+  assert.equal(types.get(name), "histogram");
+  const buckets = samples.filter((s) => s.name === `${name}_bucket`);
+  assert.equal(buckets[0].labels.le, "0.0001");
+  assert.equal(buckets.at(-2)?.labels.le, "10");
+  assert.equal(buckets.at(-1)?.labels.le, "+Inf");
+  for (let i = 1; i < buckets.length; i++) assert.ok(buckets[i].value >= buckets[i - 1].value);
+  assert.equal(find(samples, `${name}_bucket`, { le: "0.0025" }), 0);
+  assert.equal(find(samples, `${name}_bucket`, { le: "0.005" }), 1);
+  assert.equal(find(samples, `${name}_bucket`, { le: "10" }), 1);
+  assert.equal(find(samples, `${name}_bucket`, { le: "+Inf" }), 2);
+  assert.equal(find(samples, `${name}_count`), 2);
+  assert.ok(Math.abs(find(samples, `${name}_sum`) - 20.003) < 1e-9);
+  assert.equal(find(samples, "foo_proxy_requests_in_flight"), 1);
+  const anomalies = "foo_proxy_protocol_anomalies_total";
+  assert.equal(find(samples, anomalies, { kind: "unmatched_reply" }), 1);
+  assert.equal(find(samples, anomalies, { kind: "duplicate_seq" }), 0);
+  assert.equal(find(samples, "foo_proxy_untracked_requests_total"), 0);
+});
+
+Deno.test("renderMetrics() without latency stats exposes an empty histogram", () => {
+  const stats = new Stats({ clock: () => 0 });
+  const { samples } = parseExposition(renderMetrics(stats.snapshot()));
+  assert.equal(find(samples, "foo_proxy_request_duration_seconds_count"), 0);
+  assert.equal(find(samples, "foo_proxy_request_duration_seconds_bucket", { le: "+Inf" }), 0);
+});
+
+Deno.test("renderMetrics() puts the version in build_info and no address in any label", () => {
+  const { stats, latency } = busyStats();
+  const { samples } = parseExposition(
+    renderMetrics(stats.snapshot(), { latency, version: "0.9.0" }),
+  );
+  assert.equal(find(samples, "foo_proxy_build_info", { version: "0.9.0" }), 1);
+  const allowed = new Set([
+    "direction",
+    "type",
+    "kind",
+    "reason",
+    "side",
+    "window",
+    "le",
+    "version",
+  ]);
+  for (const s of samples) {
+    for (const [label, value] of Object.entries(s.labels)) {
+      assert.ok(allowed.has(label), `unexpected label ${label} on ${s.name}`);
+      assert.doesNotMatch(value, /\d+\.\d+\.\d+\.\d+|:\d{2,5}$/, `address-like ${value}`);
+    }
+  }
+});
+
+Deno.test("renderMetrics() escapes an odd close reason instead of breaking the format", () => {
+  const stats = new Stats({ clock: () => 0 });
+  const snap = stats.snapshot();
+  (snap.connections_closed as Record<string, number>)['we"ird\\\nreason'] = 4;
+  const { samples } = parseExposition(renderMetrics(snap));
+  assert.equal(
+    find(samples, "foo_proxy_connections_closed_total", { reason: 'we"ird\\\nreason' }),
+    4,
+  );
+});
+
+Deno.test("escaping helpers follow the exposition format rules", () => {
+  assert.equal(escapeLabelValue('a"b\\c\nd'), 'a\\"b\\\\c\\nd');
+  assert.equal(escapeHelp('a"b\\c\nd'), 'a"b\\\\c\\nd');
+  assert.equal(formatValue(Infinity), "+Inf");
+  assert.equal(formatValue(-Infinity), "-Inf");
+  assert.equal(formatValue(NaN), "NaN");
+  assert.equal(formatValue(0.00025), "0.00025");
+  assert.equal(formatValue(12), "12");
+});
