@@ -1,0 +1,129 @@
+import assert from "node:assert/strict";
+import { parseAddress } from "../src/cli/address.ts";
+import { UsageError } from "../src/cli/flags.ts";
+import { parseProxyConfig } from "../src/cmd/proxy.ts";
+import { connectTo, readLines, spawnMain, startUpstream, writeAll } from "./_util.ts";
+
+Deno.test("parseAddress accepts :port, port, host:port and [v6]:port", () => {
+  assert.deepEqual(parseAddress(":8002"), { hostname: "0.0.0.0", port: 8002 });
+  assert.deepEqual(parseAddress("8002", { defaultHost: "localhost" }), {
+    hostname: "localhost",
+    port: 8002,
+  });
+  assert.deepEqual(parseAddress("example.com:1"), { hostname: "example.com", port: 1 });
+  assert.deepEqual(parseAddress("10.1.2.3:65535"), { hostname: "10.1.2.3", port: 65535 });
+  assert.deepEqual(parseAddress("[::1]:8002"), { hostname: "::1", port: 8002 });
+  for (const bad of ["", ":", "host:", "host:x", ":65536", "::1:80", "[::1]80", "[::1", "a b:1"]) {
+    assert.throws(() => parseAddress(bad), RangeError, bad);
+  }
+});
+
+Deno.test("parseProxyConfig takes Go-style flags, env fallbacks, and flags win over env", () => {
+  const env = { FOO_PROXY_FORWARD: "upstream:9000", FOO_PROXY_LISTEN: ":7000" };
+  const getEnv = (name: string) => env[name as keyof typeof env];
+  const go = parseProxyConfig(["-listen=:8002", "-forward", "localhost:8001"], getEnv);
+  assert.deepEqual(go.listen, { hostname: "0.0.0.0", port: 8002 });
+  assert.deepEqual(go.forward, { hostname: "localhost", port: 8001 });
+  const fromEnv = parseProxyConfig([], getEnv);
+  assert.deepEqual(fromEnv.listen, { hostname: "0.0.0.0", port: 7000 });
+  assert.deepEqual(fromEnv.forward, { hostname: "upstream", port: 9000 });
+  const defaults = parseProxyConfig([]);
+  assert.deepEqual(defaults.listen, { hostname: "0.0.0.0", port: 8002 });
+  assert.deepEqual(defaults.forward, { hostname: "localhost", port: 8001 });
+  assert.equal(defaults.connectTimeoutMs, 5000);
+  assert.throws(() => parseProxyConfig(["--nope"]), UsageError);
+  assert.throws(() => parseProxyConfig(["--listen"]), UsageError);
+  assert.throws(() => parseProxyConfig(["--forward", "nowhere"]), /--forward: Invalid address/);
+  assert.throws(() => parseProxyConfig(["stray"]), UsageError);
+  assert.throws(() => parseProxyConfig(["--max-connections", "-5"]), UsageError);
+});
+
+for (
+  const [args, pattern] of [
+    [["--bogus"], /Unknown option '--bogus'/],
+    [["--listen", "127.0.0.1:70000"], /--listen: Invalid address "127\.0\.0\.1:70000"/],
+    [["-forward=[::1"], /--forward: Invalid address "\[::1"/],
+    [["--log-level", "loud"], /Invalid value "loud" for --log-level/],
+    [["frobnicate"], /unknown subcommand "frobnicate"/],
+  ] as const
+) {
+  Deno.test(`foo-proxy ${args.join(" ")} exits 2 with one line naming the problem and the usage`, async () => {
+    await using child = spawnMain([...args]);
+    const status = await child.status();
+    assert.equal(status.code, 2);
+    const lines = child.stderr.text.trimEnd().split("\n");
+    assert.equal(lines.length, 1, child.stderr.text);
+    assert.match(lines[0], pattern);
+    assert.match(lines[0], /usage: foo-proxy/);
+    assert.equal(child.stdout.text, "", "nothing started, nothing on stdout");
+  });
+}
+
+Deno.test("foo-proxy --help and --version print to stdout and exit 0", async () => {
+  await using help = spawnMain(["proxy", "--help"]);
+  assert.equal((await help.status()).code, 0);
+  assert.match(help.stdout.text, /--listen ADDR[\s\S]*--forward ADDR/);
+  await using version = spawnMain(["--version"]);
+  assert.equal((await version.status()).code, 0);
+  assert.match(version.stdout.text, /^foo-proxy \d+\.\d+\.\d+\n$/);
+});
+
+Deno.test("SIGUSR2 prints exactly one JSON stats line on stdout; SIGTERM a final one and exit 0", async () => {
+  await using upstream = await startUpstream({ nakEvery: 2 });
+  await using child = spawnMain(
+    ["-listen=127.0.0.1:0", "-forward", `127.0.0.1:${upstream.addr.port}`, "--log-format", "json"],
+  );
+  const listening = await child.stderr.waitFor(/"listen":"127\.0\.0\.1:(\d+)"/);
+  const port = Number(listening[1]);
+  {
+    using conn = await connectTo(port);
+    await writeAll(conn, "REQ 1\nREQ 2\nREQ 3\nREQ 4\nbad line\n");
+    assert.deepEqual(await readLines(conn, 4), ["ACK 1", "NAK 2", "ACK 3", "NAK 4"]);
+  }
+  child.kill("SIGUSR2");
+  const line = await child.readLine();
+  assert.ok(line !== null);
+  const stats = JSON.parse(line);
+  assert.equal(stats.msg_req, 4);
+  assert.equal(stats.msg_ack, 2);
+  assert.equal(stats.msg_nak, 2);
+  assert.equal(stats.msg_total, 8);
+  assert.equal(stats.msg_invalid, 1);
+  for (
+    const key of ["request_rate_1s", "request_rate_10s", "response_rate_1s", "response_rate_10s"]
+  ) {
+    assert.equal(typeof stats[key], "number", key);
+  }
+  assert.ok(stats.request_rate_10s > 0);
+  child.kill("SIGUSR2");
+  assert.equal(JSON.parse((await child.readLine()) ?? "null").msg_req, 4, "a second report");
+  child.kill("SIGTERM");
+  const final = JSON.parse((await child.readLine()) ?? "null");
+  assert.equal(final.msg_total, 8);
+  assert.equal((await child.status()).code, 0);
+  assert.equal(
+    child.stdout.text.trimEnd().split("\n").length,
+    3,
+    "stdout carries only stats lines",
+  );
+  assert.ok(!child.stdout.text.includes("Listening"), "logs go to stderr");
+});
+
+Deno.test("FOO_PROXY_* environment variables configure the proxy when flags are absent", async () => {
+  await using upstream = await startUpstream();
+  await using child = spawnMain([], {
+    env: {
+      FOO_PROXY_LISTEN: "127.0.0.1:0",
+      FOO_PROXY_FORWARD: `127.0.0.1:${upstream.addr.port}`,
+      FOO_PROXY_LOG_LEVEL: "debug",
+    },
+  });
+  const port = Number((await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/))[1]);
+  using conn = await connectTo(port);
+  await writeAll(conn, "REQ 7 hi\n");
+  assert.deepEqual(await readLines(conn, 1), ["ACK 7"]);
+  await child.stderr.waitFor(/\[DBG\] foo-proxy\.proxy: Bridging/);
+  child.kill("SIGINT");
+  assert.equal(JSON.parse((await child.readLine()) ?? "null").msg_ack, 1);
+  assert.equal((await child.status()).code, 0);
+});
