@@ -6,6 +6,7 @@
 import { getLogger } from "@logtape/logtape";
 import { formatAddress, parseAddress } from "../cli/address.ts";
 import { parseDuration } from "../cli/duration.ts";
+import { assertPermissions, MissingPermissionError } from "../cli/permissions.ts";
 import {
   denoEnvReader,
   type FlagSpec,
@@ -18,7 +19,12 @@ import { systemClock } from "../stats/clock.ts";
 import { Stats } from "../stats/stats.ts";
 import { VERSION } from "../version.ts";
 import { setupLogging } from "./logging.ts";
-import { type CommandContext, reportUsageError, writeStdoutLine } from "./output.ts";
+import {
+  type CommandContext,
+  reportUsageError,
+  writeStderrLine,
+  writeStdoutLine,
+} from "./output.ts";
 
 /** Flags of `foo-proxy proxy`. */
 export const PROXY_FLAGS: Record<string, FlagSpec> = {
@@ -110,10 +116,15 @@ export async function runProxy(args: string[], context: CommandContext = {}): Pr
       stdout(`foo-proxy ${VERSION}`);
       return 0;
     }
+    assertPermissions(config); // before anything opens: one line and exit 2 when one is missing
     logging = setupLogging({ level: config.logLevel, format: config.logFormat });
   } catch (error) {
     if (error instanceof UsageError) {
       return reportUsageError(error.message, PROXY_SYNOPSIS);
+    }
+    if (error instanceof MissingPermissionError) {
+      writeStderrLine(`foo-proxy: ${error.message}`);
+      return 2;
     }
     throw error;
   }
