@@ -1,0 +1,166 @@
+import assert from "node:assert/strict";
+import {
+  assertPermissions,
+  MissingPermissionError,
+  type PermissionNeed,
+  permissionNeeds,
+  type PermissionTargets,
+} from "../src/cli/permissions.ts";
+import { PROXY_FLAGS } from "../src/cmd/proxy.ts";
+import { connectTo, lineReader, spawnMain, startUpstream, writeAll } from "./_util.ts";
+
+const LOCAL = "127.0.0.1";
+const targets: PermissionTargets = {
+  listen: { hostname: "0.0.0.0", port: 8002 },
+  forward: { hostname: "localhost", port: 8001 },
+  http: { hostname: LOCAL, port: 8080 },
+  health: { hostname: LOCAL, port: 8081 },
+  recoveryPath: "/var/lib/foo-proxy/stats.json",
+};
+
+/** A query that grants everything except the descriptors `deny` matches. */
+function grantAllBut(
+  deny: (d: PermissionNeed["descriptor"]) => boolean,
+  denied: Deno.PermissionState = "denied",
+) {
+  return (d: PermissionNeed["descriptor"]) => deny(d) ? denied : "granted";
+}
+
+Deno.test("permissionNeeds() lists listen, forward, http, health and the recovery directory", () => {
+  const needs = permissionNeeds(targets).map((n) => [n.descriptor, n.purpose]);
+  assert.deepEqual(needs, [
+    [{ name: "net", host: "0.0.0.0:8002" }, "listen --listen"],
+    [{ name: "net", host: "localhost:8001" }, "upstream --forward"],
+    [{ name: "net", host: "127.0.0.1:8080" }, "stats HTTP --http"],
+    [{ name: "net", host: "127.0.0.1:8081" }, "health HTTP --health"],
+    [{ name: "read", path: "/var/lib/foo-proxy" }, "recovery file --recovery-path"],
+    [{ name: "write", path: "/var/lib/foo-proxy" }, "recovery file --recovery-path"],
+  ]);
+  const minimal = permissionNeeds({
+    listen: { hostname: "::1", port: 1 },
+    forward: targets.forward,
+    http: null,
+    health: false,
+    recoveryPath: "",
+  });
+  assert.deepEqual(minimal.map((n) => n.target), ["[::1]:1", "localhost:8001"]);
+});
+
+Deno.test("assertPermissions() passes when everything is granted and names the first missing one", () => {
+  assertPermissions(targets, { query: () => "granted", standalone: false });
+  const cases: [(d: PermissionNeed["descriptor"]) => boolean, string][] = [
+    [
+      (d) => d.name === "net" && d.host === "localhost:8001",
+      "Missing permission: net access to localhost:8001 (upstream --forward); " +
+      "run with --allow-net=localhost:8001 or widen --allow-net",
+    ],
+    [
+      (d) => d.name === "net" && d.host === "0.0.0.0:8002",
+      "Missing permission: net access to 0.0.0.0:8002 (listen --listen); " +
+      "run with --allow-net=0.0.0.0:8002 or widen --allow-net",
+    ],
+    [
+      (d) => d.name === "net" && d.host === "127.0.0.1:8081",
+      "Missing permission: net access to 127.0.0.1:8081 (health HTTP --health); " +
+      "run with --allow-net=127.0.0.1:8081 or widen --allow-net",
+    ],
+    [
+      (d) => d.name === "write",
+      "Missing permission: write access to /var/lib/foo-proxy (recovery file --recovery-path); " +
+      "run with --allow-write=/var/lib/foo-proxy or widen --allow-write",
+    ],
+  ];
+  for (const [deny, message] of cases) {
+    assert.throws(
+      () => assertPermissions(targets, { query: grantAllBut(deny), standalone: false }),
+      (error: unknown) => {
+        assert.ok(error instanceof MissingPermissionError);
+        assert.equal(error.name, "MissingPermissionError");
+        assert.equal(error.message, message);
+        assert.ok(!error.message.includes("\n"));
+        return true;
+      },
+    );
+  }
+});
+
+Deno.test("assertPermissions() treats 'prompt' as missing and words the fix for a compiled binary", () => {
+  assert.throws(
+    () =>
+      assertPermissions(targets, {
+        query: grantAllBut((d) => d.name === "read", "prompt"),
+        standalone: true,
+      }),
+    {
+      name: "MissingPermissionError",
+      message: "Missing permission: read access to /var/lib/foo-proxy " +
+        '(recovery file --recovery-path); rebuild the binary with --allow-read=/var/lib/foo-proxy (see "deno task compile --help")',
+    },
+  );
+});
+
+/** A port that was free a moment ago: bound on 127.0.0.1:0, read, closed. */
+function freePort(): number {
+  using listener = Deno.listen({ hostname: LOCAL, port: 0 });
+  return listener.addr.port;
+}
+
+/** `--http off --health off` once those flags exist (they are being added), else nothing. */
+function httpOffFlags(): string[] {
+  return ["http", "health"].flatMap((flag) => flag in PROXY_FLAGS ? [`--${flag}`, "off"] : []);
+}
+
+Deno.test("the proxy serves real traffic with only --allow-net=<listen>,<upstream> (no env, read or write)", async () => {
+  await using upstream = await startUpstream();
+  const listen = freePort();
+  const up = upstream.addr.port;
+  await using child = spawnMain(
+    ["proxy", "--listen", `${LOCAL}:${listen}`, "--forward", `${LOCAL}:${up}`, ...httpOffFlags()],
+    { permissions: [`--allow-net=${LOCAL}:${listen},${LOCAL}:${up}`] },
+  );
+  await child.stderr.waitFor(/Listening on/);
+  {
+    using conn = await connectTo(listen);
+    await writeAll(conn, "REQ 1 hello\nREQ 2 world\n");
+    const reader = lineReader(conn);
+    assert.deepEqual(await reader.readLines(2), ["ACK 1", "ACK 2"]);
+  }
+  child.kill("SIGTERM");
+  assert.equal((await child.status()).code, 0, child.stderr.text);
+  const final = JSON.parse(child.stdout.lines.at(-1)!);
+  assert.equal(final.msg_req, 2);
+  assert.equal(final.msg_ack, 2);
+  assert.equal(upstream.requests, 2);
+});
+
+Deno.test("without --allow-net the proxy exits 2 with one line naming the address and flag, opening nothing", async () => {
+  await using upstream = await startUpstream();
+  const listen = freePort();
+  const up = upstream.addr.port;
+  const args = [
+    "proxy",
+    "--listen",
+    `${LOCAL}:${listen}`,
+    "--forward",
+    `${LOCAL}:${up}`,
+    ...httpOffFlags(),
+  ];
+  for (
+    const [permissions, missing] of [
+      [[], `${LOCAL}:${listen} (listen --listen)`],
+      [[`--allow-net=${LOCAL}:${listen}`], `${LOCAL}:${up} (upstream --forward)`],
+    ] as const
+  ) {
+    await using child = spawnMain(args, { permissions: [...permissions] });
+    assert.equal((await child.status()).code, 2, child.stderr.text);
+    const host = missing.split(" ")[0];
+    assert.equal(
+      child.stderr.text,
+      `foo-proxy: Missing permission: net access to ${missing}; ` +
+        `run with --allow-net=${host} or widen --allow-net\n`,
+    );
+    assert.equal(child.stdout.text, "");
+  }
+  // Nothing was opened: no "Listening on" log line above, and the upstream answered nothing.
+  assert.equal(upstream.requests, 0);
+});
