@@ -1,0 +1,173 @@
+/**
+ * `foo-proxy client`: flags, progress dots and the exit code around {@linkcode runClient}.
+ *
+ * @module
+ */
+import { getLogger } from "@logtape/logtape";
+import { type Address, parseAddress } from "../cli/address.ts";
+import { parseDuration } from "../cli/duration.ts";
+import {
+  denoEnvReader,
+  type FlagSpec,
+  parseFlags,
+  parseIntegerFlag,
+  UsageError,
+} from "../cli/flags.ts";
+import { ClientError, runClient } from "../tools/client.ts";
+import { setupLogging } from "./logging.ts";
+import {
+  type CommandContext,
+  reportUsageError,
+  writeStderrLine,
+  writeStdoutLine,
+} from "./output.ts";
+
+/** Flags of `foo-proxy client`. */
+export const CLIENT_FLAGS: Record<string, FlagSpec> = {
+  connect: { type: "string", default: "localhost:8002" },
+  requests: { type: "string", default: "10" },
+  pipeline: { type: "string", default: "1" },
+  connections: { type: "string", default: "1" },
+  payload: { type: "string", default: "0" },
+  timeout: { type: "string", default: "10s" },
+  "log-level": { type: "string", default: "warning" },
+  "log-format": { type: "string", default: "text" },
+  help: { type: "boolean", short: "h", env: false },
+};
+
+/** One-line synopsis of `foo-proxy client`, quoted in usage errors. */
+export const CLIENT_SYNOPSIS =
+  "foo-proxy client [--connect ADDR] [--requests N] [--pipeline N] [--connections N] [--payload BYTES] [--timeout DUR]";
+
+/** Usage text of `foo-proxy client`. */
+export const CLIENT_USAGE = `Usage: foo-proxy client [flags]
+
+A Foo test driver: sends REQ 1..N on each connection and verifies every reply (the right Seq,
+in order, ACK or NAK, nothing extra). Prints progress dots then "OK!" and exits 0; otherwise
+exits 1 with one line on stderr saying what was wrong.
+
+Flags (each also from FOO_PROXY_<NAME>, e.g. FOO_PROXY_CONNECT; flags win):
+  --connect ADDR       the proxy or server to drive             (default localhost:8002)
+  --requests N         REQs per connection                      (default 10)
+  --pipeline N         REQs in flight per connection            (default 1)
+  --connections N      connections at once                      (default 1)
+  --payload BYTES      data bytes after each Seq                (default 0)
+  --timeout DUR        longest wait to connect or for a reply   (default 10s; 0 = none)
+  --log-level LEVEL    debug|info|warning|error                 (default warning)
+  --log-format FORMAT  text|json, on stderr                     (default text)
+  -h, --help           print this help
+
+ADDR is :PORT, PORT, HOST:PORT or [IPv6]:PORT.`;
+
+/** Parsed configuration of `foo-proxy client`. */
+export interface ClientConfig {
+  connect: Address;
+  requests: number;
+  pipeline: number;
+  connections: number;
+  payload: number;
+  timeoutMs: number;
+  logLevel: string;
+  logFormat: string;
+  help: boolean;
+}
+
+/**
+ * Parses the client's flags (and `FOO_PROXY_*` through `getEnv`).
+ *
+ * @throws {UsageError} naming the bad flag or value.
+ */
+export function parseClientConfig(
+  args: readonly string[],
+  getEnv?: (name: string) => string | undefined,
+): ClientConfig {
+  const v = parseFlags(args, CLIENT_FLAGS, { getEnv });
+  let connect: Address;
+  try {
+    connect = parseAddress(String(v.connect), { defaultHost: "localhost" });
+  } catch (error) {
+    throw new UsageError(`--connect: ${(error as Error).message}`, { cause: error });
+  }
+  if (connect.port === 0) throw new UsageError(`--connect: port 0 cannot be connected to`);
+  return {
+    connect,
+    requests: parseIntegerFlag("requests", v.requests),
+    pipeline: parseIntegerFlag("pipeline", v.pipeline, { min: 1, max: 1_000_000 }),
+    connections: parseIntegerFlag("connections", v.connections, { min: 1, max: 100_000 }),
+    payload: parseIntegerFlag("payload", v.payload, { max: 1 << 24 }),
+    timeoutMs: parseDuration("timeout", v.timeout),
+    logLevel: String(v["log-level"]),
+    logFormat: String(v["log-format"]),
+    help: v.help === true,
+  };
+}
+
+const DOTS = 10;
+
+/**
+ * Runs the driver; resolves with 0 when every reply was right, 1 when not (after one stderr line
+ * saying why), 2 for a usage error.
+ */
+export async function runClientCommand(
+  args: string[],
+  context: CommandContext = {},
+): Promise<number> {
+  const stdout = context.stdout ?? writeStdoutLine;
+  let config: ClientConfig;
+  let logging: Disposable;
+  try {
+    config = parseClientConfig(args, denoEnvReader());
+    if (config.help) {
+      stdout(CLIENT_USAGE);
+      return 0;
+    }
+    logging = setupLogging({ level: config.logLevel, format: config.logFormat });
+  } catch (error) {
+    if (error instanceof UsageError) return reportUsageError(error.message, CLIENT_SYNOPSIS);
+    throw error;
+  }
+  using _logging = logging;
+  const logger = getLogger(["foo-proxy", "client"]);
+
+  // Dots go straight to the terminal as replies are verified; a captured stdout (tests) gets
+  // them with the final line instead.
+  let dots = 0;
+  const live = context.stdout === undefined;
+  const onProgress = (verified: number, total: number) => {
+    const due = Math.floor((verified * DOTS) / total);
+    if (due <= dots) return;
+    if (live) writeRaw(".".repeat(due - dots));
+    dots = due;
+  };
+  try {
+    const result = await runClient({
+      connect: config.connect,
+      requests: config.requests,
+      pipeline: config.pipeline,
+      connections: config.connections,
+      payload: config.payload,
+      timeoutMs: config.timeoutMs,
+      signal: context.signal,
+      logger,
+      onProgress,
+    });
+    stdout(`${live ? "" : ".".repeat(dots)}OK!`);
+    logger.info(
+      "{requests} requests on {connections} connection(s): {acks} ACK, {naks} NAK in {ms} ms",
+      { ...result, ms: Math.round(result.durationMs) },
+    );
+    return 0;
+  } catch (error) {
+    if (!(error instanceof ClientError) && !(error instanceof RangeError)) throw error;
+    if (live && dots > 0) writeRaw("\n");
+    writeStderrLine(`foo-proxy client: ${error.message}`);
+    return 1;
+  }
+}
+
+const encoder = new TextEncoder();
+
+function writeRaw(text: string): void {
+  let bytes = encoder.encode(text);
+  while (bytes.length > 0) bytes = bytes.subarray(Deno.stdout.writeSync(bytes));
+}
