@@ -6,6 +6,7 @@
  */
 import { createMessageCounts, invalidTotal, type MessageCounts } from "../protocol/analyzer.ts";
 import type { Clock } from "./clock.ts";
+import { LatencyStats } from "./latency.ts";
 import { MovingWindow } from "./window.ts";
 
 /** Why a proxied connection ended (a metrics label: a closed set, never an address). */
@@ -80,6 +81,8 @@ export class Stats {
   bytesUpstream = 0;
   /** Closed connections by reason. */
   readonly closed: Partial<Record<CloseReason, number>> = {};
+  /** REQ→reply latency histogram, anomaly counters and requests in flight (`/stats`, `/metrics`). */
+  readonly latency: LatencyStats = new LatencyStats();
   readonly startedAt: number;
 
   /** Creates zeroed stats reading time from `options.clock`. */
@@ -94,16 +97,14 @@ export class Stats {
     };
   }
 
-  /** Records `count` REQs just seen. */
-  recordRequests(count: number): void {
-    const now = this.clock();
+  /** Records `count` REQs just seen at `now` (a clock reading the caller already has). */
+  recordRequests(count: number, now: number = this.clock()): void {
     this.windows.request1s.add(now, count);
     this.windows.request10s.add(now, count);
   }
 
-  /** Records `count` ACK/NAKs just seen. */
-  recordResponses(count: number): void {
-    const now = this.clock();
+  /** Records `count` ACK/NAKs just seen at `now` (a clock reading the caller already has). */
+  recordResponses(count: number, now: number = this.clock()): void {
     this.windows.response1s.add(now, count);
     this.windows.response10s.add(now, count);
   }
