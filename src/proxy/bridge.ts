@@ -7,6 +7,7 @@
 import type { Logger } from "@logtape/logtape";
 import { Analyzer, type AnalyzerOptions } from "../protocol/analyzer.ts";
 import type { CloseReason, Stats } from "../stats/stats.ts";
+import type { HeldBytes } from "./first_bytes_reader.ts";
 
 /** Options for {@linkcode bridge}. */
 export interface BridgeOptions {
@@ -29,9 +30,57 @@ export interface BridgeOptions {
   signal?: AbortSignal;
   /** Text naming the connection in log lines, e.g. `127.0.0.1:5555 -> 127.0.0.1:8001`. */
   label?: string;
+  /**
+   * Most valid REQs forwarded upstream and not yet answered on this connection. At the limit the
+   * downstream is not read (TCP backpressure holds the client) until replies come back; 0: no
+   * limit. A REQ the upstream never answers holds its place until the connection ends.
+   * @default {10000}
+   */
+  maxInflight?: number;
+  /**
+   * Closes the connection (reason `idle_timeout`) after this many ms with no bytes in either
+   * direction and nothing in flight (no unanswered REQ, no chunk waiting to be written). Measured
+   * on `stats.clock`. 0: never. @default {0}
+   */
+  idleTimeoutMs?: number;
+  /** Downstream bytes read while the upstream was dialed, forwarded before anything else. */
+  held?: HeldBytes;
+  /** Live state for the owner to read (idle checks, shutdown order); unset: kept private. */
+  state?: BridgeState;
+}
+
+/** Live state of one bridged connection, updated by {@linkcode bridge} as bytes move. */
+export class BridgeState {
+  /** Valid REQs forwarded upstream minus valid replies relayed downstream (never below 0). */
+  outstanding = 0;
+  /** Chunks read but not yet fully written (one per direction at most). */
+  writing = 0;
+  /** `stats.clock` time of the last chunk either way (kept only with an idle timeout). */
+  lastActivity = 0;
+
+  /** Whether nothing is in flight: every forwarded REQ answered and no chunk being written. */
+  get idle(): boolean {
+    return this.outstanding === 0 && this.writing === 0;
+  }
 }
 
 type PumpEnd = "eof" | "read_error" | "write_error";
+
+/** Holds a pump back while too many REQs are outstanding. */
+interface InflightGate {
+  /** How many more valid REQs may be forwarded now (may be 0 or less). */
+  budget(): number;
+  /** Resolves when replies came back, or the bridge is closing. */
+  wait(): Promise<void>;
+  /** Whether the bridge is closing (waiting is over for good). */
+  readonly closed: boolean;
+}
+
+interface PumpExtras {
+  state: BridgeState;
+  gate?: InflightGate;
+  held?: HeldBytes;
+}
 
 interface PumpResult {
   end: PumpEnd;
@@ -55,13 +104,31 @@ export async function bridge(
   const requests = new Analyzer("downstream", stats.counts, options.requestAnalyzer);
   const replies = new Analyzer("upstream", stats.counts, options.replyAnalyzer);
 
+  const state = options.state ?? new BridgeState();
+  const maxInflight = options.maxInflight ?? 10_000;
+  const idleMs = options.idleTimeoutMs ?? 0;
+  let room: PromiseWithResolvers<void> | undefined;
   let closed = false;
   const closeBoth = () => {
     if (closed) return;
     closed = true;
     closeQuietly(downstream);
     closeQuietly(upstream);
+    room?.resolve();
   };
+  const gate: InflightGate | undefined = maxInflight > 0
+    ? {
+      budget: () => maxInflight - state.outstanding,
+      wait: () => {
+        stats.inflightLimitPauses++;
+        room = Promise.withResolvers();
+        return room.promise;
+      },
+      get closed() {
+        return closed;
+      },
+    }
+    : undefined;
   const onAbort = () => {
     if (!reason) reason = "shutdown";
     closeBoth();
@@ -70,11 +137,32 @@ export async function bridge(
   signal?.addEventListener("abort", onAbort, { once: true });
   if (signal?.aborted) onAbort();
 
+  let idleTimer: ReturnType<typeof setTimeout> | undefined;
+  if (idleMs > 0) {
+    state.lastActivity = stats.clock();
+    const check = () => {
+      const quiet = stats.clock() - state.lastActivity;
+      if (!state.idle) {
+        idleTimer = setTimeout(check, idleMs);
+      } else if (quiet < idleMs) {
+        idleTimer = setTimeout(check, Math.max(1, idleMs - quiet));
+      } else {
+        reason ??= "idle_timeout";
+        closeBoth();
+      }
+    };
+    idleTimer = setTimeout(check, idleMs);
+  }
+
   let clientHalfClosed = false;
   const up = pump(downstream, upstream, requests, initial, max, (n, valid) => {
     stats.bytesDownstream += n;
-    if (valid > 0) stats.recordRequests(valid);
-  }).then((result) => {
+    if (idleMs > 0) state.lastActivity = stats.clock();
+    if (valid > 0) {
+      state.outstanding += valid;
+      stats.recordRequests(valid);
+    }
+  }, { state, gate, held: options.held }).then((result) => {
     if (result.end === "eof") {
       clientHalfClosed = true;
       // The client half-closed: pass the FIN on and keep relaying the replies it is owed.
@@ -91,8 +179,16 @@ export async function bridge(
   });
   const down = await pump(upstream, downstream, replies, initial, max, (n, valid) => {
     stats.bytesUpstream += n;
-    if (valid > 0) stats.recordResponses(valid);
-  });
+    if (idleMs > 0) state.lastActivity = stats.clock();
+    if (valid > 0) {
+      state.outstanding = Math.max(0, state.outstanding - valid);
+      if (room !== undefined && state.outstanding < maxInflight) {
+        room.resolve();
+        room = undefined;
+      }
+      stats.recordResponses(valid);
+    }
+  }, { state });
   const upResult = await (async () => {
     if (down.end === "eof") {
       // Upstream finished. If the client had half-closed this is a normal end; otherwise the
@@ -106,6 +202,7 @@ export async function bridge(
     return await up;
   })();
   signal?.removeEventListener("abort", onAbort);
+  clearTimeout(idleTimer);
   requests.end();
   replies.end();
   if (reason === "upstream_error" || reason === "upstream_closed") {
@@ -131,28 +228,93 @@ async function pump(
   initial: number,
   max: number,
   onChunk: (bytes: number, valid: number) => void,
+  extras: PumpExtras,
 ): Promise<PumpResult> {
+  const { state, gate } = extras;
   let buf = new Uint8Array(initial);
+  // Bytes read before the bridge started go first, then the read that was pending then.
+  let first = extras.held && extras.held.bytes.length > 0 ? extras.held.bytes : undefined;
+  let rest = extras.held?.rest;
   for (;;) {
-    let n: number | null;
-    try {
-      n = await src.read(buf);
-    } catch (error) {
-      return { end: "read_error", error };
+    let chunk: Uint8Array;
+    if (first !== undefined) {
+      chunk = first;
+      first = undefined;
+    } else if (rest !== undefined) {
+      let got: Uint8Array | null;
+      try {
+        got = await rest;
+      } catch (error) {
+        return { end: "read_error", error };
+      }
+      rest = undefined;
+      if (got === null) return { end: "eof" };
+      if (got.length === 0) continue;
+      chunk = got;
+    } else {
+      let n: number | null;
+      try {
+        n = await src.read(buf);
+      } catch (error) {
+        return { end: "read_error", error };
+      }
+      if (n === null) return { end: "eof" };
+      chunk = buf.subarray(0, n);
     }
-    if (n === null) return { end: "eof" };
-    const chunk = buf.subarray(0, n);
-    onChunk(n, analyzer.feed(chunk));
+    const n = chunk.length;
+    state.writing++;
     try {
-      let off = 0;
-      while (off < n) off += await dst.write(off === 0 ? chunk : chunk.subarray(off));
+      // Without a gate (or with room for the whole chunk) this runs once over the whole chunk.
+      for (let start = 0; start < n;) {
+        let end = n;
+        if (gate !== undefined) {
+          let budget = gate.budget();
+          while (budget <= 0) {
+            if (gate.closed) return { end: "write_error", error: new Error("bridge closed") };
+            await gate.wait();
+            budget = gate.budget();
+          }
+          end = cutForBudget(chunk, start, budget);
+        }
+        const part = start === 0 && end === n ? chunk : chunk.subarray(start, end);
+        onChunk(part.length, analyzer.feed(part));
+        let off = 0;
+        while (off < part.length) off += await dst.write(off === 0 ? part : part.subarray(off));
+        start = end;
+      }
     } catch (error) {
       return { end: "write_error", error };
+    } finally {
+      state.writing--;
     }
     // A read that filled the buffer means more is queued: grow, so busy connections move large
     // chunks while idle ones keep pinning only the small initial buffer.
     if (n === buf.length && buf.length < max) buf = new Uint8Array(Math.min(max, buf.length * 2));
   }
+}
+
+/** Shortest valid REQ line: `REQ 1\n`. */
+const MIN_REQ_LINE = 6;
+
+/**
+ * The end of the longest prefix of `chunk[start..]` that cannot complete more than `budget`
+ * (≥ 1) valid REQs. Every completed valid REQ but the first (which may finish a line begun in an
+ * earlier chunk with just its newline) spans at least {@linkcode MIN_REQ_LINE} bytes of the
+ * chunk, so a byte count bounds them without scanning; small budgets cut after the
+ * `budget`-th newline instead, so one REQ is not forwarded a byte at a time.
+ */
+function cutForBudget(chunk: Uint8Array, start: number, budget: number): number {
+  const n = chunk.length;
+  if (budget >= 1 + Math.floor((n - start - 1) / MIN_REQ_LINE)) return n;
+  const safe = 1 + MIN_REQ_LINE * (budget - 1);
+  if (safe >= 4096) return start + safe;
+  let i = start;
+  for (let k = 0; k < budget; k++) {
+    const nl = chunk.indexOf(10, i);
+    if (nl < 0) return n;
+    i = nl + 1;
+  }
+  return i;
 }
 
 function closeQuietly(conn: Deno.Conn): void {
