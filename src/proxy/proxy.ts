@@ -8,8 +8,10 @@ import { getLogger, type Logger } from "@logtape/logtape";
 import { type Address, formatAddress } from "../cli/address.ts";
 import { type Clock, systemClock } from "../stats/clock.ts";
 import { type CloseReason, Stats } from "../stats/stats.ts";
-import { bridge } from "./bridge.ts";
-import { dialUpstream, UpstreamError } from "./upstream.ts";
+import { bridge, BridgeState } from "./bridge.ts";
+import { dialWithRetry } from "./dial_with_retry.ts";
+import { FirstBytesReader } from "./first_bytes_reader.ts";
+import { UpstreamError } from "./upstream.ts";
 
 /** Options for {@linkcode Proxy}. */
 export interface ProxyOptions {
@@ -23,8 +25,41 @@ export interface ProxyOptions {
   clock?: Clock;
   /** Logger; unset: LogTape's `foo-proxy.proxy` category. */
   logger?: Logger;
-  /** Upstream connect timeout in ms; 0 means none. @default {5000} */
+  /** Upstream connect timeout in ms, per attempt; 0 means none. @default {5000} */
   connectTimeoutMs?: number;
+  /**
+   * Extra upstream connect attempts after a refused or timed-out one, with exponential backoff
+   * and jitter; the downstream's first bytes are held meanwhile. 0: give up at once.
+   * @default {3}
+   */
+  connectRetries?: number;
+  /** Backoff before the first retry in ms, doubling after each (jittered to [½, 1]). @default {100} */
+  connectBackoffMs?: number;
+  /**
+   * Downstream bytes read and held while the upstream is dialed; past it the client waits on TCP
+   * backpressure. @default {65536}
+   */
+  maxHeldBytes?: number;
+  /**
+   * Valid REQs a connection may have unanswered; at the limit its downstream is not read until
+   * replies come back. 0: no limit. @default {10000}
+   */
+  maxInflight?: number;
+  /**
+   * Close a connection after this many ms with no traffic either way and nothing in flight
+   * (reason `idle_timeout`). 0: never. @default {0}
+   */
+  idleTimeoutMs?: number;
+  /**
+   * On {@linkcode Proxy.shutdown}, keep accepting this many ms (while `shuttingDown` already
+   * turns readiness off) so load balancers stop sending first. @default {0}
+   */
+  drainDelayMs?: number;
+  /**
+   * On {@linkcode Proxy.shutdown}, wait up to this many ms for connections to end on their own
+   * before closing them (those with nothing in flight first). 0: close at once. @default {30000}
+   */
+  drainTimeoutMs?: number;
   /** Downstream connections served at once; past it new ones are closed at once. @default {10000} */
   maxConnections?: number;
   /** First read-buffer size per direction. @default {2048} */
@@ -35,6 +70,37 @@ export interface ProxyOptions {
   signal?: AbortSignal;
 }
 
+/** Options for {@linkcode Proxy.shutdown}. */
+export interface ShutdownOptions {
+  /**
+   * Aborting ends the drain delay and the drain wait at once and closes every connection (a
+   * second signal). Unset: only the drain timeout ends the wait.
+   */
+  signal?: AbortSignal;
+}
+
+/** What {@linkcode Proxy.shutdown} did. */
+export interface ShutdownReport {
+  /** Whether every connection ended on its own before the drain timeout. */
+  drained: boolean;
+  /** Connections closed with nothing in flight (closed first). */
+  closedIdle: number;
+  /** Connections closed with REQs unanswered or bytes still on their way (closed last). */
+  closedBusy: number;
+  /** Whether `signal` cut the shutdown short. */
+  aborted: boolean;
+}
+
+/** One downstream connection being served. */
+interface Connection {
+  /** Aborting closes this connection (reason `shutdown`). */
+  controller: AbortController;
+  /** What the bridge has in flight. */
+  state: BridgeState;
+  /** Whether the upstream is still being dialed (held bytes count as in flight). */
+  dialing: boolean;
+}
+
 /** A running proxy. `await using proxy = new Proxy(…); await proxy.start();` */
 export class Proxy implements AsyncDisposable {
   /** The statistics this proxy adds to. */
@@ -42,10 +108,12 @@ export class Proxy implements AsyncDisposable {
   #options: ProxyOptions;
   #logger: Logger;
   #listener: Deno.TcpListener | undefined;
-  #connections = new Set<Promise<void>>();
+  #connections = new Map<Promise<void>, Connection>();
   #closeAll = new AbortController();
   #accepting: Promise<void> | undefined;
   #closing = false;
+  #shuttingDown = false;
+  #shutdown: Promise<ShutdownReport> | undefined;
   #finished = Promise.withResolvers<void>();
 
   /** Creates a proxy; nothing is opened until {@linkcode Proxy.start}. */
@@ -70,6 +138,11 @@ export class Proxy implements AsyncDisposable {
   /** Whether the listener is bound and the proxy is not closing. */
   get listening(): boolean {
     return this.#listener !== undefined && !this.#closing;
+  }
+
+  /** Whether {@linkcode Proxy.shutdown} or {@linkcode Proxy.close} has begun (`/readyz` fails). */
+  get shuttingDown(): boolean {
+    return this.#shuttingDown;
   }
 
   /**
@@ -102,11 +175,74 @@ export class Proxy implements AsyncDisposable {
 
   /** Stops accepting, closes every connection, and resolves when all have ended. */
   async close(): Promise<void> {
+    this.#shuttingDown = true;
     this.stopAccepting();
     this.#closeAll.abort();
+    for (const connection of this.#connections.values()) connection.controller.abort();
     await this.#accepting;
-    while (this.#connections.size > 0) await Promise.all([...this.#connections]);
+    while (this.#connections.size > 0) await Promise.all([...this.#connections.keys()]);
     this.#finished.resolve();
+  }
+
+  /**
+   * Graceful shutdown: `shuttingDown` turns true at once; the listener keeps accepting for
+   * `drainDelayMs`, then closes; open connections get up to `drainTimeoutMs` to end on their
+   * own; then those with nothing in flight are closed, then the rest. Resolves when every
+   * connection has ended (a second call returns the same promise).
+   */
+  shutdown(options: ShutdownOptions = {}): Promise<ShutdownReport> {
+    this.#shutdown ??= this.#runShutdown(options.signal);
+    return this.#shutdown;
+  }
+
+  async #runShutdown(signal: AbortSignal | undefined): Promise<ShutdownReport> {
+    this.#shuttingDown = true;
+    const delayMs = this.#options.drainDelayMs ?? 0;
+    const timeoutMs = this.#options.drainTimeoutMs ?? 30_000;
+    if (delayMs > 0 && !this.#closing) {
+      this.#logger.info("Shutting down: accepting for {delayMs} ms more (--drain-delay)", {
+        delayMs,
+      });
+      await waitOrAbort(delayMs, signal);
+    }
+    this.stopAccepting();
+    let drained = this.#connections.size === 0;
+    if (!drained && timeoutMs > 0 && !signal?.aborted) {
+      this.#logger.info(
+        "Stopped accepting; waiting up to {timeoutMs} ms for {active} connection(s) to finish",
+        { timeoutMs, active: this.#connections.size },
+      );
+      const done = this.drained().then(() => true);
+      drained = await Promise.race([done, waitOrAbort(timeoutMs, signal).then(() => false)]);
+    }
+    let closedIdle = 0;
+    let closedBusy = 0;
+    if (!drained) {
+      const idle: Promise<void>[] = [];
+      const busy: Connection[] = [];
+      for (const [task, connection] of this.#connections) {
+        if (connection.dialing || !connection.state.idle) {
+          busy.push(connection);
+        } else {
+          idle.push(task);
+          connection.controller.abort();
+        }
+      }
+      closedIdle = idle.length;
+      closedBusy = busy.length;
+      this.#logger.info(
+        "{why}: closing {idle} idle connection(s), then {busy} with requests in flight",
+        {
+          why: signal?.aborted ? "Shutdown forced" : "Drain timeout",
+          idle: closedIdle,
+          busy: closedBusy,
+        },
+      );
+      await Promise.all(idle);
+      for (const connection of busy) connection.controller.abort();
+    }
+    await this.close();
+    return { drained, closedIdle, closedBusy, aborted: signal?.aborted ?? false };
   }
 
   /** Number of connections currently being served. */
@@ -116,7 +252,7 @@ export class Proxy implements AsyncDisposable {
 
   /** Waits for every open connection to end on its own (use after {@linkcode stopAccepting}). */
   async drained(): Promise<void> {
-    while (this.#connections.size > 0) await Promise.all([...this.#connections]);
+    while (this.#connections.size > 0) await Promise.all([...this.#connections.keys()]);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -138,15 +274,20 @@ export class Proxy implements AsyncDisposable {
         await new Promise((resolve) => setTimeout(resolve, 100));
         continue;
       }
-      const task = this.#handle(conn).catch((error) => {
+      const connection: Connection = {
+        controller: new AbortController(),
+        state: new BridgeState(),
+        dialing: false,
+      };
+      const task = this.#handle(conn, connection).catch((error) => {
         this.#logger.error("Unexpected error in a connection: {error}", { error: String(error) });
       });
-      this.#connections.add(task);
+      this.#connections.set(task, connection);
       task.finally(() => this.#connections.delete(task));
     }
   }
 
-  async #handle(downstream: Deno.TcpConn): Promise<void> {
+  async #handle(downstream: Deno.TcpConn, connection: Connection): Promise<void> {
     const stats = this.stats;
     stats.connectionsTotal++;
     const peer = formatAddress(downstream.remoteAddr as Deno.NetAddr);
@@ -164,24 +305,67 @@ export class Proxy implements AsyncDisposable {
     }
     stats.connectionsActive++;
     let reason: CloseReason = "client_closed";
+    if (this.#closeAll.signal.aborted) connection.controller.abort();
+    const closing = connection.controller.signal;
     try {
-      downstream.setNoDelay(true);
-      let upstream: Deno.TcpConn;
       try {
-        upstream = await dialUpstream(this.#options.forward, {
+        downstream.setNoDelay(true);
+      } catch {
+        // The client is already gone; the first read says so.
+      }
+      // Read the client's first bytes while dialing, so they are neither lost nor left unread
+      // through the retries; a client that fails, or leaves without sending, ends the dial.
+      const gone = new AbortController();
+      let goneWhy: "eof" | "error" | undefined;
+      const first = new FirstBytesReader(downstream, {
+        limit: this.#options.maxHeldBytes,
+        initialSize: this.#options.initialBufferSize,
+        onEnd: (end, held) => {
+          if (end === "eof" && held > 0) return; // half-closed after speaking: still owed replies
+          goneWhy = end;
+          gone.abort();
+        },
+      });
+      let upstream: Deno.TcpConn;
+      connection.dialing = true;
+      try {
+        upstream = await dialWithRetry(this.#options.forward, {
           timeoutMs: this.#options.connectTimeoutMs,
-          signal: this.#closeAll.signal,
+          retries: this.#options.connectRetries,
+          backoffMs: this.#options.connectBackoffMs,
+          signal: AbortSignal.any([closing, gone.signal]),
+          onRetry: (retry, delayMs, error) => {
+            stats.upstreamConnectRetries++;
+            this.#logger.info("{message}; retry {retry} in {delayMs} ms for {downstream}", {
+              message: error.message,
+              retry,
+              delayMs: Math.round(delayMs),
+              downstream: peer,
+              upstream: forward,
+            });
+          },
         });
       } catch (error) {
-        reason = this.#closeAll.signal.aborted ? "shutdown" : "upstream_unreachable";
-        if (reason === "upstream_unreachable") stats.upstreamErrors++;
-        this.#logger.warning("{message}; closing downstream {downstream}", {
-          message: error instanceof UpstreamError ? error.message : String(error),
-          downstream: peer,
-          upstream: forward,
-        });
+        reason = closing.aborted
+          ? "shutdown"
+          : goneWhy === "error"
+          ? "downstream_error"
+          : goneWhy === "eof"
+          ? "client_closed"
+          : "upstream_unreachable";
+        if (reason === "upstream_unreachable") {
+          stats.upstreamErrors++;
+          this.#logger.warning("{message}; closing downstream {downstream}", {
+            message: error instanceof UpstreamError ? error.message : String(error),
+            downstream: peer,
+            upstream: forward,
+          });
+        }
         downstream.close();
+        await first.done;
         return;
+      } finally {
+        connection.dialing = false;
       }
       this.#logger.debug("Bridging {downstream} -> {upstream}", {
         downstream: peer,
@@ -190,10 +374,14 @@ export class Proxy implements AsyncDisposable {
       reason = await bridge(downstream, upstream, {
         stats,
         logger: this.#logger,
-        signal: this.#closeAll.signal,
+        signal: closing,
         initialBufferSize: this.#options.initialBufferSize,
         maxBufferSize: this.#options.maxBufferSize,
         label: `${peer} -> ${forward}`,
+        maxInflight: this.#options.maxInflight,
+        idleTimeoutMs: this.#options.idleTimeoutMs,
+        held: first.release(),
+        state: connection.state,
       });
       this.#logger.debug("Closed {downstream} -> {upstream}: {reason}", {
         downstream: peer,
@@ -205,4 +393,18 @@ export class Proxy implements AsyncDisposable {
       stats.recordClose(reason);
     }
   }
+}
+
+/** Waits `ms`, or less when `signal` aborts first. */
+function waitOrAbort(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  if (signal?.aborted) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener("abort", done, { once: true });
+  });
 }
