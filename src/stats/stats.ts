@@ -53,6 +53,10 @@ export interface StatsSnapshot {
   msg_invalid_by_kind: { type: number; seq: number; direction: number; truncated: number };
   /** Closed connections by reason. */
   connections_closed: Partial<Record<CloseReason, number>>;
+  /** Upstream connect attempts that failed and were retried (`--connect-retries`). */
+  upstream_connect_retries: number;
+  /** Times a downstream was not read because it had `--max-inflight` REQs unanswered. */
+  inflight_limit_pauses: number;
 }
 
 /** Options for {@linkcode Stats}. */
@@ -79,6 +83,10 @@ export class Stats {
   upstreamErrors = 0;
   bytesDownstream = 0;
   bytesUpstream = 0;
+  /** Upstream connect attempts that failed and were retried. */
+  upstreamConnectRetries = 0;
+  /** Times a downstream's reading paused at the in-flight REQ limit. */
+  inflightLimitPauses = 0;
   /** Closed connections by reason. */
   readonly closed: Partial<Record<CloseReason, number>> = {};
   /** REQ→reply latency histogram, anomaly counters and requests in flight (`/stats`, `/metrics`). */
@@ -142,6 +150,8 @@ export class Stats {
         truncated: c.invalid_truncated,
       },
       connections_closed: { ...this.closed },
+      upstream_connect_retries: this.upstreamConnectRetries,
+      inflight_limit_pauses: this.inflightLimitPauses,
     };
   }
 }
