@@ -6,6 +6,8 @@
  */
 import type { Logger } from "@logtape/logtape";
 import { Analyzer, type AnalyzerOptions } from "../protocol/analyzer.ts";
+import type { Clock } from "../stats/clock.ts";
+import { LatencyTracker } from "../stats/latency.ts";
 import type { CloseReason, Stats } from "../stats/stats.ts";
 import type { HeldBytes } from "./first_bytes_reader.ts";
 
@@ -47,6 +49,11 @@ export interface BridgeOptions {
   held?: HeldBytes;
   /** Live state for the owner to read (idle checks, shutdown order); unset: kept private. */
   state?: BridgeState;
+  /**
+   * Most REQs timed at once on this connection for the latency histogram (`stats.latency`);
+   * past it REQs are still forwarded, just not timed. 0: no latency tracking. @default {10000}
+   */
+  maxTrackedRequests?: number;
 }
 
 /** Live state of one bridged connection, updated by {@linkcode bridge} as bytes move. */
@@ -78,6 +85,8 @@ interface InflightGate {
 
 interface PumpExtras {
   state: BridgeState;
+  clock: Clock;
+  tracker?: LatencyTracker;
   gate?: InflightGate;
   held?: HeldBytes;
 }
@@ -101,8 +110,16 @@ export async function bridge(
   const { stats, logger, signal } = options;
   const initial = options.initialBufferSize ?? 2048;
   const max = Math.max(initial, options.maxBufferSize ?? 65536);
-  const requests = new Analyzer("downstream", stats.counts, options.requestAnalyzer);
-  const replies = new Analyzer("upstream", stats.counts, options.replyAnalyzer);
+  const maxTracked = options.maxTrackedRequests ?? 10_000;
+  const tracker = maxTracked > 0
+    ? new LatencyTracker(stats.latency, { maxOutstanding: maxTracked })
+    : undefined;
+  const requests = new Analyzer(
+    "downstream",
+    stats.counts,
+    tracked(options.requestAnalyzer, tracker),
+  );
+  const replies = new Analyzer("upstream", stats.counts, tracked(options.replyAnalyzer, tracker));
 
   const state = options.state ?? new BridgeState();
   const maxInflight = options.maxInflight ?? 10_000;
@@ -155,14 +172,14 @@ export async function bridge(
   }
 
   let clientHalfClosed = false;
-  const up = pump(downstream, upstream, requests, initial, max, (n, valid) => {
+  const up = pump(downstream, upstream, requests, initial, max, (n, valid, now) => {
     stats.bytesDownstream += n;
-    if (idleMs > 0) state.lastActivity = stats.clock();
+    if (idleMs > 0) state.lastActivity = now;
     if (valid > 0) {
       state.outstanding += valid;
-      stats.recordRequests(valid);
+      stats.recordRequests(valid, now);
     }
-  }, { state, gate, held: options.held }).then((result) => {
+  }, { state, gate, held: options.held, clock: stats.clock, tracker }).then((result) => {
     if (result.end === "eof") {
       clientHalfClosed = true;
       // The client half-closed: pass the FIN on and keep relaying the replies it is owed.
@@ -177,18 +194,18 @@ export async function bridge(
     }
     return result;
   });
-  const down = await pump(upstream, downstream, replies, initial, max, (n, valid) => {
+  const down = await pump(upstream, downstream, replies, initial, max, (n, valid, now) => {
     stats.bytesUpstream += n;
-    if (idleMs > 0) state.lastActivity = stats.clock();
+    if (idleMs > 0) state.lastActivity = now;
     if (valid > 0) {
       state.outstanding = Math.max(0, state.outstanding - valid);
       if (room !== undefined && state.outstanding < maxInflight) {
         room.resolve();
         room = undefined;
       }
-      stats.recordResponses(valid);
+      stats.recordResponses(valid, now);
     }
-  }, { state });
+  }, { state, clock: stats.clock, tracker });
   const upResult = await (async () => {
     if (down.end === "eof") {
       // Upstream finished. If the client had half-closed this is a normal end; otherwise the
@@ -205,6 +222,7 @@ export async function bridge(
   clearTimeout(idleTimer);
   requests.end();
   replies.end();
+  tracker?.close();
   if (reason === "upstream_error" || reason === "upstream_closed") {
     if (reason === "upstream_error") stats.upstreamErrors++;
     logger?.warning("Upstream {reason} on {connection}: {error}", {
@@ -227,7 +245,7 @@ async function pump(
   analyzer: Analyzer,
   initial: number,
   max: number,
-  onChunk: (bytes: number, valid: number) => void,
+  onChunk: (bytes: number, valid: number, now: number) => void,
   extras: PumpExtras,
 ): Promise<PumpResult> {
   const { state, gate } = extras;
@@ -277,7 +295,10 @@ async function pump(
           end = cutForBudget(chunk, start, budget);
         }
         const part = start === 0 && end === n ? chunk : chunk.subarray(start, end);
-        onChunk(part.length, analyzer.feed(part));
+        // One clock reading per chunk serves the rate windows, idle timer and latency tracker.
+        const now = extras.clock();
+        extras.tracker?.setTime(now);
+        onChunk(part.length, analyzer.feed(part), now);
         let off = 0;
         while (off < part.length) off += await dst.write(off === 0 ? part : part.subarray(off));
         start = end;
@@ -315,6 +336,22 @@ function cutForBudget(chunk: Uint8Array, start: number, budget: number): number 
     i = nl + 1;
   }
   return i;
+}
+
+// Analyzer options whose message hook also feeds `tracker` (REQs start timings, replies end them).
+function tracked(
+  options: AnalyzerOptions | undefined,
+  tracker: LatencyTracker | undefined,
+): AnalyzerOptions | undefined {
+  if (!tracker) return options;
+  const other = options?.onMessage;
+  const onMessage = other
+    ? (type: number, seq: number) => {
+      tracker.onMessage(type, seq);
+      other(type, seq);
+    }
+    : (type: number, seq: number) => tracker.onMessage(type, seq);
+  return { ...options, onMessage };
 }
 
 function closeQuietly(conn: Deno.Conn): void {

@@ -1,0 +1,239 @@
+/**
+ * Serving the stats and health apps for `foo-proxy proxy` with `Deno.serve` (one server per
+ * distinct address, both route sets on one server when `--http` and `--health` are the same),
+ * plus the upstream probe behind `/readyz`.
+ *
+ * @module
+ */
+import type { Logger } from "@logtape/logtape";
+import type { Hono } from "hono";
+import { type Address, formatAddress } from "../cli/address.ts";
+import { combineApps } from "../http/combine_apps.ts";
+import { createHealthApp } from "../http/health_app.ts";
+import { proxyReadinessChecks } from "../http/readiness.ts";
+import { createStatsApp } from "../http/stats_app.ts";
+import { describeError } from "../proxy/upstream.ts";
+import { UpstreamProbe } from "../proxy/upstream_probe.ts";
+import type { Stats } from "../stats/stats.ts";
+import { VERSION } from "../version.ts";
+
+/** An HTTP address that was asked for explicitly could not be bound. */
+export class HttpBindError extends Error {
+  /** The address that failed. */
+  readonly address: Address;
+  /** Creates the error; `message` names the address and the reason. */
+  constructor(message: string, address: Address, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "HttpBindError";
+    this.address = address;
+  }
+}
+
+/** Options for {@linkcode startObservability}. */
+export interface ObservabilityOptions {
+  /** The proxy's statistics. */
+  stats: Stats;
+  /** Whether the proxy listener is bound (a `Proxy`'s `listening`), for `/readyz`. */
+  listening: () => boolean;
+  /** The upstream, probed every `probeIntervalMs` for `/readyz`. */
+  forward: Address;
+  /** The connection limit, for `/readyz`; 0: no connections check. */
+  maxConnections: number;
+  /** Where to serve `/stats`, `/metrics`, `/version`; `null`: not served. */
+  http: Address | null;
+  /** Where to serve `/health`, `/livez`, `/readyz`, …; `null`: not served. */
+  health: Address | null;
+  /**
+   * Whether failing to bind `http`/`health` is fatal ({@linkcode HttpBindError}) — true when the
+   * address was given explicitly. Unset: a failure is logged and the proxy runs without it.
+   */
+  required?: { http?: boolean; health?: boolean };
+  /** Logger for the bound addresses and failures. */
+  logger: Logger;
+  /** Time between upstream probes in ms. @default {2000} */
+  probeIntervalMs?: number;
+  /** Upstream probe connect timeout in ms. @default {1000} */
+  probeTimeoutMs?: number;
+}
+
+/** The running HTTP servers and probe. Close with {@linkcode Observability.close}. */
+export class Observability implements AsyncDisposable {
+  /** The upstream probe (only when the health app is served). */
+  readonly probe: UpstreamProbe | undefined;
+  /** The first probe's result (`false` at once without a probe). */
+  readonly firstProbe: Promise<boolean>;
+  #servers: { server: Deno.HttpServer<Deno.NetAddr>; routes: string }[];
+  #addrs: { http?: Deno.NetAddr; health?: Deno.NetAddr };
+  #stopping: { value: boolean };
+  #closing: Promise<void> | undefined;
+
+  /** Use {@linkcode startObservability}. */
+  constructor(
+    servers: { server: Deno.HttpServer<Deno.NetAddr>; routes: string }[],
+    addrs: { http?: Deno.NetAddr; health?: Deno.NetAddr },
+    probe: UpstreamProbe | undefined,
+    stopping: { value: boolean },
+  ) {
+    this.#servers = servers;
+    this.#addrs = addrs;
+    this.probe = probe;
+    this.firstProbe = probe?.start() ?? Promise.resolve(false);
+    this.#stopping = stopping;
+  }
+
+  /** Bound address of the stats app, if served. */
+  get httpAddr(): Deno.NetAddr | undefined {
+    return this.#addrs.http;
+  }
+
+  /** Bound address of the health app, if served. */
+  get healthAddr(): Deno.NetAddr | undefined {
+    return this.#addrs.health;
+  }
+
+  /** Makes `/readyz` fail its `shutdown` check from now on. */
+  markStopping(): void {
+    this.#stopping.value = true;
+  }
+
+  /**
+   * Stops the probe and the servers: no new requests; requests in progress get up to
+   * `graceMs` to finish, then their connections are dropped. Idempotent.
+   */
+  close(graceMs = 1000): Promise<void> {
+    this.#closing ??= (async () => {
+      this.markStopping();
+      await Promise.all([
+        this.probe?.close(),
+        ...this.#servers.map(({ server }) => shutdownWithin(server, graceMs)),
+      ]);
+    })();
+    return this.#closing;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+async function shutdownWithin(server: Deno.HttpServer, graceMs: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<"late">((
+    resolve,
+  ) => (timer = setTimeout(() => resolve("late"), graceMs)));
+  const done = server.shutdown().then(() => "done" as const);
+  const outcome = await Promise.race([done, late]);
+  clearTimeout(timer);
+  if (outcome === "late") {
+    // A client that will not finish must not hold up the exit; unref so it cannot.
+    server.unref();
+  } else {
+    await server.finished;
+  }
+}
+
+/**
+ * Builds the apps and serves them: the stats app on `http`, the health app on `health` (one
+ * server when both are the same address), and starts the upstream probe when health is served.
+ *
+ * @throws {HttpBindError} when a `required` address cannot be bound (servers already started
+ * are shut down first).
+ */
+export async function startObservability(options: ObservabilityOptions): Promise<Observability> {
+  const { stats, logger } = options;
+  const stopping = { value: false };
+  const probe = options.health
+    ? new UpstreamProbe(options.forward, {
+      intervalMs: options.probeIntervalMs ?? 2000,
+      timeoutMs: options.probeTimeoutMs ?? 1000,
+      logger,
+    })
+    : undefined;
+  const statsApp = options.http
+    ? createStatsApp({
+      stats,
+      version: VERSION,
+      denoVersion: Deno.version.deno,
+      target: Deno.build.target,
+    })
+    : undefined;
+  const healthApp = options.health
+    ? createHealthApp({
+      version: VERSION,
+      uptimeSeconds: () => Math.round((stats.clock() - stats.startedAt) / 1000),
+      checks: proxyReadinessChecks({
+        listening: options.listening,
+        shuttingDown: () => stopping.value,
+        upstream: probe,
+        activeConnections: () => stats.connectionsActive,
+        maxConnections: options.maxConnections,
+      }),
+    })
+    : undefined;
+
+  interface Plan {
+    address: Address;
+    apps: Hono[];
+    names: ("http" | "health")[];
+    required: boolean;
+  }
+  const plans: Plan[] = [];
+  const add = (name: "http" | "health", address: Address | null, app: Hono | undefined) => {
+    if (!address || !app) return;
+    const required = options.required?.[name] ?? false;
+    // Port 0 means "any free port" for each flag on its own, so two of them are not the same.
+    const same = address.port === 0
+      ? undefined
+      : plans.find((p) => formatAddress(p.address) === formatAddress(address));
+    if (same) {
+      same.apps.push(app);
+      same.names.push(name);
+      same.required ||= required;
+    } else {
+      plans.push({ address, apps: [app], names: [name], required });
+    }
+  };
+  add("http", options.http, statsApp);
+  add("health", options.health, healthApp);
+
+  const servers: { server: Deno.HttpServer<Deno.NetAddr>; routes: string }[] = [];
+  const addrs: { http?: Deno.NetAddr; health?: Deno.NetAddr } = {};
+  for (const plan of plans) {
+    const routes = plan.names.map((n) => (n === "http" ? "stats" : "health")).join(" and ");
+    const app = plan.apps.length === 1 ? plan.apps[0] : combineApps(...plan.apps);
+    let server: Deno.HttpServer<Deno.NetAddr>;
+    try {
+      server = Deno.serve({
+        hostname: plan.address.hostname,
+        port: plan.address.port,
+        // Deno's default prints to stdout, which carries only stats lines: log instead.
+        onListen: () => {},
+        onError: (error) => {
+          logger.error("HTTP handler failed: {error}", { error: String(error) });
+          return Response.json({ error: "internal error" }, { status: 500 });
+        },
+      }, app.fetch);
+    } catch (error) {
+      const flag = plan.names.map((n) => `--${n}`).join("/");
+      const message = `Cannot serve ${routes} HTTP on "${formatAddress(plan.address)}" (${flag}): ${
+        describeError(error)
+      }`;
+      if (plan.required) {
+        await Promise.all(servers.map(({ server }) => shutdownWithin(server, 0)));
+        throw new HttpBindError(message, plan.address, { cause: error });
+      }
+      logger.warning("{message}; running without it (set {flag} to another address or off)", {
+        message,
+        flag,
+      });
+      continue;
+    }
+    servers.push({ server, routes });
+    for (const name of plan.names) addrs[name] = server.addr;
+    logger.info("Serving {routes} on http://{address}", {
+      routes,
+      address: formatAddress(server.addr),
+    });
+  }
+  return new Observability(servers, addrs, addrs.health ? probe : undefined, stopping);
+}

@@ -1,0 +1,61 @@
+/**
+ * `--recovery-path` for `foo-proxy proxy`: check the path, restore the saved statistics, and
+ * build the persister that keeps the file current.
+ *
+ * @module
+ */
+import type { Logger } from "@logtape/logtape";
+import { checkRecoveryPath, loadRecoveryFile, RecoveryPersister } from "../proxy/recovery_file.ts";
+import {
+  captureRecoveryState,
+  restoreRecoveryState,
+  serializeRecoveryState,
+} from "../stats/recovery.ts";
+import type { Stats } from "../stats/stats.ts";
+
+/** Options for {@linkcode setupRecovery}. */
+export interface RecoverySetupOptions {
+  /** The statistics to restore into and persist. */
+  stats: Stats;
+  /** Logs the restore and any problem with the file. */
+  logger: Logger;
+  /** Time between writes in ms. @default {500} */
+  intervalMs?: number;
+}
+
+/**
+ * Checks that `path` is usable, restores the statistics saved there (a corrupt or unreadable
+ * file is moved aside with a warning), and returns the persister, not yet started.
+ *
+ * @throws {RecoveryPathError} when the path cannot be written (the command exits 2).
+ */
+export async function setupRecovery(
+  path: string,
+  options: RecoverySetupOptions,
+): Promise<RecoveryPersister> {
+  const { stats, logger } = options;
+  await checkRecoveryPath(path);
+  const loaded = await loadRecoveryFile(path, { logger });
+  if (loaded.state) {
+    const result = restoreRecoveryState(stats, loaded.state, { latency: stats.latency });
+    logger.info(
+      "Restored statistics from {path}: {messages} messages, saved {downtime} s ago ({windows})",
+      {
+        path,
+        messages: stats.counts.msg_req + stats.counts.msg_ack + stats.counts.msg_nak,
+        downtime: (result.downtimeMs / 1000).toFixed(1),
+        windows: result.windowsRestored
+          ? "rates continue from the 10 s window"
+          : "rates start from zero",
+      },
+    );
+  } else if (!loaded.movedTo) {
+    logger.info("No recovery file at {path} yet: starting from zero", { path });
+  }
+  return new RecoveryPersister(path, {
+    intervalMs: options.intervalMs,
+    logger,
+    serialize: () =>
+      serializeRecoveryState(captureRecoveryState(stats, { latency: stats.latency })),
+  });
+}
