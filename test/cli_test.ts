@@ -123,6 +123,7 @@ Deno.test("FOO_PROXY_* environment variables configure the proxy when flags are 
   await writeAll(conn, "REQ 7 hi\n");
   assert.deepEqual(await readLines(conn, 1), ["ACK 7"]);
   await child.stderr.waitFor(/\[DBG\] foo-proxy\.proxy: Bridging/);
+  conn.close(); // the client is done, so SIGINT's drain ends at once
   child.kill("SIGINT");
   assert.equal(JSON.parse((await child.readLine()) ?? "null").msg_ack, 1);
   assert.equal((await child.status()).code, 0);

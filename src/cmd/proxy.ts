@@ -32,6 +32,11 @@ export const PROXY_FLAGS: Record<string, FlagSpec> = {
   forward: { type: "string", default: "localhost:8001" },
   "connect-timeout": { type: "string", default: "5s" },
   "max-connections": { type: "string", default: "10000" },
+  "max-inflight": { type: "string", default: "10000" },
+  "idle-timeout": { type: "string", default: "off" },
+  "connect-retries": { type: "string", default: "3" },
+  "drain-delay": { type: "string", default: "0s" },
+  "drain-timeout": { type: "string", default: "30s" },
   "log-level": { type: "string", default: "info" },
   "log-format": { type: "string", default: "text" },
   help: { type: "boolean", short: "h", env: false },
@@ -46,13 +51,24 @@ export const PROXY_SYNOPSIS =
 export const PROXY_USAGE = `Usage: foo-proxy [proxy] [flags]
 
 Proxies Foo traffic from --listen to --forward and counts every message.
-Send SIGUSR2 for one JSON stats line on stdout; SIGINT/SIGTERM print a final line and exit 0.
+Send SIGUSR2 for one JSON stats line on stdout. SIGINT/SIGTERM drain (readiness fails at once,
+new clients are refused after --drain-delay, open ones get --drain-timeout to finish), print a
+final line and exit 0; a second SIGINT/SIGTERM closes every connection at once and exits 1.
 
 Flags (each also from FOO_PROXY_<NAME>, e.g. FOO_PROXY_LISTEN; flags win):
   --listen ADDR            where clients connect            (default :8002, all interfaces)
   --forward ADDR           the upstream Foo server          (default localhost:8001)
   --connect-timeout DUR    upstream connect timeout         (default 5s; 0 = none)
   --max-connections N      clients served at once           (default 10000)
+  --max-inflight N         unanswered REQs per client before
+                           its reads pause                  (default 10000; 0 = no limit)
+  --idle-timeout DUR       close a client with no traffic and
+                           nothing in flight for this long  (default off)
+  --connect-retries N      upstream connect retries, with
+                           backoff, holding the first bytes (default 3)
+  --drain-delay DUR        on SIGTERM keep accepting this long (default 0s)
+  --drain-timeout DUR      on SIGTERM wait this long for
+                           clients to finish                (default 30s)
   --log-level LEVEL        debug|info|warning|error         (default info)
   --log-format FORMAT      text|json, on stderr             (default text)
   -h, --help               print this help
@@ -66,6 +82,11 @@ export interface ProxyConfig {
   forward: { hostname: string; port: number };
   connectTimeoutMs: number;
   maxConnections: number;
+  maxInflight: number;
+  idleTimeoutMs: number;
+  connectRetries: number;
+  drainDelayMs: number;
+  drainTimeoutMs: number;
   logLevel: string;
   logFormat: string;
   help: boolean;
@@ -94,6 +115,11 @@ export function parseProxyConfig(
     forward: address("forward", "localhost"),
     connectTimeoutMs: parseDuration("connect-timeout", v["connect-timeout"]),
     maxConnections: parseIntegerFlag("max-connections", v["max-connections"], { min: 1 }),
+    maxInflight: parseIntegerFlag("max-inflight", v["max-inflight"]),
+    idleTimeoutMs: parseDuration("idle-timeout", v["idle-timeout"]),
+    connectRetries: parseIntegerFlag("connect-retries", v["connect-retries"], { max: 100 }),
+    drainDelayMs: parseDuration("drain-delay", v["drain-delay"]),
+    drainTimeoutMs: parseDuration("drain-timeout", v["drain-timeout"]),
     logLevel: String(v["log-level"]),
     logFormat: String(v["log-format"]),
     help: v.help === true,
@@ -134,13 +160,24 @@ export async function runProxy(args: string[], context: CommandContext = {}): Pr
   const printStats = () => stdout(JSON.stringify(stats.snapshot()));
 
   // Signals first: a SIGUSR2 that arrives before its listener would kill the process.
+  // The first SIGINT/SIGTERM starts the drain; a second one cuts it short.
   const stop = Promise.withResolvers<string>();
+  const force = new AbortController();
+  let stopping = false;
+  const onStop = (name: string) => {
+    if (stopping) {
+      force.abort(name);
+    } else {
+      stopping = true;
+      stop.resolve(name);
+    }
+  };
   const signals = installSignals({
     onStats: printStats,
-    onStop: (name) => stop.resolve(name),
+    onStop,
     warn: (message) => logger.warning(message),
   });
-  context.signal?.addEventListener("abort", () => stop.resolve("abort"), { once: true });
+  context.signal?.addEventListener("abort", () => onStop("abort"), { once: true });
 
   const proxy = new Proxy({
     listen: config.listen,
@@ -149,6 +186,11 @@ export async function runProxy(args: string[], context: CommandContext = {}): Pr
     logger,
     connectTimeoutMs: config.connectTimeoutMs,
     maxConnections: config.maxConnections,
+    maxInflight: config.maxInflight,
+    idleTimeoutMs: config.idleTimeoutMs,
+    connectRetries: config.connectRetries,
+    drainDelayMs: config.drainDelayMs,
+    drainTimeoutMs: config.drainTimeoutMs,
   });
   try {
     await proxy.start();
@@ -161,11 +203,21 @@ export async function runProxy(args: string[], context: CommandContext = {}): Pr
     return 1;
   }
   const why = await stop.promise;
-  logger.info("Got {signal}: closing", { signal: why });
-  await proxy.close();
+  logger.info("Got {signal}: shutting down gracefully (send it again to close at once)", {
+    signal: why,
+  });
+  const report = await proxy.shutdown({ signal: force.signal });
+  if (report.aborted) {
+    logger.warning("Got {signal} again: closed {count} connection(s) without draining", {
+      signal: String(force.signal.reason),
+      count: report.closedIdle + report.closedBusy,
+    });
+  }
+  // Every connection has ended: persist the final stats here (--recovery-path), before the
+  // final line is printed.
   signals.remove();
   printStats();
-  return 0;
+  return report.aborted ? 1 : 0;
 }
 
 interface SignalHooks {
