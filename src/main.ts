@@ -8,6 +8,7 @@ import { type CommandContext, reportUsageError, writeStdoutLine } from "./cmd/ou
 import { runProxy } from "./cmd/proxy.ts";
 import { runClientCommand } from "./cmd/client.ts";
 import { runServer } from "./cmd/server.ts";
+import { runBench } from "./cmd/bench.ts";
 
 type Command = (args: string[], context?: CommandContext) => Promise<number>;
 
@@ -15,6 +16,7 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
   proxy: { run: runProxy, summary: "proxy Foo traffic and count it (the default)" },
   server: { run: runServer, summary: "a Foo server for demos and tests" },
   client: { run: runClientCommand, summary: "drive a Foo server or proxy and verify every reply" },
+  bench: { run: runBench, summary: "load-test a Foo endpoint and verify every reply" },
 };
 
 const USAGE = () =>

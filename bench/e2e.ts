@@ -1,0 +1,809 @@
+/**
+ * The end-to-end benchmark (`deno task bench:e2e`): in one run and against one upstream (our Foo
+ * server in its own process) it measures, side by side, direct (no proxy), foo-proxy (its own
+ * process, started like `deno task start`) and HAProxy in TCP mode (when `haproxy` is
+ * installed; `scripts/setup_haproxy.sh` installs it). The load comes from `foo-proxy bench
+ * --json` in yet another process. Rounds are interleaved (direct, foo-proxy, HAProxy, direct, …)
+ * and the table gives medians and ratios; it is printed and written to `bench/RESULTS.md` with
+ * the machine and the date.
+ *
+ * Scenarios: 1 throughput (64 connections x 16 pipelined, 32-byte payloads), 2 latency (16
+ * connections, 1 in flight, 5 000 REQ/s open loop), 3 churn (10 REQs per connection, then a new
+ * connection), 4 idle memory (RSS growth per proxied idle connection).
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { writeStderrLine, writeStdoutLine } from "../src/cmd/output.ts";
+
+const REPO_ROOT = new URL("..", import.meta.url).pathname;
+const MAIN = new URL("../src/main.ts", import.meta.url).pathname;
+const RESULTS = new URL("./RESULTS.md", import.meta.url).pathname;
+const HOST = "127.0.0.1";
+
+type TargetName = "direct" | "foo-proxy" | "haproxy";
+
+/** One measured run of `foo-proxy bench --json` (the fields e2e uses). */
+interface BenchJson {
+  responses_per_sec: number;
+  connections_per_sec: number;
+  latency_p50_ms: number;
+  latency_p99_ms: number;
+  latency_p999_ms: number;
+  errors_total: number;
+  errors: Record<string, number>;
+}
+
+interface Sample {
+  bench: BenchJson;
+  /** CPU used by the proxy process during the run, in cores (direct: the server's). */
+  proxyCpu: number;
+  /** CPU used by the upstream server during the run, in cores. */
+  serverCpu: number;
+}
+
+interface LoadScenario {
+  id: "throughput" | "latency" | "churn";
+  title: string;
+  args: string[];
+}
+
+const LOAD_SCENARIOS: LoadScenario[] = [
+  {
+    id: "throughput",
+    title: "1. throughput: 64 connections x 16 pipelined, 32-byte payloads",
+    args: ["--connections", "64", "--pipeline", "16", "--payload", "32"],
+  },
+  {
+    id: "latency",
+    title: "2. latency: 16 connections, 1 in flight, 5 000 REQ/s total (open loop)",
+    args: ["--connections", "16", "--pipeline", "1", "--payload", "32", "--rate", "5000"],
+  },
+  {
+    id: "churn",
+    title: "3. churn: 16 connections at once, 10 REQs each (1 in flight), then reconnect",
+    args: [
+      "--connections",
+      "16",
+      "--pipeline",
+      "1",
+      "--payload",
+      "32",
+      "--requests-per-connection",
+      "10",
+    ],
+  },
+];
+
+function usage(): string {
+  return `Usage: deno task bench:e2e [flags]
+
+  --rounds N         interleaved rounds per scenario        (default 3)
+  --seconds S        measured seconds per load run          (default 5)
+  --warmup S         unmeasured seconds before each run     (default 1)
+  --idle N           idle connections for scenario 4        (default 5000)
+  --only LIST        scenarios to run, e.g. 1,2 or 4        (default 1,2,3,4)
+  --no-haproxy       skip HAProxy even when installed
+  --no-write         print the table only, leave bench/RESULTS.md alone`;
+}
+
+interface E2eConfig {
+  rounds: number;
+  seconds: number;
+  warmup: number;
+  idle: number;
+  only: Set<number>;
+  haproxy: boolean;
+  write: boolean;
+}
+
+function parseConfig(args: string[]): E2eConfig {
+  const { values } = parseArgs({
+    args,
+    strict: true,
+    options: {
+      rounds: { type: "string", default: "3" },
+      seconds: { type: "string", default: "5" },
+      warmup: { type: "string", default: "1" },
+      idle: { type: "string", default: "5000" },
+      only: { type: "string", default: "1,2,3,4" },
+      "no-haproxy": { type: "boolean" },
+      "no-write": { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    writeStdoutLine(usage());
+    Deno.exit(0);
+  }
+  const num = (name: string, text: string, min: number) => {
+    const n = Number(text);
+    if (!Number.isFinite(n) || n < min) throw new RangeError(`Invalid --${name} "${text}"`);
+    return n;
+  };
+  return {
+    rounds: Math.round(num("rounds", values.rounds, 1)),
+    seconds: num("seconds", values.seconds, 0.1),
+    warmup: num("warmup", values.warmup, 0),
+    idle: Math.round(num("idle", values.idle, 1)),
+    only: new Set(values.only.split(",").map((s) => Math.round(num("only", s, 1)))),
+    haproxy: !values["no-haproxy"],
+    write: !values["no-write"],
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/** A child process with its output collected in the background. */
+class Child implements AsyncDisposable {
+  readonly name: string;
+  readonly process: Deno.ChildProcess;
+  stdout = "";
+  stderr = "";
+  #done: Promise<unknown>;
+  #exited = false;
+  readonly status: Promise<Deno.CommandStatus>;
+
+  constructor(name: string, command: string, args: string[], fdLimit: number) {
+    this.name = name;
+    // Through sh so the child gets a raised fd limit (scenario 4 holds thousands of sockets).
+    this.process = new Deno.Command("sh", {
+      args: [
+        "-c",
+        `ulimit -n ${fdLimit} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$@"`,
+        "sh",
+        command,
+        ...args,
+      ],
+      cwd: REPO_ROOT,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    this.status = this.process.status.then((s) => {
+      this.#exited = true;
+      return s;
+    });
+    this.#done = Promise.all([
+      collect(this.process.stdout, (t) => this.stdout += t),
+      collect(this.process.stderr, (t) => this.stderr += t),
+    ]);
+  }
+
+  get pid(): number {
+    return this.process.pid;
+  }
+
+  get exited(): boolean {
+    return this.#exited;
+  }
+
+  /** Waits until stdout has a line matching `pattern`. */
+  async waitForStdout(pattern: RegExp, timeoutMs: number): Promise<RegExpExecArray> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const m = pattern.exec(this.stdout);
+      if (m) return m;
+      if (this.#exited || Date.now() > deadline) {
+        throw new Error(`${this.name} did not print ${pattern}: ${this.stderr.slice(-500)}`);
+      }
+      await delay(20);
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (!this.#exited) {
+      try {
+        this.process.kill("SIGTERM");
+      } catch {
+        // Already gone.
+      }
+      const killer = setTimeout(() => {
+        try {
+          this.process.kill("SIGKILL");
+        } catch {
+          // Already gone.
+        }
+      }, 5000);
+      await this.status;
+      clearTimeout(killer);
+    }
+    await this.#done;
+  }
+}
+
+async function collect(stream: ReadableStream<Uint8Array>, add: (text: string) => void) {
+  const decoder = new TextDecoder();
+  for await (const chunk of stream) add(decoder.decode(chunk, { stream: true }));
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function freePort(): number {
+  const listener = Deno.listen({ hostname: HOST, port: 0 });
+  const port = listener.addr.port;
+  listener.close();
+  return port;
+}
+
+/** Polls until `port` accepts a connection (a child process finished starting). */
+async function waitForPort(port: number, child: Child, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      const conn = await Deno.connect({ hostname: HOST, port });
+      conn.close();
+      return;
+    } catch {
+      if (child.exited || Date.now() > deadline) {
+        throw new Error(`${child.name} is not listening on ${port}: ${child.stderr.slice(-500)}`);
+      }
+      await delay(50);
+    }
+  }
+}
+
+/** The permission flags of `deno task start`, so foo-proxy runs exactly as users start it. */
+async function startPermissions(): Promise<string[]> {
+  const config = JSON.parse(await Deno.readTextFile(`${REPO_ROOT}deno.json`));
+  const start = String(config.tasks?.start ?? "");
+  const words = start.split(/\s+/);
+  const flags = words.slice(words.indexOf("run") + 1, words.indexOf("src/main.ts"));
+  return flags.filter((w) => w.startsWith("--"));
+}
+
+async function startServer(fdLimit: number): Promise<{ child: Child; port: number }> {
+  const child = new Child(
+    "foo server",
+    Deno.execPath(),
+    [
+      "run",
+      "--allow-net",
+      "--allow-env=FOO_PROXY_*",
+      MAIN,
+      "server",
+      "--listen",
+      `${HOST}:0`,
+      "--log-level",
+      "warning",
+    ],
+    fdLimit,
+  );
+  const m = await child.waitForStdout(/listening on \S+:(\d+)/, 20_000);
+  return { child, port: Number(m[1]) };
+}
+
+async function startFooProxy(
+  upstreamPort: number,
+  permissions: string[],
+  fdLimit: number,
+): Promise<{ child: Child; port: number }> {
+  const port = freePort();
+  const child = new Child(
+    "foo-proxy",
+    Deno.execPath(),
+    [
+      "run",
+      ...permissions,
+      MAIN,
+      "proxy",
+      "--listen",
+      `${HOST}:${port}`,
+      "--forward",
+      `${HOST}:${upstreamPort}`,
+      "--log-level",
+      "warning",
+      "--max-connections",
+      "100000",
+    ],
+    fdLimit,
+  );
+  await waitForPort(port, child);
+  return { child, port };
+}
+
+/**
+ * HAProxy's configuration: TCP mode, one frontend, one backend server, and nothing else beyond
+ * the timeouts HAProxy warns about when they are missing. Everything else (threads, maxconn,
+ * buffer sizes) is left at its defaults.
+ */
+export function haproxyConfig(listenPort: number, upstreamPort: number): string {
+  return `# Generated by bench/e2e.ts: HAProxy in plain TCP mode with its default settings.
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1m
+    timeout server 1m
+
+frontend foo
+    bind ${HOST}:${listenPort}
+    default_backend foo_upstream
+
+backend foo_upstream
+    server upstream ${HOST}:${upstreamPort}
+`;
+}
+
+async function startHaproxy(
+  upstreamPort: number,
+  dir: string,
+  fdLimit: number,
+): Promise<{ child: Child; port: number }> {
+  const port = freePort();
+  const path = `${dir}/haproxy.cfg`;
+  await Deno.writeTextFile(path, haproxyConfig(port, upstreamPort));
+  const child = new Child("haproxy", "haproxy", ["-f", path], fdLimit);
+  await waitForPort(port, child);
+  return { child, port };
+}
+
+async function commandOutput(command: string, args: string[]): Promise<string | undefined> {
+  try {
+    const out = await new Deno.Command(command, { args, stdout: "piped", stderr: "piped" })
+      .output();
+    if (!out.success) return undefined;
+    return new TextDecoder().decode(out.stdout).trim();
+  } catch {
+    return undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc readings
+
+// Deno asks for --allow-all to read another process's /proc entries, so `cat` reads them.
+async function readProc(path: string): Promise<string> {
+  const out = await new Deno.Command("cat", { args: [path], stdout: "piped" }).output();
+  if (!out.success) throw new Error(`Cannot read ${path}`);
+  return new TextDecoder().decode(out.stdout);
+}
+
+/** Resident set size of `pid` in KiB (VmRSS in /proc/<pid>/status). */
+async function rssKib(pid: number): Promise<number> {
+  const status = await readProc(`/proc/${pid}/status`);
+  const m = /^VmRSS:\s+(\d+) kB/m.exec(status);
+  if (!m) throw new Error(`No VmRSS for pid ${pid}`);
+  return Number(m[1]);
+}
+
+/** CPU time (user + system) used by `pid` so far, in seconds. */
+async function cpuSeconds(pid: number): Promise<number> {
+  const stat = await readProc(`/proc/${pid}/stat`);
+  // Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100; // USER_HZ is 100 on Linux
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs
+
+async function runBench(
+  port: number,
+  scenario: LoadScenario,
+  config: E2eConfig,
+  proxyPid: number | undefined,
+  serverPid: number,
+): Promise<Sample> {
+  const args = [
+    "run",
+    "--allow-net",
+    MAIN,
+    "bench",
+    "--connect",
+    `${HOST}:${port}`,
+    "--json",
+    "--quiet",
+    "--duration",
+    `${config.seconds}s`,
+    "--warmup",
+    `${config.warmup}s`,
+    ...scenario.args,
+  ];
+  const cpu0 = {
+    proxy: proxyPid ? await cpuSeconds(proxyPid) : 0,
+    server: await cpuSeconds(serverPid),
+  };
+  const t0 = performance.now();
+  const out = await new Deno.Command(Deno.execPath(), {
+    args,
+    cwd: REPO_ROOT,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  // The CPU figures cover the whole bench process lifetime; scale to the measured share.
+  const wall = (performance.now() - t0) / 1000;
+  const proxyCpu = proxyPid ? (await cpuSeconds(proxyPid) - cpu0.proxy) / wall : 0;
+  const serverCpu = (await cpuSeconds(serverPid) - cpu0.server) / wall;
+  const text = new TextDecoder().decode(out.stdout).trim();
+  const line = text.split("\n").at(-1) ?? "";
+  let bench: BenchJson;
+  try {
+    bench = JSON.parse(line);
+  } catch (error) {
+    throw new Error(
+      `foo-proxy bench failed (exit ${out.code}): ${new TextDecoder().decode(out.stderr)}`,
+      { cause: error },
+    );
+  }
+  return { bench, proxyCpu, serverCpu };
+}
+
+/** Opens `count` connections through `port`, one REQ/ACK on each, and leaves them idle. */
+async function openIdle(port: number, count: number): Promise<Deno.TcpConn[]> {
+  const conns: Deno.TcpConn[] = [];
+  const request = new TextEncoder().encode("REQ 1\n");
+  const batch = 200;
+  for (let i = 0; i < count; i += batch) {
+    const opened = await Promise.all(
+      Array.from({ length: Math.min(batch, count - i) }, async () => {
+        const conn = await Deno.connect({ hostname: HOST, port });
+        conns.push(conn);
+        await conn.write(request);
+        const buf = new Uint8Array(64);
+        let got = 0;
+        while (!buf.subarray(0, got).includes(10)) {
+          const n = await conn.read(buf.subarray(got));
+          if (n === null) throw new Error("Connection closed before its ACK");
+          got += n;
+        }
+        return conn;
+      }),
+    );
+    if (opened.length === 0) break;
+  }
+  return conns;
+}
+
+/** Reads RSS until two readings 250 ms apart agree within 1 % (at most 3 s). */
+async function settledRss(pid: number): Promise<number> {
+  let last = await rssKib(pid);
+  for (let i = 0; i < 12; i++) {
+    await delay(250);
+    const now = await rssKib(pid);
+    if (Math.abs(now - last) <= last * 0.01) return now;
+    last = now;
+  }
+  return last;
+}
+
+interface IdleSample {
+  kibPerConnection: number;
+  beforeKib: number;
+  afterKib: number;
+}
+
+async function measureIdle(
+  proxy: { child: Child; port: number },
+  count: number,
+): Promise<IdleSample> {
+  // A little traffic first so lazily initialised code paths are not counted as per-connection.
+  for (const c of await openIdle(proxy.port, 50)) c.close();
+  const beforeKib = await settledRss(proxy.child.pid);
+  const conns = await openIdle(proxy.port, count);
+  try {
+    const afterKib = await settledRss(proxy.child.pid);
+    return { kibPerConnection: (afterKib - beforeKib) / count, beforeKib, afterKib };
+  } finally {
+    for (const c of conns) {
+      try {
+        c.close();
+      } catch {
+        // Already closed.
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+function median(xs: number[]): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+function fmt(x: number, digits = 0): string {
+  if (!Number.isFinite(x)) return "—";
+  return x.toLocaleString("en-US", {
+    minimumFractionDigits: digits,
+    maximumFractionDigits: digits,
+  });
+}
+
+function ratio(a: number, b: number): string {
+  if (!Number.isFinite(a) || !Number.isFinite(b) || b === 0) return "—";
+  return `${(a / b).toFixed(2)}×`;
+}
+
+type Row = [string, string, string, string, string, string, string];
+
+function markdownTable(header: Row, rows: Row[]): string {
+  const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
+  return [
+    line(header),
+    line(header.map((_, i) => (i < 2 ? "---" : "---:"))),
+    ...rows.map(line),
+  ].join("\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function main(args: string[]): Promise<number> {
+  const config = parseConfig(args);
+  const fdNeeded = 2 * config.idle + 1000;
+  const fdLimit = Math.max(65536, fdNeeded);
+  const haproxyVersion = config.haproxy
+    ? (await commandOutput("haproxy", ["-v"]))?.split("\n")[0]
+    : undefined;
+  if (config.haproxy && !haproxyVersion) {
+    writeStderrLine("e2e: haproxy is not installed (scripts/setup_haproxy.sh): skipping it");
+  }
+  const childFdLimit = Number(
+    await commandOutput("sh", ["-c", `ulimit -n ${fdLimit} 2>/dev/null; ulimit -n`]),
+  );
+  if (config.only.has(4) && childFdLimit < fdNeeded) {
+    writeStderrLine(
+      `e2e: the fd limit is ${childFdLimit}, below the ${fdNeeded} scenario 4 needs; lowering --idle`,
+    );
+    config.idle = Math.max(100, Math.floor((childFdLimit - 1000) / 2));
+  }
+  const permissions = await startPermissions();
+  const targets: TargetName[] = haproxyVersion
+    ? ["direct", "foo-proxy", "haproxy"]
+    : ["direct", "foo-proxy"];
+  const tmp = await Deno.makeTempDir({ prefix: "foo_e2e_" });
+  const samples = new Map<string, Sample[]>();
+  const idle = new Map<TargetName, IdleSample[]>();
+  const started = new Date();
+  try {
+    const upstream = await startServer(fdLimit);
+    await using _server = upstream.child;
+    const loadScenarios = LOAD_SCENARIOS.filter((_, i) => config.only.has(i + 1));
+    if (loadScenarios.length > 0) {
+      const fooStarted = await startFooProxy(upstream.port, permissions, fdLimit);
+      await using foo = fooStarted.child;
+      const haStarted = haproxyVersion ? await startHaproxy(upstream.port, tmp, fdLimit) : null;
+      await using ha = haStarted?.child ?? null;
+      const fooPort = fooStarted.port;
+      const haPort = haStarted?.port ?? 0;
+      const haPid = ha?.pid;
+      for (let round = 1; round <= config.rounds; round++) {
+        for (const scenario of loadScenarios) {
+          for (const target of targets) {
+            const port = target === "direct"
+              ? upstream.port
+              : target === "foo-proxy"
+              ? fooPort
+              : haPort;
+            const pid = target === "direct" ? undefined : target === "foo-proxy" ? foo.pid : haPid;
+            const sample = await runBench(port, scenario, config, pid, upstream.child.pid);
+            const key = `${scenario.id}/${target}`;
+            samples.set(key, [...(samples.get(key) ?? []), sample]);
+            const b = sample.bench;
+            writeStderrLine(
+              `e2e: round ${round} ${scenario.id.padEnd(10)} ${target.padEnd(9)} ${
+                fmt(b.responses_per_sec).padStart(9)
+              } replies/s ${fmt(b.connections_per_sec).padStart(7)} conn/s p50 ${
+                b.latency_p50_ms.toFixed(3)
+              } ms p99 ${b.latency_p99_ms.toFixed(3)} ms proxy cpu ${
+                sample.proxyCpu.toFixed(2)
+              } server cpu ${sample.serverCpu.toFixed(2)} errors ${b.errors_total}`,
+            );
+          }
+        }
+      }
+    }
+    if (config.only.has(4)) {
+      const proxies = targets.filter((t) => t !== "direct");
+      for (let round = 1; round <= config.rounds; round++) {
+        for (const target of proxies) {
+          // A fresh proxy each time, so earlier garbage does not blur the growth.
+          const proc = target === "foo-proxy"
+            ? await startFooProxy(upstream.port, permissions, fdLimit)
+            : await startHaproxy(upstream.port, tmp, fdLimit);
+          await using _proxy = proc.child;
+          const sample = await measureIdle(proc, config.idle);
+          idle.set(target, [...(idle.get(target) ?? []), sample]);
+          writeStderrLine(
+            `e2e: round ${round} idle       ${target.padEnd(9)} ${
+              sample.kibPerConnection.toFixed(2)
+            } KiB/connection (RSS ${fmt(sample.beforeKib)} -> ${fmt(sample.afterKib)} KiB)`,
+          );
+        }
+      }
+    }
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+
+  // The table.
+  const med = (scenario: string, target: TargetName, pick: (s: Sample) => number) =>
+    median((samples.get(`${scenario}/${target}`) ?? []).map(pick));
+  const rows: Row[] = [];
+  const has = (id: string) => samples.has(`${id}/direct`);
+  const addRow = (
+    scenario: string,
+    metric: string,
+    values: Record<TargetName, number>,
+    digits: number,
+    directRatio = true,
+  ) => {
+    rows.push([
+      scenario,
+      metric,
+      fmt(values.direct, digits),
+      fmt(values["foo-proxy"], digits),
+      fmt(values.haproxy, digits),
+      ratio(values["foo-proxy"], values.haproxy),
+      directRatio ? ratio(values["foo-proxy"], values.direct) : "—",
+    ]);
+  };
+  const all = (scenario: string, pick: (s: Sample) => number) => ({
+    direct: med(scenario, "direct", pick),
+    "foo-proxy": med(scenario, "foo-proxy", pick),
+    haproxy: med(scenario, "haproxy", pick),
+  });
+  if (has("throughput")) {
+    addRow("1 throughput", "replies/s", all("throughput", (s) => s.bench.responses_per_sec), 0);
+    addRow(
+      "1 throughput",
+      "proxy CPU (cores)",
+      {
+        ...all("throughput", (s) => s.proxyCpu),
+        direct: NaN,
+      },
+      2,
+      false,
+    );
+    addRow("1 throughput", "server CPU (cores)", all("throughput", (s) => s.serverCpu), 2);
+  }
+  if (has("latency")) {
+    const p50 = all("latency", (s) => s.bench.latency_p50_ms);
+    const p99 = all("latency", (s) => s.bench.latency_p99_ms);
+    addRow("2 latency", "p50 (ms)", p50, 3);
+    addRow("2 latency", "p99 (ms)", p99, 3);
+    addRow("2 latency", "p99.9 (ms)", all("latency", (s) => s.bench.latency_p999_ms), 3);
+    // Added over direct: per round (rounds are interleaved, so pairing cancels drift).
+    const added = (pick: (s: Sample) => number) => {
+      const direct = samples.get("latency/direct") ?? [];
+      const per = (t: TargetName) =>
+        median((samples.get(`latency/${t}`) ?? []).map((s, i) => pick(s) - pick(direct[i])));
+      return { direct: NaN, "foo-proxy": per("foo-proxy"), haproxy: per("haproxy") };
+    };
+    addRow(
+      "2 latency",
+      "p50 added over direct (ms)",
+      added((s) => s.bench.latency_p50_ms),
+      3,
+      false,
+    );
+    addRow(
+      "2 latency",
+      "p99 added over direct (ms)",
+      added((s) => s.bench.latency_p99_ms),
+      3,
+      false,
+    );
+  }
+  if (has("churn")) {
+    addRow("3 churn", "connections/s", all("churn", (s) => s.bench.connections_per_sec), 0);
+  }
+  if (idle.size > 0) {
+    const perConn = (t: TargetName) => median((idle.get(t) ?? []).map((s) => s.kibPerConnection));
+    addRow(
+      "4 idle memory",
+      `RSS growth per connection (KiB), ${fmt(config.idle)} held`,
+      {
+        direct: NaN,
+        "foo-proxy": perConn("foo-proxy"),
+        haproxy: perConn("haproxy"),
+      },
+      2,
+      false,
+    );
+  }
+  const errors = [...samples.values()].flat().reduce((sum, s) => sum + s.bench.errors_total, 0);
+  const table = markdownTable(
+    [
+      "scenario",
+      "metric",
+      "direct",
+      "foo-proxy",
+      "HAProxy",
+      "foo-proxy ÷ HAProxy",
+      "foo-proxy ÷ direct",
+    ],
+    rows,
+  );
+  writeStdoutLine(table);
+  if (errors > 0) writeStdoutLine(`\n${errors} errors in load runs (see stderr)`);
+
+  if (config.write) {
+    const cpu = /^model name\s*:\s*(.*)$/m.exec(await Deno.readTextFile("/proc/cpuinfo"))?.[1];
+    const memKib = Number(
+      /^MemTotal:\s+(\d+)/m.exec(await Deno.readTextFile("/proc/meminfo"))?.[1],
+    );
+    const raw = [...samples.entries()].map(([key, list]) =>
+      `| ${key} | ${list.map((s) => fmt(s.bench.responses_per_sec)).join(", ")} | ${
+        list.map((s) => fmt(s.bench.connections_per_sec)).join(", ")
+      } | ${list.map((s) => s.bench.latency_p99_ms.toFixed(3)).join(", ")} | ${
+        list.map((s) => s.proxyCpu.toFixed(2)).join(", ")
+      } | ${list.reduce((n, s) => n + s.bench.errors_total, 0)} |`
+    );
+    const rawIdle = [...idle.entries()].map(([t, list]) =>
+      `| ${t} | ${list.map((s) => s.kibPerConnection.toFixed(2)).join(", ")} | ${
+        list.map((s) => `${fmt(s.beforeKib)} → ${fmt(s.afterKib)}`).join(", ")
+      } |`
+    );
+    const command = `deno task bench:e2e ${args.join(" ")}`.trim();
+    const md = `# End-to-end benchmark results
+
+Generated by \`bench/e2e.ts\` — do not edit by hand; re-run \`${command}\`.
+
+- Date: ${started.toISOString()}
+- Command: \`${command}\` (${config.rounds} interleaved rounds, ${config.warmup} s warm-up + ${config.seconds} s measured per load run)
+- Machine: ${navigator.hardwareConcurrency} CPUs (${cpu ?? "unknown CPU"}), ${
+      fmt(memKib / 1024 / 1024, 1)
+    } GiB RAM, Linux ${Deno.osRelease()}
+- Deno ${Deno.version.deno} (V8 ${Deno.version.v8})
+- HAProxy: ${haproxyVersion ?? "not installed (skipped)"}
+- fd limit of the processes: ${childFdLimit}
+
+Every process — the Foo server (upstream), the proxy under test and the load generator
+(\`foo-proxy bench --json\`) — runs on the same machine, so they share its CPUs. Values are
+medians over the rounds; ratios are foo-proxy's value divided by the other's (for throughput
+and churn higher is better, for latency and memory lower is better).
+
+${table}
+
+How each target runs:
+
+- **direct**: the load generator talks to the Foo server itself (\`foo-proxy server\`).
+- **foo-proxy**: \`deno run ${permissions.join(" ")} src/main.ts proxy --log-level warning\`
+  (the permission flags of \`deno task start\`), one process, single-threaded.
+- **HAProxy**: \`haproxy -f haproxy.cfg\` with the generated configuration below: TCP mode, one
+  frontend bound on 127.0.0.1, one backend server, connect/client/server timeouts (5 s, 1 min,
+  1 min) and every other setting at its default (threads = CPUs, maxconn derived from the fd
+  limit, 16 KiB buffers).
+
+\`\`\`
+${haproxyConfig(0, 0).replace(":0\n", ":<port>\n").replace(":0\n", ":<upstream port>\n")}\`\`\`
+
+Scenarios (\`foo-proxy bench\` flags):
+
+${LOAD_SCENARIOS.map((s) => `- ${s.title}: \`${s.args.join(" ")}\``).join("\n")}
+- 4. idle memory: open ${
+      fmt(config.idle)
+    } connections through the proxy (one REQ/ACK each, so both sockets are bridged), then
+  hold them idle; the figure is the growth of the proxy's VmRSS (/proc/<pid>/status) divided by
+  the connection count, on a fresh proxy process per round.
+
+CPU columns: CPU time of the process over the bench run (including its ~0.3 s start-up and the
+warm-up) divided by that wall time.
+
+## Raw rounds
+
+| scenario/target | replies/s | connections/s | p99 (ms) | proxy CPU | errors |
+| --- | --- | --- | --- | --- | --- |
+${raw.join("\n")}
+
+${
+      rawIdle.length > 0
+        ? `| idle target | KiB per connection | RSS before → after (KiB) |\n| --- | --- | --- |\n${
+          rawIdle.join("\n")
+        }\n`
+        : ""
+    }`;
+    await Deno.writeTextFile(RESULTS, md);
+    writeStderrLine(`e2e: wrote ${RESULTS}`);
+  }
+  return errors > 0 ? 1 : 0;
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -1,0 +1,240 @@
+/**
+ * `foo-proxy bench`: a load generator for any Foo endpoint (a proxy or a server). It prints a
+ * progress line on stderr every second and, at the end, a human summary or (`--json`) one JSON
+ * object on stdout.
+ *
+ * @module
+ */
+import { type Address, formatAddress, parseAddress } from "../cli/address.ts";
+import { parseDuration } from "../cli/duration.ts";
+import { type FlagSpec, parseFlags, parseIntegerFlag, UsageError } from "../cli/flags.ts";
+import {
+  LOAD_ERROR_KINDS,
+  type LoadOptions,
+  type LoadProgress,
+  type LoadReport,
+  runLoad,
+} from "../tools/load.ts";
+import {
+  type CommandContext,
+  reportUsageError,
+  writeStderrLine,
+  writeStdoutLine,
+} from "./output.ts";
+
+/** Flags of `foo-proxy bench` (no environment fallbacks: a benchmark says what it does). */
+export const BENCH_FLAGS: Record<string, FlagSpec> = {
+  connect: { type: "string", default: "127.0.0.1:8002", env: false },
+  connections: { type: "string", default: "16", env: false },
+  pipeline: { type: "string", default: "1", env: false },
+  payload: { type: "string", default: "32", env: false },
+  duration: { type: "string", default: "10s", env: false },
+  warmup: { type: "string", default: "0", env: false },
+  rate: { type: "string", default: "0", env: false },
+  "requests-per-connection": { type: "string", default: "0", env: false },
+  json: { type: "boolean", env: false },
+  quiet: { type: "boolean", short: "q", env: false },
+  help: { type: "boolean", short: "h", env: false },
+};
+
+/** One-line synopsis of `foo-proxy bench`, quoted in usage errors. */
+export const BENCH_SYNOPSIS =
+  "foo-proxy bench [--connect ADDR] [--connections N] [--pipeline N] [--payload BYTES] [--duration DUR] [--warmup DUR] [--rate R] [--requests-per-connection K] [--json] [--quiet]";
+
+/** Usage text of `foo-proxy bench`. */
+export const BENCH_USAGE = `Usage: foo-proxy bench [flags]
+
+Sends REQs to a Foo endpoint (a proxy or a server) over many connections, verifies every reply
+(ACK/NAK, its Seq, its order) and reports replies/s, connections/s, latency and errors.
+A progress line goes to stderr every second. Exits 0 when there was no error, 1 otherwise.
+
+Flags:
+  --connect ADDR                 the endpoint                     (default 127.0.0.1:8002)
+  --connections N                connections open at once         (default 16)
+  --pipeline N                   REQs in flight per connection    (default 1)
+  --payload BYTES                data bytes after each Seq        (default 32; 0 = none)
+  --duration DUR                 measured time                    (default 10s; 0 = until SIGINT)
+  --warmup DUR                   unmeasured time before it        (default 0)
+  --rate R                       total REQs/s, open loop: latency counts from each REQ's
+                                 scheduled send time              (default 0 = as fast as possible)
+  --requests-per-connection K    reconnect after K replies        (default 0 = never)
+  --json                         one JSON object on stdout (latencies in ms)
+  -q, --quiet                    no progress line
+  -h, --help                     print this help
+
+DUR is like 10s, 500ms, 2m, or a number of seconds. ADDR is HOST:PORT, :PORT or [IPv6]:PORT.`;
+
+/** Parsed configuration of `foo-proxy bench`. */
+export interface BenchConfig {
+  connect: Address;
+  connections: number;
+  pipeline: number;
+  payloadBytes: number;
+  durationMs: number;
+  warmupMs: number;
+  rate: number;
+  requestsPerConnection: number;
+  json: boolean;
+  quiet: boolean;
+  help: boolean;
+}
+
+/**
+ * Parses the bench flags.
+ *
+ * @throws {UsageError} naming the bad flag or value.
+ */
+export function parseBenchConfig(args: readonly string[]): BenchConfig {
+  const v = parseFlags(args, BENCH_FLAGS);
+  let connect: Address;
+  try {
+    connect = parseAddress(String(v.connect), { defaultHost: "127.0.0.1" });
+  } catch (error) {
+    throw new UsageError(`--connect: ${(error as Error).message}`, { cause: error });
+  }
+  if (connect.port === 0) throw new UsageError(`--connect: the port must not be 0`);
+  const rateText = String(v.rate).trim();
+  const rate = /^\d+(\.\d+)?$/.test(rateText) ? Number(rateText) : NaN;
+  if (!Number.isFinite(rate)) {
+    throw new UsageError(`Invalid value "${v.rate}" for --rate: expected a number of REQs/s >= 0`);
+  }
+  return {
+    connect,
+    connections: parseIntegerFlag("connections", v.connections, { min: 1, max: 100_000 }),
+    pipeline: parseIntegerFlag("pipeline", v.pipeline, { min: 1, max: 100_000 }),
+    payloadBytes: parseIntegerFlag("payload", v.payload, { max: 1 << 20 }),
+    durationMs: parseDuration("duration", v.duration),
+    warmupMs: parseDuration("warmup", v.warmup),
+    rate,
+    requestsPerConnection: parseIntegerFlag(
+      "requests-per-connection",
+      v["requests-per-connection"],
+    ),
+    json: v.json === true,
+    quiet: v.quiet === true,
+    help: v.help === true,
+  };
+}
+
+/** The JSON object `--json` prints: the configuration, then what was measured. */
+export function benchJson(config: BenchConfig, report: LoadReport): Record<string, unknown> {
+  const r3 = (x: number) => Math.round(x * 1000) / 1000;
+  const lat = report.latencyMs;
+  const svc = report.serviceLatencyMs;
+  return {
+    target: formatAddress(config.connect),
+    connections: config.connections,
+    pipeline: config.pipeline,
+    payload_bytes: config.payloadBytes,
+    rate_target: config.rate,
+    requests_per_connection: config.requestsPerConnection,
+    duration_s: r3(report.durationSec),
+    requests: report.requests,
+    responses: report.responses,
+    acks: report.acks,
+    naks: report.naks,
+    responses_per_sec: Math.round(report.responsesPerSec),
+    connections_opened: report.connectionsOpened,
+    connections_completed: report.connectionsCompleted,
+    connections_per_sec: r3(report.connectionsPerSec),
+    latency_count: lat.count,
+    latency_mean_ms: r3(lat.mean),
+    latency_p50_ms: r3(lat.p50),
+    latency_p90_ms: r3(lat.p90),
+    latency_p99_ms: r3(lat.p99),
+    latency_p999_ms: r3(lat.p999),
+    latency_max_ms: r3(lat.max),
+    service_latency_p50_ms: r3(svc.p50),
+    service_latency_p99_ms: r3(svc.p99),
+    errors: report.errors,
+    errors_total: report.errorsTotal,
+  };
+}
+
+/** The human summary, several lines. */
+export function benchSummary(config: BenchConfig, report: LoadReport): string {
+  const f = (x: number, digits = 0) =>
+    x.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
+  const ms = (x: number) => `${x.toFixed(3)} ms`;
+  const lat = report.latencyMs;
+  const mode = config.rate > 0 ? `open loop at ${f(config.rate)} REQ/s` : "closed loop";
+  const churn = config.requestsPerConnection > 0
+    ? `, reconnecting every ${config.requestsPerConnection} REQs`
+    : "";
+  const errors = report.errorsTotal === 0
+    ? "none"
+    : LOAD_ERROR_KINDS.filter((k) => report.errors[k] > 0).map((k) => `${k} ${report.errors[k]}`)
+      .join(", ");
+  const lines = [
+    `foo-proxy bench: ${
+      formatAddress(config.connect)
+    }, ${config.connections} connections x ${config.pipeline} in flight, ${config.payloadBytes}-byte payloads, ${mode}${churn}`,
+    `  duration     ${report.durationSec.toFixed(2)} s`,
+    `  responses    ${f(report.responses)} (${f(report.responsesPerSec)}/s): ACK ${
+      f(report.acks)
+    }, NAK ${f(report.naks)}; ${f(report.requests)} REQs sent`,
+    `  connections  ${f(report.connectionsOpened)} opened, ${
+      f(report.connectionsCompleted)
+    } completed (${f(report.connectionsPerSec, 1)}/s)`,
+    `  latency      p50 ${ms(lat.p50)}  p90 ${ms(lat.p90)}  p99 ${ms(lat.p99)}  p99.9 ${
+      ms(lat.p999)
+    }  max ${ms(lat.max)}`,
+  ];
+  if (config.rate > 0) {
+    const svc = report.serviceLatencyMs;
+    lines.push(`  (from send)  p50 ${ms(svc.p50)}  p99 ${ms(svc.p99)}  p99.9 ${ms(svc.p999)}`);
+  }
+  lines.push(`  errors       ${errors}`);
+  return lines.join("\n");
+}
+
+/** Runs `foo-proxy bench`; resolves with the exit code (0 ok, 1 errors seen, 2 usage). */
+export async function runBench(args: string[], context: CommandContext = {}): Promise<number> {
+  const stdout = context.stdout ?? writeStdoutLine;
+  let config: BenchConfig;
+  try {
+    config = parseBenchConfig(args);
+  } catch (error) {
+    if (error instanceof UsageError) return reportUsageError(error.message, BENCH_SYNOPSIS);
+    throw error;
+  }
+  if (config.help) {
+    stdout(BENCH_USAGE);
+    return 0;
+  }
+  const stop = new AbortController();
+  const onSignal = () => stop.abort();
+  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  for (const s of signals) Deno.addSignalListener(s, onSignal);
+  const onAbort = () => stop.abort();
+  context.signal?.addEventListener("abort", onAbort, { once: true });
+  const options: LoadOptions = {
+    connections: config.connections,
+    pipeline: config.pipeline,
+    payloadBytes: config.payloadBytes,
+    durationMs: config.durationMs,
+    warmupMs: config.warmupMs,
+    rate: config.rate,
+    requestsPerConnection: config.requestsPerConnection,
+    signal: stop.signal,
+    onProgress: config.quiet ? undefined : (p) => writeStderrLine(progressLine(p)),
+  };
+  let report: LoadReport;
+  try {
+    report = await runLoad(config.connect, options);
+  } finally {
+    for (const s of signals) Deno.removeSignalListener(s, onSignal);
+    context.signal?.removeEventListener("abort", onAbort);
+  }
+  stdout(config.json ? JSON.stringify(benchJson(config, report)) : benchSummary(config, report));
+  return report.errorsTotal === 0 ? 0 : 1;
+}
+
+function progressLine(p: LoadProgress): string {
+  const t = p.elapsedMs < 0
+    ? `warm-up ${(-p.elapsedMs / 1000).toFixed(0)}s left`
+    : `${(p.elapsedMs / 1000).toFixed(0)}s`;
+  return `bench: ${t}: ${
+    Math.round(p.responsesPerSec)
+  } replies/s, ${p.responses} total, ${p.openConnections} connections open, ${p.errors} errors`;
+}
