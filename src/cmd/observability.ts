@@ -35,6 +35,8 @@ export interface ObservabilityOptions {
   stats: Stats;
   /** Whether the proxy listener is bound (a `Proxy`'s `listening`), for `/readyz`. */
   listening: () => boolean;
+  /** Whether the proxy is draining (a `Proxy`'s `shuttingDown`); unset: only markStopping(). */
+  shuttingDown?: () => boolean;
   /** The upstream, probed every `probeIntervalMs` for `/readyz`. */
   forward: Address;
   /** The connection limit, for `/readyz`; 0: no connections check. */
@@ -163,7 +165,7 @@ export async function startObservability(options: ObservabilityOptions): Promise
       uptimeSeconds: () => Math.round((stats.clock() - stats.startedAt) / 1000),
       checks: proxyReadinessChecks({
         listening: options.listening,
-        shuttingDown: () => stopping.value,
+        shuttingDown: () => stopping.value || (options.shuttingDown?.() ?? false),
         upstream: probe,
         activeConnections: () => stats.connectionsActive,
         maxConnections: options.maxConnections,

@@ -4,7 +4,7 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import { formatAddress, parseAddress } from "../cli/address.ts";
+import { type Address, formatAddress, parseAddress } from "../cli/address.ts";
 import { parseDuration } from "../cli/duration.ts";
 import { assertPermissions, MissingPermissionError } from "../cli/permissions.ts";
 import {
@@ -15,10 +15,13 @@ import {
   UsageError,
 } from "../cli/flags.ts";
 import { Proxy } from "../proxy/proxy.ts";
+import { RecoveryPathError, type RecoveryPersister } from "../proxy/recovery_file.ts";
 import { systemClock } from "../stats/clock.ts";
 import { Stats } from "../stats/stats.ts";
 import { VERSION } from "../version.ts";
 import { setupLogging } from "./logging.ts";
+import { HttpBindError, type Observability, startObservability } from "./observability.ts";
+import { setupRecovery } from "./recovery_setup.ts";
 import {
   type CommandContext,
   reportUsageError,
@@ -37,6 +40,10 @@ export const PROXY_FLAGS: Record<string, FlagSpec> = {
   "connect-retries": { type: "string", default: "3" },
   "drain-delay": { type: "string", default: "0s" },
   "drain-timeout": { type: "string", default: "30s" },
+  // No defaults here: parseProxyConfig applies them, so it knows what was given explicitly.
+  http: { type: "string" },
+  health: { type: "string" },
+  "recovery-path": { type: "string" },
   "log-level": { type: "string", default: "info" },
   "log-format": { type: "string", default: "text" },
   help: { type: "boolean", short: "h", env: false },
@@ -69,6 +76,10 @@ Flags (each also from FOO_PROXY_<NAME>, e.g. FOO_PROXY_LISTEN; flags win):
   --drain-delay DUR        on SIGTERM keep accepting this long (default 0s)
   --drain-timeout DUR      on SIGTERM wait this long for
                            clients to finish                (default 30s)
+  --http ADDR|off          serve /stats /metrics /version   (default 127.0.0.1:8088)
+  --health ADDR|off        serve /health /livez /readyz …   (default 127.0.0.1:8081)
+  --recovery-path FILE     persist stats there, restore them
+                           on start                         (default off)
   --log-level LEVEL        debug|info|warning|error         (default info)
   --log-format FORMAT      text|json, on stderr             (default text)
   -h, --help               print this help
@@ -87,6 +98,15 @@ export interface ProxyConfig {
   connectRetries: number;
   drainDelayMs: number;
   drainTimeoutMs: number;
+  /** Where to serve the stats app; `null`: off. */
+  http: Address | null;
+  /** Where to serve the health app; `null`: off. */
+  health: Address | null;
+  /** Whether `--http` / `--health` were given (a bind failure is then fatal, not a warning). */
+  httpExplicit: boolean;
+  healthExplicit: boolean;
+  /** The recovery file; `null`: none. */
+  recoveryPath: string | null;
   logLevel: string;
   logFormat: string;
   help: boolean;
@@ -110,6 +130,18 @@ export function parseProxyConfig(
       throw new UsageError(`--${flag}: ${(error as Error).message}`, { cause: error });
     }
   };
+  // The apps bind to localhost unless a host is given; "off" disables one.
+  const httpAddress = (flag: "http" | "health", fallback: string) => {
+    const text = v[flag] === undefined ? fallback : String(v[flag]).trim();
+    if (text.toLowerCase() === "off") return null;
+    try {
+      return parseAddress(text, { defaultHost: "127.0.0.1" });
+    } catch (error) {
+      throw new UsageError(`--${flag}: ${(error as Error).message}`, { cause: error });
+    }
+  };
+  const recoveryPath = v["recovery-path"];
+  if (recoveryPath === "") throw new UsageError("--recovery-path: the path is empty");
   return {
     listen: address("listen", "0.0.0.0"),
     forward: address("forward", "localhost"),
@@ -120,6 +152,11 @@ export function parseProxyConfig(
     connectRetries: parseIntegerFlag("connect-retries", v["connect-retries"], { max: 100 }),
     drainDelayMs: parseDuration("drain-delay", v["drain-delay"]),
     drainTimeoutMs: parseDuration("drain-timeout", v["drain-timeout"]),
+    http: httpAddress("http", "127.0.0.1:8088"),
+    health: httpAddress("health", "127.0.0.1:8081"),
+    httpExplicit: v.http !== undefined,
+    healthExplicit: v.health !== undefined,
+    recoveryPath: typeof recoveryPath === "string" ? recoveryPath : null,
     logLevel: String(v["log-level"]),
     logFormat: String(v["log-format"]),
     help: v.help === true,
@@ -158,6 +195,16 @@ export async function runProxy(args: string[], context: CommandContext = {}): Pr
   const logger = getLogger(["foo-proxy", "proxy"]);
   const stats = new Stats({ clock: systemClock });
   const printStats = () => stdout(JSON.stringify(stats.snapshot()));
+  let persister: RecoveryPersister | undefined;
+  if (config.recoveryPath !== null) {
+    try {
+      persister = await setupRecovery(config.recoveryPath, { stats, logger });
+    } catch (error) {
+      if (!(error instanceof RecoveryPathError)) throw error;
+      writeStderrLine(`foo-proxy: ${error.message}`);
+      return 2;
+    }
+  }
 
   // Signals first: a SIGUSR2 that arrives before its listener would kill the process.
   // The first SIGINT/SIGTERM starts the drain; a second one cuts it short.
@@ -202,7 +249,29 @@ export async function runProxy(args: string[], context: CommandContext = {}): Pr
     });
     return 1;
   }
+  let observability: Observability;
+  try {
+    observability = await startObservability({
+      stats,
+      listening: () => proxy.listening,
+      shuttingDown: () => proxy.shuttingDown,
+      forward: config.forward,
+      maxConnections: config.maxConnections,
+      http: config.http,
+      health: config.health,
+      required: { http: config.httpExplicit, health: config.healthExplicit },
+      logger,
+    });
+  } catch (error) {
+    if (!(error instanceof HttpBindError)) throw error;
+    logger.error("{message}", { message: error.message });
+    await proxy.close();
+    signals.remove();
+    return 1;
+  }
+  persister?.start();
   const why = await stop.promise;
+  observability.markStopping(); // /readyz fails from the first signal on
   logger.info("Got {signal}: shutting down gracefully (send it again to close at once)", {
     signal: why,
   });
@@ -213,8 +282,9 @@ export async function runProxy(args: string[], context: CommandContext = {}): Pr
       count: report.closedIdle + report.closedBusy,
     });
   }
-  // Every connection has ended: persist the final stats here (--recovery-path), before the
-  // final line is printed.
+  // Every connection has ended: persist the final stats (--recovery-path), then print them.
+  await observability.close();
+  await persister?.close();
   signals.remove();
   printStats();
   return report.aborted ? 1 : 0;
