@@ -6,7 +6,6 @@ import {
   permissionNeeds,
   type PermissionTargets,
 } from "../src/cli/permissions.ts";
-import { PROXY_FLAGS } from "../src/cmd/proxy.ts";
 import { connectTo, lineReader, spawnMain, startUpstream, writeAll } from "./_util.ts";
 
 const LOCAL = "127.0.0.1";
@@ -44,6 +43,11 @@ Deno.test("permissionNeeds() lists listen, forward, http, health and the recover
     recoveryPath: "",
   });
   assert.deepEqual(minimal.map((n) => n.target), ["[::1]:1", "localhost:8001"]);
+  // Default (not asked-for) HTTP addresses are served only if granted: not needs.
+  const defaults = permissionNeeds({ ...targets, httpExplicit: false, healthExplicit: false });
+  assert.deepEqual(defaults.map((n) => n.purpose).filter((p) => p.includes("HTTP")), []);
+  const explicit = permissionNeeds({ ...targets, httpExplicit: true, healthExplicit: true });
+  assert.equal(explicit.filter((n) => n.purpose.includes("HTTP")).length, 2);
 });
 
 Deno.test("assertPermissions() passes when everything is granted and names the first missing one", () => {
@@ -105,25 +109,21 @@ function freePort(): number {
   return listener.addr.port;
 }
 
-/** `--http off --health off` once those flags exist (they are being added), else nothing. */
-function httpOffFlags(): string[] {
-  return ["http", "health"].flatMap((flag) => flag in PROXY_FLAGS ? [`--${flag}`, "off"] : []);
-}
-
 Deno.test("the proxy serves real traffic with only --allow-net=<listen>,<upstream> (no env, read or write)", async () => {
   await using upstream = await startUpstream();
   const listen = freePort();
   const up = upstream.addr.port;
+  // No --http/--health flags: their default addresses are not granted, so the proxy runs
+  // without them (a warning each) and serves traffic.
   await using child = spawnMain(
-    ["proxy", "--listen", `${LOCAL}:${listen}`, "--forward", `${LOCAL}:${up}`, ...httpOffFlags()],
+    ["proxy", "--listen", `${LOCAL}:${listen}`, "--forward", `${LOCAL}:${up}`],
     { permissions: [`--allow-net=${LOCAL}:${listen},${LOCAL}:${up}`] },
   );
   await child.stderr.waitFor(/Listening on/);
   {
     using conn = await connectTo(listen);
     await writeAll(conn, "REQ 1 hello\nREQ 2 world\n");
-    const reader = lineReader(conn);
-    assert.deepEqual(await reader.readLines(2), ["ACK 1", "ACK 2"]);
+    assert.deepEqual(await lineReader(conn).readLines(2), ["ACK 1", "ACK 2"]);
   }
   child.kill("SIGTERM");
   assert.equal((await child.status()).code, 0, child.stderr.text);
@@ -133,25 +133,23 @@ Deno.test("the proxy serves real traffic with only --allow-net=<listen>,<upstrea
   assert.equal(upstream.requests, 2);
 });
 
-Deno.test("without --allow-net the proxy exits 2 with one line naming the address and flag, opening nothing", async () => {
+Deno.test("a missing net grant for --listen, --forward or an explicit --http exits 2 with one line, opening nothing", async () => {
   await using upstream = await startUpstream();
   const listen = freePort();
+  const http = freePort();
   const up = upstream.addr.port;
-  const args = [
-    "proxy",
-    "--listen",
-    `${LOCAL}:${listen}`,
-    "--forward",
-    `${LOCAL}:${up}`,
-    ...httpOffFlags(),
+  const args = ["proxy", "--listen", `${LOCAL}:${listen}`, "--forward", `${LOCAL}:${up}`];
+  const cases: [string[], string[], string][] = [
+    [[], [], `${LOCAL}:${listen} (listen --listen)`],
+    [[`--allow-net=${LOCAL}:${listen}`], [], `${LOCAL}:${up} (upstream --forward)`],
+    [
+      [`--allow-net=${LOCAL}:${listen},${LOCAL}:${up}`],
+      ["--http", `${LOCAL}:${http}`, "--health", "off"],
+      `${LOCAL}:${http} (stats HTTP --http)`,
+    ],
   ];
-  for (
-    const [permissions, missing] of [
-      [[], `${LOCAL}:${listen} (listen --listen)`],
-      [[`--allow-net=${LOCAL}:${listen}`], `${LOCAL}:${up} (upstream --forward)`],
-    ] as const
-  ) {
-    await using child = spawnMain(args, { permissions: [...permissions] });
+  for (const [permissions, extra, missing] of cases) {
+    await using child = spawnMain([...args, ...extra], { permissions });
     assert.equal((await child.status()).code, 2, child.stderr.text);
     const host = missing.split(" ")[0];
     assert.equal(

@@ -18,6 +18,14 @@ export interface PermissionTargets {
   http?: Address | null | false;
   /** The health HTTP server's address; unset, `null` or `false`: not served. */
   health?: Address | null | false;
+  /**
+   * Whether `http` was asked for (`--http ADDR`). `false`: it is the default address, which the
+   * proxy serves only if it can (it logs a warning and runs without it otherwise), so it is not
+   * checked here. Unset: checked.
+   */
+  httpExplicit?: boolean;
+  /** Like `httpExplicit`, for `health` (`--health ADDR`). Unset: checked. */
+  healthExplicit?: boolean;
   /** The recovery file; unset, `null` or `""`: none (no file access at all). */
   recoveryPath?: string | null;
 }
@@ -48,9 +56,9 @@ export class MissingPermissionError extends Error {
 }
 
 /**
- * Every permission `targets` need, in the order they would be used: listen, forward, HTTP,
- * health, then read and write of the recovery file's directory (the file is replaced through a
- * temporary file beside it, so the directory, not just the file, must be writable).
+ * Every permission `targets` need, in the order they would be used: listen, forward, HTTP and
+ * health (when asked for explicitly), then read and write of the recovery file's directory (the
+ * file is replaced through a temporary file beside it, so the directory must be writable).
  */
 export function permissionNeeds(targets: PermissionTargets): PermissionNeed[] {
   const net = (address: Address, purpose: string): PermissionNeed => {
@@ -61,8 +69,12 @@ export function permissionNeeds(targets: PermissionTargets): PermissionNeed[] {
     net(targets.listen, "listen --listen"),
     net(targets.forward, "upstream --forward"),
   ];
-  if (targets.http) needs.push(net(targets.http, "stats HTTP --http"));
-  if (targets.health) needs.push(net(targets.health, "health HTTP --health"));
+  if (targets.http && targets.httpExplicit !== false) {
+    needs.push(net(targets.http, "stats HTTP --http"));
+  }
+  if (targets.health && targets.healthExplicit !== false) {
+    needs.push(net(targets.health, "health HTTP --health"));
+  }
   if (targets.recoveryPath) {
     const path = dirname(targets.recoveryPath);
     const purpose = "recovery file --recovery-path";
