@@ -84,6 +84,8 @@ function busyStats(): { stats: Stats; latency: LatencyStats } {
   stats.connectionsTotal = 9;
   stats.connectionsRejected = 1;
   stats.upstreamErrors = 3;
+  stats.upstreamConnectRetries = 2;
+  stats.inflightLimitPauses = 5;
   stats.bytesDownstream = 1234;
   stats.bytesUpstream = 567;
   stats.recordClose("client_closed");
@@ -138,6 +140,8 @@ Deno.test("renderMetrics() exposes messages, invalid, connections, bytes and rat
   assert.equal(find(samples, closed, { reason: "shutdown" }), 0);
   assert.equal(find(samples, "foo_proxy_upstream_connect_failures_total"), 1);
   assert.equal(find(samples, "foo_proxy_upstream_errors_total"), 3);
+  assert.equal(find(samples, "foo_proxy_upstream_connect_retries_total"), 2);
+  assert.equal(find(samples, "foo_proxy_inflight_limit_pauses_total"), 5);
   assert.equal(find(samples, "foo_proxy_received_bytes_total", { side: "downstream" }), 1234);
   assert.equal(find(samples, "foo_proxy_received_bytes_total", { side: "upstream" }), 567);
   const snap = stats.snapshot();

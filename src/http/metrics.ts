@@ -118,6 +118,22 @@ export function renderMetrics(snapshot: StatsSnapshot, options: RenderMetricsOpt
     "Upstream connect failures plus upstream connections that failed mid-stream.",
   );
   out.sample("foo_proxy_upstream_errors_total", {}, snapshot.upstream_errors);
+  out.family(
+    "foo_proxy_upstream_connect_retries_total",
+    "counter",
+    "Upstream connect attempts that failed and were retried (--connect-retries).",
+  );
+  out.sample(
+    "foo_proxy_upstream_connect_retries_total",
+    {},
+    snapshot.upstream_connect_retries,
+  );
+  out.family(
+    "foo_proxy_inflight_limit_pauses_total",
+    "counter",
+    "Times reading a downstream paused at --max-inflight unanswered REQs.",
+  );
+  out.sample("foo_proxy_inflight_limit_pauses_total", {}, snapshot.inflight_limit_pauses);
 
   out.family(
     "foo_proxy_received_bytes_total",
