@@ -162,3 +162,47 @@ Deno.test("a missing net grant for --listen, --forward or an explicit --http exi
   // Nothing was opened: no "Listening on" log line above, and the upstream answered nothing.
   assert.equal(upstream.requests, 0);
 });
+
+Deno.test("--recovery-path needs read and write of its directory only: missing, exit 2; granted, it persists", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "foo-proxy-recovery-" });
+  try {
+    await using upstream = await startUpstream();
+    const listen = freePort();
+    const args = [
+      "proxy",
+      "--listen",
+      `${LOCAL}:${listen}`,
+      "--forward",
+      `${LOCAL}:${upstream.addr.port}`,
+      "--http",
+      "off",
+      "--health",
+      "off",
+      "--recovery-path",
+      `${dir}/stats.json`,
+    ];
+    {
+      await using denied = spawnMain(args, { permissions: ["--allow-net", `--allow-read=${dir}`] });
+      assert.equal((await denied.status()).code, 2, denied.stderr.text);
+      assert.equal(
+        denied.stderr.text,
+        `foo-proxy: Missing permission: write access to ${dir} (recovery file --recovery-path); ` +
+          `run with --allow-write=${dir} or widen --allow-write\n`,
+      );
+    }
+    await using child = spawnMain(args, {
+      permissions: ["--allow-net", `--allow-read=${dir}`, `--allow-write=${dir}`],
+    });
+    await child.stderr.waitFor(/Listening on/);
+    {
+      using conn = await connectTo(listen);
+      await writeAll(conn, "REQ 1\n");
+      assert.equal(await lineReader(conn).readLine(), "ACK 1");
+    }
+    child.kill("SIGTERM");
+    assert.equal((await child.status()).code, 0, child.stderr.text);
+    assert.match(await Deno.readTextFile(`${dir}/stats.json`), /"msg_req":\s*1\b/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
