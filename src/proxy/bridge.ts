@@ -183,10 +183,12 @@ export async function bridge(
     if (result.end === "eof") {
       clientHalfClosed = true;
       // The client half-closed: pass the FIN on and keep relaying the replies it is owed.
+      // closeWrite() is async: a rejection (the upstream is already gone) must not go unhandled,
+      // or it would end the whole process. The other pump ends on its own.
       try {
-        upstream.closeWrite();
+        upstream.closeWrite().catch(() => {});
       } catch {
-        // The upstream is already gone; the other pump ends on its own.
+        // Closed already.
       }
     } else {
       reason ??= result.end === "read_error" ? "downstream_error" : "upstream_error";
