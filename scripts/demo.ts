@@ -191,6 +191,8 @@ export async function main(args: string[]): Promise<number> {
   const upstreamPort = freePort();
   const proxyPort = freePort();
   const httpPort = hasHttp ? freePort() : 0;
+  const hasHealth = "health" in PROXY_FLAGS;
+  const healthPort = hasHealth ? freePort() : 0;
 
   const stop = new AbortController();
   const onSigint = () => stop.abort();
@@ -212,7 +214,7 @@ export async function main(args: string[]): Promise<number> {
       "--forward",
       `${LOCAL}:${upstreamPort}`,
       ...(hasHttp ? ["--http", `${LOCAL}:${httpPort}`] : []),
-      ...("health" in PROXY_FLAGS ? ["--health", "off"] : []),
+      ...(hasHealth ? ["--health", `${LOCAL}:${healthPort}`] : []),
     ];
     show(proxyArgs);
     await using proxy = new Part("proxy", command(proxyArgs));
@@ -251,8 +253,13 @@ export async function main(args: string[]): Promise<number> {
     })();
 
     if (hasHttp) {
-      writeStdoutLine(`  stats:   http://${LOCAL}:${httpPort}/stats`);
-      writeStdoutLine(`  metrics: http://${LOCAL}:${httpPort}/metrics`);
+      const until = seconds > 0
+        ? "while the demo runs (--seconds 0: until Ctrl-C)"
+        : "until Ctrl-C";
+      writeStdoutLine(`  open ${until}:`);
+      writeStdoutLine(`    stats:   http://${LOCAL}:${httpPort}/stats`);
+      writeStdoutLine(`    metrics: http://${LOCAL}:${httpPort}/metrics`);
+      if (hasHealth) writeStdoutLine(`    health:  http://${LOCAL}:${healthPort}/readyz`);
     } else {
       writeStdoutLine(
         `  stats: kill -USR2 ${proxy.process.pid} (one JSON line on the proxy's stdout)`,
