@@ -219,6 +219,12 @@ export async function main(args: string[]): Promise<number> {
     show(proxyArgs);
     await using proxy = new Part("proxy", command(proxyArgs));
     await proxy.stderr.waitFor(/Listening on/, "the proxy's 'Listening on' log line");
+    for (const port of [httpPort, healthPort].filter((p) => p !== 0)) {
+      await proxy.stderr.waitFor(
+        new RegExp(`Serving .* on http://${LOCAL.replaceAll(".", "\\.")}:${port}\\b`),
+        `the proxy's 'Serving … on http://${LOCAL}:${port}' log line`,
+      );
+    }
 
     const clientArgs = [
       "client",
