@@ -89,18 +89,20 @@ Deno.test("assertPermissions() passes when everything is granted and names the f
 });
 
 Deno.test("assertPermissions() treats 'prompt' as missing and words the fix for a compiled binary", () => {
-  assert.throws(
-    () =>
-      assertPermissions(targets, {
-        query: grantAllBut((d) => d.name === "read", "prompt"),
-        standalone: true,
-      }),
-    {
-      name: "MissingPermissionError",
-      message: "Missing permission: read access to /var/lib/foo-proxy " +
-        '(recovery file --recovery-path); rebuild the binary with --allow-read=/var/lib/foo-proxy (see "deno task compile --help")',
-    },
-  );
+  const standalone = (deny: (d: PermissionNeed["descriptor"]) => boolean) => () =>
+    assertPermissions(targets, { query: grantAllBut(deny, "prompt"), standalone: true });
+  assert.throws(standalone((d) => d.name === "read"), {
+    name: "MissingPermissionError",
+    message: "Missing permission: read access to /var/lib/foo-proxy " +
+      "(recovery file --recovery-path); " +
+      'rebuild the binary with "deno task compile --recovery-dir /var/lib/foo-proxy"',
+  });
+  assert.throws(standalone((d) => d.name === "net" && d.host === "localhost:8001"), {
+    name: "MissingPermissionError",
+    message: "Missing permission: net access to localhost:8001 (upstream --forward); " +
+      'this binary was built with a narrower --allow-net: rebuild it with "deno task compile" ' +
+      "(any address) or add localhost:8001 to its --allow-net list",
+  });
 });
 
 /** A port that was free a moment ago: bound on 127.0.0.1:0, read, closed. */

@@ -84,14 +84,21 @@ export function permissionNeeds(targets: PermissionTargets): PermissionNeed[] {
   return needs;
 }
 
-/** The one line for a missing `need`; `standalone` words the fix for a compiled binary. */
+/**
+ * The one line for a missing `need`. `standalone` words the fix for a compiled binary, whose
+ * permissions were fixed when `scripts/release.ts` built it.
+ */
 export function missingPermissionMessage(need: PermissionNeed, standalone = false): string {
   const name = need.descriptor.name;
   const flag = `--allow-${name}=${need.target}`;
   const access = name === "net" ? "net access to" : `${name} access to`;
-  const fix = standalone
-    ? `rebuild the binary with ${flag} (see "deno task compile --help")`
-    : `run with ${flag} or widen --allow-${name}`;
+  let fix = `run with ${flag} or widen --allow-${name}`;
+  if (standalone) {
+    fix = name === "net"
+      ? `this binary was built with a narrower --allow-net: rebuild it with "deno task compile" ` +
+        `(any address) or add ${need.target} to its --allow-net list`
+      : `rebuild the binary with "deno task compile --recovery-dir ${need.target}"`;
+  }
   return `Missing permission: ${access} ${need.target} (${need.purpose}); ${fix}`;
 }
 
