@@ -50,3 +50,18 @@ Deno.bench({
   group: "analyzer",
   fn: () => run("downstream", requests, () => {}),
 });
+
+// Replies as servers send them, `ACK <seq>\n` with no data: the line head dominates.
+function buildShortReplies(messages: number): Uint8Array {
+  let text = "";
+  for (let seq = 1; seq <= messages; seq++) text += `ACK ${seq}\n`;
+  return new TextEncoder().encode(text);
+}
+
+const shortReplies = buildShortReplies(MESSAGES);
+
+Deno.bench({
+  name: `ACK stream, ${MESSAGES} short replies (ACK <seq>, no data)`,
+  group: "analyzer",
+  fn: () => run("upstream", shortReplies),
+});

@@ -129,7 +129,67 @@ export class Analyzer {
     let i = 0;
     let valid = 0;
     let state = this.#state;
+    const fromClient = this.#fromClient;
     while (i < n) {
+      // Fast path for the common line, `TYPE SP digits` then `\n` or whitespace and data, with
+      // its head inside this chunk: classified with locals, no per-byte state switch. Anything
+      // else (a head split across chunks, CR, extra blanks, long Seqs, invalid lines) falls to
+      // the state machine below from the same line start, so results never differ.
+      if (state === S_TYPE0 && i + 5 < n) {
+        const head = (chunk[i] << 16) | (chunk[i + 1] << 8) | chunk[i + 2];
+        const type = head === TYPE_REQ
+          ? MSG_REQ
+          : head === TYPE_ACK
+          ? MSG_ACK
+          : head === TYPE_NAK
+          ? MSG_NAK
+          : 0;
+        const sep = chunk[i + 3];
+        let d = chunk[i + 4] - 48;
+        if (
+          type !== 0 && (type === MSG_REQ) === fromClient && (sep === SP || sep === TAB) &&
+          d >= 0 && d <= 9
+        ) {
+          let j = i + 5;
+          let seq = d;
+          const limit = Math.min(n, j + 14); // at most 15 digits: always exact
+          while (j < limit && (d = chunk[j] - 48) >= 0 && d <= 9) {
+            seq = seq * 10 + d;
+            j++;
+          }
+          if (j < limit) {
+            const c = chunk[j];
+            if (c === NL) {
+              this.#emit(type, seq);
+              valid++;
+              i = j + 1;
+              continue;
+            }
+            if (c === SP || c === TAB) {
+              // Short data is scanned inline; indexOf's call costs more than a few dozen bytes.
+              let nl = -1;
+              const near = Math.min(n, j + 64);
+              for (let k = j + 1; k < near; k++) {
+                if (chunk[k] === NL) {
+                  nl = k;
+                  break;
+                }
+              }
+              if (nl < 0 && near < n) nl = chunk.indexOf(NL, near);
+              if (nl < 0) {
+                this.#type = type;
+                this.#seq = seq;
+                state = S_DATA;
+                break;
+              }
+              this.#emit(type, seq);
+              valid++;
+              i = nl + 1;
+              continue;
+            }
+          }
+        }
+      }
       if (state >= S_DATA) {
         const nl = chunk.indexOf(NL, i);
         if (nl < 0) break;
@@ -245,11 +305,14 @@ export class Analyzer {
   }
 
   #accept(): void {
-    const type = this.#type;
+    this.#emit(this.#type, this.#seq);
+  }
+
+  #emit(type: number, seq: number): void {
     if (type === MSG_REQ) this.#counts.msg_req++;
     else if (type === MSG_ACK) this.#counts.msg_ack++;
     else this.#counts.msg_nak++;
-    if (this.#onMessage !== undefined) this.#onMessage(type, this.#seq);
+    if (this.#onMessage !== undefined) this.#onMessage(type, seq);
   }
 
   #reject(): void {
