@@ -471,8 +471,12 @@ async function settledRss(pid: number): Promise<number> {
 }
 
 interface IdleSample {
+  /** (RSS holding all − RSS before) / count: the figure the target is about. */
   kibPerConnection: number;
+  /** (RSS holding all − RSS holding half) / (count/2): the slope, without one-off growth. */
+  marginalKib: number;
   beforeKib: number;
+  halfKib: number;
   afterKib: number;
 }
 
@@ -483,10 +487,19 @@ async function measureIdle(
   // A little traffic first so lazily initialised code paths are not counted as per-connection.
   for (const c of await openIdle(proxy.port, 50)) c.close();
   const beforeKib = await settledRss(proxy.child.pid);
-  const conns = await openIdle(proxy.port, count);
+  const half = Math.floor(count / 2);
+  const conns = await openIdle(proxy.port, half);
   try {
+    const halfKib = await settledRss(proxy.child.pid);
+    conns.push(...await openIdle(proxy.port, count - half));
     const afterKib = await settledRss(proxy.child.pid);
-    return { kibPerConnection: (afterKib - beforeKib) / count, beforeKib, afterKib };
+    return {
+      kibPerConnection: (afterKib - beforeKib) / count,
+      marginalKib: (afterKib - halfKib) / (count - half),
+      beforeKib,
+      halfKib,
+      afterKib,
+    };
   } finally {
     for (const c of conns) {
       try {
@@ -613,7 +626,9 @@ async function main(args: string[]): Promise<number> {
           writeStderrLine(
             `e2e: round ${round} idle       ${target.padEnd(9)} ${
               sample.kibPerConnection.toFixed(2)
-            } KiB/connection (RSS ${fmt(sample.beforeKib)} -> ${fmt(sample.afterKib)} KiB)`,
+            } KiB/connection, marginal ${sample.marginalKib.toFixed(2)} (RSS ${
+              fmt(sample.beforeKib)
+            } -> ${fmt(sample.halfKib)} -> ${fmt(sample.afterKib)} KiB)`,
           );
         }
       }
@@ -738,7 +753,9 @@ async function main(args: string[]): Promise<number> {
     );
     const rawIdle = [...idle.entries()].map(([t, list]) =>
       `| ${t} | ${list.map((s) => s.kibPerConnection.toFixed(2)).join(", ")} | ${
-        list.map((s) => `${fmt(s.beforeKib)} → ${fmt(s.afterKib)}`).join(", ")
+        list.map((s) => s.marginalKib.toFixed(2)).join(", ")
+      } | ${
+        list.map((s) => `${fmt(s.beforeKib)} → ${fmt(s.halfKib)} → ${fmt(s.afterKib)}`).join(", ")
       } |`
     );
     const command = `deno task bench:e2e ${args.join(" ")}`.trim();
@@ -795,7 +812,7 @@ ${raw.join("\n")}
 
 ${
       rawIdle.length > 0
-        ? `| idle target | KiB per connection | RSS before → after (KiB) |\n| --- | --- | --- |\n${
+        ? `| idle target | KiB per connection | marginal KiB (2nd half) | RSS before → half → all (KiB) |\n| --- | --- | --- | --- |\n${
           rawIdle.join("\n")
         }\n`
         : ""
