@@ -100,6 +100,8 @@ async function spawnProxy(forward: Deno.NetAddr, flags: string[] = []) {
     "proxy",
     "--listen=127.0.0.1:0",
     `--forward=127.0.0.1:${forward.port}`,
+    "--http=off", // no fixed ports, and no readiness probes dialing the upstream
+    "--health=off",
     ...flags,
   ]);
   const port = Number((await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
