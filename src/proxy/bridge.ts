@@ -251,10 +251,19 @@ async function pump(
   extras: PumpExtras,
 ): Promise<PumpResult> {
   const { state, gate } = extras;
-  let buf = new Uint8Array(initial);
-  // Bytes read before the bridge started go first, then the read that was pending then.
-  let first = extras.held && extras.held.bytes.length > 0 ? extras.held.bytes : undefined;
-  let rest = extras.held?.rest;
+  // Bytes read before the bridge started go first, then the read that was pending then. Their
+  // buffer then becomes this pump's read buffer, and the hand-over is emptied so that nothing
+  // else pins it: an idle connection holds one buffer per direction, not three.
+  const held = extras.held;
+  let first = held && held.bytes.length > 0 ? held.bytes : undefined;
+  let rest = held?.rest;
+  let buf = held && held.bytes.buffer.byteLength >= initial
+    ? new Uint8Array(held.bytes.buffer)
+    : new Uint8Array(initial);
+  if (held) {
+    held.bytes = EMPTY;
+    held.rest = NO_REST;
+  }
   for (;;) {
     let chunk: Uint8Array;
     if (first !== undefined) {
@@ -315,6 +324,9 @@ async function pump(
     if (n === buf.length && buf.length < max) buf = new Uint8Array(Math.min(max, buf.length * 2));
   }
 }
+
+const EMPTY = new Uint8Array(0);
+const NO_REST: Promise<Uint8Array | null> = Promise.resolve(EMPTY);
 
 /** Shortest valid REQ line: `REQ 1\n`. */
 const MIN_REQ_LINE = 6;
