@@ -295,21 +295,29 @@ async function pump(
     try {
       // Without a gate (or with room for the whole chunk) this runs once over the whole chunk.
       for (let start = 0; start < n;) {
-        let end = n;
+        let budget = Infinity;
         if (gate !== undefined) {
-          let budget = gate.budget();
+          budget = gate.budget();
           while (budget <= 0) {
             if (gate.closed) return { end: "write_error", error: new Error("bridge closed") };
             await gate.wait();
             budget = gate.budget();
           }
-          end = cutForBudget(chunk, start, budget);
         }
-        const part = start === 0 && end === n ? chunk : chunk.subarray(start, end);
         // One clock reading per chunk serves the rate windows, idle timer and latency tracker.
         const now = extras.clock();
         extras.tracker?.setTime(now);
-        onChunk(part.length, analyzer.feed(part), now);
+        // Feed the analyzer as far as the budget allows (in steps that each stay within what is
+        // left of it), then write that much at once.
+        let end = start;
+        let valid = 0;
+        while (end < n && valid < budget) {
+          const stop = cutForBudget(chunk, end, budget - valid);
+          valid += analyzer.feed(end === 0 && stop === n ? chunk : chunk.subarray(end, stop));
+          end = stop;
+        }
+        const part = start === 0 && end === n ? chunk : chunk.subarray(start, end);
+        onChunk(part.length, valid, now);
         let off = 0;
         while (off < part.length) off += await dst.write(off === 0 ? part : part.subarray(off));
         start = end;
@@ -332,8 +340,8 @@ const NO_REST: Promise<Uint8Array | null> = Promise.resolve(EMPTY);
 const MIN_REQ_LINE = 6;
 
 /**
- * The end of the longest prefix of `chunk[start..]` that cannot complete more than `budget`
- * (≥ 1) valid REQs. Every completed valid REQ but the first (which may finish a line begun in an
+ * The end of a prefix of `chunk[start..]` that cannot complete more than `budget` (≥ 1, or
+ * `Infinity`: all of it) valid REQs. Every completed valid REQ but the first (which may finish a line begun in an
  * earlier chunk with just its newline) spans at least {@linkcode MIN_REQ_LINE} bytes of the
  * chunk, so a byte count bounds them without scanning; small budgets cut after the
  * `budget`-th newline instead, so one REQ is not forwarded a byte at a time.
