@@ -44,6 +44,7 @@ export const PROXY_FLAGS: Record<string, FlagSpec> = {
   http: { type: "string" },
   health: { type: "string" },
   "recovery-path": { type: "string" },
+  resume: { type: "boolean", default: false },
   "log-level": { type: "string", default: "info" },
   "log-format": { type: "string", default: "text" },
   help: { type: "boolean", short: "h", env: false },
@@ -80,6 +81,8 @@ Flags (each also from FOO_PROXY_<NAME>, e.g. FOO_PROXY_LISTEN; flags win):
   --health ADDR|off        serve /health /livez /readyz …   (default 127.0.0.1:8081)
   --recovery-path FILE     persist stats there, restore them
                            on start                         (default off)
+  --resume                 replay unanswered REQs on a new
+                           upstream connection when it dies (default off)
   --log-level LEVEL        debug|info|warning|error         (default info)
   --log-format FORMAT      text|json, on stderr             (default text)
   -h, --help               print this help
@@ -107,6 +110,8 @@ export interface ProxyConfig {
   healthExplicit: boolean;
   /** The recovery file; `null`: none. */
   recoveryPath: string | null;
+  /** Whether to replay unanswered REQs on a new upstream connection when one dies. */
+  resume: boolean;
   logLevel: string;
   logFormat: string;
   help: boolean;
@@ -157,6 +162,7 @@ export function parseProxyConfig(
     httpExplicit: v.http !== undefined,
     healthExplicit: v.health !== undefined,
     recoveryPath: typeof recoveryPath === "string" ? recoveryPath : null,
+    resume: v.resume === true,
     logLevel: String(v["log-level"]),
     logFormat: String(v["log-format"]),
     help: v.help === true,
@@ -238,6 +244,7 @@ export async function runProxy(args: string[], context: CommandContext = {}): Pr
     connectRetries: config.connectRetries,
     drainDelayMs: config.drainDelayMs,
     drainTimeoutMs: config.drainTimeoutMs,
+    resume: config.resume,
   });
   try {
     await proxy.start();

@@ -9,6 +9,7 @@ import { type Address, formatAddress } from "../cli/address.ts";
 import { type Clock, systemClock } from "../stats/clock.ts";
 import { type CloseReason, Stats } from "../stats/stats.ts";
 import { bridge, BridgeState } from "./bridge.ts";
+import { resumableBridge } from "./resume.ts";
 import { dialWithRetry } from "./dial_with_retry.ts";
 import { FirstBytesReader } from "./first_bytes_reader.ts";
 import { UpstreamError } from "./upstream.ts";
@@ -66,6 +67,11 @@ export interface ProxyOptions {
   initialBufferSize?: number;
   /** Largest read buffer per direction. @default {65536} */
   maxBufferSize?: number;
+  /**
+   * When an upstream connection dies with REQs unanswered, dial a new one and replay them there
+   * renumbered, so the client does not notice (`--resume`, see `resume.ts`). @default {false}
+   */
+  resume?: boolean;
   /** Aborting closes the proxy like {@linkcode Proxy.close}. Unset: only `close()` does. */
   signal?: AbortSignal;
 }
@@ -371,7 +377,9 @@ export class Proxy implements AsyncDisposable {
         downstream: peer,
         upstream: forward,
       });
-      reason = await bridge(downstream, upstream, {
+      reason = await (this.#options.resume ? resumableBridge : bridge)(downstream, upstream, {
+        forward: this.#options.forward,
+        connectTimeoutMs: this.#options.connectTimeoutMs,
         stats,
         logger: this.#logger,
         signal: closing,

@@ -57,6 +57,12 @@ export interface StatsSnapshot {
   upstream_connect_retries: number;
   /** Times a downstream was not read because it had `--max-inflight` REQs unanswered. */
   inflight_limit_pauses: number;
+  /** `--resume`: dead upstream connections replaced by a new one (REQs replayed on it). */
+  failovers: number;
+  /** `--resume`: REQs sent again on a new upstream connection (counted here, not in `msg_req`). */
+  replays: number;
+  /** `--resume`: connections closed because their upstream died and they could not be resumed. */
+  resume_failures: number;
 }
 
 /** Options for {@linkcode Stats}. */
@@ -87,6 +93,12 @@ export class Stats {
   upstreamConnectRetries = 0;
   /** Times a downstream's reading paused at the in-flight REQ limit. */
   inflightLimitPauses = 0;
+  /** Upstream connections replaced after they died (`--resume`). */
+  failovers = 0;
+  /** REQs replayed on a new upstream connection (`--resume`). */
+  replays = 0;
+  /** Connections closed because they could not be resumed (`--resume`). */
+  resumeFailures = 0;
   /** Closed connections by reason. */
   readonly closed: Partial<Record<CloseReason, number>> = {};
   /** REQ→reply latency histogram, anomaly counters and requests in flight (`/stats`, `/metrics`). */
@@ -152,6 +164,9 @@ export class Stats {
       connections_closed: { ...this.closed },
       upstream_connect_retries: this.upstreamConnectRetries,
       inflight_limit_pauses: this.inflightLimitPauses,
+      failovers: this.failovers,
+      replays: this.replays,
+      resume_failures: this.resumeFailures,
     };
   }
 }

@@ -1,0 +1,351 @@
+/**
+ * `--resume` over real sockets: hand-written upstreams for the exact bytes of a failover, and our
+ * Foo server killed and restarted under pipelined load.
+ */
+import assert from "node:assert/strict";
+import { parseProxyConfig } from "../src/cmd/proxy.ts";
+import { Proxy, type ProxyOptions } from "../src/proxy/proxy.ts";
+import { resumableBridge, type ResumableBridgeOptions } from "../src/proxy/resume.ts";
+import { systemClock } from "../src/stats/clock.ts";
+import { type CloseReason, Stats } from "../src/stats/stats.ts";
+import { FooServer } from "../src/tools/server.ts";
+import {
+  connectTo,
+  LineReader,
+  listenLocal,
+  readLines,
+  readText,
+  withTimeout,
+  writeAll,
+} from "./_util.ts";
+
+const LOCAL = { hostname: "127.0.0.1", port: 0 };
+
+async function startProxy(forward: Deno.NetAddr, options: Partial<ProxyOptions> = {}) {
+  const proxy = new Proxy({
+    listen: LOCAL,
+    forward: { hostname: forward.hostname, port: forward.port },
+    resume: true,
+    ...options,
+  });
+  await proxy.start();
+  return proxy;
+}
+
+/** The next connection to `listener`, within 5 s. */
+function accept(listener: Deno.TcpListener): Promise<Deno.TcpConn> {
+  return withTimeout(listener.accept(), 5000, "the proxy to connect upstream");
+}
+
+/** A port nothing listens on: connects are refused. */
+function deadPort(): number {
+  using probe = Deno.listen(LOCAL);
+  return probe.addr.port;
+}
+
+function requests(from: number, to: number, data = ""): string {
+  let out = "";
+  for (let seq = from; seq <= to; seq++) out += `REQ ${seq}${data}\n`;
+  return out;
+}
+
+Deno.test("--resume replays unanswered REQs renumbered from 1 and maps replies back", async () => {
+  using raw = listenLocal();
+  await using proxy = await startProxy(raw.addr as Deno.NetAddr);
+  using client = await connectTo(proxy.addr);
+  await writeAll(client, "REQ 100 a\nREQ 101 b\nREQ 102 c\n");
+  const first = await accept(raw);
+  assert.deepEqual(await readLines(first, 3), ["REQ 100 a", "REQ 101 b", "REQ 102 c"]);
+  await writeAll(first, "ACK 100\n");
+  assert.deepEqual(await readLines(client, 1), ["ACK 100"]);
+  first.close(); // the upstream dies owing two replies
+
+  using second = await accept(raw);
+  assert.deepEqual(await readLines(second, 2), ["REQ 1 b", "REQ 2 c"], "replayed from Seq 1");
+  await writeAll(client, "REQ 103 d\n");
+  assert.deepEqual(await readLines(second, 1), ["REQ 3 d"], "later REQs continue the numbering");
+  await writeAll(second, "NAK 2\nACK 1 ok\nACK 3\n"); // out of order on purpose
+  assert.deepEqual(await readLines(client, 3), ["NAK 102", "ACK 101 ok", "ACK 103"]);
+
+  const snap = proxy.stats.snapshot();
+  assert.equal(snap.msg_req, 4, "a replayed REQ is not a second msg_req");
+  assert.equal(snap.msg_ack + snap.msg_nak, 4, "each reply counted once");
+  assert.equal(snap.replays, 2);
+  assert.equal(snap.failovers, 1);
+  assert.equal(snap.resume_failures, 0);
+  assert.equal(proxy.stats.latency.unmatchedReplies, 0, "latency sees the client's numbering");
+  client.close();
+  assert.equal(await readText(second), "", "the client's close reaches the new upstream");
+  second.close();
+  await proxy.drained();
+  assert.deepEqual(proxy.stats.snapshot().connections_closed, { client_closed: 1 });
+});
+
+Deno.test("--resume never hands the client a reply line the dead upstream cut in half", async () => {
+  using raw = listenLocal();
+  await using proxy = await startProxy(raw.addr as Deno.NetAddr);
+  using client = await connectTo(proxy.addr);
+  await writeAll(client, "REQ 1\nREQ 2 two\n");
+  const first = await accept(raw);
+  await readLines(first, 2);
+  await writeAll(first, "ACK 1\n");
+  const reader = new LineReader(client);
+  assert.deepEqual(await reader.readLines(1), ["ACK 1"]);
+  await writeAll(first, "AC"); // a read of its own: only the start of a reply line
+  first.close();
+  using second = await accept(raw);
+  assert.deepEqual(await readLines(second, 1), ["REQ 1 two"]);
+  await writeAll(second, "AC");
+  await writeAll(second, "K 1 done\n");
+  assert.deepEqual(await reader.readLines(1), ["ACK 2 done"]);
+  assert.equal(reader.buffered.length, 0, "nothing else arrived");
+  assert.equal(proxy.stats.snapshot().msg_ack, 2);
+});
+
+Deno.test("--resume reconnects an idle connection only when the client speaks again", async () => {
+  using raw = listenLocal();
+  await using proxy = await startProxy(raw.addr as Deno.NetAddr);
+  using client = await connectTo(proxy.addr);
+  await writeAll(client, "REQ 7\n");
+  const first = await accept(raw);
+  await readLines(first, 1);
+  await writeAll(first, "ACK 7\n");
+  assert.deepEqual(await readLines(client, 1), ["ACK 7"]);
+  first.close(); // nothing is owed
+  await writeAll(client, "REQ 8 later\n");
+  using second = await accept(raw);
+  assert.deepEqual(await readLines(second, 1), ["REQ 1 later"]);
+  await writeAll(second, "ACK 1\n");
+  assert.deepEqual(await readLines(client, 1), ["ACK 8"]);
+  const snap = proxy.stats.snapshot();
+  assert.equal(snap.failovers, 1);
+  assert.equal(snap.replays, 0);
+});
+
+Deno.test("--resume: a client that half-closed still gets every reply and then EOF", async () => {
+  using raw = listenLocal();
+  await using proxy = await startProxy(raw.addr as Deno.NetAddr);
+  using client = await connectTo(proxy.addr);
+  await writeAll(client, "REQ 1\nREQ 2\nREQ 3\n");
+  await client.closeWrite();
+  const first = await accept(raw);
+  assert.equal(await readText(first), "REQ 1\nREQ 2\nREQ 3\n", "the FIN is passed on");
+  await writeAll(first, "ACK 1\n");
+  first.close();
+  using second = await accept(raw);
+  assert.equal(await readText(second), "REQ 1\nREQ 2\n", "replay, then the FIN again");
+  await writeAll(second, "ACK 1\nACK 2\n");
+  second.close();
+  assert.equal(await readText(client), "ACK 1\nACK 2\nACK 3\n");
+  await proxy.drained();
+  assert.deepEqual(proxy.stats.snapshot().connections_closed, { client_closed: 1 });
+});
+
+/** A bridged pair built by hand, to call resumableBridge with options the Proxy does not take. */
+async function bridgedPair(upstreamAddr: Deno.NetAddr, options: Partial<ResumableBridgeOptions>) {
+  using front = listenLocal();
+  const client = await connectTo(front.addr as Deno.NetAddr);
+  const downstream = await front.accept();
+  const upstream = await connectTo(upstreamAddr);
+  const stats = new Stats({ clock: systemClock });
+  const done: Promise<CloseReason> = resumableBridge(downstream, upstream, {
+    stats,
+    forward: { hostname: "127.0.0.1", port: upstreamAddr.port },
+    ...options,
+  });
+  return {
+    client,
+    stats,
+    done,
+    async [Symbol.asyncDispose]() {
+      client.close();
+      await done;
+    },
+  };
+}
+
+Deno.test("resumableBridge closes the client cleanly and counts it when no upstream comes back", async () => {
+  using raw = listenLocal();
+  await using pair = await bridgedPair(raw.addr as Deno.NetAddr, {
+    forward: { hostname: "127.0.0.1", port: deadPort() },
+    reconnectRetries: 2,
+    reconnectBackoffMs: 1,
+  });
+  await writeAll(pair.client, "REQ 1\nREQ 2\n");
+  const first = await accept(raw);
+  await readLines(first, 2);
+  await writeAll(first, "ACK 1\n");
+  first.close();
+  assert.equal(await readText(pair.client), "ACK 1\n", "what was relayed, then EOF");
+  assert.equal(await pair.done, "upstream_unreachable");
+  assert.equal(pair.stats.resumeFailures, 1);
+  assert.equal(pair.stats.upstreamConnectRetries, 2);
+  assert.equal(pair.stats.failovers, 0);
+});
+
+Deno.test("resumableBridge cannot resume while a REQ longer than retainLimit is unanswered", async () => {
+  using raw = listenLocal();
+  await using pair = await bridgedPair(raw.addr as Deno.NetAddr, { retainLimit: 100 });
+  const big = `REQ 2 ${"x".repeat(1000)}\n`;
+  await writeAll(pair.client, "REQ 1\n" + big);
+  const first = await accept(raw);
+  assert.equal((await readLines(first, 2))[1].length, big.length - 1, "forwarded whole");
+  await writeAll(first, "ACK 1\n");
+  first.close();
+  assert.equal(await readText(pair.client), "ACK 1\n");
+  assert.equal(await pair.done, "upstream_closed");
+  assert.equal(pair.stats.resumeFailures, 1);
+});
+
+Deno.test("resumableBridge gives up on an upstream that keeps dying before it answers", async () => {
+  using raw = listenLocal();
+  await using pair = await bridgedPair(raw.addr as Deno.NetAddr, {
+    maxFailovers: 2,
+    reconnectBackoffMs: 1,
+  });
+  await writeAll(pair.client, "REQ 1 poison\n");
+  for (let k = 0; k < 3; k++) {
+    const conn = await accept(raw);
+    assert.match((await readLines(conn, 1))[0], /^REQ 1 poison$/);
+    conn.close();
+  }
+  assert.equal(await readText(pair.client), "");
+  assert.equal(await pair.done, "upstream_closed");
+  assert.equal(pair.stats.failovers, 2);
+  assert.equal(pair.stats.replays, 2);
+  assert.equal(pair.stats.resumeFailures, 1);
+});
+
+interface ClientRun {
+  /** Seqs sent, in order. */
+  sent: number[];
+  /** Reply lines received, in order. */
+  lines: string[];
+  /** How the connection ended: "eof", or the error's name. */
+  end: string;
+}
+
+/**
+ * Clients pipelining against `proxy` while `server` is killed and a new one started on its port
+ * once every client has at least one reply. Each client sends two batches (before and after the
+ * restart) and reads until it has every reply or the connection ends.
+ */
+async function restartUnderLoad(
+  proxy: Proxy,
+  server: FooServer,
+  restart: () => Promise<FooServer>,
+  { clients = 6, batch = 150 } = {},
+): Promise<{ runs: ClientRun[]; next: FooServer }> {
+  const conns = await Promise.all(Array.from({ length: clients }, () => connectTo(proxy.addr)));
+  try {
+    const readers = conns.map((c) => new LineReader(c));
+    const runs: ClientRun[] = conns.map(() => ({ sent: [], lines: [], end: "" }));
+    // Client k numbers its REQs from 1000·k + 1, so a mix-up between clients would show.
+    await Promise.all(conns.map((conn, k) => {
+      const base = 1000 * (k + 1);
+      for (let s = 1; s <= batch; s++) runs[k].sent.push(base + s);
+      return writeAll(conn, requests(base + 1, base + batch, " first"));
+    }));
+    for (const [k, reader] of readers.entries()) runs[k].lines.push(...await reader.readLines(1));
+    await server.close(); // replies are owed on every connection (delayMs)
+    const next = await restart();
+    // A second batch, which lands on the new upstream connections (or on closed ones).
+    await Promise.all(conns.map(async (conn, k) => {
+      const base = 1000 * (k + 1) + batch;
+      try {
+        await writeAll(conn, requests(base + 1, base + batch, " second"));
+        for (let s = 1; s <= batch; s++) runs[k].sent.push(base + s);
+      } catch {
+        // Closed already (without --resume): the reads below say so.
+      }
+    }));
+    await Promise.all(readers.map(async (reader, k) => {
+      try {
+        while (runs[k].lines.length < runs[k].sent.length) {
+          const line = await reader.readLine(10_000);
+          if (line === null) {
+            runs[k].end = "eof";
+            return;
+          }
+          runs[k].lines.push(line);
+        }
+        runs[k].end = "complete";
+      } catch (error) {
+        runs[k].end = error instanceof Error ? error.name : String(error);
+      }
+    }));
+    return { runs, next };
+  } finally {
+    for (const conn of conns) conn.close();
+  }
+}
+
+Deno.test("upstream restart under load with --resume: every REQ gets exactly one reply, in order", async () => {
+  const server = new FooServer({ listen: LOCAL, delayMs: 40, fragment: true, nakEvery: 7 });
+  const addr = await server.start();
+  await using proxy = await startProxy(addr);
+  let next: FooServer | undefined;
+  try {
+    const result = await restartUnderLoad(proxy, server, async () => {
+      next = new FooServer({ listen: { hostname: "127.0.0.1", port: addr.port }, delayMs: 5 });
+      await next.start();
+      return next;
+    });
+    for (const run of result.runs) {
+      assert.equal(run.end, "complete");
+      assert.deepEqual(
+        run.lines.map((line) => Number(/^(?:ACK|NAK) (\d+)$/.exec(line)?.[1])),
+        run.sent,
+        "one reply per REQ, in the client's numbering and order",
+      );
+    }
+    await proxy.close();
+    const snap = proxy.stats.snapshot();
+    const sent = result.runs.reduce((sum, run) => sum + run.sent.length, 0);
+    assert.equal(snap.msg_req, sent, "replays are not counted as requests");
+    assert.equal(snap.msg_ack + snap.msg_nak, sent, "each reply counted once");
+    assert.ok(snap.failovers >= result.runs.length, `failovers ${snap.failovers}`);
+    assert.ok(snap.replays > 0, "replies were owed when the server died");
+    assert.equal(snap.resume_failures, 0);
+    assert.equal(snap.connections_closed.upstream_closed ?? 0, 0);
+    assert.equal(snap.connections_closed.upstream_error ?? 0, 0);
+  } finally {
+    await next?.close();
+  }
+});
+
+Deno.test("upstream restart under load without --resume: affected clients are closed and counted", async () => {
+  const server = new FooServer({ listen: LOCAL, delayMs: 40 });
+  const addr = await server.start();
+  await using proxy = await startProxy(addr, { resume: false });
+  let next: FooServer | undefined;
+  try {
+    const result = await restartUnderLoad(proxy, server, async () => {
+      next = new FooServer({ listen: { hostname: "127.0.0.1", port: addr.port } });
+      await next.start();
+      return next;
+    });
+    for (const run of result.runs) {
+      assert.equal(run.end, "eof", "closed cleanly, not reset");
+      assert.ok(run.lines.length < run.sent.length, "replies were lost");
+    }
+    await proxy.drained();
+    const closed = proxy.stats.snapshot().connections_closed;
+    assert.equal(
+      (closed.upstream_closed ?? 0) + (closed.upstream_error ?? 0),
+      result.runs.length,
+      JSON.stringify(closed),
+    );
+    assert.equal(proxy.stats.failovers, 0);
+  } finally {
+    await next?.close();
+  }
+});
+
+Deno.test("--resume flag: off by default, on with --resume or FOO_PROXY_RESUME", () => {
+  assert.equal(parseProxyConfig([]).resume, false);
+  assert.equal(parseProxyConfig(["--resume"]).resume, true);
+  assert.equal(parseProxyConfig(["-resume"]).resume, true);
+  const env = (name: string) => name === "FOO_PROXY_RESUME" ? "true" : undefined;
+  assert.equal(parseProxyConfig([], env).resume, true);
+});
