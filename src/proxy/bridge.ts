@@ -19,7 +19,7 @@ export interface BridgeOptions {
   logger?: Logger;
   /**
    * First read-buffer size per direction, in bytes. A pending read pins its buffer, so idle
-   * connections cost this much per side. @default {2048}
+   * connections cost this much per side. @default {1024}
    */
   initialBufferSize?: number;
   /** Largest read buffer a busy direction grows to (doubling when a read fills it). @default {65536} */
@@ -108,7 +108,7 @@ export async function bridge(
   options: BridgeOptions,
 ): Promise<CloseReason> {
   const { stats, logger, signal } = options;
-  const initial = options.initialBufferSize ?? 2048;
+  const initial = options.initialBufferSize ?? 1024;
   const max = Math.max(initial, options.maxBufferSize ?? 65536);
   const maxTracked = options.maxTrackedRequests ?? 10_000;
   const tracker = maxTracked > 0

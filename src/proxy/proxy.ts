@@ -63,7 +63,10 @@ export interface ProxyOptions {
   drainTimeoutMs?: number;
   /** Downstream connections served at once; past it new ones are closed at once. @default {10000} */
   maxConnections?: number;
-  /** First read-buffer size per direction. @default {2048} */
+  /**
+   * First read-buffer size per direction; a direction's buffer doubles (up to `maxBufferSize`)
+   * only when a read fills it, so idle connections stay small. @default {1024}
+   */
   initialBufferSize?: number;
   /** Largest read buffer per direction. @default {65536} */
   maxBufferSize?: number;
@@ -325,7 +328,7 @@ export class Proxy implements AsyncDisposable {
       let goneWhy: "eof" | "error" | undefined;
       const first = new FirstBytesReader(downstream, {
         limit: this.#options.maxHeldBytes,
-        initialSize: this.#options.initialBufferSize,
+        initialSize: this.#options.initialBufferSize ?? 1024,
         onEnd: (end, held) => {
           if (end === "eof" && held > 0) return; // half-closed after speaking: still owed replies
           goneWhy = end;
