@@ -53,7 +53,7 @@ export const PROXY_FLAGS: Record<string, FlagSpec> = {
 
 /** One-line synopsis of `foo-proxy proxy`, quoted in usage errors. */
 export const PROXY_SYNOPSIS =
-  "foo-proxy [proxy] [--listen ADDR] [--forward ADDR] [--connect-timeout DUR] [--max-connections N] [--log-level LEVEL] [--log-format text|json]";
+  "foo-proxy [proxy] [--listen ADDR] [--forward ADDR] [--http ADDR|off] [--health ADDR|off] [--recovery-path FILE] [--resume] [--connect-timeout DUR] [--connect-retries N] [--max-connections N] [--max-inflight N] [--idle-timeout DUR] [--drain-delay DUR] [--drain-timeout DUR] [--log-level LEVEL] [--log-format text|json]";
 
 /** Usage text of `foo-proxy proxy`. */
 export const PROXY_USAGE = `Usage: foo-proxy [proxy] [flags]
@@ -292,8 +292,10 @@ export async function runProxy(args: string[], context: CommandContext = {}): Pr
   // Every connection has ended: persist the final stats (--recovery-path), then print them.
   await observability.close();
   await persister?.close();
-  signals.remove();
+  // Print before removing the listeners: a late signal with no listener would kill the process
+  // before the final line is out.
   printStats();
+  signals.remove();
   return report.aborted ? 1 : 0;
 }
 
