@@ -156,32 +156,64 @@ export class RequestLog implements SeqMap {
     this.outLength = 0;
     if (this.#disabled) return 0;
     const lines = this.#lines;
+    const renumber = this.#renumber;
     const n = chunk.length;
     let state = this.#state;
+    // The current line, in locals for speed; written back before returning.
+    let lineStart = this.#lineStart;
+    let seqStart = this.#seqStart;
+    let seqEnd = this.#seqEnd;
+    let seqValue = this.#seqValue;
+    let retaining = this.#retaining;
+    let mute = this.#mute;
     let i = 0;
-    let seg = 0; // chunk[seg, i) belongs to the undecided head and is not kept yet
+    // chunk[seg, i) is kept but not yet appended: consecutive REQ lines form one run, copied
+    // with one append per chunk. Meanwhile chunk[k] lies at position base + k, and the open
+    // REQ outgrows retainLimit when its line reaches past chunk index `limitAt`.
+    let seg = 0;
+    let base = lines.end;
+    let limitAt = this.#retainLimit - lines.length;
     while (i < n) {
       if (state === L_DATA || state === L_SKIP) {
         const nl = chunk.indexOf(NL, i);
         const end = nl < 0 ? n : nl + 1;
-        if (state === L_DATA && this.#retaining) {
-          if (lines.length + (end - i) > this.#retainLimit) this.#dropData();
-          else lines.append(chunk, i, end);
+        if (renumber && !mute) this.#emit(chunk, i, end);
+        if (state === L_DATA && retaining) {
+          if (end > limitAt) {
+            lines.append(chunk, seg, i);
+            this.#dropData();
+            retaining = false;
+            seg = end;
+            base = lines.end - seg;
+            limitAt = this.#retainLimit - lines.length + seg;
+          }
+        } else {
+          seg = end;
+          base = lines.end - seg;
+          limitAt = this.#retainLimit - lines.length + seg;
         }
-        if (this.#renumber && !this.#mute) this.#emit(chunk, i, end);
-        i = seg = end;
+        i = end;
         if (nl >= 0) {
-          if (state === L_DATA) this.#complete();
+          if (state === L_DATA) {
+            // The open REQ is complete.
+            const s = ((this.#first + this.#count - 1) & this.#mask) * STRIDE;
+            const ring = this.#ring;
+            if (retaining) ring[s + E_END] = base + end;
+            const flags = ring[s + E_FLAGS] | F_COMPLETE;
+            ring[s + E_FLAGS] = flags;
+            this.#open = false;
+            retaining = false;
+            if (flags & F_ANSWERED && this.#count === 1) this.#trim();
+          }
           state = L_START;
-          this.#mute = false;
+          mute = false;
         }
         continue;
       }
       const c = chunk[i];
       switch (state) {
         case L_START:
-          this.#lineStart = lines.end;
-          seg = i;
+          lineStart = base + i;
           if (c === 82) { // R
             state = L_R;
             i++;
@@ -211,65 +243,97 @@ export class RequestLog implements SeqMap {
           break;
         case L_WS:
           if (c >= 48 && c <= 57) {
-            this.#seqStart = lines.end + i - seg;
-            this.#seqValue = c - 48;
+            seqStart = base + i;
+            seqValue = c - 48;
             state = L_SEQ;
             i++;
             continue;
           }
           if (c === SP || c === TAB) {
-            if (lines.end + i - seg - this.#lineStart >= this.#maxHead) return this.#tooLong();
             i++;
             continue;
           }
           break;
-        case L_SEQ:
-          if (c >= 48 && c <= 57) {
-            const seq = this.#seqValue;
-            if (seq >= 0) {
-              const next = seq * 10 + (c - 48);
-              this.#seqValue = next > Number.MAX_SAFE_INTEGER ? -1 : next;
+        case L_SEQ: {
+          let d = c;
+          while (d >= 48 && d <= 57) {
+            if (seqValue >= 0) {
+              seqValue = seqValue * 10 + (d - 48);
+              if (seqValue > Number.MAX_SAFE_INTEGER) seqValue = -1;
             }
-            if (lines.end + i - seg - this.#lineStart >= this.#maxHead) return this.#tooLong();
+            if (++i === n) break;
+            d = chunk[i];
+          }
+          if (i === n) continue;
+          if (d === NL || d === SP || d === TAB) {
+            seqEnd = base + i;
             i++;
+            if (base + i - lineStart > this.#maxHead) return this.#tooLong();
+            if (renumber) {
+              lines.append(chunk, seg, i); // the renumbered head is written from #lines
+              seg = i;
+              base = lines.end - seg;
+              limitAt = this.#retainLimit - lines.length + seg;
+            }
+            const open = d !== NL;
+            this.#push(lineStart, seqStart, seqEnd, base + i, seqValue, open);
+            state = open ? L_DATA : L_START;
+            retaining = open;
             continue;
           }
-          if (c === NL || c === SP || c === TAB) {
-            this.#seqEnd = lines.end + i - seg;
-            lines.append(chunk, seg, i + 1);
-            state = this.#decide(c !== NL);
-            i = seg = i + 1;
-            continue;
-          }
-          if (c === CR) {
-            this.#seqEnd = lines.end + i - seg;
+          if (d === CR) {
+            seqEnd = base + i;
             state = L_CR;
             i++;
             continue;
           }
           break;
+        }
         case L_CR:
           if (c === NL) {
-            lines.append(chunk, seg, i + 1);
-            state = this.#decide(false);
-            i = seg = i + 1;
+            i++;
+            if (base + i - lineStart > this.#maxHead) return this.#tooLong();
+            if (renumber) {
+              lines.append(chunk, seg, i);
+              seg = i;
+              base = lines.end - seg;
+              limitAt = this.#retainLimit - lines.length + seg;
+            }
+            this.#push(lineStart, seqStart, seqEnd, base + i, seqValue, false);
+            state = L_START;
             continue;
           }
           break;
       }
-      // Not a REQ: the tentative head goes out as it came, then the rest of the line.
-      if (this.#renumber) {
-        const start = this.#lineStart;
-        this.#reserve(lines.end - start + i + 1 - seg);
-        this.outLength = lines.copyTo(start, lines.end, this.out, this.outLength);
-        this.#emit(chunk, seg, i + 1);
+      // Not a REQ: keep the run up to this line, not the line.
+      if (renumber) {
+        // Its tentative head goes out as it came, then the rest of the line.
+        lines.append(chunk, seg, i + 1);
+        this.#reserve(lines.end - lineStart);
+        this.outLength = lines.copyTo(lineStart, lines.end, this.out, this.outLength);
+        lines.truncate(lineStart);
+      } else if (lineStart >= lines.end) {
+        lines.append(chunk, seg, seg + lineStart - lines.end);
+      } else {
+        lines.truncate(lineStart); // the line began in an earlier chunk
       }
-      lines.truncate(this.#lineStart);
-      state = c === NL ? L_START : L_SKIP;
+      state = chunk[i] === NL ? L_START : L_SKIP;
       i = seg = i + 1;
+      base = lines.end - seg;
+      limitAt = this.#retainLimit - lines.length + seg;
     }
-    if (state >= L_R && state <= L_CR) lines.append(chunk, seg, n);
+    lines.append(chunk, seg, n);
     this.#state = state;
+    this.#lineStart = lineStart;
+    this.#seqStart = seqStart;
+    this.#seqEnd = seqEnd;
+    this.#seqValue = seqValue;
+    this.#retaining = retaining;
+    this.#mute = mute;
+    // A head still undecided at the end of a chunk must not grow without bound either.
+    if (state >= L_R && state <= L_CR && lines.end - lineStart > this.#maxHead) {
+      return this.#tooLong();
+    }
     if (this.#count === 0 && state !== L_DATA) this.#discard();
     return this.outLength;
   }
@@ -302,6 +366,20 @@ export class RequestLog implements SeqMap {
    */
   answerSeq(seq: number): boolean {
     const ring = this.#ring;
+    // Replies in order: the oldest entry, answered and dropped at once.
+    if (this.#count > 0) {
+      const s = (this.#first & this.#mask) * STRIDE;
+      const flags = ring[s + E_FLAGS];
+      if (flags === F_COMPLETE && ring[s + E_VALUE] === seq) {
+        ring[s + E_FLAGS] = F_COMPLETE | F_ANSWERED;
+        this.#unanswered--;
+        this.#first++;
+        this.#count--;
+        if (this.#count === 0 || this.#flags(this.#first) & F_ANSWERED) this.#trim();
+        else this.#lines.discardBefore(ring[(this.#first & this.#mask) * STRIDE + E_LINE]);
+        return true;
+      }
+    }
     for (let k = 0; k < this.#count; k++) {
       const h = this.#first + k;
       const s = (h & this.#mask) * STRIDE;
@@ -378,36 +456,29 @@ export class RequestLog implements SeqMap {
     if (entry === this.#first) this.#trim();
   }
 
-  // A valid REQ head ends at the byte just kept: add its entry. Returns the next state.
-  #decide(open: boolean): number {
+  // Adds the entry of a valid REQ head that ends just before position `end`.
+  #push(
+    line: number,
+    seq: number,
+    seqEnd: number,
+    end: number,
+    value: number,
+    open: boolean,
+  ): void {
     if (this.#count > this.#mask) this.#grow();
     const h = this.#first + this.#count++;
     const s = (h & this.#mask) * STRIDE;
     const ring = this.#ring;
-    ring[s + E_LINE] = this.#lineStart;
-    ring[s + E_SEQ] = this.#seqStart;
-    ring[s + E_SEQ_END] = this.#seqEnd;
-    ring[s + E_END] = this.#lines.end;
-    ring[s + E_VALUE] = this.#seqValue;
+    ring[s + E_LINE] = line;
+    ring[s + E_SEQ] = seq;
+    ring[s + E_SEQ_END] = seqEnd;
+    ring[s + E_END] = end;
+    ring[s + E_VALUE] = value;
     ring[s + E_PROXY] = 0;
     ring[s + E_FLAGS] = open ? 0 : F_COMPLETE;
     this.#unanswered++;
-    if (this.#renumber) this.#emitRenumbered(h, this.#lines.end);
-    if (!open) return L_START;
-    this.#open = true;
-    this.#retaining = true;
-    return L_DATA;
-  }
-
-  // The open entry's line ended.
-  #complete(): void {
-    const h = this.#first + this.#count - 1;
-    const s = (h & this.#mask) * STRIDE;
-    if (this.#retaining) this.#ring[s + E_END] = this.#lines.end;
-    this.#ring[s + E_FLAGS] |= F_COMPLETE;
-    this.#open = false;
-    this.#retaining = false;
-    if (this.#ring[s + E_FLAGS] & F_ANSWERED && h === this.#first) this.#trim();
+    this.#open = open;
+    if (this.#renumber) this.#emitRenumbered(h, end);
   }
 
   // The open entry's line outgrew retainLimit: keep only its head.

@@ -375,7 +375,7 @@ class ResumeSession {
       this.#up = null;
       this.#failing = true;
       closeQuietly(dead);
-      const error = result.error ?? this.#writeError;
+      const error = this.#writeError ?? result.error; // a failed write is the root cause
       this.#writeError = undefined;
       const why: CloseReason = error !== undefined ? "upstream_error" : "upstream_closed";
       if (why === "upstream_error") stats.upstreamErrors++;
