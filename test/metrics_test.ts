@@ -86,6 +86,9 @@ function busyStats(): { stats: Stats; latency: LatencyStats } {
   stats.upstreamErrors = 3;
   stats.upstreamConnectRetries = 2;
   stats.inflightLimitPauses = 5;
+  stats.failovers = 4;
+  stats.replays = 11;
+  stats.resumeFailures = 1;
   stats.bytesDownstream = 1234;
   stats.bytesUpstream = 567;
   stats.recordClose("client_closed");
@@ -142,6 +145,9 @@ Deno.test("renderMetrics() exposes messages, invalid, connections, bytes and rat
   assert.equal(find(samples, "foo_proxy_upstream_errors_total"), 3);
   assert.equal(find(samples, "foo_proxy_upstream_connect_retries_total"), 2);
   assert.equal(find(samples, "foo_proxy_inflight_limit_pauses_total"), 5);
+  assert.equal(find(samples, "foo_proxy_failovers_total"), 4);
+  assert.equal(find(samples, "foo_proxy_replayed_requests_total"), 11);
+  assert.equal(find(samples, "foo_proxy_resume_failures_total"), 1);
   assert.equal(find(samples, "foo_proxy_received_bytes_total", { side: "downstream" }), 1234);
   assert.equal(find(samples, "foo_proxy_received_bytes_total", { side: "upstream" }), 567);
   const snap = stats.snapshot();

@@ -50,6 +50,11 @@ function busyStats(): { stats: Stats; latency: LatencyStats; clock: { now: numbe
   stats.upstreamErrors = 1;
   stats.bytesDownstream = 123_456;
   stats.bytesUpstream = 98_765;
+  stats.upstreamConnectRetries = 5;
+  stats.inflightLimitPauses = 6;
+  stats.failovers = 7;
+  stats.replays = 8;
+  stats.resumeFailures = 9;
   stats.recordClose("client_closed");
   stats.recordClose("upstream_unreachable");
   latency.unmatchedReplies = 3;
@@ -69,6 +74,11 @@ const COUNTERS = [
   "bytes_upstream",
   "msg_invalid_by_kind",
   "connections_closed",
+  "upstream_connect_retries",
+  "inflight_limit_pauses",
+  "failovers",
+  "replays",
+  "resume_failures",
 ] as const;
 
 function restoredAt(text: string, now: number) {
@@ -92,6 +102,25 @@ Deno.test("recovery state round-trips the totals through text", () => {
   assert.equal(restored.result.latencyRestored, true);
   // Gauges are not restored.
   assert.equal(after.connections_active, 0);
+});
+
+Deno.test("a file written before the resilience counters existed reads them as zero", () => {
+  const { stats } = busyStats();
+  const state = captureRecoveryState(stats);
+  for (
+    const key of [
+      "upstream_connect_retries",
+      "inflight_limit_pauses",
+      "failovers",
+      "replays",
+      "resume_failures",
+    ] as const
+  ) delete state.totals[key];
+  const restored = restoredAt(serializeRecoveryState(state), T0 + 1000).stats.snapshot();
+  assert.equal(restored.msg_req, 300);
+  assert.equal(restored.failovers, 0);
+  assert.equal(restored.replays, 0);
+  assert.equal(restored.upstream_connect_retries, 0);
 });
 
 Deno.test("restore after a short downtime keeps the part of the 10 s window still inside it", () => {

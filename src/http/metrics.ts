@@ -134,6 +134,24 @@ export function renderMetrics(snapshot: StatsSnapshot, options: RenderMetricsOpt
     "Times reading a downstream paused at --max-inflight unanswered REQs.",
   );
   out.sample("foo_proxy_inflight_limit_pauses_total", {}, snapshot.inflight_limit_pauses);
+  out.family(
+    "foo_proxy_failovers_total",
+    "counter",
+    "Upstream connections replaced after dying with REQs outstanding (--resume).",
+  );
+  out.sample("foo_proxy_failovers_total", {}, snapshot.failovers);
+  out.family(
+    "foo_proxy_replayed_requests_total",
+    "counter",
+    "REQs sent again on a new upstream connection after a failover (--resume; at-least-once).",
+  );
+  out.sample("foo_proxy_replayed_requests_total", {}, snapshot.replays);
+  out.family(
+    "foo_proxy_resume_failures_total",
+    "counter",
+    "Connections --resume could not carry over to a new upstream connection (closed instead).",
+  );
+  out.sample("foo_proxy_resume_failures_total", {}, snapshot.resume_failures);
 
   out.family(
     "foo_proxy_received_bytes_total",

@@ -35,8 +35,22 @@ const TOTAL_KEYS = [
   "bytes_upstream",
 ] as const;
 
+/**
+ * Counters of the resilience features. A file without them (written before they existed) reads
+ * as zeros, so adding one here never turns an older file into a "corrupt" one.
+ */
+const OPTIONAL_TOTAL_KEYS = [
+  "upstream_connect_retries",
+  "inflight_limit_pauses",
+  "failovers",
+  "replays",
+  "resume_failures",
+] as const;
+
 /** Monotonic counters that survive a restart. */
-export type RecoveryTotals = Record<typeof TOTAL_KEYS[number], number>;
+export type RecoveryTotals =
+  & Record<typeof TOTAL_KEYS[number], number>
+  & Partial<Record<typeof OPTIONAL_TOTAL_KEYS[number], number>>;
 
 /** Latency counters that survive a restart. */
 export interface RecoveryLatency {
@@ -104,6 +118,11 @@ export function captureRecoveryState(stats: Stats, options: RecoveryOptions = {}
       upstream_errors: stats.upstreamErrors,
       bytes_downstream: stats.bytesDownstream,
       bytes_upstream: stats.bytesUpstream,
+      upstream_connect_retries: stats.upstreamConnectRetries,
+      inflight_limit_pauses: stats.inflightLimitPauses,
+      failovers: stats.failovers,
+      replays: stats.replays,
+      resume_failures: stats.resumeFailures,
     },
     connections_closed: closed,
     windows: {
@@ -159,6 +178,9 @@ export function parseRecoveryState(text: string): RecoveryState {
   const totalsIn = object(root.totals, `"totals"`);
   const totals = {} as RecoveryTotals;
   for (const key of TOTAL_KEYS) totals[key] = count(totalsIn[key], `"totals.${key}"`);
+  for (const key of OPTIONAL_TOTAL_KEYS) {
+    if (totalsIn[key] !== undefined) totals[key] = count(totalsIn[key], `"totals.${key}"`);
+  }
   const closedIn = object(root.connections_closed, `"connections_closed"`);
   const closed: Record<string, number> = {};
   for (const [reason, n] of Object.entries(closedIn)) {
@@ -218,6 +240,11 @@ export function restoreRecoveryState(
   stats.upstreamErrors += t.upstream_errors;
   stats.bytesDownstream += t.bytes_downstream;
   stats.bytesUpstream += t.bytes_upstream;
+  stats.upstreamConnectRetries += t.upstream_connect_retries ?? 0;
+  stats.inflightLimitPauses += t.inflight_limit_pauses ?? 0;
+  stats.failovers += t.failovers ?? 0;
+  stats.replays += t.replays ?? 0;
+  stats.resumeFailures += t.resume_failures ?? 0;
   const closed = stats.closed as Record<string, number | undefined>;
   for (const [reason, n] of Object.entries(state.connections_closed)) {
     closed[reason] = (closed[reason] ?? 0) + n;
