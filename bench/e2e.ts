@@ -85,8 +85,8 @@ function usage(): string {
   --only LIST        scenarios to run, e.g. 1,2 or 4        (default 1,2,3,4)
   --no-haproxy       skip HAProxy even when installed
   --no-write         print the table only, leave bench/RESULTS.md alone
-  --deno-flags "F"   extra deno flags for foo-proxy after those of \`deno task start\`,
-                     e.g. "--v8-flags=--max-semi-space-size=8" (recorded in RESULTS.md)`;
+  --deno-flags=F     extra deno flags for foo-proxy after those of \`deno task start\`,
+                     e.g. --deno-flags=--v8-flags=--max-semi-space-size=8 (in RESULTS.md)`;
 }
 
 interface E2eConfig {
