@@ -262,8 +262,10 @@ async function drive(driver: Driver, index: number): Promise<void> {
       }
     }
     // Every reply is in. Half-close like a polite client; the server then has nothing more to say.
+    // closeWrite() is async: await it, or a rejection (the server already gone) would be
+    // unhandled and end the process instead of failing this run with a clear message.
     try {
-      conn.closeWrite();
+      await conn.closeWrite();
     } catch (error) {
       throw fail(`half-close failed: ${describeError(error)}`, error);
     }
