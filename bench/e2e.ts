@@ -15,6 +15,7 @@
  */
 import { parseArgs } from "node:util";
 import { writeStderrLine, writeStdoutLine } from "../src/cmd/output.ts";
+import { Child } from "../scripts/child.ts";
 
 const REPO_ROOT = new URL("..", import.meta.url).pathname;
 const MAIN = new URL("../src/main.ts", import.meta.url).pathname;
@@ -140,87 +141,17 @@ function parseConfig(args: string[]): E2eConfig {
 // ---------------------------------------------------------------------------------------------
 // Processes
 
-/** A child process with its output collected in the background. */
-class Child implements AsyncDisposable {
-  readonly name: string;
-  readonly process: Deno.ChildProcess;
-  stdout = "";
-  stderr = "";
-  #done: Promise<unknown>;
-  #exited = false;
-  readonly status: Promise<Deno.CommandStatus>;
-
-  constructor(name: string, command: string, args: string[], fdLimit: number) {
-    this.name = name;
-    // Through sh so the child gets a raised fd limit (scenario 4 holds thousands of sockets).
-    this.process = new Deno.Command("sh", {
-      args: [
-        "-c",
-        `ulimit -n ${fdLimit} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$@"`,
-        "sh",
-        command,
-        ...args,
-      ],
-      cwd: REPO_ROOT,
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    this.status = this.process.status.then((s) => {
-      this.#exited = true;
-      return s;
-    });
-    this.#done = Promise.all([
-      collect(this.process.stdout, (t) => this.stdout += t),
-      collect(this.process.stderr, (t) => this.stderr += t),
-    ]);
-  }
-
-  get pid(): number {
-    return this.process.pid;
-  }
-
-  get exited(): boolean {
-    return this.#exited;
-  }
-
-  /** Waits until stdout has a line matching `pattern`. */
-  async waitForStdout(pattern: RegExp, timeoutMs: number): Promise<RegExpExecArray> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const m = pattern.exec(this.stdout);
-      if (m) return m;
-      if (this.#exited || Date.now() > deadline) {
-        throw new Error(`${this.name} did not print ${pattern}: ${this.stderr.slice(-500)}`);
-      }
-      await delay(20);
-    }
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    if (!this.#exited) {
-      try {
-        this.process.kill("SIGTERM");
-      } catch {
-        // Already gone.
-      }
-      const killer = setTimeout(() => {
-        try {
-          this.process.kill("SIGKILL");
-        } catch {
-          // Already gone.
-        }
-      }, 5000);
-      await this.status;
-      clearTimeout(killer);
-    }
-    await this.#done;
-  }
-}
-
-async function collect(stream: ReadableStream<Uint8Array>, add: (text: string) => void) {
-  const decoder = new TextDecoder();
-  for await (const chunk of stream) add(decoder.decode(chunk, { stream: true }));
+/** Starts `command` through sh, for a raised fd limit (scenario 4 holds thousands of sockets). */
+function spawn(name: string, command: string, args: string[], fdLimit: number): Child {
+  const script = `ulimit -n ${fdLimit} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$@"`;
+  return new Child(["-c", script, "sh", command, ...args], {
+    name,
+    command: "sh",
+    cwd: REPO_ROOT,
+    env: {},
+    disposeSignal: "SIGTERM",
+    disposeGraceMs: 5000,
+  });
 }
 
 function delay(ms: number): Promise<void> {
@@ -244,7 +175,7 @@ async function waitForPort(port: number, child: Child, timeoutMs = 20_000): Prom
       return;
     } catch {
       if (child.exited || Date.now() > deadline) {
-        throw new Error(`${child.name} is not listening on ${port}: ${child.stderr.slice(-500)}`);
+        throw new Error(`${child.name} is not listening on ${port}: ${child.stderr.tail()}`);
       }
       await delay(50);
     }
@@ -261,7 +192,7 @@ async function startPermissions(): Promise<string[]> {
 }
 
 async function startServer(fdLimit: number): Promise<{ child: Child; port: number }> {
-  const child = new Child(
+  const child = spawn(
     "foo server",
     Deno.execPath(),
     [
@@ -277,7 +208,11 @@ async function startServer(fdLimit: number): Promise<{ child: Child; port: numbe
     ],
     fdLimit,
   );
-  const m = await child.waitForStdout(/listening on \S+:(\d+)/, 20_000);
+  const m = await child.stdout.waitFor(/listening on \S+:(\d+)/, "listening on").catch((e) => {
+    throw new Error(
+      `${child.name} did not print "listening on" (${e.message}): ${child.stderr.tail()}`,
+    );
+  });
   return { child, port: Number(m[1]) };
 }
 
@@ -287,7 +222,7 @@ async function startFooProxy(
   fdLimit: number,
 ): Promise<{ child: Child; port: number }> {
   const port = freePort();
-  const child = new Child(
+  const child = spawn(
     "foo-proxy",
     Deno.execPath(),
     [
@@ -340,7 +275,7 @@ async function startHaproxy(
   const port = freePort();
   const path = `${dir}/haproxy.cfg`;
   await Deno.writeTextFile(path, haproxyConfig(port, upstreamPort));
-  const child = new Child("haproxy", "haproxy", ["-f", path], fdLimit);
+  const child = spawn("haproxy", "haproxy", ["-f", path], fdLimit);
   await waitForPort(port, child);
   return { child, port };
 }

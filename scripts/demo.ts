@@ -12,12 +12,10 @@
 import { parseArgs } from "node:util";
 import { writeStderrLine, writeStdoutLine } from "../src/cmd/output.ts";
 import { PROXY_FLAGS } from "../src/cmd/proxy.ts";
+import { Child } from "./child.ts";
 import { shellQuote, startPermissionFlags } from "./permissions.ts";
 
 const LOCAL = "127.0.0.1";
-const ROOT = new URL("../", import.meta.url);
-/** How long a part may take to start or to stop before the demo gives up on it. */
-const PATIENCE_MS = 20_000;
 
 /** Usage text of the demo. */
 export const DEMO_USAGE = `Usage: deno task demo [--seconds N]
@@ -27,114 +25,6 @@ prints the proxy's stats once a second, then stops everything.
 
   --seconds N   how long to run (default 5; 0 = until Ctrl-C)
   -h, --help    print this help`;
-
-/** A running `src/main.ts` subcommand whose output is read line by line. */
-class Part implements AsyncDisposable {
-  readonly name: string;
-  readonly process: Deno.ChildProcess;
-  readonly stdout: Lines;
-  readonly stderr: Lines;
-  readonly status: Promise<Deno.CommandStatus>;
-  exited = false;
-
-  constructor(name: string, args: string[]) {
-    this.name = name;
-    this.process = new Deno.Command(Deno.execPath(), {
-      args,
-      cwd: ROOT,
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-      env: { NO_COLOR: "1" },
-      // Its own process group: Ctrl-C reaches only the demo, which then stops the parts in order.
-      detached: true,
-    }).spawn();
-    this.stdout = new Lines(this.process.stdout);
-    this.stderr = new Lines(this.process.stderr);
-    this.status = this.process.status.then((status) => {
-      this.exited = true;
-      return status;
-    });
-  }
-
-  kill(signal: Deno.Signal): void {
-    if (this.exited) return;
-    try {
-      this.process.kill(signal);
-    } catch {
-      // It exited meanwhile.
-    }
-  }
-
-  /** Asks the part to stop with `signal`; after {@linkcode PATIENCE_MS}, kills it. */
-  async stop(signal: Deno.Signal = "SIGTERM"): Promise<Deno.CommandStatus> {
-    this.kill(signal);
-    const timer = setTimeout(() => this.kill("SIGKILL"), PATIENCE_MS);
-    try {
-      const status = await this.status;
-      await Promise.all([this.stdout.done, this.stderr.done]);
-      return status;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    this.kill("SIGKILL");
-    await this.status;
-    await Promise.all([this.stdout.done, this.stderr.done]);
-  }
-}
-
-/** Collects a stream's lines in the background and lets the demo wait for one. */
-class Lines {
-  readonly lines: string[] = [];
-  readonly done: Promise<void>;
-  #waiters: (() => void)[] = [];
-  #ended = false;
-
-  constructor(stream: ReadableStream<Uint8Array>) {
-    this.done = this.#pump(stream).catch(() => {});
-  }
-
-  /** Resolves with the first match of `pattern` in a line from `from` on. */
-  async waitFor(pattern: RegExp, what: string, from = 0): Promise<RegExpExecArray> {
-    const deadline = Date.now() + PATIENCE_MS;
-    for (let i = from;; i++) {
-      while (i >= this.lines.length) {
-        if (this.#ended) throw new Error(`${what}: the output ended without it`);
-        const left = deadline - Date.now();
-        if (left <= 0) throw new Error(`${what}: not seen within ${PATIENCE_MS / 1000} s`);
-        const changed = new Promise<void>((resolve) => this.#waiters.push(resolve));
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        await Promise.race([changed, new Promise((r) => timer = setTimeout(r, left))]);
-        clearTimeout(timer);
-      }
-      const match = pattern.exec(this.lines[i]);
-      if (match) return match;
-    }
-  }
-
-  async #pump(stream: ReadableStream<Uint8Array>): Promise<void> {
-    let partial = "";
-    try {
-      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-        const parts = (partial + chunk).split("\n");
-        partial = parts.pop()!;
-        this.lines.push(...parts);
-        this.#wake();
-      }
-      if (partial) this.lines.push(partial);
-    } finally {
-      this.#ended = true;
-      this.#wake();
-    }
-  }
-
-  #wake(): void {
-    for (const wake of this.#waiters.splice(0)) wake();
-  }
-}
 
 /** A port that was free a moment ago. */
 function freePort(): number {
@@ -185,6 +75,8 @@ export async function main(args: string[]): Promise<number> {
 
   const permissions = startPermissionFlags();
   const command = (sub: string[]) => ["run", ...permissions, "src/main.ts", ...sub];
+  // Its own process group: Ctrl-C reaches only the demo, which then stops the parts in order.
+  const part = (name: string, sub: string[]) => new Child(command(sub), { name, detached: true });
   const show = (sub: string[]) =>
     writeStdoutLine(`  $ ${["deno", ...command(sub)].map(shellQuote).join(" ")}`);
   const hasHttp = "http" in PROXY_FLAGS;
@@ -204,7 +96,7 @@ export async function main(args: string[]): Promise<number> {
     );
     const serverArgs = ["server", "--listen", `${LOCAL}:${upstreamPort}`, "--nak-every", "10"];
     show(serverArgs);
-    await using server = new Part("server", command(serverArgs));
+    await using server = part("server", serverArgs);
     await server.stdout.waitFor(/^listening on /, "the server's 'listening on' line");
 
     const proxyArgs = [
@@ -217,7 +109,7 @@ export async function main(args: string[]): Promise<number> {
       ...(hasHealth ? ["--health", `${LOCAL}:${healthPort}`] : []),
     ];
     show(proxyArgs);
-    await using proxy = new Part("proxy", command(proxyArgs));
+    await using proxy = part("proxy", proxyArgs);
     await proxy.stderr.waitFor(/Listening on/, "the proxy's 'Listening on' log line");
     for (const port of [httpPort, healthPort].filter((p) => p !== 0)) {
       await proxy.stderr.waitFor(
@@ -243,10 +135,10 @@ export async function main(args: string[]): Promise<number> {
     show(clientArgs);
     let clientRuns = 0;
     let clientFailures = 0;
-    let client: Part | undefined;
+    let client: Child | undefined;
     const load = (async () => {
       while (!stop.signal.aborted) {
-        client = new Part("client", command(clientArgs));
+        client = part("client", clientArgs);
         const status = await client.status;
         await Promise.all([client.stdout.done, client.stderr.done]);
         if (stop.signal.aborted) break; // interrupted on purpose
@@ -313,7 +205,7 @@ export async function main(args: string[]): Promise<number> {
 }
 
 /** One stats snapshot: from `/stats` when the proxy serves HTTP, else through SIGUSR2. */
-async function readStats(proxy: Part, url: string): Promise<Snapshot> {
+async function readStats(proxy: Child, url: string): Promise<Snapshot> {
   if (url) {
     const response = await fetch(url);
     if (!response.ok) throw new Error(`GET ${url}: ${response.status}`);

@@ -19,10 +19,10 @@
 import { parseArgs } from "node:util";
 import { writeStderrLine, writeStdoutLine } from "../src/cmd/output.ts";
 import { LOAD_ERROR_KINDS, type LoadReport, runLoad } from "../src/tools/load.ts";
+import { Child } from "./child.ts";
 import { startPermissionFlags } from "./permissions.ts";
 
 const LOCAL = "127.0.0.1";
-const ROOT = new URL("../", import.meta.url);
 /** How long a part may take to start or stop. */
 const PATIENCE_MS = 20_000;
 const MiB = 1024 * 1024;
@@ -41,111 +41,6 @@ no reply was lost, descriptors and memory are stable, and the counts agree.
   --rate N       REQs per second of the pipelining load         (default 2000)
   --no-resume    run the proxy without --resume (replies are then expected to be lost)
   -h, --help     print this help`;
-
-/** A running `src/main.ts` subcommand whose output is collected line by line. */
-class Part implements AsyncDisposable {
-  readonly process: Deno.ChildProcess;
-  readonly stdout: Lines;
-  readonly stderr: Lines;
-  readonly status: Promise<Deno.CommandStatus>;
-  exited = false;
-
-  constructor(args: string[]) {
-    this.process = new Deno.Command(Deno.execPath(), {
-      args,
-      cwd: ROOT,
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-      env: { NO_COLOR: "1" },
-      detached: true,
-    }).spawn();
-    this.stdout = new Lines(this.process.stdout);
-    this.stderr = new Lines(this.process.stderr);
-    this.status = this.process.status.then((status) => {
-      this.exited = true;
-      return status;
-    });
-  }
-
-  get pid(): number {
-    return this.process.pid;
-  }
-
-  kill(signal: Deno.Signal): void {
-    if (this.exited) return;
-    try {
-      this.process.kill(signal);
-    } catch {
-      // It exited meanwhile.
-    }
-  }
-
-  /** Sends `signal`, waits for the exit (SIGKILL after {@linkcode PATIENCE_MS}). */
-  async stop(signal: Deno.Signal = "SIGTERM"): Promise<Deno.CommandStatus> {
-    this.kill(signal);
-    const timer = setTimeout(() => this.kill("SIGKILL"), PATIENCE_MS);
-    try {
-      const status = await this.status;
-      await Promise.all([this.stdout.done, this.stderr.done]);
-      return status;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    this.kill("SIGKILL");
-    await this.status;
-    await Promise.all([this.stdout.done, this.stderr.done]);
-  }
-}
-
-/** A stream's lines, collected in the background. */
-class Lines {
-  readonly lines: string[] = [];
-  readonly done: Promise<void>;
-  #waiters: (() => void)[] = [];
-  #ended = false;
-
-  constructor(stream: ReadableStream<Uint8Array>) {
-    this.done = this.#pump(stream).catch(() => {});
-  }
-
-  /** The first match of `pattern` in a line from index `from` on. */
-  async waitFor(pattern: RegExp, what: string, from = 0): Promise<RegExpExecArray> {
-    const deadline = Date.now() + PATIENCE_MS;
-    for (let i = from;; i++) {
-      while (i >= this.lines.length) {
-        if (this.#ended) throw new Error(`${what}: the output ended without it`);
-        const left = deadline - Date.now();
-        if (left <= 0) throw new Error(`${what}: not seen within ${PATIENCE_MS / 1000} s`);
-        const changed = new Promise<void>((resolve) => this.#waiters.push(resolve));
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        await Promise.race([changed, new Promise((r) => timer = setTimeout(r, left))]);
-        clearTimeout(timer);
-      }
-      const match = pattern.exec(this.lines[i]);
-      if (match) return match;
-    }
-  }
-
-  async #pump(stream: ReadableStream<Uint8Array>): Promise<void> {
-    let partial = "";
-    try {
-      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-        const parts = (partial + chunk).split("\n");
-        partial = parts.pop()!;
-        this.lines.push(...parts);
-        for (const wake of this.#waiters.splice(0)) wake();
-      }
-      if (partial) this.lines.push(partial);
-    } finally {
-      this.#ended = true;
-      for (const wake of this.#waiters.splice(0)) wake();
-    }
-  }
-}
 
 function freePort(): number {
   using listener = Deno.listen({ hostname: LOCAL, port: 0 });
@@ -285,7 +180,7 @@ interface ProxySnapshot {
   connections_closed: Record<string, number>;
 }
 
-async function proxyStats(proxy: Part): Promise<ProxySnapshot> {
+async function proxyStats(proxy: Child): Promise<ProxySnapshot> {
   const from = proxy.stdout.lines.length;
   proxy.kill("SIGUSR2");
   const match = await proxy.stdout.waitFor(/^\{.*\}$/, "the proxy's stats line", from);
@@ -348,7 +243,7 @@ export async function main(args: string[]): Promise<number> {
     "warning",
   ];
   const startServer = async () => {
-    const server = new Part(serverArgs);
+    const server = new Child(serverArgs, { detached: true });
     await server.stdout.waitFor(/listening on/, "the Foo server to listen");
     return server;
   };
@@ -359,7 +254,7 @@ export async function main(args: string[]): Promise<number> {
   );
 
   let server = await startServer();
-  await using proxy = new Part([
+  await using proxy = new Child([
     "run",
     ...permissions,
     "src/main.ts",
@@ -378,7 +273,7 @@ export async function main(args: string[]): Promise<number> {
     "off",
     "--log-format",
     "json",
-  ]);
+  ], { detached: true });
   try {
     await proxy.stderr.waitFor(/Listening on/, "the proxy to listen");
     const baseline = await sample(proxy.pid, -1);
