@@ -71,6 +71,9 @@ export class FirstBytesReader {
   release(): HeldBytes {
     if (this.#released) throw new Error("FirstBytesReader already released");
     this.#released = true;
+    // Not called after the release; dropping it frees whatever the caller's callback holds while
+    // the last read stays pending (an idle connection's whole life).
+    this.#onEnd = undefined;
     const buf = this.#buf;
     const heldAt = this.#length;
     return {
