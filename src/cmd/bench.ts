@@ -5,7 +5,8 @@
  *
  * @module
  */
-import { type Address, formatAddress, parseAddress } from "../cli/address.ts";
+import { type Address, formatAddress } from "../cli/address.ts";
+import { parseAddressFlag } from "../cli/address_flag.ts";
 import { parseDuration } from "../cli/duration.ts";
 import { type FlagSpec, parseFlags, parseIntegerFlag, UsageError } from "../cli/flags.ts";
 import {
@@ -86,12 +87,7 @@ export interface BenchConfig {
  */
 export function parseBenchConfig(args: readonly string[]): BenchConfig {
   const v = parseFlags(args, BENCH_FLAGS);
-  let connect: Address;
-  try {
-    connect = parseAddress(String(v.connect), { defaultHost: "127.0.0.1" });
-  } catch (error) {
-    throw new UsageError(`--connect: ${(error as Error).message}`, { cause: error });
-  }
+  const connect = parseAddressFlag("connect", String(v.connect), { defaultHost: "127.0.0.1" });
   if (connect.port === 0) throw new UsageError(`--connect: the port must not be 0`);
   const rateText = String(v.rate).trim();
   const rate = /^\d+(\.\d+)?$/.test(rateText) ? Number(rateText) : NaN;

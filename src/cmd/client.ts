@@ -4,7 +4,8 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import { type Address, parseAddress } from "../cli/address.ts";
+import type { Address } from "../cli/address.ts";
+import { parseAddressFlag } from "../cli/address_flag.ts";
 import { parseDuration } from "../cli/duration.ts";
 import {
   denoEnvReader,
@@ -14,13 +15,8 @@ import {
   UsageError,
 } from "../cli/flags.ts";
 import { ClientError, runClient } from "../tools/client.ts";
-import { setupLogging } from "./logging.ts";
-import {
-  type CommandContext,
-  reportUsageError,
-  writeStderrLine,
-  writeStdoutLine,
-} from "./output.ts";
+import { startCommand } from "./command_start.ts";
+import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.ts";
 
 /** Flags of `foo-proxy client`. */
 export const CLIENT_FLAGS: Record<string, FlagSpec> = {
@@ -82,12 +78,7 @@ export function parseClientConfig(
   getEnv?: (name: string) => string | undefined,
 ): ClientConfig {
   const v = parseFlags(args, CLIENT_FLAGS, { getEnv });
-  let connect: Address;
-  try {
-    connect = parseAddress(String(v.connect), { defaultHost: "localhost" });
-  } catch (error) {
-    throw new UsageError(`--connect: ${(error as Error).message}`, { cause: error });
-  }
+  const connect = parseAddressFlag("connect", String(v.connect), { defaultHost: "localhost" });
   if (connect.port === 0) throw new UsageError(`--connect: port 0 cannot be connected to`);
   return {
     connect,
@@ -113,20 +104,14 @@ export async function runClientCommand(
   context: CommandContext = {},
 ): Promise<number> {
   const stdout = context.stdout ?? writeStdoutLine;
-  let config: ClientConfig;
-  let logging: Disposable;
-  try {
-    config = parseClientConfig(args, denoEnvReader());
-    if (config.help) {
-      stdout(CLIENT_USAGE);
-      return 0;
-    }
-    logging = setupLogging({ level: config.logLevel, format: config.logFormat });
-  } catch (error) {
-    if (error instanceof UsageError) return reportUsageError(error.message, CLIENT_SYNOPSIS);
-    throw error;
-  }
-  using _logging = logging;
+  const started = startCommand(() => parseClientConfig(args, denoEnvReader()), {
+    usage: CLIENT_USAGE,
+    synopsis: CLIENT_SYNOPSIS,
+    stdout,
+  });
+  if (typeof started === "number") return started;
+  const { config } = started;
+  using _logging = started.logging;
   const logger = getLogger(["foo-proxy", "client"]);
 
   // Dots go straight to the terminal as replies are verified; a captured stdout (tests) gets

@@ -4,7 +4,8 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import { type Address, formatAddress, parseAddress } from "../cli/address.ts";
+import { type Address, formatAddress } from "../cli/address.ts";
+import { parseAddressFlag } from "../cli/address_flag.ts";
 import { parseDuration } from "../cli/duration.ts";
 import { assertPermissions, MissingPermissionError } from "../cli/permissions.ts";
 import {
@@ -19,15 +20,10 @@ import { RecoveryPathError, type RecoveryPersister } from "../proxy/recovery_fil
 import { systemClock } from "../stats/clock.ts";
 import { Stats } from "../stats/stats.ts";
 import { VERSION } from "../version.ts";
-import { setupLogging } from "./logging.ts";
+import { startCommand } from "./command_start.ts";
 import { HttpBindError, type Observability, startObservability } from "./observability.ts";
 import { setupRecovery } from "./recovery_setup.ts";
-import {
-  type CommandContext,
-  reportUsageError,
-  writeStderrLine,
-  writeStdoutLine,
-} from "./output.ts";
+import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.ts";
 
 /** Flags of `foo-proxy proxy`. */
 export const PROXY_FLAGS: Record<string, FlagSpec> = {
@@ -128,22 +124,13 @@ export function parseProxyConfig(
   getEnv?: (name: string) => string | undefined,
 ): ProxyConfig {
   const v = parseFlags(args, PROXY_FLAGS, { getEnv });
-  const address = (flag: string, defaultHost: string) => {
-    try {
-      return parseAddress(String(v[flag]), { defaultHost });
-    } catch (error) {
-      throw new UsageError(`--${flag}: ${(error as Error).message}`, { cause: error });
-    }
-  };
+  const address = (flag: string, defaultHost: string) =>
+    parseAddressFlag(flag, String(v[flag]), { defaultHost });
   // The apps bind to localhost unless a host is given; "off" disables one.
   const httpAddress = (flag: "http" | "health", fallback: string) => {
     const text = v[flag] === undefined ? fallback : String(v[flag]).trim();
     if (text.toLowerCase() === "off") return null;
-    try {
-      return parseAddress(text, { defaultHost: "127.0.0.1" });
-    } catch (error) {
-      throw new UsageError(`--${flag}: ${(error as Error).message}`, { cause: error });
-    }
+    return parseAddressFlag(flag, text, { defaultHost: "127.0.0.1" });
   };
   const recoveryPath = v["recovery-path"];
   if (recoveryPath === "") throw new UsageError("--recovery-path: the path is empty");
@@ -173,31 +160,28 @@ export function parseProxyConfig(
 /** Runs the proxy until SIGINT/SIGTERM (or `context.signal`); resolves with the exit code. */
 export async function runProxy(args: string[], context: CommandContext = {}): Promise<number> {
   const stdout = context.stdout ?? writeStdoutLine;
-  let config: ProxyConfig;
-  let logging: Disposable;
-  try {
-    config = parseProxyConfig(args, denoEnvReader());
-    if (config.help) {
-      stdout(PROXY_USAGE);
-      return 0;
-    }
-    if (config.version) {
-      stdout(`foo-proxy ${VERSION}`);
-      return 0;
-    }
-    assertPermissions(config); // before anything opens: one line and exit 2 when one is missing
-    logging = setupLogging({ level: config.logLevel, format: config.logFormat });
-  } catch (error) {
-    if (error instanceof UsageError) {
-      return reportUsageError(error.message, PROXY_SYNOPSIS);
-    }
-    if (error instanceof MissingPermissionError) {
-      writeStderrLine(`foo-proxy: ${error.message}`);
-      return 2;
-    }
-    throw error;
-  }
-  using _logging = logging;
+  const started = startCommand(() => parseProxyConfig(args, denoEnvReader()), {
+    usage: PROXY_USAGE,
+    synopsis: PROXY_SYNOPSIS,
+    stdout,
+    check: (config) => {
+      if (config.version) {
+        stdout(`foo-proxy ${VERSION}`);
+        return 0;
+      }
+      try {
+        assertPermissions(config); // before anything opens: one line and exit 2 when one is missing
+      } catch (error) {
+        if (!(error instanceof MissingPermissionError)) throw error;
+        writeStderrLine(`foo-proxy: ${error.message}`);
+        return 2;
+      }
+      return undefined;
+    },
+  });
+  if (typeof started === "number") return started;
+  const { config } = started;
+  using _logging = started.logging;
   const logger = getLogger(["foo-proxy", "proxy"]);
   const stats = new Stats({ clock: systemClock });
   const printStats = () => stdout(JSON.stringify(stats.snapshot()));

@@ -4,17 +4,12 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import { type Address, formatAddress, parseAddress } from "../cli/address.ts";
-import {
-  denoEnvReader,
-  type FlagSpec,
-  parseFlags,
-  parseIntegerFlag,
-  UsageError,
-} from "../cli/flags.ts";
+import { type Address, formatAddress } from "../cli/address.ts";
+import { parseAddressFlag } from "../cli/address_flag.ts";
+import { denoEnvReader, type FlagSpec, parseFlags, parseIntegerFlag } from "../cli/flags.ts";
 import { FooServer } from "../tools/server.ts";
-import { setupLogging } from "./logging.ts";
-import { type CommandContext, reportUsageError, writeStdoutLine } from "./output.ts";
+import { startCommand } from "./command_start.ts";
+import { type CommandContext, writeStdoutLine } from "./output.ts";
 
 /** Flags of `foo-proxy server`. */
 export const SERVER_FLAGS: Record<string, FlagSpec> = {
@@ -70,14 +65,8 @@ export function parseServerConfig(
   getEnv?: (name: string) => string | undefined,
 ): ServerConfig {
   const v = parseFlags(args, SERVER_FLAGS, { getEnv });
-  let listen: Address;
-  try {
-    listen = parseAddress(String(v.listen), { defaultHost: "0.0.0.0" });
-  } catch (error) {
-    throw new UsageError(`--listen: ${(error as Error).message}`, { cause: error });
-  }
   return {
-    listen,
+    listen: parseAddressFlag("listen", String(v.listen), { defaultHost: "0.0.0.0" }),
     nakEvery: parseIntegerFlag("nak-every", v["nak-every"]),
     fragment: v.fragment === true,
     delayMs: parseIntegerFlag("delay-ms", v["delay-ms"], { max: 3_600_000 }),
@@ -90,20 +79,14 @@ export function parseServerConfig(
 /** Runs the Foo server until SIGINT/SIGTERM (or `context.signal`); resolves with the exit code. */
 export async function runServer(args: string[], context: CommandContext = {}): Promise<number> {
   const stdout = context.stdout ?? writeStdoutLine;
-  let config: ServerConfig;
-  let logging: Disposable;
-  try {
-    config = parseServerConfig(args, denoEnvReader());
-    if (config.help) {
-      stdout(SERVER_USAGE);
-      return 0;
-    }
-    logging = setupLogging({ level: config.logLevel, format: config.logFormat });
-  } catch (error) {
-    if (error instanceof UsageError) return reportUsageError(error.message, SERVER_SYNOPSIS);
-    throw error;
-  }
-  using _logging = logging;
+  const started = startCommand(() => parseServerConfig(args, denoEnvReader()), {
+    usage: SERVER_USAGE,
+    synopsis: SERVER_SYNOPSIS,
+    stdout,
+  });
+  if (typeof started === "number") return started;
+  const { config } = started;
+  using _logging = started.logging;
   const logger = getLogger(["foo-proxy", "server"]);
 
   const stop = Promise.withResolvers<string>();
