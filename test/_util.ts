@@ -6,6 +6,7 @@
  * @module
  */
 import { fileURLToPath } from "node:url";
+import { Proxy, type ProxyOptions } from "../src/proxy/proxy.ts";
 import { FooServer, type FooServerOptions } from "../src/tools/server.ts";
 
 /** The repository root (where deno.json lives). */
@@ -476,4 +477,73 @@ export function spawnMain(args: string[], options: SpawnMainOptions = {}): MainP
 
 function show(lines: string[]): string {
   return lines.length === 0 ? "nothing" : JSON.stringify(lines);
+}
+
+/**
+ * Starts a {@linkcode Proxy} on `127.0.0.1:0` forwarding to `forward`.
+ * Use with `await using proxy = await startProxy(upstream.addr);`.
+ */
+export async function startProxy(
+  forward: Deno.NetAddr,
+  options: Partial<ProxyOptions> = {},
+): Promise<Proxy> {
+  const proxy = new Proxy({ listen: { hostname: "127.0.0.1", port: 0 }, forward, ...options });
+  await proxy.start();
+  return proxy;
+}
+
+/**
+ * Starts `foo-proxy proxy` in a child on `127.0.0.1:0` forwarding to `forward`, HTTP and health
+ * off; resolves with the child and the port it listens on.
+ */
+export async function spawnProxy(
+  forward: Deno.NetAddr,
+  flags: string[] = [],
+): Promise<{ child: MainProcess; port: number }> {
+  const child = spawnMain([
+    "proxy",
+    "--listen=127.0.0.1:0",
+    `--forward=127.0.0.1:${forward.port}`,
+    "--http=off", // no fixed ports, and no readiness probes dialing the upstream
+    "--health=off",
+    ...flags,
+  ]);
+  const port = Number((await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
+  return { child, port };
+}
+
+/** `REQ from\n` … `REQ to\n`, each with ` data` after the Seq when `data` is not empty. */
+export function requests(from: number, to: number, data = ""): string {
+  let text = "";
+  for (let seq = from; seq <= to; seq++) text += data ? `REQ ${seq} ${data}\n` : `REQ ${seq}\n`;
+  return text;
+}
+
+/** The lines `ACK from` … `ACK to`. */
+export function acks(from: number, to: number): string[] {
+  return Array.from({ length: to - from + 1 }, (_, i) => `ACK ${from + i}`);
+}
+
+/** A latin1 string as bytes: every char is one byte, so non-UTF-8 input survives a round trip. */
+export function bytes(text: string): Uint8Array {
+  return Uint8Array.from(text, (c) => c.charCodeAt(0));
+}
+
+/** Bytes as a latin1 string (the inverse of {@linkcode bytes}). */
+export function latin1(data: Uint8Array): string {
+  let text = "";
+  for (const b of data) text += String.fromCharCode(b);
+  return text;
+}
+
+/** `text` as latin1 bytes cut at `cuts` (any positions; deduplicated, sorted and clamped here). */
+export function chunked(text: string, cuts: number[]): Uint8Array[] {
+  const points = [...new Set(cuts.map((c) => c % (text.length + 1)))].sort((a, b) => a - b);
+  const out: Uint8Array[] = [];
+  let from = 0;
+  for (const p of [...points, text.length]) {
+    if (p > from) out.push(bytes(text.slice(from, p)));
+    from = Math.max(from, p);
+  }
+  return out;
 }

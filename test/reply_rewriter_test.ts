@@ -4,25 +4,7 @@ import { Analyzer, createMessageCounts } from "../src/protocol/analyzer.ts";
 import { ReplyRewriter, type SeqMap } from "../src/protocol/reply_rewriter.ts";
 import { RequestLog } from "../src/protocol/request_log.ts";
 import { RequestScanner } from "../src/tools/server.ts";
-
-function bytes(text: string): Uint8Array {
-  return Uint8Array.from(text, (c) => c.charCodeAt(0));
-}
-function latin1(data: Uint8Array): string {
-  let text = "";
-  for (const b of data) text += String.fromCharCode(b);
-  return text;
-}
-function chunked(text: string, cuts: number[]): Uint8Array[] {
-  const points = [...new Set(cuts.map((c) => c % (text.length + 1)))].sort((a, b) => a - b);
-  const out: Uint8Array[] = [];
-  let from = 0;
-  for (const p of [...points, text.length]) {
-    if (p > from) out.push(bytes(text.slice(from, p)));
-    from = Math.max(from, p);
-  }
-  return out;
-}
+import { bytes, chunked, latin1 } from "./_util.ts";
 
 /** A map from proxy Seqs to client Seq strings, recording what was answered. */
 class FakeMap implements SeqMap {

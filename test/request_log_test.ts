@@ -3,30 +3,9 @@ import fc from "fast-check";
 import { Analyzer, createMessageCounts } from "../src/protocol/analyzer.ts";
 import { ByteDeque } from "../src/protocol/byte_deque.ts";
 import { RequestLog } from "../src/protocol/request_log.ts";
+import { bytes, chunked, latin1 } from "./_util.ts";
 
 const encoder = new TextEncoder();
-
-/** Bytes ↔ latin1 strings: every byte is one char, so non-UTF-8 input survives the round trip. */
-function bytes(text: string): Uint8Array {
-  return Uint8Array.from(text, (c) => c.charCodeAt(0));
-}
-function latin1(data: Uint8Array): string {
-  let text = "";
-  for (const b of data) text += String.fromCharCode(b);
-  return text;
-}
-
-/** `text` cut at `cuts` (any positions; sorted and clamped here). */
-function chunked(text: string, cuts: number[]): Uint8Array[] {
-  const points = [...new Set(cuts.map((c) => c % (text.length + 1)))].sort((a, b) => a - b);
-  const out: Uint8Array[] = [];
-  let from = 0;
-  for (const p of [...points, text.length]) {
-    if (p > from) out.push(bytes(text.slice(from, p)));
-    from = Math.max(from, p);
-  }
-  return out;
-}
 
 // The reference grammar of a valid REQ line (the analyzer's, checked against it below).
 const VALID_REQ = /^REQ[ \t]+([0-9]+)(\n|\r\n|[ \t][^\n]*\n)$/;

@@ -4,14 +4,16 @@
  */
 import assert from "node:assert/strict";
 import { backoffDelay, dialWithRetry } from "../src/proxy/dial_with_retry.ts";
-import { Proxy, type ProxyOptions } from "../src/proxy/proxy.ts";
 import { UpstreamError } from "../src/proxy/upstream.ts";
 import {
+  acks,
   connectTo,
   listenLocal,
   readLines,
   readText,
-  spawnMain,
+  requests,
+  spawnProxy,
+  startProxy,
   startUpstream,
   TimeoutError,
   withTimeout,
@@ -22,25 +24,6 @@ const encoder = new TextEncoder();
 const LOCAL = { hostname: "127.0.0.1", port: 0 };
 const GiB = 1 << 30;
 const MiB = 1 << 20;
-
-async function startProxy(
-  forward: Deno.NetAddr,
-  options: Partial<ProxyOptions> = {},
-): Promise<Proxy> {
-  const proxy = new Proxy({ listen: LOCAL, forward, ...options });
-  await proxy.start();
-  return proxy;
-}
-
-function requests(from: number, to: number, data = ""): string {
-  let text = "";
-  for (let seq = from; seq <= to; seq++) text += data ? `REQ ${seq} ${data}\n` : `REQ ${seq}\n`;
-  return text;
-}
-
-function acks(from: number, to: number): string[] {
-  return Array.from({ length: to - from + 1 }, (_, i) => `ACK ${from + i}`);
-}
 
 /** Polls `predicate` every few ms until it holds; throws after `timeoutMs`. */
 async function waitUntil(predicate: () => boolean, what: string, timeoutMs = 5000) {
@@ -92,20 +75,6 @@ async function rssOf(pid: number): Promise<number> {
   const kib = /VmRSS:\s+(\d+) kB/.exec(status);
   if (!kib) throw new Error(`No VmRSS in /proc/${pid}/status`);
   return Number(kib[1]) * 1024;
-}
-
-/** Starts `foo-proxy proxy` in a child forwarding to `forward`; resolves with it and its port. */
-async function spawnProxy(forward: Deno.NetAddr, flags: string[] = []) {
-  const child = spawnMain([
-    "proxy",
-    "--listen=127.0.0.1:0",
-    `--forward=127.0.0.1:${forward.port}`,
-    "--http=off", // no fixed ports, and no readiness probes dialing the upstream
-    "--health=off",
-    ...flags,
-  ]);
-  const port = Number((await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
-  return { child, port };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,10 +4,12 @@ import { Analyzer, createMessageCounts, invalidTotal } from "../src/protocol/ana
 import { parseServerConfig, runServer } from "../src/cmd/server.ts";
 import { FooServer, RequestScanner } from "../src/tools/server.ts";
 import {
+  acks,
   connectTo,
   lineReader,
   readLines,
   readText,
+  requests,
   spawnMain,
   startUpstream,
   withTimeout,
@@ -16,16 +18,6 @@ import {
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-
-function requests(from: number, to: number, data = ""): string {
-  let text = "";
-  for (let seq = from; seq <= to; seq++) text += data ? `REQ ${seq} ${data}\n` : `REQ ${seq}\n`;
-  return text;
-}
-
-function acks(from: number, to: number): string[] {
-  return Array.from({ length: to - from + 1 }, (_, i) => `ACK ${from + i}`);
-}
 
 function scan(chunks: Uint8Array[], nakEvery = 0): { out: string; invalid: number } {
   const scanner = new RequestScanner(nakEvery);

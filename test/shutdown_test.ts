@@ -3,38 +3,19 @@
  * `foo-proxy proxy` with clients mid-pipeline.
  */
 import assert from "node:assert/strict";
-import { Proxy, type ProxyOptions } from "../src/proxy/proxy.ts";
 import {
+  acks,
   connectTo,
   listenLocal,
   readLines,
   readText,
-  spawnMain,
+  requests,
+  spawnProxy,
+  startProxy,
   startUpstream,
   withTimeout,
   writeAll,
 } from "./_util.ts";
-
-const LOCAL = { hostname: "127.0.0.1", port: 0 };
-
-async function startProxy(
-  forward: Deno.NetAddr,
-  options: Partial<ProxyOptions> = {},
-): Promise<Proxy> {
-  const proxy = new Proxy({ listen: LOCAL, forward, ...options });
-  await proxy.start();
-  return proxy;
-}
-
-function requests(from: number, to: number): string {
-  let text = "";
-  for (let seq = from; seq <= to; seq++) text += `REQ ${seq}\n`;
-  return text;
-}
-
-function acks(from: number, to: number): string[] {
-  return Array.from({ length: to - from + 1 }, (_, i) => `ACK ${from + i}`);
-}
 
 /**
  * Whether a new client on `port` goes unserved: the connect is refused (or reset, when it raced
@@ -58,20 +39,6 @@ async function refused(port: number): Promise<boolean> {
     if (error instanceof Deno.errors.BrokenPipe) return true;
     throw error;
   }
-}
-
-/** Starts `foo-proxy proxy` in a child forwarding to `forward`; resolves with it and its port. */
-async function spawnProxy(forward: Deno.NetAddr, flags: string[] = []) {
-  const child = spawnMain([
-    "proxy",
-    "--listen=127.0.0.1:0",
-    `--forward=127.0.0.1:${forward.port}`,
-    "--http=off", // no fixed ports, and no readiness probes dialing the upstream
-    "--health=off",
-    ...flags,
-  ]);
-  const port = Number((await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
-  return { child, port };
 }
 
 // ---------------------------------------------------------------------------------------------
