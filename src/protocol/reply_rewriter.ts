@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { appendOut, reserveOut } from "./out_buffer.ts";
 
 /** Maps proxy Seqs on the current upstream connection back to the client's REQs. */
 export interface SeqMap {
@@ -84,7 +85,7 @@ export class ReplyRewriter {
   /** Rewrites `chunk` into {@linkcode out}; returns {@linkcode outLength}. */
   feed(chunk: Uint8Array): number {
     this.outLength = 0;
-    this.#reserve(chunk.length);
+    reserveOut(this, chunk.length);
     const n = chunk.length;
     let state = this.#state;
     let i = 0;
@@ -92,7 +93,7 @@ export class ReplyRewriter {
       if (state === R_PASS) {
         const nl = chunk.indexOf(NL, i);
         const end = nl < 0 ? n : nl + 1;
-        this.#emit(chunk, i, end);
+        appendOut(this, chunk, i, end);
         i = end;
         if (nl >= 0) state = R_START;
         continue;
@@ -175,7 +176,7 @@ export class ReplyRewriter {
     }
     const head = this.#head;
     const length = this.#headLength;
-    this.#reserve(this.#seqStart + this.#map.clientSeqLength(entry) + length - this.#seqEnd);
+    reserveOut(this, this.#seqStart + this.#map.clientSeqLength(entry) + length - this.#seqEnd);
     const out = this.out;
     let o = this.outLength;
     for (let k = 0; k < this.#seqStart; k++) out[o++] = head[k];
@@ -193,38 +194,14 @@ export class ReplyRewriter {
   }
 
   #flushHead(): void {
-    this.#reserve(this.#headLength);
+    reserveOut(this, this.#headLength);
     this.out.set(this.#head.subarray(0, this.#headLength), this.outLength);
     this.outLength += this.#headLength;
     this.#headLength = 0;
   }
 
   #emitByte(c: number): void {
-    this.#reserve(1);
+    reserveOut(this, 1);
     this.out[this.outLength++] = c;
-  }
-
-  #emit(chunk: Uint8Array, from: number, to: number): void {
-    const n = to - from;
-    this.#reserve(n);
-    if (n < 64) {
-      const out = this.out;
-      let o = this.outLength;
-      for (let k = from; k < to; k++) out[o++] = chunk[k];
-      this.outLength = o;
-    } else {
-      this.out.set(chunk.subarray(from, to), this.outLength);
-      this.outLength += n;
-    }
-  }
-
-  #reserve(n: number): void {
-    const need = this.outLength + n;
-    if (need <= this.out.length) return;
-    let size = this.out.length * 2;
-    while (size < need) size *= 2;
-    const bigger = new Uint8Array(size);
-    bigger.set(this.out.subarray(0, this.outLength));
-    this.out = bigger;
   }
 }

@@ -21,6 +21,7 @@
  * @module
  */
 import { ByteDeque, decimalLength, writeDecimal } from "./byte_deque.ts";
+import { appendOut, reserveOut } from "./out_buffer.ts";
 import type { SeqMap } from "./reply_rewriter.ts";
 
 /** Options for {@linkcode RequestLog}. */
@@ -177,7 +178,7 @@ export class RequestLog implements SeqMap {
       if (state === L_DATA || state === L_SKIP) {
         const nl = chunk.indexOf(NL, i);
         const end = nl < 0 ? n : nl + 1;
-        if (renumber && !mute) this.#emit(chunk, i, end);
+        if (renumber && !mute) appendOut(this, chunk, i, end);
         if (state === L_DATA && retaining) {
           if (end > limitAt) {
             lines.append(chunk, seg, i);
@@ -309,7 +310,7 @@ export class RequestLog implements SeqMap {
       if (renumber) {
         // Its tentative head goes out as it came, then the rest of the line.
         lines.append(chunk, seg, i + 1);
-        this.#reserve(lines.end - lineStart);
+        reserveOut(this, lines.end - lineStart);
         this.outLength = lines.copyTo(lineStart, lines.end, this.out, this.outLength);
         lines.truncate(lineStart);
       } else if (lineStart >= lines.end) {
@@ -553,36 +554,11 @@ export class RequestLog implements SeqMap {
     const proxy = ++this.#nextProxy;
     this.#ring[s + E_PROXY] = proxy;
     const from = this.#ring[s + E_SEQ_END];
-    this.#reserve(4 + decimalLength(proxy) + to - from);
+    reserveOut(this, 4 + decimalLength(proxy) + to - from);
     const out = this.out;
     let o = this.outLength;
     for (let k = 0; k < 4; k++) out[o++] = REQ_SP[k];
     o = writeDecimal(proxy, out, o);
     this.outLength = this.#lines.copyTo(from, to, out, o);
-  }
-
-  #emit(chunk: Uint8Array, from: number, to: number): void {
-    const n = to - from;
-    if (n <= 0) return;
-    this.#reserve(n);
-    if (n < 64) {
-      const out = this.out;
-      let o = this.outLength;
-      for (let k = from; k < to; k++) out[o++] = chunk[k];
-      this.outLength = o;
-    } else {
-      this.out.set(chunk.subarray(from, to), this.outLength);
-      this.outLength += n;
-    }
-  }
-
-  #reserve(n: number): void {
-    const need = this.outLength + n;
-    if (need <= this.out.length) return;
-    let size = this.out.length * 2;
-    while (size < need) size *= 2;
-    const bigger = new Uint8Array(size);
-    bigger.set(this.out.subarray(0, this.outLength));
-    this.out = bigger;
   }
 }
