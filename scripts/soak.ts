@@ -18,6 +18,7 @@
  */
 import { parseArgs } from "node:util";
 import { writeStderrLine, writeStdoutLine } from "../src/cmd/output.ts";
+import { waitOrAbort as sleep } from "../src/proxy/wait_or_abort.ts";
 import { LOAD_ERROR_KINDS, type LoadReport, runLoad } from "../src/tools/load.ts";
 import { Child } from "./child.ts";
 import { startPermissionFlags } from "./permissions.ts";
@@ -45,19 +46,6 @@ no reply was lost, descriptors and memory are stable, and the counts agree.
 function freePort(): number {
   using listener = Deno.listen({ hostname: LOCAL, port: 0 });
   return listener.addr.port;
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  if (signal?.aborted) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal?.addEventListener("abort", done, { once: true });
-  });
 }
 
 /** One reading of the proxy process's resources. */

@@ -7,6 +7,7 @@ import type { Logger } from "@logtape/logtape";
 import { type Address, formatAddress } from "../cli/address.ts";
 import { type Clock, systemClock } from "../stats/clock.ts";
 import { dialUpstream, UpstreamError } from "./upstream.ts";
+import { waitOrAbort } from "./wait_or_abort.ts";
 
 /** Options for {@linkcode UpstreamProbe}. */
 export interface UpstreamProbeOptions {
@@ -167,7 +168,7 @@ export class UpstreamProbe implements AsyncDisposable {
     while (!signal.aborted) {
       const ok = await this.probeOnce();
       this.#firstResult.resolve(ok);
-      await delay(this.#intervalMs, signal);
+      await waitOrAbort(this.#intervalMs, signal);
     }
   }
 
@@ -191,17 +192,4 @@ export class UpstreamProbe implements AsyncDisposable {
     this.#wasReachable = false;
     this.#onProbe?.(false);
   }
-}
-
-function delay(ms: number, signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-  });
 }

@@ -9,6 +9,7 @@
  */
 import { getLogger, type Logger } from "@logtape/logtape";
 import { type Address, formatAddress } from "../cli/address.ts";
+import { waitOrAbort } from "../proxy/wait_or_abort.ts";
 
 /** Options for {@linkcode FooServer}. */
 export interface FooServerOptions {
@@ -154,7 +155,7 @@ export class FooServer implements AsyncDisposable {
           listen: formatAddress(this.addr),
           error: String(error),
         });
-        await sleep(100, this.#closeAll.signal);
+        await waitOrAbort(100, this.#closeAll.signal);
         continue;
       }
       if (this.#closing) {
@@ -321,7 +322,7 @@ class DelayedWriter {
       if (next.replies < 0) return;
       const wait = next.due - performance.now();
       if (wait > 0) {
-        await sleep(wait, this.#stop.signal);
+        await waitOrAbort(wait, this.#stop.signal);
         continue;
       }
       await this.#send(next.bytes, next.replies);
@@ -514,19 +515,6 @@ export class RequestScanner {
     bigger.set(this.#seq);
     this.#seq = bigger;
   }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
-  });
 }
 
 function closeQuietly(conn: Deno.Conn): void {

@@ -1,0 +1,22 @@
+/**
+ * An abortable wait for back-offs and poll intervals: a stopping part must not sit out a timer.
+ *
+ * @module
+ */
+
+/**
+ * Waits `ms`, or less when `signal` aborts first (at once when it already has). Always resolves;
+ * the timer and the abort listener are removed either way.
+ */
+export function waitOrAbort(ms: number, signal?: AbortSignal): Promise<void> {
+  if (signal?.aborted) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener("abort", done, { once: true });
+  });
+}
