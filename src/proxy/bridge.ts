@@ -6,7 +6,6 @@
  */
 import type { Logger } from "@logtape/logtape";
 import { Analyzer, type AnalyzerOptions } from "../protocol/analyzer.ts";
-import type { Clock } from "../stats/clock.ts";
 import { LatencyTracker } from "../stats/latency.ts";
 import type { CloseReason, Stats } from "../stats/stats.ts";
 import type { HeldBytes } from "./first_bytes_reader.ts";
@@ -73,27 +72,122 @@ export class BridgeState {
 
 type PumpEnd = "eof" | "read_error" | "write_error";
 
-/** Holds a pump back while too many REQs are outstanding. */
-interface InflightGate {
-  /** How many more valid REQs may be forwarded now (may be 0 or less). */
-  budget(): number;
-  /** Resolves when replies came back, or the bridge is closing. */
-  wait(): Promise<void>;
-  /** Whether the bridge is closing (waiting is over for good). */
-  readonly closed: boolean;
-}
-
-interface PumpExtras {
-  state: BridgeState;
-  clock: Clock;
-  tracker?: LatencyTracker;
-  gate?: InflightGate;
-  held?: HeldBytes;
-}
-
 interface PumpResult {
   end: PumpEnd;
   error?: unknown;
+}
+
+/**
+ * What the two pumps of one bridge share. One object with its methods on the prototype rather
+ * than a handful of closures (close, gate, chunk hooks, abort listener) per connection: an idle
+ * connection keeps all of it alive, so this is measured in heap per idle connection.
+ */
+class Link {
+  readonly downstream: Deno.TcpConn;
+  readonly upstream: Deno.TcpConn;
+  readonly stats: Stats;
+  readonly state: BridgeState;
+  readonly tracker: LatencyTracker | undefined;
+  readonly initial: number;
+  readonly max: number;
+  /** 0: no in-flight limit. */
+  readonly maxInflight: number;
+  /** 0: no idle timeout. */
+  readonly idleMs: number;
+  reason: CloseReason | undefined = undefined;
+  closed = false;
+  clientHalfClosed = false;
+  /** Resolved when replies make room under `maxInflight`, or on close. */
+  room: PromiseWithResolvers<void> | undefined = undefined;
+
+  constructor(
+    downstream: Deno.TcpConn,
+    upstream: Deno.TcpConn,
+    options: BridgeOptions,
+    tracker: LatencyTracker | undefined,
+  ) {
+    this.downstream = downstream;
+    this.upstream = upstream;
+    this.stats = options.stats;
+    this.state = options.state ?? new BridgeState();
+    this.tracker = tracker;
+    this.initial = options.initialBufferSize ?? 1024;
+    this.max = Math.max(this.initial, options.maxBufferSize ?? 65536);
+    this.maxInflight = options.maxInflight ?? 10_000;
+    this.idleMs = options.idleTimeoutMs ?? 0;
+  }
+
+  closeBoth(): void {
+    if (this.closed) return;
+    this.closed = true;
+    closeQuietly(this.downstream);
+    closeQuietly(this.upstream);
+    this.room?.resolve();
+  }
+
+  /** The signal's abort listener (an EventListenerObject: no closure needed). */
+  handleEvent(): void {
+    this.reason ??= "shutdown";
+    this.closeBoth();
+  }
+
+  /** How many more valid REQs may be forwarded now (may be 0 or less). */
+  budget(): number {
+    return this.maxInflight - this.state.outstanding;
+  }
+
+  /** Resolves when replies came back, or the bridge is closing. */
+  wait(): Promise<void> {
+    this.stats.inflightLimitPauses++;
+    this.room = Promise.withResolvers();
+    return this.room.promise;
+  }
+
+  /** A chunk forwarded downstream → upstream with `valid` REQs in it. */
+  requests(n: number, valid: number, now: number): void {
+    const { stats, state } = this;
+    stats.bytesDownstream += n;
+    if (this.idleMs > 0) state.lastActivity = now;
+    if (valid > 0) {
+      state.outstanding += valid;
+      stats.recordRequests(valid, now);
+    }
+  }
+
+  /** A chunk relayed upstream → downstream with `valid` replies in it. */
+  replies(n: number, valid: number, now: number): void {
+    const { stats, state } = this;
+    stats.bytesUpstream += n;
+    if (this.idleMs > 0) state.lastActivity = now;
+    if (valid > 0) {
+      state.outstanding = Math.max(0, state.outstanding - valid);
+      if (this.room !== undefined && state.outstanding < this.maxInflight) {
+        this.room.resolve();
+        this.room = undefined;
+      }
+      stats.recordResponses(valid, now);
+    }
+  }
+
+  /** How a pump ended; the downstream → upstream one passes a FIN on or closes both. */
+  ended(toUpstream: boolean, result: PumpResult): PumpResult {
+    if (!toUpstream) return result;
+    if (result.end === "eof") {
+      this.clientHalfClosed = true;
+      // The client half-closed: pass the FIN on and keep relaying the replies it is owed.
+      // closeWrite() is async: a rejection (the upstream is already gone) must not go unhandled,
+      // or it would end the whole process. The other pump ends on its own.
+      try {
+        this.upstream.closeWrite().catch(() => {});
+      } catch {
+        // Closed already.
+      }
+    } else {
+      this.reason ??= result.end === "read_error" ? "downstream_error" : "upstream_error";
+      this.closeBoth();
+    }
+    return result;
+  }
 }
 
 /**
@@ -108,53 +202,26 @@ export async function bridge(
   options: BridgeOptions,
 ): Promise<CloseReason> {
   const { stats, logger, signal } = options;
-  const initial = options.initialBufferSize ?? 1024;
-  const max = Math.max(initial, options.maxBufferSize ?? 65536);
   const maxTracked = options.maxTrackedRequests ?? 10_000;
   const tracker = maxTracked > 0
     ? new LatencyTracker(stats.latency, { maxOutstanding: maxTracked })
     : undefined;
+  // One hook serves both directions: the tracker tells REQs from replies by their type.
+  const hook = tracker ? (type: number, seq: number) => tracker.onMessage(type, seq) : undefined;
   const requests = new Analyzer(
     "downstream",
     stats.counts,
-    tracked(options.requestAnalyzer, tracker),
+    tracked(options.requestAnalyzer, hook),
   );
-  const replies = new Analyzer("upstream", stats.counts, tracked(options.replyAnalyzer, tracker));
+  const replies = new Analyzer("upstream", stats.counts, tracked(options.replyAnalyzer, hook));
 
-  const state = options.state ?? new BridgeState();
-  const maxInflight = options.maxInflight ?? 10_000;
-  const idleMs = options.idleTimeoutMs ?? 0;
-  let room: PromiseWithResolvers<void> | undefined;
-  let closed = false;
-  const closeBoth = () => {
-    if (closed) return;
-    closed = true;
-    closeQuietly(downstream);
-    closeQuietly(upstream);
-    room?.resolve();
-  };
-  const gate: InflightGate | undefined = maxInflight > 0
-    ? {
-      budget: () => maxInflight - state.outstanding,
-      wait: () => {
-        stats.inflightLimitPauses++;
-        room = Promise.withResolvers();
-        return room.promise;
-      },
-      get closed() {
-        return closed;
-      },
-    }
-    : undefined;
-  const onAbort = () => {
-    if (!reason) reason = "shutdown";
-    closeBoth();
-  };
-  let reason: CloseReason | undefined;
-  signal?.addEventListener("abort", onAbort, { once: true });
-  if (signal?.aborted) onAbort();
+  const link = new Link(downstream, upstream, options, tracker);
+  const state = link.state;
+  signal?.addEventListener("abort", link, { once: true });
+  if (signal?.aborted) link.handleEvent();
 
   let idleTimer: ReturnType<typeof setTimeout> | undefined;
+  const idleMs = link.idleMs;
   if (idleMs > 0) {
     state.lastActivity = stats.clock();
     const check = () => {
@@ -164,63 +231,26 @@ export async function bridge(
       } else if (quiet < idleMs) {
         idleTimer = setTimeout(check, Math.max(1, idleMs - quiet));
       } else {
-        reason ??= "idle_timeout";
-        closeBoth();
+        link.reason ??= "idle_timeout";
+        link.closeBoth();
       }
     };
     idleTimer = setTimeout(check, idleMs);
   }
 
-  let clientHalfClosed = false;
-  const up = pump(downstream, upstream, requests, initial, max, (n, valid, now) => {
-    stats.bytesDownstream += n;
-    if (idleMs > 0) state.lastActivity = now;
-    if (valid > 0) {
-      state.outstanding += valid;
-      stats.recordRequests(valid, now);
-    }
-  }, { state, gate, held: options.held, clock: stats.clock, tracker }).then((result) => {
-    if (result.end === "eof") {
-      clientHalfClosed = true;
-      // The client half-closed: pass the FIN on and keep relaying the replies it is owed.
-      // closeWrite() is async: a rejection (the upstream is already gone) must not go unhandled,
-      // or it would end the whole process. The other pump ends on its own.
-      try {
-        upstream.closeWrite().catch(() => {});
-      } catch {
-        // Closed already.
-      }
-    } else {
-      reason ??= result.end === "read_error" ? "downstream_error" : "upstream_error";
-      closeBoth();
-    }
-    return result;
-  });
-  const down = await pump(upstream, downstream, replies, initial, max, (n, valid, now) => {
-    stats.bytesUpstream += n;
-    if (idleMs > 0) state.lastActivity = now;
-    if (valid > 0) {
-      state.outstanding = Math.max(0, state.outstanding - valid);
-      if (room !== undefined && state.outstanding < maxInflight) {
-        room.resolve();
-        room = undefined;
-      }
-      stats.recordResponses(valid, now);
-    }
-  }, { state, clock: stats.clock, tracker });
-  const upResult = await (async () => {
-    if (down.end === "eof") {
-      // Upstream finished. If the client had half-closed this is a normal end; otherwise the
-      // upstream went away first and the client is closed after getting every relayed byte.
-      reason ??= clientHalfClosed ? "client_closed" : "upstream_closed";
-      closeBoth();
-      return await up;
-    }
-    reason ??= down.end === "read_error" ? "upstream_error" : "downstream_error";
-    closeBoth();
-    return await up;
-  })();
-  signal?.removeEventListener("abort", onAbort);
+  const up = pump(downstream, upstream, requests, link, true, options.held);
+  const down = await pump(upstream, downstream, replies, link, false, undefined);
+  if (down.end === "eof") {
+    // Upstream finished. If the client had half-closed this is a normal end; otherwise the
+    // upstream went away first and the client is closed after getting every relayed byte.
+    link.reason ??= link.clientHalfClosed ? "client_closed" : "upstream_closed";
+  } else {
+    link.reason ??= down.end === "read_error" ? "upstream_error" : "downstream_error";
+  }
+  link.closeBoth();
+  const upResult = await up;
+  const reason = link.reason;
+  signal?.removeEventListener("abort", link);
   clearTimeout(idleTimer);
   requests.end();
   replies.end();
@@ -245,16 +275,16 @@ async function pump(
   src: Deno.TcpConn,
   dst: Deno.TcpConn,
   analyzer: Analyzer,
-  initial: number,
-  max: number,
-  onChunk: (bytes: number, valid: number, now: number) => void,
-  extras: PumpExtras,
+  link: Link,
+  toUpstream: boolean,
+  held: HeldBytes | undefined,
 ): Promise<PumpResult> {
-  const { state, gate } = extras;
+  const { state, initial, max } = link;
+  // Only the downstream → upstream direction is held back by the in-flight limit.
+  const gated = toUpstream && link.maxInflight > 0;
   // Bytes read before the bridge started go first, then the read that was pending then. Their
   // buffer then becomes this pump's read buffer, and the hand-over is emptied so that nothing
   // else pins it: an idle connection holds one buffer per direction, not three.
-  const held = extras.held;
   let first = held && held.bytes.length > 0 ? held.bytes : undefined;
   let rest = held?.rest;
   let buf = held && held.bytes.buffer.byteLength >= initial
@@ -274,10 +304,10 @@ async function pump(
       try {
         got = await rest;
       } catch (error) {
-        return { end: "read_error", error };
+        return link.ended(toUpstream, { end: "read_error", error });
       }
       rest = undefined;
-      if (got === null) return { end: "eof" };
+      if (got === null) return link.ended(toUpstream, { end: "eof" });
       if (got.length === 0) continue;
       chunk = got;
     } else {
@@ -285,9 +315,9 @@ async function pump(
       try {
         n = await src.read(buf);
       } catch (error) {
-        return { end: "read_error", error };
+        return link.ended(toUpstream, { end: "read_error", error });
       }
-      if (n === null) return { end: "eof" };
+      if (n === null) return link.ended(toUpstream, { end: "eof" });
       chunk = buf.subarray(0, n);
     }
     const n = chunk.length;
@@ -296,17 +326,22 @@ async function pump(
       // Without a gate (or with room for the whole chunk) this runs once over the whole chunk.
       for (let start = 0; start < n;) {
         let budget = Infinity;
-        if (gate !== undefined) {
-          budget = gate.budget();
+        if (gated) {
+          budget = link.budget();
           while (budget <= 0) {
-            if (gate.closed) return { end: "write_error", error: new Error("bridge closed") };
-            await gate.wait();
-            budget = gate.budget();
+            if (link.closed) {
+              return link.ended(toUpstream, {
+                end: "write_error",
+                error: new Error("bridge closed"),
+              });
+            }
+            await link.wait();
+            budget = link.budget();
           }
         }
         // One clock reading per chunk serves the rate windows, idle timer and latency tracker.
-        const now = extras.clock();
-        extras.tracker?.setTime(now);
+        const now = link.stats.clock();
+        link.tracker?.setTime(now);
         // Feed the analyzer as far as the budget allows (in steps that each stay within what is
         // left of it), then write that much at once.
         let end = start;
@@ -317,13 +352,14 @@ async function pump(
           end = stop;
         }
         const part = start === 0 && end === n ? chunk : chunk.subarray(start, end);
-        onChunk(part.length, valid, now);
+        if (toUpstream) link.requests(part.length, valid, now);
+        else link.replies(part.length, valid, now);
         let off = 0;
         while (off < part.length) off += await dst.write(off === 0 ? part : part.subarray(off));
         start = end;
       }
     } catch (error) {
-      return { end: "write_error", error };
+      return link.ended(toUpstream, { end: "write_error", error });
     } finally {
       state.writing--;
     }
@@ -360,19 +396,19 @@ function cutForBudget(chunk: Uint8Array, start: number, budget: number): number 
   return i;
 }
 
-// Analyzer options whose message hook also feeds `tracker` (REQs start timings, replies end them).
+// Analyzer options whose message hook also calls `hook` (the latency tracker's).
 function tracked(
   options: AnalyzerOptions | undefined,
-  tracker: LatencyTracker | undefined,
+  hook: ((type: number, seq: number) => void) | undefined,
 ): AnalyzerOptions | undefined {
-  if (!tracker) return options;
+  if (!hook) return options;
   const other = options?.onMessage;
   const onMessage = other
     ? (type: number, seq: number) => {
-      tracker.onMessage(type, seq);
+      hook(type, seq);
       other(type, seq);
     }
-    : (type: number, seq: number) => tracker.onMessage(type, seq);
+    : hook;
   return { ...options, onMessage };
 }
 
