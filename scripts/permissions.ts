@@ -147,6 +147,21 @@ export function startPermissionFlags(config: TaskConfig = denoConfig): string[] 
 }
 
 /**
+ * The `--v8-flags=…` words of the `start` task of `config` (default: this repository's deno.json),
+ * in order: runtime tuning (e.g. the young-generation cap that keeps idle connections small, see
+ * README "Benchmarks") that every compiled binary bakes in as well.
+ */
+export function startV8Flags(config: TaskConfig = denoConfig): string[] {
+  const words = config.tasks.start === undefined ? [] : splitCommandLine(config.tasks.start);
+  const flags: string[] = [];
+  for (const word of words.slice(2)) {
+    if (!word.startsWith("-")) break;
+    if (word.startsWith("--v8-flags=")) flags.push(word);
+  }
+  return flags;
+}
+
+/**
  * The flags that let the proxy keep its recovery file in `directory`: read and write of that
  * directory only (the file is replaced through a temporary file beside it).
  */

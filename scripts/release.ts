@@ -1,8 +1,9 @@
 /**
  * Builds foo-proxy binaries with `deno compile`: `compile` makes `dist/foo-proxy` for this
  * machine, `release` makes `dist/foo-proxy-<target>[.exe]` for every supported target and
- * `dist/SHA256SUMS`. Each binary bakes in exactly the permission flags of `deno task start`
- * (see `scripts/permissions.ts`) and the version of deno.json (`src/version.ts` imports it).
+ * `dist/SHA256SUMS`. Each binary bakes in exactly the permission flags and `--v8-flags` of
+ * `deno task start` (see `scripts/permissions.ts`) and the version of deno.json (`src/version.ts`
+ * imports it).
  *
  * `deno compile` downloads its runtime (denort) for each target; offline, supply it with
  * `DENORT_BIN=/path/to/denort` (one target) or put `denort-<target>.zip` into Deno's download
@@ -19,6 +20,7 @@ import {
   recoveryPermissionFlags,
   shellQuote,
   startPermissionFlags,
+  startV8Flags,
 } from "./permissions.ts";
 
 /** Every target `deno task release` builds, in release order. */
@@ -74,6 +76,8 @@ export interface PlanOptions {
   permissionFlags?: readonly string[];
   /** The deno executable; unset: the one running this script. */
   deno?: string;
+  /** `--v8-flags=…` to bake in; unset: those of `deno task start`. */
+  v8Flags?: readonly string[];
 }
 
 /**
@@ -88,6 +92,7 @@ export function planCompile(mode: "compile" | "release", options: PlanOptions = 
   if (options.netHosts?.length) flags = narrowNetFlags(flags, options.netHosts);
   if (options.recoveryDir) flags.push(...recoveryPermissionFlags(options.recoveryDir));
   const deno = options.deno ?? Deno.execPath();
+  const v8Flags = options.v8Flags ?? startV8Flags();
   const targets: (string | undefined)[] = options.targets?.length
     ? [...options.targets]
     : mode === "release"
@@ -105,7 +110,7 @@ export function planCompile(mode: "compile" | "release", options: PlanOptions = 
     return {
       target,
       output,
-      argv: [deno, "compile", ...flags, ...targetFlags, "--output", output, ENTRY],
+      argv: [deno, "compile", ...flags, ...v8Flags, ...targetFlags, "--output", output, ENTRY],
     };
   });
 }

@@ -5,6 +5,7 @@ import {
   shellQuote,
   splitCommandLine,
   startPermissionFlags,
+  startV8Flags,
 } from "../scripts/permissions.ts";
 import { denortCachePath, planCompile, RELEASE_TARGETS, sha256Sums } from "../scripts/release.ts";
 import { VERSION } from "../src/version.ts";
@@ -65,7 +66,7 @@ async function tempDir(): Promise<AsyncDisposable & { path: string }> {
 }
 
 Deno.test("deno task start grants only net and FOO_PROXY_* env: nothing forbidden, no file access", async () => {
-  const flags = await startTaskFlags();
+  const flags = (await startTaskFlags()).filter((f) => !f.startsWith("--v8-flags="));
   assert.deepEqual(flags, ["--allow-net", "--allow-env=FOO_PROXY_*"]);
   assert.deepEqual(startPermissionFlags(), flags);
   for (const flag of flags) assert.ok(!FORBIDDEN_PERMISSION_FLAGS.includes(flag.split("=")[0]));
@@ -231,6 +232,11 @@ Deno.test("release with a local runtime writes the binary, SHA256SUMS, the baked
     assert.equal(permissions[`allow_${kind}`], null, kind);
   }
   assert.ok(tail.includes(`"version": "${VERSION}"`), "deno.json's version is embedded");
+  // ... and the start task's V8 flags (e.g. the young-generation cap), in deno compile's metadata.
+  const v8Flags = JSON.parse(/"v8_flags":(\[[^\]]*\])/.exec(tail)![1]);
+  const wanted = startV8Flags().map((f) => f.slice("--v8-flags=".length));
+  assert.ok(wanted.length > 0);
+  for (const flag of wanted) assert.ok(v8Flags.includes(flag), `${flag} in ${v8Flags}`);
 });
 
 Deno.test("splitCommandLine() undoes shellQuote(); sha256Sums() prints sha256sum lines", async () => {
