@@ -35,24 +35,40 @@ export async function dialUpstream(
   options: DialOptions = {},
 ): Promise<Deno.TcpConn> {
   const timeoutMs = options.timeoutMs ?? 5000;
-  const signals: AbortSignal[] = [];
-  if (timeoutMs > 0) signals.push(AbortSignal.timeout(timeoutMs));
-  if (options.signal) signals.push(options.signal);
-  const signal = signals.length > 0 ? AbortSignal.any(signals) : undefined;
+  const outer = options.signal;
+  // A timer cleared once connected, and one listener removed then, rather than
+  // AbortSignal.timeout() + AbortSignal.any(): those keep a timer, signals and weak references
+  // alive for the whole timeout after every successful dial (measured: ~1 KiB of heap per
+  // connection opened in the last 5 s).
+  const controller = new AbortController();
+  let timedOut = false;
+  const timer = timeoutMs > 0
+    ? setTimeout(() => {
+      timedOut = true;
+      controller.abort();
+    }, timeoutMs)
+    : undefined;
+  const onAbort = () => controller.abort(outer?.reason);
+  outer?.addEventListener("abort", onAbort, { once: true });
+  if (outer?.aborted) onAbort();
   try {
-    const conn = await Deno.connect({ hostname: address.hostname, port: address.port, signal });
+    const conn = await Deno.connect({
+      hostname: address.hostname,
+      port: address.port,
+      signal: controller.signal,
+    });
     conn.setNoDelay(true);
     return conn;
   } catch (error) {
-    const why = signal?.aborted && signal.reason instanceof DOMException &&
-        signal.reason.name === "TimeoutError"
-      ? `connect timed out after ${timeoutMs} ms`
-      : describeError(error);
+    const why = timedOut ? `connect timed out after ${timeoutMs} ms` : describeError(error);
     throw new UpstreamError(
       `Cannot dial upstream "${formatAddress(address)}": ${why}`,
       address,
       { cause: error },
     );
+  } finally {
+    clearTimeout(timer);
+    outer?.removeEventListener("abort", onAbort);
   }
 }
 
