@@ -74,6 +74,23 @@ export async function withTimeout<T>(promise: Promise<T>, ms: number, what: stri
   }
 }
 
+/**
+ * Checks `predicate` every few ms until it holds, for state no event announces (a handler that
+ * ended, a counter); throws a {@linkcode TimeoutError} naming `what` after `timeoutMs`. The result
+ * never depends on timing, only how long the wait takes does.
+ */
+export async function waitUntil(
+  predicate: () => boolean,
+  what: string,
+  timeoutMs = 5000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new TimeoutError(`Timed out after ${timeoutMs} ms: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 2));
+  }
+}
+
 /** Something {@linkcode LineReader} can read bytes from. */
 export type ByteSource =
   | Deno.Conn

@@ -16,6 +16,7 @@ import {
   startProxy,
   startUpstream,
   TimeoutError,
+  waitUntil,
   withTimeout,
   writeAll,
 } from "./_util.ts";
@@ -24,15 +25,6 @@ const encoder = new TextEncoder();
 const LOCAL = { hostname: "127.0.0.1", port: 0 };
 const GiB = 1 << 30;
 const MiB = 1 << 20;
-
-/** Polls `predicate` every few ms until it holds; throws after `timeoutMs`. */
-async function waitUntil(predicate: () => boolean, what: string, timeoutMs = 5000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new TimeoutError(`Timed out after ${timeoutMs} ms: ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
 
 /** A port nothing listens on (connects are refused) until someone binds it. */
 function freePort(): number {

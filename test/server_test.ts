@@ -12,6 +12,7 @@ import {
   requests,
   spawnMain,
   startUpstream,
+  waitUntil,
   withTimeout,
   writeAll,
 } from "./_util.ts";
@@ -171,7 +172,7 @@ Deno.test("FooServer sends every owed reply after the client half-closes, then c
       JSON.stringify(options),
     );
     assert.equal(server.invalid, 1);
-    await withTimeout(waitForConnections(server, 0), 5000, "the server to drop the connection");
+    await waitUntil(() => server.connections === 0, "the server to drop the connection");
   }
 });
 
@@ -217,7 +218,7 @@ Deno.test("FooServer survives a client that resets the connection", async () => 
     await writeAll(conn, requests(1, 5000, "x".repeat(100)));
     // Closing with replies unread makes the kernel send RST instead of FIN.
   }
-  await withTimeout(waitForConnections(server, 0), 5000, "the server to drop the reset client");
+  await waitUntil(() => server.connections === 0, "the server to drop the reset client");
   using conn = await connectTo(server.addr);
   await writeAll(conn, "REQ 1\n");
   assert.deepEqual(await readLines(conn, 1), ["ACK 1"]);
@@ -314,10 +315,3 @@ Deno.test("foo-proxy server exits 2 naming a bad flag", async () => {
   assert.match(child.stderr.text, /usage: foo-proxy server/);
   assert.equal(child.stdout.text, "");
 });
-
-/** Waits (callers bound it with withTimeout) until the server has `count` connections open. */
-async function waitForConnections(server: FooServer, count: number): Promise<void> {
-  // Nothing outside the server observes a handler ending, so check the condition each turn of the
-  // event loop; the result never depends on timing, only how long the wait takes does.
-  while (server.connections !== count) await new Promise((resolve) => setTimeout(resolve, 2));
-}
