@@ -8,6 +8,7 @@ import { getLogger, type Logger } from "@logtape/logtape";
 import { type Address, formatAddress } from "../cli/address.ts";
 import { type Clock, systemClock } from "../stats/clock.ts";
 import { type CloseReason, Stats } from "../stats/stats.ts";
+import { waitOrAbort } from "./wait_or_abort.ts";
 import { bridge, BridgeState } from "./bridge.ts";
 import { resumableBridge } from "./resume.ts";
 import { dialWithRetry } from "./dial_with_retry.ts";
@@ -458,17 +459,3 @@ export class Proxy implements AsyncDisposable {
 }
 
 const DONE: Promise<void> = Promise.resolve();
-
-/** Waits `ms`, or less when `signal` aborts first. */
-function waitOrAbort(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  if (signal?.aborted) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal?.addEventListener("abort", done, { once: true });
-  });
-}
