@@ -210,6 +210,20 @@ export class LineReader {
     return this.#take(this.#buffer.length);
   }
 
+  /**
+   * Exactly the next `count` bytes, decoded as UTF-8.
+   *
+   * @throws {TimeoutError} when they do not come within `timeoutMs`; an Error at EOF before them.
+   */
+  async readExactly(count: number, timeoutMs = 5000): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.#buffer.length < count) {
+      if (this.#eof) throw new Error(`EOF after ${this.#buffer.length} of ${count} bytes`);
+      await this.#fill(deadline, `${count} bytes`);
+    }
+    return this.#decode(this.#take(count));
+  }
+
   /** Everything up to EOF, decoded as UTF-8. */
   async readText(timeoutMs = 5000): Promise<string> {
     return this.#decoder.decode(await this.readAll(timeoutMs));
@@ -279,6 +293,15 @@ export function readLines(
 }
 
 /** Everything up to EOF from `source`, as text (see {@linkcode LineReader.readText}). */
+export function readExactly(
+  source: ByteSource | LineReader,
+  count: number,
+  timeoutMs = 5000,
+): Promise<string> {
+  return lineReader(source).readExactly(count, timeoutMs);
+}
+
+/** Everything from `source` up to EOF, decoded as UTF-8 (see {@linkcode LineReader.readText}). */
 export function readText(source: ByteSource | LineReader, timeoutMs = 5000): Promise<string> {
   return lineReader(source).readText(timeoutMs);
 }
@@ -495,6 +518,22 @@ export function spawnMain(args: string[], options: SpawnMainOptions = {}): MainP
 function show(lines: string[]): string {
   return lines.length === 0 ? "nothing" : JSON.stringify(lines);
 }
+
+/** One way of running the bridge engine, for suites that must hold in every mode. */
+export interface EngineMode {
+  /** Appended to test names. */
+  name: string;
+  /** {@linkcode Proxy} options of the mode (spread first: a test's own options win). */
+  options: Partial<ProxyOptions>;
+  /** `foo-proxy proxy` flags of the mode. */
+  flags: string[];
+}
+
+/** The table the resilience, shutdown and hostile-input suites run over. */
+export const ENGINE_MODES: readonly EngineMode[] = [
+  { name: "plain", options: {}, flags: [] },
+  { name: "--resume", options: { resume: "verbatim" }, flags: ["--resume"] },
+];
 
 /**
  * Starts a {@linkcode Proxy} on `127.0.0.1:0` forwarding to `forward`.

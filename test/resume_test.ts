@@ -5,7 +5,10 @@
 import assert from "node:assert/strict";
 import { parseProxyConfig } from "../src/cmd/proxy.ts";
 import { Proxy, type ProxyOptions } from "../src/proxy/proxy.ts";
-import { resumableBridge, type ResumableBridgeOptions } from "../src/proxy/resume.ts";
+import { bridge } from "../src/proxy/bridge.ts";
+import { type EngineOptions, resolveEngineConfig } from "../src/proxy/engine_config.ts";
+import { SingleUpstream } from "../src/proxy/upstream_target.ts";
+import { hashReply } from "../src/protocol/reply_hash.ts";
 import { systemClock } from "../src/stats/clock.ts";
 import { type CloseReason, Stats } from "../src/stats/stats.ts";
 import { FooServer } from "../src/tools/server.ts";
@@ -13,6 +16,7 @@ import {
   connectTo,
   LineReader,
   listenLocal,
+  readExactly,
   readLines,
   readText,
   withTimeout,
@@ -49,9 +53,59 @@ function requests(from: number, to: number, data = ""): string {
   return out;
 }
 
-Deno.test("--resume replays unanswered REQs renumbered from 1 and maps replies back", async () => {
+Deno.test("--resume replays unanswered REQs exactly as the client sent them", async () => {
   using raw = listenLocal();
   await using proxy = await startProxy(raw.addr as Deno.NetAddr);
+  using client = await connectTo(proxy.addr);
+  await writeAll(client, "REQ 100 a\nREQ 101 b\nREQ 102 c\n");
+  const first = await accept(raw);
+  assert.deepEqual(await readLines(first, 3), ["REQ 100 a", "REQ 101 b", "REQ 102 c"]);
+  await writeAll(first, "ACK 100\n");
+  assert.deepEqual(await readLines(client, 1), ["ACK 100"]);
+  first.close(); // the upstream dies owing two replies
+
+  using second = await accept(raw);
+  assert.deepEqual(await readLines(second, 2), ["REQ 101 b", "REQ 102 c"], "same Seqs, same bytes");
+  await writeAll(client, "REQ 103 d\n");
+  assert.deepEqual(await readLines(second, 1), ["REQ 103 d"], "later REQs pass unchanged");
+  await writeAll(second, "NAK 102\nACK 101 ok\nACK 103\n"); // out of order on purpose
+  assert.deepEqual(await readLines(client, 3), ["NAK 102", "ACK 101 ok", "ACK 103"]);
+  const snap = proxy.stats.snapshot();
+  assert.equal(snap.msg_req, 4, "a replayed REQ is not a second msg_req");
+  assert.equal(snap.msg_ack + snap.msg_nak, 4, "each reply counted once");
+  assert.equal(snap.replays, 2);
+  assert.equal(snap.failovers, 1);
+  assert.equal(proxy.stats.latency.unmatchedReplies, 0);
+  client.close();
+  assert.equal(await readText(second), "", "the client's close reaches the new upstream");
+  second.close();
+  await proxy.drained();
+  assert.deepEqual(proxy.stats.snapshot().connections_closed, { client_closed: 1 });
+});
+
+Deno.test("--resume replays a line that was arriving, and drops the rest of one that was not a REQ", async () => {
+  using raw = listenLocal();
+  await using proxy = await startProxy(raw.addr as Deno.NetAddr);
+  using client = await connectTo(proxy.addr);
+  await writeAll(client, "REQ 1 one\nREQ 2 tw");
+  const first = await accept(raw);
+  assert.equal(await readExactly(first, 18), "REQ 1 one\nREQ 2 tw");
+  first.close();
+  using second = await accept(raw);
+  assert.equal(await readExactly(second, 18), "REQ 1 one\nREQ 2 tw", "the partial REQ too");
+  await writeAll(client, "o\nHELLO wor");
+  assert.equal(await readExactly(second, 11), "o\nHELLO wor", "its rest follows in the stream");
+  await writeAll(second, "ACK 1\nACK 2\n");
+  assert.deepEqual(await readLines(client, 2), ["ACK 1", "ACK 2"]);
+  second.close(); // dies in the middle of "HELLO wor…", a line that is not a REQ
+  await writeAll(client, "ld\nREQ 3\n"); // nothing is owed: the client speaking brings a redial
+  using third = await accept(raw);
+  assert.deepEqual(await readLines(third, 1), ["REQ 3"], "no half of the invalid line");
+});
+
+Deno.test("--resume=renumber replays unanswered REQs renumbered from 1 and maps replies back", async () => {
+  using raw = listenLocal();
+  await using proxy = await startProxy(raw.addr as Deno.NetAddr, { resume: "renumber" });
   using client = await connectTo(proxy.addr);
   await writeAll(client, "REQ 100 a\nREQ 101 b\nREQ 102 c\n");
   const first = await accept(raw);
@@ -94,9 +148,9 @@ Deno.test("--resume never hands the client a reply line the dead upstream cut in
   await writeAll(first, "AC"); // a read of its own: only the start of a reply line
   first.close();
   using second = await accept(raw);
-  assert.deepEqual(await readLines(second, 1), ["REQ 1 two"]);
+  assert.deepEqual(await readLines(second, 1), ["REQ 2 two"]);
   await writeAll(second, "AC");
-  await writeAll(second, "K 1 done\n");
+  await writeAll(second, "K 2 done\n");
   assert.deepEqual(await reader.readLines(1), ["ACK 2 done"]);
   assert.equal(reader.buffered.length, 0, "nothing else arrived");
   assert.equal(proxy.stats.snapshot().msg_ack, 2);
@@ -114,15 +168,15 @@ Deno.test("--resume reconnects an idle connection only when the client speaks ag
   first.close(); // nothing is owed
   await writeAll(client, "REQ 8 later\n");
   using second = await accept(raw);
-  assert.deepEqual(await readLines(second, 1), ["REQ 1 later"]);
-  await writeAll(second, "ACK 1\n");
+  assert.deepEqual(await readLines(second, 1), ["REQ 8 later"]);
+  await writeAll(second, "ACK 8\n");
   assert.deepEqual(await readLines(client, 1), ["ACK 8"]);
   const snap = proxy.stats.snapshot();
   assert.equal(snap.failovers, 1);
   assert.equal(snap.replays, 0);
 });
 
-Deno.test("--resume: a client that half-closed still gets every reply and then EOF", async () => {
+Deno.test("--resume: a client that half-closed gets every reply, then EOF without the upstream's FIN", async () => {
   using raw = listenLocal();
   await using proxy = await startProxy(raw.addr as Deno.NetAddr);
   using client = await connectTo(proxy.addr);
@@ -133,25 +187,28 @@ Deno.test("--resume: a client that half-closed still gets every reply and then E
   await writeAll(first, "ACK 1\n");
   first.close();
   using second = await accept(raw);
-  assert.equal(await readText(second), "REQ 1\nREQ 2\n", "replay, then the FIN again");
-  await writeAll(second, "ACK 1\nACK 2\n");
-  second.close();
+  assert.equal(await readText(second), "REQ 2\nREQ 3\n", "replay, then the FIN again");
+  await writeAll(second, "ACK 2\nACK 3\n"); // and the upstream never closes
   assert.equal(await readText(client), "ACK 1\nACK 2\nACK 3\n");
   await proxy.drained();
-  assert.deepEqual(proxy.stats.snapshot().connections_closed, { client_closed: 1 });
+  assert.deepEqual(proxy.stats.snapshot().connections_closed, { completed: 1 });
 });
 
-/** A bridged pair built by hand, to call resumableBridge with options the Proxy does not take. */
-async function bridgedPair(upstreamAddr: Deno.NetAddr, options: Partial<ResumableBridgeOptions>) {
+/** A bridged pair built by hand, to call bridge() with engine options and its own target. */
+async function bridgedPair(
+  upstreamAddr: Deno.NetAddr,
+  options: EngineOptions & { forwardPort?: number },
+) {
   using front = listenLocal();
   const client = await connectTo(front.addr as Deno.NetAddr);
   const downstream = await front.accept();
   const upstream = await connectTo(upstreamAddr);
   const stats = new Stats({ clock: systemClock });
-  const done: Promise<CloseReason> = resumableBridge(downstream, upstream, {
+  const { forwardPort, ...engine } = options;
+  const done: Promise<CloseReason> = bridge(downstream, upstream, {
     stats,
-    forward: { hostname: "127.0.0.1", port: upstreamAddr.port },
-    ...options,
+    config: resolveEngineConfig({ resume: "verbatim", ...engine }),
+    target: new SingleUpstream({ hostname: "127.0.0.1", port: forwardPort ?? upstreamAddr.port }),
   });
   return {
     client,
@@ -164,10 +221,10 @@ async function bridgedPair(upstreamAddr: Deno.NetAddr, options: Partial<Resumabl
   };
 }
 
-Deno.test("resumableBridge closes the client cleanly and counts it when no upstream comes back", async () => {
+Deno.test("bridge() with resume closes the client cleanly and counts it when no upstream comes back", async () => {
   using raw = listenLocal();
   await using pair = await bridgedPair(raw.addr as Deno.NetAddr, {
-    forward: { hostname: "127.0.0.1", port: deadPort() },
+    forwardPort: deadPort(),
     reconnectRetries: 2,
     reconnectBackoffMs: 1,
   });
@@ -183,7 +240,7 @@ Deno.test("resumableBridge closes the client cleanly and counts it when no upstr
   assert.equal(pair.stats.failovers, 0);
 });
 
-Deno.test("resumableBridge cannot resume while a REQ longer than retainLimit is unanswered", async () => {
+Deno.test("bridge() with resume cannot resume while a REQ longer than retainLimit is unanswered", async () => {
   using raw = listenLocal();
   await using pair = await bridgedPair(raw.addr as Deno.NetAddr, { retainLimit: 100 });
   const big = `REQ 2 ${"x".repeat(1000)}\n`;
@@ -197,7 +254,7 @@ Deno.test("resumableBridge cannot resume while a REQ longer than retainLimit is 
   assert.equal(pair.stats.resumeFailures, 1);
 });
 
-Deno.test("resumableBridge gives up on an upstream that keeps dying before it answers", async () => {
+Deno.test("bridge() with resume gives up on an upstream that keeps dying before it answers", async () => {
   using raw = listenLocal();
   await using pair = await bridgedPair(raw.addr as Deno.NetAddr, {
     maxFailovers: 2,
@@ -280,23 +337,29 @@ async function restartUnderLoad(
   }
 }
 
-Deno.test("upstream restart under load with --resume: every REQ gets exactly one reply, in order", async () => {
-  const server = new FooServer({ listen: LOCAL, delayMs: 40, fragment: true, nakEvery: 7 });
+Deno.test("upstream restart under load with --resume: every REQ gets exactly its own reply, in order", async () => {
+  // The server computes each reply from the Seq and the data, like real Foo servers.
+  const server = new FooServer({ listen: LOCAL, delayMs: 40, fragment: true, reply: "hash" });
   const addr = await server.start();
   await using proxy = await startProxy(addr);
   let next: FooServer | undefined;
   try {
     const result = await restartUnderLoad(proxy, server, async () => {
-      next = new FooServer({ listen: { hostname: "127.0.0.1", port: addr.port }, delayMs: 5 });
+      next = new FooServer({
+        listen: { hostname: "127.0.0.1", port: addr.port },
+        delayMs: 5,
+        reply: "hash",
+      });
       await next.start();
       return next;
     });
     for (const run of result.runs) {
       assert.equal(run.end, "complete");
+      const batch = run.sent.length / 2;
       assert.deepEqual(
-        run.lines.map((line) => Number(/^(?:ACK|NAK) (\d+)$/.exec(line)?.[1])),
-        run.sent,
-        "one reply per REQ, in the client's numbering and order",
+        run.lines,
+        run.sent.map((seq, i) => hashReply(`REQ ${seq} ${i < batch ? "first" : "second"}`)),
+        "each reply is what the server gives that very REQ directly, in order",
       );
     }
     await proxy.close();
@@ -342,10 +405,23 @@ Deno.test("upstream restart under load without --resume: affected clients are cl
   }
 });
 
-Deno.test("--resume flag: off by default, on with --resume or FOO_PROXY_RESUME", () => {
-  assert.equal(parseProxyConfig([]).resume, false);
-  assert.equal(parseProxyConfig(["--resume"]).resume, true);
-  assert.equal(parseProxyConfig(["-resume"]).resume, true);
+Deno.test("--resume flag: off by default, verbatim with --resume, renumber only when asked", () => {
+  assert.equal(parseProxyConfig([]).resume, "off");
+  assert.equal(parseProxyConfig(["--resume"]).resume, "verbatim");
+  assert.equal(parseProxyConfig(["-resume"]).resume, "verbatim");
+  assert.equal(parseProxyConfig(["--resume=renumber"]).resume, "renumber");
+  assert.equal(parseProxyConfig(["--resume=off"]).resume, "off");
+  assert.throws(() => parseProxyConfig(["--resume=sometimes"]), /--resume: expected verbatim/);
   const env = (name: string) => name === "FOO_PROXY_RESUME" ? "true" : undefined;
-  assert.equal(parseProxyConfig([], env).resume, true);
+  assert.equal(parseProxyConfig([], env).resume, "verbatim");
+  const limits = parseProxyConfig([
+    "--resume-retries=2",
+    "--resume-max-failovers=9",
+    "--resume-retain=4096",
+    "--half-close-timeout=2s",
+  ]);
+  assert.equal(limits.reconnectRetries, 2);
+  assert.equal(limits.maxFailovers, 9);
+  assert.equal(limits.retainLimit, 4096);
+  assert.equal(limits.halfCloseTimeoutMs, 2000);
 });

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import {
   acks,
   connectTo,
+  ENGINE_MODES,
   listenLocal,
   readLines,
   readText,
@@ -44,144 +45,167 @@ async function refused(port: number): Promise<boolean> {
 // ---------------------------------------------------------------------------------------------
 // In process
 
-Deno.test("shutdown() turns shuttingDown on at once, refuses new clients, and lets a pipeline finish", async () => {
-  await using upstream = await startUpstream({ delayMs: 100 });
-  await using proxy = await startProxy(upstream.addr);
-  using client = await connectTo(proxy.addr);
-  await writeAll(client, requests(1, 50));
-  assert.deepEqual(await readLines(client, 1), ["ACK 1"]);
-  await writeAll(client, requests(51, 100)); // owed ~100 ms from now
-  assert.equal(proxy.shuttingDown, false);
-  const done = proxy.shutdown();
-  assert.equal(proxy.shuttingDown, true, "readiness can fail before anything else happens");
-  assert.equal(await refused(proxy.addr.port), true);
-  assert.deepEqual(await readLines(client, 99), acks(2, 100));
-  client.close();
-  const report = await withTimeout(done, 5000, "the drain");
-  assert.deepEqual(report, { drained: true, closedIdle: 0, closedBusy: 0, aborted: false });
-  assert.deepEqual(proxy.stats.snapshot().connections_closed, { client_closed: 1 });
-  assert.equal(proxy.shutdown(), done, "a second call returns the same shutdown");
-});
+for (const mode of ENGINE_MODES) {
+  Deno.test(`shutdown() turns shuttingDown on at once, refuses new clients, and lets a pipeline finish [${mode.name}]`, async () => {
+    await using upstream = await startUpstream({ delayMs: 100 });
+    await using proxy = await startProxy(upstream.addr, mode.options);
+    using client = await connectTo(proxy.addr);
+    await writeAll(client, requests(1, 50));
+    assert.deepEqual(await readLines(client, 1), ["ACK 1"]);
+    await writeAll(client, requests(51, 100)); // owed ~100 ms from now
+    assert.equal(proxy.shuttingDown, false);
+    const done = proxy.shutdown();
+    assert.equal(proxy.shuttingDown, true, "readiness can fail before anything else happens");
+    assert.equal(await refused(proxy.addr.port), true);
+    assert.deepEqual(await readLines(client, 99), acks(2, 100));
+    client.close();
+    const report = await withTimeout(done, 5000, "the drain");
+    assert.deepEqual(report, { drained: true, closedIdle: 0, closedBusy: 0, aborted: false });
+    assert.deepEqual(proxy.stats.snapshot().connections_closed, { client_closed: 1 });
+    assert.equal(proxy.shutdown(), done, "a second call returns the same shutdown");
+  });
+}
 
-Deno.test("shutdown() keeps accepting during the drain delay, then stops", async () => {
-  await using upstream = await startUpstream();
-  await using proxy = await startProxy(upstream.addr, { drainDelayMs: 60_000 });
-  const force = new AbortController();
-  const done = proxy.shutdown({ signal: force.signal });
-  assert.equal(proxy.shuttingDown, true);
-  assert.equal(proxy.listening, true);
-  using late = await connectTo(proxy.addr);
-  await writeAll(late, "REQ 1\n");
-  assert.deepEqual(await readLines(late, 1), ["ACK 1"]);
-  late.close();
-  force.abort(); // cuts the minute-long delay short
-  const report = await withTimeout(done, 5000, "the forced shutdown");
-  assert.equal(report.aborted, true);
-  assert.equal(proxy.listening, false);
-});
+for (const mode of ENGINE_MODES) {
+  Deno.test(`shutdown() keeps accepting during the drain delay, then stops [${mode.name}]`, async () => {
+    await using upstream = await startUpstream();
+    await using proxy = await startProxy(upstream.addr, { ...mode.options, drainDelayMs: 60_000 });
+    const force = new AbortController();
+    const done = proxy.shutdown({ signal: force.signal });
+    assert.equal(proxy.shuttingDown, true);
+    assert.equal(proxy.listening, true);
+    using late = await connectTo(proxy.addr);
+    await writeAll(late, "REQ 1\n");
+    assert.deepEqual(await readLines(late, 1), ["ACK 1"]);
+    late.close();
+    force.abort(); // cuts the minute-long delay short
+    const report = await withTimeout(done, 5000, "the forced shutdown");
+    assert.equal(report.aborted, true);
+    assert.equal(proxy.listening, false);
+  });
+}
 
-Deno.test("after the drain timeout, idle connections are closed first, then those with REQs in flight", async () => {
-  using raw = listenLocal();
-  await using proxy = await startProxy(raw.addr as Deno.NetAddr, { drainTimeoutMs: 200 });
-  using idle = await connectTo(proxy.addr);
-  await writeAll(idle, "REQ 1\n");
-  using idleUp = await raw.accept();
-  assert.deepEqual(await readLines(idleUp, 1), ["REQ 1"]);
-  await writeAll(idleUp, "ACK 1\n");
-  assert.deepEqual(await readLines(idle, 1), ["ACK 1"]);
-  using busy = await connectTo(proxy.addr);
-  await writeAll(busy, "REQ 1\nREQ 2\n");
-  using busyUp = await raw.accept();
-  assert.deepEqual(await readLines(busyUp, 2), ["REQ 1", "REQ 2"]);
-  await writeAll(busyUp, "ACK 1\n"); // REQ 2 stays unanswered
-  assert.deepEqual(await readLines(busy, 1), ["ACK 1"]);
+for (const mode of ENGINE_MODES) {
+  Deno.test(`after the drain timeout, idle connections are closed first, then those with REQs in flight [${mode.name}]`, async () => {
+    using raw = listenLocal();
+    await using proxy = await startProxy(raw.addr as Deno.NetAddr, {
+      ...mode.options,
+      drainTimeoutMs: 200,
+    });
+    using idle = await connectTo(proxy.addr);
+    await writeAll(idle, "REQ 1\n");
+    using idleUp = await raw.accept();
+    assert.deepEqual(await readLines(idleUp, 1), ["REQ 1"]);
+    await writeAll(idleUp, "ACK 1\n");
+    assert.deepEqual(await readLines(idle, 1), ["ACK 1"]);
+    using busy = await connectTo(proxy.addr);
+    await writeAll(busy, "REQ 1\nREQ 2\n");
+    using busyUp = await raw.accept();
+    assert.deepEqual(await readLines(busyUp, 2), ["REQ 1", "REQ 2"]);
+    await writeAll(busyUp, "ACK 1\n"); // REQ 2 stays unanswered
+    assert.deepEqual(await readLines(busy, 1), ["ACK 1"]);
 
-  const idleEnded = readText(idle, 5000).then(() => performance.now());
-  const busyEnded = readText(busy, 5000).then(() => performance.now());
-  const report = await withTimeout(proxy.shutdown(), 5000, "the drain timeout");
-  assert.deepEqual(report, { drained: false, closedIdle: 1, closedBusy: 1, aborted: false });
-  assert.ok(await idleEnded <= await busyEnded, "the idle client is let go first");
-  assert.deepEqual(proxy.stats.snapshot().connections_closed, { shutdown: 2 });
-});
+    const idleEnded = readText(idle, 5000).then(() => performance.now());
+    const busyEnded = readText(busy, 5000).then(() => performance.now());
+    const report = await withTimeout(proxy.shutdown(), 5000, "the drain timeout");
+    assert.deepEqual(report, { drained: false, closedIdle: 1, closedBusy: 1, aborted: false });
+    assert.ok(await idleEnded <= await busyEnded, "the idle client is let go first");
+    assert.deepEqual(proxy.stats.snapshot().connections_closed, { shutdown: 2 });
+  });
+}
 
 // ---------------------------------------------------------------------------------------------
 // Signals on the real command
 
-Deno.test("SIGTERM mid-pipeline: every reply the upstream produces reaches the client, then exit 0", async () => {
-  await using upstream = await startUpstream({ delayMs: 200 });
-  const { child, port } = await spawnProxy(upstream.addr);
-  await using _child = child;
-  using client = await connectTo(port);
-  await writeAll(client, requests(1, 100));
-  assert.deepEqual(await readLines(client, 1), ["ACK 1"]);
-  await writeAll(client, requests(101, 300)); // none answered before the signal
-  child.kill("SIGTERM");
-  await child.stderr.waitFor(/Stopped accepting/);
-  assert.equal(await refused(port), true, "no new clients once draining");
-  assert.deepEqual(await readLines(client, 299, 15_000), acks(2, 300));
-  client.close();
-  const snap = JSON.parse((await child.readLine(15_000)) ?? "null");
-  assert.equal((await child.status()).code, 0);
-  assert.equal(snap.msg_req, 300);
-  assert.equal(snap.msg_ack, 300);
-  assert.deepEqual(snap.connections_closed, { client_closed: 1 });
-});
+for (const mode of ENGINE_MODES) {
+  Deno.test(`SIGTERM mid-pipeline: every reply the upstream produces reaches the client, then exit 0 [${mode.name}]`, async () => {
+    await using upstream = await startUpstream({ delayMs: 200 });
+    const { child, port } = await spawnProxy(upstream.addr, mode.flags);
+    await using _child = child;
+    using client = await connectTo(port);
+    await writeAll(client, requests(1, 100));
+    assert.deepEqual(await readLines(client, 1), ["ACK 1"]);
+    await writeAll(client, requests(101, 300)); // none answered before the signal
+    child.kill("SIGTERM");
+    await child.stderr.waitFor(/Stopped accepting/);
+    assert.equal(await refused(port), true, "no new clients once draining");
+    assert.deepEqual(await readLines(client, 299, 15_000), acks(2, 300));
+    client.close();
+    const snap = JSON.parse((await child.readLine(15_000)) ?? "null");
+    assert.equal((await child.status()).code, 0);
+    assert.equal(snap.msg_req, 300);
+    assert.equal(snap.msg_ack, 300);
+    assert.deepEqual(snap.connections_closed, { client_closed: 1 });
+  });
+}
 
-Deno.test("SIGINT with a client that stays: closed after --drain-timeout, in-flight last, exit 0", async () => {
-  using raw = listenLocal();
-  const { child, port } = await spawnProxy(raw.addr as Deno.NetAddr, ["--drain-timeout=300ms"]);
-  await using _child = child;
-  using idle = await connectTo(port);
-  await writeAll(idle, "REQ 1\n");
-  using idleUp = await raw.accept();
-  assert.deepEqual(await readLines(idleUp, 1), ["REQ 1"]);
-  await writeAll(idleUp, "ACK 1\n");
-  assert.deepEqual(await readLines(idle, 1), ["ACK 1"]);
-  using busy = await connectTo(port);
-  await writeAll(busy, "REQ 1\n");
-  using busyUp = await raw.accept();
-  assert.deepEqual(await readLines(busyUp, 1), ["REQ 1"]); // never answered
-  child.kill("SIGINT");
-  await child.stderr.waitFor(
-    /Drain timeout: closing 1 idle connection\(s\), then 1 with requests in flight/,
-  );
-  assert.equal(await readText(idle), "");
-  assert.equal(await readText(busy), "");
-  const snap = JSON.parse((await child.readLine()) ?? "null");
-  assert.equal((await child.status()).code, 0);
-  assert.deepEqual(snap.connections_closed, { shutdown: 2 });
-});
+for (const mode of ENGINE_MODES) {
+  Deno.test(`SIGINT with a client that stays: closed after --drain-timeout, in-flight last, exit 0 [${mode.name}]`, async () => {
+    using raw = listenLocal();
+    const { child, port } = await spawnProxy(raw.addr as Deno.NetAddr, [
+      ...mode.flags,
+      "--drain-timeout=300ms",
+    ]);
+    await using _child = child;
+    using idle = await connectTo(port);
+    await writeAll(idle, "REQ 1\n");
+    using idleUp = await raw.accept();
+    assert.deepEqual(await readLines(idleUp, 1), ["REQ 1"]);
+    await writeAll(idleUp, "ACK 1\n");
+    assert.deepEqual(await readLines(idle, 1), ["ACK 1"]);
+    using busy = await connectTo(port);
+    await writeAll(busy, "REQ 1\n");
+    using busyUp = await raw.accept();
+    assert.deepEqual(await readLines(busyUp, 1), ["REQ 1"]); // never answered
+    child.kill("SIGINT");
+    await child.stderr.waitFor(
+      /Drain timeout: closing 1 idle connection\(s\), then 1 with requests in flight/,
+    );
+    assert.equal(await readText(idle), "");
+    assert.equal(await readText(busy), "");
+    const snap = JSON.parse((await child.readLine()) ?? "null");
+    assert.equal((await child.status()).code, 0);
+    assert.deepEqual(snap.connections_closed, { shutdown: 2 });
+  });
+}
 
-Deno.test("a second SIGTERM closes everything at once and exits 1 with the final stats", async () => {
-  await using upstream = await startUpstream();
-  const { child, port } = await spawnProxy(upstream.addr, ["--drain-timeout=10m"]);
-  await using _child = child;
-  using client = await connectTo(port);
-  await writeAll(client, "REQ 1\n");
-  assert.deepEqual(await readLines(client, 1), ["ACK 1"]);
-  child.kill("SIGTERM");
-  await child.stderr.waitFor(/waiting up to 600000 ms for 1 connection/);
-  child.kill("SIGTERM");
-  assert.equal(await readText(client), "");
-  const snap = JSON.parse((await child.readLine()) ?? "null");
-  assert.equal((await child.status(5000)).code, 1);
-  assert.equal(snap.msg_ack, 1);
-  assert.deepEqual(snap.connections_closed, { shutdown: 1 });
-});
+for (const mode of ENGINE_MODES) {
+  Deno.test(`a second SIGTERM closes everything at once and exits 1 with the final stats [${mode.name}]`, async () => {
+    await using upstream = await startUpstream();
+    const { child, port } = await spawnProxy(upstream.addr, [...mode.flags, "--drain-timeout=10m"]);
+    await using _child = child;
+    using client = await connectTo(port);
+    await writeAll(client, "REQ 1\n");
+    assert.deepEqual(await readLines(client, 1), ["ACK 1"]);
+    child.kill("SIGTERM");
+    await child.stderr.waitFor(/waiting up to 600000 ms for 1 connection/);
+    child.kill("SIGTERM");
+    assert.equal(await readText(client), "");
+    const snap = JSON.parse((await child.readLine()) ?? "null");
+    assert.equal((await child.status(5000)).code, 1);
+    assert.equal(snap.msg_ack, 1);
+    assert.deepEqual(snap.connections_closed, { shutdown: 1 });
+  });
+}
 
-Deno.test("--drain-delay keeps serving new clients for a while after SIGTERM", async () => {
-  await using upstream = await startUpstream();
-  const { child, port } = await spawnProxy(upstream.addr, ["--drain-delay=1500ms"]);
-  await using _child = child;
-  child.kill("SIGTERM");
-  await child.stderr.waitFor(/accepting for 1500 ms more/);
-  using late = await connectTo(port);
-  await writeAll(late, "REQ 1\n");
-  assert.deepEqual(await readLines(late, 1), ["ACK 1"]);
-  await child.stderr.waitFor(/Stopped accepting/);
-  assert.equal(await refused(port), true);
-  late.close();
-  const snap = JSON.parse((await child.readLine()) ?? "null");
-  assert.equal((await child.status()).code, 0);
-  assert.equal(snap.msg_ack, 1);
-});
+for (const mode of ENGINE_MODES) {
+  Deno.test(`--drain-delay keeps serving new clients for a while after SIGTERM [${mode.name}]`, async () => {
+    await using upstream = await startUpstream();
+    const { child, port } = await spawnProxy(upstream.addr, [
+      ...mode.flags,
+      "--drain-delay=1500ms",
+    ]);
+    await using _child = child;
+    child.kill("SIGTERM");
+    await child.stderr.waitFor(/accepting for 1500 ms more/);
+    using late = await connectTo(port);
+    await writeAll(late, "REQ 1\n");
+    assert.deepEqual(await readLines(late, 1), ["ACK 1"]);
+    await child.stderr.waitFor(/Stopped accepting/);
+    assert.equal(await refused(port), true);
+    late.close();
+    const snap = JSON.parse((await child.readLine()) ?? "null");
+    assert.equal((await child.status()).code, 0);
+    assert.equal(snap.msg_ack, 1);
+  });
+}

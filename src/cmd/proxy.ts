@@ -15,12 +15,14 @@ import {
   parseIntegerFlag,
   UsageError,
 } from "../cli/flags.ts";
+import type { ResumeMode } from "../proxy/engine_config.ts";
 import { Proxy } from "../proxy/proxy.ts";
 import { RecoveryPathError, type RecoveryPersister } from "../proxy/recovery_file.ts";
 import { systemClock } from "../stats/clock.ts";
 import { Stats } from "../stats/stats.ts";
 import { VERSION } from "../version.ts";
 import { startCommand } from "./command_start.ts";
+import { installLastResort } from "./last_resort.ts";
 import { HttpBindError, type Observability, startObservability } from "./observability.ts";
 import { setupRecovery } from "./recovery_setup.ts";
 import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.ts";
@@ -33,6 +35,7 @@ export const PROXY_FLAGS: Record<string, FlagSpec> = {
   "max-connections": { type: "string", default: "10000" },
   "max-inflight": { type: "string", default: "10000" },
   "idle-timeout": { type: "string", default: "off" },
+  "half-close-timeout": { type: "string", default: "30s" },
   "connect-retries": { type: "string", default: "3" },
   "drain-delay": { type: "string", default: "0s" },
   "drain-timeout": { type: "string", default: "30s" },
@@ -40,7 +43,11 @@ export const PROXY_FLAGS: Record<string, FlagSpec> = {
   http: { type: "string" },
   health: { type: "string" },
   "recovery-path": { type: "string" },
-  resume: { type: "boolean", default: false },
+  // A string flag: `--resume` alone is rewritten to `--resume=verbatim` before parsing.
+  resume: { type: "string", default: "off" },
+  "resume-retries": { type: "string", default: "6" },
+  "resume-max-failovers": { type: "string", default: "4" },
+  "resume-retain": { type: "string", default: "1048576" },
   "log-level": { type: "string", default: "info" },
   "log-format": { type: "string", default: "text" },
   help: { type: "boolean", short: "h", env: false },
@@ -49,7 +56,7 @@ export const PROXY_FLAGS: Record<string, FlagSpec> = {
 
 /** One-line synopsis of `foo-proxy proxy`, quoted in usage errors. */
 export const PROXY_SYNOPSIS =
-  "foo-proxy [proxy] [--listen ADDR] [--forward ADDR] [--http ADDR|off] [--health ADDR|off] [--recovery-path FILE] [--resume] [--connect-timeout DUR] [--connect-retries N] [--max-connections N] [--max-inflight N] [--idle-timeout DUR] [--drain-delay DUR] [--drain-timeout DUR] [--log-level LEVEL] [--log-format text|json]";
+  "foo-proxy [proxy] [--listen ADDR] [--forward ADDR] [--http ADDR|off] [--health ADDR|off] [--recovery-path FILE] [--resume[=verbatim|renumber]] [--connect-timeout DUR] [--connect-retries N] [--max-connections N] [--max-inflight N] [--idle-timeout DUR] [--half-close-timeout DUR] [--drain-delay DUR] [--drain-timeout DUR] [--log-level LEVEL] [--log-format text|json]";
 
 /** Usage text of `foo-proxy proxy`. */
 export const PROXY_USAGE = `Usage: foo-proxy [proxy] [flags]
@@ -68,6 +75,9 @@ Flags (each also from FOO_PROXY_<NAME>, e.g. FOO_PROXY_LISTEN; flags win):
                            its reads pause                  (default 10000; 0 = no limit)
   --idle-timeout DUR       close a client with no traffic and
                            nothing in flight for this long  (default off)
+  --half-close-timeout DUR after a client's FIN with replies
+                           owed, close once none came for
+                           this long                        (default 30s; 0 = wait)
   --connect-retries N      upstream connect retries, with
                            backoff, holding the first bytes (default 3)
   --drain-delay DUR        on SIGTERM keep accepting this long (default 0s)
@@ -77,8 +87,17 @@ Flags (each also from FOO_PROXY_<NAME>, e.g. FOO_PROXY_LISTEN; flags win):
   --health ADDR|off        serve /health /livez /readyz …   (default 127.0.0.1:8081)
   --recovery-path FILE     persist stats there, restore them
                            on start                         (default off)
-  --resume                 replay unanswered REQs on a new
-                           upstream connection when it dies (default off)
+  --resume[=MODE]          when an upstream connection dies,
+                           replay its unanswered REQs on a
+                           new one: verbatim (as sent, the
+                           default MODE) or renumber (Seqs
+                           from 1; the server then answers
+                           other Seqs)                      (default off)
+  --resume-retries N       reconnect attempts per failover  (default 6)
+  --resume-max-failovers N failovers in a row that die
+                           without a reply before giving up (default 4)
+  --resume-retain BYTES    unanswered REQ bytes kept per
+                           client for replay                (default 1048576)
   --log-level LEVEL        debug|info|warning|error         (default info)
   --log-format FORMAT      text|json, on stderr             (default text)
   -h, --help               print this help
@@ -106,8 +125,12 @@ export interface ProxyConfig {
   healthExplicit: boolean;
   /** The recovery file; `null`: none. */
   recoveryPath: string | null;
-  /** Whether to replay unanswered REQs on a new upstream connection when one dies. */
-  resume: boolean;
+  /** What to do when an upstream connection dies: off, or replay verbatim / renumbered. */
+  resume: ResumeMode;
+  halfCloseTimeoutMs: number;
+  reconnectRetries: number;
+  maxFailovers: number;
+  retainLimit: number;
   logLevel: string;
   logFormat: string;
   help: boolean;
@@ -123,7 +146,11 @@ export function parseProxyConfig(
   args: readonly string[],
   getEnv?: (name: string) => string | undefined,
 ): ProxyConfig {
-  const v = parseFlags(args, PROXY_FLAGS, { getEnv });
+  // `--resume` alone means verbatim; `--resume=MODE` names the mode.
+  const rewritten = args.map((arg) =>
+    arg === "--resume" || arg === "-resume" ? "--resume=verbatim" : arg
+  );
+  const v = parseFlags(rewritten, PROXY_FLAGS, { getEnv });
   const address = (flag: string, defaultHost: string) =>
     parseAddressFlag(flag, String(v[flag]), { defaultHost });
   // The apps bind to localhost unless a host is given; "off" disables one.
@@ -149,12 +176,26 @@ export function parseProxyConfig(
     httpExplicit: v.http !== undefined,
     healthExplicit: v.health !== undefined,
     recoveryPath: typeof recoveryPath === "string" ? recoveryPath : null,
-    resume: v.resume === true,
+    resume: parseResumeMode(String(v.resume)),
+    halfCloseTimeoutMs: parseDuration("half-close-timeout", v["half-close-timeout"]),
+    reconnectRetries: parseIntegerFlag("resume-retries", v["resume-retries"], { max: 100 }),
+    maxFailovers: parseIntegerFlag("resume-max-failovers", v["resume-max-failovers"], {
+      max: 1000,
+    }),
+    retainLimit: parseIntegerFlag("resume-retain", v["resume-retain"], { max: 2 ** 30 }),
     logLevel: String(v["log-level"]),
     logFormat: String(v["log-format"]),
     help: v.help === true,
     version: v.version === true,
   };
+}
+
+function parseResumeMode(text: string): ResumeMode {
+  const t = text.trim().toLowerCase();
+  if (t === "off" || t === "false" || t === "0" || t === "no") return "off";
+  if (t === "verbatim" || t === "true" || t === "1" || t === "yes" || t === "on") return "verbatim";
+  if (t === "renumber") return "renumber";
+  throw new UsageError(`Invalid value "${text}" for --resume: expected verbatim, renumber or off`);
 }
 
 /** Runs the proxy until SIGINT/SIGTERM (or `context.signal`); resolves with the exit code. */
@@ -209,6 +250,9 @@ export async function runProxy(args: string[], context: CommandContext = {}): Pr
       stop.resolve(name);
     }
   };
+  // Last resort: a promise rejection no code path handled ends one connection at most (the
+  // engine handles its own); it must never take every other client down with the process.
+  const lastResort = installLastResort(stats, logger);
   const signals = installSignals({
     onStats: printStats,
     onStop,
@@ -229,11 +273,16 @@ export async function runProxy(args: string[], context: CommandContext = {}): Pr
     drainDelayMs: config.drainDelayMs,
     drainTimeoutMs: config.drainTimeoutMs,
     resume: config.resume,
+    halfCloseTimeoutMs: config.halfCloseTimeoutMs,
+    reconnectRetries: config.reconnectRetries,
+    maxFailovers: config.maxFailovers,
+    retainLimit: config.retainLimit,
   });
   try {
     await proxy.start();
   } catch (error) {
     signals.remove();
+    lastResort.remove();
     logger.error("Cannot listen on {listen}: {error}", {
       listen: formatAddress(config.listen),
       error: String(error),
@@ -258,6 +307,7 @@ export async function runProxy(args: string[], context: CommandContext = {}): Pr
     logger.error("{message}", { message: error.message });
     await proxy.close();
     signals.remove();
+    lastResort.remove();
     return 1;
   }
   persister?.start();
@@ -280,6 +330,7 @@ export async function runProxy(args: string[], context: CommandContext = {}): Pr
   // before the final line is out.
   printStats();
   signals.remove();
+  lastResort.remove();
   return report.aborted ? 1 : 0;
 }
 

@@ -17,6 +17,8 @@ export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
 /** Close reasons always exposed (at 0 until they happen), so rate() sees the series appear. */
 const CLOSE_REASONS = [
   "client_closed",
+  "completed",
+  "half_close_timeout",
   "upstream_closed",
   "upstream_error",
   "downstream_error",
@@ -152,6 +154,12 @@ export function renderMetrics(snapshot: StatsSnapshot, options: RenderMetricsOpt
     "Connections --resume could not carry over to a new upstream connection (closed instead).",
   );
   out.sample("foo_proxy_resume_failures_total", {}, snapshot.resume_failures);
+  out.family(
+    "foo_proxy_internal_errors_total",
+    "counter",
+    "Unexpected errors caught before they could end the process (each closed one connection at most).",
+  );
+  out.sample("foo_proxy_internal_errors_total", {}, snapshot.internal_errors);
 
   out.family(
     "foo_proxy_received_bytes_total",

@@ -33,6 +33,13 @@ export interface RequestLogOptions {
    */
   retainLimit?: number;
   /**
+   * Most REQs tracked at once (each costs 64 bytes of bookkeeping, whether its bytes are kept or
+   * not). One more turns tracking off for the connection, like a head longer than `maxHead`, so
+   * a client that pipelines without limit costs bounded memory. Unset: `retainLimit / 64`, at
+   * least 1024.
+   */
+  maxEntries?: number;
+  /**
    * Longest line head (type, whitespace and Seq digits) the log follows. A longer one turns
    * tracking off for the connection (it cannot be resumed any more), or, once renumbering,
    * makes {@linkcode RequestLog.feed} fail.
@@ -90,6 +97,7 @@ export class RequestLog implements SeqMap {
   #lines = new ByteDeque(256);
   #retainLimit: number;
   #maxHead: number;
+  #maxEntries: number;
   // Entry ring: handles are absolute indexes; slot = handle & (capacity - 1).
   #ring = new Float64Array(16 * STRIDE);
   #mask = 15;
@@ -114,6 +122,7 @@ export class RequestLog implements SeqMap {
   constructor(options: RequestLogOptions = {}) {
     this.#retainLimit = options.retainLimit ?? 1024 * 1024;
     this.#maxHead = options.maxHead ?? 4096;
+    this.#maxEntries = options.maxEntries ?? Math.max(1024, Math.floor(this.#retainLimit / 64));
   }
 
   /** Whether {@linkcode replay} has switched the log to renumbering. */
@@ -143,7 +152,12 @@ export class RequestLog implements SeqMap {
     return !this.#disabled && this.#headOnlyUnanswered === 0;
   }
 
-  /** Whether tracking was turned off by a head longer than `maxHead`. */
+  /** Most REQs tracked at once (see {@linkcode RequestLogOptions.maxEntries}). */
+  get maxEntries(): number {
+    return this.#maxEntries;
+  }
+
+  /** Whether tracking was turned off by a head longer than `maxHead`, or too many REQs. */
   get disabled(): boolean {
     return this.#disabled;
   }
@@ -277,6 +291,7 @@ export class RequestLog implements SeqMap {
               limitAt = this.#retainLimit - lines.length + seg;
             }
             const open = d !== NL;
+            if (this.#count >= this.#maxEntries) return this.#tooLong();
             this.#push(lineStart, seqStart, seqEnd, base + i, seqValue, open);
             state = open ? L_DATA : L_START;
             retaining = open;
@@ -300,6 +315,7 @@ export class RequestLog implements SeqMap {
               base = lines.end - seg;
               limitAt = this.#retainLimit - lines.length + seg;
             }
+            if (this.#count >= this.#maxEntries) return this.#tooLong();
             this.#push(lineStart, seqStart, seqEnd, base + i, seqValue, false);
             state = L_START;
             continue;
@@ -421,6 +437,48 @@ export class RequestLog implements SeqMap {
     const bytes = this.out.slice(0, this.outLength);
     this.outLength = 0;
     return { bytes, requests };
+  }
+
+  /**
+   * The unanswered REQs exactly as the client sent them (same Seqs, same bytes), to write first
+   * on a new upstream connection, followed by the client's stream unchanged: the server then
+   * answers exactly the requests the client made. A REQ line still arriving is included as far
+   * as it came, and so is an undecided line head (the rest of both follows in the stream).
+   * `muteRest` says that the line in progress is not to be sent on (a line that is not a REQ, or
+   * one already answered, whose start went to the dead upstream): drop the stream's bytes up to
+   * and including its next newline. The log keeps matching replies by the client's Seqs
+   * ({@linkcode answerSeq}). `null` when some unanswered REQ was not kept whole.
+   */
+  replayVerbatim(): (Replay & { muteRest: boolean }) | null {
+    if (!this.replayable || this.#renumber) return null;
+    const ring = this.#ring;
+    const lines = this.#lines;
+    let muteRest = this.#state === L_SKIP;
+    let length = 0;
+    let requests = 0;
+    const last = this.#first + this.#count - 1;
+    for (let h = this.#first; h <= last; h++) {
+      const s = (h & this.#mask) * STRIDE;
+      const open = h === last && this.#open;
+      if (ring[s + E_FLAGS] & F_ANSWERED) {
+        if (open) muteRest = true;
+        continue;
+      }
+      length += (open ? lines.end : ring[s + E_END]) - ring[s + E_LINE];
+      requests++;
+    }
+    const undecided = this.#state >= L_R && this.#state <= L_CR;
+    if (undecided) length += lines.end - this.#lineStart;
+    const bytes = new Uint8Array(length);
+    let o = 0;
+    for (let h = this.#first; h <= last; h++) {
+      const s = (h & this.#mask) * STRIDE;
+      if (ring[s + E_FLAGS] & F_ANSWERED) continue;
+      const open = h === last && this.#open;
+      o = lines.copyTo(ring[s + E_LINE], open ? lines.end : ring[s + E_END], bytes, o);
+    }
+    if (undecided) o = lines.copyTo(this.#lineStart, lines.end, bytes, o);
+    return { bytes: o === length ? bytes : bytes.subarray(0, o), requests, muteRest };
   }
 
   /** The unanswered REQ sent with `proxySeq` on the current upstream connection, or -1. */

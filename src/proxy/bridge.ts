@@ -1,58 +1,52 @@
 /**
- * Joins one downstream connection to one upstream connection: one pump per direction, each
- * feeding the analyzer every chunk it forwards.
+ * The bridge engine: joins one downstream connection to an upstream connection with one pump per
+ * direction, feeding the analyzers every chunk it forwards. Every mode runs this one engine:
+ *
+ * - a {@linkcode ChunkSource} per direction (connection, held bytes, buffer growth; it owns its
+ *   pending read);
+ * - a {@linkcode Session} (accounting, the exact in-flight gate, the idle and half-close timers,
+ *   abort wiring, the close reason, logging);
+ * - transforms on the bytes: none by default; with `resume` the {@linkcode RequestLog} keeps the
+ *   unanswered REQs and replies are relayed whole lines only (plus Seq renumbering when asked);
+ * - an upstream strategy for when the upstream connection ends: close (default), or replace it
+ *   through the {@linkcode UpstreamTarget} and replay ({@linkcode Failover}, `resume.ts`).
+ *
+ * An exchange that is complete ends: once the client has half-closed and every REQ it sent has
+ * its reply relayed, the connection is closed (`completed`) without waiting for an upstream FIN
+ * that some servers never send.
  *
  * @module
  */
 import type { Logger } from "@logtape/logtape";
 import { Analyzer, type AnalyzerOptions } from "../protocol/analyzer.ts";
+import { ReplyRewriter } from "../protocol/reply_rewriter.ts";
+import { RequestLog } from "../protocol/request_log.ts";
 import { LatencyTracker } from "../stats/latency.ts";
 import type { CloseReason, Stats } from "../stats/stats.ts";
+import { ChunkSource } from "./chunk_source.ts";
+import { ENGINE_DEFAULTS, type EngineConfig } from "./engine_config.ts";
 import type { HeldBytes } from "./first_bytes_reader.ts";
+import { Failover } from "./resume.ts";
+import type { UpstreamTarget } from "./upstream_target.ts";
 
-/** Options for {@linkcode bridge}. */
+/** Options for {@linkcode bridge}: what is particular to one connection. */
 export interface BridgeOptions {
   /** Where counters go. */
   stats: Stats;
-  /** Log sink; unset: a silent logger is not assumed, so pass one (component `bridge`). */
+  /** The engine's settings, shared by every connection. @default {ENGINE_DEFAULTS} */
+  config?: EngineConfig;
+  /** Where replacement upstream connections come from; required when `config.resume` is on. */
+  target?: UpstreamTarget;
+  /** Log sink; unset: nothing is logged. */
   logger?: Logger;
-  /**
-   * First read-buffer size per direction, in bytes. A pending read pins its buffer, so idle
-   * connections cost this much per side. @default {1024}
-   */
-  initialBufferSize?: number;
-  /** Largest read buffer a busy direction grows to (doubling when a read fills it). @default {65536} */
-  maxBufferSize?: number;
-  /** Analyzer options for the downstream → upstream direction (REQs). Unset: counting only. */
-  requestAnalyzer?: AnalyzerOptions;
-  /** Analyzer options for the upstream → downstream direction (replies). Unset: counting only. */
-  replyAnalyzer?: AnalyzerOptions;
-  /** Aborting closes both sockets at once (shutdown). Unset: only the peers end it. */
+  /** Aborting closes both sockets at once (reason `shutdown`). Unset: only the peers end it. */
   signal?: AbortSignal;
   /** Text naming the connection in log lines, e.g. `127.0.0.1:5555 -> 127.0.0.1:8001`. */
   label?: string;
-  /**
-   * Most valid REQs forwarded upstream and not yet answered on this connection. At the limit the
-   * downstream is not read (TCP backpressure holds the client) until replies come back; 0: no
-   * limit. A REQ the upstream never answers holds its place until the connection ends.
-   * @default {10000}
-   */
-  maxInflight?: number;
-  /**
-   * Closes the connection (reason `idle_timeout`) after this many ms with no bytes in either
-   * direction and nothing in flight (no unanswered REQ, no chunk waiting to be written). Measured
-   * on `stats.clock`. 0: never. @default {0}
-   */
-  idleTimeoutMs?: number;
   /** Downstream bytes read while the upstream was dialed, forwarded before anything else. */
   held?: HeldBytes;
   /** Live state for the owner to read (idle checks, shutdown order); unset: kept private. */
   state?: BridgeState;
-  /**
-   * Most REQs timed at once on this connection for the latency histogram (`stats.latency`);
-   * past it REQs are still forwarded, just not timed. 0: no latency tracking. @default {10000}
-   */
-  maxTrackedRequests?: number;
 }
 
 /** Live state of one bridged connection, updated by {@linkcode bridge} as bytes move. */
@@ -61,7 +55,7 @@ export class BridgeState {
   outstanding = 0;
   /** Chunks read but not yet fully written (one per direction at most). */
   writing = 0;
-  /** `stats.clock` time of the last chunk either way (kept only with an idle timeout). */
+  /** `stats.clock` time of the last chunk either way. */
   lastActivity = 0;
 
   /** Whether nothing is in flight: every forwarded REQ answered and no chunk being written. */
@@ -70,316 +64,563 @@ export class BridgeState {
   }
 }
 
-type PumpEnd = "eof" | "read_error" | "write_error";
-
-interface PumpResult {
-  end: PumpEnd;
-  error?: unknown;
-}
-
 /**
- * What the two pumps of one bridge share. One object with its methods on the prototype rather
- * than a handful of closures (close, gate, chunk hooks, abort listener) per connection: an idle
- * connection keeps all of it alive, so this is measured in heap per idle connection.
+ * Relays bytes both ways until the exchange is over, then closes both sockets and resolves with
+ * the reason; never rejects. See the module docs for how it ends.
  */
-class Link {
-  readonly downstream: Deno.TcpConn;
-  readonly upstream: Deno.TcpConn;
-  readonly stats: Stats;
-  readonly state: BridgeState;
-  readonly tracker: LatencyTracker | undefined;
-  readonly initial: number;
-  readonly max: number;
-  /** 0: no in-flight limit. */
-  readonly maxInflight: number;
-  /** 0: no idle timeout. */
-  readonly idleMs: number;
-  reason: CloseReason | undefined = undefined;
-  closed = false;
-  clientHalfClosed = false;
-  /** Resolved when replies make room under `maxInflight`, or on close. */
-  room: PromiseWithResolvers<void> | undefined = undefined;
-
-  constructor(
-    downstream: Deno.TcpConn,
-    upstream: Deno.TcpConn,
-    options: BridgeOptions,
-    tracker: LatencyTracker | undefined,
-  ) {
-    this.downstream = downstream;
-    this.upstream = upstream;
-    this.stats = options.stats;
-    this.state = options.state ?? new BridgeState();
-    this.tracker = tracker;
-    this.initial = options.initialBufferSize ?? 1024;
-    this.max = Math.max(this.initial, options.maxBufferSize ?? 65536);
-    this.maxInflight = options.maxInflight ?? 10_000;
-    this.idleMs = options.idleTimeoutMs ?? 0;
-  }
-
-  closeBoth(): void {
-    if (this.closed) return;
-    this.closed = true;
-    closeQuietly(this.downstream);
-    closeQuietly(this.upstream);
-    this.room?.resolve();
-  }
-
-  /** The signal's abort listener (an EventListenerObject: no closure needed). */
-  handleEvent(): void {
-    this.reason ??= "shutdown";
-    this.closeBoth();
-  }
-
-  /** How many more valid REQs may be forwarded now (may be 0 or less). */
-  budget(): number {
-    return this.maxInflight - this.state.outstanding;
-  }
-
-  /** Resolves when replies came back, or the bridge is closing. */
-  wait(): Promise<void> {
-    this.stats.inflightLimitPauses++;
-    this.room = Promise.withResolvers();
-    return this.room.promise;
-  }
-
-  /** A chunk forwarded downstream → upstream with `valid` REQs in it. */
-  requests(n: number, valid: number, now: number): void {
-    const { stats, state } = this;
-    stats.bytesDownstream += n;
-    if (this.idleMs > 0) state.lastActivity = now;
-    if (valid > 0) {
-      state.outstanding += valid;
-      stats.recordRequests(valid, now);
-    }
-  }
-
-  /** A chunk relayed upstream → downstream with `valid` replies in it. */
-  replies(n: number, valid: number, now: number): void {
-    const { stats, state } = this;
-    stats.bytesUpstream += n;
-    if (this.idleMs > 0) state.lastActivity = now;
-    if (valid > 0) {
-      state.outstanding = Math.max(0, state.outstanding - valid);
-      if (this.room !== undefined && state.outstanding < this.maxInflight) {
-        this.room.resolve();
-        this.room = undefined;
-      }
-      stats.recordResponses(valid, now);
-    }
-  }
-
-  /** How a pump ended; the downstream → upstream one passes a FIN on or closes both. */
-  ended(toUpstream: boolean, result: PumpResult): PumpResult {
-    if (!toUpstream) return result;
-    if (result.end === "eof") {
-      this.clientHalfClosed = true;
-      // The client half-closed: pass the FIN on and keep relaying the replies it is owed.
-      // closeWrite() is async: a rejection (the upstream is already gone) must not go unhandled,
-      // or it would end the whole process. The other pump ends on its own.
-      try {
-        this.upstream.closeWrite().catch(() => {});
-      } catch {
-        // Closed already.
-      }
-    } else {
-      this.reason ??= result.end === "read_error" ? "downstream_error" : "upstream_error";
-      this.closeBoth();
-    }
-    return result;
-  }
-}
-
-/**
- * Relays bytes both ways until the connection is over, then closes both sockets and resolves
- * with the reason. Half-close: a downstream FIN half-closes the upstream and replies keep
- * flowing until the upstream closes. An upstream that closes or fails first gets the downstream
- * closed after everything it sent has been relayed.
- */
-export async function bridge(
+export function bridge(
   downstream: Deno.TcpConn,
   upstream: Deno.TcpConn,
   options: BridgeOptions,
 ): Promise<CloseReason> {
-  const { stats, logger, signal } = options;
-  const maxTracked = options.maxTrackedRequests ?? 10_000;
-  const tracker = maxTracked > 0
-    ? new LatencyTracker(stats.latency, { maxOutstanding: maxTracked })
-    : undefined;
-  // One hook serves both directions: the tracker tells REQs from replies by their type.
-  const hook = tracker ? (type: number, seq: number) => tracker.onMessage(type, seq) : undefined;
-  const requests = new Analyzer(
-    "downstream",
-    stats.counts,
-    tracked(options.requestAnalyzer, hook),
-  );
-  const replies = new Analyzer("upstream", stats.counts, tracked(options.replyAnalyzer, hook));
-
-  const link = new Link(downstream, upstream, options, tracker);
-  const state = link.state;
-  signal?.addEventListener("abort", link, { once: true });
-  if (signal?.aborted) link.handleEvent();
-
-  let idleTimer: ReturnType<typeof setTimeout> | undefined;
-  const idleMs = link.idleMs;
-  if (idleMs > 0) {
-    state.lastActivity = stats.clock();
-    const check = () => {
-      const quiet = stats.clock() - state.lastActivity;
-      if (!state.idle) {
-        idleTimer = setTimeout(check, idleMs);
-      } else if (quiet < idleMs) {
-        idleTimer = setTimeout(check, Math.max(1, idleMs - quiet));
-      } else {
-        link.reason ??= "idle_timeout";
-        link.closeBoth();
-      }
-    };
-    idleTimer = setTimeout(check, idleMs);
-  }
-
-  const up = pump(downstream, upstream, requests, link, true, options.held);
-  const down = await pump(upstream, downstream, replies, link, false, undefined);
-  if (down.end === "eof") {
-    // Upstream finished. If the client had half-closed this is a normal end; otherwise the
-    // upstream went away first and the client is closed after getting every relayed byte.
-    link.reason ??= link.clientHalfClosed ? "client_closed" : "upstream_closed";
-  } else {
-    link.reason ??= down.end === "read_error" ? "upstream_error" : "downstream_error";
-  }
-  link.closeBoth();
-  const upResult = await up;
-  const reason = link.reason;
-  signal?.removeEventListener("abort", link);
-  clearTimeout(idleTimer);
-  requests.end();
-  replies.end();
-  tracker?.close();
-  if (reason === "upstream_error" || reason === "upstream_closed") {
-    if (reason === "upstream_error") stats.upstreamErrors++;
-    logger?.warning("Upstream {reason} on {connection}: {error}", {
-      reason: reason === "upstream_error" ? "failed" : "closed first",
-      connection: options.label ?? "",
-      error: String(down.error ?? upResult.error ?? "end of stream"),
-    });
-  } else if (reason === "downstream_error") {
-    logger?.info("Downstream failed on {connection}: {error}", {
-      connection: options.label ?? "",
-      error: String(upResult.error ?? down.error),
-    });
-  }
-  return reason ?? "client_closed";
+  return new Session(downstream, upstream, options).run();
 }
 
-async function pump(
-  src: Deno.TcpConn,
-  dst: Deno.TcpConn,
-  analyzer: Analyzer,
-  link: Link,
-  toUpstream: boolean,
-  held: HeldBytes | undefined,
-): Promise<PumpResult> {
-  const { state, initial, max } = link;
-  // Only the downstream → upstream direction is held back by the in-flight limit.
-  const gated = toUpstream && link.maxInflight > 0;
-  // Bytes read before the bridge started go first, then the read that was pending then. Their
-  // buffer then becomes this pump's read buffer, and the hand-over is emptied so that nothing
-  // else pins it: an idle connection holds one buffer per direction, not three.
-  let first = held && held.bytes.length > 0 ? held.bytes : undefined;
-  let rest = held?.rest;
-  let buf = held && held.bytes.buffer.byteLength >= initial
-    ? new Uint8Array(held.bytes.buffer)
-    : new Uint8Array(initial);
-  if (held) {
-    held.bytes = EMPTY;
-    held.rest = NO_REST;
-  }
-  for (;;) {
-    let chunk: Uint8Array;
-    if (first !== undefined) {
-      chunk = first;
-      first = undefined;
-    } else if (rest !== undefined) {
-      let got: Uint8Array | null;
-      try {
-        got = await rest;
-      } catch (error) {
-        return link.ended(toUpstream, { end: "read_error", error });
-      }
-      rest = undefined;
-      if (got === null) return link.ended(toUpstream, { end: "eof" });
-      if (got.length === 0) continue;
-      chunk = got;
-    } else {
-      let n: number | null;
-      try {
-        n = await src.read(buf);
-      } catch (error) {
-        return link.ended(toUpstream, { end: "read_error", error });
-      }
-      if (n === null) return link.ended(toUpstream, { end: "eof" });
-      chunk = buf.subarray(0, n);
-    }
-    const n = chunk.length;
-    state.writing++;
-    try {
-      // Without a gate (or with room for the whole chunk) this runs once over the whole chunk.
-      for (let start = 0; start < n;) {
-        let budget = Infinity;
-        if (gated) {
-          budget = link.budget();
-          while (budget <= 0) {
-            if (link.closed) {
-              return link.ended(toUpstream, {
-                end: "write_error",
-                error: new Error("bridge closed"),
-              });
-            }
-            await link.wait();
-            budget = link.budget();
-          }
-        }
-        // One clock reading per chunk serves the rate windows, idle timer and latency tracker.
-        const now = link.stats.clock();
-        link.tracker?.setTime(now);
-        // Feed the analyzer as far as the budget allows (in steps that each stay within what is
-        // left of it), then write that much at once.
-        let end = start;
-        let valid = 0;
-        while (end < n && valid < budget) {
-          const stop = cutForBudget(chunk, end, budget - valid);
-          valid += analyzer.feed(end === 0 && stop === n ? chunk : chunk.subarray(end, stop));
-          end = stop;
-        }
-        const part = start === 0 && end === n ? chunk : chunk.subarray(start, end);
-        if (toUpstream) link.requests(part.length, valid, now);
-        else link.replies(part.length, valid, now);
-        let off = 0;
-        while (off < part.length) off += await dst.write(off === 0 ? part : part.subarray(off));
-        start = end;
-      }
-    } catch (error) {
-      return link.ended(toUpstream, { end: "write_error", error });
-    } finally {
-      state.writing--;
-    }
-    // A read that filled the buffer means more is queued: grow, so busy connections move large
-    // chunks while idle ones keep pinning only the small initial buffer.
-    if (n === buf.length && buf.length < max) buf = new Uint8Array(Math.min(max, buf.length * 2));
-  }
+/** How one direction's pump ended. */
+interface PumpEnd {
+  end: "eof" | "read_error" | "write_error";
+  error?: unknown;
 }
 
+const NL = 10;
 const EMPTY = new Uint8Array(0);
-const NO_REST: Promise<Uint8Array | null> = Promise.resolve(EMPTY);
-
 /** Shortest valid REQ line: `REQ 1\n`. */
 const MIN_REQ_LINE = 6;
 
 /**
+ * One connection. One object with its methods on the prototype rather than closures: an idle
+ * connection keeps all of it alive, so its size is heap per idle connection.
+ */
+class Session {
+  readonly down: Deno.TcpConn;
+  readonly downSource: ChunkSource;
+  readonly stats: Stats;
+  readonly config: EngineConfig;
+  readonly logger: Logger | undefined;
+  readonly label: string;
+  readonly state: BridgeState;
+  readonly tracker: LatencyTracker | undefined;
+  readonly requests: Analyzer;
+  readonly replies: Analyzer;
+  readonly signal: AbortSignal | undefined;
+  /** The resume transforms and strategy; undefined without resume. */
+  readonly log: RequestLog | undefined;
+  readonly failover: Failover | undefined;
+  rewriter: ReplyRewriter | undefined = undefined;
+  up: Deno.TcpConn;
+  upSource: ChunkSource;
+  reason: CloseReason | undefined = undefined;
+  closed = false;
+  clientEof = false;
+  /** A reply write is under way (the exchange is not complete before it finishes). */
+  replyBusy = false;
+  /** Resume: the upstream connection is dead and not replaced yet. */
+  failing = false;
+  /** Resume: the rest of the line in progress is not sent on (its start went to a dead upstream). */
+  muteLine = false;
+  /** Resume: the client got part of a reply line (a failover now would corrupt it). */
+  clientMidLine = false;
+  gotReply = false;
+  connectedAt = 0;
+  /** Why the request pump gave up on the current upstream connection. */
+  writeError: unknown = undefined;
+  room: PromiseWithResolvers<void> | undefined = undefined;
+  ready: PromiseWithResolvers<boolean> | undefined = undefined;
+  need: PromiseWithResolvers<void> | undefined = undefined;
+  timer: unknown = undefined;
+  timerBound: (() => void) | undefined = undefined;
+
+  constructor(downstream: Deno.TcpConn, upstream: Deno.TcpConn, options: BridgeOptions) {
+    const config = options.config ?? ENGINE_DEFAULTS;
+    const stats = options.stats;
+    this.down = downstream;
+    this.up = upstream;
+    this.stats = stats;
+    this.config = config;
+    this.logger = options.logger;
+    this.label = options.label ?? "";
+    this.signal = options.signal;
+    this.state = options.state ?? new BridgeState();
+    const sizes = { initialSize: config.initialBufferSize, maxSize: config.maxBufferSize };
+    this.downSource = new ChunkSource(downstream, { ...sizes, held: options.held });
+    this.upSource = new ChunkSource(upstream, sizes);
+    this.tracker = config.maxTrackedRequests > 0
+      ? new LatencyTracker(stats.latency, { maxOutstanding: config.maxTrackedRequests })
+      : undefined;
+    const tracker = this.tracker;
+    const trackerHook = tracker
+      ? (type: number, seq: number) => tracker.onMessage(type, seq)
+      : undefined;
+    this.requests = new Analyzer("downstream", stats.counts, hookOptions(trackerHook));
+    if (config.resume !== "off") {
+      if (!options.target) throw new TypeError("bridge: resume needs options.target");
+      const log = new RequestLog({ retainLimit: config.retainLimit });
+      this.log = log;
+      this.failover = new Failover(config, options.target, stats, options.logger, this.label);
+      // Replies carrying the client's Seqs (always, unless renumbering after a failover, when
+      // the rewriter matches them) mark their REQ answered.
+      this.replies = new Analyzer("upstream", stats.counts, {
+        onMessage: (type, seq) => {
+          if (!log.renumbering) log.answerSeq(seq);
+          trackerHook?.(type, seq);
+        },
+      });
+    } else {
+      this.log = undefined;
+      this.failover = undefined;
+      this.replies = new Analyzer("upstream", stats.counts, hookOptions(trackerHook));
+    }
+  }
+
+  async run(): Promise<CloseReason> {
+    const { signal, state, stats } = this;
+    signal?.addEventListener("abort", this, { once: true });
+    if (signal?.aborted) this.handleEvent();
+    state.lastActivity = stats.clock();
+    this.connectedAt = state.lastActivity;
+    if (this.config.idleTimeoutMs > 0) this.arm(this.config.idleTimeoutMs);
+    const requests = this.pumpRequests();
+    let replies = this.pumpReplies(this.upSource);
+    try {
+      for (;;) {
+        const end = await replies;
+        if (this.closed) break;
+        if (end.end === "write_error") {
+          this.downstreamFailed(end.error);
+          break;
+        }
+        // The upstream connection ended: its EOF, its error, or a failed write to it.
+        const error = this.writeError ?? end.error;
+        this.writeError = undefined;
+        const why: CloseReason = error !== undefined ? "upstream_error" : "upstream_closed";
+        if (this.clientEof && state.outstanding === 0) {
+          this.finish("completed");
+          break;
+        }
+        if (this.failover === undefined) {
+          this.upstreamEnded(why, error);
+          break;
+        }
+        const source = await this.resume(why, error);
+        if (source === undefined) break;
+        replies = this.pumpReplies(source);
+      }
+    } catch (error) {
+      // A bug, not a peer: end this connection only, and say so.
+      stats.internalErrors++;
+      this.logger?.error("Internal error on {connection}: {error}", {
+        connection: this.label,
+        error: String(error),
+      });
+      this.finish("downstream_error");
+    }
+    await requests;
+    signal?.removeEventListener("abort", this);
+    this.config.timers.clearTimeout(this.timer);
+    this.requests.end();
+    this.replies.end();
+    this.tracker?.close();
+    return this.reason ?? "client_closed";
+  }
+
+  /** The abort signal's listener (an EventListenerObject: no closure needed). */
+  handleEvent(): void {
+    this.finish("shutdown");
+  }
+
+  /** Ends the connection: closes both sockets and wakes every waiter. The first reason wins. */
+  finish(reason: CloseReason): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.reason = reason;
+    closeQuietly(this.down);
+    closeQuietly(this.up);
+    this.failover?.abort();
+    this.room?.resolve();
+    this.need?.resolve();
+    this.setReady(false);
+  }
+
+  // ---- downstream -> upstream ----
+
+  async pumpRequests(): Promise<void> {
+    const { state, stats, config, log } = this;
+    const source = this.downSource;
+    const gated = config.maxInflight > 0;
+    for (;;) {
+      let chunk: Uint8Array | null;
+      try {
+        chunk = await source.next();
+      } catch (error) {
+        if (!this.closed) this.downstreamFailed(error);
+        return;
+      }
+      if (chunk === null) return this.clientEnded();
+      if (this.closed) return;
+      const n = chunk.length;
+      state.writing++;
+      try {
+        // Without a gate (or with room for the whole chunk) this runs once over the whole chunk.
+        for (let start = 0; start < n;) {
+          let budget = Infinity;
+          if (gated) {
+            budget = config.maxInflight - state.outstanding;
+            while (budget <= 0) {
+              if (this.closed) return;
+              stats.inflightLimitPauses++;
+              this.room = Promise.withResolvers();
+              await this.room.promise;
+              budget = config.maxInflight - state.outstanding;
+            }
+          }
+          // The chunk waits while the upstream is being replaced: its REQs follow the replay.
+          if (this.failing && !await this.waitReady()) return;
+          if (this.closed) return;
+          // One clock reading per chunk serves the rate windows, timers and latency tracker.
+          const now = stats.clock();
+          this.tracker?.setTime(now);
+          // Feed the analyzer as far as the budget allows (in steps that each stay within what
+          // is left of it), then forward that much at once.
+          let end = start;
+          let valid = 0;
+          while (end < n && valid < budget) {
+            const stop = cutForBudget(chunk, end, budget - valid);
+            valid += this.requests.feed(
+              end === 0 && stop === n ? chunk : chunk.subarray(end, stop),
+            );
+            end = stop;
+          }
+          const part = start === 0 && end === n ? chunk : chunk.subarray(start, end);
+          start = end;
+          stats.bytesDownstream += part.length;
+          state.lastActivity = now;
+          if (valid > 0) {
+            state.outstanding += valid;
+            stats.recordRequests(valid, now);
+          }
+          let bytes = part;
+          if (log !== undefined) {
+            const length = log.feed(part);
+            if (length < 0) {
+              stats.resumeFailures++;
+              this.logger?.warning(
+                "Closing {connection}: cannot renumber a REQ head longer than 4096 bytes or more than {max} REQs unanswered",
+                { connection: this.label, max: log.maxEntries },
+              );
+              this.finish("downstream_error");
+              return;
+            }
+            if (log.renumbering) bytes = log.out.subarray(0, length);
+            else if (this.muteLine) bytes = this.unmute(part);
+          }
+          if (bytes.length === 0) continue;
+          const up = this.up;
+          try {
+            let off = 0;
+            while (off < bytes.length) {
+              off += await up.write(off === 0 ? bytes : bytes.subarray(off));
+            }
+          } catch (error) {
+            if (this.closed) return;
+            if (this.failover === undefined) {
+              this.upstreamEnded("upstream_error", error);
+              return;
+            }
+            // The REQs of this part are in the log: they are replayed on the next upstream.
+            if (up === this.up && !this.failing) {
+              this.writeError = error;
+              closeQuietly(up);
+            }
+          }
+        }
+      } finally {
+        state.writing--;
+      }
+    }
+  }
+
+  /** The client half-closed: end now if nothing is owed, else pass the FIN on and wait. */
+  clientEnded(): void {
+    if (this.closed) return;
+    this.clientEof = true;
+    this.log?.end();
+    if (this.state.outstanding === 0 && !this.replyBusy) {
+      this.finish("client_closed");
+      return;
+    }
+    if (!this.failing) {
+      try {
+        // Async: a rejection (the upstream is gone already) must not go unhandled.
+        this.up.closeWrite().catch(() => {});
+      } catch {
+        // Closed already: the reply pump notices.
+      }
+    }
+    this.need?.resolve(); // a failover waiting for the client to speak re-checks
+    if (this.config.halfCloseTimeoutMs > 0) this.arm(this.config.halfCloseTimeoutMs);
+  }
+
+  /** Drops `part` up to and including its first newline while a line is muted. */
+  unmute(part: Uint8Array): Uint8Array {
+    const nl = part.indexOf(NL);
+    if (nl < 0) return EMPTY;
+    this.muteLine = false;
+    return part.subarray(nl + 1);
+  }
+
+  // ---- upstream -> downstream ----
+
+  async pumpReplies(source: ChunkSource): Promise<PumpEnd> {
+    const { state, stats, log } = this;
+    // With resume, replies go out whole lines only: a reply cut by the upstream's death never
+    // reaches the client half-written.
+    const whole = log !== undefined;
+    for (;;) {
+      let chunk: Uint8Array | null;
+      try {
+        chunk = await source.next();
+      } catch (error) {
+        return { end: "read_error", error };
+      }
+      if (chunk === null) return { end: "eof" };
+      let k = chunk.length;
+      if (whole) {
+        const nl = chunk.lastIndexOf(NL);
+        if (nl >= 0) k = nl + 1;
+        else if (source.keep(chunk, 0)) continue;
+        // else: a line longer than the largest buffer cannot be held back whole.
+      }
+      const raw = k === chunk.length ? chunk : chunk.subarray(0, k);
+      let bytes = raw;
+      if (log?.renumbering) {
+        const rewriter = this.rewriter!;
+        const length = rewriter.feed(raw); // may reallocate rewriter.out: read it after
+        bytes = rewriter.out.subarray(0, length);
+      }
+      const now = stats.clock();
+      this.tracker?.setTime(now);
+      const valid = this.replies.feed(bytes);
+      stats.bytesUpstream += raw.length;
+      state.lastActivity = now;
+      if (valid > 0) {
+        this.gotReply = true;
+        state.outstanding = Math.max(0, state.outstanding - valid);
+        if (this.room !== undefined && state.outstanding < this.config.maxInflight) {
+          this.room.resolve();
+          this.room = undefined;
+        }
+        stats.recordResponses(valid, now);
+      }
+      if (bytes.length > 0) {
+        state.writing++;
+        this.replyBusy = true;
+        try {
+          let off = 0;
+          while (off < bytes.length) {
+            off += await this.down.write(off === 0 ? bytes : bytes.subarray(off));
+          }
+        } catch (error) {
+          return { end: "write_error", error };
+        } finally {
+          state.writing--;
+          this.replyBusy = false;
+        }
+        this.clientMidLine = bytes[bytes.length - 1] !== NL;
+      }
+      if (k < chunk.length) source.keep(chunk, k);
+      if (this.clientEof && state.outstanding === 0 && !this.closed) {
+        this.finish("completed");
+        return { end: "eof" };
+      }
+    }
+  }
+
+  // ---- upstream ends ----
+
+  /** The upstream connection ended and is not replaced: count, log, close. */
+  upstreamEnded(why: CloseReason, error: unknown): void {
+    if (this.closed) return;
+    if (why === "upstream_error") this.stats.upstreamErrors++;
+    this.logger?.warning("Upstream {what} on {connection}: {error}", {
+      what: why === "upstream_error" ? "failed" : "closed first",
+      connection: this.label,
+      error: String(error ?? "end of stream"),
+    });
+    this.finish(why);
+  }
+
+  downstreamFailed(error: unknown): void {
+    if (this.closed) return;
+    this.logger?.info("Downstream failed on {connection}: {error}", {
+      connection: this.label,
+      error: String(error),
+    });
+    this.finish("downstream_error");
+  }
+
+  /**
+   * Resume: replaces the dead upstream connection and replays the unanswered REQs on it.
+   * Returns the new connection's source, or undefined once the session ended.
+   */
+  async resume(why: CloseReason, error: unknown): Promise<ChunkSource | undefined> {
+    const { stats, log, state } = this;
+    const failover = this.failover!;
+    this.failing = true;
+    closeQuietly(this.up);
+    if (why === "upstream_error") stats.upstreamErrors++;
+    const what = why === "upstream_error" ? `failed (${String(error)})` : "closed";
+    const cannot = log!.disabled
+      ? `a REQ head was longer than 4096 bytes or more than ${log!.maxEntries} REQs were unanswered`
+      : !log!.replayable
+      ? "an unanswered REQ was too long to keep for replay"
+      : this.clientMidLine
+      ? "the client already got part of a reply line"
+      : undefined;
+    if (cannot !== undefined) {
+      stats.resumeFailures++;
+      this.logger?.warning("Upstream {what} on {connection}; cannot resume: {cannot}", {
+        what,
+        connection: this.label,
+        cannot,
+      });
+      this.finish(why);
+      return undefined;
+    }
+    if (log!.empty && this.ready === undefined) {
+      // Nothing is owed: dial again only when the client speaks (or leave with it).
+      if (!this.clientEof) {
+        this.need = Promise.withResolvers();
+        await this.need.promise;
+        this.need = undefined;
+      }
+      if (this.closed) return undefined;
+      if (this.clientEof && state.outstanding === 0) {
+        this.finish("client_closed");
+        return undefined;
+      }
+    }
+    const healthy = this.gotReply || stats.clock() - this.connectedAt >= HEALTHY_AFTER_MS;
+    const next = await failover.replace(why, what, healthy);
+    if (this.closed) {
+      if (typeof next !== "string") closeQuietly(next.conn);
+      return undefined;
+    }
+    if (typeof next === "string") {
+      this.finish(next);
+      return undefined;
+    }
+    const up = next.conn;
+    let bytes: Uint8Array;
+    let count: number;
+    if (this.config.resume === "renumber") {
+      const replay = log!.replay()!;
+      this.rewriter ??= new ReplyRewriter(log!);
+      this.rewriter.reset();
+      bytes = replay.bytes;
+      count = replay.requests;
+    } else {
+      const replay = log!.replayVerbatim()!;
+      this.muteLine = replay.muteRest;
+      bytes = replay.bytes;
+      count = replay.requests;
+    }
+    this.up = up;
+    this.connectedAt = stats.clock();
+    this.gotReply = false;
+    const source = new ChunkSource(up, {
+      initialSize: this.config.initialBufferSize,
+      maxSize: this.config.maxBufferSize,
+    });
+    this.upSource = source;
+    stats.failovers++;
+    stats.replays += count;
+    this.logger?.info(
+      "Upstream {what} on {connection}; resumed on {upstream}, replayed {count} REQ(s)",
+      { what, connection: this.label, upstream: next.upstream, count },
+    );
+    // Replies may start before the replay is fully written: the caller reads them at once,
+    // while this writes in the background and hands the connection to the request pump.
+    void this.replay(up, bytes);
+    return source;
+  }
+
+  async replay(up: Deno.TcpConn, bytes: Uint8Array): Promise<void> {
+    try {
+      let off = 0;
+      while (off < bytes.length) off += await up.write(off === 0 ? bytes : bytes.subarray(off));
+      if (this.clientEof) up.closeWrite().catch(() => {});
+    } catch (error) {
+      // The new connection died already: its reply pump ends and the supervisor goes again.
+      if (up === this.up && !this.closed) {
+        this.writeError = error;
+        closeQuietly(up);
+      }
+      return;
+    }
+    if (up !== this.up) return;
+    this.failing = false;
+    this.setReady(true);
+  }
+
+  waitReady(): Promise<boolean> {
+    if (this.closed) return Promise.resolve(false);
+    this.ready ??= Promise.withResolvers<boolean>();
+    this.need?.resolve();
+    return this.ready.promise;
+  }
+
+  setReady(ok: boolean): void {
+    const ready = this.ready;
+    this.ready = undefined;
+    ready?.resolve(ok);
+  }
+
+  // ---- timers: idle, and half-closed with replies owed ----
+
+  arm(ms: number): void {
+    const timers = this.config.timers;
+    timers.clearTimeout(this.timer);
+    this.timerBound ??= () => this.onTimer();
+    this.timer = timers.setTimeout(this.timerBound, Math.max(1, ms));
+  }
+
+  onTimer(): void {
+    this.timer = undefined;
+    if (this.closed) return;
+    const { config, state } = this;
+    const quiet = this.stats.clock() - state.lastActivity;
+    if (this.clientEof && config.halfCloseTimeoutMs > 0) {
+      const limit = config.halfCloseTimeoutMs;
+      if (quiet < limit) return this.arm(limit - quiet);
+      this.logger?.info(
+        "Closing {connection}: half-closed with {owed} REQ(s) unanswered and no reply for {ms} ms",
+        { connection: this.label, owed: state.outstanding, ms: limit },
+      );
+      this.finish("half_close_timeout");
+      return;
+    }
+    const limit = config.idleTimeoutMs;
+    if (limit <= 0) return;
+    if (!state.idle) return this.arm(limit);
+    if (quiet < limit) return this.arm(limit - quiet);
+    this.finish("idle_timeout");
+  }
+}
+
+/** The upstream counts as healthy once it relayed a reply or lived this long. */
+const HEALTHY_AFTER_MS = 1000;
+
+function hookOptions(
+  hook: ((type: number, seq: number) => void) | undefined,
+): AnalyzerOptions | undefined {
+  return hook ? { onMessage: hook } : undefined;
+}
+
+/**
  * The end of a prefix of `chunk[start..]` that cannot complete more than `budget` (≥ 1, or
- * `Infinity`: all of it) valid REQs. Every completed valid REQ but the first (which may finish a line begun in an
- * earlier chunk with just its newline) spans at least {@linkcode MIN_REQ_LINE} bytes of the
- * chunk, so a byte count bounds them without scanning; small budgets cut after the
+ * `Infinity`: all of it) valid REQs. Every completed valid REQ but the first (which may finish a
+ * line begun in an earlier chunk with just its newline) spans at least {@linkcode MIN_REQ_LINE}
+ * bytes of the chunk, so a byte count bounds them without scanning; small budgets cut after the
  * `budget`-th newline instead, so one REQ is not forwarded a byte at a time.
  */
 function cutForBudget(chunk: Uint8Array, start: number, budget: number): number {
@@ -389,27 +630,11 @@ function cutForBudget(chunk: Uint8Array, start: number, budget: number): number 
   if (safe >= 4096) return start + safe;
   let i = start;
   for (let k = 0; k < budget; k++) {
-    const nl = chunk.indexOf(10, i);
+    const nl = chunk.indexOf(NL, i);
     if (nl < 0) return n;
     i = nl + 1;
   }
   return i;
-}
-
-// Analyzer options whose message hook also calls `hook` (the latency tracker's).
-function tracked(
-  options: AnalyzerOptions | undefined,
-  hook: ((type: number, seq: number) => void) | undefined,
-): AnalyzerOptions | undefined {
-  if (!hook) return options;
-  const other = options?.onMessage;
-  const onMessage = other
-    ? (type: number, seq: number) => {
-      hook(type, seq);
-      other(type, seq);
-    }
-    : hook;
-  return { ...options, onMessage };
 }
 
 function closeQuietly(conn: Deno.Conn): void {

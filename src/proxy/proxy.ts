@@ -10,13 +10,22 @@ import { type Clock, systemClock } from "../stats/clock.ts";
 import { type CloseReason, Stats } from "../stats/stats.ts";
 import { waitOrAbort } from "./wait_or_abort.ts";
 import { bridge, BridgeState } from "./bridge.ts";
-import { resumableBridge } from "./resume.ts";
-import { dialWithRetry } from "./dial_with_retry.ts";
+import {
+  type EngineConfig,
+  type EngineOptions,
+  resolveEngineConfig,
+  type ResumeMode,
+} from "./engine_config.ts";
 import { FirstBytesReader, type HeldBytes } from "./first_bytes_reader.ts";
 import { UpstreamError } from "./upstream.ts";
+import { SingleUpstream, type UpstreamTarget } from "./upstream_target.ts";
 
-/** Options for {@linkcode Proxy}. */
-export interface ProxyOptions {
+/**
+ * Options for {@linkcode Proxy}: where to listen and forward, the accept and drain behaviour,
+ * and the bridge engine's settings ({@linkcode EngineOptions}, resolved once for every
+ * connection).
+ */
+export interface ProxyOptions extends Omit<EngineOptions, "resume"> {
   /** Where to accept downstream connections (port 0: any free port). */
   listen: Address;
   /** The upstream Foo server. */
@@ -43,16 +52,6 @@ export interface ProxyOptions {
    */
   maxHeldBytes?: number;
   /**
-   * Valid REQs a connection may have unanswered; at the limit its downstream is not read until
-   * replies come back. 0: no limit. @default {10000}
-   */
-  maxInflight?: number;
-  /**
-   * Close a connection after this many ms with no traffic either way and nothing in flight
-   * (reason `idle_timeout`). 0: never. @default {0}
-   */
-  idleTimeoutMs?: number;
-  /**
    * On {@linkcode Proxy.shutdown}, keep accepting this many ms (while `shuttingDown` already
    * turns readiness off) so load balancers stop sending first. @default {0}
    */
@@ -65,17 +64,13 @@ export interface ProxyOptions {
   /** Downstream connections served at once; past it new ones are closed at once. @default {10000} */
   maxConnections?: number;
   /**
-   * First read-buffer size per direction; a direction's buffer doubles (up to `maxBufferSize`)
-   * only when a read fills it, so idle connections stay small. @default {1024}
-   */
-  initialBufferSize?: number;
-  /** Largest read buffer per direction. @default {65536} */
-  maxBufferSize?: number;
-  /**
    * When an upstream connection dies with REQs unanswered, dial a new one and replay them there
-   * renumbered, so the client does not notice (`--resume`, see `resume.ts`). @default {false}
+   * (`--resume`, see `resume.ts`): `true` or `"verbatim"` sends them exactly as the client did,
+   * `"renumber"` with Seqs from 1. @default {"off"}
    */
-  resume?: boolean;
+  resume?: ResumeMode | boolean;
+  /** Where upstream connections come from; unset: `forward` alone. */
+  target?: UpstreamTarget;
   /** Aborting closes the proxy like {@linkcode Proxy.close}. Unset: only `close()` does. */
   signal?: AbortSignal;
 }
@@ -116,6 +111,8 @@ interface Connection {
 /** What dialing the upstream gave: the connection and the downstream bytes held meanwhile. */
 interface Dialed {
   upstream: Deno.TcpConn;
+  /** The upstream's name. */
+  name: string;
   held: HeldBytes;
 }
 
@@ -130,6 +127,8 @@ export class Proxy implements AsyncDisposable {
   // promises and closures per connection (measured: less heap per idle connection).
   #connections = new Set<Connection>();
   #forwardText: string;
+  #engine: EngineConfig;
+  #target: UpstreamTarget;
   #closeAll = new AbortController();
   #accepting: Promise<void> | undefined;
   #closing = false;
@@ -142,7 +141,19 @@ export class Proxy implements AsyncDisposable {
     this.#options = options;
     this.stats = options.stats ?? new Stats({ clock: options.clock ?? systemClock });
     this.#logger = options.logger ?? getLogger(["foo-proxy", "proxy"]);
-    this.#forwardText = formatAddress(options.forward);
+    const resume = options.resume === true
+      ? "verbatim"
+      : options.resume === false || options.resume === undefined
+      ? "off"
+      : options.resume;
+    // Resolved once: every connection shares one frozen config, whatever the mode.
+    this.#engine = resolveEngineConfig({ ...options, resume });
+    this.#target = options.target ??
+      new SingleUpstream(options.forward, {
+        connectTimeoutMs: options.connectTimeoutMs,
+        random: options.random,
+      });
+    this.#forwardText = this.#target.label;
     options.signal?.addEventListener("abort", () => void this.close(), { once: true });
   }
 
@@ -352,24 +363,16 @@ export class Proxy implements AsyncDisposable {
           downstream: peer,
           upstream: forward,
         });
-        reason = await (this.#options.resume ? resumableBridge : bridge)(
-          downstream,
-          dialed.upstream,
-          {
-            forward: this.#options.forward,
-            connectTimeoutMs: this.#options.connectTimeoutMs,
-            stats,
-            logger: this.#logger,
-            signal: connection.controller.signal,
-            initialBufferSize: this.#options.initialBufferSize,
-            maxBufferSize: this.#options.maxBufferSize,
-            label: `${peer} -> ${forward}`,
-            maxInflight: this.#options.maxInflight,
-            idleTimeoutMs: this.#options.idleTimeoutMs,
-            held: dialed.held,
-            state: connection.state,
-          },
-        );
+        reason = await bridge(downstream, dialed.upstream, {
+          stats,
+          config: this.#engine,
+          target: this.#target,
+          logger: this.#logger,
+          signal: connection.controller.signal,
+          label: `${peer} -> ${dialed.name}`,
+          held: dialed.held,
+          state: connection.state,
+        });
         this.#logger.debug("Closed {downstream} -> {upstream}: {reason}", {
           downstream: peer,
           upstream: forward,
@@ -406,7 +409,7 @@ export class Proxy implements AsyncDisposable {
     if (closing.aborted) stop.abort();
     const first = new FirstBytesReader(downstream, {
       limit: this.#options.maxHeldBytes,
-      initialSize: this.#options.initialBufferSize ?? 1024,
+      initialSize: this.#engine.initialBufferSize,
       onEnd: (end, held) => {
         if (end === "eof" && held > 0) return; // half-closed after speaking: still owed replies
         goneWhy = end;
@@ -415,9 +418,8 @@ export class Proxy implements AsyncDisposable {
     });
     connection.dialing = true;
     try {
-      const upstream = await dialWithRetry(this.#options.forward, {
-        timeoutMs: this.#options.connectTimeoutMs,
-        retries: this.#options.connectRetries,
+      const dialed = await this.#target.dial({
+        retries: this.#options.connectRetries ?? 3,
         backoffMs: this.#options.connectBackoffMs,
         signal: stop.signal,
         onRetry: (retry, delayMs, error) => {
@@ -431,7 +433,7 @@ export class Proxy implements AsyncDisposable {
           });
         },
       });
-      return { upstream, held: first.release() };
+      return { upstream: dialed.conn, name: dialed.upstream, held: first.release() };
     } catch (error) {
       const reason: CloseReason = closing.aborted
         ? "shutdown"

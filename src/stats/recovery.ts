@@ -45,6 +45,7 @@ const OPTIONAL_TOTAL_KEYS = [
   "failovers",
   "replays",
   "resume_failures",
+  "internal_errors",
 ] as const;
 
 /** Monotonic counters that survive a restart. */
@@ -123,6 +124,7 @@ export function captureRecoveryState(stats: Stats, options: RecoveryOptions = {}
       failovers: stats.failovers,
       replays: stats.replays,
       resume_failures: stats.resumeFailures,
+      internal_errors: stats.internalErrors,
     },
     connections_closed: closed,
     windows: {
@@ -245,6 +247,7 @@ export function restoreRecoveryState(
   stats.failovers += t.failovers ?? 0;
   stats.replays += t.replays ?? 0;
   stats.resumeFailures += t.resume_failures ?? 0;
+  stats.internalErrors += t.internal_errors ?? 0;
   const closed = stats.closed as Record<string, number | undefined>;
   for (const [reason, n] of Object.entries(state.connections_closed)) {
     closed[reason] = (closed[reason] ?? 0) + n;

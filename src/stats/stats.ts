@@ -12,6 +12,8 @@ import { MovingWindow } from "./window.ts";
 /** Why a proxied connection ended (a metrics label: a closed set, never an address). */
 export type CloseReason =
   | "client_closed"
+  | "completed"
+  | "half_close_timeout"
   | "upstream_closed"
   | "upstream_error"
   | "downstream_error"
@@ -63,6 +65,8 @@ export interface StatsSnapshot {
   replays: number;
   /** `--resume`: connections closed because their upstream died and they could not be resumed. */
   resume_failures: number;
+  /** Bugs caught before they could end the process (one connection closed, logged). */
+  internal_errors: number;
 }
 
 /** Options for {@linkcode Stats}. */
@@ -99,6 +103,8 @@ export class Stats {
   replays = 0;
   /** Connections closed because they could not be resumed (`--resume`). */
   resumeFailures = 0;
+  /** Errors no code path expected, caught by the engine or the last-resort handler. */
+  internalErrors = 0;
   /** Closed connections by reason. */
   readonly closed: Partial<Record<CloseReason, number>> = {};
   /** REQ→reply latency histogram, anomaly counters and requests in flight (`/stats`, `/metrics`). */
@@ -167,6 +173,7 @@ export class Stats {
       failovers: this.failovers,
       replays: this.replays,
       resume_failures: this.resumeFailures,
+      internal_errors: this.internalErrors,
     };
   }
 }

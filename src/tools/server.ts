@@ -10,6 +10,7 @@
 import { getLogger, type Logger } from "@logtape/logtape";
 import { type Address, formatAddress } from "../cli/address.ts";
 import { waitOrAbort } from "../proxy/wait_or_abort.ts";
+import { FNV_START, fnvUpdate, isNakHash, writeHash } from "../protocol/reply_hash.ts";
 
 /** Options for {@linkcode FooServer}. */
 export interface FooServerOptions {
@@ -25,6 +26,22 @@ export interface FooServerOptions {
   fragment?: boolean;
   /** Send each reply this many ms after its REQ arrived, order preserved; 0/unset: at once. */
   delayMs?: number;
+  /**
+   * How a reply is made: `"seq"` answers `ACK <seq>` (NAK every `nakEvery`th); `"hash"` computes
+   * the reply from the Seq and the data, like real Foo servers (see `reply_hash.ts`), so a REQ
+   * sent with another Seq gets another answer. @default {"seq"}
+   */
+  reply?: "seq" | "hash";
+  /**
+   * What to do after a client's FIN: `true` closes once every reply is written (a polite
+   * server); `false` never closes (servers like that exist: the peer must end the exchange).
+   * @default {true}
+   */
+  closeAfterFin?: boolean;
+  /** Never answer (reads and counts REQs only): a hung upstream. @default {false} */
+  silent?: boolean;
+  /** Close every connection right after accepting it: an upstream that is broken. @default {false} */
+  closeOnAccept?: boolean;
   /** LogTape logger; unset: the `foo-proxy.server` category. */
   logger?: Logger;
   /** Aborting closes the server like {@linkcode FooServer.close}. Unset: only `close()` does. */
@@ -52,6 +69,8 @@ export class FooServer implements AsyncDisposable {
   #closing: Promise<void> | undefined;
   #finished = Promise.withResolvers<void>();
   #requests = 0;
+  #received = 0;
+  #maxUnanswered = 0;
   #invalid = 0;
   #writes = 0;
 
@@ -103,6 +122,19 @@ export class FooServer implements AsyncDisposable {
   /** REQs answered (their reply fully written) since start, over all connections. */
   get requests(): number {
     return this.#requests;
+  }
+
+  /** Valid REQs read since start, over all connections (answered or not). */
+  get received(): number {
+    return this.#received;
+  }
+
+  /**
+   * Most REQs one connection had read and not yet answered at any moment since start: what a
+   * proxy's in-flight limit must bound.
+   */
+  get maxUnanswered(): number {
+    return this.#maxUnanswered;
   }
 
   /** Lines ignored because they were not valid REQs (including a partial line at EOF). */
@@ -162,6 +194,10 @@ export class FooServer implements AsyncDisposable {
         closeQuietly(conn);
         return;
       }
+      if (this.#options.closeOnAccept) {
+        closeQuietly(conn);
+        continue;
+      }
       this.#conns.add(conn);
       const task = this.#serve(conn)
         .catch((error) => {
@@ -184,7 +220,9 @@ export class FooServer implements AsyncDisposable {
     } catch {
       // The peer is already gone; the first read says so.
     }
-    const scanner = new RequestScanner(this.#options.nakEvery ?? 0);
+    const scanner = new RequestScanner(this.#options.nakEvery ?? 0, this.#options.reply ?? "seq");
+    const silent = this.#options.silent === true;
+    let unanswered = 0;
     const delayMs = this.#options.delayMs ?? 0;
     const queue = delayMs > 0 ? new DelayedWriter(delayMs, (b, n) => this.#send(conn, b, n)) : null;
     let buf = new Uint8Array(INITIAL_READ);
@@ -196,9 +234,17 @@ export class FooServer implements AsyncDisposable {
         const invalidBefore = scanner.invalid;
         const replies = scanner.feed(buf.subarray(0, n));
         this.#noteInvalid(scanner.invalid - invalidBefore, peer);
-        if (replies > 0) {
-          if (queue) await queue.push(scanner.out.slice(0, scanner.outLength), replies);
-          else await this.#send(conn, scanner.out.subarray(0, scanner.outLength), replies);
+        this.#received += replies;
+        unanswered += replies;
+        if (unanswered > this.#maxUnanswered) this.#maxUnanswered = unanswered;
+        if (replies > 0 && !silent) {
+          const written = () => unanswered -= replies;
+          if (queue) {
+            await queue.push(scanner.out.slice(0, scanner.outLength), replies, written);
+          } else {
+            await this.#send(conn, scanner.out.subarray(0, scanner.outLength), replies);
+            written();
+          }
         }
         // A full read means more is queued: grow, so busy connections move large chunks while
         // idle ones keep pinning only the small initial buffer.
@@ -207,6 +253,11 @@ export class FooServer implements AsyncDisposable {
       // EOF (half-close or close): the client still gets every reply it is owed.
       if (scanner.end()) this.#noteInvalid(1, peer);
       if (queue) await queue.drain(this.#closeAll.signal);
+      if (this.#options.closeAfterFin === false || silent) {
+        // Like servers that never close after a FIN: hold the connection until the server closes
+        // (a read after EOF returns EOF at once, so there is nothing to wait on but our close).
+        await waitOrAbort(2 ** 31 - 1, this.#closeAll.signal);
+      }
     } catch (error) {
       why = this.#closeAll.signal.aborted ? "server closing" : String(error);
     } finally {
@@ -256,7 +307,7 @@ export class FooServer implements AsyncDisposable {
 class DelayedWriter {
   #delayMs: number;
   #send: (bytes: Uint8Array, replies: number) => Promise<void>;
-  #queue: { due: number; bytes: Uint8Array; replies: number }[] = [];
+  #queue: { due: number; bytes: Uint8Array; replies: number; written?: () => void }[] = [];
   #queuedBytes = 0;
   #wake: PromiseWithResolvers<void> | undefined;
   #room: PromiseWithResolvers<void> | undefined;
@@ -276,9 +327,9 @@ class DelayedWriter {
   }
 
   /** Queues a batch; resolves when there is room for more (rejects once a write failed). */
-  async push(bytes: Uint8Array, replies: number): Promise<void> {
+  async push(bytes: Uint8Array, replies: number, written?: () => void): Promise<void> {
     if (this.#failed) throw this.#error;
-    this.#queue.push({ due: performance.now() + this.#delayMs, bytes, replies });
+    this.#queue.push({ due: performance.now() + this.#delayMs, bytes, replies, written });
     this.#queuedBytes += bytes.length;
     this.#wake?.resolve();
     while (this.#queuedBytes > DELAY_HIGH_WATER && !this.#failed) {
@@ -326,6 +377,7 @@ class DelayedWriter {
         continue;
       }
       await this.#send(next.bytes, next.replies);
+      next.written?.();
       this.#queue.shift();
       this.#queuedBytes -= next.bytes.length;
       if (this.#queuedBytes <= DELAY_HIGH_WATER) this.#room?.resolve();
@@ -335,6 +387,7 @@ class DelayedWriter {
 
 const NL = 10;
 const CR = 13;
+const CR_BYTE = new Uint8Array([CR]);
 const SP = 32;
 const TAB = 9;
 
@@ -366,10 +419,17 @@ export class RequestScanner {
   #seqLength = 0;
   #nakEvery: number;
   #count = 0;
+  #hashMode: boolean;
+  #hash = FNV_START; // of the current line from its first Seq digit (hash mode)
+  #pendingCr = false; // a "\r" ended the last chunk inside the data: hashed unless "\n" follows
 
-  /** Creates a scanner that NAKs every `nakEvery`th REQ (0: never). */
-  constructor(nakEvery = 0) {
+  /**
+   * Creates a scanner that NAKs every `nakEvery`th REQ (0: never), or, with `reply` `"hash"`,
+   * answers from the Seq and the data (see `reply_hash.ts`; `nakEvery` is then ignored).
+   */
+  constructor(nakEvery = 0, reply: "seq" | "hash" = "seq") {
     this.#nakEvery = nakEvery;
+    this.#hashMode = reply === "hash";
   }
 
   /** Scans `chunk`; returns how many replies it completed (written to `out`). */
@@ -384,6 +444,9 @@ export class RequestScanner {
         case S_DATA:
         case S_SKIP: {
           const nl = chunk.indexOf(NL, i);
+          if (state === S_DATA && this.#hashMode) {
+            this.#hashData(chunk, i, nl < 0 ? n : nl, nl >= 0);
+          }
           if (nl < 0) {
             i = n;
             break;
@@ -402,12 +465,14 @@ export class RequestScanner {
           let c = chunk[i];
           let seqLength = this.#seqLength;
           const seq = this.#seq;
+          const from = i;
           while (c >= 48 && c <= 57 && seqLength < seq.length) {
             seq[seqLength++] = c;
             if (++i === n) break;
             c = chunk[i];
           }
           this.#seqLength = seqLength;
+          if (this.#hashMode) this.#hash = fnvUpdate(this.#hash, chunk, from, i);
           if (i === n) break;
           if (c >= 48 && c <= 57) {
             // The seq buffer is full: grow it, or give up on absurdly long seqs.
@@ -421,6 +486,7 @@ export class RequestScanner {
             replies++;
             state = S_LINE;
           } else if (c === SP || c === TAB) {
+            if (this.#hashMode) this.#hash = fnvUpdate(this.#hash, chunk, i - 1, i);
             state = S_DATA;
           } else if (c === CR) {
             state = S_CR;
@@ -459,6 +525,8 @@ export class RequestScanner {
               if (c >= 48 && c <= 57) {
                 this.#seq[0] = c;
                 this.#seqLength = 1;
+                this.#hash = fnvUpdate(FNV_START, chunk, i - 1, i);
+                this.#pendingCr = false;
                 state = S_SEQ;
               } else if (c !== SP && c !== TAB) {
                 state = S_SKIP;
@@ -486,13 +554,16 @@ export class RequestScanner {
   #reply(): void {
     const seqLength = this.#seqLength;
     let o = this.outLength;
-    if (o + seqLength + 5 > this.out.length) {
-      const bigger = new Uint8Array(Math.max(this.out.length * 2, o + seqLength + 5));
+    if (o + seqLength + 14 > this.out.length) {
+      const bigger = new Uint8Array(Math.max(this.out.length * 2, o + seqLength + 14));
       bigger.set(this.out.subarray(0, o));
       this.out = bigger;
     }
     const out = this.out;
-    const nak = this.#nakEvery > 0 && ++this.#count % this.#nakEvery === 0;
+    const hashMode = this.#hashMode;
+    const nak = hashMode
+      ? isNakHash(this.#hash)
+      : this.#nakEvery > 0 && ++this.#count % this.#nakEvery === 0;
     if (nak) {
       out[o] = 78; // N
       out[o + 1] = 65; // A
@@ -506,8 +577,28 @@ export class RequestScanner {
     const seq = this.#seq;
     for (let k = 0; k < seqLength; k++) out[o + k] = seq[k];
     o += seqLength;
+    if (hashMode) {
+      out[o++] = SP;
+      o = writeHash(this.#hash, out, o);
+    }
     out[o] = NL;
     this.outLength = o + 1;
+  }
+
+  // Hashes data bytes chunk[from, to) of a valid REQ, leaving out a "\r" right before the
+  // newline (`ended`: chunk[to] is the newline), even when the "\r" ended the previous chunk.
+  #hashData(chunk: Uint8Array, from: number, to: number, ended: boolean): void {
+    let h = this.#hash;
+    if (this.#pendingCr) {
+      this.#pendingCr = false;
+      if (!(ended && to === from)) h = fnvUpdate(h, CR_BYTE);
+    }
+    let end = to;
+    if (end > from && chunk[end - 1] === CR) {
+      end--;
+      if (!ended) this.#pendingCr = true;
+    }
+    this.#hash = fnvUpdate(h, chunk, from, end);
   }
 
   #growSeq(): void {

@@ -1,0 +1,146 @@
+/**
+ * The bridge engine's settings, resolved once with their defaults: every connection of a proxy
+ * shares one frozen {@linkcode EngineConfig}, in every mode, so the modes cannot drift apart.
+ *
+ * @module
+ */
+
+/** What happens to a connection whose upstream connection dies (`--resume`). */
+export type ResumeMode = "off" | "verbatim" | "renumber";
+
+/** The timer functions the engine uses (injectable so timeouts are tested without sleeping). */
+export interface Timers {
+  /** Like `setTimeout`; returns an id for {@linkcode Timers.clearTimeout}. */
+  setTimeout(callback: () => void, ms: number): unknown;
+  /** Like `clearTimeout`; `undefined` is ignored. */
+  clearTimeout(id: unknown): void;
+}
+
+/** The global timers. */
+export const systemTimers: Timers = {
+  setTimeout: (callback, ms) => setTimeout(callback, ms),
+  clearTimeout: (id) => clearTimeout(id as ReturnType<typeof setTimeout> | undefined),
+};
+
+/** Settings of the bridge engine; each unset one takes its default. */
+export interface EngineOptions {
+  /**
+   * First read-buffer size per direction, in bytes; it doubles when a read fills it. A pending
+   * read pins its buffer, so idle connections cost this much per side. @default {1024}
+   */
+  initialBufferSize?: number;
+  /** Largest read buffer per direction. @default {65536} */
+  maxBufferSize?: number;
+  /**
+   * Most valid REQs forwarded upstream and not yet answered per connection; at the limit the
+   * downstream is not read (TCP backpressure holds the client). Exact: a chunk holding more is
+   * forwarded in parts. 0: no limit. @default {10000}
+   */
+  maxInflight?: number;
+  /**
+   * Close a connection (reason `idle_timeout`) after this many ms with no bytes either way and
+   * nothing in flight. 0: never. @default {0}
+   */
+  idleTimeoutMs?: number;
+  /**
+   * After the client half-closes with replies still owed, close the connection (reason
+   * `half_close_timeout`) once no reply has come for this many ms. 0: wait as long as the
+   * upstream keeps the connection open. @default {30000}
+   */
+  halfCloseTimeoutMs?: number;
+  /**
+   * REQs timed at once per connection for the latency histogram; past it REQs are forwarded
+   * untimed. 0: no latency tracking. @default {10000}
+   */
+  maxTrackedRequests?: number;
+  /**
+   * `off`: a connection ends with its upstream connection. `verbatim`: a new upstream connection
+   * replaces a dead one and the unanswered REQs are sent on it exactly as the client sent them.
+   * `renumber`: the same, with Seqs renumbered from 1 on each new upstream connection and the
+   * replies' Seqs mapped back. @default {"off"}
+   */
+  resume?: ResumeMode;
+  /**
+   * Resume: bytes of unanswered REQ lines kept per connection for replay; while a REQ longer
+   * than what is left is unanswered the connection cannot be resumed. @default {1048576}
+   */
+  retainLimit?: number;
+  /**
+   * Resume: dial attempts after a refused or timed-out one, per failover (the defaults wait up
+   * to about 6 s in all, long enough for a process restart). @default {6}
+   */
+  reconnectRetries?: number;
+  /** Resume: backoff before the first reconnect retry in ms, doubling after each. @default {100} */
+  reconnectBackoffMs?: number;
+  /** Resume: cap on one reconnect backoff wait in ms. @default {2000} */
+  maxReconnectBackoffMs?: number;
+  /**
+   * Resume: failovers in a row whose new upstream connection died within a second without
+   * relaying a reply (a poison REQ, an upstream that accepts and closes); past it the client is
+   * closed. @default {4}
+   */
+  maxFailovers?: number;
+  /** Random numbers in [0, 1) for backoff jitter. @default {Math.random} */
+  random?: () => number;
+  /** Timer functions. @default {systemTimers} */
+  timers?: Timers;
+}
+
+/** {@linkcode EngineOptions} with every default applied. */
+export type EngineConfig = Readonly<Required<EngineOptions>>;
+
+/** The defaults of {@linkcode EngineOptions}. */
+export const ENGINE_DEFAULTS: EngineConfig = Object.freeze({
+  initialBufferSize: 1024,
+  maxBufferSize: 65536,
+  maxInflight: 10_000,
+  idleTimeoutMs: 0,
+  halfCloseTimeoutMs: 30_000,
+  maxTrackedRequests: 10_000,
+  resume: "off",
+  retainLimit: 1024 * 1024,
+  reconnectRetries: 6,
+  reconnectBackoffMs: 100,
+  maxReconnectBackoffMs: 2000,
+  maxFailovers: 4,
+  random: Math.random,
+  timers: systemTimers,
+});
+
+/**
+ * Applies the defaults and checks the values.
+ *
+ * @throws {RangeError} for a negative, fractional or zero-where-impossible value.
+ */
+export function resolveEngineConfig(options: EngineOptions = {}): EngineConfig {
+  const config: Required<EngineOptions> = { ...ENGINE_DEFAULTS };
+  for (const [key, value] of Object.entries(options)) {
+    if (value !== undefined) (config as Record<string, unknown>)[key] = value;
+  }
+  const integers: [keyof EngineOptions, number][] = [
+    ["initialBufferSize", 1],
+    ["maxBufferSize", 1],
+    ["maxInflight", 0],
+    ["idleTimeoutMs", 0],
+    ["halfCloseTimeoutMs", 0],
+    ["maxTrackedRequests", 0],
+    ["retainLimit", 0],
+    ["reconnectRetries", 0],
+    ["reconnectBackoffMs", 0],
+    ["maxReconnectBackoffMs", 0],
+    ["maxFailovers", 0],
+  ];
+  for (const [key, min] of integers) {
+    const value = config[key] as number;
+    if (!Number.isSafeInteger(value) || value < min) {
+      throw new RangeError(`Invalid ${key} ${value}: expected an integer >= ${min}`);
+    }
+  }
+  if (!["off", "verbatim", "renumber"].includes(config.resume)) {
+    throw new RangeError(
+      `Invalid resume mode "${config.resume}": expected off, verbatim or renumber`,
+    );
+  }
+  config.maxBufferSize = Math.max(config.initialBufferSize, config.maxBufferSize);
+  return Object.freeze(config);
+}

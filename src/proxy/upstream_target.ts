@@ -1,0 +1,81 @@
+/**
+ * The routing seam between the proxy and the bridge engine: where a connection's upstream
+ * connection comes from, for its first dial and for every failover. One upstream today
+ * ({@linkcode SingleUpstream}); a set of upstreams with balancing and health is another
+ * {@linkcode UpstreamTarget}, and the engine does not change.
+ *
+ * @module
+ */
+import { type Address, formatAddress } from "../cli/address.ts";
+import { dialWithRetry } from "./dial_with_retry.ts";
+import type { UpstreamError } from "./upstream.ts";
+
+/** Options for one {@linkcode UpstreamTarget.dial}. */
+export interface TargetDialOptions {
+  /** Aborting ends the attempts at once. */
+  signal?: AbortSignal;
+  /** Attempts after a refused or timed-out one. @default {0} */
+  retries?: number;
+  /** Backoff before the first retry in ms, doubling after each (jittered). @default {100} */
+  backoffMs?: number;
+  /** Cap on one backoff wait in ms. @default {5000} */
+  maxBackoffMs?: number;
+  /** Called before each backoff wait. */
+  onRetry?: (retry: number, delayMs: number, error: UpstreamError) => void;
+}
+
+/** A dialed upstream connection and the name of the upstream it goes to. */
+export interface TargetConnection {
+  conn: Deno.TcpConn;
+  /** The upstream's name for logs and labels (its address). */
+  upstream: string;
+}
+
+/** Where upstream connections come from. */
+export interface UpstreamTarget {
+  /** The upstream(s), for log lines. */
+  readonly label: string;
+  /**
+   * Opens an upstream connection (with `setNoDelay(true)`).
+   *
+   * @throws {UpstreamError} when every attempt failed or the dial was aborted.
+   */
+  dial(options?: TargetDialOptions): Promise<TargetConnection>;
+}
+
+/** Options for {@linkcode SingleUpstream}. */
+export interface SingleUpstreamOptions {
+  /** Connect timeout per attempt in ms; 0: none. @default {5000} */
+  connectTimeoutMs?: number;
+  /** Random numbers in [0, 1) for backoff jitter. @default {Math.random} */
+  random?: () => number;
+}
+
+/** One upstream address. */
+export class SingleUpstream implements UpstreamTarget {
+  /** The upstream's address text. */
+  readonly label: string;
+  #address: Address;
+  #options: SingleUpstreamOptions;
+
+  /** A target dialing `address`. */
+  constructor(address: Address, options: SingleUpstreamOptions = {}) {
+    this.#address = address;
+    this.#options = options;
+    this.label = formatAddress(address);
+  }
+
+  /** Dials the address, retrying as `options` say. */
+  async dial(options: TargetDialOptions = {}): Promise<TargetConnection> {
+    const conn = await dialWithRetry(this.#address, {
+      timeoutMs: this.#options.connectTimeoutMs,
+      random: this.#options.random,
+      retries: options.retries ?? 0,
+      backoffMs: options.backoffMs,
+      maxBackoffMs: options.maxBackoffMs,
+      signal: options.signal,
+      onRetry: options.onRetry,
+    });
+    return { conn, upstream: this.label };
+  }
+}
