@@ -80,12 +80,12 @@ export async function withTimeout<T>(promise: Promise<T>, ms: number, what: stri
  * never depends on timing, only how long the wait takes does.
  */
 export async function waitUntil(
-  predicate: () => boolean,
+  predicate: () => boolean | Promise<boolean>,
   what: string,
   timeoutMs = 5000,
 ): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
+  while (!await predicate()) {
     if (Date.now() > deadline) throw new TimeoutError(`Timed out after ${timeoutMs} ms: ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 2));
   }

@@ -3,6 +3,7 @@ import fc from "fast-check";
 import { Analyzer, createMessageCounts } from "../src/protocol/analyzer.ts";
 import { ByteDeque } from "../src/protocol/byte_deque.ts";
 import { RequestLog } from "../src/protocol/request_log.ts";
+import { RequestScanner } from "../src/tools/server.ts";
 import { bytes, chunked, latin1 } from "./_util.ts";
 
 const encoder = new TextEncoder();
@@ -336,4 +337,60 @@ Deno.test("ByteDeque appends, discards and truncates by absolute position", () =
   deque.appendDecimal(9007199254740991);
   assert.equal(deque.length, 16);
   assert.equal(deque.end, 46);
+});
+
+/** Replies a hash-mode Foo server gives to everything in `chunks`, as text lines. */
+function serverReplies(scanner: RequestScanner, chunk: Uint8Array): string[] {
+  if (chunk.length === 0) return [];
+  scanner.feed(chunk);
+  const text = latin1(scanner.out.subarray(0, scanner.outLength));
+  return text === "" ? [] : text.slice(0, -1).split("\n");
+}
+
+Deno.test("verbatim replay: for any chunking and failover point, one reply per REQ, equal to the direct one", () => {
+  fc.assert(
+    fc.property(
+      streamArb,
+      cutsArb,
+      fc.nat(),
+      fc.nat(),
+      (text, cuts, failAt, answeredPick) => {
+        const chunks = chunked(text, cuts);
+        const direct = serverReplies(new RequestScanner(0, "hash"), bytes(text));
+        const at = failAt % (chunks.length + 1);
+        const log = new RequestLog();
+        // The first upstream gets the stream as sent up to the failover.
+        const first = new RequestScanner(0, "hash");
+        const produced: string[] = [];
+        for (const chunk of chunks.slice(0, at)) {
+          assert.equal(log.feed(chunk), 0);
+          produced.push(...serverReplies(first, chunk));
+        }
+        // It dies having relayed only some of its replies (whole lines, in order).
+        const relayed = produced.slice(0, answeredPick % (produced.length + 1));
+        for (const line of relayed) {
+          const seq = Number(line.split(" ")[1]); // the analyzer reports Seqs above 2^53 as -1
+          assert.ok(log.answerSeq(Number.isSafeInteger(seq) ? seq : -1));
+        }
+        const replay = log.replayVerbatim();
+        assert.ok(replay, "every REQ here fits the retain limit");
+        // The next upstream gets the replay, then the rest of the stream as the client sends it.
+        const second = new RequestScanner(0, "hash");
+        const after = serverReplies(second, replay.bytes);
+        let mute = replay.muteRest;
+        for (const chunk of chunks.slice(at)) {
+          assert.equal(log.feed(chunk), 0, "verbatim: the client's bytes go on unchanged");
+          let send = chunk;
+          if (mute) {
+            const nl = chunk.indexOf(10);
+            send = nl < 0 ? new Uint8Array(0) : chunk.subarray(nl + 1);
+            mute = nl < 0;
+          }
+          after.push(...serverReplies(second, send));
+        }
+        assert.deepEqual([...relayed, ...after], direct, JSON.stringify({ text, at }));
+      },
+    ),
+    { numRuns: 3000 },
+  );
 });
