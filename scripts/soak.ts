@@ -1,16 +1,20 @@
 /**
  * `deno task soak`: minutes of mixed load against a `foo-proxy --resume` process, with the
  * upstream Foo server killed (SIGKILL) and restarted on the same port while replies are owed,
- * then a report: replies lost (must be 0 with `--resume`), the proxy's file descriptors (must
+ * then a report: replies lost (must be 0 with `--resume`), wrong replies (must be 0 in every
+ * mode: a reply whose type or data is not what the server gives that REQ directly, e.g. after a
+ * replay that changed a Seq), the proxy's file descriptors (must
  * return to their baseline) and RSS (must stay bounded) at start and end, the message counts on
  * both sides (must agree), and errors by kind.
  *
  * The load, all on 127.0.0.1:
  * - pipelining: long-lived connections with REQs in flight (`foo-proxy bench`'s generator,
- *   which verifies the type, Seq and order of every reply);
- * - churn: connections that send a few REQs and reconnect;
- * - idle connections that speak once every few seconds;
- * - the Foo server answers after `--delay-ms`, so replies are owed whenever it is killed.
+ *   which verifies the Seq and order of every reply, and its type and data by hash);
+ * - churn: connections that send a few REQs and reconnect (the same generator and checks);
+ * - idle connections that speak once every few seconds (each reply checked the same way);
+ * - the Foo server runs with `--reply hash`: each reply is computed from the REQ's Seq and data
+ *   (see `src/protocol/reply_hash.ts`), so every reply's content can be checked;
+ * - it answers after `--delay-ms`, so replies are owed whenever it is killed.
  *
  * Exits 0 when every check passes, 1 otherwise, 2 on bad flags.
  *
@@ -18,6 +22,7 @@
  */
 import { parseArgs } from "node:util";
 import { writeStderrLine, writeStdoutLine } from "../src/cmd/output.ts";
+import { hashReply } from "../src/protocol/reply_hash.ts";
 import { waitOrAbort as sleep } from "../src/proxy/wait_or_abort.ts";
 import { LOAD_ERROR_KINDS, type LoadReport, runLoad } from "../src/tools/load.ts";
 import { Child } from "./child.ts";
@@ -33,8 +38,10 @@ export const SOAK_USAGE =
   `Usage: deno task soak [--seconds N] [--restarts N] [--idle N] [--no-resume]
 
 Runs mixed load (pipelining, churn, idle connections) through foo-proxy --resume for N seconds
-while the upstream Foo server is killed and restarted, then prints a report and exits 0 when
-no reply was lost, descriptors and memory are stable, and the counts agree.
+while the upstream Foo server (foo-proxy server --reply hash: replies computed from the Seq and
+the data) is killed and restarted, then prints a report and exits 0 when no reply was lost or
+wrong (every reply's type, Seq and data is checked), descriptors and memory are stable, and the
+counts agree. Exits 1 otherwise; a wrong reply fails the soak even with --no-resume.
 
   --seconds N    how long the load runs                         (default 180)
   --restarts N   upstream kills and restarts, evenly spread     (default 2)
@@ -69,10 +76,17 @@ async function sample(pid: number, t: number): Promise<Sample> {
   return { t: Math.round(t * 10) / 10, fds, rssBytes: kb * 1024 };
 }
 
-/** Connections that stay open and send one REQ every few seconds, verifying each reply. */
+/**
+ * Connections that stay open and send one REQ every few seconds, verifying each reply: its Seq
+ * (a wrong one ends the connection) and its content (`hashReply`; a wrong one is counted in
+ * `wrong` and the connection goes on).
+ */
 class IdleClients {
   sent = 0;
+  /** Replies that were right. */
   received = 0;
+  /** Replies with the right Seq but the wrong type or data. */
+  wrong = 0;
   reconnects = 0;
   errors: Record<string, number> = {};
 
@@ -121,8 +135,15 @@ class IdleClients {
           }
           const line = pending.slice(0, pending.indexOf("\n"));
           pending = pending.slice(line.length + 1);
-          if (!new RegExp(`^(ACK|NAK) ${seq}$`).test(line)) throw new Error("wrong_seq");
-          this.received++;
+          if (!new RegExp(`^(ACK|NAK)[ \t]+${seq}([ \t\r]|$)`).test(line)) {
+            throw new Error("wrong_seq");
+          }
+          if (line.replace(/\r$/, "") === hashReply(`REQ ${seq} idle`)) {
+            this.received++;
+          } else {
+            this.wrong++;
+            this.#error("wrong_reply");
+          }
         } catch (error) {
           const kind =
             error instanceof Deno.errors.BadResource || error instanceof Deno.errors.Interrupted
@@ -227,6 +248,8 @@ export async function main(args: string[]): Promise<number> {
     `${LOCAL}:${upstreamPort}`,
     "--delay-ms",
     "20",
+    "--reply",
+    "hash",
     "--log-level",
     "warning",
   ];
@@ -277,6 +300,7 @@ export async function main(args: string[]): Promise<number> {
       pipeline: 16,
       rate,
       payloadBytes: 32,
+      replies: "hash",
       durationMs,
       drainTimeoutMs: 20_000,
     });
@@ -286,6 +310,7 @@ export async function main(args: string[]): Promise<number> {
       rate: Math.max(1, Math.round(rate / 5)),
       requestsPerConnection: 20,
       payloadBytes: 8,
+      replies: "hash",
       durationMs,
       drainTimeoutMs: 20_000,
     });
@@ -333,8 +358,12 @@ export async function main(args: string[]): Promise<number> {
 
     const reports: [string, LoadReport][] = [["pipelining", pipeReport], ["churn", churnReport]];
     const requests = pipeReport.requests + churnReport.requests + idleClients.sent;
+    const wrong = pipeReport.errors.wrong_reply + churnReport.errors.wrong_reply +
+      idleClients.wrong;
+    // Right replies, then every reply that arrived (a wrong reply is not lost, it is worse).
     const responses = pipeReport.responses + churnReport.responses + idleClients.received;
-    const lost = requests - responses;
+    const received = responses + wrong;
+    const lost = requests - received;
     const errors: Record<string, number> = {};
     for (const [, report] of reports) {
       for (const kind of LOAD_ERROR_KINDS) {
@@ -370,6 +399,7 @@ export async function main(args: string[]): Promise<number> {
     // those checks are then only reported.
     const checks: [string, boolean | "info"][] = [
       [`replies lost: ${lost}`, resume ? lost === 0 : "info"],
+      [`wrong replies (type or data not what the server gives that REQ): ${wrong}`, wrong === 0],
       [
         `client errors: ${Object.values(errors).reduce((a, b) => a + b, 0)}`,
         resume ? Object.keys(errors).length === 0 : "info",
@@ -389,8 +419,8 @@ export async function main(args: string[]): Promise<number> {
         resume ? stats.msg_req === requests : "info",
       ],
       [
-        `proxy ACK+NAK ${stats.msg_ack + stats.msg_nak} = replies the clients got ${responses}`,
-        stats.msg_ack + stats.msg_nak === responses,
+        `proxy ACK+NAK ${stats.msg_ack + stats.msg_nak} = replies the clients got ${received}`,
+        stats.msg_ack + stats.msg_nak === received,
       ],
       [`invalid lines: ${stats.msg_invalid}`, stats.msg_invalid === 0],
     ];
@@ -422,7 +452,10 @@ export async function main(args: string[]): Promise<number> {
         "idle".padEnd(10)
       } ${idleClients.sent} REQs, ${idleClients.received} replies, ${idle} connections, ${idleClients.reconnects} reconnects`,
     );
-    say(`client side: ${requests} REQs sent, ${responses} replies received, ${lost} lost`);
+    say(`client side: ${requests} REQs sent, ${received} replies received, ${lost} lost`);
+    say(
+      `wrong replies: ${wrong} (pipelining ${pipeReport.errors.wrong_reply}, churn ${churnReport.errors.wrong_reply}, idle ${idleClients.wrong})`,
+    );
     say(`client errors by kind: ${JSON.stringify(errors)}`);
     say(
       `proxy: failovers ${stats.failovers ?? "-"}, replays ${

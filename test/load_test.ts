@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { runBench } from "../src/cmd/bench.ts";
+import { parseBenchConfig, runBench } from "../src/cmd/bench.ts";
+import { hashReply } from "../src/protocol/reply_hash.ts";
 import { type LoadProgress, runLoad } from "../src/tools/load.ts";
 import { listenLocal, spawnMain, startUpstream } from "./_util.ts";
 
@@ -181,6 +182,95 @@ Deno.test("runLoad() catches a reply that is not ACK/NAK and a server that hangs
   }
 });
 
+Deno.test("runLoad() with replies hash checks every reply against a hash-mode server", async () => {
+  for (
+    const options of [
+      { connections: 3, pipeline: 8, payloadBytes: 32 },
+      { connections: 2, pipeline: 4, payloadBytes: 0 },
+      { connections: 2, pipeline: 3, payloadBytes: 5, requestsPerConnection: 7 },
+    ]
+  ) {
+    for (const fragment of [false, true]) {
+      const server = await startUpstream({ reply: "hash", fragment });
+      let report;
+      try {
+        report = await runLoad(target(server.addr), {
+          ...options,
+          durationMs: 200,
+          replies: "hash",
+        });
+      } finally {
+        await server.close();
+      }
+      const what = JSON.stringify({ ...options, fragment, errors: report.errors });
+      assert.equal(report.errorsTotal, 0, what);
+      assert.ok(report.responses > 50, what);
+      assert.equal(report.requests, report.responses, what);
+      assert.equal(server.requests, report.requests, what);
+      // About one hash in eight is a NAK.
+      assert.ok(report.naks > 0 && report.acks > report.naks, what);
+    }
+  }
+});
+
+Deno.test("runLoad() with replies hash counts each reply whose type or data is wrong", async () => {
+  const payload = "x".repeat(32);
+  const right = (seq: string) => hashReply(`REQ ${seq} ${payload}`)!;
+  const flip = (reply: string) => (reply.startsWith("ACK") ? "NAK" : "ACK") + reply.slice(3);
+  const cases: [string, (seq: string) => string, boolean][] = [
+    ["right", (seq) => right(seq), true],
+    ["right, CRLF", (seq) => right(seq) + "\r", true],
+    ["right, two spaces", (seq) => right(seq).replace(/ (?=\S+$)/, "  "), true],
+    ["type flipped", (seq) => flip(right(seq)), false],
+    ["hash of another payload", (seq) => hashReply(`REQ ${seq} y`)!, false],
+    [
+      "hash of another Seq",
+      (seq) => right(seq).slice(0, -8) + right(String(Number(seq) + 1)).slice(-8),
+      false,
+    ],
+    [
+      "last hex digit changed",
+      (seq) => right(seq).replace(/.$/, (d) => d === "0" ? "1" : "0"),
+      false,
+    ],
+    ["hash in upper case", (seq) => right(seq).replace(/\S+$/, "ABCDEF12"), false],
+    ["9 hex digits", (seq) => right(seq) + "0", false],
+    ["7 hex digits", (seq) => right(seq).slice(0, -1), false],
+    ["no data (a seq-mode server)", (seq) => `ACK ${seq}`, false],
+    ["trailing word", (seq) => right(seq) + " ok", false],
+    ["junk after CR", (seq) => right(seq) + "\rx", false],
+    ["Seq with a leading zero", (seq) => right(seq).replace(/ (\d+) /, " 0$1 "), false],
+  ];
+  for (const [name, answer, ok] of cases) {
+    await using upstream = rawUpstream((seq) => answer(seq) + "\n");
+    const report = await runLoad(target(upstream.addr), {
+      connections: 1,
+      pipeline: 4,
+      durationMs: 100,
+      replies: "hash",
+    });
+    const what = `${name}: ${JSON.stringify(report.errors)}`;
+    assert.ok(report.requests > 0, what);
+    if (ok) {
+      assert.equal(report.errorsTotal, 0, what);
+      assert.equal(report.responses, report.requests, what);
+    } else {
+      // The Seq and the framing are right, so the connection goes on and every reply counts.
+      assert.equal(report.errors.wrong_reply, report.requests, what);
+      assert.equal(report.errorsTotal, report.errors.wrong_reply, what);
+      assert.equal(report.responses, 0, what);
+    }
+  }
+});
+
+Deno.test("runLoad() with replies seq ignores the data, so it cannot see a wrong hash", async () => {
+  await using upstream = rawUpstream((seq) => `ACK ${seq} 00000000\n`);
+  const report = await runLoad(target(upstream.addr), { connections: 1, durationMs: 100 });
+  assert.equal(report.errorsTotal, 0, JSON.stringify(report.errors));
+  assert.equal(report.errors.wrong_reply, 0);
+  assert.ok(report.responses > 0);
+});
+
 Deno.test("runLoad() counts refused connections as connect errors", async () => {
   const listener = listenLocal();
   const port = listener.addr.port;
@@ -195,6 +285,10 @@ Deno.test("runLoad() rejects bad options", async () => {
   await assert.rejects(runLoad(to, { connections: 0 }), RangeError);
   await assert.rejects(runLoad(to, { pipeline: 1.5 }), RangeError);
   await assert.rejects(runLoad(to, { rate: -1 }), RangeError);
+  await assert.rejects(
+    runLoad(to, { replies: "md5" as "hash" }),
+    { name: "RangeError", message: /Invalid replies "md5"/ },
+  );
 });
 
 Deno.test("runBench() prints a summary, and exits 1 when a reply is wrong", async () => {
@@ -220,6 +314,34 @@ Deno.test("runBench() prints a summary, and exits 1 when a reply is wrong", asyn
     const json = JSON.parse(out[0]);
     assert.ok(json.errors.wrong_seq >= 1);
     assert.ok(json.errors_total >= 1);
+  }
+});
+
+Deno.test("runBench() --replies hash passes against a hash server and fails on a seq one", async () => {
+  assert.equal(parseBenchConfig([]).replies, "seq");
+  assert.equal(parseBenchConfig(["--replies", "hash"]).replies, "hash");
+  assert.throws(() => parseBenchConfig(["--replies", "crc"]), {
+    name: "UsageError",
+    message: /"crc" for --replies: expected seq\|hash/,
+  });
+  for (const reply of ["hash", "seq"] as const) {
+    await using server = await startUpstream({ reply });
+    const out: string[] = [];
+    const code = await runBench(
+      ["--connect", `127.0.0.1:${server.addr.port}`, "--duration", "150ms", "-q", "--json"]
+        .concat(["--replies", "hash"]),
+      { stdout: (line) => out.push(line) },
+    );
+    const json = JSON.parse(out[0]);
+    assert.equal(json.replies, "hash");
+    if (reply === "hash") {
+      assert.equal(code, 0, out[0]);
+      assert.equal(json.errors_total, 0);
+    } else {
+      assert.equal(code, 1, out[0]);
+      assert.ok(json.errors.wrong_reply >= 1);
+      assert.equal(json.errors_total, json.errors.wrong_reply);
+    }
   }
 });
 

@@ -2,16 +2,19 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import { Analyzer, createMessageCounts, invalidTotal } from "../src/protocol/analyzer.ts";
 import { parseServerConfig, runServer } from "../src/cmd/server.ts";
+import { hashReply } from "../src/protocol/reply_hash.ts";
 import { FooServer, RequestScanner } from "../src/tools/server.ts";
 import {
   acks,
   connectTo,
   lineReader,
+  readLine,
   readLines,
   readText,
   requests,
   spawnMain,
   startUpstream,
+  TimeoutError,
   waitUntil,
   withTimeout,
   writeAll,
@@ -20,8 +23,12 @@ import {
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-function scan(chunks: Uint8Array[], nakEvery = 0): { out: string; invalid: number } {
-  const scanner = new RequestScanner(nakEvery);
+function scan(
+  chunks: Uint8Array[],
+  nakEvery = 0,
+  reply: "seq" | "hash" = "seq",
+): { out: string; invalid: number } {
+  const scanner = new RequestScanner(nakEvery, reply);
   let out = "";
   for (const chunk of chunks) {
     scanner.feed(chunk);
@@ -108,6 +115,62 @@ Deno.test("RequestScanner echoes the Seq digits exactly and NAKs every Nth", () 
   });
 });
 
+// Valid REQs with and without data, "\r\n" endings, tabs, a "\r" inside the data, UTF-8, an
+// empty data part, and invalid lines between them.
+const HASH_TEXT_LINES = [
+  "REQ 7 Hey",
+  "REQ 7 Hey\r",
+  "REQ 4 Hey",
+  "junk",
+  "REQ 12",
+  "REQ 13\r",
+  "REQ x 1",
+  "REQ\t\t99\tdata with  spaces\r",
+  "",
+  "ACK 5 not a request",
+  "REQ 5 a\rb",
+  "REQ 6 ",
+  "REQ 8\rx",
+  "REQ 0001 héllo wörld",
+  "REQ 9 \r",
+  "REQ5",
+  "REQ 123456789012345678901234567890 long seq",
+];
+const HASH_TEXT = HASH_TEXT_LINES.map((line) => line + "\n").join("");
+
+Deno.test("RequestScanner in hash mode answers every REQ with hashReply(line), however chunked", () => {
+  const expected = HASH_TEXT_LINES.map(hashReply).filter((r) => r !== undefined)
+    .map((r) => r + "\n").join("");
+  const invalid = HASH_TEXT_LINES.filter((line) => hashReply(line) === undefined).length;
+  assert.equal(expected.split("\n").length - 1, 11); // the table above has 11 valid REQs
+  const bytes = encoder.encode(HASH_TEXT);
+  const n = bytes.length;
+  const want = { out: expected, invalid };
+  assert.deepEqual(scan([bytes], 0, "hash"), want);
+  // Every split into two and three pieces (empty pieces included), then byte by byte.
+  for (let a = 0; a <= n; a++) {
+    assert.deepEqual(scan([bytes.subarray(0, a), bytes.subarray(a)], 0, "hash"), want, `${a}`);
+    for (let b = a; b <= n; b++) {
+      const pieces = [bytes.subarray(0, a), bytes.subarray(a, b), bytes.subarray(b)];
+      const got = scan(pieces, 0, "hash");
+      if (got.out !== want.out || got.invalid !== want.invalid) {
+        assert.deepEqual(got, want, `cut at ${a} and ${b}`);
+      }
+    }
+  }
+  assert.deepEqual(scan(Array.from(bytes, (_, i) => bytes.subarray(i, i + 1)), 0, "hash"), want);
+});
+
+Deno.test("RequestScanner in hash mode: same REQ, same reply; other Seq, other reply", () => {
+  const { out } = scan([encoder.encode("REQ 7 Hey\nREQ 7 Hey\r\nREQ 4 Hey\n")], 3, "hash");
+  const [first, second, other] = out.split("\n");
+  assert.equal(first, hashReply("REQ 7 Hey"));
+  assert.equal(second, first);
+  assert.match(first, /^(ACK|NAK) 7 [0-9a-f]{8}$/);
+  assert.match(other, /^(ACK|NAK) 4 [0-9a-f]{8}$/);
+  assert.notEqual(other.slice(-8), first.slice(-8));
+});
+
 Deno.test("FooServer answers 200 REQs pipelined in one write, in order", async () => {
   await using server = await startUpstream();
   using conn = await connectTo(server.addr);
@@ -174,6 +237,39 @@ Deno.test("FooServer sends every owed reply after the client half-closes, then c
     assert.equal(server.invalid, 1);
     await waitUntil(() => server.connections === 0, "the server to drop the connection");
   }
+});
+
+Deno.test("FooServer with closeAfterFin false answers every REQ after a FIN, then never closes", async () => {
+  for (const options of [{}, { delayMs: 20 }, { reply: "hash" as const, fragment: true }]) {
+    await using server = await startUpstream({ ...options, closeAfterFin: false });
+    using conn = await connectTo(server.addr);
+    const text = requests(1, 50, "after fin");
+    await writeAll(conn, text);
+    conn.closeWrite();
+    const expected = options.reply === "hash"
+      ? text.split("\n").slice(0, -1).map((line) => hashReply(line)!)
+      : acks(1, 50);
+    assert.deepEqual(await readLines(conn, 50), expected, JSON.stringify(options));
+    // Every reply came, and then no EOF: the read is still pending when the bound runs out.
+    await assert.rejects(readLine(conn, 300), TimeoutError, JSON.stringify(options));
+    assert.equal(server.connections, 1);
+    assert.equal(server.requests, 50);
+    // Only the server's close ends it; the pending read then sees EOF.
+    await server.close();
+    assert.equal(await readLine(conn), null);
+  }
+});
+
+Deno.test("FooServer with silent reads REQs but never answers", async () => {
+  await using server = await startUpstream({ silent: true });
+  using conn = await connectTo(server.addr);
+  await writeAll(conn, requests(1, 10));
+  await waitUntil(() => server.received === 10, "the server to read the REQs");
+  conn.closeWrite();
+  await assert.rejects(readLine(conn, 200), TimeoutError);
+  assert.equal(server.requests, 0);
+  await server.close();
+  assert.equal(await readLine(conn), null);
 });
 
 Deno.test("FooServer with delayMs holds each reply at least that long, order kept", async () => {
@@ -260,10 +356,33 @@ Deno.test("parseServerConfig reads flags, Go-style flags and FOO_PROXY_* variabl
     nakEvery: 0,
     fragment: false,
     delayMs: 0,
+    reply: "seq",
+    keepOpen: false,
+    silent: false,
     logLevel: "info",
     logFormat: "text",
     help: false,
   });
+  const hashConfig = parseServerConfig(["--reply", "hash", "--keep-open", "--silent"]);
+  assert.deepEqual(
+    [hashConfig.reply, hashConfig.keepOpen, hashConfig.silent],
+    ["hash", true, true],
+  );
+  const fromEnv = parseServerConfig(
+    ["-reply=seq"],
+    (name) => ({ FOO_PROXY_REPLY: "hash", FOO_PROXY_KEEP_OPEN: "1" })[name],
+  );
+  assert.deepEqual([fromEnv.reply, fromEnv.keepOpen, fromEnv.silent], ["seq", true, false]);
+  assert.equal(
+    parseServerConfig([], (name) => name === "FOO_PROXY_REPLY" ? "hash" : undefined)
+      .reply,
+    "hash",
+  );
+  assert.throws(() => parseServerConfig(["--reply", "md5"]), {
+    name: "UsageError",
+    message: /"md5" for --reply: expected seq\|hash/,
+  });
+  assert.throws(() => parseServerConfig(["--keep-open=yes"]), { name: "UsageError" });
   const config = parseServerConfig(
     ["-listen=127.0.0.1:9", "--nak-every", "5", "--fragment"],
     (name) => ({ FOO_PROXY_DELAY_MS: "20", FOO_PROXY_NAK_EVERY: "7" })[name],
@@ -293,6 +412,25 @@ Deno.test("runServer prints the bound address and returns 0 when its signal abor
   assert.deepEqual(await readLines(conn, 1), ["ACK 42"]);
   controller.abort();
   assert.equal(await withTimeout(run, 5000, "runServer to return"), 0);
+});
+
+Deno.test("runServer --reply hash --keep-open answers by hash and keeps the connection open", async () => {
+  const controller = new AbortController();
+  const listening = Promise.withResolvers<string>();
+  const run = runServer(
+    ["--listen", "127.0.0.1:0", "--reply", "hash", "--keep-open", "--log-level", "error"],
+    { signal: controller.signal, stdout: (line) => listening.resolve(line) },
+  );
+  const line = await withTimeout(listening.promise, 5000, "the listening line");
+  const port = Number(/^listening on 127\.0\.0\.1:(\d+)$/.exec(line)?.[1]);
+  using conn = await connectTo(port);
+  await writeAll(conn, "REQ 7 Hey\nREQ 8\r\n");
+  conn.closeWrite();
+  assert.deepEqual(await readLines(conn, 2), [hashReply("REQ 7 Hey"), hashReply("REQ 8")]);
+  await assert.rejects(readLine(conn, 300), TimeoutError);
+  controller.abort();
+  assert.equal(await withTimeout(run, 5000, "runServer to return"), 0);
+  assert.equal(await readLine(conn), null);
 });
 
 Deno.test("foo-proxy server prints 'listening on' and exits 0 on SIGTERM", async () => {

@@ -126,6 +126,25 @@ export function parseIntegerFlag(
 }
 
 /**
+ * Parses a flag whose value is one of `choices`.
+ *
+ * @throws {UsageError} naming the flag and the accepted values otherwise.
+ */
+export function parseChoiceFlag<T extends string>(
+  flag: string,
+  text: string | boolean | undefined,
+  choices: readonly T[],
+): T {
+  const value = typeof text === "string" ? text.trim() : "";
+  if (!(choices as readonly string[]).includes(value)) {
+    throw new UsageError(
+      `Invalid value "${text}" for --${flag}: expected ${choices.join("|")}`,
+    );
+  }
+  return value as T;
+}
+
+/**
  * Returns a `getEnv` for {@linkcode parseFlags} that reads `FOO_PROXY_*` variables only when the
  * process may, so a run without `--allow-env` still works (it just ignores the environment).
  */

@@ -8,7 +8,13 @@
 import { type Address, formatAddress } from "../cli/address.ts";
 import { parseAddressFlag } from "../cli/address_flag.ts";
 import { parseDuration } from "../cli/duration.ts";
-import { type FlagSpec, parseFlags, parseIntegerFlag, UsageError } from "../cli/flags.ts";
+import {
+  type FlagSpec,
+  parseChoiceFlag,
+  parseFlags,
+  parseIntegerFlag,
+  UsageError,
+} from "../cli/flags.ts";
 import {
   LOAD_ERROR_KINDS,
   type LoadOptions,
@@ -33,6 +39,7 @@ export const BENCH_FLAGS: Record<string, FlagSpec> = {
   warmup: { type: "string", default: "0", env: false },
   rate: { type: "string", default: "0", env: false },
   "requests-per-connection": { type: "string", default: "0", env: false },
+  replies: { type: "string", default: "seq", env: false },
   json: { type: "boolean", env: false },
   quiet: { type: "boolean", short: "q", env: false },
   help: { type: "boolean", short: "h", env: false },
@@ -40,13 +47,13 @@ export const BENCH_FLAGS: Record<string, FlagSpec> = {
 
 /** One-line synopsis of `foo-proxy bench`, quoted in usage errors. */
 export const BENCH_SYNOPSIS =
-  "foo-proxy bench [--connect ADDR] [--connections N] [--pipeline N] [--payload BYTES] [--duration DUR] [--warmup DUR] [--rate R] [--requests-per-connection K] [--json] [--quiet]";
+  "foo-proxy bench [--connect ADDR] [--connections N] [--pipeline N] [--payload BYTES] [--duration DUR] [--warmup DUR] [--rate R] [--requests-per-connection K] [--replies seq|hash] [--json] [--quiet]";
 
 /** Usage text of `foo-proxy bench`. */
 export const BENCH_USAGE = `Usage: foo-proxy bench [flags]
 
 Sends REQs to a Foo endpoint (a proxy or a server) over many connections, verifies every reply
-(ACK/NAK, its Seq, its order) and reports replies/s, connections/s, latency and errors.
+(ACK/NAK, its Seq, its order; with --replies hash also its type and data) and reports replies/s, connections/s, latency and errors.
 A progress line goes to stderr every second. Exits 0 when there was no error, 1 otherwise.
 
 Flags:
@@ -59,6 +66,9 @@ Flags:
   --rate R                       total REQs/s, open loop: latency counts from each REQ's
                                  scheduled send time              (default 0 = as fast as possible)
   --requests-per-connection K    reconnect after K replies        (default 0 = never)
+  --replies MODE                 seq: check type and Seq; hash: also check each reply is what
+                                 "foo-proxy server --reply hash" answers (counts wrong_reply)
+                                                                  (default seq)
   --json                         one JSON object on stdout (latencies in ms)
   -q, --quiet                    no progress line
   -h, --help                     print this help
@@ -75,6 +85,7 @@ export interface BenchConfig {
   warmupMs: number;
   rate: number;
   requestsPerConnection: number;
+  replies: "seq" | "hash";
   json: boolean;
   quiet: boolean;
   help: boolean;
@@ -106,6 +117,7 @@ export function parseBenchConfig(args: readonly string[]): BenchConfig {
       "requests-per-connection",
       v["requests-per-connection"],
     ),
+    replies: parseChoiceFlag("replies", v.replies, ["seq", "hash"] as const),
     json: v.json === true,
     quiet: v.quiet === true,
     help: v.help === true,
@@ -124,6 +136,7 @@ export function benchJson(config: BenchConfig, report: LoadReport): Record<strin
     payload_bytes: config.payloadBytes,
     rate_target: config.rate,
     requests_per_connection: config.requestsPerConnection,
+    replies: config.replies,
     duration_s: r3(report.durationSec),
     requests: report.requests,
     responses: report.responses,
@@ -157,6 +170,7 @@ export function benchSummary(config: BenchConfig, report: LoadReport): string {
   const churn = config.requestsPerConnection > 0
     ? `, reconnecting every ${config.requestsPerConnection} REQs`
     : "";
+  const check = config.replies === "hash" ? ", reply content checked (hash)" : "";
   const errors = report.errorsTotal === 0
     ? "none"
     : LOAD_ERROR_KINDS.filter((k) => report.errors[k] > 0).map((k) => `${k} ${report.errors[k]}`)
@@ -164,7 +178,7 @@ export function benchSummary(config: BenchConfig, report: LoadReport): string {
   const lines = [
     `foo-proxy bench: ${
       formatAddress(config.connect)
-    }, ${config.connections} connections x ${config.pipeline} in flight, ${config.payloadBytes}-byte payloads, ${mode}${churn}`,
+    }, ${config.connections} connections x ${config.pipeline} in flight, ${config.payloadBytes}-byte payloads, ${mode}${churn}${check}`,
     `  duration     ${report.durationSec.toFixed(2)} s`,
     `  responses    ${f(report.responses)} (${f(report.responsesPerSec)}/s): ACK ${
       f(report.acks)
@@ -212,6 +226,7 @@ export async function runBench(args: string[], context: CommandContext = {}): Pr
     warmupMs: config.warmupMs,
     rate: config.rate,
     requestsPerConnection: config.requestsPerConnection,
+    replies: config.replies,
     signal: stop.signal,
     onProgress: config.quiet ? undefined : (p) => writeStderrLine(progressLine(p)),
   };

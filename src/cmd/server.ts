@@ -6,7 +6,13 @@
 import { getLogger } from "@logtape/logtape";
 import { type Address, formatAddress } from "../cli/address.ts";
 import { parseAddressFlag } from "../cli/address_flag.ts";
-import { denoEnvReader, type FlagSpec, parseFlags, parseIntegerFlag } from "../cli/flags.ts";
+import {
+  denoEnvReader,
+  type FlagSpec,
+  parseChoiceFlag,
+  parseFlags,
+  parseIntegerFlag,
+} from "../cli/flags.ts";
 import { FooServer } from "../tools/server.ts";
 import { startCommand } from "./command_start.ts";
 import { type CommandContext, writeStdoutLine } from "./output.ts";
@@ -17,6 +23,9 @@ export const SERVER_FLAGS: Record<string, FlagSpec> = {
   "nak-every": { type: "string", default: "0" },
   fragment: { type: "boolean", default: false },
   "delay-ms": { type: "string", default: "0" },
+  reply: { type: "string", default: "seq" },
+  "keep-open": { type: "boolean", default: false },
+  silent: { type: "boolean", default: false },
   "log-level": { type: "string", default: "info" },
   "log-format": { type: "string", default: "text" },
   help: { type: "boolean", short: "h", env: false },
@@ -24,20 +33,27 @@ export const SERVER_FLAGS: Record<string, FlagSpec> = {
 
 /** One-line synopsis of `foo-proxy server`, quoted in usage errors. */
 export const SERVER_SYNOPSIS =
-  "foo-proxy server [--listen ADDR] [--nak-every N] [--fragment] [--delay-ms N] [--log-level LEVEL] [--log-format text|json]";
+  "foo-proxy server [--listen ADDR] [--nak-every N] [--fragment] [--delay-ms N] [--reply seq|hash] [--keep-open] [--silent] [--log-level LEVEL] [--log-format text|json]";
 
 /** Usage text of `foo-proxy server`. */
 export const SERVER_USAGE = `Usage: foo-proxy server [flags]
 
 A Foo server for demos and tests: answers every REQ with ACK (or NAK) and the same Seq, in
-order, for any number of pipelining connections. Prints "listening on HOST:PORT" on stdout once
-bound; SIGINT/SIGTERM close it and exit 0.
+order, for any number of pipelining connections. With --reply hash it computes each reply from
+the Seq and the data like real Foo servers ("ACK|NAK <seq> <8 hex digits>", see reply_hash.ts),
+so a REQ sent with another Seq gets another answer. Prints "listening on HOST:PORT" on stdout
+once bound; SIGINT/SIGTERM close it and exit 0.
 
 Flags (each also from FOO_PROXY_<NAME>, e.g. FOO_PROXY_NAK_EVERY; flags win):
   --listen ADDR        where to listen                          (default :8001, all interfaces)
   --nak-every N        NAK every Nth REQ of each connection     (default 0 = never)
   --fragment           write each reply in several small writes (default off)
   --delay-ms N         send each reply N ms after its REQ       (default 0)
+  --reply MODE         seq: "ACK <seq>"; hash: "ACK|NAK <seq> <hash of seq and data>"
+                       (hash ignores --nak-every)               (default seq)
+  --keep-open          never close after a client's FIN: the peer must end the exchange,
+                       like some real Foo servers               (default off: close)
+  --silent             never answer, only read: a hung upstream (default off)
   --log-level LEVEL    debug|info|warning|error                 (default info)
   --log-format FORMAT  text|json, on stderr                     (default text)
   -h, --help           print this help
@@ -50,6 +66,12 @@ export interface ServerConfig {
   nakEvery: number;
   fragment: boolean;
   delayMs: number;
+  /** `--reply`: how replies are made. */
+  reply: "seq" | "hash";
+  /** `--keep-open`: never close after a client's FIN. */
+  keepOpen: boolean;
+  /** `--silent`: never answer. */
+  silent: boolean;
   logLevel: string;
   logFormat: string;
   help: boolean;
@@ -70,6 +92,9 @@ export function parseServerConfig(
     nakEvery: parseIntegerFlag("nak-every", v["nak-every"]),
     fragment: v.fragment === true,
     delayMs: parseIntegerFlag("delay-ms", v["delay-ms"], { max: 3_600_000 }),
+    reply: parseChoiceFlag("reply", v.reply, ["seq", "hash"] as const),
+    keepOpen: v["keep-open"] === true,
+    silent: v.silent === true,
     logLevel: String(v["log-level"]),
     logFormat: String(v["log-format"]),
     help: v.help === true,
@@ -103,6 +128,9 @@ export async function runServer(args: string[], context: CommandContext = {}): P
       nakEvery: config.nakEvery,
       fragment: config.fragment,
       delayMs: config.delayMs,
+      reply: config.reply,
+      closeAfterFin: !config.keepOpen,
+      silent: config.silent,
       logger,
     });
     let addr: Deno.NetAddr;

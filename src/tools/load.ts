@@ -1,7 +1,9 @@
 /**
  * The load generator behind `foo-proxy bench`: many connections sending pipelined REQs to a Foo
  * endpoint, closed-loop (as fast as replies allow) or open-loop at a fixed total rate, optionally
- * reconnecting every K requests. Every reply is verified (type, Seq, order).
+ * reconnecting every K requests. Every reply is verified (Seq, order) and, against a server that
+ * computes its replies (`foo-proxy server --reply hash`, option `replies: "hash"`), its type and
+ * data too: each must be what `hashReply` gives for the REQ sent with that Seq.
  *
  * It must never be the bottleneck of what it measures, so the hot path works on bytes only: each
  * connection owns one read and one write buffer, requests are encoded in place and batched into
@@ -12,6 +14,7 @@
  * @module
  */
 import type { Address } from "../cli/address.ts";
+import { FNV_START, fnvUpdate, isNakHash } from "../protocol/reply_hash.ts";
 
 /** Why a request or a connection failed, as counted in {@linkcode LoadReport.errors}. */
 export type LoadErrorKind =
@@ -21,6 +24,7 @@ export type LoadErrorKind =
   | "closed"
   | "bad_reply"
   | "wrong_seq"
+  | "wrong_reply"
   | "timeout";
 
 /** Every {@linkcode LoadErrorKind}, in report order. */
@@ -31,6 +35,7 @@ export const LOAD_ERROR_KINDS: readonly LoadErrorKind[] = Object.freeze([
   "closed",
   "bad_reply",
   "wrong_seq",
+  "wrong_reply",
   "timeout",
 ]);
 
@@ -54,7 +59,10 @@ export interface LoadReport {
   durationSec: number;
   /** REQs written during the measured time. */
   requests: number;
-  /** Verified replies received during the measured time. */
+  /**
+   * Verified replies received during the measured time (a reply with the right Seq but the wrong
+   * content is not one: it counts as a `wrong_reply` error instead).
+   */
   responses: number;
   /** Of those, ACKs. */
   acks: number;
@@ -123,6 +131,14 @@ export interface LoadOptions {
   progressIntervalMs?: number;
   /** Aborting ends the run early (the report covers the time until then). Unset: duration only. */
   signal?: AbortSignal;
+  /**
+   * How replies are verified: `"seq"` checks the type is ACK/NAK and the Seq is the next one owed
+   * (any data is ignored); `"hash"` also checks the type and the data are exactly what a server
+   * computing its replies gives (`foo-proxy server --reply hash`, see `reply_hash.ts`). A reply
+   * with the right Seq but the wrong type or data counts as a `wrong_reply` error and the
+   * connection goes on (its framing is intact). @default {"seq"}
+   */
+  replies?: "seq" | "hash";
   /** Monotonic clock in ms. @default {performance.now} */
   now?: () => number;
 }
@@ -173,6 +189,8 @@ class LoadRun {
   readonly connections: number;
   readonly pipeline: number;
   readonly payload: Uint8Array;
+  /** Hash mode: the bytes of each REQ after its Seq digits (`" " + payload`, or none). */
+  readonly hashTail: Uint8Array | undefined;
   readonly durationMs: number;
   readonly warmupMs: number;
   readonly rate: number;
@@ -217,6 +235,17 @@ class LoadRun {
     this.now = options.now ?? (() => performance.now());
     // "REQ 123 xxxx…\n": the payload is fixed, so it is encoded once.
     this.payload = new Uint8Array(payloadBytes).fill(120); // 'x'
+    const replies = options.replies ?? "seq";
+    if (replies !== "seq" && replies !== "hash") {
+      throw new RangeError(`Invalid replies "${replies}": expected "seq" or "hash"`);
+    }
+    if (replies === "hash") {
+      this.hashTail = new Uint8Array(payloadBytes === 0 ? 0 : payloadBytes + 1);
+      if (payloadBytes > 0) {
+        this.hashTail[0] = SP;
+        this.hashTail.set(this.payload, 1);
+      }
+    }
   }
 
   get stopSignal(): AbortSignal {
@@ -350,7 +379,8 @@ const R_TYPE = 5; // "ACK"/"NAK" seen: whitespace must follow
 const R_WS = 6;
 const R_SEQ = 7;
 const R_CR = 8;
-const R_DATA = 9;
+const R_DATA = 9; // skip to the newline
+const R_HASH = 10; // hash mode: the data, which must be the expected 8 hex digits
 
 type SessionEnd = "done" | "stopped" | "failed";
 
@@ -379,10 +409,18 @@ class Slot {
   #type = 0; // 1 ACK, 2 NAK
   #seq = 0;
   #seqDigits = 0;
+  // Hash mode: the reply's data as parsed so far, and the expected reply's parts.
+  #hashTail: Uint8Array | undefined;
+  #gotHash = 0;
+  #gotHashDigits = 0;
+  #gotCr = false;
+  #gotBad = false;
+  #digits = new Uint8Array(MAX_SEQ_DIGITS);
   #connectRetry: { timer: ReturnType<typeof setTimeout>; resolve: () => void } | undefined;
 
   constructor(run: LoadRun, index: number) {
     this.#run = run;
+    this.#hashTail = run.hashTail;
     const pipeline = run.pipeline;
     this.#intended = new Float64Array(pipeline);
     this.#actual = new Float64Array(pipeline);
@@ -639,6 +677,10 @@ class Slot {
           if (c >= 48 && c <= 57) {
             this.#seq = c - 48;
             this.#seqDigits = 1;
+            this.#gotHash = 0;
+            this.#gotHashDigits = 0;
+            this.#gotCr = false;
+            this.#gotBad = false;
             state = R_SEQ;
           } else if (c !== SP && c !== TAB) {
             return this.#bad();
@@ -654,9 +696,30 @@ class Slot {
           } else if (c === CR) {
             state = R_CR;
           } else if (c === SP || c === TAB) {
-            state = R_DATA;
+            state = this.#hashTail === undefined ? R_DATA : R_HASH;
           } else {
             return this.#bad();
+          }
+          break;
+        case R_HASH:
+          if (c === NL) {
+            if (!this.#complete(now, pipeline)) return false;
+            state = R_START;
+          } else if (this.#gotCr) {
+            // A CR may only end the data (telnet); anything after it makes the data wrong.
+            this.#gotBad = true;
+            state = R_DATA;
+          } else if (c === CR) {
+            this.#gotCr = true;
+          } else if (
+            this.#gotHashDigits < 8 && ((c >= 48 && c <= 57) || (c >= 97 && c <= 102)) // 0-9 a-f
+          ) {
+            this.#gotHash = ((this.#gotHash << 4) | (c <= 57 ? c - 48 : c - 87)) >>> 0;
+            this.#gotHashDigits++;
+          } else if ((c !== SP && c !== TAB) || this.#gotHashDigits > 0) {
+            // Not the expected data: no need to look at the rest of the line.
+            this.#gotBad = true;
+            state = R_DATA;
           }
           break;
         case R_CR:
@@ -679,6 +742,10 @@ class Slot {
     }
     this.#answered = expected;
     const run = this.#run;
+    if (this.#hashTail !== undefined && !this.#isExpectedHashReply(expected)) {
+      run.countError("wrong_reply");
+      return true;
+    }
     run.totalResponses++;
     if (run.measuring) {
       const counters = run.counters;
@@ -690,6 +757,25 @@ class Slot {
       if (run.rate > 0) counters.service.record(now - this.#actual[slot]);
     }
     return true;
+  }
+
+  /**
+   * Hash mode: whether the reply just parsed (its type, Seq digits and data) is exactly what a
+   * hash-mode server answers to the REQ this slot sent with `seq` (see `reply_hash.ts`).
+   */
+  #isExpectedHashReply(seq: number): boolean {
+    if (this.#gotBad || this.#gotHashDigits !== 8) return false;
+    // The REQ's bytes from its first Seq digit: the digits, then " " + payload.
+    const digits = this.#digits;
+    let at = digits.length;
+    for (let v = seq; at > 0;) {
+      digits[--at] = 48 + (v % 10);
+      v = Math.floor(v / 10);
+      if (v === 0) break;
+    }
+    if (this.#seqDigits !== digits.length - at) return false; // e.g. "ACK 007" for REQ 7
+    const h = fnvUpdate(fnvUpdate(FNV_START, digits, at, digits.length), this.#hashTail!);
+    return this.#gotHash === h && this.#type === (isNakHash(h) ? 2 : 1);
   }
 
   #bad(): boolean {
