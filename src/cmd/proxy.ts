@@ -23,6 +23,7 @@ import { Stats } from "../stats/stats.ts";
 import { VERSION } from "../version.ts";
 import { startCommand } from "./command_start.ts";
 import { installLastResort } from "./last_resort.ts";
+import { installSignals } from "./signals.ts";
 import { HttpBindError, type Observability, startObservability } from "./observability.ts";
 import { setupRecovery } from "./recovery_setup.ts";
 import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.ts";
@@ -62,9 +63,12 @@ export const PROXY_SYNOPSIS =
 export const PROXY_USAGE = `Usage: foo-proxy [proxy] [flags]
 
 Proxies Foo traffic from --listen to --forward and counts every message.
-Send SIGUSR2 for one JSON stats line on stdout. SIGINT/SIGTERM drain (readiness fails at once,
-new clients are refused after --drain-delay, open ones get --drain-timeout to finish), print a
-final line and exit 0; a second SIGINT/SIGTERM closes every connection at once and exits 1.
+Send SIGUSR2 for one JSON stats line on stdout (signals sent at once may coalesce into one
+line). SIGINT/SIGTERM/SIGQUIT drain (readiness fails at once, new clients are refused after
+--drain-delay, open ones get --drain-timeout to finish), print a final line and exit 0; the same
+signal again a second or more later closes every connection at once and exits 1 (a repeat within
+a second, as a terminal's Ctrl-C under deno task delivers, is ignored). SIGHUP never stops it.
+SIGUSR1 is ignored (stats are on SIGUSR2; the debugger Deno would open on it is closed).
 
 Flags (each also from FOO_PROXY_<NAME>, e.g. FOO_PROXY_LISTEN; flags win):
   --listen ADDR            where clients connect            (default :8002, all interfaces)
@@ -238,27 +242,29 @@ export async function runProxy(args: string[], context: CommandContext = {}): Pr
   }
 
   // Signals first: a SIGUSR2 that arrives before its listener would kill the process.
-  // The first SIGINT/SIGTERM starts the drain; a second one cuts it short.
+  // The first SIGINT/SIGTERM/SIGQUIT starts the drain; a later one (not the same Ctrl-C
+  // delivered twice) cuts it short.
   const stop = Promise.withResolvers<string>();
   const force = new AbortController();
-  let stopping = false;
-  const onStop = (name: string) => {
-    if (stopping) {
-      force.abort(name);
-    } else {
-      stopping = true;
-      stop.resolve(name);
-    }
-  };
   // Last resort: a promise rejection no code path handled ends one connection at most (the
   // engine handles its own); it must never take every other client down with the process.
   const lastResort = installLastResort(stats, logger);
   const signals = installSignals({
     onStats: printStats,
-    onStop,
+    onStop: (name) => stop.resolve(name),
+    onForce: (name) => force.abort(name),
+    onReload: () => logger.info("Got SIGHUP: nothing to reload (the flags are read at start)"),
+    onUsr1: (warn) => {
+      stats.usr1Ignored++;
+      if (warn) {
+        logger.warning(
+          "Got SIGUSR1: ignored, and the debugger Deno opens on it was closed; stats are on SIGUSR2 (kill -USR2)",
+        );
+      }
+    },
     warn: (message) => logger.warning(message),
   });
-  context.signal?.addEventListener("abort", () => onStop("abort"), { once: true });
+  context.signal?.addEventListener("abort", () => signals.stop("abort"), { once: true });
 
   const proxy = new Proxy({
     listen: config.listen,
@@ -313,9 +319,12 @@ export async function runProxy(args: string[], context: CommandContext = {}): Pr
   persister?.start();
   const why = await stop.promise;
   observability.markStopping(); // /readyz fails from the first signal on
-  logger.info("Got {signal}: shutting down gracefully (send it again to close at once)", {
-    signal: why,
-  });
+  logger.info(
+    "Got {signal}: shutting down gracefully (send it again, a second later, to close at once)",
+    {
+      signal: why,
+    },
+  );
   const report = await proxy.shutdown({ signal: force.signal });
   if (report.aborted) {
     logger.warning("Got {signal} again: closed {count} connection(s) without draining", {
@@ -332,32 +341,4 @@ export async function runProxy(args: string[], context: CommandContext = {}): Pr
   signals.remove();
   lastResort.remove();
   return report.aborted ? 1 : 0;
-}
-
-interface SignalHooks {
-  onStats: () => void;
-  onStop: (signal: string) => void;
-  warn: (message: string) => void;
-}
-
-function installSignals(hooks: SignalHooks): { remove: () => void } {
-  const installed: [Deno.Signal, () => void][] = [];
-  const add = (signal: Deno.Signal, handler: () => void) => {
-    Deno.addSignalListener(signal, handler);
-    installed.push([signal, handler]);
-  };
-  if (Deno.build.os === "windows") {
-    hooks.warn("SIGUSR2 does not exist on Windows: stats are not printed on a signal");
-    add("SIGINT", () => hooks.onStop("SIGINT"));
-    add("SIGBREAK", () => hooks.onStop("SIGBREAK"));
-  } else {
-    add("SIGUSR2", hooks.onStats);
-    add("SIGINT", () => hooks.onStop("SIGINT"));
-    add("SIGTERM", () => hooks.onStop("SIGTERM"));
-  }
-  return {
-    remove: () => {
-      for (const [signal, handler] of installed) Deno.removeSignalListener(signal, handler);
-    },
-  };
 }

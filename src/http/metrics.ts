@@ -160,6 +160,12 @@ export function renderMetrics(snapshot: StatsSnapshot, options: RenderMetricsOpt
     "Unexpected errors caught before they could end the process (each closed one connection at most).",
   );
   out.sample("foo_proxy_internal_errors_total", {}, snapshot.internal_errors);
+  out.family(
+    "foo_proxy_usr1_ignored_total",
+    "counter",
+    "SIGUSR1 signals neutralised (the debugger Deno opens on it is closed; stats are on SIGUSR2).",
+  );
+  out.sample("foo_proxy_usr1_ignored_total", {}, snapshot.usr1_ignored);
 
   out.family(
     "foo_proxy_received_bytes_total",

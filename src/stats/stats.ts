@@ -67,6 +67,8 @@ export interface StatsSnapshot {
   resume_failures: number;
   /** Bugs caught before they could end the process (one connection closed, logged). */
   internal_errors: number;
+  /** SIGUSR1 signals neutralised (Deno's debugger closed again); stats are on SIGUSR2. */
+  usr1_ignored: number;
 }
 
 /** Options for {@linkcode Stats}. */
@@ -105,6 +107,8 @@ export class Stats {
   resumeFailures = 0;
   /** Errors no code path expected, caught by the engine or the last-resort handler. */
   internalErrors = 0;
+  /** SIGUSR1 signals received and neutralised. */
+  usr1Ignored = 0;
   /** Closed connections by reason. */
   readonly closed: Partial<Record<CloseReason, number>> = {};
   /** REQ→reply latency histogram, anomaly counters and requests in flight (`/stats`, `/metrics`). */
@@ -174,6 +178,7 @@ export class Stats {
       replays: this.replays,
       resume_failures: this.resumeFailures,
       internal_errors: this.internalErrors,
+      usr1_ignored: this.usr1Ignored,
     };
   }
 }
