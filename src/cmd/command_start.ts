@@ -31,6 +31,8 @@ export interface StartCommandOptions<C> {
    * command with that exit code, a {@linkcode UsageError} it throws is reported. Unset: none.
    */
   check?: (config: C) => number | undefined;
+  /** Where log lines go (each carries its newline). Unset: stderr, written synchronously. */
+  logWrite?: (line: string) => void;
 }
 
 /** What {@linkcode startCommand} hands back when the command should run. */
@@ -59,7 +61,11 @@ export function startCommand<C extends CommonConfig>(
     }
     const code = options.check?.(config);
     if (code !== undefined) return code;
-    const logging = setupLogging({ level: config.logLevel, format: config.logFormat });
+    const logging = setupLogging({
+      level: config.logLevel,
+      format: config.logFormat,
+      write: options.logWrite,
+    });
     return { config, logging };
   } catch (error) {
     if (error instanceof UsageError) return reportUsageError(error.message, options.synopsis);

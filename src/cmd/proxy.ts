@@ -24,6 +24,7 @@ import { VERSION } from "../version.ts";
 import { startCommand } from "./command_start.ts";
 import { installLastResort } from "./last_resort.ts";
 import { installSignals } from "./signals.ts";
+import { LineWriter } from "./line_writer.ts";
 import { HttpBindError, type Observability, startObservability } from "./observability.ts";
 import { setupRecovery } from "./recovery_setup.ts";
 import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.ts";
@@ -202,16 +203,39 @@ function parseResumeMode(text: string): ResumeMode {
   throw new UsageError(`Invalid value "${text}" for --resume: expected verbatim, renumber or off`);
 }
 
+/** How long the last output may take at exit before a stalled reader is given up on. */
+const EXIT_FLUSH_MS = 1000;
+
 /** Runs the proxy until SIGINT/SIGTERM (or `context.signal`); resolves with the exit code. */
 export async function runProxy(args: string[], context: CommandContext = {}): Promise<number> {
-  const stdout = context.stdout ?? writeStdoutLine;
+  // Logs and stats lines go through bounded non-blocking writers: a stdout or stderr that nobody
+  // reads must not freeze traffic (a blocking write would stop the whole event loop).
+  const output = {
+    stdout: new LineWriter((bytes) => Deno.stdout.write(bytes)),
+    stderr: new LineWriter((bytes) => Deno.stderr.write(bytes)),
+  };
+  try {
+    return await serveProxy(args, context, output);
+  } finally {
+    await Promise.all([output.stdout.flush(EXIT_FLUSH_MS), output.stderr.flush(EXIT_FLUSH_MS)]);
+  }
+}
+
+async function serveProxy(
+  args: string[],
+  context: CommandContext,
+  output: { stdout: LineWriter; stderr: LineWriter },
+): Promise<number> {
+  const stdout = context.stdout ?? ((line: string) => void output.stdout.writeLine(line));
   const started = startCommand(() => parseProxyConfig(args, denoEnvReader()), {
     usage: PROXY_USAGE,
     synopsis: PROXY_SYNOPSIS,
-    stdout,
+    // --help and --version are written at once: the process exits right after.
+    stdout: context.stdout ?? writeStdoutLine,
+    logWrite: (line) => void output.stderr.write(line),
     check: (config) => {
       if (config.version) {
-        stdout(`foo-proxy ${VERSION}`);
+        (context.stdout ?? writeStdoutLine)(`foo-proxy ${VERSION}`);
         return 0;
       }
       try {
@@ -229,6 +253,10 @@ export async function runProxy(args: string[], context: CommandContext = {}): Pr
   using _logging = started.logging;
   const logger = getLogger(["foo-proxy", "proxy"]);
   const stats = new Stats({ clock: systemClock });
+  stats.logLinesDropped = output.stderr.dropped;
+  output.stderr.onDrop = () => stats.logLinesDropped++;
+  stats.statsLinesDropped = output.stdout.dropped;
+  output.stdout.onDrop = () => stats.statsLinesDropped++;
   const printStats = () => stdout(JSON.stringify(stats.snapshot()));
   let persister: RecoveryPersister | undefined;
   if (config.recoveryPath !== null) {

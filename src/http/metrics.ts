@@ -166,6 +166,18 @@ export function renderMetrics(snapshot: StatsSnapshot, options: RenderMetricsOpt
     "SIGUSR1 signals neutralised (the debugger Deno opens on it is closed; stats are on SIGUSR2).",
   );
   out.sample("foo_proxy_usr1_ignored_total", {}, snapshot.usr1_ignored);
+  out.family(
+    "foo_proxy_log_lines_dropped_total",
+    "counter",
+    "Log lines dropped because stderr was not being read (output never blocks traffic).",
+  );
+  out.sample("foo_proxy_log_lines_dropped_total", {}, snapshot.log_lines_dropped);
+  out.family(
+    "foo_proxy_stats_lines_dropped_total",
+    "counter",
+    "SIGUSR2 stats lines dropped because stdout was not being read.",
+  );
+  out.sample("foo_proxy_stats_lines_dropped_total", {}, snapshot.stats_lines_dropped);
 
   out.family(
     "foo_proxy_received_bytes_total",

@@ -69,6 +69,10 @@ export interface StatsSnapshot {
   internal_errors: number;
   /** SIGUSR1 signals neutralised (Deno's debugger closed again); stats are on SIGUSR2. */
   usr1_ignored: number;
+  /** Log lines dropped because stderr was not being read (output never blocks traffic). */
+  log_lines_dropped: number;
+  /** Stats lines (SIGUSR2) dropped because stdout was not being read. */
+  stats_lines_dropped: number;
 }
 
 /** Options for {@linkcode Stats}. */
@@ -109,6 +113,10 @@ export class Stats {
   internalErrors = 0;
   /** SIGUSR1 signals received and neutralised. */
   usr1Ignored = 0;
+  /** Log lines dropped at a stalled stderr. */
+  logLinesDropped = 0;
+  /** Stats lines dropped at a stalled stdout. */
+  statsLinesDropped = 0;
   /** Closed connections by reason. */
   readonly closed: Partial<Record<CloseReason, number>> = {};
   /** REQ→reply latency histogram, anomaly counters and requests in flight (`/stats`, `/metrics`). */
@@ -179,6 +187,8 @@ export class Stats {
       resume_failures: this.resumeFailures,
       internal_errors: this.internalErrors,
       usr1_ignored: this.usr1Ignored,
+      log_lines_dropped: this.logLinesDropped,
+      stats_lines_dropped: this.statsLinesDropped,
     };
   }
 }

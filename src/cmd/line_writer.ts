@@ -1,0 +1,140 @@
+/**
+ * Output that never blocks traffic: lines are queued and written by one asynchronous writer, so
+ * a reader that stalls (a stdout or stderr pipe nobody reads) holds up nothing but the queue.
+ * Past a bounded queue new lines are dropped and counted; when the reader catches up, one line
+ * says how many were lost.
+ *
+ * Measured with Deno 2.9.6: `Deno.stdout.write()` on a full pipe stays pending without blocking
+ * the event loop, while `writeSync` blocks the whole process.
+ *
+ * @module
+ */
+
+/** Options for {@linkcode LineWriter}. */
+export interface LineWriterOptions {
+  /**
+   * Most bytes queued; a line that does not fit is dropped. About 500 log lines: a burst rides
+   * it out, a stalled reader costs no more. @default {65536}
+   */
+  maxQueuedBytes?: number;
+  /** Called once per dropped line. Unset: only {@linkcode LineWriter.dropped} counts. */
+  onDrop?: () => void;
+  /**
+   * The line written once the reader catches up after drops, given how many were dropped.
+   * Unset: `foo-proxy: N output line(s) dropped while the reader was stalled\n`.
+   */
+  dropNotice?: (dropped: number) => string;
+}
+
+const encoder = new TextEncoder();
+
+/** A bounded, non-blocking writer of text lines. */
+export class LineWriter {
+  #write: (bytes: Uint8Array) => Promise<number>;
+  #max: number;
+  #onDrop: (() => void) | undefined;
+  #notice: (dropped: number) => string;
+  #queue: Uint8Array[] = [];
+  #queued = 0;
+  #writing: Promise<void> | undefined;
+  #dropped = 0;
+  #droppedSinceNotice = 0;
+  #failed = false;
+
+  /** A writer handing bytes to `write` (e.g. `(b) => Deno.stdout.write(b)`), one call at a time. */
+  constructor(write: (bytes: Uint8Array) => Promise<number>, options: LineWriterOptions = {}) {
+    this.#write = write;
+    this.#max = options.maxQueuedBytes ?? 64 * 1024;
+    this.#onDrop = options.onDrop;
+    this.#notice = options.dropNotice ??
+      ((n) => `foo-proxy: ${n} output line(s) dropped while the reader was stalled\n`);
+  }
+
+  /** Lines dropped so far. */
+  get dropped(): number {
+    return this.#dropped;
+  }
+
+  /** Bytes waiting to be written. */
+  get queuedBytes(): number {
+    return this.#queued;
+  }
+
+  /** Counts dropped lines with `onDrop` from now on. */
+  set onDrop(onDrop: (() => void) | undefined) {
+    this.#onDrop = onDrop;
+  }
+
+  /**
+   * Queues `text` (which carries its own newline) and returns at once: true when queued, false
+   * when dropped (the queue is full, or the output failed for good, e.g. a closed pipe).
+   */
+  write(text: string): boolean {
+    const bytes = encoder.encode(text);
+    if (this.#failed || this.#queued + bytes.length > this.#max) {
+      this.#dropped++;
+      this.#droppedSinceNotice++;
+      this.#onDrop?.();
+      return false;
+    }
+    this.#queue.push(bytes);
+    this.#queued += bytes.length;
+    this.#writing ??= this.#drain();
+    return true;
+  }
+
+  /** {@linkcode write} with a newline appended. */
+  writeLine(line: string): boolean {
+    return this.write(line + "\n");
+  }
+
+  /**
+   * Resolves true once everything queued is written, or false when `timeoutMs` passes first (the
+   * reader is stalled: exiting is not held up for it).
+   */
+  async flush(timeoutMs: number): Promise<boolean> {
+    const writing = this.#writing;
+    if (writing === undefined) return true;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<false>((resolve) =>
+      timer = setTimeout(() => resolve(false), timeoutMs)
+    );
+    try {
+      return await Promise.race([writing.then(() => true), late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async #drain(): Promise<void> {
+    try {
+      for (;;) {
+        const next = this.#queue.shift();
+        if (next === undefined) {
+          if (this.#droppedSinceNotice === 0) return;
+          // Caught up after drops: say so once, then carry on.
+          const n = this.#droppedSinceNotice;
+          this.#droppedSinceNotice = 0;
+          const notice = encoder.encode(this.#notice(n));
+          this.#queue.push(notice);
+          this.#queued += notice.length;
+          continue;
+        }
+        let bytes = next;
+        try {
+          while (bytes.length > 0) bytes = bytes.subarray(await this.#write(bytes));
+        } catch {
+          // The output is gone (closed pipe): drop what is queued and whatever comes later.
+          this.#failed = true;
+          this.#dropped += this.#queue.length + 1;
+          this.#queue = [];
+          this.#queued = 0;
+          return;
+        }
+        this.#queued -= next.length;
+      }
+    } finally {
+      this.#writing = undefined;
+    }
+  }
+}
