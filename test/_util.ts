@@ -420,6 +420,11 @@ export interface SpawnMainOptions {
   permissions?: string[];
   /** Extra environment variables (added to this process's environment). Unset: none. */
   env?: Record<string, string>;
+  /**
+   * A shell command run first, in the same process (`bash -c "PREFIX && exec deno …"`), e.g.
+   * `ulimit -n 256`. Unset: deno is spawned directly.
+   */
+  shellPrefix?: string;
 }
 
 /** A running `deno run src/main.ts …` child. `await using child = spawnMain([...]);` */
@@ -436,8 +441,14 @@ export class MainProcess implements AsyncDisposable {
   /** Spawns the child (use {@linkcode spawnMain}). */
   constructor(args: string[], options: SpawnMainOptions = {}) {
     const permissions = options.permissions ?? ["--allow-net", "--allow-env=FOO_PROXY_*"];
-    this.process = new Deno.Command(Deno.execPath(), {
-      args: ["run", ...permissions, MAIN_PATH, ...args],
+    const argv = ["run", ...permissions, MAIN_PATH, ...args];
+    const quote = (word: string) => `'${word.replaceAll("'", `'\\''`)}'`;
+    const [program, programArgs] = options.shellPrefix === undefined ? [Deno.execPath(), argv] : [
+      "bash",
+      ["-c", `${options.shellPrefix} && exec ${[Deno.execPath(), ...argv].map(quote).join(" ")}`],
+    ];
+    this.process = new Deno.Command(program, {
+      args: programArgs,
       cwd: REPO_ROOT,
       env: options.env,
       stdin: "null",

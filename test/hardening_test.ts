@@ -4,7 +4,17 @@
  */
 import assert from "node:assert/strict";
 import { LineWriter } from "../src/cmd/line_writer.ts";
-import { connectTo, LineReader, MAIN_PATH, startUpstream, waitUntil, writeAll } from "./_util.ts";
+import { HttpServer } from "../src/net/http_server.ts";
+import {
+  connectTo,
+  LineReader,
+  MAIN_PATH,
+  type MainProcess,
+  spawnMain,
+  startUpstream,
+  waitUntil,
+  writeAll,
+} from "./_util.ts";
 
 /** A port nothing listens on yet. */
 function freePort(): number {
@@ -152,4 +162,243 @@ Deno.test("LineWriter drops past its bound, never blocks, and says how many once
     "5678\n",
     "foo-proxy: 1 output line(s) dropped while the reader was stalled\n",
   ]);
+});
+
+// ---------------------------------------------------------------------------------------------
+// The admin HTTP server
+
+async function httpGet(port: number, path: string, timeoutMs = 5000): Promise<Response> {
+  return await fetch(`http://127.0.0.1:${port}${path}`, { signal: AbortSignal.timeout(timeoutMs) });
+}
+
+Deno.test("HttpServer: a slowloris past the cap is refused at once, and its headers deadline frees the slots", async () => {
+  await using server = new HttpServer({
+    hostname: "127.0.0.1",
+    port: 0,
+    handler: () => new Response("ok"),
+    maxConnections: 4,
+    headerTimeoutMs: 300,
+  });
+  const { port } = server.start();
+  const slow = await Promise.all(Array.from({ length: 10 }, () => connectTo(port)));
+  try {
+    for (const conn of slow) await writeAll(conn, "GET /stats HTTP/1.1\r\nHost: x\r\n"); // never ends
+    await waitUntil(() => server.counters.rejected === 6, "the connections past the cap");
+    assert.equal(server.connections, 4);
+    // Past the deadline the held slots are freed and a normal request is served.
+    await waitUntil(() => server.counters.timeouts === 4, "the headers deadline");
+    const response = await httpGet(port, "/stats");
+    assert.equal(await response.text(), "ok");
+  } finally {
+    for (const conn of slow) conn.close();
+  }
+});
+
+Deno.test("HttpServer: oversized headers get 431, oversized bodies 413, garbage 400; the server carries on", async () => {
+  await using server = new HttpServer({
+    hostname: "127.0.0.1",
+    port: 0,
+    handler: async (request) => new Response(`${request.method} ${(await request.text()).length}`),
+    maxHeaderBytes: 4096,
+    maxBodyBytes: 100,
+  });
+  const { port } = server.start();
+  const raw = async (text: string) => {
+    using conn = await connectTo(port);
+    await writeAll(conn, text);
+    return (await new LineReader(conn).readLine()) ?? "";
+  };
+  assert.match(await raw(`GET / HTTP/1.1\r\nX-Big: ${"a".repeat(5000)}\r\n\r\n`), / 431 /);
+  assert.match(await raw(`POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n`), / 413 /);
+  assert.match(await raw(`HELLO\r\n\r\n`), / 400 /);
+  assert.match(await raw(`POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n`), / 411 /);
+  assert.equal(server.counters.badRequests, 4);
+  const response = await fetch(`http://127.0.0.1:${port}/`, { method: "POST", body: "12345" });
+  assert.equal(await response.text(), "POST 5");
+  assert.equal(response.headers.get("connection"), "close");
+});
+
+Deno.test("HttpServer streams text/event-stream responses as they are produced", async () => {
+  let push: ((text: string) => void) | undefined;
+  let end: (() => void) | undefined;
+  await using server = new HttpServer({
+    hostname: "127.0.0.1",
+    port: 0,
+    handler: () =>
+      new Response(
+        new ReadableStream<Uint8Array>({
+          start(controller) {
+            const encoder = new TextEncoder();
+            push = (text) => controller.enqueue(encoder.encode(text));
+            end = () => controller.close();
+          },
+        }),
+        { headers: { "content-type": "text/event-stream" } },
+      ),
+  });
+  const { port } = server.start();
+  const response = await fetch(`http://127.0.0.1:${port}/events`);
+  const reader = response.body!.pipeThrough(new TextDecoderStream()).getReader();
+  await waitUntil(() => push !== undefined, "the stream to start");
+  push!("data: 1\n\n");
+  assert.equal((await reader.read()).value, "data: 1\n\n", "the first event before the end");
+  push!("data: 2\n\n");
+  end!();
+  let rest = "";
+  for (let r = await reader.read(); !r.done; r = await reader.read()) rest += r.value;
+  assert.equal(rest, "data: 2\n\n");
+});
+
+// ---------------------------------------------------------------------------------------------
+// File descriptors
+
+/**
+ * `foo-proxy proxy` under `ulimit -n limit`, told the limit through `FOO_PROXY_FD_LIMIT`, serving
+ * /stats on `http`.
+ */
+async function spawnLimited(
+  limit: number,
+  forward: Deno.NetAddr,
+  flags: string[] = [],
+): Promise<{ child: MainProcess; port: number; http: number }> {
+  const http = freePort();
+  const child = spawnMain([
+    "proxy",
+    "--listen=127.0.0.1:0",
+    `--forward=127.0.0.1:${forward.port}`,
+    `--http=127.0.0.1:${http}`,
+    "--health=off",
+    ...flags,
+  ], {
+    // What a launcher does: Deno cannot read the limit without --allow-all, so it is handed in.
+    shellPrefix: `ulimit -n ${limit} && export FOO_PROXY_FD_LIMIT=$(ulimit -n)`,
+  });
+  const port = Number((await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
+  return { child, port, http };
+}
+
+/** Opens `count` clients at once; each sends one REQ; returns how many got their ACK. */
+async function crowd(port: number, count: number): Promise<{ served: number; conns: Deno.Conn[] }> {
+  const conns: Deno.Conn[] = [];
+  let served = 0;
+  await Promise.all(Array.from({ length: count }, async (_, k) => {
+    let conn: Deno.TcpConn;
+    try {
+      conn = await connectTo(port);
+    } catch {
+      return; // refused or reset at the door: not served, and that is allowed
+    }
+    conns.push(conn);
+    try {
+      await writeAll(conn, `REQ ${k + 1}\n`);
+      const line = await new LineReader(conn).readLine(10_000);
+      if (line === `ACK ${k + 1}`) served++;
+    } catch {
+      // Closed or reset by the proxy: not served.
+    }
+  }));
+  return { served, conns };
+}
+
+Deno.test("under ulimit -n 256, --max-connections auto fits the limit: extra clients are refused cleanly", async () => {
+  await using upstream = await startUpstream();
+  const { child, port, http } = await spawnLimited(256, upstream.addr);
+  await using _child = child;
+  // Logged before "Listening", which spawnLimited waited for.
+  assert.match(
+    child.stderr.text,
+    /Serving up to 64 clients \(--max-connections auto, from the fd limit 256\)/,
+  );
+  const { served, conns } = await crowd(port, 150);
+  try {
+    assert.equal(served, 64, "exactly the clients that fit are served");
+    const stats = await (await httpGet(http, "/stats")).json();
+    assert.equal(stats.connections_rejected, 150 - 64);
+    assert.equal(stats.accept_resource_errors, 0, "never ran out of descriptors");
+  } finally {
+    for (const conn of conns) conn.close();
+  }
+  // Everyone left: a new client is served.
+  const again = await crowd(port, 1);
+  for (const conn of again.conns) conn.close();
+  assert.equal(again.served, 1);
+  child.kill("SIGTERM");
+  assert.equal((await child.status()).code, 0);
+});
+
+Deno.test("under ulimit -n 256 with --max-connections 10000: running out of fds pauses accepts, never kills", async () => {
+  await using upstream = await startUpstream();
+  const { child, port, http } = await spawnLimited(256, upstream.addr, ["--max-connections=10000"]);
+  await using _child = child;
+  assert.match(child.stderr.text, /--max-connections 10000 needs about 20128 file descriptors/);
+  const { served, conns } = await crowd(port, 300);
+  try {
+    assert.ok(served > 0 && served < 300, `served ${served} of 300`);
+  } finally {
+    for (const conn of conns) conn.close();
+  }
+  // The descriptors come back: the proxy serves again, and says what happened.
+  await waitUntil(async () => {
+    const one = await crowd(port, 1);
+    for (const conn of one.conns) conn.close();
+    return one.served === 1;
+  }, "a client to be served again");
+  const stats = await (await httpGet(http, "/stats")).json();
+  assert.ok(stats.accept_resource_errors > 0 || stats.connections_closed.upstream_unreachable > 0);
+  child.kill("SIGTERM");
+  assert.equal((await child.status()).code, 0);
+  assert.match(child.stderr.text, /Too many open files/);
+});
+
+Deno.test("a slowloris on the admin port under ulimit -n 256: Foo traffic flows, the admin port recovers", async () => {
+  await using upstream = await startUpstream();
+  const { child, port, http } = await spawnLimited(256, upstream.addr);
+  await using _child = child;
+  using client = await connectTo(port);
+  const reader = new LineReader(client);
+  const slow: Deno.Conn[] = [];
+  try {
+    // More half-open requests than the process has descriptors for.
+    for (let k = 0; k < 300; k++) {
+      try {
+        const conn = await connectTo(http);
+        slow.push(conn);
+        await writeAll(conn, "GET /stats HTTP/1.1\r\nHost: x\r\n");
+      } catch {
+        // Closed at once (over the admin cap): that is the defence.
+      }
+      if (k % 50 === 0) {
+        await writeAll(client, `REQ ${k + 1}\n`);
+        assert.deepEqual(await reader.readLines(1), [`ACK ${k + 1}`], "Foo traffic during it");
+      }
+    }
+    // The held ones hit the 5 s headers deadline; then the admin port answers again.
+    await waitUntil(
+      async () => {
+        try {
+          return (await httpGet(http, "/stats", 1000)).ok;
+        } catch {
+          return false;
+        }
+      },
+      "the admin port to answer again",
+      15_000,
+    );
+    const stats = await (await httpGet(http, "/stats")).json();
+    assert.ok(stats.admin_connections_rejected > 0, "connections past the cap were refused");
+    assert.ok(stats.admin_request_timeouts > 0, "half-open requests were cut by the deadline");
+    await writeAll(client, "REQ 999\n");
+    assert.deepEqual(await reader.readLines(1), ["ACK 999"]);
+  } finally {
+    for (const conn of slow) {
+      try {
+        conn.close();
+      } catch {
+        // Closed already.
+      }
+    }
+  }
+  client.close();
+  child.kill("SIGTERM");
+  assert.equal((await child.status()).code, 0);
 });

@@ -12,6 +12,7 @@ import { combineApps } from "../http/combine_apps.ts";
 import { createHealthApp } from "../http/health_app.ts";
 import { proxyReadinessChecks } from "../http/readiness.ts";
 import { createStatsApp } from "../http/stats_app.ts";
+import { HttpServer, type HttpServerCounters } from "../net/http_server.ts";
 import { describeError } from "../proxy/upstream.ts";
 import { UpstreamProbe } from "../proxy/upstream_probe.ts";
 import type { Stats } from "../stats/stats.ts";
@@ -56,6 +57,8 @@ export interface ObservabilityOptions {
   probeIntervalMs?: number;
   /** Upstream probe connect timeout in ms. @default {1000} */
   probeTimeoutMs?: number;
+  /** Admin HTTP connections served at once, per server; more are closed. @default {64} */
+  maxAdminConnections?: number;
 }
 
 /** The running HTTP servers and probe. Close with {@linkcode Observability.close}. */
@@ -64,14 +67,14 @@ export class Observability implements AsyncDisposable {
   readonly probe: UpstreamProbe | undefined;
   /** The first probe's result (`false` at once without a probe). */
   readonly firstProbe: Promise<boolean>;
-  #servers: { server: Deno.HttpServer<Deno.NetAddr>; routes: string }[];
+  #servers: { server: HttpServer; routes: string }[];
   #addrs: { http?: Deno.NetAddr; health?: Deno.NetAddr };
   #stopping: { value: boolean };
   #closing: Promise<void> | undefined;
 
   /** Use {@linkcode startObservability}. */
   constructor(
-    servers: { server: Deno.HttpServer<Deno.NetAddr>; routes: string }[],
+    servers: { server: HttpServer; routes: string }[],
     addrs: { http?: Deno.NetAddr; health?: Deno.NetAddr },
     probe: UpstreamProbe | undefined,
     stopping: { value: boolean },
@@ -118,20 +121,39 @@ export class Observability implements AsyncDisposable {
   }
 }
 
-async function shutdownWithin(server: Deno.HttpServer, graceMs: number): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<"late">((
-    resolve,
-  ) => (timer = setTimeout(() => resolve("late"), graceMs)));
-  const done = server.shutdown().then(() => "done" as const);
-  const outcome = await Promise.race([done, late]);
-  clearTimeout(timer);
-  if (outcome === "late") {
-    // A client that will not finish must not hold up the exit; unref so it cannot.
-    server.unref();
-  } else {
-    await server.finished;
-  }
+function shutdownWithin(server: HttpServer, graceMs: number): Promise<void> {
+  // Requests in progress get `graceMs`; then their connections are closed.
+  return server.close(graceMs);
+}
+
+/** The admin servers' counters, kept in the proxy's stats. */
+function statsCounters(stats: Stats): HttpServerCounters {
+  return {
+    get rejected() {
+      return stats.adminConnectionsRejected;
+    },
+    set rejected(n: number) {
+      stats.adminConnectionsRejected = n;
+    },
+    get timeouts() {
+      return stats.adminRequestTimeouts;
+    },
+    set timeouts(n: number) {
+      stats.adminRequestTimeouts = n;
+    },
+    get badRequests() {
+      return stats.adminBadRequests;
+    },
+    set badRequests(n: number) {
+      stats.adminBadRequests = n;
+    },
+    get acceptErrors() {
+      return stats.acceptErrors;
+    },
+    set acceptErrors(n: number) {
+      stats.acceptErrors = n;
+    },
+  };
 }
 
 /**
@@ -198,23 +220,25 @@ export async function startObservability(options: ObservabilityOptions): Promise
   add("http", options.http, statsApp);
   add("health", options.health, healthApp);
 
-  const servers: { server: Deno.HttpServer<Deno.NetAddr>; routes: string }[] = [];
+  const servers: { server: HttpServer; routes: string }[] = [];
+  const counters = statsCounters(stats);
   const addrs: { http?: Deno.NetAddr; health?: Deno.NetAddr } = {};
   for (const plan of plans) {
     const routes = plan.names.map((n) => (n === "http" ? "stats" : "health")).join(" and ");
     const app = plan.apps.length === 1 ? plan.apps[0] : combineApps(...plan.apps);
-    let server: Deno.HttpServer<Deno.NetAddr>;
+    let server: HttpServer;
     try {
-      server = Deno.serve({
+      // Our bounded server, not Deno.serve: capped connections, header and body deadlines, and
+      // an accept loop that survives running out of file descriptors.
+      server = new HttpServer({
         hostname: plan.address.hostname,
         port: plan.address.port,
-        // Deno's default prints to stdout, which carries only stats lines: log instead.
-        onListen: () => {},
-        onError: (error) => {
-          logger.error("HTTP handler failed: {error}", { error: String(error) });
-          return Response.json({ error: "internal error" }, { status: 500 });
-        },
-      }, app.fetch);
+        handler: (request) => app.fetch(request),
+        maxConnections: options.maxAdminConnections,
+        logger,
+        counters,
+      });
+      server.start();
     } catch (error) {
       const flag = plan.names.map((n) => `--${n}`).join("/");
       const message = `Cannot serve ${routes} HTTP on "${formatAddress(plan.address)}" (${flag}): ${

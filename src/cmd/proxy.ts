@@ -24,6 +24,7 @@ import { VERSION } from "../version.ts";
 import { startCommand } from "./command_start.ts";
 import { installLastResort } from "./last_resort.ts";
 import { installSignals } from "./signals.ts";
+import { fdsNeeded, maxConnectionsFor, readFdLimit } from "./fd_limit.ts";
 import { LineWriter } from "./line_writer.ts";
 import { HttpBindError, type Observability, startObservability } from "./observability.ts";
 import { setupRecovery } from "./recovery_setup.ts";
@@ -34,7 +35,8 @@ export const PROXY_FLAGS: Record<string, FlagSpec> = {
   listen: { type: "string", default: ":8002" },
   forward: { type: "string", default: "localhost:8001" },
   "connect-timeout": { type: "string", default: "5s" },
-  "max-connections": { type: "string", default: "10000" },
+  "max-connections": { type: "string", default: "auto" },
+  "fd-limit": { type: "string", default: "auto" },
   "max-inflight": { type: "string", default: "10000" },
   "idle-timeout": { type: "string", default: "off" },
   "half-close-timeout": { type: "string", default: "30s" },
@@ -58,7 +60,7 @@ export const PROXY_FLAGS: Record<string, FlagSpec> = {
 
 /** One-line synopsis of `foo-proxy proxy`, quoted in usage errors. */
 export const PROXY_SYNOPSIS =
-  "foo-proxy [proxy] [--listen ADDR] [--forward ADDR] [--http ADDR|off] [--health ADDR|off] [--recovery-path FILE] [--resume[=verbatim|renumber]] [--connect-timeout DUR] [--connect-retries N] [--max-connections N] [--max-inflight N] [--idle-timeout DUR] [--half-close-timeout DUR] [--drain-delay DUR] [--drain-timeout DUR] [--log-level LEVEL] [--log-format text|json]";
+  "foo-proxy [proxy] [--listen ADDR] [--forward ADDR] [--http ADDR|off] [--health ADDR|off] [--recovery-path FILE] [--resume[=verbatim|renumber]] [--connect-timeout DUR] [--connect-retries N] [--max-connections N|auto] [--fd-limit N|auto] [--max-inflight N] [--idle-timeout DUR] [--half-close-timeout DUR] [--drain-delay DUR] [--drain-timeout DUR] [--log-level LEVEL] [--log-format text|json]";
 
 /** Usage text of `foo-proxy proxy`. */
 export const PROXY_USAGE = `Usage: foo-proxy [proxy] [flags]
@@ -75,7 +77,14 @@ Flags (each also from FOO_PROXY_<NAME>, e.g. FOO_PROXY_LISTEN; flags win):
   --listen ADDR            where clients connect            (default :8002, all interfaces)
   --forward ADDR           the upstream Foo server          (default localhost:8001)
   --connect-timeout DUR    upstream connect timeout         (default 5s; 0 = none)
-  --max-connections N      clients served at once           (default 10000)
+  --max-connections N|auto clients served at once; auto fits
+                           the fd limit: (limit - 128) / 2,
+                           at most 10000                    (default auto)
+  --fd-limit N|auto        the process's fd limit, e.g.
+                           FOO_PROXY_FD_LIMIT=$(ulimit -n);
+                           auto: read it if Deno allows (it
+                           needs --allow-all), else 10000
+                           clients                          (default auto)
   --max-inflight N         unanswered REQs per client before
                            its reads pause                  (default 10000; 0 = no limit)
   --idle-timeout DUR       close a client with no traffic and
@@ -115,7 +124,10 @@ export interface ProxyConfig {
   listen: { hostname: string; port: number };
   forward: { hostname: string; port: number };
   connectTimeoutMs: number;
-  maxConnections: number;
+  /** Clients served at once; `undefined`: derived from the fd limit at start ("auto"). */
+  maxConnections: number | undefined;
+  /** The fd limit handed in; `undefined`: read it at start if possible ("auto"). */
+  fdLimit: number | undefined;
   maxInflight: number;
   idleTimeoutMs: number;
   connectRetries: number;
@@ -170,7 +182,12 @@ export function parseProxyConfig(
     listen: address("listen", "0.0.0.0"),
     forward: address("forward", "localhost"),
     connectTimeoutMs: parseDuration("connect-timeout", v["connect-timeout"]),
-    maxConnections: parseIntegerFlag("max-connections", v["max-connections"], { min: 1 }),
+    fdLimit: String(v["fd-limit"]).trim().toLowerCase() === "auto"
+      ? undefined
+      : parseIntegerFlag("fd-limit", v["fd-limit"], { min: 1 }),
+    maxConnections: String(v["max-connections"]).trim().toLowerCase() === "auto"
+      ? undefined
+      : parseIntegerFlag("max-connections", v["max-connections"], { min: 1 }),
     maxInflight: parseIntegerFlag("max-inflight", v["max-inflight"]),
     idleTimeoutMs: parseDuration("idle-timeout", v["idle-timeout"]),
     connectRetries: parseIntegerFlag("connect-retries", v["connect-retries"], { max: 100 }),
@@ -294,13 +311,28 @@ async function serveProxy(
   });
   context.signal?.addEventListener("abort", () => signals.stop("abort"), { once: true });
 
+  const fdLimit = config.fdLimit ?? readFdLimit();
+  const maxConnections = config.maxConnections ?? maxConnectionsFor(fdLimit);
+  if (config.maxConnections === undefined) {
+    logger.info(
+      fdLimit === undefined
+        ? "Serving up to {max} clients (--max-connections auto: the fd limit is unknown; set --fd-limit, e.g. FOO_PROXY_FD_LIMIT=$(ulimit -n), to fit it)"
+        : "Serving up to {max} clients (--max-connections auto, from the fd limit {limit})",
+      { max: maxConnections, limit: fdLimit },
+    );
+  } else if (fdLimit !== undefined && fdsNeeded(maxConnections) > fdLimit) {
+    logger.warning(
+      "--max-connections {max} needs about {needed} file descriptors but the limit is {limit}: raise it (ulimit -n) or lower --max-connections; past the limit new clients fail to connect",
+      { max: maxConnections, needed: fdsNeeded(maxConnections), limit: fdLimit },
+    );
+  }
   const proxy = new Proxy({
     listen: config.listen,
     forward: config.forward,
     stats,
     logger,
     connectTimeoutMs: config.connectTimeoutMs,
-    maxConnections: config.maxConnections,
+    maxConnections,
     maxInflight: config.maxInflight,
     idleTimeoutMs: config.idleTimeoutMs,
     connectRetries: config.connectRetries,
@@ -330,7 +362,7 @@ async function serveProxy(
       listening: () => proxy.listening,
       shuttingDown: () => proxy.shuttingDown,
       forward: config.forward,
-      maxConnections: config.maxConnections,
+      maxConnections,
       http: config.http,
       health: config.health,
       required: { http: config.httpExplicit, health: config.healthExplicit },

@@ -178,6 +178,36 @@ export function renderMetrics(snapshot: StatsSnapshot, options: RenderMetricsOpt
     "SIGUSR2 stats lines dropped because stdout was not being read.",
   );
   out.sample("foo_proxy_stats_lines_dropped_total", {}, snapshot.stats_lines_dropped);
+  out.family(
+    "foo_proxy_accept_errors_total",
+    "counter",
+    "Accept errors that concerned one connection; accepting carries on at once.",
+  );
+  out.sample("foo_proxy_accept_errors_total", {}, snapshot.accept_errors);
+  out.family(
+    "foo_proxy_accept_resource_errors_total",
+    "counter",
+    "Accept errors from resource exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM); accepting pauses 5-100 ms.",
+  );
+  out.sample("foo_proxy_accept_resource_errors_total", {}, snapshot.accept_resource_errors);
+  out.family(
+    "foo_proxy_admin_connections_rejected_total",
+    "counter",
+    "Admin HTTP connections closed at once because the admin connection cap was reached.",
+  );
+  out.sample("foo_proxy_admin_connections_rejected_total", {}, snapshot.admin_connections_rejected);
+  out.family(
+    "foo_proxy_admin_request_timeouts_total",
+    "counter",
+    "Admin HTTP requests whose headers or body came too slowly, or whose reader stalled.",
+  );
+  out.sample("foo_proxy_admin_request_timeouts_total", {}, snapshot.admin_request_timeouts);
+  out.family(
+    "foo_proxy_admin_bad_requests_total",
+    "counter",
+    "Admin HTTP requests refused as malformed or too large before reaching the app.",
+  );
+  out.sample("foo_proxy_admin_bad_requests_total", {}, snapshot.admin_bad_requests);
 
   out.family(
     "foo_proxy_received_bytes_total",

@@ -8,6 +8,7 @@ import { getLogger, type Logger } from "@logtape/logtape";
 import { type Address, formatAddress } from "../cli/address.ts";
 import { type Clock, systemClock } from "../stats/clock.ts";
 import { type CloseReason, Stats } from "../stats/stats.ts";
+import { acceptLoop } from "../net/accept_loop.ts";
 import { waitOrAbort } from "./wait_or_abort.ts";
 import { bridge, BridgeState } from "./bridge.ts";
 import {
@@ -294,21 +295,8 @@ export class Proxy implements AsyncDisposable {
     await this.close();
   }
 
-  async #acceptLoop(listener: Deno.TcpListener): Promise<void> {
-    for (;;) {
-      let conn: Deno.TcpConn;
-      try {
-        conn = await listener.accept();
-      } catch (error) {
-        if (this.#closing || error instanceof Deno.errors.BadResource) return;
-        // Out of file descriptors and the like: say so and back off instead of spinning.
-        this.#logger.error("Accept failed on {listen}: {error}", {
-          listen: formatAddress(this.#options.listen),
-          error: String(error),
-        });
-        await new Promise((resolve) => setTimeout(resolve, 100));
-        continue;
-      }
+  #acceptLoop(listener: Deno.TcpListener): Promise<void> {
+    return acceptLoop(listener, (conn) => {
       const connection: Connection = {
         controller: new AbortController(),
         state: new BridgeState(),
@@ -318,7 +306,14 @@ export class Proxy implements AsyncDisposable {
       // Added first: #handle removes it when it ends, possibly before returning its promise.
       this.#connections.add(connection);
       connection.task = this.#handle(conn, connection);
-    }
+    }, {
+      closed: () => this.#closing,
+      label: formatAddress(this.#options.listen),
+      logger: this.#logger,
+      signal: this.#closeAll.signal,
+      onConnectionError: () => this.stats.acceptErrors++,
+      onResourceError: () => this.stats.acceptResourceErrors++,
+    });
   }
 
   // Serves one connection and removes it from #connections when done; never rejects.

@@ -73,6 +73,16 @@ export interface StatsSnapshot {
   log_lines_dropped: number;
   /** Stats lines (SIGUSR2) dropped because stdout was not being read. */
   stats_lines_dropped: number;
+  /** Accept errors that concerned one connection (reset before it was taken); never pause accepting. */
+  accept_errors: number;
+  /** Accept errors from resource exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM): accepting paused briefly. */
+  accept_resource_errors: number;
+  /** Admin HTTP connections closed at once because the admin cap was reached. */
+  admin_connections_rejected: number;
+  /** Admin HTTP requests whose headers or body came too slowly (or whose reader stalled). */
+  admin_request_timeouts: number;
+  /** Admin HTTP requests refused before the app: malformed or too large. */
+  admin_bad_requests: number;
 }
 
 /** Options for {@linkcode Stats}. */
@@ -117,6 +127,16 @@ export class Stats {
   logLinesDropped = 0;
   /** Stats lines dropped at a stalled stdout. */
   statsLinesDropped = 0;
+  /** Accept errors of one connection. */
+  acceptErrors = 0;
+  /** Accept errors from resource exhaustion. */
+  acceptResourceErrors = 0;
+  /** Admin HTTP connections refused at the cap. */
+  adminConnectionsRejected = 0;
+  /** Admin HTTP requests cut by a deadline. */
+  adminRequestTimeouts = 0;
+  /** Admin HTTP requests refused as malformed or too large. */
+  adminBadRequests = 0;
   /** Closed connections by reason. */
   readonly closed: Partial<Record<CloseReason, number>> = {};
   /** REQ→reply latency histogram, anomaly counters and requests in flight (`/stats`, `/metrics`). */
@@ -189,6 +209,11 @@ export class Stats {
       usr1_ignored: this.usr1Ignored,
       log_lines_dropped: this.logLinesDropped,
       stats_lines_dropped: this.statsLinesDropped,
+      accept_errors: this.acceptErrors,
+      accept_resource_errors: this.acceptResourceErrors,
+      admin_connections_rejected: this.adminConnectionsRejected,
+      admin_request_timeouts: this.adminRequestTimeouts,
+      admin_bad_requests: this.adminBadRequests,
     };
   }
 }

@@ -1,0 +1,386 @@
+/**
+ * A small HTTP/1.1 server for the admin apps (`/stats`, `/metrics`, health), in place of
+ * `Deno.serve`, which cannot be bounded: it has no cap on connections and no deadline for a
+ * request's headers (a slowloris of half-open requests holds file descriptors until the process
+ * runs out), and an accept that fails with EMFILE ends the whole process (measured with Deno
+ * 2.9.6: `Uncaught (in promise) Http: Error: Too many open files`).
+ *
+ * Here every connection serves one request and closes (`Connection: close`; scrapers and probes
+ * reconnect, and a closed connection holds nothing), connections past a cap are closed at once,
+ * and each phase has a deadline: the request line and headers, the body, and writing the
+ * response. Request bodies must carry `Content-Length` (no chunked uploads) and are bounded.
+ * Responses are buffered, except `text/event-stream` ones, which are streamed with chunked
+ * encoding.
+ *
+ * @module
+ */
+import type { Logger } from "@logtape/logtape";
+import { acceptLoop } from "./accept_loop.ts";
+
+/** Options for {@linkcode HttpServer}. */
+export interface HttpServerOptions {
+  /** Where to listen (port 0: any free port). */
+  hostname: string;
+  port: number;
+  /** Answers one request. A throw becomes a 500. */
+  handler: (request: Request) => Response | Promise<Response>;
+  /** Connections served at once; more are closed at once and counted. @default {64} */
+  maxConnections?: number;
+  /** Deadline for the request line and headers, from accept, in ms. @default {5000} */
+  headerTimeoutMs?: number;
+  /** Deadline for the whole request including its body, from accept, in ms. @default {10000} */
+  requestTimeoutMs?: number;
+  /** Deadline for writing a buffered response, in ms (a peer that does not read). @default {10000} */
+  writeTimeoutMs?: number;
+  /** Largest request line plus headers, in bytes (past it: 431). @default {16384} */
+  maxHeaderBytes?: number;
+  /** Largest request body, in bytes (past it: 413). @default {65536} */
+  maxBodyBytes?: number;
+  /** Logger for failures; unset: nothing is logged. */
+  logger?: Logger;
+  /** Counters to add to; unset: kept on the server only. */
+  counters?: HttpServerCounters;
+}
+
+/** What an {@linkcode HttpServer} counts. */
+export class HttpServerCounters {
+  /** Connections closed at once because `maxConnections` were open. */
+  rejected = 0;
+  /** Requests whose headers or body did not arrive in time, or whose reader stalled. */
+  timeouts = 0;
+  /** Requests refused as malformed or too large (4xx before the handler). */
+  badRequests = 0;
+  /** Accept errors (one connection's, or resource exhaustion). */
+  acceptErrors = 0;
+}
+
+const CRLF_CRLF = [13, 10, 13, 10];
+const encoder = new TextEncoder();
+
+/** A bounded HTTP/1.1 server; see the module docs. */
+export class HttpServer implements AsyncDisposable {
+  /** Its counters. */
+  readonly counters: HttpServerCounters;
+  #options: HttpServerOptions;
+  #listener: Deno.TcpListener | undefined;
+  #open = new Set<Deno.TcpConn>();
+  #tasks = new Set<Promise<void>>();
+  #accepting: Promise<void> | undefined;
+  #closed = false;
+
+  /** Creates the server; nothing is bound until {@linkcode start}. */
+  constructor(options: HttpServerOptions) {
+    this.#options = options;
+    this.counters = options.counters ?? new HttpServerCounters();
+  }
+
+  /**
+   * Binds and starts accepting; returns the bound address.
+   *
+   * @throws {Deno.errors.AddrInUse} (and other listen errors).
+   */
+  start(): Deno.NetAddr {
+    if (this.#listener) throw new Error("HttpServer already started");
+    this.#listener = Deno.listen({ hostname: this.#options.hostname, port: this.#options.port });
+    this.#accepting = acceptLoop(this.#listener, (conn) => this.#accept(conn), {
+      closed: () => this.#closed,
+      label: `${this.#options.hostname}:${this.#listener.addr.port}`,
+      logger: this.#options.logger,
+      onConnectionError: () => this.counters.acceptErrors++,
+      onResourceError: () => this.counters.acceptErrors++,
+    });
+    return this.#listener.addr;
+  }
+
+  /** The bound address. */
+  get addr(): Deno.NetAddr {
+    if (!this.#listener) throw new Error("HttpServer is not started");
+    return this.#listener.addr;
+  }
+
+  /** Connections open now. */
+  get connections(): number {
+    return this.#open.size;
+  }
+
+  /**
+   * Stops accepting; requests in progress get up to `graceMs` to finish, then their connections
+   * are closed. Resolves when every connection has ended.
+   */
+  async close(graceMs = 1000): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      try {
+        this.#listener?.close();
+      } catch {
+        // Already closed.
+      }
+    }
+    await this.#accepting;
+    if (this.#tasks.size > 0 && graceMs > 0) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const late = new Promise<void>((resolve) => timer = setTimeout(resolve, graceMs));
+      await Promise.race([Promise.all([...this.#tasks]), late]);
+      clearTimeout(timer);
+    }
+    for (const conn of this.#open) closeQuietly(conn);
+    while (this.#tasks.size > 0) await Promise.all([...this.#tasks]);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close(0);
+  }
+
+  #accept(conn: Deno.TcpConn): void {
+    if (this.#closed || this.#open.size >= (this.#options.maxConnections ?? 64)) {
+      if (!this.#closed) this.counters.rejected++;
+      closeQuietly(conn);
+      return;
+    }
+    this.#open.add(conn);
+    const task = this.#serve(conn).catch((error) => {
+      this.#options.logger?.error("HTTP connection failed: {error}", { error: String(error) });
+    }).finally(() => {
+      closeQuietly(conn);
+      this.#open.delete(conn);
+      this.#tasks.delete(task);
+    });
+    this.#tasks.add(task);
+  }
+
+  async #serve(conn: Deno.TcpConn): Promise<void> {
+    const o = this.#options;
+    const counters = this.counters;
+    // One timer at a time closes the connection when the phase it guards overruns.
+    let timedOut = false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const deadline = (ms: number) => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        timedOut = true;
+        counters.timeouts++;
+        closeQuietly(conn);
+      }, ms);
+    };
+    const started = performance.now();
+    deadline(o.headerTimeoutMs ?? 5000);
+    try {
+      const maxHeader = o.maxHeaderBytes ?? 16384;
+      let buf = new Uint8Array(2048);
+      let length = 0;
+      let headEnd = -1;
+      while (headEnd < 0) {
+        if (length === buf.length) {
+          if (buf.length >= maxHeader) {
+            counters.badRequests++;
+            return await this.#plain(conn, 431, "request headers too large");
+          }
+          const bigger = new Uint8Array(Math.min(maxHeader, buf.length * 2));
+          bigger.set(buf);
+          buf = bigger;
+        }
+        let n: number | null;
+        try {
+          n = await conn.read(buf.subarray(length));
+        } catch {
+          return; // reset, or closed by the deadline
+        }
+        if (n === null) return;
+        const from = Math.max(0, length - 3);
+        length += n;
+        headEnd = indexOfSeq(buf, CRLF_CRLF, from, length);
+      }
+      const head = new TextDecoder().decode(buf.subarray(0, headEnd));
+      const parsed = parseHead(head);
+      if (typeof parsed === "string") {
+        counters.badRequests++;
+        return await this.#plain(conn, 400, parsed);
+      }
+      let body: Uint8Array<ArrayBuffer> | undefined;
+      const contentLength = parsed.headers.get("content-length");
+      if (parsed.headers.has("transfer-encoding")) {
+        counters.badRequests++;
+        return await this.#plain(conn, 411, "send the body with Content-Length");
+      }
+      if (contentLength !== null) {
+        const size = /^\d+$/.test(contentLength) ? Number(contentLength) : NaN;
+        if (!Number.isSafeInteger(size)) {
+          counters.badRequests++;
+          return await this.#plain(conn, 400, "bad Content-Length");
+        }
+        if (size > (o.maxBodyBytes ?? 65536)) {
+          counters.badRequests++;
+          return await this.#plain(conn, 413, "request body too large");
+        }
+        deadline(Math.max(1, (o.requestTimeoutMs ?? 10_000) - (performance.now() - started)));
+        body = new Uint8Array(size);
+        const already = Math.min(size, length - (headEnd + 4));
+        body.set(buf.subarray(headEnd + 4, headEnd + 4 + already));
+        for (let got = already; got < size;) {
+          let n: number | null;
+          try {
+            n = await conn.read(body.subarray(got));
+          } catch {
+            return;
+          }
+          if (n === null) return;
+          got += n;
+        }
+      }
+      clearTimeout(timer);
+      const host = parsed.headers.get("host") ?? `${o.hostname}:${this.addr.port}`;
+      let response: Response;
+      try {
+        const request = new Request(`http://${host}${parsed.target}`, {
+          method: parsed.method,
+          headers: parsed.headers,
+          body: body && parsed.method !== "GET" && parsed.method !== "HEAD" ? body : undefined,
+        });
+        response = await o.handler(request);
+      } catch (error) {
+        o.logger?.error("HTTP handler failed: {error}", { error: String(error) });
+        response = Response.json({ error: "internal error" }, { status: 500 });
+      }
+      await this.#respond(conn, response, parsed.method === "HEAD", deadline);
+    } finally {
+      clearTimeout(timer);
+      if (timedOut) closeQuietly(conn);
+    }
+  }
+
+  async #respond(
+    conn: Deno.TcpConn,
+    response: Response,
+    head: boolean,
+    deadline: (ms: number) => void,
+  ): Promise<void> {
+    const writeMs = this.#options.writeTimeoutMs ?? 10_000;
+    const streaming = response.headers.get("content-type")?.startsWith("text/event-stream") &&
+      response.body !== null && !head;
+    let lines = `HTTP/1.1 ${response.status} ${response.statusText || reason(response.status)}\r\n`;
+    response.headers.forEach((value, name) => {
+      if (name !== "content-length" && name !== "connection" && name !== "transfer-encoding") {
+        lines += `${name}: ${value}\r\n`;
+      }
+    });
+    lines += "connection: close\r\n";
+    if (streaming) {
+      lines += "transfer-encoding: chunked\r\n\r\n";
+      deadline(writeMs);
+      await writeAll(conn, encoder.encode(lines));
+      const reader = response.body!.getReader();
+      try {
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          if (value.length === 0) continue;
+          deadline(writeMs); // each chunk must be taken by the peer in time
+          await writeAll(conn, encoder.encode(`${value.length.toString(16)}\r\n`));
+          await writeAll(conn, value);
+          await writeAll(conn, encoder.encode("\r\n"));
+        }
+        await writeAll(conn, encoder.encode("0\r\n\r\n"));
+      } finally {
+        await reader.cancel().catch(() => {});
+      }
+      return;
+    }
+    const body = head ? new Uint8Array(0) : new Uint8Array(await response.arrayBuffer());
+    if (head) await response.body?.cancel().catch(() => {});
+    lines += `content-length: ${body.length}\r\n\r\n`;
+    deadline(writeMs);
+    const headBytes = encoder.encode(lines);
+    const out = new Uint8Array(headBytes.length + body.length);
+    out.set(headBytes);
+    out.set(body, headBytes.length);
+    try {
+      await writeAll(conn, out);
+    } catch {
+      // The peer left (or the write deadline closed it).
+    }
+  }
+
+  async #plain(conn: Deno.TcpConn, status: number, message: string): Promise<void> {
+    const body = encoder.encode(message + "\n");
+    const head = encoder.encode(
+      `HTTP/1.1 ${status} ${reason(status)}\r\ncontent-type: text/plain; charset=utf-8\r\n` +
+        `cache-control: no-store\r\nconnection: close\r\ncontent-length: ${body.length}\r\n\r\n`,
+    );
+    try {
+      await writeAll(conn, head);
+      await writeAll(conn, body);
+    } catch {
+      // The peer left.
+    }
+  }
+}
+
+interface Head {
+  method: string;
+  target: string;
+  headers: Headers;
+}
+
+/** The request line and headers, or what is wrong with them. */
+function parseHead(text: string): Head | string {
+  const lines = text.split("\r\n");
+  const m = /^([A-Z]+) (\/[^ ]*) HTTP\/1\.[01]$/.exec(lines[0]);
+  if (!m) return "bad request line";
+  const headers = new Headers();
+  for (const line of lines.slice(1)) {
+    const colon = line.indexOf(":");
+    if (colon <= 0) return "bad header line";
+    try {
+      headers.append(line.slice(0, colon).trim(), line.slice(colon + 1).trim());
+    } catch {
+      return "bad header";
+    }
+  }
+  return { method: m[1], target: m[2], headers };
+}
+
+function indexOfSeq(buf: Uint8Array, seq: number[], from: number, to: number): number {
+  for (
+    let i = buf.indexOf(seq[0], from);
+    i >= 0 && i + seq.length <= to;
+    i = buf.indexOf(seq[0], i + 1)
+  ) {
+    let k = 1;
+    while (k < seq.length && buf[i + k] === seq[k]) k++;
+    if (k === seq.length) return i;
+  }
+  return -1;
+}
+
+const REASONS: Record<number, string> = {
+  200: "OK",
+  204: "No Content",
+  400: "Bad Request",
+  401: "Unauthorized",
+  403: "Forbidden",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  411: "Length Required",
+  413: "Content Too Large",
+  431: "Request Header Fields Too Large",
+  500: "Internal Server Error",
+  503: "Service Unavailable",
+};
+
+function reason(status: number): string {
+  return REASONS[status] ?? "Status";
+}
+
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  for (let off = 0; off < bytes.length;) {
+    off += await conn.write(off === 0 ? bytes : bytes.subarray(off));
+  }
+}
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // Already closed.
+  }
+}
