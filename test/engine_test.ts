@@ -6,6 +6,9 @@
 import assert from "node:assert/strict";
 import { getLogger } from "@logtape/logtape";
 import { installLastResort } from "../src/cmd/last_resort.ts";
+import { bridge, BridgeState } from "../src/proxy/bridge.ts";
+import { resolveEngineConfig } from "../src/proxy/engine_config.ts";
+import { SingleUpstream } from "../src/proxy/upstream_target.ts";
 import { Stats } from "../src/stats/stats.ts";
 import { systemClock } from "../src/stats/clock.ts";
 import { FooServer } from "../src/tools/server.ts";
@@ -13,6 +16,8 @@ import {
   acks,
   connectTo,
   ENGINE_MODES,
+  LineReader,
+  listenLocal,
   readLines,
   readText,
   requests,
@@ -20,6 +25,7 @@ import {
   startProxy,
   startUpstream,
   waitUntil,
+  withTimeout,
   writeAll,
 } from "./_util.ts";
 
@@ -160,3 +166,154 @@ Deno.test("the last-resort handler counts an unhandled rejection and keeps the p
     lastResort.remove();
   }
 });
+
+// ---------------------------------------------------------------------------------------------
+// Found by an adversarial review of the engine; each failed before its fix.
+
+for (const resume of ["verbatim", "renumber"] as const) {
+  Deno.test(`a REQ answered twice does not end the exchange while a reply is still owed [--resume=${resume}]`, async () => {
+    using raw = listenLocal();
+    await using proxy = await startProxy(raw.addr as Deno.NetAddr, { resume });
+    using client = await connectTo(proxy.addr);
+    await writeAll(client, "REQ 1\nREQ 2\n");
+    using up = await withTimeout(raw.accept(), 5000, "the upstream connection");
+    await readLines(up, 2);
+    await writeAll(up, "ACK 1\nACK 1\n"); // a duplicate: the count alone says nothing is owed
+    const reader = new LineReader(client);
+    assert.equal((await reader.readLines(1))[0], "ACK 1");
+    await client.closeWrite();
+    assert.equal(await readText(up), "", "the FIN is passed on (the exchange is not over)");
+    await writeAll(up, "ACK 2\n");
+    // Before any failover the duplicate is relayed as the server sent it (transparent).
+    assert.equal(await reader.readText(), "ACK 1\nACK 2\n");
+    await proxy.drained();
+    assert.deepEqual(proxy.stats.snapshot().connections_closed, { completed: 1 });
+  });
+
+  Deno.test(`a reply line still arriving counts as activity for --half-close-timeout [--resume=${resume}]`, async () => {
+    using front = listenLocal();
+    using raw = listenLocal();
+    const client = await connectTo(front.addr as Deno.NetAddr);
+    const downstream = await front.accept();
+    const upstream = await connectTo(raw.addr as Deno.NetAddr);
+    using up = await raw.accept();
+    let now = 0;
+    const stats = new Stats({ clock: () => now });
+    const timers = fakeTimers();
+    const state = new BridgeState();
+    const done = bridge(downstream, upstream, {
+      stats,
+      state,
+      config: resolveEngineConfig({ resume, halfCloseTimeoutMs: 300, timers }),
+      target: new SingleUpstream(raw.addr as Deno.NetAddr),
+    });
+    try {
+      await writeAll(client, "REQ 1\n");
+      await client.closeWrite();
+      await readLines(up, 1);
+      await waitUntil(() => timers.pending === 300, "the half-close timer");
+      now = 200;
+      await writeAll(up, "ACK 1 par");
+      await waitUntil(() => state.lastActivity === 200, "the partial line to count as activity");
+      now = 400; // 200 ms after the last byte: not quiet long enough
+      timers.fire();
+      assert.equal(timers.pending, 100, "re-armed for the rest of the 300 ms");
+      await writeAll(up, "t\n");
+      assert.equal(await readText(client), "ACK 1 part\n");
+      assert.equal(await done, "completed");
+    } finally {
+      client.close();
+      await done;
+    }
+  });
+}
+
+Deno.test("after a failover, renumbering drops a reply whose Seq matches no REQ, and counts it", async () => {
+  using raw = listenLocal();
+  await using proxy = await startProxy(raw.addr as Deno.NetAddr, { resume: "renumber" });
+  using client = await connectTo(proxy.addr);
+  await writeAll(client, "REQ 7 a\nREQ 8 b\n");
+  const first = await withTimeout(raw.accept(), 5000, "the first upstream connection");
+  await readLines(first, 2);
+  first.close();
+  using second = await withTimeout(raw.accept(), 5000, "the second upstream connection");
+  assert.deepEqual(await readLines(second, 2), ["REQ 1 a", "REQ 2 b"]);
+  // A reply for proxy Seq 9 (never sent), then a duplicate of 1, then the real ones.
+  await writeAll(second, "ACK 9 junk\nACK 1\nACK 1 again\nNAK 2\n");
+  const reader = new LineReader(client);
+  assert.deepEqual(
+    await reader.readLines(2),
+    ["ACK 7", "NAK 8"],
+    "no reply the client did not ask for",
+  );
+  assert.equal(proxy.stats.repliesDropped, 2);
+});
+
+Deno.test("renumbering with more REQs in flight than the log's default entry cap stays within --max-inflight", async () => {
+  using raw = listenLocal();
+  await using proxy = await startProxy(raw.addr as Deno.NetAddr, {
+    resume: "renumber",
+    retainLimit: 4096, // the log's own cap would be 1 024 entries
+    maxInflight: 5000,
+  });
+  using client = await connectTo(proxy.addr);
+  await writeAll(client, "REQ 1\n");
+  const first = await withTimeout(raw.accept(), 5000, "the first upstream connection");
+  await readLines(first, 1);
+  first.close(); // a failover: renumbering from now on
+  using second = await withTimeout(raw.accept(), 5000, "the second upstream connection");
+  const upstream = new LineReader(second);
+  assert.deepEqual(await upstream.readLines(1), ["REQ 1"]);
+  await writeAll(client, requests(2, 2001));
+  assert.equal((await upstream.readLines(2000)).length, 2000, "none refused, none closed");
+  assert.equal(proxy.stats.resumeFailures, 0);
+});
+
+Deno.test("--resume with no in-flight limit: a burst past the log's cap stops tracking, which resumes once all is answered", async () => {
+  using raw = listenLocal();
+  await using proxy = await startProxy(raw.addr as Deno.NetAddr, {
+    resume: "verbatim",
+    retainLimit: 4096, // 1 024 entries
+    maxInflight: 0,
+  });
+  using client = await connectTo(proxy.addr);
+  await writeAll(client, requests(1, 1100));
+  const first = await withTimeout(raw.accept(), 5000, "the upstream connection");
+  const upstream = new LineReader(first);
+  await upstream.readLines(1100);
+  await writeAll(first, acks(1, 1100).join("\n") + "\n");
+  const reader = new LineReader(client);
+  await reader.readLines(1100);
+  await writeAll(client, "REQ 2000\n"); // everything answered: tracked again
+  await upstream.readLines(1);
+  first.close();
+  using second = await withTimeout(raw.accept(), 5000, "the replacement connection");
+  assert.deepEqual(await readLines(second, 1), ["REQ 2000"], "replayed: the connection resumed");
+  await writeAll(second, "ACK 2000\n");
+  assert.deepEqual(await reader.readLines(1), ["ACK 2000"]);
+});
+
+/** Timers that fire only when told: the one pending callback and its delay. */
+function fakeTimers() {
+  let callback: (() => void) | undefined;
+  let delay = 0;
+  return {
+    setTimeout(fn: () => void, ms: number) {
+      callback = fn;
+      delay = ms;
+      return 1;
+    },
+    clearTimeout(id: unknown) {
+      if (id !== undefined) callback = undefined;
+    },
+    /** The pending timer's delay, or 0. */
+    get pending(): number {
+      return callback ? delay : 0;
+    },
+    fire() {
+      const fn = callback;
+      callback = undefined;
+      fn?.();
+    },
+  };
+}

@@ -48,7 +48,7 @@ const replyLineArb = fc.oneof(
   { weight: 1, arbitrary: fc.constantFrom("REQ 1\n", "ACK\n", "ACK x\n", "ACK 1x\n", "\n") },
 );
 
-Deno.test("ReplyRewriter maps known proxy Seqs back and passes everything else, in any chunking", () => {
+Deno.test("ReplyRewriter maps known proxy Seqs back, drops replies to unknown ones, passes other lines, in any chunking", () => {
   fc.assert(
     fc.property(
       fc.array(replyLineArb, { maxLength: 30 }),
@@ -69,16 +69,21 @@ Deno.test("ReplyRewriter maps known proxy Seqs back and passes everything else, 
         }
         assert.equal(rewriter.midLine, false);
         const used = new Set<number>();
+        let dropped = 0;
         const expected = lines.map((line) => {
           const m = VALID_REPLY.exec(line);
           if (!m) return line;
           const seq = Number(m[3]);
-          if (!clientSeqs.has(seq) || used.has(seq)) return line;
+          if (!clientSeqs.has(seq) || used.has(seq)) {
+            dropped++; // it would reach the client as the answer to a REQ it did not send
+            return "";
+          }
           used.add(seq);
           return `${m[1]}${m[2]}${clientSeqs.get(seq)}${m[4]}`;
         }).join("");
         assert.equal(out, expected);
         assert.deepEqual(map.answered, [...used]);
+        assert.equal(rewriter.dropped, dropped);
       },
     ),
     { numRuns: 1000 },

@@ -161,6 +161,12 @@ export function renderMetrics(snapshot: StatsSnapshot, options: RenderMetricsOpt
   );
   out.sample("foo_proxy_internal_errors_total", {}, snapshot.internal_errors);
   out.family(
+    "foo_proxy_replies_dropped_total",
+    "counter",
+    "--resume=renumber: replies whose Seq matches no REQ sent upstream, dropped rather than relayed wrong.",
+  );
+  out.sample("foo_proxy_replies_dropped_total", {}, snapshot.replies_dropped);
+  out.family(
     "foo_proxy_usr1_ignored_total",
     "counter",
     "SIGUSR1 signals neutralised (the debugger Deno opens on it is closed; stats are on SIGUSR2).",

@@ -5,7 +5,8 @@
  *
  * The grammar of a valid reply is exactly the analyzer's (upstream direction). Only the head of
  * a line (type, whitespace, Seq) is held until it is known; data bytes stream through. Lines that
- * are not valid replies, and replies whose Seq the map does not know, pass unchanged.
+ * are not valid replies pass unchanged; valid replies whose Seq the map does not know are dropped
+ * and counted ({@linkcode ReplyRewriter.dropped}).
  *
  * @module
  */
@@ -45,6 +46,7 @@ const R_WS = 4;
 const R_SEQ = 5;
 const R_CR = 6;
 const R_PASS = 7; // copy to the newline
+const R_DROP = 8; // a reply for no REQ of ours: skip to the newline
 
 const TYPE_ACK = 0x41434b; // "ACK"
 const TYPE_NAK = 0x4e414b; // "NAK"
@@ -55,6 +57,12 @@ export class ReplyRewriter {
   out: Uint8Array = new Uint8Array(256);
   /** Bytes of {@linkcode out} written by the last {@linkcode feed}. */
   outLength = 0;
+  /**
+   * Valid replies dropped because their Seq matches no unanswered REQ sent on this upstream
+   * connection (a duplicate, or one nobody asked for): relayed, they would reach the client with
+   * a Seq it never sent or as the answer to another request. A wrong reply is worse than none.
+   */
+  dropped = 0;
   #map: SeqMap;
   #maxHead: number;
   #head = new Uint8Array(64);
@@ -90,10 +98,10 @@ export class ReplyRewriter {
     let state = this.#state;
     let i = 0;
     while (i < n) {
-      if (state === R_PASS) {
+      if (state === R_PASS || state === R_DROP) {
         const nl = chunk.indexOf(NL, i);
         const end = nl < 0 ? n : nl + 1;
-        appendOut(this, chunk, i, end);
+        if (state === R_PASS) appendOut(this, chunk, i, end);
         i = end;
         if (nl >= 0) state = R_START;
         continue;
@@ -144,8 +152,8 @@ export class ReplyRewriter {
             }
           } else if (c === NL || c === SP || c === TAB) {
             this.#seqEnd = this.#headLength - 1;
-            this.#accept();
-            state = c === NL ? R_START : R_PASS;
+            const known = this.#accept();
+            state = c === NL ? R_START : known ? R_PASS : R_DROP;
           } else if (c === CR) {
             this.#seqEnd = this.#headLength - 1;
             state = R_CR;
@@ -167,12 +175,14 @@ export class ReplyRewriter {
     return this.outLength;
   }
 
-  // A valid reply head is complete: write it with the client's Seq when the map knows it.
-  #accept(): void {
+  // A valid reply head is complete: write it with the client's Seq when the map knows it, else
+  // drop it (and, the caller sees to it, the rest of its line). Returns whether it was known.
+  #accept(): boolean {
     const entry = this.#seqValue >= 0 ? this.#map.findProxySeq(this.#seqValue) : -1;
     if (entry < 0) {
-      this.#flushHead();
-      return;
+      this.#headLength = 0;
+      this.dropped++;
+      return false;
     }
     const head = this.#head;
     const length = this.#headLength;
@@ -185,6 +195,7 @@ export class ReplyRewriter {
     this.outLength = o;
     this.#headLength = 0;
     this.#map.answerEntry(entry);
+    return true;
   }
 
   // Not a valid reply: what was held goes out unchanged, then the rest of the line.

@@ -152,6 +152,23 @@ export class RequestLog implements SeqMap {
     return !this.#disabled && this.#headOnlyUnanswered === 0;
   }
 
+  /**
+   * Turns tracking back on after it was turned off (see {@linkcode disabled}); call only at a
+   * line start of the client's stream with no REQ unanswered. Not while renumbering.
+   */
+  restart(): void {
+    if (!this.#disabled || this.#renumber) return;
+    this.#disabled = false;
+    this.#count = 0;
+    this.#unanswered = 0;
+    this.#headOnlyUnanswered = 0;
+    this.#open = false;
+    this.#state = L_START;
+    this.#retaining = false;
+    this.#mute = false;
+    this.#lines.clear();
+  }
+
   /** Most REQs tracked at once (see {@linkcode RequestLogOptions.maxEntries}). */
   get maxEntries(): number {
     return this.#maxEntries;

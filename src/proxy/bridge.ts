@@ -124,6 +124,8 @@ class Session {
   connectedAt = 0;
   /** Why the request pump gave up on the current upstream connection. */
   writeError: unknown = undefined;
+  /** Counts failovers begun: a replay finishing for an older one must not touch the state. */
+  generation = 0;
   room: PromiseWithResolvers<void> | undefined = undefined;
   ready: PromiseWithResolvers<boolean> | undefined = undefined;
   need: PromiseWithResolvers<void> | undefined = undefined;
@@ -154,7 +156,14 @@ class Session {
     this.requests = new Analyzer("downstream", stats.counts, hookOptions(trackerHook));
     if (config.resume !== "off") {
       if (!options.target) throw new TypeError("bridge: resume needs options.target");
-      const log = new RequestLog({ retainLimit: config.retainLimit });
+      // Every REQ the in-flight limit lets through must fit the log, or a client within its
+      // limit could not be resumed (or, renumbering, would be closed).
+      const log = new RequestLog({
+        retainLimit: config.retainLimit,
+        maxEntries: config.maxInflight > 0
+          ? Math.max(config.maxInflight + 1, defaultMaxEntries(config.retainLimit))
+          : undefined,
+      });
       this.log = log;
       this.failover = new Failover(config, options.target, stats, options.logger, this.label);
       // Replies carrying the client's Seqs (always, unless renumbering after a failover, when
@@ -206,13 +215,7 @@ class Session {
         replies = this.pumpReplies(source);
       }
     } catch (error) {
-      // A bug, not a peer: end this connection only, and say so.
-      stats.internalErrors++;
-      this.logger?.error("Internal error on {connection}: {error}", {
-        connection: this.label,
-        error: String(error),
-      });
-      this.finish("downstream_error");
+      this.internalError(error);
     }
     await requests;
     signal?.removeEventListener("abort", this);
@@ -244,6 +247,24 @@ class Session {
   // ---- downstream -> upstream ----
 
   async pumpRequests(): Promise<void> {
+    try {
+      await this.forwardRequests();
+    } catch (error) {
+      this.internalError(error);
+    }
+  }
+
+  /** A bug, not a peer: end this connection only, count it, and say so. */
+  internalError(error: unknown): void {
+    this.stats.internalErrors++;
+    this.logger?.error("Internal error on {connection}: {error}", {
+      connection: this.label,
+      error: error instanceof Error ? `${error.name}: ${error.message}` : String(error),
+    });
+    this.finish("downstream_error");
+  }
+
+  async forwardRequests(): Promise<void> {
     const { state, stats, config, log } = this;
     const source = this.downSource;
     const gated = config.maxInflight > 0;
@@ -276,6 +297,12 @@ class Session {
           // The chunk waits while the upstream is being replaced: its REQs follow the replay.
           if (this.failing && !await this.waitReady()) return;
           if (this.closed) return;
+          // Tracking that a burst turned off starts again once nothing is owed, at a line start.
+          if (
+            log?.disabled && !log.renumbering && state.outstanding === 0 && !this.requests.midLine
+          ) {
+            log.restart();
+          }
           // One clock reading per chunk serves the rate windows, timers and latency tracker.
           const now = stats.clock();
           this.tracker?.setTime(now);
@@ -386,16 +413,29 @@ class Session {
       let k = chunk.length;
       if (whole) {
         const nl = chunk.lastIndexOf(NL);
-        if (nl >= 0) k = nl + 1;
-        else if (source.keep(chunk, 0)) continue;
+        if (nl >= 0) {
+          k = nl + 1;
+        } else if (source.keep(chunk, 0)) {
+          // A reply line still arriving is activity (the idle and half-close timers).
+          state.lastActivity = stats.clock();
+          continue;
+        }
         // else: a line longer than the largest buffer cannot be held back whole.
       }
       const raw = k === chunk.length ? chunk : chunk.subarray(0, k);
       let bytes = raw;
       if (log?.renumbering) {
         const rewriter = this.rewriter!;
+        const dropped = rewriter.dropped;
         const length = rewriter.feed(raw); // may reallocate rewriter.out: read it after
         bytes = rewriter.out.subarray(0, length);
+        if (rewriter.dropped > dropped) {
+          stats.repliesDropped += rewriter.dropped - dropped;
+          this.logger?.warning(
+            "Dropped {count} reply(ies) on {connection}: their Seq matches no REQ sent on this upstream connection (--resume=renumber)",
+            { count: rewriter.dropped - dropped, connection: this.label },
+          );
+        }
       }
       const now = stats.clock();
       this.tracker?.setTime(now);
@@ -404,7 +444,12 @@ class Session {
       state.lastActivity = now;
       if (valid > 0) {
         this.gotReply = true;
-        state.outstanding = Math.max(0, state.outstanding - valid);
+        // With resume the log knows which REQs are answered: a duplicate or unsolicited reply
+        // does not make the proxy think that less is owed than is. Without it, replies are
+        // counted (a server that answers what was not asked can end an exchange early).
+        state.outstanding = log !== undefined && !log.disabled
+          ? log.outstanding
+          : Math.max(0, state.outstanding - valid);
         if (this.room !== undefined && state.outstanding < this.config.maxInflight) {
           this.room.resolve();
           this.room = undefined;
@@ -465,6 +510,7 @@ class Session {
   async resume(why: CloseReason, error: unknown): Promise<ChunkSource | undefined> {
     const { stats, log, state } = this;
     const failover = this.failover!;
+    const generation = ++this.generation;
     this.failing = true;
     closeQuietly(this.up);
     if (why === "upstream_error") stats.upstreamErrors++;
@@ -540,24 +586,25 @@ class Session {
     );
     // Replies may start before the replay is fully written: the caller reads them at once,
     // while this writes in the background and hands the connection to the request pump.
-    void this.replay(up, bytes);
+    void this.replay(up, bytes, generation);
     return source;
   }
 
-  async replay(up: Deno.TcpConn, bytes: Uint8Array): Promise<void> {
+  async replay(up: Deno.TcpConn, bytes: Uint8Array, generation: number): Promise<void> {
     try {
       let off = 0;
       while (off < bytes.length) off += await up.write(off === 0 ? bytes : bytes.subarray(off));
-      if (this.clientEof) up.closeWrite().catch(() => {});
+      if (this.clientEof && generation === this.generation) up.closeWrite().catch(() => {});
     } catch (error) {
       // The new connection died already: its reply pump ends and the supervisor goes again.
-      if (up === this.up && !this.closed) {
+      if (generation === this.generation && !this.closed) {
         this.writeError = error;
         closeQuietly(up);
       }
       return;
     }
-    if (up !== this.up) return;
+    // A later failover has begun meanwhile: this connection is dead, the next one is not ready.
+    if (generation !== this.generation || this.closed) return;
     this.failing = false;
     this.setReady(true);
   }
@@ -609,6 +656,11 @@ class Session {
 
 /** The upstream counts as healthy once it relayed a reply or lived this long. */
 const HEALTHY_AFTER_MS = 1000;
+
+/** RequestLog's own default entry cap for `retainLimit`. */
+function defaultMaxEntries(retainLimit: number): number {
+  return Math.max(1024, Math.floor(retainLimit / 64));
+}
 
 function hookOptions(
   hook: ((type: number, seq: number) => void) | undefined,

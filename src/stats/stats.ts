@@ -67,6 +67,11 @@ export interface StatsSnapshot {
   resume_failures: number;
   /** Bugs caught before they could end the process (one connection closed, logged). */
   internal_errors: number;
+  /**
+   * `--resume=renumber`: valid replies dropped because their Seq matches no REQ sent on the new
+   * upstream connection (relayed, they would answer a request the client did not make).
+   */
+  replies_dropped: number;
   /** SIGUSR1 signals neutralised (Deno's debugger closed again); stats are on SIGUSR2. */
   usr1_ignored: number;
   /** Log lines dropped because stderr was not being read (output never blocks traffic). */
@@ -121,6 +126,8 @@ export class Stats {
   resumeFailures = 0;
   /** Errors no code path expected, caught by the engine or the last-resort handler. */
   internalErrors = 0;
+  /** Replies dropped by renumbering (Seq of no REQ of ours). */
+  repliesDropped = 0;
   /** SIGUSR1 signals received and neutralised. */
   usr1Ignored = 0;
   /** Log lines dropped at a stalled stderr. */
@@ -206,6 +213,7 @@ export class Stats {
       replays: this.replays,
       resume_failures: this.resumeFailures,
       internal_errors: this.internalErrors,
+      replies_dropped: this.repliesDropped,
       usr1_ignored: this.usr1Ignored,
       log_lines_dropped: this.logLinesDropped,
       stats_lines_dropped: this.statsLinesDropped,
