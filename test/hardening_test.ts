@@ -11,6 +11,7 @@ import {
   MAIN_PATH,
   type MainProcess,
   spawnMain,
+  spawnProxy,
   startUpstream,
   waitUntil,
   writeAll,
@@ -404,3 +405,73 @@ Deno.test("a slowloris on the admin port under ulimit -n 256: Foo traffic flows,
   child.kill("SIGTERM");
   assert.equal((await child.status()).code, 0);
 });
+
+// ---------------------------------------------------------------------------------------------
+// Accept
+
+/** `count` clients one after another (connect, one REQ, its ACK, close); the ms it took. */
+async function sequentialClients(port: number, count: number): Promise<number> {
+  const started = performance.now();
+  for (let k = 1; k <= count; k++) {
+    using conn = await connectTo(port);
+    await writeAll(conn, `REQ ${k}\n`);
+    assert.deepEqual(await new LineReader(conn).readLines(1), [`ACK ${k}`]);
+  }
+  return performance.now() - started;
+}
+
+Deno.test("a connect-and-reset flood does not slow other clients' connects (ratio in one run)", async () => {
+  await using upstream = await startUpstream();
+  const { child, port } = await spawnProxy(upstream.addr);
+  await using _child = child;
+  await sequentialClients(port, 50); // warm up
+  const quiet = await sequentialClients(port, 300);
+  // RST right after the handshake (SO_LINGER 0), as fast as one process can, while we measure.
+  const flood = new Deno.Command("python3", {
+    args: ["-c", RESET_FLOOD, String(port)],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const floodOut = new LineReader(flood.stdout);
+  try {
+    assert.equal(await floodOut.readLine(10_000), "started");
+    const flooded = await sequentialClients(port, 300);
+    assert.ok(
+      flooded < quiet * 4 + 500,
+      `300 clients took ${flooded.toFixed(0)} ms under the flood, ${quiet.toFixed(0)} ms without`,
+    );
+  } finally {
+    flood.kill("SIGTERM");
+    const summary = await floodOut.readLine(10_000);
+    await flood.status;
+    await flood.stderr.cancel();
+    assert.match(summary ?? "", /^resets \d+/, "the flood ran");
+  }
+  // The proxy is alive and counted what it saw.
+  child.kill("SIGUSR2");
+  const stats = JSON.parse((await child.readLine()) ?? "null");
+  assert.ok(stats.connections_total >= 650, JSON.stringify(stats.connections_closed));
+  child.kill("SIGTERM");
+  assert.equal((await child.status()).code, 0);
+});
+
+/** Python: connect and reset (SO_LINGER 0) in a loop until SIGTERM; prints how many. */
+const RESET_FLOOD = `
+import signal, socket, struct, sys
+port = int(sys.argv[1]); n = 0; stop = False
+def done(*_):
+    global stop
+    stop = True
+signal.signal(signal.SIGTERM, done)
+print("started", flush=True)
+while not stop and n < 200000:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    try:
+        s.connect(("127.0.0.1", port))
+    except OSError:
+        pass
+    s.close()
+    n += 1
+print("resets", n)
+`;

@@ -7,6 +7,7 @@ import {
   loadRecoveryFile,
   RecoveryPathError,
   RecoveryPersister,
+  removeStaleTempFiles,
   writeRecoveryFile,
 } from "../src/proxy/recovery_file.ts";
 import { MSG_ACK, MSG_REQ } from "../src/protocol/analyzer.ts";
@@ -339,6 +340,29 @@ Deno.test("loadRecoveryFile() moves a corrupt file aside, warns naming it, and n
     "stats.json.corrupt-20260102T030405Z",
     "stats.json.corrupt-20260102T030405Z-1",
   ]);
+});
+
+Deno.test("the corrupt-file warning names the file and the error, never the file's bytes", async () => {
+  await using dir = await tempDir();
+  const path = join(dir.path, "stats.json");
+  const { logger, warnings } = captureLogger();
+  // Attacker-chosen bytes: a fake log line after a newline, and more junk.
+  await Deno.writeTextFile(path, "oops\n2026-01-01 [ERR] forged line\n{{{");
+  await loadRecoveryFile(path, { logger });
+  assert.equal(warnings.length, 1);
+  assert.doesNotMatch(warnings[0], /oops|forged|\n/);
+  assert.match(warnings[0], /corrupt: not valid JSON/);
+});
+
+Deno.test("removeStaleTempFiles() removes what an interrupted save left, and only that", async () => {
+  await using dir = await tempDir();
+  const path = join(dir.path, "stats.json");
+  await Deno.writeTextFile(path, "{}");
+  await Deno.writeTextFile(join(dir.path, ".stats.json.tmp-1a2b3c4d"), "half a save");
+  await Deno.writeTextFile(join(dir.path, ".stats.json.check-xyz"), "");
+  await Deno.writeTextFile(join(dir.path, ".other.json.tmp-1a2b3c4d"), "not ours");
+  assert.equal(await removeStaleTempFiles(path), 2);
+  assert.deepEqual(await listDir(dir.path), [".other.json.tmp-1a2b3c4d", "stats.json"]);
 });
 
 // As root a 0o000 mode does not stop reads, so the unreadable case cannot be provoked: the test

@@ -7,10 +7,13 @@ import {
   acks,
   connectTo,
   LineReader,
+  OutputLines,
+  REPO_ROOT,
   requests,
   spawnProxy,
   startUpstream,
   waitUntil,
+  withTimeout,
   writeAll,
 } from "./_util.ts";
 
@@ -48,9 +51,12 @@ Deno.test("Ctrl-C delivered twice at once (terminal + deno task) drains: every r
   await using upstream = await startUpstream({ delayMs: 300 });
   const { child, port } = await spawnProxy(upstream.addr);
   await using _child = child;
-  await midPipeline(port, upstream, () => {
+  await midPipeline(port, upstream, async () => {
     child.kill("SIGINT");
-    child.kill("SIGINT"); // the same Ctrl-C, forwarded by deno task
+    // The second copy of the same Ctrl-C (forwarded by deno task) lands milliseconds later: after
+    // the first was taken (two sent at once may coalesce into one), well within a second.
+    await child.stderr.waitFor(/shutting down gracefully/);
+    child.kill("SIGINT");
   });
   assert.equal((await child.status()).code, 0);
   const final = JSON.parse((await child.readLine()) ?? "null");
@@ -110,4 +116,51 @@ Deno.test("SIGUSR1 never opens the debugger port, is counted, and the proxy keep
   assert.equal(line.usr1_ignored, 1);
   child.kill("SIGTERM");
   assert.equal((await child.status()).code, 0);
+});
+
+Deno.test("Ctrl-C at a terminal: SIGINT to the process group of deno task start drains, every reply, exit 0", async () => {
+  await using upstream = await startUpstream({ delayMs: 300 });
+  // setsid: the task runs in a process group of its own, as a terminal's foreground job does.
+  const task = new Deno.Command("setsid", {
+    args: [
+      Deno.execPath(),
+      "task",
+      "--quiet",
+      "start",
+      "--listen=127.0.0.1:0",
+      `--forward=127.0.0.1:${upstream.addr.port}`,
+      "--http=off",
+      "--health=off",
+    ],
+    cwd: REPO_ROOT,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stderr = new OutputLines(task.stderr);
+  const stdout = new OutputLines(task.stdout);
+  try {
+    const port = Number((await stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
+    await midPipeline(port, upstream, async () => {
+      // What the terminal does on Ctrl-C: SIGINT to every process of the foreground group (deno
+      // task and the proxy); the copy deno task forwards lands milliseconds later (sent here once
+      // the first was taken, so that the two cannot coalesce into one).
+      Deno.kill(-task.pid, "SIGINT");
+      await stderr.waitFor(/shutting down gracefully/);
+      Deno.kill(-task.pid, "SIGINT");
+    });
+    const status = await withTimeout(task.status, 20_000, "deno task start to exit");
+    assert.equal(status.code, 0, stderr.text);
+    const final = JSON.parse((await stdout.next(5000)) ?? "null");
+    assert.equal(final.msg_ack, 200);
+    assert.doesNotMatch(stderr.text, /without draining/);
+  } finally {
+    try {
+      Deno.kill(-task.pid, "SIGKILL");
+    } catch {
+      // Exited already.
+    }
+    await task.status;
+    await Promise.all([stdout.done, stderr.done]);
+  }
 });

@@ -5,7 +5,12 @@
  * @module
  */
 import type { Logger } from "@logtape/logtape";
-import { checkRecoveryPath, loadRecoveryFile, RecoveryPersister } from "../proxy/recovery_file.ts";
+import {
+  checkRecoveryPath,
+  loadRecoveryFile,
+  RecoveryPersister,
+  removeStaleTempFiles,
+} from "../proxy/recovery_file.ts";
 import {
   captureRecoveryState,
   restoreRecoveryState,
@@ -35,6 +40,13 @@ export async function setupRecovery(
 ): Promise<RecoveryPersister> {
   const { stats, logger } = options;
   await checkRecoveryPath(path);
+  const stale = await removeStaleTempFiles(path);
+  if (stale > 0) {
+    logger.info("Removed {count} temporary file(s) beside {path} left by an interrupted save", {
+      count: stale,
+      path,
+    });
+  }
   const loaded = await loadRecoveryFile(path, { logger });
   if (loaded.state) {
     const result = restoreRecoveryState(stats, loaded.state, { latency: stats.latency });

@@ -189,9 +189,12 @@ export class Proxy implements AsyncDisposable {
     const { listen } = this.#options;
     this.#listener = Deno.listen({ hostname: listen.hostname, port: listen.port });
     this.#accepting = this.#acceptLoop(this.#listener);
-    this.#logger.info("Listening on {listen}, forwarding to {forward}", {
+    const everywhere = this.addr.hostname === "0.0.0.0" || this.addr.hostname === "::";
+    this.#logger.info("Listening on {listen}{scope}, forwarding to {forward}", {
       listen: formatAddress({ hostname: this.addr.hostname, port: this.addr.port }),
-      forward: formatAddress(this.#options.forward),
+      // Binding every interface is what `:8002` meant in the original tool; say so plainly.
+      scope: everywhere ? " (all interfaces: --listen 127.0.0.1:PORT for this host only)" : "",
+      forward: this.#target.label,
     });
     return Promise.resolve(this.addr);
   }

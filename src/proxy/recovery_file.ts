@@ -135,6 +135,31 @@ async function moveAside(path: string, when: Date, cause: unknown): Promise<stri
 const encoder = new TextEncoder();
 
 /**
+ * Removes the temporary files a save interrupted by a crash or `kill -9` left beside `path`
+ * (`.NAME.tmp-*`, `.NAME.check-*`); returns how many. Call before the first save of this
+ * process (the names are random: none of them can be a save of ours in progress).
+ */
+export async function removeStaleTempFiles(path: string): Promise<number> {
+  const dir = dirname(path);
+  const prefixes = [`.${basename(path)}.tmp-`, `.${basename(path)}.check-`];
+  let removed = 0;
+  try {
+    for await (const entry of Deno.readDir(dir)) {
+      if (!entry.isFile || !prefixes.some((p) => entry.name.startsWith(p))) continue;
+      try {
+        await Deno.remove(join(dir, entry.name));
+        removed++;
+      } catch {
+        // Gone already, or not ours to remove: leave it.
+      }
+    }
+  } catch {
+    // The directory cannot be listed: checkRecoveryPath has said what matters.
+  }
+  return removed;
+}
+
+/**
  * Replaces `path` with `text` atomically: writes a temp file in the same directory, fsyncs it,
  * renames it over `path`, then fsyncs the directory (best effort). A crash at any instant leaves
  * the old file or the new one, never a torn one.

@@ -160,7 +160,10 @@ export function parseRecoveryState(text: string): RecoveryState {
   try {
     value = JSON.parse(text);
   } catch (error) {
-    throw new RecoveryFormatError(`not valid JSON (${(error as Error).message})`, {
+    // V8's message quotes the text it choked on: the file's bytes (multi-line, anyone's) must
+    // not reach the log. Keep only where it failed.
+    const at = /at position (\d+)/.exec((error as Error).message)?.[1];
+    throw new RecoveryFormatError(`not valid JSON${at === undefined ? "" : ` (at byte ${at})`}`, {
       cause: error,
     });
   }
@@ -187,7 +190,7 @@ export function parseRecoveryState(text: string): RecoveryState {
   const closed: Record<string, number> = {};
   for (const [reason, n] of Object.entries(closedIn)) {
     if (!/^[a-z][a-z0-9_]{0,63}$/.test(reason)) {
-      throw new RecoveryFormatError(`bad close reason ${JSON.stringify(reason)}`);
+      throw new RecoveryFormatError(`bad close reason ${JSON.stringify(reason.slice(0, 64))}`);
     }
     closed[reason] = count(n, `"connections_closed.${reason}"`);
   }
