@@ -39,8 +39,7 @@ export async function main(args: string[]): Promise<number> {
   }
   if (first !== undefined && /^[a-z]/.test(first)) {
     return reportUsageError(
-      `unknown subcommand "${first}"`,
-      `foo-proxy [${Object.keys(COMMANDS).join("|")}] [flags]`,
+      `unknown subcommand "${first}" (expected ${Object.keys(COMMANDS).join(", ")})`,
     );
   }
   return await runProxy(args);

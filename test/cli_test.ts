@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
 import { parseAddress } from "../src/cli/address.ts";
 import { UsageError } from "../src/cli/flags.ts";
+import { oneLine } from "../src/cmd/logging.ts";
 import { parseProxyConfig } from "../src/cmd/proxy.ts";
-import { connectTo, readLines, spawnMain, startUpstream, writeAll } from "./_util.ts";
+import { connectTo, readLines, spawnMain, startUpstream, waitUntil, writeAll } from "./_util.ts";
 
 Deno.test("parseAddress accepts :port, port, host:port and [v6]:port", () => {
   assert.deepEqual(parseAddress(":8002"), { hostname: "0.0.0.0", port: 8002 });
@@ -45,19 +46,33 @@ for (
     [["-forward=[::1"], /--forward: Invalid address "\[::1"/],
     [["--log-level", "loud"], /Invalid value "loud" for --log-level/],
     [["frobnicate"], /unknown subcommand "frobnicate"/],
+    [
+      ["--max-connections", "-1"],
+      /"-1" for --max-connections: it cannot be negative; expected an integer/,
+    ],
+    [["--connect-retries", "-1"], /"-1" for --connect-retries: it cannot be negative/],
   ] as const
 ) {
-  Deno.test(`foo-proxy ${args.join(" ")} exits 2 with one line naming the problem and the usage`, async () => {
+  Deno.test(`foo-proxy ${args.join(" ")} exits 2 with one line naming the problem, then where the usage is`, async () => {
     await using child = spawnMain([...args]);
     const status = await child.status();
     assert.equal(status.code, 2);
     const lines = child.stderr.text.trimEnd().split("\n");
-    assert.equal(lines.length, 1, child.stderr.text);
+    assert.equal(lines.length, 2, child.stderr.text);
     assert.match(lines[0], pattern);
-    assert.match(lines[0], /usage: foo-proxy/);
+    assert.ok(lines[0].length < 200, "no synopsis appended");
+    assert.equal(lines[1], "Run 'foo-proxy --help' for usage.");
     assert.equal(child.stdout.text, "", "nothing started, nothing on stdout");
   });
 }
+
+Deno.test("every subcommand takes --version and -V", async () => {
+  for (const args of [["server", "--version"], ["client", "-V"], ["bench", "-V"], ["-V"]]) {
+    await using child = spawnMain(args);
+    assert.equal((await child.status()).code, 0, args.join(" "));
+    assert.match(child.stdout.text, /^foo-proxy \d+\.\d+\.\d+\n$/, args.join(" "));
+  }
+});
 
 Deno.test("foo-proxy --help and --version print to stdout and exit 0", async () => {
   await using help = spawnMain(["proxy", "--help"]);
@@ -127,4 +142,116 @@ Deno.test("FOO_PROXY_* environment variables configure the proxy when flags are 
   child.kill("SIGINT");
   assert.equal(JSON.parse((await child.readLine()) ?? "null").msg_ack, 1);
   assert.equal((await child.status()).code, 0);
+});
+
+Deno.test("--pid-file: written once listening, refused to a second proxy while the first runs, removed on exit", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "foo-proxy-pid-" });
+  const path = `${dir}/foo-proxy.pid`;
+  const permissions = [
+    "--allow-net",
+    "--allow-env=FOO_PROXY_*",
+    `--allow-read=${dir}`,
+    `--allow-write=${dir}`,
+  ];
+  try {
+    await using upstream = await startUpstream();
+    const args = [
+      "proxy",
+      "--listen=127.0.0.1:0",
+      `--forward=127.0.0.1:${upstream.addr.port}`,
+      "--http=off",
+      "--health=off",
+      `--pid-file=${path}`,
+    ];
+    await using first = spawnMain(args, { permissions });
+    await first.stderr.waitFor(/Listening on/);
+    await waitUntil(async () => (await Deno.readTextFile(path).catch(() => "")) !== "", "the pid");
+    assert.equal(await Deno.readTextFile(path), `${first.pid}\n`);
+    // The way to signal it now: kill -USR2 $(cat FILE).
+    first.kill("SIGUSR2");
+    assert.equal(JSON.parse((await first.readLine()) ?? "null").msg_total, 0);
+    {
+      await using second = spawnMain(args, { permissions });
+      assert.equal((await second.status()).code, 2);
+      assert.match(
+        second.stderr.text,
+        new RegExp(
+          `Pid file ".*foo-proxy\\.pid" is held by another running foo-proxy \\(pid ${first.pid}\\)`,
+        ),
+      );
+    }
+    assert.equal(await Deno.readTextFile(path), `${first.pid}\n`, "the refused one left it alone");
+    first.kill("SIGTERM");
+    assert.equal((await first.status()).code, 0);
+    await assert.rejects(Deno.stat(path), Deno.errors.NotFound);
+    // A file left behind by a crash (nobody holds its lock) is simply taken over.
+    await Deno.writeTextFile(path, "999999\n");
+    await using third = spawnMain(args, { permissions });
+    await third.stderr.waitFor(/Listening on/);
+    await waitUntil(async () => (await Deno.readTextFile(path)) === `${third.pid}\n`, "its pid");
+    third.kill("SIGTERM");
+    assert.equal((await third.status()).code, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("JSON logs render values into the message unquoted, keep them as fields, and every record is one line", async () => {
+  await using upstream = await startUpstream();
+  await using child = spawnMain([
+    "proxy",
+    "--listen=127.0.0.1:0",
+    `--forward=127.0.0.1:${upstream.addr.port}`,
+    "--http=off",
+    "--health=off",
+    "--log-format=json",
+  ]);
+  await child.stderr.waitFor(/Listening on/);
+  child.kill("SIGTERM");
+  assert.equal((await child.status()).code, 0);
+  const records = child.stderr.lines.map((line) => JSON.parse(line));
+  const got = records.find((r) => r.signal === "SIGTERM");
+  assert.ok(got, child.stderr.text);
+  assert.match(got.message, /^Got SIGTERM: shutting down gracefully/);
+  assert.ok(!child.stderr.text.includes('\\"'), "no escaped quotes inside messages");
+});
+
+Deno.test("text log records never span two lines, whatever the values hold", () => {
+  assert.equal(oneLine("a\nb\r\x1b[31mc\n"), "a\\nb\\r\\x1b[31mc\n");
+  assert.equal(oneLine("plain\ttab\n"), "plain\ttab\n");
+});
+
+Deno.test("without --allow-env the proxy says once that FOO_PROXY_* variables are ignored", async () => {
+  await using upstream = await startUpstream();
+  await using child = spawnMain([
+    "proxy",
+    "--listen=127.0.0.1:0",
+    `--forward=127.0.0.1:${upstream.addr.port}`,
+    "--http=off",
+    "--health=off",
+  ], { permissions: ["--allow-net"], env: { FOO_PROXY_LOG_LEVEL: "debug" } });
+  await child.stderr.waitFor(/Listening on/);
+  child.kill("SIGTERM");
+  assert.equal((await child.status()).code, 0);
+  const warnings = child.stderr.lines.filter((l) =>
+    l.includes("environment variables are ignored")
+  );
+  assert.equal(warnings.length, 1, child.stderr.text);
+  assert.ok(!child.stderr.text.includes("[DBG]"), "the variable was indeed not read");
+});
+
+Deno.test("--recovery-path naming a directory says so before asking for any grant", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "foo-proxy-dir-" });
+  try {
+    await using child = spawnMain(["proxy", `--recovery-path=${dir}`], {
+      permissions: ["--allow-net", `--allow-read=${dir}`],
+    });
+    assert.equal((await child.status()).code, 2);
+    assert.equal(
+      child.stderr.text,
+      `foo-proxy: --recovery-path "${dir}" is a directory: give a file in it, e.g. ${dir}/stats.json\n`,
+    );
+  } finally {
+    await Deno.remove(dir);
+  }
 });

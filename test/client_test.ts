@@ -252,6 +252,7 @@ Deno.test("parseClientConfig reads flags and FOO_PROXY_* variables", () => {
     logLevel: "warning",
     logFormat: "text",
     help: false,
+    version: false,
   });
   assert.deepEqual(parseClientConfig([]).connect, { hostname: "localhost", port: 8002 });
   for (
@@ -312,6 +313,6 @@ Deno.test("foo-proxy client exits 1 on a refused connection and 2 on a bad flag"
   {
     await using child = spawnMain(["client", "--requests", "many"]);
     assert.equal((await child.status()).code, 2);
-    assert.match(child.stderr.text, /--requests.*usage: foo-proxy client/);
+    assert.match(child.stderr.text, /--requests[^\n]*\nRun 'foo-proxy client --help' for usage\./);
   }
 });

@@ -50,33 +50,40 @@ Deno.test("permissionNeeds() lists listen, forward, http, health and the recover
   assert.equal(explicit.filter((n) => n.purpose.includes("HTTP")).length, 2);
 });
 
-Deno.test("assertPermissions() passes when everything is granted and names the first missing one", () => {
+Deno.test("assertPermissions() passes when everything is granted and names every missing one at once", () => {
   assertPermissions(targets, { query: () => "granted", standalone: false });
+  const RUN = "run: deno run --allow-net '--allow-env=FOO_PROXY_*'";
+  const TAIL = "src/main.ts proxy --recovery-path /var/lib/foo-proxy/stats.json " +
+    "(deno task start cannot take more permission flags)";
   const cases: [(d: PermissionNeed["descriptor"]) => boolean, string][] = [
     [
       (d) => d.name === "net" && d.host === "localhost:8001",
-      "Missing permission: net access to localhost:8001 (upstream --forward); " +
-      "run with --allow-net=localhost:8001 or widen --allow-net",
-    ],
-    [
-      (d) => d.name === "net" && d.host === "0.0.0.0:8002",
-      "Missing permission: net access to 0.0.0.0:8002 (listen --listen); " +
-      "run with --allow-net=0.0.0.0:8002 or widen --allow-net",
+      `Missing permission: net access to localhost:8001 (upstream --forward); ${RUN} ${TAIL}`,
     ],
     [
       (d) => d.name === "net" && d.host === "127.0.0.1:8081",
-      "Missing permission: net access to 127.0.0.1:8081 (health HTTP --health); " +
-      "run with --allow-net=127.0.0.1:8081 or widen --allow-net",
+      `Missing permission: net access to 127.0.0.1:8081 (health HTTP --health); ${RUN} ${TAIL}`,
     ],
     [
       (d) => d.name === "write",
       "Missing permission: write access to /var/lib/foo-proxy (recovery file --recovery-path); " +
-      "run with --allow-write=/var/lib/foo-proxy or widen --allow-write",
+      `${RUN} --allow-write=/var/lib/foo-proxy ${TAIL}`,
+    ],
+    [
+      (d) => d.name !== "net",
+      "Missing permissions: read access to /var/lib/foo-proxy (recovery file --recovery-path), " +
+      "write access to /var/lib/foo-proxy (recovery file --recovery-path); " +
+      `${RUN} --allow-read=/var/lib/foo-proxy --allow-write=/var/lib/foo-proxy ${TAIL}`,
     ],
   ];
   for (const [deny, message] of cases) {
     assert.throws(
-      () => assertPermissions(targets, { query: grantAllBut(deny), standalone: false }),
+      () =>
+        assertPermissions(targets, {
+          query: grantAllBut(deny),
+          standalone: false,
+          args: ["--recovery-path", "/var/lib/foo-proxy/stats.json"],
+        }),
       (error: unknown) => {
         assert.ok(error instanceof MissingPermissionError);
         assert.equal(error.name, "MissingPermissionError");
@@ -141,23 +148,36 @@ Deno.test("a missing net grant for --listen, --forward or an explicit --http exi
   const http = freePort();
   const up = upstream.addr.port;
   const args = ["proxy", "--listen", `${LOCAL}:${listen}`, "--forward", `${LOCAL}:${up}`];
-  const cases: [string[], string[], string][] = [
-    [[], [], `${LOCAL}:${listen} (listen --listen)`],
-    [[`--allow-net=${LOCAL}:${listen}`], [], `${LOCAL}:${up} (upstream --forward)`],
+  const cases: [string[], string[], string[]][] = [
+    // Nothing granted: every missing grant in one message, not one per run.
+    [[], [], [`${LOCAL}:${listen} (listen --listen)`, `${LOCAL}:${up} (upstream --forward)`]],
+    [[`--allow-net=${LOCAL}:${listen}`], [], [`${LOCAL}:${up} (upstream --forward)`]],
     [
       [`--allow-net=${LOCAL}:${listen},${LOCAL}:${up}`],
       ["--http", `${LOCAL}:${http}`, "--health", "off"],
-      `${LOCAL}:${http} (stats HTTP --http)`,
+      [`${LOCAL}:${http} (stats HTTP --http)`],
     ],
   ];
   for (const [permissions, extra, missing] of cases) {
     await using child = spawnMain([...args, ...extra], { permissions });
     assert.equal((await child.status()).code, 2, child.stderr.text);
-    const host = missing.split(" ")[0];
-    assert.equal(
-      child.stderr.text,
-      `foo-proxy: Missing permission: net access to ${missing}; ` +
-        `run with --allow-net=${host} or widen --allow-net\n`,
+    const text = child.stderr.text;
+    assert.equal(text.split("\n").length, 2, "one line");
+    assert.ok(
+      text.startsWith(
+        `foo-proxy: Missing permission${missing.length > 1 ? "s" : ""}: ` +
+          missing.map((m) => `net access to ${m}`).join(", ") + "; ",
+      ),
+      text,
+    );
+    // The exact command that works, with the same arguments (a task cannot take more flags).
+    assert.ok(
+      text.includes(
+        `run: deno run --allow-net '--allow-env=FOO_PROXY_*' src/main.ts proxy ${
+          [...args.slice(1), ...extra].join(" ")
+        } (deno task start cannot take more permission flags)`,
+      ),
+      text,
     );
     assert.equal(child.stdout.text, "");
   }
@@ -186,10 +206,12 @@ Deno.test("--recovery-path needs read and write of its directory only: missing, 
     {
       await using denied = spawnMain(args, { permissions: ["--allow-net", `--allow-read=${dir}`] });
       assert.equal((await denied.status()).code, 2, denied.stderr.text);
-      assert.equal(
+      assert.ok(
+        denied.stderr.text.startsWith(
+          `foo-proxy: Missing permission: write access to ${dir} (recovery file --recovery-path); ` +
+            `run: deno run --allow-net '--allow-env=FOO_PROXY_*' --allow-write=${dir} src/main.ts proxy `,
+        ),
         denied.stderr.text,
-        `foo-proxy: Missing permission: write access to ${dir} (recovery file --recovery-path); ` +
-          `run with --allow-write=${dir} or widen --allow-write\n`,
       );
     }
     await using child = spawnMain(args, {

@@ -362,6 +362,7 @@ Deno.test("parseServerConfig reads flags, Go-style flags and FOO_PROXY_* variabl
     logLevel: "info",
     logFormat: "text",
     help: false,
+    version: false,
   });
   const hashConfig = parseServerConfig(["--reply", "hash", "--keep-open", "--silent"]);
   assert.deepEqual(
@@ -450,6 +451,6 @@ Deno.test("foo-proxy server exits 2 naming a bad flag", async () => {
   const status = await child.status();
   assert.equal(status.code, 2);
   assert.match(child.stderr.text, /--nak-every/);
-  assert.match(child.stderr.text, /usage: foo-proxy server/);
+  assert.match(child.stderr.text, /Run 'foo-proxy server --help' for usage\./);
   assert.equal(child.stdout.text, "");
 });

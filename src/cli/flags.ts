@@ -26,6 +26,14 @@ export interface FlagSpec {
   default?: string | boolean;
   /** Whether `FOO_PROXY_<NAME>` may supply the value. @default {true} */
   env?: boolean;
+  /** The value's placeholder in help (`ADDR`, `N`, `DUR`). Unset: the flag takes no value. */
+  value?: string;
+  /** Whether the value is optional (`--resume[=MODE]`). @default {false} */
+  optionalValue?: boolean;
+  /** One sentence for `--help` and the README table. */
+  help?: string;
+  /** The default as help shows it, when not the `default` itself (`:8002, all interfaces`). */
+  defaultText?: string;
 }
 
 /** Parsed flag values, by flag name. */
@@ -73,7 +81,7 @@ export function parseFlags(
   let parsed;
   try {
     parsed = parseArgs({
-      args: normalizeGoFlags(args, spec),
+      args: joinDashValues(normalizeGoFlags(args, spec), spec),
       options: parseOptions,
       strict: true,
       allowPositionals: false,
@@ -98,6 +106,26 @@ export function parseFlags(
   return values;
 }
 
+/**
+ * `--flag -1` as `--flag=-1` for flags that take a value, so a negative (or dash-led) value is
+ * judged by the flag's own check ("expected an integer from 0 to …") instead of parseArgs'
+ * "argument is ambiguous".
+ */
+function joinDashValues(args: readonly string[], spec: Record<string, FlagSpec>): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const m = /^--([a-z][a-z0-9-]*)$/.exec(args[i]);
+    const next = args[i + 1];
+    if (m && spec[m[1]]?.type === "string" && next !== undefined && /^-[\d.]/.test(next)) {
+      out.push(`${args[i]}=${next}`);
+      i++;
+    } else {
+      out.push(args[i]);
+    }
+  }
+  return out;
+}
+
 function parseBooleanEnv(name: string, text: string): boolean {
   if (/^(1|true|yes|on)$/i.test(text)) return true;
   if (/^(0|false|no|off)$/i.test(text)) return false;
@@ -118,8 +146,11 @@ export function parseIntegerFlag(
   const max = range.max ?? Number.MAX_SAFE_INTEGER;
   const value = typeof text === "string" && /^\d+$/.test(text.trim()) ? Number(text) : NaN;
   if (!Number.isSafeInteger(value) || value < min || value > max) {
+    const negative = typeof text === "string" && /^\s*-\d/.test(text);
     throw new UsageError(
-      `Invalid value "${text}" for --${flag}: expected an integer from ${min} to ${max}`,
+      `Invalid value "${text}" for --${flag}: ${
+        negative ? "it cannot be negative; " : ""
+      }expected an integer from ${min} to ${max}`,
     );
   }
   return value;

@@ -28,6 +28,8 @@ export interface PermissionTargets {
   healthExplicit?: boolean;
   /** The recovery file; unset, `null` or `""`: none (no file access at all). */
   recoveryPath?: string | null;
+  /** The pid file; unset, `null` or `""`: none. */
+  pidFile?: string | null;
 }
 
 /** One permission the proxy needs, with the words used when it is missing. */
@@ -43,15 +45,18 @@ export interface PermissionNeed {
   purpose: string;
 }
 
-/** A permission the proxy needs was not granted. The message is the one line to print. */
+/** Permissions the proxy needs were not granted. The message is the one line to print. */
 export class MissingPermissionError extends Error {
-  /** The need that was not granted. */
+  /** The first need that was not granted. */
   readonly need: PermissionNeed;
-  /** Creates the error for `need`; `message` names the permission, target and flag. */
-  constructor(need: PermissionNeed, message: string, options?: ErrorOptions) {
+  /** Every need that was not granted, in order. */
+  readonly needs: PermissionNeed[];
+  /** Creates the error for `needs` (at least one); `message` names them and the fix. */
+  constructor(needs: PermissionNeed[], message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = "MissingPermissionError";
-    this.need = need;
+    this.needs = needs;
+    this.need = needs[0];
   }
 }
 
@@ -81,25 +86,74 @@ export function permissionNeeds(targets: PermissionTargets): PermissionNeed[] {
     needs.push({ descriptor: { name: "read", path }, target: path, purpose });
     needs.push({ descriptor: { name: "write", path }, target: path, purpose });
   }
+  if (targets.pidFile) {
+    const path = targets.pidFile;
+    const purpose = "pid file --pid-file";
+    needs.push({ descriptor: { name: "read", path }, target: path, purpose });
+    needs.push({ descriptor: { name: "write", path }, target: path, purpose });
+  }
   return needs;
 }
 
+/** Options for {@linkcode missingPermissionsMessage}. */
+export interface MissingMessageOptions {
+  /** Word the fix for a compiled binary (its permissions were fixed when it was built). */
+  standalone?: boolean;
+  /**
+   * The proxy's own arguments, quoted into the `deno run` line that works (a task such as
+   * `deno task start` cannot take more permission flags). Unset: no arguments shown.
+   */
+  args?: readonly string[];
+  /** The permission flags the process runs with today, kept in the line. @default {see below} */
+  baseFlags?: readonly string[];
+}
+
+/** What `deno task start` grants: the base of the suggested `deno run` line. */
+const START_FLAGS = ["--allow-net", "--allow-env=FOO_PROXY_*"];
+
 /**
- * The one line for a missing `need`. `standalone` words the fix for a compiled binary, whose
- * permissions were fixed when `scripts/release.ts` built it.
+ * The one line for the missing `needs`: each permission with its target and the flag that
+ * asked for it, then the exact command that grants them all (or, for a compiled binary, how to
+ * rebuild it).
  */
-export function missingPermissionMessage(need: PermissionNeed, standalone = false): string {
-  const name = need.descriptor.name;
-  const flag = `--allow-${name}=${need.target}`;
-  const access = name === "net" ? "net access to" : `${name} access to`;
-  let fix = `run with ${flag} or widen --allow-${name}`;
-  if (standalone) {
-    fix = name === "net"
-      ? `this binary was built with a narrower --allow-net: rebuild it with "deno task compile" ` +
-        `(any address) or add ${need.target} to its --allow-net list`
-      : `rebuild the binary with "deno task compile --recovery-dir ${need.target}"`;
+export function missingPermissionsMessage(
+  needs: readonly PermissionNeed[],
+  options: MissingMessageOptions = {},
+): string {
+  const what = needs.map((need) => {
+    const name = need.descriptor.name;
+    return `${name === "net" ? "net" : name} access to ${need.target} (${need.purpose})`;
+  });
+  const head = `Missing permission${needs.length > 1 ? "s" : ""}: ${what.join(", ")}`;
+  if (options.standalone) {
+    const fixes = needs.map((need) =>
+      need.descriptor.name === "net"
+        ? `this binary was built with a narrower --allow-net: rebuild it with "deno task compile" ` +
+          `(any address) or add ${need.target} to its --allow-net list`
+        : `rebuild the binary with "deno task compile --recovery-dir ${need.target}"`
+    );
+    return `${head}; ${[...new Set(fixes)].join("; ")}`;
   }
-  return `Missing permission: ${access} ${need.target} (${need.purpose}); ${fix}`;
+  const flags = [...(options.baseFlags ?? START_FLAGS)];
+  for (const need of needs) {
+    const name = need.descriptor.name;
+    if (name === "net") {
+      if (!flags.some((f) => f === "--allow-net")) flags.push(`--allow-net=${need.target}`);
+    } else {
+      const flag = `--allow-${name}=${need.target}`;
+      if (!flags.includes(flag)) flags.push(flag);
+    }
+  }
+  const args = (options.args ?? []).map(shellWord).join(" ");
+  return `${head}; run: deno run ${flags.map(shellWord).join(" ")} src/main.ts proxy` +
+    (args === "" ? "" : ` ${args}`) +
+    " (deno task start cannot take more permission flags)";
+}
+
+/** Quotes `word` for a POSIX shell when it needs it. */
+function shellWord(word: string): string {
+  if (word !== "" && /^[\w@%+=:,./-]+$/.test(word)) return word;
+  return `'${word.replaceAll("'", `'\\''`)}'`;
 }
 
 /** Options for {@linkcode assertPermissions}. */
@@ -108,13 +162,15 @@ export interface AssertPermissionsOptions {
   query?: (descriptor: PermissionNeed["descriptor"]) => Deno.PermissionState;
   /** Word the fix for a compiled binary; unset: `Deno.build.standalone`. */
   standalone?: boolean;
+  /** The proxy's arguments, for the suggested command. Unset: none shown. */
+  args?: readonly string[];
 }
 
 /**
  * Checks every permission `targets` need, without prompting and without opening anything.
  *
- * @throws {MissingPermissionError} for the first one not granted; its message is one line naming
- * the permission, the address or path, and the flag to add.
+ * @throws {MissingPermissionError} naming every one not granted, and the command that grants
+ * them, in one line.
  */
 export function assertPermissions(
   targets: PermissionTargets,
@@ -122,10 +178,12 @@ export function assertPermissions(
 ): void {
   const query = options.query ?? ((d) => Deno.permissions.querySync(d).state);
   const standalone = options.standalone ?? Deno.build.standalone;
-  for (const need of permissionNeeds(targets)) {
-    // "prompt" counts as missing: a server must not stop to ask at a terminal.
-    if (query(need.descriptor) !== "granted") {
-      throw new MissingPermissionError(need, missingPermissionMessage(need, standalone));
-    }
+  // "prompt" counts as missing: a server must not stop to ask at a terminal.
+  const missing = permissionNeeds(targets).filter((need) => query(need.descriptor) !== "granted");
+  if (missing.length > 0) {
+    throw new MissingPermissionError(
+      missing,
+      missingPermissionsMessage(missing, { standalone, args: options.args }),
+    );
   }
 }

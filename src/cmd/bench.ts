@@ -7,14 +7,17 @@
  */
 import { type Address, formatAddress } from "../cli/address.ts";
 import { parseAddressFlag } from "../cli/address_flag.ts";
-import { parseDuration } from "../cli/duration.ts";
+import { DURATION_HELP, parseDuration } from "../cli/duration.ts";
+import { formatFlagHelp, formatSynopsis } from "../cli/flag_help.ts";
 import {
+  denoEnvReader,
   type FlagSpec,
   parseChoiceFlag,
   parseFlags,
   parseIntegerFlag,
   UsageError,
 } from "../cli/flags.ts";
+import { VERSION } from "../version.ts";
 import {
   LOAD_ERROR_KINDS,
   type LoadOptions,
@@ -29,51 +32,70 @@ import {
   writeStdoutLine,
 } from "./output.ts";
 
-/** Flags of `foo-proxy bench` (no environment fallbacks: a benchmark says what it does). */
+/** Flags of `foo-proxy bench`: the one definition the parser, `--help` and the README use. */
 export const BENCH_FLAGS: Record<string, FlagSpec> = {
-  connect: { type: "string", default: "127.0.0.1:8002", env: false },
-  connections: { type: "string", default: "16", env: false },
-  pipeline: { type: "string", default: "1", env: false },
-  payload: { type: "string", default: "32", env: false },
-  duration: { type: "string", default: "10s", env: false },
-  warmup: { type: "string", default: "0", env: false },
-  rate: { type: "string", default: "0", env: false },
-  "requests-per-connection": { type: "string", default: "0", env: false },
-  replies: { type: "string", default: "seq", env: false },
-  json: { type: "boolean", env: false },
-  quiet: { type: "boolean", short: "q", env: false },
-  help: { type: "boolean", short: "h", env: false },
+  connect: {
+    type: "string",
+    default: "localhost:8002",
+    value: "ADDR",
+    help: "the endpoint, a proxy or a server (a bare PORT means localhost, as for the client)",
+  },
+  connections: { type: "string", default: "16", value: "N", help: "connections open at once" },
+  pipeline: { type: "string", default: "1", value: "N", help: "REQs in flight per connection" },
+  payload: {
+    type: "string",
+    default: "32",
+    value: "BYTES",
+    help: "data bytes after each Seq (0 = none)",
+  },
+  duration: {
+    type: "string",
+    default: "10s",
+    value: "DUR",
+    help: "measured time (0 = until SIGINT)",
+  },
+  warmup: { type: "string", default: "0", value: "DUR", help: "unmeasured time before it" },
+  rate: {
+    type: "string",
+    default: "0",
+    value: "R",
+    help:
+      "total REQs/s, open loop: latency counts from each REQ's scheduled send time (0 = as fast as possible)",
+  },
+  "requests-per-connection": {
+    type: "string",
+    default: "0",
+    value: "K",
+    help: "reconnect after K replies (0 = never)",
+  },
+  replies: {
+    type: "string",
+    default: "seq",
+    value: "MODE",
+    help:
+      'seq: check type and Seq; hash: also check each reply is what "foo-proxy server --reply hash" answers (counts wrong_reply)',
+  },
+  json: { type: "boolean", env: false, help: "one JSON object on stdout (latencies in ms)" },
+  quiet: { type: "boolean", short: "q", help: "no progress line" },
+  help: { type: "boolean", short: "h", env: false, help: "print this help" },
+  version: { type: "boolean", short: "V", env: false, help: "print the version" },
 };
 
-/** One-line synopsis of `foo-proxy bench`, quoted in usage errors. */
-export const BENCH_SYNOPSIS =
-  "foo-proxy bench [--connect ADDR] [--connections N] [--pipeline N] [--payload BYTES] [--duration DUR] [--warmup DUR] [--rate R] [--requests-per-connection K] [--replies seq|hash] [--json] [--quiet]";
+/** One-line synopsis of `foo-proxy bench`. */
+export const BENCH_SYNOPSIS = `foo-proxy bench ${formatSynopsis(BENCH_FLAGS)}`;
 
 /** Usage text of `foo-proxy bench`. */
 export const BENCH_USAGE = `Usage: foo-proxy bench [flags]
 
 Sends REQs to a Foo endpoint (a proxy or a server) over many connections, verifies every reply
-(ACK/NAK, its Seq, its order; with --replies hash also its type and data) and reports replies/s, connections/s, latency and errors.
-A progress line goes to stderr every second. Exits 0 when there was no error, 1 otherwise.
+(ACK/NAK, its Seq, its order; with --replies hash also its type and data) and reports replies/s,
+connections/s, latency and errors. A progress line goes to stderr every second. Exits 0 when
+there was no error, 1 otherwise.
 
-Flags:
-  --connect ADDR                 the endpoint                     (default 127.0.0.1:8002)
-  --connections N                connections open at once         (default 16)
-  --pipeline N                   REQs in flight per connection    (default 1)
-  --payload BYTES                data bytes after each Seq        (default 32; 0 = none)
-  --duration DUR                 measured time                    (default 10s; 0 = until SIGINT)
-  --warmup DUR                   unmeasured time before it        (default 0)
-  --rate R                       total REQs/s, open loop: latency counts from each REQ's
-                                 scheduled send time              (default 0 = as fast as possible)
-  --requests-per-connection K    reconnect after K replies        (default 0 = never)
-  --replies MODE                 seq: check type and Seq; hash: also check each reply is what
-                                 "foo-proxy server --reply hash" answers (counts wrong_reply)
-                                                                  (default seq)
-  --json                         one JSON object on stdout (latencies in ms)
-  -q, --quiet                    no progress line
-  -h, --help                     print this help
+Flags (each also from FOO_PROXY_<NAME>, e.g. FOO_PROXY_CONNECTIONS; flags win):
+${formatFlagHelp(BENCH_FLAGS)}
 
-DUR is like 10s, 500ms, 2m, or a number of seconds. ADDR is HOST:PORT, :PORT or [IPv6]:PORT.`;
+ADDR is :PORT, PORT, HOST:PORT or [IPv6]:PORT. ${DURATION_HELP}`;
 
 /** Parsed configuration of `foo-proxy bench`. */
 export interface BenchConfig {
@@ -89,6 +111,7 @@ export interface BenchConfig {
   json: boolean;
   quiet: boolean;
   help: boolean;
+  version: boolean;
 }
 
 /**
@@ -96,9 +119,12 @@ export interface BenchConfig {
  *
  * @throws {UsageError} naming the bad flag or value.
  */
-export function parseBenchConfig(args: readonly string[]): BenchConfig {
-  const v = parseFlags(args, BENCH_FLAGS);
-  const connect = parseAddressFlag("connect", String(v.connect), { defaultHost: "127.0.0.1" });
+export function parseBenchConfig(
+  args: readonly string[],
+  getEnv?: (name: string) => string | undefined,
+): BenchConfig {
+  const v = parseFlags(args, BENCH_FLAGS, { getEnv });
+  const connect = parseAddressFlag("connect", String(v.connect), { defaultHost: "localhost" });
   if (connect.port === 0) throw new UsageError(`--connect: the port must not be 0`);
   const rateText = String(v.rate).trim();
   const rate = /^\d+(\.\d+)?$/.test(rateText) ? Number(rateText) : NaN;
@@ -121,6 +147,7 @@ export function parseBenchConfig(args: readonly string[]): BenchConfig {
     json: v.json === true,
     quiet: v.quiet === true,
     help: v.help === true,
+    version: v.version === true,
   };
 }
 
@@ -203,13 +230,17 @@ export async function runBench(args: string[], context: CommandContext = {}): Pr
   const stdout = context.stdout ?? writeStdoutLine;
   let config: BenchConfig;
   try {
-    config = parseBenchConfig(args);
+    config = parseBenchConfig(args, denoEnvReader());
   } catch (error) {
-    if (error instanceof UsageError) return reportUsageError(error.message, BENCH_SYNOPSIS);
+    if (error instanceof UsageError) return reportUsageError(error.message, "foo-proxy bench");
     throw error;
   }
   if (config.help) {
     stdout(BENCH_USAGE);
+    return 0;
+  }
+  if (config.version) {
+    stdout(`foo-proxy ${VERSION}`);
     return 0;
   }
   const stop = new AbortController();

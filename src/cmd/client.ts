@@ -7,6 +7,8 @@ import { getLogger } from "@logtape/logtape";
 import type { Address } from "../cli/address.ts";
 import { parseAddressFlag } from "../cli/address_flag.ts";
 import { parseDuration } from "../cli/duration.ts";
+import { DURATION_HELP } from "../cli/duration.ts";
+import { formatFlagHelp, formatSynopsis } from "../cli/flag_help.ts";
 import {
   denoEnvReader,
   type FlagSpec,
@@ -18,22 +20,42 @@ import { ClientError, runClient } from "../tools/client.ts";
 import { startCommand } from "./command_start.ts";
 import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.ts";
 
-/** Flags of `foo-proxy client`. */
+/** Flags of `foo-proxy client`: the one definition the parser, `--help` and the README use. */
 export const CLIENT_FLAGS: Record<string, FlagSpec> = {
-  connect: { type: "string", default: "localhost:8002" },
-  requests: { type: "string", default: "10" },
-  pipeline: { type: "string", default: "1" },
-  connections: { type: "string", default: "1" },
-  payload: { type: "string", default: "0" },
-  timeout: { type: "string", default: "10s" },
-  "log-level": { type: "string", default: "warning" },
-  "log-format": { type: "string", default: "text" },
-  help: { type: "boolean", short: "h", env: false },
+  connect: {
+    type: "string",
+    default: "localhost:8002",
+    value: "ADDR",
+    help: "the proxy or server to drive (a bare PORT means localhost)",
+  },
+  requests: { type: "string", default: "10", value: "N", help: "REQs per connection" },
+  pipeline: { type: "string", default: "1", value: "N", help: "REQs in flight per connection" },
+  connections: { type: "string", default: "1", value: "N", help: "connections at once" },
+  payload: { type: "string", default: "0", value: "BYTES", help: "data bytes after each Seq" },
+  timeout: {
+    type: "string",
+    default: "10s",
+    value: "DUR",
+    help: "longest wait to connect or for a reply (0 = none)",
+  },
+  "log-level": {
+    type: "string",
+    default: "warning",
+    value: "LEVEL",
+    help: "debug, info, warning or error",
+  },
+  "log-format": {
+    type: "string",
+    default: "text",
+    value: "FORMAT",
+    help: "text or json, on stderr",
+  },
+  help: { type: "boolean", short: "h", env: false, help: "print this help" },
+  version: { type: "boolean", short: "V", env: false, help: "print the version" },
 };
 
-/** One-line synopsis of `foo-proxy client`, quoted in usage errors. */
-export const CLIENT_SYNOPSIS =
-  "foo-proxy client [--connect ADDR] [--requests N] [--pipeline N] [--connections N] [--payload BYTES] [--timeout DUR]";
+/** One-line synopsis of `foo-proxy client`. */
+export const CLIENT_SYNOPSIS = `foo-proxy client ${formatSynopsis(CLIENT_FLAGS)}`;
 
 /** Usage text of `foo-proxy client`. */
 export const CLIENT_USAGE = `Usage: foo-proxy client [flags]
@@ -43,17 +65,9 @@ in order, ACK or NAK, nothing extra). Prints progress dots then "OK!" and exits 
 exits 1 with one line on stderr saying what was wrong.
 
 Flags (each also from FOO_PROXY_<NAME>, e.g. FOO_PROXY_CONNECT; flags win):
-  --connect ADDR       the proxy or server to drive             (default localhost:8002)
-  --requests N         REQs per connection                      (default 10)
-  --pipeline N         REQs in flight per connection            (default 1)
-  --connections N      connections at once                      (default 1)
-  --payload BYTES      data bytes after each Seq                (default 0)
-  --timeout DUR        longest wait to connect or for a reply   (default 10s; 0 = none)
-  --log-level LEVEL    debug|info|warning|error                 (default warning)
-  --log-format FORMAT  text|json, on stderr                     (default text)
-  -h, --help           print this help
+${formatFlagHelp(CLIENT_FLAGS)}
 
-ADDR is :PORT, PORT, HOST:PORT or [IPv6]:PORT.`;
+ADDR is :PORT, PORT, HOST:PORT or [IPv6]:PORT. ${DURATION_HELP}`;
 
 /** Parsed configuration of `foo-proxy client`. */
 export interface ClientConfig {
@@ -66,6 +80,7 @@ export interface ClientConfig {
   logLevel: string;
   logFormat: string;
   help: boolean;
+  version: boolean;
 }
 
 /**
@@ -90,6 +105,7 @@ export function parseClientConfig(
     logLevel: String(v["log-level"]),
     logFormat: String(v["log-format"]),
     help: v.help === true,
+    version: v.version === true,
   };
 }
 
@@ -106,7 +122,7 @@ export async function runClientCommand(
   const stdout = context.stdout ?? writeStdoutLine;
   const started = startCommand(() => parseClientConfig(args, denoEnvReader()), {
     usage: CLIENT_USAGE,
-    synopsis: CLIENT_SYNOPSIS,
+    command: "foo-proxy client",
     stdout,
   });
   if (typeof started === "number") return started;

@@ -4,8 +4,10 @@
  *
  * @module
  */
+import { getLogger } from "@logtape/logtape";
 import { UsageError } from "../cli/flags.ts";
 import { setupLogging } from "./logging.ts";
+import { VERSION } from "../version.ts";
 import { reportUsageError, writeStdoutLine } from "./output.ts";
 
 /** The configuration fields {@linkcode startCommand} reads. */
@@ -16,14 +18,16 @@ export interface CommonConfig {
   logFormat: string;
   /** `--help`. */
   help: boolean;
+  /** `--version`/`-V`: print `foo-proxy VERSION` and exit 0. */
+  version?: boolean;
 }
 
 /** Options for {@linkcode startCommand}. */
 export interface StartCommandOptions<C> {
   /** Printed on `--help`. */
   usage: string;
-  /** Quoted in usage errors. */
-  synopsis: string;
+  /** How the command is run (`foo-proxy server`): usage errors point to its `--help`. */
+  command: string;
   /** Writes one line of stdout. @default writeStdoutLine */
   stdout?: (line: string) => void;
   /**
@@ -59,6 +63,10 @@ export function startCommand<C extends CommonConfig>(
       (options.stdout ?? writeStdoutLine)(options.usage);
       return 0;
     }
+    if (config.version) {
+      (options.stdout ?? writeStdoutLine)(`foo-proxy ${VERSION}`);
+      return 0;
+    }
     const code = options.check?.(config);
     if (code !== undefined) return code;
     const logging = setupLogging({
@@ -66,9 +74,28 @@ export function startCommand<C extends CommonConfig>(
       format: config.logFormat,
       write: options.logWrite,
     });
+    warnIfEnvUnreadable();
     return { config, logging };
   } catch (error) {
-    if (error instanceof UsageError) return reportUsageError(error.message, options.synopsis);
+    if (error instanceof UsageError) return reportUsageError(error.message, options.command);
     throw error;
   }
+}
+
+/**
+ * Says once when `FOO_PROXY_*` variables cannot be read (no `--allow-env`): they are then
+ * ignored, and a user who set one would otherwise never learn why it had no effect. Deno does not
+ * tell whether a variable is set without the grant, so this says it whenever the grant is missing.
+ */
+function warnIfEnvUnreadable(): void {
+  let state: Deno.PermissionState;
+  try {
+    state = Deno.permissions.querySync({ name: "env", variable: "FOO_PROXY_LISTEN" }).state;
+  } catch {
+    return;
+  }
+  if (state === "granted") return;
+  getLogger(["foo-proxy"]).warning(
+    "FOO_PROXY_* environment variables are ignored: this run has no --allow-env=FOO_PROXY_* (flags still work)",
+  );
 }

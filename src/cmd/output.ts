@@ -27,10 +27,11 @@ export function writeStderrLine(line: string): void {
 }
 
 /**
- * Reports a usage error as one stderr line naming what was wrong and the command's synopsis,
- * and returns exit status 2.
+ * Reports a usage error, returns exit status 2: one stderr line naming what was wrong, then one
+ * saying where the usage is (`command` is how the subcommand is run: `foo-proxy server`).
  */
-export function reportUsageError(message: string, synopsis: string): number {
-  writeStderrLine(`foo-proxy: ${message} (usage: ${synopsis}; see --help)`);
+export function reportUsageError(message: string, command = "foo-proxy"): number {
+  writeStderrLine(`foo-proxy: ${message}`);
+  writeStderrLine(`Run '${command} --help' for usage.`);
   return 2;
 }

@@ -8,6 +8,8 @@ import { type Address, formatAddress } from "../cli/address.ts";
 import { parseAddressFlag } from "../cli/address_flag.ts";
 import { parseDuration } from "../cli/duration.ts";
 import { assertPermissions, MissingPermissionError } from "../cli/permissions.ts";
+import { formatFlagHelp, formatSynopsis } from "../cli/flag_help.ts";
+import { DURATION_HELP } from "../cli/duration.ts";
 import {
   denoEnvReader,
   type FlagSpec,
@@ -20,47 +22,157 @@ import { Proxy } from "../proxy/proxy.ts";
 import { RecoveryPathError, type RecoveryPersister } from "../proxy/recovery_file.ts";
 import { systemClock } from "../stats/clock.ts";
 import { Stats } from "../stats/stats.ts";
-import { VERSION } from "../version.ts";
 import { startCommand } from "./command_start.ts";
 import { installLastResort } from "./last_resort.ts";
 import { installSignals } from "./signals.ts";
 import { fdsNeeded, maxConnectionsFor, readFdLimit } from "./fd_limit.ts";
 import { LineWriter } from "./line_writer.ts";
+import { PidFile, PidFileError } from "./pid_file.ts";
 import { HttpBindError, type Observability, startObservability } from "./observability.ts";
 import { setupRecovery } from "./recovery_setup.ts";
 import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.ts";
 
-/** Flags of `foo-proxy proxy`. */
+/** Flags of `foo-proxy proxy`: the one definition the parser, `--help` and the README use. */
 export const PROXY_FLAGS: Record<string, FlagSpec> = {
-  listen: { type: "string", default: ":8002" },
-  forward: { type: "string", default: "localhost:8001" },
-  "connect-timeout": { type: "string", default: "5s" },
-  "max-connections": { type: "string", default: "auto" },
-  "fd-limit": { type: "string", default: "auto" },
-  "max-inflight": { type: "string", default: "10000" },
-  "idle-timeout": { type: "string", default: "off" },
-  "half-close-timeout": { type: "string", default: "30s" },
-  "connect-retries": { type: "string", default: "3" },
-  "drain-delay": { type: "string", default: "0s" },
-  "drain-timeout": { type: "string", default: "30s" },
-  // No defaults here: parseProxyConfig applies them, so it knows what was given explicitly.
-  http: { type: "string" },
-  health: { type: "string" },
-  "recovery-path": { type: "string" },
+  listen: {
+    type: "string",
+    default: ":8002",
+    value: "ADDR",
+    help: "where clients connect (:PORT binds every interface)",
+  },
+  forward: {
+    type: "string",
+    default: "localhost:8001",
+    value: "ADDR",
+    help: "the upstream Foo server",
+  },
+  // No defaults here for http/health: parseProxyConfig applies them, so it knows what was given.
+  http: {
+    type: "string",
+    value: "ADDR|off",
+    defaultText: "127.0.0.1:8088",
+    help: "serve /stats, /metrics, /version there",
+  },
+  health: {
+    type: "string",
+    value: "ADDR|off",
+    defaultText: "127.0.0.1:8081",
+    help: "serve /health, /livez, /readyz there",
+  },
+  "recovery-path": {
+    type: "string",
+    value: "FILE",
+    defaultText: "off",
+    help: "persist the statistics there and restore them on start",
+  },
+  "pid-file": {
+    type: "string",
+    value: "FILE",
+    defaultText: "off",
+    help:
+      "write the process id there once listening (removed on exit; refused while another live proxy holds it)",
+  },
+  "connect-timeout": {
+    type: "string",
+    default: "5s",
+    value: "DUR",
+    help: "per upstream connect attempt (0 = none)",
+  },
+  "connect-retries": {
+    type: "string",
+    default: "3",
+    value: "N",
+    help: "upstream connect retries with backoff, holding the client's first bytes",
+  },
+  "max-connections": {
+    type: "string",
+    default: "auto",
+    value: "N|auto",
+    help:
+      "clients served at once, more are closed and counted; auto = (fd limit - 128) / 2, at most 10000",
+  },
+  "fd-limit": {
+    type: "string",
+    default: "auto",
+    value: "N|auto",
+    help:
+      "the process's file-descriptor limit, e.g. FOO_PROXY_FD_LIMIT=$(ulimit -n); auto reads it where Deno allows (only with --allow-all), else assumes 10000 clients",
+  },
+  "max-inflight": {
+    type: "string",
+    default: "10000",
+    value: "N",
+    help: "unanswered REQs per client before its reads pause (0 = no limit)",
+  },
+  "idle-timeout": {
+    type: "string",
+    default: "off",
+    value: "DUR",
+    help: "close a client with no traffic and nothing in flight for this long",
+  },
+  "half-close-timeout": {
+    type: "string",
+    default: "30s",
+    value: "DUR",
+    help: "after a client's FIN with replies owed, close once none came for this long (0 = wait)",
+  },
+  "drain-delay": {
+    type: "string",
+    default: "0s",
+    value: "DUR",
+    help: "on SIGTERM/SIGINT keep accepting this long (readiness already fails)",
+  },
+  "drain-timeout": {
+    type: "string",
+    default: "30s",
+    value: "DUR",
+    help: "on SIGTERM/SIGINT wait this long for clients to finish",
+  },
   // A string flag: `--resume` alone is rewritten to `--resume=verbatim` before parsing.
-  resume: { type: "string", default: "off" },
-  "resume-retries": { type: "string", default: "6" },
-  "resume-max-failovers": { type: "string", default: "4" },
-  "resume-retain": { type: "string", default: "1048576" },
-  "log-level": { type: "string", default: "info" },
-  "log-format": { type: "string", default: "text" },
-  help: { type: "boolean", short: "h", env: false },
-  version: { type: "boolean", short: "V", env: false },
+  resume: {
+    type: "string",
+    default: "off",
+    value: "MODE",
+    optionalValue: true,
+    help:
+      "when an upstream connection dies, replay its unanswered REQs on a new one: verbatim (as sent; what --resume alone means) or renumber (Seqs from 1: a server that answers from the Seq then answers other requests)",
+  },
+  "resume-retries": {
+    type: "string",
+    default: "6",
+    value: "N",
+    help: "reconnect attempts per failover (backoff 100 ms doubling to 2 s)",
+  },
+  "resume-max-failovers": {
+    type: "string",
+    default: "4",
+    value: "N",
+    help: "failovers in a row that die without a reply before the client is closed",
+  },
+  "resume-retain": {
+    type: "string",
+    default: "1048576",
+    value: "BYTES",
+    help: "unanswered REQ bytes kept per client for replay",
+  },
+  "log-level": {
+    type: "string",
+    default: "info",
+    value: "LEVEL",
+    help: "debug, info, warning or error",
+  },
+  "log-format": {
+    type: "string",
+    default: "text",
+    value: "FORMAT",
+    help: "text or json (one object a line), on stderr",
+  },
+  help: { type: "boolean", short: "h", env: false, help: "print this help" },
+  version: { type: "boolean", short: "V", env: false, help: "print the version" },
 };
 
-/** One-line synopsis of `foo-proxy proxy`, quoted in usage errors. */
-export const PROXY_SYNOPSIS =
-  "foo-proxy [proxy] [--listen ADDR] [--forward ADDR] [--http ADDR|off] [--health ADDR|off] [--recovery-path FILE] [--resume[=verbatim|renumber]] [--connect-timeout DUR] [--connect-retries N] [--max-connections N|auto] [--fd-limit N|auto] [--max-inflight N] [--idle-timeout DUR] [--half-close-timeout DUR] [--drain-delay DUR] [--drain-timeout DUR] [--log-level LEVEL] [--log-format text|json]";
+/** One-line synopsis of `foo-proxy proxy`. */
+export const PROXY_SYNOPSIS = `foo-proxy [proxy] ${formatSynopsis(PROXY_FLAGS)}`;
 
 /** Usage text of `foo-proxy proxy`. */
 export const PROXY_USAGE = `Usage: foo-proxy [proxy] [flags]
@@ -74,50 +186,10 @@ a second, as a terminal's Ctrl-C under deno task delivers, is ignored). SIGHUP n
 SIGUSR1 is ignored (stats are on SIGUSR2; the debugger Deno would open on it is closed).
 
 Flags (each also from FOO_PROXY_<NAME>, e.g. FOO_PROXY_LISTEN; flags win):
-  --listen ADDR            where clients connect            (default :8002, all interfaces)
-  --forward ADDR           the upstream Foo server          (default localhost:8001)
-  --connect-timeout DUR    upstream connect timeout         (default 5s; 0 = none)
-  --max-connections N|auto clients served at once; auto fits
-                           the fd limit: (limit - 128) / 2,
-                           at most 10000                    (default auto)
-  --fd-limit N|auto        the process's fd limit, e.g.
-                           FOO_PROXY_FD_LIMIT=$(ulimit -n);
-                           auto: read it if Deno allows (it
-                           needs --allow-all), else 10000
-                           clients                          (default auto)
-  --max-inflight N         unanswered REQs per client before
-                           its reads pause                  (default 10000; 0 = no limit)
-  --idle-timeout DUR       close a client with no traffic and
-                           nothing in flight for this long  (default off)
-  --half-close-timeout DUR after a client's FIN with replies
-                           owed, close once none came for
-                           this long                        (default 30s; 0 = wait)
-  --connect-retries N      upstream connect retries, with
-                           backoff, holding the first bytes (default 3)
-  --drain-delay DUR        on SIGTERM keep accepting this long (default 0s)
-  --drain-timeout DUR      on SIGTERM wait this long for
-                           clients to finish                (default 30s)
-  --http ADDR|off          serve /stats /metrics /version   (default 127.0.0.1:8088)
-  --health ADDR|off        serve /health /livez /readyz …   (default 127.0.0.1:8081)
-  --recovery-path FILE     persist stats there, restore them
-                           on start                         (default off)
-  --resume[=MODE]          when an upstream connection dies,
-                           replay its unanswered REQs on a
-                           new one: verbatim (as sent, the
-                           default MODE) or renumber (Seqs
-                           from 1; the server then answers
-                           other Seqs)                      (default off)
-  --resume-retries N       reconnect attempts per failover  (default 6)
-  --resume-max-failovers N failovers in a row that die
-                           without a reply before giving up (default 4)
-  --resume-retain BYTES    unanswered REQ bytes kept per
-                           client for replay                (default 1048576)
-  --log-level LEVEL        debug|info|warning|error         (default info)
-  --log-format FORMAT      text|json, on stderr             (default text)
-  -h, --help               print this help
-  -V, --version            print the version
+${formatFlagHelp(PROXY_FLAGS)}
 
-ADDR is :PORT, PORT, HOST:PORT or [IPv6]:PORT. Go-style -listen=:8002 also works.`;
+ADDR is :PORT, PORT, HOST:PORT or [IPv6]:PORT. ${DURATION_HELP}
+Go-style -listen=:8002 also works.`;
 
 /** Parsed configuration of `foo-proxy proxy`. */
 export interface ProxyConfig {
@@ -142,6 +214,8 @@ export interface ProxyConfig {
   healthExplicit: boolean;
   /** The recovery file; `null`: none. */
   recoveryPath: string | null;
+  /** The pid file; `null`: none. */
+  pidFile: string | null;
   /** What to do when an upstream connection dies: off, or replay verbatim / renumbered. */
   resume: ResumeMode;
   halfCloseTimeoutMs: number;
@@ -198,6 +272,7 @@ export function parseProxyConfig(
     httpExplicit: v.http !== undefined,
     healthExplicit: v.health !== undefined,
     recoveryPath: typeof recoveryPath === "string" ? recoveryPath : null,
+    pidFile: typeof v["pid-file"] === "string" && v["pid-file"] !== "" ? v["pid-file"] : null,
     resume: parseResumeMode(String(v.resume)),
     halfCloseTimeoutMs: parseDuration("half-close-timeout", v["half-close-timeout"]),
     reconnectRetries: parseIntegerFlag("resume-retries", v["resume-retries"], { max: 100 }),
@@ -223,6 +298,24 @@ function parseResumeMode(text: string): ResumeMode {
 /** How long the last output may take at exit before a stalled reader is given up on. */
 const EXIT_FLUSH_MS = 1000;
 
+/**
+ * Why `path` cannot be the recovery file when that can be seen without more grants (it is a
+ * directory), or `undefined` (fine, or not visible: the permission check speaks then).
+ */
+function directoryProblem(path: string): string | undefined {
+  try {
+    if (Deno.permissions.querySync({ name: "read", path }).state !== "granted") return undefined;
+    if (Deno.statSync(path).isDirectory) {
+      return `--recovery-path "${path}" is a directory: give a file in it, e.g. ${
+        path.replace(/\/+$/, "")
+      }/stats.json`;
+    }
+  } catch {
+    // Missing (it is created) or not visible: nothing to say yet.
+  }
+  return undefined;
+}
+
 /** Runs the proxy until SIGINT/SIGTERM (or `context.signal`); resolves with the exit code. */
 export async function runProxy(args: string[], context: CommandContext = {}): Promise<number> {
   // Logs and stats lines go through bounded non-blocking writers: a stdout or stderr that nobody
@@ -246,17 +339,22 @@ async function serveProxy(
   const stdout = context.stdout ?? ((line: string) => void output.stdout.writeLine(line));
   const started = startCommand(() => parseProxyConfig(args, denoEnvReader()), {
     usage: PROXY_USAGE,
-    synopsis: PROXY_SYNOPSIS,
+    command: "foo-proxy",
     // --help and --version are written at once: the process exits right after.
     stdout: context.stdout ?? writeStdoutLine,
     logWrite: (line) => void output.stderr.write(line),
     check: (config) => {
-      if (config.version) {
-        (context.stdout ?? writeStdoutLine)(`foo-proxy ${VERSION}`);
-        return 0;
+      // What the recovery path is, before asking for grants: where Deno lets us look already.
+      const notAFile = config.recoveryPath === null
+        ? undefined
+        : directoryProblem(config.recoveryPath);
+      if (notAFile !== undefined) {
+        writeStderrLine(`foo-proxy: ${notAFile}`);
+        return 2;
       }
       try {
-        assertPermissions(config); // before anything opens: one line and exit 2 when one is missing
+        // Before anything opens: every missing permission in one line, and exit 2.
+        assertPermissions(config, { args });
       } catch (error) {
         if (!(error instanceof MissingPermissionError)) throw error;
         writeStderrLine(`foo-proxy: ${error.message}`);
@@ -344,9 +442,22 @@ async function serveProxy(
     maxFailovers: config.maxFailovers,
     retainLimit: config.retainLimit,
   });
+  let pidFile: PidFile | undefined;
+  if (config.pidFile !== null) {
+    try {
+      pidFile = await PidFile.acquire(config.pidFile);
+    } catch (error) {
+      if (!(error instanceof PidFileError)) throw error;
+      signals.remove();
+      lastResort.remove();
+      writeStderrLine(`foo-proxy: ${error.message}`);
+      return 2;
+    }
+  }
   try {
     await proxy.start();
   } catch (error) {
+    await pidFile?.release();
     signals.remove();
     lastResort.remove();
     logger.error("Cannot listen on {listen}: {error}", {
@@ -355,6 +466,8 @@ async function serveProxy(
     });
     return 1;
   }
+  // Written once the listener is bound: whoever reads it can signal a proxy that serves.
+  await pidFile?.write();
   let observability: Observability;
   try {
     observability = await startObservability({
@@ -372,6 +485,7 @@ async function serveProxy(
     if (!(error instanceof HttpBindError)) throw error;
     logger.error("{message}", { message: error.message });
     await proxy.close();
+    await pidFile?.release();
     signals.remove();
     lastResort.remove();
     return 1;
@@ -398,6 +512,7 @@ async function serveProxy(
   // Print before removing the listeners: a late signal with no listener would kill the process
   // before the final line is out.
   printStats();
+  await pidFile?.release();
   signals.remove();
   lastResort.remove();
   return report.aborted ? 1 : 0;

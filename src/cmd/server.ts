@@ -6,6 +6,7 @@
 import { getLogger } from "@logtape/logtape";
 import { type Address, formatAddress } from "../cli/address.ts";
 import { parseAddressFlag } from "../cli/address_flag.ts";
+import { formatFlagHelp, formatSynopsis } from "../cli/flag_help.ts";
 import {
   denoEnvReader,
   type FlagSpec,
@@ -17,23 +18,59 @@ import { FooServer } from "../tools/server.ts";
 import { startCommand } from "./command_start.ts";
 import { type CommandContext, writeStdoutLine } from "./output.ts";
 
-/** Flags of `foo-proxy server`. */
+/** Flags of `foo-proxy server`: the one definition the parser, `--help` and the README use. */
 export const SERVER_FLAGS: Record<string, FlagSpec> = {
-  listen: { type: "string", default: ":8001" },
-  "nak-every": { type: "string", default: "0" },
-  fragment: { type: "boolean", default: false },
-  "delay-ms": { type: "string", default: "0" },
-  reply: { type: "string", default: "seq" },
-  "keep-open": { type: "boolean", default: false },
-  silent: { type: "boolean", default: false },
-  "log-level": { type: "string", default: "info" },
-  "log-format": { type: "string", default: "text" },
-  help: { type: "boolean", short: "h", env: false },
+  listen: {
+    type: "string",
+    default: ":8001",
+    value: "ADDR",
+    help: "where to listen (:PORT binds every interface; port 0 picks a free one)",
+  },
+  "nak-every": {
+    type: "string",
+    default: "0",
+    value: "N",
+    help: "NAK every Nth REQ of each connection (0 = never)",
+  },
+  fragment: { type: "boolean", default: false, help: "write each reply in several small writes" },
+  "delay-ms": {
+    type: "string",
+    default: "0",
+    value: "N",
+    help: "send each reply N ms after its REQ",
+  },
+  reply: {
+    type: "string",
+    default: "seq",
+    value: "MODE",
+    help:
+      'seq: "ACK <seq>"; hash: "ACK|NAK <seq> <hash of the Seq and data>", like real servers (ignores --nak-every)',
+  },
+  "keep-open": {
+    type: "boolean",
+    default: false,
+    help:
+      "never close after a client's FIN (the peer must end the exchange), like some real Foo servers",
+  },
+  silent: { type: "boolean", default: false, help: "never answer, only read: a hung upstream" },
+  "log-level": {
+    type: "string",
+    default: "info",
+    value: "LEVEL",
+    help: "debug, info, warning or error",
+  },
+  "log-format": {
+    type: "string",
+    default: "text",
+    value: "FORMAT",
+    help: "text or json, on stderr",
+  },
+  help: { type: "boolean", short: "h", env: false, help: "print this help" },
+  version: { type: "boolean", short: "V", env: false, help: "print the version" },
 };
 
-/** One-line synopsis of `foo-proxy server`, quoted in usage errors. */
-export const SERVER_SYNOPSIS =
-  "foo-proxy server [--listen ADDR] [--nak-every N] [--fragment] [--delay-ms N] [--reply seq|hash] [--keep-open] [--silent] [--log-level LEVEL] [--log-format text|json]";
+/** One-line synopsis of `foo-proxy server`. */
+export const SERVER_SYNOPSIS = `foo-proxy server ${formatSynopsis(SERVER_FLAGS)}`;
 
 /** Usage text of `foo-proxy server`. */
 export const SERVER_USAGE = `Usage: foo-proxy server [flags]
@@ -45,20 +82,9 @@ so a REQ sent with another Seq gets another answer. Prints "listening on HOST:PO
 once bound; SIGINT/SIGTERM close it and exit 0.
 
 Flags (each also from FOO_PROXY_<NAME>, e.g. FOO_PROXY_NAK_EVERY; flags win):
-  --listen ADDR        where to listen                          (default :8001, all interfaces)
-  --nak-every N        NAK every Nth REQ of each connection     (default 0 = never)
-  --fragment           write each reply in several small writes (default off)
-  --delay-ms N         send each reply N ms after its REQ       (default 0)
-  --reply MODE         seq: "ACK <seq>"; hash: "ACK|NAK <seq> <hash of seq and data>"
-                       (hash ignores --nak-every)               (default seq)
-  --keep-open          never close after a client's FIN: the peer must end the exchange,
-                       like some real Foo servers               (default off: close)
-  --silent             never answer, only read: a hung upstream (default off)
-  --log-level LEVEL    debug|info|warning|error                 (default info)
-  --log-format FORMAT  text|json, on stderr                     (default text)
-  -h, --help           print this help
+${formatFlagHelp(SERVER_FLAGS)}
 
-ADDR is :PORT, PORT, HOST:PORT or [IPv6]:PORT; port 0 picks a free port.`;
+ADDR is :PORT, PORT, HOST:PORT or [IPv6]:PORT.`;
 
 /** Parsed configuration of `foo-proxy server`. */
 export interface ServerConfig {
@@ -75,6 +101,7 @@ export interface ServerConfig {
   logLevel: string;
   logFormat: string;
   help: boolean;
+  version: boolean;
 }
 
 /**
@@ -98,6 +125,7 @@ export function parseServerConfig(
     logLevel: String(v["log-level"]),
     logFormat: String(v["log-format"]),
     help: v.help === true,
+    version: v.version === true,
   };
 }
 
@@ -106,7 +134,7 @@ export async function runServer(args: string[], context: CommandContext = {}): P
   const stdout = context.stdout ?? writeStdoutLine;
   const started = startCommand(() => parseServerConfig(args, denoEnvReader()), {
     usage: SERVER_USAGE,
-    synopsis: SERVER_SYNOPSIS,
+    command: "foo-proxy server",
     stdout,
   });
   if (typeof started === "number") return started;
