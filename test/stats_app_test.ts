@@ -144,3 +144,21 @@ Deno.test("combineApps() serves both route sets with JSON 404 and 405", async ()
   const wrong2 = await app.request("/stats", { method: "DELETE" });
   assert.equal(wrong2.status, 405);
 });
+
+Deno.test("every answer of the stats app is Cache-Control: no-store, 404 and 405 included", async () => {
+  const app = createStatsApp({ stats: new Stats({ clock: () => 0 }) });
+  for (
+    const [path, method, status] of [
+      ["/stats", "GET", 200],
+      ["/metrics", "GET", 200],
+      ["/version", "GET", 200],
+      ["/nope", "GET", 404],
+      ["/stats", "POST", 405],
+    ] as const
+  ) {
+    const response = await app.request(path, { method });
+    assert.equal(response.status, status, path);
+    assert.equal(response.headers.get("cache-control"), "no-store", `${method} ${path}`);
+    await response.body?.cancel();
+  }
+});

@@ -6,9 +6,12 @@
  */
 import type { Context, Hono } from "hono";
 
+/** Every answer of the admin apps, errors too, is fresh: caches must not keep any of them. */
+const NO_STORE = { "Cache-Control": "no-store" };
+
 /** Answers 404 with `{ "error": "not found", "path": … }`. */
 export function notFoundJson(c: Context): Response {
-  return c.json({ error: "not found", path: c.req.path }, 404);
+  return c.json({ error: "not found", path: c.req.path }, 404, NO_STORE);
 }
 
 /**
@@ -20,12 +23,13 @@ export function methodNotAllowedJson(allow: readonly string[]): (c: Context) => 
   return (c) =>
     c.json({ error: "method not allowed", method: c.req.method, allow: [...allow] }, 405, {
       Allow: header,
+      ...NO_STORE,
     });
 }
 
 /** Answers 500 with `{ "error": "internal error" }`, hiding the exception from the client. */
 export function internalErrorJson(_error: Error, c: Context): Response {
-  return c.json({ error: "internal error" }, 500);
+  return c.json({ error: "internal error" }, 500, NO_STORE);
 }
 
 /** Installs the JSON 404 and 500 answers on `app` and returns it. */

@@ -256,7 +256,7 @@ export function renderMetrics(snapshot: StatsSnapshot, options: RenderMetricsOpt
   out.family(
     "foo_proxy_untracked_requests_total",
     "counter",
-    "REQ messages forwarded but not timed (per-connection tracking limit reached).",
+    "REQs forwarded but not timed (over 10000 outstanding on one connection, or a Seq above 2^53).",
   );
   out.sample("foo_proxy_untracked_requests_total", {}, latency.untrackedRequests);
   out.family(

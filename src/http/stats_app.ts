@@ -1,6 +1,6 @@
 /**
  * The stats app (`--http`): `GET /stats` (JSON), `GET /metrics` (Prometheus text) and
- * `GET /version`. Built by a factory, never listening itself: `cmd/` serves it with `Deno.serve`.
+ * `GET /version`. Built by a factory, never listening itself: `cmd/` serves it (src/net/http_server.ts).
  *
  * @module
  */
@@ -55,11 +55,15 @@ export function createStatsApp(options: StatsAppOptions): Hono {
     return c.body(text, 200, { "Content-Type": METRICS_CONTENT_TYPE, ...NO_STORE });
   });
   app.get("/version", (c) =>
-    c.json({
-      version,
-      deno: options.denoVersion ?? "unknown",
-      target: options.target ?? "unknown",
-    }));
+    c.json(
+      {
+        version,
+        deno: options.denoVersion ?? "unknown",
+        target: options.target ?? "unknown",
+      },
+      200,
+      NO_STORE,
+    ));
   const wrongMethod = methodNotAllowedJson(GET_ONLY);
   for (const path of ["/stats", "/metrics", "/version"]) app.all(path, wrongMethod);
   return withJsonErrors(app);
