@@ -14,7 +14,18 @@
  * - idle connections that speak once every few seconds (each reply checked the same way);
  * - the Foo server runs with `--reply hash`: each reply is computed from the REQ's Seq and data
  *   (see `src/protocol/reply_hash.ts`), so every reply's content can be checked;
- * - it answers after `--delay-ms`, so replies are owed whenever it is killed.
+ * - it answers after `--delay-ms`, so replies are owed whenever it is killed;
+ * - a reset flood against the proxy's Foo port: connections opened and reset (RST, `SO_LINGER`
+ *   0) at once or 20 ms later, about 200 a second, by a `python3` child (Deno cannot set
+ *   `SO_LINGER`; without python3 the flood is skipped, with a line saying so);
+ * - an admin slowloris: about 100 half-open `GET /stats` requests (headers never finished) held
+ *   against the proxy's HTTP port and re-opened as the proxy closes them (its admin server caps
+ *   64 connections and gives a request 5 s for its headers), while a normal `GET /stats` once a
+ *   second must still succeed at least once.
+ *
+ * Both run for the whole load period, are bounded in count and time and stop by themselves; their
+ * connections are all closed before the "clients gone" sample, so the descriptor check covers
+ * them too.
  *
  * Exits 0 when every check passes, 1 otherwise, 2 on bad flags.
  *
@@ -35,20 +46,28 @@ const MiB = 1024 * 1024;
 
 /** Usage text of the soak. */
 export const SOAK_USAGE =
-  `Usage: deno task soak [--seconds N] [--restarts N] [--idle N] [--no-resume]
+  `Usage: deno task soak [--seconds N] [--restarts N] [--idle N] [--rate N] [--reset-rate N]
+                      [--no-reset-flood] [--no-slowloris] [--no-resume]
 
 Runs mixed load (pipelining, churn, idle connections) through foo-proxy --resume for N seconds
 while the upstream Foo server (foo-proxy server --reply hash: replies computed from the Seq and
-the data) is killed and restarted, then prints a report and exits 0 when no reply was lost or
-wrong (every reply's type, Seq and data is checked), descriptors and memory are stable, and the
-counts agree. Exits 1 otherwise; a wrong reply fails the soak even with --no-resume.
+the data) is killed and restarted, a reset flood hits the proxy's Foo port (connections reset
+with RST right after connecting; needs python3, skipped without it) and a slowloris of ~100
+half-open GET /stats requests holds its admin HTTP port (normal GET /stats once a second must
+still get through at least once). Then it prints a report and exits 0 when no reply was lost or
+wrong (every reply's type, Seq and data is checked), the proxy caught no internal error,
+descriptors and memory are stable, and the counts agree. Exits 1 otherwise; a wrong reply fails
+the soak even with --no-resume.
 
-  --seconds N    how long the load runs                         (default 180)
-  --restarts N   upstream kills and restarts, evenly spread     (default 2)
-  --idle N       idle connections (one REQ every 3-8 s each)    (default 50)
-  --rate N       REQs per second of the pipelining load         (default 2000)
-  --no-resume    run the proxy without --resume (replies are then expected to be lost)
-  -h, --help     print this help`;
+  --seconds N       how long the load runs                          (default 180)
+  --restarts N      upstream kills and restarts, evenly spread      (default 2)
+  --idle N          idle connections (one REQ every 3-8 s each)     (default 50)
+  --rate N          REQs per second of the pipelining load          (default 2000)
+  --reset-rate N    connections the reset flood resets per second   (default 200)
+  --no-reset-flood  leave out the reset flood
+  --no-slowloris    leave out the admin slowloris and its GET /stats probes
+  --no-resume       run the proxy without --resume (replies are then expected to be lost)
+  -h, --help        print this help`;
 
 function freePort(): number {
   using listener = Deno.listen({ hostname: LOCAL, port: 0 });
@@ -173,6 +192,297 @@ class IdleClients {
   }
 }
 
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // Already closed.
+  }
+}
+
+/**
+ * The reset flood, run by `python3` because Deno cannot set `SO_LINGER`: argv is the port, the
+ * resets per second, the most connections and the most seconds. Every connection is reset
+ * (`SO_LINGER` 0, then close: RST, no FIN); odd ones at once, even ones 20 ms later (once the
+ * proxy has taken them and is dialing the upstream for them). SIGTERM ends it early. Its one line
+ * of output is a JSON summary.
+ */
+const RESET_FLOOD_PY = `
+import errno, json, signal, socket, struct, sys, time
+from collections import deque
+port, rate, limit, seconds = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+stop = False
+def on_term(*_):
+    global stop
+    stop = True
+signal.signal(signal.SIGTERM, on_term)
+linger = struct.pack("ii", 1, 0)
+made = {"at_once": 0, "after_20ms": 0}
+errors = {}
+later = deque()
+start = time.monotonic()
+due = start
+attempts = 0
+def reset(s):
+    try:
+        s.close()
+    except OSError:
+        pass
+while not stop and attempts < limit and time.monotonic() - start < seconds:
+    attempts += 1
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        s.settimeout(2)
+        s.connect(("127.0.0.1", port))
+        if attempts % 2:
+            reset(s)
+            made["at_once"] += 1
+        else:
+            later.append((time.monotonic() + 0.02, s))
+    except OSError as e:
+        kind = errno.errorcode.get(e.errno or 0, type(e).__name__)
+        errors[kind] = errors.get(kind, 0) + 1
+        reset(s)
+    while later and later[0][0] <= time.monotonic():
+        reset(later.popleft()[1])
+        made["after_20ms"] += 1
+    due += 1 / rate
+    delay = due - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+    elif delay < -1:
+        due = time.monotonic()  # fell behind (CPU starved): do not burst to catch up
+while later:
+    reset(later.popleft()[1])
+    made["after_20ms"] += 1
+print(json.dumps({"resets": made["at_once"] + made["after_20ms"], **made, "errors": errors,
+                  "seconds": round(time.monotonic() - start, 1)}), flush=True)
+`;
+
+/** What the reset flood says when it ends. */
+interface ResetFloodReport {
+  resets: number;
+  at_once: number;
+  after_20ms: number;
+  /** Connects that failed, by errno name. */
+  errors: Record<string, number>;
+  seconds: number;
+}
+
+/**
+ * Starts the reset flood against `port`, or returns why it cannot run (python3 missing).
+ * Bounded: `rate * seconds` connections, `seconds` seconds.
+ */
+function startResetFlood(port: number, rate: number, seconds: number): Child | string {
+  try {
+    return new Child(
+      ["-c", RESET_FLOOD_PY, String(port), String(rate), String(rate * seconds), String(seconds)],
+      { command: "python3", name: "reset flood (python3)" },
+    );
+  } catch (error) {
+    return error instanceof Deno.errors.NotFound
+      ? "python3 not found"
+      : `python3 could not start: ${(error as Error).message}`;
+  }
+}
+
+/** Stops the reset flood (SIGTERM: it prints its summary) and reads the summary. */
+async function stopResetFlood(flood: Child): Promise<ResetFloodReport | string> {
+  const status = await flood.stop("SIGTERM");
+  const last = flood.stdout.lines.findLast((l) => l.startsWith("{"));
+  if (!status.success || last === undefined) {
+    return `python3 exited with ${status.code}: ${flood.stderr.tail(300) || "no output"}`;
+  }
+  return JSON.parse(last);
+}
+
+const HALF_REQUEST = new TextEncoder().encode("GET /stats HTTP/1.1\r\nHost: x\r\n");
+
+/**
+ * The admin slowloris: `count` connections to the admin HTTP port, each sending the start of a
+ * request whose headers never end, re-opened when the proxy closes it. The first `count` opens go
+ * at once, later ones at most `opensPerSecond` (enough to take each slot the 5 s header deadline
+ * frees, so the cap stays full), `maxOpens` in all.
+ */
+class Slowloris {
+  opens = 0;
+  connectErrors = 0;
+  /** Closed by the proxy within 1 s (the connection cap). */
+  refused = 0;
+  /** Closed by the proxy after 1 s or more (the header deadline). */
+  timedOut = 0;
+  /** Half-open requests the proxy answered (it should not: their headers never end). */
+  answered = 0;
+  /** Held `HOLD_LIMIT_MS` without the proxy closing them: a missing header deadline. */
+  heldTooLong = 0;
+  /** Longest a half-open request was held open by the proxy, in ms. */
+  longestMs = 0;
+  #nextOpen = 0;
+
+  static readonly HOLD_LIMIT_MS = 15_000;
+
+  constructor(
+    readonly port: number,
+    readonly count: number,
+    readonly opensPerSecond: number,
+    readonly maxOpens: number,
+  ) {}
+
+  async run(stop: AbortSignal): Promise<void> {
+    await Promise.all(Array.from({ length: this.count }, () => this.#one(stop)));
+  }
+
+  /** Waits for this worker's turn to open; false when the budget is spent or the soak stops. */
+  async #turn(stop: AbortSignal): Promise<boolean> {
+    if (this.opens >= this.count) {
+      const now = performance.now();
+      const at = Math.max(now, this.#nextOpen);
+      this.#nextOpen = at + 1000 / this.opensPerSecond;
+      await sleep(at - now, stop);
+    }
+    if (stop.aborted || this.opens >= this.maxOpens) return false;
+    this.opens++;
+    return true;
+  }
+
+  async #one(stop: AbortSignal): Promise<void> {
+    const buf = new Uint8Array(512);
+    while (await this.#turn(stop)) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await Deno.connect({ hostname: LOCAL, port: this.port });
+      } catch {
+        this.connectErrors++;
+        await sleep(500, stop);
+        continue;
+      }
+      const opened = performance.now();
+      let ours = false;
+      const close = () => {
+        ours = true;
+        closeQuietly(conn);
+      };
+      const timer = setTimeout(() => {
+        this.heldTooLong++;
+        close();
+      }, Slowloris.HOLD_LIMIT_MS);
+      stop.addEventListener("abort", close, { once: true });
+      let bytes = 0;
+      try {
+        await conn.write(HALF_REQUEST);
+        for (;;) {
+          const n = await conn.read(buf);
+          if (n === null) break;
+          bytes += n;
+        }
+      } catch {
+        // Reset by the proxy, or closed here.
+      } finally {
+        clearTimeout(timer);
+        stop.removeEventListener("abort", close);
+        closeQuietly(conn);
+      }
+      if (ours) continue;
+      const heldMs = performance.now() - opened;
+      if (bytes > 0) this.answered++;
+      else if (heldMs < 1000) this.refused++;
+      else {
+        this.timedOut++;
+        this.longestMs = Math.max(this.longestMs, heldMs);
+      }
+    }
+  }
+}
+
+/**
+ * `GET path` on a fresh connection (the request whole, `Connection: close`); resolves with the
+ * status and body, or throws an Error whose message is the kind of failure.
+ */
+async function httpGet(
+  port: number,
+  path: string,
+  timeoutMs: number,
+): Promise<{ status: number; body: string }> {
+  let conn: Deno.TcpConn;
+  try {
+    conn = await Deno.connect({ hostname: LOCAL, port });
+  } catch {
+    throw new Error("connect");
+  }
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    closeQuietly(conn);
+  }, timeoutMs);
+  const chunks: Uint8Array[] = [];
+  try {
+    await conn.write(
+      new TextEncoder().encode(
+        `GET ${path} HTTP/1.1\r\nHost: ${LOCAL}\r\nConnection: close\r\n\r\n`,
+      ),
+    );
+    const buf = new Uint8Array(16384);
+    for (;;) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      chunks.push(buf.slice(0, n));
+    }
+  } catch {
+    if (timedOut) throw new Error("timeout");
+    if (chunks.length === 0) throw new Error("refused");
+  } finally {
+    clearTimeout(timer);
+    closeQuietly(conn);
+  }
+  if (timedOut) throw new Error("timeout");
+  const text = new TextDecoder().decode(
+    chunks.reduce((all, c) => {
+      const joined = new Uint8Array(all.length + c.length);
+      joined.set(all);
+      joined.set(c, all.length);
+      return joined;
+    }, new Uint8Array(0)),
+  );
+  if (text === "") throw new Error("refused");
+  const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(text)?.[1] ?? NaN);
+  const headEnd = text.indexOf("\r\n\r\n");
+  if (!Number.isFinite(status) || headEnd < 0) throw new Error("malformed");
+  return { status, body: text.slice(headEnd + 4) };
+}
+
+/** A normal `GET /stats` about once a second; counts what worked and what did not, by kind. */
+class AdminProbe {
+  ok = 0;
+  failed: Record<string, number> = {};
+  /** Longest successful request, in ms. */
+  slowestMs = 0;
+
+  constructor(readonly port: number) {}
+
+  get failures(): number {
+    return Object.values(this.failed).reduce((a, b) => a + b, 0);
+  }
+
+  async run(stop: AbortSignal): Promise<void> {
+    while (!stop.aborted) {
+      await sleep(1000, stop);
+      if (stop.aborted) break;
+      const started = performance.now();
+      try {
+        const { status, body } = await httpGet(this.port, "/stats", 3000);
+        if (status !== 200) throw new Error(`status_${status}`);
+        if (typeof JSON.parse(body).msg_req !== "number") throw new Error("bad_json");
+        this.ok++;
+        this.slowestMs = Math.max(this.slowestMs, performance.now() - started);
+      } catch (error) {
+        const kind = error instanceof SyntaxError ? "bad_json" : (error as Error).message;
+        this.failed[kind] = (this.failed[kind] ?? 0) + 1;
+      }
+    }
+  }
+}
+
 /** What the proxy's SIGUSR2 line says (the fields the report uses). */
 interface ProxySnapshot {
   msg_req: number;
@@ -186,6 +496,12 @@ interface ProxySnapshot {
   failovers?: number;
   replays?: number;
   resume_failures?: number;
+  internal_errors?: number;
+  accept_errors?: number;
+  accept_resource_errors?: number;
+  admin_connections_rejected?: number;
+  admin_request_timeouts?: number;
+  admin_bad_requests?: number;
   connections_closed: Record<string, number>;
 }
 
@@ -202,6 +518,9 @@ export async function main(args: string[]): Promise<number> {
   let restarts: number;
   let idle: number;
   let rate: number;
+  let resetRate: number;
+  let resetFlood: boolean;
+  let slowloris: boolean;
   let resume: boolean;
   try {
     const { values } = parseArgs({
@@ -212,6 +531,9 @@ export async function main(args: string[]): Promise<number> {
         restarts: { type: "string", default: "2" },
         idle: { type: "string", default: "50" },
         rate: { type: "string", default: "2000" },
+        "reset-rate": { type: "string", default: "200" },
+        "no-reset-flood": { type: "boolean", default: false },
+        "no-slowloris": { type: "boolean", default: false },
         "no-resume": { type: "boolean", default: false },
         help: { type: "boolean", short: "h" },
       },
@@ -230,6 +552,9 @@ export async function main(args: string[]): Promise<number> {
     restarts = whole("restarts", values.restarts, 0);
     idle = whole("idle", values.idle, 0);
     rate = whole("rate", values.rate, 1);
+    resetRate = whole("reset-rate", values["reset-rate"], 1);
+    resetFlood = !values["no-reset-flood"];
+    slowloris = !values["no-slowloris"];
     resume = !values["no-resume"];
   } catch (error) {
     writeStderrLine(`soak: ${(error as Error).message.split("\n")[0]} (see --help)`);
@@ -239,6 +564,7 @@ export async function main(args: string[]): Promise<number> {
   const permissions = startPermissionFlags();
   const upstreamPort = freePort();
   const proxyPort = freePort();
+  const httpPort = freePort();
   const serverArgs = [
     "run",
     ...permissions,
@@ -261,7 +587,11 @@ export async function main(args: string[]): Promise<number> {
   const say = (line: string) => writeStdoutLine(line);
   say(
     `soak: ${seconds} s, ${restarts} upstream restart(s), ${idle} idle connections, ` +
-      `pipelining at ${rate} REQ/s, churn, proxy ${resume ? "with" : "WITHOUT"} --resume`,
+      `pipelining at ${rate} REQ/s, churn, ${
+        resetFlood ? `reset flood at ${resetRate}/s` : "no reset flood"
+      }, ${slowloris ? "admin slowloris" : "no slowloris"}, proxy ${
+        resume ? "with" : "WITHOUT"
+      } --resume`,
   );
 
   let server = await startServer();
@@ -278,8 +608,8 @@ export async function main(args: string[]): Promise<number> {
     // New connections made while the upstream is down wait for it too (about 6 s of backoff).
     "--connect-retries",
     "6",
-    "--http",
-    "off",
+    // The stats app on its own port: the slowloris's target and the probes'.
+    `--http=${LOCAL}:${httpPort}`,
     "--health",
     "off",
     "--log-format",
@@ -287,6 +617,10 @@ export async function main(args: string[]): Promise<number> {
   ], { detached: true });
   try {
     await proxy.stderr.waitFor(/Listening on/, "the proxy to listen");
+    await proxy.stderr.waitFor(/Serving .* on http:/, "the proxy's stats app to listen");
+    // One normal request first: a soak whose admin port never worked would blame the slowloris.
+    const first = await httpGet(httpPort, "/stats", 5000);
+    if (first.status !== 200) throw new Error(`GET /stats before the load: ${first.status}`);
     const baseline = await sample(proxy.pid, -1);
     const samples: Sample[] = [];
     const t0 = performance.now();
@@ -318,6 +652,25 @@ export async function main(args: string[]): Promise<number> {
     const idleClients = new IdleClients(proxyPort, idle);
     const idleRun = idleClients.run(stopIdle.signal);
 
+    // The attacks, for the whole load period (each bounded in count and time as well).
+    let flood: Child | undefined;
+    let floodSkipped: string | undefined;
+    if (resetFlood) {
+      const started = startResetFlood(proxyPort, resetRate, seconds);
+      if (typeof started === "string") {
+        floodSkipped = started;
+        say(`  reset flood skipped: ${started}`);
+      } else flood = started;
+    }
+    const stopAdmin = new AbortController();
+    // ~100 half-open requests; 15 opens/s take the slots the 5 s deadline frees (64 / 5 s);
+    // at most 3000 opens in all.
+    const loris = new Slowloris(httpPort, 100, 15, 3000);
+    const probe = new AdminProbe(httpPort);
+    const adminRun = slowloris
+      ? Promise.all([loris.run(stopAdmin.signal), probe.run(stopAdmin.signal)])
+      : Promise.resolve();
+
     // Samples every 5 s while the load runs; the upstream restarts at even intervals.
     const stopSampling = new AbortController();
     const sampling = (async () => {
@@ -341,10 +694,23 @@ export async function main(args: string[]): Promise<number> {
     await sleep(t0 + durationMs - performance.now());
     const end = await sample(proxy.pid, elapsed());
     stopIdle.abort();
+    stopAdmin.abort();
+    const floodResult = flood ? stopResetFlood(flood) : undefined;
     const [pipeReport, churnReport] = await Promise.all([pipelining, churn]);
     await idleRun;
+    await adminRun;
+    const floodReport = await floodResult;
     stopSampling.abort();
     await sampling;
+
+    // The admin port once the slowloris is gone (its connections are closed by now).
+    let adminAfter: string;
+    try {
+      const { status } = await httpGet(httpPort, "/stats", 5000);
+      adminAfter = status === 200 ? "ok" : `status ${status}`;
+    } catch (error) {
+      adminAfter = (error as Error).message;
+    }
 
     // Every client is gone: the proxy should be back to where it started.
     let stats = await proxyStats(proxy);
@@ -423,7 +789,36 @@ export async function main(args: string[]): Promise<number> {
         stats.msg_ack + stats.msg_nak === received,
       ],
       [`invalid lines: ${stats.msg_invalid}`, stats.msg_invalid === 0],
+      [
+        `internal errors (bugs the proxy caught): ${stats.internal_errors ?? "?"}`,
+        stats.internal_errors === 0,
+      ],
     ];
+    if (slowloris) {
+      checks.push(
+        [
+          `admin GET /stats answered during the slowloris: ${probe.ok} of ${
+            probe.ok + probe.failures
+          } (at least 1)`,
+          probe.ok >= 1,
+        ],
+        [
+          `half-open admin requests the proxy left open ${
+            Slowloris.HOLD_LIMIT_MS / 1000
+          } s: ${loris.heldTooLong}`,
+          loris.heldTooLong === 0,
+        ],
+        [`admin GET /stats after the slowloris: ${adminAfter}`, adminAfter === "ok"],
+      );
+    }
+    if (floodReport !== undefined) {
+      checks.push([
+        typeof floodReport === "string"
+          ? `reset flood: ${floodReport}`
+          : `reset flood made resets: ${floodReport.resets}`,
+        typeof floodReport !== "string" && floodReport.resets > 0,
+      ]);
+    }
     if (resume) {
       checks.push([
         `connections the proxy could not resume: ${stats.resume_failures ?? "?"}`,
@@ -467,6 +862,35 @@ export async function main(args: string[]): Promise<number> {
       }, connections ${stats.connections_total}`,
     );
     say(`proxy connections closed by reason: ${JSON.stringify(stats.connections_closed)}`);
+    if (typeof floodReport === "object") {
+      say(
+        `reset flood: ${floodReport.resets} resets in ${floodReport.seconds} s (${floodReport.at_once} at once, ${floodReport.after_20ms} after 20 ms), connect errors ${
+          JSON.stringify(floodReport.errors)
+        }`,
+      );
+    } else if (floodReport !== undefined) say(`reset flood failed: ${floodReport}`);
+    else say(`reset flood: ${floodSkipped ? `skipped (${floodSkipped})` : "off"}`);
+    if (slowloris) {
+      say(
+        `admin slowloris: ${loris.opens} half-open requests opened (100 at a time), ${loris.refused} refused at once, ${loris.timedOut} closed by the header deadline (longest held ${
+          (loris.longestMs / 1000).toFixed(1)
+        } s), ${loris.answered} answered, ${loris.heldTooLong} left open, ${loris.connectErrors} connect errors`,
+      );
+      say(
+        `admin GET /stats probes: ${probe.ok} ok (slowest ${
+          probe.slowestMs.toFixed(0)
+        } ms), failed by kind ${JSON.stringify(probe.failed)}`,
+      );
+    } else say("admin slowloris: off");
+    say(
+      `proxy: admin_connections_rejected ${
+        stats.admin_connections_rejected ?? "?"
+      }, admin_request_timeouts ${stats.admin_request_timeouts ?? "?"}, admin_bad_requests ${
+        stats.admin_bad_requests ?? "?"
+      }, accept_errors ${stats.accept_errors ?? "?"}, accept_resource_errors ${
+        stats.accept_resource_errors ?? "?"
+      }, internal_errors ${stats.internal_errors ?? "?"}`,
+    );
     say(`proxy log lines by level: ${JSON.stringify(logLevels)}`);
     for (const [kind, n] of warnings) say(`  ${n} x ${kind}`);
     say(`proxy process (pid ${proxy.pid}): descriptors / RSS`);
