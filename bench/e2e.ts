@@ -4,8 +4,9 @@
  * process, started like `deno task start`) and HAProxy in TCP mode (when `haproxy` is
  * installed; `scripts/setup_haproxy.sh` installs it). The load comes from `foo-proxy bench
  * --json` in yet another process. Rounds are interleaved (direct, foo-proxy, HAProxy, direct, …)
- * and the table gives medians and ratios; it is printed and written to `bench/RESULTS.md` with
- * the machine and the date.
+ * and the table gives medians and ratios; it is printed and written, with the machine and the
+ * date, to a report file (`--results FILE`, else a new temporary file): `bench/RESULTS.md`, which
+ * is tracked, changes only with `--write-results`.
  *
  * Scenarios: 1 throughput (64 connections x 16 pipelined, 32-byte payloads), 2 latency (16
  * connections, 1 in flight, 5 000 REQ/s open loop), 3 churn (10 REQs per connection, then a new
@@ -13,6 +14,7 @@
  *
  * @module
  */
+import { dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { writeStderrLine, writeStdoutLine } from "../src/cmd/output.ts";
 import { Child } from "../scripts/child.ts";
@@ -20,6 +22,7 @@ import { Child } from "../scripts/child.ts";
 const REPO_ROOT = new URL("..", import.meta.url).pathname;
 const MAIN = new URL("../src/main.ts", import.meta.url).pathname;
 const RESULTS = new URL("./RESULTS.md", import.meta.url).pathname;
+const DENO_JSON = new URL("../deno.json", import.meta.url).pathname;
 const HOST = "127.0.0.1";
 
 type TargetName = "direct" | "foo-proxy" | "haproxy";
@@ -85,7 +88,9 @@ function usage(): string {
   --idle N           idle connections for scenario 4        (default 5000)
   --only LIST        scenarios to run, e.g. 1,2 or 4        (default 1,2,3,4)
   --no-haproxy       skip HAProxy even when installed
-  --no-write         print the table only, leave bench/RESULTS.md alone
+  --results FILE     write the report to FILE               (default: a new temporary file)
+  --write-results    also update the tracked bench/RESULTS.md (otherwise it is left alone)
+  --no-write         print the table only, write no report
   --deno-flags=F     extra deno flags for foo-proxy after those of \`deno task start\`,
                      e.g. --deno-flags=--v8-flags=--max-semi-space-size=8 (in RESULTS.md)`;
 }
@@ -97,7 +102,12 @@ interface E2eConfig {
   idle: number;
   only: Set<number>;
   haproxy: boolean;
+  /** Whether a report is written at all (`--no-write`: no). */
   write: boolean;
+  /** Where the report goes; unset: a new temporary file. */
+  results: string | undefined;
+  /** Whether bench/RESULTS.md is updated too. */
+  writeResults: boolean;
   denoFlags: string[];
 }
 
@@ -113,6 +123,8 @@ function parseConfig(args: string[]): E2eConfig {
       only: { type: "string", default: "1,2,3,4" },
       "no-haproxy": { type: "boolean" },
       "no-write": { type: "boolean" },
+      results: { type: "string" },
+      "write-results": { type: "boolean" },
       "deno-flags": { type: "string", default: "" },
       help: { type: "boolean", short: "h" },
     },
@@ -121,6 +133,10 @@ function parseConfig(args: string[]): E2eConfig {
     writeStdoutLine(usage());
     Deno.exit(0);
   }
+  if (values["no-write"] && (values.results !== undefined || values["write-results"])) {
+    throw new RangeError("--no-write cannot be combined with --results or --write-results");
+  }
+  if (values.results === "") throw new RangeError("Invalid --results: expected a file path");
   const num = (name: string, text: string, min: number) => {
     const n = Number(text);
     if (!Number.isFinite(n) || n < min) throw new RangeError(`Invalid --${name} "${text}"`);
@@ -134,6 +150,8 @@ function parseConfig(args: string[]): E2eConfig {
     only: new Set(values.only.split(",").map((s) => Math.round(num("only", s, 1)))),
     haproxy: !values["no-haproxy"],
     write: !values["no-write"],
+    results: values.results === undefined ? undefined : resolve(values.results),
+    writeResults: values["write-results"] === true,
     denoFlags: values["deno-flags"].split(/\s+/).filter((f) => f !== ""),
   };
 }
@@ -489,7 +507,14 @@ function markdownTable(header: Row, rows: Row[]): string {
 // ---------------------------------------------------------------------------------------------
 
 async function main(args: string[]): Promise<number> {
-  const config = parseConfig(args);
+  let config: E2eConfig;
+  try {
+    config = parseConfig(args);
+  } catch (error) {
+    if (!(error instanceof RangeError) && !(error instanceof TypeError)) throw error;
+    writeStderrLine(`e2e: ${error.message.split("\n")[0]} (see --help)`);
+    return 2;
+  }
   const fdNeeded = 2 * config.idle + 1000;
   const fdLimit = Math.max(65536, fdNeeded);
   const haproxyVersion = config.haproxy
@@ -804,10 +829,21 @@ ${
         }\n`
         : ""
     }`;
-    await Deno.writeTextFile(RESULTS, md);
-    // The file is checked by `deno fmt --check` with the rest of the tree.
-    await new Deno.Command(Deno.execPath(), { args: ["fmt", "--quiet", RESULTS] }).output();
-    writeStderrLine(`e2e: wrote ${RESULTS}`);
+    const report = config.results ??
+      await Deno.makeTempFile({ prefix: "foo_proxy_e2e_", suffix: ".md" });
+    const files = [...new Set([report, ...(config.writeResults ? [RESULTS] : [])])];
+    for (const file of files) {
+      await Deno.mkdir(dirname(file), { recursive: true });
+      await Deno.writeTextFile(file, md);
+      // Formatted with the repository's settings: RESULTS.md is checked by `deno fmt --check`,
+      // and a report elsewhere stays identical to what RESULTS.md would be.
+      await new Deno.Command(Deno.execPath(), {
+        args: ["fmt", "--quiet", "--config", DENO_JSON, file],
+      }).output();
+    }
+    writeStdoutLine(`\ne2e: wrote the report to ${report}`);
+    if (config.writeResults) writeStdoutLine(`e2e: updated ${RESULTS}`);
+    else writeStdoutLine(`e2e: ${RESULTS} left alone (--write-results updates it)`);
   }
   return errors > 0 ? 1 : 0;
 }

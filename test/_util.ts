@@ -6,6 +6,7 @@
  * @module
  */
 import { fileURLToPath } from "node:url";
+import type { Timers } from "../src/proxy/engine_config.ts";
 import { Proxy, type ProxyOptions } from "../src/proxy/proxy.ts";
 import { FooServer, type FooServerOptions } from "../src/tools/server.ts";
 
@@ -613,4 +614,47 @@ export function chunked(text: string, cuts: number[]): Uint8Array[] {
     from = Math.max(from, p);
   }
   return out;
+}
+
+/** {@linkcode Timers} that fire only when a test says so (see {@linkcode fakeTimers}). */
+export interface FakeTimers extends Timers {
+  /** The delay of the timer armed last that is still pending, or 0 when none is. */
+  readonly pending: number;
+  /** The delays of every pending timer, in the order they were armed. */
+  readonly delays: number[];
+  /** Runs every pending timer now, whatever its delay; what their callbacks arm stays pending. */
+  fire(): void;
+}
+
+/**
+ * Timers for code that takes injectable {@linkcode Timers} (the engine's `timers` option): nothing
+ * fires by itself, so a test moves its fake clock and then calls `fire()`, like a timer that went
+ * off at that moment. Pair it with a clock the test sets (`clock: () => now`).
+ */
+export function fakeTimers(): FakeTimers {
+  const armed = new Map<number, { callback: () => void; ms: number }>();
+  let nextId = 1;
+  return {
+    setTimeout(callback: () => void, ms: number): number {
+      const id = nextId++;
+      armed.set(id, { callback, ms });
+      return id;
+    },
+    clearTimeout(id: unknown): void {
+      if (typeof id === "number") armed.delete(id);
+    },
+    get pending(): number {
+      return [...armed.values()].at(-1)?.ms ?? 0;
+    },
+    get delays(): number[] {
+      return [...armed.values()].map((timer) => timer.ms);
+    },
+    fire(): void {
+      for (const [id, timer] of [...armed]) {
+        // An earlier callback may have cleared this one.
+        if (!armed.delete(id)) continue;
+        timer.callback();
+      }
+    },
+  };
 }

@@ -16,6 +16,7 @@ import {
   acks,
   connectTo,
   ENGINE_MODES,
+  fakeTimers,
   LineReader,
   listenLocal,
   readLines,
@@ -292,28 +293,3 @@ Deno.test("--resume with no in-flight limit: a burst past the log's cap stops tr
   await writeAll(second, "ACK 2000\n");
   assert.deepEqual(await reader.readLines(1), ["ACK 2000"]);
 });
-
-/** Timers that fire only when told: the one pending callback and its delay. */
-function fakeTimers() {
-  let callback: (() => void) | undefined;
-  let delay = 0;
-  return {
-    setTimeout(fn: () => void, ms: number) {
-      callback = fn;
-      delay = ms;
-      return 1;
-    },
-    clearTimeout(id: unknown) {
-      if (id !== undefined) callback = undefined;
-    },
-    /** The pending timer's delay, or 0. */
-    get pending(): number {
-      return callback ? delay : 0;
-    },
-    fire() {
-      const fn = callback;
-      callback = undefined;
-      fn?.();
-    },
-  };
-}

@@ -1,10 +1,49 @@
 import assert from "node:assert/strict";
 import { parseBenchConfig, runBench } from "../src/cmd/bench.ts";
 import { hashReply } from "../src/protocol/reply_hash.ts";
-import { type LoadProgress, runLoad } from "../src/tools/load.ts";
-import { listenLocal, spawnMain, startUpstream } from "./_util.ts";
+import {
+  type LoadOptions,
+  type LoadProgress,
+  type LoadReport,
+  runLoad,
+} from "../src/tools/load.ts";
+import { listenLocal, spawnMain, startUpstream, waitUntil } from "./_util.ts";
 
 const target = (addr: Deno.NetAddr) => ({ hostname: addr.hostname, port: addr.port });
+
+/**
+ * Runs load on `to` until `until(progress)` holds (checked every 5 ms), however long that takes
+ * on a loaded machine, but at most `deadlineMs`: so tests assert on counts, not on what a few
+ * hundred milliseconds happened to allow. The report covers the whole run and its drain.
+ */
+async function loadUntil(
+  to: Deno.NetAddr,
+  options: LoadOptions,
+  until: (progress: LoadProgress) => boolean,
+  deadlineMs = 30_000,
+): Promise<LoadReport> {
+  const stop = new AbortController();
+  const deadline = setTimeout(() => stop.abort(), deadlineMs);
+  try {
+    return await runLoad(target(to), {
+      ...options,
+      durationMs: 0,
+      signal: stop.signal,
+      progressIntervalMs: 5,
+      onProgress: (progress) => {
+        options.onProgress?.(progress);
+        if (until(progress)) stop.abort();
+      },
+    });
+  } finally {
+    clearTimeout(deadline);
+  }
+}
+
+/** `loadUntil` for at least `count` replies, or `count` errors (which the test then reports). */
+function loadFor(to: Deno.NetAddr, options: LoadOptions, count: number): Promise<LoadReport> {
+  return loadUntil(to, options, (p) => p.responses >= count || p.errors >= count);
+}
 
 /**
  * A hand-written upstream: for every REQ line it receives it calls `answer(seq, index)` (index
@@ -30,6 +69,7 @@ function rawUpstream(answer: (seq: string, index: number) => string) {
         let out = "";
         for (const line of lines) out += answer(line.split(" ")[1], index++);
         if (out !== "") await conn.write(encoder.encode(out));
+        answered += lines.length;
       }
     } catch {
       // The client went away.
@@ -37,6 +77,7 @@ function rawUpstream(answer: (seq: string, index: number) => string) {
       if (conns.delete(conn)) conn.close();
     }
   };
+  let answered = 0;
   const tasks: Promise<void>[] = [];
   const accepting = (async () => {
     for await (const conn of listener) {
@@ -46,6 +87,10 @@ function rawUpstream(answer: (seq: string, index: number) => string) {
   })().catch(() => {});
   return {
     addr: listener.addr,
+    /** Lines read and handed to `answer` so far, over all connections. */
+    get answered(): number {
+      return answered;
+    },
     async [Symbol.asyncDispose]() {
       listener.close();
       await accepting;
@@ -60,17 +105,12 @@ Deno.test("runLoad() gets a verified reply for every REQ it sends to our server"
   const server = await startUpstream();
   let report;
   try {
-    report = await runLoad(target(server.addr), {
-      connections: 4,
-      pipeline: 8,
-      payloadBytes: 32,
-      durationMs: 300,
-    });
+    report = await loadFor(server.addr, { connections: 4, pipeline: 8, payloadBytes: 32 }, 500);
   } finally {
     await server.close();
   }
   assert.equal(report.errorsTotal, 0, JSON.stringify(report.errors));
-  assert.ok(report.responses > 100, `only ${report.responses} replies`);
+  assert.ok(report.responses >= 500, `only ${report.responses} replies`);
   assert.equal(report.requests, report.responses);
   assert.equal(report.acks, report.responses);
   assert.equal(report.naks, 0);
@@ -86,8 +126,9 @@ Deno.test("runLoad() gets a verified reply for every REQ it sends to our server"
 
 Deno.test("runLoad() counts NAKs apart from ACKs", async () => {
   await using server = await startUpstream({ nakEvery: 3 });
-  const report = await runLoad(target(server.addr), { connections: 1, durationMs: 200 });
+  const report = await loadFor(server.addr, { connections: 1 }, 30);
   assert.equal(report.errorsTotal, 0, JSON.stringify(report.errors));
+  assert.ok(report.responses >= 30, `only ${report.responses} replies`);
   assert.equal(report.naks, Math.floor(report.responses / 3));
   assert.equal(report.acks + report.naks, report.responses);
 });
@@ -96,36 +137,37 @@ Deno.test("runLoad() reconnects after K replies, starting each connection at Seq
   const server = await startUpstream();
   let report;
   try {
-    report = await runLoad(target(server.addr), {
-      connections: 2,
-      pipeline: 2,
-      requestsPerConnection: 5,
-      durationMs: 300,
-    });
+    report = await loadFor(
+      server.addr,
+      { connections: 2, pipeline: 2, requestsPerConnection: 5 },
+      30,
+    );
   } finally {
     await server.close();
   }
   assert.equal(report.errorsTotal, 0, JSON.stringify(report.errors));
-  assert.ok(report.connectionsOpened >= 4, `${report.connectionsOpened} connections`);
-  assert.ok(report.connectionsPerSec > 0);
-  // No connection carries more than K REQs.
+  assert.ok(report.responses >= 30, `only ${report.responses} replies`);
+  // No connection carries more than K REQs: 30 replies took at least 6 connections, of which all
+  // but the two open at the end completed.
   assert.ok(report.requests <= 5 * report.connectionsOpened);
+  assert.ok(report.connectionsOpened >= 6, `${report.connectionsOpened} connections`);
+  assert.ok(report.connectionsCompleted >= report.connectionsOpened - 2);
+  assert.ok(report.connectionsPerSec > 0);
   assert.equal(server.requests, report.requests);
 });
 
 Deno.test("runLoad() in open loop never sends ahead of the rate", async () => {
   await using server = await startUpstream();
   const progress: LoadProgress[] = [];
-  const report = await runLoad(target(server.addr), {
+  const report = await loadFor(server.addr, {
     connections: 2,
     rate: 400,
-    durationMs: 250,
     onProgress: (p) => progress.push(p),
-    progressIntervalMs: 50,
-  });
+  }, 40);
   assert.equal(report.errorsTotal, 0, JSON.stringify(report.errors));
-  assert.ok(report.responses > 0);
-  // The schedule allows rate x elapsed REQs plus one per connection, never more.
+  assert.ok(report.responses >= 40, `only ${report.responses} replies`);
+  // The schedule allows rate x elapsed REQs plus one per connection, never more (the elapsed time
+  // is this run's own: a slow machine sends less, never more).
   assert.ok(report.requests <= 400 * report.durationSec + 2, `${report.requests} REQs`);
   assert.ok(report.serviceLatencyMs.p50 <= report.latencyMs.p50 + 0.01);
   assert.ok(progress.length >= 1);
@@ -133,7 +175,7 @@ Deno.test("runLoad() in open loop never sends ahead of the rate", async () => {
 
 Deno.test("runLoad() catches a reply with the wrong Seq", async () => {
   await using upstream = rawUpstream((seq) => `ACK ${Number(seq) + 1}\n`);
-  const report = await runLoad(target(upstream.addr), { connections: 1, durationMs: 100 });
+  const report = await loadFor(upstream.addr, { connections: 1 }, 1);
   assert.ok(report.errors.wrong_seq >= 1, JSON.stringify(report.errors));
   assert.equal(report.responses, 0);
 });
@@ -148,11 +190,7 @@ Deno.test("runLoad() catches replies out of order", async () => {
     }
     return `ACK ${seq}\nACK ${held}\n`;
   });
-  const report = await runLoad(target(upstream.addr), {
-    connections: 1,
-    pipeline: 2,
-    durationMs: 100,
-  });
+  const report = await loadFor(upstream.addr, { connections: 1, pipeline: 2 }, 1);
   assert.ok(report.errors.wrong_seq >= 1, JSON.stringify(report.errors));
   assert.equal(report.responses, 0);
 });
@@ -160,14 +198,15 @@ Deno.test("runLoad() catches replies out of order", async () => {
 Deno.test("runLoad() catches a reply that is not ACK/NAK and a server that hangs up", async () => {
   {
     await using upstream = rawUpstream(() => "HELLO 1\n");
-    const report = await runLoad(target(upstream.addr), { connections: 1, durationMs: 100 });
+    const report = await loadFor(upstream.addr, { connections: 1 }, 1);
     assert.ok(report.errors.bad_reply >= 1, JSON.stringify(report.errors));
   }
   {
     // Replies that split inside the line are fine; a data part after the Seq is allowed.
     await using upstream = rawUpstream((seq) => `NAK ${seq} busy\r\n`);
-    const report = await runLoad(target(upstream.addr), { connections: 1, durationMs: 100 });
+    const report = await loadFor(upstream.addr, { connections: 1 }, 20);
     assert.equal(report.errorsTotal, 0, JSON.stringify(report.errors));
+    assert.ok(report.responses >= 20, `only ${report.responses} replies`);
     assert.equal(report.naks, report.responses);
   }
   {
@@ -175,7 +214,7 @@ Deno.test("runLoad() catches a reply that is not ACK/NAK and a server that hangs
     const closer = (async () => {
       for await (const conn of listener) conn.close();
     })().catch(() => {});
-    const report = await runLoad(target(listener.addr), { connections: 1, durationMs: 100 });
+    const report = await loadFor(listener.addr, { connections: 1 }, 1);
     listener.close();
     await closer;
     assert.ok(report.errors.closed + report.errors.read >= 1, JSON.stringify(report.errors));
@@ -194,17 +233,13 @@ Deno.test("runLoad() with replies hash checks every reply against a hash-mode se
       const server = await startUpstream({ reply: "hash", fragment });
       let report;
       try {
-        report = await runLoad(target(server.addr), {
-          ...options,
-          durationMs: 200,
-          replies: "hash",
-        });
+        report = await loadFor(server.addr, { ...options, replies: "hash" }, 100);
       } finally {
         await server.close();
       }
       const what = JSON.stringify({ ...options, fragment, errors: report.errors });
       assert.equal(report.errorsTotal, 0, what);
-      assert.ok(report.responses > 50, what);
+      assert.ok(report.responses >= 100, what);
       assert.equal(report.requests, report.responses, what);
       assert.equal(server.requests, report.requests, what);
       // About one hash in eight is a NAK.
@@ -243,14 +278,13 @@ Deno.test("runLoad() with replies hash counts each reply whose type or data is w
   ];
   for (const [name, answer, ok] of cases) {
     await using upstream = rawUpstream((seq) => answer(seq) + "\n");
-    const report = await runLoad(target(upstream.addr), {
-      connections: 1,
-      pipeline: 4,
-      durationMs: 100,
-      replies: "hash",
-    });
+    const report = await loadFor(
+      upstream.addr,
+      { connections: 1, pipeline: 4, replies: "hash" },
+      20,
+    );
     const what = `${name}: ${JSON.stringify(report.errors)}`;
-    assert.ok(report.requests > 0, what);
+    assert.ok(report.requests >= 20, what);
     if (ok) {
       assert.equal(report.errorsTotal, 0, what);
       assert.equal(report.responses, report.requests, what);
@@ -265,17 +299,17 @@ Deno.test("runLoad() with replies hash counts each reply whose type or data is w
 
 Deno.test("runLoad() with replies seq ignores the data, so it cannot see a wrong hash", async () => {
   await using upstream = rawUpstream((seq) => `ACK ${seq} 00000000\n`);
-  const report = await runLoad(target(upstream.addr), { connections: 1, durationMs: 100 });
+  const report = await loadFor(upstream.addr, { connections: 1 }, 20);
   assert.equal(report.errorsTotal, 0, JSON.stringify(report.errors));
   assert.equal(report.errors.wrong_reply, 0);
-  assert.ok(report.responses > 0);
+  assert.ok(report.responses >= 20, `only ${report.responses} replies`);
 });
 
 Deno.test("runLoad() counts refused connections as connect errors", async () => {
   const listener = listenLocal();
   const port = listener.addr.port;
   listener.close();
-  const report = await runLoad({ hostname: "127.0.0.1", port }, { durationMs: 100 });
+  const report = await loadFor({ hostname: "127.0.0.1", port } as Deno.NetAddr, {}, 1);
   assert.ok(report.errors.connect >= 1);
   assert.equal(report.responses, 0);
 });
@@ -291,13 +325,32 @@ Deno.test("runLoad() rejects bad options", async () => {
   );
 });
 
+/**
+ * Runs `runBench(args)` with `--duration 0` (until stopped) and stops it once `until()` holds,
+ * checked every few ms (at most 30 s); its stdout lines go to `out`.
+ */
+async function benchUntil(args: string[], out: string[], until: () => boolean): Promise<number> {
+  const stop = new AbortController();
+  const running = runBench([...args, "--duration", "0"], {
+    stdout: (line) => out.push(line),
+    signal: stop.signal,
+  });
+  try {
+    await waitUntil(until, `${args.join(" ")} to have done enough`, 30_000);
+  } finally {
+    stop.abort();
+  }
+  return await running;
+}
+
 Deno.test("runBench() prints a summary, and exits 1 when a reply is wrong", async () => {
   {
     await using server = await startUpstream();
     const out: string[] = [];
-    const code = await runBench(
-      ["--connect", `127.0.0.1:${server.addr.port}`, "--duration", "200ms", "-q"],
-      { stdout: (line) => out.push(line) },
+    const code = await benchUntil(
+      ["--connect", `127.0.0.1:${server.addr.port}`, "-q"],
+      out,
+      () => server.requests >= 100,
     );
     assert.equal(code, 0);
     assert.match(out.join("\n"), /responses\s+[\d,]+ \([\d,]+\/s\)/);
@@ -306,9 +359,10 @@ Deno.test("runBench() prints a summary, and exits 1 when a reply is wrong", asyn
   {
     await using upstream = rawUpstream((seq) => `ACK ${seq}0\n`);
     const out: string[] = [];
-    const code = await runBench(
-      ["--connect", `127.0.0.1:${upstream.addr.port}`, "--duration", "100ms", "-q", "--json"],
-      { stdout: (line) => out.push(line) },
+    const code = await benchUntil(
+      ["--connect", `127.0.0.1:${upstream.addr.port}`, "-q", "--json"],
+      out,
+      () => upstream.answered >= 1,
     );
     assert.equal(code, 1);
     const json = JSON.parse(out[0]);
@@ -327,10 +381,10 @@ Deno.test("runBench() --replies hash passes against a hash server and fails on a
   for (const reply of ["hash", "seq"] as const) {
     await using server = await startUpstream({ reply });
     const out: string[] = [];
-    const code = await runBench(
-      ["--connect", `127.0.0.1:${server.addr.port}`, "--duration", "150ms", "-q", "--json"]
-        .concat(["--replies", "hash"]),
-      { stdout: (line) => out.push(line) },
+    const code = await benchUntil(
+      ["--connect", `127.0.0.1:${server.addr.port}`, "-q", "--json", "--replies", "hash"],
+      out,
+      () => server.requests >= 20,
     );
     const json = JSON.parse(out[0]);
     assert.equal(json.replies, "hash");
@@ -357,15 +411,19 @@ Deno.test("foo-proxy bench --json prints one JSON object; a bad flag exits 2", a
       "--pipeline",
       "4",
       "--duration",
-      "300ms",
+      "0",
       "--json",
     ]);
+    // Until SIGINT, sent once the server has answered enough: a count, not a time.
+    await waitUntil(() => server.requests >= 100, "the bench's load", 30_000);
+    child.kill("SIGINT");
     const status = await child.status();
     assert.equal(status.code, 0, child.stderr.text);
     assert.equal(child.stdout.lines.length, 1);
     const json = JSON.parse(child.stdout.lines[0]);
     assert.equal(json.connections, 3);
     assert.equal(json.pipeline, 4);
+    assert.ok(json.responses >= 100, `${json.responses} replies`);
     assert.ok(json.responses_per_sec > 0);
     assert.equal(json.errors_total, 0);
     assert.equal(json.responses, json.requests);

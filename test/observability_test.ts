@@ -8,6 +8,7 @@ import {
   connectTo,
   listenLocal,
   readLines,
+  readText,
   startUpstream,
   withTimeout,
   writeAll,
@@ -161,7 +162,7 @@ Deno.test("an explicit HTTP address that cannot be bound is an error; a default 
   assert.equal(obs.probe, undefined);
 });
 
-Deno.test("a stalled HTTP client neither slows proxy traffic nor blocks shutdown", async () => {
+Deno.test("a stalled HTTP client blocks neither proxy traffic, nor other HTTP clients, nor shutdown", async () => {
   await using upstream = await startUpstream();
   await using proxy = await startProxy(upstream.addr);
   const obs = await startObservability({
@@ -176,10 +177,20 @@ Deno.test("a stalled HTTP client neither slows proxy traffic nor blocks shutdown
   // Half a request, never finished.
   using stalled = await connectTo(obs.httpAddr!);
   await writeAll(stalled, "GET /metrics HTTP/1.1\r\nHost: x\r\n");
+  // Round trips one after another, each answered within a bound far above a normal one.
+  const ROUND_TRIPS = 100;
   {
     using conn = await connectTo(proxy.addr);
-    await writeAll(conn, "REQ 1\nREQ 2\n");
-    assert.deepEqual(await readLines(conn, 2, 2000), ["ACK 1", "ACK 2"]);
+    for (let seq = 1; seq <= ROUND_TRIPS; seq++) {
+      await writeAll(conn, `REQ ${seq}\n`);
+      assert.deepEqual(await readLines(conn, 1, 2000), [`ACK ${seq}`]);
+    }
   }
+  // Another HTTP client is answered beside the stalled one, and sees that traffic.
+  const stats = await withTimeout(getJson(url(obs.httpAddr, "/stats")), 2000, "/stats");
+  assert.equal(stats.status, 200);
+  assert.equal(stats.body.msg_req, ROUND_TRIPS);
+  assert.equal(stats.body.msg_ack, ROUND_TRIPS);
   await withTimeout(obs.close(), 5000, "the HTTP servers to close");
+  assert.equal(await readText(stalled, 5000), "", "the stalled request is closed unanswered");
 });

@@ -4,11 +4,13 @@
  */
 import assert from "node:assert/strict";
 import { backoffDelay, dialWithRetry } from "../src/proxy/dial_with_retry.ts";
+import type { Proxy } from "../src/proxy/proxy.ts";
 import { UpstreamError } from "../src/proxy/upstream.ts";
 import {
   acks,
   connectTo,
   ENGINE_MODES,
+  fakeTimers,
   listenLocal,
   readLines,
   readText,
@@ -16,7 +18,6 @@ import {
   spawnProxy,
   startProxy,
   startUpstream,
-  TimeoutError,
   waitUntil,
   withTimeout,
   writeAll,
@@ -24,7 +25,6 @@ import {
 
 const encoder = new TextEncoder();
 const LOCAL = { hostname: "127.0.0.1", port: 0 };
-const GiB = 1 << 30;
 const MiB = 1 << 20;
 
 /** A port nothing listens on (connects are refused) until someone binds it. */
@@ -34,28 +34,84 @@ function freePort(): number {
 }
 
 /**
- * Writes chunks from `next()` to `conn` until a write makes no progress for `quietMs` (the
- * peer's backpressure reached us) or `limit` bytes went out. Returns the bytes fully written and
- * the stalled write, still pending.
+ * Writes chunks from `next()` to `conn` in the background until {@linkcode Flood.stop} or until
+ * `limit` bytes went out; counts what the kernel took.
  */
-async function writeUntilStalled(
+class Flood {
+  /** Bytes of the writes that completed. */
+  written = 0;
+  /** Length of the chunk being written now (0 between writes). */
+  writing = 0;
+  /** Resolves with the bytes written once the flood stops or reaches its limit. */
+  readonly done: Promise<number>;
+  #stopped = false;
+
+  constructor(conn: Deno.Conn, next: () => Uint8Array, limit: number) {
+    this.done = (async () => {
+      while (!this.#stopped && this.written < limit) {
+        const chunk = next();
+        this.writing = chunk.length;
+        await writeAll(conn, chunk);
+        this.written += chunk.length;
+        this.writing = 0;
+      }
+      return this.written;
+    })();
+    this.done.catch(() => {}); // awaited by the test; a close under a pending write is fine
+  }
+
+  /** Writes nothing after the pending write; returns what will have gone out once it completes. */
+  stop(): number {
+    this.#stopped = true;
+    return this.written + this.writing;
+  }
+}
+
+/**
+ * Floods `conn` until the flood is held back, and returns it still pending. Held back means: a
+ * write is pending, and a whole `probe()` (a round trip through the proxy on another connection)
+ * went by with neither the flood's written bytes nor `accepted()` (what the proxy, or the peer
+ * behind it, took in from the flood) moving. No timer decides it; a flood that gets `limit` bytes
+ * out first, while the far end reads nothing, fails the test.
+ */
+async function floodUntilHeld(
   conn: Deno.Conn,
   next: () => Uint8Array,
-  limit: number,
-  quietMs = 500,
-): Promise<{ written: number; stalled?: Promise<number> }> {
-  let written = 0;
-  while (written < limit) {
-    const chunk = next();
-    const write = writeAll(conn, chunk).then(() => chunk.length);
-    try {
-      written += await withTimeout(write, quietMs, "a write");
-    } catch (error) {
-      if (!(error instanceof TimeoutError)) throw error;
-      return { written, stalled: write };
-    }
+  options: { limit: number; accepted: () => number; probe: () => Promise<void>; what: string },
+): Promise<Flood> {
+  const { limit, accepted, probe, what } = options;
+  const flood = new Flood(conn, next, limit);
+  let ended = false;
+  flood.done.then(() => ended = true, () => ended = true);
+  await withTimeout(
+    (async () => {
+      for (;;) {
+        const written = flood.written;
+        const before = accepted();
+        await probe();
+        assert.ok(
+          !ended,
+          `${what}: ${flood.written} bytes went out while the far end read none: nothing held the flood back`,
+        );
+        if (flood.writing > 0 && flood.written === written && accepted() === before) return;
+      }
+    })(),
+    60_000,
+    `${what} to be held back`,
+  );
+  return flood;
+}
+
+/** Reads `conn` until `total` bytes came (or EOF); returns how many did. */
+async function readCount(conn: Deno.Conn, total: number, what: string): Promise<number> {
+  const buf = new Uint8Array(MiB);
+  let got = 0;
+  while (got < total) {
+    const n = await withTimeout(conn.read(buf), 30_000, what);
+    if (n === null) break;
+    got += n;
   }
-  return { written };
+  return got;
 }
 
 /**
@@ -124,6 +180,37 @@ for (const mode of ENGINE_MODES) {
 // ---------------------------------------------------------------------------------------------
 // Backpressure
 
+/**
+ * A second client of `proxy` whose upstream connection the test serves by hand; each `probe()` is
+ * one exchange on it. `upBytes`/`downBytes`: what its exchanges added to the proxy's byte counts.
+ */
+async function probeClient(proxy: Proxy, raw: Deno.TcpListener) {
+  const client = await connectTo(proxy.addr);
+  let seq = 0;
+  let server: Deno.Conn | undefined;
+  const counts = { upBytes: 0, downBytes: 0 };
+  const probe = async () => {
+    seq++;
+    const request = `REQ ${seq}\n`;
+    await writeAll(client, request);
+    server ??= await withTimeout(raw.accept(), 5000, "the probe's upstream connection");
+    assert.deepEqual(await readLines(server, 1), [`REQ ${seq}`]);
+    const reply = `ACK ${seq}\n`;
+    await writeAll(server, reply);
+    assert.deepEqual(await readLines(client, 1), [`ACK ${seq}`]);
+    counts.downBytes += request.length;
+    counts.upBytes += reply.length;
+  };
+  await probe();
+  return Object.assign(counts, {
+    probe,
+    [Symbol.dispose]() {
+      client.close();
+      server?.close();
+    },
+  });
+}
+
 for (const mode of ENGINE_MODES) {
   Deno.test(`backpressure: a client that stops reading makes the proxy stop reading its upstream [${mode.name}]`, async () => {
     using raw = listenLocal();
@@ -132,21 +219,23 @@ for (const mode of ENGINE_MODES) {
     await writeAll(lazy, "REQ 1\n");
     using flooder = await raw.accept();
     await readLines(flooder, 1);
-    // The upstream answers with an endless stream of replies; the client never reads them.
+    // Another client is served all along, including once the flood is held back.
+    using other = await probeClient(proxy, raw);
+    // The upstream answers with an endless stream of replies; the client reads none of them.
     const replies = encoder.encode(acks(1, 6000).map((line) => line + "\n").join(""));
-    const { written, stalled } = await writeUntilStalled(flooder, () => replies, GiB);
-    assert.ok(stalled, `the upstream wrote ${written} bytes without ever being held back`);
-    assert.ok(written < 256 * MiB, `${written} bytes went out before the upstream stalled`);
-    // Another client is served meanwhile.
-    using other = await connectTo(proxy.addr);
-    await writeAll(other, "REQ 9\n");
-    using server2 = await raw.accept();
-    assert.deepEqual(await readLines(server2, 1), ["REQ 9"]);
-    await writeAll(server2, "ACK 9\n");
-    assert.deepEqual(await readLines(other, 1), ["ACK 9"]);
-    lazy.close();
-    flooder.close();
-    await stalled.catch(() => 0);
+    const accepted = () => proxy.stats.bytesUpstream - other.upBytes;
+    const flood = await floodUntilHeld(flooder, () => replies, {
+      limit: 256 * MiB,
+      accepted,
+      probe: other.probe,
+      what: "the upstream's replies",
+    });
+    // Once the client reads, the flood resumes and every byte arrives, once.
+    const total = flood.stop();
+    const got = await readCount(lazy, total, "the replies at the client");
+    assert.equal(await withTimeout(flood.done, 30_000, "the held write"), total);
+    assert.equal(got, total);
+    assert.equal(accepted(), total);
   });
 }
 
@@ -160,24 +249,25 @@ for (const mode of ENGINE_MODES) {
     using flooder = await connectTo(proxy.addr);
     const chunk = encoder.encode(requests(1, 5000));
     await writeAll(flooder, chunk);
-    using deaf = await raw.accept(); // accepted, never read
-    const { written, stalled } = await writeUntilStalled(flooder, () => chunk, GiB);
-    assert.ok(stalled, `the client wrote ${written} bytes without ever being held back`);
-    assert.ok(written < 256 * MiB, `${written} bytes went out before the client stalled`);
-    using other = await connectTo(proxy.addr);
-    await writeAll(other, "REQ 1\n");
-    using server2 = await raw.accept();
-    assert.deepEqual(await readLines(server2, 1), ["REQ 1"]);
-    await writeAll(server2, "ACK 1\n");
-    assert.deepEqual(await readLines(other, 1), ["ACK 1"]);
-    flooder.close();
-    deaf.close();
-    await stalled.catch(() => 0);
+    using deaf = await raw.accept(); // accepted, not read until the end
+    using other = await probeClient(proxy, raw);
+    const accepted = () => proxy.stats.bytesDownstream - other.downBytes;
+    const flood = await floodUntilHeld(flooder, () => chunk, {
+      limit: 256 * MiB,
+      accepted,
+      probe: other.probe,
+      what: "the client's REQs",
+    });
+    const total = chunk.length + flood.stop();
+    const got = await readCount(deaf, total, "the REQs at the upstream");
+    assert.equal(await withTimeout(flood.done, 30_000, "the held write"), total - chunk.length);
+    assert.equal(got, total);
+    assert.equal(accepted(), total);
   });
 }
 
 for (const mode of ENGINE_MODES) {
-  Deno.test(`backpressure: proxy RSS stays flat while a client pipelines up to 1 GiB and never reads [${mode.name}]`, async () => {
+  Deno.test(`backpressure: proxy RSS stays flat while a client pipelines up to 512 MiB and never reads [${mode.name}]`, async () => {
     await using upstream = await startUpstream();
     const { child, port } = await spawnProxy(upstream.addr, [...mode.flags, "--max-inflight=0"]);
     await using _child = child;
@@ -185,6 +275,13 @@ for (const mode of ENGINE_MODES) {
     using other = await connectTo(port);
     await writeAll(other, requests(1, 2000, "warm"));
     assert.equal((await readLines(other, 2000)).length, 2000);
+    let otherSeq = 2000;
+    // Another client keeps working while the flooder is held back.
+    const probe = async () => {
+      otherSeq++;
+      await writeAll(other, `REQ ${otherSeq}\n`);
+      assert.deepEqual(await readLines(other, 1), [`ACK ${otherSeq}`]);
+    };
     const before = await rssOf(child.pid);
 
     using flooder = await connectTo(port);
@@ -200,19 +297,20 @@ for (const mode of ENGINE_MODES) {
       }
       return chunk;
     };
-    const { written, stalled } = await writeUntilStalled(flooder, next, GiB);
+    // The upstream (which answers every REQ it reads) stops reading once the replies back up.
+    const flood = await floodUntilHeld(flooder, next, {
+      limit: 512 * MiB,
+      accepted: () => upstream.received - otherSeq,
+      probe,
+      what: "the pipelined REQs",
+    });
     const during = await rssOf(child.pid);
-    assert.ok(stalled, `the client wrote ${written} bytes without ever being held back`);
-    assert.ok(written < 512 * MiB, `${written} bytes went out before the client stalled`);
     assert.ok(
       during - before < 48 * MiB,
       `RSS grew by ${((during - before) / MiB).toFixed(1)} MiB while ${
-        (written / MiB).toFixed(0)
+        (flood.written / MiB).toFixed(0)
       } MiB were pipelined`,
     );
-    // Another client keeps working while the flooder is stalled.
-    await writeAll(other, "REQ 77\n");
-    assert.deepEqual(await readLines(other, 1), ["ACK 77"]);
     // The flooder reads at last: every REQ it sent gets its reply.
     const counting = (async () => {
       const buf = new Uint8Array(MiB);
@@ -225,7 +323,8 @@ for (const mode of ENGINE_MODES) {
         for (let i = 0; i < n; i++) if (buf[i] === 10) lines++;
       }
     })();
-    const total = (written + await withTimeout(stalled, 30_000, "the stalled write")) / LINE;
+    const total = flood.stop() / LINE;
+    await withTimeout(flood.done, 30_000, "the held write");
     await flooder.closeWrite();
     const replies = await withTimeout(counting, 60_000, "every reply");
     assert.equal(replies.head, "ACK 0000000001\n");
@@ -233,8 +332,8 @@ for (const mode of ENGINE_MODES) {
     child.kill("SIGTERM");
     other.close();
     const snap = JSON.parse((await child.readLine()) ?? "null");
-    assert.equal(snap.msg_req, 2001 + total);
-    assert.equal(snap.msg_ack, 2001 + total);
+    assert.equal(snap.msg_req, otherSeq + total);
+    assert.equal(snap.msg_ack, otherSeq + total);
     assert.equal((await child.status()).code, 0);
   });
 }
@@ -243,11 +342,16 @@ for (const mode of ENGINE_MODES) {
 // --idle-timeout
 
 for (const mode of ENGINE_MODES) {
-  Deno.test(`--idle-timeout closes a quiet connection, but not one with a REQ in flight [${mode.name}]`, async () => {
+  Deno.test(`--idle-timeout closes a quiet connection when the clock reaches it, but not one with a REQ in flight [${mode.name}]`, async () => {
+    // The clock and the timers are the test's: nothing here waits for time to pass.
+    let now = 1_000;
+    const timers = fakeTimers();
     using raw = listenLocal();
     await using proxy = await startProxy(raw.addr as Deno.NetAddr, {
       ...mode.options,
       idleTimeoutMs: 300,
+      clock: () => now,
+      timers,
     });
     // B's REQ stays unanswered.
     using b = await connectTo(proxy.addr);
@@ -261,15 +365,40 @@ for (const mode of ENGINE_MODES) {
     assert.deepEqual(await readLines(serverA, 1), ["REQ 1"]);
     await writeAll(serverA, "ACK 1\n");
     assert.deepEqual(await readLines(a, 1), ["ACK 1"]);
-    const quietSince = performance.now();
+    assert.deepEqual(timers.delays, [300, 300], "one idle timer per connection");
+    /**
+     * Fires the timers at `at` (as if they went off then) until the connection that just went
+     * quiet is seen idle (its last write done) and is re-armed for the last 1 ms; none may close.
+     */
+    const fireOneShort = async (at: number, open: number) => {
+      now = at;
+      await waitUntil(() => {
+        timers.fire();
+        assert.equal(timers.delays.length, open, "a connection was closed after 299 ms of quiet");
+        return timers.delays.includes(1);
+      }, "the quiet connection to be re-armed for its last millisecond");
+      assert.equal(proxy.activeConnections, open);
+    };
+    // 299 ms of quiet: A stays open.
+    await fireOneShort(1_299, 2);
+    assert.deepEqual(proxy.stats.snapshot().connections_closed, {});
+    // 300 ms: A is closed, by that one firing.
+    now = 1_300;
+    timers.fire();
+    assert.deepEqual(timers.delays, [300], "B (a REQ in flight) re-armed; A not: closed");
     assert.equal(await readText(a, 5000), "", "the idle connection is closed");
-    const waited = performance.now() - quietSince;
-    assert.ok(waited >= 250, `closed after ${waited.toFixed(0)} ms of quiet, before the timeout`);
     await waitUntil(() => proxy.activeConnections === 1, "A's connection to end");
     assert.deepEqual(proxy.stats.snapshot().connections_closed, { idle_timeout: 1 });
-    // B was quiet even longer but has a REQ in flight: still open, and its reply arrives.
+    // B, quiet ten timeouts long but with a REQ in flight, is not closed...
+    now = 4_000;
+    timers.fire();
+    assert.deepEqual(timers.delays, [300], "B re-armed for a full timeout");
+    // ...so its reply arrives; then it idles out 300 ms after it, like A.
     await writeAll(serverB, "ACK 1\n");
     assert.deepEqual(await readLines(b, 1), ["ACK 1"]);
+    await fireOneShort(4_299, 1);
+    now = 4_300;
+    timers.fire();
     assert.equal(await readText(b, 5000), "", "then it idles out too");
     await proxy.drained();
     assert.deepEqual(proxy.stats.snapshot().connections_closed, { idle_timeout: 2 });

@@ -8,6 +8,7 @@ import {
   acks,
   connectTo,
   ENGINE_MODES,
+  LineReader,
   listenLocal,
   readLines,
   readText,
@@ -48,16 +49,24 @@ async function refused(port: number): Promise<boolean> {
 
 for (const mode of ENGINE_MODES) {
   Deno.test(`shutdown() turns shuttingDown on at once, refuses new clients, and lets a pipeline finish [${mode.name}]`, async () => {
-    await using upstream = await startUpstream({ delayMs: 100 });
-    await using proxy = await startProxy(upstream.addr, mode.options);
+    // The upstream is the test's, so the replies are owed until the test writes them.
+    using raw = listenLocal();
+    await using proxy = await startProxy(raw.addr as Deno.NetAddr, mode.options);
     using client = await connectTo(proxy.addr);
     await writeAll(client, requests(1, 50));
+    using up = await raw.accept();
+    const upstream = new LineReader(up);
+    assert.deepEqual(await upstream.readLines(50), requests(1, 50).trimEnd().split("\n"));
+    await writeAll(up, "ACK 1\n");
     assert.deepEqual(await readLines(client, 1), ["ACK 1"]);
-    await writeAll(client, requests(51, 100)); // owed ~100 ms from now
+    await writeAll(client, requests(51, 100));
+    // Every REQ reached the upstream and only one is answered: 99 replies are owed.
+    assert.equal((await upstream.readLines(50)).length, 50);
     assert.equal(proxy.shuttingDown, false);
     const done = proxy.shutdown();
     assert.equal(proxy.shuttingDown, true, "readiness can fail before anything else happens");
     assert.equal(await refused(proxy.addr.port), true);
+    await writeAll(up, acks(2, 100).map((line) => line + "\n").join(""));
     assert.deepEqual(await readLines(client, 99), acks(2, 100));
     client.close();
     const report = await withTimeout(done, 5000, "the drain");
@@ -120,16 +129,24 @@ for (const mode of ENGINE_MODES) {
 
 for (const mode of ENGINE_MODES) {
   Deno.test(`SIGTERM mid-pipeline: every reply the upstream produces reaches the client, then exit 0 [${mode.name}]`, async () => {
-    await using upstream = await startUpstream({ delayMs: 200 });
-    const { child, port } = await spawnProxy(upstream.addr, mode.flags);
+    // The upstream is the test's, so the replies are owed until the test writes them.
+    using raw = listenLocal();
+    const { child, port } = await spawnProxy(raw.addr as Deno.NetAddr, mode.flags);
     await using _child = child;
     using client = await connectTo(port);
     await writeAll(client, requests(1, 100));
+    using up = await raw.accept();
+    const upstream = new LineReader(up);
+    assert.equal((await upstream.readLines(100)).length, 100);
+    await writeAll(up, "ACK 1\n");
     assert.deepEqual(await readLines(client, 1), ["ACK 1"]);
-    await writeAll(client, requests(101, 300)); // none answered before the signal
+    await writeAll(client, requests(101, 300));
+    // Every REQ reached the upstream and only one is answered: 299 replies are owed.
+    assert.deepEqual(await upstream.readLines(200), requests(101, 300).trimEnd().split("\n"));
     child.kill("SIGTERM");
     await child.stderr.waitFor(/Stopped accepting/);
     assert.equal(await refused(port), true, "no new clients once draining");
+    await writeAll(up, acks(2, 300).map((line) => line + "\n").join(""));
     assert.deepEqual(await readLines(client, 299, 15_000), acks(2, 300));
     client.close();
     const snap = JSON.parse((await child.readLine(15_000)) ?? "null");

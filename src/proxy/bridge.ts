@@ -496,7 +496,9 @@ class Session {
 
   downstreamFailed(error: unknown): void {
     if (this.closed) return;
-    this.logger?.info("Downstream failed on {connection}: {error}", {
+    // A client that resets is routine (and a flood of them must not flood the log): debug only;
+    // connections_closed.downstream_error counts every one.
+    this.logger?.debug("Downstream failed on {connection}: {error}", {
       connection: this.label,
       error: String(error),
     });
