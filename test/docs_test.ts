@@ -5,6 +5,8 @@
 import assert from "node:assert/strict";
 import { flagUsage } from "../src/cli/flag_help.ts";
 import { PROXY_USAGE } from "../src/cmd/proxy.ts";
+import { renderMetrics } from "../src/http/metrics.ts";
+import { Stats } from "../src/stats/stats.ts";
 import { DOC_FILES, FLAG_TABLES, flagTableNames, renderFlagTables } from "../scripts/docs.ts";
 import { REPO_ROOT } from "./_util.ts";
 
@@ -29,4 +31,12 @@ Deno.test("--help lists every flag of the proxy", () => {
   for (const [name, spec] of Object.entries(FLAG_TABLES.proxy)) {
     assert.ok(PROXY_USAGE.includes(flagUsage(name, spec)), name);
   }
+});
+
+Deno.test("docs/observability.md lists every metric family /metrics exposes", async () => {
+  const text = renderMetrics(new Stats({ clock: () => 0 }).snapshot(), {});
+  const families = [...text.matchAll(/^# TYPE (\S+)/gm)].map((m) => m[1]);
+  assert.ok(families.length > 20);
+  const doc = await Deno.readTextFile(`${REPO_ROOT}/docs/observability.md`);
+  assert.deepEqual(families.filter((family) => !doc.includes(family)), []);
 });
