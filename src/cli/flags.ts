@@ -22,6 +22,11 @@ export interface FlagSpec {
   type: "string" | "boolean";
   /** One-letter alias, e.g. `h` for `--help`. Unset: none. */
   short?: string;
+  /**
+   * Whether the flag may be repeated (`--forward a --forward b`); the values are joined with
+   * commas, as the environment variable gives them. @default {false}
+   */
+  multiple?: boolean;
   /** Value when neither the flag nor its environment variable is given. Unset: `undefined`. */
   default?: string | boolean;
   /** Whether `FOO_PROXY_<NAME>` may supply the value. @default {true} */
@@ -74,9 +79,16 @@ export function parseFlags(
   spec: Record<string, FlagSpec>,
   options: ParseFlagsOptions = {},
 ): FlagValues {
-  const parseOptions: Record<string, { type: "string" | "boolean"; short?: string }> = {};
+  const parseOptions: Record<
+    string,
+    { type: "string" | "boolean"; short?: string; multiple?: boolean }
+  > = {};
   for (const [name, flag] of Object.entries(spec)) {
-    parseOptions[name] = flag.short ? { type: flag.type, short: flag.short } : { type: flag.type };
+    parseOptions[name] = {
+      type: flag.type,
+      ...(flag.short ? { short: flag.short } : {}),
+      ...(flag.multiple ? { multiple: true } : {}),
+    };
   }
   let parsed;
   try {
@@ -94,7 +106,8 @@ export function parseFlags(
   }
   const values: FlagValues = {};
   for (const [name, flag] of Object.entries(spec)) {
-    let value = (parsed.values as FlagValues)[name];
+    const raw = (parsed.values as Record<string, string | boolean | string[] | undefined>)[name];
+    let value = Array.isArray(raw) ? raw.join(",") : raw;
     if (value === undefined && flag.env !== false && options.getEnv) {
       const fromEnv = options.getEnv(envName(name));
       if (fromEnv !== undefined && fromEnv !== "") {

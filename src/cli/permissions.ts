@@ -14,6 +14,8 @@ export interface PermissionTargets {
   listen: Address;
   /** The upstream Foo server (dialed). */
   forward: Address;
+  /** Every upstream when there are several (each dialed); unset: `forward` alone. */
+  upstreams?: readonly { address: Address }[];
   /** The stats HTTP server's address; unset, `null` or `false`: not served. */
   http?: Address | null | false;
   /** The health HTTP server's address; unset, `null` or `false`: not served. */
@@ -70,9 +72,10 @@ export function permissionNeeds(targets: PermissionTargets): PermissionNeed[] {
     const host = formatAddress(address);
     return { descriptor: { name: "net", host }, target: host, purpose };
   };
+  const upstreams = targets.upstreams?.map((u) => u.address) ?? [targets.forward];
   const needs = [
     net(targets.listen, "listen --listen"),
-    net(targets.forward, "upstream --forward"),
+    ...upstreams.map((address) => net(address, "upstream --forward")),
   ];
   if (targets.http && targets.httpExplicit !== false) {
     needs.push(net(targets.http, "stats HTTP --http"));

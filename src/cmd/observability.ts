@@ -10,7 +10,7 @@ import type { Hono } from "hono";
 import { type Address, formatAddress } from "../cli/address.ts";
 import { combineApps } from "../http/combine_apps.ts";
 import { createHealthApp } from "../http/health_app.ts";
-import { proxyReadinessChecks } from "../http/readiness.ts";
+import { proxyReadinessChecks, type UpstreamReachability } from "../http/readiness.ts";
 import { createStatsApp } from "../http/stats_app.ts";
 import { HttpServer, type HttpServerCounters } from "../net/http_server.ts";
 import { describeError } from "../proxy/upstream.ts";
@@ -38,8 +38,13 @@ export interface ObservabilityOptions {
   listening: () => boolean;
   /** Whether the proxy is draining (a `Proxy`'s `shuttingDown`); unset: only markStopping(). */
   shuttingDown?: () => boolean;
-  /** The upstream, probed every `probeIntervalMs` for `/readyz`. */
+  /** The upstream, probed every `probeIntervalMs` for `/readyz` (unless `upstreams` is given). */
   forward: Address;
+  /**
+   * Where `/readyz` learns whether an upstream is up (the upstream pool's health checks); unset:
+   * a TCP probe of `forward`.
+   */
+  upstreams?: UpstreamReachability;
   /** The connection limit, for `/readyz`; 0: no connections check. */
   maxConnections: number;
   /** Where to serve `/stats`, `/metrics`, `/version`; `null`: not served. */
@@ -166,7 +171,7 @@ function statsCounters(stats: Stats): HttpServerCounters {
 export async function startObservability(options: ObservabilityOptions): Promise<Observability> {
   const { stats, logger } = options;
   const stopping = { value: false };
-  const probe = options.health
+  const probe = options.health && !options.upstreams
     ? new UpstreamProbe(options.forward, {
       intervalMs: options.probeIntervalMs ?? 2000,
       timeoutMs: options.probeTimeoutMs ?? 1000,
@@ -188,7 +193,7 @@ export async function startObservability(options: ObservabilityOptions): Promise
       checks: proxyReadinessChecks({
         listening: options.listening,
         shuttingDown: () => stopping.value || (options.shuttingDown?.() ?? false),
-        upstream: probe,
+        upstream: options.upstreams ?? probe,
         activeConnections: () => stats.connectionsActive,
         maxConnections: options.maxConnections,
       }),

@@ -10,9 +10,13 @@ import { parseDuration } from "../cli/duration.ts";
 import { assertPermissions, MissingPermissionError } from "../cli/permissions.ts";
 import { formatFlagHelp, formatSynopsis } from "../cli/flag_help.ts";
 import { DURATION_HELP } from "../cli/duration.ts";
+import { parseUpstreams, type UpstreamSpec } from "../cli/upstreams.ts";
+import type { HealthMode } from "../proxy/health_check.ts";
+import { type BalancePolicy, UpstreamPool } from "../proxy/upstream_pool.ts";
 import {
   denoEnvReader,
   type FlagSpec,
+  parseChoiceFlag,
   parseFlags,
   parseIntegerFlag,
   UsageError,
@@ -43,8 +47,60 @@ export const PROXY_FLAGS: Record<string, FlagSpec> = {
   forward: {
     type: "string",
     default: "localhost:8001",
-    value: "ADDR",
-    help: "the upstream Foo server",
+    value: "ADDR[,ADDR…]",
+    multiple: true,
+    help:
+      "the upstream Foo server(s): a list and/or repeated flags, each [NAME=]HOST:PORT[*WEIGHT]",
+  },
+  balance: {
+    type: "string",
+    default: "leastconn",
+    value: "POLICY",
+    help:
+      "leastconn (fewest connections per weight: Foo connections are long-lived and pipelined), roundrobin (weighted), or first (the first upstream that is up: primary and backups)",
+  },
+  "health-interval": {
+    type: "string",
+    default: "2s",
+    value: "DUR",
+    help: "time between two health checks of one upstream (0 = none)",
+  },
+  "health-timeout": {
+    type: "string",
+    default: "1s",
+    value: "DUR",
+    help: "deadline of one health check",
+  },
+  "health-mode": {
+    type: "string",
+    default: "foo",
+    value: "MODE",
+    help:
+      "foo: send REQ 1 and expect ACK/NAK 1; tcp: connect only (servers that must not see probes)",
+  },
+  "health-rise": {
+    type: "string",
+    default: "2",
+    value: "N",
+    help: "good checks in a row that bring an upstream up",
+  },
+  "health-fall": {
+    type: "string",
+    default: "3",
+    value: "N",
+    help: "failed checks in a row that take it down",
+  },
+  "eject-after": {
+    type: "string",
+    default: "5",
+    value: "N",
+    help: "connect failures or mid-stream errors in a row that eject an upstream (0 = never)",
+  },
+  "eject-time": {
+    type: "string",
+    default: "30s",
+    value: "DUR",
+    help: "first ejection's length; it doubles with each further one, up to 5 min",
   },
   // No defaults here for http/health: parseProxyConfig applies them, so it knows what was given.
   http: {
@@ -194,7 +250,18 @@ Go-style -listen=:8002 also works.`;
 /** Parsed configuration of `foo-proxy proxy`. */
 export interface ProxyConfig {
   listen: { hostname: string; port: number };
+  /** The first upstream (the only one, usually). */
   forward: { hostname: string; port: number };
+  /** Every upstream. */
+  upstreams: UpstreamSpec[];
+  balance: BalancePolicy;
+  healthIntervalMs: number;
+  healthTimeoutMs: number;
+  healthMode: HealthMode;
+  healthRise: number;
+  healthFall: number;
+  ejectAfter: number;
+  ejectMs: number;
   connectTimeoutMs: number;
   /** Clients served at once; `undefined`: derived from the fd limit at start ("auto"). */
   maxConnections: number | undefined;
@@ -250,11 +317,21 @@ export function parseProxyConfig(
     if (text.toLowerCase() === "off") return null;
     return parseAddressFlag(flag, text, { defaultHost: "127.0.0.1" });
   };
+  const upstreams = parseUpstreams([String(v.forward)]);
   const recoveryPath = v["recovery-path"];
   if (recoveryPath === "") throw new UsageError("--recovery-path: the path is empty");
   return {
     listen: address("listen", "0.0.0.0"),
-    forward: address("forward", "localhost"),
+    forward: upstreams[0].address,
+    upstreams,
+    balance: parseChoiceFlag("balance", v.balance, ["leastconn", "roundrobin", "first"] as const),
+    healthIntervalMs: parseDuration("health-interval", v["health-interval"]),
+    healthTimeoutMs: parseDuration("health-timeout", v["health-timeout"]),
+    healthMode: parseChoiceFlag("health-mode", v["health-mode"], ["foo", "tcp"] as const),
+    healthRise: parseIntegerFlag("health-rise", v["health-rise"], { min: 1, max: 100 }),
+    healthFall: parseIntegerFlag("health-fall", v["health-fall"], { min: 1, max: 100 }),
+    ejectAfter: parseIntegerFlag("eject-after", v["eject-after"], { max: 1000 }),
+    ejectMs: parseDuration("eject-time", v["eject-time"]),
     connectTimeoutMs: parseDuration("connect-timeout", v["connect-timeout"]),
     fdLimit: String(v["fd-limit"]).trim().toLowerCase() === "auto"
       ? undefined
@@ -424,7 +501,21 @@ async function serveProxy(
       { max: maxConnections, needed: fdsNeeded(maxConnections), limit: fdLimit },
     );
   }
+  const pool = new UpstreamPool(config.upstreams, {
+    policy: config.balance,
+    connectTimeoutMs: config.connectTimeoutMs,
+    intervalMs: config.healthIntervalMs,
+    checkTimeoutMs: config.healthTimeoutMs,
+    mode: config.healthMode,
+    rise: config.healthRise,
+    fall: config.healthFall,
+    ejectAfter: config.ejectAfter,
+    ejectMs: config.ejectMs,
+    logger,
+  });
+  stats.upstreams = () => pool.snapshot();
   const proxy = new Proxy({
+    target: pool,
     listen: config.listen,
     forward: config.forward,
     stats,
@@ -475,6 +566,7 @@ async function serveProxy(
       listening: () => proxy.listening,
       shuttingDown: () => proxy.shuttingDown,
       forward: config.forward,
+      upstreams: pool,
       maxConnections,
       http: config.http,
       health: config.health,
@@ -485,12 +577,16 @@ async function serveProxy(
     if (!(error instanceof HttpBindError)) throw error;
     logger.error("{message}", { message: error.message });
     await proxy.close();
+    await pool.close();
     await pidFile?.release();
     signals.remove();
     lastResort.remove();
     return 1;
   }
   persister?.start();
+  // One upstream is dialed whatever its checks say (as a last resort), so they serve only
+  // /readyz: without a health app it sees no probe traffic, as before.
+  if (config.upstreams.length > 1 || observability.healthAddr !== undefined) pool.start();
   const why = await stop.promise;
   observability.markStopping(); // /readyz fails from the first signal on
   logger.info(
@@ -511,6 +607,7 @@ async function serveProxy(
   await persister?.close();
   // Print before removing the listeners: a late signal with no listener would kill the process
   // before the final line is out.
+  await pool.close();
   printStats();
   await pidFile?.release();
   signals.remove();

@@ -265,7 +265,93 @@ export function renderMetrics(snapshot: StatsSnapshot, options: RenderMetricsOpt
     "Timed REQ messages whose connection ended before their reply.",
   );
   out.sample("foo_proxy_unanswered_requests_total", {}, latency.unansweredRequests);
+  renderUpstreams(out, snapshot.upstreams ?? []);
   return out.text();
+}
+
+/** States an upstream can be in: one `foo_proxy_upstream_state` series each, 1 for the current. */
+const UPSTREAM_STATES = ["up", "down", "ejected", "draining"] as const;
+
+// Per-upstream series, labelled with the configured name (bounded: the set is configured).
+function renderUpstreams(out: Exposition, upstreams: StatsSnapshot["upstreams"]): void {
+  if (upstreams.length === 0) return;
+  const each = (
+    name: string,
+    type: "counter" | "gauge",
+    help: string,
+    value: (u: StatsSnapshot["upstreams"][number]) => number,
+  ) => {
+    out.family(name, type, help);
+    for (const u of upstreams) out.sample(name, { upstream: u.name }, value(u));
+  };
+  out.family(
+    "foo_proxy_upstream_state",
+    "gauge",
+    "1 for the state each upstream is in (up, down, ejected, draining), 0 for the others.",
+  );
+  for (const u of upstreams) {
+    for (const state of UPSTREAM_STATES) {
+      out.sample(
+        "foo_proxy_upstream_state",
+        { upstream: u.name, state },
+        u.state === state ? 1 : 0,
+      );
+    }
+  }
+  each(
+    "foo_proxy_upstream_weight",
+    "gauge",
+    "Configured weight of each upstream.",
+    (u) => u.weight,
+  );
+  each(
+    "foo_proxy_upstream_connections_active",
+    "gauge",
+    "Connections open to each upstream.",
+    (u) => u.connections_active,
+  );
+  each(
+    "foo_proxy_upstream_connections_total",
+    "counter",
+    "Connections opened to each upstream.",
+    (u) => u.connections_total,
+  );
+  each(
+    "foo_proxy_upstream_requests_total",
+    "counter",
+    "Valid REQs forwarded to each upstream.",
+    (u) => u.requests,
+  );
+  each(
+    "foo_proxy_upstream_replies_total",
+    "counter",
+    "Valid replies relayed from each upstream.",
+    (u) => u.replies,
+  );
+  each(
+    "foo_proxy_upstream_connect_failures_total",
+    "counter",
+    "Failed connects to each upstream.",
+    (u) => u.connect_failures,
+  );
+  each(
+    "foo_proxy_upstream_stream_errors_total",
+    "counter",
+    "Connections to each upstream that failed mid-stream.",
+    (u) => u.stream_errors,
+  );
+  each(
+    "foo_proxy_upstream_ejections_total",
+    "counter",
+    "Times each upstream was ejected for failing in a row.",
+    (u) => u.ejections,
+  );
+  each(
+    "foo_proxy_upstream_check_latency_seconds",
+    "gauge",
+    "Duration of each upstream's last health check (0 before the first).",
+    (u) => (u.last_check?.latency_ms ?? 0) / 1000,
+  );
 }
 
 /** Formats a sample value the way Prometheus parses it (`+Inf`, `-Inf`, `NaN`). */

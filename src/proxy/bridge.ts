@@ -27,7 +27,7 @@ import { ChunkSource } from "./chunk_source.ts";
 import { ENGINE_DEFAULTS, type EngineConfig } from "./engine_config.ts";
 import type { HeldBytes } from "./first_bytes_reader.ts";
 import { Failover } from "./resume.ts";
-import type { UpstreamTarget } from "./upstream_target.ts";
+import type { TargetConnection, UpstreamTarget } from "./upstream_target.ts";
 
 /** Options for {@linkcode bridge}: what is particular to one connection. */
 export interface BridgeOptions {
@@ -47,6 +47,11 @@ export interface BridgeOptions {
   held?: HeldBytes;
   /** Live state for the owner to read (idle checks, shutdown order); unset: kept private. */
   state?: BridgeState;
+  /**
+   * What the target said about `upstream` when it was dialed: its name, per-upstream counters to
+   * add to, and whom to tell when it ends. Unset: nothing to report.
+   */
+  lease?: TargetConnection;
 }
 
 /** Live state of one bridged connection, updated by {@linkcode bridge} as bytes move. */
@@ -109,6 +114,10 @@ class Session {
   rewriter: ReplyRewriter | undefined = undefined;
   up: Deno.TcpConn;
   upSource: ChunkSource;
+  /** The current upstream connection's lease (released when it ends). */
+  lease: TargetConnection | undefined;
+  /** Its per-upstream counters, when the target keeps them. */
+  counters: { requests: number; replies: number } | undefined;
   reason: CloseReason | undefined = undefined;
   closed = false;
   clientEof = false;
@@ -137,6 +146,8 @@ class Session {
     const stats = options.stats;
     this.down = downstream;
     this.up = upstream;
+    this.lease = options.lease;
+    this.counters = options.lease?.counters;
     this.stats = stats;
     this.config = config;
     this.logger = options.logger;
@@ -238,6 +249,7 @@ class Session {
     this.reason = reason;
     closeQuietly(this.down);
     closeQuietly(this.up);
+    this.releaseLease(reason === "upstream_error");
     this.failover?.abort();
     this.room?.resolve();
     this.need?.resolve();
@@ -252,6 +264,14 @@ class Session {
     } catch (error) {
       this.internalError(error);
     }
+  }
+
+  /** Tells the target the current upstream connection ended (once). */
+  releaseLease(failed: boolean): void {
+    const lease = this.lease;
+    this.lease = undefined;
+    this.counters = undefined;
+    lease?.release?.(failed);
   }
 
   /** A bug, not a peer: end this connection only, count it, and say so. */
@@ -324,6 +344,7 @@ class Session {
           if (valid > 0) {
             state.outstanding += valid;
             stats.recordRequests(valid, now);
+            if (this.counters !== undefined) this.counters.requests += valid;
           }
           let bytes = part;
           if (log !== undefined) {
@@ -455,6 +476,7 @@ class Session {
           this.room = undefined;
         }
         stats.recordResponses(valid, now);
+        if (this.counters !== undefined) this.counters.replies += valid;
       }
       if (bytes.length > 0) {
         state.writing++;
@@ -515,6 +537,8 @@ class Session {
     const generation = ++this.generation;
     this.failing = true;
     closeQuietly(this.up);
+    const dead = this.lease?.upstream;
+    this.releaseLease(why === "upstream_error");
     if (why === "upstream_error") stats.upstreamErrors++;
     const what = why === "upstream_error" ? `failed (${String(error)})` : "closed";
     const cannot = log!.disabled
@@ -548,9 +572,12 @@ class Session {
       }
     }
     const healthy = this.gotReply || stats.clock() - this.connectedAt >= HEALTHY_AFTER_MS;
-    const next = await failover.replace(why, what, healthy);
+    const next = await failover.replace(why, what, healthy, dead);
     if (this.closed) {
-      if (typeof next !== "string") closeQuietly(next.conn);
+      if (typeof next !== "string") {
+        closeQuietly(next.conn);
+        next.release?.(false);
+      }
       return undefined;
     }
     if (typeof next === "string") {
@@ -558,6 +585,8 @@ class Session {
       return undefined;
     }
     const up = next.conn;
+    this.lease = next;
+    this.counters = next.counters;
     let bytes: Uint8Array;
     let count: number;
     if (this.config.resume === "renumber") {

@@ -19,7 +19,7 @@ import {
 } from "./engine_config.ts";
 import { FirstBytesReader, type HeldBytes } from "./first_bytes_reader.ts";
 import { UpstreamError } from "./upstream.ts";
-import { SingleUpstream, type UpstreamTarget } from "./upstream_target.ts";
+import { SingleUpstream, type TargetConnection, type UpstreamTarget } from "./upstream_target.ts";
 
 /**
  * Options for {@linkcode Proxy}: where to listen and forward, the accept and drain behaviour,
@@ -114,6 +114,8 @@ interface Dialed {
   upstream: Deno.TcpConn;
   /** The upstream's name. */
   name: string;
+  /** What the target handed out with the connection (released when it ends). */
+  lease: TargetConnection;
   held: HeldBytes;
 }
 
@@ -370,6 +372,7 @@ export class Proxy implements AsyncDisposable {
           label: `${peer} -> ${dialed.name}`,
           held: dialed.held,
           state: connection.state,
+          lease: dialed.lease,
         });
         this.#logger.debug("Closed {downstream} -> {upstream}: {reason}", {
           downstream: peer,
@@ -431,7 +434,7 @@ export class Proxy implements AsyncDisposable {
           });
         },
       });
-      return { upstream: dialed.conn, name: dialed.upstream, held: first.release() };
+      return { upstream: dialed.conn, name: dialed.upstream, lease: dialed, held: first.release() };
     } catch (error) {
       const reason: CloseReason = closing.aborted
         ? "shutdown"

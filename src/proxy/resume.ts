@@ -48,11 +48,13 @@ export class Failover {
    * A new upstream connection for the one that ended (`why`, described by `what`), or the reason
    * to close the client with when there is none (logged and counted here). `healthy`: the dead
    * connection had relayed a reply or lived a while, so the failovers in a row start over.
+   * `avoid`: the upstream that died, passed over when another can take the connection.
    */
   async replace(
     why: CloseReason,
     what: string,
     healthy: boolean,
+    avoid?: string,
   ): Promise<TargetConnection | CloseReason> {
     const config = this.#config;
     const stats = this.#stats;
@@ -82,6 +84,7 @@ export class Failover {
         ...backoff,
         retries: config.reconnectRetries,
         signal,
+        avoid,
         onRetry: () => stats.upstreamConnectRetries++,
       });
     } catch (error) {

@@ -22,6 +22,8 @@ export interface TargetDialOptions {
   maxBackoffMs?: number;
   /** Called before each backoff wait. */
   onRetry?: (retry: number, delayMs: number, error: UpstreamError) => void;
+  /** An upstream to pass over when another can take the connection (the one that just died). */
+  avoid?: string;
 }
 
 /** A dialed upstream connection and the name of the upstream it goes to. */
@@ -29,6 +31,13 @@ export interface TargetConnection {
   conn: Deno.TcpConn;
   /** The upstream's name for logs and labels (its address). */
   upstream: string;
+  /** Per-upstream counters the engine adds the REQs and replies of this connection to. */
+  counters?: { requests: number; replies: number };
+  /**
+   * Called once when this upstream connection ends; `failed`: it failed mid-stream (counts
+   * toward ejecting the upstream). Unset: nothing to report.
+   */
+  release?: (failed: boolean) => void;
 }
 
 /** Where upstream connections come from. */

@@ -88,6 +88,26 @@ export interface StatsSnapshot {
   admin_request_timeouts: number;
   /** Admin HTTP requests refused before the app: malformed or too large. */
   admin_bad_requests: number;
+  /** Per upstream: state, connections, requests, replies, errors, last check. */
+  upstreams: UpstreamStats[];
+}
+
+/** One upstream's figures in `/stats` and the SIGUSR2 line (see `upstream_pool.ts`). */
+export interface UpstreamStats {
+  name: string;
+  address: string;
+  weight: number;
+  /** `up`, `down` (failed its health checks), `ejected` (too many failures), `draining`. */
+  state: "up" | "down" | "ejected" | "draining";
+  connections_active: number;
+  connections_total: number;
+  requests: number;
+  replies: number;
+  connect_failures: number;
+  stream_errors: number;
+  ejections: number;
+  /** The last active health check; `null` before the first. */
+  last_check: { ok: boolean; latency_ms: number; error?: string; age_s: number } | null;
 }
 
 /** Options for {@linkcode Stats}. */
@@ -144,6 +164,8 @@ export class Stats {
   adminRequestTimeouts = 0;
   /** Admin HTTP requests refused as malformed or too large. */
   adminBadRequests = 0;
+  /** Where the per-upstream figures come from; unset: none are reported. */
+  upstreams: (() => UpstreamStats[]) | undefined = undefined;
   /** Closed connections by reason. */
   readonly closed: Partial<Record<CloseReason, number>> = {};
   /** REQ→reply latency histogram, anomaly counters and requests in flight (`/stats`, `/metrics`). */
@@ -222,6 +244,7 @@ export class Stats {
       admin_connections_rejected: this.adminConnectionsRejected,
       admin_request_timeouts: this.adminRequestTimeouts,
       admin_bad_requests: this.adminBadRequests,
+      upstreams: this.upstreams?.() ?? [],
     };
   }
 }

@@ -1,0 +1,57 @@
+/**
+ * The `--forward` list: one or more upstreams, comma-separated and/or from repeated flags, each
+ * `[NAME=]ADDR[*WEIGHT]` (`a:8001,b:8001*3`, `primary=10.0.0.1:8001`).
+ *
+ * @module
+ */
+import { type Address, formatAddress } from "./address.ts";
+import { parseAddressFlag } from "./address_flag.ts";
+import { UsageError } from "./flags.ts";
+
+/** One configured upstream. */
+export interface UpstreamSpec {
+  /** Its name in logs, `/stats` and metric labels: given, or its address. */
+  name: string;
+  address: Address;
+  /** Share of new connections relative to the others (leastconn and roundrobin). */
+  weight: number;
+}
+
+/** Largest weight accepted. */
+export const MAX_WEIGHT = 1000;
+
+/**
+ * Parses `--forward` values (each may hold a comma-separated list).
+ *
+ * @throws {UsageError} naming the bad entry: empty, bad address, bad weight, duplicate name.
+ */
+export function parseUpstreams(
+  values: readonly string[],
+  defaultHost = "localhost",
+): UpstreamSpec[] {
+  const specs: UpstreamSpec[] = [];
+  for (const value of values) {
+    for (const raw of value.split(",")) {
+      const text = raw.trim();
+      if (text === "") throw new UsageError(`--forward: an empty entry in "${value}"`);
+      const named = /^([A-Za-z][\w.-]{0,62})=(.+)$/.exec(text);
+      const rest = named ? named[2] : text;
+      const weighted = /^(.*)\*(\d+)$/.exec(rest);
+      const addressText = weighted ? weighted[1] : rest;
+      const weight = weighted ? Number(weighted[2]) : 1;
+      if (!Number.isSafeInteger(weight) || weight < 1 || weight > MAX_WEIGHT) {
+        throw new UsageError(
+          `--forward: invalid weight in "${text}": expected an integer from 1 to ${MAX_WEIGHT}`,
+        );
+      }
+      const address = parseAddressFlag("forward", addressText, { defaultHost });
+      const name = named ? named[1] : formatAddress(address);
+      if (specs.some((s) => s.name === name)) {
+        throw new UsageError(`--forward: "${name}" is given twice`);
+      }
+      specs.push({ name, address, weight });
+    }
+  }
+  if (specs.length === 0) throw new UsageError("--forward: no upstream given");
+  return specs;
+}

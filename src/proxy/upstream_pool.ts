@@ -1,0 +1,390 @@
+/**
+ * Several upstreams behind one listener: the {@linkcode UpstreamTarget} the engine dials through.
+ *
+ * - **Balancing**: `leastconn` (default: Foo connections are long-lived and pipelined, so counting
+ *   connections spreads load where round robin would skew it toward whoever got the long-lived
+ *   ones), `roundrobin` (smooth weighted), `first` (the first upstream that is up, in the order
+ *   given: primary and backups; weights do not matter to it).
+ * - **Active health checks** ({@linkcode checkUpstream}): every `intervalMs` per upstream;
+ *   `rise` good checks in a row bring it up, `fall` bad ones take it down (HAProxy's 2 and 3).
+ * - **Passive outlier ejection**: `ejectAfter` connect failures or mid-stream errors in a row eject
+ *   an upstream for `ejectMs` × 2^(ejections so far) (capped at 5 min, as Envoy grows it); it
+ *   returns through the next good active check after that.
+ * - **Failover**: a refused or timed-out connect is tried on another upstream (the retries count
+ *   across the set); with every upstream down the down ones are still tried, as a last resort,
+ *   so one upstream behaves exactly as before.
+ * - **Draining**: a drained upstream gets no new connection; its open ones finish.
+ *
+ * @module
+ */
+import type { Logger } from "@logtape/logtape";
+import { formatAddress } from "../cli/address.ts";
+import type { UpstreamSpec } from "../cli/upstreams.ts";
+import type { UpstreamStats } from "../stats/stats.ts";
+import { backoffDelay } from "./dial_with_retry.ts";
+import { type CheckResult, checkUpstream, type HealthMode } from "./health_check.ts";
+import { dialUpstream, UpstreamError } from "./upstream.ts";
+import type { TargetConnection, TargetDialOptions, UpstreamTarget } from "./upstream_target.ts";
+import { waitOrAbort } from "./wait_or_abort.ts";
+
+/** How new connections are spread. */
+export type BalancePolicy = "leastconn" | "roundrobin" | "first";
+
+/** An upstream's state, as `/stats` shows it. */
+export type UpstreamState = "up" | "down" | "ejected" | "draining";
+
+/** Options for {@linkcode UpstreamPool}. */
+export interface UpstreamPoolOptions {
+  /** @default {"leastconn"} */
+  policy?: BalancePolicy;
+  /** Connect timeout per attempt in ms; 0: none. @default {5000} */
+  connectTimeoutMs?: number;
+  /** Time between two checks of one upstream, in ms; 0: no active checks. @default {2000} */
+  intervalMs?: number;
+  /** Deadline of one check, in ms. @default {1000} */
+  checkTimeoutMs?: number;
+  /** @default {"foo"} */
+  mode?: HealthMode;
+  /** Good checks in a row that bring a down upstream up. @default {2} */
+  rise?: number;
+  /** Bad checks in a row that take an up upstream down. @default {3} */
+  fall?: number;
+  /** Failures in a row (connects, mid-stream errors) that eject an upstream; 0: never. @default {5} */
+  ejectAfter?: number;
+  /** First ejection's length in ms; it doubles with each further one. @default {30000} */
+  ejectMs?: number;
+  /** Milliseconds now. @default {performance.now} */
+  now?: () => number;
+  /** Random numbers in [0, 1) for backoff jitter. @default {Math.random} */
+  random?: () => number;
+  /** State changes are logged here. */
+  logger?: Logger;
+}
+
+/** One upstream's figures, for `/stats`, `/metrics` and the SIGUSR2 line. */
+export type UpstreamSnapshot = UpstreamStats;
+
+const MAX_EJECT_MS = 5 * 60_000;
+
+/** Per-connection counters the engine adds to. */
+interface LeaseCounters {
+  requests: number;
+  replies: number;
+}
+
+class Member {
+  readonly spec: UpstreamSpec;
+  readonly label: string;
+  healthy = true; // by the active checks (starts up: traffic flows before the first check)
+  draining = false;
+  ejectedUntil = 0;
+  ejected = false;
+  ejections = 0;
+  goodInARow = 0;
+  badInARow = 0;
+  failuresInARow = 0;
+  active = 0;
+  total = 0;
+  counters: LeaseCounters = { requests: 0, replies: 0 };
+  connectFailures = 0;
+  streamErrors = 0;
+  current = 0; // smooth weighted round robin
+  lastCheck: (CheckResult & { at: number }) | undefined;
+
+  constructor(spec: UpstreamSpec) {
+    this.spec = spec;
+    this.label = formatAddress(spec.address);
+  }
+
+  state(): UpstreamState {
+    if (this.draining) return "draining";
+    if (this.ejected) return "ejected";
+    return this.healthy ? "up" : "down";
+  }
+}
+
+/** The upstream set; see the module docs. */
+export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
+  /** Names and addresses, for log lines. */
+  readonly label: string;
+  #members: Member[];
+  #options: UpstreamPoolOptions;
+  #now: () => number;
+  #logger: Logger | undefined;
+  #stop = new AbortController();
+  #loops: Promise<void>[] = [];
+
+  /** A pool of `specs` (at least one); checks start with {@linkcode start}. */
+  constructor(specs: readonly UpstreamSpec[], options: UpstreamPoolOptions = {}) {
+    if (specs.length === 0) throw new RangeError("UpstreamPool needs at least one upstream");
+    this.#members = specs.map((spec) => new Member(spec));
+    this.#options = options;
+    this.#now = options.now ?? (() => performance.now());
+    this.#logger = options.logger;
+    this.label = specs.length === 1
+      ? formatAddress(specs[0].address)
+      : specs.map((s) => s.name).join(",");
+  }
+
+  /** Starts the active health checks (when `intervalMs` > 0). */
+  start(): void {
+    if ((this.#options.intervalMs ?? 2000) <= 0) return;
+    for (const member of this.#members) this.#loops.push(this.#checkLoop(member));
+  }
+
+  /** Stops the checks; resolves when they have. */
+  async close(): Promise<void> {
+    this.#stop.abort();
+    await Promise.all(this.#loops);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  /** Whether some upstream is up (for `/readyz`). */
+  get reachable(): boolean {
+    return this.#members.some((m) => m.state() === "up");
+  }
+
+  /** Which upstreams are not up, for `/readyz`. */
+  get detail(): string {
+    const down = this.#members.filter((m) => m.state() !== "up");
+    if (down.length === 0) return `all ${this.#members.length} upstream(s) up`;
+    return `not up: ${
+      down.map((m) =>
+        `${m.spec.name} (${m.state()}${m.lastCheck?.error ? `: ${m.lastCheck.error}` : ""})`
+      ).join(", ")
+    }`;
+  }
+
+  /** Stops new connections to `name` (open ones finish); false when there is no such upstream. */
+  drain(name: string): boolean {
+    const member = this.#find(name);
+    if (!member) return false;
+    if (!member.draining) {
+      this.#logger?.info("Upstream {name} draining: no new connections", { name });
+    }
+    member.draining = true;
+    return true;
+  }
+
+  /** Undoes {@linkcode drain}; false when there is no such upstream. */
+  enable(name: string): boolean {
+    const member = this.#find(name);
+    if (!member) return false;
+    if (member.draining) this.#logger?.info("Upstream {name} enabled again", { name });
+    member.draining = false;
+    return true;
+  }
+
+  /** Every upstream's figures. */
+  snapshot(): UpstreamSnapshot[] {
+    const now = this.#now();
+    return this.#members.map((m) => ({
+      name: m.spec.name,
+      address: m.label,
+      weight: m.spec.weight,
+      state: m.state(),
+      connections_active: m.active,
+      connections_total: m.total,
+      requests: m.counters.requests,
+      replies: m.counters.replies,
+      connect_failures: m.connectFailures,
+      stream_errors: m.streamErrors,
+      ejections: m.ejections,
+      last_check: m.lastCheck
+        ? {
+          ok: m.lastCheck.ok,
+          latency_ms: m.lastCheck.latencyMs,
+          ...(m.lastCheck.error ? { error: m.lastCheck.error } : {}),
+          age_s: Math.round((now - m.lastCheck.at) / 100) / 10,
+        }
+        : null,
+    }));
+  }
+
+  /**
+   * Opens a connection to an upstream the policy picks; a failed connect is tried on another
+   * (`retries` more attempts across the set, with backoff once every candidate failed).
+   */
+  async dial(options: TargetDialOptions = {}): Promise<TargetConnection> {
+    const retries = options.retries ?? 0;
+    const failed = new Set<Member>();
+    let lastError: unknown;
+    for (let attempt = 0, round = 0; attempt <= retries; attempt++) {
+      if (options.signal?.aborted) break;
+      let member = this.#pick(failed, options.avoid);
+      if (member === undefined) {
+        // Every candidate failed this round: back off, then try them all again.
+        round++;
+        const delayMs = backoffDelay(round, {
+          backoffMs: options.backoffMs,
+          maxBackoffMs: options.maxBackoffMs,
+          random: this.#options.random,
+        });
+        if (lastError instanceof UpstreamError) options.onRetry?.(attempt, delayMs, lastError);
+        await waitOrAbort(delayMs, options.signal);
+        if (options.signal?.aborted) break;
+        failed.clear();
+        member = this.#pick(failed, undefined)!;
+      } else if (attempt > 0 && lastError instanceof UpstreamError) {
+        options.onRetry?.(attempt, 0, lastError);
+      }
+      try {
+        const conn = await dialUpstream(member.spec.address, {
+          timeoutMs: this.#options.connectTimeoutMs,
+          signal: options.signal,
+        });
+        member.failuresInARow = 0;
+        return this.#lease(member, conn);
+      } catch (error) {
+        lastError = error;
+        if (options.signal?.aborted) break;
+        if (error instanceof UpstreamError && error.cause instanceof Deno.errors.NotCapable) {
+          throw error; // a missing --allow-net grant: no other attempt can fix it
+        }
+        member.connectFailures++;
+        this.#failure(member, "connect failures");
+        failed.add(member);
+      }
+    }
+    if (lastError instanceof UpstreamError) throw lastError;
+    throw new UpstreamError(
+      `Cannot dial any upstream of ${this.label}: ${String(lastError ?? "aborted")}`,
+      this.#members[0].spec.address,
+      { cause: lastError },
+    );
+  }
+
+  #lease(member: Member, conn: Deno.TcpConn): TargetConnection {
+    member.active++;
+    member.total++;
+    let released = false;
+    return {
+      conn,
+      upstream: member.spec.name,
+      counters: member.counters,
+      release: (failed: boolean) => {
+        if (released) return;
+        released = true;
+        member.active--;
+        if (failed) {
+          member.streamErrors++;
+          this.#failure(member, "mid-stream errors");
+        }
+      },
+    };
+  }
+
+  #find(name: string): Member | undefined {
+    return this.#members.find((m) => m.spec.name === name);
+  }
+
+  #failure(member: Member, what: string): void {
+    member.failuresInARow++;
+    const after = this.#options.ejectAfter ?? 5;
+    if (after <= 0 || member.failuresInARow < after || member.ejected) return;
+    const ms = Math.min(MAX_EJECT_MS, (this.#options.ejectMs ?? 30_000) * 2 ** member.ejections);
+    member.ejections++;
+    member.ejected = true;
+    member.ejectedUntil = this.#now() + ms;
+    member.failuresInARow = 0;
+    this.#logger?.warning(
+      "Upstream {name} ejected for {seconds} s after {count} {what} in a row (ejection {n})",
+      { name: member.spec.name, seconds: ms / 1000, count: after, what, n: member.ejections },
+    );
+  }
+
+  /** The member the policy picks among those that may take a connection, not in `skip`. */
+  #pick(skip: Set<Member>, avoid: string | undefined): Member | undefined {
+    const now = this.#now();
+    let candidates = this.#members.filter((m) =>
+      !skip.has(m) && !m.draining && m.healthy && !(m.ejected) && m.spec.name !== avoid
+    );
+    if (candidates.length === 0 && avoid !== undefined) {
+      candidates = this.#members.filter((m) =>
+        !skip.has(m) && !m.draining && m.healthy && !m.ejected
+      );
+    }
+    if (candidates.length === 0) {
+      // Nothing is up: try what is not drained anyway (the clean failure of one upstream), an
+      // ejected one whose time is up first.
+      candidates = this.#members.filter((m) => !skip.has(m) && !m.draining)
+        .sort((a, b) =>
+          Number(a.ejected && a.ejectedUntil > now) - Number(b.ejected && b.ejectedUntil > now)
+        );
+    }
+    if (candidates.length === 0) return undefined;
+    switch (this.#options.policy ?? "leastconn") {
+      case "first":
+        return candidates[0];
+      case "roundrobin": {
+        let total = 0;
+        let best: Member | undefined;
+        for (const m of candidates) {
+          m.current += m.spec.weight;
+          total += m.spec.weight;
+          if (best === undefined || m.current > best.current) best = m;
+        }
+        best!.current -= total;
+        return best;
+      }
+      default: {
+        let best = candidates[0];
+        for (const m of candidates) {
+          // Fewest connections per unit of weight; ties go to the one given first.
+          if (m.active * best.spec.weight < best.active * m.spec.weight) best = m;
+        }
+        return best;
+      }
+    }
+  }
+
+  async #checkLoop(member: Member): Promise<void> {
+    const interval = this.#options.intervalMs ?? 2000;
+    const signal = this.#stop.signal;
+    while (!signal.aborted) {
+      const result = await checkUpstream(member.spec.address, {
+        mode: this.#options.mode,
+        timeoutMs: this.#options.checkTimeoutMs ?? 1000,
+        now: this.#now,
+        signal,
+      });
+      if (signal.aborted) return;
+      this.#record(member, result);
+      await waitOrAbort(interval, signal);
+    }
+  }
+
+  #record(member: Member, result: CheckResult): void {
+    member.lastCheck = { ...result, at: this.#now() };
+    const name = member.spec.name;
+    if (result.ok) {
+      member.goodInARow++;
+      member.badInARow = 0;
+      if (member.ejected && this.#now() >= member.ejectedUntil) {
+        member.ejected = false;
+        this.#logger?.info("Upstream {name} back from ejection (health check passed)", { name });
+      }
+      if (!member.healthy && member.goodInARow >= (this.#options.rise ?? 2)) {
+        member.healthy = true;
+        this.#logger?.info("Upstream {name} is up ({count} good checks in a row)", {
+          name,
+          count: member.goodInARow,
+        });
+      }
+    } else {
+      member.badInARow++;
+      member.goodInARow = 0;
+      if (member.healthy && member.badInARow >= (this.#options.fall ?? 3)) {
+        member.healthy = false;
+        this.#logger?.warning("Upstream {name} is down ({count} failed checks: {error})", {
+          name,
+          count: member.badInARow,
+          error: result.error ?? "failed",
+        });
+      }
+    }
+  }
+}

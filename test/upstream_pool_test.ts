@@ -1,0 +1,162 @@
+/**
+ * Several upstreams (issue 12): balancing by policy and weight, Foo-aware health checks, passive
+ * ejection, failover of connects and of --resume, over real sockets with our own Foo servers.
+ */
+import assert from "node:assert/strict";
+import { parseUpstreams } from "../src/cli/upstreams.ts";
+import { checkUpstream } from "../src/proxy/health_check.ts";
+import { type BalancePolicy, UpstreamPool } from "../src/proxy/upstream_pool.ts";
+import { hashReply } from "../src/protocol/reply_hash.ts";
+import { FooServer } from "../src/tools/server.ts";
+import {
+  connectTo,
+  LineReader,
+  requests,
+  startProxy,
+  startUpstream,
+  waitUntil,
+  writeAll,
+} from "./_util.ts";
+
+const LOCAL = "127.0.0.1";
+
+function specs(servers: { addr: Deno.NetAddr }[], weights: number[] = []) {
+  return servers.map((s, i) => ({
+    name: `u${i}`,
+    address: { hostname: LOCAL, port: s.addr.port },
+    weight: weights[i] ?? 1,
+  }));
+}
+
+/** Opens `count` clients through `proxy`, each answered once; returns them (still open). */
+async function clients(port: number, count: number): Promise<Deno.TcpConn[]> {
+  const conns: Deno.TcpConn[] = [];
+  for (let k = 1; k <= count; k++) {
+    const conn = await connectTo(port);
+    conns.push(conn);
+    await writeAll(conn, `REQ ${k}\n`);
+    await new LineReader(conn).readLines(1);
+  }
+  return conns;
+}
+
+Deno.test("parseUpstreams: lists, repeated values, names and weights; bad entries are named", () => {
+  assert.deepEqual(parseUpstreams(["a:1,b:2*3", "c=127.0.0.1:3"]), [
+    { name: "a:1", address: { hostname: "a", port: 1 }, weight: 1 },
+    { name: "b:2", address: { hostname: "b", port: 2 }, weight: 3 },
+    { name: "c", address: { hostname: "127.0.0.1", port: 3 }, weight: 1 },
+  ]);
+  assert.throws(() => parseUpstreams(["a:1,"]), /an empty entry/);
+  assert.throws(() => parseUpstreams(["a:1*0"]), /invalid weight/);
+  assert.throws(() => parseUpstreams(["a:1,a:1"]), /given twice/);
+});
+
+for (
+  const [policy, weights, expected] of [
+    ["leastconn", [1, 3], [10, 30]],
+    ["roundrobin", [1, 3], [10, 30]],
+    ["first", [1, 3], [40, 0]],
+  ] as [BalancePolicy, number[], number[]][]
+) {
+  Deno.test(`${policy} with weights ${weights.join(":")} spreads 40 long-lived clients ${expected.join(":")}`, async () => {
+    await using a = await startUpstream();
+    await using b = await startUpstream();
+    await using pool = new UpstreamPool(specs([a, b], weights), { policy, intervalMs: 0 });
+    await using proxy = await startProxy(a.addr, { target: pool });
+    const conns = await clients(proxy.addr.port, 40);
+    try {
+      assert.deepEqual([a.connections, b.connections], expected);
+      assert.deepEqual(pool.snapshot().map((u) => u.connections_active), expected);
+    } finally {
+      for (const conn of conns) conn.close();
+    }
+  });
+}
+
+Deno.test("a Foo health check finds a server that accepts but never answers; a TCP check would not", async () => {
+  await using silent = await startUpstream({ silent: true });
+  await using good = await startUpstream();
+  const foo = await checkUpstream(silent.addr, { timeoutMs: 200 });
+  assert.equal(foo.ok, false);
+  assert.match(foo.error ?? "", /no answer to the probe within 200 ms/);
+  assert.equal((await checkUpstream(silent.addr, { mode: "tcp", timeoutMs: 200 })).ok, true);
+  assert.equal((await checkUpstream(good.addr, { timeoutMs: 1000 })).ok, true);
+});
+
+Deno.test("an upstream that fails its checks goes down after the fall threshold, gets no new client, and comes back", async () => {
+  await using a = await startUpstream();
+  const b = new FooServer({ listen: { hostname: LOCAL, port: 0 }, silent: true });
+  const bAddr = await b.start();
+  await using pool = new UpstreamPool(specs([a, { addr: bAddr }]), {
+    policy: "roundrobin",
+    intervalMs: 20,
+    checkTimeoutMs: 100,
+    fall: 2,
+    rise: 2,
+  });
+  pool.start();
+  await using proxy = await startProxy(a.addr, { target: pool });
+  try {
+    await waitUntil(() => pool.snapshot()[1].state === "down", "u1 to be marked down");
+    assert.match(pool.detail, /u1 \(down: no answer to the probe/);
+    const before = bAddr.port;
+    const conns = await clients(proxy.addr.port, 10);
+    for (const conn of conns) conn.close();
+    assert.equal(pool.snapshot()[1].connections_total, 0, `no client went to :${before}`);
+    assert.equal(pool.snapshot()[0].connections_total, 10);
+  } finally {
+    await b.close();
+  }
+  // A working server on its port brings it back after `rise` good checks.
+  await using back = new FooServer({ listen: { hostname: LOCAL, port: bAddr.port } });
+  await back.start();
+  await waitUntil(() => pool.snapshot()[1].state === "up", "u1 to come back", 5000);
+  assert.equal(pool.reachable, true);
+});
+
+Deno.test("connect failures in a row eject an upstream at once, and a refused connect is retried on another", async () => {
+  await using a = await startUpstream();
+  const gone = Deno.listen({ hostname: LOCAL, port: 0 });
+  const deadAddr = gone.addr as Deno.NetAddr;
+  gone.close(); // refused from now on
+  await using pool = new UpstreamPool(specs([{ addr: deadAddr }, a]), {
+    policy: "first",
+    intervalMs: 0,
+    ejectAfter: 3,
+    ejectMs: 60_000,
+  });
+  await using proxy = await startProxy(a.addr, { target: pool, connectRetries: 1 });
+  const conns = await clients(proxy.addr.port, 5); // each would go to u0 first
+  for (const conn of conns) conn.close();
+  const [dead, live] = pool.snapshot();
+  assert.equal(live.connections_total, 5, "every client served by the other upstream");
+  assert.equal(dead.connect_failures, 3, "tried until ejected, then passed over");
+  assert.equal(dead.state, "ejected");
+  assert.equal(dead.ejections, 1);
+  assert.equal(proxy.stats.snapshot().connections_closed.upstream_unreachable ?? 0, 0);
+});
+
+Deno.test("--resume across upstreams: one killed under load, every client gets every reply, the right one", async () => {
+  const options = { listen: { hostname: LOCAL, port: 0 }, reply: "hash" as const, delayMs: 30 };
+  const a = new FooServer(options);
+  const b = new FooServer(options);
+  await a.start();
+  await b.start();
+  await using pool = new UpstreamPool(specs([a, b]), { policy: "roundrobin", intervalMs: 0 });
+  await using proxy = await startProxy(a.addr, { target: pool, resume: "verbatim" });
+  const conns = await Promise.all(Array.from({ length: 6 }, () => connectTo(proxy.addr)));
+  try {
+    await Promise.all(conns.map((c, k) => writeAll(c, requests(100 * k + 1, 100 * k + 50, "x"))));
+    await waitUntil(() => a.received > 0 && b.received > 0, "both upstreams to have work");
+    await b.close(); // dies with replies owed
+    const lines = await Promise.all(conns.map((c) => new LineReader(c).readLines(50, 15_000)));
+    lines.forEach((got, k) => {
+      const want = Array.from({ length: 50 }, (_, i) => hashReply(`REQ ${100 * k + i + 1} x`));
+      assert.deepEqual(got, want, `client ${k}`);
+    });
+    assert.ok(proxy.stats.failovers >= 1);
+  } finally {
+    for (const conn of conns) conn.close();
+    await a.close();
+  }
+});
