@@ -4,6 +4,8 @@
  */
 import assert from "node:assert/strict";
 import { parseUpstreams } from "../src/cli/upstreams.ts";
+import { constantTimeEqual, createStatsApp } from "../src/http/stats_app.ts";
+import { Stats } from "../src/stats/stats.ts";
 import { checkUpstream } from "../src/proxy/health_check.ts";
 import { type BalancePolicy, UpstreamPool } from "../src/proxy/upstream_pool.ts";
 import { hashReply } from "../src/protocol/reply_hash.ts";
@@ -159,4 +161,67 @@ Deno.test("--resume across upstreams: one killed under load, every client gets e
     for (const conn of conns) conn.close();
     await a.close();
   }
+});
+
+Deno.test("POST /upstreams/NAME/drain: no new client goes there, open ones finish; enable undoes it", async () => {
+  await using a = await startUpstream();
+  await using b = await startUpstream();
+  await using pool = new UpstreamPool(specs([a, b]), { policy: "roundrobin", intervalMs: 0 });
+  await using proxy = await startProxy(a.addr, { target: pool });
+  const app = createStatsApp({ stats: proxy.stats, upstreams: pool, writes: { loopback: true } });
+  const open = await clients(proxy.addr.port, 2); // one on each
+  const drained = await app.request("/upstreams/u1/drain", { method: "POST" });
+  assert.deepEqual(await drained.json(), { name: "u1", state: "draining" });
+  const more = await clients(proxy.addr.port, 6);
+  assert.equal(pool.snapshot()[1].connections_total, 1, "none new on the drained one");
+  // The client already on u1 is still served.
+  await writeAll(open[1], "REQ 77\n");
+  assert.deepEqual(await new LineReader(open[1]).readLines(1), ["ACK 77"]);
+  assert.equal((await app.request("/upstreams/nope/drain", { method: "POST" })).status, 404);
+  assert.equal((await app.request("/upstreams/u1/drain")).status, 405);
+  const enabled = await app.request("/upstreams/u1/enable", { method: "POST" });
+  assert.equal((await enabled.json()).state, "up");
+  for (const conn of [...open, ...more]) conn.close();
+});
+
+Deno.test("the write endpoints refuse off loopback without a token, and check the token", async () => {
+  await using a = await startUpstream();
+  await using pool = new UpstreamPool(specs([a]), { intervalMs: 0 });
+  const stats = new Stats({ clock: () => 0 });
+  const open = createStatsApp({ stats, upstreams: pool, writes: { loopback: false } });
+  const refused = await open.request("/upstreams/u0/drain", { method: "POST" });
+  assert.equal(refused.status, 403);
+  assert.match((await refused.json()).error, /--admin-token/);
+  const guarded = createStatsApp({
+    stats,
+    upstreams: pool,
+    writes: { loopback: false, token: "s3cret" },
+  });
+  const post = (auth?: string) =>
+    guarded.request("/upstreams/u0/drain", {
+      method: "POST",
+      headers: auth ? { authorization: auth } : {},
+    });
+  assert.equal((await post()).status, 401);
+  assert.equal((await post("Bearer s3cre")).status, 401);
+  assert.equal((await post("Bearer s3cret!")).status, 401);
+  assert.equal((await post("Bearer s3cret")).status, 200);
+  assert.equal(pool.snapshot()[0].state, "draining");
+  assert.equal(constantTimeEqual("abc", "abc"), true);
+  assert.equal(constantTimeEqual("abc", "abd"), false);
+  assert.equal(constantTimeEqual("", "a"), false);
+});
+
+Deno.test("/stats and the SIGUSR2 object carry one block per upstream; /metrics labels them by name", async () => {
+  await using a = await startUpstream();
+  await using pool = new UpstreamPool(specs([a]), { intervalMs: 0 });
+  const stats = new Stats({ clock: () => 0 });
+  stats.upstreams = () => pool.snapshot();
+  const snap = stats.snapshot();
+  assert.equal(snap.upstreams.length, 1);
+  assert.equal(snap.upstreams[0].name, "u0");
+  assert.equal(snap.upstreams[0].state, "up");
+  const metrics = await (await createStatsApp({ stats }).request("/metrics")).text();
+  assert.match(metrics, /foo_proxy_upstream_state\{upstream="u0",state="up"\} 1/);
+  assert.match(metrics, /foo_proxy_upstream_connections_total\{upstream="u0"\} 0/);
 });

@@ -11,7 +11,7 @@ import { type Address, formatAddress } from "../cli/address.ts";
 import { combineApps } from "../http/combine_apps.ts";
 import { createHealthApp } from "../http/health_app.ts";
 import { proxyReadinessChecks, type UpstreamReachability } from "../http/readiness.ts";
-import { createStatsApp } from "../http/stats_app.ts";
+import { createStatsApp, type UpstreamControl } from "../http/stats_app.ts";
 import { HttpServer, type HttpServerCounters } from "../net/http_server.ts";
 import { describeError } from "../proxy/upstream.ts";
 import { UpstreamProbe } from "../proxy/upstream_probe.ts";
@@ -44,7 +44,9 @@ export interface ObservabilityOptions {
    * Where `/readyz` learns whether an upstream is up (the upstream pool's health checks); unset:
    * a TCP probe of `forward`.
    */
-  upstreams?: UpstreamReachability;
+  upstreams?: UpstreamReachability & Partial<UpstreamControl>;
+  /** Bearer token that allows the admin write endpoints from anywhere; unset: loopback only. */
+  adminToken?: string;
   /** The connection limit, for `/readyz`; 0: no connections check. */
   maxConnections: number;
   /** Where to serve `/stats`, `/metrics`, `/version`; `null`: not served. */
@@ -181,6 +183,10 @@ export async function startObservability(options: ObservabilityOptions): Promise
   const statsApp = options.http
     ? createStatsApp({
       stats,
+      upstreams: options.upstreams?.drain && options.upstreams.enable && options.upstreams.snapshot
+        ? options.upstreams as UpstreamControl
+        : undefined,
+      writes: { loopback: isLoopback(options.http.hostname), token: options.adminToken },
       version: VERSION,
       denoVersion: Deno.version.deno,
       target: Deno.build.target,
@@ -267,4 +273,9 @@ export async function startObservability(options: ObservabilityOptions): Promise
     });
   }
   return new Observability(servers, addrs, addrs.health ? probe : undefined, stopping);
+}
+
+/** Whether `hostname` is a loopback address (the admin app is then reachable from this host only). */
+export function isLoopback(hostname: string): boolean {
+  return hostname === "localhost" || hostname === "::1" || /^127\./.test(hostname);
 }

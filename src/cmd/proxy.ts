@@ -121,6 +121,13 @@ export const PROXY_FLAGS: Record<string, FlagSpec> = {
     defaultText: "off",
     help: "persist the statistics there and restore them on start",
   },
+  "admin-token": {
+    type: "string",
+    value: "TOKEN",
+    defaultText: "none",
+    help:
+      "bearer token for the admin write endpoints (POST /upstreams/NAME/drain|enable); without it they answer only when --http is on loopback",
+  },
   "pid-file": {
     type: "string",
     value: "FILE",
@@ -283,6 +290,8 @@ export interface ProxyConfig {
   recoveryPath: string | null;
   /** The pid file; `null`: none. */
   pidFile: string | null;
+  /** Bearer token of the admin write endpoints; `undefined`: loopback only. */
+  adminToken: string | undefined;
   /** What to do when an upstream connection dies: off, or replay verbatim / renumbered. */
   resume: ResumeMode;
   halfCloseTimeoutMs: number;
@@ -350,6 +359,9 @@ export function parseProxyConfig(
     healthExplicit: v.health !== undefined,
     recoveryPath: typeof recoveryPath === "string" ? recoveryPath : null,
     pidFile: typeof v["pid-file"] === "string" && v["pid-file"] !== "" ? v["pid-file"] : null,
+    adminToken: typeof v["admin-token"] === "string" && v["admin-token"] !== ""
+      ? v["admin-token"]
+      : undefined,
     resume: parseResumeMode(String(v.resume)),
     halfCloseTimeoutMs: parseDuration("half-close-timeout", v["half-close-timeout"]),
     reconnectRetries: parseIntegerFlag("resume-retries", v["resume-retries"], { max: 100 }),
@@ -567,6 +579,7 @@ async function serveProxy(
       shuttingDown: () => proxy.shuttingDown,
       forward: config.forward,
       upstreams: pool,
+      adminToken: config.adminToken,
       maxConnections,
       http: config.http,
       health: config.health,

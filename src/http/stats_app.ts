@@ -29,6 +29,24 @@ export interface StatsAppOptions {
   denoVersion?: string;
   /** The build target (`Deno.build.target`), for `/version`. @default {"unknown"} */
   target?: string;
+  /** The upstream set, for `GET /upstreams` and the drain/enable endpoints; unset: none. */
+  upstreams?: UpstreamControl;
+  /**
+   * Who may use the write endpoints (`POST /upstreams/NAME/drain|enable`): with a `token`, a
+   * request bearing it (compared in constant time); without one, anyone when `loopback` (the
+   * app listens on a loopback address only), else nobody. @default {{ loopback: false }}
+   */
+  writes?: { loopback: boolean; token?: string };
+}
+
+/** What the admin endpoints may do to the upstream set (an `UpstreamPool` fits). */
+export interface UpstreamControl {
+  /** Every upstream's figures. */
+  snapshot(): StatsSnapshot["upstreams"];
+  /** No new connections to `name`; false when there is none. */
+  drain(name: string): boolean;
+  /** Undoes drain; false when there is no such upstream. */
+  enable(name: string): boolean;
 }
 
 /** The JSON of `GET /stats`: the snapshot plus the latency figures. */
@@ -64,7 +82,49 @@ export function createStatsApp(options: StatsAppOptions): Hono {
       200,
       NO_STORE,
     ));
+  const upstreams = options.upstreams;
+  if (upstreams) {
+    app.get("/upstreams", (c) => c.json(upstreams.snapshot(), 200, NO_STORE));
+    const writes = options.writes ?? { loopback: false };
+    for (const action of ["drain", "enable"] as const) {
+      app.post(`/upstreams/:name/${action}`, (c) => {
+        const denied = writeDenied(c.req.header("authorization"), writes);
+        if (denied !== undefined) {
+          return c.json({ error: denied }, denied.startsWith("bad") ? 401 : 403, NO_STORE);
+        }
+        const name = c.req.param("name");
+        if (!upstreams[action](name)) {
+          return c.json({ error: "no such upstream", name }, 404, NO_STORE);
+        }
+        const state = upstreams.snapshot().find((u) => u.name === name)?.state;
+        return c.json({ name, state }, 200, NO_STORE);
+      });
+      app.all(`/upstreams/:name/${action}`, methodNotAllowedJson(["POST"]));
+    }
+  }
   const wrongMethod = methodNotAllowedJson(GET_ONLY);
   for (const path of ["/stats", "/metrics", "/version"]) app.all(path, wrongMethod);
   return withJsonErrors(app);
+}
+
+/** Why a write request is refused, or `undefined` when it may go on. */
+function writeDenied(
+  authorization: string | undefined,
+  writes: { loopback: boolean; token?: string },
+): string | undefined {
+  if (writes.token !== undefined && writes.token !== "") {
+    const given = /^Bearer (.+)$/.exec(authorization ?? "")?.[1] ?? "";
+    return constantTimeEqual(given, writes.token) ? undefined : "bad or missing bearer token";
+  }
+  if (writes.loopback) return undefined;
+  return "write endpoints need --admin-token, or --http on a loopback address";
+}
+
+/** Compares two strings in time that depends on their lengths only, not on where they differ. */
+export function constantTimeEqual(a: string, b: string): boolean {
+  const x = new TextEncoder().encode(a);
+  const y = new TextEncoder().encode(b);
+  let diff = x.length ^ y.length;
+  for (let i = 0; i < y.length; i++) diff |= (x[i % Math.max(1, x.length)] ?? 0) ^ y[i];
+  return diff === 0;
 }
