@@ -225,3 +225,22 @@ Deno.test("/stats and the SIGUSR2 object carry one block per upstream; /metrics 
   assert.match(metrics, /foo_proxy_upstream_state\{upstream="u0",state="up"\} 1/);
   assert.match(metrics, /foo_proxy_upstream_connections_total\{upstream="u0"\} 0/);
 });
+
+Deno.test("without active checks an ejection ends when its time is up", async () => {
+  const gone = Deno.listen({ hostname: LOCAL, port: 0 });
+  const deadAddr = gone.addr as Deno.NetAddr;
+  gone.close();
+  let now = 0;
+  await using pool = new UpstreamPool(specs([{ addr: deadAddr }]), {
+    intervalMs: 0,
+    ejectAfter: 1,
+    ejectMs: 1000,
+    now: () => now,
+  });
+  await assert.rejects(pool.dial());
+  assert.equal(pool.snapshot()[0].state, "ejected");
+  now = 999;
+  assert.equal(pool.snapshot()[0].state, "ejected");
+  now = 1000;
+  assert.equal(pool.snapshot()[0].state, "up");
+});

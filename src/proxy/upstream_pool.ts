@@ -113,6 +113,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
   #logger: Logger | undefined;
   #stop = new AbortController();
   #loops: Promise<void>[] = [];
+  #checking = false;
 
   /** A pool of `specs` (at least one); checks start with {@linkcode start}. */
   constructor(specs: readonly UpstreamSpec[], options: UpstreamPoolOptions = {}) {
@@ -128,7 +129,8 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
 
   /** Starts the active health checks (when `intervalMs` > 0). */
   start(): void {
-    if ((this.#options.intervalMs ?? 2000) <= 0) return;
+    if ((this.#options.intervalMs ?? 2000) <= 0 || this.#checking) return;
+    this.#checking = true;
     for (const member of this.#members) this.#loops.push(this.#checkLoop(member));
   }
 
@@ -181,6 +183,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
   /** Every upstream's figures. */
   snapshot(): UpstreamSnapshot[] {
     const now = this.#now();
+    this.#expire(now);
     return this.#members.map((m) => ({
       name: m.spec.name,
       address: m.label,
@@ -299,6 +302,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
   /** The member the policy picks among those that may take a connection, not in `skip`. */
   #pick(skip: Set<Member>, avoid: string | undefined): Member | undefined {
     const now = this.#now();
+    this.#expire(now);
     let candidates = this.#members.filter((m) =>
       !skip.has(m) && !m.draining && m.healthy && !(m.ejected) && m.spec.name !== avoid
     );
@@ -337,6 +341,19 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
           if (m.active * best.spec.weight < best.active * m.spec.weight) best = m;
         }
         return best;
+      }
+    }
+  }
+
+  // Without active checks an ejection ends when its time is up (nothing else could end it).
+  #expire(now: number): void {
+    if (this.#checking) return;
+    for (const m of this.#members) {
+      if (m.ejected && now >= m.ejectedUntil) {
+        m.ejected = false;
+        this.#logger?.info("Upstream {name} back from ejection (its time is up)", {
+          name: m.spec.name,
+        });
       }
     }
   }
