@@ -141,10 +141,15 @@ export function startPermissionFlags(config: TaskConfig = denoConfig): string[] 
         `got: ${task}`,
     );
   }
-  const flags = permissionFlagsOf(words);
+  // `deno task start` may read ./examples (to try examples/foo-proxy.jsonc from a clone); a
+  // binary runs anywhere, where that relative grant means nothing: it is not baked in.
+  const flags = permissionFlagsOf(words).filter((f) => f !== EXAMPLES_READ);
   assertPermissionPolicy(flags);
   return flags;
 }
+
+/** The start task's read grant for the examples directory (not baked into binaries). */
+export const EXAMPLES_READ = "--allow-read=examples";
 
 /**
  * The `--v8-flags=…` words of the `start` task of `config` (default: this repository's deno.json),

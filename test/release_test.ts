@@ -13,6 +13,14 @@ import { REPO_ROOT } from "./_util.ts";
 
 const decoder = new TextDecoder();
 
+/**
+ * The flags binaries bake in: those of `deno task start`, read from deno.json's task string,
+ * less its read grant of ./examples (a relative path for trying the example config from a clone).
+ */
+async function bakedFlags(): Promise<string[]> {
+  return (await startTaskFlags()).filter((f) => f !== "--allow-read=examples");
+}
+
 /** The permission flags of `deno task start`, read from deno.json's task string. */
 async function startTaskFlags(): Promise<string[]> {
   const config = JSON.parse(await Deno.readTextFile(`${REPO_ROOT}/deno.json`));
@@ -67,13 +75,15 @@ async function tempDir(): Promise<AsyncDisposable & { path: string }> {
 
 Deno.test("deno task start grants only net and FOO_PROXY_* env: nothing forbidden, no file access", async () => {
   const flags = (await startTaskFlags()).filter((f) => !f.startsWith("--v8-flags="));
-  assert.deepEqual(flags, ["--allow-net", "--allow-env=FOO_PROXY_*"]);
-  assert.deepEqual(startPermissionFlags(), flags);
+  // Reading ./examples lets `deno task start --config examples/foo-proxy.jsonc` work from a clone;
+  // binaries do not get it.
+  assert.deepEqual(flags, ["--allow-net", "--allow-env=FOO_PROXY_*", "--allow-read=examples"]);
+  assert.deepEqual(startPermissionFlags(), ["--allow-net", "--allow-env=FOO_PROXY_*"]);
   for (const flag of flags) assert.ok(!FORBIDDEN_PERMISSION_FLAGS.includes(flag.split("=")[0]));
 });
 
 Deno.test("deno task release --dry-run prints one compile command per target with the start task's permissions", async () => {
-  const start = await startTaskFlags();
+  const start = await bakedFlags();
   const { code, stdout, stderr } = await run(["task", "release", "--dry-run"]);
   assert.equal(code, 0, stderr);
   const lines = stdout.trimEnd().split("\n");
@@ -95,7 +105,7 @@ Deno.test("deno task release --dry-run prints one compile command per target wit
 });
 
 Deno.test("deno task compile --dry-run prints one command for this machine; flags narrow net and add a recovery dir", async () => {
-  const start = await startTaskFlags();
+  const start = await bakedFlags();
   const plain = await run(["task", "compile", "--dry-run"]);
   assert.equal(plain.code, 0, plain.stderr);
   const exe = Deno.build.os === "windows" ? ".exe" : "";

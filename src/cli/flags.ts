@@ -48,6 +48,11 @@ export type FlagValues = Record<string, string | boolean | undefined>;
 export interface ParseFlagsOptions {
   /** Looks up an environment variable; unset: no environment fallbacks are used. */
   getEnv?: (name: string) => string | undefined;
+  /**
+   * Values from a config file, by flag name, used when neither the flag nor its environment
+   * variable is given (flags win over the environment, which wins over the file). Unset: none.
+   */
+  fileValues?: Record<string, string | boolean>;
 }
 
 /** The environment variable that backs a flag: `max-connections` → `FOO_PROXY_MAX_CONNECTIONS`. */
@@ -113,6 +118,9 @@ export function parseFlags(
       if (fromEnv !== undefined && fromEnv !== "") {
         value = flag.type === "boolean" ? parseBooleanEnv(envName(name), fromEnv) : fromEnv;
       }
+    }
+    if (value === undefined && options.fileValues && name in options.fileValues) {
+      value = options.fileValues[name];
     }
     values[name] = value ?? flag.default;
   }

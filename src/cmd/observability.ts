@@ -45,6 +45,8 @@ export interface ObservabilityOptions {
    * a TCP probe of `forward`.
    */
   upstreams?: UpstreamReachability & Partial<UpstreamControl>;
+  /** `POST /reload`: reads the config file again; unset: not served. */
+  reload?: () => Promise<{ ok: boolean; generation: number; changed: string[]; error?: string }>;
   /** Bearer token that allows the admin write endpoints from anywhere; unset: loopback only. */
   adminToken?: string;
   /** The connection limit, for `/readyz`; 0: no connections check. */
@@ -187,6 +189,7 @@ export async function startObservability(options: ObservabilityOptions): Promise
         ? options.upstreams as UpstreamControl
         : undefined,
       writes: { loopback: isLoopback(options.http.hostname), token: options.adminToken },
+      reload: options.reload,
       version: VERSION,
       denoVersion: Deno.version.deno,
       target: Deno.build.target,

@@ -7,10 +7,15 @@ import { getLogger } from "@logtape/logtape";
 import { type Address, formatAddress } from "../cli/address.ts";
 import { parseAddressFlag } from "../cli/address_flag.ts";
 import { parseDuration } from "../cli/duration.ts";
-import { assertPermissions, MissingPermissionError } from "../cli/permissions.ts";
+import {
+  assertPermissions,
+  MissingPermissionError,
+  missingPermissionsMessage,
+} from "../cli/permissions.ts";
 import { formatFlagHelp, formatSynopsis } from "../cli/flag_help.ts";
 import { DURATION_HELP } from "../cli/duration.ts";
 import { parseUpstreams, type UpstreamSpec } from "../cli/upstreams.ts";
+import { ConfigFileError, parseConfigFile } from "../cli/config_file.ts";
 import type { HealthMode } from "../proxy/health_check.ts";
 import { type BalancePolicy, UpstreamPool } from "../proxy/upstream_pool.ts";
 import {
@@ -29,6 +34,7 @@ import { Stats } from "../stats/stats.ts";
 import { startCommand } from "./command_start.ts";
 import { installLastResort } from "./last_resort.ts";
 import { installSignals } from "./signals.ts";
+import { setupLogging } from "./logging.ts";
 import { fdsNeeded, maxConnectionsFor, readFdLimit } from "./fd_limit.ts";
 import { LineWriter } from "./line_writer.ts";
 import { PidFile, PidFileError } from "./pid_file.ts";
@@ -120,6 +126,13 @@ export const PROXY_FLAGS: Record<string, FlagSpec> = {
     value: "FILE",
     defaultText: "off",
     help: "persist the statistics there and restore them on start",
+  },
+  config: {
+    type: "string",
+    value: "FILE",
+    defaultText: "none",
+    help:
+      "read the flags from a JSON-with-comments file (keys are the flag names; flags and FOO_PROXY_* win); SIGHUP and POST /reload read it again",
   },
   "admin-token": {
     type: "string",
@@ -290,6 +303,8 @@ export interface ProxyConfig {
   recoveryPath: string | null;
   /** The pid file; `null`: none. */
   pidFile: string | null;
+  /** `--config`: the file the rest came from in part; `null`: flags and environment only. */
+  configPath: string | null;
   /** Bearer token of the admin write endpoints; `undefined`: loopback only. */
   adminToken: string | undefined;
   /** What to do when an upstream connection dies: off, or replay verbatim / renumbered. */
@@ -312,12 +327,27 @@ export interface ProxyConfig {
 export function parseProxyConfig(
   args: readonly string[],
   getEnv?: (name: string) => string | undefined,
+  readConfig?: (path: string) => string,
 ): ProxyConfig {
   // `--resume` alone means verbatim; `--resume=MODE` names the mode.
   const rewritten = args.map((arg) =>
     arg === "--resume" || arg === "-resume" ? "--resume=verbatim" : arg
   );
-  const v = parseFlags(rewritten, PROXY_FLAGS, { getEnv });
+  // The config file, when one is named, fills in what flags and variables leave unset.
+  const first = parseFlags(rewritten, PROXY_FLAGS, { getEnv });
+  const configPath = typeof first.config === "string" && first.config !== "" ? first.config : null;
+  let fileValues: Record<string, string | boolean> | undefined;
+  if (configPath !== null) {
+    if (!readConfig) throw new UsageError("--config: no way to read the file here");
+    try {
+      fileValues = parseConfigFile(readConfig(configPath), configPath, PROXY_FLAGS);
+    } catch (error) {
+      if (error instanceof ConfigFileError) throw new UsageError(error.message, { cause: error });
+      throw error;
+    }
+    if (fileValues.resume === "true") fileValues.resume = "verbatim";
+  }
+  const v = fileValues ? parseFlags(rewritten, PROXY_FLAGS, { getEnv, fileValues }) : first;
   const address = (flag: string, defaultHost: string) =>
     parseAddressFlag(flag, String(v[flag]), { defaultHost });
   // The apps bind to localhost unless a host is given; "off" disables one.
@@ -359,6 +389,7 @@ export function parseProxyConfig(
     healthExplicit: v.health !== undefined,
     recoveryPath: typeof recoveryPath === "string" ? recoveryPath : null,
     pidFile: typeof v["pid-file"] === "string" && v["pid-file"] !== "" ? v["pid-file"] : null,
+    configPath,
     adminToken: typeof v["admin-token"] === "string" && v["admin-token"] !== ""
       ? v["admin-token"]
       : undefined,
@@ -386,6 +417,107 @@ function parseResumeMode(text: string): ResumeMode {
 
 /** How long the last output may take at exit before a stalled reader is given up on. */
 const EXIT_FLUSH_MS = 1000;
+
+/** What a reload did. */
+interface ReloadResult {
+  ok: boolean;
+  generation: number;
+  changed: string[];
+  error?: string;
+}
+
+/** What {@linkcode applyReload} changes. */
+interface ReloadTargets {
+  pool: UpstreamPool;
+  proxy: Proxy;
+  /** Sets logging up again from the new config. */
+  relog: () => void;
+  warn: (message: string) => void;
+}
+
+/** Applies what a reload may change at run time; returns what changed, for the log. */
+function applyReload(old: ProxyConfig, next: ProxyConfig, targets: ReloadTargets): string[] {
+  const changed: string[] = [];
+  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+  if (!same(old.upstreams, next.upstreams)) changed.push(...targets.pool.update(next.upstreams));
+  if (old.balance !== next.balance) {
+    targets.pool.setPolicy(next.balance);
+    changed.push(`balance ${next.balance}`);
+  }
+  const engine = {
+    maxInflight: next.maxInflight,
+    idleTimeoutMs: next.idleTimeoutMs,
+    halfCloseTimeoutMs: next.halfCloseTimeoutMs,
+    retainLimit: next.retainLimit,
+    reconnectRetries: next.reconnectRetries,
+    maxFailovers: next.maxFailovers,
+  };
+  const before = {
+    maxInflight: old.maxInflight,
+    idleTimeoutMs: old.idleTimeoutMs,
+    halfCloseTimeoutMs: old.halfCloseTimeoutMs,
+    retainLimit: old.retainLimit,
+    reconnectRetries: old.reconnectRetries,
+    maxFailovers: old.maxFailovers,
+  };
+  if (!same(engine, before)) {
+    targets.proxy.updateEngine(engine);
+    changed.push("limits (for new connections)");
+  }
+  if (next.maxConnections !== undefined && next.maxConnections !== old.maxConnections) {
+    targets.proxy.setMaxConnections(next.maxConnections);
+    changed.push(`max-connections ${next.maxConnections}`);
+  }
+  if (old.logLevel !== next.logLevel || old.logFormat !== next.logFormat) {
+    targets.relog();
+    changed.push(`log ${next.logLevel} ${next.logFormat}`);
+  }
+  const restartOnly: [string, unknown, unknown][] = [
+    ["listen", old.listen, next.listen],
+    ["http", old.http, next.http],
+    ["health", old.health, next.health],
+    ["recovery-path", old.recoveryPath, next.recoveryPath],
+    ["pid-file", old.pidFile, next.pidFile],
+    ["resume", old.resume, next.resume],
+    ["health checks", [
+      old.healthIntervalMs,
+      old.healthTimeoutMs,
+      old.healthMode,
+      old.healthRise,
+      old.healthFall,
+    ], [
+      next.healthIntervalMs,
+      next.healthTimeoutMs,
+      next.healthMode,
+      next.healthRise,
+      next.healthFall,
+    ]],
+  ];
+  for (const [name, a, b] of restartOnly) {
+    if (!same(a, b)) targets.warn(`${name} changed in the config file: it takes effect on restart`);
+  }
+  return changed;
+}
+
+/** Reads the `--config` file, or says which grant is missing (and the command that has it). */
+function readConfigFile(path: string): string {
+  if (Deno.permissions.querySync({ name: "read", path }).state !== "granted") {
+    throw new ConfigFileError(
+      missingPermissionsMessage([{
+        descriptor: { name: "read", path },
+        target: path,
+        purpose: "config file --config",
+      }], { standalone: Deno.build.standalone, args: Deno.args }),
+    );
+  }
+  try {
+    return Deno.readTextFileSync(path);
+  } catch (error) {
+    throw new ConfigFileError(`Cannot read config file "${path}": ${String(error)}`, {
+      cause: error,
+    });
+  }
+}
 
 /**
  * Why `path` cannot be the recovery file when that can be seen without more grants (it is a
@@ -426,7 +558,7 @@ async function serveProxy(
   output: { stdout: LineWriter; stderr: LineWriter },
 ): Promise<number> {
   const stdout = context.stdout ?? ((line: string) => void output.stdout.writeLine(line));
-  const started = startCommand(() => parseProxyConfig(args, denoEnvReader()), {
+  const started = startCommand(() => parseProxyConfig(args, denoEnvReader(), readConfigFile), {
     usage: PROXY_USAGE,
     command: "foo-proxy",
     // --help and --version are written at once: the process exits right after.
@@ -454,7 +586,8 @@ async function serveProxy(
   });
   if (typeof started === "number") return started;
   const { config } = started;
-  using _logging = started.logging;
+  let logging = started.logging;
+  using _logging = { [Symbol.dispose]: () => logging[Symbol.dispose]() };
   const logger = getLogger(["foo-proxy", "proxy"]);
   const stats = new Stats({ clock: systemClock });
   stats.logLinesDropped = output.stderr.dropped;
@@ -485,7 +618,7 @@ async function serveProxy(
     onStats: printStats,
     onStop: (name) => stop.resolve(name),
     onForce: (name) => force.abort(name),
-    onReload: () => logger.info("Got SIGHUP: nothing to reload (the flags are read at start)"),
+    onReload: () => void reload("SIGHUP"),
     onUsr1: (warn) => {
       stats.usr1Ignored++;
       if (warn) {
@@ -526,6 +659,63 @@ async function serveProxy(
     logger,
   });
   stats.upstreams = () => pool.snapshot();
+  if (config.configPath !== null) {
+    stats.configGeneration = 1;
+    stats.configLoadedAt = Date.now();
+  }
+  // SIGHUP and POST /reload: read the file again and apply what changed, without dropping a
+  // connection; a file that does not parse or validate changes nothing.
+  let running = config;
+  // Synchronous from start to end (the file is read with readTextFileSync): two reloads never
+  // interleave.
+  const reload = (why: string): Promise<ReloadResult> => {
+    return Promise.resolve((() => {
+      {
+        if (running.configPath === null) {
+          logger.info("Got {why}: nothing to reload (no --config file; flags are read at start)", {
+            why,
+          });
+          return { ok: true, generation: stats.configGeneration, changed: [] };
+        }
+        let next: ProxyConfig;
+        try {
+          next = parseProxyConfig(args, denoEnvReader(), readConfigFile);
+        } catch (error) {
+          stats.configReloadFailures++;
+          const message = error instanceof Error ? error.message : String(error);
+          logger.error("Reload ({why}) of {path} failed; the running config is kept: {error}", {
+            why,
+            path: running.configPath,
+            error: message,
+          });
+          return { ok: false, generation: stats.configGeneration, changed: [], error: message };
+        }
+        const changed = applyReload(running, next, {
+          pool,
+          proxy,
+          relog: () => {
+            logging[Symbol.dispose]();
+            logging = setupLogging({
+              level: next.logLevel,
+              format: next.logFormat,
+              write: (line) => void output.stderr.write(line),
+            });
+          },
+          warn: (message) => logger.warning("{message}", { message }),
+        });
+        running = next;
+        stats.configGeneration++;
+        stats.configLoadedAt = Date.now();
+        logger.info("Reloaded {path} ({why}, generation {generation}): {changed}", {
+          path: next.configPath,
+          why,
+          generation: stats.configGeneration,
+          changed: changed.length === 0 ? "nothing changed" : changed.join("; "),
+        });
+        return { ok: true, generation: stats.configGeneration, changed };
+      }
+    })());
+  };
   const proxy = new Proxy({
     target: pool,
     listen: config.listen,
@@ -579,6 +769,7 @@ async function serveProxy(
       shuttingDown: () => proxy.shuttingDown,
       forward: config.forward,
       upstreams: pool,
+      reload: () => reload("POST /reload"),
       adminToken: config.adminToken,
       maxConnections,
       http: config.http,

@@ -37,6 +37,8 @@ export interface StatsAppOptions {
    * app listens on a loopback address only), else nobody. @default {{ loopback: false }}
    */
   writes?: { loopback: boolean; token?: string };
+  /** `POST /reload` (a write endpoint): reads the config file again. Unset: not served. */
+  reload?: () => Promise<{ ok: boolean; generation: number; changed: string[]; error?: string }>;
 }
 
 /** What the admin endpoints may do to the upstream set (an `UpstreamPool` fits). */
@@ -82,6 +84,21 @@ export function createStatsApp(options: StatsAppOptions): Hono {
       200,
       NO_STORE,
     ));
+  const reload = options.reload;
+  if (reload) {
+    app.post("/reload", async (c) => {
+      const denied = writeDenied(
+        c.req.header("authorization"),
+        options.writes ?? { loopback: false },
+      );
+      if (denied !== undefined) {
+        return c.json({ error: denied }, denied.startsWith("bad") ? 401 : 403, NO_STORE);
+      }
+      const result = await reload();
+      return c.json(result, result.ok ? 200 : 422, NO_STORE);
+    });
+    app.all("/reload", methodNotAllowedJson(["POST"]));
+  }
   const upstreams = options.upstreams;
   if (upstreams) {
     app.get("/upstreams", (c) => c.json(upstreams.snapshot(), 200, NO_STORE));

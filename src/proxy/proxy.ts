@@ -284,6 +284,19 @@ export class Proxy implements AsyncDisposable {
     return { drained, closedIdle, closedBusy, aborted: signal?.aborted ?? false };
   }
 
+  /**
+   * Changes engine settings for connections accepted from now on (a reload); open connections
+   * keep what they started with.
+   */
+  updateEngine(changes: Omit<EngineOptions, "resume" | "timers" | "random">): void {
+    this.#engine = resolveEngineConfig({ ...this.#engine, ...changes });
+  }
+
+  /** Changes `maxConnections` (a reload); open connections above it are not closed. */
+  setMaxConnections(max: number): void {
+    this.#options = { ...this.#options, maxConnections: max };
+  }
+
   /** Number of connections currently being served. */
   get activeConnections(): number {
     return this.#connections.size;

@@ -89,6 +89,7 @@ class Member {
   connectFailures = 0;
   streamErrors = 0;
   current = 0; // smooth weighted round robin
+  removed = false; // no longer configured: its check loop ends
   lastCheck: (CheckResult & { at: number }) | undefined;
 
   constructor(spec: UpstreamSpec) {
@@ -114,6 +115,8 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
   #stop = new AbortController();
   #loops: Promise<void>[] = [];
   #checking = false;
+  /** Removed upstreams whose last connections have not ended yet. */
+  #leaving = new Set<Member>();
 
   /** A pool of `specs` (at least one); checks start with {@linkcode start}. */
   constructor(specs: readonly UpstreamSpec[], options: UpstreamPoolOptions = {}) {
@@ -160,6 +163,47 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     }`;
   }
 
+  /** Changes the balancing policy (a reload); new connections follow it. */
+  setPolicy(policy: BalancePolicy): void {
+    this.#options = { ...this.#options, policy };
+  }
+
+  /**
+   * Replaces the upstream set (a reload) without dropping a connection: an upstream still named
+   * keeps its state and counters (and takes the new weight); a new one joins and is checked; one
+   * no longer named drains (no new connections) and leaves once its last connection ends.
+   * Returns what changed, for the log.
+   */
+  update(specs: readonly UpstreamSpec[]): string[] {
+    const changes: string[] = [];
+    const next: Member[] = [];
+    for (const spec of specs) {
+      const old = this.#members.find((m) =>
+        m.spec.name === spec.name && formatAddress(m.spec.address) === formatAddress(spec.address)
+      );
+      if (old) {
+        if (old.spec.weight !== spec.weight) changes.push(`${spec.name} weight ${spec.weight}`);
+        (old as { spec: UpstreamSpec }).spec = spec;
+        old.removed = false;
+        next.push(old);
+      } else {
+        const member = new Member(spec);
+        next.push(member);
+        changes.push(`${spec.name} added`);
+        if (this.#checking) this.#loops.push(this.#checkLoop(member));
+      }
+    }
+    for (const old of this.#members) {
+      if (next.includes(old)) continue;
+      old.removed = true;
+      old.draining = true;
+      changes.push(`${old.spec.name} removed (draining ${old.active} connection(s))`);
+      if (old.active > 0) this.#leaving.add(old);
+    }
+    this.#members = next;
+    return changes;
+  }
+
   /** Stops new connections to `name` (open ones finish); false when there is no such upstream. */
   drain(name: string): boolean {
     const member = this.#find(name);
@@ -184,7 +228,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
   snapshot(): UpstreamSnapshot[] {
     const now = this.#now();
     this.#expire(now);
-    return this.#members.map((m) => ({
+    return [...this.#members, ...this.#leaving].map((m) => ({
       name: m.spec.name,
       address: m.label,
       weight: m.spec.weight,
@@ -272,6 +316,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         if (released) return;
         released = true;
         member.active--;
+        if (member.removed && member.active === 0) this.#leaving.delete(member);
         if (failed) {
           member.streamErrors++;
           this.#failure(member, "mid-stream errors");
@@ -361,7 +406,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
   async #checkLoop(member: Member): Promise<void> {
     const interval = this.#options.intervalMs ?? 2000;
     const signal = this.#stop.signal;
-    while (!signal.aborted) {
+    while (!signal.aborted && !member.removed) {
       const result = await checkUpstream(member.spec.address, {
         mode: this.#options.mode,
         timeoutMs: this.#options.checkTimeoutMs ?? 1000,

@@ -90,6 +90,12 @@ export interface StatsSnapshot {
   admin_bad_requests: number;
   /** Per upstream: state, connections, requests, replies, errors, last check. */
   upstreams: UpstreamStats[];
+  /** `--config`: how many times the file was loaded (0: no file). */
+  config_generation: number;
+  /** When the file was last loaded (ISO 8601); `null`: no file. */
+  config_loaded_at: string | null;
+  /** Reloads that changed nothing because the file did not parse or validate. */
+  config_reload_failures: number;
 }
 
 /** One upstream's figures in `/stats` and the SIGUSR2 line (see `upstream_pool.ts`). */
@@ -164,6 +170,12 @@ export class Stats {
   adminRequestTimeouts = 0;
   /** Admin HTTP requests refused as malformed or too large. */
   adminBadRequests = 0;
+  /** Times the config file was loaded (0: none). */
+  configGeneration = 0;
+  /** When it was last loaded (ms since the epoch); 0: never. */
+  configLoadedAt = 0;
+  /** Reloads refused for a bad file. */
+  configReloadFailures = 0;
   /** Where the per-upstream figures come from; unset: none are reported. */
   upstreams: (() => UpstreamStats[]) | undefined = undefined;
   /** Closed connections by reason. */
@@ -245,6 +257,11 @@ export class Stats {
       admin_request_timeouts: this.adminRequestTimeouts,
       admin_bad_requests: this.adminBadRequests,
       upstreams: this.upstreams?.() ?? [],
+      config_generation: this.configGeneration,
+      config_loaded_at: this.configLoadedAt > 0
+        ? new Date(this.configLoadedAt).toISOString()
+        : null,
+      config_reload_failures: this.configReloadFailures,
     };
   }
 }

@@ -1,0 +1,108 @@
+/**
+ * `--config FILE`: the proxy's flags as a JSON-with-comments object, one key per flag
+ * (`"max-inflight": 500`, `"forward": ["a=10.0.0.1:8001", "b=10.0.0.2:8001*3"]`). Flags and
+ * `FOO_PROXY_*` variables override the file. An unknown key, or a value of the wrong kind, is an
+ * error naming the key and its line.
+ *
+ * @module
+ */
+import type { FlagSpec } from "./flags.ts";
+
+/** A config file that cannot be used: the message names the file, the key and the line. */
+export class ConfigFileError extends Error {
+  /** Creates the error; `message` says what is wrong and where. */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ConfigFileError";
+  }
+}
+
+/** Keys of the file that are not flags of the proxy, or make no sense in a file. */
+const NOT_IN_FILE = new Set(["help", "version", "config"]);
+
+/**
+ * The flag values `text` (the file at `path`) sets, as {@linkcode parseFlags} takes them.
+ *
+ * @throws {ConfigFileError} for bad JSON, an unknown key or a value of the wrong kind.
+ */
+export function parseConfigFile(
+  text: string,
+  path: string,
+  specs: Record<string, FlagSpec>,
+): Record<string, string | boolean> {
+  let value: unknown;
+  try {
+    value = JSON.parse(stripJsonComments(text));
+  } catch (error) {
+    const at = /at position (\d+)/.exec((error as Error).message)?.[1];
+    const where = at === undefined ? "" : ` (line ${lineOf(text, Number(at))})`;
+    throw new ConfigFileError(`Config file "${path}" is not valid JSON${where}`, { cause: error });
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new ConfigFileError(`Config file "${path}" must hold one JSON object`);
+  }
+  const out: Record<string, string | boolean> = {};
+  for (const [key, v] of Object.entries(value)) {
+    const where = `"${key}" (line ${lineOfKey(text, key)}) in config file "${path}"`;
+    const spec = specs[key];
+    if (!spec || NOT_IN_FILE.has(key)) {
+      throw new ConfigFileError(`Unknown key ${where}: keys are the flags' names, e.g. "listen"`);
+    }
+    if (spec.type === "boolean") {
+      if (typeof v !== "boolean") throw new ConfigFileError(`${where}: expected true or false`);
+      out[key] = v;
+    } else if (typeof v === "string" || typeof v === "number") {
+      out[key] = String(v);
+    } else if (spec.multiple && Array.isArray(v) && v.every((x) => typeof x === "string")) {
+      out[key] = v.join(",");
+    } else if (typeof v === "boolean" && spec.optionalValue) {
+      out[key] = v ? "true" : "off";
+    } else {
+      throw new ConfigFileError(
+        `${where}: expected ${
+          spec.multiple ? "a string or a list of strings" : "a string or a number"
+        }`,
+      );
+    }
+  }
+  return out;
+}
+
+/** `text` with `//` and `/* … *\/` comments and trailing commas replaced by spaces (positions kept). */
+export function stripJsonComments(text: string): string {
+  let out = "";
+  let i = 0;
+  while (i < text.length) {
+    const c = text[i];
+    if (c === '"') {
+      let j = i + 1;
+      while (j < text.length && text[j] !== '"') j += text[j] === "\\" ? 2 : 1;
+      out += text.slice(i, j + 1);
+      i = j + 1;
+    } else if (c === "/" && text[i + 1] === "/") {
+      const end = text.indexOf("\n", i);
+      const stop = end < 0 ? text.length : end;
+      out += " ".repeat(stop - i);
+      i = stop;
+    } else if (c === "/" && text[i + 1] === "*") {
+      const end = text.indexOf("*/", i + 2);
+      const stop = end < 0 ? text.length : end + 2;
+      out += text.slice(i, stop).replace(/[^\n]/g, " ");
+      i = stop;
+    } else {
+      out += c;
+      i++;
+    }
+  }
+  // Trailing commas before } or ]: blanked too.
+  return out.replace(/,(\s*[}\]])/g, " $1");
+}
+
+function lineOf(text: string, position: number): number {
+  return text.slice(0, position).split("\n").length;
+}
+
+function lineOfKey(text: string, key: string): number {
+  const at = text.indexOf(JSON.stringify(key));
+  return at < 0 ? 1 : lineOf(text, at);
+}

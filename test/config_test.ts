@@ -1,0 +1,128 @@
+/**
+ * `--config FILE` and reload (issue 12): keys are the flags, flags win, unknown keys name their
+ * line; SIGHUP and POST /reload apply a new upstream set without dropping a connection, and a bad
+ * file changes nothing.
+ */
+import assert from "node:assert/strict";
+import { parseConfigFile, stripJsonComments } from "../src/cli/config_file.ts";
+import { parseProxyConfig, PROXY_FLAGS } from "../src/cmd/proxy.ts";
+import { connectTo, LineReader, spawnMain, startUpstream, waitUntil, writeAll } from "./_util.ts";
+
+Deno.test("parseConfigFile: comments and trailing commas, lists, and errors that name the key and its line", () => {
+  const text = `{
+  // a comment, and "a string // that is not one"
+  "listen": "127.0.0.1:9", /* block */
+  "forward": ["a=127.0.0.1:1", "b=127.0.0.1:2*3"],
+  "max-inflight": 5,
+  "resume": true,
+}`;
+  assert.deepEqual(parseConfigFile(text, "f.jsonc", PROXY_FLAGS), {
+    listen: "127.0.0.1:9",
+    forward: "a=127.0.0.1:1,b=127.0.0.1:2*3",
+    "max-inflight": "5",
+    resume: "true",
+  });
+  assert.match(stripJsonComments('{"a": "x // y"}'), /x \/\/ y/);
+  assert.throws(
+    () => parseConfigFile('{\n  "listen": ":1",\n  "lisen": ":2"\n}', "f.jsonc", PROXY_FLAGS),
+    /Unknown key "lisen" \(line 3\) in config file "f\.jsonc"/,
+  );
+  assert.throws(
+    () => parseConfigFile('{"max-inflight": [1]}', "f.jsonc", PROXY_FLAGS),
+    /"max-inflight" \(line 1\).*expected a string or a number/,
+  );
+  assert.throws(() => parseConfigFile("{ nope", "f.jsonc", PROXY_FLAGS), /not valid JSON/);
+});
+
+Deno.test("flags and FOO_PROXY_* win over the file", () => {
+  const file = '{"listen": "127.0.0.1:1", "max-inflight": 7, "balance": "first"}';
+  const config = parseProxyConfig(
+    ["--config=x.jsonc", "--listen=127.0.0.1:2"],
+    (name) => name === "FOO_PROXY_MAX_INFLIGHT" ? "9" : undefined,
+    () => file,
+  );
+  assert.equal(config.listen.port, 2);
+  assert.equal(config.maxInflight, 9);
+  assert.equal(config.balance, "first");
+});
+
+function freePort(): number {
+  using probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  return probe.addr.port;
+}
+
+async function getJson(port: number, path: string, init?: RequestInit) {
+  const response = await fetch(`http://127.0.0.1:${port}${path}`, init);
+  return { status: response.status, body: await response.json() };
+}
+
+Deno.test("reload adds and removes an upstream under load without dropping a connection; a bad file changes nothing", async () => {
+  await using a = await startUpstream();
+  await using b = await startUpstream();
+  const dir = await Deno.makeTempDir({ prefix: "foo-proxy-config-" });
+  const path = `${dir}/foo-proxy.jsonc`;
+  const http = freePort();
+  const write = (forward: string[]) =>
+    Deno.writeTextFile(
+      path,
+      JSON.stringify({ forward, "health-interval": "50ms", "health-rise": 1 }, null, 2),
+    );
+  await write([`a=127.0.0.1:${a.addr.port}`]);
+  try {
+    await using child = spawnMain([
+      "proxy",
+      `--config=${path}`,
+      "--listen=127.0.0.1:0",
+      `--http=127.0.0.1:${http}`,
+      "--health=off",
+    ], { permissions: ["--allow-net", "--allow-env=FOO_PROXY_*", `--allow-read=${dir}`] });
+    const port = Number((await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
+    // A client that keeps pipelining through the reload, on upstream a.
+    using busy = await connectTo(port);
+    const reader = new LineReader(busy);
+    let seq = 0;
+    const roundTrip = async () => {
+      seq++;
+      await writeAll(busy, `REQ ${seq}\n`);
+      assert.deepEqual(await reader.readLines(1), [`ACK ${seq}`]);
+    };
+    await roundTrip();
+    await write([`b=127.0.0.1:${b.addr.port}`]); // a removed, b added
+    child.kill("SIGHUP");
+    await child.stderr.waitFor(/Reloaded .* \(SIGHUP, generation 2\): b added; a removed/);
+    for (let k = 0; k < 20; k++) await roundTrip(); // the open connection on a carries on
+    const during = await getJson(http, "/upstreams");
+    assert.deepEqual(
+      during.body.map((u: { name: string; state: string }) => [u.name, u.state]),
+      [["b", "up"], ["a", "draining"]],
+    );
+    {
+      using fresh = await connectTo(port);
+      await writeAll(fresh, "REQ 1\n");
+      assert.deepEqual(await new LineReader(fresh).readLines(1), ["ACK 1"]);
+    }
+    await waitUntil(() => b.connections + b.requests > 0, "the new client to reach b");
+    // A file that does not parse: logged, counted, nothing changes.
+    await Deno.writeTextFile(path, '{ "forward": [ "c=127.0.0.1:1" ], oops }');
+    child.kill("SIGHUP");
+    await child.stderr.waitFor(/Reload \(SIGHUP\) of .* failed; the running config is kept/);
+    const stats = await getJson(http, "/stats");
+    assert.equal(stats.body.config_reload_failures, 1);
+    assert.equal(stats.body.config_generation, 2);
+    assert.deepEqual(stats.body.upstreams.map((u: { name: string }) => u.name), ["b", "a"]);
+    // POST /reload (the admin app is on loopback) with a good file again.
+    await write([`b=127.0.0.1:${b.addr.port}*2`]);
+    const reloaded = await getJson(http, "/reload", { method: "POST" });
+    assert.equal(reloaded.status, 200);
+    assert.deepEqual(reloaded.body.changed, ["b weight 2"]);
+    assert.equal(reloaded.body.generation, 3);
+    await roundTrip();
+    busy.close();
+    child.kill("SIGTERM");
+    const final = JSON.parse(child.stdout.lines.at(-1) ?? (await child.readLine()) ?? "null");
+    assert.equal((await child.status()).code, 0);
+    assert.equal(final.connections_closed.upstream_closed ?? 0, 0, "no connection was dropped");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
