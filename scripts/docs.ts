@@ -11,6 +11,7 @@ import { BENCH_FLAGS } from "../src/cmd/bench.ts";
 import { CLIENT_FLAGS } from "../src/cmd/client.ts";
 import { PROXY_FLAGS } from "../src/cmd/proxy.ts";
 import { SERVER_FLAGS } from "../src/cmd/server.ts";
+import { TOP_FLAGS } from "../src/cmd/top.ts";
 
 /** The flag definitions of each table, by the name its markers use. */
 export const FLAG_TABLES: Record<string, Record<string, FlagSpec>> = {
@@ -18,6 +19,7 @@ export const FLAG_TABLES: Record<string, Record<string, FlagSpec>> = {
   server: SERVER_FLAGS,
   client: CLIENT_FLAGS,
   bench: BENCH_FLAGS,
+  top: TOP_FLAGS,
 };
 
 /** The files that hold flag tables, relative to the repository root. */

@@ -9,6 +9,7 @@ import { runProxy } from "./cmd/proxy.ts";
 import { runClientCommand } from "./cmd/client.ts";
 import { runServer } from "./cmd/server.ts";
 import { runBench } from "./cmd/bench.ts";
+import { runTop } from "./cmd/top.ts";
 
 type Command = (args: string[], context?: CommandContext) => Promise<number>;
 
@@ -17,6 +18,7 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
   server: { run: runServer, summary: "a Foo server for demos and tests" },
   client: { run: runClientCommand, summary: "drive a Foo server or proxy and verify every reply" },
   bench: { run: runBench, summary: "load-test a Foo endpoint and verify every reply" },
+  top: { run: runTop, summary: "a live terminal view of a running proxy's /stats" },
 };
 
 const USAGE = () =>

@@ -1,0 +1,299 @@
+/**
+ * The screen of `foo-proxy top`, as a pure function: what `GET /stats` returned (or why it could
+ * not be fetched) and the terminal's size in, plain text lines out. No escape codes, no clock
+ * reads, no I/O: `cmd/top.ts` owns the terminal and the network.
+ *
+ * Every line is at most `columns` characters and there are at most `rows` lines; everything
+ * drawn is ASCII, and text that comes from the network (upstream names, states, close reasons,
+ * errors) has its control characters replaced, so a hostile endpoint cannot move the cursor.
+ *
+ * @module
+ */
+import type { LatencySummary } from "../stats/latency.ts";
+import type { StatsSnapshot, UpstreamStats } from "../stats/stats.ts";
+
+/**
+ * What `GET /stats` answers (the snapshot plus the latency figures). Every field may be missing:
+ * the proxy on the other end may be an older or newer version, and missing numbers show as `-`.
+ */
+export type TopSnapshot = Partial<StatsSnapshot & LatencySummary>;
+
+/** Everything one frame shows. */
+export interface TopState {
+  /** The stats URL being polled (shown in the title). */
+  url: string;
+  /** How often it is polled (ms), shown in the title and the retry message. */
+  intervalMs: number;
+  /** The current time (ms, same clock as `fetchedAt`), for the age of stale data. */
+  now: number;
+  /** The last snapshot fetched. Unset: none yet. */
+  snapshot?: TopSnapshot;
+  /** When `snapshot` was fetched (ms). Unset: never. */
+  fetchedAt?: number;
+  /** Why the last poll failed. Unset: it succeeded (or none finished yet). */
+  error?: string;
+  /** Polls that failed in a row. @default {0} */
+  failures?: number;
+}
+
+/** The terminal's size in character cells. */
+export interface TopSize {
+  /** Width; lines are cut to it. */
+  columns: number;
+  /** Height; at most this many lines are returned. */
+  rows: number;
+}
+
+/** The footer, always on the last row. */
+export const TOP_FOOTER = "q: quit";
+
+const LABEL = 15;
+const GAP = "   ";
+
+/**
+ * The lines of one frame of `foo-proxy top` for `state` on a terminal of `size`: title, status
+ * (or why the proxy is unreachable), the counters, one row per upstream, and the footer.
+ */
+export function renderTop(state: TopState, size: TopSize): string[] {
+  const width = Math.max(1, Math.floor(size.columns));
+  const height = Math.max(1, Math.floor(size.rows));
+  const s = state.snapshot;
+  const head: string[] = [title(state, width), status(state)];
+  const body: string[] = [];
+  if (s === undefined) {
+    body.push("", state.error === undefined ? "Waiting for the first answer..." : "No data yet.");
+  } else {
+    body.push("");
+    for (const [label, items] of sections(s)) body.push(...flow(label, items, width));
+  }
+  const upstreams = Array.isArray(s?.upstreams) ? s.upstreams : [];
+  const fixed = [...head, ...body].map((line) => fit(line, width));
+  const room = height - fixed.length - 1; // the footer takes the last row
+  const table = upstreams.length > 0 ? upstreamTable(upstreams, width, room - 1) : [];
+  const lines = [...fixed, ...(table.length > 0 ? ["", ...table] : [])].slice(0, height - 1);
+  if (height === 1) return [fit(TOP_FOOTER, width)];
+  while (lines.length < height - 1) lines.push("");
+  return [...lines, fit(TOP_FOOTER, width)];
+}
+
+function title(state: TopState, width: number): string {
+  const left = `foo-proxy top  ${clean(state.url)}  every ${formatDuration(state.intervalMs)}`;
+  const uptime = state.snapshot?.uptime_seconds;
+  const right = typeof uptime === "number" ? `proxy up ${formatUptime(uptime)}` : "";
+  if (right === "" || left.length + 2 + right.length > width) return fit(left, width);
+  return left + " ".repeat(width - left.length - right.length) + right;
+}
+
+function status(state: TopState): string {
+  if (state.error === undefined) {
+    if (state.fetchedAt === undefined) return "Connecting...";
+    return "OK";
+  }
+  const failures = state.failures ?? 1;
+  const stale = state.fetchedAt === undefined
+    ? "no data yet"
+    : `numbers below are ${formatDuration(Math.max(0, state.now - state.fetchedAt))} old`;
+  return `UNREACHABLE: ${clean(state.error)}; retrying every ${
+    formatDuration(state.intervalMs)
+  } (${failures} failed in a row, ${stale})`;
+}
+
+function sections(s: TopSnapshot): [string, string[]][] {
+  const kind = s.msg_invalid_by_kind;
+  const closed = Object.entries(s.connections_closed ?? {})
+    .filter(([, n]) => typeof n === "number")
+    .sort(([a, x], [b, y]) => (y as number) - (x as number) || a.localeCompare(b))
+    .map(([reason, n]) => `${clean(reason)} ${count(n)}`);
+  return [
+    ["Requests/s", [`1s ${rate(s.request_rate_1s)}`, `10s ${rate(s.request_rate_10s)}`]],
+    ["Responses/s", [`1s ${rate(s.response_rate_1s)}`, `10s ${rate(s.response_rate_10s)}`]],
+    ["Latency", [
+      `p50 ${latency(s.latency_p50_seconds)}`,
+      `p99 ${latency(s.latency_p99_seconds)}`,
+      `max ${latency(s.latency_max_seconds)}`,
+      `samples ${count(s.latency_samples)}`,
+      `in flight ${count(s.requests_in_flight)}`,
+    ]],
+    ["Messages", [
+      `REQ ${count(s.msg_req)}`,
+      `ACK ${count(s.msg_ack)}`,
+      `NAK ${count(s.msg_nak)}`,
+      `total ${count(s.msg_total)}`,
+    ]],
+    ["Connections", [
+      `active ${count(s.connections_active)}`,
+      `total ${count(s.connections_total)}`,
+      `rejected ${count(s.connections_rejected)}`,
+    ]],
+    ["Invalid lines", [
+      `total ${count(s.msg_invalid)}`,
+      `type ${count(kind?.type)}`,
+      `seq ${count(kind?.seq)}`,
+      `direction ${count(kind?.direction)}`,
+      `truncated ${count(kind?.truncated)}`,
+    ]],
+    ["Closed", closed.length > 0 ? closed : ["none yet"]],
+    ["Bytes", [
+      `from clients ${bytes(s.bytes_downstream)}`,
+      `from upstream ${bytes(s.bytes_upstream)}`,
+    ]],
+    ["Resilience", [
+      `upstream errors ${count(s.upstream_errors)}`,
+      `connect retries ${count(s.upstream_connect_retries)}`,
+      `failovers ${count(s.failovers)}`,
+      `replays ${count(s.replays)}`,
+      `resume failures ${count(s.resume_failures)}`,
+      `in-flight pauses ${count(s.inflight_limit_pauses)}`,
+      `replies dropped ${count(s.replies_dropped)}`,
+      `internal errors ${count(s.internal_errors)}`,
+    ]],
+    ["Anomalies", [
+      `unmatched replies ${count(s.unmatched_replies)}`,
+      `duplicate Seq ${count(s.duplicate_seq)}`,
+      `untracked ${count(s.untracked_requests)}`,
+      `unanswered ${count(s.unanswered_requests)}`,
+    ]],
+  ];
+}
+
+/** `label` then `items` separated by gaps, wrapped under the label's column to fit `width`. */
+function flow(label: string, items: string[], width: number): string[] {
+  const indent = width >= LABEL + 12 ? LABEL : 2;
+  const lines: string[] = [];
+  let line = indent === LABEL ? label.padEnd(LABEL) : label;
+  let empty = indent === LABEL;
+  if (!empty) {
+    lines.push(fit(line, width));
+    line = " ".repeat(indent);
+    empty = true;
+  }
+  for (const item of items) {
+    if (!empty && line.length + GAP.length + item.length > width) {
+      lines.push(line);
+      line = " ".repeat(indent);
+      empty = true;
+    }
+    line += (empty ? "" : GAP) + item;
+    empty = false;
+  }
+  lines.push(fit(line, width));
+  return lines;
+}
+
+interface Column {
+  head: string;
+  width: number;
+  cell: (u: UpstreamStats) => string;
+  /** Left-aligned (text) rather than right-aligned (numbers). */
+  left?: boolean;
+}
+
+const UPSTREAM_COLUMNS: Column[] = [
+  { head: "STATE", width: 8, left: true, cell: (u) => clean(String(u.state ?? "-")) },
+  { head: "ACTIVE", width: 7, cell: (u) => count(u.connections_active) },
+  { head: "REQUESTS", width: 12, cell: (u) => count(u.requests) },
+  { head: "REPLIES", width: 12, cell: (u) => count(u.replies) },
+  { head: "ERRORS", width: 8, cell: (u) => count(sum(u.connect_failures, u.stream_errors)) },
+];
+
+/** The heading and one row per upstream, in at most `room` lines (the last says how many more). */
+function upstreamTable(upstreams: UpstreamStats[], width: number, room: number): string[] {
+  if (room < 2) return [];
+  const fixed = UPSTREAM_COLUMNS.reduce((n, c) => n + 1 + c.width, 0);
+  const longest = Math.max(4, ...upstreams.map((u) => clean(String(u.name ?? "")).length));
+  const nameWidth = Math.max(4, Math.min(longest, width - fixed - 2));
+  const row = (name: string, cells: string[]) =>
+    fit(
+      "  " + name.padEnd(nameWidth).slice(0, nameWidth) +
+        cells.map((text, i) => {
+          const c = UPSTREAM_COLUMNS[i];
+          const cut = text.slice(0, c.width);
+          return " " + (c.left ? cut.padEnd(c.width) : cut.padStart(c.width));
+        }).join(""),
+      width,
+    );
+  const lines = [fit(`Upstreams (${upstreams.length})`, width)];
+  lines.push(row("NAME", UPSTREAM_COLUMNS.map((c) => c.head)));
+  const fits = room - lines.length;
+  const shown = upstreams.length <= fits ? upstreams.length : Math.max(0, fits - 1);
+  for (const u of upstreams.slice(0, shown)) {
+    lines.push(row(clean(String(u.name ?? "-")), UPSTREAM_COLUMNS.map((c) => c.cell(u))));
+  }
+  if (shown < upstreams.length) {
+    lines.push(fit(`  ... and ${upstreams.length - shown} more (enlarge the terminal)`, width));
+  }
+  return lines.slice(0, room);
+}
+
+/** `text` cut to `width` columns (with `~` marking the cut). */
+function fit(text: string, width: number): string {
+  if (text.length <= width) return text;
+  return width <= 1 ? text.slice(0, width) : text.slice(0, width - 1) + "~";
+}
+
+/** Network text made printable: control characters and non-ASCII become `?`. */
+function clean(text: string): string {
+  return text.replace(/[^\x20-\x7e]/g, "?");
+}
+
+function isNumber(value: unknown): value is number {
+  return typeof value === "number" && Number.isFinite(value);
+}
+
+function sum(...values: unknown[]): number | undefined {
+  return values.every(isNumber) ? values.reduce((a, b) => a + b, 0) : undefined;
+}
+
+/** An integer with thousands separators (`12,345`), `-` when not a number. */
+export function count(value: unknown): string {
+  if (!isNumber(value)) return "-";
+  const text = String(Math.round(Math.abs(value)));
+  return (value < 0 ? "-" : "") + text.replace(/\B(?=(\d{3})+$)/g, ",");
+}
+
+/** A rate per second: one decimal under 1,000, whole numbers above. */
+export function rate(value: unknown): string {
+  if (!isNumber(value)) return "-";
+  return value < 1000 ? value.toFixed(1) : count(value);
+}
+
+/** A latency given in seconds, in us, ms or s. */
+export function latency(seconds: unknown): string {
+  if (!isNumber(seconds)) return "-";
+  if (seconds < 0.001) return `${Math.round(seconds * 1e6)} us`;
+  if (seconds < 1) return `${(seconds * 1000).toFixed(seconds < 0.01 ? 2 : 1)} ms`;
+  return `${seconds.toFixed(2)} s`;
+}
+
+/** A byte count in B, KiB, MiB, GiB or TiB. */
+export function bytes(value: unknown): string {
+  if (!isNumber(value)) return "-";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let n = value;
+  let unit = 0;
+  while (n >= 1024 && unit < units.length - 1) {
+    n /= 1024;
+    unit++;
+  }
+  return unit === 0 ? `${Math.round(n)} B` : `${n.toFixed(1)} ${units[unit]}`;
+}
+
+/** A duration given in ms, as `250ms`, `1s`, `1.5s` or `2m`. */
+export function formatDuration(ms: number): string {
+  if (ms < 1000) return `${Math.round(ms)}ms`;
+  if (ms < 60_000) return `${Number((ms / 1000).toFixed(1))}s`;
+  return `${Number((ms / 60_000).toFixed(1))}m`;
+}
+
+/** An uptime given in seconds, as `05:03`, `1:02:03` or `3d 04:05:06`. */
+export function formatUptime(seconds: number): string {
+  const total = Math.max(0, Math.floor(seconds));
+  const d = Math.floor(total / 86_400);
+  const h = Math.floor(total / 3600) % 24;
+  const m = Math.floor(total / 60) % 60;
+  const sec = total % 60;
+  const two = (n: number) => String(n).padStart(2, "0");
+  if (d > 0) return `${d}d ${two(h)}:${two(m)}:${two(sec)}`;
+  if (h > 0) return `${h}:${two(m)}:${two(sec)}`;
+  return `${two(m)}:${two(sec)}`;
+}
