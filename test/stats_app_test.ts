@@ -86,7 +86,7 @@ Deno.test("GET /version reports the versions handed in", async () => {
 
 Deno.test("the stats app answers an unknown path with 404 JSON naming the path", async () => {
   const app = createStatsApp({ stats: fixture().source });
-  for (const path of ["/nope", "/stats/extra", "/"]) {
+  for (const path of ["/nope", "/stats/extra", "/index.html"]) {
     const res = await app.request(path);
     assert.equal(res.status, 404, path);
     assert.deepEqual(await res.json(), { error: "not found", path });

@@ -11,7 +11,8 @@ import { type Address, formatAddress } from "../cli/address.ts";
 import { combineApps } from "../http/combine_apps.ts";
 import { createHealthApp } from "../http/health_app.ts";
 import { proxyReadinessChecks, type UpstreamReachability } from "../http/readiness.ts";
-import { createStatsApp, type UpstreamControl } from "../http/stats_app.ts";
+import { SnapshotBroadcaster } from "../http/events.ts";
+import { createStatsApp, statsResponse, type UpstreamControl } from "../http/stats_app.ts";
 import { HttpServer, type HttpServerCounters } from "../net/http_server.ts";
 import { describeError } from "../proxy/upstream.ts";
 import { UpstreamProbe } from "../proxy/upstream_probe.ts";
@@ -68,6 +69,13 @@ export interface ObservabilityOptions {
   probeTimeoutMs?: number;
   /** Admin HTTP connections served at once, per server; more are closed. @default {64} */
   maxAdminConnections?: number;
+  /**
+   * Dashboard event streams (`GET /events`) open at once; more get 503 and are counted in
+   * `sse_clients_refused`. Each also holds one of the `maxAdminConnections`. @default {16}
+   */
+  maxEventStreams?: number;
+  /** Time between two `GET /events` events in ms. @default {1000} */
+  eventIntervalMs?: number;
 }
 
 /** The running HTTP servers and probe. Close with {@linkcode Observability.close}. */
@@ -76,6 +84,8 @@ export class Observability implements AsyncDisposable {
   readonly probe: UpstreamProbe | undefined;
   /** The first probe's result (`false` at once without a probe). */
   readonly firstProbe: Promise<boolean>;
+  /** The `GET /events` broadcaster (only when the stats app is served). */
+  readonly events: SnapshotBroadcaster | undefined;
   #servers: { server: HttpServer; routes: string }[];
   #addrs: { http?: Deno.NetAddr; health?: Deno.NetAddr };
   #stopping: { value: boolean };
@@ -87,7 +97,9 @@ export class Observability implements AsyncDisposable {
     addrs: { http?: Deno.NetAddr; health?: Deno.NetAddr },
     probe: UpstreamProbe | undefined,
     stopping: { value: boolean },
+    events?: SnapshotBroadcaster,
   ) {
+    this.events = events;
     this.#servers = servers;
     this.#addrs = addrs;
     this.probe = probe;
@@ -111,12 +123,14 @@ export class Observability implements AsyncDisposable {
   }
 
   /**
-   * Stops the probe and the servers: no new requests; requests in progress get up to
-   * `graceMs` to finish, then their connections are dropped. Idempotent.
+   * Stops the probe and the servers: event streams end at once (the dashboards say the proxy is
+   * gone), no new requests; requests in progress get up to `graceMs` to finish, then their
+   * connections are dropped. Idempotent.
    */
   close(graceMs = 1000): Promise<void> {
     this.#closing ??= (async () => {
       this.markStopping();
+      this.events?.stop();
       await Promise.all([
         this.probe?.close(),
         ...this.#servers.map(({ server }) => shutdownWithin(server, graceMs)),
@@ -182,9 +196,19 @@ export async function startObservability(options: ObservabilityOptions): Promise
       logger,
     })
     : undefined;
+  // One snapshot a second for every dashboard, however many are open.
+  const events = options.http
+    ? new SnapshotBroadcaster(() => statsResponse(stats), {
+      maxClients: options.maxEventStreams ?? 16,
+      intervalMs: options.eventIntervalMs ?? 1000,
+      onRefused: () => stats.sseClientsRefused++,
+    })
+    : undefined;
+  events?.start();
   const statsApp = options.http
     ? createStatsApp({
       stats,
+      events,
       upstreams: options.upstreams?.drain && options.upstreams.enable && options.upstreams.snapshot
         ? options.upstreams as UpstreamControl
         : undefined,
@@ -259,6 +283,7 @@ export async function startObservability(options: ObservabilityOptions): Promise
         describeError(error)
       }`;
       if (plan.required) {
+        events?.stop();
         await Promise.all(servers.map(({ server }) => shutdownWithin(server, 0)));
         throw new HttpBindError(message, plan.address, { cause: error });
       }
@@ -275,7 +300,14 @@ export async function startObservability(options: ObservabilityOptions): Promise
       address: formatAddress(server.addr),
     });
   }
-  return new Observability(servers, addrs, addrs.health ? probe : undefined, stopping);
+  if (!addrs.http) events?.stop(); // not served after all
+  return new Observability(
+    servers,
+    addrs,
+    addrs.health ? probe : undefined,
+    stopping,
+    addrs.http ? events : undefined,
+  );
 }
 
 /** Whether `hostname` is a loopback address (the admin app is then reachable from this host only). */

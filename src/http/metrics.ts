@@ -214,6 +214,12 @@ export function renderMetrics(snapshot: StatsSnapshot, options: RenderMetricsOpt
     "Admin HTTP requests refused as malformed or too large before reaching the app.",
   );
   out.sample("foo_proxy_admin_bad_requests_total", {}, snapshot.admin_bad_requests);
+  out.family(
+    "foo_proxy_sse_clients_refused_total",
+    "counter",
+    "Dashboard event-stream clients (GET /events) refused because the cap on streams was reached.",
+  );
+  out.sample("foo_proxy_sse_clients_refused_total", {}, snapshot.sse_clients_refused);
 
   out.family(
     "foo_proxy_received_bytes_total",

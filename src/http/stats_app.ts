@@ -1,6 +1,7 @@
 /**
- * The stats app (`--http`): `GET /stats` (JSON), `GET /metrics` (Prometheus text) and
- * `GET /version`. Built by a factory, never listening itself: `cmd/` serves it (src/net/http_server.ts).
+ * The stats app (`--http`): `GET /` (the dashboard page), `GET /events` (the stats as
+ * Server-Sent Events), `GET /stats` (JSON), `GET /metrics` (Prometheus text) and `GET /version`.
+ * Built by a factory, never listening itself: `cmd/` serves it (src/net/http_server.ts).
  *
  * @module
  */
@@ -8,7 +9,9 @@ import { Hono } from "hono";
 import { LatencyStats, summarizeLatency } from "../stats/latency.ts";
 import type { StatsSnapshot } from "../stats/stats.ts";
 import { VERSION } from "../version.ts";
+import { DASHBOARD_CSP, DASHBOARD_HTML } from "./dashboard.ts";
 import { methodNotAllowedJson, withJsonErrors } from "./errors.ts";
+import type { SnapshotBroadcaster } from "./events.ts";
 import { METRICS_CONTENT_TYPE, renderMetrics } from "./metrics.ts";
 
 /** What the stats app reads: a snapshot source and, when tracked, the latency stats. */
@@ -37,6 +40,11 @@ export interface StatsAppOptions {
    * app listens on a loopback address only), else nobody. @default {{ loopback: false }}
    */
   writes?: { loopback: boolean; token?: string };
+  /**
+   * What `GET /events` streams: a started broadcaster of {@linkcode statsResponse} (its owner
+   * stops it on shutdown). Unset: `/events` is not served and the dashboard says so.
+   */
+  events?: SnapshotBroadcaster;
   /** `POST /reload` (a write endpoint): reads the config file again. Unset: not served. */
   reload?: () => Promise<{ ok: boolean; generation: number; changed: string[]; error?: string }>;
 }
@@ -57,19 +65,42 @@ export type StatsResponse = StatsSnapshot & ReturnType<typeof summarizeLatency>;
 const GET_ONLY = ["GET", "HEAD"] as const;
 const NO_STORE = { "Cache-Control": "no-store" };
 
+const EMPTY_LATENCY = new LatencyStats();
+
+/** The object of `GET /stats` (and of each `GET /events` event), read afresh. */
+export function statsResponse(stats: StatsSource): StatsResponse {
+  return { ...stats.snapshot(), ...summarizeLatency(stats.latency ?? EMPTY_LATENCY) };
+}
+
 /** Creates the stats app. Each request reads the stats afresh; nothing is cached. */
 export function createStatsApp(options: StatsAppOptions): Hono {
   const { stats } = options;
   const version = options.version ?? VERSION;
-  const empty = new LatencyStats();
   const app = new Hono();
-  app.get("/stats", (c) => {
-    const body: StatsResponse = {
-      ...stats.snapshot(),
-      ...summarizeLatency(stats.latency ?? empty),
-    };
-    return c.json(body, 200, NO_STORE);
-  });
+  app.get("/", (c) =>
+    c.html(DASHBOARD_HTML, 200, {
+      ...NO_STORE,
+      "Content-Security-Policy": DASHBOARD_CSP,
+      "X-Content-Type-Options": "nosniff",
+    }));
+  const events = options.events;
+  if (events) {
+    app.get("/events", (c) => {
+      const headers = { ...NO_STORE, "Content-Type": "text/event-stream; charset=utf-8" };
+      // Hono answers HEAD from this handler and drops the body unread: open no stream for it.
+      if (c.req.method === "HEAD") return c.body(null, 200, headers);
+      const stream = events.connect();
+      if (!stream) {
+        return c.json(
+          { error: "too many event streams", max: events.maxClients },
+          503,
+          { ...NO_STORE, "Retry-After": "5" },
+        );
+      }
+      return c.body(stream, 200, { ...headers, "X-Accel-Buffering": "no" });
+    });
+  }
+  app.get("/stats", (c) => c.json(statsResponse(stats), 200, NO_STORE));
   app.get("/metrics", (c) => {
     const text = renderMetrics(stats.snapshot(), { latency: stats.latency, version });
     return c.body(text, 200, { "Content-Type": METRICS_CONTENT_TYPE, ...NO_STORE });
@@ -120,7 +151,8 @@ export function createStatsApp(options: StatsAppOptions): Hono {
     }
   }
   const wrongMethod = methodNotAllowedJson(GET_ONLY);
-  for (const path of ["/stats", "/metrics", "/version"]) app.all(path, wrongMethod);
+  const paths = ["/", "/stats", "/metrics", "/version", ...(events ? ["/events"] : [])];
+  for (const path of paths) app.all(path, wrongMethod);
   return withJsonErrors(app);
 }
 

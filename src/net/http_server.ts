@@ -280,6 +280,8 @@ export class HttpServer implements AsyncDisposable {
           await writeAll(conn, encoder.encode("\r\n"));
         }
         await writeAll(conn, encoder.encode("0\r\n\r\n"));
+      } catch {
+        // The peer left (a closed dashboard tab), or the write deadline closed it.
       } finally {
         await reader.cancel().catch(() => {});
       }

@@ -88,6 +88,8 @@ export interface StatsSnapshot {
   admin_request_timeouts: number;
   /** Admin HTTP requests refused before the app: malformed or too large. */
   admin_bad_requests: number;
+  /** `GET /events` (dashboard) clients refused because the cap on event streams was reached. */
+  sse_clients_refused: number;
   /** Per upstream: state, connections, requests, replies, errors, last check. */
   upstreams: UpstreamStats[];
   /** `--config`: how many times the file was loaded (0: no file). */
@@ -170,6 +172,8 @@ export class Stats {
   adminRequestTimeouts = 0;
   /** Admin HTTP requests refused as malformed or too large. */
   adminBadRequests = 0;
+  /** `GET /events` clients refused at the event-stream cap. */
+  sseClientsRefused = 0;
   /** Times the config file was loaded (0: none). */
   configGeneration = 0;
   /** When it was last loaded (ms since the epoch); 0: never. */
@@ -256,6 +260,7 @@ export class Stats {
       admin_connections_rejected: this.adminConnectionsRejected,
       admin_request_timeouts: this.adminRequestTimeouts,
       admin_bad_requests: this.adminBadRequests,
+      sse_clients_refused: this.sseClientsRefused,
       upstreams: this.upstreams?.() ?? [],
       config_generation: this.configGeneration,
       config_loaded_at: this.configLoadedAt > 0

@@ -1,0 +1,158 @@
+/**
+ * The browser half of test/browser_test.ts, run as its own process because playwright-core needs
+ * `--allow-all` when it loads (it reads `/proc/sys` and the home directory), which the test suite
+ * does not grant. It drives Debian's Chromium (never a downloaded one) headless against a running
+ * proxy's dashboard, checks it, saves the screenshot, and reports on stdout, one JSON line per
+ * phase:
+ *
+ * 1. `{"phase":"live",…}`: the page went live, its numbers moved, its request rate agrees with
+ *    `/stats`, every part is filled in, nothing was logged as an error, the screenshot is saved.
+ * 2. After a line `gone` on stdin (the test stopped the proxy): `{"phase":"gone",…}` once the
+ *    page says the proxy is unreachable.
+ *
+ * A failed check ends the process with status 1 and the reason on stderr.
+ *
+ * Usage: `deno run -A test/_browser_driver.ts URL RATE SCREENSHOT [CHROMIUM]`
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { chromium } from "playwright-core";
+
+/** What the predicates use of the page's `window` (they run there, not here). */
+interface Page {
+  document: {
+    getElementById(id: string): { dataset: Record<string, string | undefined> } | null;
+  };
+}
+
+interface StatsFields {
+  uptime_seconds: number;
+  request_rate_10s: number;
+}
+
+const ARGS = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+async function main(args: string[]): Promise<number> {
+  const [base, rateText, screenshot, executablePath = "/usr/bin/chromium"] = args;
+  const rate = Number(rateText);
+  const stats = async (): Promise<StatsFields> => await (await fetch(`${base}/stats`)).json();
+  const report = (line: Record<string, unknown>) =>
+    Deno.stdout.write(new TextEncoder().encode(JSON.stringify(line) + "\n"));
+  const stdin = Deno.stdin.readable.pipeThrough(new TextDecoderStream()).getReader();
+
+  const userDataDir = await Deno.makeTempDir({ prefix: "foo-proxy-chromium-" });
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath,
+    headless: true,
+    args: ARGS,
+    viewport: { width: 1280, height: 900 },
+  });
+  try {
+    const page = context.pages()[0] ?? await context.newPage();
+    const problems: string[] = [];
+    let watching = true;
+    page.on("console", (message) => {
+      if (watching && message.type() === "error") problems.push(`console: ${message.text()}`);
+    });
+    page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
+    const elsewhere: string[] = [];
+    page.on("request", (request) => {
+      if (!request.url().startsWith(`${base}/`) && !request.url().startsWith("data:")) {
+        elsewhere.push(request.url());
+      }
+    });
+    const value = async (id: string) => Number(await page.getAttribute(`#${id}`, "data-value"));
+    // Predicates are functions, not strings: the page's CSP (rightly) forbids eval.
+    const above = (id: string, min: number, timeout: number) =>
+      page.waitForFunction(
+        ([id, min]) =>
+          Number((globalThis as unknown as Page).document.getElementById(id)?.dataset.value) > min,
+        [id, min] as const,
+        { timeout, polling: 50 },
+      );
+    const stateIs = (state: string, timeout: number) =>
+      page.waitForFunction(
+        (state) =>
+          (globalThis as unknown as Page).document.getElementById("status")?.dataset.state ===
+            state,
+        state,
+        { timeout, polling: 50 },
+      );
+
+    await page.goto(`${base}/`);
+    assert.equal(await page.title(), "foo-proxy dashboard");
+    await stateIs("live", 10_000);
+    // The live numbers move.
+    const firstReqs = await value("msg_req");
+    await above("msg_req", firstReqs + 2 * rate, 15_000);
+    await above("request_rate_10s", rate / 4, 15_000);
+
+    // The rate shown comes from an event built between these two /stats reads, so it lies
+    // between them (with slack for the window's bucket edges), however the timing falls.
+    const before = await stats();
+    await above("uptime_seconds", before.uptime_seconds, 5_000);
+    const shown = await value("request_rate_10s");
+    const text = await page.textContent("#request_rate_10s");
+    const after = await stats();
+    const low = Math.min(before.request_rate_10s, after.request_rate_10s);
+    const high = Math.max(before.request_rate_10s, after.request_rate_10s);
+    assert.ok(
+      shown >= low * 0.9 - 2 && shown <= high * 1.1 + 2,
+      `page ${shown} req/s, /stats ${before.request_rate_10s} then ${after.request_rate_10s}`,
+    );
+    assert.ok(Math.abs(Number((text ?? "").replaceAll(",", "")) - shown) <= 1, `text ${text}`);
+
+    // Every part is filled in, in words.
+    assert.ok(await value("msg_invalid") >= 1, "the invalid line is counted");
+    assert.ok(await value("latency_p99_seconds") > 0, "latency");
+    assert.ok(await value("connections_active") >= 1, "connections");
+    const rows = await page.locator("#upstreams tr").allInnerTexts();
+    assert.equal(rows.length, 2, rows.join(" | "));
+    assert.match(rows[0], /^alpha\s+127\.0\.0\.1:\d+\s+(up|down|ejected|draining)\s/);
+    assert.match(rows[1], /^beta\s/);
+    const rates = await page.getAttribute("#chart-rates", "aria-label");
+    assert.match(rates ?? "", /^requests\/s: now [\d.,]+, 5-minute max [\d.,]+; responses\/s/);
+    assert.match(await page.textContent("#chart-rates-0") ?? "", /requests\/s: now [\d.,]+/);
+
+    // A few more seconds of history for the picture.
+    const now = await value("uptime_seconds");
+    await above("uptime_seconds", now + 4, 10_000);
+    await page.screenshot({ path: screenshot, fullPage: true });
+    assert.deepEqual(problems, []);
+    assert.deepEqual(elsewhere, [], "the page loads nothing from elsewhere");
+    await report({ phase: "live", shown, before, after, upstreams: rows.length });
+
+    // Reconnect attempts to a stopped proxy fail, and Chromium logs each one: expected now.
+    const { value: line } = await stdin.read();
+    assert.equal(line?.trim(), "gone");
+    watching = false;
+    await stateIs("unreachable", 15_000);
+    const status = await page.textContent("#status");
+    assert.match(status ?? "", /^Proxy unreachable/);
+    assert.deepEqual(problems, []);
+    await report({ phase: "gone", status });
+    return 0;
+  } finally {
+    await context.close();
+    await Deno.remove(userDataDir, { recursive: true });
+  }
+}
+
+if (import.meta.main) {
+  try {
+    Deno.exit(await main(Deno.args));
+  } catch (error) {
+    await Deno.stderr.write(
+      new TextEncoder().encode(`${error instanceof Error ? error.stack : error}\n`),
+    );
+    Deno.exit(1);
+  }
+}

@@ -1,0 +1,107 @@
+/**
+ * The dashboard in a real browser: Debian's Chromium (`/usr/bin/chromium`, which `.ci/run`
+ * installs) driven by playwright-core, against `foo-proxy proxy` in a child process with two of
+ * our Foo servers behind it and load going through it. Ignored when Chromium is missing. Nothing
+ * is downloaded (playwright-core is told where the browser is). The browser side runs in
+ * test/_browser_driver.ts, a child with `--allow-all`, which playwright-core needs to load. It
+ * saves the screenshot the README shows: docs/dashboard.png.
+ */
+import assert from "node:assert/strict";
+import { runLoad } from "../src/tools/load.ts";
+import { connectTo, OutputLines, REPO_ROOT, spawnMain, startUpstream, writeAll } from "./_util.ts";
+
+const CHROMIUM = "/usr/bin/chromium";
+const DRIVER = `${REPO_ROOT}test/_browser_driver.ts`;
+const SCREENSHOT = `${REPO_ROOT}docs/dashboard.png`;
+const RATE = 400; // REQs per second sent through the proxy
+
+function exists(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test({
+  name:
+    "the dashboard in Chromium shows live numbers that agree with /stats, and says when the proxy is gone",
+  ignore: !exists(CHROMIUM),
+  async fn() {
+    await using alpha = await startUpstream();
+    await using beta = await startUpstream();
+    await using proxy = spawnMain([
+      "proxy",
+      "--listen=127.0.0.1:0",
+      `--forward=alpha=127.0.0.1:${alpha.addr.port},beta=127.0.0.1:${beta.addr.port}`,
+      "--http=127.0.0.1:0",
+      "--health=off",
+      "--health-interval=1s",
+      "--drain-timeout=1s",
+    ]);
+    const port = Number((await proxy.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
+    const httpPort = Number(
+      (await proxy.stderr.waitFor(/Serving stats on http:\/\/127\.0\.0\.1:(\d+)/, 20_000))[1],
+    );
+
+    // One line that breaks the protocol, so the invalid counters show something.
+    {
+      using conn = await connectTo(port);
+      await writeAll(conn, "HELLO 1\n");
+    }
+    const stopLoad = new AbortController();
+    const load = runLoad({ hostname: "127.0.0.1", port }, {
+      connections: 4,
+      rate: RATE,
+      durationMs: 0,
+      signal: stopLoad.signal,
+    });
+
+    const driver = new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-all", DRIVER, `http://127.0.0.1:${httpPort}`, `${RATE}`, SCREENSHOT],
+      cwd: REPO_ROOT,
+      env: { NO_COLOR: "1" },
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const out = new OutputLines(driver.stdout);
+    const err = new OutputLines(driver.stderr);
+    const input = driver.stdin.getWriter();
+    const failed = () => `driver stderr: ${err.text}`;
+    try {
+      const live = JSON.parse(
+        (await out.waitFor(/^\{"phase":"live".*/, 50_000).catch((e) => {
+          throw new Error(`${e.message}; ${failed()}`);
+        }))[0],
+      );
+      assert.equal(live.upstreams, 2);
+      assert.ok(live.shown > 0);
+
+      stopLoad.abort();
+      await load;
+      proxy.kill("SIGTERM");
+      assert.equal((await proxy.status()).code, 0);
+      await input.write(new TextEncoder().encode("gone\n"));
+      const gone = JSON.parse(
+        (await out.waitFor(/^\{"phase":"gone".*/, 20_000).catch((e) => {
+          throw new Error(`${e.message}; ${failed()}`);
+        }))[0],
+      );
+      assert.match(gone.status, /^Proxy unreachable/);
+      assert.equal((await driver.status).code, 0, failed());
+      assert.ok(exists(SCREENSHOT));
+    } finally {
+      stopLoad.abort();
+      await load.catch(() => {});
+      await input.close().catch(() => {});
+      try {
+        driver.kill("SIGKILL");
+      } catch {
+        // Already exited.
+      }
+      await driver.status;
+      await Promise.all([out.done, err.done]);
+    }
+  },
+});
