@@ -244,3 +244,18 @@ Deno.test("without active checks an ejection ends when its time is up", async ()
   now = 1000;
   assert.equal(pool.snapshot()[0].state, "up");
 });
+
+Deno.test("leastconn counts connects under way: 40 clients arriving together spread 20:20", async () => {
+  await using a = await startUpstream();
+  await using b = await startUpstream();
+  await using pool = new UpstreamPool(specs([a, b]), { policy: "leastconn", intervalMs: 0 });
+  await using proxy = await startProxy(a.addr, { target: pool });
+  const conns = await Promise.all(Array.from({ length: 40 }, () => connectTo(proxy.addr)));
+  try {
+    await Promise.all(conns.map((c, k) => writeAll(c, `REQ ${k + 1}\n`)));
+    await Promise.all(conns.map((c) => new LineReader(c).readLines(1)));
+    assert.deepEqual(pool.snapshot().map((u) => u.connections_active), [20, 20]);
+  } finally {
+    for (const conn of conns) conn.close();
+  }
+});

@@ -84,6 +84,8 @@ class Member {
   badInARow = 0;
   failuresInARow = 0;
   active = 0;
+  /** Connects under way: counted by leastconn, or clients arriving together all pick one. */
+  pending = 0;
   total = 0;
   counters: LeaseCounters = { requests: 0, replies: 0 };
   connectFailures = 0;
@@ -278,14 +280,17 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
       } else if (attempt > 0 && lastError instanceof UpstreamError) {
         options.onRetry?.(attempt, 0, lastError);
       }
+      member.pending++;
       try {
         const conn = await dialUpstream(member.spec.address, {
           timeoutMs: this.#options.connectTimeoutMs,
           signal: options.signal,
         });
+        member.pending--;
         member.failuresInARow = 0;
         return this.#lease(member, conn);
       } catch (error) {
+        member.pending--;
         lastError = error;
         if (options.signal?.aborted) break;
         if (error instanceof UpstreamError && error.cause instanceof Deno.errors.NotCapable) {
@@ -383,7 +388,11 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         let best = candidates[0];
         for (const m of candidates) {
           // Fewest connections per unit of weight; ties go to the one given first.
-          if (m.active * best.spec.weight < best.active * m.spec.weight) best = m;
+          if (
+            (m.active + m.pending) * best.spec.weight < (best.active + best.pending) * m.spec.weight
+          ) {
+            best = m;
+          }
         }
         return best;
       }
