@@ -258,14 +258,6 @@ class Session {
 
   // ---- downstream -> upstream ----
 
-  async pumpRequests(): Promise<void> {
-    try {
-      await this.forwardRequests();
-    } catch (error) {
-      this.internalError(error);
-    }
-  }
-
   /** Tells the target the current upstream connection ended (once). */
   releaseLease(failed: boolean): void {
     const lease = this.lease;
@@ -284,106 +276,119 @@ class Session {
     this.finish("downstream_error");
   }
 
-  async forwardRequests(): Promise<void> {
+  /**
+   * The request pump. One async frame per direction, no wrapper (an idle connection keeps every
+   * suspended frame alive); a bug thrown here ends this connection only.
+   */
+  async pumpRequests(): Promise<void> {
     const { state, stats, config, log } = this;
     const source = this.downSource;
     const gated = config.maxInflight > 0;
-    for (;;) {
-      let chunk: Uint8Array | null;
-      try {
-        chunk = await source.next();
-      } catch (error) {
-        if (!this.closed) this.downstreamFailed(error);
-        return;
-      }
-      if (chunk === null) return this.clientEnded();
-      if (this.closed) return;
-      const n = chunk.length;
-      state.writing++;
-      try {
-        // Without a gate (or with room for the whole chunk) this runs once over the whole chunk.
-        for (let start = 0; start < n;) {
-          let budget = Infinity;
-          if (gated) {
-            budget = config.maxInflight - state.outstanding;
-            while (budget <= 0) {
-              if (this.closed) return;
-              stats.inflightLimitPauses++;
-              this.room = Promise.withResolvers();
-              await this.room.promise;
-              budget = config.maxInflight - state.outstanding;
-            }
+    try {
+      for (;;) {
+        let chunk: Uint8Array | null;
+        try {
+          if (source.holding) {
+            chunk = await source.next();
+          } else {
+            const got = await source.read();
+            chunk = got === null ? null : source.take(got);
           }
-          // The chunk waits while the upstream is being replaced: its REQs follow the replay.
-          if (this.failing && !await this.waitReady()) return;
-          if (this.closed) return;
-          // Tracking that a burst turned off starts again once nothing is owed, at a line start.
-          if (
-            log?.disabled && !log.renumbering && state.outstanding === 0 && !this.requests.midLine
-          ) {
-            log.restart();
-          }
-          // One clock reading per chunk serves the rate windows, timers and latency tracker.
-          const now = stats.clock();
-          this.tracker?.setTime(now);
-          // Feed the analyzer as far as the budget allows (in steps that each stay within what
-          // is left of it), then forward that much at once.
-          let end = start;
-          let valid = 0;
-          while (end < n && valid < budget) {
-            const stop = cutForBudget(chunk, end, budget - valid);
-            valid += this.requests.feed(
-              end === 0 && stop === n ? chunk : chunk.subarray(end, stop),
-            );
-            end = stop;
-          }
-          const part = start === 0 && end === n ? chunk : chunk.subarray(start, end);
-          start = end;
-          stats.bytesDownstream += part.length;
-          state.lastActivity = now;
-          if (valid > 0) {
-            state.outstanding += valid;
-            stats.recordRequests(valid, now);
-            if (this.counters !== undefined) this.counters.requests += valid;
-          }
-          let bytes = part;
-          if (log !== undefined) {
-            const length = log.feed(part);
-            if (length < 0) {
-              stats.resumeFailures++;
-              this.logger?.warning(
-                "Closing {connection}: cannot renumber a REQ head longer than 4096 bytes or more than {max} REQs unanswered",
-                { connection: this.label, max: log.maxEntries },
-              );
-              this.finish("downstream_error");
-              return;
-            }
-            if (log.renumbering) bytes = log.out.subarray(0, length);
-            else if (this.muteLine) bytes = this.unmute(part);
-          }
-          if (bytes.length === 0) continue;
-          const up = this.up;
-          try {
-            let off = 0;
-            while (off < bytes.length) {
-              off += await up.write(off === 0 ? bytes : bytes.subarray(off));
-            }
-          } catch (error) {
-            if (this.closed) return;
-            if (this.failover === undefined) {
-              this.upstreamEnded("upstream_error", error);
-              return;
-            }
-            // The REQs of this part are in the log: they are replayed on the next upstream.
-            if (up === this.up && !this.failing) {
-              this.writeError = error;
-              closeQuietly(up);
-            }
-          }
+        } catch (error) {
+          if (!this.closed) this.downstreamFailed(error);
+          return;
         }
-      } finally {
-        state.writing--;
+        if (chunk === null) return this.clientEnded();
+        if (this.closed) return;
+        const n = chunk.length;
+        state.writing++;
+        try {
+          // Without a gate (or with room for the whole chunk) this runs once over the whole chunk.
+          for (let start = 0; start < n;) {
+            let budget = Infinity;
+            if (gated) {
+              budget = config.maxInflight - state.outstanding;
+              while (budget <= 0) {
+                if (this.closed) return;
+                stats.inflightLimitPauses++;
+                this.room = Promise.withResolvers();
+                await this.room.promise;
+                budget = config.maxInflight - state.outstanding;
+              }
+            }
+            // The chunk waits while the upstream is being replaced: its REQs follow the replay.
+            if (this.failing && !await this.waitReady()) return;
+            if (this.closed) return;
+            // Tracking that a burst turned off starts again once nothing is owed, at a line start.
+            if (
+              log?.disabled && !log.renumbering && state.outstanding === 0 && !this.requests.midLine
+            ) {
+              log.restart();
+            }
+            // One clock reading per chunk serves the rate windows, timers and latency tracker.
+            const now = stats.clock();
+            this.tracker?.setTime(now);
+            // Feed the analyzer as far as the budget allows (in steps that each stay within what
+            // is left of it), then forward that much at once.
+            let end = start;
+            let valid = 0;
+            while (end < n && valid < budget) {
+              const stop = cutForBudget(chunk, end, budget - valid);
+              valid += this.requests.feed(
+                end === 0 && stop === n ? chunk : chunk.subarray(end, stop),
+              );
+              end = stop;
+            }
+            const part = start === 0 && end === n ? chunk : chunk.subarray(start, end);
+            start = end;
+            stats.bytesDownstream += part.length;
+            state.lastActivity = now;
+            if (valid > 0) {
+              state.outstanding += valid;
+              stats.recordRequests(valid, now);
+              if (this.counters !== undefined) this.counters.requests += valid;
+            }
+            let bytes = part;
+            if (log !== undefined) {
+              const length = log.feed(part);
+              if (length < 0) {
+                stats.resumeFailures++;
+                this.logger?.warning(
+                  "Closing {connection}: cannot renumber a REQ head longer than 4096 bytes or more than {max} REQs unanswered",
+                  { connection: this.label, max: log.maxEntries },
+                );
+                this.finish("downstream_error");
+                return;
+              }
+              if (log.renumbering) bytes = log.out.subarray(0, length);
+              else if (this.muteLine) bytes = this.unmute(part);
+            }
+            if (bytes.length === 0) continue;
+            const up = this.up;
+            try {
+              let off = 0;
+              while (off < bytes.length) {
+                off += await up.write(off === 0 ? bytes : bytes.subarray(off));
+              }
+            } catch (error) {
+              if (this.closed) return;
+              if (this.failover === undefined) {
+                this.upstreamEnded("upstream_error", error);
+                return;
+              }
+              // The REQs of this part are in the log: they are replayed on the next upstream.
+              if (up === this.up && !this.failing) {
+                this.writeError = error;
+                closeQuietly(up);
+              }
+            }
+          }
+        } finally {
+          state.writing--;
+        }
       }
+    } catch (error) {
+      this.internalError(error);
     }
   }
 
@@ -426,7 +431,9 @@ class Session {
     for (;;) {
       let chunk: Uint8Array | null;
       try {
-        chunk = await source.next();
+        // An upstream source holds nothing: its reads go straight to the connection.
+        const got = await source.read();
+        chunk = got === null ? null : source.take(got);
       } catch (error) {
         return { end: "read_error", error };
       }
@@ -492,7 +499,7 @@ class Session {
           state.writing--;
           this.replyBusy = false;
         }
-        this.clientMidLine = bytes[bytes.length - 1] !== NL;
+        if (whole) this.clientMidLine = bytes[bytes.length - 1] !== NL;
       }
       if (k < chunk.length) source.keep(chunk, k);
       if (this.clientEof && state.outstanding === 0 && !this.closed) {

@@ -36,6 +36,8 @@ export class ChunkSource {
   #rest: Promise<Uint8Array | null> | undefined;
   /** Bytes at the front of #buf kept from the last chunk, served again before new ones. */
   #carry = 0;
+  /** Where the pending read writes into #buf (the carry it started after). */
+  #at = 0;
   #grow = false;
 
   /** Creates a source reading `conn`; nothing is read until {@linkcode next}. */
@@ -69,6 +71,11 @@ export class ChunkSource {
     return this.#buf.length;
   }
 
+  /** Whether bytes handed over at construction are still to be served (by {@linkcode next}). */
+  get holding(): boolean {
+    return this.#first !== undefined || this.#rest !== undefined;
+  }
+
   /**
    * The next chunk (valid until the next call), `null` at end of stream.
    *
@@ -87,22 +94,41 @@ export class ChunkSource {
       if (got === null) return null;
       if (got.length > 0) return got;
     }
+    const n = await this.read();
+    return n === null ? null : this.take(n);
+  }
+
+  /**
+   * The hot path of {@linkcode next} once nothing is {@linkcode holding}: starts a read into the
+   * buffer and returns the connection's own promise (no async frame of ours per chunk); pass what
+   * it resolves with, unless `null` (end of stream), to {@linkcode take}.
+   *
+   * @throws (the promise rejects with) the read's error.
+   */
+  read(): Promise<number | null> {
     if (this.#grow) {
       this.#grow = false;
       const bigger = new Uint8Array(Math.min(this.#max, this.#buf.length * 2));
       if (this.#carry > 0) bigger.set(this.#buf.subarray(0, this.#carry));
       this.#buf = bigger;
     }
-    const buf = this.#buf;
     const carry = this.#carry;
     this.#carry = 0;
-    const n = await this.conn.read(carry === 0 ? buf : buf.subarray(carry));
-    if (n === null) return null;
-    const total = carry + n;
+    this.#at = carry;
+    return this.conn.read(carry === 0 ? this.#buf : this.#buf.subarray(carry));
+  }
+
+  /** The chunk that a {@linkcode read} of `n` bytes completed, valid until the next read. */
+  take(n: number): Uint8Array {
+    const buf = this.#buf;
+    const total = this.#at + n;
     // A read that filled the buffer means more is queued: grow before the next one, so busy
     // connections move large chunks while idle ones pin only the small initial buffer.
-    if (total === buf.length && buf.length < this.#max) this.#grow = true;
-    return total === buf.length ? buf : buf.subarray(0, total);
+    if (total === buf.length) {
+      if (total < this.#max) this.#grow = true;
+      return buf;
+    }
+    return buf.subarray(0, total);
   }
 
   /**

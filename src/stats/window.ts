@@ -25,6 +25,9 @@ export class MovingWindow {
   readonly bucketMs: number;
   #ids: Float64Array;
   #counts: Float64Array;
+  /** The bucket the last {@linkcode add} counted in, and its slot. */
+  #lastId = NaN;
+  #lastSlot = 0;
 
   /**
    * Creates a window of `spanMs` split into buckets of `bucketMs`.
@@ -47,6 +50,11 @@ export class MovingWindow {
   /** Adds `count` events at time `now` (ms). */
   add(now: number, count = 1): void {
     const id = Math.floor(now / this.bucketMs);
+    // Hot path: the bucket of the last add (its slot still holds it: only add writes #ids).
+    if (id === this.#lastId) {
+      this.#counts[this.#lastSlot] += count;
+      return;
+    }
     const slot = id % this.#ids.length;
     if (this.#ids[slot] !== id) {
       // An older bucket's slot is reused; a clock that stepped back keeps adding to the newest.
@@ -55,6 +63,8 @@ export class MovingWindow {
       this.#counts[slot] = 0;
     }
     this.#counts[slot] += count;
+    this.#lastId = id;
+    this.#lastSlot = slot;
   }
 
   /** Events in the window ending at `now`. */
