@@ -32,6 +32,8 @@ export interface PermissionTargets {
   recoveryPath?: string | null;
   /** The pid file; unset, `null` or `""`: none. */
   pidFile?: string | null;
+  /** The access-log file; unset, `null` or `""`: none (stderr). */
+  accessLogFile?: string | null;
 }
 
 /** One permission the proxy needs, with the words used when it is missing. */
@@ -88,6 +90,14 @@ export function permissionNeeds(targets: PermissionTargets): PermissionNeed[] {
     const purpose = "recovery file --recovery-path";
     needs.push({ descriptor: { name: "read", path }, target: path, purpose });
     needs.push({ descriptor: { name: "write", path }, target: path, purpose });
+  }
+  if (targets.accessLogFile) {
+    const path = targets.accessLogFile;
+    needs.push({
+      descriptor: { name: "write", path },
+      target: path,
+      purpose: "access log --access-log-file",
+    });
   }
   if (targets.pidFile) {
     const path = targets.pidFile;

@@ -37,6 +37,7 @@ import { installSignals } from "./signals.ts";
 import { setupLogging } from "./logging.ts";
 import { fdsNeeded, maxConnectionsFor, readFdLimit } from "./fd_limit.ts";
 import { LineWriter } from "./line_writer.ts";
+import { type AccessLogFormat, type AccessRecord, formatAccessLine } from "../proxy/access_log.ts";
 import { PidFile, PidFileError } from "./pid_file.ts";
 import { HttpBindError, type Observability, startObservability } from "./observability.ts";
 import { setupRecovery } from "./recovery_setup.ts";
@@ -140,6 +141,19 @@ export const PROXY_FLAGS: Record<string, FlagSpec> = {
     defaultText: "none",
     help:
       "bearer token for the admin write endpoints (POST /upstreams/NAME/drain|enable); without it they answer only when --http is on loopback",
+  },
+  "access-log": {
+    type: "string",
+    default: "off",
+    value: "FORMAT",
+    help:
+      "one line per finished connection: off, text (like HAProxy's tcplog) or json; on stderr or --access-log-file",
+  },
+  "access-log-file": {
+    type: "string",
+    value: "FILE",
+    defaultText: "stderr",
+    help: "append the access log there (reopened on SIGHUP, for logrotate)",
   },
   "pid-file": {
     type: "string",
@@ -303,6 +317,10 @@ export interface ProxyConfig {
   recoveryPath: string | null;
   /** The pid file; `null`: none. */
   pidFile: string | null;
+  /** `--access-log`. */
+  accessLog: AccessLogFormat;
+  /** `--access-log-file`; `null`: stderr. */
+  accessLogFile: string | null;
   /** `--config`: the file the rest came from in part; `null`: flags and environment only. */
   configPath: string | null;
   /** Bearer token of the admin write endpoints; `undefined`: loopback only. */
@@ -390,6 +408,10 @@ export function parseProxyConfig(
     recoveryPath: typeof recoveryPath === "string" ? recoveryPath : null,
     pidFile: typeof v["pid-file"] === "string" && v["pid-file"] !== "" ? v["pid-file"] : null,
     configPath,
+    accessLog: parseChoiceFlag("access-log", v["access-log"], ["off", "text", "json"] as const),
+    accessLogFile: typeof v["access-log-file"] === "string" && v["access-log-file"] !== ""
+      ? v["access-log-file"]
+      : null,
     adminToken: typeof v["admin-token"] === "string" && v["admin-token"] !== ""
       ? v["admin-token"]
       : undefined,
@@ -417,6 +439,52 @@ function parseResumeMode(text: string): ResumeMode {
 
 /** How long the last output may take at exit before a stalled reader is given up on. */
 const EXIT_FLUSH_MS = 1000;
+
+/** An open access log: its writer, and how to reopen or close its file. */
+interface AccessLogOutput {
+  writer: LineWriter;
+  reopen: () => Promise<void>;
+  close: () => Promise<void>;
+}
+
+/** Opens the access log: stderr's writer, or `--access-log-file` appended to. */
+async function openAccessLog(
+  config: ProxyConfig,
+  output: { stderr: LineWriter },
+): Promise<AccessLogOutput> {
+  const path = config.accessLogFile;
+  if (path === null) {
+    return {
+      writer: output.stderr,
+      reopen: () => Promise.resolve(),
+      close: () => Promise.resolve(),
+    };
+  }
+  let file = await Deno.open(path, { append: true, create: true, write: true, mode: 0o644 });
+  const writer = new LineWriter((bytes) => file.write(bytes));
+  return {
+    writer,
+    reopen: async () => {
+      const next = await Deno.open(path, { append: true, create: true, write: true, mode: 0o644 });
+      await writer.flush(1000);
+      const old = file;
+      file = next;
+      try {
+        old.close();
+      } catch {
+        // Closed already.
+      }
+    },
+    close: async () => {
+      await writer.flush(1000);
+      try {
+        file.close();
+      } catch {
+        // Closed already.
+      }
+    },
+  };
+}
 
 /** What a reload did. */
 interface ReloadResult {
@@ -611,6 +679,8 @@ async function serveProxy(
   // delivered twice) cuts it short.
   const stop = Promise.withResolvers<string>();
   const force = new AbortController();
+  // SIGHUP reopens --access-log-file (logrotate moved it); set once the log is open.
+  let accessLogReopen: (() => Promise<void>) | undefined;
   // Last resort: a promise rejection no code path handled ends one connection at most (the
   // engine handles its own); it must never take every other client down with the process.
   const lastResort = installLastResort(stats, logger);
@@ -618,7 +688,10 @@ async function serveProxy(
     onStats: printStats,
     onStop: (name) => stop.resolve(name),
     onForce: (name) => force.abort(name),
-    onReload: () => void reload("SIGHUP"),
+    onReload: () => {
+      void reload("SIGHUP");
+      void accessLogReopen?.();
+    },
     onUsr1: (warn) => {
       stats.usr1Ignored++;
       if (warn) {
@@ -716,8 +789,18 @@ async function serveProxy(
       }
     })());
   };
+  const accessFormat = config.accessLog === "json" ? "json" : "text";
+  const accessLog = config.accessLog === "off" ? undefined : await openAccessLog(config, output);
+  if (accessLog) {
+    accessLog.writer.onDrop = () => stats.accessLogLinesDropped++;
+    accessLogReopen = accessLog.reopen;
+  }
   const proxy = new Proxy({
     target: pool,
+    accessLog: accessLog === undefined
+      ? undefined
+      : (record: AccessRecord) =>
+        void accessLog.writer.write(formatAccessLine(accessFormat, record)),
     listen: config.listen,
     forward: config.forward,
     stats,
@@ -812,6 +895,7 @@ async function serveProxy(
   // Print before removing the listeners: a late signal with no listener would kill the process
   // before the final line is out.
   await pool.close();
+  await accessLog?.close();
   printStats();
   await pidFile?.release();
   signals.remove();

@@ -179,6 +179,16 @@ export function renderMetrics(snapshot: StatsSnapshot, options: RenderMetricsOpt
   );
   out.sample("foo_proxy_log_lines_dropped_total", {}, snapshot.log_lines_dropped);
   out.family(
+    "foo_proxy_access_log_lines_dropped_total",
+    "counter",
+    "Access-log lines dropped because their reader stalled (the access log never blocks traffic).",
+  );
+  out.sample(
+    "foo_proxy_access_log_lines_dropped_total",
+    {},
+    snapshot.access_log_lines_dropped,
+  );
+  out.family(
     "foo_proxy_stats_lines_dropped_total",
     "counter",
     "SIGUSR2 stats lines dropped because stdout was not being read.",

@@ -18,7 +18,13 @@
  * @module
  */
 import type { Logger } from "@logtape/logtape";
-import { Analyzer, type AnalyzerOptions } from "../protocol/analyzer.ts";
+import {
+  Analyzer,
+  type AnalyzerOptions,
+  createMessageCounts,
+  type MessageCounts,
+} from "../protocol/analyzer.ts";
+import { Histogram } from "../stats/histogram.ts";
 import { ReplyRewriter } from "../protocol/reply_rewriter.ts";
 import { RequestLog } from "../protocol/request_log.ts";
 import { LatencyTracker } from "../stats/latency.ts";
@@ -52,6 +58,35 @@ export interface BridgeOptions {
    * add to, and whom to tell when it ends. Unset: nothing to report.
    */
   lease?: TargetConnection;
+  /**
+   * Called once at the end with this connection's own figures (the access log). Unset: they are
+   * not collected, and the connection costs nothing extra.
+   */
+  onEnd?: (summary: ConnectionSummary) => void;
+}
+
+/** One connection's own figures, for its access-log line. */
+export interface ConnectionSummary {
+  /** `stats.clock` time the bridge started. */
+  startedAt: number;
+  /** ms from start to end. */
+  durationMs: number;
+  /** Bytes from the client, and from the upstream(s). */
+  bytesFromClient: number;
+  bytesFromUpstream: number;
+  reqs: number;
+  acks: number;
+  naks: number;
+  /** Invalid lines both ways. */
+  invalid: number;
+  /** REQ→reply latency of this connection in ms (NaN without replies). */
+  latencyP50Ms: number;
+  latencyMaxMs: number;
+  /** The upstream it ended on. */
+  upstream: string;
+  /** Failovers (--resume). */
+  failovers: number;
+  reason: CloseReason;
 }
 
 /** Live state of one bridged connection, updated by {@linkcode bridge} as bytes move. */
@@ -118,6 +153,8 @@ class Session {
   lease: TargetConnection | undefined;
   /** Its per-upstream counters, when the target keeps them. */
   counters: { requests: number; replies: number } | undefined;
+  /** The name of the upstream last connected to (the access log). */
+  lastUpstream = "";
   reason: CloseReason | undefined = undefined;
   closed = false;
   clientEof = false;
@@ -140,6 +177,8 @@ class Session {
   need: PromiseWithResolvers<void> | undefined = undefined;
   timer: unknown = undefined;
   timerBound: (() => void) | undefined = undefined;
+  /** The access log's own figures of this connection; undefined when not asked for. */
+  own: OwnFigures | undefined = undefined;
 
   constructor(downstream: Deno.TcpConn, upstream: Deno.TcpConn, options: BridgeOptions) {
     const config = options.config ?? ENGINE_DEFAULTS;
@@ -148,23 +187,31 @@ class Session {
     this.up = upstream;
     this.lease = options.lease;
     this.counters = options.lease?.counters;
+    this.lastUpstream = options.lease?.upstream ?? options.target?.label ?? "";
     this.stats = stats;
     this.config = config;
     this.logger = options.logger;
     this.label = options.label ?? "";
     this.signal = options.signal;
     this.state = options.state ?? new BridgeState();
+    if (options.onEnd) this.own = new OwnFigures(options.onEnd, stats.counts);
+    // With the access log the analyzers count into this connection's own counters, added to the
+    // shared ones after every chunk; without it they count into the shared ones directly.
+    const counts = this.own?.counts ?? stats.counts;
     const sizes = { initialSize: config.initialBufferSize, maxSize: config.maxBufferSize };
     this.downSource = new ChunkSource(downstream, { ...sizes, held: options.held });
     this.upSource = new ChunkSource(upstream, sizes);
     this.tracker = config.maxTrackedRequests > 0
-      ? new LatencyTracker(stats.latency, { maxOutstanding: config.maxTrackedRequests })
+      ? new LatencyTracker(stats.latency, {
+        maxOutstanding: config.maxTrackedRequests,
+        connection: this.own?.latency,
+      })
       : undefined;
     const tracker = this.tracker;
     const trackerHook = tracker
       ? (type: number, seq: number) => tracker.onMessage(type, seq)
       : undefined;
-    this.requests = new Analyzer("downstream", stats.counts, hookOptions(trackerHook));
+    this.requests = new Analyzer("downstream", counts, hookOptions(trackerHook));
     if (config.resume !== "off") {
       if (!options.target) throw new TypeError("bridge: resume needs options.target");
       // Every REQ the in-flight limit lets through must fit the log, or a client within its
@@ -179,7 +226,7 @@ class Session {
       this.failover = new Failover(config, options.target, stats, options.logger, this.label);
       // Replies carrying the client's Seqs (always, unless renumbering after a failover, when
       // the rewriter matches them) mark their REQ answered.
-      this.replies = new Analyzer("upstream", stats.counts, {
+      this.replies = new Analyzer("upstream", counts, {
         onMessage: (type, seq) => {
           if (!log.renumbering) log.answerSeq(seq);
           trackerHook?.(type, seq);
@@ -188,7 +235,7 @@ class Session {
     } else {
       this.log = undefined;
       this.failover = undefined;
-      this.replies = new Analyzer("upstream", stats.counts, hookOptions(trackerHook));
+      this.replies = new Analyzer("upstream", counts, hookOptions(trackerHook));
     }
   }
 
@@ -198,6 +245,7 @@ class Session {
     if (signal?.aborted) this.handleEvent();
     state.lastActivity = stats.clock();
     this.connectedAt = state.lastActivity;
+    if (this.own !== undefined) this.own.startedAt = state.lastActivity;
     if (this.config.idleTimeoutMs > 0) this.arm(this.config.idleTimeoutMs);
     const requests = this.pumpRequests();
     let replies = this.pumpReplies(this.upSource);
@@ -234,7 +282,12 @@ class Session {
     this.requests.end();
     this.replies.end();
     this.tracker?.close();
-    return this.reason ?? "client_closed";
+    const reason = this.reason ?? "client_closed";
+    if (this.own !== undefined) {
+      this.own.fold();
+      this.own.report(this, reason);
+    }
+    return reason;
   }
 
   /** The abort signal's listener (an EventListenerObject: no closure needed). */
@@ -342,6 +395,7 @@ class Session {
             const part = start === 0 && end === n ? chunk : chunk.subarray(start, end);
             start = end;
             stats.bytesDownstream += part.length;
+            if (this.own !== undefined) this.own.fromClient(part.length);
             state.lastActivity = now;
             if (valid > 0) {
               state.outstanding += valid;
@@ -469,6 +523,7 @@ class Session {
       this.tracker?.setTime(now);
       const valid = this.replies.feed(bytes);
       stats.bytesUpstream += raw.length;
+      if (this.own !== undefined) this.own.fromUpstream(raw.length);
       state.lastActivity = now;
       if (valid > 0) {
         this.gotReply = true;
@@ -594,6 +649,7 @@ class Session {
     const up = next.conn;
     this.lease = next;
     this.counters = next.counters;
+    this.lastUpstream = next.upstream;
     let bytes: Uint8Array;
     let count: number;
     if (this.config.resume === "renumber") {
@@ -617,6 +673,7 @@ class Session {
     });
     this.upSource = source;
     stats.failovers++;
+    if (this.own !== undefined) this.own.failovers++;
     stats.replays += count;
     this.logger?.info(
       "Upstream {what} on {connection}; resumed on {upstream}, replayed {count} REQ(s)",
@@ -734,3 +791,76 @@ function closeQuietly(conn: Deno.Conn): void {
     // Already closed.
   }
 }
+
+/** A connection's own counters for the access log (only allocated when it is on). */
+class OwnFigures {
+  readonly onEnd: (summary: ConnectionSummary) => void;
+  readonly shared: MessageCounts;
+  /** What the analyzers counted since the last fold. */
+  readonly counts: MessageCounts = createMessageCounts();
+  readonly totals: MessageCounts = createMessageCounts();
+  readonly latency = new Histogram();
+  bytesFromClient = 0;
+  bytesFromUpstream = 0;
+  failovers = 0;
+  startedAt = NaN;
+
+  constructor(onEnd: (summary: ConnectionSummary) => void, shared: MessageCounts) {
+    this.onEnd = onEnd;
+    this.shared = shared;
+  }
+
+  fromClient(n: number): void {
+    this.bytesFromClient += n;
+    this.fold();
+  }
+
+  fromUpstream(n: number): void {
+    this.bytesFromUpstream += n;
+    this.fold();
+  }
+
+  /** Adds what was counted since the last fold to the shared counters and the totals. */
+  fold(): void {
+    const c = this.counts;
+    for (const key of COUNT_KEYS) {
+      const n = c[key];
+      if (n !== 0) {
+        this.shared[key] += n;
+        this.totals[key] += n;
+        c[key] = 0;
+      }
+    }
+  }
+
+  report(session: Session, reason: CloseReason): void {
+    const t = this.totals;
+    const now = session.stats.clock();
+    const latency = this.latency;
+    this.onEnd({
+      startedAt: this.startedAt,
+      durationMs: now - this.startedAt,
+      bytesFromClient: this.bytesFromClient,
+      bytesFromUpstream: this.bytesFromUpstream,
+      reqs: t.msg_req,
+      acks: t.msg_ack,
+      naks: t.msg_nak,
+      invalid: t.invalid_type + t.invalid_seq + t.invalid_direction + t.invalid_truncated,
+      latencyP50Ms: latency.count > 0 ? latency.quantile(0.5) * 1000 : NaN,
+      latencyMaxMs: latency.count > 0 ? latency.max * 1000 : NaN,
+      upstream: session.lastUpstream,
+      failovers: this.failovers,
+      reason,
+    });
+  }
+}
+
+const COUNT_KEYS = [
+  "msg_req",
+  "msg_ack",
+  "msg_nak",
+  "invalid_type",
+  "invalid_seq",
+  "invalid_direction",
+  "invalid_truncated",
+] as const satisfies readonly (keyof MessageCounts)[];

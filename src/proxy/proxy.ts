@@ -10,6 +10,7 @@ import { type Clock, systemClock } from "../stats/clock.ts";
 import { type CloseReason, Stats } from "../stats/stats.ts";
 import { acceptLoop } from "../net/accept_loop.ts";
 import { waitOrAbort } from "./wait_or_abort.ts";
+import type { AccessRecord } from "./access_log.ts";
 import { bridge, BridgeState } from "./bridge.ts";
 import {
   type EngineConfig,
@@ -72,6 +73,8 @@ export interface ProxyOptions extends Omit<EngineOptions, "resume"> {
   resume?: ResumeMode | boolean;
   /** Where upstream connections come from; unset: `forward` alone. */
   target?: UpstreamTarget;
+  /** Gets one record per finished connection (the access log); unset: none are made. */
+  accessLog?: (record: AccessRecord) => void;
   /** Aborting closes the proxy like {@linkcode Proxy.close}. Unset: only `close()` does. */
   signal?: AbortSignal;
 }
@@ -131,6 +134,7 @@ export class Proxy implements AsyncDisposable {
   #connections = new Set<Connection>();
   #forwardText: string;
   #engine: EngineConfig;
+  #accessLog: ((record: AccessRecord) => void) | undefined;
   #target: UpstreamTarget;
   #closeAll = new AbortController();
   #accepting: Promise<void> | undefined;
@@ -157,6 +161,7 @@ export class Proxy implements AsyncDisposable {
         random: options.random,
       });
     this.#forwardText = this.#target.label;
+    this.#accessLog = options.accessLog;
     options.signal?.addEventListener("abort", () => void this.close(), { once: true });
   }
 
@@ -334,17 +339,39 @@ export class Proxy implements AsyncDisposable {
     });
   }
 
+  // An access-log line for a connection that ended before it was bridged.
+  #logRefused(client: string, reason: CloseReason): void {
+    this.#accessLog?.({
+      startedAtMs: Date.now(),
+      client,
+      upstream: "",
+      durationMs: 0,
+      bytesFromClient: 0,
+      bytesFromUpstream: 0,
+      reqs: 0,
+      acks: 0,
+      naks: 0,
+      invalid: 0,
+      latencyP50Ms: NaN,
+      latencyMaxMs: NaN,
+      failovers: 0,
+      reason,
+    });
+  }
+
   // Serves one connection and removes it from #connections when done; never rejects.
   async #handle(downstream: Deno.TcpConn, connection: Connection): Promise<void> {
     try {
       const stats = this.stats;
       stats.connectionsTotal++;
       const peer = formatAddress(downstream.remoteAddr as Deno.NetAddr);
+      const acceptedAtMs = this.#accessLog === undefined ? 0 : Date.now();
       const forward = this.#forwardText;
       const maxConnections = this.#options.maxConnections ?? 10_000;
       if (stats.connectionsActive >= maxConnections) {
         stats.connectionsRejected++;
         stats.recordClose("max_connections");
+        this.#logRefused(peer, "max_connections");
         this.#logger.warning(
           "Rejected {downstream}: {active} connections open (--max-connections)",
           {
@@ -370,6 +397,7 @@ export class Proxy implements AsyncDisposable {
         const dialed = await this.#dial(downstream, connection, peer);
         if (typeof dialed === "string") {
           reason = dialed;
+          this.#logRefused(peer, dialed);
           return;
         }
         this.#logger.debug("Bridging {downstream} -> {upstream}", {
@@ -386,6 +414,10 @@ export class Proxy implements AsyncDisposable {
           held: dialed.held,
           state: connection.state,
           lease: dialed.lease,
+          onEnd: this.#accessLog === undefined ? undefined : (summary) => {
+            const { startedAt: _clock, ...rest } = summary;
+            this.#accessLog?.({ ...rest, startedAtMs: acceptedAtMs, client: peer });
+          },
         });
         this.#logger.debug("Closed {downstream} -> {upstream}: {reason}", {
           downstream: peer,

@@ -87,6 +87,8 @@ export interface LatencyTrackerOptions {
    * (counted in `untrackedRequests`). Bounds the tracker's memory. @default {10000}
    */
   maxOutstanding?: number;
+  /** Also records this connection's latencies here (the access log's p50/max); unset: no. */
+  connection?: Histogram;
 }
 
 // Small enough (2 × 32 bytes) for V8 to keep the two rings on its heap with no separate backing
@@ -107,6 +109,7 @@ const INITIAL_RING = 4;
  * one anomaly is counted once.
  */
 export class LatencyTracker {
+  #connection: Histogram | undefined;
   #stats: LatencyStats;
   #max: number;
   #now = 0;
@@ -125,6 +128,7 @@ export class LatencyTracker {
 
   /** Creates a tracker adding to `stats`. */
   constructor(stats: LatencyStats, options: LatencyTrackerOptions = {}) {
+    this.#connection = options.connection;
     const max = options.maxOutstanding ?? 10_000;
     if (!Number.isSafeInteger(max) || max < 1) {
       throw new RangeError(`Invalid maxOutstanding ${max}: expected a positive integer`);
@@ -240,7 +244,9 @@ export class LatencyTracker {
     if (started === started) {
       stats.inFlight--;
       const ms = this.#now - started;
-      stats.histogram.record(ms > 0 ? ms / 1000 : 0);
+      const seconds = ms > 0 ? ms / 1000 : 0;
+      stats.histogram.record(seconds);
+      this.#connection?.record(seconds);
       return;
     }
     // No outstanding REQ: the reply of a duplicate or an untracked REQ, or a real anomaly.

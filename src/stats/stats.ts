@@ -76,6 +76,8 @@ export interface StatsSnapshot {
   usr1_ignored: number;
   /** Log lines dropped because stderr was not being read (output never blocks traffic). */
   log_lines_dropped: number;
+  /** Access-log lines dropped because their reader (stderr or the file) stalled. */
+  access_log_lines_dropped: number;
   /** Stats lines (SIGUSR2) dropped because stdout was not being read. */
   stats_lines_dropped: number;
   /** Accept errors that concerned one connection (reset before it was taken); never pause accepting. */
@@ -160,6 +162,8 @@ export class Stats {
   usr1Ignored = 0;
   /** Log lines dropped at a stalled stderr. */
   logLinesDropped = 0;
+  /** Access-log lines dropped at a stalled reader. */
+  accessLogLinesDropped = 0;
   /** Stats lines dropped at a stalled stdout. */
   statsLinesDropped = 0;
   /** Accept errors of one connection. */
@@ -254,6 +258,7 @@ export class Stats {
       replies_dropped: this.repliesDropped,
       usr1_ignored: this.usr1Ignored,
       log_lines_dropped: this.logLinesDropped,
+      access_log_lines_dropped: this.accessLogLinesDropped,
       stats_lines_dropped: this.statsLinesDropped,
       accept_errors: this.acceptErrors,
       accept_resource_errors: this.acceptResourceErrors,

@@ -1,0 +1,104 @@
+/**
+ * The access log (issue 13): one line per finished connection with what it did and how it
+ * ended, in text or JSON, on stderr or a file reopened on SIGHUP.
+ */
+import assert from "node:assert/strict";
+import { type AccessRecord, formatAccessLine } from "../src/proxy/access_log.ts";
+import { connectTo, LineReader, startProxy, startUpstream, waitUntil, writeAll } from "./_util.ts";
+import { spawnMain } from "./_util.ts";
+
+Deno.test("an access record per connection: bytes, REQ/ACK/NAK, invalid lines, latency, reason", async () => {
+  await using upstream = await startUpstream({ nakEvery: 2 });
+  const records: AccessRecord[] = [];
+  await using proxy = await startProxy(upstream.addr, { accessLog: (r) => records.push(r) });
+  {
+    using conn = await connectTo(proxy.addr);
+    await writeAll(conn, "REQ 1 a\nREQ 2 b\nHELLO\nREQ 3\n");
+    await conn.closeWrite();
+    assert.equal(await new LineReader(conn).readText(), "ACK 1\nNAK 2\nACK 3\n");
+  }
+  await waitUntil(() => records.length === 1, "the record");
+  const r = records[0];
+  assert.equal(r.reqs, 3);
+  assert.equal(r.acks, 2);
+  assert.equal(r.naks, 1);
+  assert.equal(r.invalid, 1);
+  assert.equal(r.bytesFromClient, "REQ 1 a\nREQ 2 b\nHELLO\nREQ 3\n".length);
+  assert.equal(r.bytesFromUpstream, "ACK 1\nNAK 2\nACK 3\n".length);
+  assert.equal(r.reason, "completed");
+  assert.ok(r.latencyMaxMs >= r.latencyP50Ms && r.latencyP50Ms >= 0, JSON.stringify(r));
+  assert.match(r.client, /^127\.0\.0\.1:\d+$/);
+  // The shared counters still see every message.
+  const snap = proxy.stats.snapshot();
+  assert.deepEqual([snap.msg_req, snap.msg_ack, snap.msg_nak, snap.msg_invalid], [3, 2, 1, 1]);
+});
+
+Deno.test("formatAccessLine: text like tcplog, and JSON with one field each", () => {
+  const record: AccessRecord = {
+    startedAtMs: Date.UTC(2026, 0, 2, 3, 4, 5, 6),
+    client: "127.0.0.1:5555",
+    upstream: "a",
+    durationMs: 12.4,
+    bytesFromClient: 30,
+    bytesFromUpstream: 18,
+    reqs: 3,
+    acks: 2,
+    naks: 1,
+    invalid: 0,
+    latencyP50Ms: 0.25,
+    latencyMaxMs: 1.5,
+    failovers: 0,
+    reason: "completed",
+  };
+  assert.equal(
+    formatAccessLine("text", record),
+    "2026-01-02T03:04:05.006Z 127.0.0.1:5555 -> a 12ms in=30 out=18 req=3 ack=2 nak=1 inv=0 " +
+      "p50=0.25ms max=1.5ms failovers=0 completed\n",
+  );
+  const json = JSON.parse(formatAccessLine("json", { ...record, latencyP50Ms: NaN }));
+  assert.equal(json.latency_p50_ms, null);
+  assert.equal(json.reason, "completed");
+  assert.equal(json.start, "2026-01-02T03:04:05.006Z");
+});
+
+Deno.test("--access-log json --access-log-file: appended, reopened on SIGHUP after a rotation", async () => {
+  await using upstream = await startUpstream();
+  const dir = await Deno.makeTempDir({ prefix: "foo-proxy-access-" });
+  const path = `${dir}/access.log`;
+  try {
+    await using child = spawnMain([
+      "proxy",
+      "--listen=127.0.0.1:0",
+      `--forward=127.0.0.1:${upstream.addr.port}`,
+      "--http=off",
+      "--health=off",
+      "--access-log=json",
+      `--access-log-file=${path}`,
+    ], { permissions: ["--allow-net", "--allow-env=FOO_PROXY_*", `--allow-write=${dir}`] });
+    const port = Number((await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
+    const oneClient = async (seq: number) => {
+      using conn = await connectTo(port);
+      await writeAll(conn, `REQ ${seq}\n`);
+      await conn.closeWrite();
+      assert.equal(await new LineReader(conn).readText(), `ACK ${seq}\n`);
+    };
+    await oneClient(1);
+    const lines = async (file: string) =>
+      (await Deno.readTextFile(file).catch(() => "")).split("\n").filter((l) => l !== "");
+    await waitUntil(async () => (await lines(path)).length === 1, "the first line");
+    await Deno.rename(path, `${path}.1`); // what logrotate does
+    child.kill("SIGHUP");
+    await waitUntil(async () => (await Deno.stat(path).catch(() => null)) !== null, "the reopen");
+    await oneClient(2);
+    await waitUntil(async () => (await lines(path)).length === 1, "a line in the new file");
+    const [first] = await lines(`${path}.1`);
+    const [second] = await lines(path);
+    assert.equal(JSON.parse(first).reqs, 1);
+    assert.equal(JSON.parse(second).acks, 1);
+    assert.equal(JSON.parse(second).reason, "completed");
+    child.kill("SIGTERM");
+    assert.equal((await child.status()).code, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
