@@ -302,7 +302,10 @@ class Session {
     this.reason = reason;
     closeQuietly(this.down);
     closeQuietly(this.up);
-    this.releaseLease(reason === "upstream_error");
+    // An upstream that closed while replies were owed failed this client as surely as a reset.
+    this.releaseLease(
+      reason === "upstream_error" || (reason === "upstream_closed" && this.state.outstanding > 0),
+    );
     this.failover?.abort();
     this.room?.resolve();
     this.need?.resolve();
@@ -600,7 +603,7 @@ class Session {
     this.failing = true;
     closeQuietly(this.up);
     const dead = this.lease?.upstream;
-    this.releaseLease(why === "upstream_error");
+    this.releaseLease(why === "upstream_error" || state.outstanding > 0);
     if (why === "upstream_error") stats.upstreamErrors++;
     const what = why === "upstream_error" ? `failed (${String(error)})` : "closed";
     const cannot = log!.disabled
