@@ -304,3 +304,20 @@ Deno.test("the served dashboard's event stream ends at once when the apps close"
     await obs.close();
   }
 });
+
+Deno.test("a tick timer that fires a little early does not bring the next tick milliseconds later", async () => {
+  const t = setup();
+  const stream = t.events.connect()!;
+  try {
+    assert.deepEqual(t.timers.delays, [1000]);
+    t.advance(997); // the timer fires 3 ms early, as real timers may
+    t.timers.fire();
+    assert.equal(t.built(), 2);
+    // The next tick is one interval on, not 3 ms away (that sent two events 3 ms apart).
+    assert.ok(t.timers.pending >= 500, `next tick in ${t.timers.pending} ms`);
+    assert.equal(t.timers.pending, 1003);
+  } finally {
+    await stream.cancel();
+    t.events.stop();
+  }
+});

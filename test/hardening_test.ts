@@ -475,3 +475,25 @@ while not stop and n < 200000:
     n += 1
 print("resets", n)
 `;
+
+Deno.test("LineWriter sends the lines queued behind a pending write in one write", async () => {
+  const writes: string[] = [];
+  let release: (() => void) | undefined;
+  let first = true;
+  const decoder = new TextDecoder();
+  const writer = new LineWriter(async (bytes) => {
+    if (first) {
+      first = false;
+      await new Promise<void>((resolve) => release = resolve);
+    }
+    writes.push(decoder.decode(bytes));
+    return bytes.length;
+  });
+  writer.writeLine("a");
+  writer.writeLine("b");
+  writer.writeLine("c");
+  writer.writeLine("d");
+  release!();
+  assert.equal(await writer.flush(1000), true);
+  assert.deepEqual(writes, ["a\n", "b\nc\nd\n"]);
+});

@@ -198,14 +198,19 @@ export class SnapshotBroadcaster {
     if (this.#timer !== undefined || !this.#running) return;
     if (this.#clients.size === 0) return;
     const now = this.#clock();
+    const interval = this.#intervalMs;
+    // Stay on the grid of the first tick, so a slow tick does not push the next ones later; a
+    // timer that fired a little early must not make the next tick come milliseconds after this
+    // one (seen: two events 3 ms apart), so the next due time is always at least half an
+    // interval away.
     if (this.#armedAt === 0) this.#armedAt = now;
-    // Stay on the grid of the first tick, so a slow tick does not push the next ones later.
-    const late = (now - this.#armedAt) % this.#intervalMs;
+    let due = this.#armedAt + (Math.floor((now - this.#armedAt) / interval) + 1) * interval;
+    if (due - now < interval / 2) due += interval;
     this.#timer = this.#timers.setTimeout(() => {
       this.#timer = undefined;
       this.tick();
       this.#arm();
-    }, this.#intervalMs - late);
+    }, due - now);
   }
 
   #disarm(): void {
