@@ -1,14 +1,17 @@
 /**
  * What the bridge engine costs, side by side in one run against one upstream (our Foo server in
  * its own process): the bare forwarder of `bench/bare_forwarder.ts` (the floor: 16 KiB buffers,
- * no analysis), foo-proxy from this tree in plain mode and with `--resume`, and foo-proxy from an
- * older checkout (by default the worktree `/tmp/old`) in both modes.
+ * no analysis), foo-proxy from this tree (or `--new DIR`) in plain mode and with `--resume`, and
+ * foo-proxy from an older checkout (by default the worktree `/tmp/old`) in both modes.
  *
  * ```sh
  * git worktree add /tmp/old 8aa3b95      # the engine being replaced
  * deno run -A bench/engine_cost.ts       # --help for the flags
  * git worktree remove /tmp/old
  * ```
+ *
+ * While others edit this tree, pin the new engine too: `git worktree add --detach /tmp/new
+ * <commit>` and pass `--new /tmp/new` (its Foo server and load generator then serve every target).
  *
  * (`-A` because Deno asks for it to read another process's `/proc` entries, which this script
  * does synchronously on every progress line of the load generator.)
@@ -82,6 +85,9 @@ function usage(): string {
   --warmup S       unmeasured seconds before each load run                 (default 1)
   --idle N         idle connections held per idle measurement              (default 2000)
   --old DIR        checkout of the engine being replaced                   (default /tmp/old)
+  --new DIR        checkout of the new engine, e.g. a worktree pinned at a commit while
+                   others edit this one; its Foo server and load generator serve every
+                   target                                     (default this script's checkout)
   --only LIST      parts to run: load, idle                                (default load,idle)
   --max-other C    run a load run again (up to 2 times) when the rest of the machine used
                    more than C cores during it                             (default 0.25)
@@ -95,6 +101,8 @@ interface Config {
   warmup: number;
   idle: number;
   old: string;
+  /** The tree whose foo-proxy is "new"; its Foo server and load generator are used for all. */
+  new: string;
   load: boolean;
   idleMemory: boolean;
   maxOther: number;
@@ -112,6 +120,7 @@ function parseConfig(args: string[]): Config {
       warmup: { type: "string", default: "1" },
       idle: { type: "string", default: "2000" },
       old: { type: "string", default: "/tmp/old" },
+      new: { type: "string", default: REPO_ROOT },
       only: { type: "string", default: "load,idle" },
       "max-other": { type: "string", default: "0.25" },
       "no-write": { type: "boolean" },
@@ -138,6 +147,7 @@ function parseConfig(args: string[]): Config {
     warmup: num("warmup", values.warmup, 0.5),
     idle: Math.round(num("idle", values.idle, 1)),
     old: values.old.replace(/\/$/, ""),
+    new: values.new.replace(/\/$/, ""),
     load: only.has("load"),
     idleMemory: only.has("idle"),
     maxOther: num("max-other", values["max-other"], 0),
@@ -145,7 +155,7 @@ function parseConfig(args: string[]): Config {
   };
 }
 
-function targets(oldDir: string): Target[] {
+function targets(oldDir: string, newDir: string): Target[] {
   const proxy = (resume: boolean) => (upstream: string) => [
     "run",
     ...START_FLAGS,
@@ -174,8 +184,8 @@ function targets(oldDir: string): Target[] {
         upstream,
       ],
     },
-    { id: "new", title: "new plain", cwd: REPO_ROOT, args: proxy(false) },
-    { id: "new-resume", title: "new --resume", cwd: REPO_ROOT, args: proxy(true) },
+    { id: "new", title: "new plain", cwd: newDir, args: proxy(false) },
+    { id: "new-resume", title: "new --resume", cwd: newDir, args: proxy(true) },
     { id: "old", title: "old plain", cwd: oldDir, args: proxy(false) },
     { id: "old-resume", title: "old --resume", cwd: oldDir, args: proxy(true) },
   ];
@@ -215,8 +225,8 @@ interface Running {
   port: number;
 }
 
-async function startServer(): Promise<Running> {
-  const child = spawn("foo server", REPO_ROOT, [
+async function startServer(dir: string): Promise<Running> {
+  const child = spawn("foo server", dir, [
     "run",
     "-A",
     "src/main.ts",
@@ -327,7 +337,7 @@ async function runLoad(
       `${config.warmup}s`,
       ...scenario.args,
     ],
-    cwd: REPO_ROOT,
+    cwd: config.new,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -498,22 +508,27 @@ async function main(args: string[]): Promise<number> {
   } catch {
     throw new Error(`No old checkout at ${config.old} (git worktree add ${config.old} <commit>)`);
   }
-  const all = targets(config.old);
+  try {
+    await Deno.stat(`${config.new}/src/main.ts`);
+  } catch {
+    throw new Error(`No new checkout at ${config.new}`);
+  }
+  const all = targets(config.old, config.new);
   const started = new Date();
   // Another engineer may edit src/ meanwhile: the report says so when the tree changed.
   const gitStatus = async () =>
     `${await commandOutput("git", [
       "-C",
-      REPO_ROOT,
+      config.new,
       "status",
       "--porcelain",
       "src",
-    ])}\n${await commandOutput("git", ["-C", REPO_ROOT, "diff", "HEAD", "--", "src"])}`;
+    ])}\n${await commandOutput("git", ["-C", config.new, "diff", "HEAD", "--", "src"])}`;
   const srcAtStart = await gitStatus();
   const load = new Map<string, LoadSample[]>();
   const idle = new Map<TargetId, IdleSample[]>();
   let retries = 0;
-  const upstream = await startServer();
+  const upstream = await startServer(config.new);
   await using _server = upstream.child;
   if (config.load) {
     const running = new Map<TargetId, Running>();
@@ -695,8 +710,8 @@ async function main(args: string[]): Promise<number> {
     const cpuModel = /^model name\s*:\s*(.*)$/m.exec(Deno.readTextFileSync("/proc/cpuinfo"))?.[1];
     const nproc = await commandOutput("nproc", []);
     const kernel = await commandOutput("uname", ["-r"]);
-    const commit = await commandOutput("git", ["-C", REPO_ROOT, "rev-parse", "--short", "HEAD"]);
-    const dirty = await commandOutput("git", ["-C", REPO_ROOT, "status", "--porcelain"]);
+    const commit = await commandOutput("git", ["-C", config.new, "rev-parse", "--short", "HEAD"]);
+    const dirty = await commandOutput("git", ["-C", config.new, "status", "--porcelain"]);
     const srcChanged = (await gitStatus()) !== srcAtStart;
     const oldCommit = await commandOutput("git", [
       "-C",
@@ -731,23 +746,31 @@ Generated by \`bench/engine_cost.ts\`; re-run \`${command}\` (with the old engin
 - Machine: nproc ${nproc ?? "?"} (${cpuModel ?? "unknown CPU"}), Linux ${kernel ?? "?"}; the
   upstream, the target and the load generator share these CPUs
 - Deno ${Deno.version.deno} (V8 ${Deno.version.v8})
-- New engine: commit ${commit ?? "?"}${
+- New engine: commit ${commit ?? "?"} (\`${config.new}\`)${
       dirty
         ? " (working tree dirty: " + dirty.split("\n").map((l) => l.trim()).join(", ") + ")"
         : ""
     }${srcChanged ? "; **src/ changed during the run**" : ""}
 - Old engine: commit ${oldCommit ?? "?"} (\`${config.old}\`)
 
-Targets: **bare** = \`deno run --allow-net --v8-flags=--max-semi-space-size=8
-bench/bare_forwarder.ts\` (16 KiB buffers, no analysis: the floor); **new** / **old** =
-\`deno run ${START_FLAGS.join(" ")} src/main.ts proxy --listen=127.0.0.1:0 --forward=… --http=off
---health=off\` (the flags of \`deno task start\`), plus \`--resume\` for the resume columns. Values
-are medians over the rounds; a ratio is of those medians, and "(paired)" is the median of the
-per-round ratios instead (a round runs every target once, minutes apart at most). Proxy CPU per reply = the target process's CPU time (user + system,
-/proc/<pid>/stat) between the load generator's first and last progress lines, divided by the
-replies counted in between. Load: \`foo-proxy bench\` with ${
+How each target runs (one process each, started once for all load rounds and afresh for each
+idle round):
+
+- **bare**: \`deno run --allow-net --v8-flags=--max-semi-space-size=8 bench/bare_forwarder.ts --listen 127.0.0.1:0 --forward …\`
+  (16 KiB buffers, no analysis: the floor; the V8 flag of \`deno task start\` too, so only the
+  engine differs)
+- **new**, **old**: \`deno run ${
+      START_FLAGS.join(" ")
+    } src/main.ts proxy --listen=127.0.0.1:0 --forward=… --http=off --health=off\`
+  (the flags of \`deno task start\`), plus \`--resume\` in the resume columns
+- load: \`foo-proxy bench\` from the new tree, ${
       SCENARIOS.map((s) => `\`${s.args.join(" ")}\` (${s.title})`).join(" and ")
-    }.
+    }, closed loop
+
+Values are medians over the rounds; a ratio is of those medians, and "(paired)" is the median of
+the per-round ratios instead (a round runs every target once, minutes apart at most). Proxy CPU per
+reply = the target process's CPU time (user + system, /proc/<pid>/stat) between the load
+generator's first and last progress lines, divided by the replies counted in between.
 
 ${tables.join("\n\n")}
 
