@@ -11,6 +11,7 @@
  *
  * @module
  */
+import { CLOSE_REASONS } from "../stats/stats.ts";
 import { DASHBOARD_SCRIPT } from "./dashboard_script.ts";
 import { DASHBOARD_CSS } from "./dashboard_style.ts";
 
@@ -67,19 +68,6 @@ const INVALID: readonly Row[] = [
   ["msg_invalid_by_kind.direction", "Wrong direction", "int", "alert"],
   ["msg_invalid_by_kind.truncated", "Truncated at close", "int", "alert"],
 ];
-
-const CLOSE_REASONS = [
-  "client_closed",
-  "completed",
-  "half_close_timeout",
-  "upstream_closed",
-  "upstream_error",
-  "downstream_error",
-  "upstream_unreachable",
-  "shutdown",
-  "idle_timeout",
-  "max_connections",
-] as const;
 
 const RESILIENCE: readonly Row[] = [
   ["failovers", "Failovers (--resume)", "int", "alert"],

@@ -7,26 +7,12 @@
  *
  * @module
  */
-import type { CloseReason, StatsSnapshot } from "../stats/stats.ts";
+import { CLOSE_REASONS, type StatsSnapshot } from "../stats/stats.ts";
 import { LatencyStats } from "../stats/latency.ts";
 import { VERSION } from "../version.ts";
 
 /** The `Content-Type` of the text exposition format 0.0.4. */
 export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
-
-/** Close reasons always exposed (at 0 until they happen), so rate() sees the series appear. */
-const CLOSE_REASONS = [
-  "client_closed",
-  "completed",
-  "half_close_timeout",
-  "upstream_closed",
-  "upstream_error",
-  "downstream_error",
-  "upstream_unreachable",
-  "shutdown",
-  "idle_timeout",
-  "max_connections",
-] as const satisfies readonly CloseReason[];
 
 /** Options for {@linkcode renderMetrics}. */
 export interface RenderMetricsOptions {

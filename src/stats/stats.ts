@@ -9,18 +9,22 @@ import type { Clock } from "./clock.ts";
 import { LatencyStats } from "./latency.ts";
 import { MovingWindow } from "./window.ts";
 
+/** Every reason a proxied connection ends with, in the order reports list them. */
+export const CLOSE_REASONS = [
+  "client_closed",
+  "completed",
+  "half_close_timeout",
+  "upstream_closed",
+  "upstream_error",
+  "downstream_error",
+  "upstream_unreachable",
+  "shutdown",
+  "idle_timeout",
+  "max_connections",
+] as const;
+
 /** Why a proxied connection ended (a metrics label: a closed set, never an address). */
-export type CloseReason =
-  | "client_closed"
-  | "completed"
-  | "half_close_timeout"
-  | "upstream_closed"
-  | "upstream_error"
-  | "downstream_error"
-  | "upstream_unreachable"
-  | "shutdown"
-  | "idle_timeout"
-  | "max_connections";
+export type CloseReason = typeof CLOSE_REASONS[number];
 
 /** The JSON object of one stats report. Field names are part of the interface: never rename. */
 export interface StatsSnapshot {
