@@ -497,3 +497,17 @@ Deno.test("LineWriter sends the lines queued behind a pending write in one write
   assert.equal(await writer.flush(1000), true);
   assert.deepEqual(writes, ["a\n", "b\nc\nd\n"]);
 });
+
+Deno.test("LineWriter with coalesceMs writes the lines of a busy moment in one write; flush does not wait", async () => {
+  const writes: string[] = [];
+  const decoder = new TextDecoder();
+  const writer = new LineWriter((bytes) => {
+    writes.push(decoder.decode(bytes));
+    return Promise.resolve(bytes.length);
+  }, { coalesceMs: 60_000 });
+  writer.writeLine("a");
+  writer.writeLine("b");
+  assert.deepEqual(writes, [], "waiting for company");
+  assert.equal(await writer.flush(1000), true, "flush starts the write at once");
+  assert.deepEqual(writes, ["a\nb\n"]);
+});

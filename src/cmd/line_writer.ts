@@ -24,6 +24,12 @@ export interface LineWriterOptions {
    * Unset: `foo-proxy: N output line(s) dropped while the reader was stalled\n`.
    */
   dropNotice?: (dropped: number) => string;
+  /**
+   * Wait this many ms after a line arrives at an idle writer before writing, so the lines of a
+   * busy moment go out in one write (a write to stdio costs a thread hand-off each). 0: write at
+   * once. @default {0}
+   */
+  coalesceMs?: number;
 }
 
 const encoder = new TextEncoder();
@@ -42,12 +48,15 @@ export class LineWriter {
   #dropped = 0;
   #droppedSinceNotice = 0;
   #failed = false;
+  #coalesceMs: number;
+  #timer: ReturnType<typeof setTimeout> | undefined;
 
   /** A writer handing bytes to `write` (e.g. `(b) => Deno.stdout.write(b)`), one call at a time. */
   constructor(write: (bytes: Uint8Array) => Promise<number>, options: LineWriterOptions = {}) {
     this.#write = write;
     this.#max = options.maxQueuedBytes ?? 64 * 1024;
     this.#onDrop = options.onDrop;
+    this.#coalesceMs = options.coalesceMs ?? 0;
     this.#notice = options.dropNotice ??
       ((n) => `foo-proxy: ${n} output line(s) dropped while the reader was stalled\n`);
   }
@@ -81,7 +90,13 @@ export class LineWriter {
     }
     this.#queue.push(bytes);
     this.#queued += bytes.length;
-    this.#writing ??= this.#drain();
+    if (this.#writing === undefined && this.#timer === undefined) {
+      if (this.#coalesceMs > 0) {
+        this.#timer = setTimeout(() => this.#start(), this.#coalesceMs);
+      } else {
+        this.#start();
+      }
+    }
     return true;
   }
 
@@ -95,6 +110,7 @@ export class LineWriter {
    * reader is stalled: exiting is not held up for it).
    */
   async flush(timeoutMs: number): Promise<boolean> {
+    if (this.#timer !== undefined) this.#start(); // no more waiting for company
     const writing = this.#writing;
     if (writing === undefined) return true;
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -106,6 +122,12 @@ export class LineWriter {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  #start(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#writing ??= this.#drain();
   }
 
   async #drain(): Promise<void> {

@@ -461,7 +461,7 @@ async function openAccessLog(
     };
   }
   let file = await Deno.open(path, { append: true, create: true, write: true, mode: 0o644 });
-  const writer = new LineWriter((bytes) => file.write(bytes));
+  const writer = new LineWriter((bytes) => file.write(bytes), { coalesceMs: 10 });
   return {
     writer,
     reopen: async () => {
@@ -611,7 +611,8 @@ export async function runProxy(args: string[], context: CommandContext = {}): Pr
   // reads must not freeze traffic (a blocking write would stop the whole event loop).
   const output = {
     stdout: new LineWriter((bytes) => Deno.stdout.write(bytes)),
-    stderr: new LineWriter((bytes) => Deno.stderr.write(bytes)),
+    // Logs (and the access log on stderr) wait 10 ms for company: one write per busy moment.
+    stderr: new LineWriter((bytes) => Deno.stderr.write(bytes), { coalesceMs: 10 }),
   };
   try {
     return await serveProxy(args, context, output);
