@@ -18,6 +18,7 @@ import { dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { writeStderrLine, writeStdoutLine } from "../src/cmd/output.ts";
 import { Child } from "../scripts/child.ts";
+import { commandOutput, delay, fmt, median, ratio } from "./_common.ts";
 
 const REPO_ROOT = new URL("..", import.meta.url).pathname;
 const MAIN = new URL("../src/main.ts", import.meta.url).pathname;
@@ -172,10 +173,6 @@ function spawn(name: string, command: string, args: string[], fdLimit: number): 
   });
 }
 
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 function freePort(): number {
   const listener = Deno.listen({ hostname: HOST, port: 0 });
   const port = listener.addr.port;
@@ -296,17 +293,6 @@ async function startHaproxy(
   const child = spawn("haproxy", "haproxy", ["-f", path], fdLimit);
   await waitForPort(port, child);
   return { child, port };
-}
-
-async function commandOutput(command: string, args: string[]): Promise<string | undefined> {
-  try {
-    const out = await new Deno.Command(command, { args, stdout: "piped", stderr: "piped" })
-      .output();
-    if (!out.success) return undefined;
-    return new TextDecoder().decode(out.stdout).trim();
-  } catch {
-    return undefined;
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -472,26 +458,6 @@ async function measureIdle(
 
 // ---------------------------------------------------------------------------------------------
 // Report
-
-function median(xs: number[]): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-}
-
-function fmt(x: number, digits = 0): string {
-  if (!Number.isFinite(x)) return "—";
-  return x.toLocaleString("en-US", {
-    minimumFractionDigits: digits,
-    maximumFractionDigits: digits,
-  });
-}
-
-function ratio(a: number, b: number): string {
-  if (!Number.isFinite(a) || !Number.isFinite(b) || b === 0) return "—";
-  return `${(a / b).toFixed(2)}×`;
-}
 
 type Row = [string, string, string, string, string, string, string];
 

@@ -33,13 +33,22 @@
  */
 import { parseArgs } from "node:util";
 import { Child } from "../scripts/child.ts";
+import {
+  commandOutput,
+  cpuSeconds,
+  delay,
+  fmt,
+  machineBusySeconds,
+  median,
+  ratio,
+  rotate,
+} from "./_common.ts";
 
 const REPO_ROOT = new URL("..", import.meta.url).pathname;
 const RESULTS = new URL("./ENGINE_COST.md", import.meta.url).pathname;
 const BARE = new URL("./bare_forwarder.ts", import.meta.url).pathname;
 const HOST = "127.0.0.1";
 const encoder = new TextEncoder();
-const decoder = new TextDecoder();
 
 /** The flags of `deno task start` (kept in step with deno.json by hand). */
 const START_FLAGS = [
@@ -203,10 +212,6 @@ function log(line: string): void {
   writeLine(Deno.stderr, `engine_cost: ${line}`);
 }
 
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 /** Starts `args` under this Deno through sh, with a raised fd limit (idle runs hold thousands). */
 function spawn(name: string, cwd: string, args: string[]): Child {
   const script = `ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$@"`;
@@ -253,36 +258,14 @@ async function startTarget(target: Target, upstreamPort: number): Promise<Runnin
 }
 
 /** CPU time (user + system) used by `pid` so far, in seconds. */
-function cpuSeconds(pid: number): number {
-  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-  // Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / 100; // USER_HZ is 100 on Linux
-}
 
 /** Busy time of all CPUs so far (the `cpu` line of /proc/stat without idle and iowait), in s. */
-function machineBusySeconds(): number {
-  const line = Deno.readTextFileSync("/proc/stat").split("\n", 1)[0];
-  const [user, nice, system, _idle, _iowait, irq, softirq, steal] = line.split(/\s+/).slice(1)
-    .map(Number);
-  return (user + nice + system + irq + softirq + steal) / 100;
-}
 
 /** Resident set size of `pid` in KiB (VmRSS in /proc/<pid>/status). */
 function rssKib(pid: number): number {
   const m = /^VmRSS:\s+(\d+) kB/m.exec(Deno.readTextFileSync(`/proc/${pid}/status`));
   if (!m) throw new Error(`No VmRSS for pid ${pid}`);
   return Number(m[1]);
-}
-
-async function commandOutput(command: string, args: string[]): Promise<string | undefined> {
-  try {
-    const out = await new Deno.Command(command, { args, stdout: "piped", stderr: "null" })
-      .output();
-    return out.success ? decoder.decode(out.stdout).trim() : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -466,25 +449,6 @@ async function measureIdle(running: Running, count: number): Promise<IdleSample>
 // ---------------------------------------------------------------------------------------------
 // Report
 
-function median(xs: number[]): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-}
-
-function fmt(x: number, digits = 0): string {
-  if (!Number.isFinite(x)) return "—";
-  return x.toLocaleString("en-US", {
-    minimumFractionDigits: digits,
-    maximumFractionDigits: digits,
-  });
-}
-
-function ratio(a: number, b: number): string {
-  return Number.isFinite(a) && Number.isFinite(b) && b !== 0 ? `${(a / b).toFixed(2)}×` : "—";
-}
-
 function table(header: string[], rows: string[][]): string {
   const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
   return [
@@ -492,11 +456,6 @@ function table(header: string[], rows: string[][]): string {
     line(header.map((_, i) => (i < 2 ? "---" : "---:"))),
     ...rows.map(line),
   ].join("\n");
-}
-
-function rotate<T>(xs: T[], by: number): T[] {
-  const k = by % xs.length;
-  return [...xs.slice(k), ...xs.slice(0, k)];
 }
 
 // ---------------------------------------------------------------------------------------------

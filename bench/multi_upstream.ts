@@ -20,6 +20,7 @@
 import { parseArgs } from "node:util";
 import { writeStderrLine, writeStdoutLine } from "../src/cmd/output.ts";
 import { Child } from "../scripts/child.ts";
+import { commandOutput, delay, fmt, ratio } from "./_common.ts";
 
 const REPO_ROOT = new URL("..", import.meta.url).pathname;
 const TRACKED_RESULTS = new URL("./MULTI_UPSTREAM.md", import.meta.url).pathname;
@@ -126,10 +127,6 @@ function parseConfig(args: string[]): Config {
 // ---------------------------------------------------------------------------------------------
 // Processes
 
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 /** `count` distinct free ports (all held open at once, so none is handed out twice). */
 function freePorts(count: number): number[] {
   const listeners = Array.from({ length: count }, () => Deno.listen({ hostname: HOST, port: 0 }));
@@ -150,16 +147,6 @@ async function waitForPort(port: number, child: Child, timeoutMs = 20_000): Prom
       }
       await delay(50);
     }
-  }
-}
-
-async function commandOutput(command: string, args: string[]): Promise<string | undefined> {
-  try {
-    const out = await new Deno.Command(command, { args, stdout: "piped", stderr: "piped" })
-      .output();
-    return out.success ? new TextDecoder().decode(out.stdout).trim() : undefined;
-  } catch {
-    return undefined;
   }
 }
 
@@ -616,19 +603,6 @@ function median(xs: number[]): number {
   if (s.length === 0) return NaN;
   const mid = s.length >> 1;
   return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-}
-
-function fmt(x: number, digits = 0): string {
-  if (!Number.isFinite(x)) return "—";
-  return x.toLocaleString("en-US", {
-    minimumFractionDigits: digits,
-    maximumFractionDigits: digits,
-  });
-}
-
-function ratio(a: number, b: number): string {
-  if (!Number.isFinite(a) || !Number.isFinite(b) || b === 0) return "—";
-  return `${(a / b).toFixed(2)}×`;
 }
 
 function table(header: string[], rows: string[][]): string {

@@ -29,6 +29,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { cpuSeconds, delay, fmt, machineBusySeconds, median, rotate } from "./_common.ts";
 
 const REPO_ROOT = new URL("..", import.meta.url).pathname;
 const RESULTS = new URL("./VIEWERS_COST.md", import.meta.url).pathname;
@@ -151,10 +152,6 @@ function writeLine(file: { writeSync(p: Uint8Array): number }, line: string): vo
 
 function log(line: string): void {
   writeLine(Deno.stderr, `viewers_cost: ${line}`);
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 function freePort(): number {
@@ -290,20 +287,8 @@ function countBytes(hay: Uint8Array, needle: Uint8Array): number {
 }
 
 /** CPU time (user + system) used by `pid` so far, in seconds. */
-function cpuSeconds(pid: number): number {
-  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-  // Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / 100; // USER_HZ is 100 on Linux
-}
 
 /** Busy time of all CPUs so far (the `cpu` line of /proc/stat without idle and iowait), in s. */
-function machineBusySeconds(): number {
-  const line = Deno.readTextFileSync("/proc/stat").split("\n", 1)[0];
-  const [user, nice, system, _idle, _iowait, irq, softirq, steal] = line.split(/\s+/).slice(1)
-    .map(Number);
-  return (user + nice + system + irq + softirq + steal) / 100;
-}
 
 async function commandOutput(command: string, args: string[]): Promise<string | undefined> {
   try {
@@ -577,21 +562,6 @@ async function runLoad(
 // ---------------------------------------------------------------------------------------------
 // Report
 
-function median(xs: number[]): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-}
-
-function fmt(x: number, digits = 0): string {
-  if (!Number.isFinite(x)) return "—";
-  return x.toLocaleString("en-US", {
-    minimumFractionDigits: digits,
-    maximumFractionDigits: digits,
-  });
-}
-
 function times(r: number): string {
   return Number.isFinite(r) ? `${r.toFixed(3)}×` : "—";
 }
@@ -603,11 +573,6 @@ function table(header: string[], rows: string[][], textColumns = 2): string {
     line(header.map((_, i) => (i < textColumns ? "---" : "---:"))),
     ...rows.map(line),
   ].join("\n");
-}
-
-function rotate<T>(xs: T[], by: number): T[] {
-  const k = by % xs.length;
-  return [...xs.slice(k), ...xs.slice(0, k)];
 }
 
 // ---------------------------------------------------------------------------------------------
