@@ -92,6 +92,12 @@ export async function waitUntil(
   }
 }
 
+/** A port on 127.0.0.1 that was free a moment ago (bound to port 0, read, closed). */
+export function freePort(): number {
+  using probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  return probe.addr.port;
+}
+
 /** Something {@linkcode LineReader} can read bytes from. */
 export type ByteSource =
   | Deno.Conn

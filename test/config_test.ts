@@ -6,7 +6,15 @@
 import assert from "node:assert/strict";
 import { parseConfigFile, stripJsonComments } from "../src/cli/config_file.ts";
 import { parseProxyConfig, PROXY_FLAGS } from "../src/cmd/proxy.ts";
-import { connectTo, LineReader, spawnMain, startUpstream, waitUntil, writeAll } from "./_util.ts";
+import {
+  connectTo,
+  freePort,
+  LineReader,
+  spawnMain,
+  startUpstream,
+  waitUntil,
+  writeAll,
+} from "./_util.ts";
 
 Deno.test("parseConfigFile: comments and trailing commas, lists, and errors that name the key and its line", () => {
   const text = `{
@@ -45,11 +53,6 @@ Deno.test("flags and FOO_PROXY_* win over the file", () => {
   assert.equal(config.maxInflight, 9);
   assert.equal(config.balance, "first");
 });
-
-function freePort(): number {
-  using probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  return probe.addr.port;
-}
 
 async function getJson(port: number, path: string, init?: RequestInit) {
   const response = await fetch(`http://127.0.0.1:${port}${path}`, init);

@@ -17,6 +17,7 @@ import {
   connectTo,
   ENGINE_MODES,
   fakeTimers,
+  freePort,
   LineReader,
   listenLocal,
   readLines,
@@ -31,12 +32,6 @@ import {
 } from "./_util.ts";
 
 const LOCAL = "127.0.0.1";
-
-/** A port nothing listens on (connects are refused) until someone binds it. */
-function freePort(): number {
-  using probe = Deno.listen({ hostname: LOCAL, port: 0 });
-  return probe.addr.port;
-}
 
 /** Open file descriptors of process `pid` (Linux), read through `ls`. */
 async function fdCount(pid: number): Promise<number> {

@@ -7,6 +7,7 @@ import { LineWriter } from "../src/cmd/line_writer.ts";
 import { HttpServer } from "../src/net/http_server.ts";
 import {
   connectTo,
+  freePort,
   LineReader,
   MAIN_PATH,
   type MainProcess,
@@ -16,12 +17,6 @@ import {
   waitUntil,
   writeAll,
 } from "./_util.ts";
-
-/** A port nothing listens on yet. */
-function freePort(): number {
-  using probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  return probe.addr.port;
-}
 
 async function accepting(port: number): Promise<boolean> {
   try {

@@ -6,7 +6,7 @@ import {
   permissionNeeds,
   type PermissionTargets,
 } from "../src/cli/permissions.ts";
-import { connectTo, lineReader, spawnMain, startUpstream, writeAll } from "./_util.ts";
+import { connectTo, freePort, lineReader, spawnMain, startUpstream, writeAll } from "./_util.ts";
 
 const LOCAL = "127.0.0.1";
 const targets: PermissionTargets = {
@@ -111,12 +111,6 @@ Deno.test("assertPermissions() treats 'prompt' as missing and words the fix for 
       "(any address) or add localhost:8001 to its --allow-net list",
   });
 });
-
-/** A port that was free a moment ago: bound on 127.0.0.1:0, read, closed. */
-function freePort(): number {
-  using listener = Deno.listen({ hostname: LOCAL, port: 0 });
-  return listener.addr.port;
-}
 
 Deno.test("the proxy serves real traffic with only --allow-net=<listen>,<upstream> (no env, read or write)", async () => {
   await using upstream = await startUpstream();

@@ -11,6 +11,7 @@ import {
   connectTo,
   ENGINE_MODES,
   fakeTimers,
+  freePort,
   listenLocal,
   readLines,
   readText,
@@ -24,14 +25,7 @@ import {
 } from "./_util.ts";
 
 const encoder = new TextEncoder();
-const LOCAL = { hostname: "127.0.0.1", port: 0 };
 const MiB = 1 << 20;
-
-/** A port nothing listens on (connects are refused) until someone binds it. */
-function freePort(): number {
-  using probe = Deno.listen(LOCAL);
-  return probe.addr.port;
-}
 
 /**
  * Writes chunks from `next()` to `conn` in the background until {@linkcode Flood.stop} or until

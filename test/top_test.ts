@@ -17,6 +17,7 @@ import {
 import { renderTop, TOP_FOOTER, type TopSnapshot, type TopState } from "../src/tools/top_view.ts";
 import {
   connectTo,
+  freePort,
   LineReader,
   listenLocal,
   REPO_ROOT,
@@ -386,11 +387,6 @@ const TMUX = await (async () => {
     return false;
   }
 })();
-
-function freePort(): number {
-  using listener = listenLocal();
-  return (listener.addr as Deno.NetAddr).port;
-}
 
 const TMUX_TEST =
   "foo-proxy top in a real terminal (tmux) shows live rates, and q quits restoring the terminal";
