@@ -102,3 +102,22 @@ Deno.test("--access-log json --access-log-file: appended, reopened on SIGHUP aft
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("an --access-log-file that cannot be opened stops the start with one line, exit 2", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "foo-proxy-access-" });
+  try {
+    await using child = spawnMain([
+      "proxy",
+      "--listen=127.0.0.1:0",
+      "--http=off",
+      "--health=off",
+      "--access-log=text",
+      `--access-log-file=${dir}`, // a directory
+    ], { permissions: ["--allow-net", "--allow-env=FOO_PROXY_*", `--allow-write=${dir}`] });
+    assert.equal((await child.status()).code, 2);
+    assert.match(child.stderr.text, /Cannot open access log ".*" \(--access-log-file\): /);
+    assert.doesNotMatch(child.stderr.text, /Listening on|    at /, "nothing opened, no stack");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -28,6 +28,7 @@ import {
 } from "../cli/flags.ts";
 import type { ResumeMode } from "../proxy/engine_config.ts";
 import { Proxy } from "../proxy/proxy.ts";
+import { describeError } from "../proxy/upstream.ts";
 import { RecoveryPathError, type RecoveryPersister } from "../proxy/recovery_file.ts";
 import { systemClock } from "../stats/clock.ts";
 import { Stats } from "../stats/stats.ts";
@@ -791,7 +792,21 @@ async function serveProxy(
     })());
   };
   const accessFormat = config.accessLog === "json" ? "json" : "text";
-  const accessLog = config.accessLog === "off" ? undefined : await openAccessLog(config, output);
+  let accessLog: AccessLogOutput | undefined;
+  if (config.accessLog !== "off") {
+    try {
+      accessLog = await openAccessLog(config, output);
+    } catch (error) {
+      signals.remove();
+      lastResort.remove();
+      writeStderrLine(
+        `foo-proxy: Cannot open access log "${config.accessLogFile}" (--access-log-file): ${
+          describeError(error)
+        }`,
+      );
+      return 2;
+    }
+  }
   if (accessLog) {
     accessLog.writer.onDrop = () => stats.accessLogLinesDropped++;
     accessLogReopen = accessLog.reopen;
