@@ -116,7 +116,7 @@ Deno.test("an --access-log-file that cannot be opened stops the start with one l
     ], { permissions: ["--allow-net", "--allow-env=FOO_PROXY_*", `--allow-write=${dir}`] });
     assert.equal((await child.status()).code, 2);
     assert.match(child.stderr.text, /Cannot open access log ".*" \(--access-log-file\): /);
-    assert.doesNotMatch(child.stderr.text, /Listening on|    at /, "nothing opened, no stack");
+    assert.doesNotMatch(child.stderr.text, /Listening on| {4}at /, "nothing opened, no stack");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
