@@ -42,6 +42,38 @@ export interface HistogramData {
   max: number;
 }
 
+/** Bounds checked once and shared by every histogram built from the same array. */
+interface SharedBounds {
+  frozen: readonly number[];
+  typed: Float64Array;
+}
+
+const checkedBounds = new WeakMap<readonly number[], SharedBounds>();
+
+/**
+ * `bounds` validated and copied once per array: a histogram per connection (the access log's
+ * latency figures) then costs one small allocation, not a validation and two copies.
+ *
+ * @throws {RangeError} unless the bounds are finite, positive and strictly ascending.
+ */
+function sharedBounds(bounds: readonly number[]): SharedBounds {
+  const known = checkedBounds.get(bounds);
+  // Only frozen arrays are remembered: one that may change is checked every time.
+  if (known) return known;
+  if (bounds.length === 0) throw new RangeError("Invalid histogram: no buckets");
+  for (let i = 0; i < bounds.length; i++) {
+    const b = bounds[i];
+    if (!Number.isFinite(b) || b <= 0 || (i > 0 && b <= bounds[i - 1])) {
+      throw new RangeError(
+        `Invalid histogram bucket ${b}: bounds must be finite, positive and strictly ascending`,
+      );
+    }
+  }
+  const checked = { frozen: Object.freeze([...bounds]), typed: Float64Array.from(bounds) };
+  if (Object.isFrozen(bounds)) checkedBounds.set(bounds, checked);
+  return checked;
+}
+
 /**
  * Counts observations (seconds) in fixed buckets. Recording is a short scan of at most
  * `bounds.length` comparisons and allocates nothing.
@@ -62,18 +94,10 @@ export class Histogram {
    * @throws {RangeError} unless the bounds are finite, positive and strictly ascending.
    */
   constructor(bounds: readonly number[] = DEFAULT_LATENCY_BUCKETS) {
-    if (bounds.length === 0) throw new RangeError("Invalid histogram: no buckets");
-    for (let i = 0; i < bounds.length; i++) {
-      const b = bounds[i];
-      if (!Number.isFinite(b) || b <= 0 || (i > 0 && b <= bounds[i - 1])) {
-        throw new RangeError(
-          `Invalid histogram bucket ${b}: bounds must be finite, positive and strictly ascending`,
-        );
-      }
-    }
-    this.bounds = Object.freeze([...bounds]);
-    this.#bounds = Float64Array.from(bounds);
-    this.#counts = new Float64Array(bounds.length + 1);
+    const shared = sharedBounds(bounds);
+    this.bounds = shared.frozen;
+    this.#bounds = shared.typed;
+    this.#counts = new Float64Array(shared.typed.length + 1);
   }
 
   /** Number of observations. */
