@@ -3,7 +3,7 @@
  * ended, in text or JSON, on stderr or a file reopened on SIGHUP.
  */
 import assert from "node:assert/strict";
-import { type AccessRecord, formatAccessLine } from "../src/proxy/access_log.ts";
+import { type AccessRecord, formatAccessLine, isoTime } from "../src/proxy/access_log.ts";
 import { connectTo, LineReader, startProxy, startUpstream, waitUntil, writeAll } from "./_util.ts";
 import { spawnMain } from "./_util.ts";
 
@@ -59,6 +59,24 @@ Deno.test("formatAccessLine: text like tcplog, and JSON with one field each", ()
   assert.equal(json.latency_p50_ms, null);
   assert.equal(json.reason, "completed");
   assert.equal(json.start, "2026-01-02T03:04:05.006Z");
+});
+
+Deno.test("isoTime: what toISOString says, across seconds, for 1- to 3-digit ms and odd years", () => {
+  const base = Date.UTC(2026, 11, 31, 23, 59, 59, 0);
+  const times = [
+    base,
+    base + 7,
+    base + 42,
+    base + 999,
+    base + 1000, // a new second (and year) after one was cached
+    base + 1000.9, // fractions are dropped, as Date does
+    base + 5, // back to an earlier second
+    0,
+    -1, // before 1970
+    Date.UTC(10000, 0, 1), // a six-digit year, which is not cached
+    Date.UTC(10000, 0, 1) + 1,
+  ];
+  for (const t of times) assert.equal(isoTime(t), new Date(t).toISOString(), `at ${t}`);
 });
 
 Deno.test("--access-log json --access-log-file: appended, reopened on SIGHUP after a rotation", async () => {

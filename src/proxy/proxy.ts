@@ -414,10 +414,24 @@ export class Proxy implements AsyncDisposable {
           held: dialed.held,
           state: connection.state,
           lease: dialed.lease,
-          onEnd: this.#accessLog === undefined ? undefined : (summary) => {
-            const { startedAt: _clock, ...rest } = summary;
-            this.#accessLog?.({ ...rest, startedAtMs: acceptedAtMs, client: peer });
-          },
+          // Field by field: one object per line, not a rest copy and a spread.
+          onEnd: this.#accessLog === undefined ? undefined : (s) =>
+            this.#accessLog?.({
+              startedAtMs: acceptedAtMs,
+              client: peer,
+              upstream: s.upstream,
+              durationMs: s.durationMs,
+              bytesFromClient: s.bytesFromClient,
+              bytesFromUpstream: s.bytesFromUpstream,
+              reqs: s.reqs,
+              acks: s.acks,
+              naks: s.naks,
+              invalid: s.invalid,
+              latencyP50Ms: s.latencyP50Ms,
+              latencyMaxMs: s.latencyMaxMs,
+              failovers: s.failovers,
+              reason: s.reason,
+            }),
         });
         this.#logger.debug("Closed {downstream} -> {upstream}: {reason}", {
           downstream: peer,
