@@ -14,7 +14,9 @@
 export interface LineWriterOptions {
   /**
    * Most bytes queued; a line that does not fit is dropped. About 500 log lines: a burst rides
-   * it out, a stalled reader costs no more. @default {65536}
+   * it out, a stalled reader costs no more. Counted in UTF-16 units of the queued text (lines
+   * are encoded a batch at a time, when written), which is the byte count for ASCII text and
+   * at most a third of it otherwise. @default {65536}
    */
   maxQueuedBytes?: number;
   /** Called once per dropped line. Unset: only {@linkcode LineWriter.dropped} counts. */
@@ -33,8 +35,8 @@ export interface LineWriterOptions {
 }
 
 const encoder = new TextEncoder();
-/** Most bytes one write takes from the queue. */
-const BATCH_BYTES = 64 * 1024;
+/** Most text (UTF-16 units) one write takes from the queue. */
+const BATCH_UNITS = 64 * 1024;
 
 /** A bounded, non-blocking writer of text lines. */
 export class LineWriter {
@@ -42,7 +44,7 @@ export class LineWriter {
   #max: number;
   #onDrop: (() => void) | undefined;
   #notice: (dropped: number) => string;
-  #queue: Uint8Array[] = [];
+  #queue: string[] = [];
   #queued = 0;
   #writing: Promise<void> | undefined;
   #dropped = 0;
@@ -66,7 +68,7 @@ export class LineWriter {
     return this.#dropped;
   }
 
-  /** Bytes waiting to be written. */
+  /** Bytes waiting to be written (UTF-16 units: see `maxQueuedBytes`). */
   get queuedBytes(): number {
     return this.#queued;
   }
@@ -81,15 +83,15 @@ export class LineWriter {
    * when dropped (the queue is full, or the output failed for good, e.g. a closed pipe).
    */
   write(text: string): boolean {
-    const bytes = encoder.encode(text);
-    if (this.#failed || this.#queued + bytes.length > this.#max) {
+    if (this.#failed || this.#queued + text.length > this.#max) {
       this.#dropped++;
       this.#droppedSinceNotice++;
       this.#onDrop?.();
       return false;
     }
-    this.#queue.push(bytes);
-    this.#queued += bytes.length;
+    // Kept as text: encoding each line was a runtime call per line, the batch's is one.
+    this.#queue.push(text);
+    this.#queued += text.length;
     if (this.#writing === undefined && this.#timer === undefined) {
       if (this.#coalesceMs > 0) {
         this.#timer = setTimeout(() => this.#start(), this.#coalesceMs);
@@ -139,7 +141,7 @@ export class LineWriter {
           // Caught up after drops: say so once, then carry on.
           const n = this.#droppedSinceNotice;
           this.#droppedSinceNotice = 0;
-          const notice = encoder.encode(this.#notice(n));
+          const notice = this.#notice(n);
           this.#queue.push(notice);
           this.#queued += notice.length;
           continue;
@@ -148,20 +150,12 @@ export class LineWriter {
         // thousand access-log lines a second the write per line was most of their cost).
         let size = next.length;
         let count = 1;
-        while (count <= this.#queue.length && size + this.#queue[count - 1].length <= BATCH_BYTES) {
+        while (count <= this.#queue.length && size + this.#queue[count - 1].length <= BATCH_UNITS) {
           size += this.#queue[count - 1].length;
           count++;
         }
-        let bytes = next;
-        if (count > 1) {
-          bytes = new Uint8Array(size);
-          bytes.set(next);
-          let at = next.length;
-          for (const line of this.#queue.splice(0, count - 1)) {
-            bytes.set(line, at);
-            at += line.length;
-          }
-        }
+        const text = count > 1 ? next + this.#queue.splice(0, count - 1).join("") : next;
+        let bytes = encoder.encode(text);
         try {
           while (bytes.length > 0) bytes = bytes.subarray(await this.#write(bytes));
         } catch {
