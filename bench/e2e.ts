@@ -12,13 +12,18 @@
  * connections, 1 in flight, 5 000 REQ/s open loop), 3 churn (10 REQs per connection, then a new
  * connection), 4 idle memory (RSS growth per proxied idle connection).
  *
+ * `--viewers N` and `--access-log MODE` add a fourth target to scenarios 1 to 3: a second
+ * foo-proxy, started the same way, watched by N readers of the dashboard's `GET /events` stream
+ * (in this process) and one `foo-proxy top` (its own process), and writing its access log to a
+ * file; its column beside plain foo-proxy's says what watching costs.
+ *
  * @module
  */
 import { dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { writeStderrLine, writeStdoutLine } from "../src/cmd/output.ts";
 import { Child } from "../scripts/child.ts";
-import { commandOutput, delay, fmt, median, ratio } from "./_common.ts";
+import { commandOutput, delay, fmt, median, ratio, settle, SseViewer } from "./_common.ts";
 
 const REPO_ROOT = new URL("..", import.meta.url).pathname;
 const MAIN = new URL("../src/main.ts", import.meta.url).pathname;
@@ -26,7 +31,7 @@ const RESULTS = new URL("./RESULTS.md", import.meta.url).pathname;
 const DENO_JSON = new URL("../deno.json", import.meta.url).pathname;
 const HOST = "127.0.0.1";
 
-type TargetName = "direct" | "foo-proxy" | "haproxy";
+type TargetName = "direct" | "foo-proxy" | "watched" | "haproxy";
 
 /** One measured run of `foo-proxy bench --json` (the fields e2e uses). */
 interface BenchJson {
@@ -86,9 +91,16 @@ function usage(): string {
   --rounds N         interleaved rounds per scenario        (default 3)
   --seconds S        measured seconds per load run          (default 5)
   --warmup S         unmeasured seconds before each run     (default 1)
+  --settle S         unmeasured seconds of scenario 1's load on each proxy
+                     once it has started (V8's heap reaches its steady state)
+                                                              (default 10)
   --idle N           idle connections for scenario 4        (default 5000)
   --only LIST        scenarios to run, e.g. 1,2 or 4        (default 1,2,3,4)
   --no-haproxy       skip HAProxy even when installed
+  --viewers N        add a foo-proxy watched by N dashboard streams and a \`top\`
+                     (scenarios 1-3)                          (default 0: none)
+  --access-log MODE  that watched foo-proxy's access log: off, text or json, to a file
+                                                              (default off)
   --results FILE     write the report to FILE               (default: a new temporary file)
   --write-results    also update the tracked bench/RESULTS.md (otherwise it is left alone)
   --no-write         print the table only, write no report
@@ -100,9 +112,15 @@ interface E2eConfig {
   rounds: number;
   seconds: number;
   warmup: number;
+  /** Unmeasured seconds of the throughput load on each proxy after it starts. */
+  settle: number;
   idle: number;
   only: Set<number>;
   haproxy: boolean;
+  /** Dashboard streams (`GET /events`) held open on the watched foo-proxy; 0: no such target. */
+  viewers: number;
+  /** The watched foo-proxy's `--access-log`. */
+  accessLog: "off" | "text" | "json";
   /** Whether a report is written at all (`--no-write`: no). */
   write: boolean;
   /** Where the report goes; unset: a new temporary file. */
@@ -120,9 +138,12 @@ function parseConfig(args: string[]): E2eConfig {
       rounds: { type: "string", default: "3" },
       seconds: { type: "string", default: "5" },
       warmup: { type: "string", default: "1" },
+      settle: { type: "string", default: "10" },
       idle: { type: "string", default: "5000" },
       only: { type: "string", default: "1,2,3,4" },
       "no-haproxy": { type: "boolean" },
+      viewers: { type: "string", default: "0" },
+      "access-log": { type: "string", default: "off" },
       "no-write": { type: "boolean" },
       results: { type: "string" },
       "write-results": { type: "boolean" },
@@ -143,13 +164,20 @@ function parseConfig(args: string[]): E2eConfig {
     if (!Number.isFinite(n) || n < min) throw new RangeError(`Invalid --${name} "${text}"`);
     return n;
   };
+  const accessLog = values["access-log"];
+  if (accessLog !== "off" && accessLog !== "text" && accessLog !== "json") {
+    throw new RangeError(`Invalid --access-log "${accessLog}": expected off, text or json`);
+  }
   return {
     rounds: Math.round(num("rounds", values.rounds, 1)),
     seconds: num("seconds", values.seconds, 0.1),
     warmup: num("warmup", values.warmup, 0),
+    settle: num("settle", values.settle, 0),
     idle: Math.round(num("idle", values.idle, 1)),
     only: new Set(values.only.split(",").map((s) => Math.round(num("only", s, 1)))),
     haproxy: !values["no-haproxy"],
+    viewers: Math.round(num("viewers", values.viewers, 0)),
+    accessLog,
     write: !values["no-write"],
     results: values.results === undefined ? undefined : resolve(values.results),
     writeResults: values["write-results"] === true,
@@ -231,33 +259,100 @@ async function startServer(fdLimit: number): Promise<{ child: Child; port: numbe
   return { child, port: Number(m[1]) };
 }
 
+/** A foo-proxy process; `httpPort` serves its stats app (nobody reads it unless watched). */
+interface FooProxy {
+  child: Child;
+  port: number;
+  httpPort: number;
+}
+
+/**
+ * Starts foo-proxy with the permissions of `deno task start`; `extraPermissions` and `extraFlags`
+ * are what the watched one adds (its access-log file).
+ */
 async function startFooProxy(
   upstreamPort: number,
   permissions: string[],
   fdLimit: number,
-): Promise<{ child: Child; port: number }> {
+  extra: { name?: string; permissions?: string[]; flags?: string[] } = {},
+): Promise<FooProxy> {
   const port = freePort();
+  const httpPort = freePort();
   const child = spawn(
-    "foo-proxy",
+    extra.name ?? "foo-proxy",
     Deno.execPath(),
     [
       "run",
       ...permissions,
+      ...(extra.permissions ?? []),
       MAIN,
       "proxy",
       "--listen",
       `${HOST}:${port}`,
       "--forward",
       `${HOST}:${upstreamPort}`,
+      "--http",
+      `${HOST}:${httpPort}`,
       "--log-level",
       "warning",
       "--max-connections",
       "100000",
+      ...(extra.flags ?? []),
     ],
     fdLimit,
   );
   await waitForPort(port, child);
-  return { child, port };
+  await waitForPort(httpPort, child);
+  return { child, port, httpPort };
+}
+
+/** What watches the watched foo-proxy: dashboard streams and a `foo-proxy top`. */
+class Watchers implements AsyncDisposable {
+  readonly streams: SseViewer[];
+  readonly top: Child;
+
+  private constructor(streams: SseViewer[], top: Child) {
+    this.streams = streams;
+    this.top = top;
+  }
+
+  /** Attaches `count` streams and a `top` to `httpPort`; resolves once each has shown numbers. */
+  static async attach(httpPort: number, count: number): Promise<Watchers> {
+    const streams = Array.from(
+      { length: count },
+      () => new SseViewer(`http://${HOST}:${httpPort}/events`),
+    );
+    const top = new Child(["run", "-A", MAIN, "top", "--stats", `${HOST}:${httpPort}`], {
+      name: "foo-proxy top",
+      disposeSignal: "SIGTERM",
+      disposeGraceMs: 5000,
+    });
+    const watchers = new Watchers(streams, top);
+    try {
+      await Promise.all(streams.map((s) => s.first()));
+      // "Requests/s" is drawn only once top has numbers from /stats.
+      await top.stdout.waitFor(/Requests\/s/, "foo-proxy top's first frame");
+    } catch (error) {
+      await watchers[Symbol.asyncDispose]();
+      throw error;
+    }
+    return watchers;
+  }
+
+  /** Events read so far, summed over the streams. */
+  get events(): number {
+    return this.streams.reduce((n, s) => n + s.events, 0);
+  }
+
+  /** Frames `top` has drawn with numbers so far. */
+  get frames(): number {
+    return this.top.stdout.lines.filter((l) => l.includes("Requests/s")).length;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await Promise.all(this.streams.map((s) => s.close()));
+    await this.top[Symbol.asyncDispose]();
+  }
 }
 
 /**
@@ -459,7 +554,7 @@ async function measureIdle(
 // ---------------------------------------------------------------------------------------------
 // Report
 
-type Row = [string, string, string, string, string, string, string];
+type Row = string[];
 
 function markdownTable(header: Row, rows: Row[]): string {
   const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
@@ -511,9 +606,20 @@ async function main(args: string[]): Promise<number> {
   const code = commit === undefined
     ? "unknown (not a git checkout)"
     : `commit ${commit}${dirty ? " with uncommitted changes in src/" : ""}`;
-  const targets: TargetName[] = haproxyVersion
-    ? ["direct", "foo-proxy", "haproxy"]
-    : ["direct", "foo-proxy"];
+  const watched = config.viewers > 0 || config.accessLog !== "off";
+  const targets: TargetName[] = [
+    "direct",
+    "foo-proxy",
+    ...(watched ? ["watched" as const] : []),
+    ...(haproxyVersion ? ["haproxy" as const] : []),
+  ];
+  const watchedTitle = [
+    "foo-proxy",
+    ...(config.viewers > 0 ? [`${config.viewers} viewers + top`] : []),
+    ...(config.accessLog !== "off" ? [`access log (${config.accessLog})`] : []),
+  ].join(" + ");
+  /** What the watched proxy's watchers did over the load runs (shows they were really there). */
+  const watching = { events: 0, frames: 0, accessLogLines: 0, seconds: 0 };
   const tmp = await Deno.makeTempDir({ prefix: "foo_e2e_" });
   const samples = new Map<string, Sample[]>();
   const idle = new Map<TargetName, IdleSample[]>();
@@ -525,11 +631,30 @@ async function main(args: string[]): Promise<number> {
     if (loadScenarios.length > 0) {
       const fooStarted = await startFooProxy(upstream.port, permissions, fdLimit);
       await using foo = fooStarted.child;
+      const accessLogFile = `${tmp}/access.log`;
+      const watchedStarted = watched
+        ? await startFooProxy(upstream.port, permissions, fdLimit, {
+          name: "watched foo-proxy",
+          permissions: config.accessLog === "off" ? [] : [`--allow-write=${accessLogFile}`],
+          flags: config.accessLog === "off"
+            ? []
+            : ["--access-log", config.accessLog, "--access-log-file", accessLogFile],
+        })
+        : null;
+      await using watchedProxy = watchedStarted?.child ?? null;
+      await using watchers = watchedStarted && config.viewers > 0
+        ? await Watchers.attach(watchedStarted.httpPort, config.viewers)
+        : null;
       const haStarted = haproxyVersion ? await startHaproxy(upstream.port, tmp, fdLimit) : null;
       await using ha = haStarted?.child ?? null;
       const fooPort = fooStarted.port;
       const haPort = haStarted?.port ?? 0;
       const haPid = ha?.pid;
+      // Every proxy (HAProxy too, for the same treatment) takes an unmeasured load first: a
+      // fresh foo-proxy is faster until V8's first full GC, 6–8 s into this load.
+      for (const port of [fooPort, watchedStarted?.port, haStarted?.port]) {
+        if (port !== undefined) await settle(HOST, port, config.settle, LOAD_SCENARIOS[0].args);
+      }
       for (let round = 1; round <= config.rounds; round++) {
         for (const scenario of loadScenarios) {
           for (const target of targets) {
@@ -537,9 +662,24 @@ async function main(args: string[]): Promise<number> {
               ? upstream.port
               : target === "foo-proxy"
               ? fooPort
+              : target === "watched"
+              ? watchedStarted!.port
               : haPort;
-            const pid = target === "direct" ? undefined : target === "foo-proxy" ? foo.pid : haPid;
+            const pid = target === "direct"
+              ? undefined
+              : target === "foo-proxy"
+              ? foo.pid
+              : target === "watched"
+              ? watchedProxy!.pid
+              : haPid;
+            const seen = { events: watchers?.events ?? 0, frames: watchers?.frames ?? 0 };
+            const t0 = performance.now();
             const sample = await runBench(port, scenario, config, pid, upstream.child.pid);
+            if (target === "watched") {
+              watching.seconds += (performance.now() - t0) / 1000;
+              watching.events += (watchers?.events ?? 0) - seen.events;
+              watching.frames += (watchers?.frames ?? 0) - seen.frames;
+            }
             const key = `${scenario.id}/${target}`;
             samples.set(key, [...(samples.get(key) ?? []), sample]);
             const b = sample.bench;
@@ -554,6 +694,12 @@ async function main(args: string[]): Promise<number> {
             );
           }
         }
+      }
+      if (watched && config.accessLog !== "off") {
+        // Read after the proxy has stopped, so its last buffered lines are in the file.
+        await watchedProxy!.stop();
+        const text = await Deno.readTextFile(accessLogFile).catch(() => "");
+        watching.accessLogLines = text.split("\n").length - 1;
       }
     }
     if (config.only.has(4)) {
@@ -598,14 +744,17 @@ async function main(args: string[]): Promise<number> {
       metric,
       fmt(values.direct, digits),
       fmt(values["foo-proxy"], digits),
+      ...(watched ? [fmt(values.watched, digits)] : []),
       fmt(values.haproxy, digits),
       ratio(values["foo-proxy"], values.haproxy),
       directRatio ? ratio(values["foo-proxy"], values.direct) : "—",
+      ...(watched ? [ratio(values.watched, values["foo-proxy"])] : []),
     ]);
   };
   const all = (scenario: string, pick: (s: Sample) => number) => ({
     direct: med(scenario, "direct", pick),
     "foo-proxy": med(scenario, "foo-proxy", pick),
+    watched: med(scenario, "watched", pick),
     haproxy: med(scenario, "haproxy", pick),
   });
   if (has("throughput")) {
@@ -644,7 +793,12 @@ async function main(args: string[]): Promise<number> {
       const direct = samples.get("latency/direct") ?? [];
       const per = (t: TargetName) =>
         median((samples.get(`latency/${t}`) ?? []).map((s, i) => pick(s) - pick(direct[i])));
-      return { direct: NaN, "foo-proxy": per("foo-proxy"), haproxy: per("haproxy") };
+      return {
+        direct: NaN,
+        "foo-proxy": per("foo-proxy"),
+        watched: per("watched"),
+        haproxy: per("haproxy"),
+      };
     };
     addRow(
       "2 latency",
@@ -682,6 +836,7 @@ async function main(args: string[]): Promise<number> {
       {
         direct: NaN,
         "foo-proxy": perConn("foo-proxy"),
+        watched: NaN,
         haproxy: perConn("haproxy"),
       },
       2,
@@ -694,6 +849,7 @@ async function main(args: string[]): Promise<number> {
       {
         direct: NaN,
         "foo-proxy": marginal("foo-proxy"),
+        watched: NaN,
         haproxy: marginal("haproxy"),
       },
       2,
@@ -707,13 +863,31 @@ async function main(args: string[]): Promise<number> {
       "metric",
       "direct",
       "foo-proxy",
+      ...(watched ? [watchedTitle] : []),
       "HAProxy",
       "foo-proxy ÷ HAProxy",
       "foo-proxy ÷ direct",
+      ...(watched ? ["watched ÷ foo-proxy"] : []),
     ],
     rows,
   );
+  const watchingNote = !watched
+    ? ""
+    : `Watched foo-proxy (${watchedTitle}): over its load runs ${
+      config.viewers > 0
+        ? `its ${config.viewers} dashboard streams read ${
+          fmt(watching.events / config.viewers / Math.max(1, watching.seconds), 2)
+        } events per stream per second and \`top\` drew ${
+          fmt(watching.frames / Math.max(1, watching.seconds), 2)
+        } frames per second`
+        : "nobody read its stats app"
+    }${
+      config.accessLog !== "off"
+        ? `; it wrote ${fmt(watching.accessLogLines)} access-log lines`
+        : ""
+    }.`;
   writeStdoutLine(table);
+  if (watchingNote) writeStdoutLine(`\n${watchingNote}`);
   if (errors > 0) writeStdoutLine(`\n${errors} errors in load runs (see stderr)`);
 
   if (config.write) {
@@ -737,7 +911,7 @@ async function main(args: string[]): Promise<number> {
 Generated by \`bench/e2e.ts\` — do not edit by hand; re-run \`${command}\`.
 
 - Date: ${started.toISOString()}
-- Command: \`${command}\` (${config.rounds} interleaved rounds, ${config.warmup} s warm-up + ${config.seconds} s measured per load run)
+- Command: \`${command}\` (${config.rounds} interleaved rounds, ${config.warmup} s warm-up + ${config.seconds} s measured per load run, after ${config.settle} s of unmeasured throughput load on each proxy once it started)
 - Machine: ${navigator.hardwareConcurrency} CPUs (${cpu ?? "unknown CPU"}), ${
       fmt(memKib / 1024 / 1024, 1)
     } GiB RAM, Linux ${kernel}
@@ -756,10 +930,26 @@ ${table}
 How each target runs:
 
 - **direct**: the load generator talks to the Foo server itself (\`foo-proxy server\`).
-- **foo-proxy**: \`deno run ${permissions.join(" ")} src/main.ts proxy --log-level warning\`
-  (the flags of \`deno task start\`${
+- **foo-proxy**: \`deno run ${permissions.join(" ")} src/main.ts proxy --log-level warning
+  --http 127.0.0.1:<free port>\` (the flags of \`deno task start\`${
       config.denoFlags.length > 0 ? `, plus ${config.denoFlags.join(" ")} from --deno-flags` : ""
-    }), one process, single-threaded.
+    }), one process, single-threaded; nothing reads its stats app.${
+      watched
+        ? `
+- **${watchedTitle}**: a second foo-proxy started the same way${
+          config.accessLog !== "off"
+            ? `, plus \`--access-log ${config.accessLog} --access-log-file <tmp>/access.log\` (and
+  the grant to write that file)`
+            : ""
+        }${
+          config.viewers > 0
+            ? `; ${config.viewers} \`GET /events\` streams held open and read by this script, and one
+  \`foo-proxy top --stats 127.0.0.1:<its http port>\` process, attached before the first run
+  and kept through all of them`
+            : ""
+        }. ${watchingNote}`
+        : ""
+    }
 - **HAProxy**: \`haproxy -f haproxy.cfg\` with the generated configuration below: TCP mode, one
   frontend bound on 127.0.0.1, one backend server, connect/client/server timeouts (5 s, 1 min,
   1 min) and every other setting at its default (threads = CPUs, maxconn derived from the fd
@@ -776,6 +966,11 @@ ${LOAD_SCENARIOS.map((s) => `- ${s.title}: \`${s.args.join(" ")}\``).join("\n")}
     } connections through the proxy (one REQ/ACK each, so both sockets are bridged), then
   hold them idle; the figure is the growth of the proxy's VmRSS (/proc/<pid>/status) divided by
   the connection count, on a fresh proxy process per round.
+
+Before scenarios 1–3, each proxy process takes ${config.settle} s of scenario 1's load,
+unmeasured: V8's heap changes regime after its first full GC (seen 6–8 s into that load, then
+one or two mark-compacts a second), so a fresh foo-proxy looks faster than the same process a
+minute later.
 
 CPU columns: CPU time (user + system, /proc/<pid>/stat) of the process during one bench run,
 divided by the seconds load was applied (warm-up + measurement); per reply and per connection

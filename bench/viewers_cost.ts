@@ -2,17 +2,23 @@
  * What the viewers cost (issue 13): whether the dashboard's event stream, `foo-proxy top` and the
  * access log take measurable throughput from the proxy. In one run, against one upstream (our Foo
  * server in its own process), foo-proxy (started with the flags of `deno task start`, plus
- * `--http` on a free port and `--health=off`) is measured in three configurations:
+ * `--http` on a free port and `--health=off`) is measured in five configurations:
  *
  * - **a** baseline: `--http` on, nobody reading it, no access log;
+ * - **a′** the baseline again, as another process: the noise floor of the run (how far two
+ *   identical configurations land apart);
  * - **b** 5 viewers: 5 `GET /events` SSE streams held open and read (by fetch readers in this
  *   process), plus one `foo-proxy top --stats 127.0.0.1:<http port>` child (stdin null, stdout a
  *   pipe this script drains, counting the frames it draws so the report can show it fetched);
- * - **c** 5 viewers + `--access-log text`, the proxy's stderr piped and drained (lines counted).
+ * - **c** 5 viewers + `--access-log text`, the proxy's stderr piped and drained (lines counted);
+ * - **d** the same 5 viewers and `top` watching a twin (a second, idle proxy process) while the
+ *   measured proxy has none: what the viewers cost the machine, apart from the proxy's share.
  *
  * Each run starts a fresh proxy (so no idle proxy with viewers attached competes with the one
- * measured), attaches its viewers, waits until every stream has an event and `top` has drawn
- * numbers, then runs two loads with `foo-proxy bench --json` in its own process: throughput
+ * measured, except d's twin), attaches its viewers, waits until every stream has an event and
+ * `top` has drawn numbers, gives it `--settle` seconds of unmeasured throughput load (V8's heap
+ * changes regime after its first full GC, 6–8 s into that load; see `settle` in `_common.ts`),
+ * then runs two loads with `foo-proxy bench --json` in its own process: throughput
  * (64 connections x 16 pipelined) and churn (16 connections, 10 REQs each, then a new
  * connection; this is where access-log lines are produced). Rounds are interleaved, the order of
  * the configurations rotated per round. Proxy CPU per reply is the proxy's CPU time (user +
@@ -20,7 +26,7 @@
  * by the replies it counted in between, as in `bench/engine_cost.ts`.
  *
  * ```sh
- * deno run -A bench/viewers_cost.ts            # --help for the flags; ~5 minutes by default
+ * deno run -A bench/viewers_cost.ts            # --help for the flags; ~10 minutes by default
  * ```
  *
  * (`-A` because Deno asks for it to read another process's `/proc` entries.) The tables go to
@@ -29,7 +35,18 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { cpuSeconds, delay, fmt, machineBusySeconds, median, rotate } from "./_common.ts";
+import {
+  commandOutput,
+  countBytes,
+  cpuSeconds,
+  delay,
+  fmt,
+  machineBusySeconds,
+  median,
+  rotate,
+  settle,
+  SseViewer,
+} from "./_common.ts";
 
 const REPO_ROOT = new URL("..", import.meta.url).pathname;
 const RESULTS = new URL("./VIEWERS_COST.md", import.meta.url).pathname;
@@ -45,20 +62,38 @@ const START_FLAGS = [
   "--v8-flags=--max-semi-space-size=8",
 ];
 
-type ConfigId = "a" | "b" | "c";
+type ConfigId = "a" | "a2" | "b" | "c" | "d";
 
 interface Variant {
   id: ConfigId;
   title: string;
   viewers: boolean;
   accessLog: boolean;
+  /**
+   * The viewers watch a twin: a second proxy process, idle, started the same way, while the
+   * measured one has none. Everything the viewers do on the machine happens (their processes
+   * wake, a proxy builds and sends snapshots) except the measured proxy's part in it.
+   */
+  twin?: boolean;
 }
 
 const VARIANTS: Variant[] = [
   { id: "a", title: "a: baseline", viewers: false, accessLog: false },
+  // The baseline once more, as a separate process: how far two identical configurations differ
+  // in one run (the noise floor a viewers' cost must rise above to count as measurable).
+  { id: "a2", title: "a′: baseline again", viewers: false, accessLog: false },
   { id: "b", title: "b: 5 viewers", viewers: true, accessLog: false },
   { id: "c", title: "c: 5 viewers + access log", viewers: true, accessLog: true },
+  { id: "d", title: "d: 5 viewers on a twin", viewers: true, accessLog: false, twin: true },
 ];
+
+/** The configurations compared with the baseline a, in the ratio table. */
+const COMPARED: ConfigId[] = ["a2", "b", "c", "d"];
+
+/** A configuration's short name in the ratio table: `a′`, `b`, `c`. */
+function label(id: ConfigId): string {
+  return id === "a2" ? "a′" : id;
+}
 
 interface Scenario {
   id: "throughput" | "churn";
@@ -94,6 +129,8 @@ function usage(): string {
   --rounds N     interleaved rounds (every configuration, both loads)   (default 5)
   --seconds S    measured seconds per load run, at least 2              (default 5)
   --warmup S     unmeasured seconds before each load run                (default 1)
+  --settle S     unmeasured seconds of the throughput load on each fresh proxy process,
+                 so V8's heap is in its steady state before any run     (default 10)
   --max-other C  measure a load run again when the rest of the machine used more than C
                  cores during it                                        (default 0.3)
   --max-reruns N at most N such repeats in the whole run                (default 6)
@@ -104,6 +141,7 @@ interface Config {
   rounds: number;
   seconds: number;
   warmup: number;
+  settle: number;
   maxOther: number;
   maxReruns: number;
   write: boolean;
@@ -117,6 +155,7 @@ function parseConfig(args: string[]): Config {
       rounds: { type: "string", default: "5" },
       seconds: { type: "string", default: "5" },
       warmup: { type: "string", default: "1" },
+      settle: { type: "string", default: "10" },
       "max-other": { type: "string", default: "0.3" },
       "max-reruns": { type: "string", default: "6" },
       "no-write": { type: "boolean" },
@@ -136,6 +175,7 @@ function parseConfig(args: string[]): Config {
     rounds: Math.round(num("rounds", values.rounds, 1)),
     seconds: num("seconds", values.seconds, 2),
     warmup: num("warmup", values.warmup, 0.5),
+    settle: num("settle", values.settle, 0),
     maxOther: num("max-other", values["max-other"], 0),
     maxReruns: Math.round(num("max-reruns", values["max-reruns"], 0)),
     write: !values["no-write"],
@@ -275,35 +315,6 @@ class Proc {
   }
 }
 
-/** Occurrences of `needle` in `hay` (a marker split across two chunks is missed: rare). */
-function countBytes(hay: Uint8Array, needle: Uint8Array): number {
-  let n = 0;
-  for (let i = hay.indexOf(needle[0]); i >= 0; i = hay.indexOf(needle[0], i + 1)) {
-    let j = 1;
-    while (j < needle.length && hay[i + j] === needle[j]) j++;
-    if (j === needle.length) n++;
-  }
-  return n;
-}
-
-/** CPU time (user + system) used by `pid` so far, in seconds. */
-
-/** Busy time of all CPUs so far (the `cpu` line of /proc/stat without idle and iowait), in s. */
-
-async function commandOutput(command: string, args: string[]): Promise<string | undefined> {
-  try {
-    const out = await new Deno.Command(command, {
-      args,
-      cwd: REPO_ROOT,
-      stdout: "piped",
-      stderr: "null",
-    }).output();
-    return out.success ? decoder.decode(out.stdout).trim() : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The proxy and its viewers
 
@@ -322,61 +333,27 @@ async function startServer(): Promise<{ proc: Proc; port: number }> {
   return { proc, port: Number(m[1]) };
 }
 
-/** One SSE reader of `GET /events`: counts the events it reads until aborted. */
-class SseViewer {
-  events = 0;
-  readonly done: Promise<void>;
-  #abort = new AbortController();
-  #first: Promise<void>;
-  #firstSeen!: () => void;
-
-  constructor(url: string) {
-    this.#first = new Promise((r) => this.#firstSeen = r);
-    this.done = this.#read(url);
-  }
-
-  /** Resolves once an event has arrived (rejects when the stream failed first). */
-  first(): Promise<void> {
-    return Promise.race([
-      this.#first,
-      this.done.then(() => {
-        throw new Error("The event stream ended before its first event");
-      }),
-    ]);
-  }
-
-  async close(): Promise<void> {
-    this.#abort.abort();
-    await this.done.catch(() => {});
-  }
-
-  async #read(url: string): Promise<void> {
-    const res = await fetch(url, { signal: this.#abort.signal });
-    if (!res.ok || !res.body) throw new Error(`GET ${url}: ${res.status}`);
-    const marker = encoder.encode("data:");
-    try {
-      for await (const chunk of res.body) {
-        const n = countBytes(chunk, marker);
-        if (n > 0) {
-          this.events += n;
-          this.#firstSeen();
-        }
-      }
-    } catch (error) {
-      if (!this.#abort.signal.aborted) throw error;
-    }
-  }
-}
-
 interface Running {
   proxy: Proc;
   port: number;
   httpPort: number;
   sse: SseViewer[];
   top: Proc | undefined;
+  /** The idle twin the viewers watch instead (variant d). */
+  twin?: Running;
 }
 
 async function startProxy(variant: Variant, upstreamPort: number): Promise<Running> {
+  if (variant.twin) {
+    const twin = await startProxy({ ...variant, twin: false, title: "twin" }, upstreamPort);
+    try {
+      const running = await startProxy({ ...variant, twin: false, viewers: false }, upstreamPort);
+      return { ...running, sse: twin.sse, top: twin.top, twin };
+    } catch (error) {
+      await stopProxy(twin);
+      throw error;
+    }
+  }
   const httpPort = freePort();
   const proxy = new Proc(variant.title, [
     "run",
@@ -418,8 +395,12 @@ async function startProxy(variant: Variant, upstreamPort: number): Promise<Runni
 }
 
 async function stopProxy(running: Running): Promise<void> {
-  await Promise.all(running.sse.map((v) => v.close()));
-  await running.top?.stop();
+  if (running.twin) {
+    await stopProxy(running.twin);
+  } else {
+    await Promise.all(running.sse.map((v) => v.close()));
+    await running.top?.stop();
+  }
   await running.proxy.stop();
 }
 
@@ -437,7 +418,8 @@ interface Sample {
   topCores: number;
   /**
    * CPU the rest of the machine used over the window (all busy time minus the proxy's, the
-   * server's, the load generator's, top's and this script's), in cores: competing work.
+   * server's, the load generator's, top's, the twin's and this script's), in cores: competing
+   * work.
    */
   otherCores: number;
   /** SSE events read per stream per second over the run (0 without viewers). */
@@ -456,6 +438,7 @@ interface Mark {
   serverCpu: number;
   loadCpu: number;
   topCpu: number;
+  twinCpu: number;
   selfCpu: number;
   machineCpu: number;
 }
@@ -496,6 +479,7 @@ async function runLoad(
   const marks: Mark[] = [];
   const tail: string[] = [];
   const topPid = running.top?.pid;
+  const twinPid = running.twin?.proxy.pid;
   const readErr = (async () => {
     let partial = "";
     for await (const chunk of proc.stderr.pipeThrough(new TextDecoderStream())) {
@@ -512,6 +496,7 @@ async function runLoad(
             serverCpu: cpuSeconds(serverPid),
             loadCpu: cpuSeconds(proc.pid),
             topCpu: topPid === undefined ? 0 : cpuSeconds(topPid),
+            twinCpu: twinPid === undefined ? 0 : cpuSeconds(twinPid),
             selfCpu: cpuSeconds(Deno.pid),
             machineCpu: machineBusySeconds(),
           });
@@ -550,7 +535,7 @@ async function runLoad(
     otherCores: Math.max(
       0,
       d((m) => m.machineCpu) - d((m) => m.cpu) - d((m) => m.serverCpu) - d((m) => m.loadCpu) -
-        d((m) => m.topCpu) - d((m) => m.selfCpu),
+        d((m) => m.topCpu) - d((m) => m.twinCpu) - d((m) => m.selfCpu),
     ) / span,
     sseEventsPerStreamPerSec: running.sse.length === 0 ? 0 : events / running.sse.length / seconds,
     topFramesPerSec: ((running.top?.markers ?? 0) - top0) / seconds,
@@ -580,7 +565,7 @@ function table(header: string[], rows: string[][], textColumns = 2): string {
 async function main(args: string[]): Promise<number> {
   const config = parseConfig(args);
   const started = new Date();
-  const srcStatus = () => commandOutput("git", ["status", "--porcelain", "src"]);
+  const srcStatus = () => commandOutput("git", ["status", "--porcelain", "src"], REPO_ROOT);
   const srcAtStart = await srcStatus();
   const samples = new Map<string, Sample[]>();
   const key = (scenario: Scenario, variant: Variant) => `${scenario.id}/${variant.id}`;
@@ -591,6 +576,7 @@ async function main(args: string[]): Promise<number> {
       for (const variant of rotate(VARIANTS, round)) {
         const running = await startProxy(variant, server.port);
         try {
+          await settle(HOST, running.port, config.settle, SCENARIOS[0].args);
           for (const scenario of SCENARIOS) {
             let s = await runLoad(running, scenario, config, server.proc.pid);
             // Other work on the shared machine skews the figures: measure once more if so (a
@@ -663,20 +649,21 @@ async function main(args: string[]): Promise<number> {
       ratioRows.push([
         scenario.title,
         name,
-        times(med(scenario, "b", pick) / a),
-        times(paired(scenario, "b", pick)),
-        times(med(scenario, "c", pick) / a),
-        times(paired(scenario, "c", pick)),
+        ...COMPARED.flatMap((id) => [
+          times(med(scenario, id, pick) / a),
+          times(paired(scenario, id, pick)),
+        ]),
       ]);
     }
     rows.push([
       scenario.title,
       "viewers: SSE events/s per stream, top frames/s (top CPU, cores)",
-      "—",
-      ...(["b", "c"] as const).map((id) =>
-        `${fmt(med(scenario, id, (s) => s.sseEventsPerStreamPerSec), 2)}, ${
-          fmt(med(scenario, id, (s) => s.topFramesPerSec), 2)
-        } (${fmt(med(scenario, id, (s) => s.topCores), 3)})`
+      ...VARIANTS.map((v) =>
+        !v.viewers
+          ? "—"
+          : `${fmt(med(scenario, v.id, (s) => s.sseEventsPerStreamPerSec), 2)}, ${
+            fmt(med(scenario, v.id, (s) => s.topFramesPerSec), 2)
+          } (${fmt(med(scenario, v.id, (s) => s.topCores), 3)})`
       ),
     ]);
     rows.push([
@@ -693,7 +680,11 @@ async function main(args: string[]): Promise<number> {
   const tables = [
     table(["load", "metric", ...VARIANTS.map((v) => v.title)], rows),
     table(
-      ["load", "metric", "b ÷ a", "b ÷ a (paired)", "c ÷ a", "c ÷ a (paired)"],
+      [
+        "load",
+        "metric",
+        ...COMPARED.flatMap((id) => [`${label(id)} ÷ a`, `${label(id)} ÷ a (paired)`]),
+      ],
       ratioRows,
     ),
   ];
@@ -706,7 +697,7 @@ async function main(args: string[]): Promise<number> {
     const cpuModel = /^model name\s*:\s*(.*)$/m.exec(Deno.readTextFileSync("/proc/cpuinfo"))?.[1];
     const nproc = await commandOutput("nproc", []);
     const kernel = await commandOutput("uname", ["-r"]);
-    const commit = await commandOutput("git", ["rev-parse", "--short", "HEAD"]);
+    const commit = await commandOutput("git", ["rev-parse", "--short", "HEAD"], REPO_ROOT);
     const srcAtEnd = await srcStatus();
     const command = `deno run -A bench/viewers_cost.ts${args.length ? " " + args.join(" ") : ""}`;
     const treeNote = srcAtStart === "" && srcAtEnd === ""
@@ -719,8 +710,9 @@ async function main(args: string[]): Promise<number> {
 Generated by \`bench/viewers_cost.ts\`; re-run \`${command}\`.
 
 - Date: ${started.toISOString()}
-- Command: \`${command}\` (${config.rounds} interleaved rounds, the order of a/b/c rotated per
-  round; ${config.warmup} s warm-up + ${config.seconds} s measured per load run; ${
+- Command: \`${command}\` (${config.rounds} interleaved rounds, the order of the configurations
+  rotated per round; ${config.settle} s of unmeasured throughput load on each fresh proxy process,
+  then ${config.warmup} s warm-up + ${config.seconds} s measured per load run; ${
       elapsed.toFixed(0)
     } s in all; ${reruns} run(s) repeated for other work on the machine)
 - Commit: ${commit} (${treeNote})
@@ -733,11 +725,20 @@ Proxy: \`deno run ${START_FLAGS.join(" ")} src/main.ts proxy --listen=127.0.0.1:
 process per configuration and round:
 
 - **a: baseline**: nothing reads \`--http\`, no access log;
+- **a′: baseline again**: the same as a, in another process: the noise floor of the run;
 - **b: 5 viewers**: ${VIEWERS} \`GET /events\` SSE streams held open and read by fetch readers in
   the bench process, and one \`foo-proxy top --stats 127.0.0.1:<http port>\` child (stdin null,
   stdout a pipe the bench drains and counts frames on, to show it really fetched);
 - **c: 5 viewers + access log**: as b, plus \`--access-log text\`, the proxy's stderr piped and
-  drained by the bench.
+  drained by the bench;
+- **d: 5 viewers on a twin**: the viewers of b watch a second proxy process (idle, started the
+  same way) while the measured one has none: the viewers' cost to the machine without the
+  proxy's own share (b ÷ d is that share).
+
+Each fresh proxy process first gets ${config.settle} s of the throughput load, unmeasured:
+V8's heap changes regime after its first full GC (seen 6–8 s into that load: then one or two
+mark-compacts a second), so a proxy measured before it looks faster than the same proxy later,
+and whatever brings its first full GC forward (viewers do) looks like a cost of its own.
 
 Loads (\`foo-proxy bench --json\` in its own process): ${
       SCENARIOS.map((s) => `**${s.title}** (\`${s.args.join(" ")}\`)`).join("; ")
