@@ -82,7 +82,9 @@ export class Histogram {
   /** Upper bounds of the finite buckets, ascending. */
   readonly bounds: readonly number[];
   #bounds: Float64Array;
-  #counts: Float64Array;
+  // A plain array: a Float64Array this small is an off-heap buffer, which costs an allocation
+  // and sweeping per histogram (one per connection with the access log on).
+  #counts: number[];
   #sum = 0;
   #count = 0;
   #max = 0;
@@ -97,7 +99,9 @@ export class Histogram {
     const shared = sharedBounds(bounds);
     this.bounds = shared.frozen;
     this.#bounds = shared.typed;
-    this.#counts = new Float64Array(shared.typed.length + 1);
+    const counts: number[] = []; // pushed, not `new Array(n)`: packed elements, no holes
+    for (let i = 0; i <= shared.typed.length; i++) counts.push(0);
+    this.#counts = counts;
   }
 
   /** Number of observations. */
@@ -179,7 +183,7 @@ export class Histogram {
   toData(): HistogramData {
     return {
       bounds: [...this.bounds],
-      counts: Array.from(this.#counts),
+      counts: this.#counts.slice(),
       sum: this.#sum,
       count: this.#count,
       max: this.#max,
