@@ -703,7 +703,8 @@ async function main(args: string[]): Promise<number> {
       }
     }
     if (config.only.has(4)) {
-      const proxies = targets.filter((t) => t !== "direct");
+      // Scenario 4 compares foo-proxy with HAProxy only: the watched column is for traffic.
+      const proxies = targets.filter((t) => t === "foo-proxy" || t === "haproxy");
       for (let round = 1; round <= config.rounds; round++) {
         for (const target of proxies) {
           // A fresh proxy each time, so earlier garbage does not blur the growth.
