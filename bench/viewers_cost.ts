@@ -131,6 +131,8 @@ function usage(): string {
   --warmup S     unmeasured seconds before each load run                (default 1)
   --settle S     unmeasured seconds of the throughput load on each fresh proxy process,
                  so V8's heap is in its steady state before any run     (default 10)
+  --configs L    configurations to run, from a,a2,b,c,d (a is always run) (default all)
+  --loads L      loads to run: throughput, churn                        (default both)
   --max-other C  measure a load run again when the rest of the machine used more than C
                  cores during it                                        (default 0.3)
   --max-reruns N at most N such repeats in the whole run                (default 6)
@@ -145,6 +147,10 @@ interface Config {
   maxOther: number;
   maxReruns: number;
   write: boolean;
+  /** The configurations run, in VARIANTS order (always with a). */
+  variants: Variant[];
+  /** The loads run. */
+  scenarios: Scenario[];
 }
 
 function parseConfig(args: string[]): Config {
@@ -159,6 +165,8 @@ function parseConfig(args: string[]): Config {
       "max-other": { type: "string", default: "0.3" },
       "max-reruns": { type: "string", default: "6" },
       "no-write": { type: "boolean" },
+      configs: { type: "string", default: VARIANTS.map((v) => v.id).join(",") },
+      loads: { type: "string", default: SCENARIOS.map((s) => s.id).join(",") },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -166,6 +174,23 @@ function parseConfig(args: string[]): Config {
     writeLine(Deno.stdout, usage());
     Deno.exit(0);
   }
+  const pick = <T extends { id: string }>(
+    name: string,
+    text: string,
+    all: T[],
+    always: string[],
+  ) => {
+    const ids = new Set([...always, ...text.split(",").map((w) => w.trim()).filter((w) => w)]);
+    for (const id of ids) {
+      if (!all.some((x) => x.id === id)) {
+        throw new RangeError(
+          `Invalid --${name} "${id}": expected ${all.map((x) => x.id).join(", ")}`,
+        );
+      }
+    }
+    if (ids.size === 0) throw new RangeError(`Invalid --${name}: none given`);
+    return all.filter((x) => ids.has(x.id));
+  };
   const num = (name: string, text: string, min: number) => {
     const n = Number(text);
     if (!Number.isFinite(n) || n < min) throw new RangeError(`Invalid --${name} "${text}"`);
@@ -179,6 +204,8 @@ function parseConfig(args: string[]): Config {
     maxOther: num("max-other", values["max-other"], 0),
     maxReruns: Math.round(num("max-reruns", values["max-reruns"], 0)),
     write: !values["no-write"],
+    variants: pick("configs", values.configs, VARIANTS, ["a"]),
+    scenarios: pick("loads", values.loads, SCENARIOS, []),
   };
 }
 
@@ -565,6 +592,7 @@ function table(header: string[], rows: string[][], textColumns = 2): string {
 async function main(args: string[]): Promise<number> {
   const config = parseConfig(args);
   const started = new Date();
+  const compared = COMPARED.filter((id) => config.variants.some((v) => v.id === id));
   const srcStatus = () => commandOutput("git", ["status", "--porcelain", "src"], REPO_ROOT);
   const srcAtStart = await srcStatus();
   const samples = new Map<string, Sample[]>();
@@ -573,11 +601,11 @@ async function main(args: string[]): Promise<number> {
   const server = await startServer();
   try {
     for (let round = 0; round < config.rounds; round++) {
-      for (const variant of rotate(VARIANTS, round)) {
+      for (const variant of rotate(config.variants, round)) {
         const running = await startProxy(variant, server.port);
         try {
           await settle(HOST, running.port, config.settle, SCENARIOS[0].args);
-          for (const scenario of SCENARIOS) {
+          for (const scenario of config.scenarios) {
             let s = await runLoad(running, scenario, config, server.proc.pid);
             // Other work on the shared machine skews the figures: measure once more if so (a
             // bounded number of times, so the whole run stays within a few minutes).
@@ -636,20 +664,20 @@ async function main(args: string[]): Promise<number> {
   ];
   const rows: string[][] = [];
   const ratioRows: string[][] = [];
-  for (const scenario of SCENARIOS) {
+  for (const scenario of config.scenarios) {
     for (const [name, pick, digits, ratioed] of metrics) {
       if (scenario.id === "throughput" && name === "connections/s") continue;
       rows.push([
         scenario.title,
         name,
-        ...VARIANTS.map((v) => fmt(med(scenario, v.id, pick), digits)),
+        ...config.variants.map((v) => fmt(med(scenario, v.id, pick), digits)),
       ]);
       if (!ratioed) continue;
       const a = med(scenario, "a", pick);
       ratioRows.push([
         scenario.title,
         name,
-        ...COMPARED.flatMap((id) => [
+        ...compared.flatMap((id) => [
           times(med(scenario, id, pick) / a),
           times(paired(scenario, id, pick)),
         ]),
@@ -658,7 +686,7 @@ async function main(args: string[]): Promise<number> {
     rows.push([
       scenario.title,
       "viewers: SSE events/s per stream, top frames/s (top CPU, cores)",
-      ...VARIANTS.map((v) =>
+      ...config.variants.map((v) =>
         !v.viewers
           ? "—"
           : `${fmt(med(scenario, v.id, (s) => s.sseEventsPerStreamPerSec), 2)}, ${
@@ -669,21 +697,21 @@ async function main(args: string[]): Promise<number> {
     rows.push([
       scenario.title,
       "proxy stderr lines per run (the access log)",
-      ...VARIANTS.map((v) => fmt(med(scenario, v.id, (s) => s.accessLogLines))),
+      ...config.variants.map((v) => fmt(med(scenario, v.id, (s) => s.accessLogLines))),
     ]);
     rows.push([
       scenario.title,
       "other work on the machine (cores)",
-      ...VARIANTS.map((v) => fmt(med(scenario, v.id, (s) => s.otherCores), 2)),
+      ...config.variants.map((v) => fmt(med(scenario, v.id, (s) => s.otherCores), 2)),
     ]);
   }
   const tables = [
-    table(["load", "metric", ...VARIANTS.map((v) => v.title)], rows),
+    table(["load", "metric", ...config.variants.map((v) => v.title)], rows),
     table(
       [
         "load",
         "metric",
-        ...COMPARED.flatMap((id) => [`${label(id)} ÷ a`, `${label(id)} ÷ a (paired)`]),
+        ...compared.flatMap((id) => [`${label(id)} ÷ a`, `${label(id)} ÷ a (paired)`]),
       ],
       ratioRows,
     ),
