@@ -140,10 +140,12 @@ const MAIN = new URL("../src/main.ts", import.meta.url).pathname;
  * Runs `foo-proxy bench` against `host:port` for `seconds`, unmeasured, with `loadArgs` (e.g.
  * the throughput scenario's), so a fresh proxy process reaches its steady state before it is
  * measured. Why: V8's heap changes regime after the first full GC (seen with `--trace-gc` under
- * the throughput load: no mark-compact for the first 6–8 s, then one or two a second, the old
- * generation growing ~16 MB/s between them). A proxy measured before that looks faster than the
- * same proxy later, and whatever brings its first full GC forward (a viewer's requests, say)
- * looks like a cost of its own. Throws when the load generator fails.
+ * the throughput load: no mark-compact for the first 6–8 s, then one or two a second). From then
+ * on each scavenge moves two whole young pages (512 KB), pinned because the native stack pointed
+ * into them, to the old generation, which fills with their dead objects (`--trace-gc-verbose`;
+ * `--no-scavenger-promote-quarantined-pages` stops it). A proxy measured before that looks faster
+ * than the same proxy later, and whatever brings its first full GC forward (a viewer's requests,
+ * say) looks like a cost of its own. Throws when the load generator fails.
  */
 export async function settle(
   host: string,
