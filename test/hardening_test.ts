@@ -190,6 +190,31 @@ Deno.test("HttpServer: a slowloris past the cap is refused at once, and its head
   }
 });
 
+Deno.test("HttpServer: a connection that sends nothing (a browser's spare pre-connect) is closed at the headers deadline as idle, not counted as a timeout", async () => {
+  await using server = new HttpServer({
+    hostname: "127.0.0.1",
+    port: 0,
+    handler: () => new Response("ok"),
+    headerTimeoutMs: 200,
+  });
+  const { port } = server.start();
+  const idle = await connectTo(port);
+  const partial = await connectTo(port);
+  try {
+    await writeAll(partial, "GET /stats HTTP/1.1\r\n"); // started, never finished
+    await waitUntil(
+      () => server.counters.idleClosed + server.counters.timeouts === 2,
+      "both deadlines",
+    );
+    assert.equal(server.counters.idleClosed, 1, "the silent one is idle");
+    assert.equal(server.counters.timeouts, 1, "the half-sent one is a timeout");
+    assert.equal(await idle.read(new Uint8Array(8)), null, "the idle one was closed");
+  } finally {
+    idle.close();
+    partial.close();
+  }
+});
+
 Deno.test("HttpServer: oversized headers get 431, oversized bodies 413, garbage 400; the server carries on", async () => {
   await using server = new HttpServer({
     hostname: "127.0.0.1",

@@ -164,6 +164,12 @@ function statsCounters(stats: Stats): HttpServerCounters {
     set timeouts(n: number) {
       stats.adminRequestTimeouts = n;
     },
+    get idleClosed() {
+      return stats.adminIdleClosed;
+    },
+    set idleClosed(n: number) {
+      stats.adminIdleClosed = n;
+    },
     get badRequests() {
       return stats.adminBadRequests;
     },

@@ -89,6 +89,7 @@ const RESILIENCE: readonly Row[] = [
   ["admin_connections_rejected", "Admin connections rejected", "int", "alert"],
   ["admin_request_timeouts", "Admin request timeouts", "int", "alert"],
   ["admin_bad_requests", "Admin bad requests", "int", "alert"],
+  ["admin_idle_closed", "Admin idle connections closed", "int"],
   ["sse_clients_refused", "Dashboard streams refused", "int", "alert"],
   ["config_reload_failures", "Config reload failures", "int", "alert"],
   ["usr1_ignored", "SIGUSR1 ignored", "int"],

@@ -211,6 +211,12 @@ export function renderMetrics(snapshot: StatsSnapshot, options: RenderMetricsOpt
   );
   out.sample("foo_proxy_admin_bad_requests_total", {}, snapshot.admin_bad_requests);
   out.family(
+    "foo_proxy_admin_idle_closed_total",
+    "counter",
+    "Admin HTTP connections closed at the headers deadline having sent nothing (browser pre-connects); not errors.",
+  );
+  out.sample("foo_proxy_admin_idle_closed_total", {}, snapshot.admin_idle_closed);
+  out.family(
     "foo_proxy_sse_clients_refused_total",
     "counter",
     "Dashboard event-stream clients (GET /events) refused because the cap on streams was reached.",

@@ -48,6 +48,12 @@ export class HttpServerCounters {
   rejected = 0;
   /** Requests whose headers or body did not arrive in time, or whose reader stalled. */
   timeouts = 0;
+  /**
+   * Connections closed at the headers deadline without having sent a byte: a browser's spare
+   * pre-connected socket, a port scan. Not an error (HAProxy's `http-ignore-probes` does not
+   * count them either); a request that started and stalled is a timeout.
+   */
+  idleClosed = 0;
   /** Requests refused as malformed or too large (4xx before the handler). */
   badRequests = 0;
   /** Accept errors (one connection's, or resource exhaustion). */
@@ -154,11 +160,13 @@ export class HttpServer implements AsyncDisposable {
     // One timer at a time closes the connection when the phase it guards overruns.
     let timedOut = false;
     let timer: ReturnType<typeof setTimeout> | undefined;
+    let silent = true; // no byte of a request yet
     const deadline = (ms: number) => {
       clearTimeout(timer);
       timer = setTimeout(() => {
         timedOut = true;
-        counters.timeouts++;
+        if (silent) counters.idleClosed++;
+        else counters.timeouts++;
         closeQuietly(conn);
       }, ms);
     };
@@ -186,6 +194,7 @@ export class HttpServer implements AsyncDisposable {
           return; // reset, or closed by the deadline
         }
         if (n === null) return;
+        silent = false;
         const from = Math.max(0, length - 3);
         length += n;
         headEnd = indexOfSeq(buf, CRLF_CRLF, from, length);

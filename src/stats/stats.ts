@@ -94,6 +94,8 @@ export interface StatsSnapshot {
   admin_request_timeouts: number;
   /** Admin HTTP requests refused before the app: malformed or too large. */
   admin_bad_requests: number;
+  /** Admin HTTP connections closed at the headers deadline without a byte sent (browser pre-connects); not errors. */
+  admin_idle_closed: number;
   /** `GET /events` (dashboard) clients refused because the cap on event streams was reached. */
   sse_clients_refused: number;
   /** Per upstream: state, connections, requests, replies, errors, last check. */
@@ -180,6 +182,8 @@ export class Stats {
   adminRequestTimeouts = 0;
   /** Admin HTTP requests refused as malformed or too large. */
   adminBadRequests = 0;
+  /** Admin HTTP connections that sent nothing before the headers deadline. */
+  adminIdleClosed = 0;
   /** `GET /events` clients refused at the event-stream cap. */
   sseClientsRefused = 0;
   /** Times the config file was loaded (0: none). */
@@ -269,6 +273,7 @@ export class Stats {
       admin_connections_rejected: this.adminConnectionsRejected,
       admin_request_timeouts: this.adminRequestTimeouts,
       admin_bad_requests: this.adminBadRequests,
+      admin_idle_closed: this.adminIdleClosed,
       sse_clients_refused: this.sseClientsRefused,
       upstreams: this.upstreams?.() ?? [],
       config_generation: this.configGeneration,
