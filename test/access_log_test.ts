@@ -69,7 +69,10 @@ Deno.test("isoTime: what toISOString says, across seconds, for 1- to 3-digit ms 
     base + 42,
     base + 999,
     base + 1000, // a new second (and year) after one was cached
-    base + 1000.9, // fractions are dropped, as Date does
+    base + 1000.9, // fractions are dropped toward zero, as Date does
+    -0.5,
+    -1.5,
+    -1000.5,
     base + 5, // back to an earlier second
     0,
     -1, // before 1970

@@ -39,12 +39,12 @@ let cachedPrefix = "";
  * logged within one second share it, and `toISOString` was nine tenths of a line's formatting.
  */
 export function isoTime(ms: number): string {
-  const whole = Math.floor(ms);
+  const whole = Math.trunc(ms); // as Date drops a fraction: toward zero
   const second = Math.floor(whole / 1000);
   if (second !== cachedSecond) {
     const iso = new Date(second * 1000).toISOString();
     // Years past 9999 (or before 0) have another shape: no caching for those.
-    if (iso.length !== 24) return new Date(whole).toISOString();
+    if (iso.length !== 24) return new Date(ms).toISOString();
     cachedSecond = second;
     cachedPrefix = iso.slice(0, 20); // "2026-12-01T14:09:43."
   }
