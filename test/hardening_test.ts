@@ -160,6 +160,29 @@ Deno.test("LineWriter drops past its bound, never blocks, and says how many once
   ]);
 });
 
+Deno.test("LineWriter: when the output fails for good, every line of the failed batch and the queue counts as dropped", async () => {
+  let calls = 0;
+  let release: (() => void) | undefined;
+  const writer = new LineWriter(async (bytes) => {
+    calls++;
+    if (calls === 1) {
+      await new Promise<void>((resolve) => release = resolve); // hold line 1 while 2-10 queue
+      return bytes.length;
+    }
+    throw new Deno.errors.BrokenPipe("the reader is gone");
+  });
+  let drops = 0;
+  writer.onDrop = () => drops++;
+  for (let i = 1; i <= 10; i++) assert.equal(writer.writeLine(`line ${i}`), true);
+  release!();
+  await writer.flush(1000);
+  assert.equal(calls, 2, "lines 2-10 went out as one batch, which failed");
+  assert.equal(writer.dropped, 9);
+  assert.equal(drops, 9);
+  assert.equal(writer.writeLine("after"), false, "a failed output takes nothing more");
+  assert.equal(drops, 10);
+});
+
 // ---------------------------------------------------------------------------------------------
 // The admin HTTP server
 

@@ -80,10 +80,13 @@ export class LineWriter {
 
   /**
    * Queues `text` (which carries its own newline) and returns at once: true when queued, false
-   * when dropped (the queue is full, or the output failed for good, e.g. a closed pipe).
+   * when dropped (the queue is full, or the output failed for good, e.g. a closed pipe). Pass
+   * whole lines: a character split between two calls (half a surrogate pair each) is rejoined
+   * only when both land in one batch.
    */
   write(text: string): boolean {
-    if (this.#failed || this.#queued + text.length > this.#max) {
+    // Written so that a length that is not a number (a caller past the types) is refused too.
+    if (this.#failed || !(this.#queued + text.length <= this.#max)) {
       this.#dropped++;
       this.#droppedSinceNotice++;
       this.#onDrop?.();
@@ -160,8 +163,11 @@ export class LineWriter {
           while (bytes.length > 0) bytes = bytes.subarray(await this.#write(bytes));
         } catch {
           // The output is gone (closed pipe): drop what is queued and whatever comes later.
+          // The lines of the failed batch are lost as well as those still queued.
           this.#failed = true;
-          this.#dropped += this.#queue.length + 1;
+          const lost = count + this.#queue.length;
+          this.#dropped += lost;
+          for (let i = 0; i < lost; i++) this.#onDrop?.();
           this.#queue = [];
           this.#queued = 0;
           return;
