@@ -60,16 +60,19 @@ function sharedBounds(bounds: readonly number[]): SharedBounds {
   const known = checkedBounds.get(bounds);
   // Only frozen arrays are remembered: one that may change is checked every time.
   if (known) return known;
-  if (bounds.length === 0) throw new RangeError("Invalid histogram: no buckets");
-  for (let i = 0; i < bounds.length; i++) {
-    const b = bounds[i];
-    if (!Number.isFinite(b) || b <= 0 || (i > 0 && b <= bounds[i - 1])) {
+  // Copied by index, then the copy is checked: what is checked is what is kept.
+  const copy: number[] = [];
+  for (let i = 0; i < bounds.length; i++) copy.push(bounds[i]);
+  if (copy.length === 0) throw new RangeError("Invalid histogram: no buckets");
+  for (let i = 0; i < copy.length; i++) {
+    const b = copy[i];
+    if (!Number.isFinite(b) || b <= 0 || (i > 0 && b <= copy[i - 1])) {
       throw new RangeError(
         `Invalid histogram bucket ${b}: bounds must be finite, positive and strictly ascending`,
       );
     }
   }
-  const checked = { frozen: Object.freeze([...bounds]), typed: Float64Array.from(bounds) };
+  const checked = { frozen: Object.freeze(copy), typed: Float64Array.from(copy) };
   if (Object.isFrozen(bounds)) checkedBounds.set(bounds, checked);
   return checked;
 }
