@@ -606,7 +606,9 @@ async function main(args: string[]): Promise<number> {
   const code = commit === undefined
     ? "unknown (not a git checkout)"
     : `commit ${commit}${dirty ? " with uncommitted changes in src/" : ""}`;
-  const watched = config.viewers > 0 || config.accessLog !== "off";
+  // Only scenarios 1-3 run on the watched proxy; without them there is no such target.
+  const watched = (config.viewers > 0 || config.accessLog !== "off") &&
+    LOAD_SCENARIOS.some((_, i) => config.only.has(i + 1));
   const targets: TargetName[] = [
     "direct",
     "foo-proxy",
@@ -884,7 +886,7 @@ async function main(args: string[]): Promise<number> {
         : "nobody read its stats app"
     }${
       config.accessLog !== "off"
-        ? `; it wrote ${fmt(watching.accessLogLines)} access-log lines`
+        ? `; it wrote ${fmt(watching.accessLogLines)} access-log lines (its settling load included)`
         : ""
     }.`;
   writeStdoutLine(table);
@@ -946,7 +948,8 @@ How each target runs:
           config.viewers > 0
             ? `; ${config.viewers} \`GET /events\` streams held open and read by this script, and one
   \`foo-proxy top --stats 127.0.0.1:<its http port>\` process, attached before the first run
-  and kept through all of them`
+  and kept through all of them (so their own CPU, ~0.002 cores for \`top\`, is on the machine
+  while every column is measured; \`bench/viewers_cost.ts\` measures it apart)`
             : ""
         }. ${watchingNote}`
         : ""

@@ -87,6 +87,19 @@ const VARIANTS: Variant[] = [
   { id: "d", title: "d: 5 viewers on a twin", viewers: true, accessLog: false, twin: true },
 ];
 
+/** Each configuration in the written report. */
+const DESCRIPTIONS: Record<ConfigId, string> = {
+  a: "nothing reads `--http`, no access log;",
+  a2: "the same as a, in another process: the noise floor of the run;",
+  b: `${VIEWERS} \`GET /events\` SSE streams held open and read by fetch readers in the bench
+  process, and one \`foo-proxy top --stats 127.0.0.1:<http port>\` child (stdin null, stdout a pipe
+  the bench drains and counts frames on, to show it really fetched);`,
+  c: "as b, plus `--access-log text`, the proxy's stderr piped and drained by the bench;",
+  d: `the viewers of b watch a second proxy process (idle, started the same way) while the
+  measured one has none: the viewers' cost to the machine without the proxy's own share (b ÷ d is
+  that share).`,
+};
+
 /** The configurations compared with the baseline a, in the ratio table. */
 const COMPARED: ConfigId[] = ["a2", "b", "c", "d"];
 
@@ -396,28 +409,34 @@ async function startProxy(variant: Variant, upstreamPort: number): Promise<Runni
   const m = await proxy.waitFor("stderr", /Listening on [^\s,]+:(\d+)/);
   const running: Running = { proxy, port: Number(m[1]), httpPort, sse: [], top: undefined };
   if (!variant.viewers) return running;
-  // The proxy serves /stats a moment after it listens for clients.
-  for (let i = 0;; i++) {
-    try {
-      const res = await fetch(`http://${HOST}:${httpPort}/stats`);
-      await res.body?.cancel();
-      if (res.ok) break;
-    } catch (error) {
-      if (i > 100) throw error;
+  try {
+    // The proxy serves /stats a moment after it listens for clients (5 s at most).
+    for (let i = 0;; i++) {
+      try {
+        const res = await fetch(`http://${HOST}:${httpPort}/stats`);
+        await res.body?.cancel();
+        if (res.ok) break;
+        if (i > 100) throw new Error(`GET /stats answered ${res.status}`);
+      } catch (error) {
+        if (i > 100) throw error;
+      }
+      await delay(50);
     }
-    await delay(50);
+    for (let i = 0; i < VIEWERS; i++) {
+      running.sse.push(new SseViewer(`http://${HOST}:${httpPort}/events`));
+    }
+    // "Requests/s" is drawn only once top has numbers from /stats.
+    running.top = new Proc(
+      "foo-proxy top",
+      ["run", "-A", "src/main.ts", "top", "--stats", `${HOST}:${httpPort}`],
+      "Requests/s",
+    );
+    await Promise.all(running.sse.map((v) => v.first()));
+    await running.top.waitFor("stdout", /Requests\/s/);
+  } catch (error) {
+    await stopProxy(running); // its viewers and top too: nothing is left running
+    throw error;
   }
-  for (let i = 0; i < VIEWERS; i++) {
-    running.sse.push(new SseViewer(`http://${HOST}:${httpPort}/events`));
-  }
-  // "Requests/s" is drawn only once top has numbers from /stats.
-  running.top = new Proc(
-    "foo-proxy top",
-    ["run", "-A", "src/main.ts", "top", "--stats", `${HOST}:${httpPort}`],
-    "Requests/s",
-  );
-  await Promise.all(running.sse.map((v) => v.first()));
-  await running.top.waitFor("stdout", /Requests\/s/);
   return running;
 }
 
@@ -590,7 +609,14 @@ function table(header: string[], rows: string[][], textColumns = 2): string {
 // ---------------------------------------------------------------------------------------------
 
 async function main(args: string[]): Promise<number> {
-  const config = parseConfig(args);
+  let config: Config;
+  try {
+    config = parseConfig(args);
+  } catch (error) {
+    if (!(error instanceof RangeError) && !(error instanceof TypeError)) throw error;
+    log(`${error.message.split("\n")[0]} (see --help)`);
+    return 2;
+  }
   const started = new Date();
   const compared = COMPARED.filter((id) => config.variants.some((v) => v.id === id));
   const srcStatus = () => commandOutput("git", ["status", "--porcelain", "src"], REPO_ROOT);
@@ -707,15 +733,18 @@ async function main(args: string[]): Promise<number> {
   }
   const tables = [
     table(["load", "metric", ...config.variants.map((v) => v.title)], rows),
-    table(
+  ];
+  // With only a run there is nothing to compare.
+  if (compared.length > 0) {
+    tables.push(table(
       [
         "load",
         "metric",
         ...compared.flatMap((id) => [`${label(id)} ÷ a`, `${label(id)} ÷ a (paired)`]),
       ],
       ratioRows,
-    ),
-  ];
+    ));
+  }
   const errors = [...samples.values()].flat().reduce((n, s) => n + s.errors, 0);
   writeLine(Deno.stdout, tables.join("\n\n"));
   if (errors > 0) writeLine(Deno.stdout, `\n${errors} errors in load runs (see stderr)`);
@@ -752,16 +781,7 @@ Proxy: \`deno run ${START_FLAGS.join(" ")} src/main.ts proxy --listen=127.0.0.1:
 --forward=… --http=127.0.0.1:<free port> --health=off\` (the flags of \`deno task start\`), a fresh
 process per configuration and round:
 
-- **a: baseline**: nothing reads \`--http\`, no access log;
-- **a′: baseline again**: the same as a, in another process: the noise floor of the run;
-- **b: 5 viewers**: ${VIEWERS} \`GET /events\` SSE streams held open and read by fetch readers in
-  the bench process, and one \`foo-proxy top --stats 127.0.0.1:<http port>\` child (stdin null,
-  stdout a pipe the bench drains and counts frames on, to show it really fetched);
-- **c: 5 viewers + access log**: as b, plus \`--access-log text\`, the proxy's stderr piped and
-  drained by the bench;
-- **d: 5 viewers on a twin**: the viewers of b watch a second proxy process (idle, started the
-  same way) while the measured one has none: the viewers' cost to the machine without the
-  proxy's own share (b ÷ d is that share).
+${config.variants.map((v) => `- **${v.title}**: ${DESCRIPTIONS[v.id]}`).join("\n")}
 
 Each fresh proxy process first gets ${config.settle} s of the throughput load, unmeasured:
 V8's heap changes regime after its first full GC (seen 6–8 s into that load: then one or two
@@ -769,7 +789,7 @@ mark-compacts a second), so a proxy measured before it looks faster than the sam
 and whatever brings its first full GC forward (viewers do) looks like a cost of its own.
 
 Loads (\`foo-proxy bench --json\` in its own process): ${
-      SCENARIOS.map((s) => `**${s.title}** (\`${s.args.join(" ")}\`)`).join("; ")
+      config.scenarios.map((s) => `**${s.title}** (\`${s.args.join(" ")}\`)`).join("; ")
     }. Values are medians over the rounds; "(paired)" is the median of the per-round ratios. Proxy
 CPU per reply = the proxy's CPU time (user + system, /proc/<pid>/stat) between the load
 generator's first and last progress lines, divided by the replies counted in between.
