@@ -118,6 +118,17 @@ async function main(args: string[]): Promise<number> {
     assert.equal(rows.length, 2, rows.join(" | "));
     assert.match(rows[0], /^alpha\s+127\.0\.0\.1:\d+\s+(up|down|ejected|draining)\s/);
     assert.match(rows[1], /^beta\s/);
+    // Each upstream's requests/s (the difference of two events over their time): together they
+    // carry the load, within the slack of a one-second difference.
+    const perUpstream: number[] = [];
+    for (let i = 0; i < 2; i++) {
+      const cells = page.locator("#upstreams tr").nth(i).locator("td");
+      const text = (await cells.nth(5).textContent()) ?? "";
+      assert.match(text, /^[\d.,]+$/, `upstream ${i}: requests/s ${JSON.stringify(text)}`);
+      perUpstream.push(Number(text.replaceAll(",", "")));
+    }
+    const together = perUpstream[0] + perUpstream[1];
+    assert.ok(together >= rate * 0.5 && together <= rate * 1.5, `upstream rates ${perUpstream}`);
     const rates = await page.getAttribute("#chart-rates", "aria-label");
     assert.match(rates ?? "", /^requests\/s: now [\d.,]+, 5-minute max [\d.,]+; responses\/s/);
     assert.match(await page.textContent("#chart-rates-0") ?? "", /requests\/s: now [\d.,]+/);

@@ -129,9 +129,10 @@ Deno.test("renderTop() shows every figure of /stats on a 120x40 screen", () => {
   );
   assert.match(text, /resume failures 1 {3}in-flight pauses 7/);
   assert.match(text, /^Upstreams \(2\)$/m);
-  assert.match(text, /^ {2}NAME +STATE +ACTIVE +REQUESTS +REPLIES +ERRORS$/m);
-  assert.match(text, /^ {2}alpha +up +2 +1,234 +1,230 +3$/m);
-  assert.match(text, /^ {2}beta +ejected +2 +99 +1,230 +3$/m);
+  assert.match(text, /^ {2}NAME +STATE +ACTIVE +REQ\/S +REPLY\/S +REQUESTS +REPLIES +ERRORS$/m);
+  // No earlier snapshot: no rates yet.
+  assert.match(text, /^ {2}alpha +up +2 +- +- +1,234 +1,230 +3$/m);
+  assert.match(text, /^ {2}beta +ejected +2 +- +- +99 +1,230 +3$/m);
   assert.equal(lines.at(-1), TOP_FOOTER);
 });
 
@@ -188,6 +189,40 @@ Deno.test("renderTop() says the proxy is unreachable, with and without numbers f
   assert.equal(first[1], "Connecting...");
 });
 
+Deno.test("renderTop() gives each upstream's requests/s and replies/s between two snapshots", () => {
+  const before = {
+    ...SNAPSHOT,
+    uptime_seconds: 100,
+    upstreams: [
+      upstream("alpha", { requests: 1000, replies: 990 }),
+      upstream("beta", { requests: 500, replies: 500 }),
+      upstream("gamma", { address: "elsewhere" }),
+      upstream("delta", { requests: 5000 }),
+    ],
+  };
+  const now = {
+    ...SNAPSHOT,
+    uptime_seconds: 102,
+    upstreams: [
+      upstream("alpha", { requests: 1400, replies: 1390 }), // 200/s each way
+      upstream("beta", { requests: 500, replies: 500 }), // idle
+      upstream("gamma"), // the same name at another address: another upstream
+      upstream("delta", { requests: 10 }), // counters went back: removed and added again
+      upstream("epsilon"), // new
+    ],
+  };
+  const text = renderTop(state({ snapshot: now, previous: before }), { columns: 120, rows: 40 })
+    .join("\n");
+  assert.match(text, /^ {2}alpha +up +2 +200\.0 +200\.0 +1,400 +1,390 +3$/m);
+  assert.match(text, /^ {2}beta +up +2 +0\.0 +0\.0 +500 +500 +3$/m);
+  assert.match(text, /^ {2}gamma +up +2 +- +- /m);
+  assert.match(text, /^ {2}delta +up +2 +- +0\.0 +10 /m, "requests went back; replies did not");
+  assert.match(text, /^ {2}epsilon +up +2 +- +- /m);
+  // No time between the two (the same snapshot twice): no rates.
+  const same = renderTop(state({ snapshot: now, previous: now }), { columns: 120, rows: 40 });
+  assert.match(same.join("\n"), /^ {2}alpha +up +2 +- +- +1,400 /m);
+});
+
 Deno.test("renderTop() shows missing fields as - and neutralises control characters from the network", () => {
   const hostile = {
     msg_total: 1,
@@ -202,7 +237,7 @@ Deno.test("renderTop() shows missing fields as - and neutralises control charact
   const text = lines.join("\n");
   assert.match(text, /^Requests\/s +1s - {3}10s -$/m);
   assert.match(text, /^Latency +p50 - /m);
-  assert.match(text, /evil\?\[2J\?\]0;pwned\? +up\?\? +2 +- +1,230 +3/);
+  assert.match(text, /evil\?\[2J\?\]0;pwned\? +up\?\? +2 +- +- +- +1,230 +3/);
   assert.match(text, /bad\?reason 1/);
   assert.match(lines[1], /^UNREACHABLE: boom\?\[H;/);
 });

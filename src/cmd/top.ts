@@ -307,7 +307,14 @@ export async function runTopLoop(options: TopLoopOptions): Promise<void> {
       const started = clock();
       try {
         const snapshot = await poll(quit.signal);
-        state = { ...state, snapshot, fetchedAt: clock(), error: undefined, failures: 0 };
+        state = {
+          ...state,
+          previous: state.snapshot,
+          snapshot,
+          fetchedAt: clock(),
+          error: undefined,
+          failures: 0,
+        };
       } catch (error) {
         if (quit.signal.aborted) break;
         const message = error instanceof StatsFetchError

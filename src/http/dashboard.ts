@@ -151,6 +151,8 @@ function upstreams(): string {
     ["Connections (active / total)", "n"],
     ["Requests", "n"],
     ["Replies", "n"],
+    ["Requests/s", "n"],
+    ["Replies/s", "n"],
     ["Errors (connect / stream)", "n"],
     ["Ejections", "n"],
     ["Last health check"],

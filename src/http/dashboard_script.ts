@@ -15,6 +15,9 @@ export const DASHBOARD_SCRIPT = String.raw`
   var WINDOW_S = 300;
   var TROUBLE_MS = 5000;
   var history = [];
+  // The previous snapshot's upstream counters, for per-upstream rates (the proxy keeps only
+  // totals per upstream: a rate is the difference of two snapshots over the time between them).
+  var upstreamsBefore = null;
   var source = null;
   var retryTimer = 0;
   var lastData = 0;
@@ -101,13 +104,25 @@ export const DASHBOARD_SCRIPT = String.raw`
     });
   }
 
-  function fillUpstreams(list) {
+  // Per second between two snapshots; null when there is no earlier one, no time passed, or the
+  // counter went back (the proxy restarted, the upstream was removed and added again).
+  function perSecond(now, before, dt) {
+    if (before === undefined || !(dt > 0) || typeof now !== "number" || now < before) return null;
+    return (now - before) / dt;
+  }
+
+  function fillUpstreams(list, uptime) {
+    var before = upstreamsBefore;
+    upstreamsBefore = { uptime: uptime, byName: {} };
+    (list || []).forEach(function (u) {
+      upstreamsBefore.byName[u.name] = { address: u.address, requests: u.requests, replies: u.replies };
+    });
     var body = $("upstreams");
     while (body.firstChild) body.removeChild(body.firstChild);
     if (!list || list.length === 0) {
       var tr0 = document.createElement("tr");
       var td0 = cell("td", "No upstream figures reported.");
-      td0.colSpan = 9;
+      td0.colSpan = 11;
       tr0.appendChild(td0);
       body.appendChild(tr0);
       return;
@@ -122,6 +137,11 @@ export const DASHBOARD_SCRIPT = String.raw`
       tr.appendChild(cell("td", nf.format(u.connections_active) + " / " + nf.format(u.connections_total), "n"));
       tr.appendChild(cell("td", nf.format(u.requests), "n"));
       tr.appendChild(cell("td", nf.format(u.replies), "n"));
+      var was = before && before.byName[u.name];
+      if (was && was.address !== u.address) was = undefined; // another upstream of that name
+      var dt = before ? uptime - before.uptime : 0;
+      tr.appendChild(cell("td", fmt("rate", perSecond(u.requests, was && was.requests, dt)), "n"));
+      tr.appendChild(cell("td", fmt("rate", perSecond(u.replies, was && was.replies, dt)), "n"));
       tr.appendChild(cell("td", nf.format(u.connect_failures) + " / " + nf.format(u.stream_errors), "n"));
       tr.appendChild(cell("td", nf.format(u.ejections), "n"));
       var c = u.last_check;
@@ -248,7 +268,7 @@ export const DASHBOARD_SCRIPT = String.raw`
   function update(s) {
     fillReasons(s.connections_closed);
     fill(s);
-    fillUpstreams(s.upstreams);
+    fillUpstreams(s.upstreams, s.uptime_seconds);
     record(s);
     redraw();
     lastUpdate = new Date().toLocaleTimeString();

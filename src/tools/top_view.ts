@@ -28,6 +28,11 @@ export interface TopState {
   now: number;
   /** The last snapshot fetched. Unset: none yet. */
   snapshot?: TopSnapshot;
+  /**
+   * The snapshot fetched before `snapshot`, for per-upstream rates (the proxy reports totals per
+   * upstream; a rate is their difference over the uptime between the two). Unset: rates show `-`.
+   */
+  previous?: TopSnapshot;
   /** When `snapshot` was fetched (ms). Unset: never. */
   fetchedAt?: number;
   /** Why the last poll failed. Unset: it succeeded (or none finished yet). */
@@ -69,7 +74,8 @@ export function renderTop(state: TopState, size: TopSize): string[] {
   const upstreams = Array.isArray(s?.upstreams) ? s.upstreams : [];
   const fixed = [...head, ...body].map((line) => fit(line, width));
   const room = height - fixed.length - 1; // the footer takes the last row
-  const table = upstreams.length > 0 ? upstreamTable(upstreams, width, room - 1) : [];
+  const rates = s === undefined ? new Map() : upstreamRates(s, state.previous);
+  const table = upstreams.length > 0 ? upstreamTable(upstreams, rates, width, room - 1) : [];
   const lines = [...fixed, ...(table.length > 0 ? ["", ...table] : [])].slice(0, height - 1);
   if (height === 1) return [fit(TOP_FOOTER, width)];
   while (lines.length < height - 1) lines.push("");
@@ -180,10 +186,42 @@ function flow(label: string, items: string[], width: number): string[] {
   return lines;
 }
 
+/** Requests and replies per second of one upstream between two snapshots (NaN: unknown). */
+export interface UpstreamRate {
+  requests: number;
+  replies: number;
+}
+
+/**
+ * Each upstream's requests/s and replies/s between `before` and `now`, by name. An upstream
+ * missing from `before`, with another address there, or whose counters went back (a restarted
+ * proxy, an upstream removed and added again) gets none; so does every one when no time passed.
+ */
+export function upstreamRates(
+  now: TopSnapshot,
+  before: TopSnapshot | undefined,
+): Map<string, UpstreamRate> {
+  const rates = new Map<string, UpstreamRate>();
+  if (before === undefined) return rates;
+  const dt = Number(now.uptime_seconds) - Number(before.uptime_seconds);
+  if (!(dt > 0) || !Array.isArray(now.upstreams) || !Array.isArray(before.upstreams)) return rates;
+  const earlier = new Map(before.upstreams.map((u) => [u.name, u]));
+  const per = (a: unknown, b: unknown) => isNumber(a) && isNumber(b) && a >= b ? (a - b) / dt : NaN;
+  for (const u of now.upstreams) {
+    const was = earlier.get(u.name);
+    if (was === undefined || was.address !== u.address) continue;
+    rates.set(u.name, {
+      requests: per(u.requests, was.requests),
+      replies: per(u.replies, was.replies),
+    });
+  }
+  return rates;
+}
+
 interface Column {
   head: string;
   width: number;
-  cell: (u: UpstreamStats) => string;
+  cell: (u: UpstreamStats, rate: UpstreamRate | undefined) => string;
   /** Left-aligned (text) rather than right-aligned (numbers). */
   left?: boolean;
 }
@@ -191,13 +229,20 @@ interface Column {
 const UPSTREAM_COLUMNS: Column[] = [
   { head: "STATE", width: 8, left: true, cell: (u) => clean(String(u.state ?? "-")) },
   { head: "ACTIVE", width: 7, cell: (u) => count(u.connections_active) },
+  { head: "REQ/S", width: 9, cell: (_, r) => rate(r?.requests) },
+  { head: "REPLY/S", width: 9, cell: (_, r) => rate(r?.replies) },
   { head: "REQUESTS", width: 12, cell: (u) => count(u.requests) },
   { head: "REPLIES", width: 12, cell: (u) => count(u.replies) },
   { head: "ERRORS", width: 8, cell: (u) => count(sum(u.connect_failures, u.stream_errors)) },
 ];
 
 /** The heading and one row per upstream, in at most `room` lines (the last says how many more). */
-function upstreamTable(upstreams: UpstreamStats[], width: number, room: number): string[] {
+function upstreamTable(
+  upstreams: UpstreamStats[],
+  rates: Map<string, UpstreamRate>,
+  width: number,
+  room: number,
+): string[] {
   if (room < 2) return [];
   const fixed = UPSTREAM_COLUMNS.reduce((n, c) => n + 1 + c.width, 0);
   const longest = Math.max(4, ...upstreams.map((u) => clean(String(u.name ?? "")).length));
@@ -217,7 +262,8 @@ function upstreamTable(upstreams: UpstreamStats[], width: number, room: number):
   const fits = room - lines.length;
   const shown = upstreams.length <= fits ? upstreams.length : Math.max(0, fits - 1);
   for (const u of upstreams.slice(0, shown)) {
-    lines.push(row(clean(String(u.name ?? "-")), UPSTREAM_COLUMNS.map((c) => c.cell(u))));
+    const r = rates.get(u.name);
+    lines.push(row(clean(String(u.name ?? "-")), UPSTREAM_COLUMNS.map((c) => c.cell(u, r))));
   }
   if (shown < upstreams.length) {
     lines.push(fit(`  ... and ${upstreams.length - shown} more (enlarge the terminal)`, width));
