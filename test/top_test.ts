@@ -223,6 +223,23 @@ Deno.test("renderTop() gives each upstream's requests/s and replies/s between tw
   assert.match(same.join("\n"), /^ {2}alpha +up +2 +- +- +1,400 /m);
 });
 
+Deno.test("renderTop() survives an answer whose upstreams are not rows: null, numbers, hostile names, a million of them", () => {
+  const hostile = JSON.parse(
+    '{"msg_total":1,"uptime_seconds":5,"upstreams":[null,5,"x",[],{"name":{"toString":1},"state":{"valueOf":2}},{"name":"ok","address":"a","requests":3}]}',
+  ) as TopSnapshot;
+  const previous = { ...hostile, uptime_seconds: 4 };
+  const lines = renderTop(state({ snapshot: hostile, previous }), { columns: 100, rows: 30 });
+  const text = lines.join("\n");
+  assert.match(text, /^Upstreams \(2\)$/m, "only the object rows count");
+  assert.match(text, /^ {2}- +- +- /m, "a name and a state that are objects show as -");
+  assert.match(text, /^ {2}ok +- +- +0\.0 /m);
+  const many = {
+    msg_total: 1,
+    upstreams: Array.from({ length: 1_000_000 }, (_, i) => ({ name: `u${i}` })),
+  } as unknown as TopSnapshot;
+  assertFits(renderTop(state({ snapshot: many }), { columns: 80, rows: 24 }), 80, 24, "1M rows");
+});
+
 Deno.test("renderTop() shows missing fields as - and neutralises control characters from the network", () => {
   const hostile = {
     msg_total: 1,

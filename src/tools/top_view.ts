@@ -71,7 +71,7 @@ export function renderTop(state: TopState, size: TopSize): string[] {
     body.push("");
     for (const [label, items] of sections(s)) body.push(...flow(label, items, width));
   }
-  const upstreams = Array.isArray(s?.upstreams) ? s.upstreams : [];
+  const upstreams = upstreamRows(s);
   const fixed = [...head, ...body].map((line) => fit(line, width));
   const room = height - fixed.length - 1; // the footer takes the last row
   const rates = s === undefined ? new Map() : upstreamRates(s, state.previous);
@@ -204,10 +204,10 @@ export function upstreamRates(
   const rates = new Map<string, UpstreamRate>();
   if (before === undefined) return rates;
   const dt = Number(now.uptime_seconds) - Number(before.uptime_seconds);
-  if (!(dt > 0) || !Array.isArray(now.upstreams) || !Array.isArray(before.upstreams)) return rates;
-  const earlier = new Map(before.upstreams.map((u) => [u.name, u]));
+  if (!(dt > 0)) return rates;
+  const earlier = new Map(upstreamRows(before).map((u) => [u.name, u]));
   const per = (a: unknown, b: unknown) => isNumber(a) && isNumber(b) && a >= b ? (a - b) / dt : NaN;
-  for (const u of now.upstreams) {
+  for (const u of upstreamRows(now)) {
     const was = earlier.get(u.name);
     if (was === undefined || was.address !== u.address) continue;
     rates.set(u.name, {
@@ -227,7 +227,7 @@ interface Column {
 }
 
 const UPSTREAM_COLUMNS: Column[] = [
-  { head: "STATE", width: 8, left: true, cell: (u) => clean(String(u.state ?? "-")) },
+  { head: "STATE", width: 8, left: true, cell: (u) => text(u.state) },
   { head: "ACTIVE", width: 7, cell: (u) => count(u.connections_active) },
   { head: "REQ/S", width: 9, cell: (_, r) => rate(r?.requests) },
   { head: "REPLY/S", width: 9, cell: (_, r) => rate(r?.replies) },
@@ -245,7 +245,9 @@ function upstreamTable(
 ): string[] {
   if (room < 2) return [];
   const fixed = UPSTREAM_COLUMNS.reduce((n, c) => n + 1 + c.width, 0);
-  const longest = Math.max(4, ...upstreams.map((u) => clean(String(u.name ?? "")).length));
+  // A loop, not Math.max(...list): an answer with a million rows must not overflow the stack.
+  let longest = 4;
+  for (const u of upstreams) longest = Math.max(longest, text(u.name, "").length);
   const nameWidth = Math.max(4, Math.min(longest, width - fixed - 2));
   const row = (name: string, cells: string[]) =>
     fit(
@@ -263,7 +265,7 @@ function upstreamTable(
   const shown = upstreams.length <= fits ? upstreams.length : Math.max(0, fits - 1);
   for (const u of upstreams.slice(0, shown)) {
     const r = rates.get(u.name);
-    lines.push(row(clean(String(u.name ?? "-")), UPSTREAM_COLUMNS.map((c) => c.cell(u, r))));
+    lines.push(row(text(u.name), UPSTREAM_COLUMNS.map((c) => c.cell(u, r))));
   }
   if (shown < upstreams.length) {
     lines.push(fit(`  ... and ${upstreams.length - shown} more (enlarge the terminal)`, width));
@@ -280,6 +282,26 @@ function fit(text: string, width: number): string {
 /** Network text made printable: control characters and non-ASCII become `?`. */
 function clean(text: string): string {
   return text.replace(/[^\x20-\x7e]/g, "?");
+}
+
+/**
+ * A field from the network as screen text: a string (control characters replaced) or a number as
+ * it is, anything else (an object, null, a missing field) as `missing`. `String()` of a hostile
+ * object can throw.
+ */
+function text(value: unknown, missing = "-"): string {
+  if (typeof value === "string") return clean(value);
+  if (typeof value === "number" || typeof value === "boolean") return String(value);
+  return missing;
+}
+
+/** The rows of a snapshot's `upstreams` that are objects (an answer may hold anything). */
+function upstreamRows(s: TopSnapshot | undefined): UpstreamStats[] {
+  const list: unknown = s?.upstreams;
+  if (!Array.isArray(list)) return [];
+  return list.filter((u): u is UpstreamStats =>
+    typeof u === "object" && u !== null && !Array.isArray(u)
+  );
 }
 
 function isNumber(value: unknown): value is number {
