@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { LineWriter } from "../src/cmd/line_writer.ts";
 import { HttpServer } from "../src/net/http_server.ts";
+import type { Logger } from "@logtape/logtape";
 import {
   connectTo,
   freePort,
@@ -239,12 +240,21 @@ Deno.test("HttpServer: a connection that sends nothing (a browser's spare pre-co
 });
 
 Deno.test("HttpServer: oversized headers get 431, oversized bodies 413, garbage 400; the server carries on", async () => {
+  const errors: string[] = [];
+  const quiet = () => {};
+  const logger = {
+    error: (message: string) => errors.push(message),
+    warn: quiet,
+    info: quiet,
+    debug: quiet,
+  } as unknown as Logger;
   await using server = new HttpServer({
     hostname: "127.0.0.1",
     port: 0,
     handler: async (request) => new Response(`${request.method} ${(await request.text()).length}`),
     maxHeaderBytes: 4096,
     maxBodyBytes: 100,
+    logger,
   });
   const { port } = server.start();
   const raw = async (text: string) => {
@@ -256,7 +266,10 @@ Deno.test("HttpServer: oversized headers get 431, oversized bodies 413, garbage 
   assert.match(await raw(`POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n`), / 413 /);
   assert.match(await raw(`HELLO\r\n\r\n`), / 400 /);
   assert.match(await raw(`POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n`), / 411 /);
-  assert.equal(server.counters.badRequests, 4);
+  // No URL can be made of this Host: the client's error (it was a 500 and an error line each).
+  assert.match(await raw(`GET /stats HTTP/1.1\r\nHost: a b\r\n\r\n`), / 400 /);
+  assert.equal(server.counters.badRequests, 5);
+  assert.deepEqual(errors, [], "a client's bad request is not the server's error");
   const response = await fetch(`http://127.0.0.1:${port}/`, { method: "POST", body: "12345" });
   assert.equal(await response.text(), "POST 5");
   assert.equal(response.headers.get("connection"), "close");

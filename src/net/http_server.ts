@@ -145,7 +145,13 @@ export class HttpServer implements AsyncDisposable {
     }
     this.#open.add(conn);
     const task = this.#serve(conn).catch((error) => {
-      this.#options.logger?.error("HTTP connection failed: {error}", { error: String(error) });
+      // A peer that resets or leaves mid-answer is its own business: no error line per client.
+      const peerLeft = error instanceof Deno.errors.ConnectionReset ||
+        error instanceof Deno.errors.BrokenPipe || error instanceof Deno.errors.NotConnected ||
+        error instanceof Deno.errors.ConnectionAborted;
+      const log = this.#options.logger;
+      if (peerLeft) log?.debug("HTTP client left: {error}", { error: String(error) });
+      else log?.error("HTTP connection failed: {error}", { error: String(error) });
     }).finally(() => {
       closeQuietly(conn);
       this.#open.delete(conn);
@@ -238,9 +244,17 @@ export class HttpServer implements AsyncDisposable {
       }
       clearTimeout(timer);
       const host = parsed.headers.get("host") ?? `${o.hostname}:${this.addr.port}`;
+      let url: URL;
+      try {
+        url = new URL(`http://${host}${parsed.target}`);
+      } catch {
+        // A Host or a target no URL can be made of (`Host: a b`): the client's error, not ours.
+        counters.badRequests++;
+        return await this.#plain(conn, 400, "bad Host header or request target");
+      }
       let response: Response;
       try {
-        const request = new Request(`http://${host}${parsed.target}`, {
+        const request = new Request(url, {
           method: parsed.method,
           headers: parsed.headers,
           body: body && parsed.method !== "GET" && parsed.method !== "HEAD" ? body : undefined,
