@@ -268,7 +268,12 @@ Deno.test("HttpServer: oversized headers get 431, oversized bodies 413, garbage 
   assert.match(await raw(`POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n`), / 411 /);
   // No URL can be made of this Host: the client's error (it was a 500 and an error line each).
   assert.match(await raw(`GET /stats HTTP/1.1\r\nHost: a b\r\n\r\n`), / 400 /);
-  assert.equal(server.counters.badRequests, 5);
+  // The route is the request line's: a Host with a path in it, or a target that is no path, is refused.
+  assert.match(await raw(`GET /version HTTP/1.1\r\nHost: x/metrics?\r\n\r\n`), / 400 /);
+  assert.match(await raw(`GET http://x/metrics HTTP/1.1\r\nHost: x\r\n\r\n`), / 400 /);
+  assert.match(await raw(`GET / HTTP/1.1\r\nHost: [::1]:8088\r\n\r\n`), / 200 /);
+  assert.match(await raw(`GET / HTTP/1.1\r\nHost:\r\n\r\n`), / 200 /, "an empty Host: our own");
+  assert.equal(server.counters.badRequests, 7);
   assert.deepEqual(errors, [], "a client's bad request is not the server's error");
   const response = await fetch(`http://127.0.0.1:${port}/`, { method: "POST", body: "12345" });
   assert.equal(await response.text(), "POST 5");

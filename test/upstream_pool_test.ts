@@ -184,6 +184,35 @@ Deno.test("POST /upstreams/NAME/drain: no new client goes there, open ones finis
   for (const conn of [...open, ...more]) conn.close();
 });
 
+Deno.test("the write endpoints refuse a browser's cross-site request (CSRF), even on loopback", async () => {
+  await using a = await startUpstream();
+  await using pool = new UpstreamPool(specs([a]), { intervalMs: 0 });
+  const stats = new Stats({ clock: () => 0 });
+  const app = createStatsApp({ stats, upstreams: pool, writes: { loopback: true } });
+  const post = (headers: Record<string, string>) =>
+    app.request("http://127.0.0.1:8088/upstreams/u0/drain", {
+      method: "POST",
+      headers: { host: "127.0.0.1:8088", ...headers },
+    });
+  for (
+    const headers of [
+      { origin: "http://evil.example" } as Record<string, string>,
+      { origin: "null" },
+      { "sec-fetch-site": "cross-site" },
+      { "sec-fetch-site": "same-site", origin: "http://127.0.0.1:8088" },
+    ]
+  ) {
+    const refused = await post(headers);
+    assert.equal(refused.status, 403, JSON.stringify(headers));
+    assert.match((await refused.json()).error, /cross-site/);
+  }
+  assert.equal(pool.snapshot()[0].state, "up", "nothing was drained");
+  // The dashboard's own origin, and curl (no Origin at all), may.
+  assert.equal((await post({ origin: "http://127.0.0.1:8088" })).status, 200);
+  assert.equal((await post({ "sec-fetch-site": "same-origin" })).status, 200);
+  assert.equal((await post({})).status, 200);
+});
+
 Deno.test("the write endpoints refuse off loopback without a token, and check the token", async () => {
   await using a = await startUpstream();
   await using pool = new UpstreamPool(specs([a]), { intervalMs: 0 });

@@ -118,10 +118,7 @@ export function createStatsApp(options: StatsAppOptions): Hono {
   const reload = options.reload;
   if (reload) {
     app.post("/reload", async (c) => {
-      const denied = writeDenied(
-        c.req.header("authorization"),
-        options.writes ?? { loopback: false },
-      );
+      const denied = writeDenied(c.req.raw.headers, options.writes ?? { loopback: false });
       if (denied !== undefined) {
         return c.json({ error: denied }, denied.startsWith("bad") ? 401 : 403, NO_STORE);
       }
@@ -136,7 +133,7 @@ export function createStatsApp(options: StatsAppOptions): Hono {
     const writes = options.writes ?? { loopback: false };
     for (const action of ["drain", "enable"] as const) {
       app.post(`/upstreams/:name/${action}`, (c) => {
-        const denied = writeDenied(c.req.header("authorization"), writes);
+        const denied = writeDenied(c.req.raw.headers, writes);
         if (denied !== undefined) {
           return c.json({ error: denied }, denied.startsWith("bad") ? 401 : 403, NO_STORE);
         }
@@ -156,11 +153,33 @@ export function createStatsApp(options: StatsAppOptions): Hono {
   return withJsonErrors(app);
 }
 
-/** Why a write request is refused, or `undefined` when it may go on. */
+/**
+ * Why a write request is refused, or `undefined` when it may go on. A request a browser sent from
+ * another site's page is refused first (cross-site request forgery: any page the operator opens
+ * could otherwise POST to a loopback admin port): its `Sec-Fetch-Site` says so, or its `Origin`
+ * names another host than the request's `Host`.
+ */
 function writeDenied(
-  authorization: string | undefined,
+  headers: Headers,
   writes: { loopback: boolean; token?: string },
 ): string | undefined {
+  const site = headers.get("sec-fetch-site");
+  if (site !== null && site !== "same-origin" && site !== "none") {
+    return "cross-site requests to the write endpoints are refused";
+  }
+  const origin = headers.get("origin");
+  if (origin !== null) {
+    let from = "";
+    try {
+      from = new URL(origin).host;
+    } catch {
+      // "null" or garbage: not this host.
+    }
+    if (from === "" || from !== headers.get("host")) {
+      return "cross-site requests to the write endpoints are refused";
+    }
+  }
+  const authorization = headers.get("authorization") ?? undefined;
   if (writes.token !== undefined && writes.token !== "") {
     const given = /^Bearer (.+)$/.exec(authorization ?? "")?.[1] ?? "";
     return constantTimeEqual(given, writes.token) ? undefined : "bad or missing bearer token";

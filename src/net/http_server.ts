@@ -61,6 +61,8 @@ export class HttpServerCounters {
 }
 
 const CRLF_CRLF = [13, 10, 13, 10];
+/** A Host header: a name, an IPv4 or a bracketed IPv6 address, and an optional port. */
+const HOST_HEADER = /^(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
 const encoder = new TextEncoder();
 
 /** A bounded HTTP/1.1 server; see the module docs. */
@@ -243,9 +245,13 @@ export class HttpServer implements AsyncDisposable {
         }
       }
       clearTimeout(timer);
-      const host = parsed.headers.get("host") ?? `${o.hostname}:${this.addr.port}`;
+      // The route comes from the request line alone: a target must be a path, and a Host only a
+      // host[:port] (a `Host: x/metrics?` once chose the route, past any path-based ACL).
+      const given = parsed.headers.get("host") ?? "";
+      const host = given === "" ? `${o.hostname}:${this.addr.port}` : given;
       let url: URL;
       try {
+        if (!parsed.target.startsWith("/") || !HOST_HEADER.test(host)) throw new TypeError("bad");
         url = new URL(`http://${host}${parsed.target}`);
       } catch {
         // A Host or a target no URL can be made of (`Host: a b`): the client's error, not ours.
