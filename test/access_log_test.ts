@@ -117,6 +117,15 @@ Deno.test("--access-log json --access-log-file: appended, reopened on SIGHUP aft
     assert.equal(JSON.parse(first).reqs, 1);
     assert.equal(JSON.parse(second).acks, 1);
     assert.equal(JSON.parse(second).reason, "completed");
+    // A reopen that fails (the path is now a directory) is warned about, not taken for a bug,
+    // and the log goes on in the file already open.
+    await Deno.rename(path, `${path}.2`);
+    await Deno.mkdir(path);
+    child.kill("SIGHUP");
+    await child.stderr.waitFor(/Access log: cannot reopen .*; still writing the old file/, 10_000);
+    await oneClient(3);
+    await waitUntil(async () => (await lines(`${path}.2`)).length === 2, "a line in the old file");
+    assert.doesNotMatch(child.stderr.text, /Internal error/);
     child.kill("SIGTERM");
     assert.equal((await child.status()).code, 0);
   } finally {

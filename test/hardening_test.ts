@@ -184,6 +184,31 @@ Deno.test("LineWriter: when the output fails for good, every line of the failed 
   assert.equal(drops, 10);
 });
 
+Deno.test("LineWriter says once when its output fails, and takes lines again after resume()", async () => {
+  let broken = true;
+  const written: string[] = [];
+  const errors: unknown[] = [];
+  const decoder = new TextDecoder();
+  const writer = new LineWriter((bytes) => {
+    if (broken) return Promise.reject(new Error("No space left on device (os error 28)"));
+    written.push(decoder.decode(bytes));
+    return Promise.resolve(bytes.length);
+  }, { onError: (error) => errors.push(error) });
+  writer.writeLine("lost");
+  await writer.flush(1000);
+  assert.equal(writer.writeLine("also lost"), false);
+  assert.equal(errors.length, 1, "one error, not one per line");
+  assert.match(String(errors[0]), /No space left/);
+  broken = false; // space freed, the file reopened
+  writer.resume();
+  assert.equal(writer.writeLine("back"), true);
+  await writer.flush(1000);
+  assert.deepEqual(written, [
+    "back\n",
+    "foo-proxy: 2 output line(s) dropped while the reader was stalled\n",
+  ]);
+});
+
 // ---------------------------------------------------------------------------------------------
 // The admin HTTP server
 

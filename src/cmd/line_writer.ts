@@ -22,6 +22,11 @@ export interface LineWriterOptions {
   /** Called once per dropped line. Unset: only {@linkcode LineWriter.dropped} counts. */
   onDrop?: () => void;
   /**
+   * Called once when the output fails for good (a closed pipe, a full disk), with the error;
+   * lines are dropped from then on until {@linkcode LineWriter.resume}.
+   */
+  onError?: (error: unknown) => void;
+  /**
    * The line written once the reader catches up after drops, given how many were dropped.
    * Unset: `foo-proxy: N output line(s) dropped while the reader was stalled\n`.
    */
@@ -43,6 +48,7 @@ export class LineWriter {
   #write: (bytes: Uint8Array) => Promise<number>;
   #max: number;
   #onDrop: (() => void) | undefined;
+  #onError: ((error: unknown) => void) | undefined;
   #notice: (dropped: number) => string;
   #queue: string[] = [];
   #queued = 0;
@@ -58,6 +64,7 @@ export class LineWriter {
     this.#write = write;
     this.#max = options.maxQueuedBytes ?? 64 * 1024;
     this.#onDrop = options.onDrop;
+    this.#onError = options.onError;
     this.#coalesceMs = options.coalesceMs ?? 0;
     this.#notice = options.dropNotice ??
       ((n) => `foo-proxy: ${n} output line(s) dropped while the reader was stalled\n`);
@@ -71,6 +78,14 @@ export class LineWriter {
   /** Bytes waiting to be written (UTF-16 units: see `maxQueuedBytes`). */
   get queuedBytes(): number {
     return this.#queued;
+  }
+
+  /**
+   * Takes lines again after the output failed (e.g. `--access-log-file` reopened after the disk
+   * was freed); lines dropped meanwhile are announced by the usual notice.
+   */
+  resume(): void {
+    this.#failed = false;
   }
 
   /** Counts dropped lines with `onDrop` from now on. */
@@ -161,12 +176,15 @@ export class LineWriter {
         let bytes = encoder.encode(text);
         try {
           while (bytes.length > 0) bytes = bytes.subarray(await this.#write(bytes));
-        } catch {
-          // The output is gone (closed pipe): drop what is queued and whatever comes later.
+        } catch (error) {
+          // The output is gone (closed pipe, full disk): drop what is queued and whatever comes
+          // later, until resume(); say so once.
+          this.#onError?.(error);
           // The lines of the failed batch are lost as well as those still queued.
           this.#failed = true;
           const lost = count + this.#queue.length;
           this.#dropped += lost;
+          this.#droppedSinceNotice += lost;
           for (let i = 0; i < lost; i++) this.#onDrop?.();
           this.#queue = [];
           this.#queued = 0;

@@ -452,6 +452,7 @@ interface AccessLogOutput {
 async function openAccessLog(
   config: ProxyConfig,
   output: { stderr: LineWriter },
+  warn: (message: string) => void,
 ): Promise<AccessLogOutput> {
   const path = config.accessLogFile;
   if (path === null) {
@@ -462,14 +463,30 @@ async function openAccessLog(
     };
   }
   let file = await Deno.open(path, { append: true, create: true, write: true, mode: 0o644 });
-  const writer = new LineWriter((bytes) => file.write(bytes), { coalesceMs: 10 });
+  const writer = new LineWriter((bytes) => file.write(bytes), {
+    coalesceMs: 10,
+    onError: (error) =>
+      warn(
+        `Access log: writing to ${path} failed (${describeError(error)}); ` +
+          "lines are dropped (access_log_lines_dropped) until SIGHUP reopens it",
+      ),
+  });
   return {
     writer,
     reopen: async () => {
-      const next = await Deno.open(path, { append: true, create: true, write: true, mode: 0o644 });
+      let next: Deno.FsFile;
+      try {
+        next = await Deno.open(path, { append: true, create: true, write: true, mode: 0o644 });
+      } catch (error) {
+        warn(
+          `Access log: cannot reopen ${path} (${describeError(error)}); still writing the old file`,
+        );
+        return;
+      }
       await writer.flush(1000);
       const old = file;
       file = next;
+      writer.resume(); // a failed write (full disk) is retried on the new file
       try {
         old.close();
       } catch {
@@ -795,7 +812,7 @@ async function serveProxy(
   let accessLog: AccessLogOutput | undefined;
   if (config.accessLog !== "off") {
     try {
-      accessLog = await openAccessLog(config, output);
+      accessLog = await openAccessLog(config, output, (message) => logger.warning(message));
     } catch (error) {
       signals.remove();
       lastResort.remove();
