@@ -129,3 +129,51 @@ Deno.test("reload adds and removes an upstream under load without dropping a con
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a reload changes the admin token (a leaked one is revoked) and says the access log waits for a restart", async () => {
+  await using a = await startUpstream();
+  const dir = await Deno.makeTempDir({ prefix: "foo-proxy-config-" });
+  const path = `${dir}/foo-proxy.jsonc`;
+  const http = freePort();
+  const write = (token: string, accessLog: string) =>
+    Deno.writeTextFile(
+      path,
+      JSON.stringify({
+        forward: [`a=127.0.0.1:${a.addr.port}`],
+        "admin-token": token,
+        "access-log": accessLog,
+      }),
+    );
+  await write("one", "off");
+  try {
+    await using child = spawnMain([
+      "proxy",
+      `--config=${path}`,
+      "--listen=127.0.0.1:0",
+      `--http=127.0.0.1:${http}`,
+      "--health=off",
+    ], { permissions: ["--allow-net", "--allow-env=FOO_PROXY_*", `--allow-read=${dir}`] });
+    await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000);
+    await child.stderr.waitFor(/Serving stats on/, 20_000);
+    const drain = (token: string) =>
+      getJson(http, "/upstreams/a/drain", {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}` },
+      });
+    assert.equal((await drain("one")).status, 200);
+    await write("two", "text");
+    child.kill("SIGHUP");
+    await child.stderr.waitFor(/Reloaded .* \(SIGHUP, generation 2\): admin-token/);
+    assert.match(
+      child.stderr.text,
+      /access-log changed in the config file: it takes effect on restart/,
+    );
+    assert.doesNotMatch(child.stderr.text, /two/, "the token itself is never logged");
+    assert.equal((await drain("one")).status, 401, "the old token no longer works");
+    assert.equal((await drain("two")).status, 200);
+    child.kill("SIGTERM");
+    assert.equal((await child.status()).code, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

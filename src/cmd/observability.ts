@@ -48,8 +48,11 @@ export interface ObservabilityOptions {
   upstreams?: UpstreamReachability & Partial<UpstreamControl>;
   /** `POST /reload`: reads the config file again; unset: not served. */
   reload?: () => Promise<{ ok: boolean; generation: number; changed: string[]; error?: string }>;
-  /** Bearer token that allows the admin write endpoints from anywhere; unset: loopback only. */
-  adminToken?: string;
+  /**
+   * Bearer token that allows the admin write endpoints from anywhere; unset: loopback only. A
+   * function is asked on every request, so a reload can change or revoke the token.
+   */
+  adminToken?: string | (() => string | undefined);
   /** The connection limit, for `/readyz`; 0: no connections check. */
   maxConnections: number;
   /** Where to serve `/stats`, `/metrics`, `/version`; `null`: not served. */
@@ -218,7 +221,13 @@ export async function startObservability(options: ObservabilityOptions): Promise
       upstreams: options.upstreams?.drain && options.upstreams.enable && options.upstreams.snapshot
         ? options.upstreams as UpstreamControl
         : undefined,
-      writes: { loopback: isLoopback(options.http.hostname), token: options.adminToken },
+      writes: {
+        loopback: isLoopback(options.http.hostname),
+        get token() {
+          const token = options.adminToken;
+          return typeof token === "function" ? token() : token;
+        },
+      },
       reload: options.reload,
       version: VERSION,
       denoVersion: Deno.version.deno,

@@ -558,7 +558,11 @@ function applyReload(old: ProxyConfig, next: ProxyConfig, targets: ReloadTargets
     targets.relog();
     changed.push(`log ${next.logLevel} ${next.logFormat}`);
   }
+  // Never the token itself in the log.
+  if (old.adminToken !== next.adminToken) changed.push("admin-token");
   const restartOnly: [string, unknown, unknown][] = [
+    ["access-log", old.accessLog, next.accessLog],
+    ["access-log-file", old.accessLogFile, next.accessLogFile],
     ["listen", old.listen, next.listen],
     ["http", old.http, next.http],
     ["health", old.health, next.health],
@@ -886,7 +890,7 @@ async function serveProxy(
       forward: config.forward,
       upstreams: pool,
       reload: () => reload("POST /reload"),
-      adminToken: config.adminToken,
+      adminToken: () => running.adminToken, // the reloaded config's: a leaked token can be revoked
       maxConnections,
       http: config.http,
       health: config.health,
