@@ -184,6 +184,17 @@ Deno.test("LineWriter: when the output fails for good, every line of the failed 
   assert.equal(drops, 10);
 });
 
+Deno.test("LineWriter counts a refused line with the caller's onDrop when given (the access log sharing stderr with the logs)", () => {
+  const writer = new LineWriter(() => new Promise<number>(() => {}), { maxQueuedBytes: 8 });
+  let logs = 0;
+  let access = 0;
+  writer.onDrop = () => logs++;
+  writer.writeLine("1234567"); // 8 units: the bound
+  writer.write("access\n", () => access++);
+  writer.writeLine("log");
+  assert.deepEqual([logs, access], [1, 1]);
+});
+
 Deno.test("LineWriter says once when its output fails, and takes lines again after resume()", async () => {
   let broken = true;
   const written: string[] = [];

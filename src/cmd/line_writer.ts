@@ -97,14 +97,16 @@ export class LineWriter {
    * Queues `text` (which carries its own newline) and returns at once: true when queued, false
    * when dropped (the queue is full, or the output failed for good, e.g. a closed pipe). Pass
    * whole lines: a character split between two calls (half a surrogate pair each) is rejoined
-   * only when both land in one batch.
+   * only when both land in one batch. `onDrop`, when given, counts this line if it is refused
+   * here instead of the writer's own (two kinds of lines sharing one output, e.g. the access log
+   * on stderr with the logs); lines lost in a failed write count with the writer's own.
    */
-  write(text: string): boolean {
+  write(text: string, onDrop?: () => void): boolean {
     // Written so that a length that is not a number (a caller past the types) is refused too.
     if (this.#failed || !(this.#queued + text.length <= this.#max)) {
       this.#dropped++;
       this.#droppedSinceNotice++;
-      this.#onDrop?.();
+      (onDrop ?? this.#onDrop)?.();
       return false;
     }
     // Kept as text: encoding each line was a runtime call per line, the batch's is one.

@@ -814,6 +814,7 @@ async function serveProxy(
   };
   const accessFormat = config.accessLog === "json" ? "json" : "text";
   let accessLog: AccessLogOutput | undefined;
+  let accessDrop: (() => void) | undefined;
   if (config.accessLog !== "off") {
     try {
       accessLog = await openAccessLog(config, output, (message) => logger.warning(message));
@@ -829,7 +830,11 @@ async function serveProxy(
     }
   }
   if (accessLog) {
-    accessLog.writer.onDrop = () => stats.accessLogLinesDropped++;
+    // Per line, not the writer's onDrop: on stderr the writer is the logs' too, and its own
+    // onDrop counts log lines.
+    const countDrop = () => stats.accessLogLinesDropped++;
+    if (accessLog.writer !== output.stderr) accessLog.writer.onDrop = countDrop;
+    accessDrop = countDrop;
     accessLogReopen = accessLog.reopen;
   }
   const proxy = new Proxy({
@@ -837,7 +842,7 @@ async function serveProxy(
     accessLog: accessLog === undefined
       ? undefined
       : (record: AccessRecord) =>
-        void accessLog.writer.write(formatAccessLine(accessFormat, record)),
+        void accessLog.writer.write(formatAccessLine(accessFormat, record), accessDrop),
     listen: config.listen,
     forward: config.forward,
     stats,
