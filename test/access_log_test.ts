@@ -151,3 +151,27 @@ Deno.test("an --access-log-file that cannot be opened stops the start with one l
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("an --access-log-file that is a FIFO nobody reads ends the start after 5 s, instead of waiting for ever", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "foo-proxy-access-" });
+  const fifo = `${dir}/fifo`;
+  try {
+    const made = await new Deno.Command("mkfifo", { args: [fifo] }).output();
+    assert.ok(made.success, "mkfifo");
+    await using child = spawnMain([
+      "proxy",
+      "--listen=127.0.0.1:0",
+      "--http=off",
+      "--health=off",
+      "--access-log=text",
+      `--access-log-file=${fifo}`,
+    ], { permissions: ["--allow-net", "--allow-env=FOO_PROXY_*", `--allow-write=${dir}`] });
+    assert.equal((await child.status()).code, 2);
+    assert.match(
+      child.stderr.text,
+      /Cannot open access log .*took over 5 s \(a FIFO that nobody reads\?\)/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -448,6 +448,30 @@ interface AccessLogOutput {
   close: () => Promise<void>;
 }
 
+/**
+ * Opens `path` to append to, giving up after `ms`: opening a FIFO nobody reads waits for a
+ * reader for ever (and a start that waits can be stopped by no signal). An open that completes
+ * after that is closed.
+ */
+async function openLogFile(path: string, ms = 5000): Promise<Deno.FsFile> {
+  const opening = Deno.open(path, { append: true, create: true, write: true, mode: 0o644 });
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`opening it took over ${ms / 1000} s (a FIFO that nobody reads?)`)),
+      ms,
+    );
+  });
+  try {
+    return await Promise.race([opening, late]);
+  } catch (error) {
+    opening.then((f) => f.close(), () => {});
+    throw error;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Opens the access log: stderr's writer, or `--access-log-file` appended to. */
 async function openAccessLog(
   config: ProxyConfig,
@@ -462,7 +486,7 @@ async function openAccessLog(
       close: () => Promise.resolve(),
     };
   }
-  let file = await Deno.open(path, { append: true, create: true, write: true, mode: 0o644 });
+  let file = await openLogFile(path);
   const writer = new LineWriter((bytes) => file.write(bytes), {
     coalesceMs: 10,
     onError: (error) =>
@@ -476,7 +500,7 @@ async function openAccessLog(
     reopen: async () => {
       let next: Deno.FsFile;
       try {
-        next = await Deno.open(path, { append: true, create: true, write: true, mode: 0o644 });
+        next = await openLogFile(path);
       } catch (error) {
         warn(
           `Access log: cannot reopen ${path} (${describeError(error)}); still writing the old file`,
