@@ -136,6 +136,28 @@ export class SseViewer {
 
 const MAIN = new URL("../src/main.ts", import.meta.url).pathname;
 
+/** `foo-proxy bench` flags of the throughput load the scripts share: 64 connections x 16 pipelined. */
+export const THROUGHPUT_LOAD: readonly string[] = Object.freeze([
+  "--connections",
+  "64",
+  "--pipeline",
+  "16",
+  "--payload",
+  "32",
+]);
+
+/** `foo-proxy bench` flags of the churn load: 16 connections of 10 lock-step REQs, then new ones. */
+export const CHURN_LOAD: readonly string[] = Object.freeze([
+  "--connections",
+  "16",
+  "--pipeline",
+  "1",
+  "--payload",
+  "32",
+  "--requests-per-connection",
+  "10",
+]);
+
 /**
  * Runs `foo-proxy bench` against `host:port` for `seconds`, unmeasured, with `loadArgs` (e.g.
  * the throughput scenario's), so a fresh proxy process reaches its steady state before it is
@@ -151,7 +173,7 @@ export async function settle(
   host: string,
   port: number,
   seconds: number,
-  loadArgs: string[],
+  loadArgs: readonly string[],
 ): Promise<void> {
   if (seconds <= 0) return;
   const out = await new Deno.Command(Deno.execPath(), {

@@ -23,7 +23,17 @@ import { dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { writeStderrLine, writeStdoutLine } from "../src/cmd/output.ts";
 import { Child } from "../scripts/child.ts";
-import { commandOutput, delay, fmt, median, ratio, settle, SseViewer } from "./_common.ts";
+import {
+  CHURN_LOAD,
+  commandOutput,
+  delay,
+  fmt,
+  median,
+  ratio,
+  settle,
+  SseViewer,
+  THROUGHPUT_LOAD,
+} from "./_common.ts";
 
 const REPO_ROOT = new URL("..", import.meta.url).pathname;
 const MAIN = new URL("../src/main.ts", import.meta.url).pathname;
@@ -55,14 +65,14 @@ interface Sample {
 interface LoadScenario {
   id: "throughput" | "latency" | "churn";
   title: string;
-  args: string[];
+  args: readonly string[];
 }
 
 const LOAD_SCENARIOS: LoadScenario[] = [
   {
     id: "throughput",
     title: "1. throughput: 64 connections x 16 pipelined, 32-byte payloads",
-    args: ["--connections", "64", "--pipeline", "16", "--payload", "32"],
+    args: THROUGHPUT_LOAD,
   },
   {
     id: "latency",
@@ -72,16 +82,7 @@ const LOAD_SCENARIOS: LoadScenario[] = [
   {
     id: "churn",
     title: "3. churn: 16 connections at once, 10 REQs each (1 in flight), then reconnect",
-    args: [
-      "--connections",
-      "16",
-      "--pipeline",
-      "1",
-      "--payload",
-      "32",
-      "--requests-per-connection",
-      "10",
-    ],
+    args: CHURN_LOAD,
   },
 ];
 
@@ -655,7 +656,7 @@ async function main(args: string[]): Promise<number> {
       // Every proxy (HAProxy too, for the same treatment) takes an unmeasured load first: a
       // fresh foo-proxy is faster until V8's first full GC, 6–8 s into this load.
       for (const port of [fooPort, watchedStarted?.port, haStarted?.port]) {
-        if (port !== undefined) await settle(HOST, port, config.settle, LOAD_SCENARIOS[0].args);
+        if (port !== undefined) await settle(HOST, port, config.settle, THROUGHPUT_LOAD);
       }
       for (let round = 1; round <= config.rounds; round++) {
         for (const scenario of loadScenarios) {

@@ -42,6 +42,7 @@ import {
   median,
   ratio,
   rotate,
+  THROUGHPUT_LOAD,
 } from "./_common.ts";
 
 const REPO_ROOT = new URL("..", import.meta.url).pathname;
@@ -69,14 +70,14 @@ interface Target {
 interface Scenario {
   id: "pipelined" | "lockstep";
   title: string;
-  args: string[];
+  args: readonly string[];
 }
 
 const SCENARIOS: Scenario[] = [
   {
     id: "pipelined",
     title: "64 connections x 16 pipelined",
-    args: ["--connections", "64", "--pipeline", "16", "--payload", "32"],
+    args: THROUGHPUT_LOAD,
   },
   {
     id: "lockstep",

@@ -36,6 +36,7 @@
  */
 import { parseArgs } from "node:util";
 import {
+  CHURN_LOAD,
   commandOutput,
   countBytes,
   cpuSeconds,
@@ -46,6 +47,7 @@ import {
   rotate,
   settle,
   SseViewer,
+  THROUGHPUT_LOAD,
 } from "./_common.ts";
 
 const REPO_ROOT = new URL("..", import.meta.url).pathname;
@@ -111,28 +113,19 @@ function label(id: ConfigId): string {
 interface Scenario {
   id: "throughput" | "churn";
   title: string;
-  args: string[];
+  args: readonly string[];
 }
 
 const SCENARIOS: Scenario[] = [
   {
     id: "throughput",
     title: "throughput: 64 conns x 16 pipelined",
-    args: ["--connections", "64", "--pipeline", "16", "--payload", "32"],
+    args: THROUGHPUT_LOAD,
   },
   {
     id: "churn",
     title: "churn: 16 conns, 10 REQs each",
-    args: [
-      "--connections",
-      "16",
-      "--pipeline",
-      "1",
-      "--payload",
-      "32",
-      "--requests-per-connection",
-      "10",
-    ],
+    args: CHURN_LOAD,
   },
 ];
 
@@ -630,7 +623,7 @@ async function main(args: string[]): Promise<number> {
       for (const variant of rotate(config.variants, round)) {
         const running = await startProxy(variant, server.port);
         try {
-          await settle(HOST, running.port, config.settle, SCENARIOS[0].args);
+          await settle(HOST, running.port, config.settle, THROUGHPUT_LOAD);
           for (const scenario of config.scenarios) {
             let s = await runLoad(running, scenario, config, server.proc.pid);
             // Other work on the shared machine skews the figures: measure once more if so (a
