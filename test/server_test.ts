@@ -359,6 +359,8 @@ Deno.test("parseServerConfig reads flags, Go-style flags and FOO_PROXY_* variabl
     reply: "seq",
     keepOpen: false,
     silent: false,
+    answerInvalid: false,
+    duplicateReplies: false,
     logLevel: "info",
     logFormat: "text",
     help: false,
@@ -453,4 +455,25 @@ Deno.test("foo-proxy server exits 2 naming a bad flag", async () => {
   assert.match(child.stderr.text, /--nak-every/);
   assert.match(child.stderr.text, /Run 'foo-proxy server --help' for usage\./);
   assert.equal(child.stdout.text, "");
+});
+
+Deno.test("RequestScanner with answerInvalid answers every line in order, like real Foo servers", () => {
+  const scanner = new RequestScanner(0, "seq", { answerInvalid: true });
+  const text =
+    "REQ 1\n\nreq 2\nREQ +3\nREQ 4x\nFOO\nACK 5\nREQ 99999999999999999999 x\nREQ 6\nREQ 7";
+  scanner.feed(new TextEncoder().encode(text));
+  assert.equal(
+    new TextDecoder().decode(scanner.out.subarray(0, scanner.outLength)),
+    "ACK 1\n" + "NAK 0 ERRDECODE\n".repeat(7) + "ACK 6\n",
+    "a partial last line is not answered",
+  );
+});
+
+Deno.test("RequestScanner with duplicateReplies writes every reply twice", () => {
+  const scanner = new RequestScanner(0, "hash", { duplicateReplies: true });
+  scanner.feed(new TextEncoder().encode("REQ 1 a\nREQ 2 b\n"));
+  const lines = new TextDecoder().decode(scanner.out.subarray(0, scanner.outLength)).split("\n");
+  assert.deepEqual([lines[0], lines[2]], [lines[1], lines[3]]);
+  assert.match(lines[0], /^(ACK|NAK) 1 /);
+  assert.match(lines[2], /^(ACK|NAK) 2 /);
 });

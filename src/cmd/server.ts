@@ -53,6 +53,17 @@ export const SERVER_FLAGS: Record<string, FlagSpec> = {
       "never close after a client's FIN (the peer must end the exchange), like some real Foo servers",
   },
   silent: { type: "boolean", default: false, help: "never answer, only read: a hung upstream" },
+  "answer-invalid": {
+    type: "boolean",
+    default: false,
+    help:
+      'answer every line like real Foo servers: "NAK 0 ERRDECODE" to a line that is not a valid REQ (or whose Seq has over 18 digits)',
+  },
+  "duplicate-replies": {
+    type: "boolean",
+    default: false,
+    help: "send every reply twice: a broken server whose extra replies answer nothing",
+  },
   "log-level": {
     type: "string",
     default: "info",
@@ -98,6 +109,10 @@ export interface ServerConfig {
   keepOpen: boolean;
   /** `--silent`: never answer. */
   silent: boolean;
+  /** `--answer-invalid`: NAK 0 ERRDECODE to every invalid line. */
+  answerInvalid: boolean;
+  /** `--duplicate-replies`: every reply twice. */
+  duplicateReplies: boolean;
   logLevel: string;
   logFormat: string;
   help: boolean;
@@ -122,6 +137,8 @@ export function parseServerConfig(
     reply: parseChoiceFlag("reply", v.reply, ["seq", "hash"] as const),
     keepOpen: v["keep-open"] === true,
     silent: v.silent === true,
+    answerInvalid: v["answer-invalid"] === true,
+    duplicateReplies: v["duplicate-replies"] === true,
     logLevel: String(v["log-level"]),
     logFormat: String(v["log-format"]),
     help: v.help === true,
@@ -159,6 +176,8 @@ export async function runServer(args: string[], context: CommandContext = {}): P
       reply: config.reply,
       closeAfterFin: !config.keepOpen,
       silent: config.silent,
+      answerInvalid: config.answerInvalid,
+      duplicateReplies: config.duplicateReplies,
       logger,
     });
     let addr: Deno.NetAddr;

@@ -38,6 +38,14 @@ export interface FooServerOptions {
    * @default {true}
    */
   closeAfterFin?: boolean;
+  /**
+   * Answer every complete line, like real Foo servers: a line that is not a valid REQ (a blank
+   * line, `req 1`, `REQ +1`, an ACK) gets `NAK 0 ERRDECODE`, in order, and so does a REQ whose Seq
+   * has more than 18 digits (more than the server's integer holds). @default {false}
+   */
+  answerInvalid?: boolean;
+  /** Send every reply line twice: a broken server whose second answers match nothing. @default {false} */
+  duplicateReplies?: boolean;
   /** Never answer (reads and counts REQs only): a hung upstream. @default {false} */
   silent?: boolean;
   /** Close every connection right after accepting it: an upstream that is broken. @default {false} */
@@ -52,6 +60,9 @@ const INITIAL_READ = 4096;
 const MAX_READ = 65536;
 /** Seqs longer than this many digits are treated as invalid rather than buffered without end. */
 const MAX_SEQ_DIGITS = 4096;
+/** With `answerInvalid`, the longest Seq the server decodes (a signed 64-bit integer's worth). */
+const DECODABLE_SEQ_DIGITS = 18;
+const ERRDECODE = new TextEncoder().encode("NAK 0 ERRDECODE\n");
 /** With a delay, stop reading while this many reply bytes wait to be sent. */
 const DELAY_HIGH_WATER = 1 << 20;
 
@@ -220,7 +231,10 @@ export class FooServer implements AsyncDisposable {
     } catch {
       // The peer is already gone; the first read says so.
     }
-    const scanner = new RequestScanner(this.#options.nakEvery ?? 0, this.#options.reply ?? "seq");
+    const scanner = new RequestScanner(this.#options.nakEvery ?? 0, this.#options.reply ?? "seq", {
+      answerInvalid: this.#options.answerInvalid,
+      duplicateReplies: this.#options.duplicateReplies,
+    });
     const silent = this.#options.silent === true;
     let unanswered = 0;
     const delayMs = this.#options.delayMs ?? 0;
@@ -237,7 +251,7 @@ export class FooServer implements AsyncDisposable {
         this.#received += replies;
         unanswered += replies;
         if (unanswered > this.#maxUnanswered) this.#maxUnanswered = unanswered;
-        if (replies > 0 && !silent) {
+        if (scanner.outLength > 0 && !silent) {
           const written = () => unanswered -= replies;
           if (queue) {
             await queue.push(scanner.out.slice(0, scanner.outLength), replies, written);
@@ -402,6 +416,14 @@ const S_CR = 6; // "\r" after the seq: only "\n" may follow
 const S_DATA = 7; // a valid head: skip the data to the newline, then reply
 const S_SKIP = 8; // an invalid line: skip to the newline
 
+/** Misbehaviours of {@linkcode RequestScanner}, as in {@linkcode FooServerOptions}. */
+export interface ScannerOptions {
+  /** Answer invalid lines (and Seqs over 18 digits) with `NAK 0 ERRDECODE`. @default {false} */
+  answerInvalid?: boolean;
+  /** Write every reply line twice. @default {false} */
+  duplicateReplies?: boolean;
+}
+
 /**
  * Byte-level scanner of one connection's REQ stream that writes the replies into `out` (the
  * server's core, exported for tests). It accepts exactly what the proxy's analyzer counts as a
@@ -421,15 +443,19 @@ export class RequestScanner {
   #count = 0;
   #hashMode: boolean;
   #hash = FNV_START; // of the current line from its first Seq digit (hash mode)
+  #answerInvalid: boolean;
+  #duplicate: boolean;
   #pendingCr = false; // a "\r" ended the last chunk inside the data: hashed unless "\n" follows
 
   /**
    * Creates a scanner that NAKs every `nakEvery`th REQ (0: never), or, with `reply` `"hash"`,
    * answers from the Seq and the data (see `reply_hash.ts`; `nakEvery` is then ignored).
    */
-  constructor(nakEvery = 0, reply: "seq" | "hash" = "seq") {
+  constructor(nakEvery = 0, reply: "seq" | "hash" = "seq", options: ScannerOptions = {}) {
     this.#nakEvery = nakEvery;
     this.#hashMode = reply === "hash";
+    this.#answerInvalid = options.answerInvalid ?? false;
+    this.#duplicate = options.duplicateReplies ?? false;
   }
 
   /** Scans `chunk`; returns how many replies it completed (written to `out`). */
@@ -456,7 +482,7 @@ export class RequestScanner {
             this.#reply();
             replies++;
           } else {
-            this.invalid++;
+            this.#invalidLine();
           }
           state = S_LINE;
           break;
@@ -473,6 +499,10 @@ export class RequestScanner {
           }
           this.#seqLength = seqLength;
           if (this.#hashMode) this.#hash = fnvUpdate(this.#hash, chunk, from, i);
+          if (this.#answerInvalid && seqLength > DECODABLE_SEQ_DIGITS) {
+            state = S_SKIP;
+            continue;
+          }
           if (i === n) break;
           if (c >= 48 && c <= 57) {
             // The seq buffer is full: grow it, or give up on absurdly long seqs.
@@ -503,7 +533,7 @@ export class RequestScanner {
               this.#reply();
               replies++;
             } else {
-              this.invalid++;
+              this.#invalidLine();
             }
             state = S_LINE;
             break;
@@ -551,7 +581,31 @@ export class RequestScanner {
     return partial;
   }
 
+  // A complete line that is not a valid REQ: counted, and answered when asked to.
+  #invalidLine(): void {
+    this.invalid++;
+    if (this.#answerInvalid) this.#write(ERRDECODE, 0, ERRDECODE.length);
+  }
+
+  // Appends bytes[from, to) to `out`.
+  #write(bytes: Uint8Array, from: number, to: number): void {
+    const o = this.outLength;
+    if (o + to - from > this.out.length) {
+      const bigger = new Uint8Array(Math.max(this.out.length * 2, o + to - from));
+      bigger.set(this.out.subarray(0, o));
+      this.out = bigger;
+    }
+    this.out.set(bytes.subarray(from, to), o);
+    this.outLength = o + to - from;
+  }
+
   #reply(): void {
+    const start = this.outLength;
+    this.#replyLine();
+    if (this.#duplicate) this.#write(this.out, start, this.outLength);
+  }
+
+  #replyLine(): void {
     const seqLength = this.#seqLength;
     let o = this.outLength;
     if (o + seqLength + 14 > this.out.length) {
