@@ -95,14 +95,37 @@ Deno.test("LatencyTracker bounds memory under 1 M pipelined REQs", () => {
   assert.equal(stats.inFlight, 10_000);
 });
 
-Deno.test("LatencyTracker treats an unrepresentable Seq (-1) as untracked", () => {
+Deno.test("LatencyTracker treats an unrepresentable Seq (-1) as untracked and owing nothing", () => {
   const stats = new LatencyStats();
   const t = new LatencyTracker(stats);
   t.onMessage(MSG_REQ, -1);
-  t.onMessage(MSG_ACK, -1);
+  assert.equal(t.outstanding, 0, "no reply can be matched to it");
+  assert.equal(t.unmatchable, 1);
+  assert.equal(t.onMessage(MSG_ACK, -1), false);
+  assert.equal(t.unmatched, 1);
   assert.equal(stats.untrackedRequests, 1);
   assert.equal(stats.unmatchedReplies, 0);
   assert.equal(stats.histogram.count, 0);
+});
+
+Deno.test("LatencyTracker: a reply answers only an unanswered REQ with its Seq, duplicates exactly", () => {
+  const stats = new LatencyStats();
+  const t = new LatencyTracker(stats);
+  t.onMessage(MSG_REQ, 5);
+  t.onMessage(MSG_REQ, 5); // the same Seq again: owes a second reply
+  t.onMessage(MSG_REQ, 6);
+  assert.equal(t.outstanding, 3);
+  assert.equal(t.onMessage(MSG_NAK, 0), false, "NAK 0 ERRDECODE answers no REQ");
+  assert.equal(t.onMessage(MSG_ACK, 99), false, "unsolicited");
+  assert.equal(t.outstanding, 3);
+  assert.equal(t.onMessage(MSG_ACK, 5), true);
+  assert.equal(t.onMessage(MSG_ACK, 6), true);
+  assert.equal(t.onMessage(MSG_ACK, 6), false, "a second answer to 6");
+  assert.equal(t.outstanding, 1, "the second REQ 5 is still owed");
+  assert.equal(t.onMessage(MSG_ACK, 5), true);
+  assert.equal(t.outstanding, 0);
+  assert.equal(t.unmatched, 3);
+  assert.equal(t.matched, 3);
 });
 
 Deno.test("LatencyTracker.close() releases the in-flight gauge and counts unanswered REQs", () => {
@@ -180,7 +203,7 @@ Deno.test("summarizeLatency() reports quantiles, maximum and anomaly counters", 
   assert.equal(s.requests_in_flight, 0);
 });
 
-// A plain model: outstanding REQs per Seq in a Map of queues, no cap shortcuts.
+// A plain model: outstanding REQs per Seq in a Map, duplicates counted per Seq, no cap shortcuts.
 Deno.test("LatencyTracker agrees with a simple model on random traffic", () => {
   const op = fc.record({
     reply: fc.boolean(),
@@ -192,7 +215,7 @@ Deno.test("LatencyTracker agrees with a simple model on random traffic", () => {
       const stats = new LatencyStats();
       const t = new LatencyTracker(stats, { maxOutstanding: cap });
       const outstanding = new Map<number, number>();
-      let owedDup = 0;
+      const owedDup = new Map<number, number>();
       let owedUntracked = 0;
       const model = { unmatched: 0, dup: 0, untracked: 0, sum: 0, count: 0 };
       let now = 0;
@@ -203,23 +226,32 @@ Deno.test("LatencyTracker agrees with a simple model on random traffic", () => {
           t.onMessage(MSG_REQ, seq);
           if (outstanding.has(seq)) {
             model.dup++;
-            owedDup++;
+            owedDup.set(seq, (owedDup.get(seq) ?? 0) + 1);
           } else if (outstanding.size >= cap) {
             model.untracked++;
             owedUntracked++;
           } else outstanding.set(seq, now);
         } else {
-          t.onMessage(MSG_ACK, seq);
+          const matched = t.onMessage(MSG_ACK, seq);
           const started = outstanding.get(seq);
+          const dup = owedDup.get(seq) ?? 0;
+          let answers = true;
           if (started !== undefined) {
             outstanding.delete(seq);
             model.count++;
             model.sum += (now - started) / 1000;
-          } else if (owedDup > 0) owedDup--;
+          } else if (dup > 0) owedDup.set(seq, dup - 1);
           else if (owedUntracked > 0) owedUntracked--;
-          else model.unmatched++;
+          else {
+            model.unmatched++;
+            answers = false;
+          }
+          assert.equal(matched, answers);
         }
         assert.equal(t.inFlight, outstanding.size);
+        const dups = [...owedDup.values()].reduce((a, b) => a + b, 0);
+        assert.equal(t.outstanding, outstanding.size + dups + owedUntracked);
+        assert.equal(t.unmatched, model.unmatched);
       }
       assert.equal(stats.duplicateSeq, model.dup);
       assert.equal(stats.untrackedRequests, model.untracked);

@@ -97,6 +97,15 @@ Deno.test("the reference REQ grammar agrees with the analyzer on every generated
   );
 });
 
+/**
+ * Marks entry `j` answered, and (servers answering in order) every unanswered entry before it
+ * whose Seq is above 2^53: its answer could not carry its Seq.
+ */
+function answerInOrder(entries: { seq: string }[], answered: boolean[], j: number): void {
+  for (let k = 0; k < j; k++) if (seqValue(entries[k].seq) < 0) answered[k] = true;
+  answered[j] = true;
+}
+
 /** What the reference expects the log to hold after `text`: complete REQs and an open one. */
 function reference(text: string) {
   const complete: { seq: string; rest: string }[] = [];
@@ -153,7 +162,7 @@ Deno.test("RequestLog forgets answered REQs (any order) and frees their bytes", 
           const value = seqValue(complete[pick % complete.length].seq);
           const j = complete.findIndex((e, k) => !answered[k] && seqValue(e.seq) === value);
           assert.equal(log.answerSeq(value), j >= 0);
-          if (j >= 0) answered[j] = true;
+          if (j >= 0) answerInOrder(complete, answered, j);
         }
         const left = complete.filter((_e, k) => !answered[k]);
         assert.equal(log.outstanding, left.length);
@@ -181,7 +190,7 @@ function referenceAfterFailover(text: string, at: number, answeredSeqs: number[]
   const answered = entries.map(() => false);
   for (const value of answeredSeqs) {
     const j = entries.findIndex((e, k) => !answered[k] && seqValue(e.seq) === value);
-    if (j >= 0) answered[j] = true;
+    if (j >= 0) answerInOrder(entries, answered, j);
   }
   let proxy = 0;
   let replay = "";

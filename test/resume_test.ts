@@ -197,14 +197,14 @@ Deno.test("--resume: a client that half-closed gets every reply, then EOF withou
 /** A bridged pair built by hand, to call bridge() with engine options and its own target. */
 async function bridgedPair(
   upstreamAddr: Deno.NetAddr,
-  options: EngineOptions & { forwardPort?: number },
+  options: EngineOptions & { forwardPort?: number; clock?: () => number },
 ) {
   using front = listenLocal();
   const client = await connectTo(front.addr as Deno.NetAddr);
   const downstream = await front.accept();
   const upstream = await connectTo(upstreamAddr);
-  const stats = new Stats({ clock: systemClock });
-  const { forwardPort, ...engine } = options;
+  const { forwardPort, clock = systemClock, ...engine } = options;
+  const stats = new Stats({ clock });
   const done: Promise<CloseReason> = bridge(downstream, upstream, {
     stats,
     config: resolveEngineConfig({ resume: "verbatim", ...engine }),
@@ -216,7 +216,7 @@ async function bridgedPair(
     done,
     async [Symbol.asyncDispose]() {
       client.close();
-      await done;
+      await withTimeout(done, 5000, "the bridge to end");
     },
   };
 }
@@ -271,6 +271,52 @@ Deno.test("bridge() with resume gives up on an upstream that keeps dying before 
   assert.equal(pair.stats.failovers, 2);
   assert.equal(pair.stats.replays, 2);
   assert.equal(pair.stats.resumeFailures, 1);
+});
+
+Deno.test("--resume-max-failovers counts failovers without a reply, however long each upstream lived", async () => {
+  using raw = listenLocal();
+  let now = 0;
+  await using pair = await bridgedPair(raw.addr as Deno.NetAddr, {
+    maxFailovers: 2,
+    reconnectBackoffMs: 1,
+    clock: () => now,
+  });
+  await writeAll(pair.client, "REQ 1 poison\n");
+  for (let k = 0; k < 3; k++) {
+    const conn = await accept(raw);
+    assert.match((await readLines(conn, 1))[0], /^REQ 1 poison$/);
+    now += 1200; // it lived 1.2 s, then the poison REQ killed it, unanswered
+    conn.close();
+  }
+  assert.equal(await readText(pair.client), "");
+  assert.equal(await withTimeout(pair.done, 5000, "the client to be closed"), "upstream_closed");
+  assert.equal(pair.stats.failovers, 2);
+  assert.equal(pair.stats.resumeFailures, 1);
+});
+
+Deno.test("--resume: a failover after a reply to the replayed REQs starts the count over", async () => {
+  using raw = listenLocal();
+  await using pair = await bridgedPair(raw.addr as Deno.NetAddr, {
+    maxFailovers: 1,
+    reconnectBackoffMs: 1,
+  });
+  const reader = new LineReader(pair.client);
+  await writeAll(pair.client, "REQ 1\nREQ 2\n");
+  for (let k = 0; k < 3; k++) {
+    const conn = await accept(raw);
+    const got = await readLines(conn, k === 0 ? 2 : 3 - k);
+    await writeAll(conn, `ACK ${k + 1}\n`); // each connection answers one REQ, then dies
+    assert.deepEqual(await reader.readLines(1), [`ACK ${k + 1}`], JSON.stringify(got));
+    if (k < 2) await writeAll(pair.client, `REQ ${k + 3}\n`);
+    conn.close();
+  }
+  const last = await accept(raw);
+  assert.deepEqual(await readLines(last, 1), ["REQ 4"]);
+  await writeAll(last, "ACK 4\n");
+  assert.deepEqual(await reader.readLines(1), ["ACK 4"]);
+  assert.equal(pair.stats.failovers, 3);
+  assert.equal(pair.stats.resumeFailures, 0);
+  last.close();
 });
 
 interface ClientRun {

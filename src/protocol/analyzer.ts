@@ -99,6 +99,11 @@ const K_DIRECTION = 2;
  * {@linkcode Analyzer.end} when the stream ends.
  */
 export class Analyzer {
+  /**
+   * Complete lines of this stream that were not valid messages (the shared counters say which
+   * kind): a line a server may still answer, so the engine weighs them when an exchange ends.
+   */
+  invalidLines = 0;
   #counts: MessageCounts;
   #fromClient: boolean;
   #onMessage: ((type: number, seq: number) => void) | undefined;
@@ -208,6 +213,7 @@ export class Analyzer {
         case S_TYPE0:
           if (c === NL) {
             this.#counts.invalid_type++;
+            this.invalidLines++;
             break;
           }
           this.#head = c;
@@ -217,6 +223,7 @@ export class Analyzer {
         case S_TYPE2:
           if (c === NL) {
             this.#counts.invalid_type++;
+            this.invalidLines++;
             state = S_TYPE0;
             break;
           }
@@ -316,6 +323,7 @@ export class Analyzer {
   }
 
   #reject(): void {
+    this.invalidLines++;
     const kind = this.#invalidKind;
     if (kind === K_TYPE) this.#counts.invalid_type++;
     else if (kind === K_SEQ) this.#counts.invalid_seq++;

@@ -418,6 +418,17 @@ export class RequestLog implements SeqMap {
       const h = this.#first + k;
       const s = (h & this.#mask) * STRIDE;
       if (!(ring[s + E_FLAGS] & F_ANSWERED) && ring[s + E_VALUE] === seq) {
+        // Servers answer in order: an earlier REQ whose Seq is above 2^53 got an answer that
+        // no Seq can show (a server that cannot parse it says `NAK 0`), so it is no longer owed
+        // and must not pin the log's head.
+        for (let e = this.#first; e < h; e++) {
+          const f = this.#flags(e);
+          if (
+            !(f & F_ANSWERED) && f & F_COMPLETE && ring[(e & this.#mask) * STRIDE + E_VALUE] < 0
+          ) {
+            this.answerEntry(e);
+          }
+        }
         this.answerEntry(h);
         return true;
       }

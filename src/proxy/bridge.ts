@@ -18,12 +18,7 @@
  * @module
  */
 import type { Logger } from "@logtape/logtape";
-import {
-  Analyzer,
-  type AnalyzerOptions,
-  createMessageCounts,
-  type MessageCounts,
-} from "../protocol/analyzer.ts";
+import { Analyzer, createMessageCounts, type MessageCounts } from "../protocol/analyzer.ts";
 import { Histogram } from "../stats/histogram.ts";
 import { ReplyRewriter } from "../protocol/reply_rewriter.ts";
 import { RequestLog } from "../protocol/request_log.ts";
@@ -91,7 +86,7 @@ export interface ConnectionSummary {
 
 /** Live state of one bridged connection, updated by {@linkcode bridge} as bytes move. */
 export class BridgeState {
-  /** Valid REQs forwarded upstream minus valid replies relayed downstream (never below 0). */
+  /** Valid REQs forwarded upstream and not answered yet: only a reply with a REQ's Seq answers it. */
   outstanding = 0;
   /** Chunks read but not yet fully written (one per direction at most). */
   writing = 0;
@@ -139,7 +134,8 @@ class Session {
   readonly logger: Logger | undefined;
   readonly label: string;
   readonly state: BridgeState;
-  readonly tracker: LatencyTracker | undefined;
+  /** Matches replies to REQs by Seq: what is owed, in every mode (and the latency). */
+  readonly tracker: LatencyTracker;
   readonly requests: Analyzer;
   readonly replies: Analyzer;
   readonly signal: AbortSignal | undefined;
@@ -166,8 +162,12 @@ class Session {
   muteLine = false;
   /** Resume: the client got part of a reply line (a failover now would corrupt it). */
   clientMidLine = false;
-  gotReply = false;
-  connectedAt = 0;
+  /** Resume: the tracker's matched count when the current upstream connection began. */
+  matchedAtConnect = 0;
+  /** The client's stream ended inside a line (a line the server may still answer). */
+  partialAtEof = false;
+  /** Every REQ is answered after the client's FIN, but other lines may still get answers. */
+  lingering = false;
   /** Why the request pump gave up on the current upstream connection. */
   writeError: unknown = undefined;
   /** Counts failovers begun: a replay finishing for an older one must not touch the state. */
@@ -201,17 +201,17 @@ class Session {
     const sizes = { initialSize: config.initialBufferSize, maxSize: config.maxBufferSize };
     this.downSource = new ChunkSource(downstream, { ...sizes, held: options.held });
     this.upSource = new ChunkSource(upstream, sizes);
-    this.tracker = config.maxTrackedRequests > 0
-      ? new LatencyTracker(stats.latency, {
-        maxOutstanding: config.maxTrackedRequests,
-        connection: this.own?.latency,
-      })
-      : undefined;
-    const tracker = this.tracker;
-    const trackerHook = tracker
-      ? (type: number, seq: number) => tracker.onMessage(type, seq)
-      : undefined;
-    this.requests = new Analyzer("downstream", counts, hookOptions(trackerHook));
+    // Within the in-flight limit every REQ is matched by Seq (never merely counted).
+    const tracker = new LatencyTracker(stats.latency, {
+      maxOutstanding: Math.max(config.maxInflight, config.maxTrackedRequests, MIN_MATCHED),
+      timing: config.maxTrackedRequests > 0,
+      connection: this.own?.latency,
+    });
+    this.tracker = tracker;
+    const trackerHook = (type: number, seq: number) => {
+      tracker.onMessage(type, seq);
+    };
+    this.requests = new Analyzer("downstream", counts, { onMessage: trackerHook });
     if (config.resume !== "off") {
       if (!options.target) throw new TypeError("bridge: resume needs options.target");
       // Every REQ the in-flight limit lets through must fit the log, or a client within its
@@ -224,18 +224,18 @@ class Session {
       });
       this.log = log;
       this.failover = new Failover(config, options.target, stats, options.logger, this.label);
-      // Replies carrying the client's Seqs (always, unless renumbering after a failover, when
-      // the rewriter matches them) mark their REQ answered.
+      // A reply that answers a REQ (by the client's Seq: always, unless renumbering after a
+      // failover, when the rewriter maps them) also marks that REQ's log entry answered.
       this.replies = new Analyzer("upstream", counts, {
         onMessage: (type, seq) => {
-          if (!log.renumbering) log.answerSeq(seq);
-          trackerHook?.(type, seq);
+          // A Seq above 2^53 (-1) answers nothing, but is kept in the log's order.
+          if ((tracker.onMessage(type, seq) || seq < 0) && !log.renumbering) log.answerSeq(seq);
         },
       });
     } else {
       this.log = undefined;
       this.failover = undefined;
-      this.replies = new Analyzer("upstream", counts, hookOptions(trackerHook));
+      this.replies = new Analyzer("upstream", counts, { onMessage: trackerHook });
     }
   }
 
@@ -244,7 +244,6 @@ class Session {
     signal?.addEventListener("abort", this, { once: true });
     if (signal?.aborted) this.handleEvent();
     state.lastActivity = stats.clock();
-    this.connectedAt = state.lastActivity;
     if (this.own !== undefined) this.own.startedAt = state.lastActivity;
     if (this.config.idleTimeoutMs > 0) this.arm(this.config.idleTimeoutMs);
     const requests = this.pumpRequests();
@@ -281,7 +280,7 @@ class Session {
     this.config.timers.clearTimeout(this.timer);
     this.requests.end();
     this.replies.end();
-    this.tracker?.close();
+    this.tracker.close();
     const reason = this.reason ?? "client_closed";
     if (this.own !== undefined) {
       this.own.fold();
@@ -383,7 +382,7 @@ class Session {
             }
             // One clock reading per chunk serves the rate windows, timers and latency tracker.
             const now = stats.clock();
-            this.tracker?.setTime(now);
+            this.tracker.setTime(now);
             // Feed the analyzer as far as the budget allows (in steps that each stay within what
             // is left of it), then forward that much at once.
             let end = start;
@@ -401,7 +400,7 @@ class Session {
             if (this.own !== undefined) this.own.fromClient(part.length);
             state.lastActivity = now;
             if (valid > 0) {
-              state.outstanding += valid;
+              state.outstanding = this.tracker.outstanding;
               stats.recordRequests(valid, now);
               if (this.counters !== undefined) this.counters.requests += valid;
             }
@@ -453,8 +452,9 @@ class Session {
   clientEnded(): void {
     if (this.closed) return;
     this.clientEof = true;
+    this.partialAtEof = this.requests.midLine;
     this.log?.end();
-    if (this.state.outstanding === 0 && !this.replyBusy) {
+    if (this.state.outstanding === 0 && !this.replyBusy && this.othersAnswered()) {
       this.finish("client_closed");
       return;
     }
@@ -467,7 +467,28 @@ class Session {
       }
     }
     this.need?.resolve(); // a failover waiting for the client to speak re-checks
-    if (this.config.halfCloseTimeoutMs > 0) this.arm(this.config.halfCloseTimeoutMs);
+    if (this.state.outstanding === 0) this.linger();
+    else if (this.config.halfCloseTimeoutMs > 0) this.arm(this.config.halfCloseTimeoutMs);
+  }
+
+  /**
+   * Whether the client's lines that owe no reply a proxy can match (invalid lines, REQs whose Seq
+   * is above 2^53, a partial last line) have had as many answers that matched nothing (replies
+   * with another Seq, invalid lines from the server). Servers that answer every line answer
+   * these too, after the REQs before them; servers that do not are waited for only
+   * {@linkcode EngineConfig.lingerMs}.
+   */
+  othersAnswered(): boolean {
+    const tracker = this.tracker;
+    const sent = this.requests.invalidLines + tracker.unmatchable + (this.partialAtEof ? 1 : 0);
+    return sent === 0 || this.replies.invalidLines + tracker.unmatched >= sent;
+  }
+
+  /** Every REQ is answered after the FIN: wait a little for answers to the other lines. */
+  linger(): void {
+    if (this.lingering) return;
+    this.lingering = true;
+    this.arm(lingerLimit(this.config));
   }
 
   /** Drops `part` up to and including its first newline while a line is muted. */
@@ -523,19 +544,15 @@ class Session {
         }
       }
       const now = stats.clock();
-      this.tracker?.setTime(now);
+      this.tracker.setTime(now);
       const valid = this.replies.feed(bytes);
       stats.bytesUpstream += raw.length;
       if (this.own !== undefined) this.own.fromUpstream(raw.length);
       state.lastActivity = now;
       if (valid > 0) {
-        this.gotReply = true;
-        // With resume the log knows which REQs are answered: a duplicate or unsolicited reply
-        // does not make the proxy think that less is owed than is. Without it, replies are
-        // counted (a server that answers what was not asked can end an exchange early).
-        state.outstanding = log !== undefined && !log.disabled
-          ? log.outstanding
-          : Math.max(0, state.outstanding - valid);
+        // Only a reply with the Seq of an unanswered REQ answers it: a duplicate, unsolicited or
+        // undecodable-line reply (`NAK 0`) neither ends the exchange nor opens the gate.
+        state.outstanding = this.tracker.outstanding;
         if (this.room !== undefined && state.outstanding < this.config.maxInflight) {
           this.room.resolve();
           this.room = undefined;
@@ -561,8 +578,11 @@ class Session {
       }
       if (k < chunk.length) source.keep(chunk, k);
       if (this.clientEof && state.outstanding === 0 && !this.closed) {
-        this.finish("completed");
-        return { end: "eof" };
+        if (this.othersAnswered()) {
+          this.finish("completed");
+          return { end: "eof" };
+        }
+        this.linger();
       }
     }
   }
@@ -600,6 +620,10 @@ class Session {
     const { stats, log, state } = this;
     const failover = this.failover!;
     const generation = ++this.generation;
+    // The failovers in a row start over only when this connection answered a REQ, or died
+    // owing nothing (its death was not a REQ's doing). Time alone proves nothing: an upstream
+    // that a poison REQ kills after 1.2 s would have it replayed for ever.
+    const healthy = this.tracker.matched > this.matchedAtConnect || state.outstanding === 0;
     this.failing = true;
     closeQuietly(this.up);
     const dead = this.lease?.upstream;
@@ -636,7 +660,6 @@ class Session {
         return undefined;
       }
     }
-    const healthy = this.gotReply || stats.clock() - this.connectedAt >= HEALTHY_AFTER_MS;
     const next = await failover.replace(why, what, healthy, dead);
     if (this.closed) {
       if (typeof next !== "string") {
@@ -668,8 +691,7 @@ class Session {
       count = replay.requests;
     }
     this.up = up;
-    this.connectedAt = stats.clock();
-    this.gotReply = false;
+    this.matchedAtConnect = this.tracker.matched;
     const source = new ChunkSource(up, {
       initialSize: this.config.initialBufferSize,
       maxSize: this.config.maxBufferSize,
@@ -734,6 +756,16 @@ class Session {
     if (this.closed) return;
     const { config, state } = this;
     const quiet = this.stats.clock() - state.lastActivity;
+    if (this.clientEof && state.outstanding === 0 && this.lingering) {
+      const limit = lingerLimit(config);
+      if (quiet < limit) return this.arm(limit - quiet);
+      this.logger?.debug(
+        "Closing {connection}: every REQ answered; no answer to its other lines for {ms} ms",
+        { connection: this.label, ms: limit },
+      );
+      this.finish("completed");
+      return;
+    }
     if (this.clientEof && config.halfCloseTimeoutMs > 0) {
       const limit = config.halfCloseTimeoutMs;
       if (quiet < limit) return this.arm(limit - quiet);
@@ -752,18 +784,19 @@ class Session {
   }
 }
 
-/** The upstream counts as healthy once it relayed a reply or lived this long. */
-const HEALTHY_AFTER_MS = 1000;
+/** Fewest REQs matched by Seq per connection, whatever the in-flight limit. */
+const MIN_MATCHED = 1024;
+
+/** How long a finished exchange waits for answers to the client's other lines. */
+function lingerLimit(config: EngineConfig): number {
+  return config.halfCloseTimeoutMs > 0
+    ? Math.min(config.lingerMs, config.halfCloseTimeoutMs)
+    : config.lingerMs;
+}
 
 /** RequestLog's own default entry cap for `retainLimit`. */
 function defaultMaxEntries(retainLimit: number): number {
   return Math.max(1024, Math.floor(retainLimit / 64));
-}
-
-function hookOptions(
-  hook: ((type: number, seq: number) => void) | undefined,
-): AnalyzerOptions | undefined {
-  return hook ? { onMessage: hook } : undefined;
 }
 
 /**

@@ -49,8 +49,17 @@ export interface EngineOptions {
    */
   halfCloseTimeoutMs?: number;
   /**
+   * After the client half-closes and every REQ is answered, how long to wait (with no bytes
+   * from the upstream) for answers to the client's other lines: invalid lines, which servers
+   * that answer every line answer too (`NAK 0 ERRDECODE`). Capped by `halfCloseTimeoutMs`.
+   * The exchange ends at once when as many such answers came as there were lines.
+   * @default {1000}
+   */
+  lingerMs?: number;
+  /**
    * REQs timed at once per connection for the latency histogram; past it REQs are forwarded
-   * untimed. 0: no latency tracking. @default {10000}
+   * untimed. 0: no latency timing. Replies are matched to REQs by Seq regardless, for at least
+   * `max(maxInflight, this, 1024)` REQs per connection. @default {10000}
    */
   maxTrackedRequests?: number;
   /**
@@ -96,6 +105,7 @@ export const ENGINE_DEFAULTS: EngineConfig = Object.freeze({
   maxInflight: 10_000,
   idleTimeoutMs: 0,
   halfCloseTimeoutMs: 30_000,
+  lingerMs: 1000,
   maxTrackedRequests: 10_000,
   resume: "off",
   retainLimit: 1024 * 1024,
@@ -123,6 +133,7 @@ export function resolveEngineConfig(options: EngineOptions = {}): EngineConfig {
     ["maxInflight", 0],
     ["idleTimeoutMs", 0],
     ["halfCloseTimeoutMs", 0],
+    ["lingerMs", 0],
     ["maxTrackedRequests", 0],
     ["retainLimit", 0],
     ["reconnectRetries", 0],

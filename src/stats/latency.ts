@@ -83,10 +83,14 @@ function roundMicros(seconds: number): number {
 /** Options for {@linkcode LatencyTracker}. */
 export interface LatencyTrackerOptions {
   /**
-   * Most REQs tracked at once on this connection; past it REQs are forwarded but not timed
-   * (counted in `untrackedRequests`). Bounds the tracker's memory. @default {10000}
+   * Most REQs matched by Seq at once on this connection; past it REQs are forwarded and counted
+   * in `untrackedRequests`, and their replies are counted, not matched. Bounds the tracker's
+   * memory; the engine sets it to at least its in-flight limit, so that within the limit every
+   * reply is matched. @default {10000}
    */
   maxOutstanding?: number;
+  /** Record REQ→reply times in the histogram (matching happens either way). @default {true} */
+  timing?: boolean;
   /** Also records this connection's latencies here (the access log's p50/max); unset: no. */
   connection?: Histogram;
 }
@@ -96,22 +100,37 @@ export interface LatencyTrackerOptions {
 const INITIAL_RING = 4;
 
 /**
- * Matches replies to REQs on one connection. Memory is bounded by `maxOutstanding` entries.
+ * Matches replies to REQs by Seq on one connection: the engine's count of replies owed (the
+ * in-flight gate, the end of a half-closed exchange) in every mode, and the REQ→reply latency.
+ * A reply counts only against an unanswered REQ with its Seq; a duplicate or unsolicited reply
+ * answers nothing. Memory is bounded by `maxOutstanding` entries.
  *
  * Pipelined clients send increasing Seqs and servers answer in order, so outstanding REQs are
  * kept in a ring sorted by Seq (appending a larger Seq keeps it sorted): an in-order reply pops
  * the head without hashing or allocating, and an out-of-order one is found by binary search and
  * marked answered. Only a REQ whose Seq is not larger than every outstanding one goes to a
- * fallback map.
+ * fallback map; a second REQ with a Seq already outstanding is kept in a count per Seq, so each
+ * of its replies is matched exactly too.
  *
- * Replies that cannot be matched because their REQ was untracked (cap reached) or was a
- * duplicate are absorbed by per-connection counters instead of being reported as unmatched, so
- * one anomaly is counted once.
+ * Past the cap, REQs are counted instead of kept, and a reply that matches no kept REQ answers
+ * one of them: the only place a reply is counted rather than matched.
  */
 export class LatencyTracker {
+  /** Replies owed: matchable REQs not answered yet, tracked or counted past the cap. */
+  outstanding = 0;
+  /** Replies that answered a REQ of this connection (monotonic). */
+  matched = 0;
+  /** Replies that answered nothing: unsolicited, a second answer, or an unrepresentable Seq. */
+  unmatched = 0;
+  /**
+   * REQs whose Seq is above 2^53 (the analyzer reports `-1`): no reply can be matched to them, so
+   * they are not owed; like an invalid line, whatever the server says to them is relayed.
+   */
+  unmatchable = 0;
   #connection: Histogram | undefined;
   #stats: LatencyStats;
   #max: number;
+  #timing: boolean;
   #now = 0;
   // Ring of outstanding REQs sorted by seq; a NaN time marks an entry answered out of order.
   #seqs: Float64Array;
@@ -121,9 +140,10 @@ export class LatencyTracker {
   #ringLive = 0;
   // Created on the first REQ that is not larger than every outstanding one (rare).
   #fallback: Map<number, number> | undefined;
-  // Untracked or duplicate REQs whose replies are still owed: their replies are not anomalies.
+  // Second (third, …) REQs with a Seq already outstanding, per Seq: each owes its own reply.
+  #duplicates: Map<number, number> | undefined;
+  // REQs past the cap whose replies are still owed.
   #owedUntracked = 0;
-  #owedDuplicates = 0;
   #closed = false;
 
   /** Creates a tracker adding to `stats`. */
@@ -135,6 +155,7 @@ export class LatencyTracker {
     }
     this.#stats = stats;
     this.#max = max;
+    this.#timing = options.timing ?? true;
     this.#seqs = new Float64Array(INITIAL_RING);
     this.#times = new Float64Array(INITIAL_RING);
   }
@@ -152,12 +173,16 @@ export class LatencyTracker {
   /**
    * Takes one message from an analyzer: a REQ starts a timing, an ACK/NAK ends the one with its
    * Seq. `seq` is `-1` when the analyzer could not represent it; such REQs are untracked and
-   * such replies are ignored. Calls after {@linkcode close} are ignored.
+   * unmatchable, and such replies answer nothing. Calls after {@linkcode close} are ignored.
+   * Returns whether a reply answered a REQ (always false for a REQ).
    */
-  onMessage(type: number, seq: number): void {
-    if (this.#closed) return;
-    if (type === MSG_REQ) this.#request(seq);
-    else this.#reply(seq);
+  onMessage(type: number, seq: number): boolean {
+    if (this.#closed) return false;
+    if (type === MSG_REQ) {
+      this.#request(seq);
+      return false;
+    }
+    return this.#reply(seq);
   }
 
   /**
@@ -171,6 +196,7 @@ export class LatencyTracker {
     this.#stats.unansweredRequests += live;
     this.#stats.inFlight -= live;
     this.#fallback = undefined;
+    this.#duplicates = undefined;
     this.#size = 0;
     this.#ringLive = 0;
     this.#seqs = new Float64Array(0);
@@ -186,7 +212,7 @@ export class LatencyTracker {
     const stats = this.#stats;
     if (seq < 0) {
       stats.untrackedRequests++;
-      this.#owedUntracked++;
+      this.unmatchable++;
       return;
     }
     const size = this.#size;
@@ -195,10 +221,13 @@ export class LatencyTracker {
       // Not the fast, increasing case: it may be a duplicate of an outstanding Seq.
       if (this.#ringFind(seq) >= 0 || this.#fallback?.has(seq)) {
         stats.duplicateSeq++;
-        this.#owedDuplicates++;
+        const duplicates = this.#duplicates ??= new Map();
+        duplicates.set(seq, (duplicates.get(seq) ?? 0) + 1);
+        this.outstanding++;
         return;
       }
     }
+    this.outstanding++;
     if (this.inFlight >= this.#max) {
       stats.untrackedRequests++;
       this.#owedUntracked++;
@@ -212,8 +241,11 @@ export class LatencyTracker {
     }
   }
 
-  #reply(seq: number): void {
-    if (seq < 0) return;
+  #reply(seq: number): boolean {
+    if (seq < 0) {
+      this.unmatched++;
+      return false;
+    }
     const stats = this.#stats;
     let started = NaN;
     if (this.#size > 0) {
@@ -243,16 +275,32 @@ export class LatencyTracker {
     }
     if (started === started) {
       stats.inFlight--;
-      const ms = this.#now - started;
-      const seconds = ms > 0 ? ms / 1000 : 0;
-      stats.histogram.record(seconds);
-      this.#connection?.record(seconds);
-      return;
+      this.outstanding--;
+      this.matched++;
+      if (this.#timing) {
+        const ms = this.#now - started;
+        const seconds = ms > 0 ? ms / 1000 : 0;
+        stats.histogram.record(seconds);
+        this.#connection?.record(seconds);
+      }
+      return true;
     }
-    // No outstanding REQ: the reply of a duplicate or an untracked REQ, or a real anomaly.
-    if (this.#owedDuplicates > 0) this.#owedDuplicates--;
-    else if (this.#owedUntracked > 0) this.#owedUntracked--;
-    else stats.unmatchedReplies++;
+    // No tracked REQ has this Seq: a duplicate REQ's reply, one past the cap, or an anomaly.
+    const duplicates = this.#duplicates;
+    const owed = duplicates?.get(seq);
+    if (owed !== undefined) {
+      if (owed > 1) duplicates!.set(seq, owed - 1);
+      else duplicates!.delete(seq);
+    } else if (this.#owedUntracked > 0) {
+      this.#owedUntracked--;
+    } else {
+      stats.unmatchedReplies++;
+      this.unmatched++;
+      return false;
+    }
+    this.outstanding--;
+    this.matched++;
+    return true;
   }
 
   // Drops `n` entries from the head, then any answered ones that follow.

@@ -1,0 +1,174 @@
+/**
+ * A reply counts only against the REQ it answers (same Seq), in every mode: lines that are not
+ * valid REQs, and the answers real servers give them (`NAK 0 ERRDECODE`), duplicate and
+ * unsolicited replies never end an exchange early nor open the in-flight gate; answers to a
+ * client's other lines after its last REQ are relayed, not cut off.
+ */
+import assert from "node:assert/strict";
+import type { ProxyOptions } from "../src/proxy/proxy.ts";
+import {
+  acks,
+  connectTo,
+  ENGINE_MODES,
+  type EngineMode,
+  LineReader,
+  listenLocal,
+  readText,
+  requests,
+  startProxy,
+  startUpstream,
+  waitUntil,
+  writeAll,
+} from "./_util.ts";
+
+const ERRDECODE = "NAK 0 ERRDECODE";
+
+/** Long enough that a test which waited for it would fail its 5 s reads instead. */
+const NEVER_MS = 60_000;
+
+/** Every line of `text` (without the last newline). */
+function lines(text: string): string[] {
+  return text === "" ? [] : text.replace(/\n$/, "").split("\n");
+}
+
+/**
+ * A proxy in `mode` in front of an upstream the test plays by hand, and its client. `send`
+ * writes the client's lines and FIN and waits until the upstream has `count` lines and the FIN;
+ * `reply` writes upstream bytes and waits until the client has them.
+ */
+async function rawPair(mode: EngineMode, options: Partial<ProxyOptions>) {
+  const raw = listenLocal();
+  const proxy = await startProxy(raw.addr as Deno.NetAddr, { ...mode.options, ...options });
+  const client = await connectTo(proxy.addr);
+  const toClient = new LineReader(client);
+  let upstream: Deno.TcpConn | undefined;
+  return {
+    proxy,
+    client: toClient,
+    async send(text: string, count: number) {
+      await writeAll(client, text);
+      await client.closeWrite();
+      upstream = await raw.accept();
+      const fromProxy = new LineReader(upstream);
+      assert.equal((await fromProxy.readLines(count)).length, count);
+      assert.equal(await fromProxy.readLine(), null, "the client's FIN passed on");
+    },
+    async reply(text: string) {
+      await writeAll(upstream!, text);
+      const want = lines(text);
+      assert.deepEqual(await toClient.readLines(want.length), want);
+    },
+    async [Symbol.asyncDispose]() {
+      client.close();
+      upstream?.close();
+      raw.close();
+      await proxy.close();
+    },
+  };
+}
+
+for (const mode of ENGINE_MODES) {
+  Deno.test(`60 blank lines, then REQ 1..60, then FIN: every reply reaches the client [${mode.name}]`, async () => {
+    for (let run = 0; run < 5; run++) {
+      await using upstream = await startUpstream({ answerInvalid: true, closeAfterFin: false });
+      await using proxy = await startProxy(upstream.addr, {
+        ...mode.options,
+        halfCloseTimeoutMs: NEVER_MS,
+        lingerMs: NEVER_MS,
+      });
+      using client = await connectTo(proxy.addr);
+      await writeAll(client, "\n".repeat(60) + requests(1, 60));
+      await client.closeWrite();
+      const got = lines(await readText(client));
+      assert.deepEqual(got, [...Array(60).fill(ERRDECODE), ...acks(1, 60)], `run ${run}`);
+      await waitUntil(() => proxy.stats.closed.completed === 1, "completed");
+    }
+  });
+
+  Deno.test(`answers to blank lines never open the --max-inflight gate [${mode.name}]`, async () => {
+    // An upstream that answers each blank line at once and each REQ only when the test says.
+    using raw = listenLocal();
+    await using proxy = await startProxy(raw.addr as Deno.NetAddr, {
+      ...mode.options,
+      maxInflight: 10,
+    });
+    using client = await connectTo(proxy.addr);
+    let text = "";
+    for (let seq = 1; seq <= 500; seq++) text += `REQ ${seq}\n\n`;
+    const sending = writeAll(client, text).catch(() => {});
+    using upstream = await raw.accept();
+    const fromProxy = new LineReader(upstream);
+    const toClient = new LineReader(client);
+    const received: string[] = [];
+    const readUntilReq = async (seq: number) => {
+      while (!received.includes(`REQ ${seq}`)) {
+        const line = await fromProxy.readLine();
+        assert.notEqual(line, null);
+        received.push(line!);
+      }
+    };
+    await readUntilReq(10);
+    const blanks = received.filter((l) => l === "").length;
+    await writeAll(upstream, `${ERRDECODE}\n`.repeat(blanks));
+    assert.deepEqual(await toClient.readLines(blanks), Array(blanks).fill(ERRDECODE));
+    // The gate is still shut: one real answer lets exactly one more REQ through.
+    await writeAll(upstream, "ACK 1\n");
+    assert.deepEqual(await toClient.readLines(1), ["ACK 1"]);
+    await readUntilReq(11);
+    received.push(...lines(new TextDecoder().decode(fromProxy.buffered)));
+    const reqs = received.filter((l) => l.startsWith("REQ"));
+    assert.deepEqual(reqs, requests(1, 11).trimEnd().split("\n"), "REQ 12 waits for a reply");
+    client.close();
+    await sending;
+  });
+
+  Deno.test(`a duplicate reply answers nothing: the exchange waits for the real one [${mode.name}]`, async () => {
+    await using pair = await rawPair(mode, { halfCloseTimeoutMs: NEVER_MS, lingerMs: NEVER_MS });
+    await pair.send("REQ 1\nREQ 2\nREQ 3\n", 3);
+    await pair.reply("ACK 1\nACK 1\n");
+    await pair.reply("ACK 2\n");
+    await pair.reply("ACK 3\n");
+    assert.equal(await readText(pair.client), "", "then EOF");
+    await waitUntil(() => pair.proxy.stats.closed.completed === 1, "completed");
+    assert.equal(pair.proxy.stats.latency.unmatchedReplies, 1);
+  });
+
+  Deno.test(`answers to lines after the last REQ are relayed, then the exchange ends at once [${mode.name}]`, async () => {
+    await using pair = await rawPair(mode, { halfCloseTimeoutMs: NEVER_MS, lingerMs: NEVER_MS });
+    await pair.send("REQ 1\n\nreq 2\nREQ +3\nREQ 4x\nFOO\nACK 5\n", 7);
+    await pair.reply("ACK 1\n");
+    await pair.reply(`${ERRDECODE}\n`.repeat(3));
+    await pair.reply(`${ERRDECODE}\n`.repeat(3));
+    assert.equal(await readText(pair.client), "", "then EOF, without waiting");
+    await waitUntil(() => pair.proxy.stats.closed.completed === 1, "completed");
+  });
+
+  Deno.test(`a server that ignores invalid lines: the exchange ends --linger after the last reply [${mode.name}]`, async () => {
+    await using upstream = await startUpstream({ closeAfterFin: false });
+    await using proxy = await startProxy(upstream.addr, {
+      ...mode.options,
+      halfCloseTimeoutMs: NEVER_MS,
+      lingerMs: 50,
+    });
+    using client = await connectTo(proxy.addr);
+    await writeAll(client, "REQ 1\n\nREQ 2\nnot foo\n");
+    await client.closeWrite();
+    assert.deepEqual(lines(await readText(client)), ["ACK 1", "ACK 2"]);
+    await waitUntil(() => proxy.stats.closed.completed === 1, "completed");
+  });
+
+  Deno.test(`a REQ whose Seq the server cannot parse (20 digits, NAK 0) ends the exchange at once [${mode.name}]`, async () => {
+    await using upstream = await startUpstream({ answerInvalid: true, closeAfterFin: false });
+    await using proxy = await startProxy(upstream.addr, {
+      ...mode.options,
+      halfCloseTimeoutMs: NEVER_MS,
+      lingerMs: NEVER_MS,
+    });
+    using client = await connectTo(proxy.addr);
+    await writeAll(client, "REQ 1\nREQ 99999999999999999999 x\nREQ 2\nREQ 18446744073709551616\n");
+    await client.closeWrite();
+    assert.deepEqual(lines(await readText(client)), ["ACK 1", ERRDECODE, "ACK 2", ERRDECODE]);
+    await waitUntil(() => proxy.stats.closed.completed === 1, "completed");
+    assert.equal(proxy.stats.closed.half_close_timeout ?? 0, 0);
+  });
+}
