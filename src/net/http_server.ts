@@ -16,6 +16,8 @@
  */
 import type { Logger } from "@logtape/logtape";
 import { acceptLoop } from "./accept_loop.ts";
+import { isRefusal, parseRequestHead } from "./http_head.ts";
+import { hasNoContent, reasonPhrase } from "./http_status.ts";
 
 /** Options for {@linkcode HttpServer}. */
 export interface HttpServerOptions {
@@ -36,7 +38,7 @@ export interface HttpServerOptions {
   maxHeaderBytes?: number;
   /** Largest request body, in bytes (past it: 413). @default {65536} */
   maxBodyBytes?: number;
-  /** Logger for failures; unset: nothing is logged. */
+  /** Logger for failures (a refused request: one debug line); unset: nothing is logged. */
   logger?: Logger;
   /** Counters to add to; unset: kept on the server only. */
   counters?: HttpServerCounters;
@@ -54,7 +56,7 @@ export class HttpServerCounters {
    * count them either); a request that started and stalled is a timeout.
    */
   idleClosed = 0;
-  /** Requests refused as malformed or too large (4xx before the handler). */
+  /** Requests refused as malformed, too large or of a method not implemented (4xx/501). */
   badRequests = 0;
   /** Accept errors (one connection's, or resource exhaustion). */
   acceptErrors = 0;
@@ -179,6 +181,8 @@ export class HttpServer implements AsyncDisposable {
       }, ms);
     };
     const started = performance.now();
+    const remaining = () =>
+      Math.max(1, (o.requestTimeoutMs ?? 10_000) - (performance.now() - started));
     deadline(o.headerTimeoutMs ?? 5000);
     try {
       const maxHeader = o.maxHeaderBytes ?? 16384;
@@ -188,8 +192,7 @@ export class HttpServer implements AsyncDisposable {
       while (headEnd < 0) {
         if (length === buf.length) {
           if (buf.length >= maxHeader) {
-            counters.badRequests++;
-            return await this.#plain(conn, 431, "request headers too large");
+            return await this.#refuse(conn, 431, "request headers too large");
           }
           const bigger = new Uint8Array(Math.min(maxHeader, buf.length * 2));
           bigger.set(buf);
@@ -204,67 +207,61 @@ export class HttpServer implements AsyncDisposable {
         if (n === null) return;
         silent = false;
         const from = Math.max(0, length - 3);
+        const fresh = length;
         length += n;
         headEnd = indexOfSeq(buf, CRLF_CRLF, from, length);
+        // A bare LF ends a line for some parsers and not for others: refused at once, not left to
+        // wait for a CRLF CRLF that will not come (RFC 9112 §2.2 allows either).
+        if (hasBareLf(buf, fresh, headEnd < 0 ? length : headEnd + 4)) {
+          return await this.#refuse(conn, 400, "bare LF in the request head: lines end with CRLF");
+        }
       }
-      const head = new TextDecoder().decode(buf.subarray(0, headEnd));
-      const parsed = parseHead(head);
-      if (typeof parsed === "string") {
-        counters.badRequests++;
-        return await this.#plain(conn, 400, parsed);
+      const parsed = parseRequestHead(new TextDecoder().decode(buf.subarray(0, headEnd)));
+      if (isRefusal(parsed)) return await this.#refuse(conn, parsed.status, parsed.message);
+      const given = parsed.headers.get("host") ?? "";
+      if (given !== "" && !HOST_HEADER.test(given)) {
+        return await this.#refuse(conn, 400, "bad Host header");
       }
-      let body: Uint8Array<ArrayBuffer> | undefined;
+      let size = 0;
       const contentLength = parsed.headers.get("content-length");
       if (parsed.headers.has("transfer-encoding")) {
-        counters.badRequests++;
-        return await this.#plain(conn, 411, "send the body with Content-Length");
+        return await this.#refuse(conn, 411, "send the body with Content-Length");
       }
       if (contentLength !== null) {
-        const size = /^\d+$/.test(contentLength) ? Number(contentLength) : NaN;
-        if (!Number.isSafeInteger(size)) {
-          counters.badRequests++;
-          return await this.#plain(conn, 400, "bad Content-Length");
-        }
+        size = /^\d+$/.test(contentLength) ? Number(contentLength) : NaN;
+        if (!Number.isSafeInteger(size)) return await this.#refuse(conn, 400, "bad Content-Length");
         if (size > (o.maxBodyBytes ?? 65536)) {
-          counters.badRequests++;
-          return await this.#plain(conn, 413, "request body too large");
+          return await this.#refuse(conn, 413, "request body too large");
         }
-        deadline(Math.max(1, (o.requestTimeoutMs ?? 10_000) - (performance.now() - started)));
+      }
+      const buffered = buf.subarray(headEnd + 4, length);
+      let body: Uint8Array<ArrayBuffer> | undefined;
+      if (contentLength !== null) {
+        deadline(remaining());
         body = new Uint8Array(size);
-        const already = Math.min(size, length - (headEnd + 4));
-        body.set(buf.subarray(headEnd + 4, headEnd + 4 + already));
-        for (let got = already; got < size;) {
-          let n: number | null;
-          try {
-            n = await conn.read(body.subarray(got));
-          } catch {
-            return;
-          }
-          if (n === null) return;
-          got += n;
-        }
+        const already = Math.min(size, buffered.length);
+        body.set(buffered.subarray(0, already));
+        if (!await readInto(conn, body, already)) return;
       }
       clearTimeout(timer);
-      // The route comes from the request line alone: a target must be a path, and a Host only a
-      // host[:port] (a `Host: x/metrics?` once chose the route, past any path-based ACL).
-      const given = parsed.headers.get("host") ?? "";
-      const host = given === "" ? `${o.hostname}:${this.addr.port}` : given;
-      let url: URL;
+      // The route comes from the request line alone: a target must be a path in normal form, and a
+      // Host only a host[:port] (a `Host: x/metrics?` once chose the route, past any path ACL).
+      const host = given === "" ? hostForUrl(o.hostname, this.addr.port) : given;
+      let request: Request;
       try {
-        if (!parsed.target.startsWith("/") || !HOST_HEADER.test(host)) throw new TypeError("bad");
-        url = new URL(`http://${host}${parsed.target}`);
-      } catch {
-        // A Host or a target no URL can be made of (`Host: a b`): the client's error, not ours.
-        counters.badRequests++;
-        return await this.#plain(conn, 400, "bad Host header or request target");
-      }
-      let response: Response;
-      try {
-        const request = new Request(url, {
+        const url = new URL(`http://${host}${parsed.target}`);
+        if (url.pathname !== parsed.path) throw new TypeError("not in normal form");
+        request = new Request(url, {
           method: parsed.method,
           headers: parsed.headers,
           body: body && parsed.method !== "GET" && parsed.method !== "HEAD" ? body : undefined,
         });
+      } catch {
+        // Defence in depth: what the URL parser would change was refused above already.
+        return await this.#refuse(conn, 400, "bad Host header or request target");
+      }
+      let response: Response;
+      try {
         response = await o.handler(request);
       } catch (error) {
         o.logger?.error("HTTP handler failed: {error}", { error: String(error) });
@@ -286,7 +283,8 @@ export class HttpServer implements AsyncDisposable {
     const writeMs = this.#options.writeTimeoutMs ?? 10_000;
     const streaming = response.headers.get("content-type")?.startsWith("text/event-stream") &&
       response.body !== null && !head;
-    let lines = `HTTP/1.1 ${response.status} ${response.statusText || reason(response.status)}\r\n`;
+    const status = response.status;
+    let lines = `HTTP/1.1 ${status} ${reasonPhrase(status, response.statusText)}\r\n`;
     response.headers.forEach((value, name) => {
       if (name !== "content-length" && name !== "connection" && name !== "transfer-encoding") {
         lines += `${name}: ${value}\r\n`;
@@ -316,9 +314,10 @@ export class HttpServer implements AsyncDisposable {
       }
       return;
     }
-    const body = head ? new Uint8Array(0) : new Uint8Array(await response.arrayBuffer());
-    if (head) await response.body?.cancel().catch(() => {});
-    lines += `content-length: ${body.length}\r\n\r\n`;
+    const empty = head || hasNoContent(status);
+    const body = empty ? new Uint8Array(0) : new Uint8Array(await response.arrayBuffer());
+    if (empty) await response.body?.cancel().catch(() => {});
+    lines += hasNoContent(status) ? "\r\n" : `content-length: ${body.length}\r\n\r\n`;
     deadline(writeMs);
     const headBytes = encoder.encode(lines);
     const out = new Uint8Array(headBytes.length + body.length);
@@ -331,10 +330,18 @@ export class HttpServer implements AsyncDisposable {
     }
   }
 
-  async #plain(conn: Deno.TcpConn, status: number, message: string): Promise<void> {
+  /** Answers a request refused before the app: counted, one debug line, a plain-text reason. */
+  async #refuse(conn: Deno.TcpConn, status: number, message: string): Promise<void> {
+    this.counters.badRequests++;
+    const peer = conn.remoteAddr;
+    this.#options.logger?.debug("Admin HTTP request from {peer} refused: {status} {message}", {
+      peer: `${peer.hostname}:${peer.port}`,
+      status,
+      message,
+    });
     const body = encoder.encode(message + "\n");
     const head = encoder.encode(
-      `HTTP/1.1 ${status} ${reason(status)}\r\ncontent-type: text/plain; charset=utf-8\r\n` +
+      `HTTP/1.1 ${status} ${reasonPhrase(status)}\r\ncontent-type: text/plain; charset=utf-8\r\n` +
         `cache-control: no-store\r\nconnection: close\r\ncontent-length: ${body.length}\r\n\r\n`,
     );
     try {
@@ -344,30 +351,6 @@ export class HttpServer implements AsyncDisposable {
       // The peer left.
     }
   }
-}
-
-interface Head {
-  method: string;
-  target: string;
-  headers: Headers;
-}
-
-/** The request line and headers, or what is wrong with them. */
-function parseHead(text: string): Head | string {
-  const lines = text.split("\r\n");
-  const m = /^([A-Z]+) (\/[^ ]*) HTTP\/1\.[01]$/.exec(lines[0]);
-  if (!m) return "bad request line";
-  const headers = new Headers();
-  for (const line of lines.slice(1)) {
-    const colon = line.indexOf(":");
-    if (colon <= 0) return "bad header line";
-    try {
-      headers.append(line.slice(0, colon).trim(), line.slice(colon + 1).trim());
-    } catch {
-      return "bad header";
-    }
-  }
-  return { method: m[1], target: m[2], headers };
 }
 
 function indexOfSeq(buf: Uint8Array, seq: number[], from: number, to: number): number {
@@ -383,23 +366,32 @@ function indexOfSeq(buf: Uint8Array, seq: number[], from: number, to: number): n
   return -1;
 }
 
-const REASONS: Record<number, string> = {
-  200: "OK",
-  204: "No Content",
-  400: "Bad Request",
-  401: "Unauthorized",
-  403: "Forbidden",
-  404: "Not Found",
-  405: "Method Not Allowed",
-  411: "Length Required",
-  413: "Content Too Large",
-  431: "Request Header Fields Too Large",
-  500: "Internal Server Error",
-  503: "Service Unavailable",
-};
+/** Whether `buf[from, to)` holds an LF not preceded by CR. */
+function hasBareLf(buf: Uint8Array, from: number, to: number): boolean {
+  for (let i = buf.indexOf(10, from); i >= 0 && i < to; i = buf.indexOf(10, i + 1)) {
+    if (i === 0 || buf[i - 1] !== 13) return true;
+  }
+  return false;
+}
 
-function reason(status: number): string {
-  return REASONS[status] ?? "Status";
+/** Reads into `target` from `from` until it is full; false when the peer left first. */
+async function readInto(conn: Deno.Conn, target: Uint8Array, from: number): Promise<boolean> {
+  for (let got = from; got < target.length;) {
+    let n: number | null;
+    try {
+      n = await conn.read(target.subarray(got));
+    } catch {
+      return false; // reset, or closed by a deadline
+    }
+    if (n === null) return false;
+    got += n;
+  }
+  return true;
+}
+
+/** `hostname:port` as a URL authority (IPv6 in brackets). */
+function hostForUrl(hostname: string, port: number): string {
+  return `${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`;
 }
 
 async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {

@@ -1,0 +1,240 @@
+/**
+ * Issue 17, items 7, 8, 10, 11 and the reason phrases: the admin HTTP server as an attacker, a
+ * page on a rebound name and a strict client would meet it, over real sockets on 127.0.0.1.
+ */
+import assert from "node:assert/strict";
+import type { Logger } from "@logtape/logtape";
+import { createStatsApp } from "../src/http/stats_app.ts";
+import { HttpServer } from "../src/net/http_server.ts";
+import { systemClock } from "../src/stats/clock.ts";
+import { Stats } from "../src/stats/stats.ts";
+import { connectTo, readText, writeAll } from "./_util.ts";
+
+/** A logger that keeps its error and warning lines (none may come from a client's request). */
+function recordingLogger(): { logger: Logger; errors: string[]; debug: string[] } {
+  const errors: string[] = [];
+  const debug: string[] = [];
+  const keep = (into: string[]) => (message: string, props?: Record<string, unknown>) =>
+    into.push(`${message} ${JSON.stringify(props ?? {})}`);
+  const logger = {
+    error: keep(errors),
+    fatal: keep(errors),
+    warn: keep(errors),
+    warning: keep(errors),
+    info: () => {},
+    debug: keep(debug),
+  } as unknown as Logger;
+  return { logger, errors, debug };
+}
+
+/** Sends `request` on a fresh connection; the whole answer, up to the server's close. */
+async function exchange(port: number, request: string, timeoutMs = 2000): Promise<string> {
+  using conn = await connectTo(port);
+  await writeAll(conn, request);
+  return await readText(conn, timeoutMs);
+}
+
+function statusLine(response: string): string {
+  const end = response.indexOf("\r\n");
+  return end < 0 ? response : response.slice(0, end);
+}
+
+/** An HttpServer on 127.0.0.1:0 whose handler echoes the method and path it was handed. */
+function echoServer(logger?: Logger): HttpServer {
+  return new HttpServer({
+    hostname: "127.0.0.1",
+    port: 0,
+    // Long deadlines: every answer below must come at once, not at a deadline.
+    headerTimeoutMs: 30_000,
+    requestTimeoutMs: 30_000,
+    handler: (request) => new Response(`${request.method} ${new URL(request.url).pathname}`),
+    logger,
+  });
+}
+
+Deno.test("every status the admin server writes carries its proper reason phrase", async () => {
+  const expected: Record<number, string> = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    204: "No Content",
+    301: "Moved Permanently",
+    304: "Not Modified",
+    307: "Temporary Redirect",
+    400: "Bad Request",
+    409: "Conflict",
+    410: "Gone",
+    418: "I'm a teapot",
+    421: "Misdirected Request",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+  };
+  await using server = new HttpServer({
+    hostname: "127.0.0.1",
+    port: 0,
+    handler: (request) => {
+      const status = Number(new URL(request.url).pathname.slice(1));
+      return new Response(status === 204 || status === 304 ? null : "x", { status });
+    },
+  });
+  const { port } = server.start();
+  for (const [status, phrase] of Object.entries(expected)) {
+    const answer = await exchange(port, `GET /${status} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
+    assert.equal(statusLine(answer), `HTTP/1.1 ${status} ${phrase}`);
+    if (status === "204" || status === "304") {
+      assert.doesNotMatch(answer, /content-length/i, `${status} carries no Content-Length`);
+    }
+  }
+});
+
+Deno.test("POST /reload of a bad config file answers 422 Unprocessable Content", async () => {
+  const stats = new Stats({ clock: systemClock });
+  const app = createStatsApp({
+    stats,
+    writes: { loopback: true },
+    reload: () => Promise.resolve({ ok: false, generation: 1, changed: [], error: "bad file" }),
+  });
+  await using server = new HttpServer({
+    hostname: "127.0.0.1",
+    port: 0,
+    handler: (request) => app.fetch(request),
+  });
+  const { port } = server.start();
+  const answer = await exchange(
+    port,
+    `POST /reload HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Length: 0\r\n\r\n`,
+  );
+  assert.equal(statusLine(answer), "HTTP/1.1 422 Unprocessable Content");
+});
+
+Deno.test("CONNECT, TRACE, TRACK, bare-LF lines, a missing Host and a space before a colon get a counted 4xx/501 at once, never an error line", async () => {
+  const { logger, errors, debug } = recordingLogger();
+  await using server = echoServer(logger);
+  const { port } = server.start();
+  const host = `Host: 127.0.0.1:${port}`;
+  const cases: [string, string][] = [
+    [`CONNECT / HTTP/1.1\r\n${host}\r\n\r\n`, "501 Not Implemented"],
+    [`CONNECT 127.0.0.1:${port} HTTP/1.1\r\n${host}\r\n\r\n`, "501 Not Implemented"],
+    [`TRACE /stats HTTP/1.1\r\n${host}\r\n\r\n`, "501 Not Implemented"],
+    [`TRACK /stats HTTP/1.1\r\n${host}\r\n\r\n`, "501 Not Implemented"],
+    [`get /stats HTTP/1.1\r\n${host}\r\n\r\n`, "501 Not Implemented"],
+    // Bare LF: refused at once (the 30 s headers deadline would fail this test).
+    [`GET /livez HTTP/1.1\n${host}\n\n`, "400 Bad Request"],
+    [`GET /livez HTTP/1.1\r\n${host}\n\r\n`, "400 Bad Request"],
+    [`GET /livez HTTP/1.1\n\n`, "400 Bad Request"],
+    // A bare CR inside a field.
+    [`GET /livez HTTP/1.1\r\n${host}\r\nX-A: a\rb\r\n\r\n`, "400 Bad Request"],
+    // RFC 9112 §3.2: HTTP/1.1 without Host, or with two.
+    [`GET /livez HTTP/1.1\r\n\r\n`, "400 Bad Request"],
+    [`GET /livez HTTP/1.1\r\n${host}\r\n${host}\r\n\r\n`, "400 Bad Request"],
+    // RFC 9112 §5.1: whitespace between a field name and its colon.
+    [`POST /reload HTTP/1.1\r\n${host}\r\nContent-Length : 0\r\n\r\n`, "400 Bad Request"],
+    // An obsolete line folding, and a field name that is no token.
+    [`GET /livez HTTP/1.1\r\n${host}\r\nX-A: a\r\n b\r\n\r\n`, "400 Bad Request"],
+    [`GET /livez HTTP/1.1\r\n${host}\r\nX(A): a\r\n\r\n`, "400 Bad Request"],
+    [`GET /livez HTTP/1.1\r\n${host}\r\nContent-Length: 1, 1\r\n\r\nx`, "400 Bad Request"],
+  ];
+  for (const [request, status] of cases) {
+    const answer = await exchange(port, request);
+    assert.equal(statusLine(answer), `HTTP/1.1 ${status}`, JSON.stringify(request));
+  }
+  assert.equal(server.counters.badRequests, cases.length);
+  assert.equal(debug.length, cases.length, "one debug line per refusal");
+  assert.match(debug[0], /501/);
+  // Still fine: HTTP/1.0 needs no Host; a known method the app does not serve is the app's 405.
+  assert.equal(
+    statusLine(await exchange(port, "GET /livez HTTP/1.0\r\n\r\n")),
+    "HTTP/1.1 200 OK",
+  );
+  // LFs in a body are the body's business.
+  const posted = await exchange(
+    port,
+    `POST /x HTTP/1.1\r\n${host}\r\nContent-Length: 3\r\n\r\na\nb`,
+  );
+  assert.equal(statusLine(posted), "HTTP/1.1 200 OK");
+  const deleted = await exchange(port, `DELETE /stats HTTP/1.1\r\n${host}\r\n\r\n`);
+  assert.ok(deleted.endsWith("DELETE /stats"), deleted);
+  // 303 CONNECTs: 303 refusals counted, not one error line.
+  for (let k = 0; k < 303; k++) await exchange(port, `CONNECT / HTTP/1.1\r\n${host}\r\n\r\n`);
+  assert.equal(server.counters.badRequests, cases.length + 303);
+  assert.deepEqual(errors, []);
+});
+
+Deno.test("a request target that is not in normal form gets a counted 400 and never reaches the app", async () => {
+  const { logger, errors } = recordingLogger();
+  await using server = echoServer(logger);
+  const { port } = server.start();
+  const host = `Host: 127.0.0.1:${port}`;
+  const refused = [
+    "/re\treload",
+    "/x/../reload",
+    "/x/%2e%2e/upstreams/a/drain",
+    "/x/%2E%2E/upstreams/a/drain",
+    "/./reload",
+    "/%72eload", // Hono decodes unreserved percent-encodings before routing
+    "/upstreams/%61/drain",
+    "/a%2fb", // lower-case hex: not the normal form
+    "/%zz",
+    "/reload#x",
+    "/a\\reload",
+    "/a\x01b",
+  ];
+  for (const target of refused) {
+    const answer = await exchange(port, `POST ${target} HTTP/1.1\r\n${host}\r\n\r\n`);
+    assert.equal(statusLine(answer), "HTTP/1.1 400 Bad Request", JSON.stringify(target));
+  }
+  assert.equal(server.counters.badRequests, refused.length);
+  // Targets in normal form reach the app with the very path that was sent.
+  for (
+    const target of [
+      "/reload",
+      "/upstreams/a%2Fb/drain",
+      "/upstreams/a%20b/drain",
+      "/readyz?verbose",
+    ]
+  ) {
+    const answer = await exchange(port, `POST ${target} HTTP/1.1\r\n${host}\r\n\r\n`);
+    assert.equal(statusLine(answer), "HTTP/1.1 200 OK", target);
+    assert.ok(answer.endsWith(`POST ${target.replace(/\?.*/, "")}`), answer);
+  }
+  assert.equal(server.counters.badRequests, refused.length);
+  assert.deepEqual(errors, []);
+});
+
+Deno.test("a dot-segment target cannot reach the drain endpoint past a path ACL", async () => {
+  const drained: string[] = [];
+  const stats = new Stats({ clock: systemClock });
+  const app = createStatsApp({
+    stats,
+    writes: { loopback: true },
+    upstreams: {
+      snapshot: () => [],
+      drain: (name) => (drained.push(name), true),
+      enable: () => true,
+    },
+  });
+  await using server = new HttpServer({
+    hostname: "127.0.0.1",
+    port: 0,
+    handler: (request) => app.fetch(request),
+  });
+  const { port } = server.start();
+  for (
+    const target of [
+      "/x/../upstreams/a/drain",
+      "/x/%2e%2e/upstreams/a/drain",
+      "/upstreams/%61/drain",
+    ]
+  ) {
+    const answer = await exchange(
+      port,
+      `POST ${target} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Length: 0\r\n\r\n`,
+    );
+    assert.equal(statusLine(answer), "HTTP/1.1 400 Bad Request", target);
+  }
+  assert.deepEqual(drained, []);
+});
