@@ -4,11 +4,12 @@
  */
 import assert from "node:assert/strict";
 import type { Logger } from "@logtape/logtape";
+import { startObservability } from "../src/cmd/observability.ts";
 import { createStatsApp } from "../src/http/stats_app.ts";
 import { HttpServer } from "../src/net/http_server.ts";
 import { systemClock } from "../src/stats/clock.ts";
 import { Stats } from "../src/stats/stats.ts";
-import { connectTo, readText, writeAll } from "./_util.ts";
+import { connectTo, readText, startUpstream, withTimeout, writeAll } from "./_util.ts";
 
 /** A logger that keeps its error and warning lines (none may come from a client's request). */
 function recordingLogger(): { logger: Logger; errors: string[]; debug: string[] } {
@@ -237,4 +238,69 @@ Deno.test("a dot-segment target cannot reach the drain endpoint past a path ACL"
     assert.equal(statusLine(answer), "HTTP/1.1 400 Bad Request", target);
   }
   assert.deepEqual(drained, []);
+});
+
+Deno.test("/livez answers promptly while 128 admin sockets hold a promised body they never send", async () => {
+  const { logger, errors } = recordingLogger();
+  await using upstream = await startUpstream();
+  const stats = new Stats({ clock: systemClock });
+  await using obs = await startObservability({
+    stats,
+    listening: () => true,
+    forward: upstream.addr,
+    maxConnections: 0,
+    http: null,
+    health: { hostname: "127.0.0.1", port: 0 },
+    logger,
+  });
+  const port = obs.healthAddr!.port;
+  const host = `Host: 127.0.0.1:${port}`;
+  const held: Deno.TcpConn[] = [];
+  try {
+    // The attack as reported: GET /livez promising 60000 bytes of body, never sent; then the
+    // same with POST, whose body is needed, with a few bytes of it.
+    for (let k = 0; k < 64; k++) {
+      const conn = await connectTo(port);
+      held.push(conn);
+      await writeAll(conn, `GET /livez HTTP/1.1\r\n${host}\r\nContent-Length: 60000\r\n\r\n`);
+    }
+    for (let k = 0; k < 64; k++) {
+      const conn = await connectTo(port);
+      held.push(conn);
+      await writeAll(conn, `POST /reload HTTP/1.1\r\n${host}\r\nContent-Length: 60000\r\n\r\nab`);
+    }
+    // 21 liveness probes, one after another, each given a second.
+    let answered = 0;
+    let slowest = 0;
+    for (let probe = 0; probe < 21; probe++) {
+      const started = performance.now();
+      try {
+        const answer = await exchange(port, `GET /livez HTTP/1.1\r\n${host}\r\n\r\n`, 1000);
+        if (statusLine(answer) === "HTTP/1.1 200 OK") answered++;
+      } catch {
+        // Not answered in time.
+      }
+      slowest = Math.max(slowest, performance.now() - started);
+    }
+    assert.equal(answered, 21, `${answered} of 21 /livez probes answered`);
+    assert.ok(slowest < 1000, `slowest probe ${slowest.toFixed(1)} ms`);
+    // The GETs were answered without their body.
+    const first = await withTimeout(
+      new Response(held[0].readable).text(),
+      2000,
+      "the answer to a GET whose body never came",
+    );
+    assert.equal(statusLine(first), "HTTP/1.1 200 OK");
+    const snapshot = stats.snapshot();
+    assert.ok(snapshot.admin_connections_rejected > 0, "stalled requests were evicted");
+    assert.deepEqual(errors, []);
+  } finally {
+    for (const conn of held.slice(1)) {
+      try {
+        conn.close();
+      } catch {
+        // Closed already.
+      }
+    }
+  }
 });

@@ -46,7 +46,10 @@ export interface HttpServerOptions {
 
 /** What an {@linkcode HttpServer} counts. */
 export class HttpServerCounters {
-  /** Connections closed at once because `maxConnections` were open. */
+  /**
+   * Connections closed because `maxConnections` were open: a new one when every open one is
+   * being answered, else the oldest whose request was still incomplete (evicted for the new one).
+   */
   rejected = 0;
   /** Requests whose headers or body did not arrive in time, or whose reader stalled. */
   timeouts = 0;
@@ -74,6 +77,8 @@ export class HttpServer implements AsyncDisposable {
   #options: HttpServerOptions;
   #listener: Deno.TcpListener | undefined;
   #open = new Set<Deno.TcpConn>();
+  /** Connections whose request is incomplete, oldest first, and how to evict each. */
+  #evictable = new Map<Deno.TcpConn, () => void>();
   #tasks = new Set<Promise<void>>();
   #accepting: Promise<void> | undefined;
   #closed = false;
@@ -142,6 +147,12 @@ export class HttpServer implements AsyncDisposable {
   }
 
   #accept(conn: Deno.TcpConn): void {
+    if (!this.#closed && this.#open.size >= (this.#options.maxConnections ?? 64)) {
+      // Full: the oldest incomplete request makes room, so a flood of stalled requests cannot
+      // keep a probe out (its request is complete in one read); when every slot is being
+      // answered, the newcomer is refused.
+      this.#evictable.values().next().value?.();
+    }
     if (this.#closed || this.#open.size >= (this.#options.maxConnections ?? 64)) {
       if (!this.#closed) this.counters.rejected++;
       closeQuietly(conn);
@@ -171,15 +182,32 @@ export class HttpServer implements AsyncDisposable {
     let timedOut = false;
     let timer: ReturnType<typeof setTimeout> | undefined;
     let silent = true; // no byte of a request yet
+    let answered = false; // the response is written; what is left is an unread body
     const deadline = (ms: number) => {
       clearTimeout(timer);
       timer = setTimeout(() => {
         timedOut = true;
-        if (silent) counters.idleClosed++;
+        if (answered) {
+          // Served already: a body nobody needed that never came is nobody's failure.
+        } else if (silent) counters.idleClosed++;
         else counters.timeouts++;
         closeQuietly(conn);
       }, ms);
     };
+    // Until its request is complete (and again while an unneeded body drains) a connection may
+    // be evicted to make room for a new one: see #accept.
+    const evict = () => {
+      timedOut = true;
+      if (answered) {
+        // Served already.
+      } else if (silent) counters.idleClosed++;
+      else counters.rejected++;
+      clearTimeout(timer);
+      this.#evictable.delete(conn);
+      this.#open.delete(conn);
+      closeQuietly(conn);
+    };
+    this.#evictable.set(conn, evict);
     const started = performance.now();
     const remaining = () =>
       Math.max(1, (o.requestTimeoutMs ?? 10_000) - (performance.now() - started));
@@ -235,8 +263,10 @@ export class HttpServer implements AsyncDisposable {
         }
       }
       const buffered = buf.subarray(headEnd + 4, length);
+      // GET and HEAD bodies mean nothing to the apps: answered without waiting for them.
+      const needsBody = parsed.method !== "GET" && parsed.method !== "HEAD";
       let body: Uint8Array<ArrayBuffer> | undefined;
-      if (contentLength !== null) {
+      if (size > 0 && needsBody) {
         deadline(remaining());
         body = new Uint8Array(size);
         const already = Math.min(size, buffered.length);
@@ -244,6 +274,7 @@ export class HttpServer implements AsyncDisposable {
         if (!await readInto(conn, body, already)) return;
       }
       clearTimeout(timer);
+      this.#evictable.delete(conn);
       // The route comes from the request line alone: a target must be a path in normal form, and a
       // Host only a host[:port] (a `Host: x/metrics?` once chose the route, past any path ACL).
       const host = given === "" ? hostForUrl(o.hostname, this.addr.port) : given;
@@ -251,11 +282,7 @@ export class HttpServer implements AsyncDisposable {
       try {
         const url = new URL(`http://${host}${parsed.target}`);
         if (url.pathname !== parsed.path) throw new TypeError("not in normal form");
-        request = new Request(url, {
-          method: parsed.method,
-          headers: parsed.headers,
-          body: body && parsed.method !== "GET" && parsed.method !== "HEAD" ? body : undefined,
-        });
+        request = new Request(url, { method: parsed.method, headers: parsed.headers, body });
       } catch {
         // Defence in depth: what the URL parser would change was refused above already.
         return await this.#refuse(conn, 400, "bad Host header or request target");
@@ -268,8 +295,17 @@ export class HttpServer implements AsyncDisposable {
         response = Response.json({ error: "internal error" }, { status: 500 });
       }
       await this.#respond(conn, response, parsed.method === "HEAD", deadline);
+      if (!needsBody && size > buffered.length && !timedOut) {
+        // Drain the unneeded body before closing (closing on unread bytes sends a reset, which can
+        // destroy the answer before the client reads it), evictable, within the request deadline.
+        answered = true;
+        this.#evictable.set(conn, evict);
+        deadline(remaining());
+        await readInto(conn, new Uint8Array(size - buffered.length), 0);
+      }
     } finally {
       clearTimeout(timer);
+      this.#evictable.delete(conn);
       if (timedOut) closeQuietly(conn);
     }
   }
@@ -381,7 +417,7 @@ async function readInto(conn: Deno.Conn, target: Uint8Array, from: number): Prom
     try {
       n = await conn.read(target.subarray(got));
     } catch {
-      return false; // reset, or closed by a deadline
+      return false; // reset, or closed by a deadline or an eviction
     }
     if (n === null) return false;
     got += n;
