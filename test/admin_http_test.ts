@@ -9,7 +9,7 @@ import { createStatsApp } from "../src/http/stats_app.ts";
 import { HttpServer } from "../src/net/http_server.ts";
 import { systemClock } from "../src/stats/clock.ts";
 import { Stats } from "../src/stats/stats.ts";
-import { connectTo, readText, startUpstream, withTimeout, writeAll } from "./_util.ts";
+import { connectTo, readText, spawnMain, startUpstream, withTimeout, writeAll } from "./_util.ts";
 
 /** A logger that keeps its error and warning lines (none may come from a client's request). */
 function recordingLogger(): { logger: Logger; errors: string[]; debug: string[] } {
@@ -240,6 +240,73 @@ Deno.test("a dot-segment target cannot reach the drain endpoint past a path ACL"
   assert.deepEqual(drained, []);
 });
 
+Deno.test("a page on a name rebound to 127.0.0.1 (DNS rebinding) can neither drain nor read; the own address and localhost can", async () => {
+  const { logger, errors } = recordingLogger();
+  await using upstream = await startUpstream();
+  const drained: string[] = [];
+  const stats = new Stats({ clock: systemClock });
+  await using obs = await startObservability({
+    stats,
+    listening: () => true,
+    forward: upstream.addr,
+    upstreams: {
+      reachable: true,
+      detail: "up",
+      snapshot: () => [],
+      drain: (name: string) => (drained.push(name), true),
+      enable: () => true,
+    },
+    maxConnections: 0,
+    http: { hostname: "127.0.0.1", port: 0 },
+    health: null,
+    logger,
+  });
+  const port = obs.httpAddr!.port;
+  const evil = `evil.example:${port}`;
+  const page = (method: string, path: string) =>
+    `${method} ${path} HTTP/1.1\r\nHost: ${evil}\r\nOrigin: http://${evil}\r\n` +
+    `Sec-Fetch-Site: same-origin\r\nContent-Length: 0\r\n\r\n`;
+  for (const [method, path] of [["POST", "/upstreams/a/drain"], ["GET", "/stats"]]) {
+    const answer = await exchange(port, page(method, path));
+    assert.equal(statusLine(answer), "HTTP/1.1 421 Misdirected Request", `${method} ${path}`);
+  }
+  assert.deepEqual(drained, []);
+  const snapshot = stats.snapshot() as unknown as Record<string, number>;
+  assert.equal(snapshot.admin_misdirected_requests, 2);
+  // The bound address, localhost and the loopback literals are this server's own names.
+  for (const host of [`127.0.0.1:${port}`, `localhost:${port}`, `[::1]:${port}`, "LOCALHOST"]) {
+    const answer = await exchange(
+      port,
+      `POST /upstreams/a/drain HTTP/1.1\r\nHost: ${host}\r\nContent-Length: 0\r\n\r\n`,
+    );
+    assert.equal(statusLine(answer), "HTTP/1.1 200 OK", host);
+  }
+  assert.equal(drained.length, 4);
+  const metrics = await exchange(port, `GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+  assert.match(metrics, /^foo_proxy_admin_misdirected_requests_total 2$/m);
+  assert.deepEqual(errors, []);
+});
+
+Deno.test("Host check: a wildcard bind takes any IP literal, names only from the allow-list, '*' anything", async () => {
+  const run = async (allowedHosts: string[] | undefined, host: string) => {
+    await using server = new HttpServer({
+      hostname: "0.0.0.0",
+      port: 0,
+      handler: () => new Response("ok"),
+      allowedHosts,
+    });
+    const { port } = server.start();
+    return statusLine(await exchange(port, `GET / HTTP/1.1\r\nHost: ${host}\r\n\r\n`));
+  };
+  assert.equal(await run(undefined, "10.1.2.3:8088"), "HTTP/1.1 200 OK");
+  assert.equal(await run(undefined, "[fe80::1]:8088"), "HTTP/1.1 200 OK");
+  assert.equal(await run(undefined, "localhost"), "HTTP/1.1 200 OK");
+  assert.equal(await run(undefined, "proxy.internal:8088"), "HTTP/1.1 421 Misdirected Request");
+  assert.equal(await run(undefined, "999.1.2.3"), "HTTP/1.1 421 Misdirected Request");
+  assert.equal(await run(["Proxy.Internal"], "proxy.internal:8088"), "HTTP/1.1 200 OK");
+  assert.equal(await run(["*"], "anything.example"), "HTTP/1.1 200 OK");
+});
+
 Deno.test("/livez answers promptly while 128 admin sockets hold a promised body they never send", async () => {
   const { logger, errors } = recordingLogger();
   await using upstream = await startUpstream();
@@ -303,4 +370,26 @@ Deno.test("/livez answers promptly while 128 admin sockets hold a promised body 
       }
     }
   }
+});
+
+Deno.test("foo-proxy --admin-hosts lets the admin port answer to a name; other names still get 421", async () => {
+  await using upstream = await startUpstream();
+  await using child = spawnMain([
+    "proxy",
+    "--listen=127.0.0.1:0",
+    `--forward=127.0.0.1:${upstream.addr.port}`,
+    "--http=127.0.0.1:0",
+    "--health=off",
+    "--admin-hosts=proxy.internal, other.internal",
+  ]);
+  const port = Number(
+    (await child.stderr.waitFor(/Serving stats on http:\/\/127\.0\.0\.1:(\d+)/, 20_000))[1],
+  );
+  const get = (host: string) =>
+    exchange(port, `GET /version HTTP/1.1\r\nHost: ${host}\r\n\r\n`).then(statusLine);
+  assert.equal(await get(`proxy.internal:${port}`), "HTTP/1.1 200 OK");
+  assert.equal(await get("other.internal"), "HTTP/1.1 200 OK");
+  assert.equal(await get(`evil.example:${port}`), "HTTP/1.1 421 Misdirected Request");
+  child.kill("SIGTERM");
+  assert.equal((await child.status()).code, 0);
 });

@@ -16,6 +16,7 @@
  */
 import type { Logger } from "@logtape/logtape";
 import { acceptLoop } from "./accept_loop.ts";
+import { hostAllowed } from "./host_allowed.ts";
 import { isRefusal, parseRequestHead } from "./http_head.ts";
 import { hasNoContent, reasonPhrase } from "./http_status.ts";
 
@@ -38,6 +39,12 @@ export interface HttpServerOptions {
   maxHeaderBytes?: number;
   /** Largest request body, in bytes (past it: 413). @default {65536} */
   maxBodyBytes?: number;
+  /**
+   * Names a request's `Host` may give besides the server's own address (see `hostAllowed` in
+   * host_allowed.ts): past them, 421. `"*"`: any. A function is asked on every request (reload).
+   * @default {[]}
+   */
+  allowedHosts?: readonly string[] | (() => readonly string[]);
   /** Logger for failures (a refused request: one debug line); unset: nothing is logged. */
   logger?: Logger;
   /** Counters to add to; unset: kept on the server only. */
@@ -61,6 +68,8 @@ export class HttpServerCounters {
   idleClosed = 0;
   /** Requests refused as malformed, too large or of a method not implemented (4xx/501). */
   badRequests = 0;
+  /** Requests whose `Host` does not name this server (421): DNS rebinding, or a name to allow. */
+  misdirected = 0;
   /** Accept errors (one connection's, or resource exhaustion). */
   acceptErrors = 0;
 }
@@ -250,6 +259,14 @@ export class HttpServer implements AsyncDisposable {
       if (given !== "" && !HOST_HEADER.test(given)) {
         return await this.#refuse(conn, 400, "bad Host header");
       }
+      const allowed = typeof o.allowedHosts === "function" ? o.allowedHosts() : o.allowedHosts;
+      if (!hostAllowed(given, { bound: o.hostname, allowed })) {
+        return await this.#refuse(
+          conn,
+          421,
+          `Host "${given}" does not name this server: use its address or localhost, or allow the name (--admin-hosts)`,
+        );
+      }
       let size = 0;
       const contentLength = parsed.headers.get("content-length");
       if (parsed.headers.has("transfer-encoding")) {
@@ -368,7 +385,8 @@ export class HttpServer implements AsyncDisposable {
 
   /** Answers a request refused before the app: counted, one debug line, a plain-text reason. */
   async #refuse(conn: Deno.TcpConn, status: number, message: string): Promise<void> {
-    this.counters.badRequests++;
+    if (status === 421) this.counters.misdirected++;
+    else this.counters.badRequests++;
     const peer = conn.remoteAddr;
     this.#options.logger?.debug("Admin HTTP request from {peer} refused: {status} {message}", {
       peer: `${peer.hostname}:${peer.port}`,
