@@ -11,21 +11,27 @@ import { systemClock } from "../src/stats/clock.ts";
 import { Stats } from "../src/stats/stats.ts";
 import { connectTo, readText, spawnMain, startUpstream, withTimeout, writeAll } from "./_util.ts";
 
-/** A logger that keeps its error and warning lines (none may come from a client's request). */
-function recordingLogger(): { logger: Logger; errors: string[]; debug: string[] } {
+/** A logger that keeps its lines by level (no error line may come from a client's request). */
+function recordingLogger(): {
+  logger: Logger;
+  errors: string[];
+  warnings: string[];
+  debug: string[];
+} {
   const errors: string[] = [];
+  const warnings: string[] = [];
   const debug: string[] = [];
   const keep = (into: string[]) => (message: string, props?: Record<string, unknown>) =>
     into.push(`${message} ${JSON.stringify(props ?? {})}`);
   const logger = {
     error: keep(errors),
     fatal: keep(errors),
-    warn: keep(errors),
-    warning: keep(errors),
+    warn: keep(warnings),
+    warning: keep(warnings),
     info: () => {},
     debug: keep(debug),
   } as unknown as Logger;
-  return { logger, errors, debug };
+  return { logger, errors, warnings, debug };
 }
 
 /** Sends `request` on a fresh connection; the whole answer, up to the server's close. */
@@ -308,7 +314,7 @@ Deno.test("Host check: a wildcard bind takes any IP literal, names only from the
 });
 
 Deno.test("/livez answers promptly while 128 admin sockets hold a promised body they never send", async () => {
-  const { logger, errors } = recordingLogger();
+  const { logger, errors, warnings } = recordingLogger();
   await using upstream = await startUpstream();
   const stats = new Stats({ clock: systemClock });
   await using obs = await startObservability({
@@ -361,6 +367,8 @@ Deno.test("/livez answers promptly while 128 admin sockets hold a promised body 
     const snapshot = stats.snapshot();
     assert.ok(snapshot.admin_connections_rejected > 0, "stalled requests were evicted");
     assert.deepEqual(errors, []);
+    assert.equal(warnings.length, 1, "one warning for the whole flood");
+    assert.match(warnings[0], /at its cap of \{max\} connections.*"max":64/);
   } finally {
     for (const conn of held.slice(1)) {
       try {

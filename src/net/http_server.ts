@@ -75,6 +75,8 @@ export class HttpServerCounters {
 }
 
 const CRLF_CRLF = [13, 10, 13, 10];
+/** A flood at the connection cap is worth one warning, not one per connection. */
+const FULL_WARNING_EVERY_MS = 60_000;
 /** A Host header: a name, an IPv4 or a bracketed IPv6 address, and an optional port. */
 const HOST_HEADER = /^(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
 const encoder = new TextEncoder();
@@ -91,6 +93,7 @@ export class HttpServer implements AsyncDisposable {
   #tasks = new Set<Promise<void>>();
   #accepting: Promise<void> | undefined;
   #closed = false;
+  #lastFullWarning = -Infinity;
 
   /** Creates the server; nothing is bound until {@linkcode start}. */
   constructor(options: HttpServerOptions) {
@@ -156,13 +159,22 @@ export class HttpServer implements AsyncDisposable {
   }
 
   #accept(conn: Deno.TcpConn): void {
-    if (!this.#closed && this.#open.size >= (this.#options.maxConnections ?? 64)) {
+    const max = this.#options.maxConnections ?? 64;
+    if (!this.#closed && this.#open.size >= max) {
       // Full: the oldest incomplete request makes room, so a flood of stalled requests cannot
       // keep a probe out (its request is complete in one read); when every slot is being
       // answered, the newcomer is refused.
       this.#evictable.values().next().value?.();
+      const now = performance.now();
+      if (now - this.#lastFullWarning >= FULL_WARNING_EVERY_MS) {
+        this.#lastFullWarning = now;
+        this.#options.logger?.warning(
+          "Admin HTTP server {address} is at its cap of {max} connections: the oldest incomplete requests are closed to make room (counted in admin_connections_rejected; said at most once a minute)",
+          { address: `${this.#options.hostname}:${this.addr.port}`, max },
+        );
+      }
     }
-    if (this.#closed || this.#open.size >= (this.#options.maxConnections ?? 64)) {
+    if (this.#closed || this.#open.size >= max) {
       if (!this.#closed) this.counters.rejected++;
       closeQuietly(conn);
       return;
