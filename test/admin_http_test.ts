@@ -380,24 +380,40 @@ Deno.test("/livez answers promptly while 128 admin sockets hold a promised body 
   }
 });
 
-Deno.test("foo-proxy --admin-hosts lets the admin port answer to a name; other names still get 421", async () => {
+Deno.test("foo-proxy --admin-hosts lets the admin port answer to names, other names get 421, and SIGHUP reloads them", async () => {
   await using upstream = await startUpstream();
-  await using child = spawnMain([
-    "proxy",
-    "--listen=127.0.0.1:0",
-    `--forward=127.0.0.1:${upstream.addr.port}`,
-    "--http=127.0.0.1:0",
-    "--health=off",
-    "--admin-hosts=proxy.internal, other.internal",
-  ]);
-  const port = Number(
-    (await child.stderr.waitFor(/Serving stats on http:\/\/127\.0\.0\.1:(\d+)/, 20_000))[1],
-  );
-  const get = (host: string) =>
-    exchange(port, `GET /version HTTP/1.1\r\nHost: ${host}\r\n\r\n`).then(statusLine);
-  assert.equal(await get(`proxy.internal:${port}`), "HTTP/1.1 200 OK");
-  assert.equal(await get("other.internal"), "HTTP/1.1 200 OK");
-  assert.equal(await get(`evil.example:${port}`), "HTTP/1.1 421 Misdirected Request");
-  child.kill("SIGTERM");
-  assert.equal((await child.status()).code, 0);
+  const dir = await Deno.makeTempDir({ prefix: "foo-proxy-admin-hosts-" });
+  const path = `${dir}/foo-proxy.jsonc`;
+  const write = (hosts: string) =>
+    Deno.writeTextFile(
+      path,
+      JSON.stringify({ forward: [`127.0.0.1:${upstream.addr.port}`], "admin-hosts": hosts }),
+    );
+  await write("proxy.internal, other.internal");
+  try {
+    await using child = spawnMain([
+      "proxy",
+      `--config=${path}`,
+      "--listen=127.0.0.1:0",
+      "--http=127.0.0.1:0",
+      "--health=off",
+    ], { permissions: ["--allow-net", "--allow-env=FOO_PROXY_*", `--allow-read=${dir}`] });
+    const port = Number(
+      (await child.stderr.waitFor(/Serving stats on http:\/\/127\.0\.0\.1:(\d+)/, 20_000))[1],
+    );
+    const get = (host: string) =>
+      exchange(port, `GET /version HTTP/1.1\r\nHost: ${host}\r\n\r\n`).then(statusLine);
+    assert.equal(await get(`proxy.internal:${port}`), "HTTP/1.1 200 OK");
+    assert.equal(await get("other.internal"), "HTTP/1.1 200 OK");
+    assert.equal(await get(`evil.example:${port}`), "HTTP/1.1 421 Misdirected Request");
+    await write("third.internal");
+    child.kill("SIGHUP");
+    await child.stderr.waitFor(/Reloaded .* \(SIGHUP, generation 2\): admin-hosts/);
+    assert.equal(await get(`proxy.internal:${port}`), "HTTP/1.1 421 Misdirected Request");
+    assert.equal(await get(`third.internal:${port}`), "HTTP/1.1 200 OK");
+    child.kill("SIGTERM");
+    assert.equal((await child.status()).code, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
