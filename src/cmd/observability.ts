@@ -53,6 +53,12 @@ export interface ObservabilityOptions {
    * function is asked on every request, so a reload can change or revoke the token.
    */
   adminToken?: string | (() => string | undefined);
+  /**
+   * Names a request's `Host` may give besides the admin server's own address (DNS rebinding
+   * defence); `"*"`: any. A function is asked on every request (a reload can change them).
+   * @default {[]}
+   */
+  adminHosts?: readonly string[] | (() => readonly string[]);
   /** The connection limit, for `/readyz`; 0: no connections check. */
   maxConnections: number;
   /** Where to serve `/stats`, `/metrics`, `/version`; `null`: not served. */
@@ -152,40 +158,27 @@ function shutdownWithin(server: HttpServer, graceMs: number): Promise<void> {
   return server.close(graceMs);
 }
 
+/** Which `Stats` field keeps each admin server counter. */
+const STATS_FIELDS = {
+  rejected: "adminConnectionsRejected",
+  timeouts: "adminRequestTimeouts",
+  idleClosed: "adminIdleClosed",
+  badRequests: "adminBadRequests",
+  misdirected: "adminMisdirectedRequests",
+  acceptErrors: "acceptErrors",
+} as const satisfies Record<keyof HttpServerCounters, keyof Stats>;
+
 /** The admin servers' counters, kept in the proxy's stats. */
 function statsCounters(stats: Stats): HttpServerCounters {
-  return {
-    get rejected() {
-      return stats.adminConnectionsRejected;
-    },
-    set rejected(n: number) {
-      stats.adminConnectionsRejected = n;
-    },
-    get timeouts() {
-      return stats.adminRequestTimeouts;
-    },
-    set timeouts(n: number) {
-      stats.adminRequestTimeouts = n;
-    },
-    get idleClosed() {
-      return stats.adminIdleClosed;
-    },
-    set idleClosed(n: number) {
-      stats.adminIdleClosed = n;
-    },
-    get badRequests() {
-      return stats.adminBadRequests;
-    },
-    set badRequests(n: number) {
-      stats.adminBadRequests = n;
-    },
-    get acceptErrors() {
-      return stats.acceptErrors;
-    },
-    set acceptErrors(n: number) {
-      stats.acceptErrors = n;
-    },
-  };
+  const counters = {} as HttpServerCounters;
+  for (const [name, field] of Object.entries(STATS_FIELDS)) {
+    Object.defineProperty(counters, name, {
+      get: () => stats[field],
+      set: (n: number) => stats[field] = n,
+      enumerable: true,
+    });
+  }
+  return counters;
 }
 
 /**
@@ -288,6 +281,7 @@ export async function startObservability(options: ObservabilityOptions): Promise
         port: plan.address.port,
         handler: (request) => app.fetch(request),
         maxConnections: options.maxAdminConnections,
+        allowedHosts: options.adminHosts,
         logger,
         counters,
       });

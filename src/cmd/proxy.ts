@@ -143,6 +143,13 @@ export const PROXY_FLAGS: Record<string, FlagSpec> = {
     help:
       "bearer token for the admin write endpoints (POST /upstreams/NAME/drain|enable); without it they answer only when --http is on loopback",
   },
+  "admin-hosts": {
+    type: "string",
+    value: "NAMES",
+    defaultText: "none",
+    help:
+      "comma-separated host names the admin ports also answer to in Host (their own address and localhost always; * = any); others get 421",
+  },
   "access-log": {
     type: "string",
     default: "off",
@@ -326,6 +333,8 @@ export interface ProxyConfig {
   configPath: string | null;
   /** Bearer token of the admin write endpoints; `undefined`: loopback only. */
   adminToken: string | undefined;
+  /** `--admin-hosts`: more names the admin servers answer to (`*`: any). */
+  adminHosts: string[];
   /** What to do when an upstream connection dies: off, or replay verbatim / renumbered. */
   resume: ResumeMode;
   halfCloseTimeoutMs: number;
@@ -416,6 +425,7 @@ export function parseProxyConfig(
     adminToken: typeof v["admin-token"] === "string" && v["admin-token"] !== ""
       ? v["admin-token"]
       : undefined,
+    adminHosts: String(v["admin-hosts"] ?? "").split(",").map((h) => h.trim()).filter(Boolean),
     resume: parseResumeMode(String(v.resume)),
     halfCloseTimeoutMs: parseDuration("half-close-timeout", v["half-close-timeout"]),
     reconnectRetries: parseIntegerFlag("resume-retries", v["resume-retries"], { max: 100 }),
@@ -584,6 +594,7 @@ function applyReload(old: ProxyConfig, next: ProxyConfig, targets: ReloadTargets
   }
   // Never the token itself in the log.
   if (old.adminToken !== next.adminToken) changed.push("admin-token");
+  if (!same(old.adminHosts, next.adminHosts)) changed.push("admin-hosts");
   const restartOnly: [string, unknown, unknown][] = [
     ["access-log", old.accessLog, next.accessLog],
     ["access-log-file", old.accessLogFile, next.accessLogFile],
@@ -920,6 +931,7 @@ async function serveProxy(
       upstreams: pool,
       reload: () => reload("POST /reload"),
       adminToken: () => running.adminToken, // the reloaded config's: a leaked token can be revoked
+      adminHosts: () => running.adminHosts,
       maxConnections,
       http: config.http,
       health: config.health,

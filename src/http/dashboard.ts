@@ -90,6 +90,7 @@ const RESILIENCE: readonly Row[] = [
   ["admin_request_timeouts", "Admin request timeouts", "int", "alert"],
   ["admin_bad_requests", "Admin bad requests", "int", "alert"],
   ["admin_idle_closed", "Admin idle connections closed", "int"],
+  ["admin_misdirected_requests", "Admin requests for another Host", "int", "alert"],
   ["sse_clients_refused", "Dashboard streams refused", "int", "alert"],
   ["config_reload_failures", "Config reload failures", "int", "alert"],
   ["usr1_ignored", "SIGUSR1 ignored", "int"],

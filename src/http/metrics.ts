@@ -217,6 +217,16 @@ export function renderMetrics(snapshot: StatsSnapshot, options: RenderMetricsOpt
   );
   out.sample("foo_proxy_admin_idle_closed_total", {}, snapshot.admin_idle_closed);
   out.family(
+    "foo_proxy_admin_misdirected_requests_total",
+    "counter",
+    "Admin HTTP requests refused (421) because their Host named no address of the admin server: DNS rebinding, or a name to allow.",
+  );
+  out.sample(
+    "foo_proxy_admin_misdirected_requests_total",
+    {},
+    snapshot.admin_misdirected_requests,
+  );
+  out.family(
     "foo_proxy_sse_clients_refused_total",
     "counter",
     "Dashboard event-stream clients (GET /events) refused because the cap on streams was reached.",

@@ -16,6 +16,9 @@
  */
 import type { Logger } from "@logtape/logtape";
 import { acceptLoop } from "./accept_loop.ts";
+import { hostAllowed } from "./host_allowed.ts";
+import { isRefusal, parseRequestHead } from "./http_head.ts";
+import { hasNoContent, reasonPhrase } from "./http_status.ts";
 
 /** Options for {@linkcode HttpServer}. */
 export interface HttpServerOptions {
@@ -36,7 +39,13 @@ export interface HttpServerOptions {
   maxHeaderBytes?: number;
   /** Largest request body, in bytes (past it: 413). @default {65536} */
   maxBodyBytes?: number;
-  /** Logger for failures; unset: nothing is logged. */
+  /**
+   * Names a request's `Host` may give besides the server's own address (see `hostAllowed` in
+   * host_allowed.ts): past them, 421. `"*"`: any. A function is asked on every request (reload).
+   * @default {[]}
+   */
+  allowedHosts?: readonly string[] | (() => readonly string[]);
+  /** Logger for failures (a refused request: one debug line); unset: nothing is logged. */
   logger?: Logger;
   /** Counters to add to; unset: kept on the server only. */
   counters?: HttpServerCounters;
@@ -44,7 +53,10 @@ export interface HttpServerOptions {
 
 /** What an {@linkcode HttpServer} counts. */
 export class HttpServerCounters {
-  /** Connections closed at once because `maxConnections` were open. */
+  /**
+   * Connections closed because `maxConnections` were open: a new one when every open one is
+   * being answered, else the oldest whose request was still incomplete (evicted for the new one).
+   */
   rejected = 0;
   /** Requests whose headers or body did not arrive in time, or whose reader stalled. */
   timeouts = 0;
@@ -54,13 +66,17 @@ export class HttpServerCounters {
    * count them either); a request that started and stalled is a timeout.
    */
   idleClosed = 0;
-  /** Requests refused as malformed or too large (4xx before the handler). */
+  /** Requests refused as malformed, too large or of a method not implemented (4xx/501). */
   badRequests = 0;
+  /** Requests whose `Host` does not name this server (421): DNS rebinding, or a name to allow. */
+  misdirected = 0;
   /** Accept errors (one connection's, or resource exhaustion). */
   acceptErrors = 0;
 }
 
 const CRLF_CRLF = [13, 10, 13, 10];
+/** A flood at the connection cap is worth one warning, not one per connection. */
+const FULL_WARNING_EVERY_MS = 60_000;
 /** A Host header: a name, an IPv4 or a bracketed IPv6 address, and an optional port. */
 const HOST_HEADER = /^(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
 const encoder = new TextEncoder();
@@ -72,9 +88,12 @@ export class HttpServer implements AsyncDisposable {
   #options: HttpServerOptions;
   #listener: Deno.TcpListener | undefined;
   #open = new Set<Deno.TcpConn>();
+  /** Connections whose request is incomplete, oldest first, and how to evict each. */
+  #evictable = new Map<Deno.TcpConn, () => void>();
   #tasks = new Set<Promise<void>>();
   #accepting: Promise<void> | undefined;
   #closed = false;
+  #lastFullWarning = -Infinity;
 
   /** Creates the server; nothing is bound until {@linkcode start}. */
   constructor(options: HttpServerOptions) {
@@ -140,7 +159,22 @@ export class HttpServer implements AsyncDisposable {
   }
 
   #accept(conn: Deno.TcpConn): void {
-    if (this.#closed || this.#open.size >= (this.#options.maxConnections ?? 64)) {
+    const max = this.#options.maxConnections ?? 64;
+    if (!this.#closed && this.#open.size >= max) {
+      // Full: the oldest incomplete request makes room, so a flood of stalled requests cannot
+      // keep a probe out (its request is complete in one read); when every slot is being
+      // answered, the newcomer is refused.
+      this.#evictable.values().next().value?.();
+      const now = performance.now();
+      if (now - this.#lastFullWarning >= FULL_WARNING_EVERY_MS) {
+        this.#lastFullWarning = now;
+        this.#options.logger?.warning(
+          "Admin HTTP server {address} is at its cap of {max} connections: the oldest incomplete requests are closed to make room (counted in admin_connections_rejected; said at most once a minute)",
+          { address: `${this.#options.hostname}:${this.addr.port}`, max },
+        );
+      }
+    }
+    if (this.#closed || this.#open.size >= max) {
       if (!this.#closed) this.counters.rejected++;
       closeQuietly(conn);
       return;
@@ -169,16 +203,35 @@ export class HttpServer implements AsyncDisposable {
     let timedOut = false;
     let timer: ReturnType<typeof setTimeout> | undefined;
     let silent = true; // no byte of a request yet
+    let answered = false; // the response is written; what is left is an unread body
     const deadline = (ms: number) => {
       clearTimeout(timer);
       timer = setTimeout(() => {
         timedOut = true;
-        if (silent) counters.idleClosed++;
+        if (answered) {
+          // Served already: a body nobody needed that never came is nobody's failure.
+        } else if (silent) counters.idleClosed++;
         else counters.timeouts++;
         closeQuietly(conn);
       }, ms);
     };
+    // Until its request is complete (and again while an unneeded body drains) a connection may
+    // be evicted to make room for a new one: see #accept.
+    const evict = () => {
+      timedOut = true;
+      if (answered) {
+        // Served already.
+      } else if (silent) counters.idleClosed++;
+      else counters.rejected++;
+      clearTimeout(timer);
+      this.#evictable.delete(conn);
+      this.#open.delete(conn);
+      closeQuietly(conn);
+    };
+    this.#evictable.set(conn, evict);
     const started = performance.now();
+    const remaining = () =>
+      Math.max(1, (o.requestTimeoutMs ?? 10_000) - (performance.now() - started));
     deadline(o.headerTimeoutMs ?? 5000);
     try {
       const maxHeader = o.maxHeaderBytes ?? 16384;
@@ -188,8 +241,7 @@ export class HttpServer implements AsyncDisposable {
       while (headEnd < 0) {
         if (length === buf.length) {
           if (buf.length >= maxHeader) {
-            counters.badRequests++;
-            return await this.#plain(conn, 431, "request headers too large");
+            return await this.#refuse(conn, 431, "request headers too large");
           }
           const bigger = new Uint8Array(Math.min(maxHeader, buf.length * 2));
           bigger.set(buf);
@@ -204,75 +256,85 @@ export class HttpServer implements AsyncDisposable {
         if (n === null) return;
         silent = false;
         const from = Math.max(0, length - 3);
+        const fresh = length;
         length += n;
         headEnd = indexOfSeq(buf, CRLF_CRLF, from, length);
+        // A bare LF ends a line for some parsers and not for others: refused at once, not left to
+        // wait for a CRLF CRLF that will not come (RFC 9112 §2.2 allows either).
+        if (hasBareLf(buf, fresh, headEnd < 0 ? length : headEnd + 4)) {
+          return await this.#refuse(conn, 400, "bare LF in the request head: lines end with CRLF");
+        }
       }
-      const head = new TextDecoder().decode(buf.subarray(0, headEnd));
-      const parsed = parseHead(head);
-      if (typeof parsed === "string") {
-        counters.badRequests++;
-        return await this.#plain(conn, 400, parsed);
+      const parsed = parseRequestHead(new TextDecoder().decode(buf.subarray(0, headEnd)));
+      if (isRefusal(parsed)) return await this.#refuse(conn, parsed.status, parsed.message);
+      const given = parsed.headers.get("host") ?? "";
+      if (given !== "" && !HOST_HEADER.test(given)) {
+        return await this.#refuse(conn, 400, "bad Host header");
       }
-      let body: Uint8Array<ArrayBuffer> | undefined;
+      const allowed = typeof o.allowedHosts === "function" ? o.allowedHosts() : o.allowedHosts;
+      if (!hostAllowed(given, { bound: o.hostname, allowed })) {
+        return await this.#refuse(
+          conn,
+          421,
+          `Host "${given}" does not name this server: use its address or localhost, or allow the name (--admin-hosts)`,
+        );
+      }
+      let size = 0;
       const contentLength = parsed.headers.get("content-length");
       if (parsed.headers.has("transfer-encoding")) {
-        counters.badRequests++;
-        return await this.#plain(conn, 411, "send the body with Content-Length");
+        return await this.#refuse(conn, 411, "send the body with Content-Length");
       }
       if (contentLength !== null) {
-        const size = /^\d+$/.test(contentLength) ? Number(contentLength) : NaN;
-        if (!Number.isSafeInteger(size)) {
-          counters.badRequests++;
-          return await this.#plain(conn, 400, "bad Content-Length");
-        }
+        size = /^\d+$/.test(contentLength) ? Number(contentLength) : NaN;
+        if (!Number.isSafeInteger(size)) return await this.#refuse(conn, 400, "bad Content-Length");
         if (size > (o.maxBodyBytes ?? 65536)) {
-          counters.badRequests++;
-          return await this.#plain(conn, 413, "request body too large");
-        }
-        deadline(Math.max(1, (o.requestTimeoutMs ?? 10_000) - (performance.now() - started)));
-        body = new Uint8Array(size);
-        const already = Math.min(size, length - (headEnd + 4));
-        body.set(buf.subarray(headEnd + 4, headEnd + 4 + already));
-        for (let got = already; got < size;) {
-          let n: number | null;
-          try {
-            n = await conn.read(body.subarray(got));
-          } catch {
-            return;
-          }
-          if (n === null) return;
-          got += n;
+          return await this.#refuse(conn, 413, "request body too large");
         }
       }
+      const buffered = buf.subarray(headEnd + 4, length);
+      // GET and HEAD bodies mean nothing to the apps: answered without waiting for them.
+      const needsBody = parsed.method !== "GET" && parsed.method !== "HEAD";
+      let body: Uint8Array<ArrayBuffer> | undefined;
+      if (size > 0 && needsBody) {
+        deadline(remaining());
+        body = new Uint8Array(size);
+        const already = Math.min(size, buffered.length);
+        body.set(buffered.subarray(0, already));
+        if (!await readInto(conn, body, already)) return;
+      }
       clearTimeout(timer);
-      // The route comes from the request line alone: a target must be a path, and a Host only a
-      // host[:port] (a `Host: x/metrics?` once chose the route, past any path-based ACL).
-      const given = parsed.headers.get("host") ?? "";
-      const host = given === "" ? `${o.hostname}:${this.addr.port}` : given;
-      let url: URL;
+      this.#evictable.delete(conn);
+      // The route comes from the request line alone: a target must be a path in normal form, and a
+      // Host only a host[:port] (a `Host: x/metrics?` once chose the route, past any path ACL).
+      const host = given === "" ? hostForUrl(o.hostname, this.addr.port) : given;
+      let request: Request;
       try {
-        if (!parsed.target.startsWith("/") || !HOST_HEADER.test(host)) throw new TypeError("bad");
-        url = new URL(`http://${host}${parsed.target}`);
+        const url = new URL(`http://${host}${parsed.target}`);
+        if (url.pathname !== parsed.path) throw new TypeError("not in normal form");
+        request = new Request(url, { method: parsed.method, headers: parsed.headers, body });
       } catch {
-        // A Host or a target no URL can be made of (`Host: a b`): the client's error, not ours.
-        counters.badRequests++;
-        return await this.#plain(conn, 400, "bad Host header or request target");
+        // Defence in depth: what the URL parser would change was refused above already.
+        return await this.#refuse(conn, 400, "bad Host header or request target");
       }
       let response: Response;
       try {
-        const request = new Request(url, {
-          method: parsed.method,
-          headers: parsed.headers,
-          body: body && parsed.method !== "GET" && parsed.method !== "HEAD" ? body : undefined,
-        });
         response = await o.handler(request);
       } catch (error) {
         o.logger?.error("HTTP handler failed: {error}", { error: String(error) });
         response = Response.json({ error: "internal error" }, { status: 500 });
       }
       await this.#respond(conn, response, parsed.method === "HEAD", deadline);
+      if (!needsBody && size > buffered.length && !timedOut) {
+        // Drain the unneeded body before closing (closing on unread bytes sends a reset, which can
+        // destroy the answer before the client reads it), evictable, within the request deadline.
+        answered = true;
+        this.#evictable.set(conn, evict);
+        deadline(remaining());
+        await readInto(conn, new Uint8Array(size - buffered.length), 0);
+      }
     } finally {
       clearTimeout(timer);
+      this.#evictable.delete(conn);
       if (timedOut) closeQuietly(conn);
     }
   }
@@ -286,7 +348,8 @@ export class HttpServer implements AsyncDisposable {
     const writeMs = this.#options.writeTimeoutMs ?? 10_000;
     const streaming = response.headers.get("content-type")?.startsWith("text/event-stream") &&
       response.body !== null && !head;
-    let lines = `HTTP/1.1 ${response.status} ${response.statusText || reason(response.status)}\r\n`;
+    const status = response.status;
+    let lines = `HTTP/1.1 ${status} ${reasonPhrase(status, response.statusText)}\r\n`;
     response.headers.forEach((value, name) => {
       if (name !== "content-length" && name !== "connection" && name !== "transfer-encoding") {
         lines += `${name}: ${value}\r\n`;
@@ -316,9 +379,10 @@ export class HttpServer implements AsyncDisposable {
       }
       return;
     }
-    const body = head ? new Uint8Array(0) : new Uint8Array(await response.arrayBuffer());
-    if (head) await response.body?.cancel().catch(() => {});
-    lines += `content-length: ${body.length}\r\n\r\n`;
+    const empty = head || hasNoContent(status);
+    const body = empty ? new Uint8Array(0) : new Uint8Array(await response.arrayBuffer());
+    if (empty) await response.body?.cancel().catch(() => {});
+    lines += hasNoContent(status) ? "\r\n" : `content-length: ${body.length}\r\n\r\n`;
     deadline(writeMs);
     const headBytes = encoder.encode(lines);
     const out = new Uint8Array(headBytes.length + body.length);
@@ -331,10 +395,19 @@ export class HttpServer implements AsyncDisposable {
     }
   }
 
-  async #plain(conn: Deno.TcpConn, status: number, message: string): Promise<void> {
+  /** Answers a request refused before the app: counted, one debug line, a plain-text reason. */
+  async #refuse(conn: Deno.TcpConn, status: number, message: string): Promise<void> {
+    if (status === 421) this.counters.misdirected++;
+    else this.counters.badRequests++;
+    const peer = conn.remoteAddr;
+    this.#options.logger?.debug("Admin HTTP request from {peer} refused: {status} {message}", {
+      peer: `${peer.hostname}:${peer.port}`,
+      status,
+      message,
+    });
     const body = encoder.encode(message + "\n");
     const head = encoder.encode(
-      `HTTP/1.1 ${status} ${reason(status)}\r\ncontent-type: text/plain; charset=utf-8\r\n` +
+      `HTTP/1.1 ${status} ${reasonPhrase(status)}\r\ncontent-type: text/plain; charset=utf-8\r\n` +
         `cache-control: no-store\r\nconnection: close\r\ncontent-length: ${body.length}\r\n\r\n`,
     );
     try {
@@ -344,30 +417,6 @@ export class HttpServer implements AsyncDisposable {
       // The peer left.
     }
   }
-}
-
-interface Head {
-  method: string;
-  target: string;
-  headers: Headers;
-}
-
-/** The request line and headers, or what is wrong with them. */
-function parseHead(text: string): Head | string {
-  const lines = text.split("\r\n");
-  const m = /^([A-Z]+) (\/[^ ]*) HTTP\/1\.[01]$/.exec(lines[0]);
-  if (!m) return "bad request line";
-  const headers = new Headers();
-  for (const line of lines.slice(1)) {
-    const colon = line.indexOf(":");
-    if (colon <= 0) return "bad header line";
-    try {
-      headers.append(line.slice(0, colon).trim(), line.slice(colon + 1).trim());
-    } catch {
-      return "bad header";
-    }
-  }
-  return { method: m[1], target: m[2], headers };
 }
 
 function indexOfSeq(buf: Uint8Array, seq: number[], from: number, to: number): number {
@@ -383,23 +432,32 @@ function indexOfSeq(buf: Uint8Array, seq: number[], from: number, to: number): n
   return -1;
 }
 
-const REASONS: Record<number, string> = {
-  200: "OK",
-  204: "No Content",
-  400: "Bad Request",
-  401: "Unauthorized",
-  403: "Forbidden",
-  404: "Not Found",
-  405: "Method Not Allowed",
-  411: "Length Required",
-  413: "Content Too Large",
-  431: "Request Header Fields Too Large",
-  500: "Internal Server Error",
-  503: "Service Unavailable",
-};
+/** Whether `buf[from, to)` holds an LF not preceded by CR. */
+function hasBareLf(buf: Uint8Array, from: number, to: number): boolean {
+  for (let i = buf.indexOf(10, from); i >= 0 && i < to; i = buf.indexOf(10, i + 1)) {
+    if (i === 0 || buf[i - 1] !== 13) return true;
+  }
+  return false;
+}
 
-function reason(status: number): string {
-  return REASONS[status] ?? "Status";
+/** Reads into `target` from `from` until it is full; false when the peer left first. */
+async function readInto(conn: Deno.Conn, target: Uint8Array, from: number): Promise<boolean> {
+  for (let got = from; got < target.length;) {
+    let n: number | null;
+    try {
+      n = await conn.read(target.subarray(got));
+    } catch {
+      return false; // reset, or closed by a deadline or an eviction
+    }
+    if (n === null) return false;
+    got += n;
+  }
+  return true;
+}
+
+/** `hostname:port` as a URL authority (IPv6 in brackets). */
+function hostForUrl(hostname: string, port: number): string {
+  return `${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`;
 }
 
 async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {

@@ -96,6 +96,8 @@ export interface StatsSnapshot {
   admin_bad_requests: number;
   /** Admin HTTP connections closed at the headers deadline without a byte sent (browser pre-connects); not errors. */
   admin_idle_closed: number;
+  /** Admin HTTP requests whose `Host` named no address of the admin server (421: DNS rebinding, or a name to allow). */
+  admin_misdirected_requests: number;
   /** `GET /events` (dashboard) clients refused because the cap on event streams was reached. */
   sse_clients_refused: number;
   /** Per upstream: state, connections, requests, replies, errors, last check. */
@@ -184,6 +186,8 @@ export class Stats {
   adminBadRequests = 0;
   /** Admin HTTP connections that sent nothing before the headers deadline. */
   adminIdleClosed = 0;
+  /** Admin HTTP requests refused for a `Host` that is not the server's (421). */
+  adminMisdirectedRequests = 0;
   /** `GET /events` clients refused at the event-stream cap. */
   sseClientsRefused = 0;
   /** Times the config file was loaded (0: none). */
@@ -274,6 +278,7 @@ export class Stats {
       admin_request_timeouts: this.adminRequestTimeouts,
       admin_bad_requests: this.adminBadRequests,
       admin_idle_closed: this.adminIdleClosed,
+      admin_misdirected_requests: this.adminMisdirectedRequests,
       sse_clients_refused: this.sseClientsRefused,
       upstreams: this.upstreams?.() ?? [],
       config_generation: this.configGeneration,
