@@ -216,3 +216,37 @@ Deno.test("a recovery file over 1 MiB is moved aside as corrupt with a warning, 
   child.kill("SIGTERM");
   assert.equal((await child.status()).code, 0);
 });
+
+Deno.test("a second proxy on the same recovery file is refused (exit 2, naming the first's pid); the lock goes with the first", async () => {
+  await using dir = await tempDir("foo-proxy-restart-test-");
+  const path = join(dir.path, "stats.json");
+  await using upstream = await startUpstream();
+  await using first = spawnProxy(dir.path, path, upstream.addr.port);
+  await listenPort(first);
+  assert.equal((await Deno.readTextFile(`${path}.lock`)).trim(), String(first.pid));
+  {
+    await using second = spawnProxy(dir.path, path, upstream.addr.port);
+    const status = await second.status();
+    assert.equal(status.code, 2, second.stderr.text);
+    assert.deepEqual(second.stderr.lines, [
+      `foo-proxy: Recovery file "${path}" is in use by another running foo-proxy (pid ${first.pid}) (it holds "${path}.lock"): give each proxy its own --recovery-path`,
+    ]);
+  }
+  first.kill("SIGTERM");
+  assert.equal((await first.status()).code, 0);
+  assert.deepEqual(
+    [...Deno.readDirSync(dir.path)].map((e) => e.name),
+    ["stats.json"],
+    "the lock file is removed on exit",
+  );
+  // A lock left by a kill -9 (nobody holds it) is taken over.
+  await using third = spawnProxy(dir.path, path, upstream.addr.port);
+  await listenPort(third);
+  third.kill("SIGKILL");
+  await third.status();
+  await using fourth = spawnProxy(dir.path, path, upstream.addr.port);
+  await listenPort(fourth);
+  assert.equal((await Deno.readTextFile(`${path}.lock`)).trim(), String(fourth.pid));
+  fourth.kill("SIGTERM");
+  assert.equal((await fourth.status()).code, 0);
+});

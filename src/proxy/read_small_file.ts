@@ -176,7 +176,9 @@ export function kindOf(info: Deno.FileInfo): string {
  */
 export function describeFsError(error: unknown): string {
   if (error instanceof Deno.errors.PermissionDenied) return "permission denied";
-  if (error instanceof Deno.errors.NotCapable) return "not permitted (missing --allow-read)";
+  if (error instanceof Deno.errors.NotCapable) {
+    return "not permitted (missing --allow-read or --allow-write)";
+  }
   if (error instanceof Error) {
     return error.message.replace(/\s*\(os error \d+\).*$/, "").replace(
       /^./,

@@ -231,6 +231,8 @@ export interface RecoveryPersisterOptions {
   logger?: Logger;
   /** Aborting stops the timer like {@linkcode RecoveryPersister.close} (with a final write). */
   signal?: AbortSignal;
+  /** Called once after the final write (lets go of the file's lock). Unset: nothing. */
+  release?: () => Promise<void>;
 }
 
 /**
@@ -243,6 +245,7 @@ export class RecoveryPersister implements AsyncDisposable {
   #serialize: () => string;
   #intervalMs: number;
   #logger: Logger | undefined;
+  #release: (() => Promise<void>) | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #writing: Promise<void> = Promise.resolve();
   #started = false;
@@ -265,6 +268,7 @@ export class RecoveryPersister implements AsyncDisposable {
       throw new RangeError(`Invalid persist interval ${this.#intervalMs} ms: expected > 0`);
     }
     this.#logger = options.logger;
+    this.#release = options.release;
     options.signal?.addEventListener("abort", () => void this.close(), { once: true });
   }
 
@@ -304,6 +308,7 @@ export class RecoveryPersister implements AsyncDisposable {
       clearTimeout(this.#timer);
       this.#timer = undefined;
       await this.persist();
+      await this.#release?.();
       this.#finished.resolve();
     })();
     return this.#closing;
