@@ -19,11 +19,14 @@ import { describeFsError, kindOf } from "../proxy/read_small_file.ts";
 export class OwnFileError extends Error {
   /** The path. */
   readonly path: string;
+  /** Why, without the path (`it is a symbolic link, …`). */
+  readonly reason: string;
   /** Creates the error. */
-  constructor(message: string, path: string, options?: ErrorOptions) {
+  constructor(message: string, path: string, reason: string, options?: ErrorOptions) {
     super(message, options);
     this.name = "OwnFileError";
     this.path = path;
+    this.reason = reason;
   }
 }
 
@@ -52,7 +55,7 @@ export async function openOwnFile(
 ): Promise<Deno.FsFile> {
   const what = options.what ?? "file";
   const fail = (why: string, cause?: unknown) =>
-    new OwnFileError(`Cannot open ${what} "${path}": ${why}`, path, { cause });
+    new OwnFileError(`Cannot open ${what} "${path}": ${why}`, path, why, { cause });
   const access: Deno.OpenOptions = options.append
     ? { write: true, append: true }
     : { read: true, write: true };

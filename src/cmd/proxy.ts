@@ -41,6 +41,7 @@ import { fdsNeeded, maxConnectionsFor, readFdLimit } from "./fd_limit.ts";
 import { LineWriter } from "./line_writer.ts";
 import { type AccessLogFormat, type AccessRecord, formatAccessLine } from "../proxy/access_log.ts";
 import { PidFile, PidFileError } from "./pid_file.ts";
+import { openOwnFile, OwnFileError } from "./open_own_file.ts";
 import { HttpBindError, type Observability, startObservability } from "./observability.ts";
 import { setupRecovery } from "./recovery_setup.ts";
 import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.ts";
@@ -452,12 +453,15 @@ interface AccessLogOutput {
 }
 
 /**
- * Opens `path` to append to, giving up after `ms`: opening a FIFO nobody reads waits for a
- * reader for ever (and a start that waits can be stopped by no signal). An open that completes
- * after that is closed.
+ * Opens `path` to append to, never through a symbolic link (one planted there would have its
+ * target appended to), giving up after `ms`: opening a FIFO nobody reads waits for a reader for
+ * ever (and a start that waits can be stopped by no signal). An open that completes after that
+ * is closed.
  */
 async function openLogFile(path: string, ms = 5000): Promise<Deno.FsFile> {
-  const opening = Deno.open(path, { append: true, create: true, write: true, mode: 0o644 });
+  const opening = openOwnFile(path, { what: "access log", append: true }).catch((error) => {
+    throw error instanceof OwnFileError ? new Error(error.reason, { cause: error }) : error;
+  });
   let timer: ReturnType<typeof setTimeout> | undefined;
   const late = new Promise<never>((_, reject) => {
     timer = setTimeout(
