@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { readSmallFile } from "../proxy/read_small_file.ts";
 import { openOwnFile, OwnFileError } from "./open_own_file.ts";
 
 /** The pid file cannot be used. */
@@ -77,7 +78,11 @@ export class PidFile {
       clearTimeout(timer);
       if (!locked) {
         // Read through a descriptor of its own: the lock request queued on `file` holds it.
-        const holder = (await Deno.readTextFile(path).catch(() => "")).trim();
+        // Bounded: whatever the holder's file has grown into, a pid is a few digits.
+        const holder = (await readSmallFile(path, { maxBytes: 64, timeoutMs: 1000 }).catch(() =>
+          ""
+        ))
+          .trim();
         // The lock request stays queued on this descriptor; the process exits right after.
         const pid = /^\d+$/.test(holder) ? holder : undefined;
         throw new PidFileError(
