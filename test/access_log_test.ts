@@ -5,7 +5,26 @@
 import assert from "node:assert/strict";
 import { type AccessRecord, formatAccessLine, isoTime } from "../src/proxy/access_log.ts";
 import { connectTo, LineReader, startProxy, startUpstream, waitUntil, writeAll } from "./_util.ts";
-import { spawnMain } from "./_util.ts";
+import { type MainProcess, spawnMain } from "./_util.ts";
+import { tempDir } from "./_files.ts";
+
+/** What an --access-log-file in `dir` needs: write, and read (its path is checked with lstat). */
+function accessPermissions(dir: string): string[] {
+  return ["--allow-net", "--allow-env=FOO_PROXY_*", `--allow-read=${dir}`, `--allow-write=${dir}`];
+}
+
+/** The proxy with a text access log at `path` (in `dir`), forwarding to `port` (unset: 1). */
+function spawnAccessLogged(dir: string, path: string, port = 1): MainProcess {
+  return spawnMain([
+    "proxy",
+    "--listen=127.0.0.1:0",
+    `--forward=127.0.0.1:${port}`,
+    "--http=off",
+    "--health=off",
+    "--access-log=text",
+    `--access-log-file=${path}`,
+  ], { permissions: accessPermissions(dir) });
+}
 
 Deno.test("an access record per connection: bytes, REQ/ACK/NAK, invalid lines, latency, reason", async () => {
   await using upstream = await startUpstream({ nakEvery: 2 });
@@ -95,7 +114,7 @@ Deno.test("--access-log json --access-log-file: appended, reopened on SIGHUP aft
       "--health=off",
       "--access-log=json",
       `--access-log-file=${path}`,
-    ], { permissions: ["--allow-net", "--allow-env=FOO_PROXY_*", `--allow-write=${dir}`] });
+    ], { permissions: accessPermissions(dir) });
     const port = Number((await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
     const oneClient = async (seq: number) => {
       using conn = await connectTo(port);
@@ -143,7 +162,7 @@ Deno.test("an --access-log-file that cannot be opened stops the start with one l
       "--health=off",
       "--access-log=text",
       `--access-log-file=${dir}`, // a directory
-    ], { permissions: ["--allow-net", "--allow-env=FOO_PROXY_*", `--allow-write=${dir}`] });
+    ], { permissions: accessPermissions(dir) });
     assert.equal((await child.status()).code, 2);
     assert.match(child.stderr.text, /Cannot open access log ".*" \(--access-log-file\): /);
     assert.doesNotMatch(child.stderr.text, /Listening on| {4}at /, "nothing opened, no stack");
@@ -165,7 +184,7 @@ Deno.test("an --access-log-file that is a FIFO nobody reads ends the start after
       "--health=off",
       "--access-log=text",
       `--access-log-file=${fifo}`,
-    ], { permissions: ["--allow-net", "--allow-env=FOO_PROXY_*", `--allow-write=${dir}`] });
+    ], { permissions: accessPermissions(dir) });
     assert.equal((await child.status()).code, 2);
     assert.match(
       child.stderr.text,
@@ -174,4 +193,48 @@ Deno.test("an --access-log-file that is a FIFO nobody reads ends the start after
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("an --access-log-file that is a symlink planted at its path is refused, never appended through", async () => {
+  await using dir = await tempDir("foo-proxy-access-");
+  const victim = `${dir.path}/victim`;
+  await Deno.writeTextFile(victim, "precious\n");
+  const path = `${dir.path}/access.log`;
+  await Deno.symlink(victim, path);
+  await using child = spawnAccessLogged(dir.path, path);
+  assert.equal((await child.status()).code, 2, child.stderr.text);
+  assert.deepEqual(child.stderr.lines.filter((line) => line.startsWith("foo-proxy: ")), [
+    `foo-proxy: Cannot open access log "${path}" (--access-log-file): it is a symbolic link, which is never followed (give the file's real path)`,
+  ]);
+  assert.doesNotMatch(child.stderr.text, /Listening on/);
+  assert.equal(await Deno.readTextFile(victim), "precious\n");
+});
+
+Deno.test("a symlink swapped in at --access-log-file before a SIGHUP reopen is refused; the old file goes on", async () => {
+  await using upstream = await startUpstream();
+  await using dir = await tempDir("foo-proxy-access-");
+  const path = `${dir.path}/access.log`;
+  const victim = `${dir.path}/victim`;
+  await Deno.writeTextFile(victim, "precious\n");
+  await using child = spawnAccessLogged(dir.path, path, upstream.addr.port);
+  const port = Number((await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
+  await Deno.rename(path, `${path}.1`);
+  await Deno.symlink(victim, path);
+  child.kill("SIGHUP");
+  await child.stderr.waitFor(
+    /Access log: cannot reopen .* \(it is a symbolic link, which is never followed .*\); still writing the old file/,
+  );
+  {
+    using conn = await connectTo(port);
+    await writeAll(conn, "REQ 1\n");
+    await conn.closeWrite();
+    assert.equal(await new LineReader(conn).readText(), "ACK 1\n");
+  }
+  await waitUntil(
+    async () => (await Deno.readTextFile(`${path}.1`)).includes(" completed"),
+    "the line in the old file",
+  );
+  assert.equal(await Deno.readTextFile(victim), "precious\n");
+  child.kill("SIGTERM");
+  assert.equal((await child.status()).code, 0);
 });

@@ -6,10 +6,12 @@
 import assert from "node:assert/strict";
 import { parseConfigFile, stripJsonComments } from "../src/cli/config_file.ts";
 import { parseProxyConfig, PROXY_FLAGS } from "../src/cmd/proxy.ts";
+import { makeFifo } from "./_files.ts";
 import {
   connectTo,
   freePort,
   LineReader,
+  type MainProcess,
   spawnMain,
   startUpstream,
   waitUntil,
@@ -173,6 +175,92 @@ Deno.test("a reload changes the admin token (a leaked one is revoked) and says t
     assert.equal((await drain("two")).status, 200);
     child.kill("SIGTERM");
     assert.equal((await child.status()).code, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("stripJsonComments() blanks a trailing comma outside strings only, and keeps every position", () => {
+  const text = '{\n  "a": "x, }", // c, }\n  "b": [1, 2,],\n  /* d,\n ] */ "c": "\\", ]",\n}';
+  const out = stripJsonComments(text);
+  assert.equal(out.length, text.length);
+  assert.equal(out.split("\n").length, text.split("\n").length);
+  assert.deepEqual(JSON.parse(out), { a: "x, }", b: [1, 2], c: '", ]' });
+});
+
+Deno.test("parseConfigFile: keys Object.prototype holds (toString, constructor, __proto__) are unknown keys", () => {
+  for (const key of ["toString", "constructor", "__proto__", "hasOwnProperty"]) {
+    assert.throws(
+      () => parseConfigFile(`{\n  "${key}": "x"\n}`, "f.jsonc", PROXY_FLAGS),
+      new RegExp(`^ConfigFileError: Unknown key "${key}" \\(line 2\\)`),
+      key,
+    );
+  }
+});
+
+/** Spawns the proxy on `--config=path` (read access to `dir`), stats on `http`. */
+function spawnWithConfig(dir: string, path: string, http: number | "off"): MainProcess {
+  return spawnMain([
+    "proxy",
+    `--config=${path}`,
+    "--listen=127.0.0.1:0",
+    `--http=${http === "off" ? "off" : `127.0.0.1:${http}`}`,
+    "--health=off",
+  ], { permissions: ["--allow-net", "--allow-env=FOO_PROXY_*", `--allow-read=${dir}`] });
+}
+
+Deno.test("a reload of a --config that became a FIFO fails in one line; traffic, /reload and SIGTERM carry on", async () => {
+  await using a = await startUpstream();
+  const dir = await Deno.makeTempDir({ prefix: "foo-proxy-config-" });
+  const path = `${dir}/foo-proxy.jsonc`;
+  const http = freePort();
+  await Deno.writeTextFile(path, JSON.stringify({ forward: [`127.0.0.1:${a.addr.port}`] }));
+  try {
+    await using child = spawnWithConfig(dir, path, http);
+    const port = Number((await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
+    await child.stderr.waitFor(/Serving stats on/);
+    await Deno.remove(path);
+    await makeFifo(path); // nobody ever writes to it
+    child.kill("SIGHUP");
+    await child.stderr.waitFor(
+      /Reload \(SIGHUP\) of .* failed; the running config is kept: Cannot read config file ".*": it is a FIFO, not a regular file/,
+    );
+    using conn = await connectTo(port);
+    await writeAll(conn, "REQ 1\n");
+    assert.deepEqual(await new LineReader(conn).readLines(1), ["ACK 1"]);
+    const reloaded = await getJson(http, "/reload", { method: "POST" });
+    assert.equal(reloaded.status, 422);
+    assert.match(reloaded.body.error, /it is a FIFO, not a regular file/);
+    assert.equal((await getJson(http, "/stats")).body.config_reload_failures, 2);
+    conn.close();
+    child.kill("SIGTERM");
+    assert.equal((await child.status()).code, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a --config that is a FIFO, or over 1 MiB, ends the start with exit 2 and one line", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "foo-proxy-config-" });
+  try {
+    const fifo = `${dir}/fifo.jsonc`;
+    await makeFifo(fifo);
+    const big = `${dir}/big.jsonc`;
+    // Valid JSON, so only its size is wrong: 2 MiB of spaces around an empty object.
+    await Deno.writeTextFile(big, "{" + " ".repeat(2 * 1024 * 1024) + "}");
+    for (
+      const [path, why] of [
+        [fifo, "it is a FIFO, not a regular file"],
+        [big, "it is 2 MiB, over the 1 MiB limit"],
+      ]
+    ) {
+      await using child = spawnWithConfig(dir, path, "off");
+      const status = await child.status();
+      assert.equal(status.code, 2, child.stderr.text);
+      assert.deepEqual(child.stderr.lines, [
+        `foo-proxy: Cannot read config file "${path}": ${why}`,
+      ]);
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { parseRecoveryState, type RecoveryState } from "../src/stats/recovery.ts";
+import { makeFifo, tempDir } from "./_files.ts";
 import {
   connectTo,
   type MainProcess,
@@ -10,11 +11,6 @@ import {
   withTimeout,
   writeAll,
 } from "./_util.ts";
-
-async function tempDir(): Promise<AsyncDisposable & { path: string }> {
-  const path = await Deno.makeTempDir({ prefix: "foo-proxy-restart-test-" });
-  return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
-}
 
 function spawnProxy(dir: string, path: string, upstreamPort: number): MainProcess {
   return spawnMain([
@@ -96,7 +92,7 @@ function startLoad(port: number): { stop: () => void; done: Promise<number> } {
 }
 
 Deno.test("after kill -9 under load, a restart continues from the last persisted totals", async () => {
-  await using dir = await tempDir();
+  await using dir = await tempDir("foo-proxy-restart-test-");
   const path = join(dir.path, "stats.json");
   await using upstream = await startUpstream({ nakEvery: 3 });
 
@@ -153,7 +149,7 @@ Deno.test("after kill -9 under load, a restart continues from the last persisted
 });
 
 Deno.test("a corrupt recovery file is moved aside with a warning and the proxy starts from zero", async () => {
-  await using dir = await tempDir();
+  await using dir = await tempDir("foo-proxy-restart-test-");
   const path = join(dir.path, "stats.json");
   await Deno.writeTextFile(path, '{"format":"foo-proxy-recovery","version":1,"tot');
   await using upstream = await startUpstream();
@@ -175,7 +171,7 @@ Deno.test("a corrupt recovery file is moved aside with a warning and the proxy s
 });
 
 Deno.test("an unwritable recovery path exits 2 with one line naming it", async () => {
-  await using dir = await tempDir();
+  await using dir = await tempDir("foo-proxy-restart-test-");
   const path = join(dir.path, "no-such-dir", "stats.json");
   await using child = spawnProxy(dir.path, path, 1);
   const status = await child.status();
@@ -187,4 +183,70 @@ Deno.test("an unwritable recovery path exits 2 with one line naming it", async (
     /Cannot use recovery file ".*no-such-dir\/stats\.json": directory .* does not exist/,
   );
   assert.equal(child.stdout.text, "");
+});
+
+Deno.test("a recovery file that is a FIFO, or a symlink to /dev/zero, ends the start with exit 2 and one line", async () => {
+  await using dir = await tempDir("foo-proxy-restart-test-");
+  const fifo = join(dir.path, "fifo.json");
+  await makeFifo(fifo);
+  const zero = join(dir.path, "zero.json");
+  await Deno.symlink("/dev/zero", zero);
+  for (
+    const [path, kind] of [[fifo, "a FIFO"], [zero, "a character device"]]
+  ) {
+    await using child = spawnProxy(dir.path, path, 1);
+    const status = await child.status();
+    assert.equal(status.code, 2, child.stderr.text);
+    assert.deepEqual(child.stderr.lines, [
+      `foo-proxy: Cannot use recovery file "${path}": it is ${kind}, not a regular file`,
+    ]);
+  }
+});
+
+Deno.test("a recovery file over 1 MiB is moved aside as corrupt with a warning, never read whole", async () => {
+  await using dir = await tempDir("foo-proxy-restart-test-");
+  const path = join(dir.path, "stats.json");
+  await Deno.writeFile(path, new Uint8Array(2 * 1024 * 1024).fill(0x20));
+  await using upstream = await startUpstream();
+  await using child = spawnProxy(dir.path, path, upstream.addr.port);
+  const warning = await child.stderr.waitFor(/"level":"WARN".*Recovery file/);
+  assert.match(warning.input, /corrupt: it is 2 MiB, over the 1 MiB limit/);
+  await listenPort(child);
+  assert.equal((await statsLine(child)).msg_total, 0);
+  child.kill("SIGTERM");
+  assert.equal((await child.status()).code, 0);
+});
+
+Deno.test("a second proxy on the same recovery file is refused (exit 2, naming the first's pid); the lock goes with the first", async () => {
+  await using dir = await tempDir("foo-proxy-restart-test-");
+  const path = join(dir.path, "stats.json");
+  await using upstream = await startUpstream();
+  await using first = spawnProxy(dir.path, path, upstream.addr.port);
+  await listenPort(first);
+  assert.equal((await Deno.readTextFile(`${path}.lock`)).trim(), String(first.pid));
+  {
+    await using second = spawnProxy(dir.path, path, upstream.addr.port);
+    const status = await second.status();
+    assert.equal(status.code, 2, second.stderr.text);
+    assert.deepEqual(second.stderr.lines, [
+      `foo-proxy: Recovery file "${path}" is in use by another running foo-proxy (pid ${first.pid}) (it holds "${path}.lock"): give each proxy its own --recovery-path`,
+    ]);
+  }
+  first.kill("SIGTERM");
+  assert.equal((await first.status()).code, 0);
+  assert.deepEqual(
+    [...Deno.readDirSync(dir.path)].map((e) => e.name),
+    ["stats.json"],
+    "the lock file is removed on exit",
+  );
+  // A lock left by a kill -9 (nobody holds it) is taken over.
+  await using third = spawnProxy(dir.path, path, upstream.addr.port);
+  await listenPort(third);
+  third.kill("SIGKILL");
+  await third.status();
+  await using fourth = spawnProxy(dir.path, path, upstream.addr.port);
+  await listenPort(fourth);
+  assert.equal((await Deno.readTextFile(`${path}.lock`)).trim(), String(fourth.pid));
+  fourth.kill("SIGTERM");
+  assert.equal((await fourth.status()).code, 0);
 });

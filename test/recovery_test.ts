@@ -21,6 +21,7 @@ import {
   serializeRecoveryState,
 } from "../src/stats/recovery.ts";
 import { Stats } from "../src/stats/stats.ts";
+import { renderMetrics } from "../src/http/metrics.ts";
 import { withTimeout } from "./_util.ts";
 
 const T0 = 1_700_000_000_000;
@@ -466,4 +467,28 @@ Deno.test("RecoveryPersister survives write failures and warns once", async () =
   await Deno.mkdir(sub);
   await persister.persist();
   assert.equal(persister.writes, 2);
+});
+
+Deno.test("a close reason named after Object.prototype (constructor) is left out, never added to a function", () => {
+  const { stats } = busyStats();
+  const state = JSON.parse(serializeRecoveryState(captureRecoveryState(stats)));
+  state.connections_closed.constructor = 7;
+  state.connections_closed.tostring = 1;
+  const { stats: restored, result } = restoredAt(JSON.stringify(state), T0);
+  assert.deepEqual(result.ignoredReasons, ["constructor", "tostring"]);
+  const snapshot = restored.snapshot();
+  assert.deepEqual(snapshot.connections_closed, { client_closed: 1, upstream_unreachable: 1 });
+  const metrics = renderMetrics(snapshot);
+  assert.doesNotMatch(metrics, /native code|constructor/);
+  for (const line of metrics.split("\n")) {
+    if (line === "" || line.startsWith("#")) continue;
+    assert.match(line, /^[a-z0-9_]+(\{[^}]*\})? [0-9.e+-]+$/, "every sample parses");
+  }
+  // What is persisted next holds no trace of it either: the next start keeps the whole file.
+  const again = parseRecoveryState(serializeRecoveryState(captureRecoveryState(restored)));
+  assert.deepEqual(Object.keys(again.connections_closed), [
+    "client_closed",
+    "upstream_unreachable",
+  ]);
+  assert.equal(again.totals.msg_req, 300);
 });

@@ -543,3 +543,70 @@ Deno.test({
     }
   },
 });
+
+/**
+ * A raw HTTP server on 127.0.0.1:0 that answers every connection with `head` and then up to
+ * `limit` bytes of `{"msg_total": 1, "pad": "xxx…` without ever ending the body; resolves
+ * `written` with what it managed to send to each client before the client went away.
+ */
+function endlessServer(head: string, limit: number) {
+  const listener = listenLocal();
+  const written: number[] = [];
+  const serving = (async () => {
+    for await (const conn of listener) {
+      void (async () => {
+        let sent = 0;
+        try {
+          await conn.read(new Uint8Array(4096)); // the request
+          await writeAll(conn, head + '{"msg_total": 1, "pad": "');
+          const chunk = new Uint8Array(64 * 1024).fill(0x78);
+          while (sent < limit) sent += await conn.write(chunk);
+          await conn.read(new Uint8Array(1)); // until the client goes away
+        } catch {
+          // The client cancelled: that is the point.
+        } finally {
+          written.push(sent);
+          try {
+            conn.close();
+          } catch {
+            // Closed already.
+          }
+        }
+      })();
+    }
+  })();
+  return {
+    url: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}/stats`,
+    written,
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      await serving.catch(() => {});
+    },
+  };
+}
+
+Deno.test("fetchStats() reads at most its cap of an endless answer and says so, instead of buffering gigabytes", async () => {
+  const streamed = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n";
+  await using server = endlessServer(streamed, 64 * 1024 * 1024);
+  await assert.rejects(
+    fetchStats(server.url, { timeoutMs: 5000, maxBytes: 1024 * 1024 }),
+    (e: Error) =>
+      e instanceof StatsFetchError &&
+      e.message === "the answer is over 1 MiB (is this the proxy's /stats?)",
+  );
+  await waitUntil(() => server.written.length === 1, "the server to see the cancel");
+  assert.ok(server.written[0] < 32 * 1024 * 1024, `sent ${server.written[0]} bytes`);
+});
+
+Deno.test("fetchStats() refuses a declared length over its cap without reading the body", async () => {
+  const declared =
+    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 10000000000\r\n\r\n";
+  await using server = endlessServer(declared, 0);
+  await assert.rejects(
+    fetchStats(server.url, { timeoutMs: 5000 }),
+    (e: Error) =>
+      e instanceof StatsFetchError &&
+      e.message === "the answer is over 4 MiB (is this the proxy's /stats?)",
+  );
+  await waitUntil(() => server.written.length === 1, "the server to see the close");
+});

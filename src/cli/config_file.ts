@@ -44,8 +44,10 @@ export function parseConfigFile(
   const out: Record<string, string | boolean> = {};
   for (const [key, v] of Object.entries(value)) {
     const where = `"${key}" (line ${lineOfKey(text, key)}) in config file "${path}"`;
-    const spec = specs[key];
-    if (!spec || NOT_IN_FILE.has(key)) {
+    // Own keys only: "toString", "constructor" or "__proto__" are not flags, whatever
+    // Object.prototype holds.
+    const spec = Object.hasOwn(specs, key) ? specs[key] : undefined;
+    if (spec === undefined || NOT_IN_FILE.has(key)) {
       throw new ConfigFileError(`Unknown key ${where}: keys are the flags' names, e.g. "listen"`);
     }
     if (spec.type === "boolean") {
@@ -68,34 +70,23 @@ export function parseConfigFile(
   return out;
 }
 
+/**
+ * What {@linkcode stripJsonComments} looks for, in one linear pass of the regexp engine: a string
+ * (kept as it is, so nothing inside one is touched), a line comment, a block comment (an unclosed
+ * one runs to the end), or a comma with only white space before the `}` or `]` that follows it.
+ */
+const JSONC_TOKEN =
+  /"[^"\\]*(?:\\[\s\S][^"\\]*)*"?|\/\/[^\n]*|\/\*[\s\S]*?(?:\*\/|$)|,(?=\s*[}\]])/g;
+
 /** `text` with `//` and `/* … *\/` comments and trailing commas replaced by spaces (positions kept). */
 export function stripJsonComments(text: string): string {
-  let out = "";
-  let i = 0;
-  while (i < text.length) {
-    const c = text[i];
-    if (c === '"') {
-      let j = i + 1;
-      while (j < text.length && text[j] !== '"') j += text[j] === "\\" ? 2 : 1;
-      out += text.slice(i, j + 1);
-      i = j + 1;
-    } else if (c === "/" && text[i + 1] === "/") {
-      const end = text.indexOf("\n", i);
-      const stop = end < 0 ? text.length : end;
-      out += " ".repeat(stop - i);
-      i = stop;
-    } else if (c === "/" && text[i + 1] === "*") {
-      const end = text.indexOf("*/", i + 2);
-      const stop = end < 0 ? text.length : end + 2;
-      out += text.slice(i, stop).replace(/[^\n]/g, " ");
-      i = stop;
-    } else {
-      out += c;
-      i++;
-    }
-  }
-  // Trailing commas before } or ]: blanked too.
-  return out.replace(/,(\s*[}\]])/g, " $1");
+  return text.replace(JSONC_TOKEN, (token) => {
+    const c = token.charCodeAt(0);
+    if (c === 0x22) return token; // a string
+    if (c === 0x2c) return " "; // a trailing comma
+    // A comment: its newlines stay, so JSON.parse's positions still give the right line.
+    return token.includes("\n") ? token.replace(/[^\n]/g, " ") : " ".repeat(token.length);
+  });
 }
 
 function lineOf(text: string, position: number): number {

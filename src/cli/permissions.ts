@@ -92,12 +92,11 @@ export function permissionNeeds(targets: PermissionTargets): PermissionNeed[] {
     needs.push({ descriptor: { name: "write", path }, target: path, purpose });
   }
   if (targets.accessLogFile) {
+    // Read too: the path is lstat'ed, so that a symbolic link planted there is never followed.
     const path = targets.accessLogFile;
-    needs.push({
-      descriptor: { name: "write", path },
-      target: path,
-      purpose: "access log --access-log-file",
-    });
+    const purpose = "access log --access-log-file";
+    needs.push({ descriptor: { name: "read", path }, target: path, purpose });
+    needs.push({ descriptor: { name: "write", path }, target: path, purpose });
   }
   if (targets.pidFile) {
     const path = targets.pidFile;

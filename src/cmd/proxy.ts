@@ -30,6 +30,7 @@ import type { ResumeMode } from "../proxy/engine_config.ts";
 import { Proxy } from "../proxy/proxy.ts";
 import { describeError } from "../proxy/upstream.ts";
 import { RecoveryPathError, type RecoveryPersister } from "../proxy/recovery_file.ts";
+import { readSmallFile, SmallFileError } from "../proxy/read_small_file.ts";
 import { systemClock } from "../stats/clock.ts";
 import { Stats } from "../stats/stats.ts";
 import { startCommand } from "./command_start.ts";
@@ -40,6 +41,7 @@ import { fdsNeeded, maxConnectionsFor, readFdLimit } from "./fd_limit.ts";
 import { LineWriter } from "./line_writer.ts";
 import { type AccessLogFormat, type AccessRecord, formatAccessLine } from "../proxy/access_log.ts";
 import { PidFile, PidFileError } from "./pid_file.ts";
+import { openOwnFile, OwnFileError } from "./open_own_file.ts";
 import { HttpBindError, type Observability, startObservability } from "./observability.ts";
 import { setupRecovery } from "./recovery_setup.ts";
 import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.ts";
@@ -358,9 +360,7 @@ export function parseProxyConfig(
   readConfig?: (path: string) => string,
 ): ProxyConfig {
   // `--resume` alone means verbatim; `--resume=MODE` names the mode.
-  const rewritten = args.map((arg) =>
-    arg === "--resume" || arg === "-resume" ? "--resume=verbatim" : arg
-  );
+  const rewritten = args.map(resumeAlias);
   // The config file, when one is named, fills in what flags and variables leave unset.
   const first = parseFlags(rewritten, PROXY_FLAGS, { getEnv });
   const configPath = typeof first.config === "string" && first.config !== "" ? first.config : null;
@@ -440,6 +440,10 @@ export function parseProxyConfig(
   };
 }
 
+function resumeAlias(arg: string): string {
+  return arg === "--resume" || arg === "-resume" ? "--resume=verbatim" : arg;
+}
+
 function parseResumeMode(text: string): ResumeMode {
   const t = text.trim().toLowerCase();
   if (t === "off" || t === "false" || t === "0" || t === "no") return "off";
@@ -459,12 +463,15 @@ interface AccessLogOutput {
 }
 
 /**
- * Opens `path` to append to, giving up after `ms`: opening a FIFO nobody reads waits for a
- * reader for ever (and a start that waits can be stopped by no signal). An open that completes
- * after that is closed.
+ * Opens `path` to append to, never through a symbolic link (one planted there would have its
+ * target appended to), giving up after `ms`: opening a FIFO nobody reads waits for a reader for
+ * ever (and a start that waits can be stopped by no signal). An open that completes after that
+ * is closed.
  */
 async function openLogFile(path: string, ms = 5000): Promise<Deno.FsFile> {
-  const opening = Deno.open(path, { append: true, create: true, write: true, mode: 0o644 });
+  const opening = openOwnFile(path, { what: "access log", append: true }).catch((error) => {
+    throw error instanceof OwnFileError ? new Error(error.reason, { cause: error }) : error;
+  });
   let timer: ReturnType<typeof setTimeout> | undefined;
   const late = new Promise<never>((_, reject) => {
     timer = setTimeout(
@@ -624,8 +631,12 @@ function applyReload(old: ProxyConfig, next: ProxyConfig, targets: ReloadTargets
   return changed;
 }
 
-/** Reads the `--config` file, or says which grant is missing (and the command that has it). */
-function readConfigFile(path: string): string {
+/**
+ * Reads the `--config` file, or says which grant is missing (and the command that has it): a
+ * regular file of at most 1 MiB, read asynchronously within 5 s, so a FIFO, a device or a huge
+ * file is one clear error, never a frozen or flooded process.
+ */
+async function readConfigFile(path: string): Promise<string> {
   if (Deno.permissions.querySync({ name: "read", path }).state !== "granted") {
     throw new ConfigFileError(
       missingPermissionsMessage([{
@@ -636,12 +647,45 @@ function readConfigFile(path: string): string {
     );
   }
   try {
-    return Deno.readTextFileSync(path);
+    return await readSmallFile(path, { what: "config file" });
   } catch (error) {
-    throw new ConfigFileError(`Cannot read config file "${path}": ${String(error)}`, {
-      cause: error,
-    });
+    if (!(error instanceof SmallFileError)) throw error;
+    throw new ConfigFileError(error.message, { cause: error });
   }
+}
+
+/**
+ * Reads the `--config` file `args` (or the environment) name before the flags are parsed, which is
+ * synchronous; resolves with the reader the parse uses, or with exit code 2 after one line saying
+ * why the file cannot be read. Flags that do not parse, `--help` and `--version` read nothing
+ * (the parse then speaks).
+ */
+async function readConfigBeforeParse(
+  args: readonly string[],
+): Promise<((path: string) => string) | number> {
+  let path: string | undefined;
+  try {
+    const first = parseFlags(args.map(resumeAlias), PROXY_FLAGS, { getEnv: denoEnvReader() });
+    if (first.help !== true && first.version !== true && typeof first.config === "string") {
+      path = first.config;
+    }
+  } catch {
+    // The parse reports the bad flag.
+  }
+  if (path === undefined || path === "") {
+    return () => {
+      throw new UsageError("--config: no way to read the file here");
+    };
+  }
+  let text: string;
+  try {
+    text = await readConfigFile(path);
+  } catch (error) {
+    if (!(error instanceof ConfigFileError)) throw error;
+    writeStderrLine(`foo-proxy: ${error.message}`);
+    return 2;
+  }
+  return () => text;
 }
 
 /**
@@ -684,7 +728,9 @@ async function serveProxy(
   output: { stdout: LineWriter; stderr: LineWriter },
 ): Promise<number> {
   const stdout = context.stdout ?? ((line: string) => void output.stdout.writeLine(line));
-  const started = startCommand(() => parseProxyConfig(args, denoEnvReader(), readConfigFile), {
+  const readConfig = await readConfigBeforeParse(args);
+  if (typeof readConfig === "number") return readConfig;
+  const started = startCommand(() => parseProxyConfig(args, denoEnvReader(), readConfig), {
     usage: PROXY_USAGE,
     command: "foo-proxy",
     // --help and --version are written at once: the process exits right after.
@@ -797,10 +843,22 @@ async function serveProxy(
   // SIGHUP and POST /reload: read the file again and apply what changed, without dropping a
   // connection; a file that does not parse or validate changes nothing.
   let running = config;
-  // Synchronous from start to end (the file is read with readTextFileSync): two reloads never
-  // interleave.
+  // Reloads run one at a time (the file is read asynchronously, with a deadline); one more may
+  // wait, and every request made while it waits shares it: a SIGHUP storm queues nothing.
+  let reloadChain: Promise<unknown> = Promise.resolve();
+  let reloadWaiting: Promise<ReloadResult> | undefined;
   const reload = (why: string): Promise<ReloadResult> => {
-    return Promise.resolve((() => {
+    if (reloadWaiting) return reloadWaiting;
+    const run = reloadChain.then(() => {
+      reloadWaiting = undefined;
+      return reloadOnce(why);
+    });
+    reloadWaiting = run;
+    reloadChain = run.catch(() => {});
+    return run;
+  };
+  const reloadOnce = (why: string): Promise<ReloadResult> => {
+    return (async () => {
       {
         if (running.configPath === null) {
           logger.info("Got {why}: nothing to reload (no --config file; flags are read at start)", {
@@ -810,7 +868,8 @@ async function serveProxy(
         }
         let next: ProxyConfig;
         try {
-          next = parseProxyConfig(args, denoEnvReader(), readConfigFile);
+          const text = await readConfigFile(running.configPath);
+          next = parseProxyConfig(args, denoEnvReader(), () => text);
         } catch (error) {
           stats.configReloadFailures++;
           const message = error instanceof Error ? error.message : String(error);
@@ -845,7 +904,7 @@ async function serveProxy(
         });
         return { ok: true, generation: stats.configGeneration, changed };
       }
-    })());
+    })();
   };
   const accessFormat = config.accessLog === "json" ? "json" : "text";
   let accessLog: AccessLogOutput | undefined;

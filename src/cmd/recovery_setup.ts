@@ -8,6 +8,7 @@ import type { Logger } from "@logtape/logtape";
 import {
   checkRecoveryPath,
   loadRecoveryFile,
+  RecoveryPathError,
   RecoveryPersister,
   removeStaleTempFiles,
 } from "../proxy/recovery_file.ts";
@@ -17,6 +18,7 @@ import {
   serializeRecoveryState,
 } from "../stats/recovery.ts";
 import type { Stats } from "../stats/stats.ts";
+import { PidFile, PidFileError } from "./pid_file.ts";
 
 /** Options for {@linkcode setupRecovery}. */
 export interface RecoverySetupOptions {
@@ -40,6 +42,8 @@ export async function setupRecovery(
 ): Promise<RecoveryPersister> {
   const { stats, logger } = options;
   await checkRecoveryPath(path);
+  // Two proxies on one file would overwrite each other's totals every half second, silently.
+  const lock = await lockRecoveryFile(path);
   const stale = await removeStaleTempFiles(path);
   if (stale > 0) {
     logger.info("Removed {count} temporary file(s) beside {path} left by an interrupted save", {
@@ -61,6 +65,12 @@ export async function setupRecovery(
           : "rates start from zero",
       },
     );
+    if (result.ignoredReasons.length > 0) {
+      logger.warning(
+        "Recovery file {path}: left out close reasons this build does not have: {reasons}",
+        { path, reasons: result.ignoredReasons.map((r) => JSON.stringify(r)).join(", ") },
+      );
+    }
   } else if (!loaded.movedTo) {
     logger.info("No recovery file at {path} yet: starting from zero", { path });
   }
@@ -69,5 +79,32 @@ export async function setupRecovery(
     logger,
     serialize: () =>
       serializeRecoveryState(captureRecoveryState(stats, { latency: stats.latency })),
+    release: () => lock.release(),
   });
+}
+
+/**
+ * Locks `PATH.lock` (an advisory `flock`, holding this process's id) for the life of the process:
+ * refused while another live foo-proxy holds it; one left by a crash (nobody holds its lock) is
+ * taken over.
+ *
+ * @throws {RecoveryPathError} naming the holder's pid when another process holds it.
+ */
+async function lockRecoveryFile(path: string): Promise<PidFile> {
+  const lockPath = `${path}.lock`;
+  let lock: PidFile;
+  try {
+    lock = await PidFile.acquire(lockPath, {
+      what: "recovery lock file",
+      heldMessage: (pid) =>
+        `Recovery file "${path}" is in use by another running foo-proxy${
+          pid ? ` (pid ${pid})` : ""
+        } (it holds "${lockPath}"): give each proxy its own --recovery-path`,
+    });
+  } catch (error) {
+    if (!(error instanceof PidFileError)) throw error;
+    throw new RecoveryPathError(error.message, path, { cause: error });
+  }
+  await lock.write();
+  return lock;
 }

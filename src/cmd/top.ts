@@ -147,6 +147,56 @@ export interface FetchStatsOptions {
   signal?: AbortSignal;
   /** The fetch to use. @default globalThis.fetch */
   fetch?: typeof fetch;
+  /**
+   * Largest answer read, in bytes: past it the fetch is cancelled and fails. /stats is a few KiB
+   * (a few hundred with hundreds of upstreams). @default {STATS_MAX_BYTES}
+   */
+  maxBytes?: number;
+}
+
+/** The default cap of one /stats answer: 4 MiB. */
+export const STATS_MAX_BYTES = 4 * 1024 * 1024;
+
+/**
+ * The body of `response` as text, reading at most `maxBytes`: a declared length over it is
+ * refused unread, and a body that runs past it (an endless one) is cancelled there.
+ *
+ * @throws {StatsFetchError} past the cap.
+ */
+export async function readCappedText(response: Response, maxBytes: number): Promise<string> {
+  const tooLarge = () =>
+    new StatsFetchError(
+      `the answer is over ${formatMiB(maxBytes)} (is this the proxy's /stats?)`,
+    );
+  const declared = Number(response.headers.get("content-length") ?? NaN);
+  if (declared > maxBytes) {
+    await response.body?.cancel().catch(() => {});
+    throw tooLarge();
+  }
+  if (!response.body) return "";
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let text = "";
+  let total = 0;
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      total += value.length;
+      if (total > maxBytes) {
+        await reader.cancel().catch(() => {});
+        throw tooLarge();
+      }
+      text += decoder.decode(value, { stream: true });
+    }
+  } finally {
+    reader.releaseLock();
+  }
+  return text + decoder.decode();
+}
+
+function formatMiB(bytes: number): string {
+  return bytes >= 1024 * 1024 ? `${+(bytes / 1024 / 1024).toFixed(1)} MiB` : `${bytes} bytes`;
 }
 
 /**
@@ -173,10 +223,11 @@ export async function fetchStats(
       signal: controller.signal,
       headers: { accept: "application/json" },
     });
-    const text = await response.text();
     if (!response.ok) {
+      await response.body?.cancel().catch(() => {}); // an error page is not read at all
       throw new StatsFetchError(`HTTP ${response.status} ${response.statusText}`.trimEnd());
     }
+    const text = await readCappedText(response, options.maxBytes ?? STATS_MAX_BYTES);
     let body: unknown;
     try {
       body = JSON.parse(text);

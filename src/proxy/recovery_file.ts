@@ -7,6 +7,7 @@
 import type { Logger } from "@logtape/logtape";
 import { basename, dirname, join } from "node:path";
 import { parseRecoveryState, type RecoveryState } from "../stats/recovery.ts";
+import { kindOf, readSmallFile, SmallFileError } from "./read_small_file.ts";
 
 /** The recovery path cannot be used (missing directory, not writable, a directory, …). */
 export class RecoveryPathError extends Error {
@@ -31,7 +32,8 @@ export async function checkRecoveryPath(path: string): Promise<void> {
     new RecoveryPathError(`Cannot use recovery file "${path}": ${why}`, path, { cause });
   try {
     const info = await Deno.stat(path);
-    if (info.isDirectory) throw fail("it is a directory");
+    // A FIFO would block the read at start for ever; a device is nobody's statistics.
+    if (!info.isFile) throw fail(`it is ${kindOf(info)}, not a regular file`);
   } catch (error) {
     if (error instanceof RecoveryPathError) throw error;
     if (!(error instanceof Deno.errors.NotFound)) throw fail(describe(error), error);
@@ -57,7 +59,15 @@ export interface LoadRecoveryOptions {
   logger?: Logger;
   /** The time used in the name of a moved-aside file; unset: now. */
   now?: () => Date;
+  /** Longest time to read the file, in ms. @default {5000} */
+  timeoutMs?: number;
 }
+
+/**
+ * The largest recovery file read: ours are a few KiB (at most 1000 buckets per window and 1000
+ * histogram buckets), so anything near this is not ours.
+ */
+export const RECOVERY_MAX_BYTES = 1024 * 1024;
 
 /** What {@linkcode loadRecoveryFile} found. */
 export interface LoadedRecovery {
@@ -68,12 +78,14 @@ export interface LoadedRecovery {
 }
 
 /**
- * Reads the state at `path`. A missing file means a first start. A corrupt or unreadable file
- * is logged (a warning naming it), moved aside to `PATH.corrupt-<timestamp>` so it is never
- * silently overwritten, and the proxy starts from zero.
+ * Reads the state at `path` (a regular file of at most {@linkcode RECOVERY_MAX_BYTES}, read within
+ * `timeoutMs`). A missing file means a first start. A corrupt, oversized or unreadable file is
+ * logged (a warning naming it), moved aside to `PATH.corrupt-<timestamp>` so it is never silently
+ * overwritten, and the proxy starts from zero.
  *
- * @throws {RecoveryPathError} only when a bad file cannot be moved aside (the persister would
- * otherwise overwrite it).
+ * @throws {RecoveryPathError} when a bad file cannot be moved aside (the persister would
+ * otherwise overwrite it), when `path` is not a regular file (a FIFO, a device), or when it is
+ * not read within the deadline.
  */
 export async function loadRecoveryFile(
   path: string,
@@ -83,7 +95,11 @@ export async function loadRecoveryFile(
   let problem: string;
   let cause: unknown;
   try {
-    text = await Deno.readTextFile(path);
+    text = await readSmallFile(path, {
+      what: "recovery file",
+      maxBytes: RECOVERY_MAX_BYTES,
+      timeoutMs: options.timeoutMs,
+    });
     try {
       return { state: parseRecoveryState(text) };
     } catch (error) {
@@ -91,8 +107,15 @@ export async function loadRecoveryFile(
       cause = error;
     }
   } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return { state: undefined };
-    problem = `unreadable: ${describe(error)}`;
+    if (!(error instanceof SmallFileError)) throw error;
+    if (error.problem === "missing") return { state: undefined };
+    if (error.problem === "not_regular" || error.problem === "timeout") {
+      // Not a file of ours that went bad: moving it aside would hide the mistake.
+      throw new RecoveryPathError(error.message, path, { cause: error });
+    }
+    problem = error.problem === "too_large" || error.problem === "not_utf8"
+      ? `corrupt: ${error.message.replace(/^.*?": /, "")}`
+      : `unreadable: ${describe(error.cause)}`;
     cause = error;
   }
   const movedTo = await moveAside(path, options.now?.() ?? new Date(), cause);
@@ -208,6 +231,8 @@ export interface RecoveryPersisterOptions {
   logger?: Logger;
   /** Aborting stops the timer like {@linkcode RecoveryPersister.close} (with a final write). */
   signal?: AbortSignal;
+  /** Called once after the final write (lets go of the file's lock). Unset: nothing. */
+  release?: () => Promise<void>;
 }
 
 /**
@@ -220,6 +245,7 @@ export class RecoveryPersister implements AsyncDisposable {
   #serialize: () => string;
   #intervalMs: number;
   #logger: Logger | undefined;
+  #release: (() => Promise<void>) | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #writing: Promise<void> = Promise.resolve();
   #started = false;
@@ -242,6 +268,7 @@ export class RecoveryPersister implements AsyncDisposable {
       throw new RangeError(`Invalid persist interval ${this.#intervalMs} ms: expected > 0`);
     }
     this.#logger = options.logger;
+    this.#release = options.release;
     options.signal?.addEventListener("abort", () => void this.close(), { once: true });
   }
 
@@ -281,6 +308,7 @@ export class RecoveryPersister implements AsyncDisposable {
       clearTimeout(this.#timer);
       this.#timer = undefined;
       await this.persist();
+      await this.#release?.();
       this.#finished.resolve();
     })();
     return this.#closing;

@@ -10,7 +10,7 @@
  */
 import type { HistogramData } from "./histogram.ts";
 import type { LatencyStats } from "./latency.ts";
-import type { Stats } from "./stats.ts";
+import { CLOSE_REASONS, type Stats } from "./stats.ts";
 import type { WindowBucket } from "./window.ts";
 
 /** The `format` marker of a recovery file. */
@@ -47,6 +47,8 @@ const OPTIONAL_TOTAL_KEYS = [
   "resume_failures",
   "internal_errors",
 ] as const;
+
+const KNOWN_REASONS: ReadonlySet<string> = new Set(CLOSE_REASONS);
 
 /** Monotonic counters that survive a restart. */
 export type RecoveryTotals =
@@ -218,6 +220,11 @@ export interface RestoreResult {
   windowsRestored: boolean;
   /** Whether latency data was restored (present, and with this build's buckets). */
   latencyRestored: boolean;
+  /**
+   * Close reasons in the file that this build does not have (another build's, or a hand-edited
+   * file's, such as `constructor`): left out, and the rest restored.
+   */
+  ignoredReasons: string[];
 }
 
 /**
@@ -252,8 +259,14 @@ export function restoreRecoveryState(
   stats.resumeFailures += t.resume_failures ?? 0;
   stats.internalErrors += t.internal_errors ?? 0;
   const closed = stats.closed as Record<string, number | undefined>;
+  const ignoredReasons: string[] = [];
   for (const [reason, n] of Object.entries(state.connections_closed)) {
-    closed[reason] = (closed[reason] ?? 0) + n;
+    // Against the schema, never the prototype: `closed.constructor` is Object's function.
+    if (!KNOWN_REASONS.has(reason)) {
+      ignoredReasons.push(reason);
+      continue;
+    }
+    closed[reason] = (Object.hasOwn(closed, reason) ? closed[reason] ?? 0 : 0) + n;
   }
   const downtimeMs = now - state.saved_at;
   const windowsRestored = downtimeMs >= 0 && downtimeMs < RECOVERY_WINDOW_MS;
@@ -278,7 +291,7 @@ export function restoreRecoveryState(
     latency.untrackedRequests += state.latency.untracked_requests;
     latency.unansweredRequests += state.latency.unanswered_requests;
   }
-  return { downtimeMs, windowsRestored, latencyRestored };
+  return { downtimeMs, windowsRestored, latencyRestored, ignoredReasons };
 }
 
 function object(value: unknown, what: string): Record<string, unknown> {
