@@ -2,7 +2,8 @@
  * Output that never blocks traffic: lines are queued and written by one asynchronous writer, so
  * a reader that stalls (a stdout or stderr pipe nobody reads) holds up nothing but the queue.
  * Past a bounded queue new lines are dropped and counted; when the reader catches up, one line
- * says how many were lost.
+ * says how many were lost. The bound is for a reader that stalls, not for a line's size: a line
+ * bigger than it (a stats line with hundreds of upstreams) is taken when no other line waits.
  *
  * Measured with Deno 2.9.6: `Deno.stdout.write()` on a full pipe stays pending without blocking
  * the event loop, while `writeSync` blocks the whole process.
@@ -13,8 +14,9 @@
 /** Options for {@linkcode LineWriter}. */
 export interface LineWriterOptions {
   /**
-   * Most bytes queued; a line that does not fit is dropped. About 500 log lines: a burst rides
-   * it out, a stalled reader costs no more. Counted in UTF-16 units of the queued text (lines
+   * Most bytes queued; a line that does not fit is dropped, unless no other line waits (then it
+   * is taken whatever its size: at most one such line waits behind the write under way). About
+   * 500 log lines: a burst rides it out, a stalled reader costs no more. Counted in UTF-16 units of the queued text (lines
    * are encoded a batch at a time, when written), which is the byte count for ASCII text and
    * at most a third of it otherwise. @default {65536}
    */
@@ -103,7 +105,11 @@ export class LineWriter {
    */
   write(text: string, onDrop?: () => void): boolean {
     // Written so that a length that is not a number (a caller past the types) is refused too.
-    if (this.#failed || !(this.#queued + text.length <= this.#max)) {
+    // A line nothing waits before is taken whatever its size: the bound is there for a stalled
+    // reader, and one line that is merely big (the stats with many upstreams) must not vanish.
+    const fits = this.#queued + text.length <= this.#max ||
+      (this.#queue.length === 0 && typeof text === "string");
+    if (this.#failed || !fits) {
       this.#dropped++;
       this.#droppedSinceNotice++;
       (onDrop ?? this.#onDrop)?.();
