@@ -777,6 +777,7 @@ async function serveProxy(
     ejectAfter: config.ejectAfter,
     ejectMs: config.ejectMs,
     logger,
+    counters: stats,
   });
   stats.upstreams = () => pool.snapshot();
   if (config.configPath !== null) {

@@ -59,6 +59,19 @@ export interface UpstreamPoolOptions {
   random?: () => number;
   /** State changes are logged here. */
   logger?: Logger;
+  /**
+   * The process-wide counters this pool adds each failure to (`Stats` fits), so the
+   * totals are the sums of the rows, plus those of upstreams removed since. Unset: rows only.
+   */
+  counters?: UpstreamCounters;
+}
+
+/** Process-wide upstream counters a pool adds to. */
+export interface UpstreamCounters {
+  /** Failed connects (every attempt). */
+  upstreamConnectFailures: number;
+  /** Upstream connections that failed mid-stream. */
+  upstreamStreamErrors: number;
 }
 
 /** One upstream's figures, for `/stats`, `/metrics` and the SIGUSR2 line. */
@@ -297,6 +310,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
           throw error; // a missing --allow-net grant: no other attempt can fix it
         }
         member.connectFailures++;
+        if (this.#options.counters) this.#options.counters.upstreamConnectFailures++;
         this.#failure(member, "connect failures");
         failed.add(member);
       }
@@ -324,6 +338,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         if (member.removed && member.active === 0) this.#leaving.delete(member);
         if (failed) {
           member.streamErrors++;
+          if (this.#options.counters) this.#options.counters.upstreamStreamErrors++;
           this.#failure(member, "mid-stream errors");
         }
       },
