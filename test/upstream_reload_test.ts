@@ -12,6 +12,7 @@ import { NoUpstreamError, UpstreamPool } from "../src/proxy/upstream_pool.ts";
 import { Stats } from "../src/stats/stats.ts";
 import {
   connectTo,
+  fakeTimers,
   freePort,
   LineReader,
   listenLocal,
@@ -334,4 +335,28 @@ Deno.test(`more than ${MAX_UPSTREAMS} upstreams are refused with one line at sta
     start.stderr.text,
     new RegExp(`^foo-proxy: --forward: more than ${MAX_UPSTREAMS} upstreams; .*\\n.*--help`),
   );
+});
+
+Deno.test("each wait between two checks is the interval jittered by up to 10 %, drawn anew each time", async () => {
+  const listeners = Array.from({ length: 3 }, () => listenLocal());
+  const accepting = listeners.map(async (listener) => {
+    for await (const conn of listener) conn.close();
+  });
+  const timers = fakeTimers();
+  const draws = [0, 0.5, 0.999];
+  try {
+    await using pool = new UpstreamPool(
+      listeners.map((l, k) => spec(`u${k}`, l.addr)),
+      { intervalMs: 900, mode: "tcp", timers, random: () => draws.shift() ?? 0.5 },
+    );
+    pool.start();
+    assert.deepEqual(timers.delays, [0, 300, 600], "first checks spread over the interval");
+    timers.fire(); // the three first checks start
+    await waitUntil(() => timers.delays.length === 3, "the three checks to end");
+    // 900 ms × (0.9 + 0.2 × the draw): whichever check ended first took the first draw.
+    assert.deepEqual(timers.delays.map(Math.round).toSorted((a, b) => a - b), [810, 900, 990]);
+  } finally {
+    for (const listener of listeners) listener.close();
+    await Promise.all(accepting);
+  }
 });

@@ -32,6 +32,7 @@ import { formatAddress } from "../cli/address.ts";
 import type { UpstreamSpec } from "../cli/upstreams.ts";
 import type { UpstreamStats } from "../stats/stats.ts";
 import { backoffDelay } from "./dial_with_retry.ts";
+import { systemTimers, type Timers } from "./engine_config.ts";
 import { type CheckResult, checkUpstream, type HealthMode } from "./health_check.ts";
 import { dialUpstream, isLocalError, UpstreamError } from "./upstream.ts";
 import type { TargetConnection, TargetDialOptions, UpstreamTarget } from "./upstream_target.ts";
@@ -65,8 +66,10 @@ export interface UpstreamPoolOptions {
   ejectMs?: number;
   /** Milliseconds now. @default {performance.now} */
   now?: () => number;
-  /** Random numbers in [0, 1) for backoff jitter. @default {Math.random} */
+  /** Random numbers in [0, 1) for backoff and check jitter. @default {Math.random} */
   random?: () => number;
+  /** Timers of the check schedule (tests move them by hand). @default {the global timers} */
+  timers?: Timers;
   /** State changes are logged here. */
   logger?: Logger;
   /**
@@ -175,6 +178,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
   #options: UpstreamPoolOptions;
   #now: () => number;
   #random: () => number;
+  #timers: Timers;
   #logger: Logger | undefined;
   #stop = new AbortController();
   #loops = new Set<Promise<void>>();
@@ -198,6 +202,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     this.#options = options;
     this.#now = options.now ?? (() => performance.now());
     this.#random = options.random ?? Math.random;
+    this.#timers = options.timers ?? systemTimers;
     this.#logger = options.logger;
     this.label = specs.length === 1
       ? formatAddress(specs[0].address)
@@ -597,7 +602,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
   async #checkLoop(member: Member, generation: number, offsetMs: number): Promise<void> {
     const signal = this.#stop.signal;
     const current = () => !signal.aborted && member.generation === generation;
-    await waitOrAbort(offsetMs, signal);
+    await waitOrAbort(offsetMs, signal, this.#timers);
     while (current()) {
       const result = await checkUpstream(member.spec.address, {
         mode: this.#options.mode,
@@ -608,7 +613,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
       if (!current()) return; // stopped, removed or moved meanwhile: the result is stale
       this.#record(member, result);
       // Jittered by ±10 %: upstreams checked together once drift apart, never into phase.
-      await waitOrAbort(this.#period() * (0.9 + 0.2 * this.#random()), signal);
+      await waitOrAbort(this.#period() * (0.9 + 0.2 * this.#random()), signal, this.#timers);
     }
   }
 
