@@ -70,7 +70,7 @@ Deno.test("reload adds and removes an upstream under load without dropping a con
   const write = (forward: string[]) =>
     Deno.writeTextFile(
       path,
-      JSON.stringify({ forward, "health-interval": "50ms", "health-rise": 1 }, null, 2),
+      JSON.stringify({ forward, "health-interval": "100ms", "health-rise": 1 }, null, 2),
     );
   await write([`a=127.0.0.1:${a.addr.port}`]);
   try {

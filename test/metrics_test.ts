@@ -8,7 +8,17 @@ import {
 } from "../src/http/metrics.ts";
 import { MSG_ACK, MSG_REQ } from "../src/protocol/analyzer.ts";
 import { LatencyStats, LatencyTracker } from "../src/stats/latency.ts";
-import { Stats } from "../src/stats/stats.ts";
+import { Stats, type UpstreamStats } from "../src/stats/stats.ts";
+import { createStatsApp } from "../src/http/stats_app.ts";
+import { UpstreamPool } from "../src/proxy/upstream_pool.ts";
+import {
+  connectTo,
+  LineReader,
+  listenLocal,
+  startProxy,
+  startUpstream,
+  writeAll,
+} from "./_util.ts";
 
 interface Sample {
   name: string;
@@ -16,13 +26,19 @@ interface Sample {
   value: number;
 }
 
-/** A strict reader of the 0.0.4 text format: throws on any line it does not understand. */
+/**
+ * A strict reader of the 0.0.4 text format (what promtool checks): throws on any line it does not
+ * understand, a family declared twice or with TYPE before HELP, a sample before its TYPE, the
+ * samples of one family not contiguous, a duplicate series (name and labels), a bad value.
+ */
 function parseExposition(text: string): { samples: Sample[]; types: Map<string, string> } {
   assert.ok(text.endsWith("\n"), "the exposition must end with a newline");
   const types = new Map<string, string>();
   const helps = new Set<string>();
   const samples: Sample[] = [];
   const seen = new Set<string>();
+  const finished = new Set<string>(); // families whose samples ended: none may follow
+  let current: string | undefined;
   for (const line of text.slice(0, -1).split("\n")) {
     let m = /^# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) (.*)$/.exec(line);
     if (m) {
@@ -52,8 +68,13 @@ function parseExposition(text: string): { samples: Sample[]; types: Map<string, 
     }
     const value = m[3] === "+Inf" ? Infinity : m[3] === "-Inf" ? -Infinity : Number(m[3]);
     assert.ok(!Number.isNaN(value) || m[3] === "NaN", `bad value in ${line}`);
-    const family = m[1].replace(/_(bucket|sum|count)$/, "");
+    const family = types.has(m[1]) ? m[1] : m[1].replace(/_(bucket|sum|count)$/, "");
     assert.ok(types.has(m[1]) || types.get(family) === "histogram", `no TYPE for ${m[1]}`);
+    if (family !== current) {
+      assert.ok(!finished.has(family), `the samples of ${family} are not contiguous`);
+      if (current !== undefined) finished.add(current);
+      current = family;
+    }
     const key = line.slice(0, line.lastIndexOf(" "));
     assert.ok(!seen.has(key), `duplicate series ${key}`);
     seen.add(key);
@@ -141,7 +162,6 @@ Deno.test("renderMetrics() exposes messages, invalid, connections, bytes and rat
   assert.equal(find(samples, closed, { reason: "client_closed" }), 2);
   assert.equal(find(samples, closed, { reason: "upstream_unreachable" }), 1);
   assert.equal(find(samples, closed, { reason: "shutdown" }), 0);
-  assert.equal(find(samples, "foo_proxy_upstream_connect_failures_total"), 1);
   assert.equal(find(samples, "foo_proxy_upstream_errors_total"), 3);
   assert.equal(find(samples, "foo_proxy_upstream_connect_retries_total"), 2);
   assert.equal(find(samples, "foo_proxy_inflight_limit_pauses_total"), 5);
@@ -236,4 +256,80 @@ Deno.test("escaping helpers follow the exposition format rules", () => {
   assert.equal(formatValue(NaN), "NaN");
   assert.equal(formatValue(0.00025), "0.00025");
   assert.equal(formatValue(12), "12");
+});
+
+function upstreamRow(name: string, figures: Partial<UpstreamStats> = {}): UpstreamStats {
+  return {
+    name,
+    address: "127.0.0.1:1",
+    weight: 1,
+    state: "up",
+    connections_active: 0,
+    connections_total: 0,
+    requests: 0,
+    replies: 0,
+    connect_failures: 0,
+    stream_errors: 0,
+    ejections: 0,
+    last_check: null,
+    ...figures,
+  };
+}
+
+Deno.test("renderMetrics() with upstreams declares every family once, its samples together, no series twice", () => {
+  const { stats, latency } = busyStats();
+  stats.upstreams = () => [
+    upstreamRow("a", { connect_failures: 3 }),
+    upstreamRow("b", { stream_errors: 2, state: "draining" }),
+  ];
+  const { samples, types } = parseExposition(renderMetrics(stats.snapshot(), { latency }));
+  assert.equal(types.get("foo_proxy_upstream_connect_failures_total"), "counter");
+  assert.equal(find(samples, "foo_proxy_upstream_connect_failures_total", { upstream: "a" }), 3);
+  assert.equal(find(samples, "foo_proxy_upstream_stream_errors_total", { upstream: "b" }), 2);
+  assert.equal(
+    samples.filter((s) => s.name === "foo_proxy_upstream_connect_failures_total").length,
+    2,
+    "one series per upstream, and no unlabelled one mixed in",
+  );
+});
+
+Deno.test("the /metrics page of a proxy whose upstreams failed parses strictly, and its totals are the sums of the rows", async () => {
+  const gone = listenLocal();
+  const dead = gone.addr;
+  gone.close(); // refused from now on
+  using flaky = listenLocal(); // accepts, reads a REQ, closes with its reply owed
+  const stats = new Stats({ clock: () => performance.now() });
+  await using pool = new UpstreamPool([
+    { name: "dead", address: { hostname: "127.0.0.1", port: dead.port }, weight: 1 },
+    { name: "flaky", address: { hostname: "127.0.0.1", port: flaky.addr.port }, weight: 1 },
+  ], { policy: "first", intervalMs: 0, ejectAfter: 0, counters: stats });
+  stats.upstreams = () => pool.snapshot();
+  await using upstream = await startUpstream();
+  await using proxy = await startProxy(upstream.addr, { target: pool, stats, connectRetries: 1 });
+  for (let k = 1; k <= 3; k++) {
+    using client = await connectTo(proxy.addr);
+    await writeAll(client, `REQ ${k}\n`);
+    const server = await flaky.accept();
+    await new LineReader(server).readLines(1);
+    server.close();
+    assert.equal(await new LineReader(client).readLine(), null, "closed after the upstream left");
+  }
+  await proxy.drained();
+  const snap = stats.snapshot();
+  const rows = snap.upstreams;
+  assert.deepEqual(rows.map((u) => [u.name, u.connect_failures, u.stream_errors]), [
+    ["dead", 3, 0],
+    ["flaky", 0, 3],
+  ]);
+  assert.equal(snap.upstream_errors, 6, "connect failures plus stream errors, as the rows say");
+  const page = await (await createStatsApp({ stats }).request("/metrics")).text();
+  const { samples } = parseExposition(page);
+  const sum = (name: string) =>
+    samples.filter((s) => s.name === name).reduce((total, s) => total + s.value, 0);
+  assert.equal(
+    find(samples, "foo_proxy_upstream_errors_total"),
+    sum("foo_proxy_upstream_connect_failures_total") +
+      sum("foo_proxy_upstream_stream_errors_total"),
+  );
+  assert.equal(sum("foo_proxy_upstream_connect_failures_total"), 3);
 });

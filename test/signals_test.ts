@@ -164,3 +164,32 @@ Deno.test("Ctrl-C at a terminal: SIGINT to the process group of deno task start 
     await Promise.all([stdout.done, stderr.done]);
   }
 });
+
+Deno.test("with 400 upstreams the stats line (over 64 KiB) is printed whole on SIGUSR2 and at exit", async () => {
+  await using upstream = await startUpstream();
+  const many = Array.from(
+    { length: 400 },
+    (_, k) => `upstream-${k}=127.0.0.1:${upstream.addr.port}`,
+  );
+  const { child, port } = await spawnProxy(upstream.addr, [
+    `--forward=${many.join(",")}`,
+    "--health-interval=0", // no probe traffic: the line's size is the point
+  ]);
+  await using _child = child;
+  {
+    using client = await connectTo(port);
+    await writeAll(client, "REQ 1\n");
+    assert.deepEqual(await new LineReader(client).readLines(1), ["ACK 1"]);
+  }
+  child.kill("SIGUSR2");
+  const line = (await child.readLine()) ?? "";
+  assert.ok(line.length > 64 * 1024, `a line of ${line.length} bytes`);
+  const stats = JSON.parse(line);
+  assert.equal(stats.upstreams.length, 401);
+  assert.equal(stats.stats_lines_dropped, 0);
+  child.kill("SIGTERM");
+  assert.equal((await child.status()).code, 0);
+  const final = JSON.parse((await child.readLine()) ?? "null");
+  assert.equal(final.upstreams.length, 401);
+  assert.equal(final.msg_ack, 1);
+});

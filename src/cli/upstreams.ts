@@ -6,6 +6,7 @@
  */
 import { type Address, formatAddress } from "./address.ts";
 import { parseAddressFlag } from "./address_flag.ts";
+import { parseDuration } from "./duration.ts";
 import { UsageError } from "./flags.ts";
 
 /** One configured upstream. */
@@ -21,17 +22,51 @@ export interface UpstreamSpec {
 export const MAX_WEIGHT = 1000;
 
 /**
+ * Most upstreams one proxy takes: each is health-checked and has a row in every stats line and
+ * ten `/metrics` series; past this a set is a misconfiguration (or an attack on a config file).
+ */
+export const MAX_UPSTREAMS = 1000;
+
+/** Shortest `--health-interval` other than 0 (none): faster checks are probe floods. */
+export const MIN_HEALTH_INTERVAL_MS = 100;
+
+/**
+ * Parses `--health-interval`: a duration of at least {@linkcode MIN_HEALTH_INTERVAL_MS}, or 0
+ * (no active checks).
+ *
+ * @throws {UsageError} for a bad duration or one below the floor.
+ */
+export function parseHealthInterval(value: string | boolean | undefined): number {
+  const ms = parseDuration("health-interval", value);
+  if (ms > 0 && ms < MIN_HEALTH_INTERVAL_MS) {
+    throw new UsageError(
+      `--health-interval: ${
+        String(value).trim()
+      } is below the floor of ${MIN_HEALTH_INTERVAL_MS}ms (0 turns the checks off)`,
+    );
+  }
+  return ms;
+}
+
+/**
  * Parses `--forward` values (each may hold a comma-separated list).
  *
- * @throws {UsageError} naming the bad entry: empty, bad address, bad weight, duplicate name.
+ * @throws {UsageError} naming the bad entry: empty, bad address, bad weight, duplicate name;
+ * or for more than {@linkcode MAX_UPSTREAMS} upstreams.
  */
 export function parseUpstreams(
   values: readonly string[],
   defaultHost = "localhost",
 ): UpstreamSpec[] {
   const specs: UpstreamSpec[] = [];
+  const names = new Set<string>();
   for (const value of values) {
     for (const raw of value.split(",")) {
+      if (specs.length === MAX_UPSTREAMS) {
+        throw new UsageError(
+          `--forward: more than ${MAX_UPSTREAMS} upstreams; a proxy takes at most ${MAX_UPSTREAMS}`,
+        );
+      }
       const text = raw.trim();
       if (text === "") throw new UsageError(`--forward: an empty entry in "${value}"`);
       const named = /^([A-Za-z][\w.-]{0,62})=(.+)$/.exec(text);
@@ -46,9 +81,8 @@ export function parseUpstreams(
       }
       const address = parseAddressFlag("forward", addressText, { defaultHost });
       const name = named ? named[1] : formatAddress(address);
-      if (specs.some((s) => s.name === name)) {
-        throw new UsageError(`--forward: "${name}" is given twice`);
-      }
+      if (names.has(name)) throw new UsageError(`--forward: "${name}" is given twice`);
+      names.add(name);
       specs.push({ name, address, weight });
     }
   }

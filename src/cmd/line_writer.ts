@@ -2,7 +2,9 @@
  * Output that never blocks traffic: lines are queued and written by one asynchronous writer, so
  * a reader that stalls (a stdout or stderr pipe nobody reads) holds up nothing but the queue.
  * Past a bounded queue new lines are dropped and counted; when the reader catches up, one line
- * says how many were lost.
+ * says how many were lost. The bound is for a reader that stalls, not for a line's size: a line
+ * bigger than the bound itself (a stats line with hundreds of upstreams), which could never fit,
+ * is taken when no other line waits.
  *
  * Measured with Deno 2.9.6: `Deno.stdout.write()` on a full pipe stays pending without blocking
  * the event loop, while `writeSync` blocks the whole process.
@@ -13,10 +15,12 @@
 /** Options for {@linkcode LineWriter}. */
 export interface LineWriterOptions {
   /**
-   * Most bytes queued; a line that does not fit is dropped. About 500 log lines: a burst rides
-   * it out, a stalled reader costs no more. Counted in UTF-16 units of the queued text (lines
-   * are encoded a batch at a time, when written), which is the byte count for ASCII text and
-   * at most a third of it otherwise. @default {65536}
+   * Most bytes queued; a line that does not fit is dropped. A line bigger than this, which could
+   * never fit, is taken when no other line waits (so at most one waits behind the write under
+   * way): a line is never dropped for its size alone. About 500 log lines: a burst rides it out,
+   * a stalled reader costs no more. Counted in UTF-16 units of the queued text (lines are
+   * encoded a batch at a time, when written), which is the byte count for ASCII text and at most
+   * a third of it otherwise. @default {65536}
    */
   maxQueuedBytes?: number;
   /** Called once per dropped line. Unset: only {@linkcode LineWriter.dropped} counts. */
@@ -103,7 +107,12 @@ export class LineWriter {
    */
   write(text: string, onDrop?: () => void): boolean {
     // Written so that a length that is not a number (a caller past the types) is refused too.
-    if (this.#failed || !(this.#queued + text.length <= this.#max)) {
+    // A line bigger than the bound could never fit: it is taken when no line waits, since the
+    // bound is there for a stalled reader and a line that is merely big (the stats with many
+    // upstreams) must not vanish.
+    const fits = this.#queued + text.length <= this.#max ||
+      (text.length > this.#max && this.#queue.length === 0);
+    if (this.#failed || !fits) {
       this.#dropped++;
       this.#droppedSinceNotice++;
       (onDrop ?? this.#onDrop)?.();

@@ -14,7 +14,7 @@ import {
 } from "../cli/permissions.ts";
 import { formatFlagHelp, formatSynopsis } from "../cli/flag_help.ts";
 import { DURATION_HELP } from "../cli/duration.ts";
-import { parseUpstreams, type UpstreamSpec } from "../cli/upstreams.ts";
+import { parseHealthInterval, parseUpstreams, type UpstreamSpec } from "../cli/upstreams.ts";
 import { ConfigFileError, parseConfigFile } from "../cli/config_file.ts";
 import type { HealthMode } from "../proxy/health_check.ts";
 import { type BalancePolicy, UpstreamPool } from "../proxy/upstream_pool.ts";
@@ -60,7 +60,7 @@ export const PROXY_FLAGS: Record<string, FlagSpec> = {
     value: "ADDR[,ADDR…]",
     multiple: true,
     help:
-      "the upstream Foo server(s): a list and/or repeated flags, each [NAME=]HOST:PORT[*WEIGHT]",
+      "the upstream Foo server(s), at most 1000: a list and/or repeated flags, each [NAME=]HOST:PORT[*WEIGHT]",
   },
   balance: {
     type: "string",
@@ -73,7 +73,7 @@ export const PROXY_FLAGS: Record<string, FlagSpec> = {
     type: "string",
     default: "2s",
     value: "DUR",
-    help: "time between two health checks of one upstream (0 = none)",
+    help: "time between two health checks of one upstream: at least 100ms, or 0 = none",
   },
   "health-timeout": {
     type: "string",
@@ -392,7 +392,7 @@ export function parseProxyConfig(
     forward: upstreams[0].address,
     upstreams,
     balance: parseChoiceFlag("balance", v.balance, ["leastconn", "roundrobin", "first"] as const),
-    healthIntervalMs: parseDuration("health-interval", v["health-interval"]),
+    healthIntervalMs: parseHealthInterval(v["health-interval"]),
     healthTimeoutMs: parseDuration("health-timeout", v["health-timeout"]),
     healthMode: parseChoiceFlag("health-mode", v["health-mode"], ["foo", "tcp"] as const),
     healthRise: parseIntegerFlag("health-rise", v["health-rise"], { min: 1, max: 100 }),
@@ -834,6 +834,7 @@ async function serveProxy(
     ejectAfter: config.ejectAfter,
     ejectMs: config.ejectMs,
     logger,
+    counters: stats,
   });
   stats.upstreams = () => pool.snapshot();
   if (config.configPath !== null) {
@@ -1009,8 +1010,8 @@ async function serveProxy(
   }
   persister?.start();
   // One upstream is dialed whatever its checks say (as a last resort), so they serve only
-  // /readyz: without a health app it sees no probe traffic, as before.
-  if (config.upstreams.length > 1 || observability.healthAddr !== undefined) pool.start();
+  // /readyz: without a health app it sees no probe traffic, until a reload adds upstreams.
+  pool.start({ checkLone: observability.healthAddr !== undefined });
   const why = await stop.promise;
   observability.markStopping(); // /readyz fails from the first signal on
   logger.info(

@@ -95,17 +95,19 @@ export function renderMetrics(snapshot: StatsSnapshot, options: RenderMetricsOpt
   }
 
   out.family(
-    "foo_proxy_upstream_connect_failures_total",
-    "counter",
-    "Attempts to connect to the upstream that failed (refused, unreachable or timed out).",
-  );
-  out.sample("foo_proxy_upstream_connect_failures_total", {}, closed.upstream_unreachable ?? 0);
-  out.family(
     "foo_proxy_upstream_errors_total",
     "counter",
-    "Upstream connect failures plus upstream connections that failed mid-stream.",
+    "Failed connects to an upstream plus upstream connections that failed mid-stream (the sum of " +
+      "the per-upstream connect failures and stream errors, and of upstreams removed since).",
   );
   out.sample("foo_proxy_upstream_errors_total", {}, snapshot.upstream_errors);
+  out.family(
+    "foo_proxy_upstream_local_errors_total",
+    "counter",
+    "Upstream connects that failed for want of a local resource (EMFILE, ENFILE, ENOBUFS, " +
+      "ENOMEM, EADDRNOTAVAIL): the proxy's trouble, never counted against an upstream.",
+  );
+  out.sample("foo_proxy_upstream_local_errors_total", {}, snapshot.upstream_local_errors);
   out.family(
     "foo_proxy_upstream_connect_retries_total",
     "counter",
@@ -349,13 +351,13 @@ function renderUpstreams(out: Exposition, upstreams: StatsSnapshot["upstreams"])
   each(
     "foo_proxy_upstream_connect_failures_total",
     "counter",
-    "Failed connects to each upstream.",
+    "Failed connects to each upstream (every attempt, failovers included).",
     (u) => u.connect_failures,
   );
   each(
     "foo_proxy_upstream_stream_errors_total",
     "counter",
-    "Connections to each upstream that failed mid-stream.",
+    "Connections to each upstream that failed mid-stream (reset, or closed with replies owed).",
     (u) => u.stream_errors,
   );
   each(

@@ -7,7 +7,7 @@
  * @module
  */
 import type { Address } from "../cli/address.ts";
-import { describeError, dialUpstream } from "./upstream.ts";
+import { describeError, dialUpstream, isLocalError } from "./upstream.ts";
 
 /** How an upstream is checked. */
 export type HealthMode = "foo" | "tcp";
@@ -19,6 +19,11 @@ export interface CheckResult {
   latencyMs: number;
   /** Why it failed (unset when ok). */
   error?: string;
+  /**
+   * The check could not be made for want of a local resource (EMFILE…): it says nothing about
+   * the upstream. Unset otherwise.
+   */
+  local?: boolean;
 }
 
 /** Options for {@linkcode checkUpstream}. */
@@ -54,7 +59,8 @@ export async function checkUpstream(
   try {
     conn = await dialUpstream(address, { timeoutMs, signal: options.signal });
   } catch (error) {
-    return result(false, error instanceof Error ? error.message : String(error));
+    const failed = result(false, error instanceof Error ? error.message : String(error));
+    return isLocalError(error) ? { ...failed, local: true } : failed;
   }
   if ((options.mode ?? "foo") === "tcp") {
     closeQuietly(conn);

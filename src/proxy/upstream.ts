@@ -4,6 +4,7 @@
  * @module
  */
 import { type Address, formatAddress } from "../cli/address.ts";
+import { RESOURCE_ERROR_CODES } from "../net/accept_loop.ts";
 
 /** The upstream could not be reached (refused, unreachable, or the connect timed out). */
 export class UpstreamError extends Error {
@@ -60,7 +61,11 @@ export async function dialUpstream(
     conn.setNoDelay(true);
     return conn;
   } catch (error) {
-    const why = timedOut ? `connect timed out after ${timeoutMs} ms` : describeError(error);
+    const why = timedOut
+      ? `connect timed out after ${timeoutMs} ms`
+      : isLocalError(error)
+      ? `${describeError(error)} (a local resource error of the proxy, not the upstream's)`
+      : describeError(error);
     throw new UpstreamError(
       `Cannot dial upstream "${formatAddress(address)}": ${why}`,
       address,
@@ -70,6 +75,23 @@ export async function dialUpstream(
     clearTimeout(timer);
     outer?.removeEventListener("abort", onAbort);
   }
+}
+
+/**
+ * Error codes that mean the proxy itself is out of something (descriptors, buffers, memory,
+ * ephemeral ports), whoever it was connecting to.
+ */
+const LOCAL_ERROR_CODES: ReadonlySet<string> = new Set([...RESOURCE_ERROR_CODES, "EADDRNOTAVAIL"]);
+
+/**
+ * Whether a connect failed for want of a local resource (EMFILE, ENFILE, ENOBUFS, ENOMEM,
+ * EADDRNOTAVAIL): never the upstream's fault. Looks through an {@linkcode UpstreamError}'s cause.
+ */
+export function isLocalError(error: unknown): boolean {
+  const cause = error instanceof UpstreamError ? error.cause : error;
+  if (cause instanceof Deno.errors.AddrNotAvailable) return true;
+  const code = (cause as { code?: unknown } | null)?.code;
+  return typeof code === "string" && LOCAL_ERROR_CODES.has(code);
 }
 
 /** A short lower-case reason for a network error ("connection refused", …). */

@@ -7,13 +7,23 @@
  *   given: primary and backups; weights do not matter to it).
  * - **Active health checks** ({@linkcode checkUpstream}): every `intervalMs` per upstream;
  *   `rise` good checks in a row bring it up, `fall` bad ones take it down (HAProxy's 2 and 3).
+ *   The first checks are spread evenly over the interval and every wait is jittered (±10 %), so
+ *   a large set is never checked in phase; with more than {@linkcode MAX_CHECKS_PER_SECOND}
+ *   upstreams per second of interval, the interval stretches. An upstream a reload adds (or
+ *   moves to another address) takes no client until its first check passes.
+ * - **Local errors** (EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL) are the proxy's trouble:
+ *   counted apart, never against an upstream, never an ejection.
  * - **Passive outlier ejection**: `ejectAfter` connect failures or mid-stream errors in a row eject
  *   an upstream for `ejectMs` × 2^(ejections so far) (capped at 5 min, as Envoy grows it); it
  *   returns through the next good active check after that.
  * - **Failover**: a refused or timed-out connect is tried on another upstream (the retries count
  *   across the set); with every upstream down the down ones are still tried, as a last resort,
  *   so one upstream behaves exactly as before.
- * - **Draining**: a drained upstream gets no new connection; its open ones finish.
+ * - **Draining**: a drained upstream gets no new connection; its open ones finish. With every
+ *   upstream draining, a dial fails at once with {@linkcode NoUpstreamError}.
+ * - **Names are unique at every moment**: a reload that changes an upstream's address keeps it
+ *   (its counters, its connections to the old address); one removed while it has connections is
+ *   listed as `draining` until they end, and re-adding it takes it back.
  *
  * @module
  */
@@ -22,8 +32,9 @@ import { formatAddress } from "../cli/address.ts";
 import type { UpstreamSpec } from "../cli/upstreams.ts";
 import type { UpstreamStats } from "../stats/stats.ts";
 import { backoffDelay } from "./dial_with_retry.ts";
+import { systemTimers, type Timers } from "./engine_config.ts";
 import { type CheckResult, checkUpstream, type HealthMode } from "./health_check.ts";
-import { dialUpstream, UpstreamError } from "./upstream.ts";
+import { dialUpstream, isLocalError, UpstreamError } from "./upstream.ts";
 import type { TargetConnection, TargetDialOptions, UpstreamTarget } from "./upstream_target.ts";
 import { waitOrAbort } from "./wait_or_abort.ts";
 
@@ -55,11 +66,56 @@ export interface UpstreamPoolOptions {
   ejectMs?: number;
   /** Milliseconds now. @default {performance.now} */
   now?: () => number;
-  /** Random numbers in [0, 1) for backoff jitter. @default {Math.random} */
+  /** Random numbers in [0, 1) for backoff and check jitter. @default {Math.random} */
   random?: () => number;
+  /** Timers of the check schedule (tests move them by hand). @default {the global timers} */
+  timers?: Timers;
   /** State changes are logged here. */
   logger?: Logger;
+  /**
+   * The process-wide counters this pool adds each failure to (`Stats` fits), so the
+   * totals are the sums of the rows, plus those of upstreams removed since. Unset: rows only.
+   */
+  counters?: UpstreamCounters;
 }
+
+/** Process-wide upstream counters a pool adds to. */
+export interface UpstreamCounters {
+  /** Failed connects (every attempt). */
+  upstreamConnectFailures: number;
+  /** Upstream connections that failed mid-stream. */
+  upstreamStreamErrors: number;
+  /** Connects and checks that failed for want of a local resource (never an upstream's fault). */
+  upstreamLocalErrors: number;
+}
+
+/** Options for {@linkcode UpstreamPool.start}. */
+export interface PoolStartOptions {
+  /**
+   * Whether a set of one upstream is checked too. One upstream is dialed whatever its checks say
+   * (as a last resort), so its checks serve only `/readyz`; a reload that adds upstreams starts
+   * the checks of every one. @default {true}
+   */
+  checkLone?: boolean;
+}
+
+/** No upstream can take a connection: every one is draining. */
+export class NoUpstreamError extends Error {
+  /** Creates the error; `message` says why. */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "NoUpstreamError";
+  }
+}
+
+/**
+ * Most checks started per second across the set: past it each upstream's interval stretches
+ * (1000 upstreams at a 100 ms interval are checked once a second each, not 10 000 times).
+ */
+export const MAX_CHECKS_PER_SECOND = 1000;
+
+/** A local error is logged at most this often (a flood of them is one line a second). */
+const LOCAL_ERROR_LOG_MS = 1000;
 
 /** One upstream's figures, for `/stats`, `/metrics` and the SIGUSR2 line. */
 export type UpstreamSnapshot = UpstreamStats;
@@ -73,9 +129,11 @@ interface LeaseCounters {
 }
 
 class Member {
-  readonly spec: UpstreamSpec;
-  readonly label: string;
+  spec: UpstreamSpec;
+  label: string;
   healthy = true; // by the active checks (starts up: traffic flows before the first check)
+  /** Added by a reload (or moved) while checks run: down until its first check passes. */
+  awaitingFirstCheck = false;
   draining = false;
   ejectedUntil = 0;
   ejected = false;
@@ -93,6 +151,10 @@ class Member {
   current = 0; // smooth weighted round robin
   removed = false; // no longer configured: its check loop ends
   lastCheck: (CheckResult & { at: number }) | undefined;
+  /** Bumped to end its check loop (removed, moved): a loop runs while its generation is current. */
+  generation = 0;
+  /** Whether a check loop of the current generation runs. */
+  checking = false;
 
   constructor(spec: UpstreamSpec) {
     this.spec = spec;
@@ -100,7 +162,7 @@ class Member {
   }
 
   state(): UpstreamState {
-    if (this.draining) return "draining";
+    if (this.draining || this.removed) return "draining";
     if (this.ejected) return "ejected";
     return this.healthy ? "up" : "down";
   }
@@ -111,38 +173,85 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
   /** Names and addresses, for log lines. */
   readonly label: string;
   #members: Member[];
+  /** Every upstream listed, configured or leaving, by name: names are unique at every moment. */
+  #byName = new Map<string, Member>();
   #options: UpstreamPoolOptions;
   #now: () => number;
+  #random: () => number;
+  #timers: Timers;
   #logger: Logger | undefined;
   #stop = new AbortController();
-  #loops: Promise<void>[] = [];
-  #checking = false;
+  #loops = new Set<Promise<void>>();
+  #started = false;
+  #checkLone = true;
   /** Removed upstreams whose last connections have not ended yet. */
-  #leaving = new Set<Member>();
+  #leaving = new Map<string, Member>();
+  #lastLocalLog = -Infinity;
+  #localSinceLog = 0;
 
-  /** A pool of `specs` (at least one); checks start with {@linkcode start}. */
+  /**
+   * A pool of `specs` (at least one, names unique); checks start with {@linkcode start}.
+   *
+   * @throws {RangeError} for an empty set or a name given twice.
+   */
   constructor(specs: readonly UpstreamSpec[], options: UpstreamPoolOptions = {}) {
     if (specs.length === 0) throw new RangeError("UpstreamPool needs at least one upstream");
+    assertUniqueNames(specs);
     this.#members = specs.map((spec) => new Member(spec));
+    for (const member of this.#members) this.#byName.set(member.spec.name, member);
     this.#options = options;
     this.#now = options.now ?? (() => performance.now());
+    this.#random = options.random ?? Math.random;
+    this.#timers = options.timers ?? systemTimers;
     this.#logger = options.logger;
     this.label = specs.length === 1
       ? formatAddress(specs[0].address)
       : specs.map((s) => s.name).join(",");
   }
 
-  /** Starts the active health checks (when `intervalMs` > 0). */
-  start(): void {
-    if ((this.#options.intervalMs ?? 2000) <= 0 || this.#checking) return;
-    this.#checking = true;
-    for (const member of this.#members) this.#loops.push(this.#checkLoop(member));
+  /**
+   * Starts the active health checks (when `intervalMs` > 0), the first ones spread evenly over
+   * the interval.
+   */
+  start(options: PoolStartOptions = {}): void {
+    if (this.#started) return;
+    this.#started = true;
+    this.#checkLone = options.checkLone ?? true;
+    this.#startChecks();
   }
 
   /** Stops the checks; resolves when they have. */
   async close(): Promise<void> {
     this.#stop.abort();
     await Promise.all(this.#loops);
+  }
+
+  /** Whether checks run for this set now (started, an interval, more than one or `checkLone`). */
+  #checksWanted(): boolean {
+    return this.#started && (this.#options.intervalMs ?? 2000) > 0 &&
+      (this.#checkLone || this.#members.length > 1);
+  }
+
+  /**
+   * Starts a check loop for each upstream that has none (all at start; those a reload added or
+   * moved, and a lone one once the set grows), their first checks spread over the interval.
+   */
+  #startChecks(): void {
+    if (!this.#checksWanted()) return;
+    const waiting = this.#members.filter((m) => !m.checking);
+    const period = this.#period();
+    waiting.forEach((member, i) => {
+      member.checking = true;
+      const loop = this.#checkLoop(member, member.generation, (i * period) / waiting.length);
+      this.#loops.add(loop);
+      void loop.finally(() => this.#loops.delete(loop));
+    });
+  }
+
+  /** Time between two checks of one upstream: the interval, stretched for a large set. */
+  #period(): number {
+    const interval = this.#options.intervalMs ?? 2000;
+    return Math.max(interval, (this.#members.length * 1000) / MAX_CHECKS_PER_SECOND);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -160,7 +269,13 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     if (down.length === 0) return `all ${this.#members.length} upstream(s) up`;
     return `not up: ${
       down.map((m) =>
-        `${m.spec.name} (${m.state()}${m.lastCheck?.error ? `: ${m.lastCheck.error}` : ""})`
+        `${m.spec.name} (${m.state()}${
+          m.lastCheck?.error
+            ? `: ${m.lastCheck.error}`
+            : m.awaitingFirstCheck
+            ? ": not checked yet"
+            : ""
+        })`
       ).join(", ")
     }`;
   }
@@ -171,38 +286,70 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
   }
 
   /**
-   * Replaces the upstream set (a reload) without dropping a connection: an upstream still named
-   * keeps its state and counters (and takes the new weight); a new one joins and is checked; one
-   * no longer named drains (no new connections) and leaves once its last connection ends.
+   * Replaces the upstream set (a reload) without dropping a connection, in time linear in the
+   * set: an upstream still named keeps its state and counters (and takes the new weight); one
+   * whose address changed keeps its name, counters and open connections (to the old address) but
+   * is checked afresh; a new one joins and is checked; one no longer named drains (no new
+   * connections) and leaves once its last connection ends, unless a later reload names it again.
    * Returns what changed, for the log.
+   *
+   * @throws {RangeError} for an empty set or a name given twice (nothing changes then).
    */
   update(specs: readonly UpstreamSpec[]): string[] {
+    if (specs.length === 0) throw new RangeError("UpstreamPool needs at least one upstream");
+    assertUniqueNames(specs);
+    // Whether the new set is checked (a lone upstream is not, without checkLone).
+    const checks = this.#started && (this.#options.intervalMs ?? 2000) > 0 &&
+      (this.#checkLone || specs.length > 1);
     const changes: string[] = [];
     const next: Member[] = [];
+    const named = new Set<string>();
     for (const spec of specs) {
-      const old = this.#members.find((m) =>
-        m.spec.name === spec.name && formatAddress(m.spec.address) === formatAddress(spec.address)
-      );
-      if (old) {
-        if (old.spec.weight !== spec.weight) changes.push(`${spec.name} weight ${spec.weight}`);
-        (old as { spec: UpstreamSpec }).spec = spec;
-        old.removed = false;
-        next.push(old);
-      } else {
+      named.add(spec.name);
+      const old = this.#byName.get(spec.name);
+      if (old === undefined) {
         const member = new Member(spec);
+        member.awaitingFirstCheck = checks;
+        member.healthy = !checks;
+        this.#byName.set(spec.name, member);
         next.push(member);
         changes.push(`${spec.name} added`);
-        if (this.#checking) this.#loops.push(this.#checkLoop(member));
+        continue;
       }
+      if (old.removed) {
+        old.removed = false;
+        old.draining = false;
+        this.#leaving.delete(spec.name);
+        changes.push(`${spec.name} added back (${old.active} connection(s) open)`);
+      }
+      const address = formatAddress(spec.address);
+      if (address !== old.label) {
+        changes.push(`${spec.name} moved to ${address}`);
+        old.label = address;
+        old.generation++; // the old address's checks end; the new one is checked afresh
+        old.checking = false;
+        old.lastCheck = undefined;
+        old.goodInARow = old.badInARow = old.failuresInARow = 0;
+        old.ejected = false;
+        old.awaitingFirstCheck = checks;
+        old.healthy = !checks;
+      } else if (old.spec.weight !== spec.weight) {
+        changes.push(`${spec.name} weight ${spec.weight}`);
+      }
+      old.spec = spec;
+      next.push(old);
     }
     for (const old of this.#members) {
-      if (next.includes(old)) continue;
+      if (named.has(old.spec.name)) continue;
       old.removed = true;
-      old.draining = true;
+      old.generation++;
+      old.checking = false;
       changes.push(`${old.spec.name} removed (draining ${old.active} connection(s))`);
-      if (old.active > 0) this.#leaving.add(old);
+      if (old.active > 0) this.#leaving.set(old.spec.name, old);
+      else this.#byName.delete(old.spec.name);
     }
     this.#members = next;
+    this.#startChecks();
     return changes;
   }
 
@@ -217,10 +364,10 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     return true;
   }
 
-  /** Undoes {@linkcode drain}; false when there is no such upstream. */
+  /** Undoes {@linkcode drain}; false when there is no such upstream (or it was removed). */
   enable(name: string): boolean {
     const member = this.#find(name);
-    if (!member) return false;
+    if (!member || member.removed) return false;
     if (member.draining) this.#logger?.info("Upstream {name} enabled again", { name });
     member.draining = false;
     return true;
@@ -230,7 +377,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
   snapshot(): UpstreamSnapshot[] {
     const now = this.#now();
     this.#expire(now);
-    return [...this.#members, ...this.#leaving].map((m) => ({
+    return [...this.#members, ...this.#leaving.values()].map((m) => ({
       name: m.spec.name,
       address: m.label,
       weight: m.spec.weight,
@@ -264,7 +411,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     for (let attempt = 0, round = 0; attempt <= retries; attempt++) {
       if (options.signal?.aborted) break;
       let member = this.#pick(failed, options.avoid);
-      if (member === undefined) {
+      if (member === undefined && failed.size > 0) {
         // Every candidate failed this round: back off, then try them all again.
         round++;
         const delayMs = backoffDelay(round, {
@@ -276,10 +423,11 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         await waitOrAbort(delayMs, options.signal);
         if (options.signal?.aborted) break;
         failed.clear();
-        member = this.#pick(failed, undefined)!;
+        member = this.#pick(failed, undefined);
       } else if (attempt > 0 && lastError instanceof UpstreamError) {
         options.onRetry?.(attempt, 0, lastError);
       }
+      if (member === undefined) throw this.#noUpstream();
       member.pending++;
       try {
         const conn = await dialUpstream(member.spec.address, {
@@ -296,7 +444,15 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         if (error instanceof UpstreamError && error.cause instanceof Deno.errors.NotCapable) {
           throw error; // a missing --allow-net grant: no other attempt can fix it
         }
+        if (isLocalError(error)) {
+          // The proxy is out of something: no upstream is to blame, and none would do better
+          // now, so the round ends here and the backoff gives the resource time to come back.
+          this.#localError(member, error);
+          for (const m of this.#members) failed.add(m);
+          continue;
+        }
         member.connectFailures++;
+        if (this.#options.counters) this.#options.counters.upstreamConnectFailures++;
         this.#failure(member, "connect failures");
         failed.add(member);
       }
@@ -307,6 +463,32 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
       this.#members[0].spec.address,
       { cause: lastError },
     );
+  }
+
+  #noUpstream(): NoUpstreamError {
+    const names = this.#members.slice(0, 10).map((m) => m.spec.name).join(", ");
+    const more = this.#members.length > 10 ? ` and ${this.#members.length - 10} more` : "";
+    return new NoUpstreamError(
+      `No upstream can take a connection: every upstream is draining (${names}${more})`,
+    );
+  }
+
+  /** Counts a connect or check that failed for want of a local resource; logs once a second. */
+  #localError(member: Member, error: unknown): void {
+    if (this.#options.counters) this.#options.counters.upstreamLocalErrors++;
+    this.#localSinceLog++;
+    const now = this.#now();
+    if (now - this.#lastLocalLog < LOCAL_ERROR_LOG_MS) return;
+    this.#lastLocalLog = now;
+    this.#logger?.error(
+      "Cannot connect to upstream {name}: {error}; a local resource error ({count} since the last such line), not counted against the upstream",
+      {
+        name: member.spec.name,
+        error: error instanceof Error ? error.message : String(error),
+        count: this.#localSinceLog,
+      },
+    );
+    this.#localSinceLog = 0;
   }
 
   #lease(member: Member, conn: Deno.TcpConn): TargetConnection {
@@ -321,9 +503,15 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         if (released) return;
         released = true;
         member.active--;
-        if (member.removed && member.active === 0) this.#leaving.delete(member);
+        if (
+          member.removed && member.active === 0 && this.#leaving.get(member.spec.name) === member
+        ) {
+          this.#leaving.delete(member.spec.name);
+          this.#byName.delete(member.spec.name);
+        }
         if (failed) {
           member.streamErrors++;
+          if (this.#options.counters) this.#options.counters.upstreamStreamErrors++;
           this.#failure(member, "mid-stream errors");
         }
       },
@@ -331,7 +519,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
   }
 
   #find(name: string): Member | undefined {
-    return this.#members.find((m) => m.spec.name === name);
+    return this.#byName.get(name);
   }
 
   #failure(member: Member, what: string): void {
@@ -401,9 +589,8 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
 
   // Without active checks an ejection ends when its time is up (nothing else could end it).
   #expire(now: number): void {
-    if (this.#checking) return;
     for (const m of this.#members) {
-      if (m.ejected && now >= m.ejectedUntil) {
+      if (m.ejected && !m.checking && now >= m.ejectedUntil) {
         m.ejected = false;
         this.#logger?.info("Upstream {name} back from ejection (its time is up)", {
           name: m.spec.name,
@@ -412,25 +599,47 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     }
   }
 
-  async #checkLoop(member: Member): Promise<void> {
-    const interval = this.#options.intervalMs ?? 2000;
+  async #checkLoop(member: Member, generation: number, offsetMs: number): Promise<void> {
     const signal = this.#stop.signal;
-    while (!signal.aborted && !member.removed) {
+    const current = () => !signal.aborted && member.generation === generation;
+    await waitOrAbort(offsetMs, signal, this.#timers);
+    while (current()) {
       const result = await checkUpstream(member.spec.address, {
         mode: this.#options.mode,
         timeoutMs: this.#options.checkTimeoutMs ?? 1000,
         now: this.#now,
         signal,
       });
-      if (signal.aborted) return;
+      if (!current()) return; // stopped, removed or moved meanwhile: the result is stale
       this.#record(member, result);
-      await waitOrAbort(interval, signal);
+      // Jittered by ±10 %: upstreams checked together once drift apart, never into phase.
+      await waitOrAbort(this.#period() * (0.9 + 0.2 * this.#random()), signal, this.#timers);
     }
   }
 
   #record(member: Member, result: CheckResult): void {
+    if (result.local) {
+      // The proxy could not even try (EMFILE…): says nothing about the upstream.
+      this.#localError(member, result.error);
+      return;
+    }
     member.lastCheck = { ...result, at: this.#now() };
     const name = member.spec.name;
+    if (member.awaitingFirstCheck) {
+      member.awaitingFirstCheck = false;
+      if (result.ok) {
+        member.goodInARow = 1;
+        member.healthy = true;
+        this.#logger?.info("Upstream {name} is up (its first check passed)", { name });
+      } else {
+        member.badInARow = 1;
+        this.#logger?.warning("Upstream {name} is down (its first check failed: {error})", {
+          name,
+          error: result.error ?? "failed",
+        });
+      }
+      return;
+    }
     if (result.ok) {
       member.goodInARow++;
       member.badInARow = 0;
@@ -457,5 +666,13 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         });
       }
     }
+  }
+}
+
+function assertUniqueNames(specs: readonly UpstreamSpec[]): void {
+  const names = new Set<string>();
+  for (const spec of specs) {
+    if (names.has(spec.name)) throw new RangeError(`Upstream "${spec.name}" is given twice`);
+    names.add(spec.name);
   }
 }

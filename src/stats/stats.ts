@@ -48,8 +48,21 @@ export interface StatsSnapshot {
   connections_total: number;
   /** Downstream connections closed at once because a limit was reached. */
   connections_rejected: number;
-  /** Upstream connect failures plus upstream connections that failed mid-stream. */
+  /**
+   * Upstream connect failures plus upstream connections that failed mid-stream: with per-upstream
+   * rows, `upstream_connect_failures + upstream_stream_errors` (the sums of the rows, plus those of
+   * upstreams removed since).
+   */
   upstream_errors: number;
+  /** Connects to an upstream that failed (every attempt, failovers included). */
+  upstream_connect_failures: number;
+  /** Upstream connections that failed mid-stream (reset, or closed with replies owed). */
+  upstream_stream_errors: number;
+  /**
+   * Upstream connects that failed for want of a local resource (EMFILE, ENFILE, ENOBUFS, ENOMEM,
+   * EADDRNOTAVAIL): the proxy's own trouble, never counted against an upstream.
+   */
+  upstream_local_errors: number;
   /** Bytes received from downstream clients (and forwarded upstream). */
   bytes_downstream: number;
   /** Bytes received from the upstream (and forwarded to clients). */
@@ -149,7 +162,18 @@ export class Stats {
   connectionsActive = 0;
   connectionsTotal = 0;
   connectionsRejected = 0;
+  /**
+   * Upstream failures counted by the engine (per client given up on, or failed mid-stream); the
+   * snapshot's `upstream_errors` when no per-upstream rows are reported. With rows (a pool),
+   * the pool counts each failure itself in the two counters below.
+   */
   upstreamErrors = 0;
+  /** Failed connects to an upstream, counted by the pool (each attempt). */
+  upstreamConnectFailures = 0;
+  /** Upstream connections that failed mid-stream, counted by the pool. */
+  upstreamStreamErrors = 0;
+  /** Upstream connects that failed for want of a local resource (never an upstream's fault). */
+  upstreamLocalErrors = 0;
   bytesDownstream = 0;
   bytesUpstream = 0;
   /** Upstream connect attempts that failed and were retried. */
@@ -250,7 +274,12 @@ export class Stats {
       connections_active: this.connectionsActive,
       connections_total: this.connectionsTotal,
       connections_rejected: this.connectionsRejected,
-      upstream_errors: this.upstreamErrors,
+      upstream_errors: this.upstreams === undefined
+        ? this.upstreamErrors
+        : this.upstreamConnectFailures + this.upstreamStreamErrors,
+      upstream_connect_failures: this.upstreamConnectFailures,
+      upstream_stream_errors: this.upstreamStreamErrors,
+      upstream_local_errors: this.upstreamLocalErrors,
       bytes_downstream: this.bytesDownstream,
       bytes_upstream: this.bytesUpstream,
       uptime_seconds: round3((now - this.startedAt) / 1000),
