@@ -422,8 +422,7 @@ Deno.test("foo-proxy top --help, -V and a bad --interval", async () => {
   await using bad = spawnMain(["top", "--interval", "10ms"]);
   assert.equal((await bad.status()).code, 2);
   assert.deepEqual(bad.stderr.text.trimEnd().split("\n"), [
-    'foo-proxy: Invalid value "10ms" for --interval: expected at least 100ms',
-    "Run 'foo-proxy top --help' for usage.",
+    `foo-proxy: Invalid value "10ms" for --interval: expected at least 100ms (see 'foo-proxy top --help')`,
   ]);
   assert.equal(bad.stdout.text, "");
 });
