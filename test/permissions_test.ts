@@ -224,3 +224,38 @@ Deno.test("--recovery-path needs read and write of its directory only: missing, 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("the --config permission hint is a command that runs: `src/main.ts proxy` once, then the flags", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "foo-proxy-config-hint-" });
+  try {
+    await using upstream = await startUpstream();
+    const config = `${dir}/foo-proxy.jsonc`;
+    await Deno.writeTextFile(
+      config,
+      JSON.stringify({ http: "off", health: "off", forward: `${LOCAL}:${upstream.addr.port}` }),
+    );
+    const listen = freePort();
+    // As `deno task start` runs it: the subcommand is named.
+    await using denied = spawnMain(["proxy", "--listen", `${LOCAL}:${listen}`, "--config", config]);
+    assert.equal((await denied.status()).code, 2, denied.stderr.text);
+    const text = denied.stderr.text;
+    assert.equal(text.split("\n").length, 2, "one line");
+    const hint = /; run: (deno run .*? src\/main\.ts .*?) \(deno task start cannot/.exec(text);
+    assert.ok(hint, text);
+    assert.match(hint[1], / src\/main\.ts proxy --listen /, "the subcommand once");
+    // The hint, pasted into a shell, starts the proxy.
+    await using hinted = spawnMain([], {
+      shellPrefix: `exec ${hint[1].replace(/^deno /, `'${Deno.execPath()}' `)} #`,
+    });
+    await hinted.stderr.waitFor(/Listening on/);
+    {
+      using conn = await connectTo(listen);
+      await writeAll(conn, "REQ 1\n");
+      assert.equal(await lineReader(conn).readLine(), "ACK 1");
+    }
+    hinted.kill("SIGTERM");
+    assert.equal((await hinted.status()).code, 0, hinted.stderr.text);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
