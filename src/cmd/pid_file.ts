@@ -58,6 +58,8 @@ export class PidFile {
         }: stop it first, or give this one another --pid-file`,
       );
     }
+    // A pid left by a proxy that was killed (nobody held its lock) must not pass for ours.
+    await file.truncate(0);
     return new PidFile(path, file);
   }
 
