@@ -8,7 +8,14 @@
  */
 import assert from "node:assert/strict";
 import { dirname } from "node:path";
-import { freePort, OutputLines, REPO_ROOT, startUpstream, withTimeout } from "./_util.ts";
+import {
+  freePort,
+  OutputLines,
+  REPO_ROOT,
+  startUpstream,
+  waitUntil,
+  withTimeout,
+} from "./_util.ts";
 
 /** One marked block: its name and its text. */
 interface PasteBlock {
@@ -94,16 +101,30 @@ async function runBlock(text: string, ports: PortMap, dir: string): Promise<Bloc
   }
 }
 
-/** Processes (not zombies) still in session `sid`, as `pid command` lines. */
+/**
+ * Processes (not zombies) still in session `sid`, as `pid (command)`. Read from /proc by bash:
+ * Deno lets a test read /proc only with --allow-all, and `ps` is not in every image.
+ */
 async function sessionProcesses(sid: number): Promise<string[]> {
-  const out = await new Deno.Command("ps", {
-    args: ["-s", String(sid), "-o", "pid=,stat=,args="],
+  // "pid (comm) state ppid pgrp session …"; comm may hold spaces and parentheses.
+  const script = `for f in /proc/[0-9]*/stat; do
+    read -r line < "$f" 2>/dev/null || continue
+    set -- \${line##*) }
+    if [ "$4" = "${sid}" ] && [ "$1" != Z ]; then echo "\${line%) *})"; fi
+  done`;
+  const out = await new Deno.Command("bash", {
+    args: ["-c", script],
     stdout: "piped",
     stderr: "null",
   }).output();
-  return new TextDecoder().decode(out.stdout).split("\n")
-    .map((line) => line.trim())
-    .filter((line) => line !== "" && !/^\d+\s+Z/.test(line));
+  return new TextDecoder().decode(out.stdout).split("\n").filter((line) => line !== "");
+}
+
+/** Whether process `pid` exists and is not a zombie. */
+async function processRuns(pid: number): Promise<boolean> {
+  const script =
+    `read -r line < /proc/${pid}/stat 2>/dev/null && set -- \${line##*) } && [ "$1" != Z ]`;
+  return (await new Deno.Command("bash", { args: ["-c", script] }).output()).success;
 }
 
 /** Free ports for the README's. */
@@ -160,6 +181,22 @@ const BLOCKS = pasteBlocks(README);
 
 Deno.test("every README block marked paste-test has a check here, and every check a block", () => {
   assert.deepEqual(BLOCKS.map((b) => b.name).sort(), Object.keys(CHECKS).sort());
+});
+
+Deno.test("a block that leaves a process running fails, and the process is killed", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "foo-proxy-readme-" });
+  const pidFile = `${dir}/left.pid`;
+  try {
+    await assert.rejects(
+      runBlock(`sleep 60 > /dev/null 2>&1 & echo $! > ${pidFile}`, freePorts(), dir),
+      /nothing is left running/,
+    );
+    const pid = Number(await Deno.readTextFile(pidFile));
+    // Killed with its session (a zombie at most, if nobody reaps it).
+    await waitUntil(async () => !(await processRuns(pid)), `process ${pid} to be killed`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 for (const block of BLOCKS) {
