@@ -6,7 +6,15 @@ import {
   permissionNeeds,
   type PermissionTargets,
 } from "../src/cli/permissions.ts";
-import { connectTo, freePort, lineReader, spawnMain, startUpstream, writeAll } from "./_util.ts";
+import {
+  connectTo,
+  freePort,
+  lineReader,
+  REPO_ROOT,
+  spawnMain,
+  startUpstream,
+  writeAll,
+} from "./_util.ts";
 
 const LOCAL = "127.0.0.1";
 const targets: PermissionTargets = {
@@ -258,4 +266,15 @@ Deno.test("the --config permission hint is a command that runs: `src/main.ts pro
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("docs/permissions.md shows the line the proxy prints for a missing grant", async () => {
+  // Nothing is opened before the check, so the documented ports need not be free.
+  await using child = spawnMain(
+    ["proxy", "--listen", "127.0.0.1:8002", "--forward", "127.0.0.1:8001"],
+    { permissions: ["--allow-net=127.0.0.1:8002"] },
+  );
+  assert.equal((await child.status()).code, 2);
+  const doc = await Deno.readTextFile(`${REPO_ROOT}docs/permissions.md`);
+  assert.ok(doc.includes(`\n${child.stderr.text}`), child.stderr.text);
 });
