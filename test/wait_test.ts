@@ -139,3 +139,16 @@ Deno.test("parseWaitConfig() takes addresses and --pid-file, and refuses nothing
   assert.throws(() => parseWaitConfig(["8001", "--pid-file="]), /--pid-file: the path is empty/);
   assert.equal(parseWaitConfig(["--help"]).help, true);
 });
+
+Deno.test("wait without the grant it needs exits 2 at once naming it, instead of waiting for ever", async () => {
+  const port = freePort();
+  await using child = spawnMain(["wait", `127.0.0.1:${port}`, "--pid-file", "/tmp/x.pid"], {
+    permissions: [],
+  });
+  assert.equal((await child.status()).code, 2);
+  assert.equal(
+    child.stderr.text,
+    `foo-proxy wait: Missing permissions: net access to 127.0.0.1:${port}, read access to /tmp/x.pid; ` +
+      `run it with --allow-net=127.0.0.1:${port} --allow-read=/tmp/x.pid\n`,
+  );
+});

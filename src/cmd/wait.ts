@@ -6,7 +6,7 @@
  * @module
  */
 import { DURATION_HELP, parseDuration } from "../cli/duration.ts";
-import { parseAddress } from "../cli/address.ts";
+import { formatAddress, parseAddress } from "../cli/address.ts";
 import { formatFlagHelp, formatSynopsis } from "../cli/flag_help.ts";
 import { denoEnvReader, type FlagSpec, parseFlags, UsageError } from "../cli/flags.ts";
 import { NotReadyError, type ReadyTarget, waitReady } from "../tools/wait_ready.ts";
@@ -113,6 +113,16 @@ export async function runWait(args: string[], context: CommandContext = {}): Pro
   });
   if (typeof started === "number") return started;
   using _logging = started.logging;
+  // A missing grant never comes by waiting: say which at once.
+  const missing = missingGrants(started.config.targets);
+  if (missing.length > 0) {
+    writeStderrLine(
+      `foo-proxy wait: Missing permission${missing.length > 1 ? "s" : ""}: ${
+        missing.map((m) => m.what).join(", ")
+      }; run it with ${missing.map((m) => m.flag).join(" ")}`,
+    );
+    return 2;
+  }
   const stop = new AbortController();
   const onAbort = () => stop.abort();
   context.signal?.addEventListener("abort", onAbort, { once: true });
@@ -129,4 +139,23 @@ export async function runWait(args: string[], context: CommandContext = {}): Pro
   } finally {
     context.signal?.removeEventListener("abort", onAbort);
   }
+}
+
+/** The grants `targets` need that this process lacks, each as words and the flag that adds it. */
+function missingGrants(targets: readonly ReadyTarget[]): { what: string; flag: string }[] {
+  const missing: { what: string; flag: string }[] = [];
+  for (const target of targets) {
+    if (target.address !== undefined) {
+      const host = formatAddress(target.address);
+      if (Deno.permissions.querySync({ name: "net", host }).state !== "granted") {
+        missing.push({ what: `net access to ${host}`, flag: `--allow-net=${host}` });
+      }
+    } else {
+      const path = target.pidFile;
+      if (Deno.permissions.querySync({ name: "read", path }).state !== "granted") {
+        missing.push({ what: `read access to ${path}`, flag: `--allow-read=${path}` });
+      }
+    }
+  }
+  return missing;
 }
