@@ -12,6 +12,7 @@ import { CLIENT_FLAGS } from "../src/cmd/client.ts";
 import { PROXY_FLAGS } from "../src/cmd/proxy.ts";
 import { SERVER_FLAGS } from "../src/cmd/server.ts";
 import { TOP_FLAGS } from "../src/cmd/top.ts";
+import { WAIT_FLAGS } from "../src/cmd/wait.ts";
 
 /** The flag definitions of each table, by the name its markers use. */
 export const FLAG_TABLES: Record<string, Record<string, FlagSpec>> = {
@@ -20,6 +21,7 @@ export const FLAG_TABLES: Record<string, Record<string, FlagSpec>> = {
   client: CLIENT_FLAGS,
   bench: BENCH_FLAGS,
   top: TOP_FLAGS,
+  wait: WAIT_FLAGS,
 };
 
 /** The files that hold flag tables, relative to the repository root. */

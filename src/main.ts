@@ -10,6 +10,7 @@ import { runClientCommand } from "./cmd/client.ts";
 import { runServer } from "./cmd/server.ts";
 import { runBench } from "./cmd/bench.ts";
 import { runTop } from "./cmd/top.ts";
+import { runWait } from "./cmd/wait.ts";
 
 type Command = (args: string[], context?: CommandContext) => Promise<number>;
 
@@ -19,6 +20,7 @@ const COMMANDS: Record<string, { run: Command; summary: string }> = {
   client: { run: runClientCommand, summary: "drive a Foo server or proxy and verify every reply" },
   bench: { run: runBench, summary: "load-test a Foo endpoint and verify every reply" },
   top: { run: runTop, summary: "a live terminal view of a running proxy's /stats" },
+  wait: { run: runWait, summary: "wait until addresses accept connections or a proxy serves" },
 };
 
 const USAGE = () =>

@@ -313,6 +313,6 @@ Deno.test("foo-proxy client exits 1 on a refused connection and 2 on a bad flag"
   {
     await using child = spawnMain(["client", "--requests", "many"]);
     assert.equal((await child.status()).code, 2);
-    assert.match(child.stderr.text, /--requests[^\n]*\nRun 'foo-proxy client --help' for usage\./);
+    assert.match(child.stderr.text, /--requests[^\n]* \(see 'foo-proxy client --help'\)\n$/);
   }
 });

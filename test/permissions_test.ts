@@ -6,7 +6,15 @@ import {
   permissionNeeds,
   type PermissionTargets,
 } from "../src/cli/permissions.ts";
-import { connectTo, freePort, lineReader, spawnMain, startUpstream, writeAll } from "./_util.ts";
+import {
+  connectTo,
+  freePort,
+  lineReader,
+  REPO_ROOT,
+  spawnMain,
+  startUpstream,
+  writeAll,
+} from "./_util.ts";
 
 const LOCAL = "127.0.0.1";
 const targets: PermissionTargets = {
@@ -223,4 +231,50 @@ Deno.test("--recovery-path needs read and write of its directory only: missing, 
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("the --config permission hint is a command that runs: `src/main.ts proxy` once, then the flags", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "foo-proxy-config-hint-" });
+  try {
+    await using upstream = await startUpstream();
+    const config = `${dir}/foo-proxy.jsonc`;
+    await Deno.writeTextFile(
+      config,
+      JSON.stringify({ http: "off", health: "off", forward: `${LOCAL}:${upstream.addr.port}` }),
+    );
+    const listen = freePort();
+    // As `deno task start` runs it: the subcommand is named.
+    await using denied = spawnMain(["proxy", "--listen", `${LOCAL}:${listen}`, "--config", config]);
+    assert.equal((await denied.status()).code, 2, denied.stderr.text);
+    const text = denied.stderr.text;
+    assert.equal(text.split("\n").length, 2, "one line");
+    const hint = /; run: (deno run .*? src\/main\.ts .*?) \(deno task start cannot/.exec(text);
+    assert.ok(hint, text);
+    assert.match(hint[1], / src\/main\.ts proxy --listen /, "the subcommand once");
+    // The hint, pasted into a shell, starts the proxy.
+    await using hinted = spawnMain([], {
+      shellPrefix: `exec ${hint[1].replace(/^deno /, `'${Deno.execPath()}' `)} #`,
+    });
+    await hinted.stderr.waitFor(/Listening on/);
+    {
+      using conn = await connectTo(listen);
+      await writeAll(conn, "REQ 1\n");
+      assert.equal(await lineReader(conn).readLine(), "ACK 1");
+    }
+    hinted.kill("SIGTERM");
+    assert.equal((await hinted.status()).code, 0, hinted.stderr.text);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("docs/permissions.md shows the line the proxy prints for a missing grant", async () => {
+  // Nothing is opened before the check, so the documented ports need not be free.
+  await using child = spawnMain(
+    ["proxy", "--listen", "127.0.0.1:8002", "--forward", "127.0.0.1:8001"],
+    { permissions: ["--allow-net=127.0.0.1:8002"] },
+  );
+  assert.equal((await child.status()).code, 2);
+  const doc = await Deno.readTextFile(`${REPO_ROOT}docs/permissions.md`);
+  assert.ok(doc.includes(`\n${child.stderr.text}`), child.stderr.text);
 });

@@ -165,6 +165,37 @@ Deno.test("renderTop() fits any terminal size, wrapping sections and eliding ups
   assert.equal(Number(/and (\d+) more/.exec(short.at(-2)!)![1]), 60 - shown);
 });
 
+Deno.test("renderTop() accounts for every upstream on any screen of 4 rows or more: shown, or counted in '... and N more'", () => {
+  const names = ["alpha", "beta", "gamma"];
+  const three = { ...SNAPSHOT, upstreams: names.map((name) => upstream(name)) };
+  // 70x20 is what a new user saw: the counters filled the screen and the upstreams vanished.
+  const small = renderTop(state({ snapshot: three }), { columns: 70, rows: 20 });
+  assertFits(small, 70, 20, "70x20");
+  assert.match(small.join("\n"), /^Upstreams \(3\)/m);
+  const more = /\.\.\. and (\d+) more \(enlarge the terminal\)$/m.exec(small.join("\n"));
+  const listed = small.filter((line) => /^ {2}(alpha|beta|gamma) /.test(line)).length;
+  assert.equal(listed + Number(more?.[1] ?? 0), 3, small.join("\n"));
+  // 70x24 has room for every row, names whole (the numeric columns narrow to fit).
+  const roomy = renderTop(state({ snapshot: three }), { columns: 70, rows: 24 });
+  assertFits(roomy, 70, 24, "70x24");
+  for (const name of names) assert.match(roomy.join("\n"), new RegExp(`^ {2}${name} +up +2 `, "m"));
+  assert.doesNotMatch(roomy.join("\n"), /~/, "no column is cut");
+  const many = { ...SNAPSHOT, upstreams: Array.from({ length: 60 }, (_, i) => upstream(`u${i}`)) };
+  for (const columns of [40, 60, 70, 80, 120]) {
+    for (let rows = 4; rows <= 80; rows++) {
+      for (const snapshot of [three, many]) {
+        const lines = renderTop(state({ snapshot }), { columns, rows });
+        const text = lines.join("\n");
+        const total = snapshot.upstreams!.length;
+        // Names may be cut at 40 columns: a row is a line that starts like one.
+        const shown = lines.filter((line) => /^ {2}(alph|beta|gamm|u\d)/.test(line)).length;
+        const hidden = Number(/and (\d+) more/.exec(text)?.[1] ?? 0);
+        assert.equal(shown + hidden, total, `${columns}x${rows}, ${total} upstreams:\n${text}`);
+      }
+    }
+  }
+});
+
 Deno.test("renderTop() says the proxy is unreachable, with and without numbers from before", () => {
   const never = renderTop(
     state({ snapshot: undefined, fetchedAt: undefined, error: "connection refused", failures: 3 }),
@@ -422,8 +453,7 @@ Deno.test("foo-proxy top --help, -V and a bad --interval", async () => {
   await using bad = spawnMain(["top", "--interval", "10ms"]);
   assert.equal((await bad.status()).code, 2);
   assert.deepEqual(bad.stderr.text.trimEnd().split("\n"), [
-    'foo-proxy: Invalid value "10ms" for --interval: expected at least 100ms',
-    "Run 'foo-proxy top --help' for usage.",
+    `foo-proxy: Invalid value "10ms" for --interval: expected at least 100ms (see 'foo-proxy top --help')`,
   ]);
   assert.equal(bad.stdout.text, "");
 });

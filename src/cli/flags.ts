@@ -53,6 +53,11 @@ export interface ParseFlagsOptions {
    * variable is given (flags win over the environment, which wins over the file). Unset: none.
    */
   fileValues?: Record<string, string | boolean>;
+  /**
+   * Collects the arguments that are not flags (`foo-proxy wait ADDR…`), in order. Unset: such an
+   * argument is a usage error.
+   */
+  positionals?: string[];
 }
 
 /** The environment variable that backs a flag: `max-connections` → `FOO_PROXY_MAX_CONNECTIONS`. */
@@ -101,7 +106,7 @@ export function parseFlags(
       args: joinDashValues(normalizeGoFlags(args, spec), spec),
       options: parseOptions,
       strict: true,
-      allowPositionals: false,
+      allowPositionals: options.positionals !== undefined,
     });
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
@@ -109,6 +114,7 @@ export function parseFlags(
       cause: error,
     });
   }
+  options.positionals?.push(...parsed.positionals);
   const values: FlagValues = {};
   for (const [name, flag] of Object.entries(spec)) {
     const raw = (parsed.values as Record<string, string | boolean | string[] | undefined>)[name];

@@ -113,7 +113,9 @@ export interface MissingMessageOptions {
   standalone?: boolean;
   /**
    * The proxy's own arguments, quoted into the `deno run` line that works (a task such as
-   * `deno task start` cannot take more permission flags). Unset: no arguments shown.
+   * `deno task start` cannot take more permission flags). A leading `proxy` (the whole of
+   * `Deno.args`, as `deno task start` passes it) is dropped: the line names the subcommand itself.
+   * Unset: no arguments shown.
    */
   args?: readonly string[];
   /** The permission flags the process runs with today, kept in the line. @default {see below} */
@@ -156,7 +158,8 @@ export function missingPermissionsMessage(
       if (!flags.includes(flag)) flags.push(flag);
     }
   }
-  const args = (options.args ?? []).map(shellWord).join(" ");
+  const given = options.args ?? [];
+  const args = (given[0] === "proxy" ? given.slice(1) : given).map(shellWord).join(" ");
   return `${head}; run: deno run ${flags.map(shellWord).join(" ")} src/main.ts proxy` +
     (args === "" ? "" : ` ${args}`) +
     " (deno task start cannot take more permission flags)";

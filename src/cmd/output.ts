@@ -27,11 +27,11 @@ export function writeStderrLine(line: string): void {
 }
 
 /**
- * Reports a usage error, returns exit status 2: one stderr line naming what was wrong, then one
- * saying where the usage is (`command` is how the subcommand is run: `foo-proxy server`).
+ * Reports a usage error, returns exit status 2: one stderr line naming what was wrong and where
+ * the usage is (`command` is how the subcommand is run: `foo-proxy server`). One line, as the
+ * README promises: a script can show it, grep it or log it whole.
  */
 export function reportUsageError(message: string, command = "foo-proxy"): number {
-  writeStderrLine(`foo-proxy: ${message}`);
-  writeStderrLine(`Run '${command} --help' for usage.`);
+  writeStderrLine(`foo-proxy: ${message} (see '${command} --help')`);
   return 2;
 }

@@ -94,7 +94,11 @@ export class PidFile {
       }
       // The holder we waited for may have removed the file as it let go: the lock is then on a
       // file nobody else can find, and the path may already name another one. Lock that instead.
-      if (await samePathAndFile(path, file) || attempt >= 3) return new PidFile(path, file);
+      if (await samePathAndFile(path, file) || attempt >= 3) {
+        // A pid left by a proxy that was killed (nobody held its lock) must not pass for ours.
+        await file.truncate(0);
+        return new PidFile(path, file);
+      }
       file.close();
     }
   }

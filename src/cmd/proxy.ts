@@ -170,7 +170,7 @@ export const PROXY_FLAGS: Record<string, FlagSpec> = {
     value: "FILE",
     defaultText: "off",
     help:
-      "write the process id there once listening (removed on exit; refused while another live proxy holds it)",
+      "write the process id there once serving, listener and admin ports bound (removed on exit; refused while another live proxy holds it)",
   },
   "connect-timeout": {
     type: "string",
@@ -979,8 +979,6 @@ async function serveProxy(
     });
     return 1;
   }
-  // Written once the listener is bound: whoever reads it can signal a proxy that serves.
-  await pidFile?.write();
   let observability: Observability;
   try {
     observability = await startObservability({
@@ -1008,6 +1006,9 @@ async function serveProxy(
     lastResort.remove();
     return 1;
   }
+  // Written last, once the listener and the admin ports are bound: whoever reads it (or runs
+  // `foo-proxy wait --pid-file`) can signal a proxy that serves, and query it.
+  await pidFile?.write();
   persister?.start();
   // One upstream is dialed whatever its checks say (as a last resort), so they serve only
   // /readyz: without a health app it sees no probe traffic, until a reload adds upstreams.

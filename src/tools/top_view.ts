@@ -71,13 +71,23 @@ export function renderTop(state: TopState, size: TopSize): string[] {
     body.push("");
     for (const [label, items] of sections(s)) body.push(...flow(label, items, width));
   }
-  const upstreams = upstreamRows(s);
-  const fixed = [...head, ...body].map((line) => fit(line, width));
-  const room = height - fixed.length - 1; // the footer takes the last row
-  const rates = s === undefined ? new Map() : upstreamRates(s, state.previous);
-  const table = upstreams.length > 0 ? upstreamTable(upstreams, rates, width, room - 1) : [];
-  const lines = [...fixed, ...(table.length > 0 ? ["", ...table] : [])].slice(0, height - 1);
   if (height === 1) return [fit(TOP_FOOTER, width)];
+  const upstreams = upstreamRows(s);
+  const rates = s === undefined ? new Map() : upstreamRates(s, state.previous);
+  const room = height - 1 - head.length; // the footer takes the last row
+  // The upstreams keep at least one line (a blank above it when there is room), taken from the
+  // counters when the screen is short: a row that does not fit is counted, never silently lost.
+  const keep = upstreams.length === 0 ? 0 : Math.min(Math.max(room, 0), 2);
+  const shownBody = body.slice(0, Math.max(0, room - keep));
+  const left = room - shownBody.length;
+  const table = upstreams.length > 0 && left > 0
+    ? upstreamTable(upstreams, rates, width, left >= 2 ? left - 1 : left)
+    : [];
+  const lines = [
+    ...[...head, ...shownBody].map((line) => fit(line, width)),
+    ...(table.length > 0 && left >= 2 ? [""] : []),
+    ...table,
+  ].slice(0, height - 1);
   while (lines.length < height - 1) lines.push("");
   return [...lines, fit(TOP_FOOTER, width)];
 }
@@ -236,41 +246,64 @@ const UPSTREAM_COLUMNS: Column[] = [
   { head: "ERRORS", width: 8, cell: (u) => count(sum(u.connect_failures, u.stream_errors)) },
 ];
 
-/** The heading and one row per upstream, in at most `room` lines (the last says how many more). */
+/**
+ * The heading and one row per upstream, in at most `room` lines; rows that do not fit are
+ * counted in a last line, `... and N more` (with the heading on the same line when `room` is 1).
+ */
 function upstreamTable(
   upstreams: UpstreamStats[],
   rates: Map<string, UpstreamRate>,
   width: number,
   room: number,
 ): string[] {
-  if (room < 2) return [];
-  const fixed = UPSTREAM_COLUMNS.reduce((n, c) => n + 1 + c.width, 0);
-  // A loop, not Math.max(...list): an answer with a million rows must not overflow the stack.
-  let longest = 4;
-  for (const u of upstreams) longest = Math.max(longest, text(u.name, "").length);
-  const nameWidth = Math.max(4, Math.min(longest, width - fixed - 2));
-  const row = (name: string, cells: string[]) =>
-    fit(
-      "  " + name.padEnd(nameWidth).slice(0, nameWidth) +
-        cells.map((text, i) => {
-          const c = UPSTREAM_COLUMNS[i];
-          const cut = text.slice(0, c.width);
-          return " " + (c.left ? cut.padEnd(c.width) : cut.padStart(c.width));
-        }).join(""),
-      width,
-    );
-  const lines = [fit(`Upstreams (${upstreams.length})`, width)];
-  lines.push(row("NAME", UPSTREAM_COLUMNS.map((c) => c.head)));
-  const fits = room - lines.length;
-  const shown = upstreams.length <= fits ? upstreams.length : Math.max(0, fits - 1);
-  for (const u of upstreams.slice(0, shown)) {
-    const r = rates.get(u.name);
-    lines.push(row(text(u.name), UPSTREAM_COLUMNS.map((c) => c.cell(u, r))));
+  if (room < 1) return [];
+  const heading = `Upstreams (${upstreams.length})`;
+  const moreText = (n: number) => `... and ${n} more (enlarge the terminal)`;
+  if (room === 1) return [fit(`${heading} ${moreText(upstreams.length)}`, width)];
+  // Rows shown: all when heading, column heads and rows fit; else one line goes to "more".
+  const shown = upstreams.length <= room - 2 ? upstreams.length : Math.max(0, room - 3);
+  const lines = [fit(heading, width)];
+  if (shown > 0) {
+    const cells = upstreams.slice(0, shown).map((u) => {
+      const r = rates.get(u.name);
+      return { name: text(u.name), cells: UPSTREAM_COLUMNS.map((c) => c.cell(u, r)) };
+    });
+    // A loop, not Math.max(...list): an answer with a million rows must not overflow the stack.
+    let longest = 4;
+    for (const u of upstreams) longest = Math.max(longest, text(u.name, "").length);
+    const widths = columnWidths(cells.map((c) => c.cells), width - 2 - Math.min(longest, 16));
+    const fixed = widths.reduce((n, w) => n + 1 + w, 0);
+    const nameWidth = Math.max(4, Math.min(longest, width - fixed - 2));
+    const row = (name: string, values: string[]) =>
+      fit(
+        "  " + name.padEnd(nameWidth).slice(0, nameWidth) +
+          values.map((value, i) => {
+            const cut = value.slice(0, widths[i]);
+            return " " +
+              (UPSTREAM_COLUMNS[i].left ? cut.padEnd(widths[i]) : cut.padStart(widths[i]));
+          }).join(""),
+        width,
+      );
+    lines.push(row("NAME", UPSTREAM_COLUMNS.map((c) => c.head)));
+    for (const c of cells) lines.push(row(c.name, c.cells));
   }
-  if (shown < upstreams.length) {
-    lines.push(fit(`  ... and ${upstreams.length - shown} more (enlarge the terminal)`, width));
-  }
+  if (shown < upstreams.length) lines.push(fit(`  ${moreText(upstreams.length - shown)}`, width));
   return lines.slice(0, room);
+}
+
+/**
+ * The widths of the upstream columns: their usual widths when they fit in `width` columns (a
+ * steady layout from frame to frame), else just what each column's heading and cells need, so a
+ * narrow terminal (70 columns) still shows whole names and numbers.
+ */
+function columnWidths(rows: string[][], width: number): number[] {
+  const usual = UPSTREAM_COLUMNS.map((c) => c.width);
+  if (usual.reduce((n, w) => n + 1 + w, 0) <= width) return usual;
+  return UPSTREAM_COLUMNS.map((c, i) => {
+    let need = c.head.length;
+    for (const row of rows) need = Math.max(need, row[i].length);
+    return Math.min(need, c.width);
+  });
 }
 
 /** `text` cut to `width` columns (with `~` marking the cut). */
