@@ -333,7 +333,7 @@ Deno.test(`more than ${MAX_UPSTREAMS} upstreams are refused with one line at sta
   assert.equal((await start.status()).code, 2);
   assert.match(
     start.stderr.text,
-    new RegExp(`^foo-proxy: --forward: more than ${MAX_UPSTREAMS} upstreams; .*\\n.*--help`),
+    new RegExp(`^foo-proxy: --forward: more than ${MAX_UPSTREAMS} upstreams; .*--help.*\\n$`),
   );
 });
 
