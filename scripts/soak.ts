@@ -64,12 +64,13 @@ export const SOAK_USAGE =
 Runs mixed load (pipelining, churn, idle connections, connections mixing invalid lines or
 wrong-way replies among their REQs, then half-closing) through foo-proxy --resume for N seconds
 while the upstream Foo server (foo-proxy server --reply hash --answer-invalid: replies computed
-from the Seq and the data, NAK 0 ERRDECODE to every invalid line) is killed and restarted, a reset flood hits the proxy's Foo port (connections reset
-with RST right after connecting; needs python3, skipped without it) and a slowloris of ~100
-half-open GET /stats requests holds its admin HTTP port (normal GET /stats once a second must
-still get through at least once). Then it prints a report and exits 0 when no reply was lost or
-wrong (every reply's type, Seq and data is checked, and every NAK 0 ERRDECODE's place), the proxy caught no internal error,
-descriptors and memory are stable, and the counts agree. Exits 1 otherwise; a wrong reply fails
+from the Seq and the data, NAK 0 ERRDECODE to every invalid line) is killed and restarted, a
+reset flood hits the proxy's Foo port (connections reset with RST right after connecting; needs
+python3, skipped without it) and a slowloris of ~100 half-open GET /stats requests holds its
+admin HTTP port (normal GET /stats once a second must still get through at least once). Then it
+prints a report and exits 0 when no reply was lost or wrong (every reply's type, Seq and data is
+checked, and where each NAK 0 ERRDECODE comes), the proxy caught no internal error, descriptors
+and memory are stable, and the counts agree. Exits 1 otherwise; a wrong reply fails
 the soak even with --no-resume.
 
   --seconds N       how long the load runs                          (default 180)
@@ -77,8 +78,8 @@ the soak even with --no-resume.
   --idle N          idle connections (one REQ every 3-8 s each)     (default 50)
   --rate N          REQs per second of the pipelining load          (default 2000)
   --reset-rate N    connections the reset flood resets per second   (default 200)
-  --invalid N       invalid-line clients (blank, req 1, REQ +1, …)   (default 4)
-  --wrong-way N     unsolicited-reply clients (ACK n, NAK n sent up) (default 2)
+  --invalid N       invalid-line clients (blank, req 1, REQ +1, …)  (default 4)
+  --wrong-way N     unsolicited-reply clients (send ACK n, NAK n)   (default 2)
   --no-reset-flood  leave out the reset flood
   --no-slowloris    leave out the admin slowloris and its GET /stats probes
   --no-resume       run the proxy without --resume (replies are then expected to be lost)
