@@ -12,8 +12,18 @@
  *   which verifies the Seq and order of every reply, and its type and data by hash);
  * - churn: connections that send a few REQs and reconnect (the same generator and checks);
  * - idle connections that speak once every few seconds (each reply checked the same way);
+ * - invalid-line clients: connections that mix invalid lines (blank, `req 1`, `REQ +1`, `REQ 1x`,
+ *   `FOO`, `ACK 5`, `\r\n`) among pipelined REQs, half-close and read to EOF, and reconnect
+ *   (`scripts/invalid_line_clients.ts`, which says what each connection checks);
+ * - unsolicited-reply clients, read as: clients whose connections get replies that answer no
+ *   REQ. They send replies the wrong way (`ACK <seq>`, `NAK <seq>` with the Seqs of their own REQs
+ *   in flight) among their REQs, and each gets a `NAK 0 ERRDECODE` that matches nothing. (A server
+ *   sending unsolicited replies by itself, `--duplicate-replies`, would need a second upstream and
+ *   would give every other client extra lines too; the soak keeps one upstream.)
  * - the Foo server runs with `--reply hash`: each reply is computed from the REQ's Seq and data
- *   (see `src/protocol/reply_hash.ts`), so every reply's content can be checked;
+ *   (see `src/protocol/reply_hash.ts`), so every reply's content can be checked; and with
+ *   `--answer-invalid`, like real Foo servers: every invalid line gets `NAK 0 ERRDECODE`, in order
+ *   (only the clients above send any);
  * - it answers after `--delay-ms`, so replies are owed whenever it is killed;
  * - a reset flood against the proxy's Foo port: connections opened and reset (RST, `SO_LINGER`
  *   0) at once or 20 ms later, about 200 a second, by a `python3` child (Deno cannot set
@@ -37,6 +47,7 @@ import { hashReply } from "../src/protocol/reply_hash.ts";
 import { waitOrAbort as sleep } from "../src/proxy/wait_or_abort.ts";
 import { LOAD_ERROR_KINDS, type LoadReport, runLoad } from "../src/tools/load.ts";
 import { Child } from "./child.ts";
+import { InvalidLineClients, RestartWindows } from "./invalid_line_clients.ts";
 import { startPermissionFlags } from "./permissions.ts";
 
 const LOCAL = "127.0.0.1";
@@ -47,16 +58,19 @@ const MiB = 1024 * 1024;
 /** Usage text of the soak. */
 export const SOAK_USAGE =
   `Usage: deno task soak [--seconds N] [--restarts N] [--idle N] [--rate N] [--reset-rate N]
+                      [--invalid N] [--wrong-way N]
                       [--no-reset-flood] [--no-slowloris] [--no-resume]
 
-Runs mixed load (pipelining, churn, idle connections) through foo-proxy --resume for N seconds
-while the upstream Foo server (foo-proxy server --reply hash: replies computed from the Seq and
-the data) is killed and restarted, a reset flood hits the proxy's Foo port (connections reset
-with RST right after connecting; needs python3, skipped without it) and a slowloris of ~100
-half-open GET /stats requests holds its admin HTTP port (normal GET /stats once a second must
-still get through at least once). Then it prints a report and exits 0 when no reply was lost or
-wrong (every reply's type, Seq and data is checked), the proxy caught no internal error,
-descriptors and memory are stable, and the counts agree. Exits 1 otherwise; a wrong reply fails
+Runs mixed load (pipelining, churn, idle connections, connections mixing invalid lines or
+wrong-way replies among their REQs, then half-closing) through foo-proxy --resume for N seconds
+while the upstream Foo server (foo-proxy server --reply hash --answer-invalid: replies computed
+from the Seq and the data, NAK 0 ERRDECODE to every invalid line) is killed and restarted, a
+reset flood hits the proxy's Foo port (connections reset with RST right after connecting; needs
+python3, skipped without it) and a slowloris of ~100 half-open GET /stats requests holds its
+admin HTTP port (normal GET /stats once a second must still get through at least once). Then it
+prints a report and exits 0 when no reply was lost or wrong (every reply's type, Seq and data is
+checked, and where each NAK 0 ERRDECODE comes), the proxy caught no internal error, descriptors
+and memory are stable, and the counts agree. Exits 1 otherwise; a wrong reply fails
 the soak even with --no-resume.
 
   --seconds N       how long the load runs                          (default 180)
@@ -64,6 +78,8 @@ the soak even with --no-resume.
   --idle N          idle connections (one REQ every 3-8 s each)     (default 50)
   --rate N          REQs per second of the pipelining load          (default 2000)
   --reset-rate N    connections the reset flood resets per second   (default 200)
+  --invalid N       invalid-line clients (blank, req 1, REQ +1, …)  (default 4)
+  --wrong-way N     unsolicited-reply clients (send ACK n, NAK n)   (default 2)
   --no-reset-flood  leave out the reset flood
   --no-slowloris    leave out the admin slowloris and its GET /stats probes
   --no-resume       run the proxy without --resume (replies are then expected to be lost)
@@ -519,6 +535,8 @@ export async function main(args: string[]): Promise<number> {
   let idle: number;
   let rate: number;
   let resetRate: number;
+  let invalidClients: number;
+  let wrongWayClients: number;
   let resetFlood: boolean;
   let slowloris: boolean;
   let resume: boolean;
@@ -532,6 +550,8 @@ export async function main(args: string[]): Promise<number> {
         idle: { type: "string", default: "50" },
         rate: { type: "string", default: "2000" },
         "reset-rate": { type: "string", default: "200" },
+        invalid: { type: "string", default: "4" },
+        "wrong-way": { type: "string", default: "2" },
         "no-reset-flood": { type: "boolean", default: false },
         "no-slowloris": { type: "boolean", default: false },
         "no-resume": { type: "boolean", default: false },
@@ -553,6 +573,8 @@ export async function main(args: string[]): Promise<number> {
     idle = whole("idle", values.idle, 0);
     rate = whole("rate", values.rate, 1);
     resetRate = whole("reset-rate", values["reset-rate"], 1);
+    invalidClients = whole("invalid", values.invalid, 0);
+    wrongWayClients = whole("wrong-way", values["wrong-way"], 0);
     resetFlood = !values["no-reset-flood"];
     slowloris = !values["no-slowloris"];
     resume = !values["no-resume"];
@@ -576,6 +598,8 @@ export async function main(args: string[]): Promise<number> {
     "20",
     "--reply",
     "hash",
+    // Like real Foo servers: every line is answered, an invalid one with NAK 0 ERRDECODE.
+    "--answer-invalid",
     "--log-level",
     "warning",
   ];
@@ -587,7 +611,8 @@ export async function main(args: string[]): Promise<number> {
   const say = (line: string) => writeStdoutLine(line);
   say(
     `soak: ${seconds} s, ${restarts} upstream restart(s), ${idle} idle connections, ` +
-      `pipelining at ${rate} REQ/s, churn, ${
+      `pipelining at ${rate} REQ/s, churn, ${invalidClients} invalid-line and ${wrongWayClients} ` +
+      `unsolicited-reply clients, ${
         resetFlood ? `reset flood at ${resetRate}/s` : "no reset flood"
       }, ${slowloris ? "admin slowloris" : "no slowloris"}, proxy ${
         resume ? "with" : "WITHOUT"
@@ -651,6 +676,23 @@ export async function main(args: string[]): Promise<number> {
     const stopIdle = new AbortController();
     const idleClients = new IdleClients(proxyPort, idle);
     const idleRun = idleClients.run(stopIdle.signal);
+    const restartWindows = new RestartWindows();
+    const invalidLine = new InvalidLineClients(
+      proxyPort,
+      invalidClients,
+      "invalid",
+      restartWindows,
+    );
+    const wrongWay = new InvalidLineClients(
+      proxyPort,
+      wrongWayClients,
+      "wrong-way",
+      restartWindows,
+    );
+    const invalidRun = Promise.all([
+      invalidLine.run(stopIdle.signal),
+      wrongWay.run(stopIdle.signal),
+    ]);
 
     // The attacks, for the whole load period (each bounded in count and time as well).
     let flood: Child | undefined;
@@ -683,8 +725,10 @@ export async function main(args: string[]): Promise<number> {
     for (let k = 1; k <= restarts; k++) {
       await sleep(t0 + (durationMs * k) / (restarts + 1) - performance.now());
       const killedAt = performance.now();
+      restartWindows.begin();
       await server.stop("SIGKILL");
       server = await startServer();
+      restartWindows.end();
       const down = (performance.now() - killedAt) / 1000;
       downtimes.push(down);
       say(
@@ -698,6 +742,7 @@ export async function main(args: string[]): Promise<number> {
     const floodResult = flood ? stopResetFlood(flood) : undefined;
     const [pipeReport, churnReport] = await Promise.all([pipelining, churn]);
     await idleRun;
+    await invalidRun;
     await adminRun;
     const floodReport = await floodResult;
     stopSampling.abort();
@@ -723,21 +768,34 @@ export async function main(args: string[]): Promise<number> {
     const peak = Math.max(end.rssBytes, ...samples.map((x) => x.rssBytes));
 
     const reports: [string, LoadReport][] = [["pipelining", pipeReport], ["churn", churnReport]];
-    const requests = pipeReport.requests + churnReport.requests + idleClients.sent;
-    const wrong = pipeReport.errors.wrong_reply + churnReport.errors.wrong_reply +
-      idleClients.wrong;
-    // Right replies, then every reply that arrived (a wrong reply is not lost, it is worse).
-    const responses = pipeReport.responses + churnReport.responses + idleClients.received;
-    const received = responses + wrong;
+    const odd: [string, InvalidLineClients][] = [["invalid", invalidLine], ["wrong-way", wrongWay]];
+    const oddSum = (key: keyof InvalidLineClients["figures"]) =>
+      invalidLine.figures[key] + wrongWay.figures[key];
+    const requests = pipeReport.requests + churnReport.requests + idleClients.sent +
+      oddSum("sent");
+    const wrongReplies = pipeReport.errors.wrong_reply + churnReport.errors.wrong_reply +
+      idleClients.wrong + oddSum("wrong");
+    // A NAK 0 ERRDECODE out of its place is a wrong line too.
+    const wrong = wrongReplies + oddSum("misplaced");
+    // Right replies, then every reply to a REQ that arrived (a wrong reply is not lost, it is
+    // worse).
+    const responses = pipeReport.responses + churnReport.responses + idleClients.received +
+      oddSum("received");
+    const received = responses + wrongReplies;
     const lost = requests - received;
+    // The answers to invalid lines: valid NAKs to the proxy, so in its msg_nak.
+    const errdecode = oddSum("errdecode");
+    const invalidSent = oddSum("invalidSent");
     const errors: Record<string, number> = {};
     for (const [, report] of reports) {
       for (const kind of LOAD_ERROR_KINDS) {
         if (report.errors[kind] > 0) errors[kind] = (errors[kind] ?? 0) + report.errors[kind];
       }
     }
-    for (const [kind, n] of Object.entries(idleClients.errors)) {
-      errors[`idle_${kind}`] = (errors[`idle_${kind}`] ?? 0) + n;
+    for (const [prefix, clients] of [["idle", idleClients], ...odd] as const) {
+      for (const [kind, n] of Object.entries(clients.errors)) {
+        errors[`${prefix}_${kind}`] = (errors[`${prefix}_${kind}`] ?? 0) + n;
+      }
     }
     const logLevels: Record<string, number> = {};
     const warnings = new Map<string, number>();
@@ -765,7 +823,22 @@ export async function main(args: string[]): Promise<number> {
     // those checks are then only reported.
     const checks: [string, boolean | "info"][] = [
       [`replies lost: ${lost}`, resume ? lost === 0 : "info"],
-      [`wrong replies (type or data not what the server gives that REQ): ${wrong}`, wrong === 0],
+      [
+        `wrong replies (type or data not what the server gives that REQ, or a NAK 0 ERRDECODE ` +
+        `before the reply to a REQ sent before its invalid line): ${wrong}`,
+        wrong === 0,
+      ],
+      [
+        `replies lost by invalid-line and unsolicited-reply clients on connections no upstream ` +
+        `restart touched: ${oddSum("lostWithoutRestart")}`,
+        oddSum("lostWithoutRestart") === 0,
+      ],
+      [
+        `NAK 0 ERRDECODE missing on connections no upstream restart touched: ${
+          oddSum("missingWithoutRestart")
+        }`,
+        oddSum("missingWithoutRestart") === 0,
+      ],
       [
         `client errors: ${Object.values(errors).reduce((a, b) => a + b, 0)}`,
         resume ? Object.keys(errors).length === 0 : "info",
@@ -785,10 +858,17 @@ export async function main(args: string[]): Promise<number> {
         resume ? stats.msg_req === requests : "info",
       ],
       [
-        `proxy ACK+NAK ${stats.msg_ack + stats.msg_nak} = replies the clients got ${received}`,
-        stats.msg_ack + stats.msg_nak === received,
+        `proxy ACK+NAK ${stats.msg_ack + stats.msg_nak} = replies the clients got ${received} + ` +
+        `NAK 0 ERRDECODE ${errdecode}`,
+        stats.msg_ack + stats.msg_nak === received + errdecode,
       ],
-      [`invalid lines: ${stats.msg_invalid}`, stats.msg_invalid === 0],
+      // Without --resume the proxy may not read what a client sent after its upstream died.
+      [
+        `proxy msg_invalid ${stats.msg_invalid} ${
+          resume ? "=" : "<="
+        } invalid lines the clients sent ${invalidSent}`,
+        resume ? stats.msg_invalid === invalidSent : stats.msg_invalid <= invalidSent,
+      ],
       [
         `internal errors (bugs the proxy caught): ${stats.internal_errors ?? "?"}`,
         stats.internal_errors === 0,
@@ -847,9 +927,23 @@ export async function main(args: string[]): Promise<number> {
         "idle".padEnd(10)
       } ${idleClients.sent} REQs, ${idleClients.received} replies, ${idle} connections, ${idleClients.reconnects} reconnects`,
     );
-    say(`client side: ${requests} REQs sent, ${received} replies received, ${lost} lost`);
+    for (const [name, { figures: f, count }] of odd) {
+      say(
+        `  ${
+          name.padEnd(10)
+        } ${f.sent} REQs, ${f.received} replies, ${f.lost} lost (${f.lostWithoutRestart} without a restart), ${f.wrong} wrong, ${f.invalidSent} ${
+          name === "invalid" ? "invalid lines" : "wrong-way replies"
+        } sent, ${f.errdecode} NAK 0 ERRDECODE (${f.misplaced} misplaced, ${f.missingAfterRestart} missing after a restart, ${f.missingWithoutRestart} missing otherwise), ${count} clients, ${f.connections} connections (${f.touched} during a restart)`,
+      );
+    }
     say(
-      `wrong replies: ${wrong} (pipelining ${pipeReport.errors.wrong_reply}, churn ${churnReport.errors.wrong_reply}, idle ${idleClients.wrong})`,
+      `client side: ${requests} REQs sent, ${received} replies received, ${lost} lost; ` +
+        `${invalidSent} invalid lines sent, ${errdecode} NAK 0 ERRDECODE received`,
+    );
+    say(
+      `wrong replies: ${wrong} (pipelining ${pipeReport.errors.wrong_reply}, churn ${churnReport.errors.wrong_reply}, idle ${idleClients.wrong}, invalid ${invalidLine.figures.wrong}, wrong-way ${wrongWay.figures.wrong}, misplaced NAK 0 ERRDECODE ${
+        oddSum("misplaced")
+      })`,
     );
     say(`client errors by kind: ${JSON.stringify(errors)}`);
     say(
