@@ -326,7 +326,10 @@ class Slowloris {
   connectErrors = 0;
   /** Closed by the proxy within 1 s (the connection cap). */
   refused = 0;
-  /** Closed by the proxy after 1 s or more (the header deadline). */
+  /**
+   * Closed by the proxy after 1 s or more: the header deadline, or (the admin server at its cap
+   * closes its oldest incomplete request to make room) evicted for a newer connection.
+   */
   timedOut = 0;
   /** Half-open requests the proxy answered (it should not: their headers never end). */
   answered = 0;
@@ -966,7 +969,7 @@ export async function main(args: string[]): Promise<number> {
     else say(`reset flood: ${floodSkipped ? `skipped (${floodSkipped})` : "off"}`);
     if (slowloris) {
       say(
-        `admin slowloris: ${loris.opens} half-open requests opened (100 at a time), ${loris.refused} refused at once, ${loris.timedOut} closed by the header deadline (longest held ${
+        `admin slowloris: ${loris.opens} half-open requests opened (100 at a time), ${loris.refused} refused at once, ${loris.timedOut} closed later (the header deadline, or evicted for a newer connection at the cap; longest held ${
           (loris.longestMs / 1000).toFixed(1)
         } s), ${loris.answered} answered, ${loris.heldTooLong} left open, ${loris.connectErrors} connect errors`,
       );
