@@ -1,7 +1,7 @@
 /**
- * Serving the stats and health apps for `foo-proxy proxy` with `Deno.serve` (one server per
- * distinct address, both route sets on one server when `--http` and `--health` are the same),
- * plus the upstream probe behind `/readyz`.
+ * Serving the stats and health apps for `foo-proxy proxy` with our bounded admin HTTP server
+ * (`net/http_server.ts`, not `Deno.serve`): one server per distinct address, both route sets on
+ * one server when `--http` and `--health` are the same, plus the upstream probe behind `/readyz`.
  *
  * @module
  */
