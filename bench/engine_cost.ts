@@ -101,7 +101,9 @@ function usage(): string {
   --only LIST      parts to run: load, idle                                (default load,idle)
   --max-other C    run a load run again (up to 2 times) when the rest of the machine used
                    more than C cores during it                             (default 0.25)
-  --no-write       print the tables only, leave bench/ENGINE_COST.md alone`;
+  --results FILE   where the tables go, e.g. bench/REPLY_MATCHING_COST.md for another
+                   pair of commits                     (default bench/ENGINE_COST.md)
+  --no-write       print the tables only, write no results file`;
 }
 
 interface Config {
@@ -117,6 +119,8 @@ interface Config {
   idleMemory: boolean;
   maxOther: number;
   write: boolean;
+  /** The results file. */
+  results: string;
 }
 
 function parseConfig(args: string[]): Config {
@@ -134,6 +138,7 @@ function parseConfig(args: string[]): Config {
       only: { type: "string", default: "load,idle" },
       "max-other": { type: "string", default: "0.25" },
       "no-write": { type: "boolean" },
+      results: { type: "string", default: RESULTS },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -162,6 +167,7 @@ function parseConfig(args: string[]): Config {
     idleMemory: only.has("idle"),
     maxOther: num("max-other", values["max-other"], 0),
     write: !values["no-write"],
+    results: values.results,
   };
 }
 
@@ -754,9 +760,10 @@ ${
         }\n`
         : ""
     }`;
-    await Deno.writeTextFile(RESULTS, md);
-    await new Deno.Command(Deno.execPath(), { args: ["fmt", "--quiet", RESULTS] }).output();
-    log(`wrote ${RESULTS}`);
+    await Deno.writeTextFile(config.results, md);
+    await new Deno.Command(Deno.execPath(), { args: ["fmt", "--quiet", config.results] })
+      .output();
+    log(`wrote ${config.results}`);
   }
   return errors > 0 ? 1 : 0;
 }
