@@ -294,6 +294,59 @@ Deno.test("--resume-max-failovers counts failovers without a reply, however long
   assert.equal(pair.stats.resumeFailures, 1);
 });
 
+Deno.test("--resume-max-failovers also gives up on a poison REQ whose Seq is above 2^53 (owed nothing matchable)", async () => {
+  // Found in review: the failover counted as healthy when nothing matchable was owed, and a REQ
+  // with a 20-digit Seq is not matchable, so an upstream it kills was replayed to for ever.
+  using raw = listenLocal();
+  await using pair = await bridgedPair(raw.addr as Deno.NetAddr, {
+    maxFailovers: 2,
+    reconnectBackoffMs: 1,
+  });
+  await writeAll(pair.client, "REQ 99999999999999999999 poison\n");
+  const ending = pair.done.then(() => "ended" as const);
+  let dialed = 0;
+  for (; dialed < 6; dialed++) {
+    const next = await withTimeout(
+      Promise.race([raw.accept(), ending]),
+      5000,
+      "a dial or the end",
+    );
+    if (next === "ended") break;
+    assert.match((await readLines(next, 1))[0], /^REQ 99999999999999999999 poison$/);
+    next.close(); // the poison REQ kills it, unanswered
+  }
+  assert.equal(dialed, 3, "the first connection and 2 failovers, then given up");
+  assert.equal(await withTimeout(pair.done, 5000, "the client to be closed"), "upstream_closed");
+  assert.equal(pair.stats.failovers, 2);
+  assert.equal(pair.stats.resumeFailures, 1);
+});
+
+Deno.test("--resume: a REQ whose Seq is above 2^53 and that got its answer does not count against the upstream", async () => {
+  // The other side of the poison REQ: an idle client's answered 20-digit REQ is replayed after
+  // each upstream restart, and each new connection answers it (`NAK 0`): never given up.
+  using raw = listenLocal();
+  await using pair = await bridgedPair(raw.addr as Deno.NetAddr, {
+    maxFailovers: 1,
+    reconnectBackoffMs: 1,
+  });
+  const reader = new LineReader(pair.client);
+  await writeAll(pair.client, "REQ 99999999999999999999 x\n");
+  for (let k = 0; k < 3; k++) {
+    const conn = await accept(raw);
+    assert.deepEqual(await readLines(conn, 1), ["REQ 99999999999999999999 x"]);
+    await writeAll(conn, "NAK 0 ERRDECODE\n");
+    assert.deepEqual(await reader.readLines(1), ["NAK 0 ERRDECODE"]);
+    conn.close();
+  }
+  const last = await accept(raw);
+  await writeAll(pair.client, "REQ 1\n");
+  assert.deepEqual((await readLines(last, 2))[1], "REQ 1");
+  await writeAll(last, "NAK 0 ERRDECODE\nACK 1\n");
+  assert.deepEqual(await reader.readLines(2), ["NAK 0 ERRDECODE", "ACK 1"]);
+  assert.equal(pair.stats.resumeFailures, 0);
+  last.close();
+});
+
 Deno.test("--resume: a failover after a reply to the replayed REQs starts the count over", async () => {
   using raw = listenLocal();
   await using pair = await bridgedPair(raw.addr as Deno.NetAddr, {

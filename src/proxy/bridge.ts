@@ -164,6 +164,8 @@ class Session {
   clientMidLine = false;
   /** Resume: the tracker's matched count when the current upstream connection began. */
   matchedAtConnect = 0;
+  /** Resume: the tracker's unmatched count then (answers to REQs whose Seq is above 2^53). */
+  unmatchedAtConnect = 0;
   /** The client's stream ended inside a line (a line the server may still answer). */
   partialAtEof = false;
   /** Every REQ is answered after the client's FIN, but other lines may still get answers. */
@@ -622,8 +624,13 @@ class Session {
     const generation = ++this.generation;
     // The failovers in a row start over only when this connection answered a REQ, or died
     // owing nothing (its death was not a REQ's doing). Time alone proves nothing: an upstream
-    // that a poison REQ kills after 1.2 s would have it replayed for ever.
-    const healthy = this.tracker.matched > this.matchedAtConnect || state.outstanding === 0;
+    // that a poison REQ kills after 1.2 s would have it replayed for ever. A REQ whose Seq is
+    // above 2^53 is owed no matchable reply yet is replayed: only an answer to it (one that
+    // matches nothing, like `NAK 0`) clears it, or it could kill upstreams for ever.
+    const tracker = this.tracker;
+    const healthy = tracker.matched > this.matchedAtConnect ||
+      (state.outstanding === 0 &&
+        (log!.outstanding === 0 || tracker.unmatched > this.unmatchedAtConnect));
     this.failing = true;
     closeQuietly(this.up);
     const dead = this.lease?.upstream;
@@ -692,6 +699,7 @@ class Session {
     }
     this.up = up;
     this.matchedAtConnect = this.tracker.matched;
+    this.unmatchedAtConnect = this.tracker.unmatched;
     const source = new ChunkSource(up, {
       initialSize: this.config.initialBufferSize,
       maxSize: this.config.maxBufferSize,
