@@ -172,3 +172,32 @@ for (const mode of ENGINE_MODES) {
     assert.equal(proxy.stats.closed.half_close_timeout ?? 0, 0);
   });
 }
+
+for (const mode of ENGINE_MODES) {
+  Deno.test(`an earlier unmatched reply is no answer to a later invalid line: its answer is relayed [${mode.name}]`, async () => {
+    // Found in review: the two counts were compared over the whole connection, so a duplicate
+    // (or unsolicited) reply before the client's invalid line passed for its answer, and the
+    // exchange ended at the FIN, cutting the real `NAK 0 ERRDECODE` off.
+    using raw = listenLocal();
+    await using proxy = await startProxy(raw.addr as Deno.NetAddr, {
+      ...mode.options,
+      halfCloseTimeoutMs: NEVER_MS,
+      lingerMs: NEVER_MS,
+    });
+    using client = await connectTo(proxy.addr);
+    const toClient = new LineReader(client);
+    await writeAll(client, "REQ 1\n");
+    using upstream = await raw.accept();
+    const fromProxy = new LineReader(upstream);
+    assert.deepEqual(await fromProxy.readLines(1), ["REQ 1"]);
+    await writeAll(upstream, "ACK 1\nACK 1\nACK 7\n"); // a duplicate, then an unsolicited reply
+    assert.deepEqual(await toClient.readLines(3), ["ACK 1", "ACK 1", "ACK 7"]);
+    await writeAll(client, "\nREQ +2\n");
+    await client.closeWrite();
+    assert.deepEqual(await fromProxy.readLines(2), ["", "REQ +2"]);
+    assert.equal(await fromProxy.readLine(), null, "the client's FIN passed on");
+    await writeAll(upstream, `${ERRDECODE}\n${ERRDECODE}\n`).catch(() => {});
+    assert.deepEqual(lines(await readText(toClient)), [ERRDECODE, ERRDECODE], "then EOF");
+    await waitUntil(() => proxy.stats.closed.completed === 1, "completed");
+  });
+}

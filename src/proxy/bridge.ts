@@ -170,6 +170,10 @@ class Session {
   partialAtEof = false;
   /** Every REQ is answered after the client's FIN, but other lines may still get answers. */
   lingering = false;
+  /** Upstream lines that answered nothing (unmatched replies, invalid lines), as last seen. */
+  answersSeen = 0;
+  /** Those of them that can answer a client's other line: never more than were sent before. */
+  othersCredit = 0;
   /** Why the request pump gave up on the current upstream connection. */
   writeError: unknown = undefined;
   /** Counts failovers begun: a replay finishing for an older one must not touch the state. */
@@ -481,9 +485,25 @@ class Session {
    * {@linkcode EngineConfig.lingerMs}.
    */
   othersAnswered(): boolean {
-    const tracker = this.tracker;
-    const sent = this.requests.invalidLines + tracker.unmatchable + (this.partialAtEof ? 1 : 0);
-    return sent === 0 || this.replies.invalidLines + tracker.unmatched >= sent;
+    const sent = this.othersSent();
+    return sent === 0 || this.othersCredit >= sent;
+  }
+
+  /** The client's lines that owe no reply a proxy can match, so far. */
+  othersSent(): number {
+    return this.requests.invalidLines + this.tracker.unmatchable + (this.partialAtEof ? 1 : 0);
+  }
+
+  /**
+   * Credits upstream lines that answered nothing (`answers` in all) to the client's other lines.
+   * A server answers a line only after it got it, so no more can be answers than such lines were
+   * sent by now: a duplicate or unsolicited reply before a client's invalid line is not its answer.
+   */
+  creditAnswers(answers: number): void {
+    const credit = this.othersCredit + answers - this.answersSeen;
+    const sent = this.othersSent();
+    this.othersCredit = credit < sent ? credit : sent;
+    this.answersSeen = answers;
   }
 
   /** Every REQ is answered after the FIN: wait a little for answers to the other lines. */
@@ -548,6 +568,8 @@ class Session {
       const now = stats.clock();
       this.tracker.setTime(now);
       const valid = this.replies.feed(bytes);
+      const answers = this.replies.invalidLines + this.tracker.unmatched;
+      if (answers !== this.answersSeen) this.creditAnswers(answers);
       stats.bytesUpstream += raw.length;
       if (this.own !== undefined) this.own.fromUpstream(raw.length);
       state.lastActivity = now;
