@@ -135,6 +135,34 @@ Deno.test("--resume=renumber replays unanswered REQs renumbered from 1 and maps 
   assert.deepEqual(proxy.stats.snapshot().connections_closed, { client_closed: 1 });
 });
 
+Deno.test("--resume=renumber relays the server's NAK 0 to a client's invalid line after a failover", async () => {
+  // Found in review: the rewriter dropped every reply whose Seq no renumbered REQ had, so the
+  // server's answer to a blank line (`NAK 0 ERRDECODE`; renumbered Seqs start at 1) never reached
+  // the client and the half-closed exchange waited out --linger instead of ending at once.
+  using raw = listenLocal();
+  await using pair = await bridgedPair(raw.addr as Deno.NetAddr, {
+    resume: "renumber",
+    halfCloseTimeoutMs: 60_000,
+    lingerMs: 60_000,
+  });
+  await writeAll(pair.client, "REQ 5\n");
+  const first = await accept(raw);
+  assert.deepEqual(await readLines(first, 1), ["REQ 5"]);
+  first.close();
+  const second = await accept(raw);
+  assert.deepEqual(await readLines(second, 1), ["REQ 1"]);
+  await writeAll(pair.client, "\n");
+  await pair.client.closeWrite();
+  const fromProxy = new LineReader(second);
+  assert.deepEqual(await fromProxy.readLines(1), [""]);
+  assert.equal(await fromProxy.readLine(), null, "the client's FIN passed on");
+  await writeAll(second, "ACK 1\nNAK 0 ERRDECODE\n");
+  assert.equal(await readText(pair.client), "ACK 5\nNAK 0 ERRDECODE\n");
+  assert.equal(await withTimeout(pair.done, 5000, "the exchange to end"), "completed");
+  assert.equal(pair.stats.repliesDropped, 0);
+  second.close();
+});
+
 Deno.test("--resume never hands the client a reply line the dead upstream cut in half", async () => {
   using raw = listenLocal();
   await using proxy = await startProxy(raw.addr as Deno.NetAddr);
