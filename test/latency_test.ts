@@ -99,12 +99,18 @@ Deno.test("LatencyTracker treats an unrepresentable Seq (-1) as untracked and ow
   const stats = new LatencyStats();
   const t = new LatencyTracker(stats);
   t.onMessage(MSG_REQ, -1);
+  t.onMessage(MSG_REQ, -1);
   assert.equal(t.outstanding, 0, "no reply can be matched to it");
-  assert.equal(t.unmatchable, 1);
+  assert.equal(t.unmatchable, 2);
+  assert.equal(t.unmatchablePending, 2, "held by the in-flight gate until answered");
   assert.equal(t.onMessage(MSG_ACK, -1), false);
   assert.equal(t.unmatched, 1);
-  assert.equal(stats.untrackedRequests, 1);
-  assert.equal(stats.unmatchedReplies, 0);
+  assert.equal(t.unmatchablePending, 1);
+  assert.equal(t.onMessage(MSG_NAK, 0), false, "NAK 0: a server that cannot parse it");
+  assert.equal(t.onMessage(MSG_NAK, 0), false);
+  assert.equal(t.unmatchablePending, 0, "never below 0");
+  assert.equal(stats.untrackedRequests, 2);
+  assert.equal(stats.unmatchedReplies, 2);
   assert.equal(stats.histogram.count, 0);
 });
 

@@ -201,3 +201,32 @@ for (const mode of ENGINE_MODES) {
     await waitUntil(() => proxy.stats.closed.completed === 1, "completed");
   });
 }
+
+for (const mode of ENGINE_MODES) {
+  Deno.test(`REQs whose Seq is above 2^53 are held by --max-inflight too [${mode.name}]`, async () => {
+    // Found in review: such a REQ owes no matchable reply, so it was not counted in flight, and a
+    // client using 17-digit Seqs (real REQs that servers parse and answer) passed the gate freely.
+    const big = 9007199254740993n; // 2^53 + 1: the analyzer cannot represent it
+    using raw = listenLocal();
+    await using proxy = await startProxy(raw.addr as Deno.NetAddr, {
+      ...mode.options,
+      maxInflight: 3,
+    });
+    using client = await connectTo(proxy.addr);
+    let text = "";
+    for (let k = 0n; k < 200n; k++) text += `REQ ${big + k} x\n`;
+    const sending = writeAll(client, text).catch(() => {});
+    using upstream = await raw.accept();
+    const fromProxy = new LineReader(upstream);
+    const toClient = new LineReader(client);
+    const got = await fromProxy.readLines(3);
+    // Nothing answered yet: a fourth REQ must not follow (ask for the answer, then look).
+    await writeAll(upstream, `ACK ${big} x\n`);
+    assert.deepEqual(await toClient.readLines(1), [`ACK ${big} x`]);
+    got.push(...await fromProxy.readLines(1));
+    got.push(...lines(new TextDecoder().decode(fromProxy.buffered)));
+    assert.equal(got.length, 4, "one answer lets exactly one more REQ through");
+    client.close();
+    await sending;
+  });
+}

@@ -368,13 +368,13 @@ class Session {
           for (let start = 0; start < n;) {
             let budget = Infinity;
             if (gated) {
-              budget = config.maxInflight - state.outstanding;
+              budget = config.maxInflight - this.inFlight();
               while (budget <= 0) {
                 if (this.closed) return;
                 stats.inflightLimitPauses++;
                 this.room = Promise.withResolvers();
                 await this.room.promise;
-                budget = config.maxInflight - state.outstanding;
+                budget = config.maxInflight - this.inFlight();
               }
             }
             // The chunk waits while the upstream is being replaced: its REQs follow the replay.
@@ -452,6 +452,14 @@ class Session {
     } catch (error) {
       this.internalError(error);
     }
+  }
+
+  /**
+   * What the in-flight gate holds: the REQs owed a reply, and those whose Seq is above 2^53 (no
+   * reply can be matched to them, but they are as much work for the server).
+   */
+  inFlight(): number {
+    return this.state.outstanding + this.tracker.unmatchablePending;
   }
 
   /** The client half-closed: end now if nothing is owed, else pass the FIN on and wait. */
@@ -577,7 +585,7 @@ class Session {
         // Only a reply with the Seq of an unanswered REQ answers it: a duplicate, unsolicited or
         // undecodable-line reply (`NAK 0`) neither ends the exchange nor opens the gate.
         state.outstanding = this.tracker.outstanding;
-        if (this.room !== undefined && state.outstanding < this.config.maxInflight) {
+        if (this.room !== undefined && this.inFlight() < this.config.maxInflight) {
           this.room.resolve();
           this.room = undefined;
         }

@@ -127,6 +127,12 @@ export class LatencyTracker {
    * they are not owed; like an invalid line, whatever the server says to them is relayed.
    */
   unmatchable = 0;
+  /**
+   * Those of {@linkcode unmatchable} not answered yet, as far as counting can tell: a reply that
+   * matches nothing is taken as the answer of one (servers answer in order). They owe no reply the
+   * exchange waits for, but the in-flight gate holds them: they are real work for the server.
+   */
+  unmatchablePending = 0;
   #connection: Histogram | undefined;
   #stats: LatencyStats;
   #max: number;
@@ -213,6 +219,7 @@ export class LatencyTracker {
     if (seq < 0) {
       stats.untrackedRequests++;
       this.unmatchable++;
+      this.unmatchablePending++;
       return;
     }
     const size = this.#size;
@@ -244,6 +251,7 @@ export class LatencyTracker {
   #reply(seq: number): boolean {
     if (seq < 0) {
       this.unmatched++;
+      if (this.unmatchablePending > 0) this.unmatchablePending--;
       return false;
     }
     const stats = this.#stats;
@@ -296,6 +304,7 @@ export class LatencyTracker {
     } else {
       stats.unmatchedReplies++;
       this.unmatched++;
+      if (this.unmatchablePending > 0) this.unmatchablePending--;
       return false;
     }
     this.outstanding--;
