@@ -88,6 +88,11 @@ export interface ConnectionSummary {
 export class BridgeState {
   /** Valid REQs forwarded upstream and not answered yet: only a reply with a REQ's Seq answers it. */
   outstanding = 0;
+  /**
+   * REQs forwarded whose Seq is above 2^53 and not answered yet, as far as counting can tell:
+   * owed no reply the exchange waits for, but work in the server's hands (the gate, idleness).
+   */
+  unmatchablePending = 0;
   /** Chunks read but not yet fully written (one per direction at most). */
   writing = 0;
   /** `stats.clock` time of the last chunk either way. */
@@ -95,7 +100,7 @@ export class BridgeState {
 
   /** Whether nothing is in flight: every forwarded REQ answered and no chunk being written. */
   get idle(): boolean {
-    return this.outstanding === 0 && this.writing === 0;
+    return this.outstanding === 0 && this.unmatchablePending === 0 && this.writing === 0;
   }
 }
 
@@ -407,6 +412,7 @@ class Session {
             state.lastActivity = now;
             if (valid > 0) {
               state.outstanding = this.tracker.outstanding;
+              state.unmatchablePending = this.tracker.unmatchablePending;
               stats.recordRequests(valid, now);
               if (this.counters !== undefined) this.counters.requests += valid;
             }
@@ -459,7 +465,7 @@ class Session {
    * reply can be matched to them, but they are as much work for the server).
    */
   inFlight(): number {
-    return this.state.outstanding + this.tracker.unmatchablePending;
+    return this.state.outstanding + this.state.unmatchablePending;
   }
 
   /** The client half-closed: end now if nothing is owed, else pass the FIN on and wait. */
@@ -585,6 +591,7 @@ class Session {
         // Only a reply with the Seq of an unanswered REQ answers it: a duplicate, unsolicited or
         // undecodable-line reply (`NAK 0`) neither ends the exchange nor opens the gate.
         state.outstanding = this.tracker.outstanding;
+        state.unmatchablePending = this.tracker.unmatchablePending;
         if (this.room !== undefined && this.inFlight() < this.config.maxInflight) {
           this.room.resolve();
           this.room = undefined;
