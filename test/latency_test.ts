@@ -127,10 +127,12 @@ Deno.test("LatencyTracker: a reply answers only an unanswered REQ with its Seq, 
   assert.equal(t.onMessage(MSG_ACK, 5), true);
   assert.equal(t.onMessage(MSG_ACK, 6), true);
   assert.equal(t.onMessage(MSG_ACK, 6), false, "a second answer to 6");
+  assert.equal(t.repeated, 1, "a copy of the reply just matched: no answer to another line");
   assert.equal(t.outstanding, 1, "the second REQ 5 is still owed");
   assert.equal(t.onMessage(MSG_ACK, 5), true);
   assert.equal(t.outstanding, 0);
-  assert.equal(t.unmatched, 3);
+  assert.equal(t.unmatched, 2);
+  assert.equal(stats.unmatchedReplies, 3);
   assert.equal(t.matched, 3);
 });
 
@@ -257,7 +259,7 @@ Deno.test("LatencyTracker agrees with a simple model on random traffic", () => {
         assert.equal(t.inFlight, outstanding.size);
         const dups = [...owedDup.values()].reduce((a, b) => a + b, 0);
         assert.equal(t.outstanding, outstanding.size + dups + owedUntracked);
-        assert.equal(t.unmatched, model.unmatched);
+        assert.equal(t.unmatched + t.repeated, model.unmatched);
       }
       assert.equal(stats.duplicateSeq, model.dup);
       assert.equal(stats.untrackedRequests, model.untracked);

@@ -230,3 +230,18 @@ for (const mode of ENGINE_MODES) {
     await sending;
   });
 }
+
+for (const mode of ENGINE_MODES) {
+  Deno.test(`a second copy of the last reply is no answer to an invalid line sent with it [${mode.name}]`, async () => {
+    // Found in review: a server that sends every reply twice (--duplicate-replies) answers
+    // `REQ 1` + a blank line with ACK 1, ACK 1, NAK 0; when the copy came before the NAK, it
+    // passed for the blank line's answer and the exchange ended, cutting the NAK off.
+    await using pair = await rawPair(mode, { halfCloseTimeoutMs: NEVER_MS, lingerMs: NEVER_MS });
+    await pair.send("REQ 1\n\n", 2);
+    await pair.reply("ACK 1\nACK 1\n");
+    await pair.reply(`${ERRDECODE}\n`);
+    assert.equal(await readText(pair.client), "", "then EOF, without waiting");
+    await waitUntil(() => pair.proxy.stats.closed.completed === 1, "completed");
+    assert.equal(pair.proxy.stats.latency.unmatchedReplies, 2);
+  });
+}

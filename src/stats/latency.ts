@@ -120,8 +120,16 @@ export class LatencyTracker {
   outstanding = 0;
   /** Replies that answered a REQ of this connection (monotonic). */
   matched = 0;
-  /** Replies that answered nothing: unsolicited, a second answer, or an unrepresentable Seq. */
+  /**
+   * Replies that answered nothing: unsolicited, a second answer, or an unrepresentable Seq; not
+   * counting {@linkcode repeated} ones.
+   */
   unmatched = 0;
+  /**
+   * Unmatched replies with the Seq of the reply matched last: a server that sends its replies
+   * twice. Unlike other unmatched replies they cannot be the answer to a client's other line.
+   */
+  repeated = 0;
   /**
    * REQs whose Seq is above 2^53 (the analyzer reports `-1`): no reply can be matched to them, so
    * they are not owed; like an invalid line, whatever the server says to them is relayed.
@@ -150,6 +158,7 @@ export class LatencyTracker {
   #duplicates: Map<number, number> | undefined;
   // REQs past the cap whose replies are still owed.
   #owedUntracked = 0;
+  #lastMatched = -1;
   #closed = false;
 
   /** Creates a tracker adding to `stats`. */
@@ -285,6 +294,7 @@ export class LatencyTracker {
       stats.inFlight--;
       this.outstanding--;
       this.matched++;
+      this.#lastMatched = seq;
       if (this.#timing) {
         const ms = this.#now - started;
         const seconds = ms > 0 ? ms / 1000 : 0;
@@ -303,12 +313,17 @@ export class LatencyTracker {
       this.#owedUntracked--;
     } else {
       stats.unmatchedReplies++;
+      if (seq === this.#lastMatched) {
+        this.repeated++;
+        return false;
+      }
       this.unmatched++;
       if (this.unmatchablePending > 0) this.unmatchablePending--;
       return false;
     }
     this.outstanding--;
     this.matched++;
+    this.#lastMatched = seq;
     return true;
   }
 
