@@ -245,3 +245,24 @@ for (const mode of ENGINE_MODES) {
     assert.equal(pair.proxy.stats.latency.unmatchedReplies, 2);
   });
 }
+
+for (const mode of ENGINE_MODES) {
+  Deno.test(`past the tracking cap (--max-inflight 0), NAK 0 answers none of the REQs counted instead of kept [${mode.name}]`, async () => {
+    // Found in review: past the cap (1 024 REQs kept at least) REQs were only counted, and any
+    // reply matching no kept REQ answered one of them: a NAK 0 or a duplicate then ended the
+    // exchange with the last real reply still to come, which was cut off.
+    await using pair = await rawPair(mode, {
+      maxInflight: 0,
+      maxTrackedRequests: 1, // the cap is then its floor, 1 024 (else 10 000)
+      halfCloseTimeoutMs: NEVER_MS,
+      lingerMs: NEVER_MS,
+    });
+    const n = 1030;
+    await pair.send(requests(1, n), n);
+    await pair.reply(acks(1, n - 1).join("\n") + "\n");
+    await pair.reply(`${ERRDECODE}\nACK 1\n`); // unsolicited, and a second copy of an old reply
+    await pair.reply(`ACK ${n}\n`);
+    assert.equal(await readText(pair.client), "", "then EOF");
+    await waitUntil(() => pair.proxy.stats.closed.completed === 1, "completed");
+  });
+}

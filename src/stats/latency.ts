@@ -112,8 +112,9 @@ const INITIAL_RING = 4;
  * fallback map; a second REQ with a Seq already outstanding is kept in a count per Seq, so each
  * of its replies is matched exactly too.
  *
- * Past the cap, REQs are counted instead of kept, and a reply that matches no kept REQ answers
- * one of them: the only place a reply is counted rather than matched.
+ * Past the cap, REQs are counted instead of kept (with the range of their Seqs), and a reply that
+ * matches no kept REQ but falls in that range answers one of them: the only place a reply is
+ * counted rather than matched.
  */
 export class LatencyTracker {
   /** Replies owed: matchable REQs not answered yet, tracked or counted past the cap. */
@@ -156,8 +157,11 @@ export class LatencyTracker {
   #fallback: Map<number, number> | undefined;
   // Second (third, …) REQs with a Seq already outstanding, per Seq: each owes its own reply.
   #duplicates: Map<number, number> | undefined;
-  // REQs past the cap whose replies are still owed.
+  // REQs past the cap whose replies are still owed, and the range of their Seqs: a reply outside
+  // it (NAK 0, a copy of an earlier reply) answers none of them.
   #owedUntracked = 0;
+  #untrackedLow = 0;
+  #untrackedHigh = 0;
   #lastMatched = -1;
   #closed = false;
 
@@ -246,7 +250,14 @@ export class LatencyTracker {
     this.outstanding++;
     if (this.inFlight >= this.#max) {
       stats.untrackedRequests++;
-      this.#owedUntracked++;
+      if (this.#owedUntracked++ === 0) {
+        this.#untrackedLow = seq;
+        this.#untrackedHigh = seq;
+      } else if (seq < this.#untrackedLow) {
+        this.#untrackedLow = seq;
+      } else if (seq > this.#untrackedHigh) {
+        this.#untrackedHigh = seq;
+      }
       return;
     }
     stats.inFlight++;
@@ -309,7 +320,9 @@ export class LatencyTracker {
     if (owed !== undefined) {
       if (owed > 1) duplicates!.set(seq, owed - 1);
       else duplicates!.delete(seq);
-    } else if (this.#owedUntracked > 0) {
+    } else if (
+      this.#owedUntracked > 0 && seq >= this.#untrackedLow && seq <= this.#untrackedHigh
+    ) {
       this.#owedUntracked--;
     } else {
       stats.unmatchedReplies++;
