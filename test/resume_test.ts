@@ -375,6 +375,25 @@ Deno.test("--resume: a REQ whose Seq is above 2^53 and that got its answer does 
   last.close();
 });
 
+Deno.test("--resume: a half-closed client's unanswered REQ whose Seq is above 2^53 is replayed, not given up", async () => {
+  // Found in review: with the client's FIN in and nothing matchable owed, the upstream's death
+  // ended the exchange as `completed` although that REQ (replayable, and replayed had the client
+  // not half-closed) was never answered: the client got EOF instead of its answer.
+  using raw = listenLocal();
+  await using pair = await bridgedPair(raw.addr as Deno.NetAddr, { reconnectBackoffMs: 1 });
+  await writeAll(pair.client, "REQ 99999999999999999999 x\n");
+  await pair.client.closeWrite();
+  const first = await accept(raw);
+  assert.deepEqual(await readLines(first, 1), ["REQ 99999999999999999999 x"]);
+  first.close(); // dies before answering
+  const second = await accept(raw);
+  assert.deepEqual(await readLines(second, 1), ["REQ 99999999999999999999 x"]);
+  await writeAll(second, "NAK 0 ERRDECODE\n");
+  assert.equal(await readText(pair.client), "NAK 0 ERRDECODE\n");
+  assert.equal(await withTimeout(pair.done, 5000, "the exchange to end"), "completed");
+  second.close();
+});
+
 Deno.test("--resume: a failover after a reply to the replayed REQs starts the count over", async () => {
   using raw = listenLocal();
   await using pair = await bridgedPair(raw.addr as Deno.NetAddr, {

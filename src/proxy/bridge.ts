@@ -271,7 +271,9 @@ class Session {
         const error = this.writeError ?? end.error;
         this.writeError = undefined;
         const why: CloseReason = error !== undefined ? "upstream_error" : "upstream_closed";
-        if (this.clientEof && state.outstanding === 0) {
+        // A REQ whose Seq is above 2^53 and that got no answer yet is not done either: with
+        // resume it is replayed like any other.
+        if (this.clientEof && state.outstanding === 0 && state.unmatchablePending === 0) {
           this.finish("completed");
           break;
         }
