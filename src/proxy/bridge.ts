@@ -271,9 +271,8 @@ class Session {
         const error = this.writeError ?? end.error;
         this.writeError = undefined;
         const why: CloseReason = error !== undefined ? "upstream_error" : "upstream_closed";
-        // A REQ whose Seq is above 2^53 and that got no answer yet is not done either: with
-        // resume it is replayed like any other.
-        if (this.clientEof && state.outstanding === 0 && state.unmatchablePending === 0) {
+        // With resume, a REQ whose Seq is above 2^53 and that got no answer yet is replayed.
+        if (this.clientEof && this.answered()) {
           this.finish("completed");
           break;
         }
@@ -470,13 +469,21 @@ class Session {
     return this.state.outstanding + this.state.unmatchablePending;
   }
 
+  /**
+   * Whether every REQ forwarded has had its answer: those owed a matching reply, and those whose
+   * Seq is above 2^53 (every REQ is answered; theirs is a reply that matches nothing).
+   */
+  answered(): boolean {
+    return this.state.outstanding === 0 && this.state.unmatchablePending === 0;
+  }
+
   /** The client half-closed: end now if nothing is owed, else pass the FIN on and wait. */
   clientEnded(): void {
     if (this.closed) return;
     this.clientEof = true;
     this.partialAtEof = this.requests.midLine;
     this.log?.end();
-    if (this.state.outstanding === 0 && !this.replyBusy && this.othersAnswered()) {
+    if (this.answered() && !this.replyBusy && this.othersAnswered()) {
       this.finish("client_closed");
       return;
     }
@@ -489,7 +496,7 @@ class Session {
       }
     }
     this.need?.resolve(); // a failover waiting for the client to speak re-checks
-    if (this.state.outstanding === 0) this.linger();
+    if (this.answered()) this.linger();
     else if (this.config.halfCloseTimeoutMs > 0) this.arm(this.config.halfCloseTimeoutMs);
   }
 
@@ -618,7 +625,7 @@ class Session {
         if (whole) this.clientMidLine = bytes[bytes.length - 1] !== NL;
       }
       if (k < chunk.length) source.keep(chunk, k);
-      if (this.clientEof && state.outstanding === 0 && !this.closed) {
+      if (this.clientEof && this.answered() && !this.closed) {
         if (this.othersAnswered()) {
           this.finish("completed");
           return { end: "eof" };
@@ -803,7 +810,7 @@ class Session {
     if (this.closed) return;
     const { config, state } = this;
     const quiet = this.stats.clock() - state.lastActivity;
-    if (this.clientEof && state.outstanding === 0 && this.lingering) {
+    if (this.clientEof && this.answered() && this.lingering) {
       const limit = lingerLimit(config);
       if (quiet < limit) return this.arm(limit - quiet);
       this.logger?.debug(
