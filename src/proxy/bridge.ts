@@ -89,8 +89,8 @@ export class BridgeState {
   /** Valid REQs forwarded upstream and not answered yet: only a reply with a REQ's Seq answers it. */
   outstanding = 0;
   /**
-   * REQs forwarded whose Seq is above 2^53 and not answered yet, as far as counting can tell:
-   * owed no reply the exchange waits for, but work in the server's hands (the gate, idleness).
+   * REQs forwarded whose Seq is above 2^53 and not answered yet, as far as counting can tell (a
+   * reply that matches nothing answers one): in flight like {@linkcode outstanding} ones.
    */
   unmatchablePending = 0;
   /** Chunks read but not yet fully written (one per direction at most). */
@@ -598,7 +598,8 @@ class Session {
       state.lastActivity = now;
       if (valid > 0) {
         // Only a reply with the Seq of an unanswered REQ answers it: a duplicate, unsolicited or
-        // undecodable-line reply (`NAK 0`) neither ends the exchange nor opens the gate.
+        // undecodable-line reply (`NAK 0`) neither ends the exchange nor opens the gate, unless
+        // a REQ whose Seq is above 2^53 awaits an answer (then it is that answer).
         state.outstanding = this.tracker.outstanding;
         state.unmatchablePending = this.tracker.unmatchablePending;
         if (this.room !== undefined && this.inFlight() < this.config.maxInflight) {
@@ -825,7 +826,7 @@ class Session {
       if (quiet < limit) return this.arm(limit - quiet);
       this.logger?.info(
         "Closing {connection}: half-closed with {owed} REQ(s) unanswered and no reply for {ms} ms",
-        { connection: this.label, owed: state.outstanding, ms: limit },
+        { connection: this.label, owed: state.outstanding + state.unmatchablePending, ms: limit },
       );
       this.finish("half_close_timeout");
       return;

@@ -138,8 +138,8 @@ export class LatencyTracker {
   unmatchable = 0;
   /**
    * Those of {@linkcode unmatchable} not answered yet, as far as counting can tell: a reply that
-   * matches nothing is taken as the answer of one (servers answer in order). They owe no reply the
-   * exchange waits for, but the in-flight gate holds them: they are real work for the server.
+   * matches nothing (but a {@linkcode repeated} one) is taken as the answer of one, as servers
+   * answer in order. The engine counts them in flight: real work for the server, and answered.
    */
   unmatchablePending = 0;
   #connection: Histogram | undefined;
