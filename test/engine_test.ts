@@ -295,3 +295,76 @@ Deno.test("--resume with no in-flight limit: a burst past the log's cap stops tr
   await writeAll(second, "ACK 2000\n");
   assert.deepEqual(await reader.readLines(1), ["ACK 2000"]);
 });
+
+Deno.test("--idle-timeout does not close a connection whose REQ with a Seq above 2^53 is unanswered", async () => {
+  // Found in review: such a REQ owes no matchable reply, so the connection counted as idle while
+  // the server was still working on it, and the idle timer closed it before the answer came.
+  using front = listenLocal();
+  using raw = listenLocal();
+  const client = await connectTo(front.addr as Deno.NetAddr);
+  const downstream = await front.accept();
+  const upstream = await connectTo(raw.addr as Deno.NetAddr);
+  const up = await raw.accept();
+  let now = 0;
+  const stats = new Stats({ clock: () => now });
+  const timers = fakeTimers();
+  const state = new BridgeState();
+  const done = bridge(downstream, upstream, {
+    stats,
+    state,
+    config: resolveEngineConfig({ idleTimeoutMs: 100, timers }),
+  });
+  try {
+    await writeAll(client, "REQ 99999999999999999999 x\n");
+    assert.deepEqual(await readLines(up, 1), ["REQ 99999999999999999999 x"]);
+    assert.equal(state.idle, false, "a REQ is in the server's hands");
+    now = 500;
+    timers.fire();
+    assert.equal(timers.pending, 100, "re-armed: not idle");
+    await writeAll(up, "NAK 0 ERRDECODE\n");
+    const reader = new LineReader(client);
+    assert.deepEqual(await reader.readLines(1), ["NAK 0 ERRDECODE"]);
+    assert.equal(state.idle, true);
+    now = 1000;
+    timers.fire();
+    assert.equal(await done, "idle_timeout");
+  } finally {
+    client.close();
+    up.close(); // the upstream's EOF ends the bridge whatever it was waiting for
+    await done;
+  }
+});
+
+Deno.test("a half-closed exchange waits for the answer to a REQ whose Seq is above 2^53 past --linger", async () => {
+  // Found in review: once every matchable REQ was answered the exchange lingered only 1 s for
+  // what remained, as for invalid lines that a server may never answer; but every REQ is
+  // answered, so a server slower than that lost the client its answer to a valid REQ.
+  using front = listenLocal();
+  using raw = listenLocal();
+  const client = await connectTo(front.addr as Deno.NetAddr);
+  const downstream = await front.accept();
+  const upstream = await connectTo(raw.addr as Deno.NetAddr);
+  const up = await raw.accept();
+  let now = 0;
+  const stats = new Stats({ clock: () => now });
+  const timers = fakeTimers();
+  const done = bridge(downstream, upstream, {
+    stats,
+    config: resolveEngineConfig({ lingerMs: 100, halfCloseTimeoutMs: 30_000, timers }),
+  });
+  try {
+    await writeAll(client, "REQ 99999999999999999999 x\n");
+    await client.closeWrite();
+    assert.deepEqual(await readLines(up, 1), ["REQ 99999999999999999999 x"]);
+    await waitUntil(() => timers.pending > 0, "a timer after the FIN");
+    now = 5000; // 5 s without an answer: far past --linger, well within --half-close-timeout
+    timers.fire();
+    await writeAll(up, "NAK 0 ERRDECODE\n");
+    assert.equal(await readText(client), "NAK 0 ERRDECODE\n");
+    assert.equal(await done, "completed");
+  } finally {
+    client.close();
+    up.close();
+    await done;
+  }
+});

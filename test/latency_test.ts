@@ -99,12 +99,18 @@ Deno.test("LatencyTracker treats an unrepresentable Seq (-1) as untracked and ow
   const stats = new LatencyStats();
   const t = new LatencyTracker(stats);
   t.onMessage(MSG_REQ, -1);
+  t.onMessage(MSG_REQ, -1);
   assert.equal(t.outstanding, 0, "no reply can be matched to it");
-  assert.equal(t.unmatchable, 1);
+  assert.equal(t.unmatchable, 2);
+  assert.equal(t.unmatchablePending, 2, "held by the in-flight gate until answered");
   assert.equal(t.onMessage(MSG_ACK, -1), false);
   assert.equal(t.unmatched, 1);
-  assert.equal(stats.untrackedRequests, 1);
-  assert.equal(stats.unmatchedReplies, 0);
+  assert.equal(t.unmatchablePending, 1);
+  assert.equal(t.onMessage(MSG_NAK, 0), false, "NAK 0: a server that cannot parse it");
+  assert.equal(t.onMessage(MSG_NAK, 0), false);
+  assert.equal(t.unmatchablePending, 0, "never below 0");
+  assert.equal(stats.untrackedRequests, 2);
+  assert.equal(stats.unmatchedReplies, 2);
   assert.equal(stats.histogram.count, 0);
 });
 
@@ -121,10 +127,12 @@ Deno.test("LatencyTracker: a reply answers only an unanswered REQ with its Seq, 
   assert.equal(t.onMessage(MSG_ACK, 5), true);
   assert.equal(t.onMessage(MSG_ACK, 6), true);
   assert.equal(t.onMessage(MSG_ACK, 6), false, "a second answer to 6");
+  assert.equal(t.repeated, 1, "a copy of the reply just matched: no answer to another line");
   assert.equal(t.outstanding, 1, "the second REQ 5 is still owed");
   assert.equal(t.onMessage(MSG_ACK, 5), true);
   assert.equal(t.outstanding, 0);
-  assert.equal(t.unmatched, 3);
+  assert.equal(t.unmatched, 2);
+  assert.equal(stats.unmatchedReplies, 3);
   assert.equal(t.matched, 3);
 });
 
@@ -217,6 +225,7 @@ Deno.test("LatencyTracker agrees with a simple model on random traffic", () => {
       const outstanding = new Map<number, number>();
       const owedDup = new Map<number, number>();
       let owedUntracked = 0;
+      let [low, high] = [0, 0];
       const model = { unmatched: 0, dup: 0, untracked: 0, sum: 0, count: 0 };
       let now = 0;
       for (const { reply, seq, dt } of ops) {
@@ -229,7 +238,8 @@ Deno.test("LatencyTracker agrees with a simple model on random traffic", () => {
             owedDup.set(seq, (owedDup.get(seq) ?? 0) + 1);
           } else if (outstanding.size >= cap) {
             model.untracked++;
-            owedUntracked++;
+            if (owedUntracked++ === 0) [low, high] = [seq, seq];
+            else [low, high] = [Math.min(low, seq), Math.max(high, seq)];
           } else outstanding.set(seq, now);
         } else {
           const matched = t.onMessage(MSG_ACK, seq);
@@ -241,7 +251,8 @@ Deno.test("LatencyTracker agrees with a simple model on random traffic", () => {
             model.count++;
             model.sum += (now - started) / 1000;
           } else if (dup > 0) owedDup.set(seq, dup - 1);
-          else if (owedUntracked > 0) owedUntracked--;
+          // Past the cap, only a reply within the Seqs counted answers one of them.
+          else if (owedUntracked > 0 && seq >= low && seq <= high) owedUntracked--;
           else {
             model.unmatched++;
             answers = false;
@@ -251,7 +262,7 @@ Deno.test("LatencyTracker agrees with a simple model on random traffic", () => {
         assert.equal(t.inFlight, outstanding.size);
         const dups = [...owedDup.values()].reduce((a, b) => a + b, 0);
         assert.equal(t.outstanding, outstanding.size + dups + owedUntracked);
-        assert.equal(t.unmatched, model.unmatched);
+        assert.equal(t.unmatched + t.repeated, model.unmatched);
       }
       assert.equal(stats.duplicateSeq, model.dup);
       assert.equal(stats.untrackedRequests, model.untracked);

@@ -172,3 +172,97 @@ for (const mode of ENGINE_MODES) {
     assert.equal(proxy.stats.closed.half_close_timeout ?? 0, 0);
   });
 }
+
+for (const mode of ENGINE_MODES) {
+  Deno.test(`an earlier unmatched reply is no answer to a later invalid line: its answer is relayed [${mode.name}]`, async () => {
+    // Found in review: the two counts were compared over the whole connection, so a duplicate
+    // (or unsolicited) reply before the client's invalid line passed for its answer, and the
+    // exchange ended at the FIN, cutting the real `NAK 0 ERRDECODE` off.
+    using raw = listenLocal();
+    await using proxy = await startProxy(raw.addr as Deno.NetAddr, {
+      ...mode.options,
+      halfCloseTimeoutMs: NEVER_MS,
+      lingerMs: NEVER_MS,
+    });
+    using client = await connectTo(proxy.addr);
+    const toClient = new LineReader(client);
+    await writeAll(client, "REQ 1\n");
+    using upstream = await raw.accept();
+    const fromProxy = new LineReader(upstream);
+    assert.deepEqual(await fromProxy.readLines(1), ["REQ 1"]);
+    await writeAll(upstream, "ACK 1\nACK 1\nACK 7\n"); // a duplicate, then an unsolicited reply
+    assert.deepEqual(await toClient.readLines(3), ["ACK 1", "ACK 1", "ACK 7"]);
+    await writeAll(client, "\nREQ +2\n");
+    await client.closeWrite();
+    assert.deepEqual(await fromProxy.readLines(2), ["", "REQ +2"]);
+    assert.equal(await fromProxy.readLine(), null, "the client's FIN passed on");
+    await writeAll(upstream, `${ERRDECODE}\n${ERRDECODE}\n`).catch(() => {});
+    assert.deepEqual(lines(await readText(toClient)), [ERRDECODE, ERRDECODE], "then EOF");
+    await waitUntil(() => proxy.stats.closed.completed === 1, "completed");
+  });
+}
+
+for (const mode of ENGINE_MODES) {
+  Deno.test(`REQs whose Seq is above 2^53 are held by --max-inflight too [${mode.name}]`, async () => {
+    // Found in review: such a REQ owes no matchable reply, so it was not counted in flight, and a
+    // client using 17-digit Seqs (real REQs that servers parse and answer) passed the gate freely.
+    const big = 9007199254740993n; // 2^53 + 1: the analyzer cannot represent it
+    using raw = listenLocal();
+    await using proxy = await startProxy(raw.addr as Deno.NetAddr, {
+      ...mode.options,
+      maxInflight: 3,
+    });
+    using client = await connectTo(proxy.addr);
+    let text = "";
+    for (let k = 0n; k < 200n; k++) text += `REQ ${big + k} x\n`;
+    const sending = writeAll(client, text).catch(() => {});
+    using upstream = await raw.accept();
+    const fromProxy = new LineReader(upstream);
+    const toClient = new LineReader(client);
+    const got = await fromProxy.readLines(3);
+    // Nothing answered yet: a fourth REQ must not follow (ask for the answer, then look).
+    await writeAll(upstream, `ACK ${big} x\n`);
+    assert.deepEqual(await toClient.readLines(1), [`ACK ${big} x`]);
+    got.push(...await fromProxy.readLines(1));
+    got.push(...lines(new TextDecoder().decode(fromProxy.buffered)));
+    assert.equal(got.length, 4, "one answer lets exactly one more REQ through");
+    client.close();
+    await sending;
+  });
+}
+
+for (const mode of ENGINE_MODES) {
+  Deno.test(`a second copy of the last reply is no answer to an invalid line sent with it [${mode.name}]`, async () => {
+    // Found in review: a server that sends every reply twice (--duplicate-replies) answers
+    // `REQ 1` + a blank line with ACK 1, ACK 1, NAK 0; when the copy came before the NAK, it
+    // passed for the blank line's answer and the exchange ended, cutting the NAK off.
+    await using pair = await rawPair(mode, { halfCloseTimeoutMs: NEVER_MS, lingerMs: NEVER_MS });
+    await pair.send("REQ 1\n\n", 2);
+    await pair.reply("ACK 1\nACK 1\n");
+    await pair.reply(`${ERRDECODE}\n`);
+    assert.equal(await readText(pair.client), "", "then EOF, without waiting");
+    await waitUntil(() => pair.proxy.stats.closed.completed === 1, "completed");
+    assert.equal(pair.proxy.stats.latency.unmatchedReplies, 2);
+  });
+}
+
+for (const mode of ENGINE_MODES) {
+  Deno.test(`past the tracking cap (--max-inflight 0), NAK 0 answers none of the REQs counted instead of kept [${mode.name}]`, async () => {
+    // Found in review: past the cap (1 024 REQs kept at least) REQs were only counted, and any
+    // reply matching no kept REQ answered one of them: a NAK 0 or a duplicate then ended the
+    // exchange with the last real reply still to come, which was cut off.
+    await using pair = await rawPair(mode, {
+      maxInflight: 0,
+      maxTrackedRequests: 1, // the cap is then its floor, 1 024 (else 10 000)
+      halfCloseTimeoutMs: NEVER_MS,
+      lingerMs: NEVER_MS,
+    });
+    const n = 1030;
+    await pair.send(requests(1, n), n);
+    await pair.reply(acks(1, n - 1).join("\n") + "\n");
+    await pair.reply(`${ERRDECODE}\nACK 1\n`); // unsolicited, and a second copy of an old reply
+    await pair.reply(`ACK ${n}\n`);
+    assert.equal(await readText(pair.client), "", "then EOF");
+    await waitUntil(() => pair.proxy.stats.closed.completed === 1, "completed");
+  });
+}

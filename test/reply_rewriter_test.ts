@@ -48,7 +48,7 @@ const replyLineArb = fc.oneof(
   { weight: 1, arbitrary: fc.constantFrom("REQ 1\n", "ACK\n", "ACK x\n", "ACK 1x\n", "\n") },
 );
 
-Deno.test("ReplyRewriter maps known proxy Seqs back, drops replies to unknown ones, passes other lines, in any chunking", () => {
+Deno.test("ReplyRewriter maps known proxy Seqs back, drops replies to unknown ones, passes other lines and NAK 0, in any chunking", () => {
   fc.assert(
     fc.property(
       fc.array(replyLineArb, { maxLength: 30 }),
@@ -74,6 +74,8 @@ Deno.test("ReplyRewriter maps known proxy Seqs back, drops replies to unknown on
           const m = VALID_REPLY.exec(line);
           if (!m) return line;
           const seq = Number(m[3]);
+          // No renumbered REQ has Seq 0: NAK 0 answers a line the server could not decode.
+          if (m[1] === "NAK" && seq === 0) return line;
           if (!clientSeqs.has(seq) || used.has(seq)) {
             dropped++; // it would reach the client as the answer to a REQ it did not send
             return "";

@@ -135,6 +135,34 @@ Deno.test("--resume=renumber replays unanswered REQs renumbered from 1 and maps 
   assert.deepEqual(proxy.stats.snapshot().connections_closed, { client_closed: 1 });
 });
 
+Deno.test("--resume=renumber relays the server's NAK 0 to a client's invalid line after a failover", async () => {
+  // Found in review: the rewriter dropped every reply whose Seq no renumbered REQ had, so the
+  // server's answer to a blank line (`NAK 0 ERRDECODE`; renumbered Seqs start at 1) never reached
+  // the client and the half-closed exchange waited out --linger instead of ending at once.
+  using raw = listenLocal();
+  await using pair = await bridgedPair(raw.addr as Deno.NetAddr, {
+    resume: "renumber",
+    halfCloseTimeoutMs: 60_000,
+    lingerMs: 60_000,
+  });
+  await writeAll(pair.client, "REQ 5\n");
+  const first = await accept(raw);
+  assert.deepEqual(await readLines(first, 1), ["REQ 5"]);
+  first.close();
+  const second = await accept(raw);
+  assert.deepEqual(await readLines(second, 1), ["REQ 1"]);
+  await writeAll(pair.client, "\n");
+  await pair.client.closeWrite();
+  const fromProxy = new LineReader(second);
+  assert.deepEqual(await fromProxy.readLines(1), [""]);
+  assert.equal(await fromProxy.readLine(), null, "the client's FIN passed on");
+  await writeAll(second, "ACK 1\nNAK 0 ERRDECODE\n");
+  assert.equal(await readText(pair.client), "ACK 5\nNAK 0 ERRDECODE\n");
+  assert.equal(await withTimeout(pair.done, 5000, "the exchange to end"), "completed");
+  assert.equal(pair.stats.repliesDropped, 0);
+  second.close();
+});
+
 Deno.test("--resume never hands the client a reply line the dead upstream cut in half", async () => {
   using raw = listenLocal();
   await using proxy = await startProxy(raw.addr as Deno.NetAddr);
@@ -292,6 +320,78 @@ Deno.test("--resume-max-failovers counts failovers without a reply, however long
   assert.equal(await withTimeout(pair.done, 5000, "the client to be closed"), "upstream_closed");
   assert.equal(pair.stats.failovers, 2);
   assert.equal(pair.stats.resumeFailures, 1);
+});
+
+Deno.test("--resume-max-failovers also gives up on a poison REQ whose Seq is above 2^53 (owed nothing matchable)", async () => {
+  // Found in review: the failover counted as healthy when nothing matchable was owed, and a REQ
+  // with a 20-digit Seq is not matchable, so an upstream it kills was replayed to for ever.
+  using raw = listenLocal();
+  await using pair = await bridgedPair(raw.addr as Deno.NetAddr, {
+    maxFailovers: 2,
+    reconnectBackoffMs: 1,
+  });
+  await writeAll(pair.client, "REQ 99999999999999999999 poison\n");
+  const ending = pair.done.then(() => "ended" as const);
+  let dialed = 0;
+  for (; dialed < 6; dialed++) {
+    const next = await withTimeout(
+      Promise.race([raw.accept(), ending]),
+      5000,
+      "a dial or the end",
+    );
+    if (next === "ended") break;
+    assert.match((await readLines(next, 1))[0], /^REQ 99999999999999999999 poison$/);
+    next.close(); // the poison REQ kills it, unanswered
+  }
+  assert.equal(dialed, 3, "the first connection and 2 failovers, then given up");
+  assert.equal(await withTimeout(pair.done, 5000, "the client to be closed"), "upstream_closed");
+  assert.equal(pair.stats.failovers, 2);
+  assert.equal(pair.stats.resumeFailures, 1);
+});
+
+Deno.test("--resume: a REQ whose Seq is above 2^53 and that got its answer does not count against the upstream", async () => {
+  // The other side of the poison REQ: an idle client's answered 20-digit REQ is replayed after
+  // each upstream restart, and each new connection answers it (`NAK 0`): never given up.
+  using raw = listenLocal();
+  await using pair = await bridgedPair(raw.addr as Deno.NetAddr, {
+    maxFailovers: 1,
+    reconnectBackoffMs: 1,
+  });
+  const reader = new LineReader(pair.client);
+  await writeAll(pair.client, "REQ 99999999999999999999 x\n");
+  for (let k = 0; k < 3; k++) {
+    const conn = await accept(raw);
+    assert.deepEqual(await readLines(conn, 1), ["REQ 99999999999999999999 x"]);
+    await writeAll(conn, "NAK 0 ERRDECODE\n");
+    assert.deepEqual(await reader.readLines(1), ["NAK 0 ERRDECODE"]);
+    conn.close();
+  }
+  const last = await accept(raw);
+  await writeAll(pair.client, "REQ 1\n");
+  assert.deepEqual((await readLines(last, 2))[1], "REQ 1");
+  await writeAll(last, "NAK 0 ERRDECODE\nACK 1\n");
+  assert.deepEqual(await reader.readLines(2), ["NAK 0 ERRDECODE", "ACK 1"]);
+  assert.equal(pair.stats.resumeFailures, 0);
+  last.close();
+});
+
+Deno.test("--resume: a half-closed client's unanswered REQ whose Seq is above 2^53 is replayed, not given up", async () => {
+  // Found in review: with the client's FIN in and nothing matchable owed, the upstream's death
+  // ended the exchange as `completed` although that REQ (replayable, and replayed had the client
+  // not half-closed) was never answered: the client got EOF instead of its answer.
+  using raw = listenLocal();
+  await using pair = await bridgedPair(raw.addr as Deno.NetAddr, { reconnectBackoffMs: 1 });
+  await writeAll(pair.client, "REQ 99999999999999999999 x\n");
+  await pair.client.closeWrite();
+  const first = await accept(raw);
+  assert.deepEqual(await readLines(first, 1), ["REQ 99999999999999999999 x"]);
+  first.close(); // dies before answering
+  const second = await accept(raw);
+  assert.deepEqual(await readLines(second, 1), ["REQ 99999999999999999999 x"]);
+  await writeAll(second, "NAK 0 ERRDECODE\n");
+  assert.equal(await readText(pair.client), "NAK 0 ERRDECODE\n");
+  assert.equal(await withTimeout(pair.done, 5000, "the exchange to end"), "completed");
+  second.close();
 });
 
 Deno.test("--resume: a failover after a reply to the replayed REQs starts the count over", async () => {

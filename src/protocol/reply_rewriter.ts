@@ -5,8 +5,9 @@
  *
  * The grammar of a valid reply is exactly the analyzer's (upstream direction). Only the head of
  * a line (type, whitespace, Seq) is held until it is known; data bytes stream through. Lines that
- * are not valid replies pass unchanged; valid replies whose Seq the map does not know are dropped
- * and counted ({@linkcode ReplyRewriter.dropped}).
+ * are not valid replies pass unchanged, and so does `NAK 0` (a server's answer to a line it could
+ * not decode; no renumbered REQ has Seq 0); other valid replies whose Seq the map does not know
+ * are dropped and counted ({@linkcode ReplyRewriter.dropped}).
  *
  * @module
  */
@@ -178,7 +179,14 @@ export class ReplyRewriter {
   // A valid reply head is complete: write it with the client's Seq when the map knows it, else
   // drop it (and, the caller sees to it, the rest of its line). Returns whether it was known.
   #accept(): boolean {
-    const entry = this.#seqValue >= 0 ? this.#map.findProxySeq(this.#seqValue) : -1;
+    const seq = this.#seqValue;
+    if (seq === 0 && this.#type === TYPE_NAK) {
+      // No renumbered REQ has Seq 0 (they start at 1): `NAK 0` is the server's answer to a line
+      // it could not decode, the client's own invalid line, and goes out as the server said it.
+      this.#flushHead();
+      return true;
+    }
+    const entry = seq >= 0 ? this.#map.findProxySeq(seq) : -1;
     if (entry < 0) {
       this.#headLength = 0;
       this.dropped++;

@@ -88,6 +88,11 @@ export interface ConnectionSummary {
 export class BridgeState {
   /** Valid REQs forwarded upstream and not answered yet: only a reply with a REQ's Seq answers it. */
   outstanding = 0;
+  /**
+   * REQs forwarded whose Seq is above 2^53 and not answered yet, as far as counting can tell (a
+   * reply that matches nothing answers one): in flight like {@linkcode outstanding} ones.
+   */
+  unmatchablePending = 0;
   /** Chunks read but not yet fully written (one per direction at most). */
   writing = 0;
   /** `stats.clock` time of the last chunk either way. */
@@ -95,7 +100,7 @@ export class BridgeState {
 
   /** Whether nothing is in flight: every forwarded REQ answered and no chunk being written. */
   get idle(): boolean {
-    return this.outstanding === 0 && this.writing === 0;
+    return this.outstanding === 0 && this.unmatchablePending === 0 && this.writing === 0;
   }
 }
 
@@ -164,10 +169,16 @@ class Session {
   clientMidLine = false;
   /** Resume: the tracker's matched count when the current upstream connection began. */
   matchedAtConnect = 0;
+  /** Resume: the tracker's unmatched count then (answers to REQs whose Seq is above 2^53). */
+  unmatchedAtConnect = 0;
   /** The client's stream ended inside a line (a line the server may still answer). */
   partialAtEof = false;
   /** Every REQ is answered after the client's FIN, but other lines may still get answers. */
   lingering = false;
+  /** Upstream lines that answered nothing (unmatched replies, invalid lines), as last seen. */
+  answersSeen = 0;
+  /** Those of them that can answer a client's other line: never more than were sent before. */
+  othersCredit = 0;
   /** Why the request pump gave up on the current upstream connection. */
   writeError: unknown = undefined;
   /** Counts failovers begun: a replay finishing for an older one must not touch the state. */
@@ -260,7 +271,8 @@ class Session {
         const error = this.writeError ?? end.error;
         this.writeError = undefined;
         const why: CloseReason = error !== undefined ? "upstream_error" : "upstream_closed";
-        if (this.clientEof && state.outstanding === 0) {
+        // With resume, a REQ whose Seq is above 2^53 and that got no answer yet is replayed.
+        if (this.clientEof && this.answered()) {
           this.finish("completed");
           break;
         }
@@ -362,13 +374,13 @@ class Session {
           for (let start = 0; start < n;) {
             let budget = Infinity;
             if (gated) {
-              budget = config.maxInflight - state.outstanding;
+              budget = config.maxInflight - this.inFlight();
               while (budget <= 0) {
                 if (this.closed) return;
                 stats.inflightLimitPauses++;
                 this.room = Promise.withResolvers();
                 await this.room.promise;
-                budget = config.maxInflight - state.outstanding;
+                budget = config.maxInflight - this.inFlight();
               }
             }
             // The chunk waits while the upstream is being replaced: its REQs follow the replay.
@@ -401,6 +413,7 @@ class Session {
             state.lastActivity = now;
             if (valid > 0) {
               state.outstanding = this.tracker.outstanding;
+              state.unmatchablePending = this.tracker.unmatchablePending;
               stats.recordRequests(valid, now);
               if (this.counters !== undefined) this.counters.requests += valid;
             }
@@ -448,13 +461,29 @@ class Session {
     }
   }
 
+  /**
+   * What the in-flight gate holds: the REQs owed a reply, and those whose Seq is above 2^53 (no
+   * reply can be matched to them, but they are as much work for the server).
+   */
+  inFlight(): number {
+    return this.state.outstanding + this.state.unmatchablePending;
+  }
+
+  /**
+   * Whether every REQ forwarded has had its answer: those owed a matching reply, and those whose
+   * Seq is above 2^53 (every REQ is answered; theirs is a reply that matches nothing).
+   */
+  answered(): boolean {
+    return this.state.outstanding === 0 && this.state.unmatchablePending === 0;
+  }
+
   /** The client half-closed: end now if nothing is owed, else pass the FIN on and wait. */
   clientEnded(): void {
     if (this.closed) return;
     this.clientEof = true;
     this.partialAtEof = this.requests.midLine;
     this.log?.end();
-    if (this.state.outstanding === 0 && !this.replyBusy && this.othersAnswered()) {
+    if (this.answered() && !this.replyBusy && this.othersAnswered()) {
       this.finish("client_closed");
       return;
     }
@@ -467,7 +496,7 @@ class Session {
       }
     }
     this.need?.resolve(); // a failover waiting for the client to speak re-checks
-    if (this.state.outstanding === 0) this.linger();
+    if (this.answered()) this.linger();
     else if (this.config.halfCloseTimeoutMs > 0) this.arm(this.config.halfCloseTimeoutMs);
   }
 
@@ -479,9 +508,25 @@ class Session {
    * {@linkcode EngineConfig.lingerMs}.
    */
   othersAnswered(): boolean {
-    const tracker = this.tracker;
-    const sent = this.requests.invalidLines + tracker.unmatchable + (this.partialAtEof ? 1 : 0);
-    return sent === 0 || this.replies.invalidLines + tracker.unmatched >= sent;
+    const sent = this.othersSent();
+    return sent === 0 || this.othersCredit >= sent;
+  }
+
+  /** The client's lines that owe no reply a proxy can match, so far. */
+  othersSent(): number {
+    return this.requests.invalidLines + this.tracker.unmatchable + (this.partialAtEof ? 1 : 0);
+  }
+
+  /**
+   * Credits upstream lines that answered nothing (`answers` in all) to the client's other lines.
+   * A server answers a line only after it got it, so no more can be answers than such lines were
+   * sent by now: a duplicate or unsolicited reply before a client's invalid line is not its answer.
+   */
+  creditAnswers(answers: number): void {
+    const credit = this.othersCredit + answers - this.answersSeen;
+    const sent = this.othersSent();
+    this.othersCredit = credit < sent ? credit : sent;
+    this.answersSeen = answers;
   }
 
   /** Every REQ is answered after the FIN: wait a little for answers to the other lines. */
@@ -546,14 +591,18 @@ class Session {
       const now = stats.clock();
       this.tracker.setTime(now);
       const valid = this.replies.feed(bytes);
+      const answers = this.replies.invalidLines + this.tracker.unmatched;
+      if (answers !== this.answersSeen) this.creditAnswers(answers);
       stats.bytesUpstream += raw.length;
       if (this.own !== undefined) this.own.fromUpstream(raw.length);
       state.lastActivity = now;
       if (valid > 0) {
         // Only a reply with the Seq of an unanswered REQ answers it: a duplicate, unsolicited or
-        // undecodable-line reply (`NAK 0`) neither ends the exchange nor opens the gate.
+        // undecodable-line reply (`NAK 0`) neither ends the exchange nor opens the gate, unless
+        // a REQ whose Seq is above 2^53 awaits an answer (then it is that answer).
         state.outstanding = this.tracker.outstanding;
-        if (this.room !== undefined && state.outstanding < this.config.maxInflight) {
+        state.unmatchablePending = this.tracker.unmatchablePending;
+        if (this.room !== undefined && this.inFlight() < this.config.maxInflight) {
           this.room.resolve();
           this.room = undefined;
         }
@@ -577,7 +626,7 @@ class Session {
         if (whole) this.clientMidLine = bytes[bytes.length - 1] !== NL;
       }
       if (k < chunk.length) source.keep(chunk, k);
-      if (this.clientEof && state.outstanding === 0 && !this.closed) {
+      if (this.clientEof && this.answered() && !this.closed) {
         if (this.othersAnswered()) {
           this.finish("completed");
           return { end: "eof" };
@@ -622,8 +671,13 @@ class Session {
     const generation = ++this.generation;
     // The failovers in a row start over only when this connection answered a REQ, or died
     // owing nothing (its death was not a REQ's doing). Time alone proves nothing: an upstream
-    // that a poison REQ kills after 1.2 s would have it replayed for ever.
-    const healthy = this.tracker.matched > this.matchedAtConnect || state.outstanding === 0;
+    // that a poison REQ kills after 1.2 s would have it replayed for ever. A REQ whose Seq is
+    // above 2^53 is owed no matchable reply yet is replayed: only an answer to it (one that
+    // matches nothing, like `NAK 0`) clears it, or it could kill upstreams for ever.
+    const tracker = this.tracker;
+    const healthy = tracker.matched > this.matchedAtConnect ||
+      (state.outstanding === 0 &&
+        (log!.outstanding === 0 || tracker.unmatched > this.unmatchedAtConnect));
     this.failing = true;
     closeQuietly(this.up);
     const dead = this.lease?.upstream;
@@ -692,6 +746,7 @@ class Session {
     }
     this.up = up;
     this.matchedAtConnect = this.tracker.matched;
+    this.unmatchedAtConnect = this.tracker.unmatched;
     const source = new ChunkSource(up, {
       initialSize: this.config.initialBufferSize,
       maxSize: this.config.maxBufferSize,
@@ -756,7 +811,7 @@ class Session {
     if (this.closed) return;
     const { config, state } = this;
     const quiet = this.stats.clock() - state.lastActivity;
-    if (this.clientEof && state.outstanding === 0 && this.lingering) {
+    if (this.clientEof && this.answered() && this.lingering) {
       const limit = lingerLimit(config);
       if (quiet < limit) return this.arm(limit - quiet);
       this.logger?.debug(
@@ -771,7 +826,7 @@ class Session {
       if (quiet < limit) return this.arm(limit - quiet);
       this.logger?.info(
         "Closing {connection}: half-closed with {owed} REQ(s) unanswered and no reply for {ms} ms",
-        { connection: this.label, owed: state.outstanding, ms: limit },
+        { connection: this.label, owed: state.outstanding + state.unmatchablePending, ms: limit },
       );
       this.finish("half_close_timeout");
       return;

@@ -112,21 +112,36 @@ const INITIAL_RING = 4;
  * fallback map; a second REQ with a Seq already outstanding is kept in a count per Seq, so each
  * of its replies is matched exactly too.
  *
- * Past the cap, REQs are counted instead of kept, and a reply that matches no kept REQ answers
- * one of them: the only place a reply is counted rather than matched.
+ * Past the cap, REQs are counted instead of kept (with the range of their Seqs), and a reply that
+ * matches no kept REQ but falls in that range answers one of them: the only place a reply is
+ * counted rather than matched.
  */
 export class LatencyTracker {
   /** Replies owed: matchable REQs not answered yet, tracked or counted past the cap. */
   outstanding = 0;
   /** Replies that answered a REQ of this connection (monotonic). */
   matched = 0;
-  /** Replies that answered nothing: unsolicited, a second answer, or an unrepresentable Seq. */
+  /**
+   * Replies that answered nothing: unsolicited, a second answer, or an unrepresentable Seq; not
+   * counting {@linkcode repeated} ones.
+   */
   unmatched = 0;
+  /**
+   * Unmatched replies with the Seq of the reply matched last: a server that sends its replies
+   * twice. Unlike other unmatched replies they cannot be the answer to a client's other line.
+   */
+  repeated = 0;
   /**
    * REQs whose Seq is above 2^53 (the analyzer reports `-1`): no reply can be matched to them, so
    * they are not owed; like an invalid line, whatever the server says to them is relayed.
    */
   unmatchable = 0;
+  /**
+   * Those of {@linkcode unmatchable} not answered yet, as far as counting can tell: a reply that
+   * matches nothing (but a {@linkcode repeated} one) is taken as the answer of one, as servers
+   * answer in order. The engine counts them in flight: real work for the server, and answered.
+   */
+  unmatchablePending = 0;
   #connection: Histogram | undefined;
   #stats: LatencyStats;
   #max: number;
@@ -142,8 +157,12 @@ export class LatencyTracker {
   #fallback: Map<number, number> | undefined;
   // Second (third, …) REQs with a Seq already outstanding, per Seq: each owes its own reply.
   #duplicates: Map<number, number> | undefined;
-  // REQs past the cap whose replies are still owed.
+  // REQs past the cap whose replies are still owed, and the range of their Seqs: a reply outside
+  // it (NAK 0, a copy of an earlier reply) answers none of them.
   #owedUntracked = 0;
+  #untrackedLow = 0;
+  #untrackedHigh = 0;
+  #lastMatched = -1;
   #closed = false;
 
   /** Creates a tracker adding to `stats`. */
@@ -213,6 +232,7 @@ export class LatencyTracker {
     if (seq < 0) {
       stats.untrackedRequests++;
       this.unmatchable++;
+      this.unmatchablePending++;
       return;
     }
     const size = this.#size;
@@ -230,7 +250,14 @@ export class LatencyTracker {
     this.outstanding++;
     if (this.inFlight >= this.#max) {
       stats.untrackedRequests++;
-      this.#owedUntracked++;
+      if (this.#owedUntracked++ === 0) {
+        this.#untrackedLow = seq;
+        this.#untrackedHigh = seq;
+      } else if (seq < this.#untrackedLow) {
+        this.#untrackedLow = seq;
+      } else if (seq > this.#untrackedHigh) {
+        this.#untrackedHigh = seq;
+      }
       return;
     }
     stats.inFlight++;
@@ -244,6 +271,7 @@ export class LatencyTracker {
   #reply(seq: number): boolean {
     if (seq < 0) {
       this.unmatched++;
+      if (this.unmatchablePending > 0) this.unmatchablePending--;
       return false;
     }
     const stats = this.#stats;
@@ -277,6 +305,7 @@ export class LatencyTracker {
       stats.inFlight--;
       this.outstanding--;
       this.matched++;
+      this.#lastMatched = seq;
       if (this.#timing) {
         const ms = this.#now - started;
         const seconds = ms > 0 ? ms / 1000 : 0;
@@ -291,15 +320,23 @@ export class LatencyTracker {
     if (owed !== undefined) {
       if (owed > 1) duplicates!.set(seq, owed - 1);
       else duplicates!.delete(seq);
-    } else if (this.#owedUntracked > 0) {
+    } else if (
+      this.#owedUntracked > 0 && seq >= this.#untrackedLow && seq <= this.#untrackedHigh
+    ) {
       this.#owedUntracked--;
     } else {
       stats.unmatchedReplies++;
+      if (seq === this.#lastMatched) {
+        this.repeated++;
+        return false;
+      }
       this.unmatched++;
+      if (this.unmatchablePending > 0) this.unmatchablePending--;
       return false;
     }
     this.outstanding--;
     this.matched++;
+    this.#lastMatched = seq;
     return true;
   }
 
