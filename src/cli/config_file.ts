@@ -17,9 +17,6 @@ export class ConfigFileError extends Error {
   }
 }
 
-/** Keys of the file that are not flags of the proxy, or make no sense in a file. */
-const NOT_IN_FILE = new Set(["help", "version", "config"]);
-
 /**
  * The flag values `text` (the file at `path`) sets, as {@linkcode parseFlags} takes them.
  *
@@ -47,7 +44,7 @@ export function parseConfigFile(
     // Own keys only: "toString", "constructor" or "__proto__" are not flags, whatever
     // Object.prototype holds.
     const spec = Object.hasOwn(specs, key) ? specs[key] : undefined;
-    if (spec === undefined || NOT_IN_FILE.has(key)) {
+    if (spec === undefined || spec.file === false) {
       throw new ConfigFileError(`Unknown key ${where}: keys are the flags' names, e.g. "listen"`);
     }
     if (spec.type === "boolean") {

@@ -31,6 +31,8 @@ export interface FlagSpec {
   default?: string | boolean;
   /** Whether `FOO_PROXY_<NAME>` may supply the value. @default {true} */
   env?: boolean;
+  /** Whether a `--config` file may hold it, as a key named like the flag. @default {true} */
+  file?: boolean;
   /** The value's placeholder in help (`ADDR`, `N`, `DUR`). Unset: the flag takes no value. */
   value?: string;
   /** Whether the value is optional (`--resume[=MODE]`). @default {false} */

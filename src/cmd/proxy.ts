@@ -4,9 +4,7 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import { type Address, formatAddress } from "../cli/address.ts";
-import { parseAddressFlag } from "../cli/address_flag.ts";
-import { parseDuration } from "../cli/duration.ts";
+import { formatAddress } from "../cli/address.ts";
 import {
   assertPermissions,
   MissingPermissionError,
@@ -14,19 +12,9 @@ import {
 } from "../cli/permissions.ts";
 import { formatFlagHelp, formatSynopsis } from "../cli/flag_help.ts";
 import { DURATION_HELP } from "../cli/duration.ts";
-import { parseHealthInterval, parseUpstreams, type UpstreamSpec } from "../cli/upstreams.ts";
-import { ConfigFileError, parseConfigFile } from "../cli/config_file.ts";
-import type { HealthMode } from "../proxy/health_check.ts";
-import { type BalancePolicy, UpstreamPool } from "../proxy/upstream_pool.ts";
-import {
-  denoEnvReader,
-  type FlagSpec,
-  parseChoiceFlag,
-  parseFlags,
-  parseIntegerFlag,
-  UsageError,
-} from "../cli/flags.ts";
-import type { ResumeMode } from "../proxy/engine_config.ts";
+import { ConfigFileError } from "../cli/config_file.ts";
+import { UpstreamPool } from "../proxy/upstream_pool.ts";
+import { denoEnvReader, parseFlags, UsageError } from "../cli/flags.ts";
 import { Proxy } from "../proxy/proxy.ts";
 import { describeError } from "../proxy/upstream.ts";
 import { RecoveryPathError, type RecoveryPersister } from "../proxy/recovery_file.ts";
@@ -39,237 +27,18 @@ import { installSignals } from "./signals.ts";
 import { setupLogging } from "./logging.ts";
 import { fdsNeeded, maxConnectionsFor, readFdLimit } from "./fd_limit.ts";
 import { LineWriter } from "./line_writer.ts";
-import { type AccessLogFormat, type AccessRecord, formatAccessLine } from "../proxy/access_log.ts";
+import { type AccessRecord, formatAccessLine } from "../proxy/access_log.ts";
 import { PidFile, PidFileError } from "./pid_file.ts";
 import { openOwnFile, OwnFileError } from "./open_own_file.ts";
 import { HttpBindError, type Observability, startObservability } from "./observability.ts";
 import { setupRecovery } from "./recovery_setup.ts";
 import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.ts";
+import { applyReload } from "./apply_reload.ts";
+import { parseProxyConfig, type ProxyConfig, resumeAlias } from "./proxy_config.ts";
+import { poolOptionsOf, PROXY_FLAGS, proxyOptionsOf } from "./proxy_settings.ts";
 
-/** Flags of `foo-proxy proxy`: the one definition the parser, `--help` and the README use. */
-export const PROXY_FLAGS: Record<string, FlagSpec> = {
-  listen: {
-    type: "string",
-    default: ":8002",
-    value: "ADDR",
-    help: "where clients connect (:PORT binds every interface)",
-  },
-  forward: {
-    type: "string",
-    default: "localhost:8001",
-    value: "ADDR[,ADDR…]",
-    multiple: true,
-    help:
-      "the upstream Foo server(s), at most 1000: a list and/or repeated flags, each [NAME=]HOST:PORT[*WEIGHT]",
-  },
-  balance: {
-    type: "string",
-    default: "leastconn",
-    value: "POLICY",
-    help:
-      "leastconn (fewest connections per weight: Foo connections are long-lived and pipelined), roundrobin (weighted), or first (the first upstream that is up: primary and backups)",
-  },
-  "health-interval": {
-    type: "string",
-    default: "2s",
-    value: "DUR",
-    help: "time between two health checks of one upstream: at least 100ms, or 0 = none",
-  },
-  "health-timeout": {
-    type: "string",
-    default: "1s",
-    value: "DUR",
-    help: "deadline of one health check",
-  },
-  "health-mode": {
-    type: "string",
-    default: "foo",
-    value: "MODE",
-    help:
-      "foo: send REQ 1 and expect ACK/NAK 1; tcp: connect only (servers that must not see probes)",
-  },
-  "health-rise": {
-    type: "string",
-    default: "2",
-    value: "N",
-    help: "good checks in a row that bring an upstream up",
-  },
-  "health-fall": {
-    type: "string",
-    default: "3",
-    value: "N",
-    help: "failed checks in a row that take it down",
-  },
-  "eject-after": {
-    type: "string",
-    default: "5",
-    value: "N",
-    help: "connect failures or mid-stream errors in a row that eject an upstream (0 = never)",
-  },
-  "eject-time": {
-    type: "string",
-    default: "30s",
-    value: "DUR",
-    help: "first ejection's length; it doubles with each further one, up to 5 min",
-  },
-  // No defaults here for http/health: parseProxyConfig applies them, so it knows what was given.
-  http: {
-    type: "string",
-    value: "ADDR|off",
-    defaultText: "127.0.0.1:8088",
-    help: "serve /stats, /metrics, /version there",
-  },
-  health: {
-    type: "string",
-    value: "ADDR|off",
-    defaultText: "127.0.0.1:8081",
-    help: "serve /health, /livez, /readyz there",
-  },
-  "recovery-path": {
-    type: "string",
-    value: "FILE",
-    defaultText: "off",
-    help: "persist the statistics there and restore them on start",
-  },
-  config: {
-    type: "string",
-    value: "FILE",
-    defaultText: "none",
-    help:
-      "read the flags from a JSON-with-comments file (keys are the flag names; flags and FOO_PROXY_* win); SIGHUP and POST /reload read it again",
-  },
-  "admin-token": {
-    type: "string",
-    value: "TOKEN",
-    defaultText: "none",
-    help:
-      "bearer token for the admin write endpoints (POST /upstreams/NAME/drain|enable); without it they answer only when --http is on loopback",
-  },
-  "admin-hosts": {
-    type: "string",
-    value: "NAMES",
-    defaultText: "none",
-    help:
-      "comma-separated host names the admin ports also answer to in Host (their own address and localhost always; * = any); others get 421",
-  },
-  "access-log": {
-    type: "string",
-    default: "off",
-    value: "FORMAT",
-    help:
-      "one line per finished connection: off, text (like HAProxy's tcplog) or json; on stderr or --access-log-file",
-  },
-  "access-log-file": {
-    type: "string",
-    value: "FILE",
-    defaultText: "stderr",
-    help: "append the access log there (reopened on SIGHUP, for logrotate)",
-  },
-  "pid-file": {
-    type: "string",
-    value: "FILE",
-    defaultText: "off",
-    help:
-      "write the process id there once serving, listener and admin ports bound (removed on exit; refused while another live proxy holds it)",
-  },
-  "connect-timeout": {
-    type: "string",
-    default: "5s",
-    value: "DUR",
-    help: "per upstream connect attempt (0 = none)",
-  },
-  "connect-retries": {
-    type: "string",
-    default: "3",
-    value: "N",
-    help: "upstream connect retries with backoff, holding the client's first bytes",
-  },
-  "max-connections": {
-    type: "string",
-    default: "auto",
-    value: "N|auto",
-    help:
-      "clients served at once, more are closed and counted; auto = (fd limit - 128) / 2, at most 10000",
-  },
-  "fd-limit": {
-    type: "string",
-    default: "auto",
-    value: "N|auto",
-    help:
-      "the process's file-descriptor limit, e.g. FOO_PROXY_FD_LIMIT=$(ulimit -n); auto reads it where Deno allows (only with --allow-all), else assumes 10000 clients",
-  },
-  "max-inflight": {
-    type: "string",
-    default: "10000",
-    value: "N",
-    help: "unanswered REQs per client before its reads pause (0 = no limit)",
-  },
-  "idle-timeout": {
-    type: "string",
-    default: "off",
-    value: "DUR",
-    help: "close a client with no traffic and nothing in flight for this long",
-  },
-  "half-close-timeout": {
-    type: "string",
-    default: "30s",
-    value: "DUR",
-    help: "after a client's FIN with replies owed, close once none came for this long (0 = wait)",
-  },
-  "drain-delay": {
-    type: "string",
-    default: "0s",
-    value: "DUR",
-    help: "on SIGTERM/SIGINT keep accepting this long (readiness already fails)",
-  },
-  "drain-timeout": {
-    type: "string",
-    default: "30s",
-    value: "DUR",
-    help: "on SIGTERM/SIGINT wait this long for clients to finish",
-  },
-  // A string flag: `--resume` alone is rewritten to `--resume=verbatim` before parsing.
-  resume: {
-    type: "string",
-    default: "off",
-    value: "MODE",
-    optionalValue: true,
-    help:
-      "when an upstream connection dies, replay its unanswered REQs on a new one: verbatim (as sent; what --resume alone means) or renumber (Seqs from 1: a server that answers from the Seq then answers other requests)",
-  },
-  "resume-retries": {
-    type: "string",
-    default: "6",
-    value: "N",
-    help: "reconnect attempts per failover (backoff 100 ms doubling to 2 s)",
-  },
-  "resume-max-failovers": {
-    type: "string",
-    default: "4",
-    value: "N",
-    help: "failovers in a row that die without a reply before the client is closed",
-  },
-  "resume-retain": {
-    type: "string",
-    default: "1048576",
-    value: "BYTES",
-    help: "unanswered REQ bytes kept per client for replay",
-  },
-  "log-level": {
-    type: "string",
-    default: "info",
-    value: "LEVEL",
-    help: "debug, info, warning or error",
-  },
-  "log-format": {
-    type: "string",
-    default: "text",
-    value: "FORMAT",
-    help: "text or json (one object a line), on stderr",
-  },
-  help: { type: "boolean", short: "h", env: false, help: "print this help" },
-  version: { type: "boolean", short: "V", env: false, help: "print the version" },
-};
+export { parseProxyConfig, type ProxyConfig } from "./proxy_config.ts";
+export { PROXY_FLAGS } from "./proxy_settings.ts";
 
 /** One-line synopsis of `foo-proxy proxy`. */
 export const PROXY_SYNOPSIS = `foo-proxy [proxy] ${formatSynopsis(PROXY_FLAGS)}`;
@@ -290,167 +59,6 @@ ${formatFlagHelp(PROXY_FLAGS)}
 
 ADDR is :PORT, PORT, HOST:PORT or [IPv6]:PORT. ${DURATION_HELP}
 Go-style -listen=:8002 also works.`;
-
-/** Parsed configuration of `foo-proxy proxy`. */
-export interface ProxyConfig {
-  listen: { hostname: string; port: number };
-  /** The first upstream (the only one, usually). */
-  forward: { hostname: string; port: number };
-  /** Every upstream. */
-  upstreams: UpstreamSpec[];
-  balance: BalancePolicy;
-  healthIntervalMs: number;
-  healthTimeoutMs: number;
-  healthMode: HealthMode;
-  healthRise: number;
-  healthFall: number;
-  ejectAfter: number;
-  ejectMs: number;
-  connectTimeoutMs: number;
-  /** Clients served at once; `undefined`: derived from the fd limit at start ("auto"). */
-  maxConnections: number | undefined;
-  /** The fd limit handed in; `undefined`: read it at start if possible ("auto"). */
-  fdLimit: number | undefined;
-  maxInflight: number;
-  idleTimeoutMs: number;
-  connectRetries: number;
-  drainDelayMs: number;
-  drainTimeoutMs: number;
-  /** Where to serve the stats app; `null`: off. */
-  http: Address | null;
-  /** Where to serve the health app; `null`: off. */
-  health: Address | null;
-  /** Whether `--http` / `--health` were given (a bind failure is then fatal, not a warning). */
-  httpExplicit: boolean;
-  healthExplicit: boolean;
-  /** The recovery file; `null`: none. */
-  recoveryPath: string | null;
-  /** The pid file; `null`: none. */
-  pidFile: string | null;
-  /** `--access-log`. */
-  accessLog: AccessLogFormat;
-  /** `--access-log-file`; `null`: stderr. */
-  accessLogFile: string | null;
-  /** `--config`: the file the rest came from in part; `null`: flags and environment only. */
-  configPath: string | null;
-  /** Bearer token of the admin write endpoints; `undefined`: loopback only. */
-  adminToken: string | undefined;
-  /** `--admin-hosts`: more names the admin servers answer to (`*`: any). */
-  adminHosts: string[];
-  /** What to do when an upstream connection dies: off, or replay verbatim / renumbered. */
-  resume: ResumeMode;
-  halfCloseTimeoutMs: number;
-  reconnectRetries: number;
-  maxFailovers: number;
-  retainLimit: number;
-  logLevel: string;
-  logFormat: string;
-  help: boolean;
-  version: boolean;
-}
-
-/**
- * Parses the proxy's flags (and `FOO_PROXY_*` through `getEnv`).
- *
- * @throws {UsageError} naming the bad flag or value.
- */
-export function parseProxyConfig(
-  args: readonly string[],
-  getEnv?: (name: string) => string | undefined,
-  readConfig?: (path: string) => string,
-): ProxyConfig {
-  // `--resume` alone means verbatim; `--resume=MODE` names the mode.
-  const rewritten = args.map(resumeAlias);
-  // The config file, when one is named, fills in what flags and variables leave unset.
-  const first = parseFlags(rewritten, PROXY_FLAGS, { getEnv });
-  const configPath = typeof first.config === "string" && first.config !== "" ? first.config : null;
-  let fileValues: Record<string, string | boolean> | undefined;
-  if (configPath !== null) {
-    if (!readConfig) throw new UsageError("--config: no way to read the file here");
-    try {
-      fileValues = parseConfigFile(readConfig(configPath), configPath, PROXY_FLAGS);
-    } catch (error) {
-      if (error instanceof ConfigFileError) throw new UsageError(error.message, { cause: error });
-      throw error;
-    }
-    if (fileValues.resume === "true") fileValues.resume = "verbatim";
-  }
-  const v = fileValues ? parseFlags(rewritten, PROXY_FLAGS, { getEnv, fileValues }) : first;
-  const address = (flag: string, defaultHost: string) =>
-    parseAddressFlag(flag, String(v[flag]), { defaultHost });
-  // The apps bind to localhost unless a host is given; "off" disables one.
-  const httpAddress = (flag: "http" | "health", fallback: string) => {
-    const text = v[flag] === undefined ? fallback : String(v[flag]).trim();
-    if (text.toLowerCase() === "off") return null;
-    return parseAddressFlag(flag, text, { defaultHost: "127.0.0.1" });
-  };
-  const upstreams = parseUpstreams([String(v.forward)]);
-  const recoveryPath = v["recovery-path"];
-  if (recoveryPath === "") throw new UsageError("--recovery-path: the path is empty");
-  return {
-    listen: address("listen", "0.0.0.0"),
-    forward: upstreams[0].address,
-    upstreams,
-    balance: parseChoiceFlag("balance", v.balance, ["leastconn", "roundrobin", "first"] as const),
-    healthIntervalMs: parseHealthInterval(v["health-interval"]),
-    healthTimeoutMs: parseDuration("health-timeout", v["health-timeout"]),
-    healthMode: parseChoiceFlag("health-mode", v["health-mode"], ["foo", "tcp"] as const),
-    healthRise: parseIntegerFlag("health-rise", v["health-rise"], { min: 1, max: 100 }),
-    healthFall: parseIntegerFlag("health-fall", v["health-fall"], { min: 1, max: 100 }),
-    ejectAfter: parseIntegerFlag("eject-after", v["eject-after"], { max: 1000 }),
-    ejectMs: parseDuration("eject-time", v["eject-time"]),
-    connectTimeoutMs: parseDuration("connect-timeout", v["connect-timeout"]),
-    fdLimit: String(v["fd-limit"]).trim().toLowerCase() === "auto"
-      ? undefined
-      : parseIntegerFlag("fd-limit", v["fd-limit"], { min: 1 }),
-    maxConnections: String(v["max-connections"]).trim().toLowerCase() === "auto"
-      ? undefined
-      : parseIntegerFlag("max-connections", v["max-connections"], { min: 1 }),
-    maxInflight: parseIntegerFlag("max-inflight", v["max-inflight"]),
-    idleTimeoutMs: parseDuration("idle-timeout", v["idle-timeout"]),
-    connectRetries: parseIntegerFlag("connect-retries", v["connect-retries"], { max: 100 }),
-    drainDelayMs: parseDuration("drain-delay", v["drain-delay"]),
-    drainTimeoutMs: parseDuration("drain-timeout", v["drain-timeout"]),
-    http: httpAddress("http", "127.0.0.1:8088"),
-    health: httpAddress("health", "127.0.0.1:8081"),
-    httpExplicit: v.http !== undefined,
-    healthExplicit: v.health !== undefined,
-    recoveryPath: typeof recoveryPath === "string" ? recoveryPath : null,
-    pidFile: typeof v["pid-file"] === "string" && v["pid-file"] !== "" ? v["pid-file"] : null,
-    configPath,
-    accessLog: parseChoiceFlag("access-log", v["access-log"], ["off", "text", "json"] as const),
-    accessLogFile: typeof v["access-log-file"] === "string" && v["access-log-file"] !== ""
-      ? v["access-log-file"]
-      : null,
-    adminToken: typeof v["admin-token"] === "string" && v["admin-token"] !== ""
-      ? v["admin-token"]
-      : undefined,
-    adminHosts: String(v["admin-hosts"] ?? "").split(",").map((h) => h.trim()).filter(Boolean),
-    resume: parseResumeMode(String(v.resume)),
-    halfCloseTimeoutMs: parseDuration("half-close-timeout", v["half-close-timeout"]),
-    reconnectRetries: parseIntegerFlag("resume-retries", v["resume-retries"], { max: 100 }),
-    maxFailovers: parseIntegerFlag("resume-max-failovers", v["resume-max-failovers"], {
-      max: 1000,
-    }),
-    retainLimit: parseIntegerFlag("resume-retain", v["resume-retain"], { max: 2 ** 30 }),
-    logLevel: String(v["log-level"]),
-    logFormat: String(v["log-format"]),
-    help: v.help === true,
-    version: v.version === true,
-  };
-}
-
-function resumeAlias(arg: string): string {
-  return arg === "--resume" || arg === "-resume" ? "--resume=verbatim" : arg;
-}
-
-function parseResumeMode(text: string): ResumeMode {
-  const t = text.trim().toLowerCase();
-  if (t === "off" || t === "false" || t === "0" || t === "no") return "off";
-  if (t === "verbatim" || t === "true" || t === "1" || t === "yes" || t === "on") return "verbatim";
-  if (t === "renumber") return "renumber";
-  throw new UsageError(`Invalid value "${text}" for --resume: expected verbatim, renumber or off`);
-}
 
 /** How long the last output may take at exit before a stalled reader is given up on. */
 const EXIT_FLUSH_MS = 1000;
@@ -551,84 +159,6 @@ interface ReloadResult {
   generation: number;
   changed: string[];
   error?: string;
-}
-
-/** What {@linkcode applyReload} changes. */
-interface ReloadTargets {
-  pool: UpstreamPool;
-  proxy: Proxy;
-  /** Sets logging up again from the new config. */
-  relog: () => void;
-  warn: (message: string) => void;
-}
-
-/** Applies what a reload may change at run time; returns what changed, for the log. */
-function applyReload(old: ProxyConfig, next: ProxyConfig, targets: ReloadTargets): string[] {
-  const changed: string[] = [];
-  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
-  if (!same(old.upstreams, next.upstreams)) changed.push(...targets.pool.update(next.upstreams));
-  if (old.balance !== next.balance) {
-    targets.pool.setPolicy(next.balance);
-    changed.push(`balance ${next.balance}`);
-  }
-  const engine = {
-    maxInflight: next.maxInflight,
-    idleTimeoutMs: next.idleTimeoutMs,
-    halfCloseTimeoutMs: next.halfCloseTimeoutMs,
-    retainLimit: next.retainLimit,
-    reconnectRetries: next.reconnectRetries,
-    maxFailovers: next.maxFailovers,
-  };
-  const before = {
-    maxInflight: old.maxInflight,
-    idleTimeoutMs: old.idleTimeoutMs,
-    halfCloseTimeoutMs: old.halfCloseTimeoutMs,
-    retainLimit: old.retainLimit,
-    reconnectRetries: old.reconnectRetries,
-    maxFailovers: old.maxFailovers,
-  };
-  if (!same(engine, before)) {
-    targets.proxy.updateEngine(engine);
-    changed.push("limits (for new connections)");
-  }
-  if (next.maxConnections !== undefined && next.maxConnections !== old.maxConnections) {
-    targets.proxy.setMaxConnections(next.maxConnections);
-    changed.push(`max-connections ${next.maxConnections}`);
-  }
-  if (old.logLevel !== next.logLevel || old.logFormat !== next.logFormat) {
-    targets.relog();
-    changed.push(`log ${next.logLevel} ${next.logFormat}`);
-  }
-  // Never the token itself in the log.
-  if (old.adminToken !== next.adminToken) changed.push("admin-token");
-  if (!same(old.adminHosts, next.adminHosts)) changed.push("admin-hosts");
-  const restartOnly: [string, unknown, unknown][] = [
-    ["access-log", old.accessLog, next.accessLog],
-    ["access-log-file", old.accessLogFile, next.accessLogFile],
-    ["listen", old.listen, next.listen],
-    ["http", old.http, next.http],
-    ["health", old.health, next.health],
-    ["recovery-path", old.recoveryPath, next.recoveryPath],
-    ["pid-file", old.pidFile, next.pidFile],
-    ["resume", old.resume, next.resume],
-    ["health checks", [
-      old.healthIntervalMs,
-      old.healthTimeoutMs,
-      old.healthMode,
-      old.healthRise,
-      old.healthFall,
-    ], [
-      next.healthIntervalMs,
-      next.healthTimeoutMs,
-      next.healthMode,
-      next.healthRise,
-      next.healthFall,
-    ]],
-  ];
-  for (const [name, a, b] of restartOnly) {
-    if (!same(a, b)) targets.warn(`${name} changed in the config file: it takes effect on restart`);
-  }
-  return changed;
 }
 
 /**
@@ -824,15 +354,7 @@ async function serveProxy(
     );
   }
   const pool = new UpstreamPool(config.upstreams, {
-    policy: config.balance,
-    connectTimeoutMs: config.connectTimeoutMs,
-    intervalMs: config.healthIntervalMs,
-    checkTimeoutMs: config.healthTimeoutMs,
-    mode: config.healthMode,
-    rise: config.healthRise,
-    fall: config.healthFall,
-    ejectAfter: config.ejectAfter,
-    ejectMs: config.ejectMs,
+    ...poolOptionsOf(config),
     logger,
     counters: stats,
   });
@@ -938,22 +460,12 @@ async function serveProxy(
       ? undefined
       : (record: AccessRecord) =>
         void accessLog.writer.write(formatAccessLine(accessFormat, record), accessDrop),
+    ...proxyOptionsOf(config),
     listen: config.listen,
     forward: config.forward,
     stats,
     logger,
-    connectTimeoutMs: config.connectTimeoutMs,
     maxConnections,
-    maxInflight: config.maxInflight,
-    idleTimeoutMs: config.idleTimeoutMs,
-    connectRetries: config.connectRetries,
-    drainDelayMs: config.drainDelayMs,
-    drainTimeoutMs: config.drainTimeoutMs,
-    resume: config.resume,
-    halfCloseTimeoutMs: config.halfCloseTimeoutMs,
-    reconnectRetries: config.reconnectRetries,
-    maxFailovers: config.maxFailovers,
-    retainLimit: config.retainLimit,
   });
   let pidFile: PidFile | undefined;
   if (config.pidFile !== null) {

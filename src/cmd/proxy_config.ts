@@ -1,0 +1,121 @@
+/**
+ * {@linkcode ProxyConfig} and {@linkcode parseProxyConfig}: the proxy's settings parsed from flags,
+ * `FOO_PROXY_*` variables and the `--config` file, one {@linkcode PROXY_SETTINGS} row at a time.
+ *
+ * @module
+ */
+import type { Address } from "../cli/address.ts";
+import type { UpstreamSpec } from "../cli/upstreams.ts";
+import { ConfigFileError, parseConfigFile } from "../cli/config_file.ts";
+import { parseFlags, UsageError } from "../cli/flags.ts";
+import type { AccessLogFormat } from "../proxy/access_log.ts";
+import type { ResumeMode } from "../proxy/engine_config.ts";
+import type { HealthMode } from "../proxy/health_check.ts";
+import type { BalancePolicy } from "../proxy/upstream_pool.ts";
+import { PROXY_FLAGS, PROXY_SETTINGS } from "./proxy_settings.ts";
+
+/** Parsed configuration of `foo-proxy proxy`. */
+export interface ProxyConfig {
+  listen: { hostname: string; port: number };
+  /** The first upstream (the only one, usually). */
+  forward: { hostname: string; port: number };
+  /** Every upstream. */
+  upstreams: UpstreamSpec[];
+  balance: BalancePolicy;
+  healthIntervalMs: number;
+  healthTimeoutMs: number;
+  healthMode: HealthMode;
+  healthRise: number;
+  healthFall: number;
+  ejectAfter: number;
+  ejectMs: number;
+  connectTimeoutMs: number;
+  /** Clients served at once; `undefined`: derived from the fd limit at start ("auto"). */
+  maxConnections: number | undefined;
+  /** The fd limit handed in; `undefined`: read it at start if possible ("auto"). */
+  fdLimit: number | undefined;
+  maxInflight: number;
+  idleTimeoutMs: number;
+  connectRetries: number;
+  drainDelayMs: number;
+  drainTimeoutMs: number;
+  /** Where to serve the stats app; `null`: off. */
+  http: Address | null;
+  /** Where to serve the health app; `null`: off. */
+  health: Address | null;
+  /** Whether `--http` / `--health` were given (a bind failure is then fatal, not a warning). */
+  httpExplicit: boolean;
+  healthExplicit: boolean;
+  /** The recovery file; `null`: none. */
+  recoveryPath: string | null;
+  /** The pid file; `null`: none. */
+  pidFile: string | null;
+  /** `--access-log`. */
+  accessLog: AccessLogFormat;
+  /** `--access-log-file`; `null`: stderr. */
+  accessLogFile: string | null;
+  /** `--config`: the file the rest came from in part; `null`: flags and environment only. */
+  configPath: string | null;
+  /** Bearer token of the admin write endpoints; `undefined`: loopback only. */
+  adminToken: string | undefined;
+  /** `--admin-hosts`: more names the admin servers answer to (`*`: any). */
+  adminHosts: string[];
+  /** What to do when an upstream connection dies: off, or replay verbatim / renumbered. */
+  resume: ResumeMode;
+  halfCloseTimeoutMs: number;
+  reconnectRetries: number;
+  maxFailovers: number;
+  retainLimit: number;
+  logLevel: string;
+  logFormat: string;
+  help: boolean;
+  version: boolean;
+}
+
+/**
+ * The properties of {@linkcode ProxyConfig} that no row of {@linkcode PROXY_SETTINGS} sets: they
+ * follow from other rows' values.
+ */
+export const DERIVED_CONFIG_FIELDS = ["forward", "httpExplicit", "healthExplicit"] as const;
+
+/**
+ * Parses the proxy's flags (and `FOO_PROXY_*` through `getEnv`).
+ *
+ * @throws {UsageError} naming the bad flag or value.
+ */
+export function parseProxyConfig(
+  args: readonly string[],
+  getEnv?: (name: string) => string | undefined,
+  readConfig?: (path: string) => string,
+): ProxyConfig {
+  // `--resume` alone means verbatim; `--resume=MODE` names the mode.
+  const rewritten = args.map(resumeAlias);
+  // The config file, when one is named, fills in what flags and variables leave unset.
+  const first = parseFlags(rewritten, PROXY_FLAGS, { getEnv });
+  const configPath = typeof first.config === "string" && first.config !== "" ? first.config : null;
+  let fileValues: Record<string, string | boolean> | undefined;
+  if (configPath !== null) {
+    if (!readConfig) throw new UsageError("--config: no way to read the file here");
+    try {
+      fileValues = parseConfigFile(readConfig(configPath), configPath, PROXY_FLAGS);
+    } catch (error) {
+      if (error instanceof ConfigFileError) throw new UsageError(error.message, { cause: error });
+      throw error;
+    }
+    if (fileValues.resume === "true") fileValues.resume = "verbatim";
+  }
+  const v = fileValues ? parseFlags(rewritten, PROXY_FLAGS, { getEnv, fileValues }) : first;
+  const config: Record<string, unknown> = {};
+  for (const s of PROXY_SETTINGS) config[s.field] = s.parse(v[s.flag], s);
+  const parsed = config as unknown as ProxyConfig;
+  parsed.forward = parsed.upstreams[0].address;
+  // Given (by flag, variable or file): a bind failure is then fatal, not a warning.
+  parsed.httpExplicit = v.http !== undefined;
+  parsed.healthExplicit = v.health !== undefined;
+  return parsed;
+}
+
+/** `--resume` alone means `--resume=verbatim` (parseArgs has no optional values). */
+export function resumeAlias(arg: string): string {
+  return arg === "--resume" || arg === "-resume" ? "--resume=verbatim" : arg;
+}

@@ -1,0 +1,573 @@
+/**
+ * The settings of `foo-proxy proxy`, one row each: the flag, its help and default (written once,
+ * as the flag text), its parser, whether and how a reload applies it, and the {@linkcode Proxy}
+ * or {@linkcode UpstreamPool} option it feeds. The flag spec (so the parser, `FOO_PROXY_*`,
+ * config-file keys, `--help` and the README table), {@linkcode ProxyConfig}, the engine and pool
+ * options and the reload diff are all derived from {@linkcode PROXY_SETTINGS}: adding a setting
+ * is adding a row.
+ *
+ * @module
+ */
+import type { Address } from "../cli/address.ts";
+import { parseAddressFlag } from "../cli/address_flag.ts";
+import { parseDuration } from "../cli/duration.ts";
+import {
+  envName,
+  type FlagSpec,
+  parseChoiceFlag,
+  parseIntegerFlag,
+  UsageError,
+} from "../cli/flags.ts";
+import { parseHealthInterval, parseUpstreams } from "../cli/upstreams.ts";
+import type { ResumeMode } from "../proxy/engine_config.ts";
+import type { ProxyOptions } from "../proxy/proxy.ts";
+import type { UpstreamPoolOptions } from "../proxy/upstream_pool.ts";
+import type { ProxyConfig } from "./proxy_config.ts";
+
+/**
+ * What a reload does when a setting's value in the config file changed, in the order
+ * {@linkcode applyReload} applies them (which is the order of its `changed` list):
+ * - `upstreams`: the pool adds, removes and reweighs upstreams;
+ * - `balance`: the pool switches policy;
+ * - `engine`: new connections get it ({@linkcode Proxy.updateEngine}; needs `option`);
+ * - `max-connections`: the accept limit changes (a change to `auto` keeps the running one);
+ * - `log`: logging is set up again;
+ * - `live`: read at each use (the admin token and hosts), so the new value holds at once;
+ * - `restart`: a warning that it takes effect on restart;
+ * - `unchecked`: read at start only, and a change is neither applied nor warned about;
+ * - `none`: not a setting a file can hold (`--config`, `--help`, `--version`).
+ */
+export type ReloadEffect =
+  | "upstreams"
+  | "balance"
+  | "engine"
+  | "max-connections"
+  | "log"
+  | "live"
+  | "restart"
+  | "unchecked"
+  | "none";
+
+/** The order {@linkcode applyReload} applies and reports the effects in. */
+export const RELOAD_ORDER: readonly ReloadEffect[] = [
+  "upstreams",
+  "balance",
+  "engine",
+  "max-connections",
+  "log",
+  "live",
+  "restart",
+];
+
+/** A flag's value as the parser hands it over: `undefined` when given nowhere and no default. */
+export type RawValue = string | boolean | undefined;
+
+/** What a parser may know of its row: the flag it names in errors, and the default help shows. */
+export interface SettingName {
+  /** The flag's name, without dashes. */
+  flag: string;
+  /** The default as help shows it. Unset: none. */
+  defaultText?: string;
+}
+
+/** One setting of the proxy: everything about it, in one place. */
+export interface Setting<K extends keyof ProxyConfig = keyof ProxyConfig> {
+  /** The flag's name (`half-close-timeout`): also the config-file key and, as `FOO_PROXY_…`, the variable. */
+  flag: string;
+  /** The {@linkcode ProxyConfig} property the parsed value goes to. */
+  field: K;
+  /** `boolean` for flags that take no value. @default {"string"} */
+  type?: "string" | "boolean";
+  /** One-letter alias. Unset: none. */
+  short?: string;
+  /** The value's placeholder in help (`DUR`). Unset: the flag takes no value. */
+  value?: string;
+  /** Whether the flag may be repeated (values joined with commas). @default {false} */
+  multiple?: boolean;
+  /** Whether the value is optional (`--resume[=MODE]`). @default {false} */
+  optionalValue?: boolean;
+  /**
+   * The default, as a user would write it (`"30s"`); the parser turns it into the value. Unset:
+   * the parser sees `undefined` and decides (so it can tell "not given" apart).
+   */
+  default?: string | boolean;
+  /** What help shows as the default when there is no `default` (`off`, `none`). */
+  defaultText?: string;
+  /** Whether `FOO_PROXY_<NAME>` may supply it. @default {true} */
+  env?: boolean;
+  /** One sentence for `--help` and the README table. */
+  help: string;
+  /** Parses the raw value (flag, variable, file or default). @throws {UsageError} */
+  parse: (raw: RawValue, setting: SettingName) => ProxyConfig[K];
+  /** What a reload does when it changed. */
+  reload: ReloadEffect;
+  /**
+   * The name a `restart` warning uses; rows sharing one are warned about once.
+   * @default {the flag}
+   */
+  reloadName?: string;
+  /** The {@linkcode ProxyOptions} key the value is handed to. Unset: none. */
+  option?: keyof ProxyOptions;
+  /** The {@linkcode UpstreamPoolOptions} key the value is handed to. Unset: none. */
+  poolOption?: keyof UpstreamPoolOptions;
+}
+
+/** Types one row against {@linkcode ProxyConfig}. */
+function setting<K extends keyof ProxyConfig>(row: Setting<K>): Setting {
+  return row as unknown as Setting;
+}
+
+const duration = (raw: RawValue, s: SettingName) => parseDuration(s.flag, raw);
+const integer = (range: { min?: number; max?: number } = {}) => (raw: RawValue, s: SettingName) =>
+  parseIntegerFlag(s.flag, raw, range);
+const choice = <T extends string>(choices: readonly T[]) => (raw: RawValue, s: SettingName) =>
+  parseChoiceFlag(s.flag, raw, choices);
+/** `auto` (any case) is `undefined`; anything else an integer of at least 1. */
+const integerOrAuto = (raw: RawValue, s: SettingName) =>
+  String(raw).trim().toLowerCase() === "auto"
+    ? undefined
+    : parseIntegerFlag(s.flag, raw, { min: 1 });
+/** An unset or empty value is `null`. */
+const pathOrNull = (raw: RawValue) => typeof raw === "string" && raw !== "" ? raw : null;
+/** The apps bind to localhost unless a host is given; "off" disables one. */
+const appAddress = (raw: RawValue, s: SettingName): Address | null => {
+  const text = raw === undefined ? String(s.defaultText) : String(raw).trim();
+  if (text.toLowerCase() === "off") return null;
+  return parseAddressFlag(s.flag, text, { defaultHost: "127.0.0.1" });
+};
+const text = (raw: RawValue) => String(raw);
+const flagGiven = (raw: RawValue) => raw === true;
+
+function parseResumeMode(raw: RawValue): ResumeMode {
+  const text = String(raw);
+  const t = text.trim().toLowerCase();
+  if (t === "off" || t === "false" || t === "0" || t === "no") return "off";
+  if (t === "verbatim" || t === "true" || t === "1" || t === "yes" || t === "on") return "verbatim";
+  if (t === "renumber") return "renumber";
+  throw new UsageError(`Invalid value "${text}" for --resume: expected verbatim, renumber or off`);
+}
+
+/** Every setting of `foo-proxy proxy`, in the order of `--help` and the README table. */
+export const PROXY_SETTINGS: readonly Setting[] = [
+  setting({
+    flag: "listen",
+    field: "listen",
+    default: ":8002",
+    value: "ADDR",
+    help: "where clients connect (:PORT binds every interface)",
+    parse: (raw, s) => parseAddressFlag(s.flag, String(raw), { defaultHost: "0.0.0.0" }),
+    reload: "restart",
+    option: "listen",
+  }),
+  setting({
+    flag: "forward",
+    field: "upstreams",
+    default: "localhost:8001",
+    value: "ADDR[,ADDR…]",
+    multiple: true,
+    help:
+      "the upstream Foo server(s), at most 1000: a list and/or repeated flags, each [NAME=]HOST:PORT[*WEIGHT]",
+    parse: (raw) => parseUpstreams([String(raw)]),
+    reload: "upstreams",
+  }),
+  setting({
+    flag: "balance",
+    field: "balance",
+    default: "leastconn",
+    value: "POLICY",
+    help:
+      "leastconn (fewest connections per weight: Foo connections are long-lived and pipelined), roundrobin (weighted), or first (the first upstream that is up: primary and backups)",
+    parse: choice(["leastconn", "roundrobin", "first"] as const),
+    reload: "balance",
+    poolOption: "policy",
+  }),
+  setting({
+    flag: "health-interval",
+    field: "healthIntervalMs",
+    default: "2s",
+    value: "DUR",
+    help: "time between two health checks of one upstream: at least 100ms, or 0 = none",
+    parse: (raw) => parseHealthInterval(raw),
+    reload: "restart",
+    reloadName: "health checks",
+    poolOption: "intervalMs",
+  }),
+  setting({
+    flag: "health-timeout",
+    field: "healthTimeoutMs",
+    default: "1s",
+    value: "DUR",
+    help: "deadline of one health check",
+    parse: duration,
+    reload: "restart",
+    reloadName: "health checks",
+    poolOption: "checkTimeoutMs",
+  }),
+  setting({
+    flag: "health-mode",
+    field: "healthMode",
+    default: "foo",
+    value: "MODE",
+    help:
+      "foo: send REQ 1 and expect ACK/NAK 1; tcp: connect only (servers that must not see probes)",
+    parse: choice(["foo", "tcp"] as const),
+    reload: "restart",
+    reloadName: "health checks",
+    poolOption: "mode",
+  }),
+  setting({
+    flag: "health-rise",
+    field: "healthRise",
+    default: "2",
+    value: "N",
+    help: "good checks in a row that bring an upstream up",
+    parse: integer({ min: 1, max: 100 }),
+    reload: "restart",
+    reloadName: "health checks",
+    poolOption: "rise",
+  }),
+  setting({
+    flag: "health-fall",
+    field: "healthFall",
+    default: "3",
+    value: "N",
+    help: "failed checks in a row that take it down",
+    parse: integer({ min: 1, max: 100 }),
+    reload: "restart",
+    reloadName: "health checks",
+    poolOption: "fall",
+  }),
+  setting({
+    flag: "eject-after",
+    field: "ejectAfter",
+    default: "5",
+    value: "N",
+    help: "connect failures or mid-stream errors in a row that eject an upstream (0 = never)",
+    parse: integer({ max: 1000 }),
+    reload: "unchecked",
+    poolOption: "ejectAfter",
+  }),
+  setting({
+    flag: "eject-time",
+    field: "ejectMs",
+    default: "30s",
+    value: "DUR",
+    help: "first ejection's length; it doubles with each further one, up to 5 min",
+    parse: duration,
+    reload: "unchecked",
+    poolOption: "ejectMs",
+  }),
+  // No defaults for http/health: the parser applies defaultText, so ProxyConfig knows what was given.
+  setting({
+    flag: "http",
+    field: "http",
+    value: "ADDR|off",
+    defaultText: "127.0.0.1:8088",
+    help: "serve /stats, /metrics, /version there",
+    parse: appAddress,
+    reload: "restart",
+  }),
+  setting({
+    flag: "health",
+    field: "health",
+    value: "ADDR|off",
+    defaultText: "127.0.0.1:8081",
+    help: "serve /health, /livez, /readyz there",
+    parse: appAddress,
+    reload: "restart",
+  }),
+  setting({
+    flag: "recovery-path",
+    field: "recoveryPath",
+    value: "FILE",
+    defaultText: "off",
+    help: "persist the statistics there and restore them on start",
+    parse: (raw) => {
+      if (raw === "") throw new UsageError("--recovery-path: the path is empty");
+      return typeof raw === "string" ? raw : null;
+    },
+    reload: "restart",
+  }),
+  setting({
+    flag: "config",
+    field: "configPath",
+    value: "FILE",
+    defaultText: "none",
+    help:
+      "read the flags from a JSON-with-comments file (keys are the flag names; flags and FOO_PROXY_* win); SIGHUP and POST /reload read it again",
+    parse: pathOrNull,
+    reload: "none",
+  }),
+  setting({
+    flag: "admin-token",
+    field: "adminToken",
+    value: "TOKEN",
+    defaultText: "none",
+    help:
+      "bearer token for the admin write endpoints (POST /upstreams/NAME/drain|enable); without it they answer only when --http is on loopback",
+    parse: (raw) => typeof raw === "string" && raw !== "" ? raw : undefined,
+    reload: "live",
+  }),
+  setting({
+    flag: "admin-hosts",
+    field: "adminHosts",
+    value: "NAMES",
+    defaultText: "none",
+    help:
+      "comma-separated host names the admin ports also answer to in Host (their own address and localhost always; * = any); others get 421",
+    parse: (raw) => String(raw ?? "").split(",").map((h) => h.trim()).filter(Boolean),
+    reload: "live",
+  }),
+  setting({
+    flag: "access-log",
+    field: "accessLog",
+    default: "off",
+    value: "FORMAT",
+    help:
+      "one line per finished connection: off, text (like HAProxy's tcplog) or json; on stderr or --access-log-file",
+    parse: choice(["off", "text", "json"] as const),
+    reload: "restart",
+  }),
+  setting({
+    flag: "access-log-file",
+    field: "accessLogFile",
+    value: "FILE",
+    defaultText: "stderr",
+    help: "append the access log there (reopened on SIGHUP, for logrotate)",
+    parse: pathOrNull,
+    reload: "restart",
+  }),
+  setting({
+    flag: "pid-file",
+    field: "pidFile",
+    value: "FILE",
+    defaultText: "off",
+    help:
+      "write the process id there once serving, listener and admin ports bound (removed on exit; refused while another live proxy holds it)",
+    parse: pathOrNull,
+    reload: "restart",
+  }),
+  setting({
+    flag: "connect-timeout",
+    field: "connectTimeoutMs",
+    default: "5s",
+    value: "DUR",
+    help: "per upstream connect attempt (0 = none)",
+    parse: duration,
+    reload: "unchecked",
+    option: "connectTimeoutMs",
+    poolOption: "connectTimeoutMs",
+  }),
+  setting({
+    flag: "connect-retries",
+    field: "connectRetries",
+    default: "3",
+    value: "N",
+    help: "upstream connect retries with backoff, holding the client's first bytes",
+    parse: integer({ max: 100 }),
+    reload: "unchecked",
+    option: "connectRetries",
+  }),
+  setting({
+    flag: "max-connections",
+    field: "maxConnections",
+    default: "auto",
+    value: "N|auto",
+    help:
+      "clients served at once, more are closed and counted; auto = (fd limit - 128) / 2, at most 10000",
+    parse: integerOrAuto,
+    reload: "max-connections",
+  }),
+  setting({
+    flag: "fd-limit",
+    field: "fdLimit",
+    default: "auto",
+    value: "N|auto",
+    help:
+      "the process's file-descriptor limit, e.g. FOO_PROXY_FD_LIMIT=$(ulimit -n); auto reads it where Deno allows (only with --allow-all), else assumes 10000 clients",
+    parse: integerOrAuto,
+    reload: "unchecked",
+  }),
+  setting({
+    flag: "max-inflight",
+    field: "maxInflight",
+    default: "10000",
+    value: "N",
+    help: "unanswered REQs per client before its reads pause (0 = no limit)",
+    parse: integer(),
+    reload: "engine",
+    option: "maxInflight",
+  }),
+  setting({
+    flag: "idle-timeout",
+    field: "idleTimeoutMs",
+    default: "off",
+    value: "DUR",
+    help: "close a client with no traffic and nothing in flight for this long",
+    parse: duration,
+    reload: "engine",
+    option: "idleTimeoutMs",
+  }),
+  setting({
+    flag: "half-close-timeout",
+    field: "halfCloseTimeoutMs",
+    default: "30s",
+    value: "DUR",
+    help: "after a client's FIN with replies owed, close once none came for this long (0 = wait)",
+    parse: duration,
+    reload: "engine",
+    option: "halfCloseTimeoutMs",
+  }),
+  setting({
+    flag: "drain-delay",
+    field: "drainDelayMs",
+    default: "0s",
+    value: "DUR",
+    help: "on SIGTERM/SIGINT keep accepting this long (readiness already fails)",
+    parse: duration,
+    reload: "unchecked",
+    option: "drainDelayMs",
+  }),
+  setting({
+    flag: "drain-timeout",
+    field: "drainTimeoutMs",
+    default: "30s",
+    value: "DUR",
+    help: "on SIGTERM/SIGINT wait this long for clients to finish",
+    parse: duration,
+    reload: "unchecked",
+    option: "drainTimeoutMs",
+  }),
+  // A string flag: `--resume` alone is rewritten to `--resume=verbatim` before parsing.
+  setting({
+    flag: "resume",
+    field: "resume",
+    default: "off",
+    value: "MODE",
+    optionalValue: true,
+    help:
+      "when an upstream connection dies, replay its unanswered REQs on a new one: verbatim (as sent; what --resume alone means) or renumber (Seqs from 1: a server that answers from the Seq then answers other requests)",
+    parse: parseResumeMode,
+    reload: "restart",
+    option: "resume",
+  }),
+  setting({
+    flag: "resume-retries",
+    field: "reconnectRetries",
+    default: "6",
+    value: "N",
+    help: "reconnect attempts per failover (backoff 100 ms doubling to 2 s)",
+    parse: integer({ max: 100 }),
+    reload: "engine",
+    option: "reconnectRetries",
+  }),
+  setting({
+    flag: "resume-max-failovers",
+    field: "maxFailovers",
+    default: "4",
+    value: "N",
+    help: "failovers in a row that die without a reply before the client is closed",
+    parse: integer({ max: 1000 }),
+    reload: "engine",
+    option: "maxFailovers",
+  }),
+  setting({
+    flag: "resume-retain",
+    field: "retainLimit",
+    default: "1048576",
+    value: "BYTES",
+    help: "unanswered REQ bytes kept per client for replay",
+    parse: integer({ max: 2 ** 30 }),
+    reload: "engine",
+    option: "retainLimit",
+  }),
+  setting({
+    flag: "log-level",
+    field: "logLevel",
+    default: "info",
+    value: "LEVEL",
+    help: "debug, info, warning or error",
+    parse: text,
+    reload: "log",
+  }),
+  setting({
+    flag: "log-format",
+    field: "logFormat",
+    default: "text",
+    value: "FORMAT",
+    help: "text or json (one object a line), on stderr",
+    parse: text,
+    reload: "log",
+  }),
+  setting({
+    flag: "help",
+    field: "help",
+    type: "boolean",
+    short: "h",
+    env: false,
+    help: "print this help",
+    parse: flagGiven,
+    reload: "none",
+  }),
+  setting({
+    flag: "version",
+    field: "version",
+    type: "boolean",
+    short: "V",
+    env: false,
+    help: "print the version",
+    parse: flagGiven,
+    reload: "none",
+  }),
+];
+
+/** The parser's view of one setting. */
+export function flagSpecOf(s: Setting): FlagSpec {
+  const spec: FlagSpec = { type: s.type ?? "string" };
+  if (s.short !== undefined) spec.short = s.short;
+  if (s.multiple) spec.multiple = true;
+  if (s.default !== undefined) spec.default = s.default;
+  if (s.env === false) spec.env = false;
+  // --config, --help and --version: a file naming them makes no sense.
+  if (s.reload === "none") spec.file = false;
+  if (s.value !== undefined) spec.value = s.value;
+  if (s.optionalValue) spec.optionalValue = true;
+  spec.help = s.help;
+  if (s.defaultText !== undefined) spec.defaultText = s.defaultText;
+  return spec;
+}
+
+/** Flags of `foo-proxy proxy`, derived from {@linkcode PROXY_SETTINGS}: the parser, `--help` and the README use them. */
+export const PROXY_FLAGS: Record<string, FlagSpec> = Object.fromEntries(
+  PROXY_SETTINGS.map((s) => [s.flag, flagSpecOf(s)]),
+);
+
+/** The environment variable of each setting that has one (`FOO_PROXY_HALF_CLOSE_TIMEOUT`). */
+export function settingEnvNames(): string[] {
+  return PROXY_SETTINGS.filter((s) => s.env !== false).map((s) => envName(s.flag));
+}
+
+/** The {@linkcode ProxyOptions} every row with an `option` feeds, taken from `config`. */
+export function proxyOptionsOf(config: ProxyConfig): Partial<ProxyOptions> {
+  const out: Record<string, unknown> = {};
+  for (const s of PROXY_SETTINGS) if (s.option !== undefined) out[s.option] = config[s.field];
+  return out as Partial<ProxyOptions>;
+}
+
+/** The {@linkcode UpstreamPoolOptions} every row with a `poolOption` feeds, taken from `config`. */
+export function poolOptionsOf(config: ProxyConfig): Partial<UpstreamPoolOptions> {
+  const out: Record<string, unknown> = {};
+  for (const s of PROXY_SETTINGS) {
+    if (s.poolOption !== undefined) out[s.poolOption] = config[s.field];
+  }
+  return out as Partial<UpstreamPoolOptions>;
+}
+
+/** What {@linkcode Proxy.updateEngine} takes: the `engine` rows' options, from `config`. */
+export function engineUpdateOf(config: ProxyConfig): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const s of PROXY_SETTINGS) {
+    if (s.reload === "engine") out[s.option ?? s.field] = config[s.field];
+  }
+  return out;
+}
