@@ -38,7 +38,7 @@
  * @module
  */
 import { hashReply } from "../src/protocol/reply_hash.ts";
-import { waitOrAbort as sleep } from "../src/proxy/wait_or_abort.ts";
+import { waitOrAbort as sleep } from "../src/async/wait_or_abort.ts";
 
 /** The server's answer to a line it cannot decode. */
 export const ERRDECODE = "NAK 0 ERRDECODE";

@@ -44,7 +44,7 @@
 import { parseArgs } from "node:util";
 import { writeStderrLine, writeStdoutLine } from "../src/cmd/output.ts";
 import { hashReply } from "../src/protocol/reply_hash.ts";
-import { waitOrAbort as sleep } from "../src/proxy/wait_or_abort.ts";
+import { waitOrAbort as sleep } from "../src/async/wait_or_abort.ts";
 import { LOAD_ERROR_KINDS, type LoadReport, runLoad } from "../src/tools/load.ts";
 import { Child } from "./child.ts";
 import { InvalidLineClients, RestartWindows } from "./invalid_line_clients.ts";

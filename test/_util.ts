@@ -6,7 +6,7 @@
  * @module
  */
 import { fileURLToPath } from "node:url";
-import type { Timers } from "../src/proxy/engine_config.ts";
+import type { Timers } from "../src/async/timers.ts";
 import { Proxy, type ProxyOptions } from "../src/proxy/proxy.ts";
 import { FooServer, type FooServerOptions } from "../src/tools/server.ts";
 

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { parseAddress } from "../src/cli/address.ts";
+import { parseAddress } from "../src/net/address.ts";
 import { UsageError } from "../src/cli/flags.ts";
 import { oneLine } from "../src/cmd/logging.ts";
 import { parseProxyConfig } from "../src/cmd/proxy.ts";

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { Address } from "../src/cli/address.ts";
+import type { Address } from "../src/net/address.ts";
 import { parseClientConfig, runClientCommand } from "../src/cmd/client.ts";
 import { formatMessage, parseMessage } from "../src/protocol/message.ts";
 import { ClientError, type ClientOptions, runClient } from "../src/tools/client.ts";

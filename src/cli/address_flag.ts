@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { type Address, parseAddress, type ParseAddressOptions } from "./address.ts";
+import { type Address, parseAddress, type ParseAddressOptions } from "../net/address.ts";
 import { UsageError } from "./flags.ts";
 
 /**

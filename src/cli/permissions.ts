@@ -6,7 +6,7 @@
  * @module
  */
 import { dirname } from "node:path";
-import { type Address, formatAddress } from "./address.ts";
+import { type Address, formatAddress } from "../net/address.ts";
 
 /** What the proxy will touch, from its parsed configuration. */
 export interface PermissionTargets {

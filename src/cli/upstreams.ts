@@ -4,19 +4,11 @@
  *
  * @module
  */
-import { type Address, formatAddress } from "./address.ts";
+import { formatAddress } from "../net/address.ts";
 import { parseAddressFlag } from "./address_flag.ts";
 import { parseDuration } from "./duration.ts";
 import { UsageError } from "./flags.ts";
-
-/** One configured upstream. */
-export interface UpstreamSpec {
-  /** Its name in logs, `/stats` and metric labels: given, or its address. */
-  name: string;
-  address: Address;
-  /** Share of new connections relative to the others (leastconn and roundrobin). */
-  weight: number;
-}
+import type { UpstreamSpec } from "../proxy/upstream_spec.ts";
 
 /** Largest weight accepted. */
 export const MAX_WEIGHT = 1000;

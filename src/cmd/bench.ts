@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { type Address, formatAddress } from "../cli/address.ts";
+import { type Address, formatAddress } from "../net/address.ts";
 import { parseAddressFlag } from "../cli/address_flag.ts";
 import { DURATION_HELP, parseDuration } from "../cli/duration.ts";
 import { formatFlagHelp, formatSynopsis } from "../cli/flag_help.ts";

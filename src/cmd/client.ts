@@ -4,7 +4,7 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import type { Address } from "../cli/address.ts";
+import type { Address } from "../net/address.ts";
 import { parseAddressFlag } from "../cli/address_flag.ts";
 import { parseDuration } from "../cli/duration.ts";
 import { DURATION_HELP } from "../cli/duration.ts";

@@ -7,14 +7,14 @@
  */
 import type { Logger } from "@logtape/logtape";
 import type { Hono } from "hono";
-import { type Address, formatAddress } from "../cli/address.ts";
+import { type Address, formatAddress } from "../net/address.ts";
 import { combineApps } from "../http/combine_apps.ts";
 import { createHealthApp } from "../http/health_app.ts";
 import { proxyReadinessChecks, type UpstreamReachability } from "../http/readiness.ts";
 import { SnapshotBroadcaster } from "../http/events.ts";
 import { createStatsApp, statsResponse, type UpstreamControl } from "../http/stats_app.ts";
 import { HttpServer, type HttpServerCounters } from "../net/http_server.ts";
-import { describeError } from "../proxy/upstream.ts";
+import { describeError } from "../net/describe_error.ts";
 import { UpstreamProbe } from "../proxy/upstream_probe.ts";
 import type { Stats } from "../stats/stats.ts";
 import { VERSION } from "../version.ts";

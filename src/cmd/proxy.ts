@@ -4,7 +4,7 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import { formatAddress } from "../cli/address.ts";
+import { formatAddress } from "../net/address.ts";
 import {
   assertPermissions,
   MissingPermissionError,
@@ -16,7 +16,7 @@ import { ConfigFileError } from "../cli/config_file.ts";
 import { UpstreamPool } from "../proxy/upstream_pool.ts";
 import { denoEnvReader, parseFlags, UsageError } from "../cli/flags.ts";
 import { Proxy } from "../proxy/proxy.ts";
-import { describeError } from "../proxy/upstream.ts";
+import { describeError } from "../net/describe_error.ts";
 import { RecoveryPathError, type RecoveryPersister } from "../proxy/recovery_file.ts";
 import { readSmallFile, SmallFileError } from "../proxy/read_small_file.ts";
 import { systemClock } from "../stats/clock.ts";

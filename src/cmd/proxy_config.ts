@@ -4,8 +4,8 @@
  *
  * @module
  */
-import type { Address } from "../cli/address.ts";
-import type { UpstreamSpec } from "../cli/upstreams.ts";
+import type { Address } from "../net/address.ts";
+import type { UpstreamSpec } from "../proxy/upstream_spec.ts";
 import { ConfigFileError, parseConfigFile } from "../cli/config_file.ts";
 import { parseFlags, UsageError } from "../cli/flags.ts";
 import type { AccessLogFormat } from "../proxy/access_log.ts";

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import type { Address } from "../cli/address.ts";
+import type { Address } from "../net/address.ts";
 import { parseAddressFlag } from "../cli/address_flag.ts";
 import { parseDuration } from "../cli/duration.ts";
 import {

@@ -4,7 +4,7 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import { type Address, formatAddress } from "../cli/address.ts";
+import { type Address, formatAddress } from "../net/address.ts";
 import { parseAddressFlag } from "../cli/address_flag.ts";
 import { formatFlagHelp, formatSynopsis } from "../cli/flag_help.ts";
 import {

@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { formatAddress, parseAddress } from "../cli/address.ts";
+import { formatAddress, parseAddress } from "../net/address.ts";
 import { DURATION_HELP, parseDuration } from "../cli/duration.ts";
 import { formatFlagHelp, formatSynopsis } from "../cli/flag_help.ts";
 import { denoEnvReader, type FlagSpec, parseFlags, UsageError } from "../cli/flags.ts";

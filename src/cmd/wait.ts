@@ -6,7 +6,7 @@
  * @module
  */
 import { DURATION_HELP, parseDuration } from "../cli/duration.ts";
-import { formatAddress, parseAddress } from "../cli/address.ts";
+import { formatAddress, parseAddress } from "../net/address.ts";
 import { formatFlagHelp, formatSynopsis } from "../cli/flag_help.ts";
 import { denoEnvReader, type FlagSpec, parseFlags, UsageError } from "../cli/flags.ts";
 import { NotReadyError, type ReadyTarget, waitReady } from "../tools/wait_ready.ts";

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { systemTimers, type Timers } from "../proxy/engine_config.ts";
+import { systemTimers, type Timers } from "../async/timers.ts";
 
 /** Options for {@linkcode SnapshotBroadcaster}. */
 export interface SnapshotBroadcasterOptions {

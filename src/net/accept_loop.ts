@@ -8,7 +8,7 @@
  * @module
  */
 import type { Logger } from "@logtape/logtape";
-import { waitOrAbort } from "../proxy/wait_or_abort.ts";
+import { waitOrAbort } from "../async/wait_or_abort.ts";
 
 /** `code`s of accept errors that mean the process is out of something, not that a peer failed. */
 export const RESOURCE_ERROR_CODES: ReadonlySet<string> = new Set([

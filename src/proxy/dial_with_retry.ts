@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { Address } from "../cli/address.ts";
+import type { Address } from "../net/address.ts";
 import { type DialOptions, dialUpstream, UpstreamError } from "./upstream.ts";
 
 /** Options for {@linkcode dialWithRetry}. */

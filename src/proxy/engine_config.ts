@@ -5,22 +5,10 @@
  * @module
  */
 
+import { systemTimers, type Timers } from "../async/timers.ts";
+
 /** What happens to a connection whose upstream connection dies (`--resume`). */
 export type ResumeMode = "off" | "verbatim" | "renumber";
-
-/** The timer functions the engine uses (injectable so timeouts are tested without sleeping). */
-export interface Timers {
-  /** Like `setTimeout`; returns an id for {@linkcode Timers.clearTimeout}. */
-  setTimeout(callback: () => void, ms: number): unknown;
-  /** Like `clearTimeout`; `undefined` is ignored. */
-  clearTimeout(id: unknown): void;
-}
-
-/** The global timers. */
-export const systemTimers: Timers = {
-  setTimeout: (callback, ms) => setTimeout(callback, ms),
-  clearTimeout: (id) => clearTimeout(id as ReturnType<typeof setTimeout> | undefined),
-};
 
 /** Settings of the bridge engine; each unset one takes its default. */
 export interface EngineOptions {

@@ -6,8 +6,9 @@
  *
  * @module
  */
-import type { Address } from "../cli/address.ts";
-import { describeError, dialUpstream, isLocalError } from "./upstream.ts";
+import type { Address } from "../net/address.ts";
+import { dialUpstream, isLocalError } from "./upstream.ts";
+import { describeError } from "../net/describe_error.ts";
 
 /** How an upstream is checked. */
 export type HealthMode = "foo" | "tcp";

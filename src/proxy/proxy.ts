@@ -5,11 +5,11 @@
  * @module
  */
 import { getLogger, type Logger } from "@logtape/logtape";
-import { type Address, formatAddress } from "../cli/address.ts";
+import { type Address, formatAddress } from "../net/address.ts";
 import { type Clock, systemClock } from "../stats/clock.ts";
 import { type CloseReason, Stats } from "../stats/stats.ts";
 import { acceptLoop } from "../net/accept_loop.ts";
-import { waitOrAbort } from "./wait_or_abort.ts";
+import { waitOrAbort } from "../async/wait_or_abort.ts";
 import type { AccessRecord } from "./access_log.ts";
 import { bridge, BridgeState } from "./bridge.ts";
 import {

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { systemTimers, type Timers } from "./engine_config.ts";
+import { systemTimers, type Timers } from "../async/timers.ts";
 
 /** Why {@linkcode readSmallFile} refused or failed. */
 export type SmallFileProblem =

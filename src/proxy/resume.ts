@@ -12,7 +12,7 @@ import type { CloseReason, Stats } from "../stats/stats.ts";
 import { backoffDelay } from "./dial_with_retry.ts";
 import type { EngineConfig } from "./engine_config.ts";
 import type { TargetConnection, UpstreamTarget } from "./upstream_target.ts";
-import { waitOrAbort } from "./wait_or_abort.ts";
+import { waitOrAbort } from "../async/wait_or_abort.ts";
 
 /** Replaces one connection's dead upstream connections; one per resumable connection. */
 export class Failover {

@@ -3,8 +3,9 @@
  *
  * @module
  */
-import { type Address, formatAddress } from "../cli/address.ts";
+import { type Address, formatAddress } from "../net/address.ts";
 import { RESOURCE_ERROR_CODES } from "../net/accept_loop.ts";
+import { describeError } from "../net/describe_error.ts";
 
 /** The upstream could not be reached (refused, unreachable, or the connect timed out). */
 export class UpstreamError extends Error {
@@ -92,16 +93,4 @@ export function isLocalError(error: unknown): boolean {
   if (cause instanceof Deno.errors.AddrNotAvailable) return true;
   const code = (cause as { code?: unknown } | null)?.code;
   return typeof code === "string" && LOCAL_ERROR_CODES.has(code);
-}
-
-/** A short lower-case reason for a network error ("connection refused", …). */
-export function describeError(error: unknown): string {
-  if (error instanceof Deno.errors.ConnectionRefused) return "connection refused";
-  if (error instanceof Deno.errors.ConnectionReset) return "connection reset";
-  if (error instanceof Deno.errors.TimedOut) return "timed out";
-  if (error instanceof Deno.errors.NotCapable) return "not permitted (add it to --allow-net)";
-  if (error instanceof Error) {
-    return error.message.replace(/\s*\(os error \d+\)$/, "").replace(/^./, (c) => c.toLowerCase());
-  }
-  return String(error);
 }

@@ -28,15 +28,15 @@
  * @module
  */
 import type { Logger } from "@logtape/logtape";
-import { formatAddress } from "../cli/address.ts";
-import type { UpstreamSpec } from "../cli/upstreams.ts";
+import { formatAddress } from "../net/address.ts";
+import type { UpstreamSpec } from "./upstream_spec.ts";
 import type { UpstreamStats } from "../stats/stats.ts";
 import { backoffDelay } from "./dial_with_retry.ts";
-import { systemTimers, type Timers } from "./engine_config.ts";
+import { systemTimers, type Timers } from "../async/timers.ts";
 import { type CheckResult, checkUpstream, type HealthMode } from "./health_check.ts";
 import { dialUpstream, isLocalError, UpstreamError } from "./upstream.ts";
 import type { TargetConnection, TargetDialOptions, UpstreamTarget } from "./upstream_target.ts";
-import { waitOrAbort } from "./wait_or_abort.ts";
+import { waitOrAbort } from "../async/wait_or_abort.ts";
 
 /** How new connections are spread. */
 export type BalancePolicy = "leastconn" | "roundrobin" | "first";

@@ -4,10 +4,10 @@
  * @module
  */
 import type { Logger } from "@logtape/logtape";
-import { type Address, formatAddress } from "../cli/address.ts";
+import { type Address, formatAddress } from "../net/address.ts";
 import { type Clock, systemClock } from "../stats/clock.ts";
 import { dialUpstream, UpstreamError } from "./upstream.ts";
-import { waitOrAbort } from "./wait_or_abort.ts";
+import { waitOrAbort } from "../async/wait_or_abort.ts";
 
 /** Options for {@linkcode UpstreamProbe}. */
 export interface UpstreamProbeOptions {

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { type Address, formatAddress } from "../cli/address.ts";
+import { type Address, formatAddress } from "../net/address.ts";
 import { dialWithRetry } from "./dial_with_retry.ts";
 import type { UpstreamError } from "./upstream.ts";
 

@@ -7,9 +7,9 @@
  * @module
  */
 import { getLogger, type Logger } from "@logtape/logtape";
-import { type Address, formatAddress } from "../cli/address.ts";
+import { type Address, formatAddress } from "../net/address.ts";
 import { formatMessage, parseMessage } from "../protocol/message.ts";
-import { describeError } from "../proxy/upstream.ts";
+import { describeError } from "../net/describe_error.ts";
 
 /** Options for {@linkcode runClient}. */
 export interface ClientOptions {

@@ -13,7 +13,7 @@
  *
  * @module
  */
-import type { Address } from "../cli/address.ts";
+import type { Address } from "../net/address.ts";
 import { FNV_START, fnvUpdate, isNakHash } from "../protocol/reply_hash.ts";
 
 /** Why a request or a connection failed, as counted in {@linkcode LoadReport.errors}. */

@@ -8,8 +8,8 @@
  * @module
  */
 import { getLogger, type Logger } from "@logtape/logtape";
-import { type Address, formatAddress } from "../cli/address.ts";
-import { waitOrAbort } from "../proxy/wait_or_abort.ts";
+import { type Address, formatAddress } from "../net/address.ts";
+import { waitOrAbort } from "../async/wait_or_abort.ts";
 import { FNV_START, fnvUpdate, isNakHash, writeHash } from "../protocol/reply_hash.ts";
 
 /** Options for {@linkcode FooServer}. */

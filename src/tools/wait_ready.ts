@@ -10,9 +10,9 @@
  *
  * @module
  */
-import { type Address, formatAddress } from "../cli/address.ts";
-import { describeError } from "../proxy/upstream.ts";
-import { waitOrAbort } from "../proxy/wait_or_abort.ts";
+import { type Address, formatAddress } from "../net/address.ts";
+import { describeError } from "../net/describe_error.ts";
+import { waitOrAbort } from "../async/wait_or_abort.ts";
 import { systemClock } from "../stats/clock.ts";
 
 /** What to wait for: an address that accepts connections, or a foo-proxy's pid file. */

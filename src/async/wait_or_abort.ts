@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { systemTimers, type Timers } from "./engine_config.ts";
+import { systemTimers, type Timers } from "./timers.ts";
 
 /**
  * Waits `ms`, or less when `signal` aborts first (at once when it already has). Always resolves;

@@ -1,0 +1,16 @@
+/**
+ * {@linkcode UpstreamSpec}: one configured upstream, as the pool serves it and `--forward` names it.
+ *
+ * @module
+ */
+import type { Address } from "../net/address.ts";
+
+/** One configured upstream. */
+export interface UpstreamSpec {
+  /** Its name in logs, `/stats` and metric labels: given, or its address. */
+  name: string;
+  /** Where it listens. */
+  address: Address;
+  /** Share of new connections relative to the others (leastconn and roundrobin). */
+  weight: number;
+}
