@@ -4,20 +4,18 @@
  * or {@linkcode UpstreamPool} option it feeds. The flag spec (so the parser, `FOO_PROXY_*`,
  * config-file keys, `--help` and the README table), {@linkcode ProxyConfig}, the engine and pool
  * options and the reload diff are all derived from {@linkcode PROXY_SETTINGS}: adding a setting
- * is adding a row.
+ * is adding a row (and its `ProxyConfig` property, with its doc).
+ *
+ * The engine keeps its own defaults (`ENGINE_DEFAULTS`, for a `Proxy` built without the CLI):
+ * it may not import this layer, so `test/proxy_settings_test.ts` checks that each engine row's
+ * default parses to the engine's.
  *
  * @module
  */
 import type { Address } from "../net/address.ts";
 import { parseAddressFlag } from "../cli/address_flag.ts";
 import { parseDuration } from "../cli/duration.ts";
-import {
-  envName,
-  type FlagSpec,
-  parseChoiceFlag,
-  parseIntegerFlag,
-  UsageError,
-} from "../cli/flags.ts";
+import { type FlagSpec, parseChoiceFlag, parseIntegerFlag, UsageError } from "../cli/flags.ts";
 import { parseHealthInterval, parseUpstreams } from "../cli/upstreams.ts";
 import type { ResumeMode } from "../proxy/engine_config.ts";
 import type { ProxyOptions } from "../proxy/proxy.ts";
@@ -541,11 +539,6 @@ export function flagSpecOf(s: Setting): FlagSpec {
 export const PROXY_FLAGS: Record<string, FlagSpec> = Object.fromEntries(
   PROXY_SETTINGS.map((s) => [s.flag, flagSpecOf(s)]),
 );
-
-/** The environment variable of each setting that has one (`FOO_PROXY_HALF_CLOSE_TIMEOUT`). */
-export function settingEnvNames(): string[] {
-  return PROXY_SETTINGS.filter((s) => s.env !== false).map((s) => envName(s.flag));
-}
 
 /** The {@linkcode ProxyOptions} every row with an `option` feeds, taken from `config`. */
 export function proxyOptionsOf(config: ProxyConfig): Partial<ProxyOptions> {
