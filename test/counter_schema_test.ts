@@ -4,20 +4,30 @@
  * `/metrics`, the recovery file and the admin plumbing disagree with what the schema says.
  */
 import assert from "node:assert/strict";
+import { ADMIN_COUNTERS, statsCounters } from "../src/cmd/observability.ts";
 import { renderMetrics } from "../src/http/metrics.ts";
 import { statsResponse } from "../src/http/stats_app.ts";
+import { HttpServerCounters } from "../src/net/http_server.ts";
 import {
   CLOSE_REASONS,
   COUNTER_SCHEMA,
   COUNTER_SLOTS,
   counterIndex,
   readCounter,
+  recoveryKey,
   type SchemaEntry,
   STORED_COUNTERS,
   type StoredSpec,
   writeCounter,
 } from "../src/stats/counter_schema.ts";
 import { LatencyStats } from "../src/stats/latency.ts";
+import {
+  captureRecoveryState,
+  parseRecoveryState,
+  RecoveryFormatError,
+  restoreRecoveryState,
+  serializeRecoveryState,
+} from "../src/stats/recovery.ts";
 import { Stats } from "../src/stats/stats.ts";
 
 const NOW = 1_700_000_000_000;
@@ -184,4 +194,67 @@ Deno.test("/metrics has one family per schema family, with the schema's help, ty
   }
   // Besides the schema's: build_info, and the per-upstream families (none without upstreams).
   assert.deepEqual([...type.keys()].filter((f) => !families.has(f)), ["foo_proxy_build_info"]);
+});
+
+Deno.test("the recovery file keeps exactly the counters the schema marks recovered", () => {
+  const { stats, latency, value } = distinct();
+  const text = serializeRecoveryState(captureRecoveryState(stats, { latency }));
+  const file = JSON.parse(text);
+  const kept = STORED_COUNTERS.filter((spec) => spec.recovered !== false);
+  const keys = (section: StoredSpec["section"]) =>
+    kept.filter((spec) => spec.section === section).map(recoveryKey).sort();
+  assert.deepEqual(Object.keys(file.totals).sort(), keys("snapshot"));
+  assert.deepEqual(
+    Object.keys(file.latency).filter((k) => k !== "histogram").sort(),
+    keys("latency"),
+  );
+
+  const fresh = new Stats({ clock: () => NOW + 60_000 });
+  restoreRecoveryState(fresh, parseRecoveryState(text), { latency: fresh.latency });
+  for (const spec of STORED_COUNTERS) {
+    const want = spec.recovered === false ? 0 : value(spec);
+    assert.equal(readCounter(spec, fresh, fresh.latency), want, where(spec));
+  }
+  assert.deepEqual(fresh.snapshot().connections_closed, stats.snapshot().connections_closed);
+});
+
+Deno.test("a recovery file without an optional counter reads it as 0; without a required one it is corrupt", () => {
+  const { stats, latency } = distinct();
+  const file = captureRecoveryState(stats, { latency });
+  const optional = STORED_COUNTERS.filter((spec) => spec.recovered === "optional");
+  const required = STORED_COUNTERS.filter((spec) => spec.recovered === "required");
+  assert.ok(optional.length > 0 && required.length > 0);
+  for (const spec of optional) {
+    const older = structuredClone(file);
+    delete older.totals[recoveryKey(spec)];
+    const fresh = new Stats({ clock: () => NOW });
+    restoreRecoveryState(fresh, parseRecoveryState(JSON.stringify(older)));
+    assert.equal(readCounter(spec, fresh, fresh.latency), 0, where(spec));
+  }
+  for (const spec of required) {
+    const broken = structuredClone(file) as unknown as Record<string, Record<string, unknown>>;
+    const key = recoveryKey(spec);
+    delete broken[spec.section === "latency" ? "latency" : "totals"][key];
+    assert.throws(
+      () => parseRecoveryState(JSON.stringify(broken)),
+      (e) => e instanceof RecoveryFormatError && e.message.includes(`.${key}"`),
+      where(spec),
+    );
+  }
+});
+
+Deno.test("the admin servers' counters are schema counters, shown in the snapshot", () => {
+  const stats = new Stats({ clock: () => NOW });
+  const counters = statsCounters(stats);
+  const targets = Object.values(ADMIN_COUNTERS);
+  assert.equal(new Set(targets).size, targets.length, "two admin counters kept in one");
+  assert.deepEqual(Object.keys(counters).sort(), Object.keys(new HttpServerCounters()).sort());
+  let n = 1;
+  for (const name of Object.keys(ADMIN_COUNTERS) as (keyof typeof ADMIN_COUNTERS)[]) {
+    counters[name] += n;
+    counters[name]++;
+    const snapshot = stats.snapshot() as unknown as Record<string, number>;
+    assert.equal(snapshot[ADMIN_COUNTERS[name]], n + 1, name);
+    n += 10;
+  }
 });
