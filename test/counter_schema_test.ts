@@ -258,3 +258,21 @@ Deno.test("the admin servers' counters are schema counters, shown in the snapsho
     n += 10;
   }
 });
+
+/** The field names of `interface NAME` in a source file, in order (two-space indented lines). */
+async function interfaceFields(path: string, name: string): Promise<string[]> {
+  const text = await Deno.readTextFile(new URL(`../${path}`, import.meta.url));
+  const body = text.slice(text.indexOf(`export interface ${name} {`));
+  return [...body.slice(0, body.indexOf("\n}")).matchAll(/^ {2}(\w+)\??:/gm)].map((m) => m[1]);
+}
+
+Deno.test("the StatsSnapshot and LatencySummary types list the schema's fields, in its order", async () => {
+  const top = (section: SchemaEntry["section"]) => [
+    ...new Set(
+      COUNTER_SCHEMA.filter((e) => e.section === section && e.kind !== "histogram")
+        .map((e) => ("group" in e && e.group !== undefined ? e.group : e.name)),
+    ),
+  ];
+  assert.deepEqual(await interfaceFields("src/stats/stats.ts", "StatsSnapshot"), top("snapshot"));
+  assert.deepEqual(await interfaceFields("src/stats/latency.ts", "LatencySummary"), top("latency"));
+});
