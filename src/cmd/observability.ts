@@ -16,6 +16,7 @@ import { createStatsApp, statsResponse, type UpstreamControl } from "../http/sta
 import { HttpServer, type HttpServerCounters } from "../net/http_server.ts";
 import { describeError } from "../net/describe_error.ts";
 import { UpstreamProbe } from "../proxy/upstream_probe.ts";
+import { counterSpec, readCounter, writeCounter } from "../stats/counter_schema.ts";
 import type { Stats } from "../stats/stats.ts";
 import { VERSION } from "../version.ts";
 
@@ -158,23 +159,24 @@ function shutdownWithin(server: HttpServer, graceMs: number): Promise<void> {
   return server.close(graceMs);
 }
 
-/** Which `Stats` field keeps each admin server counter. */
-const STATS_FIELDS = {
-  rejected: "adminConnectionsRejected",
-  timeouts: "adminRequestTimeouts",
-  idleClosed: "adminIdleClosed",
-  badRequests: "adminBadRequests",
-  misdirected: "adminMisdirectedRequests",
-  acceptErrors: "acceptErrors",
-} as const satisfies Record<keyof HttpServerCounters, keyof Stats>;
+/** Which counter of the counter schema keeps each admin server counter. */
+export const ADMIN_COUNTERS = {
+  rejected: "admin_connections_rejected",
+  timeouts: "admin_request_timeouts",
+  idleClosed: "admin_idle_closed",
+  badRequests: "admin_bad_requests",
+  misdirected: "admin_misdirected_requests",
+  acceptErrors: "accept_errors",
+} as const satisfies Record<keyof HttpServerCounters, string>;
 
-/** The admin servers' counters, kept in the proxy's stats. */
-function statsCounters(stats: Stats): HttpServerCounters {
+/** The admin servers' counters, kept in the proxy's stats (where the schema stores them). */
+export function statsCounters(stats: Stats): HttpServerCounters {
   const counters = {} as HttpServerCounters;
-  for (const [name, field] of Object.entries(STATS_FIELDS)) {
+  for (const [name, counter] of Object.entries(ADMIN_COUNTERS)) {
+    const spec = counterSpec(counter);
     Object.defineProperty(counters, name, {
-      get: () => stats[field],
-      set: (n: number) => stats[field] = n,
+      get: () => readCounter(spec, stats, stats.latency),
+      set: (n: number) => writeCounter(spec, stats, stats.latency, n),
       enumerable: true,
     });
   }

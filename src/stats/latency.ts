@@ -9,6 +9,7 @@
  * @module
  */
 import { MSG_REQ } from "../protocol/analyzer.ts";
+import { buildLatencySection } from "./counter_schema.ts";
 import { Histogram } from "./histogram.ts";
 
 /**
@@ -60,24 +61,9 @@ export interface LatencySummary {
   unanswered_requests: number;
 }
 
-/** Summarizes `latency` for `/stats` (quantiles rounded to the microsecond). */
+/** Summarizes `latency` for `/stats` (quantiles rounded to the microsecond), from the schema. */
 export function summarizeLatency(latency: LatencyStats): LatencySummary {
-  const h = latency.histogram;
-  return {
-    latency_p50_seconds: roundMicros(h.quantile(0.5)),
-    latency_p99_seconds: roundMicros(h.quantile(0.99)),
-    latency_max_seconds: roundMicros(h.max),
-    latency_samples: h.count,
-    requests_in_flight: latency.inFlight,
-    unmatched_replies: latency.unmatchedReplies,
-    duplicate_seq: latency.duplicateSeq,
-    untracked_requests: latency.untrackedRequests,
-    unanswered_requests: latency.unansweredRequests,
-  };
-}
-
-function roundMicros(seconds: number): number {
-  return Math.round(seconds * 1e6) / 1e6;
+  return buildLatencySection(latency) as unknown as LatencySummary;
 }
 
 /** Options for {@linkcode LatencyTracker}. */

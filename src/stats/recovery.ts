@@ -3,6 +3,8 @@
  * serializing, parsing and validating it, and restoring it after a restart. Pure: the file I/O is
  * in `proxy/recovery_file.ts`.
  *
+ * Which counters the file keeps, and their keys, come from the counter schema (`recovered`).
+ *
  * Restore rule: the totals always come back; the 10 s window's buckets come back only for the
  * part still inside the window, so after a downtime of 10 s or more the rates start from zero.
  *
@@ -10,7 +12,15 @@
  */
 import type { HistogramData } from "./histogram.ts";
 import type { LatencyStats } from "./latency.ts";
-import { CLOSE_REASONS, type Stats } from "./stats.ts";
+import {
+  addCounter,
+  CLOSE_REASONS,
+  readCounter,
+  recoveryKey,
+  STORED_COUNTERS,
+  type StoredSpec,
+} from "./counter_schema.ts";
+import type { Stats } from "./stats.ts";
 import type { WindowBucket } from "./window.ts";
 
 /** The `format` marker of a recovery file. */
@@ -20,49 +30,34 @@ export const RECOVERY_VERSION = 1;
 /** Span of the persisted window: a downtime this long or longer restores totals only. */
 export const RECOVERY_WINDOW_MS = 10_000;
 
-const TOTAL_KEYS = [
-  "msg_req",
-  "msg_ack",
-  "msg_nak",
-  "invalid_type",
-  "invalid_seq",
-  "invalid_direction",
-  "invalid_truncated",
-  "connections_total",
-  "connections_rejected",
-  "upstream_errors",
-  "bytes_downstream",
-  "bytes_upstream",
-] as const;
-
-/**
- * Counters of the resilience features. A file without them (written before they existed) reads
- * as zeros, so adding one here never turns an older file into a "corrupt" one.
- */
-const OPTIONAL_TOTAL_KEYS = [
-  "upstream_connect_retries",
-  "inflight_limit_pauses",
-  "failovers",
-  "replays",
-  "resume_failures",
-  "internal_errors",
-] as const;
-
+/** The counters of the stats object the file keeps, by `recovered` (from the counter schema). */
+const TOTALS = persisted("snapshot");
+/** The latency counters the file keeps (beside the histogram). */
+const LATENCY_COUNTERS = persisted("latency");
+/** Close reasons this build counts: the only ones restored. */
 const KNOWN_REASONS: ReadonlySet<string> = new Set(CLOSE_REASONS);
 
-/** Monotonic counters that survive a restart. */
-export type RecoveryTotals =
-  & Record<typeof TOTAL_KEYS[number], number>
-  & Partial<Record<typeof OPTIONAL_TOTAL_KEYS[number], number>>;
+function persisted(section: StoredSpec["section"]): { spec: StoredSpec; key: string }[] {
+  return STORED_COUNTERS.filter((spec) => spec.section === section && spec.recovered !== false)
+    .map((spec) => ({ spec, key: recoveryKey(spec) }));
+}
 
-/** Latency counters that survive a restart. */
+/**
+ * Monotonic counters that survive a restart, by their key in the file (`recovered` in the counter
+ * schema). An `optional` one (added after the format was set) may be missing from an older file:
+ * it reads as 0, so adding one never turns an older file into a "corrupt" one.
+ */
+export type RecoveryTotals = Record<string, number>;
+
+/**
+ * Latency counters that survive a restart: the histogram, and the latency counters the counter
+ * schema marks `recovered` (`unmatched_replies`, …) by name.
+ */
 export interface RecoveryLatency {
   /** The REQ→reply histogram. */
   histogram: HistogramData;
-  unmatched_replies: number;
-  duplicate_seq: number;
-  untracked_requests: number;
-  unanswered_requests: number;
+  /** Each recovered latency counter. */
+  [counter: string]: number | HistogramData;
 }
 
 /** The persisted state, as written to the recovery file (one JSON object). */
@@ -101,33 +96,15 @@ export interface RecoveryOptions {
 /** Captures the state of `stats` (and its latency) at `stats.clock()`. */
 export function captureRecoveryState(stats: Stats, options: RecoveryOptions = {}): RecoveryState {
   const now = stats.clock();
-  const c = stats.counts;
   const closed: Record<string, number> = {};
   for (const [reason, n] of Object.entries(stats.closed)) if (n !== undefined) closed[reason] = n;
+  const totals: RecoveryTotals = {};
+  for (const { spec, key } of TOTALS) totals[key] = readCounter(spec, stats, stats.latency);
   const state: RecoveryState = {
     format: RECOVERY_FORMAT,
     version: RECOVERY_VERSION,
     saved_at: now,
-    totals: {
-      msg_req: c.msg_req,
-      msg_ack: c.msg_ack,
-      msg_nak: c.msg_nak,
-      invalid_type: c.invalid_type,
-      invalid_seq: c.invalid_seq,
-      invalid_direction: c.invalid_direction,
-      invalid_truncated: c.invalid_truncated,
-      connections_total: stats.connectionsTotal,
-      connections_rejected: stats.connectionsRejected,
-      upstream_errors: stats.upstreamErrors,
-      bytes_downstream: stats.bytesDownstream,
-      bytes_upstream: stats.bytesUpstream,
-      upstream_connect_retries: stats.upstreamConnectRetries,
-      inflight_limit_pauses: stats.inflightLimitPauses,
-      failovers: stats.failovers,
-      replays: stats.replays,
-      resume_failures: stats.resumeFailures,
-      internal_errors: stats.internalErrors,
-    },
+    totals,
     connections_closed: closed,
     windows: {
       requests: stats.windows.request10s.buckets(now),
@@ -136,13 +113,9 @@ export function captureRecoveryState(stats: Stats, options: RecoveryOptions = {}
   };
   const latency = options.latency;
   if (latency) {
-    state.latency = {
-      histogram: latency.histogram.toData(),
-      unmatched_replies: latency.unmatchedReplies,
-      duplicate_seq: latency.duplicateSeq,
-      untracked_requests: latency.untrackedRequests,
-      unanswered_requests: latency.unansweredRequests,
-    };
+    const saved: RecoveryLatency = { histogram: latency.histogram.toData() };
+    for (const { spec, key } of LATENCY_COUNTERS) saved[key] = readCounter(spec, stats, latency);
+    state.latency = saved;
   }
   return state;
 }
@@ -183,10 +156,10 @@ export function parseRecoveryState(text: string): RecoveryState {
     throw new RecoveryFormatError(`"saved_at" is not a time in milliseconds`);
   }
   const totalsIn = object(root.totals, `"totals"`);
-  const totals = {} as RecoveryTotals;
-  for (const key of TOTAL_KEYS) totals[key] = count(totalsIn[key], `"totals.${key}"`);
-  for (const key of OPTIONAL_TOTAL_KEYS) {
-    if (totalsIn[key] !== undefined) totals[key] = count(totalsIn[key], `"totals.${key}"`);
+  const totals: RecoveryTotals = {};
+  for (const { spec, key } of TOTALS) {
+    if (spec.recovered === "optional" && totalsIn[key] === undefined) continue;
+    totals[key] = count(totalsIn[key], `"totals.${key}"`);
   }
   const closedIn = object(root.connections_closed, `"connections_closed"`);
   const closed: Record<string, number> = {};
@@ -238,26 +211,9 @@ export function restoreRecoveryState(
   options: RecoveryOptions = {},
 ): RestoreResult {
   const now = stats.clock();
-  const t = state.totals;
-  const c = stats.counts;
-  c.msg_req += t.msg_req;
-  c.msg_ack += t.msg_ack;
-  c.msg_nak += t.msg_nak;
-  c.invalid_type += t.invalid_type;
-  c.invalid_seq += t.invalid_seq;
-  c.invalid_direction += t.invalid_direction;
-  c.invalid_truncated += t.invalid_truncated;
-  stats.connectionsTotal += t.connections_total;
-  stats.connectionsRejected += t.connections_rejected;
-  stats.upstreamErrors += t.upstream_errors;
-  stats.bytesDownstream += t.bytes_downstream;
-  stats.bytesUpstream += t.bytes_upstream;
-  stats.upstreamConnectRetries += t.upstream_connect_retries ?? 0;
-  stats.inflightLimitPauses += t.inflight_limit_pauses ?? 0;
-  stats.failovers += t.failovers ?? 0;
-  stats.replays += t.replays ?? 0;
-  stats.resumeFailures += t.resume_failures ?? 0;
-  stats.internalErrors += t.internal_errors ?? 0;
+  for (const { spec, key } of TOTALS) {
+    addCounter(spec, stats, stats.latency, state.totals[key] ?? 0);
+  }
   const closed = stats.closed as Record<string, number | undefined>;
   const ignoredReasons: string[] = [];
   for (const [reason, n] of Object.entries(state.connections_closed)) {
@@ -286,10 +242,9 @@ export function restoreRecoveryState(
     } catch {
       // Different buckets (another build): the histogram starts empty, the counters still add.
     }
-    latency.unmatchedReplies += state.latency.unmatched_replies;
-    latency.duplicateSeq += state.latency.duplicate_seq;
-    latency.untrackedRequests += state.latency.untracked_requests;
-    latency.unansweredRequests += state.latency.unanswered_requests;
+    for (const { spec, key } of LATENCY_COUNTERS) {
+      addCounter(spec, stats, latency, state.latency[key] as number);
+    }
   }
   return { downtimeMs, windowsRestored, latencyRestored, ignoredReasons };
 }
@@ -356,7 +311,7 @@ function latencyData(value: unknown): RecoveryLatency {
     }
     return v;
   };
-  return {
+  const latency: RecoveryLatency = {
     histogram: {
       bounds,
       counts,
@@ -364,9 +319,7 @@ function latencyData(value: unknown): RecoveryLatency {
       count: count(h.count, `"latency.histogram.count"`),
       max: seconds(h.max, `"latency.histogram.max"`),
     },
-    unmatched_replies: count(l.unmatched_replies, `"latency.unmatched_replies"`),
-    duplicate_seq: count(l.duplicate_seq, `"latency.duplicate_seq"`),
-    untracked_requests: count(l.untracked_requests, `"latency.untracked_requests"`),
-    unanswered_requests: count(l.unanswered_requests, `"latency.unanswered_requests"`),
   };
+  for (const { key } of LATENCY_COUNTERS) latency[key] = count(l[key], `"latency.${key}"`);
+  return latency;
 }

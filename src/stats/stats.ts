@@ -1,30 +1,17 @@
 /**
  * The proxy's statistics: message counters, moving-window rates, connection and byte counters,
- * and the snapshot printed on SIGUSR2 and served at `/stats`.
+ * and the snapshot printed on SIGUSR2 and served at `/stats`. Which figures there are, and how
+ * each is named, reported and persisted, is declared once in `counter_schema.ts`.
  *
  * @module
  */
-import { createMessageCounts, invalidTotal, type MessageCounts } from "../protocol/analyzer.ts";
+import { createMessageCounts, type MessageCounts } from "../protocol/analyzer.ts";
 import type { Clock } from "./clock.ts";
+import { buildSnapshot, type CloseReason } from "./counter_schema.ts";
 import { LatencyStats } from "./latency.ts";
 import { MovingWindow } from "./window.ts";
 
-/** Every reason a proxied connection ends with, in the order reports list them. */
-export const CLOSE_REASONS = [
-  "client_closed",
-  "completed",
-  "half_close_timeout",
-  "upstream_closed",
-  "upstream_error",
-  "downstream_error",
-  "upstream_unreachable",
-  "shutdown",
-  "idle_timeout",
-  "max_connections",
-] as const;
-
-/** Why a proxied connection ended (a metrics label: a closed set, never an address). */
-export type CloseReason = typeof CLOSE_REASONS[number];
+export { CLOSE_REASONS, type CloseReason } from "./counter_schema.ts";
 
 /** The JSON object of one stats report. Field names are part of the interface: never rename. */
 export interface StatsSnapshot {
@@ -257,68 +244,8 @@ export class Stats {
     this.closed[reason] = (this.closed[reason] ?? 0) + 1;
   }
 
-  /** The current values as one JSON-ready object. */
+  /** The current values as one JSON-ready object, built from the counter schema. */
   snapshot(): StatsSnapshot {
-    const now = this.clock();
-    const c = this.counts;
-    return {
-      msg_total: c.msg_req + c.msg_ack + c.msg_nak,
-      msg_req: c.msg_req,
-      msg_ack: c.msg_ack,
-      msg_nak: c.msg_nak,
-      msg_invalid: invalidTotal(c),
-      request_rate_1s: round3(this.windows.request1s.rate(now)),
-      request_rate_10s: round3(this.windows.request10s.rate(now)),
-      response_rate_1s: round3(this.windows.response1s.rate(now)),
-      response_rate_10s: round3(this.windows.response10s.rate(now)),
-      connections_active: this.connectionsActive,
-      connections_total: this.connectionsTotal,
-      connections_rejected: this.connectionsRejected,
-      upstream_errors: this.upstreams === undefined
-        ? this.upstreamErrors
-        : this.upstreamConnectFailures + this.upstreamStreamErrors,
-      upstream_connect_failures: this.upstreamConnectFailures,
-      upstream_stream_errors: this.upstreamStreamErrors,
-      upstream_local_errors: this.upstreamLocalErrors,
-      bytes_downstream: this.bytesDownstream,
-      bytes_upstream: this.bytesUpstream,
-      uptime_seconds: round3((now - this.startedAt) / 1000),
-      msg_invalid_by_kind: {
-        type: c.invalid_type,
-        seq: c.invalid_seq,
-        direction: c.invalid_direction,
-        truncated: c.invalid_truncated,
-      },
-      connections_closed: { ...this.closed },
-      upstream_connect_retries: this.upstreamConnectRetries,
-      inflight_limit_pauses: this.inflightLimitPauses,
-      failovers: this.failovers,
-      replays: this.replays,
-      resume_failures: this.resumeFailures,
-      internal_errors: this.internalErrors,
-      replies_dropped: this.repliesDropped,
-      usr1_ignored: this.usr1Ignored,
-      log_lines_dropped: this.logLinesDropped,
-      access_log_lines_dropped: this.accessLogLinesDropped,
-      stats_lines_dropped: this.statsLinesDropped,
-      accept_errors: this.acceptErrors,
-      accept_resource_errors: this.acceptResourceErrors,
-      admin_connections_rejected: this.adminConnectionsRejected,
-      admin_request_timeouts: this.adminRequestTimeouts,
-      admin_bad_requests: this.adminBadRequests,
-      admin_idle_closed: this.adminIdleClosed,
-      admin_misdirected_requests: this.adminMisdirectedRequests,
-      sse_clients_refused: this.sseClientsRefused,
-      upstreams: this.upstreams?.() ?? [],
-      config_generation: this.configGeneration,
-      config_loaded_at: this.configLoadedAt > 0
-        ? new Date(this.configLoadedAt).toISOString()
-        : null,
-      config_reload_failures: this.configReloadFailures,
-    };
+    return buildSnapshot(this, this.clock()) as unknown as StatsSnapshot;
   }
-}
-
-function round3(value: number): number {
-  return Math.round(value * 1000) / 1000;
 }
