@@ -152,3 +152,46 @@ Deno.test("wait without the grant it needs exits 2 at once naming it, instead of
       `run it with --allow-net=127.0.0.1:${port} --allow-read=/tmp/x.pid\n`,
   );
 });
+
+Deno.test("wait --pid-file on a FIFO (or anything but a regular file) gives up at its --timeout instead of hanging", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "foo-proxy-wait-" });
+  const path = `${dir}/proxy.pid`;
+  try {
+    const mkfifo = await new Deno.Command("mkfifo", { args: [path] }).output();
+    assert.ok(mkfifo.success, "mkfifo");
+    await using child = spawnMain(["wait", "--pid-file", path, "--timeout", "300ms"], {
+      permissions: [`--allow-read=${path}`],
+    });
+    // Opening a FIFO nobody writes blocks until a writer comes: the wait hung past its timeout.
+    assert.equal((await child.status(10_000)).code, 1);
+    assert.equal(
+      child.stderr.text,
+      `foo-proxy wait: pid file "${path}" not ready after 0.3 s: it is a FIFO, not a regular file\n`,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("waitReady() keeps its timeout when opening the pid file hangs (a FIFO swapped in after the look)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "foo-proxy-wait-" });
+  const path = `${dir}/proxy.pid`;
+  try {
+    await Deno.writeTextFile(path, "");
+    const started = Date.now();
+    await assert.rejects(
+      waitReady([{ pidFile: path }], {
+        timeoutMs: 200,
+        open: () => new Promise<Deno.FsFile>(() => {}),
+      }),
+      (error: unknown) => {
+        assert.ok(error instanceof NotReadyError);
+        assert.match(error.message, /not ready after 0\.2 s: opening it took too long/);
+        return true;
+      },
+    );
+    assert.ok(Date.now() - started < 5000, "bounded by the timeout");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

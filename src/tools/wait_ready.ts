@@ -44,6 +44,8 @@ export interface WaitReadyOptions {
   now?: () => number;
   /** Waits `ms` (or less when `signal` aborts). @default {waitOrAbort} */
   delay?: (ms: number, signal?: AbortSignal) => Promise<void>;
+  /** Opens a pid file (tests pass one that never answers). @default {Deno.open} */
+  open?: (path: string, options: Deno.OpenOptions) => Promise<Deno.FsFile>;
 }
 
 /** What one check found: ready, or why not. */
@@ -66,7 +68,7 @@ export async function waitReady(
   for (const target of targets) {
     for (;;) {
       const left = deadline - now();
-      const check = await checkTarget(target, Math.max(left, 1));
+      const check = await checkTarget(target, Math.max(left, 1), options.open ?? Deno.open);
       if (check.ready) break;
       if (left <= 0 || options.signal?.aborted) {
         throw new NotReadyError(
@@ -86,10 +88,14 @@ export function describeTarget(target: ReadyTarget): string {
     : `pid file "${target.pidFile}"`;
 }
 
-function checkTarget(target: ReadyTarget, timeoutMs: number): Promise<Check> {
+function checkTarget(
+  target: ReadyTarget,
+  timeoutMs: number,
+  open: NonNullable<WaitReadyOptions["open"]>,
+): Promise<Check> {
   return target.address !== undefined
     ? checkAddress(target.address, timeoutMs)
-    : checkPidFile(target.pidFile);
+    : checkPidFile(target.pidFile, timeoutMs, open);
 }
 
 /** Ready when a TCP connection is accepted (closed again at once); a hung connect gives up. */
@@ -115,14 +121,41 @@ async function checkAddress(address: Address, timeoutMs: number): Promise<Check>
   }
 }
 
-/** Ready when a live process holds the file's lock and the file holds a pid. */
-async function checkPidFile(path: string): Promise<Check> {
-  let file: Deno.FsFile;
+/**
+ * Ready when a live process holds the file's lock and the file holds a pid. Only a regular file is
+ * opened (opening a FIFO nobody writes blocks until a writer comes), and the open has the
+ * time left: a FIFO swapped in after the look, or a stalled mount, cannot outlast `--timeout`.
+ */
+async function checkPidFile(
+  path: string,
+  timeoutMs: number,
+  open: NonNullable<WaitReadyOptions["open"]>,
+): Promise<Check> {
   try {
-    file = await Deno.open(path, { read: true });
+    const info = await Deno.stat(path);
+    if (!info.isFile) return { ready: false, why: `it is ${kindOf(info)}, not a regular file` };
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) return { ready: false, why: "no such file yet" };
     return { ready: false, why: describeError(error) };
+  }
+  let file: Deno.FsFile | "timeout";
+  const opening = open(path, { read: true });
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    file = await Promise.race([
+      opening,
+      new Promise<"timeout">((resolve) => timer = setTimeout(() => resolve("timeout"), timeoutMs)),
+    ]);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return { ready: false, why: "no such file yet" };
+    return { ready: false, why: describeError(error) };
+  } finally {
+    clearTimeout(timer);
+  }
+  if (file === "timeout") {
+    // An open that completes later is closed then.
+    opening.then((late) => late.close(), () => {});
+    return { ready: false, why: "opening it took too long (a FIFO, or a stalled mount?)" };
   }
   try {
     // A shared lock we can take means nobody holds the proxy's exclusive one: no proxy runs.
@@ -135,9 +168,20 @@ async function checkPidFile(path: string): Promise<Check> {
       return { ready: false, why: "the proxy has not written its pid yet" };
     }
     return { ready: true };
+  } catch (error) {
+    return { ready: false, why: describeError(error) };
   } finally {
     file.close();
   }
+}
+
+/** What a file that is not a regular one is, for the reason given. */
+function kindOf(info: Deno.FileInfo): string {
+  if (info.isDirectory) return "a directory";
+  if (info.isFifo) return "a FIFO";
+  if (info.isSocket) return "a socket";
+  if (info.isCharDevice || info.isBlockDevice) return "a device";
+  return "not a regular file";
 }
 
 /** At most `max` bytes from the start of `file` (a pid file is a few bytes; never read more). */
