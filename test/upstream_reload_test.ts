@@ -16,6 +16,7 @@ import {
   freePort,
   LineReader,
   listenLocal,
+  MAIN_PATH,
   spawnMain,
   startProxy,
   startUpstream,
@@ -144,6 +145,54 @@ Deno.test("updating a set of 20 000 upstreams takes linear time", () => {
   const ms = performance.now() - started;
   assert.equal(pool.snapshot().length, 20_000);
   assert.ok(ms < 1000, `took ${ms.toFixed(0)} ms`);
+});
+
+/** Whether this machine lets us run a command in a network namespace of our own (unshare -rn). */
+const canUnshare = await new Deno.Command("unshare", { args: ["-rn", "true"] }).output().then(
+  (o) => o.success,
+  () => false,
+);
+
+Deno.test({
+  name:
+    "an upstream this host cannot reach (EADDRNOTAVAIL: [::1] with IPv6 off) is that upstream's failure: clients go to the others and it goes down",
+  ignore: !canUnshare,
+  fn: async () => {
+    // In a network namespace of our own with IPv6 off on lo, a connect to [::1] fails with
+    // EADDRNOTAVAIL every time, as in a container without IPv6. It was counted as the proxy's
+    // own resource error: every dial that picked it (leastconn: always, it has no connections)
+    // ended its round without trying the healthy upstream, and its checks never took it down.
+    // The namespace's ports are its own: fixed ports collide with nothing.
+    const main = (args: string) => `${Deno.execPath()} run -A ${MAIN_PATH} ${args}`;
+    const script = [
+      "ip link set lo up",
+      "echo 1 > /proc/sys/net/ipv6/conf/lo/disable_ipv6",
+      "dir=$(mktemp -d)",
+      `v6down='"name":"v6","address":"\\[::1\\]:8001","weight":1,"state":"down"'`,
+      `${main("server --listen 127.0.0.1:8001")} >/dev/null 2>&1 & s=$!`,
+      `${
+        main(
+          "proxy --listen 127.0.0.1:8002 --forward 'v6=[::1]:8001,v4=127.0.0.1:8001' --http 127.0.0.1:8088 --health off --health-interval 100ms --pid-file $dir/p.pid",
+        )
+      } >/dev/null 2>&1 & p=$!`,
+      `${main("wait 127.0.0.1:8001 --pid-file $dir/p.pid --timeout 20s")}`,
+      `${main("client --connect 127.0.0.1:8002 --requests 3 --connections 4 --timeout 5s")}`,
+      "echo client=$?",
+      // Once its checks had time to fail (fall 3 at 100 ms), v6 is down.
+      `for i in $(seq 100); do curl -s 127.0.0.1:8088/upstreams | grep -q "$v6down" && break; sleep 0.05; done`,
+      `curl -s 127.0.0.1:8088/upstreams | grep -o '"name":"v6","address":"[^"]*","weight":1,"state":"[a-z]*"'`,
+      "kill $p $s; wait; rm -r $dir",
+    ].join("\n");
+    const out = await new Deno.Command("unshare", {
+      args: ["-rn", "bash", "-c", script],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(out.stdout);
+    const err = new TextDecoder().decode(out.stderr);
+    assert.match(text, /client=0/, `the clients were served through v4: ${text} ${err}`);
+    assert.match(text, /"name":"v6","address":"\[::1\]:8001","weight":1,"state":"down"/, text);
+  },
 });
 
 Deno.test(`more than ${MAX_UPSTREAMS} upstreams, or a health interval under 100ms, is refused with one line`, () => {

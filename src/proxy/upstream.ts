@@ -79,18 +79,16 @@ export async function dialUpstream(
 }
 
 /**
- * Error codes that mean the proxy itself is out of something (descriptors, buffers, memory,
- * ephemeral ports), whoever it was connecting to.
- */
-const LOCAL_ERROR_CODES: ReadonlySet<string> = new Set([...RESOURCE_ERROR_CODES, "EADDRNOTAVAIL"]);
-
-/**
- * Whether a connect failed for want of a local resource (EMFILE, ENFILE, ENOBUFS, ENOMEM,
- * EADDRNOTAVAIL): never the upstream's fault. Looks through an {@linkcode UpstreamError}'s cause.
+ * Whether a connect failed for want of a local resource (EMFILE, ENFILE, ENOBUFS, ENOMEM):
+ * never the upstream's fault, and no other upstream would do better. Looks through an
+ * {@linkcode UpstreamError}'s cause.
+ *
+ * EADDRNOTAVAIL is not one: it concerns one destination (an address this host cannot reach, such
+ * as `[::1]` with IPv6 off; or no local port left towards that address and port, since a port is
+ * reused towards other destinations), so it is that upstream's failure, and others are tried.
  */
 export function isLocalError(error: unknown): boolean {
   const cause = error instanceof UpstreamError ? error.cause : error;
-  if (cause instanceof Deno.errors.AddrNotAvailable) return true;
   const code = (cause as { code?: unknown } | null)?.code;
-  return typeof code === "string" && LOCAL_ERROR_CODES.has(code);
+  return typeof code === "string" && RESOURCE_ERROR_CODES.has(code);
 }

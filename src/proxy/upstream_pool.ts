@@ -11,8 +11,9 @@
  *   a large set is never checked in phase; with more than {@linkcode MAX_CHECKS_PER_SECOND}
  *   upstreams per second of interval, the interval stretches. An upstream a reload adds (or
  *   moves to another address) takes no client until its first check passes.
- * - **Local errors** (EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL) are the proxy's trouble:
- *   counted apart, never against an upstream, never an ejection.
+ * - **Local errors** (EMFILE, ENFILE, ENOBUFS, ENOMEM) are the proxy's trouble: counted
+ *   apart, never against an upstream, never an ejection. EADDRNOTAVAIL is not: it concerns one
+ *   destination (an address this host cannot reach, or no port left towards it).
  * - **Passive outlier ejection**: `ejectAfter` connect failures or mid-stream errors in a row eject
  *   an upstream for `ejectMs` × 2^(ejections so far) (capped at 5 min, as Envoy grows it); it
  *   returns through the next good active check after that.

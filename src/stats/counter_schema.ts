@@ -290,7 +290,7 @@ export const COUNTER_SCHEMA: readonly SchemaEntry[] = [
     "upstream_local_errors",
     "upstreamLocalErrors",
     "Upstream connects that failed for want of a local resource (EMFILE, ENFILE, ENOBUFS, " +
-      "ENOMEM, EADDRNOTAVAIL): the proxy's trouble, never counted against an upstream.",
+      "ENOMEM): the proxy's trouble, never counted against an upstream.",
     { family: "foo_proxy_upstream_local_errors_total" },
   ),
   {

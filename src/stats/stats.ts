@@ -46,8 +46,8 @@ export interface StatsSnapshot {
   /** Upstream connections that failed mid-stream (reset, or closed with replies owed). */
   upstream_stream_errors: number;
   /**
-   * Upstream connects that failed for want of a local resource (EMFILE, ENFILE, ENOBUFS, ENOMEM,
-   * EADDRNOTAVAIL): the proxy's own trouble, never counted against an upstream.
+   * Upstream connects that failed for want of a local resource (EMFILE, ENFILE, ENOBUFS, ENOMEM):
+   * the proxy's own trouble, never counted against an upstream.
    */
   upstream_local_errors: number;
   /** Bytes received from downstream clients (and forwarded upstream). */
