@@ -417,3 +417,49 @@ Deno.test("foo-proxy --admin-hosts lets the admin port answer to names, other na
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a header value with bytes past Latin-1 in UTF-8 (an emoji, a lone 0xff) is served, its octets reach the app unchanged, and nothing logs an error", async () => {
+  const { logger, errors } = recordingLogger();
+  await using server = new HttpServer({
+    hostname: "127.0.0.1",
+    port: 0,
+    // The app gets each header octet as one character (a ByteString), as Deno.serve hands them.
+    handler: (request) =>
+      new Response(
+        Uint8Array.from(request.headers.get("x-name") ?? "", (c) => c.charCodeAt(0)),
+      ),
+    logger,
+  });
+  const { port } = server.start();
+  const encoder = new TextEncoder();
+  for (
+    const value of [
+      encoder.encode("\u20ac"),
+      Uint8Array.of(0xff),
+      encoder.encode("\u{1f600} caf\u00e9"),
+      Uint8Array.of(0x80, 0x9f),
+    ]
+  ) {
+    using conn = await connectTo(port);
+    const head = encoder.encode("GET /stats HTTP/1.1\r\nHost: localhost\r\nX-Name: ");
+    const tail = encoder.encode("\r\n\r\n");
+    const request = new Uint8Array(head.length + value.length + tail.length);
+    request.set(head);
+    request.set(value, head.length);
+    request.set(tail, head.length + value.length);
+    await writeAll(conn, request);
+    const chunks: Uint8Array[] = [];
+    const buffer = new Uint8Array(4096);
+    for (;;) {
+      const n = await withTimeout(conn.read(buffer), 2000, "the answer");
+      if (n === null) break;
+      chunks.push(buffer.slice(0, n));
+    }
+    const answer = new Uint8Array(chunks.reduce((sum, c) => sum + c.length, 0));
+    chunks.reduce((at, c) => (answer.set(c, at), at + c.length), 0);
+    const text = new TextDecoder("latin1").decode(answer);
+    assert.equal(statusLine(text), "HTTP/1.1 200 OK", `for ${value}: ${JSON.stringify(text)}`);
+    assert.deepEqual(answer.slice(answer.length - value.length), value, "the octets as sent");
+  }
+  assert.deepEqual(errors, []);
+});

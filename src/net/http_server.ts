@@ -265,7 +265,10 @@ export class HttpServer implements AsyncDisposable {
           return await this.#refuse(conn, 400, "bare LF in the request head: lines end with CRLF");
         }
       }
-      const parsed = parseRequestHead(new TextDecoder().decode(buf.subarray(0, headEnd)));
+      // One character per octet (RFC 9110 §5.5: obs-text is octets): decoded as UTF-8, a value
+      // past Latin-1 (an emoji, a lone 0xff) was no ByteString, Headers threw, and the request got
+      // no answer and an error line.
+      const parsed = parseRequestHead(octetsToString(buf.subarray(0, headEnd)));
       if (isRefusal(parsed)) return await this.#refuse(conn, parsed.status, parsed.message);
       const given = parsed.headers.get("host") ?? "";
       if (given !== "" && !HOST_HEADER.test(given)) {
@@ -430,6 +433,15 @@ function indexOfSeq(buf: Uint8Array, seq: number[], from: number, to: number): n
     if (k === seq.length) return i;
   }
   return -1;
+}
+
+/** `bytes` as a string of one character per octet (ISO-8859-1; not WHATWG `latin1`, which is windows-1252). */
+function octetsToString(bytes: Uint8Array): string {
+  let text = "";
+  for (let at = 0; at < bytes.length; at += 8192) {
+    text += String.fromCharCode(...bytes.subarray(at, at + 8192));
+  }
+  return text;
 }
 
 /** Whether `buf[from, to)` holds an LF not preceded by CR. */
