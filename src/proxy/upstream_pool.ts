@@ -156,6 +156,11 @@ class Member {
   generation = 0;
   /** Whether a check loop of the current generation runs. */
   checking = false;
+  /**
+   * Ends that loop's wait or check at once (moved, removed, pool closed): one signal per loop, as
+   * a listener on a signal shared by all costs a scan of all (moves of 1000 upstreams froze).
+   */
+  checkStop: AbortController | undefined;
 
   constructor(spec: UpstreamSpec) {
     this.spec = spec;
@@ -224,6 +229,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
   /** Stops the checks; resolves when they have. */
   async close(): Promise<void> {
     this.#stop.abort();
+    for (const m of [...this.#members, ...this.#leaving.values()]) m.checkStop?.abort();
     await Promise.all(this.#loops);
   }
 
@@ -243,7 +249,14 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     const period = this.#period();
     waiting.forEach((member, i) => {
       member.checking = true;
-      const loop = this.#checkLoop(member, member.generation, (i * period) / waiting.length);
+      const stop = new AbortController();
+      member.checkStop = stop;
+      const loop = this.#checkLoop(
+        member,
+        member.generation,
+        (i * period) / waiting.length,
+        stop.signal,
+      );
       this.#loops.add(loop);
       void loop.finally(() => this.#loops.delete(loop));
     });
@@ -329,6 +342,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         old.label = address;
         old.generation++; // the old address's checks end; the new one is checked afresh
         old.checking = false;
+        old.checkStop?.abort();
         old.lastCheck = undefined;
         old.goodInARow = old.badInARow = old.failuresInARow = 0;
         old.ejected = false;
@@ -345,6 +359,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
       old.removed = true;
       old.generation++;
       old.checking = false;
+      old.checkStop?.abort();
       changes.push(`${old.spec.name} removed (draining ${old.active} connection(s))`);
       if (old.active > 0) this.#leaving.set(old.spec.name, old);
       else this.#byName.delete(old.spec.name);
@@ -600,9 +615,14 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     }
   }
 
-  async #checkLoop(member: Member, generation: number, offsetMs: number): Promise<void> {
-    const signal = this.#stop.signal;
-    const current = () => !signal.aborted && member.generation === generation;
+  async #checkLoop(
+    member: Member,
+    generation: number,
+    offsetMs: number,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const current = () =>
+      !signal.aborted && !this.#stop.signal.aborted && member.generation === generation;
     await waitOrAbort(offsetMs, signal, this.#timers);
     while (current()) {
       const result = await checkUpstream(member.spec.address, {
