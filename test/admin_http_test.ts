@@ -313,6 +313,28 @@ Deno.test("Host check: a wildcard bind takes any IP literal, names only from the
   assert.equal(await run(["*"], "anything.example"), "HTTP/1.1 200 OK");
 });
 
+Deno.test("Host check: a fully qualified name (trailing dot: localhost., proxy.internal.) is the same name; other names stay refused", async () => {
+  const run = async (allowedHosts: string[] | undefined, host: string) => {
+    await using server = new HttpServer({
+      hostname: "127.0.0.1",
+      port: 0,
+      handler: () => new Response("ok"),
+      allowedHosts,
+    });
+    const { port } = server.start();
+    return statusLine(await exchange(port, `GET / HTTP/1.1\r\nHost: ${host}\r\n\r\n`));
+  };
+  // What a browser sends for http://localhost.:8088/ (and curl for an FQDN): 421 before.
+  assert.equal(await run(undefined, "localhost.:8088"), "HTTP/1.1 200 OK");
+  assert.equal(await run(undefined, "LOCALHOST."), "HTTP/1.1 200 OK");
+  assert.equal(await run(["proxy.internal"], "proxy.internal.:8088"), "HTTP/1.1 200 OK");
+  assert.equal(await run(["proxy.internal."], "proxy.internal"), "HTTP/1.1 200 OK");
+  assert.equal(await run(["proxy.internal"], "evil.example."), "HTTP/1.1 421 Misdirected Request");
+  assert.equal(await run(undefined, "localhost.."), "HTTP/1.1 421 Misdirected Request");
+  assert.equal(await run(undefined, "127.0.0.1."), "HTTP/1.1 200 OK"); // the address itself
+  assert.equal(await run(undefined, "."), "HTTP/1.1 421 Misdirected Request");
+});
+
 Deno.test("/livez answers promptly while 128 admin sockets hold a promised body they never send", async () => {
   const { logger, errors, warnings } = recordingLogger();
   await using upstream = await startUpstream();

@@ -42,7 +42,10 @@ export function hostAllowed(host: string, options: HostAllowedOptions): boolean 
   return name === bound || (ipLiteral(name) !== undefined && ipLiteral(name) === ipLiteral(bound));
 }
 
-/** `host` without its port and brackets, lower-cased. */
+/**
+ * `host` without its port and brackets, lower-cased, and without the one trailing dot of a fully
+ * qualified name (`localhost.` is `localhost`: what a browser sends for `http://localhost.:8088/`).
+ */
 function hostName(host: string): string {
   const lower = host.toLowerCase();
   if (lower.startsWith("[")) {
@@ -51,7 +54,9 @@ function hostName(host: string): string {
   }
   const colon = lower.indexOf(":");
   // More than one colon: a bare IPv6 address (an option's value), not name:port.
-  return colon < 0 || lower.indexOf(":", colon + 1) >= 0 ? lower : lower.slice(0, colon);
+  if (colon >= 0 && lower.indexOf(":", colon + 1) >= 0) return lower;
+  const name = colon < 0 ? lower : lower.slice(0, colon);
+  return name.endsWith(".") ? name.slice(0, -1) : name;
 }
 
 /** The canonical text of an IPv4 or IPv6 literal (unbracketed), or undefined for a name. */
