@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { openOwnFile, OwnFileError } from "../src/cmd/open_own_file.ts";
+import { PidFile, PidFileError } from "../src/cmd/pid_file.ts";
 import { makeFifo, tempDir } from "./_files.ts";
 import { spawnMain, startUpstream } from "./_util.ts";
 
@@ -41,6 +42,30 @@ Deno.test("openOwnFile() refuses a symlink, dangling or not, and leaves its targ
   }
   assert.equal(await Deno.readTextFile(victim), "precious\n");
   await assert.rejects(Deno.lstat(`${dir.path}/would-be-created`), Deno.errors.NotFound);
+});
+
+Deno.test("a hard link planted at a pid or lock file's path is refused; the file it names is neither truncated nor appended to", async () => {
+  // Where fs.protected_hardlinks is 0, whoever can write /tmp can link any file there under the
+  // pid file's name: lstat sees a regular file and the inode check passes, so PidFile.acquire
+  // truncated the other file (and an access log appended to it).
+  await using dir = await tempDir("foo-proxy-own-");
+  const victim = `${dir.path}/victim`;
+  await Deno.writeTextFile(victim, "precious\n");
+  const link = `${dir.path}/foo-proxy.pid`;
+  await Deno.link(victim, link);
+  await assert.rejects(
+    PidFile.acquire(link),
+    (error: unknown) => {
+      assert.ok(error instanceof PidFileError);
+      assert.equal(
+        error.message,
+        `Cannot open pid file "${link}": it has 2 hard links, so it is also another file's name (remove it, or give another path)`,
+      );
+      return true;
+    },
+  );
+  await assert.rejects(openOwnFile(link, { append: true }), OwnFileError);
+  assert.equal(await Deno.readTextFile(victim), "precious\n");
 });
 
 Deno.test("openOwnFile() with regularOnly refuses a FIFO without blocking on it", async () => {

@@ -9,7 +9,7 @@
  * - an existing path is `lstat`ed first and refused when it is a symbolic link; then it is opened
  *   without `create` or `truncate` (so opening harms nothing), and the opened file's device and
  *   inode must be the ones `lstat` saw: a link swapped in between the two is refused, before a
- *   byte is written.
+ *   byte is written; so is a file with more than one hard link (another file's name too).
  *
  * @module
  */
@@ -47,7 +47,8 @@ export interface OpenOwnFileOptions {
  * through a symbolic link.
  *
  * @throws {OwnFileError} when `path` is a symbolic link, not a regular file (with
- * `regularOnly`), was replaced while opened, or cannot be opened (the reason in the message).
+ * `regularOnly`), was replaced while opened, has another hard link, or cannot be opened (the reason
+ * in the message).
  */
 export async function openOwnFile(
   path: string,
@@ -83,6 +84,13 @@ export async function openOwnFile(
     const opened = await file.stat();
     if (opened.dev !== seen.dev || opened.ino !== seen.ino) {
       throw fail("it was replaced while being opened (a symbolic link swapped in?)");
+    }
+    // A hard link planted there (where fs.protected_hardlinks is 0) names some other file,
+    // which would be truncated or appended to: checked on what was opened, before any write.
+    if ((opened.nlink ?? 1) > 1) {
+      throw fail(
+        `it has ${opened.nlink} hard links, so it is also another file's name (remove it, or give another path)`,
+      );
     }
     return file;
   } catch (error) {
