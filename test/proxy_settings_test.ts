@@ -205,7 +205,6 @@ Deno.test("a reload applies or warns about each changed setting as its row says"
       log: [["relog"], undefined, [`log ${next.logLevel} ${next.logFormat}`]],
       live: [[], undefined, [s.flag]],
       restart: [[], new RegExp(`^${s.reloadName ?? s.flag} changed in the config file`), []],
-      unchecked: [[], undefined, []],
     };
     const [wantCalls, wantWarning, wantChanged] = expected[s.reload];
     assert.deepEqual(calls, wantCalls, s.flag);

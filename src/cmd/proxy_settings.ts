@@ -32,7 +32,6 @@ import type { ProxyConfig } from "./proxy_config.ts";
  * - `log`: logging is set up again;
  * - `live`: read at each use (the admin token and hosts), so the new value holds at once;
  * - `restart`: a warning that it takes effect on restart;
- * - `unchecked`: read at start only, and a change is neither applied nor warned about;
  * - `none`: not a setting a file can hold (`--config`, `--help`, `--version`).
  */
 export type ReloadEffect =
@@ -43,7 +42,6 @@ export type ReloadEffect =
   | "log"
   | "live"
   | "restart"
-  | "unchecked"
   | "none";
 
 /** The order {@linkcode applyReload} applies and reports the effects in. */
@@ -242,7 +240,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     value: "N",
     help: "connect failures or mid-stream errors in a row that eject an upstream (0 = never)",
     parse: integer({ max: 1000 }),
-    reload: "unchecked",
+    reload: "restart",
     poolOption: "ejectAfter",
   }),
   setting({
@@ -252,7 +250,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     value: "DUR",
     help: "first ejection's length; it doubles with each further one, up to 5 min",
     parse: duration,
-    reload: "unchecked",
+    reload: "restart",
     poolOption: "ejectMs",
   }),
   // No defaults for http/health: the parser applies defaultText, so ProxyConfig knows what was given.
@@ -352,7 +350,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     value: "DUR",
     help: "per upstream connect attempt (0 = none)",
     parse: duration,
-    reload: "unchecked",
+    reload: "restart",
     option: "connectTimeoutMs",
     poolOption: "connectTimeoutMs",
   }),
@@ -363,7 +361,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     value: "N",
     help: "upstream connect retries with backoff, holding the client's first bytes",
     parse: integer({ max: 100 }),
-    reload: "unchecked",
+    reload: "restart",
     option: "connectRetries",
   }),
   setting({
@@ -384,7 +382,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     help:
       "the process's file-descriptor limit, e.g. FOO_PROXY_FD_LIMIT=$(ulimit -n); auto reads it where Deno allows (only with --allow-all), else assumes 10000 clients",
     parse: integerOrAuto,
-    reload: "unchecked",
+    reload: "restart",
   }),
   setting({
     flag: "max-inflight",
@@ -423,7 +421,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     value: "DUR",
     help: "on SIGTERM/SIGINT keep accepting this long (readiness already fails)",
     parse: duration,
-    reload: "unchecked",
+    reload: "restart",
     option: "drainDelayMs",
   }),
   setting({
@@ -433,7 +431,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     value: "DUR",
     help: "on SIGTERM/SIGINT wait this long for clients to finish",
     parse: duration,
-    reload: "unchecked",
+    reload: "restart",
     option: "drainTimeoutMs",
   }),
   // A string flag: `--resume` alone is rewritten to `--resume=verbatim` before parsing.
