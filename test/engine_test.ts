@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { getLogger } from "@logtape/logtape";
 import { installLastResort } from "../src/cmd/last_resort.ts";
 import { bridge, BridgeState } from "../src/proxy/bridge.ts";
-import { resolveEngineConfig } from "../src/proxy/engine_config.ts";
+import { type EngineOptions, resolveEngineConfig } from "../src/proxy/engine_config.ts";
 import { SingleUpstream } from "../src/proxy/upstream_target.ts";
 import { Stats } from "../src/stats/stats.ts";
 import { systemClock } from "../src/stats/clock.ts";
@@ -37,6 +37,45 @@ const LOCAL = "127.0.0.1";
 async function fdCount(pid: number): Promise<number> {
   const out = await new Deno.Command("ls", { args: [`/proc/${pid}/fd`] }).output();
   return new TextDecoder().decode(out.stdout).split("\n").filter((l) => l !== "").length;
+}
+
+/**
+ * A bridge between a client socket and an upstream socket the test plays, on a clock
+ * (`pair.now`) and timers (`pair.timers`) the test drives; with `resume`, failovers dial the same
+ * listener. Disposing closes both ends and waits for the bridge.
+ */
+async function fakeTimePair(engine: EngineOptions) {
+  const front = listenLocal();
+  const raw = listenLocal();
+  const client = await connectTo(front.addr as Deno.NetAddr);
+  const downstream = await front.accept();
+  const upstream = await connectTo(raw.addr as Deno.NetAddr);
+  const up = await raw.accept();
+  front.close();
+  const timers = fakeTimers();
+  const state = new BridgeState();
+  const pair = {
+    client,
+    up,
+    timers,
+    state,
+    now: 0,
+    done: undefined as unknown as Promise<string>,
+    async [Symbol.asyncDispose]() {
+      client.close();
+      up.close(); // the upstream's EOF ends the bridge whatever it was waiting for
+      raw.close();
+      await pair.done;
+    },
+  };
+  const stats = new Stats({ clock: () => pair.now });
+  pair.done = bridge(downstream, upstream, {
+    stats,
+    state,
+    config: resolveEngineConfig({ ...engine, timers }),
+    target: new SingleUpstream(raw.addr as Deno.NetAddr),
+  });
+  return pair;
 }
 
 for (const mode of ENGINE_MODES) {
@@ -194,40 +233,21 @@ for (const resume of ["verbatim", "renumber"] as const) {
   });
 
   Deno.test(`a reply line still arriving counts as activity for --half-close-timeout [--resume=${resume}]`, async () => {
-    using front = listenLocal();
-    using raw = listenLocal();
-    const client = await connectTo(front.addr as Deno.NetAddr);
-    const downstream = await front.accept();
-    const upstream = await connectTo(raw.addr as Deno.NetAddr);
-    using up = await raw.accept();
-    let now = 0;
-    const stats = new Stats({ clock: () => now });
-    const timers = fakeTimers();
-    const state = new BridgeState();
-    const done = bridge(downstream, upstream, {
-      stats,
-      state,
-      config: resolveEngineConfig({ resume, halfCloseTimeoutMs: 300, timers }),
-      target: new SingleUpstream(raw.addr as Deno.NetAddr),
-    });
-    try {
-      await writeAll(client, "REQ 1\n");
-      await client.closeWrite();
-      await readLines(up, 1);
-      await waitUntil(() => timers.pending === 300, "the half-close timer");
-      now = 200;
-      await writeAll(up, "ACK 1 par");
-      await waitUntil(() => state.lastActivity === 200, "the partial line to count as activity");
-      now = 400; // 200 ms after the last byte: not quiet long enough
-      timers.fire();
-      assert.equal(timers.pending, 100, "re-armed for the rest of the 300 ms");
-      await writeAll(up, "t\n");
-      assert.equal(await readText(client), "ACK 1 part\n");
-      assert.equal(await done, "completed");
-    } finally {
-      client.close();
-      await done;
-    }
+    await using pair = await fakeTimePair({ resume, halfCloseTimeoutMs: 300 });
+    const { client, up, timers, state } = pair;
+    await writeAll(client, "REQ 1\n");
+    await client.closeWrite();
+    await readLines(up, 1);
+    await waitUntil(() => timers.pending === 300, "the half-close timer");
+    pair.now = 200;
+    await writeAll(up, "ACK 1 par");
+    await waitUntil(() => state.lastActivity === 200, "the partial line to count as activity");
+    pair.now = 400; // 200 ms after the last byte: not quiet long enough
+    timers.fire();
+    assert.equal(timers.pending, 100, "re-armed for the rest of the 300 ms");
+    await writeAll(up, "t\n");
+    assert.equal(await readText(client), "ACK 1 part\n");
+    assert.equal(await pair.done, "completed");
   });
 }
 
@@ -299,72 +319,36 @@ Deno.test("--resume with no in-flight limit: a burst past the log's cap stops tr
 Deno.test("--idle-timeout does not close a connection whose REQ with a Seq above 2^53 is unanswered", async () => {
   // Found in review: such a REQ owes no matchable reply, so the connection counted as idle while
   // the server was still working on it, and the idle timer closed it before the answer came.
-  using front = listenLocal();
-  using raw = listenLocal();
-  const client = await connectTo(front.addr as Deno.NetAddr);
-  const downstream = await front.accept();
-  const upstream = await connectTo(raw.addr as Deno.NetAddr);
-  const up = await raw.accept();
-  let now = 0;
-  const stats = new Stats({ clock: () => now });
-  const timers = fakeTimers();
-  const state = new BridgeState();
-  const done = bridge(downstream, upstream, {
-    stats,
-    state,
-    config: resolveEngineConfig({ idleTimeoutMs: 100, timers }),
-  });
-  try {
-    await writeAll(client, "REQ 99999999999999999999 x\n");
-    assert.deepEqual(await readLines(up, 1), ["REQ 99999999999999999999 x"]);
-    assert.equal(state.idle, false, "a REQ is in the server's hands");
-    now = 500;
-    timers.fire();
-    assert.equal(timers.pending, 100, "re-armed: not idle");
-    await writeAll(up, "NAK 0 ERRDECODE\n");
-    const reader = new LineReader(client);
-    assert.deepEqual(await reader.readLines(1), ["NAK 0 ERRDECODE"]);
-    assert.equal(state.idle, true);
-    now = 1000;
-    timers.fire();
-    assert.equal(await done, "idle_timeout");
-  } finally {
-    client.close();
-    up.close(); // the upstream's EOF ends the bridge whatever it was waiting for
-    await done;
-  }
+  await using pair = await fakeTimePair({ idleTimeoutMs: 100 });
+  const { client, up, timers, state } = pair;
+  await writeAll(client, "REQ 99999999999999999999 x\n");
+  assert.deepEqual(await readLines(up, 1), ["REQ 99999999999999999999 x"]);
+  assert.equal(state.idle, false, "a REQ is in the server's hands");
+  pair.now = 500;
+  timers.fire();
+  assert.equal(timers.pending, 100, "re-armed: not idle");
+  await writeAll(up, "NAK 0 ERRDECODE\n");
+  const reader = new LineReader(client);
+  assert.deepEqual(await reader.readLines(1), ["NAK 0 ERRDECODE"]);
+  assert.equal(state.idle, true);
+  pair.now = 1000;
+  timers.fire();
+  assert.equal(await pair.done, "idle_timeout");
 });
 
 Deno.test("a half-closed exchange waits for the answer to a REQ whose Seq is above 2^53 past --linger", async () => {
   // Found in review: once every matchable REQ was answered the exchange lingered only 1 s for
   // what remained, as for invalid lines that a server may never answer; but every REQ is
   // answered, so a server slower than that lost the client its answer to a valid REQ.
-  using front = listenLocal();
-  using raw = listenLocal();
-  const client = await connectTo(front.addr as Deno.NetAddr);
-  const downstream = await front.accept();
-  const upstream = await connectTo(raw.addr as Deno.NetAddr);
-  const up = await raw.accept();
-  let now = 0;
-  const stats = new Stats({ clock: () => now });
-  const timers = fakeTimers();
-  const done = bridge(downstream, upstream, {
-    stats,
-    config: resolveEngineConfig({ lingerMs: 100, halfCloseTimeoutMs: 30_000, timers }),
-  });
-  try {
-    await writeAll(client, "REQ 99999999999999999999 x\n");
-    await client.closeWrite();
-    assert.deepEqual(await readLines(up, 1), ["REQ 99999999999999999999 x"]);
-    await waitUntil(() => timers.pending > 0, "a timer after the FIN");
-    now = 5000; // 5 s without an answer: far past --linger, well within --half-close-timeout
-    timers.fire();
-    await writeAll(up, "NAK 0 ERRDECODE\n");
-    assert.equal(await readText(client), "NAK 0 ERRDECODE\n");
-    assert.equal(await done, "completed");
-  } finally {
-    client.close();
-    up.close();
-    await done;
-  }
+  await using pair = await fakeTimePair({ lingerMs: 100, halfCloseTimeoutMs: 30_000 });
+  const { client, up, timers } = pair;
+  await writeAll(client, "REQ 99999999999999999999 x\n");
+  await client.closeWrite();
+  assert.deepEqual(await readLines(up, 1), ["REQ 99999999999999999999 x"]);
+  await waitUntil(() => timers.pending > 0, "a timer after the FIN");
+  pair.now = 5000; // 5 s without an answer: far past --linger, well within --half-close-timeout
+  timers.fire();
+  await writeAll(up, "NAK 0 ERRDECODE\n");
+  assert.equal(await readText(client), "NAK 0 ERRDECODE\n");
+  assert.equal(await pair.done, "completed");
 });

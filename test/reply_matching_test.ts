@@ -67,15 +67,32 @@ async function rawPair(mode: EngineMode, options: Partial<ProxyOptions>) {
   };
 }
 
+/**
+ * Our server answering every line (`NAK 0 ERRDECODE` to invalid ones) and never closing, behind a
+ * proxy in `mode` whose half-close and linger timers would take a minute: an exchange that ends
+ * within a test's 5 s reads ended because the proxy counted it done.
+ */
+async function answeringPair(mode: EngineMode) {
+  const upstream = await startUpstream({ answerInvalid: true, closeAfterFin: false });
+  const proxy = await startProxy(upstream.addr, {
+    ...mode.options,
+    halfCloseTimeoutMs: NEVER_MS,
+    lingerMs: NEVER_MS,
+  });
+  return {
+    proxy,
+    async [Symbol.asyncDispose]() {
+      await proxy.close();
+      await upstream.close();
+    },
+  };
+}
+
 for (const mode of ENGINE_MODES) {
   Deno.test(`60 blank lines, then REQ 1..60, then FIN: every reply reaches the client [${mode.name}]`, async () => {
     for (let run = 0; run < 5; run++) {
-      await using upstream = await startUpstream({ answerInvalid: true, closeAfterFin: false });
-      await using proxy = await startProxy(upstream.addr, {
-        ...mode.options,
-        halfCloseTimeoutMs: NEVER_MS,
-        lingerMs: NEVER_MS,
-      });
+      await using pair = await answeringPair(mode);
+      const proxy = pair.proxy;
       using client = await connectTo(proxy.addr);
       await writeAll(client, "\n".repeat(60) + requests(1, 60));
       await client.closeWrite();
@@ -158,12 +175,8 @@ for (const mode of ENGINE_MODES) {
   });
 
   Deno.test(`a REQ whose Seq the server cannot parse (20 digits, NAK 0) ends the exchange at once [${mode.name}]`, async () => {
-    await using upstream = await startUpstream({ answerInvalid: true, closeAfterFin: false });
-    await using proxy = await startProxy(upstream.addr, {
-      ...mode.options,
-      halfCloseTimeoutMs: NEVER_MS,
-      lingerMs: NEVER_MS,
-    });
+    await using pair = await answeringPair(mode);
+    const proxy = pair.proxy;
     using client = await connectTo(proxy.addr);
     await writeAll(client, "REQ 1\nREQ 99999999999999999999 x\nREQ 2\nREQ 18446744073709551616\n");
     await client.closeWrite();
