@@ -3,7 +3,7 @@
  * `deno compile` command of `scripts/release.ts`.
  *
  * The list lives in exactly one place: the `start` task of `deno.json`
- * (`deno run --allow-net --allow-env=FOO_PROXY_* src/main.ts proxy`). A task string cannot import
+ * (`deno run --allow-net --allow-env=FOO_PROXY_* … src/main.ts proxy`). A task string cannot import
  * TypeScript, so this module reads that task and hands its permission flags to the release
  * script: the compiled binaries bake in exactly what `deno task start` grants, by construction.
  *
@@ -141,15 +141,34 @@ export function startPermissionFlags(config: TaskConfig = denoConfig): string[] 
         `got: ${task}`,
     );
   }
-  // `deno task start` may read ./examples (to try examples/foo-proxy.jsonc from a clone); a
-  // binary runs anywhere, where that relative grant means nothing: it is not baked in.
-  const flags = permissionFlagsOf(words).filter((f) => f !== EXAMPLES_READ);
+  // `deno task start` may read ./examples (to try examples/foo-proxy.jsonc from a clone) and
+  // ./src (the data-plane workers are loaded from it); a binary runs anywhere, where those
+  // relative grants mean nothing, and embeds its modules: they are not baked in.
+  const flags = permissionFlagsOf(words).filter((f) => f !== START_READ);
   assertPermissionPolicy(flags);
   return flags;
 }
 
-/** The start task's read grant for the examples directory (not baked into binaries). */
-export const EXAMPLES_READ = "--allow-read=examples";
+/**
+ * The start task's read grant: the examples directory and the source tree the data-plane Worker
+ * modules load from (neither baked into binaries).
+ */
+export const START_READ = "--allow-read=examples,src";
+
+/**
+ * The `--unstable-*` flags of the `start` task of `config` (default: this repository's
+ * deno.json): `--unstable-net`, which the data-plane workers need to share the port
+ * (`SO_REUSEPORT`); every compiled binary bakes them in as well.
+ */
+export function startUnstableFlags(config: TaskConfig = denoConfig): string[] {
+  const words = config.tasks.start === undefined ? [] : splitCommandLine(config.tasks.start);
+  const flags: string[] = [];
+  for (const word of words.slice(2)) {
+    if (!word.startsWith("-")) break;
+    if (word.startsWith("--unstable-")) flags.push(word);
+  }
+  return flags;
+}
 
 /**
  * The `--v8-flags=…` words of the `start` task of `config` (default: this repository's deno.json),

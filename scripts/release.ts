@@ -20,6 +20,7 @@ import {
   recoveryPermissionFlags,
   shellQuote,
   startPermissionFlags,
+  startUnstableFlags,
   startV8Flags,
 } from "./permissions.ts";
 
@@ -34,6 +35,9 @@ export const RELEASE_TARGETS: readonly string[] = [
 
 /** The module every binary starts at (relative to the repository root). */
 export const ENTRY = "src/main.ts";
+
+/** The data-plane Worker module: not reached by a static import, so embedded by `--include`. */
+export const WORKER_MODULE = "src/cmd/plane_worker.ts";
 
 /** Usage text of this script. */
 export const RELEASE_USAGE =
@@ -110,7 +114,19 @@ export function planCompile(mode: "compile" | "release", options: PlanOptions = 
     return {
       target,
       output,
-      argv: [deno, "compile", ...flags, ...v8Flags, ...targetFlags, "--output", output, ENTRY],
+      argv: [
+        deno,
+        "compile",
+        ...flags,
+        ...startUnstableFlags(),
+        ...v8Flags,
+        "--include",
+        WORKER_MODULE,
+        ...targetFlags,
+        "--output",
+        output,
+        ENTRY,
+      ],
     };
   });
 }

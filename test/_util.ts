@@ -418,13 +418,25 @@ export class OutputLines {
   }
 }
 
+/**
+ * The flags a child gets unless a test gives its own: net, `FOO_PROXY_*`, and what the
+ * data-plane workers need (read access to `src/` to load them, `--unstable-net` to share the
+ * port), as `deno task start` grants.
+ */
+export const DEFAULT_CHILD_FLAGS: readonly string[] = [
+  "--allow-net",
+  "--allow-env=FOO_PROXY_*",
+  `--allow-read=${REPO_ROOT}/src`,
+  "--unstable-net",
+];
+
 /** Options for {@linkcode spawnMain}. */
 export interface SpawnMainOptions {
   /**
    * Deno permission flags for the child (they replace the default).
-   * @default {["--allow-net", "--allow-env=FOO_PROXY_*"]}
+   * @default {DEFAULT_CHILD_FLAGS}
    */
-  permissions?: string[];
+  permissions?: readonly string[];
   /** Extra environment variables (added to this process's environment). Unset: none. */
   env?: Record<string, string>;
   /**
@@ -447,7 +459,7 @@ export class MainProcess implements AsyncDisposable {
 
   /** Spawns the child (use {@linkcode spawnMain}). */
   constructor(args: string[], options: SpawnMainOptions = {}) {
-    const permissions = options.permissions ?? ["--allow-net", "--allow-env=FOO_PROXY_*"];
+    const permissions = options.permissions ?? DEFAULT_CHILD_FLAGS;
     const argv = ["run", ...permissions, MAIN_PATH, ...args];
     const quote = (word: string) => `'${word.replaceAll("'", `'\\''`)}'`;
     const [program, programArgs] = options.shellPrefix === undefined ? [Deno.execPath(), argv] : [

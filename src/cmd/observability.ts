@@ -86,6 +86,18 @@ export interface ObservabilityOptions {
   maxEventStreams?: number;
   /** Time between two `GET /events` events in ms. @default {1000} */
   eventIntervalMs?: number;
+  /**
+   * Where the admin servers count (their connections, timeouts, refused event streams); unset:
+   * `stats`. With data-plane workers `stats` is a merged view summed on every read, and the
+   * supervisor's own counters are one of its parts.
+   */
+  counters?: Stats;
+  /** Connections open in the process, for `/readyz`; unset: `stats.connectionsActive`. */
+  activeConnections?: () => number;
+  /** Awaited before `/stats` and `/metrics` are built (see `StatsAppOptions.beforeRead`). */
+  beforeRead?: () => Promise<void>;
+  /** The test hook `POST /debug/crash-worker/N`; unset: not served. */
+  crashWorker?: (index: number) => boolean;
 }
 
 /** The running HTTP servers and probe. Close with {@linkcode Observability.close}. */
@@ -205,7 +217,7 @@ export async function startObservability(options: ObservabilityOptions): Promise
     ? new SnapshotBroadcaster(() => statsResponse(stats), {
       maxClients: options.maxEventStreams ?? 16,
       intervalMs: options.eventIntervalMs ?? 1000,
-      onRefused: () => stats.sseClientsRefused++,
+      onRefused: () => (options.counters ?? stats).sseClientsRefused++,
     })
     : undefined;
   events?.start();
@@ -224,6 +236,8 @@ export async function startObservability(options: ObservabilityOptions): Promise
         },
       },
       reload: options.reload,
+      crashWorker: options.crashWorker,
+      beforeRead: options.beforeRead,
       version: VERSION,
       denoVersion: Deno.version.deno,
       target: Deno.build.target,
@@ -237,7 +251,7 @@ export async function startObservability(options: ObservabilityOptions): Promise
         listening: options.listening,
         shuttingDown: () => stopping.value || (options.shuttingDown?.() ?? false),
         upstream: options.upstreams ?? probe,
-        activeConnections: () => stats.connectionsActive,
+        activeConnections: options.activeConnections ?? (() => stats.connectionsActive),
         maxConnections: options.maxConnections,
       }),
     })
@@ -269,7 +283,7 @@ export async function startObservability(options: ObservabilityOptions): Promise
   add("health", options.health, healthApp);
 
   const servers: { server: HttpServer; routes: string }[] = [];
-  const counters = statsCounters(stats);
+  const counters = statsCounters(options.counters ?? stats);
   const addrs: { http?: Deno.NetAddr; health?: Deno.NetAddr } = {};
   for (const plan of plans) {
     const routes = plan.names.map((n) => (n === "http" ? "stats" : "health")).join(" and ");

@@ -15,19 +15,20 @@ import { DURATION_HELP } from "../cli/duration.ts";
 import { ConfigFileError } from "../cli/config_file.ts";
 import { UpstreamPool } from "../proxy/upstream_pool.ts";
 import { denoEnvReader, parseFlags, UsageError } from "../cli/flags.ts";
-import { Proxy } from "../proxy/proxy.ts";
 import { describeError } from "../net/describe_error.ts";
 import { RecoveryPathError, type RecoveryPersister } from "../proxy/recovery_file.ts";
 import { readSmallFile, SmallFileError } from "../proxy/read_small_file.ts";
 import { systemClock } from "../stats/clock.ts";
 import { Stats } from "../stats/stats.ts";
+import { MergedStats } from "../stats/merged_stats.ts";
+import { DataPlanes } from "./data_planes.ts";
+import { mergeUpstreams, planeLayout } from "./plane_layout.ts";
 import { startCommand } from "./command_start.ts";
 import { installLastResort } from "./last_resort.ts";
 import { installSignals } from "./signals.ts";
 import { setupLogging } from "./logging.ts";
 import { fdsNeeded, maxConnectionsFor, readFdLimit } from "./fd_limit.ts";
 import { LineWriter } from "./line_writer.ts";
-import { type AccessRecord, formatAccessLine } from "../proxy/access_log.ts";
 import { PidFile, PidFileError } from "./pid_file.ts";
 import { openOwnFile, OwnFileError } from "./open_own_file.ts";
 import { HttpBindError, type Observability, startObservability } from "./observability.ts";
@@ -35,7 +36,7 @@ import { setupRecovery } from "./recovery_setup.ts";
 import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.ts";
 import { applyReload } from "./apply_reload.ts";
 import { parseProxyConfig, type ProxyConfig, resumeAlias } from "./proxy_config.ts";
-import { poolOptionsOf, PROXY_FLAGS, proxyOptionsOf } from "./proxy_settings.ts";
+import { poolOptionsOf, PROXY_FLAGS } from "./proxy_settings.ts";
 
 export { parseProxyConfig, type ProxyConfig } from "./proxy_config.ts";
 export { PROXY_FLAGS } from "./proxy_settings.ts";
@@ -291,16 +292,40 @@ async function serveProxy(
   let logging = started.logging;
   using _logging = { [Symbol.dispose]: () => logging[Symbol.dispose]() };
   const logger = getLogger(["foo-proxy", "proxy"]);
-  const stats = new Stats({ clock: systemClock });
-  stats.logLinesDropped = output.stderr.dropped;
-  output.stderr.onDrop = () => stats.logLinesDropped++;
-  stats.statsLinesDropped = output.stdout.dropped;
-  output.stdout.onDrop = () => stats.statsLinesDropped++;
+  const layout = planeLayout(config);
+  if (typeof layout === "string") {
+    writeStderrLine(`foo-proxy: ${layout}`);
+    return 2;
+  }
+  if (layout.note !== undefined) logger.warning("{message}", { message: layout.note });
+  // The supervisor counts what it does itself in `own`; the data planes count in their rows;
+  // restored totals and those of planes that died are in `base`. `stats` sums them on each read.
+  const own = new Stats({ clock: systemClock });
+  const base = new Stats({ clock: systemClock });
+  // deno-lint-ignore prefer-const
+  let planes: DataPlanes;
+  const stats = new MergedStats({
+    clock: systemClock,
+    own,
+    base,
+    addRows: (target, now) => planes?.addRows(target, now),
+  });
+  own.logLinesDropped = output.stderr.dropped;
+  output.stderr.onDrop = () => own.logLinesDropped++;
+  own.statsLinesDropped = output.stdout.dropped;
+  output.stdout.onDrop = () => own.statsLinesDropped++;
   const printStats = () => stdout(JSON.stringify(stats.snapshot()));
   let persister: RecoveryPersister | undefined;
   if (config.recoveryPath !== null) {
     try {
-      persister = await setupRecovery(config.recoveryPath, { stats, logger });
+      persister = await setupRecovery(config.recoveryPath, {
+        stats: base,
+        logger,
+        persisted: () => {
+          stats.refresh();
+          return stats;
+        },
+      });
     } catch (error) {
       if (!(error instanceof RecoveryPathError)) throw error;
       writeStderrLine(`foo-proxy: ${error.message}`);
@@ -317,9 +342,10 @@ async function serveProxy(
   let accessLogReopen: (() => Promise<void>) | undefined;
   // Last resort: a promise rejection no code path handled ends one connection at most (the
   // engine handles its own); it must never take every other client down with the process.
-  const lastResort = installLastResort(stats, logger);
+  const lastResort = installLastResort(own, logger);
   const signals = installSignals({
-    onStats: printStats,
+    // The planes copy their counters out first: the line counts every message relayed so far.
+    onStats: () => void (planes ? planes.flushAll() : Promise.resolve()).then(printStats),
     onStop: (name) => stop.resolve(name),
     onForce: (name) => force.abort(name),
     onReload: () => {
@@ -327,7 +353,7 @@ async function serveProxy(
       void accessLogReopen?.();
     },
     onUsr1: (warn) => {
-      stats.usr1Ignored++;
+      own.usr1Ignored++;
       if (warn) {
         logger.warning(
           "Got SIGUSR1: ignored, and the debugger Deno opens on it was closed; stats are on SIGUSR2 (kill -USR2)",
@@ -353,15 +379,30 @@ async function serveProxy(
       { max: maxConnections, needed: fdsNeeded(maxConnections), limit: fdLimit },
     );
   }
+  // The supervisor's pool runs the health checks and decides ejections from the planes'
+  // reports; the planes follow the states it sends (at once after any change).
+  let statesQueued = false;
+  const sendStates = () => {
+    if (statesQueued) return;
+    statesQueued = true;
+    queueMicrotask(() => {
+      statesQueued = false;
+      planes?.broadcast({ t: "states", states: pool.states() });
+    });
+  };
   const pool = new UpstreamPool(config.upstreams, {
     ...poolOptionsOf(config),
     logger,
-    counters: stats,
+    counters: own,
+    onStateChange: sendStates,
   });
-  stats.upstreams = () => pool.snapshot();
+  // An ejection without active checks ends when its time is up: looked at once a second.
+  const expiry = setInterval(() => pool.states(), 1000);
+  stats.upstreams = () => mergeUpstreams(pool.snapshot(), planes);
+  stats.workers = () => planes?.breakdown(systemClock()) ?? [];
   if (config.configPath !== null) {
-    stats.configGeneration = 1;
-    stats.configLoadedAt = Date.now();
+    own.configGeneration = 1;
+    own.configLoadedAt = Date.now();
   }
   // SIGHUP and POST /reload: read the file again and apply what changed, without dropping a
   // connection; a file that does not parse or validate changes nothing.
@@ -387,25 +428,38 @@ async function serveProxy(
           logger.info("Got {why}: nothing to reload (no --config file; flags are read at start)", {
             why,
           });
-          return { ok: true, generation: stats.configGeneration, changed: [] };
+          return { ok: true, generation: own.configGeneration, changed: [] };
         }
         let next: ProxyConfig;
         try {
           const text = await readConfigFile(running.configPath);
           next = parseProxyConfig(args, denoEnvReader(), () => text);
         } catch (error) {
-          stats.configReloadFailures++;
+          own.configReloadFailures++;
           const message = error instanceof Error ? error.message : String(error);
           logger.error("Reload ({why}) of {path} failed; the running config is kept: {error}", {
             why,
             path: running.configPath,
             error: message,
           });
-          return { ok: false, generation: stats.configGeneration, changed: [], error: message };
+          return { ok: false, generation: own.configGeneration, changed: [], error: message };
         }
         const changed = applyReload(running, next, {
-          pool,
-          proxy,
+          pool: {
+            update: (specs) => {
+              const changes = pool.update(specs);
+              planes?.broadcast({ t: "upstreams", specs: [...specs], states: pool.states() });
+              return changes;
+            },
+            setPolicy: (policy) => {
+              pool.setPolicy(policy);
+              planes?.broadcast({ t: "policy", policy });
+            },
+          },
+          proxy: {
+            updateEngine: (changes) => planes?.broadcast({ t: "engine", changes }),
+            setMaxConnections: (max) => planes?.setMaxConnections(max),
+          },
           relog: () => {
             logging[Symbol.dispose]();
             logging = setupLogging({
@@ -413,23 +467,24 @@ async function serveProxy(
               format: next.logFormat,
               write: (line) => void output.stderr.write(line),
             });
+            planes?.broadcast({ t: "log", level: next.logLevel, format: next.logFormat });
           },
           warn: (message) => logger.warning("{message}", { message }),
         });
         running = next;
-        stats.configGeneration++;
-        stats.configLoadedAt = Date.now();
+        planes?.setConfig(next);
+        own.configGeneration++;
+        own.configLoadedAt = Date.now();
         logger.info("Reloaded {path} ({why}, generation {generation}): {changed}", {
           path: next.configPath,
           why,
-          generation: stats.configGeneration,
+          generation: own.configGeneration,
           changed: changed.length === 0 ? "nothing changed" : changed.join("; "),
         });
-        return { ok: true, generation: stats.configGeneration, changed };
+        return { ok: true, generation: own.configGeneration, changed };
       }
     })();
   };
-  const accessFormat = config.accessLog === "json" ? "json" : "text";
   let accessLog: AccessLogOutput | undefined;
   let accessDrop: (() => void) | undefined;
   if (config.accessLog !== "off") {
@@ -449,23 +504,30 @@ async function serveProxy(
   if (accessLog) {
     // Per line, not the writer's onDrop: on stderr the writer is the logs' too, and its own
     // onDrop counts log lines.
-    const countDrop = () => stats.accessLogLinesDropped++;
+    const countDrop = () => own.accessLogLinesDropped++;
     if (accessLog.writer !== output.stderr) accessLog.writer.onDrop = countDrop;
     accessDrop = countDrop;
     accessLogReopen = accessLog.reopen;
   }
-  const proxy = new Proxy({
-    target: pool,
-    accessLog: accessLog === undefined
-      ? undefined
-      : (record: AccessRecord) =>
-        void accessLog.writer.write(formatAccessLine(accessFormat, record), accessDrop),
-    ...proxyOptionsOf(config),
-    listen: config.listen,
-    forward: config.forward,
-    stats,
-    logger,
+  const testHooks = Deno.env.get("FOO_PROXY_TEST_HOOKS") === "1";
+  planes = new DataPlanes({
+    config,
+    count: layout.count,
+    thread: layout.thread,
     maxConnections,
+    states: () => pool.states(),
+    logger,
+    own,
+    base,
+    onLog: (lines) => {
+      for (const line of lines) output.stderr.write(line);
+    },
+    onAccess: (lines) => {
+      if (!accessLog) return;
+      for (const line of lines) accessLog.writer.write(line, accessDrop);
+    },
+    onPassive: (name, kind) => pool.passive(name, kind),
+    testHooks,
   });
   let pidFile: PidFile | undefined;
   if (config.pidFile !== null) {
@@ -480,14 +542,25 @@ async function serveProxy(
     }
   }
   try {
-    await proxy.start();
+    const port = await planes.start();
+    const everywhere = config.listen.hostname === "0.0.0.0" || config.listen.hostname === "::";
+    logger.info("Listening on {listen}{scope}, forwarding to {forward} ({workers})", {
+      listen: formatAddress({ hostname: config.listen.hostname, port }),
+      // Binding every interface is what `:8002` meant in the original tool; say so plainly.
+      scope: everywhere ? " (all interfaces: --listen 127.0.0.1:PORT for this host only)" : "",
+      forward: pool.label,
+      workers: layout.thread
+        ? `${layout.count} data-plane worker${layout.count === 1 ? "" : "s"}`
+        : "data plane on the main thread",
+    });
   } catch (error) {
+    clearInterval(expiry);
     await pidFile?.release();
     signals.remove();
     lastResort.remove();
     logger.error("Cannot listen on {listen}: {error}", {
       listen: formatAddress(config.listen),
-      error: String(error),
+      error: error instanceof Error ? error.message : String(error),
     });
     return 1;
   }
@@ -495,8 +568,12 @@ async function serveProxy(
   try {
     observability = await startObservability({
       stats,
-      listening: () => proxy.listening,
-      shuttingDown: () => proxy.shuttingDown,
+      counters: own,
+      activeConnections: () => planes.activeConnections,
+      beforeRead: () => planes.flushAll(),
+      crashWorker: testHooks ? (index) => planes.crash(index) : undefined,
+      listening: () => planes.listening,
+      shuttingDown: () => planes.stopping,
       forward: config.forward,
       upstreams: pool,
       reload: () => reload("POST /reload"),
@@ -511,7 +588,9 @@ async function serveProxy(
   } catch (error) {
     if (!(error instanceof HttpBindError)) throw error;
     logger.error("{message}", { message: error.message });
-    await proxy.close();
+    clearInterval(expiry);
+    await planes.shutdown(AbortSignal.abort());
+    planes.terminate();
     await pool.close();
     await pidFile?.release();
     signals.remove();
@@ -533,7 +612,8 @@ async function serveProxy(
       signal: why,
     },
   );
-  const report = await proxy.shutdown({ signal: force.signal });
+  const report = await planes.shutdown(force.signal);
+  clearInterval(expiry);
   if (report.aborted) {
     logger.warning("Got {signal} again: closed {count} connection(s) without draining", {
       signal: String(force.signal.reason),
@@ -548,6 +628,7 @@ async function serveProxy(
   await pool.close();
   await accessLog?.close();
   printStats();
+  planes.terminate();
   await pidFile?.release();
   signals.remove();
   lastResort.remove();

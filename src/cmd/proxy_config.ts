@@ -30,6 +30,8 @@ export interface ProxyConfig {
   ejectAfter: number;
   ejectMs: number;
   connectTimeoutMs: number;
+  /** Data-plane workers; `undefined`: one per CPU ("auto"). */
+  workers: number | undefined;
   /** Clients served at once; `undefined`: derived from the fd limit at start ("auto"). */
   maxConnections: number | undefined;
   /** The fd limit handed in; `undefined`: read it at start if possible ("auto"). */

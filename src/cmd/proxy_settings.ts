@@ -143,6 +143,9 @@ function parseResumeMode(raw: RawValue): ResumeMode {
   throw new UsageError(`Invalid value "${text}" for --resume: expected verbatim, renumber or off`);
 }
 
+/** The most data-plane workers `--workers` takes. */
+export const MAX_WORKERS = 256;
+
 /** Every setting of `foo-proxy proxy`, in the order of `--help` and the README table. */
 export const PROXY_SETTINGS: readonly Setting[] = [
   setting({
@@ -363,6 +366,19 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     parse: integer({ max: 100 }),
     reload: "restart",
     option: "connectRetries",
+  }),
+  setting({
+    flag: "workers",
+    field: "workers",
+    default: "auto",
+    value: "N|auto",
+    help:
+      "data-plane threads, each with its own listener on the port (SO_REUSEPORT); auto = one per CPU",
+    parse: (raw, s) =>
+      String(raw).trim().toLowerCase() === "auto"
+        ? undefined
+        : parseIntegerFlag(s.flag, raw, { min: 1, max: MAX_WORKERS }),
+    reload: "restart",
   }),
   setting({
     flag: "max-connections",

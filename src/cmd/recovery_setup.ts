@@ -28,6 +28,11 @@ export interface RecoverySetupOptions {
   logger: Logger;
   /** Time between writes in ms. @default {500} */
   intervalMs?: number;
+  /**
+   * The statistics to persist, asked for at each write (a merged view summed then); unset:
+   * `stats`, the ones restored into.
+   */
+  persisted?: () => Stats;
 }
 
 /**
@@ -77,8 +82,10 @@ export async function setupRecovery(
   return new RecoveryPersister(path, {
     intervalMs: options.intervalMs,
     logger,
-    serialize: () =>
-      serializeRecoveryState(captureRecoveryState(stats, { latency: stats.latency })),
+    serialize: () => {
+      const from = options.persisted?.() ?? stats;
+      return serializeRecoveryState(captureRecoveryState(from, { latency: from.latency }));
+    },
     release: () => lock.release(),
   });
 }

@@ -47,6 +47,16 @@ export interface StatsAppOptions {
   events?: SnapshotBroadcaster;
   /** `POST /reload` (a write endpoint): reads the config file again. Unset: not served. */
   reload?: () => Promise<{ ok: boolean; generation: number; changed: string[]; error?: string }>;
+  /**
+   * Test hook (`FOO_PROXY_TEST_HOOKS=1` only): `POST /debug/crash-worker/N` (a write endpoint)
+   * makes data-plane worker N throw an uncaught error. Unset: not served.
+   */
+  crashWorker?: (index: number) => boolean;
+  /**
+   * Awaited before `GET /stats` and `GET /metrics` are built (the data-plane workers copy their
+   * counters out), so a read right after traffic counts all of it. Unset: nothing to wait for.
+   */
+  beforeRead?: () => Promise<void>;
 }
 
 /** What the admin endpoints may do to the upstream set (an `UpstreamPool` fits). */
@@ -100,8 +110,13 @@ export function createStatsApp(options: StatsAppOptions): Hono {
       return c.body(stream, 200, { ...headers, "X-Accel-Buffering": "no" });
     });
   }
-  app.get("/stats", (c) => c.json(statsResponse(stats), 200, NO_STORE));
-  app.get("/metrics", (c) => {
+  const beforeRead = options.beforeRead ?? (() => Promise.resolve());
+  app.get("/stats", async (c) => {
+    await beforeRead();
+    return c.json(statsResponse(stats), 200, NO_STORE);
+  });
+  app.get("/metrics", async (c) => {
+    await beforeRead();
     const text = renderMetrics(stats.snapshot(), { latency: stats.latency, version });
     return c.body(text, 200, { "Content-Type": METRICS_CONTENT_TYPE, ...NO_STORE });
   });
@@ -115,6 +130,17 @@ export function createStatsApp(options: StatsAppOptions): Hono {
       200,
       NO_STORE,
     ));
+  const crashWorker = options.crashWorker;
+  if (crashWorker) {
+    app.post("/debug/crash-worker/:index", (c) => {
+      const denied = writeDenied(c.req.raw.headers, options.writes ?? { loopback: false });
+      if (denied !== undefined) {
+        return c.json({ error: denied }, denied.startsWith("bad") ? 401 : 403, NO_STORE);
+      }
+      const ok = crashWorker(Number(c.req.param("index")));
+      return c.json({ ok }, ok ? 200 : 404, NO_STORE);
+    });
+  }
   const reload = options.reload;
   if (reload) {
     app.post("/reload", async (c) => {

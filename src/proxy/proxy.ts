@@ -77,6 +77,22 @@ export interface ProxyOptions extends Omit<EngineOptions, "resume"> {
   accessLog?: (record: AccessRecord) => void;
   /** Aborting closes the proxy like {@linkcode Proxy.close}. Unset: only `close()` does. */
   signal?: AbortSignal;
+  /**
+   * Bind with `SO_REUSEPORT` (several data-plane workers on one port; needs `--unstable-net`).
+   * @default {false}
+   */
+  reusePort?: boolean;
+  /**
+   * The process-wide connection count shared by every worker: `[0]` connections open, `[1]` the
+   * limit (`--max-connections` is a process total), `[2 + gateSlot]` this proxy's own (what the
+   * supervisor takes back if its worker dies). Unset: this proxy's own count and
+   * `maxConnections`.
+   */
+  connectionGate?: Int32Array;
+  /** This proxy's slot in `connectionGate`. @default {0} */
+  gateSlot?: number;
+  /** Log "Listening on …" at start (a data plane leaves it to the supervisor). @default {true} */
+  announce?: boolean;
 }
 
 /** Options for {@linkcode Proxy.shutdown}. */
@@ -194,8 +210,11 @@ export class Proxy implements AsyncDisposable {
   start(): Promise<Deno.NetAddr> {
     if (this.#listener) throw new Error("Proxy already started");
     const { listen } = this.#options;
-    this.#listener = Deno.listen({ hostname: listen.hostname, port: listen.port });
+    this.#listener = this.#options.reusePort
+      ? Deno.listen({ hostname: listen.hostname, port: listen.port, reusePort: true })
+      : Deno.listen({ hostname: listen.hostname, port: listen.port });
     this.#accepting = this.#acceptLoop(this.#listener);
+    if (this.#options.announce === false) return Promise.resolve(this.addr);
     const everywhere = this.addr.hostname === "0.0.0.0" || this.addr.hostname === "::";
     this.#logger.info("Listening on {listen}{scope}, forwarding to {forward}", {
       listen: formatAddress({ hostname: this.addr.hostname, port: this.addr.port }),
@@ -367,8 +386,13 @@ export class Proxy implements AsyncDisposable {
       const peer = formatAddress(downstream.remoteAddr as Deno.NetAddr);
       const acceptedAtMs = this.#accessLog === undefined ? 0 : Date.now();
       const forward = this.#forwardText;
-      const maxConnections = this.#options.maxConnections ?? 10_000;
-      if (stats.connectionsActive >= maxConnections) {
+      const gate = this.#options.connectionGate;
+      const maxConnections = gate ? Atomics.load(gate, 1) : this.#options.maxConnections ?? 10_000;
+      // With a shared gate the count is the process's: taken first, given back when refused.
+      const open = gate ? Atomics.add(gate, 0, 1) : stats.connectionsActive;
+      const slot = 2 + (this.#options.gateSlot ?? 0);
+      if (open >= maxConnections) {
+        if (gate) Atomics.sub(gate, 0, 1);
         stats.connectionsRejected++;
         stats.recordClose("max_connections");
         this.#logRefused(peer, "max_connections");
@@ -376,13 +400,14 @@ export class Proxy implements AsyncDisposable {
           "Rejected {downstream}: {active} connections open (--max-connections)",
           {
             downstream: peer,
-            active: stats.connectionsActive,
+            active: open,
           },
         );
         downstream.close();
         return;
       }
       stats.connectionsActive++;
+      if (gate) Atomics.add(gate, slot, 1);
       let reason: CloseReason = "client_closed";
       if (this.#closeAll.signal.aborted) connection.controller.abort();
       try {
@@ -440,6 +465,10 @@ export class Proxy implements AsyncDisposable {
         });
       } finally {
         stats.connectionsActive--;
+        if (gate) {
+          Atomics.sub(gate, slot, 1);
+          Atomics.sub(gate, 0, 1);
+        }
         stats.recordClose(reason);
       }
     } catch (error) {

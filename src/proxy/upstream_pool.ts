@@ -78,6 +78,28 @@ export interface UpstreamPoolOptions {
    * totals are the sums of the rows, plus those of upstreams removed since. Unset: rows only.
    */
   counters?: UpstreamCounters;
+  /**
+   * A data-plane worker's pool: failures are reported here (the supervisor counts them in a row
+   * and decides ejection), a good connect after failures as `recovered`; the pool never ejects,
+   * expires an ejection or checks on its own, and takes its states from
+   * {@linkcode UpstreamPool.applyStates}. Unset: the pool decides alone.
+   */
+  onPassive?: (name: string, kind: PassiveEvent) => void;
+  /** Called after any upstream's state may have changed (a check, an ejection, a drain). */
+  onStateChange?: () => void;
+}
+
+/** What a data-plane worker reports of one upstream. */
+export type PassiveEvent = "connect_failure" | "stream_error" | "recovered";
+
+/** An upstream's state as the supervisor decides it and the workers follow it. */
+export interface MemberState {
+  healthy: boolean;
+  ejected: boolean;
+  /** Milliseconds the ejection has left (clocks differ between threads). */
+  ejectedForMs: number;
+  awaitingFirstCheck: boolean;
+  draining: boolean;
 }
 
 /** Process-wide upstream counters a pool adds to. */
@@ -377,6 +399,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
       this.#logger?.info("Upstream {name} draining: no new connections", { name });
     }
     member.draining = true;
+    this.#options.onStateChange?.();
     return true;
   }
 
@@ -386,6 +409,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     if (!member || member.removed) return false;
     if (member.draining) this.#logger?.info("Upstream {name} enabled again", { name });
     member.draining = false;
+    this.#options.onStateChange?.();
     return true;
   }
 
@@ -451,6 +475,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
           signal: options.signal,
         });
         member.pending--;
+        if (member.failuresInARow > 0) this.#options.onPassive?.(member.spec.name, "recovered");
         member.failuresInARow = 0;
         return this.#lease(member, conn);
       } catch (error) {
@@ -469,7 +494,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         }
         member.connectFailures++;
         if (this.#options.counters) this.#options.counters.upstreamConnectFailures++;
-        this.#failure(member, "connect failures");
+        this.#failure(member, "connect failures", "connect_failure");
         failed.add(member);
       }
     }
@@ -528,7 +553,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         if (failed) {
           member.streamErrors++;
           if (this.#options.counters) this.#options.counters.upstreamStreamErrors++;
-          this.#failure(member, "mid-stream errors");
+          this.#failure(member, "mid-stream errors", "stream_error");
         }
       },
     };
@@ -538,8 +563,12 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     return this.#byName.get(name);
   }
 
-  #failure(member: Member, what: string): void {
+  #failure(member: Member, what: string, kind: PassiveEvent): void {
     member.failuresInARow++;
+    if (this.#options.onPassive) {
+      this.#options.onPassive(member.spec.name, kind);
+      return;
+    }
     const after = this.#options.ejectAfter ?? 5;
     if (after <= 0 || member.failuresInARow < after || member.ejected) return;
     const ms = Math.min(MAX_EJECT_MS, (this.#options.ejectMs ?? 30_000) * 2 ** member.ejections);
@@ -551,6 +580,59 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
       "Upstream {name} ejected for {seconds} s after {count} {what} in a row (ejection {n})",
       { name: member.spec.name, seconds: ms / 1000, count: after, what, n: member.ejections },
     );
+    this.#options.onStateChange?.();
+  }
+
+  /**
+   * A worker's report of `name` (the supervisor's pool): a failure counts toward ejection, a
+   * recovery ends the run of failures. False when there is no such upstream.
+   */
+  passive(name: string, kind: PassiveEvent): boolean {
+    const member = this.#find(name);
+    if (!member) return false;
+    if (kind === "recovered") {
+      member.failuresInARow = 0;
+      return true;
+    }
+    if (kind === "connect_failure") member.connectFailures++;
+    else member.streamErrors++;
+    this.#failure(
+      member,
+      kind === "connect_failure" ? "connect failures" : "mid-stream errors",
+      kind,
+    );
+    return true;
+  }
+
+  /** Every upstream's state by name, for the workers (after ending ejections whose time is up). */
+  states(): Record<string, MemberState> {
+    const now = this.#now();
+    this.#expire(now);
+    const out: Record<string, MemberState> = {};
+    for (const m of [...this.#members, ...this.#leaving.values()]) {
+      out[m.spec.name] = {
+        healthy: m.healthy,
+        ejected: m.ejected,
+        ejectedForMs: m.ejected ? Math.max(0, m.ejectedUntil - now) : 0,
+        awaitingFirstCheck: m.awaitingFirstCheck,
+        draining: m.draining,
+      };
+    }
+    return out;
+  }
+
+  /** Takes the supervisor's decisions (a worker's pool); names it does not know are skipped. */
+  applyStates(states: Readonly<Record<string, MemberState>>): void {
+    const now = this.#now();
+    for (const [name, state] of Object.entries(states)) {
+      const member = this.#byName.get(name);
+      if (!member) continue;
+      member.healthy = state.healthy;
+      member.ejected = state.ejected;
+      member.ejectedUntil = now + state.ejectedForMs;
+      member.awaitingFirstCheck = state.awaitingFirstCheck;
+      if (!member.removed) member.draining = state.draining;
+    }
   }
 
   /** The member the policy picks among those that may take a connection, not in `skip`. */
@@ -605,12 +687,14 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
 
   // Without active checks an ejection ends when its time is up (nothing else could end it).
   #expire(now: number): void {
+    if (this.#options.onPassive) return; // a worker's pool: the supervisor decides
     for (const m of this.#members) {
       if (m.ejected && !m.checking && now >= m.ejectedUntil) {
         m.ejected = false;
         this.#logger?.info("Upstream {name} back from ejection (its time is up)", {
           name: m.spec.name,
         });
+        this.#options.onStateChange?.();
       }
     }
   }
@@ -645,6 +729,11 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
       return;
     }
     member.lastCheck = { ...result, at: this.#now() };
+    this.#recordCheck(member, result);
+    this.#options.onStateChange?.();
+  }
+
+  #recordCheck(member: Member, result: CheckResult): void {
     const name = member.spec.name;
     if (member.awaitingFirstCheck) {
       member.awaitingFirstCheck = false;

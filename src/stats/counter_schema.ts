@@ -461,6 +461,19 @@ export const COUNTER_SCHEMA: readonly SchemaEntry[] = [
     "Dashboard event-stream clients (GET /events) refused because the cap on streams was reached.",
     { family: "foo_proxy_sse_clients_refused_total" },
   ),
+  field(
+    "worker_restarts",
+    "workerRestarts",
+    "Data-plane workers that died (an uncaught error) and were replaced; their counted totals are kept.",
+    { family: "foo_proxy_worker_restarts_total", recovered: "optional" },
+  ),
+  {
+    name: "workers",
+    section: "snapshot",
+    kind: "derived",
+    help: "Per data-plane worker: connections open, replies per second, restarts (the balance across cores).",
+    value: ({ stats }) => stats.workers?.() ?? [],
+  },
   {
     name: "upstreams",
     section: "snapshot",

@@ -182,6 +182,15 @@ export class Histogram {
     return out;
   }
 
+  /** Empties the histogram (a merged view about to be summed again). */
+  reset(): void {
+    for (let i = 0; i < this.#counts.length; i++) this.#counts[i] = 0;
+    this.#sum = 0;
+    this.#count = 0;
+    this.#max = 0;
+    this.#min = Infinity;
+  }
+
   /** The state as plain data. */
   toData(): HistogramData {
     return {

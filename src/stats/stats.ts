@@ -100,6 +100,10 @@ export interface StatsSnapshot {
   admin_misdirected_requests: number;
   /** `GET /events` (dashboard) clients refused because the cap on event streams was reached. */
   sse_clients_refused: number;
+  /** Data-plane workers that died and were replaced. */
+  worker_restarts: number;
+  /** Per data-plane worker: its connections and replies per second (the balance across cores). */
+  workers: WorkerStats[];
   /** Per upstream: state, connections, requests, replies, errors, last check. */
   upstreams: UpstreamStats[];
   /** `--config`: how many times the file was loaded (0: no file). */
@@ -126,6 +130,18 @@ export interface UpstreamStats {
   ejections: number;
   /** The last active health check; `null` before the first. */
   last_check: { ok: boolean; latency_ms: number; error?: string; age_s: number } | null;
+}
+
+/** One data-plane worker's figures in `/stats` and the SIGUSR2 line. */
+export interface WorkerStats {
+  /** Its number, 0 first (a replacement keeps the number of the worker it replaces). */
+  worker: number;
+  /** Downstream connections it serves. */
+  connections_active: number;
+  /** ACK+NAK it relayed per second over the last second. */
+  replies_per_second: number;
+  /** Times this worker was replaced after dying. */
+  restarts: number;
 }
 
 /** Options for {@linkcode Stats}. */
@@ -207,6 +223,10 @@ export class Stats {
   configLoadedAt = 0;
   /** Reloads refused for a bad file. */
   configReloadFailures = 0;
+  /** Data-plane workers replaced after dying. */
+  workerRestarts = 0;
+  /** Where the per-worker figures come from; unset: none are reported. */
+  workers: (() => WorkerStats[]) | undefined = undefined;
   /** Where the per-upstream figures come from; unset: none are reported. */
   upstreams: (() => UpstreamStats[]) | undefined = undefined;
   /** Closed connections by reason. */

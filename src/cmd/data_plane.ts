@@ -1,0 +1,276 @@
+/**
+ * One data plane of `foo-proxy proxy`: a listener, the bridge engine and its upstream
+ * connections, run in a Worker (or, when workers cannot be started, on the main thread) and
+ * driven by the supervisor over messages. Its statistics are plain fields on the hot path,
+ * copied into its row of shared memory a few times a second and whenever the supervisor asks;
+ * its logs and access-log lines go to the supervisor, which owns stdout, stderr and every file.
+ * It decides nothing about upstream health: it reports failures and follows the states the
+ * supervisor sends.
+ *
+ * @module
+ */
+import { getLogger } from "@logtape/logtape";
+import type { Address } from "../net/address.ts";
+import { type AccessRecord, formatAccessLine } from "../proxy/access_log.ts";
+import type { EngineOptions } from "../proxy/engine_config.ts";
+import { Proxy, type ShutdownReport } from "../proxy/proxy.ts";
+import type { UpstreamSpec } from "../proxy/upstream_spec.ts";
+import {
+  type BalancePolicy,
+  type MemberState,
+  type PassiveEvent,
+  UpstreamPool,
+  type UpstreamSnapshot,
+} from "../proxy/upstream_pool.ts";
+import { systemClock } from "../stats/clock.ts";
+import { Stats } from "../stats/stats.ts";
+import { StatsRow } from "../stats/stats_row.ts";
+import { describeError } from "../net/describe_error.ts";
+import { installLastResort } from "./last_resort.ts";
+import { setupLogging } from "./logging.ts";
+import type { ProxyConfig } from "./proxy_config.ts";
+import { poolOptionsOf, proxyOptionsOf } from "./proxy_settings.ts";
+
+/** What a data plane is started with. */
+export interface PlaneInit {
+  /** Its number (0 first), in logs and the per-worker stats. */
+  index: number;
+  config: ProxyConfig;
+  /** Where to listen: `config.listen` with the port the first plane bound. */
+  listen: Address;
+  /** Bind with `SO_REUSEPORT` (more than one plane). */
+  reusePort: boolean;
+  /** Its stats row (see `stats_row.ts`). */
+  row: SharedArrayBuffer;
+  /** The process's connection gate (see `ProxyOptions.connectionGate`). */
+  gate: SharedArrayBuffer;
+  /** The upstream states the supervisor decided. */
+  states: Record<string, MemberState>;
+  /** Whether it runs in a Worker of its own (it sets up its logging and last resort then). */
+  thread: boolean;
+  /** Time between two copies of its stats into its row, in ms. */
+  flushMs: number;
+  /** `FOO_PROXY_TEST_HOOKS`: honour the `crash` message (tests of worker replacement). */
+  testHooks: boolean;
+}
+
+/** What the supervisor tells a plane. */
+export type ToPlane =
+  | { t: "init"; init: PlaneInit }
+  | { t: "flush"; id: number }
+  | { t: "engine"; changes: Omit<EngineOptions, "resume" | "timers" | "random"> }
+  | { t: "upstreams"; specs: UpstreamSpec[]; states: Record<string, MemberState> }
+  | { t: "policy"; policy: BalancePolicy }
+  | { t: "states"; states: Record<string, MemberState> }
+  | { t: "log"; level: string; format: string }
+  | { t: "shutdown" }
+  | { t: "force" }
+  | { t: "crash" };
+
+/** What a plane tells the supervisor. */
+export type FromPlane =
+  | { t: "ready"; port: number }
+  | { t: "failed"; error: string; addrInUse: boolean }
+  | { t: "log"; lines: string[] }
+  | { t: "access"; lines: string[] }
+  | { t: "passive"; name: string; kind: PassiveEvent }
+  | { t: "flushed"; id: number; upstreams: UpstreamSnapshot[] }
+  | { t: "upstreams"; upstreams: UpstreamSnapshot[] }
+  | { t: "stopped"; report: ShutdownReport; upstreams: UpstreamSnapshot[] };
+
+/** Either end of a Worker, or a `MessagePort` of an in-process channel. */
+export interface PlaneEndpoint {
+  postMessage(message: unknown): void;
+  onmessage: ((event: MessageEvent) => void) | null;
+}
+
+/** Lines batched for 10 ms and sent in one message. */
+class PostedLines {
+  #lines: string[] = [];
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #send: (lines: string[]) => void;
+
+  constructor(send: (lines: string[]) => void) {
+    this.#send = send;
+  }
+
+  push(line: string): void {
+    this.#lines.push(line);
+    this.#timer ??= setTimeout(() => this.flush(), 10);
+  }
+
+  flush(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    if (this.#lines.length === 0) return;
+    const lines = this.#lines;
+    this.#lines = [];
+    this.#send(lines);
+  }
+}
+
+/**
+ * Serves a data plane on `endpoint`: waits for `init`, starts, and follows the supervisor's
+ * messages until `shutdown` (then it reports `stopped` and the supervisor ends it).
+ */
+export function serveDataPlane(endpoint: PlaneEndpoint): void {
+  const post = (message: FromPlane) => endpoint.postMessage(message);
+  let plane: Promise<DataPlane | undefined> | undefined;
+  endpoint.onmessage = (event: MessageEvent) => {
+    const message = event.data as ToPlane;
+    if (message.t === "init") {
+      plane = startPlane(message.init, post);
+      return;
+    }
+    void plane?.then((p) => p?.handle(message));
+  };
+}
+
+async function startPlane(
+  init: PlaneInit,
+  post: (message: FromPlane) => void,
+): Promise<DataPlane | undefined> {
+  const logs = new PostedLines((lines) => post({ t: "log", lines }));
+  let logging: Disposable | undefined;
+  if (init.thread) {
+    logging = setupLogging({
+      level: init.config.logLevel,
+      format: init.config.logFormat,
+      write: (line) => logs.push(line),
+    });
+  }
+  const plane = new DataPlane(init, post, logs, logging);
+  try {
+    const addr = await plane.proxy.start();
+    post({ t: "ready", port: addr.port });
+    return plane;
+  } catch (error) {
+    logs.flush();
+    post({
+      t: "failed",
+      error: describeError(error),
+      addrInUse: error instanceof Deno.errors.AddrInUse,
+    });
+    return undefined;
+  }
+}
+
+class DataPlane {
+  readonly proxy: Proxy;
+  #init: PlaneInit;
+  #post: (message: FromPlane) => void;
+  #logs: PostedLines;
+  #access: PostedLines;
+  #logging: Disposable | undefined;
+  #stats = new Stats({ clock: systemClock });
+  #row: StatsRow;
+  #pool: UpstreamPool;
+  #force = new AbortController();
+  #flushTimer: ReturnType<typeof setInterval>;
+  #ticks = 0;
+
+  constructor(
+    init: PlaneInit,
+    post: (message: FromPlane) => void,
+    logs: PostedLines,
+    logging: Disposable | undefined,
+  ) {
+    this.#init = init;
+    this.#post = post;
+    this.#logs = logs;
+    this.#logging = logging;
+    const { config } = init;
+    const logger = getLogger(["foo-proxy", "proxy"]);
+    const stats = this.#stats;
+    this.#row = new StatsRow(stats.latency.histogram.bounds.length, init.row);
+    if (init.thread) installLastResort(stats, logger);
+    this.#pool = new UpstreamPool(config.upstreams, {
+      ...poolOptionsOf(config),
+      logger,
+      counters: stats,
+      onPassive: (name, kind) => post({ t: "passive", name, kind }),
+    });
+    this.#pool.applyStates(init.states);
+    stats.upstreams = () => this.#pool.snapshot();
+    this.#access = new PostedLines((lines) => post({ t: "access", lines }));
+    const format = config.accessLog === "json" ? "json" : "text";
+    this.proxy = new Proxy({
+      target: this.#pool,
+      accessLog: config.accessLog === "off"
+        ? undefined
+        : (record: AccessRecord) => this.#access.push(formatAccessLine(format, record)),
+      ...proxyOptionsOf(config),
+      listen: init.listen,
+      forward: config.forward,
+      stats,
+      logger,
+      reusePort: init.reusePort,
+      connectionGate: new Int32Array(init.gate),
+      gateSlot: init.index,
+      announce: false,
+    });
+    // Rows a few times a second; the per-upstream figures every fifth time (they are many
+    // objects with a large set), and whenever the supervisor asks.
+    this.#flushTimer = setInterval(() => {
+      this.#row.write(stats, stats.clock());
+      if (++this.#ticks % 5 === 0) post({ t: "upstreams", upstreams: this.#pool.snapshot() });
+    }, init.flushMs);
+  }
+
+  handle(message: ToPlane): void {
+    switch (message.t) {
+      case "flush":
+        this.#row.write(this.#stats, this.#stats.clock());
+        this.#post({ t: "flushed", id: message.id, upstreams: this.#pool.snapshot() });
+        break;
+      case "engine":
+        this.proxy.updateEngine(message.changes);
+        break;
+      case "upstreams":
+        this.#pool.update(message.specs);
+        this.#pool.applyStates(message.states);
+        break;
+      case "policy":
+        this.#pool.setPolicy(message.policy);
+        break;
+      case "states":
+        this.#pool.applyStates(message.states);
+        break;
+      case "log":
+        if (this.#logging) {
+          this.#logging[Symbol.dispose]();
+          this.#logging = setupLogging({
+            level: message.level,
+            format: message.format,
+            write: (line) => this.#logs.push(line),
+          });
+        }
+        break;
+      case "shutdown":
+        void this.#shutdown();
+        break;
+      case "force":
+        this.#force.abort("force");
+        break;
+      case "crash":
+        if (this.#init.testHooks) {
+          setTimeout(() => {
+            throw new Error(`test hook: data-plane worker ${this.#init.index} crashes`);
+          }, 0);
+        }
+        break;
+      case "init":
+        break;
+    }
+  }
+
+  async #shutdown(): Promise<void> {
+    const report = await this.proxy.shutdown({ signal: this.#force.signal });
+    clearInterval(this.#flushTimer);
+    await this.#pool.close();
+    this.#row.write(this.#stats, this.#stats.clock());
+    this.#access.flush();
+    this.#logs.flush();
+    this.#post({ t: "stopped", report, upstreams: this.#pool.snapshot() });
+  }
+}

@@ -1,0 +1,474 @@
+/**
+ * The supervisor's side of the data planes (`data_plane.ts`): starts N of them (Workers, each
+ * with its own `SO_REUSEPORT` listener on one port; or one on the main thread when workers
+ * cannot be started), sums their stats rows, relays their logs, takes their failure reports,
+ * sends them the upstream states and reloads, replaces one that dies, and drains them all.
+ *
+ * @module
+ */
+import type { Logger } from "@logtape/logtape";
+import type { Address } from "../net/address.ts";
+import type { ShutdownReport } from "../proxy/proxy.ts";
+import type { MemberState, PassiveEvent, UpstreamSnapshot } from "../proxy/upstream_pool.ts";
+import type { Stats, WorkerStats } from "../stats/stats.ts";
+import { StatsRow } from "../stats/stats_row.ts";
+import { DEFAULT_LATENCY_BUCKETS } from "../stats/histogram.ts";
+import { type FromPlane, type PlaneInit, serveDataPlane, type ToPlane } from "./data_plane.ts";
+import type { ProxyConfig } from "./proxy_config.ts";
+
+/** Options for {@linkcode DataPlanes}. */
+export interface DataPlanesOptions {
+  config: ProxyConfig;
+  /** How many planes. */
+  count: number;
+  /** Workers (true) or one plane on the main thread (false: `count` must be 1). */
+  thread: boolean;
+  /** The process-wide `--max-connections`. */
+  maxConnections: number;
+  /** The upstream states the supervisor's pool decided (sent to each plane as it starts). */
+  states: () => Record<string, MemberState>;
+  logger: Logger;
+  /** Where the supervisor counts `worker_restarts`. */
+  own: Stats;
+  /** Where the counters of a plane that died are kept (with the recovered totals). */
+  base: Stats;
+  /** A plane's log lines (each with its newline). */
+  onLog: (lines: string[]) => void;
+  /** A plane's access-log lines. */
+  onAccess: (lines: string[]) => void;
+  /** A plane's report of an upstream failure or recovery. */
+  onPassive: (name: string, kind: PassiveEvent) => void;
+  /** `FOO_PROXY_TEST_HOOKS`: planes honour `crash`. */
+  testHooks?: boolean;
+  /** Time between two copies of a plane's stats into its row, in ms. @default {100} */
+  flushMs?: number;
+}
+
+/** The per-upstream figures the planes count (the supervisor's pool has the states). */
+export interface UpstreamCounts {
+  connections_active: number;
+  connections_total: number;
+  requests: number;
+  replies: number;
+  connect_failures: number;
+  stream_errors: number;
+}
+
+/** A plane could not start (the listener could not be bound). */
+export class PlaneStartError extends Error {
+  /** Whether the address was in use. */
+  readonly addrInUse: boolean;
+  /** Creates the error. */
+  constructor(message: string, addrInUse: boolean) {
+    super(message);
+    this.name = "PlaneStartError";
+    this.addrInUse = addrInUse;
+  }
+}
+
+type Endpoint = Worker | MessagePort;
+
+interface Slot {
+  index: number;
+  endpoint: Endpoint;
+  row: StatsRow;
+  /** Its last per-upstream figures. */
+  upstreams: UpstreamSnapshot[];
+  restarts: number;
+  startedAt: number;
+  state: "starting" | "running" | "stopping" | "stopped" | "dead";
+  ready: PromiseWithResolvers<number>;
+  stopped: PromiseWithResolvers<ShutdownReport>;
+  flushes: Map<number, () => void>;
+}
+
+const BUCKETS = DEFAULT_LATENCY_BUCKETS.length;
+const COUNT_FIELDS = [
+  "connections_total",
+  "requests",
+  "replies",
+  "connect_failures",
+  "stream_errors",
+] as const;
+
+/** See the module docs. */
+export class DataPlanes {
+  #options: DataPlanesOptions;
+  /** The running config (a reload replaces it): what a replacement plane starts with. */
+  #config: ProxyConfig;
+  /** Where every plane listens (a restart setting: a reload never moves it). */
+  #listen: Address;
+  #slots: Slot[] = [];
+  #gate: SharedArrayBuffer;
+  #gateView: Int32Array;
+  #port = 0;
+  #stopping = false;
+  #nextFlush = 1;
+  /** Per-upstream figures of planes that died. */
+  #retired = new Map<string, UpstreamCounts>();
+  #respawnTimers = new Set<ReturnType<typeof setTimeout>>();
+
+  /** Planes, not started. */
+  constructor(options: DataPlanesOptions) {
+    if (!options.thread && options.count !== 1) {
+      throw new RangeError("Only one data plane runs on the main thread");
+    }
+    this.#options = options;
+    this.#config = options.config;
+    this.#listen = options.config.listen;
+    this.#gate = new SharedArrayBuffer(4 * (2 + options.count));
+    this.#gateView = new Int32Array(this.#gate);
+    Atomics.store(this.#gateView, 1, options.maxConnections);
+  }
+
+  /** How many planes. */
+  get count(): number {
+    return this.#options.count;
+  }
+
+  /** The port every plane listens on. */
+  get port(): number {
+    return this.#port;
+  }
+
+  /** Whether every plane is listening (and the planes are not draining). */
+  get listening(): boolean {
+    return !this.#stopping && this.#slots.length > 0 &&
+      this.#slots.every((s) => s.state === "running");
+  }
+
+  /** Whether the drain has begun. */
+  get stopping(): boolean {
+    return this.#stopping;
+  }
+
+  /** Connections open in the whole process. */
+  get activeConnections(): number {
+    return Atomics.load(this.#gateView, 0);
+  }
+
+  /**
+   * Starts the planes: the first binds `config.listen` (port 0: any), the others the port it got.
+   * Resolves with that port.
+   *
+   * @throws {PlaneStartError} when a plane cannot listen (every plane is ended then).
+   */
+  async start(): Promise<number> {
+    const first = this.#spawn(0, this.#listen);
+    try {
+      this.#port = await first.ready.promise;
+      const rest: Slot[] = [];
+      for (let i = 1; i < this.#options.count; i++) {
+        rest.push(this.#spawn(i, { ...this.#listen, port: this.#port }));
+      }
+      await Promise.all(rest.map((s) => s.ready.promise));
+    } catch (error) {
+      this.terminate();
+      throw error;
+    }
+    return this.#port;
+  }
+
+  /** The config a plane started from now gets (after a reload). */
+  setConfig(config: ProxyConfig): void {
+    this.#config = config;
+  }
+
+  /** Sets the process-wide connection limit (a reload). */
+  setMaxConnections(max: number): void {
+    Atomics.store(this.#gateView, 1, max);
+  }
+
+  /** Sends `message` to every plane that runs. */
+  broadcast(message: ToPlane): void {
+    for (const slot of this.#slots) {
+      if (slot.state === "running" || slot.state === "starting") slot.endpoint.postMessage(message);
+    }
+  }
+
+  /** Makes the test hook crash plane `index`; false when there is no such plane running. */
+  crash(index: number): boolean {
+    const slot = this.#slots[index];
+    if (!slot || slot.state !== "running" || !this.#options.testHooks) return false;
+    slot.endpoint.postMessage({ t: "crash" } satisfies ToPlane);
+    return true;
+  }
+
+  /**
+   * Asks every running plane to copy its stats into its row now, and waits for them (at most
+   * `timeoutMs`: a plane that does not answer is read as it last flushed).
+   */
+  async flushAll(timeoutMs = 250): Promise<void> {
+    const waits: Promise<void>[] = [];
+    for (const slot of this.#slots) {
+      if (slot.state !== "running" && slot.state !== "stopping") continue;
+      const id = this.#nextFlush++;
+      const done = Promise.withResolvers<void>();
+      slot.flushes.set(id, done.resolve);
+      slot.endpoint.postMessage({ t: "flush", id } satisfies ToPlane);
+      waits.push(done.promise);
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<void>((resolve) => timer = setTimeout(resolve, timeoutMs));
+    await Promise.race([Promise.all(waits), late]);
+    clearTimeout(timer);
+    for (const slot of this.#slots) slot.flushes.clear();
+  }
+
+  /** Adds every plane's row to `target` (a merged read at `now`). */
+  addRows(target: Stats, now: number): void {
+    for (const slot of this.#slots) {
+      if (slot.state === "dead") continue;
+      slot.row.addTo(slot.row.read(), target, { now });
+    }
+  }
+
+  /** Each plane's connections, replies per second and restarts. */
+  breakdown(now: number): WorkerStats[] {
+    return this.#slots.map((slot) => {
+      const { connections, repliesPerSecond } = StatsRow.breakdown(slot.row.read(), now);
+      return {
+        worker: slot.index,
+        connections_active: connections,
+        replies_per_second: repliesPerSecond,
+        restarts: slot.restarts,
+      };
+    });
+  }
+
+  /** The per-upstream figures summed over the planes (and those that died), by name. */
+  upstreamCounts(): Map<string, UpstreamCounts> {
+    const out = new Map<string, UpstreamCounts>();
+    for (const [name, counts] of this.#retired) out.set(name, { ...counts });
+    for (const slot of this.#slots) {
+      for (const row of slot.upstreams) {
+        const sum = out.get(row.name) ?? zeroCounts();
+        sum.connections_active += row.connections_active;
+        for (const f of COUNT_FIELDS) sum[f] += row[f];
+        out.set(row.name, sum);
+      }
+    }
+    return out;
+  }
+
+  /** The names planes still have connections to (a removed upstream still draining). */
+  upstreamRows(): UpstreamSnapshot[] {
+    return this.#slots.flatMap((s) => s.upstreams);
+  }
+
+  /**
+   * Drains every plane (`--drain-delay`, `--drain-timeout`, as one proxy did); aborting `force`
+   * closes every connection at once. Resolves with the planes' reports combined.
+   */
+  async shutdown(force: AbortSignal): Promise<ShutdownReport> {
+    this.#stopping = true;
+    for (const timer of this.#respawnTimers) clearTimeout(timer);
+    const live = this.#slots.filter((s) => s.state === "running" || s.state === "starting");
+    for (const slot of live) {
+      slot.state = "stopping";
+      slot.endpoint.postMessage({ t: "shutdown" } satisfies ToPlane);
+    }
+    const onForce = () => {
+      for (const slot of live) slot.endpoint.postMessage({ t: "force" } satisfies ToPlane);
+    };
+    force.addEventListener("abort", onForce, { once: true });
+    if (force.aborted) onForce();
+    try {
+      const reports = await Promise.all(live.map((s) => s.stopped.promise));
+      return {
+        drained: reports.every((r) => r.drained),
+        closedIdle: reports.reduce((n, r) => n + r.closedIdle, 0),
+        closedBusy: reports.reduce((n, r) => n + r.closedBusy, 0),
+        aborted: force.aborted,
+      };
+    } finally {
+      force.removeEventListener("abort", onForce);
+    }
+  }
+
+  /** Ends every plane at once (after {@linkcode shutdown}, or when the start failed). */
+  terminate(): void {
+    this.#stopping = true;
+    for (const timer of this.#respawnTimers) clearTimeout(timer);
+    for (const slot of this.#slots) this.#end(slot);
+  }
+
+  #end(slot: Slot): void {
+    if (slot.endpoint instanceof Worker) slot.endpoint.terminate();
+    else slot.endpoint.close();
+  }
+
+  #spawn(index: number, listen: Address): Slot {
+    const row = new StatsRow(BUCKETS);
+    const endpoint: Endpoint = this.#options.thread
+      ? new Worker(new URL("./plane_worker.ts", import.meta.url), {
+        type: "module",
+        name: `foo-proxy data plane ${index}`,
+      })
+      : this.#inProcess();
+    const previous = this.#slots[index];
+    const slot: Slot = {
+      index,
+      endpoint,
+      row,
+      upstreams: [],
+      restarts: previous?.restarts ?? 0,
+      startedAt: performance.now(),
+      state: "starting",
+      ready: Promise.withResolvers(),
+      stopped: Promise.withResolvers(),
+      flushes: new Map(),
+    };
+    slot.ready.promise.catch(() => {});
+    this.#slots[index] = slot;
+    endpoint.onmessage = (event: MessageEvent) => this.#onMessage(slot, event.data as FromPlane);
+    if (endpoint instanceof Worker) {
+      endpoint.onerror = (event: ErrorEvent) => {
+        event.preventDefault(); // one plane's death must not take the process with it
+        this.#died(slot, event.message);
+      };
+      endpoint.onmessageerror = () => this.#died(slot, "a message could not be read");
+    }
+    const config = this.#config;
+    const init: PlaneInit = {
+      index,
+      config,
+      listen,
+      reusePort: this.#options.count > 1,
+      row: row.buffer,
+      gate: this.#gate,
+      states: this.#options.states(),
+      thread: this.#options.thread,
+      flushMs: this.#options.flushMs ?? 100,
+      testHooks: this.#options.testHooks ?? false,
+    };
+    endpoint.postMessage({ t: "init", init } satisfies ToPlane);
+    return slot;
+  }
+
+  #inProcess(): MessagePort {
+    const channel = new MessageChannel();
+    serveDataPlane(channel.port2);
+    return channel.port1;
+  }
+
+  #onMessage(slot: Slot, message: FromPlane): void {
+    if (this.#slots[slot.index] !== slot) return; // a plane already replaced
+    switch (message.t) {
+      case "ready":
+        if (slot.state === "starting") slot.state = "running";
+        slot.ready.resolve(message.port);
+        break;
+      case "failed":
+        slot.state = "dead";
+        slot.ready.reject(new PlaneStartError(message.error, message.addrInUse));
+        this.#end(slot);
+        break;
+      case "log":
+        this.#options.onLog(message.lines);
+        break;
+      case "access":
+        this.#options.onAccess(message.lines);
+        break;
+      case "passive":
+        this.#options.onPassive(message.name, message.kind);
+        break;
+      case "upstreams":
+        slot.upstreams = message.upstreams;
+        break;
+      case "flushed":
+        slot.upstreams = message.upstreams;
+        slot.flushes.get(message.id)?.();
+        slot.flushes.delete(message.id);
+        break;
+      case "stopped":
+        slot.upstreams = message.upstreams;
+        slot.state = "stopped";
+        slot.stopped.resolve(message.report);
+        break;
+    }
+  }
+
+  /**
+   * A plane died (an uncaught error): its counters join the retired totals (its last flush: stats
+   * never go backwards), its connections leave the process count, and a new plane takes its
+   * place on the same port — at once, or after a backoff when it died young (a crash loop).
+   */
+  #died(slot: Slot, error: string): void {
+    if (this.#slots[slot.index] !== slot || slot.state === "dead") return;
+    const was = slot.state;
+    slot.state = "dead";
+    this.#end(slot);
+    const now = this.#options.own.clock();
+    slot.row.addTo(slot.row.read(), this.#options.base, { now, gauges: false, windows: false });
+    for (const row of slot.upstreams) {
+      const sum = this.#retired.get(row.name) ?? zeroCounts();
+      for (const f of COUNT_FIELDS) sum[f] += row[f];
+      this.#retired.set(row.name, sum);
+    }
+    slot.upstreams = [];
+    const open = Atomics.exchange(this.#gateView, 2 + slot.index, 0);
+    Atomics.sub(this.#gateView, 0, open);
+    for (const resolve of slot.flushes.values()) resolve();
+    slot.flushes.clear();
+    slot.ready.reject(new PlaneStartError(`data-plane worker ${slot.index} died: ${error}`, false));
+    if (was === "stopping") {
+      slot.stopped.resolve({ drained: false, closedIdle: 0, closedBusy: open, aborted: false });
+      return;
+    }
+    this.#options.own.workerRestarts++;
+    const young = performance.now() - slot.startedAt < 1000;
+    const delayMs = young ? Math.min(30_000, 1000 * 2 ** Math.min(slot.restarts, 5)) : 0;
+    this.#options.logger.error(
+      "Data-plane worker {worker} died ({error}); its {open} connection(s) were closed; {next}",
+      {
+        worker: slot.index,
+        error,
+        open,
+        next: delayMs === 0
+          ? "replacing it now"
+          : `replacing it in ${delayMs / 1000} s (it died within a second of starting)`,
+      },
+    );
+    this.#respawn(slot.index, slot.restarts + 1, delayMs);
+  }
+
+  /** Starts a plane in place of one that died, after `delayMs`; tries again while it fails. */
+  #respawn(index: number, restarts: number, delayMs: number): void {
+    if (this.#stopping) return;
+    const timer = setTimeout(() => {
+      this.#respawnTimers.delete(timer);
+      if (this.#stopping) return;
+      const next = this.#spawn(index, { ...this.#listen, port: this.#port });
+      next.restarts = restarts;
+      next.ready.promise.then(
+        () => this.#options.logger.info("Data-plane worker {worker} replaced", { worker: index }),
+        (error) => {
+          if (this.#slots[index] !== next || this.#stopping) return;
+          const retryMs = Math.min(30_000, Math.max(1000, delayMs * 2));
+          this.#options.logger.error(
+            "Data-plane worker {worker} could not be replaced ({error}); trying again in {seconds} s",
+            {
+              worker: index,
+              error: error instanceof Error ? error.message : String(error),
+              seconds: retryMs / 1000,
+            },
+          );
+          this.#respawn(index, restarts, retryMs);
+        },
+      );
+    }, delayMs);
+    this.#respawnTimers.add(timer);
+  }
+}
+
+function zeroCounts(): UpstreamCounts {
+  return {
+    connections_active: 0,
+    connections_total: 0,
+    requests: 0,
+    replies: 0,
+    connect_failures: 0,
+    stream_errors: 0,
+  };
+}
