@@ -49,6 +49,7 @@ const OTHER_VALUE: Record<string, string> = {
   "pid-file": "/tmp/foo.pid",
   "connect-timeout": "2s",
   "connect-retries": "1",
+  workers: "3",
   "max-connections": "50",
   "fd-limit": "1000",
   "max-inflight": "5",

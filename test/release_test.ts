@@ -18,8 +18,11 @@ const decoder = new TextDecoder();
  * less its read grant of ./examples (a relative path for trying the example config from a clone).
  */
 async function bakedFlags(): Promise<string[]> {
-  return (await startTaskFlags()).filter((f) => f !== "--allow-read=examples");
+  return (await startTaskFlags()).filter((f) => f !== "--allow-read=examples,src");
 }
+
+/** What follows the baked flags in every compile command: the data-plane Worker, embedded. */
+const WORKER_INCLUDE = ["--include", "src/cmd/plane_worker.ts"];
 
 /** The permission flags of `deno task start`, read from deno.json's task string. */
 async function startTaskFlags(): Promise<string[]> {
@@ -73,11 +76,16 @@ async function tempDir(): Promise<AsyncDisposable & { path: string }> {
   return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
 }
 
-Deno.test("deno task start grants only net and FOO_PROXY_* env: nothing forbidden, no file access", async () => {
+Deno.test("deno task start grants only net and FOO_PROXY_* env, and reads examples and src: nothing forbidden", async () => {
   const flags = (await startTaskFlags()).filter((f) => !f.startsWith("--v8-flags="));
-  // Reading ./examples lets `deno task start --config examples/foo-proxy.jsonc` work from a clone;
-  // binaries do not get it.
-  assert.deepEqual(flags, ["--allow-net", "--allow-env=FOO_PROXY_*", "--allow-read=examples"]);
+  // Reading ./examples lets `deno task start --config examples/foo-proxy.jsonc` work from a clone,
+  // ./src is where the data-plane workers load from; binaries get neither (they embed src).
+  assert.deepEqual(flags, [
+    "--allow-net",
+    "--allow-env=FOO_PROXY_*",
+    "--allow-read=examples,src",
+    "--unstable-net",
+  ]);
   assert.deepEqual(startPermissionFlags(), ["--allow-net", "--allow-env=FOO_PROXY_*"]);
   for (const flag of flags) assert.ok(!FORBIDDEN_PERMISSION_FLAGS.includes(flag.split("=")[0]));
 });
@@ -95,6 +103,7 @@ Deno.test("deno task release --dry-run prints one compile command per target wit
     assert.deepEqual(words.slice(1), [
       "compile",
       ...start,
+      ...WORKER_INCLUDE,
       "--target",
       target,
       "--output",
@@ -112,6 +121,7 @@ Deno.test("deno task compile --dry-run prints one command for this machine; flag
   assert.deepEqual((await shellWords(plain.stdout.trimEnd())).slice(1), [
     "compile",
     ...start,
+    ...WORKER_INCLUDE,
     "--output",
     `dist/foo-proxy${exe}`,
     "src/main.ts",

@@ -13,7 +13,7 @@ import { getLogger } from "@logtape/logtape";
 import type { Address } from "../net/address.ts";
 import { type AccessRecord, formatAccessLine } from "../proxy/access_log.ts";
 import type { EngineOptions } from "../proxy/engine_config.ts";
-import { Proxy, type ShutdownReport } from "../proxy/proxy.ts";
+import { Proxy } from "../proxy/proxy.ts";
 import type { UpstreamSpec } from "../proxy/upstream_spec.ts";
 import {
   type BalancePolicy,
@@ -63,8 +63,9 @@ export type ToPlane =
   | { t: "policy"; policy: BalancePolicy }
   | { t: "states"; states: Record<string, MemberState> }
   | { t: "log"; level: string; format: string }
-  | { t: "shutdown" }
-  | { t: "force" }
+  | { t: "stop-accepting" }
+  | { t: "close-idle" }
+  | { t: "close" }
   | { t: "crash" };
 
 /** What a plane tells the supervisor. */
@@ -76,7 +77,10 @@ export type FromPlane =
   | { t: "passive"; name: string; kind: PassiveEvent }
   | { t: "flushed"; id: number; upstreams: UpstreamSnapshot[] }
   | { t: "upstreams"; upstreams: UpstreamSnapshot[] }
-  | { t: "stopped"; report: ShutdownReport; upstreams: UpstreamSnapshot[] };
+  | { t: "accepting-stopped"; active: number }
+  | { t: "drained" }
+  | { t: "idle-closed"; idle: number; busy: number }
+  | { t: "stopped"; upstreams: UpstreamSnapshot[] };
 
 /** Either end of a Worker, or a `MessagePort` of an in-process channel. */
 export interface PlaneEndpoint {
@@ -111,7 +115,9 @@ class PostedLines {
 
 /**
  * Serves a data plane on `endpoint`: waits for `init`, starts, and follows the supervisor's
- * messages until `shutdown` (then it reports `stopped` and the supervisor ends it).
+ * messages until `close` (then it reports `stopped` and the supervisor ends it). The drain is
+ * the supervisor's, step by step for every plane at once: `stop-accepting`, then (at the drain
+ * timeout) `close-idle`, then `close`.
  */
 export function serveDataPlane(endpoint: PlaneEndpoint): void {
   const post = (message: FromPlane) => endpoint.postMessage(message);
@@ -165,7 +171,6 @@ class DataPlane {
   #stats = new Stats({ clock: systemClock });
   #row: StatsRow;
   #pool: UpstreamPool;
-  #force = new AbortController();
   #flushTimer: ReturnType<typeof setInterval>;
   #ticks = 0;
 
@@ -246,11 +251,18 @@ class DataPlane {
           });
         }
         break;
-      case "shutdown":
-        void this.#shutdown();
+      case "stop-accepting":
+        this.proxy.stopAccepting();
+        this.#post({ t: "accepting-stopped", active: this.proxy.activeConnections });
+        void this.proxy.drained().then(() => this.#post({ t: "drained" }));
         break;
-      case "force":
-        this.#force.abort("force");
+      case "close-idle":
+        void this.proxy.closeIdle().then(({ idle, busy }) =>
+          this.#post({ t: "idle-closed", idle, busy })
+        );
+        break;
+      case "close":
+        void this.#close();
         break;
       case "crash":
         if (this.#init.testHooks) {
@@ -264,13 +276,13 @@ class DataPlane {
     }
   }
 
-  async #shutdown(): Promise<void> {
-    const report = await this.proxy.shutdown({ signal: this.#force.signal });
+  async #close(): Promise<void> {
+    await this.proxy.close();
     clearInterval(this.#flushTimer);
     await this.#pool.close();
     this.#row.write(this.#stats, this.#stats.clock());
     this.#access.flush();
     this.#logs.flush();
-    this.#post({ t: "stopped", report, upstreams: this.#pool.snapshot() });
+    this.#post({ t: "stopped", upstreams: this.#pool.snapshot() });
   }
 }

@@ -13,6 +13,7 @@ import type { MemberState, PassiveEvent, UpstreamSnapshot } from "../proxy/upstr
 import type { Stats, WorkerStats } from "../stats/stats.ts";
 import { StatsRow } from "../stats/stats_row.ts";
 import { DEFAULT_LATENCY_BUCKETS } from "../stats/histogram.ts";
+import { waitOrAbort } from "../async/wait_or_abort.ts";
 import { type FromPlane, type PlaneInit, serveDataPlane, type ToPlane } from "./data_plane.ts";
 import type { ProxyConfig } from "./proxy_config.ts";
 
@@ -78,8 +79,9 @@ interface Slot {
   startedAt: number;
   state: "starting" | "running" | "stopping" | "stopped" | "dead";
   ready: PromiseWithResolvers<number>;
-  stopped: PromiseWithResolvers<ShutdownReport>;
   flushes: Map<number, () => void>;
+  /** Replies awaited, by type: resolved with the reply, or `undefined` if the plane dies. */
+  waiting: Map<FromPlane["t"], (message: FromPlane | undefined) => void>;
 }
 
 const BUCKETS = DEFAULT_LATENCY_BUCKETS.length;
@@ -257,33 +259,85 @@ export class DataPlanes {
   }
 
   /**
-   * Drains every plane (`--drain-delay`, `--drain-timeout`, as one proxy did); aborting `force`
-   * closes every connection at once. Resolves with the planes' reports combined.
+   * Drains every plane at once, as one proxy did: keep accepting for `delayMs`
+   * (`--drain-delay`), stop accepting, give the open connections `timeoutMs` (`--drain-timeout`)
+   * to end on their own, then close those with nothing in flight, then the rest. Aborting
+   * `force` cuts each wait short. Logs each step once for the whole process.
    */
-  async shutdown(force: AbortSignal): Promise<ShutdownReport> {
+  async shutdown(
+    force: AbortSignal,
+    options: { delayMs: number; timeoutMs: number },
+  ): Promise<ShutdownReport> {
     this.#stopping = true;
     for (const timer of this.#respawnTimers) clearTimeout(timer);
-    const live = this.#slots.filter((s) => s.state === "running" || s.state === "starting");
-    for (const slot of live) {
-      slot.state = "stopping";
-      slot.endpoint.postMessage({ t: "shutdown" } satisfies ToPlane);
+    const logger = this.#options.logger;
+    const live = () => this.#slots.filter((s) => s.state === "running" || s.state === "starting");
+    if (options.delayMs > 0 && !force.aborted) {
+      logger.info("Shutting down: accepting for {delayMs} ms more (--drain-delay)", {
+        delayMs: options.delayMs,
+      });
+      await waitOrAbort(options.delayMs, force);
     }
-    const onForce = () => {
-      for (const slot of live) slot.endpoint.postMessage({ t: "force" } satisfies ToPlane);
-    };
-    force.addEventListener("abort", onForce, { once: true });
-    if (force.aborted) onForce();
-    try {
-      const reports = await Promise.all(live.map((s) => s.stopped.promise));
-      return {
-        drained: reports.every((r) => r.drained),
-        closedIdle: reports.reduce((n, r) => n + r.closedIdle, 0),
-        closedBusy: reports.reduce((n, r) => n + r.closedBusy, 0),
-        aborted: force.aborted,
-      };
-    } finally {
-      force.removeEventListener("abort", onForce);
+    const slots = live();
+    for (const slot of slots) slot.state = "stopping";
+    const drainedAll = Promise.all(slots.map((s) => this.#expect(s, "drained")));
+    const stopped = await Promise.all(
+      slots.map((s) => this.#ask(s, { t: "stop-accepting" }, "accepting-stopped")),
+    );
+    const active = stopped.reduce(
+      (n, m) => n + (m?.t === "accepting-stopped" ? m.active : 0),
+      0,
+    );
+    let drained = active === 0;
+    if (!drained && options.timeoutMs > 0 && !force.aborted) {
+      logger.info(
+        "Stopped accepting; waiting up to {timeoutMs} ms for {active} connection(s) to finish",
+        { timeoutMs: options.timeoutMs, active },
+      );
+      drained = await Promise.race([
+        drainedAll.then(() => true),
+        waitOrAbort(options.timeoutMs, force).then(() => false),
+      ]);
     }
+    let closedIdle = 0;
+    let closedBusy = 0;
+    if (!drained) {
+      // The counts come back once the idle ones are closed; the line is written before the
+      // busy ones are, as one proxy wrote it.
+      const counts = await Promise.all(
+        slots.map((s) => this.#ask(s, { t: "close-idle" }, "idle-closed")),
+      );
+      for (const m of counts) {
+        if (m?.t !== "idle-closed") continue;
+        closedIdle += m.idle;
+        closedBusy += m.busy;
+      }
+      logger.info(
+        "{why}: closing {idle} idle connection(s), then {busy} with requests in flight",
+        {
+          why: force.aborted ? "Shutdown forced" : "Drain timeout",
+          idle: closedIdle,
+          busy: closedBusy,
+        },
+      );
+    }
+    await Promise.all(slots.map((s) => this.#ask(s, { t: "close" }, "stopped")));
+    return { drained, closedIdle, closedBusy, aborted: force.aborted };
+  }
+
+  /** Sends `message` to `slot` and resolves with its `reply` (`undefined` if it dies first). */
+  #ask(slot: Slot, message: ToPlane, reply: FromPlane["t"]): Promise<FromPlane | undefined> {
+    const answer = this.#expect(slot, reply);
+    if (slot.state !== "dead") slot.endpoint.postMessage(message);
+    return answer;
+  }
+
+  /** Resolves with the next `reply` of `slot` (`undefined` if it dies first). */
+  #expect(slot: Slot, reply: FromPlane["t"]): Promise<FromPlane | undefined> {
+    if (slot.state === "dead") return Promise.resolve(undefined);
+    const done = Promise.withResolvers<FromPlane | undefined>();
+    slot.waiting.set(reply, done.resolve);
+    return done.promise;
   }
 
   /** Ends every plane at once (after {@linkcode shutdown}, or when the start failed). */
@@ -316,8 +370,8 @@ export class DataPlanes {
       startedAt: performance.now(),
       state: "starting",
       ready: Promise.withResolvers(),
-      stopped: Promise.withResolvers(),
       flushes: new Map(),
+      waiting: new Map(),
     };
     slot.ready.promise.catch(() => {});
     this.#slots[index] = slot;
@@ -354,6 +408,11 @@ export class DataPlanes {
 
   #onMessage(slot: Slot, message: FromPlane): void {
     if (this.#slots[slot.index] !== slot) return; // a plane already replaced
+    const waiter = slot.waiting.get(message.t);
+    if (waiter) {
+      slot.waiting.delete(message.t);
+      waiter(message);
+    }
     switch (message.t) {
       case "ready":
         if (slot.state === "starting") slot.state = "running";
@@ -384,7 +443,6 @@ export class DataPlanes {
       case "stopped":
         slot.upstreams = message.upstreams;
         slot.state = "stopped";
-        slot.stopped.resolve(message.report);
         break;
     }
   }
@@ -412,8 +470,13 @@ export class DataPlanes {
     for (const resolve of slot.flushes.values()) resolve();
     slot.flushes.clear();
     slot.ready.reject(new PlaneStartError(`data-plane worker ${slot.index} died: ${error}`, false));
+    for (const waiter of slot.waiting.values()) waiter(undefined);
+    slot.waiting.clear();
     if (was === "stopping") {
-      slot.stopped.resolve({ drained: false, closedIdle: 0, closedBusy: open, aborted: false });
+      this.#options.logger.error(
+        "Data-plane worker {worker} died while draining ({error}); its {open} connection(s) were closed",
+        { worker: slot.index, error, open },
+      );
       return;
     }
     this.#options.own.workerRestarts++;

@@ -297,7 +297,6 @@ async function serveProxy(
     writeStderrLine(`foo-proxy: ${layout}`);
     return 2;
   }
-  if (layout.note !== undefined) logger.warning("{message}", { message: layout.note });
   // The supervisor counts what it does itself in `own`; the data planes count in their rows;
   // restored totals and those of planes that died are in `base`. `stats` sums them on each read.
   const own = new Stats({ clock: systemClock });
@@ -509,7 +508,7 @@ async function serveProxy(
     accessDrop = countDrop;
     accessLogReopen = accessLog.reopen;
   }
-  const testHooks = Deno.env.get("FOO_PROXY_TEST_HOOKS") === "1";
+  const testHooks = denoEnvReader()("FOO_PROXY_TEST_HOOKS") === "1";
   planes = new DataPlanes({
     config,
     count: layout.count,
@@ -541,6 +540,7 @@ async function serveProxy(
       return 2;
     }
   }
+  if (layout.note !== undefined) logger.warning("{message}", { message: layout.note });
   try {
     const port = await planes.start();
     const everywhere = config.listen.hostname === "0.0.0.0" || config.listen.hostname === "::";
@@ -575,7 +575,18 @@ async function serveProxy(
       listening: () => planes.listening,
       shuttingDown: () => planes.stopping,
       forward: config.forward,
-      upstreams: pool,
+      // States and checks from the supervisor's pool, counts from the planes.
+      upstreams: {
+        get reachable() {
+          return pool.reachable;
+        },
+        get detail() {
+          return pool.detail;
+        },
+        snapshot: () => mergeUpstreams(pool.snapshot(), planes),
+        drain: (name: string) => pool.drain(name),
+        enable: (name: string) => pool.enable(name),
+      },
       reload: () => reload("POST /reload"),
       adminToken: () => running.adminToken, // the reloaded config's: a leaked token can be revoked
       adminHosts: () => running.adminHosts,
@@ -589,7 +600,7 @@ async function serveProxy(
     if (!(error instanceof HttpBindError)) throw error;
     logger.error("{message}", { message: error.message });
     clearInterval(expiry);
-    await planes.shutdown(AbortSignal.abort());
+    await planes.shutdown(AbortSignal.abort(), { delayMs: 0, timeoutMs: 0 });
     planes.terminate();
     await pool.close();
     await pidFile?.release();
@@ -612,7 +623,10 @@ async function serveProxy(
       signal: why,
     },
   );
-  const report = await planes.shutdown(force.signal);
+  const report = await planes.shutdown(force.signal, {
+    delayMs: config.drainDelayMs,
+    timeoutMs: config.drainTimeoutMs,
+  });
   clearInterval(expiry);
   if (report.aborted) {
     logger.warning("Got {signal} again: closed {count} connection(s) without draining", {

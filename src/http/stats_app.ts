@@ -155,7 +155,10 @@ export function createStatsApp(options: StatsAppOptions): Hono {
   }
   const upstreams = options.upstreams;
   if (upstreams) {
-    app.get("/upstreams", (c) => c.json(upstreams.snapshot(), 200, NO_STORE));
+    app.get("/upstreams", async (c) => {
+      await beforeRead();
+      return c.json(upstreams.snapshot(), 200, NO_STORE);
+    });
     const writes = options.writes ?? { loopback: false };
     for (const action of ["drain", "enable"] as const) {
       app.post(`/upstreams/:name/${action}`, (c) => {

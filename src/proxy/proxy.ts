@@ -281,31 +281,37 @@ export class Proxy implements AsyncDisposable {
     let closedIdle = 0;
     let closedBusy = 0;
     if (!drained) {
-      const idle: Promise<void>[] = [];
-      const busy: Connection[] = [];
-      for (const connection of this.#connections) {
-        if (connection.dialing || !connection.state.idle) {
-          busy.push(connection);
-        } else {
-          idle.push(connection.task);
-          connection.controller.abort();
-        }
-      }
-      closedIdle = idle.length;
-      closedBusy = busy.length;
-      this.#logger.info(
-        "{why}: closing {idle} idle connection(s), then {busy} with requests in flight",
-        {
-          why: signal?.aborted ? "Shutdown forced" : "Drain timeout",
-          idle: closedIdle,
-          busy: closedBusy,
-        },
+      const counts = await this.closeIdle((idle, busy) =>
+        this.#logger.info(
+          "{why}: closing {idle} idle connection(s), then {busy} with requests in flight",
+          { why: signal?.aborted ? "Shutdown forced" : "Drain timeout", idle, busy },
+        )
       );
-      await Promise.all(idle);
-      for (const connection of busy) connection.controller.abort();
+      closedIdle = counts.idle;
+      closedBusy = counts.busy;
     }
     await this.close();
     return { drained, closedIdle, closedBusy, aborted: signal?.aborted ?? false };
+  }
+
+  /**
+   * Closes the connections with nothing in flight (no REQ unanswered, nothing being dialed) and
+   * waits for them to end; the others stay open. `before` hears how many of each there are
+   * before anything closes. Resolves with those counts.
+   */
+  async closeIdle(
+    before?: (idle: number, busy: number) => void,
+  ): Promise<{ idle: number; busy: number }> {
+    const idle: Connection[] = [];
+    let busy = 0;
+    for (const connection of this.#connections) {
+      if (connection.dialing || !connection.state.idle) busy++;
+      else idle.push(connection);
+    }
+    before?.(idle.length, busy);
+    for (const connection of idle) connection.controller.abort();
+    await Promise.all(idle.map((connection) => connection.task));
+    return { idle: idle.length, busy };
   }
 
   /**

@@ -471,7 +471,8 @@ export const COUNTER_SCHEMA: readonly SchemaEntry[] = [
     name: "workers",
     section: "snapshot",
     kind: "derived",
-    help: "Per data-plane worker: connections open, replies per second, restarts (the balance across cores).",
+    help:
+      "Per data-plane worker: connections open, replies per second, restarts (the balance across cores).",
     value: ({ stats }) => stats.workers?.() ?? [],
   },
   {

@@ -7,12 +7,7 @@
  *
  * @module
  */
-import {
-  addCounter,
-  readCounter,
-  STORED_COUNTERS,
-  writeCounter,
-} from "./counter_schema.ts";
+import { addCounter, readCounter, STORED_COUNTERS, writeCounter } from "./counter_schema.ts";
 import { Stats, type StatsSnapshot } from "./stats.ts";
 import type { Clock } from "./clock.ts";
 import { MovingWindow } from "./window.ts";

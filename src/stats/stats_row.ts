@@ -126,11 +126,17 @@ export class StatsRow {
   }
 
   /** Connections open and replies per second over the last second, from a copy. */
-  static breakdown(values: Float64Array, now: number): { connections: number; repliesPerSecond: number } {
-    const connections = values[COUNTERS_AT + STORED_COUNTERS.findIndex((s) => s.name === "connections_active")];
+  static breakdown(
+    values: Float64Array,
+    now: number,
+  ): { connections: number; repliesPerSecond: number } {
+    const connections =
+      values[COUNTERS_AT + STORED_COUNTERS.findIndex((s) => s.name === "connections_active")];
     const at = WINDOWS_AT + WINDOWS.indexOf("response1s") * WINDOW_FLOATS;
     let sum = 0;
-    for (const b of windowBuckets(values, at)) if (b.start > now - 1000 && b.start <= now) sum += b.count;
+    for (const b of windowBuckets(values, at)) {
+      if (b.start > now - 1000 && b.start <= now) sum += b.count;
+    }
     return { connections, repliesPerSecond: sum };
   }
 }
@@ -138,7 +144,9 @@ export class StatsRow {
 function windowBuckets(values: Float64Array, at: number): WindowBucket[] {
   const n = Math.min(values[at], WINDOW_CAPACITY);
   const out: WindowBucket[] = [];
-  for (let b = 0; b < n; b++) out.push({ start: values[at + 1 + 2 * b], count: values[at + 2 + 2 * b] });
+  for (let b = 0; b < n; b++) {
+    out.push({ start: values[at + 1 + 2 * b], count: values[at + 2 + 2 * b] });
+  }
   return out;
 }
 
