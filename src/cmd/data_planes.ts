@@ -198,15 +198,17 @@ export class DataPlanes {
 
   /**
    * Asks every running plane to copy its stats into its row now, and waits for them (at most
-   * `timeoutMs`: a plane that does not answer is read as it last flushed).
+   * `timeoutMs`: a plane that does not answer, frozen or gone, is read as it last flushed).
    */
-  async flushAll(timeoutMs = 250): Promise<void> {
+  async flushAll(timeoutMs = 1000): Promise<void> {
     const waits: Promise<void>[] = [];
+    const asked: { slot: Slot; id: number }[] = [];
     for (const slot of this.#slots) {
       if (slot.state !== "running" && slot.state !== "stopping") continue;
       const id = this.#nextFlush++;
       const done = Promise.withResolvers<void>();
       slot.flushes.set(id, done.resolve);
+      asked.push({ slot, id });
       slot.endpoint.postMessage({ t: "flush", id } satisfies ToPlane);
       waits.push(done.promise);
     }
@@ -214,7 +216,7 @@ export class DataPlanes {
     const late = new Promise<void>((resolve) => timer = setTimeout(resolve, timeoutMs));
     await Promise.race([Promise.all(waits), late]);
     clearTimeout(timer);
-    for (const slot of this.#slots) slot.flushes.clear();
+    for (const { slot, id } of asked) slot.flushes.delete(id);
   }
 
   /** Adds every plane's row to `target` (a merged read at `now`). */

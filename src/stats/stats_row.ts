@@ -51,6 +51,7 @@ export class StatsRow {
   #seq: Int32Array;
   #values: Float64Array;
   #buckets: number;
+  #lastGood: Float64Array | undefined;
 
   /**
    * A row over `buffer`, or a new zeroed one for a histogram of `buckets` bounds.
@@ -101,14 +102,25 @@ export class StatsRow {
 
   /**
    * A consistent copy of the numbers: retried while a write overlaps (a write takes
-   * microseconds); after 1000 tries, the copy as it is.
+   * microseconds). A row whose writer never lets go (it died mid-write, or writes without a
+   * pause) is read as the last consistent copy this reader made, after 20 ms of trying: stale,
+   * never half of one write and half of another.
    */
   read(): Float64Array {
+    let deadline = 0;
     for (let attempt = 0;; attempt++) {
       const before = Atomics.load(this.#seq, 0);
-      const copy = this.#values.slice();
-      if ((before & 1) === 0 && Atomics.load(this.#seq, 0) === before) return copy;
-      if (attempt >= 1000) return copy;
+      if ((before & 1) === 0) {
+        const copy = this.#values.slice();
+        if (Atomics.load(this.#seq, 0) === before) {
+          this.#lastGood = copy;
+          return copy;
+        }
+      }
+      if (attempt === 100) deadline = performance.now() + 20;
+      if (attempt > 100 && performance.now() > deadline) {
+        return this.#lastGood?.slice() ?? new Float64Array(this.#values.length);
+      }
     }
   }
 

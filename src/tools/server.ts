@@ -79,6 +79,7 @@ export class FooServer implements AsyncDisposable {
   #closeAll = new AbortController();
   #closing: Promise<void> | undefined;
   #finished = Promise.withResolvers<void>();
+  #accepted = 0;
   #requests = 0;
   #received = 0;
   #maxUnanswered = 0;
@@ -128,6 +129,11 @@ export class FooServer implements AsyncDisposable {
   /** Connections currently open. */
   get connections(): number {
     return this.#conns.size;
+  }
+
+  /** Connections accepted since start (health checks included). */
+  get accepted(): number {
+    return this.#accepted;
   }
 
   /** REQs answered (their reply fully written) since start, over all connections. */
@@ -205,6 +211,7 @@ export class FooServer implements AsyncDisposable {
         closeQuietly(conn);
         return;
       }
+      this.#accepted++;
       if (this.#options.closeOnAccept) {
         closeQuietly(conn);
         continue;
