@@ -19,6 +19,7 @@ import { DEFAULT_LATENCY_BUCKETS } from "../src/stats/histogram.ts";
 import { MergedStats } from "../src/stats/merged_stats.ts";
 import { Stats } from "../src/stats/stats.ts";
 import { StatsRow } from "../src/stats/stats_row.ts";
+import { startUpstream } from "./_util.ts";
 
 const NOW = 1_700_000_000_000;
 const BUCKETS = DEFAULT_LATENCY_BUCKETS.length;
@@ -224,4 +225,41 @@ Deno.test("a worker's pool reports failures and follows the supervisor's states;
   assert.equal(supervisor.snapshot()[0].ejections, 1);
   await worker.close();
   await supervisor.close();
+});
+
+Deno.test("leastconn counts every worker's connections: a worker sends new clients where the others have fewest", async () => {
+  const servers = [await startUpstream(), await startUpstream()];
+  const spec = (i: number) => ({
+    name: `u${i}`,
+    address: { hostname: "127.0.0.1", port: servers[i].addr.port },
+    weight: 1,
+  });
+  const counts = new Int32Array(new SharedArrayBuffer(4 * 2 * 8));
+  const shared = (plane: number) => ({
+    counts,
+    plane,
+    planes: 2,
+    capacity: 8,
+    slots: { u0: 0, u1: 1 },
+  });
+  // Worker 0 knows only u0 and holds two connections to it.
+  const zero = new UpstreamPool([spec(0)], { shared: shared(0) });
+  const one = new UpstreamPool([spec(0), spec(1)], { shared: shared(1) });
+  const held = [await zero.dial(), await zero.dial()];
+  const picked = [await one.dial(), await one.dial(), await one.dial(), await one.dial()];
+  try {
+    // Without the shared counts worker 1 would start on u0 (a tie, the first given).
+    assert.deepEqual(picked.map((c) => c.upstream), ["u1", "u1", "u0", "u1"]);
+    assert.deepEqual([...counts.slice(0, 2)], [2, 0]);
+    assert.deepEqual([...counts.slice(8, 10)], [1, 3]);
+  } finally {
+    for (const lease of [...held, ...picked]) {
+      lease.conn.close();
+      lease.release?.(false);
+    }
+    await zero.close();
+    await one.close();
+    for (const server of servers) await server.close();
+  }
+  assert.deepEqual([...counts], new Array(16).fill(0));
 });

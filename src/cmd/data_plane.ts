@@ -44,6 +44,13 @@ export interface PlaneInit {
   row: SharedArrayBuffer;
   /** The process's connection gate (see `ProxyOptions.connectionGate`). */
   gate: SharedArrayBuffer;
+  /** Every plane's connections per upstream (see `SharedConnections`): leastconn's counts. */
+  shared: {
+    buffer: SharedArrayBuffer;
+    capacity: number;
+    planes: number;
+    slots: Record<string, number>;
+  };
   /** The upstream states the supervisor decided. */
   states: Record<string, MemberState>;
   /** Whether it runs in a Worker of its own (it sets up its logging and last resort then). */
@@ -59,7 +66,12 @@ export type ToPlane =
   | { t: "init"; init: PlaneInit }
   | { t: "flush"; id: number }
   | { t: "engine"; changes: Omit<EngineOptions, "resume" | "timers" | "random"> }
-  | { t: "upstreams"; specs: UpstreamSpec[]; states: Record<string, MemberState> }
+  | {
+    t: "upstreams";
+    specs: UpstreamSpec[];
+    states: Record<string, MemberState>;
+    slots: Record<string, number>;
+  }
   | { t: "policy"; policy: BalancePolicy }
   | { t: "states"; states: Record<string, MemberState> }
   | { t: "log"; level: string; format: string }
@@ -194,6 +206,13 @@ class DataPlane {
       logger,
       counters: stats,
       onPassive: (name, kind) => post({ t: "passive", name, kind }),
+      shared: {
+        counts: new Int32Array(init.shared.buffer),
+        plane: init.index,
+        planes: init.shared.planes,
+        capacity: init.shared.capacity,
+        slots: init.shared.slots,
+      },
     });
     this.#pool.applyStates(init.states);
     stats.upstreams = () => this.#pool.snapshot();
@@ -232,6 +251,7 @@ class DataPlane {
         this.proxy.updateEngine(message.changes);
         break;
       case "upstreams":
+        this.#pool.setSlots(message.slots);
         this.#pool.update(message.specs);
         this.#pool.applyStates(message.states);
         break;

@@ -85,6 +85,9 @@ interface Slot {
 }
 
 const BUCKETS = DEFAULT_LATENCY_BUCKETS.length;
+
+/** Upstream names the shared connection counts have room for, over the process's life. */
+export const UPSTREAM_SLOTS = 4096;
 const COUNT_FIELDS = [
   "connections_total",
   "requests",
@@ -103,6 +106,12 @@ export class DataPlanes {
   #slots: Slot[] = [];
   #gate: SharedArrayBuffer;
   #gateView: Int32Array;
+  /** Each plane's open connections per upstream slot (leastconn over the process). */
+  #shared: SharedArrayBuffer;
+  #sharedView: Int32Array;
+  /** The slot of each upstream name ever configured (never reused for another name). */
+  #upstreamSlots: Record<string, number> = {};
+  #nextSlot = 0;
   #port = 0;
   #stopping = false;
   #nextFlush = 1;
@@ -121,6 +130,23 @@ export class DataPlanes {
     this.#gate = new SharedArrayBuffer(4 * (2 + options.count));
     this.#gateView = new Int32Array(this.#gate);
     Atomics.store(this.#gateView, 1, options.maxConnections);
+    this.#shared = new SharedArrayBuffer(4 * options.count * UPSTREAM_SLOTS);
+    this.#sharedView = new Int32Array(this.#shared);
+    this.assignSlots(options.config.upstreams);
+  }
+
+  /**
+   * Gives each upstream name not seen before a slot of the shared connection counts (past
+   * {@linkcode UPSTREAM_SLOTS} names over the process's life, new ones are balanced by each
+   * plane's own counts); returns every name's slot, for the planes.
+   */
+  assignSlots(specs: readonly { name: string }[]): Record<string, number> {
+    for (const { name } of specs) {
+      if (this.#upstreamSlots[name] === undefined && this.#nextSlot < UPSTREAM_SLOTS) {
+        this.#upstreamSlots[name] = this.#nextSlot++;
+      }
+    }
+    return { ...this.#upstreamSlots };
   }
 
   /** How many planes. */
@@ -393,6 +419,12 @@ export class DataPlanes {
       reusePort: this.#options.count > 1,
       row: row.buffer,
       gate: this.#gate,
+      shared: {
+        buffer: this.#shared,
+        capacity: UPSTREAM_SLOTS,
+        planes: this.#options.count,
+        slots: { ...this.#upstreamSlots },
+      },
       states: this.#options.states(),
       thread: this.#options.thread,
       flushMs: this.#options.flushMs ?? 100,
@@ -469,6 +501,8 @@ export class DataPlanes {
     slot.upstreams = [];
     const open = Atomics.exchange(this.#gateView, 2 + slot.index, 0);
     Atomics.sub(this.#gateView, 0, open);
+    const row = slot.index * UPSTREAM_SLOTS;
+    for (let i = 0; i < UPSTREAM_SLOTS; i++) Atomics.store(this.#sharedView, row + i, 0);
     for (const resolve of slot.flushes.values()) resolve();
     slot.flushes.clear();
     slot.ready.reject(new PlaneStartError(`data-plane worker ${slot.index} died: ${error}`, false));

@@ -447,7 +447,12 @@ async function serveProxy(
           pool: {
             update: (specs) => {
               const changes = pool.update(specs);
-              planes?.broadcast({ t: "upstreams", specs: [...specs], states: pool.states() });
+              planes?.broadcast({
+                t: "upstreams",
+                specs: [...specs],
+                states: pool.states(),
+                slots: planes.assignSlots(specs),
+              });
               return changes;
             },
             setPolicy: (policy) => {

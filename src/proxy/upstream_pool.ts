@@ -87,6 +87,25 @@ export interface UpstreamPoolOptions {
   onPassive?: (name: string, kind: PassiveEvent) => void;
   /** Called after any upstream's state may have changed (a check, an ejection, a drain). */
   onStateChange?: () => void;
+  /**
+   * Connections per upstream shared by every data-plane worker, so `leastconn` counts the
+   * whole process's; unset: this pool's own.
+   */
+  shared?: SharedConnections;
+}
+
+/**
+ * Every worker's open connections per upstream, in shared memory: worker `plane` alone writes
+ * `counts[plane * capacity + slot]` (Atomics), every worker reads all rows. `slots` names each
+ * upstream's slot (given by the supervisor, never reused for another name); an upstream without
+ * one is counted by its own pool only.
+ */
+export interface SharedConnections {
+  counts: Int32Array;
+  plane: number;
+  planes: number;
+  capacity: number;
+  slots: Readonly<Record<string, number>>;
 }
 
 /** What a data-plane worker reports of one upstream. */
@@ -167,6 +186,8 @@ class Member {
   active = 0;
   /** Connects under way: counted by leastconn, or clients arriving together all pick one. */
   pending = 0;
+  /** Its slot in the shared connection counts (see {@linkcode SharedConnections}). */
+  slot: number | undefined;
   total = 0;
   counters: LeaseCounters = { requests: 0, replies: 0 };
   connectFailures = 0;
@@ -228,6 +249,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     this.#members = specs.map((spec) => new Member(spec));
     for (const member of this.#members) this.#byName.set(member.spec.name, member);
     this.#options = options;
+    this.#assignSlots();
     this.#now = options.now ?? (() => performance.now());
     this.#random = options.random ?? Math.random;
     this.#timers = options.timers ?? systemTimers;
@@ -316,6 +338,39 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     }`;
   }
 
+  /**
+   * Takes the supervisor's slots of the shared connection counts (after a reload named new
+   * upstreams); a member keeps the slot it has (its open connections count there).
+   */
+  setSlots(slots: Readonly<Record<string, number>>): void {
+    const shared = this.#options.shared;
+    if (!shared) return;
+    this.#options = { ...this.#options, shared: { ...shared, slots } };
+    this.#assignSlots();
+  }
+
+  #assignSlots(): void {
+    const shared = this.#options.shared;
+    if (!shared) return;
+    for (const member of this.#byName.values()) {
+      const slot = shared.slots[member.spec.name];
+      if (member.slot === undefined && slot !== undefined && slot < shared.capacity) {
+        member.slot = slot;
+      }
+    }
+  }
+
+  /** Connections open to `member` in the whole process (its own pool's without shared counts). */
+  #open(member: Member): number {
+    const shared = this.#options.shared;
+    if (!shared || member.slot === undefined) return member.active;
+    let open = 0;
+    for (let p = 0; p < shared.planes; p++) {
+      open += Atomics.load(shared.counts, p * shared.capacity + member.slot);
+    }
+    return open;
+  }
+
   /** Changes the balancing policy (a reload); new connections follow it. */
   setPolicy(policy: BalancePolicy): void {
     this.#options = { ...this.#options, policy };
@@ -387,6 +442,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
       else this.#byName.delete(old.spec.name);
     }
     this.#members = next;
+    this.#assignSlots();
     this.#startChecks();
     return changes;
   }
@@ -535,6 +591,11 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
   #lease(member: Member, conn: Deno.TcpConn): TargetConnection {
     member.active++;
     member.total++;
+    const shared = this.#options.shared;
+    const cell = shared && member.slot !== undefined
+      ? shared.plane * shared.capacity + member.slot
+      : -1;
+    if (cell >= 0) Atomics.add(shared!.counts, cell, 1);
     let released = false;
     return {
       conn,
@@ -544,6 +605,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         if (released) return;
         released = true;
         member.active--;
+        if (cell >= 0) Atomics.sub(shared!.counts, cell, 1);
         if (
           member.removed && member.active === 0 && this.#leaving.get(member.spec.name) === member
         ) {
@@ -675,7 +737,8 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         for (const m of candidates) {
           // Fewest connections per unit of weight; ties go to the one given first.
           if (
-            (m.active + m.pending) * best.spec.weight < (best.active + best.pending) * m.spec.weight
+            (this.#open(m) + m.pending) * best.spec.weight <
+              (this.#open(best) + best.pending) * m.spec.weight
           ) {
             best = m;
           }
