@@ -420,3 +420,29 @@ Deno.test("a reload adds and removes an upstream under load with 2 workers: no c
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("workers whose module cannot load: auto serves on the main thread and says so; an explicit --workers 2 exits 1", async () => {
+  await using upstream = await startUpstream();
+  // Reading src/ is granted, but one module of the worker's is not: the Worker dies loading.
+  const permissions = [...DEFAULT_CHILD_FLAGS, `--deny-read=${REPO_ROOT}/src/stats/stats_row.ts`];
+  {
+    const { child, port } = await spawnWorkers(upstream.addr.port, [], { permissions });
+    await using _child = child;
+    assert.match(child.stderr.text, /The data-plane workers cannot start \(.*stats_row\.ts/);
+    assert.match(child.stderr.text, /\(data plane on the main thread\)/);
+    await pipelined(port, 20);
+  }
+  await using child = spawnMain([
+    "proxy",
+    "--listen=127.0.0.1:0",
+    `--forward=${LOCAL}:${upstream.addr.port}`,
+    "--http=off",
+    "--health=off",
+    "--workers=2",
+  ], { permissions });
+  assert.equal((await child.status()).code, 1);
+  assert.match(
+    child.stderr.text,
+    /Cannot start the data-plane workers for 127\.0\.0\.1:0: data-plane worker \d: .*stats_row/,
+  );
+});

@@ -59,11 +59,14 @@ export interface UpstreamCounts {
 export class PlaneStartError extends Error {
   /** Whether the address was in use. */
   readonly addrInUse: boolean;
+  /** Whether the Worker died before it could say anything (its module did not load). */
+  readonly notLoaded: boolean;
   /** Creates the error. */
-  constructor(message: string, addrInUse: boolean) {
+  constructor(message: string, addrInUse: boolean, notLoaded = false) {
     super(message);
     this.name = "PlaneStartError";
     this.addrInUse = addrInUse;
+    this.notLoaded = notLoaded;
   }
 }
 
@@ -77,6 +80,8 @@ interface Slot {
   upstreams: UpstreamSnapshot[];
   restarts: number;
   startedAt: number;
+  /** Whether it has sent anything (its module loaded and ran). */
+  heard: boolean;
   state: "starting" | "running" | "stopping" | "stopped" | "dead";
   ready: PromiseWithResolvers<number>;
   flushes: Map<number, () => void>;
@@ -114,6 +119,8 @@ export class DataPlanes {
   #nextSlot = 0;
   #port = 0;
   #stopping = false;
+  /** Whether {@linkcode start} has succeeded: a plane that dies before is no restart. */
+  #started = false;
   #nextFlush = 1;
   /** Per-upstream figures of planes that died. */
   #retired = new Map<string, UpstreamCounts>();
@@ -194,6 +201,7 @@ export class DataPlanes {
       this.terminate();
       throw error;
     }
+    this.#started = true;
     return this.#port;
   }
 
@@ -396,6 +404,7 @@ export class DataPlanes {
       upstreams: [],
       restarts: previous?.restarts ?? 0,
       startedAt: performance.now(),
+      heard: false,
       state: "starting",
       ready: Promise.withResolvers(),
       flushes: new Map(),
@@ -407,7 +416,8 @@ export class DataPlanes {
     if (endpoint instanceof Worker) {
       endpoint.onerror = (event: ErrorEvent) => {
         event.preventDefault(); // one plane's death must not take the process with it
-        this.#died(slot, event.message);
+        // The first line: Deno's message may carry a coloured stack.
+        this.#died(slot, String(event.message).split("\n")[0]);
       };
       endpoint.onmessageerror = () => this.#died(slot, "a message could not be read");
     }
@@ -442,6 +452,7 @@ export class DataPlanes {
 
   #onMessage(slot: Slot, message: FromPlane): void {
     if (this.#slots[slot.index] !== slot) return; // a plane already replaced
+    slot.heard = true;
     const waiter = slot.waiting.get(message.t);
     if (waiter) {
       slot.waiting.delete(message.t);
@@ -491,6 +502,13 @@ export class DataPlanes {
     const was = slot.state;
     slot.state = "dead";
     this.#end(slot);
+    if (!this.#started) {
+      // Not a restart: the start fails (and says why).
+      slot.ready.reject(
+        new PlaneStartError(`data-plane worker ${slot.index}: ${error}`, false, !slot.heard),
+      );
+      return;
+    }
     const now = this.#options.own.clock();
     slot.row.addTo(slot.row.read(), this.#options.base, { now, gauges: false, windows: false });
     for (const row of slot.upstreams) {

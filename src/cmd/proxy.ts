@@ -21,7 +21,7 @@ import { readSmallFile, SmallFileError } from "../proxy/read_small_file.ts";
 import { systemClock } from "../stats/clock.ts";
 import { Stats } from "../stats/stats.ts";
 import { MergedStats } from "../stats/merged_stats.ts";
-import { DataPlanes } from "./data_planes.ts";
+import { DataPlanes, PlaneStartError } from "./data_planes.ts";
 import { mergeUpstreams, planeLayout } from "./plane_layout.ts";
 import { startCommand } from "./command_start.ts";
 import { installLastResort } from "./last_resort.ts";
@@ -292,7 +292,7 @@ async function serveProxy(
   let logging = started.logging;
   using _logging = { [Symbol.dispose]: () => logging[Symbol.dispose]() };
   const logger = getLogger(["foo-proxy", "proxy"]);
-  const layout = planeLayout(config);
+  let layout = planeLayout(config);
   if (typeof layout === "string") {
     writeStderrLine(`foo-proxy: ${layout}`);
     return 2;
@@ -514,25 +514,27 @@ async function serveProxy(
     accessLogReopen = accessLog.reopen;
   }
   const testHooks = denoEnvReader()("FOO_PROXY_TEST_HOOKS") === "1";
-  planes = new DataPlanes({
-    config,
-    count: layout.count,
-    thread: layout.thread,
-    maxConnections,
-    states: () => pool.states(),
-    logger,
-    own,
-    base,
-    onLog: (lines) => {
-      for (const line of lines) output.stderr.write(line);
-    },
-    onAccess: (lines) => {
-      if (!accessLog) return;
-      for (const line of lines) accessLog.writer.write(line, accessDrop);
-    },
-    onPassive: (name, kind) => pool.passive(name, kind),
-    testHooks,
-  });
+  const makePlanes = (count: number, thread: boolean) =>
+    new DataPlanes({
+      config,
+      count,
+      thread,
+      maxConnections,
+      states: () => pool.states(),
+      logger,
+      own,
+      base,
+      onLog: (lines) => {
+        for (const line of lines) output.stderr.write(line);
+      },
+      onAccess: (lines) => {
+        if (!accessLog) return;
+        for (const line of lines) accessLog.writer.write(line, accessDrop);
+      },
+      onPassive: (name, kind) => pool.passive(name, kind),
+      testHooks,
+    });
+  planes = makePlanes(layout.count, layout.thread);
   let pidFile: PidFile | undefined;
   if (config.pidFile !== null) {
     try {
@@ -547,7 +549,25 @@ async function serveProxy(
   }
   if (layout.note !== undefined) logger.warning("{message}", { message: layout.note });
   try {
-    const port = await planes.start();
+    let port: number;
+    try {
+      port = await planes.start();
+    } catch (error) {
+      // A Worker whose module cannot be loaded (a binary built without `--include` of it, a
+      // read grant that does not cover it): with --workers auto, one data plane on the main
+      // thread still serves; an explicit number is not silently less.
+      if (
+        !(error instanceof PlaneStartError) || !error.notLoaded || !layout.thread ||
+        config.workers !== undefined
+      ) throw error;
+      logger.warning(
+        "The data-plane workers cannot start ({error}): serving on 1 core, on the main thread",
+        { error: error.message },
+      );
+      layout = { count: 1, thread: false };
+      planes = makePlanes(1, false);
+      port = await planes.start();
+    }
     const everywhere = config.listen.hostname === "0.0.0.0" || config.listen.hostname === "::";
     logger.info("Listening on {listen}{scope}, forwarding to {forward} ({workers})", {
       listen: formatAddress({ hostname: config.listen.hostname, port }),
@@ -563,10 +583,16 @@ async function serveProxy(
     await pidFile?.release();
     signals.remove();
     lastResort.remove();
-    logger.error("Cannot listen on {listen}: {error}", {
-      listen: formatAddress(config.listen),
-      error: error instanceof Error ? error.message : String(error),
-    });
+    const notLoaded = error instanceof PlaneStartError && error.notLoaded;
+    logger.error(
+      notLoaded
+        ? "Cannot start the data-plane workers for {listen}: {error}"
+        : "Cannot listen on {listen}: {error}",
+      {
+        listen: formatAddress(config.listen),
+        error: error instanceof Error ? error.message : String(error),
+      },
+    );
     return 1;
   }
   let observability: Observability;
