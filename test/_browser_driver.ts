@@ -6,7 +6,8 @@
  * phase:
  *
  * 1. `{"phase":"live",…}`: the page went live, its numbers moved, its request rate agrees with
- *    `/stats`, every part is filled in, nothing was logged as an error, the screenshot is saved.
+ *    `/stats`, every part is filled in (the workers' table with a row per worker: the proxy runs
+ *    two), nothing was logged as an error, the screenshot is saved.
  * 2. After a line `gone` on stdin (the test stopped the proxy): `{"phase":"gone",…}` once the
  *    page says the proxy is unreachable.
  *
@@ -23,6 +24,19 @@ import { chromium } from "playwright-core";
 interface Page {
   document: {
     getElementById(id: string): { dataset: Record<string, string | undefined> } | null;
+  };
+}
+
+/** What the workers' check reads of the page, in one turn (so from one event). */
+interface WorkersPage {
+  document: {
+    getElementById(id: string): {
+      hidden: boolean;
+      textContent: string | null;
+      dataset: Record<string, string | undefined>;
+      closest(selector: string): { hidden: boolean } | null;
+    } | null;
+    querySelectorAll(selector: string): ArrayLike<{ children: ArrayLike<{ textContent: string }> }>;
   };
 }
 
@@ -129,6 +143,40 @@ async function main(args: string[]): Promise<number> {
     }
     const together = perUpstream[0] + perUpstream[1];
     assert.ok(together >= rate * 0.5 && together <= rate * 1.5, `upstream rates ${perUpstream}`);
+    // The workers' table (the proxy runs two): a row each, with connections and replies/s and
+    // their shares; together they are the totals of the same event.
+    const workers = await page.evaluate(() => {
+      const doc = (globalThis as unknown as WorkersPage).document;
+      const body = doc.getElementById("workers");
+      const rows = Array.from(
+        doc.querySelectorAll("#workers tr"),
+        (tr) => Array.from(tr.children, (cell) => cell.textContent),
+      );
+      return {
+        rows,
+        shown: body?.closest("section")?.hidden === false,
+        restartsShown: doc.getElementById("workers-restarts")?.hidden === false,
+        caption: doc.getElementById("workers-caption")?.textContent ?? "",
+        connections: Number(doc.getElementById("connections_active")?.dataset.value),
+      };
+    });
+    assert.ok(workers.shown, "the workers' panel is shown");
+    assert.match(workers.caption, /^One row per data-plane worker/);
+    assert.equal(workers.restartsShown, false, "no worker restarted: no Restarts column");
+    assert.deepEqual(workers.rows.map((cells) => cells[0]), ["0", "1"], JSON.stringify(workers));
+    const figure = (text: string) => Number(text.replace(/ \(\d+ %\)$/, "").replaceAll(",", ""));
+    for (const cells of workers.rows) {
+      assert.equal(cells.length, 3, JSON.stringify(cells));
+      assert.match(cells[1], /^[\d,]+( \(\d+ %\))?$/, `connections ${JSON.stringify(cells)}`);
+      assert.match(cells[2], /^[\d.,]+( \(\d+ %\))?$/, `replies/s ${JSON.stringify(cells)}`);
+    }
+    const sum = (column: number) =>
+      workers.rows.reduce((total, cells) => total + figure(cells[column]), 0);
+    assert.equal(sum(1), workers.connections, `worker connections ${JSON.stringify(workers)}`);
+    assert.ok(
+      sum(2) >= rate * 0.5 && sum(2) <= rate * 1.5,
+      `worker replies/s ${JSON.stringify(workers)}`,
+    );
     const rates = await page.getAttribute("#chart-rates", "aria-label");
     assert.match(rates ?? "", /^requests\/s: now [\d.,]+, 5-minute max [\d.,]+; responses\/s/);
     assert.match(await page.textContent("#chart-rates-0") ?? "", /requests\/s: now [\d.,]+/);
@@ -139,7 +187,14 @@ async function main(args: string[]): Promise<number> {
     await page.screenshot({ path: screenshot, fullPage: true });
     assert.deepEqual(problems, []);
     assert.deepEqual(elsewhere, [], "the page loads nothing from elsewhere");
-    await report({ phase: "live", shown, before, after, upstreams: rows.length });
+    await report({
+      phase: "live",
+      shown,
+      before,
+      after,
+      upstreams: rows.length,
+      workers: workers.rows.length,
+    });
 
     // Reconnect attempts to a stopped proxy fail, and Chromium logs each one: expected now.
     const { value: line } = await stdin.read();

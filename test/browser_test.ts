@@ -54,6 +54,7 @@ Deno.test({
       "--health=off",
       "--health-interval=1s",
       "--drain-timeout=1s",
+      "--workers=2", // the dashboard's workers' table has a row each
     ]);
     const port = Number((await proxy.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
     const httpPort = Number(
@@ -92,6 +93,7 @@ Deno.test({
         }))[0],
       );
       assert.equal(live.upstreams, 2);
+      assert.equal(live.workers, 2, "the workers' table shows both data-plane workers");
       assert.ok(live.shown > 0);
 
       stopLoad.abort();

@@ -108,6 +108,7 @@ Deno.test("every value on the dashboard names a field that /stats has", () => {
       "accept_errors",
       "log_lines_dropped",
       "sse_clients_refused",
+      "worker_restarts",
       "msg_invalid_by_kind.truncated",
       "connections_closed.completed",
     ]
@@ -115,6 +116,9 @@ Deno.test("every value on the dashboard names a field that /stats has", () => {
     assert.ok(fields.includes(wanted), wanted);
   }
   assert.match(DASHBOARD_HTML, /<dd id="request_rate_10s" data-field="request_rate_10s"/);
+  // The workers' table, filled from /stats `workers` (test/browser_test.ts checks the rows).
+  assert.match(DASHBOARD_HTML, /<tbody id="workers"><\/tbody>/);
+  assert.match(DASHBOARD_HTML, /fillWorkers\(s\.workers\)/);
   // Each chart is described in words next to it, not only drawn.
   for (const id of ["chart-rates", "chart-latency", "chart-connections"]) {
     assert.match(DASHBOARD_HTML, new RegExp(`<canvas id="${id}" role="img" aria-label="[^"]+">`));

@@ -5,6 +5,7 @@ import {
   formatValue,
   METRICS_CONTENT_TYPE,
   renderMetrics,
+  WORKER_RESTARTS_FAMILY,
 } from "../src/http/metrics.ts";
 import { MSG_ACK, MSG_REQ } from "../src/protocol/analyzer.ts";
 import { LatencyStats, LatencyTracker } from "../src/stats/latency.ts";
@@ -15,6 +16,7 @@ import {
   connectTo,
   LineReader,
   listenLocal,
+  spawnMain,
   startProxy,
   startUpstream,
   writeAll,
@@ -293,6 +295,35 @@ Deno.test("renderMetrics() with upstreams declares every family once, its sample
   );
 });
 
+Deno.test("renderMetrics() has one series per data-plane worker, labelled with its number, and keeps the restart total on its own", () => {
+  const { stats, latency } = busyStats();
+  stats.workerRestarts = 5; // recovered from an earlier run: more than the rows' restarts
+  stats.workers = () => [
+    { worker: 0, connections_active: 13, replies_per_second: 1087.5, restarts: 0 },
+    { worker: 1, connections_active: 3, replies_per_second: 357, restarts: 2 },
+  ];
+  const { samples, types } = parseExposition(renderMetrics(stats.snapshot(), { latency }));
+  const rows = (name: string) =>
+    samples.filter((s) => s.name === name).map((s) => [s.labels, s.value]);
+  assert.equal(types.get("foo_proxy_worker_connections_active"), "gauge");
+  assert.deepEqual(rows("foo_proxy_worker_connections_active"), [
+    [{ worker: "0" }, 13],
+    [{ worker: "1" }, 3],
+  ]);
+  assert.equal(types.get("foo_proxy_worker_replies_per_second"), "gauge");
+  assert.deepEqual(rows("foo_proxy_worker_replies_per_second"), [
+    [{ worker: "0" }, 1087.5],
+    [{ worker: "1" }, 357],
+  ]);
+  assert.equal(types.get(WORKER_RESTARTS_FAMILY), "counter");
+  assert.deepEqual(rows(WORKER_RESTARTS_FAMILY), [[{ worker: "0" }, 0], [{ worker: "1" }, 2]]);
+  assert.deepEqual(
+    rows("foo_proxy_worker_restarts_total"),
+    [[{}, 5]],
+    "the total stays one unlabelled series, so sum() over either family counts a restart once",
+  );
+});
+
 Deno.test("the /metrics page of a proxy whose upstreams failed parses strictly, and its totals are the sums of the rows", async () => {
   const gone = listenLocal();
   const dead = gone.addr;
@@ -332,4 +363,35 @@ Deno.test("the /metrics page of a proxy whose upstreams failed parses strictly, 
       sum("foo_proxy_upstream_stream_errors_total"),
   );
   assert.equal(sum("foo_proxy_upstream_connect_failures_total"), 3);
+});
+
+Deno.test("the /metrics page of a proxy with two data-plane workers has each worker's series, and their connections add up", async () => {
+  await using upstream = await startUpstream();
+  await using proxy = spawnMain([
+    "proxy",
+    "--listen=127.0.0.1:0",
+    `--forward=127.0.0.1:${upstream.addr.port}`,
+    "--http=127.0.0.1:0",
+    "--health=off",
+    "--workers=2",
+  ]);
+  const port = Number((await proxy.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
+  const httpPort = Number(
+    (await proxy.stderr.waitFor(/Serving stats on http:\/\/127\.0\.0\.1:(\d+)/, 20_000))[1],
+  );
+  using client = await connectTo(port);
+  await writeAll(client, "REQ 1 hi\n");
+  assert.match((await new LineReader(client).readLine()) ?? "", /^(ACK|NAK) 1\b/);
+
+  const response = await fetch(`http://127.0.0.1:${httpPort}/metrics`);
+  const { samples } = parseExposition(await response.text());
+  const workers = (name: string) =>
+    samples.filter((s) => s.name === name).map((s) => s.labels.worker).sort();
+  for (const family of ["foo_proxy_worker_connections_active", WORKER_RESTARTS_FAMILY]) {
+    assert.deepEqual(workers(family), ["0", "1"], family);
+  }
+  assert.deepEqual(workers("foo_proxy_worker_replies_per_second"), ["0", "1"]);
+  const open = samples.filter((s) => s.name === "foo_proxy_worker_connections_active");
+  assert.equal(open[0].value + open[1].value, 1, "the one open connection, on one worker");
+  assert.equal(find(samples, "foo_proxy_connections_active"), 1);
 });

@@ -136,6 +136,28 @@ Deno.test("renderTop() shows every figure of /stats on a 120x40 screen", () => {
   assert.equal(lines.at(-1), TOP_FOOTER);
 });
 
+Deno.test("renderTop() shows each data-plane worker's connections and replies/s, and restarts when any", () => {
+  const workers = [
+    { worker: 0, connections_active: 1013, replies_per_second: 1087.5, restarts: 0 },
+    { worker: 1, connections_active: 3, replies_per_second: 357, restarts: 2 },
+  ];
+  const text = renderTop(state({ snapshot: { ...SNAPSHOT, workers } }), { columns: 120, rows: 40 })
+    .join("\n");
+  assert.match(
+    text,
+    /^Workers +0: 1,013 conns, 1,088 replies\/s {3}1: 3 conns, 357\.0 replies\/s, 2 restarts$/m,
+  );
+  // Without workers (the data plane on the main thread), or an answer that holds no rows: no line.
+  for (const odd of [[], null, 7, "x", [null, 3, []]]) {
+    const lines = renderTop(
+      state({ snapshot: { ...SNAPSHOT, workers: odd as unknown as typeof workers } }),
+      { columns: 120, rows: 40 },
+    );
+    assertFits(lines, 120, 40, JSON.stringify(odd));
+    assert.doesNotMatch(lines.join("\n"), /^Workers/m);
+  }
+});
+
 Deno.test("renderTop() fits any terminal size, wrapping sections and eliding upstream rows", () => {
   const many = {
     ...SNAPSHOT,

@@ -92,6 +92,7 @@ const RESILIENCE: readonly Row[] = [
   ["admin_idle_closed", "Admin idle connections closed", "int"],
   ["admin_misdirected_requests", "Admin requests for another Host", "int", "alert"],
   ["sse_clients_refused", "Dashboard streams refused", "int", "alert"],
+  ["worker_restarts", "Data-plane worker restarts", "int", "alert"],
   ["config_reload_failures", "Config reload failures", "int", "alert"],
   ["usr1_ignored", "SIGUSR1 ignored", "int"],
 ];
@@ -117,8 +118,11 @@ function list(rows: readonly Row[]): string {
   }</dl>`;
 }
 
-function section(id: string, title: string, body: string, wide = false): string {
-  return `<section aria-labelledby="h-${id}"${wide ? ` class="wide"` : ""}>` +
+/** How many grid columns a section takes: one (unset), two where there are two, or all. */
+type Span = "wide" | "span2";
+
+function section(id: string, title: string, body: string, span?: Span): string {
+  return `<section aria-labelledby="h-${id}"${span ? ` class="${span}"` : ""}>` +
     `<h2 id="h-${id}">${title}</h2>${body}</section>`;
 }
 
@@ -162,6 +166,16 @@ function upstreams(): string {
     `<thead><tr>${heads}</tr></thead><tbody id="upstreams"></tbody></table>`;
 }
 
+// Filled by the script (fillWorkers); the section stays hidden while no worker is reported (the
+// data plane runs on the main thread), and the Restarts column while none has restarted.
+function workers(): string {
+  return `<table><caption id="workers-caption">One row per data-plane worker</caption>` +
+    `<thead><tr><th scope="col">Worker</th><th scope="col" class="n">Connections</th>` +
+    `<th scope="col" class="n">Replies/s</th>` +
+    `<th scope="col" class="n" id="workers-restarts" hidden>Restarts</th></tr></thead>` +
+    `<tbody id="workers"></tbody></table>`;
+}
+
 function renderPage(): string {
   return `<!doctype html>
 <html lang="en">
@@ -186,10 +200,11 @@ ${section("latency", "Latency (REQ to reply, since start)", list(LATENCY))}
 ${section("connections", "Connections", list(CONNECTIONS))}
 ${section("bytes", "Bytes received", list(BYTES))}
 <div class="charts wide">${CHARTS.map(chart).join("\n")}</div>
-${section("upstreams", "Upstreams", upstreams(), true)}
+${section("upstreams", "Upstreams", upstreams(), "wide")}
+${section("workers", "Data-plane workers", workers(), "span2")}
 ${section("invalid", "Invalid lines (forwarded unchanged)", list(INVALID))}
 ${section("closed", "Close reasons", closeReasons())}
-${section("resilience", "Resilience and dropped output", list(RESILIENCE), true)}
+${section("resilience", "Resilience and dropped output", list(RESILIENCE), "wide")}
 </div>
 </main>
 <script>${DASHBOARD_SCRIPT}</script>

@@ -1,9 +1,10 @@
 /**
  * The dashboard's script, inlined into the page by `dashboard.ts`: it follows `GET /events`
  * (EventSource, which reconnects by itself), writes every value into the elements that name it
- * (`data-field`), fills the upstream and close-reason tables, and draws the 5-minute charts on
- * `<canvas>` with its own code. Plain ES2017 in a string: no modules, no libraries, no network
- * access beyond the page's own origin, and no `innerHTML` (upstream names and errors are text).
+ * (`data-field`), fills the upstream, worker and close-reason tables, and draws the 5-minute
+ * charts on `<canvas>` with its own code. Plain ES2017 in a string: no modules, no libraries, no
+ * network access beyond the page's own origin, and no `innerHTML` (upstream names and errors are
+ * text).
  *
  * @module
  */
@@ -153,6 +154,39 @@ export const DASHBOARD_SCRIPT = String.raw`
     });
   }
 
+  // " (42 %)": a worker's part of the total, the balance at a glance; nothing when the total is 0.
+  function share(v, total) {
+    return total > 0 ? " (" + Math.round(100 * v / total) + " %)" : "";
+  }
+
+  function fillWorkers(list) {
+    list = list || [];
+    var body = $("workers");
+    while (body.firstChild) body.removeChild(body.firstChild);
+    body.closest("section").hidden = list.length === 0;
+    $("workers-caption").textContent = list.length === 1 ?
+      "One data-plane worker: nothing to balance (--workers runs more)." :
+      "One row per data-plane worker: how the kernel spreads connections and load across them.";
+    var connections = 0, replies = 0, restarted = false;
+    list.forEach(function (w) {
+      connections += w.connections_active;
+      replies += w.replies_per_second;
+      if (w.restarts > 0) restarted = true;
+    });
+    $("workers-restarts").hidden = !restarted;
+    list.forEach(function (w) {
+      var tr = document.createElement("tr");
+      tr.setAttribute("data-worker", String(w.worker));
+      var name = cell("th", String(w.worker));
+      name.scope = "row";
+      tr.appendChild(name);
+      tr.appendChild(cell("td", nf.format(w.connections_active) + share(w.connections_active, connections), "n"));
+      tr.appendChild(cell("td", fmt("rate", w.replies_per_second) + share(w.replies_per_second, replies), "n"));
+      if (restarted) tr.appendChild(cell("td", nf.format(w.restarts), w.restarts > 0 ? "n nonzero" : "n"));
+      body.appendChild(tr);
+    });
+  }
+
   var CHARTS = [
     {
       id: "chart-rates", kind: "rate", floor: 1, series: [
@@ -269,6 +303,7 @@ export const DASHBOARD_SCRIPT = String.raw`
     fillReasons(s.connections_closed);
     fill(s);
     fillUpstreams(s.upstreams, s.uptime_seconds);
+    fillWorkers(s.workers);
     record(s);
     redraw();
     lastUpdate = new Date().toLocaleTimeString();
@@ -332,6 +367,7 @@ export const DASHBOARD_SCRIPT = String.raw`
   }, 1000);
   window.addEventListener("resize", redraw);
   fillUpstreams([]);
+  fillWorkers([]);
   connect();
 })();
 `;

@@ -36,6 +36,7 @@ h2 { font-size: 1.05rem; margin: 0 0 0.5rem; }
 body[data-state="unreachable"] main { opacity: 0.6; }
 .grid { display: grid; gap: 1rem; grid-template-columns: repeat(auto-fit, minmax(260px, 1fr)); }
 .wide { grid-column: 1 / -1; }
+@media (min-width: 600px) { .span2 { grid-column: span 2; } }
 section, figure {
   background: var(--card); border: 1px solid var(--line); border-radius: 6px;
   padding: 0.75rem 1rem; margin: 0;
@@ -56,6 +57,7 @@ table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nu
 th, td { text-align: left; padding: 0.2rem 0.6rem; border-bottom: 1px solid var(--line); }
 th:first-child, td:first-child { padding-left: 0; }
 td.n, th.n { text-align: right; }
+#workers td { white-space: nowrap; }
 tbody th { font-weight: normal; color: var(--muted); }
 caption { text-align: left; color: var(--muted); padding-bottom: 0.3rem; }
 .state-up { color: var(--good); }

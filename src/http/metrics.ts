@@ -2,8 +2,8 @@
  * The Prometheus text exposition (format 0.0.4) of the proxy's statistics, served at `/metrics`.
  *
  * Every name starts with `foo_proxy_`, counters end in `_total`, and units are seconds and bytes.
- * Labels take values from small closed sets (direction, type, kind, reason, side, window): never
- * an address, a connection id or a Seq.
+ * Labels take values from small closed sets (direction, type, kind, reason, side, window, the
+ * configured upstream names, the worker numbers): never an address, a connection id or a Seq.
  *
  * @module
  */
@@ -17,7 +17,7 @@ import {
 } from "../stats/counter_schema.ts";
 import type { Histogram } from "../stats/histogram.ts";
 import { LatencyStats } from "../stats/latency.ts";
-import type { StatsSnapshot } from "../stats/stats.ts";
+import type { StatsSnapshot, WorkerStats } from "../stats/stats.ts";
 import { VERSION } from "../version.ts";
 
 /** The `Content-Type` of the text exposition format 0.0.4. */
@@ -33,7 +33,8 @@ export interface RenderMetricsOptions {
 
 /**
  * Renders `snapshot` (and the latency stats) as Prometheus text, ending with a newline: one family
- * per `metric.family` of the counter schema, in the schema's order, then the per-upstream series.
+ * per `metric.family` of the counter schema, in the schema's order, then the per-upstream and
+ * per-worker series.
  */
 export function renderMetrics(snapshot: StatsSnapshot, options: RenderMetricsOptions = {}): string {
   const latency = options.latency ?? new LatencyStats();
@@ -72,6 +73,7 @@ export function renderMetrics(snapshot: StatsSnapshot, options: RenderMetricsOpt
     }
   }
   renderUpstreams(out, snapshot.upstreams ?? []);
+  renderWorkers(out, snapshot.workers ?? []);
   return out.text();
 }
 
@@ -129,21 +131,25 @@ function renderHistogram(out: Exposition, name: string, h: Histogram): void {
   out.sample(`${name}_count`, {}, h.count);
 }
 
+/** Writes one family at a time with a series per row (an upstream, a worker), labelled by `labels`. */
+function rowFamilies<Row>(
+  out: Exposition,
+  rows: readonly Row[],
+  labels: (row: Row) => Record<string, string>,
+) {
+  return (name: string, type: "counter" | "gauge", help: string, value: (row: Row) => number) => {
+    out.family(name, type, help);
+    for (const row of rows) out.sample(name, labels(row), value(row));
+  };
+}
+
 /** States an upstream can be in: one `foo_proxy_upstream_state` series each, 1 for the current. */
 const UPSTREAM_STATES = ["up", "down", "ejected", "draining"] as const;
 
 // Per-upstream series, labelled with the configured name (bounded: the set is configured).
 function renderUpstreams(out: Exposition, upstreams: StatsSnapshot["upstreams"]): void {
   if (upstreams.length === 0) return;
-  const each = (
-    name: string,
-    type: "counter" | "gauge",
-    help: string,
-    value: (u: StatsSnapshot["upstreams"][number]) => number,
-  ) => {
-    out.family(name, type, help);
-    for (const u of upstreams) out.sample(name, { upstream: u.name }, value(u));
-  };
+  const each = rowFamilies(out, upstreams, (u) => ({ upstream: u.name }));
   out.family(
     "foo_proxy_upstream_state",
     "gauge",
@@ -211,6 +217,37 @@ function renderUpstreams(out: Exposition, upstreams: StatsSnapshot["upstreams"])
     "gauge",
     "Duration of each upstream's last health check (0 before the first).",
     (u) => (u.last_check?.latency_ms ?? 0) / 1000,
+  );
+}
+
+/**
+ * The family of each worker's restarts. Not `foo_proxy_worker_restarts_total`: that is the total,
+ * kept across a recovery (the rows are not), and one family mixing an unlabelled total with its
+ * rows would make `sum()` count every restart twice.
+ */
+export const WORKER_RESTARTS_FAMILY = "foo_proxy_worker_restarts_by_worker_total";
+
+// Per data-plane worker, labelled with its number (bounded: at most --workers of them).
+function renderWorkers(out: Exposition, workers: readonly WorkerStats[]): void {
+  if (workers.length === 0) return;
+  const each = rowFamilies(out, workers, (w) => ({ worker: String(w.worker) }));
+  each(
+    "foo_proxy_worker_connections_active",
+    "gauge",
+    "Downstream connections each data-plane worker serves.",
+    (w) => w.connections_active,
+  );
+  each(
+    "foo_proxy_worker_replies_per_second",
+    "gauge",
+    "ACK+NAK each data-plane worker relayed per second over the last second.",
+    (w) => w.replies_per_second,
+  );
+  each(
+    WORKER_RESTARTS_FAMILY,
+    "counter",
+    "Times each data-plane worker was replaced after dying, since the process started.",
+    (w) => w.restarts,
   );
 }
 

@@ -10,7 +10,7 @@
  * @module
  */
 import type { LatencySummary } from "../stats/latency.ts";
-import type { StatsSnapshot, UpstreamStats } from "../stats/stats.ts";
+import type { StatsSnapshot, UpstreamStats, WorkerStats } from "../stats/stats.ts";
 
 /**
  * What `GET /stats` answers (the snapshot plus the latency figures). Every field may be missing:
@@ -141,6 +141,7 @@ function sections(s: TopSnapshot): [string, string[]][] {
       `total ${count(s.connections_total)}`,
       `rejected ${count(s.connections_rejected)}`,
     ]],
+    ...workerSection(s),
     ["Invalid lines", [
       `total ${count(s.msg_invalid)}`,
       `type ${count(kind?.type)}`,
@@ -170,6 +171,20 @@ function sections(s: TopSnapshot): [string, string[]][] {
       `unanswered ${count(s.unanswered_requests)}`,
     ]],
   ];
+}
+
+// Each data-plane worker's connections and replies/s (the balance across cores); none without.
+function workerSection(s: TopSnapshot): [string, string[]][] {
+  const rows = objectRows<WorkerStats>(s.workers);
+  if (rows.length === 0) return [];
+  return [[
+    "Workers",
+    rows.map((w) =>
+      `${count(w.worker)}: ${count(w.connections_active)} conns, ${
+        rate(w.replies_per_second)
+      } replies/s${isNumber(w.restarts) && w.restarts > 0 ? `, ${count(w.restarts)} restarts` : ""}`
+    ),
+  ]];
 }
 
 /** `label` then `items` separated by gaps, wrapped under the label's column to fit `width`. */
@@ -330,10 +345,14 @@ function text(value: unknown, missing = "-"): string {
 
 /** The rows of a snapshot's `upstreams` that are objects (an answer may hold anything). */
 function upstreamRows(s: TopSnapshot | undefined): UpstreamStats[] {
-  const list: unknown = s?.upstreams;
+  return objectRows<UpstreamStats>(s?.upstreams);
+}
+
+/** The items of `list` that are objects, taken as `Row`s (their fields are checked on use). */
+function objectRows<Row>(list: unknown): Row[] {
   if (!Array.isArray(list)) return [];
-  return list.filter((u): u is UpstreamStats =>
-    typeof u === "object" && u !== null && !Array.isArray(u)
+  return list.filter((row): row is Row =>
+    typeof row === "object" && row !== null && !Array.isArray(row)
   );
 }
 
