@@ -435,3 +435,27 @@ Deno.test("each wait between two checks is the interval jittered by up to 10 %, 
     await Promise.all(accepting);
   }
 });
+
+Deno.test("an upstream removed while a connect to it is under way stays listed, draining, until that connection ends", async () => {
+  await using a = await startUpstream();
+  await using b = await startUpstream();
+  const spec = (name: string, server: { addr: Deno.NetAddr }) => ({
+    name,
+    address: { hostname: "127.0.0.1", port: server.addr.port },
+    weight: 1,
+  });
+  await using pool = new UpstreamPool([spec("a", a)]);
+  const dialing = pool.dial();
+  // The connect is under way (it settles on a later turn): the reload removes its upstream.
+  assert.deepEqual(pool.update([spec("b", b)]), [
+    "b added",
+    "a removed (draining 1 connection(s))",
+  ]);
+  const lease = await dialing;
+  assert.equal(lease.upstream, "a");
+  const listed = () => pool.snapshot().map((u) => [u.name, u.state, u.connections_active]);
+  assert.deepEqual(listed(), [["b", "up", 0], ["a", "draining", 1]]);
+  lease.conn.close();
+  lease.release?.(false);
+  assert.deepEqual(listed(), [["b", "up", 0]]);
+});

@@ -437,8 +437,10 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
       old.generation++;
       old.checking = false;
       old.checkStop?.abort();
-      changes.push(`${old.spec.name} removed (draining ${old.active} connection(s))`);
-      if (old.active > 0) this.#leaving.set(old.spec.name, old);
+      // Connects under way count: they become connections to it, which it must still list.
+      const open = old.active + old.pending;
+      changes.push(`${old.spec.name} removed (draining ${open} connection(s))`);
+      if (open > 0) this.#leaving.set(old.spec.name, old);
       else this.#byName.delete(old.spec.name);
     }
     this.#members = next;
@@ -536,6 +538,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         return this.#lease(member, conn);
       } catch (error) {
         member.pending--;
+        this.#forgetIfGone(member);
         lastError = error;
         if (options.signal?.aborted) break;
         if (error instanceof UpstreamError && error.cause instanceof Deno.errors.NotCapable) {
@@ -606,12 +609,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         released = true;
         member.active--;
         if (cell >= 0) Atomics.sub(shared!.counts, cell, 1);
-        if (
-          member.removed && member.active === 0 && this.#leaving.get(member.spec.name) === member
-        ) {
-          this.#leaving.delete(member.spec.name);
-          this.#byName.delete(member.spec.name);
-        }
+        this.#forgetIfGone(member);
         if (failed) {
           member.streamErrors++;
           if (this.#options.counters) this.#options.counters.upstreamStreamErrors++;
@@ -619,6 +617,17 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         }
       },
     };
+  }
+
+  /** Drops a removed upstream once its last connection (or connect under way) has ended. */
+  #forgetIfGone(member: Member): void {
+    if (
+      member.removed && member.active === 0 && member.pending === 0 &&
+      this.#leaving.get(member.spec.name) === member
+    ) {
+      this.#leaving.delete(member.spec.name);
+      this.#byName.delete(member.spec.name);
+    }
   }
 
   #find(name: string): Member | undefined {
