@@ -13,7 +13,7 @@
  * connection), 4 idle memory (RSS growth per proxied idle connection), 5 lock-step (64
  * connections, 1 in flight, closed loop: what one round trip through the proxy costs).
  *
- * `--viewers N` and `--access-log MODE` add a fourth target to scenarios 1 to 3: a second
+ * `--viewers N` and `--access-log MODE` add a target to the load scenarios (1-3, 5): a second
  * foo-proxy, started the same way, watched by N readers of the dashboard's `GET /events` stream
  * (in this process) and one `foo-proxy top` (its own process), and writing its access log to a
  * file; its column beside plain foo-proxy's says what watching costs.
@@ -138,7 +138,7 @@ function usage(): string {
                      (HAProxy: as many as the most workers), and the load generator and
                      the upstream to the cores left (all cores when none are left)
   --viewers N        add a foo-proxy watched by N dashboard streams and a \`top\`
-                     (scenarios 1-3)                          (default 0: none)
+                     (scenarios 1-3, 5)                       (default 0: none)
   --access-log MODE  that watched foo-proxy's access log: off, text or json, to a file
                                                               (default off)
   --results FILE     write the report to FILE               (default: a new temporary file)
