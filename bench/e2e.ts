@@ -10,12 +10,19 @@
  *
  * Scenarios: 1 throughput (64 connections x 16 pipelined, 32-byte payloads), 2 latency (16
  * connections, 1 in flight, 5 000 REQ/s open loop), 3 churn (10 REQs per connection, then a new
- * connection), 4 idle memory (RSS growth per proxied idle connection).
+ * connection), 4 idle memory (RSS growth per proxied idle connection), 5 lock-step (64
+ * connections, 1 in flight, closed loop: what one round trip through the proxy costs).
  *
- * `--viewers N` and `--access-log MODE` add a fourth target to scenarios 1 to 3: a second
+ * `--viewers N` and `--access-log MODE` add a target to the load scenarios (1-3, 5): a second
  * foo-proxy, started the same way, watched by N readers of the dashboard's `GET /events` stream
  * (in this process) and one `foo-proxy top` (its own process), and writing its access log to a
  * file; its column beside plain foo-proxy's says what watching costs.
+ *
+ * foo-proxy runs data-plane workers (`--workers`, default auto: one per CPU); the report says how
+ * many the plain target ran. `--workers 1,2` measures one foo-proxy target per count instead, in
+ * the same interleaved rounds, with ratios to HAProxy and to the first count. `--taskset` pins
+ * each proxy to as many cores as it has workers (`taskset -c 0` for one) and the load generator
+ * and the upstream to the cores left, where any are: the scaling figure.
  *
  * @module
  */
@@ -30,6 +37,7 @@ import {
   fmt,
   median,
   ratio,
+  rotate,
   settle,
   SseViewer,
   THROUGHPUT_LOAD,
@@ -41,7 +49,19 @@ const RESULTS = new URL("./RESULTS.md", import.meta.url).pathname;
 const DENO_JSON = new URL("../deno.json", import.meta.url).pathname;
 const HOST = "127.0.0.1";
 
-type TargetName = "direct" | "foo-proxy" | "watched" | "haproxy";
+/** A `--workers` value: a count of data-plane workers, or `auto` (one per CPU). */
+export type WorkerCount = number | "auto";
+
+/** One column of the table: a process the load runs against (or none, for direct). */
+interface Target {
+  /** Key of its samples, and its short name in ratio headings: `direct`, `foo-proxy`, `w2`. */
+  key: string;
+  kind: "direct" | "foo" | "watched" | "haproxy";
+  /** foo-proxy's `--workers`; unset: the flag is not passed (auto). */
+  workers?: WorkerCount;
+  /** With `--taskset`: the proxy's cores and the cores of the load and the upstream. */
+  pin?: Pinning;
+}
 
 /** One measured run of `foo-proxy bench --json` (the fields e2e uses). */
 interface BenchJson {
@@ -63,7 +83,7 @@ interface Sample {
 }
 
 interface LoadScenario {
-  id: "throughput" | "latency" | "churn";
+  id: "throughput" | "latency" | "churn" | "lockstep";
   title: string;
   args: readonly string[];
 }
@@ -84,7 +104,20 @@ const LOAD_SCENARIOS: LoadScenario[] = [
     title: "3. churn: 16 connections at once, 10 REQs each (1 in flight), then reconnect",
     args: CHURN_LOAD,
   },
+  {
+    id: "lockstep",
+    title: "5. lock-step: 64 connections, 1 REQ in flight each (closed loop)",
+    args: ["--connections", "64", "--pipeline", "1", "--payload", "32"],
+  },
 ];
+
+/** Scenario numbers as `--only` names them (4, idle memory, is not a load run). */
+const SCENARIO_NUMBERS: Record<LoadScenario["id"], number> = {
+  throughput: 1,
+  latency: 2,
+  churn: 3,
+  lockstep: 5,
+};
 
 function usage(): string {
   return `Usage: deno task bench:e2e [flags]
@@ -96,10 +129,16 @@ function usage(): string {
                      once it has started (V8's heap reaches its steady state)
                                                               (default 10)
   --idle N           idle connections for scenario 4        (default 5000)
-  --only LIST        scenarios to run, e.g. 1,2 or 4        (default 1,2,3,4)
+  --only LIST        scenarios to run, e.g. 1,2 or 4        (default 1,2,3,4,5)
   --no-haproxy       skip HAProxy even when installed
+  --workers LIST     one foo-proxy target per --workers value, e.g. 1,2 or 1,2,auto;
+                     ratios to HAProxy and to the first     (default: one target,
+                                                              --workers not passed: auto)
+  --taskset          pin each proxy with taskset -c to as many cores as it has workers
+                     (HAProxy: as many as the most workers), and the load generator and
+                     the upstream to the cores left (all cores when none are left)
   --viewers N        add a foo-proxy watched by N dashboard streams and a \`top\`
-                     (scenarios 1-3)                          (default 0: none)
+                     (scenarios 1-3, 5)                       (default 0: none)
   --access-log MODE  that watched foo-proxy's access log: off, text or json, to a file
                                                               (default off)
   --results FILE     write the report to FILE               (default: a new temporary file)
@@ -129,6 +168,48 @@ interface E2eConfig {
   /** Whether bench/RESULTS.md is updated too. */
   writeResults: boolean;
   denoFlags: string[];
+  /** `--workers`: one foo-proxy target per value; unset: one target without the flag. */
+  workers: WorkerCount[] | undefined;
+  /** `--taskset`: pin the proxies, the load and the upstream to cores. */
+  taskset: boolean;
+}
+
+/**
+ * Parses `--workers 1,2,auto`: whole numbers from 1, or `auto`, each at most once.
+ *
+ * @throws {RangeError} for anything else.
+ */
+export function parseWorkersList(text: string): WorkerCount[] {
+  const list = text.split(",").map((word): WorkerCount => {
+    const w = word.trim();
+    if (w === "auto") return w;
+    if (!/^[1-9]\d*$/.test(w)) {
+      throw new RangeError(`Invalid --workers "${text}": expected counts from 1 or auto, e.g. 1,2`);
+    }
+    return Number(w);
+  });
+  if (new Set(list).size !== list.length) {
+    throw new RangeError(`Invalid --workers "${text}": a value is repeated`);
+  }
+  return list;
+}
+
+/** Where `--taskset` puts a proxy and what runs beside it, as `taskset -c` core lists. */
+export interface Pinning {
+  /** The proxy's cores, e.g. `0` or `0-1`. */
+  proxy: string;
+  /** The load generator's and the upstream's cores; unset: every core (none is left). */
+  rest: string | undefined;
+}
+
+/**
+ * The pinning of a proxy with `workers` threads on a machine with `cpus` cores: the first
+ * `workers` cores (all of them for `auto` or more workers than cores), the rest for the load.
+ */
+export function pinning(workers: WorkerCount, cpus: number): Pinning {
+  const n = workers === "auto" ? cpus : Math.min(workers, cpus);
+  const range = (from: number, to: number) => from === to ? `${from}` : `${from}-${to}`;
+  return { proxy: range(0, n - 1), rest: n < cpus ? range(n, cpus - 1) : undefined };
 }
 
 function parseConfig(args: string[]): E2eConfig {
@@ -141,8 +222,10 @@ function parseConfig(args: string[]): E2eConfig {
       warmup: { type: "string", default: "1" },
       settle: { type: "string", default: "10" },
       idle: { type: "string", default: "5000" },
-      only: { type: "string", default: "1,2,3,4" },
+      only: { type: "string", default: "1,2,3,4,5" },
       "no-haproxy": { type: "boolean" },
+      workers: { type: "string" },
+      taskset: { type: "boolean" },
       viewers: { type: "string", default: "0" },
       "access-log": { type: "string", default: "off" },
       "no-write": { type: "boolean" },
@@ -183,16 +266,29 @@ function parseConfig(args: string[]): E2eConfig {
     results: values.results === undefined ? undefined : resolve(values.results),
     writeResults: values["write-results"] === true,
     denoFlags: values["deno-flags"].split(/\s+/).filter((f) => f !== ""),
+    workers: values.workers === undefined ? undefined : parseWorkersList(values.workers),
+    taskset: values.taskset === true,
   };
 }
 
 // ---------------------------------------------------------------------------------------------
 // Processes
 
-/** Starts `command` through sh, for a raised fd limit (scenario 4 holds thousands of sockets). */
-function spawn(name: string, command: string, args: string[], fdLimit: number): Child {
+/**
+ * Starts `command` through sh, for a raised fd limit (scenario 4 holds thousands of sockets), on
+ * the cores `cpus` (a `taskset -c` list; unset: anywhere). sh and taskset exec the command, so
+ * the child's pid is the command's.
+ */
+function spawn(
+  name: string,
+  command: string,
+  args: string[],
+  fdLimit: number,
+  cpus?: string,
+): Child {
   const script = `ulimit -n ${fdLimit} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$@"`;
-  return new Child(["-c", script, "sh", command, ...args], {
+  const argv = cpus === undefined ? [command, ...args] : ["taskset", "-c", cpus, command, ...args];
+  return new Child(["-c", script, "sh", ...argv], {
     name,
     command: "sh",
     cwd: REPO_ROOT,
@@ -265,17 +361,33 @@ interface FooProxy {
   child: Child;
   port: number;
   httpPort: number;
+  /** Data-plane workers it runs (the length of `workers` in its `/stats`). */
+  workers: number;
+}
+
+/** How to start one foo-proxy (beyond the upstream, permissions and fd limit every one shares). */
+interface FooProxyOptions {
+  /** Its name in errors; @default "foo-proxy" */
+  name?: string;
+  /** Permissions beyond `deno task start`'s (the watched one's access-log file). */
+  permissions?: string[];
+  /** Flags beyond the common ones (the watched one's access log). */
+  flags?: string[];
+  /** `--workers`; unset: not passed (auto). */
+  workers?: WorkerCount;
+  /** Cores (`taskset -c`); unset: not pinned. */
+  cpus?: string;
 }
 
 /**
- * Starts foo-proxy with the permissions of `deno task start`; `extraPermissions` and `extraFlags`
- * are what the watched one adds (its access-log file).
+ * Starts foo-proxy with the permissions of `deno task start`; resolves once its port and its
+ * stats app answer (the stats app starts after every worker listens).
  */
 async function startFooProxy(
   upstreamPort: number,
   permissions: string[],
   fdLimit: number,
-  extra: { name?: string; permissions?: string[]; flags?: string[] } = {},
+  extra: FooProxyOptions = {},
 ): Promise<FooProxy> {
   const port = freePort();
   const httpPort = freePort();
@@ -298,13 +410,24 @@ async function startFooProxy(
       "warning",
       "--max-connections",
       "100000",
+      // Health checks stay on, as by default, but on a free port: several proxies run at once.
+      "--health",
+      `${HOST}:${freePort()}`,
+      ...(extra.workers === undefined ? [] : ["--workers", String(extra.workers)]),
       ...(extra.flags ?? []),
     ],
     fdLimit,
+    extra.cpus,
   );
   await waitForPort(port, child);
   await waitForPort(httpPort, child);
-  return { child, port, httpPort };
+  const stats = await (await fetch(`http://${HOST}:${httpPort}/stats`)).json();
+  return {
+    child,
+    port,
+    httpPort,
+    workers: Array.isArray(stats.workers) ? stats.workers.length : 0,
+  };
 }
 
 /** What watches the watched foo-proxy: dashboard streams and a `foo-proxy top`. */
@@ -378,15 +501,17 @@ backend foo_upstream
 `;
 }
 
+/** Starts HAProxy on `cpus` (unset: anywhere); it runs one thread per core it may use. */
 async function startHaproxy(
   upstreamPort: number,
   dir: string,
   fdLimit: number,
+  cpus?: string,
 ): Promise<{ child: Child; port: number }> {
   const port = freePort();
   const path = `${dir}/haproxy.cfg`;
   await Deno.writeTextFile(path, haproxyConfig(port, upstreamPort));
-  const child = spawn("haproxy", "haproxy", ["-f", path], fdLimit);
+  const child = spawn("haproxy", "haproxy", ["-f", path], fdLimit, cpus);
   await waitForPort(port, child);
   return { child, port };
 }
@@ -409,7 +534,10 @@ async function rssKib(pid: number): Promise<number> {
   return Number(m[1]);
 }
 
-/** CPU time (user + system) used by `pid` so far, in seconds. */
+/**
+ * CPU time (user + system) used by `pid` so far, in seconds: all its threads (the supervisor and
+ * every data-plane worker), which is what /proc/<pid>/stat counts, unlike /proc/<pid>/task/*.
+ */
 async function cpuSeconds(pid: number): Promise<number> {
   const stat = await readProc(`/proc/${pid}/stat`);
   // Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
@@ -420,14 +548,33 @@ async function cpuSeconds(pid: number): Promise<number> {
 // ---------------------------------------------------------------------------------------------
 // Runs
 
+/** Moves every thread of `pid` to the cores `cpus` (unset: all of them). */
+async function pinProcess(pid: number, cpus: string | undefined): Promise<void> {
+  const list = cpus ?? `0-${navigator.hardwareConcurrency - 1}`;
+  const out = await new Deno.Command("taskset", {
+    args: ["-a", "-p", "-c", list, String(pid)],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  if (!out.success) {
+    throw new Error(`taskset -a -p -c ${list} ${pid}: ${new TextDecoder().decode(out.stderr)}`);
+  }
+}
+
+/**
+ * One load run of `scenario` against `port`. With `pin` (`--taskset`), the load generator starts
+ * on the cores the proxy leaves and the upstream is moved there first.
+ */
 async function runBench(
   port: number,
   scenario: LoadScenario,
   config: E2eConfig,
   proxyPid: number | undefined,
   serverPid: number,
+  pin?: Pinning,
 ): Promise<Sample> {
-  const args = [
+  if (config.taskset) await pinProcess(serverPid, pin?.rest);
+  const load = [
     "run",
     "--allow-net",
     MAIN,
@@ -442,12 +589,15 @@ async function runBench(
     `${config.warmup}s`,
     ...scenario.args,
   ];
+  const [command, args] = config.taskset && pin?.rest !== undefined
+    ? ["taskset", ["-c", pin.rest, Deno.execPath(), ...load]]
+    : [Deno.execPath(), load];
   for (let attempt = 1;; attempt++) {
     const cpu0 = {
       proxy: proxyPid ? await cpuSeconds(proxyPid) : 0,
       server: await cpuSeconds(serverPid),
     };
-    const out = await new Deno.Command(Deno.execPath(), {
+    const out = await new Deno.Command(command, {
       args,
       cwd: REPO_ROOT,
       stdin: "null",
@@ -607,33 +757,88 @@ async function main(args: string[]): Promise<number> {
   const code = commit === undefined
     ? "unknown (not a git checkout)"
     : `commit ${commit}${dirty ? " with uncommitted changes in src/" : ""}`;
-  // Only scenarios 1-3 run on the watched proxy; without them there is no such target.
-  const watched = (config.viewers > 0 || config.accessLog !== "off") &&
-    LOAD_SCENARIOS.some((_, i) => config.only.has(i + 1));
-  const targets: TargetName[] = [
-    "direct",
-    "foo-proxy",
-    ...(watched ? ["watched" as const] : []),
-    ...(haproxyVersion ? ["haproxy" as const] : []),
+  // Only the load scenarios run on the watched proxy; without them there is no such target.
+  const loadScenarios = LOAD_SCENARIOS.filter((s) => config.only.has(SCENARIO_NUMBERS[s.id]));
+  const watched = (config.viewers > 0 || config.accessLog !== "off") && loadScenarios.length > 0;
+  const tasksetVersion = config.taskset ? await commandOutput("taskset", ["-V"]) : undefined;
+  if (config.taskset && tasksetVersion === undefined) {
+    writeStderrLine("e2e: --taskset needs taskset (util-linux), which is not installed");
+    return 2;
+  }
+  const cpus = navigator.hardwareConcurrency;
+  const fooTargets: Target[] = config.workers === undefined
+    ? [{ key: "foo-proxy", kind: "foo" }]
+    : config.workers.map((w) => ({
+      key: w === "auto" ? "auto" : `w${w}`,
+      kind: "foo",
+      workers: w,
+    }));
+  if (config.taskset) { for (const t of fooTargets) t.pin = pinning(t.workers ?? "auto", cpus); }
+  const first = fooTargets[0];
+  const cores = (w: WorkerCount | undefined) =>
+    w === undefined || w === "auto" ? cpus : Math.min(w, cpus);
+  // HAProxy, pinned, gets as many cores as the widest foo-proxy (it runs a thread per core).
+  const haPin = config.taskset
+    ? pinning(Math.max(...fooTargets.map((t) => cores(t.workers))), cpus)
+    : undefined;
+  const targets: Target[] = [
+    { key: "direct", kind: "direct" },
+    ...fooTargets,
+    ...(watched
+      ? [{ key: "watched", kind: "watched", workers: first.workers, pin: first.pin }] as const
+      : []),
+    ...(haproxyVersion ? [{ key: "haproxy", kind: "haproxy", pin: haPin }] as const : []),
   ];
+  const haTarget = targets.find((t) => t.kind === "haproxy");
+  /** Data-plane workers each foo-proxy target ran, from its `/stats`. */
+  const ran = new Map<string, number>();
   const watchedTitle = [
-    "foo-proxy",
+    first.key,
     ...(config.viewers > 0 ? [`${config.viewers} viewers + top`] : []),
     ...(config.accessLog !== "off" ? [`access log (${config.accessLog})`] : []),
   ].join(" + ");
+  const onCores = (pin: Pinning | undefined) =>
+    pin === undefined ? "" : ` [core${pin.proxy.includes("-") ? "s" : ""} ${pin.proxy}]`;
+  const title = (t: Target): string => {
+    switch (t.kind) {
+      case "direct":
+        return "direct";
+      case "haproxy":
+        return `HAProxy${onCores(t.pin)}`;
+      case "watched":
+        return `watched ${watchedTitle}`;
+      case "foo": {
+        const n = ran.get(t.key);
+        const count = n === undefined ? "" : ` (${n} worker${n === 1 ? "" : "s"})`;
+        return t.workers === undefined
+          ? `foo-proxy, --workers auto${count}`
+          : `foo-proxy --workers ${t.workers}${t.workers === "auto" ? count : ""}${onCores(t.pin)}`;
+      }
+    }
+  };
   /** What the watched proxy's watchers did over the load runs (shows they were really there). */
   const watching = { events: 0, frames: 0, accessLogLines: 0, seconds: 0 };
   const tmp = await Deno.makeTempDir({ prefix: "foo_e2e_" });
   const samples = new Map<string, Sample[]>();
-  const idle = new Map<TargetName, IdleSample[]>();
+  const idle = new Map<string, IdleSample[]>();
   const started = new Date();
   try {
     const upstream = await startServer(fdLimit);
     await using _server = upstream.child;
-    const loadScenarios = LOAD_SCENARIOS.filter((_, i) => config.only.has(i + 1));
     if (loadScenarios.length > 0) {
-      const fooStarted = await startFooProxy(upstream.port, permissions, fdLimit);
-      await using foo = fooStarted.child;
+      // Disposed in reverse: the watchers before the watched proxy, then the proxies.
+      await using running = new AsyncDisposableStack();
+      const procs = new Map<string, { port: number; pid: number }>();
+      for (const t of fooTargets) {
+        const p = await startFooProxy(upstream.port, permissions, fdLimit, {
+          name: `foo-proxy ${t.key}`,
+          workers: t.workers,
+          cpus: t.pin?.proxy,
+        });
+        running.use(p.child);
+        procs.set(t.key, { port: p.port, pid: p.child.pid });
+        ran.set(t.key, p.workers);
+      }
       const accessLogFile = `${tmp}/access.log`;
       const watchedStarted = watched
         ? await startFooProxy(upstream.port, permissions, fdLimit, {
@@ -642,52 +847,52 @@ async function main(args: string[]): Promise<number> {
           flags: config.accessLog === "off"
             ? []
             : ["--access-log", config.accessLog, "--access-log-file", accessLogFile],
+          workers: first.workers,
+          cpus: first.pin?.proxy,
         })
         : null;
-      await using watchedProxy = watchedStarted?.child ?? null;
-      await using watchers = watchedStarted && config.viewers > 0
-        ? await Watchers.attach(watchedStarted.httpPort, config.viewers)
+      if (watchedStarted) {
+        running.use(watchedStarted.child);
+        procs.set("watched", { port: watchedStarted.port, pid: watchedStarted.child.pid });
+      }
+      const watchers = watchedStarted && config.viewers > 0
+        ? running.use(await Watchers.attach(watchedStarted.httpPort, config.viewers))
         : null;
-      const haStarted = haproxyVersion ? await startHaproxy(upstream.port, tmp, fdLimit) : null;
-      await using ha = haStarted?.child ?? null;
-      const fooPort = fooStarted.port;
-      const haPort = haStarted?.port ?? 0;
-      const haPid = ha?.pid;
+      if (haTarget) {
+        const ha = await startHaproxy(upstream.port, tmp, fdLimit, haTarget.pin?.proxy);
+        running.use(ha.child);
+        procs.set("haproxy", { port: ha.port, pid: ha.child.pid });
+      }
       // Every proxy (HAProxy too, for the same treatment) takes an unmeasured load first: a
       // fresh foo-proxy is faster until V8's first full GC, 6–8 s into this load.
-      for (const port of [fooPort, watchedStarted?.port, haStarted?.port]) {
-        if (port !== undefined) await settle(HOST, port, config.settle, THROUGHPUT_LOAD);
+      for (const { port } of procs.values()) {
+        await settle(HOST, port, config.settle, THROUGHPUT_LOAD);
       }
       for (let round = 1; round <= config.rounds; round++) {
         for (const scenario of loadScenarios) {
-          for (const target of targets) {
-            const port = target === "direct"
-              ? upstream.port
-              : target === "foo-proxy"
-              ? fooPort
-              : target === "watched"
-              ? watchedStarted!.port
-              : haPort;
-            const pid = target === "direct"
-              ? undefined
-              : target === "foo-proxy"
-              ? foo.pid
-              : target === "watched"
-              ? watchedProxy!.pid
-              : haPid;
+          // Each round starts with another target, so none is always measured first or last.
+          for (const target of rotate(targets, round - 1)) {
+            const proc = procs.get(target.key);
             const seen = { events: watchers?.events ?? 0, frames: watchers?.frames ?? 0 };
             const t0 = performance.now();
-            const sample = await runBench(port, scenario, config, pid, upstream.child.pid);
-            if (target === "watched") {
+            const sample = await runBench(
+              proc?.port ?? upstream.port,
+              scenario,
+              config,
+              proc?.pid,
+              upstream.child.pid,
+              target.pin,
+            );
+            if (target.kind === "watched") {
               watching.seconds += (performance.now() - t0) / 1000;
               watching.events += (watchers?.events ?? 0) - seen.events;
               watching.frames += (watchers?.frames ?? 0) - seen.frames;
             }
-            const key = `${scenario.id}/${target}`;
+            const key = `${scenario.id}/${target.key}`;
             samples.set(key, [...(samples.get(key) ?? []), sample]);
             const b = sample.bench;
             writeStderrLine(
-              `e2e: round ${round} ${scenario.id.padEnd(10)} ${target.padEnd(9)} ${
+              `e2e: round ${round} ${scenario.id.padEnd(10)} ${target.key.padEnd(9)} ${
                 fmt(b.responses_per_sec).padStart(9)
               } replies/s ${fmt(b.connections_per_sec).padStart(7)} conn/s p50 ${
                 b.latency_p50_ms.toFixed(3)
@@ -698,27 +903,32 @@ async function main(args: string[]): Promise<number> {
           }
         }
       }
-      if (watched && config.accessLog !== "off") {
+      if (watchedStarted && config.accessLog !== "off") {
         // Read after the proxy has stopped, so its last buffered lines are in the file.
-        await watchedProxy!.stop();
+        await watchedStarted.child.stop();
         const text = await Deno.readTextFile(accessLogFile).catch(() => "");
         watching.accessLogLines = text.split("\n").length - 1;
       }
     }
     if (config.only.has(4)) {
-      // Scenario 4 compares foo-proxy with HAProxy only: the watched column is for traffic.
-      const proxies = targets.filter((t) => t === "foo-proxy" || t === "haproxy");
+      // Scenario 4 compares the foo-proxy targets with HAProxy only: watched is for traffic.
+      const proxies = targets.filter((t) => t.kind === "foo" || t.kind === "haproxy");
       for (let round = 1; round <= config.rounds; round++) {
-        for (const target of proxies) {
+        for (const target of rotate(proxies, round - 1)) {
           // A fresh proxy each time, so earlier garbage does not blur the growth.
-          const proc = target === "foo-proxy"
-            ? await startFooProxy(upstream.port, permissions, fdLimit)
-            : await startHaproxy(upstream.port, tmp, fdLimit);
+          const proc: { child: Child; port: number; workers?: number } = target.kind === "foo"
+            ? await startFooProxy(upstream.port, permissions, fdLimit, {
+              name: `foo-proxy ${target.key}`,
+              workers: target.workers,
+              cpus: target.pin?.proxy,
+            })
+            : await startHaproxy(upstream.port, tmp, fdLimit, target.pin?.proxy);
           await using _proxy = proc.child;
+          if (proc.workers !== undefined) ran.set(target.key, proc.workers);
           const sample = await measureIdle(proc, config.idle);
-          idle.set(target, [...(idle.get(target) ?? []), sample]);
+          idle.set(target.key, [...(idle.get(target.key) ?? []), sample]);
           writeStderrLine(
-            `e2e: round ${round} idle       ${target.padEnd(9)} ${
+            `e2e: round ${round} idle       ${target.key.padEnd(9)} ${
               sample.kibPerConnection.toFixed(2)
             } KiB/connection, marginal ${sample.marginalKib.toFixed(2)} (RSS ${
               fmt(sample.beforeKib)
@@ -731,77 +941,65 @@ async function main(args: string[]): Promise<number> {
     await Deno.remove(tmp, { recursive: true });
   }
 
-  // The table.
-  const med = (scenario: string, target: TargetName, pick: (s: Sample) => number) =>
-    median((samples.get(`${scenario}/${target}`) ?? []).map(pick));
+  // The table: a column per target, then the ratios of each foo-proxy target.
+  type Values = Record<string, number>;
+  const med = (scenario: string, key: string, pick: (s: Sample) => number) =>
+    median((samples.get(`${scenario}/${key}`) ?? []).map(pick));
   const rows: Row[] = [];
   const has = (id: string) => samples.has(`${id}/direct`);
+  const others = fooTargets.slice(1);
   const addRow = (
     scenario: string,
     metric: string,
-    values: Record<TargetName, number>,
+    values: Values,
     digits: number,
     directRatio = true,
   ) => {
     rows.push([
       scenario,
       metric,
-      fmt(values.direct, digits),
-      fmt(values["foo-proxy"], digits),
-      ...(watched ? [fmt(values.watched, digits)] : []),
-      fmt(values.haproxy, digits),
-      ratio(values["foo-proxy"], values.haproxy),
-      directRatio ? ratio(values["foo-proxy"], values.direct) : "—",
-      ...(watched ? [ratio(values.watched, values["foo-proxy"])] : []),
+      ...targets.map((t) => fmt(values[t.key] ?? NaN, digits)),
+      ...(haTarget ? fooTargets.map((t) => ratio(values[t.key], values.haproxy)) : []),
+      ...others.map((t) => ratio(values[t.key], values[first.key])),
+      ...fooTargets.map((t) => directRatio ? ratio(values[t.key], values.direct) : "—"),
+      ...(watched ? [ratio(values.watched, values[first.key])] : []),
     ]);
   };
-  const all = (scenario: string, pick: (s: Sample) => number) => ({
-    direct: med(scenario, "direct", pick),
-    "foo-proxy": med(scenario, "foo-proxy", pick),
-    watched: med(scenario, "watched", pick),
-    haproxy: med(scenario, "haproxy", pick),
-  });
-  if (has("throughput")) {
-    addRow("1 throughput", "replies/s", all("throughput", (s) => s.bench.responses_per_sec), 0);
+  const all = (scenario: string, pick: (s: Sample) => number): Values =>
+    Object.fromEntries(targets.map((t) => [t.key, med(scenario, t.key, pick)]));
+  const perReplyUs = (s: Sample) => s.proxyCpu * 1e6 / Math.max(1, s.bench.responses_per_sec);
+  const rateRows = (scenario: string, label: string) => {
+    addRow(label, "replies/s", all(scenario, (s) => s.bench.responses_per_sec), 0);
     addRow(
-      "1 throughput",
+      label,
       "proxy CPU (cores)",
-      {
-        ...all("throughput", (s) => s.proxyCpu),
-        direct: NaN,
-      },
+      { ...all(scenario, (s) => s.proxyCpu), direct: NaN },
       2,
       false,
     );
-    addRow("1 throughput", "server CPU (cores)", all("throughput", (s) => s.serverCpu), 2);
+    addRow(label, "server CPU (cores)", all(scenario, (s) => s.serverCpu), 2);
     // CPU per reply barely moves when other processes compete for the CPUs; replies/s does.
     addRow(
-      "1 throughput",
+      label,
       "proxy CPU per reply (µs)",
-      {
-        ...all("throughput", (s) => s.proxyCpu * 1e6 / Math.max(1, s.bench.responses_per_sec)),
-        direct: NaN,
-      },
+      { ...all(scenario, perReplyUs), direct: NaN },
       2,
       false,
     );
-  }
+  };
+  if (has("throughput")) rateRows("throughput", "1 throughput");
   if (has("latency")) {
-    const p50 = all("latency", (s) => s.bench.latency_p50_ms);
-    const p99 = all("latency", (s) => s.bench.latency_p99_ms);
-    addRow("2 latency", "p50 (ms)", p50, 3);
-    addRow("2 latency", "p99 (ms)", p99, 3);
+    addRow("2 latency", "p50 (ms)", all("latency", (s) => s.bench.latency_p50_ms), 3);
+    addRow("2 latency", "p99 (ms)", all("latency", (s) => s.bench.latency_p99_ms), 3);
     addRow("2 latency", "p99.9 (ms)", all("latency", (s) => s.bench.latency_p999_ms), 3);
     // Added over direct: per round (rounds are interleaved, so pairing cancels drift).
-    const added = (pick: (s: Sample) => number) => {
+    const added = (pick: (s: Sample) => number): Values => {
       const direct = samples.get("latency/direct") ?? [];
-      const per = (t: TargetName) =>
-        median((samples.get(`latency/${t}`) ?? []).map((s, i) => pick(s) - pick(direct[i])));
+      const per = (key: string) =>
+        median((samples.get(`latency/${key}`) ?? []).map((s, i) => pick(s) - pick(direct[i])));
       return {
         direct: NaN,
-        "foo-proxy": per("foo-proxy"),
-        watched: per("watched"),
-        haproxy: per("haproxy"),
+        ...Object.fromEntries(targets.slice(1).map((t) => [t.key, per(t.key)])),
       };
     };
     addRow(
@@ -832,30 +1030,21 @@ async function main(args: string[]): Promise<number> {
       false,
     );
   }
+  if (has("lockstep")) rateRows("lockstep", "5 lock-step");
   if (idle.size > 0) {
-    const perConn = (t: TargetName) => median((idle.get(t) ?? []).map((s) => s.kibPerConnection));
+    const idleValues = (pick: (s: IdleSample) => number): Values =>
+      Object.fromEntries([...idle.entries()].map(([key, list]) => [key, median(list.map(pick))]));
     addRow(
       "4 idle memory",
       `RSS growth per connection (KiB), ${fmt(config.idle)} held`,
-      {
-        direct: NaN,
-        "foo-proxy": perConn("foo-proxy"),
-        watched: NaN,
-        haproxy: perConn("haproxy"),
-      },
+      idleValues((s) => s.kibPerConnection),
       2,
       false,
     );
-    const marginal = (t: TargetName) => median((idle.get(t) ?? []).map((s) => s.marginalKib));
     addRow(
       "4 idle memory",
       "of which marginal (KiB per connection, 2nd half)",
-      {
-        direct: NaN,
-        "foo-proxy": marginal("foo-proxy"),
-        watched: NaN,
-        haproxy: marginal("haproxy"),
-      },
+      idleValues((s) => s.marginalKib),
       2,
       false,
     );
@@ -865,16 +1054,40 @@ async function main(args: string[]): Promise<number> {
     [
       "scenario",
       "metric",
-      "direct",
-      "foo-proxy",
-      ...(watched ? [watchedTitle] : []),
-      "HAProxy",
-      "foo-proxy ÷ HAProxy",
-      "foo-proxy ÷ direct",
-      ...(watched ? ["watched ÷ foo-proxy"] : []),
+      ...targets.map(title),
+      ...(haTarget ? fooTargets.map((t) => `${t.key} ÷ HAProxy`) : []),
+      ...others.map((t) => `${t.key} ÷ ${first.key}`),
+      ...fooTargets.map((t) => `${t.key} ÷ direct`),
+      ...(watched ? [`watched ÷ ${first.key}`] : []),
     ],
     rows,
   );
+  // The workers issue's targets, where this run measured what they compare.
+  const checks: string[] = [];
+  if (has("throughput")) {
+    const perReply = all("throughput", perReplyUs);
+    const replies = all("throughput", (s) => s.bench.responses_per_sec);
+    const one = fooTargets.find((t) => t.workers === 1);
+    for (const t of fooTargets) {
+      if (one && t !== one) {
+        const r = perReply[t.key] / perReply[one.key];
+        checks.push(
+          `proxy CPU per reply (scenario 1), ${t.key} ÷ ${one.key}: ${
+            ratio(r, 1)
+          } (target: at most 1.10×, within 10 % of it; ${r <= 1.1 ? "met" : "not met"})`,
+        );
+      }
+      if (haTarget && t !== one) {
+        const r = replies[t.key] / replies.haproxy;
+        checks.push(
+          `replies/s (scenario 1), ${t.key} ÷ HAProxy: ${ratio(r, 1)} (target: at least 1.00×, ${
+            r >= 1 ? "met" : "not met"
+          })`,
+        );
+      }
+    }
+  }
+  const checksText = checks.map((c) => `- ${c}`).join("\n");
   const watchingNote = !watched
     ? ""
     : `Watched foo-proxy (${watchedTitle}): over its load runs ${
@@ -891,9 +1104,9 @@ async function main(args: string[]): Promise<number> {
         : ""
     }.`;
   writeStdoutLine(table);
+  if (checksText) writeStdoutLine(`\n${checksText}`);
   if (watchingNote) writeStdoutLine(`\n${watchingNote}`);
   if (errors > 0) writeStdoutLine(`\n${errors} errors in load runs (see stderr)`);
-
   if (config.write) {
     const raw = [...samples.entries()].map(([key, list]) =>
       `| ${key} | ${list.map((s) => fmt(s.bench.responses_per_sec)).join(", ")} | ${
@@ -922,6 +1135,20 @@ Generated by \`bench/e2e.ts\` — do not edit by hand; re-run \`${command}\`.
 - Deno ${Deno.version.deno} (V8 ${Deno.version.v8})
 - Code measured: ${code}
 - HAProxy: ${haproxyVersion ?? "not installed (skipped)"}
+- foo-proxy targets: ${
+      fooTargets.map((t) =>
+        `${title(t)}${ran.has(t.key) ? "" : " (its worker count was not read)"}`
+      ).join("; ")
+    }
+- Pinning: ${
+      config.taskset
+        ? `\`--taskset\` (${tasksetVersion}): each proxy runs on the first cores, as many as its workers (HAProxy: as many as the widest foo-proxy); the load generator and the upstream run on the cores left, or on every core when none is left (the upstream moved there with \`taskset -a -p\` before each run): ${
+          targets.filter((t) => t.pin !== undefined).map((t) =>
+            `${t.key} on ${t.pin!.proxy}, load and upstream on ${t.pin!.rest ?? "every core"}`
+          ).join("; ")
+        }`
+        : "none: every process may run on every core"
+    }
 - fd limit of the processes: ${childFdLimit}
 
 Every process — the Foo server (upstream), the proxy under test and the load generator
@@ -930,14 +1157,27 @@ medians over the rounds; ratios are foo-proxy's value divided by the other's (fo
 and churn rates higher is better; for latency, CPU and memory lower is better).
 
 ${table}
-
+${
+      checks.length > 0
+        ? `\nTargets of the workers issue, from the medians above:\n\n${checksText}\n`
+        : ""
+    }
 How each target runs:
 
 - **direct**: the load generator talks to the Foo server itself (\`foo-proxy server\`).
-- **foo-proxy**: \`deno run ${permissions.join(" ")} src/main.ts proxy --log-level warning
-  --http 127.0.0.1:<free port>\` (the flags of \`deno task start\`${
+- **foo-proxy** (${fooTargets.map((t) => t.key).join(", ")}): \`deno run ${
+      permissions.join(" ")
+    } src/main.ts proxy --log-level warning
+  --http 127.0.0.1:<free port> --health 127.0.0.1:<free port>${
+      config.workers === undefined ? "" : " --workers N"
+    }\` (the flags of \`deno task start\`${
       config.denoFlags.length > 0 ? `, plus ${config.denoFlags.join(" ")} from --deno-flags` : ""
-    }), one process, single-threaded; nothing reads its stats app.${
+    }): one process, a supervisor thread and its data-plane worker threads, each with its own
+  SO_REUSEPORT listener (${
+      config.workers === undefined
+        ? "`--workers` not passed: auto, one per CPU"
+        : `\`--workers ${config.workers.join("\`, \`")}\`, one process each`
+    }); its CPU columns count every thread; nothing reads its stats app.${
       watched
         ? `
 - **${watchedTitle}**: a second foo-proxy started the same way${
@@ -972,12 +1212,12 @@ ${LOAD_SCENARIOS.map((s) => `- ${s.title}: \`${s.args.join(" ")}\``).join("\n")}
   hold them idle; the figure is the growth of the proxy's VmRSS (/proc/<pid>/status) divided by
   the connection count, on a fresh proxy process per round.
 
-Before scenarios 1–3, each proxy process takes ${config.settle} s of scenario 1's load,
+Before the load scenarios (1–3, 5), each proxy process takes ${config.settle} s of scenario 1's load,
 unmeasured: V8's heap changes regime after its first full GC (seen 6–8 s into that load, then
 one or two mark-compacts a second), so a fresh foo-proxy looks faster than the same process a
 minute later.
 
-CPU columns: CPU time (user + system, /proc/<pid>/stat) of the process during one bench run,
+CPU columns: CPU time (user + system, /proc/<pid>/stat: every thread) of the process during one bench run,
 divided by the seconds load was applied (warm-up + measurement); per reply and per connection
 divide that by the measured rate. They are steadier than rates when other processes compete for
 the CPUs.

@@ -5,7 +5,8 @@
  * mode: a reply whose type or data is not what the server gives that REQ directly, e.g. after a
  * replay that changed a Seq), the proxy's file descriptors (must
  * return to their baseline) and RSS (must stay bounded) at start and end, the message counts on
- * both sides (must agree), and errors by kind.
+ * both sides (must agree), data-plane workers that died (must be none), and errors by kind.
+ * The proxy starts like `deno task start`; `--workers N|auto` is passed to it.
  *
  * The load, all on 127.0.0.1:
  * - pipelining: long-lived connections with REQs in flight (`foo-proxy bench`'s generator,
@@ -48,7 +49,12 @@ import { waitOrAbort as sleep } from "../src/async/wait_or_abort.ts";
 import { LOAD_ERROR_KINDS, type LoadReport, runLoad } from "../src/tools/load.ts";
 import { Child } from "./child.ts";
 import { InvalidLineClients, RestartWindows } from "./invalid_line_clients.ts";
-import { startPermissionFlags } from "./permissions.ts";
+import {
+  START_READ,
+  startPermissionFlags,
+  startUnstableFlags,
+  startV8Flags,
+} from "./permissions.ts";
 
 const LOCAL = "127.0.0.1";
 /** How long a part may take to start or stop. */
@@ -58,7 +64,7 @@ const MiB = 1024 * 1024;
 /** Usage text of the soak. */
 export const SOAK_USAGE =
   `Usage: deno task soak [--seconds N] [--restarts N] [--idle N] [--rate N] [--reset-rate N]
-                      [--invalid N] [--wrong-way N]
+                      [--invalid N] [--wrong-way N] [--workers N|auto]
                       [--no-reset-flood] [--no-slowloris] [--no-resume]
 
 Runs mixed load (pipelining, churn, idle connections, connections mixing invalid lines or
@@ -80,6 +86,8 @@ the soak even with --no-resume.
   --reset-rate N    connections the reset flood resets per second   (default 200)
   --invalid N       invalid-line clients (blank, req 1, REQ +1, …)  (default 4)
   --wrong-way N     unsolicited-reply clients (send ACK n, NAK n)   (default 2)
+  --workers N|auto  the proxy's data-plane workers (passed to it; it starts like
+                    deno task start)                  (default: not passed, auto)
   --no-reset-flood  leave out the reset flood
   --no-slowloris    leave out the admin slowloris and its GET /stats probes
   --no-resume       run the proxy without --resume (replies are then expected to be lost)
@@ -522,6 +530,10 @@ interface ProxySnapshot {
   admin_request_timeouts?: number;
   admin_bad_requests?: number;
   connections_closed: Record<string, number>;
+  /** One row per data-plane worker (none when the data plane runs on the main thread). */
+  workers?: { worker: number; connections_active: number; restarts: number }[];
+  /** Data-plane workers that died and were started again. */
+  worker_restarts?: number;
 }
 
 async function proxyStats(proxy: Child): Promise<ProxySnapshot> {
@@ -543,6 +555,7 @@ export async function main(args: string[]): Promise<number> {
   let resetFlood: boolean;
   let slowloris: boolean;
   let resume: boolean;
+  let workers: string | undefined;
   try {
     const { values } = parseArgs({
       args,
@@ -558,6 +571,7 @@ export async function main(args: string[]): Promise<number> {
         "no-reset-flood": { type: "boolean", default: false },
         "no-slowloris": { type: "boolean", default: false },
         "no-resume": { type: "boolean", default: false },
+        workers: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -581,6 +595,9 @@ export async function main(args: string[]): Promise<number> {
     resetFlood = !values["no-reset-flood"];
     slowloris = !values["no-slowloris"];
     resume = !values["no-resume"];
+    workers = values.workers === undefined || values.workers === "auto"
+      ? values.workers
+      : String(whole("workers", values.workers, 1));
   } catch (error) {
     writeStderrLine(`soak: ${(error as Error).message.split("\n")[0]} (see --help)`);
     return 2;
@@ -619,15 +636,21 @@ export async function main(args: string[]): Promise<number> {
         resetFlood ? `reset flood at ${resetRate}/s` : "no reset flood"
       }, ${slowloris ? "admin slowloris" : "no slowloris"}, proxy ${
         resume ? "with" : "WITHOUT"
-      } --resume`,
+      } --resume, --workers ${workers ?? "not passed (auto)"}`,
   );
 
   let server = await startServer();
+  // The proxy starts like `deno task start`: its data-plane workers load from src/ and share the
+  // port with SO_REUSEPORT (--unstable-net).
   await using proxy = new Child([
     "run",
     ...permissions,
+    START_READ,
+    ...startUnstableFlags(),
+    ...startV8Flags(),
     "src/main.ts",
     "proxy",
+    ...(workers === undefined ? [] : ["--workers", workers]),
     "--listen",
     `${LOCAL}:${proxyPort}`,
     "--forward",
@@ -740,6 +763,8 @@ export async function main(args: string[]): Promise<number> {
     }
     await sleep(t0 + durationMs - performance.now());
     const end = await sample(proxy.pid, elapsed());
+    // Which worker holds which connections while the load still runs.
+    const endStats = await proxyStats(proxy);
     stopIdle.abort();
     stopAdmin.abort();
     const floodResult = flood ? stopResetFlood(flood) : undefined;
@@ -876,6 +901,10 @@ export async function main(args: string[]): Promise<number> {
         `internal errors (bugs the proxy caught): ${stats.internal_errors ?? "?"}`,
         stats.internal_errors === 0,
       ],
+      [
+        `data-plane worker restarts (a worker died): ${stats.worker_restarts ?? "?"}`,
+        (stats.worker_restarts ?? 0) === 0,
+      ],
     ];
     if (slowloris) {
       checks.push(
@@ -959,6 +988,14 @@ export async function main(args: string[]): Promise<number> {
       }, connections ${stats.connections_total}`,
     );
     say(`proxy connections closed by reason: ${JSON.stringify(stats.connections_closed)}`);
+    const planes = endStats.workers ?? [];
+    say(
+      planes.length === 0
+        ? "proxy data plane: on the main thread (no workers)"
+        : `proxy data plane: ${planes.length} worker(s); connections each held at the end of the load: ${
+          planes.map((w) => `worker ${w.worker} ${w.connections_active}`).join(", ")
+        }; restarts ${stats.worker_restarts ?? "?"}`,
+    );
     if (typeof floodReport === "object") {
       say(
         `reset flood: ${floodReport.resets} resets in ${floodReport.seconds} s (${floodReport.at_once} at once, ${floodReport.after_20ms} after 20 ms), connect errors ${
