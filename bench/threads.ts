@@ -33,7 +33,7 @@ async function threads(pid: number): Promise<Map<number, { name: string; cpu: nu
   return out;
 }
 
-async function freePort(): Promise<number> {
+function freePort(): number {
   const listener = Deno.listen({ hostname: HOST, port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
   listener.close();
@@ -49,13 +49,13 @@ async function main(): Promise<void> {
     },
   });
   const seconds = Number(values.seconds);
-  const upstreamPort = await freePort();
-  const proxyPort = await freePort();
+  const upstreamPort = freePort();
+  const proxyPort = freePort();
   await using server = new Child(
     ["run", "--allow-net", MAIN, "server", "--listen", `${HOST}:${upstreamPort}`],
     { name: "server" },
   );
-  await server.stderr.waitFor(/listening/i);
+  await server.stderr.waitFor(/listening/i, "the server to listen");
   await using proxy = new Child([
     "run",
     "--allow-net",
@@ -73,7 +73,7 @@ async function main(): Promise<void> {
     "--health=off",
     `--workers=${values.workers}`,
   ], { name: "proxy" });
-  await proxy.stderr.waitFor(/Listening on/);
+  await proxy.stderr.waitFor(/Listening on/, "the proxy to listen");
   await using load = new Child([
     "run",
     "--allow-net",
@@ -102,7 +102,9 @@ async function main(): Promise<void> {
   writeStdoutLine(`foo-proxy --workers ${values.workers}, ${wall.toFixed(1)} s under 64x16 load:`);
   for (const row of rows) {
     writeStdoutLine(
-      `  thread ${row.tid} ${row.name.padEnd(16)} ${(row.share * 100).toFixed(0).padStart(4)} % of a core`,
+      `  thread ${row.tid} ${row.name.padEnd(16)} ${
+        (row.share * 100).toFixed(0).padStart(4)
+      } % of a core`,
     );
   }
   writeStdoutLine(`  all threads              ${(total * 100).toFixed(0).padStart(4)} % of a core`);

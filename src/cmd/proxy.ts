@@ -301,7 +301,6 @@ async function serveProxy(
   // restored totals and those of planes that died are in `base`. `stats` sums them on each read.
   const own = new Stats({ clock: systemClock });
   const base = new Stats({ clock: systemClock });
-  // deno-lint-ignore prefer-const
   let planes: DataPlanes;
   const stats = new MergedStats({
     clock: systemClock,
