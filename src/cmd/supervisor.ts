@@ -1,0 +1,638 @@
+/**
+ * The supervisor of `foo-proxy proxy`, on the main thread: the control plane. It parses the
+ * flags and the config file, owns the signals, stdout, stderr, the access log, the pid and
+ * recovery files and the admin HTTP servers, runs the health checks and decides ejections (the
+ * upstream pool), reloads, and starts, flushes, reloads, drains and replaces the data planes
+ * (`data_planes.ts`) that carry the traffic. See docs/architecture.md.
+ *
+ * @module
+ */
+import { getLogger, type Logger } from "@logtape/logtape";
+import { formatAddress } from "../net/address.ts";
+import { assertPermissions, MissingPermissionError } from "../cli/permissions.ts";
+import { denoEnvReader } from "../cli/flags.ts";
+import { describeError } from "../net/describe_error.ts";
+import { RecoveryPathError, type RecoveryPersister } from "../proxy/recovery_file.ts";
+import { type MemberState, UpstreamPool } from "../proxy/upstream_pool.ts";
+import type { UpstreamSpec } from "../proxy/upstream_spec.ts";
+import { systemClock } from "../stats/clock.ts";
+import { MergedStats } from "../stats/merged_stats.ts";
+import { Stats } from "../stats/stats.ts";
+import { type AccessLogOutput, openAccessLog } from "./access_log_output.ts";
+import { applyReload } from "./apply_reload.ts";
+import { startCommand } from "./command_start.ts";
+import { readConfigBeforeParse, readConfigFile } from "./config_read.ts";
+import { DataPlanes, PlaneStartError } from "./data_planes.ts";
+import { fdsNeeded, maxConnectionsFor, readFdLimit } from "./fd_limit.ts";
+import { installLastResort } from "./last_resort.ts";
+import type { LineWriter } from "./line_writer.ts";
+import { setupLogging } from "./logging.ts";
+import { HttpBindError, type Observability, startObservability } from "./observability.ts";
+import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.ts";
+import { PidFile, PidFileError } from "./pid_file.ts";
+import { mergeUpstreams, type PlaneLayout, planeLayout } from "./plane_layout.ts";
+import { parseProxyConfig, type ProxyConfig } from "./proxy_config.ts";
+import { poolOptionsOf } from "./proxy_settings.ts";
+import { setupRecovery } from "./recovery_setup.ts";
+import { type InstalledSignals, installSignals } from "./signals.ts";
+
+/** Where the proxy writes: bounded, non-blocking writers of stdout and stderr. */
+export interface ProxyOutput {
+  stdout: LineWriter;
+  stderr: LineWriter;
+}
+
+/** What a reload did (`POST /reload` answers it). */
+interface ReloadResult {
+  ok: boolean;
+  generation: number;
+  changed: string[];
+  error?: string;
+}
+
+/** A start step failed: the exit code, after its one line (or log record) was written. */
+class StartFailed extends Error {
+  constructor(readonly code: number) {
+    super(`exit ${code}`);
+  }
+}
+
+/** Fails the start with one line on stderr and exit `code`. */
+function refuse(message: string, code = 2): never {
+  writeStderrLine(`foo-proxy: ${message}`);
+  throw new StartFailed(code);
+}
+
+/**
+ * Runs the proxy until SIGINT/SIGTERM (or `context.signal`); resolves with the exit code: 0
+ * after a drain, 1 when a second signal cut it short or the listener or an admin port could not
+ * be bound, 2 for a bad flag, a missing permission or an unusable file.
+ */
+export async function superviseProxy(
+  args: string[],
+  context: CommandContext,
+  output: ProxyOutput,
+  usage: string,
+): Promise<number> {
+  const readConfig = await readConfigBeforeParse(args);
+  if (typeof readConfig === "number") return readConfig;
+  const supervisor = new Supervisor(args, context, output, usage);
+  try {
+    return await supervisor.run(readConfig);
+  } catch (error) {
+    if (error instanceof StartFailed) return error.code;
+    throw error;
+  } finally {
+    await supervisor.release();
+  }
+}
+
+/** See the module docs. One per process. */
+class Supervisor {
+  #args: string[];
+  #usage: string;
+  #context: CommandContext;
+  #output: ProxyOutput;
+  /** What to undo on the way out, newest first (each runs once). */
+  #undo: (() => unknown)[] = [];
+  #config!: ProxyConfig;
+  /** The config as last loaded (a reload replaces it). */
+  #running!: ProxyConfig;
+  #logging!: Disposable;
+  #logger: Logger = getLogger(["foo-proxy", "proxy"]);
+  /** What the supervisor counts itself: admin HTTP, signals, reloads, dropped output lines. */
+  #own = new Stats({ clock: systemClock });
+  /** Restored totals (`--recovery-path`) and those of planes that died. */
+  #base = new Stats({ clock: systemClock });
+  /** The process's figures: summed from the parts above and the planes' rows on every read. */
+  #stats: MergedStats;
+  #layout!: PlaneLayout;
+  #planes: DataPlanes | undefined;
+  #pool!: UpstreamPool;
+  #maxConnections = 0;
+  #persister: RecoveryPersister | undefined;
+  #accessLog: AccessLogOutput | undefined;
+  #pidFile: PidFile | undefined;
+  #signals!: InstalledSignals;
+  #stop = Promise.withResolvers<string>();
+  #force = new AbortController();
+  #statesQueued = false;
+  /** Reloads run one at a time; one more may wait, shared by every request made meanwhile. */
+  #reloadChain: Promise<unknown> = Promise.resolve();
+  #reloadWaiting: Promise<ReloadResult> | undefined;
+  #testHooks = denoEnvReader()("FOO_PROXY_TEST_HOOKS") === "1";
+
+  constructor(args: string[], context: CommandContext, output: ProxyOutput, usage: string) {
+    this.#args = args;
+    this.#usage = usage;
+    this.#context = context;
+    this.#output = output;
+    this.#stats = new MergedStats({
+      clock: systemClock,
+      own: this.#own,
+      base: this.#base,
+      addRows: (target, now) => this.#planes?.addRows(target, now),
+    });
+  }
+
+  /** Starts everything, serves until a stop signal, drains; resolves with the exit code. */
+  async run(readConfig: (path: string) => string): Promise<number> {
+    const parsed = this.#parse(readConfig);
+    if (parsed !== undefined) return parsed;
+    await this.#openFiles();
+    this.#installSignals();
+    this.#sizeConnections();
+    this.#makePool();
+    await this.#openAccessLog();
+    await this.#acquirePidFile();
+    await this.#startPlanes();
+    const observability = await this.#startAdmin();
+    // Written last, once the listener and the admin ports are bound: whoever reads it (or runs
+    // `foo-proxy wait --pid-file`) can signal a proxy that serves, and query it.
+    await this.#pidFile?.write();
+    this.#persister?.start();
+    // One upstream is dialed whatever its checks say (as a last resort), so they serve only
+    // /readyz: without a health app it sees no probe traffic, until a reload adds upstreams.
+    this.#pool.start({ checkLone: observability.healthAddr !== undefined });
+    return await this.#drain(observability, await this.#stop.promise);
+  }
+
+  /** Undoes what is still held, newest first. */
+  async release(): Promise<void> {
+    while (this.#undo.length > 0) await this.#undo.pop()!();
+  }
+
+  /** Registers `fn` to run on the way out (once), newest first. */
+  #defer(fn: () => unknown): () => Promise<void> {
+    let done = false;
+    const once = async () => {
+      if (done) return;
+      done = true;
+      await fn();
+    };
+    this.#undo.push(once);
+    return once;
+  }
+
+  /** Parses flags and the file; undefined to go on, or the exit code (help, version, bad flag). */
+  #parse(readConfig: (path: string) => string): number | undefined {
+    const args = this.#args;
+    const started = startCommand(() => parseProxyConfig(args, denoEnvReader(), readConfig), {
+      usage: this.#usage,
+      command: "foo-proxy",
+      // --help and --version are written at once: the process exits right after.
+      stdout: this.#context.stdout ?? writeStdoutLine,
+      logWrite: (line) => void this.#output.stderr.write(line),
+      check: (config) => {
+        // What the recovery path is, before asking for grants: where Deno lets us look already.
+        const notAFile = config.recoveryPath === null
+          ? undefined
+          : directoryProblem(config.recoveryPath);
+        if (notAFile !== undefined) {
+          writeStderrLine(`foo-proxy: ${notAFile}`);
+          return 2;
+        }
+        try {
+          // Before anything opens: every missing permission in one line, and exit 2.
+          assertPermissions(config, { args });
+        } catch (error) {
+          if (!(error instanceof MissingPermissionError)) throw error;
+          writeStderrLine(`foo-proxy: ${error.message}`);
+          return 2;
+        }
+        return undefined;
+      },
+    });
+    if (typeof started === "number") return started;
+    this.#config = this.#running = started.config;
+    this.#logging = started.logging;
+    this.#defer(() => this.#logging[Symbol.dispose]());
+    const layout = planeLayout(this.#config);
+    if (typeof layout === "string") refuse(layout);
+    this.#layout = layout;
+    const { stdout, stderr } = this.#output;
+    this.#own.logLinesDropped = stderr.dropped;
+    stderr.onDrop = () => this.#own.logLinesDropped++;
+    this.#own.statsLinesDropped = stdout.dropped;
+    stdout.onDrop = () => this.#own.statsLinesDropped++;
+    return undefined;
+  }
+
+  /** The recovery file: restores into `base`; the persister saves the merged totals. */
+  async #openFiles(): Promise<void> {
+    const path = this.#config.recoveryPath;
+    if (path === null) return;
+    try {
+      this.#persister = await setupRecovery(path, {
+        stats: this.#base,
+        logger: this.#logger,
+        persisted: () => {
+          this.#stats.refresh();
+          return this.#stats;
+        },
+      });
+    } catch (error) {
+      if (!(error instanceof RecoveryPathError)) throw error;
+      refuse(error.message);
+    }
+  }
+
+  /**
+   * Signals first: a SIGUSR2 that arrives before its listener would kill the process. The first
+   * SIGINT/SIGTERM/SIGQUIT starts the drain; a later one (not the same Ctrl-C delivered twice)
+   * cuts it short. Last resort: a promise rejection no code path handled ends one connection at
+   * most; it must never take every other client down with the process.
+   */
+  #installSignals(): void {
+    const lastResort = installLastResort(this.#own, this.#logger);
+    this.#defer(() => lastResort.remove());
+    this.#signals = installSignals({
+      // The planes copy their counters out first: the line counts every message relayed so far.
+      onStats: () => void (this.#planes?.flushAll() ?? Promise.resolve()).then(() => this.#print()),
+      onStop: (name) => this.#stop.resolve(name),
+      onForce: (name) => this.#force.abort(name),
+      onReload: () => {
+        void this.reload("SIGHUP");
+        void this.#accessLog?.reopen(); // logrotate moved --access-log-file
+      },
+      onUsr1: (warn) => {
+        this.#own.usr1Ignored++;
+        if (warn) {
+          this.#logger.warning(
+            "Got SIGUSR1: ignored, and the debugger Deno opens on it was closed; stats are on SIGUSR2 (kill -USR2)",
+          );
+        }
+      },
+      warn: (message) => this.#logger.warning(message),
+    });
+    this.#defer(() => this.#signals.remove());
+    this.#context.signal?.addEventListener("abort", () => this.#signals.stop("abort"), {
+      once: true,
+    });
+  }
+
+  /** One stats line on stdout (the SIGUSR2 line, and the final one). */
+  #print(): void {
+    const line = JSON.stringify(this.#stats.snapshot());
+    if (this.#context.stdout) this.#context.stdout(line);
+    else this.#output.stdout.writeLine(line);
+  }
+
+  /** `--max-connections`, auto from the fd limit, and a warning when it cannot fit. */
+  #sizeConnections(): void {
+    const config = this.#config;
+    const fdLimit = config.fdLimit ?? readFdLimit();
+    const max = config.maxConnections ?? maxConnectionsFor(fdLimit);
+    this.#maxConnections = max;
+    if (config.maxConnections === undefined) {
+      this.#logger.info(
+        fdLimit === undefined
+          ? "Serving up to {max} clients (--max-connections auto: the fd limit is unknown; set --fd-limit, e.g. FOO_PROXY_FD_LIMIT=$(ulimit -n), to fit it)"
+          : "Serving up to {max} clients (--max-connections auto, from the fd limit {limit})",
+        { max, limit: fdLimit },
+      );
+    } else if (fdLimit !== undefined && fdsNeeded(max) > fdLimit) {
+      this.#logger.warning(
+        "--max-connections {max} needs about {needed} file descriptors but the limit is {limit}: raise it (ulimit -n) or lower --max-connections; past the limit new clients fail to connect",
+        { max, needed: fdsNeeded(max), limit: fdLimit },
+      );
+    }
+  }
+
+  /**
+   * The supervisor's pool runs the health checks and decides ejections from the planes' reports;
+   * the planes follow the states it sends (at once after any change, coalesced).
+   */
+  #makePool(): void {
+    const config = this.#config;
+    this.#pool = new UpstreamPool(config.upstreams, {
+      ...poolOptionsOf(config),
+      logger: this.#logger,
+      counters: this.#own,
+      onStateChange: () => this.#sendStates(),
+    });
+    this.#defer(() => this.#pool.close());
+    // An ejection without active checks ends when its time is up: looked at once a second.
+    const expiry = setInterval(() => this.#pool.states(), 1000);
+    this.#defer(() => clearInterval(expiry));
+    this.#stats.upstreams = () => mergeUpstreams(this.#pool.snapshot(), this.#planes);
+    this.#stats.workers = () => this.#planes?.breakdown(systemClock()) ?? [];
+    if (config.configPath !== null) {
+      this.#own.configGeneration = 1;
+      this.#own.configLoadedAt = Date.now();
+    }
+  }
+
+  #sendStates(): void {
+    if (this.#statesQueued) return;
+    this.#statesQueued = true;
+    queueMicrotask(() => {
+      this.#statesQueued = false;
+      this.#planes?.broadcast({ t: "states", states: this.#pool.states() });
+    });
+  }
+
+  async #openAccessLog(): Promise<void> {
+    const config = this.#config;
+    if (config.accessLog === "off") return;
+    try {
+      this.#accessLog = await openAccessLog(
+        config,
+        this.#output,
+        (message) => this.#logger.warning(message),
+      );
+    } catch (error) {
+      refuse(
+        `Cannot open access log "${config.accessLogFile}" (--access-log-file): ${
+          describeError(error)
+        }`,
+      );
+    }
+    const accessLog = this.#accessLog!;
+    this.#defer(() => accessLog.close());
+    // Per line, not the writer's onDrop: on stderr the writer is the logs' too, and its own
+    // onDrop counts log lines.
+    if (accessLog.writer !== this.#output.stderr) {
+      accessLog.writer.onDrop = () => this.#own.accessLogLinesDropped++;
+    }
+  }
+
+  async #acquirePidFile(): Promise<void> {
+    const path = this.#config.pidFile;
+    if (path === null) return;
+    try {
+      this.#pidFile = await PidFile.acquire(path);
+    } catch (error) {
+      if (!(error instanceof PidFileError)) throw error;
+      refuse(error.message);
+    }
+    const pidFile = this.#pidFile!;
+    this.#defer(() => pidFile.release());
+  }
+
+  #makePlanes(layout: PlaneLayout): DataPlanes {
+    const accessDrop = () => this.#own.accessLogLinesDropped++;
+    const planes = new DataPlanes({
+      config: this.#config,
+      count: layout.count,
+      thread: layout.thread,
+      maxConnections: this.#maxConnections,
+      states: () => this.#pool.states(),
+      logger: this.#logger,
+      own: this.#own,
+      base: this.#base,
+      onLog: (lines) => {
+        for (const line of lines) this.#output.stderr.write(line);
+      },
+      onAccess: (lines) => {
+        const writer = this.#accessLog?.writer;
+        if (writer) { for (const line of lines) writer.write(line, accessDrop); }
+      },
+      onPassive: (name, kind) => this.#pool.passive(name, kind),
+      testHooks: this.#testHooks,
+    });
+    this.#defer(() => planes.terminate());
+    return planes;
+  }
+
+  /**
+   * Starts the planes. A Worker whose module cannot be loaded (a binary built without
+   * `--include` of it, a read grant that does not cover it): with `--workers auto` one plane on
+   * the main thread still serves; an explicit number is not silently less.
+   */
+  async #startPlanes(): Promise<void> {
+    const config = this.#config;
+    if (this.#layout.note !== undefined) {
+      this.#logger.warning("{message}", { message: this.#layout.note });
+    }
+    let port: number;
+    try {
+      try {
+        this.#planes = this.#makePlanes(this.#layout);
+        port = await this.#planes.start();
+      } catch (error) {
+        if (
+          !(error instanceof PlaneStartError) || !error.notLoaded || !this.#layout.thread ||
+          config.workers !== undefined
+        ) throw error;
+        this.#logger.warning(
+          "The data-plane workers cannot start ({error}): serving on 1 core, on the main thread",
+          { error: error.message },
+        );
+        this.#layout = { count: 1, thread: false };
+        this.#planes = this.#makePlanes(this.#layout);
+        port = await this.#planes.start();
+      }
+    } catch (error) {
+      this.#logger.error(
+        error instanceof PlaneStartError && error.notLoaded
+          ? "Cannot start the data-plane workers for {listen}: {error}"
+          : "Cannot listen on {listen}: {error}",
+        {
+          listen: formatAddress(config.listen),
+          error: error instanceof Error ? error.message : String(error),
+        },
+      );
+      throw new StartFailed(1);
+    }
+    const everywhere = config.listen.hostname === "0.0.0.0" || config.listen.hostname === "::";
+    const { count, thread } = this.#layout;
+    this.#logger.info("Listening on {listen}{scope}, forwarding to {forward} ({workers})", {
+      listen: formatAddress({ hostname: config.listen.hostname, port }),
+      // Binding every interface is what `:8002` meant in the original tool; say so plainly.
+      scope: everywhere ? " (all interfaces: --listen 127.0.0.1:PORT for this host only)" : "",
+      forward: this.#pool.label,
+      workers: thread
+        ? `${count} data-plane worker${count === 1 ? "" : "s"}`
+        : "data plane on the main thread",
+    });
+  }
+
+  /** The admin HTTP servers: stats from the merged view, counts into the supervisor's own. */
+  async #startAdmin(): Promise<Observability> {
+    const config = this.#config;
+    const planes = this.#planes!;
+    const pool = this.#pool;
+    try {
+      const observability = await startObservability({
+        stats: this.#stats,
+        counters: this.#own,
+        activeConnections: () => planes.activeConnections,
+        beforeRead: () => planes.flushAll(),
+        crashWorker: this.#testHooks ? (index) => planes.crash(index) : undefined,
+        listening: () => planes.listening,
+        shuttingDown: () => planes.stopping,
+        forward: config.forward,
+        // States and checks from the supervisor's pool, counts from the planes.
+        upstreams: {
+          get reachable() {
+            return pool.reachable;
+          },
+          get detail() {
+            return pool.detail;
+          },
+          snapshot: () => mergeUpstreams(pool.snapshot(), planes),
+          drain: (name: string) => pool.drain(name),
+          enable: (name: string) => pool.enable(name),
+        },
+        reload: () => this.reload("POST /reload"),
+        // The reloaded config's: a leaked token can be revoked.
+        adminToken: () => this.#running.adminToken,
+        adminHosts: () => this.#running.adminHosts,
+        maxConnections: this.#maxConnections,
+        http: config.http,
+        health: config.health,
+        required: { http: config.httpExplicit, health: config.healthExplicit },
+        logger: this.#logger,
+      });
+      this.#defer(() => observability.close());
+      return observability;
+    } catch (error) {
+      if (!(error instanceof HttpBindError)) throw error;
+      this.#logger.error("{message}", { message: error.message });
+      await planes.shutdown(AbortSignal.abort(), { delayMs: 0, timeoutMs: 0 });
+      throw new StartFailed(1);
+    }
+  }
+
+  /**
+   * SIGHUP and `POST /reload`: reads the file again and applies what changed, without dropping
+   * a connection; a file that does not parse or validate changes nothing. One at a time (the file
+   * is read asynchronously, with a deadline); one more may wait, and every request made while it
+   * waits shares it: a SIGHUP storm queues nothing.
+   */
+  reload(why: string): Promise<ReloadResult> {
+    if (this.#reloadWaiting) return this.#reloadWaiting;
+    const run = this.#reloadChain.then(() => {
+      this.#reloadWaiting = undefined;
+      return this.#reloadOnce(why);
+    });
+    this.#reloadWaiting = run;
+    this.#reloadChain = run.catch(() => {});
+    return run;
+  }
+
+  async #reloadOnce(why: string): Promise<ReloadResult> {
+    const own = this.#own;
+    const running = this.#running;
+    const logger = this.#logger;
+    if (running.configPath === null) {
+      logger.info("Got {why}: nothing to reload (no --config file; flags are read at start)", {
+        why,
+      });
+      return { ok: true, generation: own.configGeneration, changed: [] };
+    }
+    let next: ProxyConfig;
+    try {
+      const text = await readConfigFile(running.configPath);
+      next = parseProxyConfig(this.#args, denoEnvReader(), () => text);
+    } catch (error) {
+      own.configReloadFailures++;
+      const message = error instanceof Error ? error.message : String(error);
+      logger.error("Reload ({why}) of {path} failed; the running config is kept: {error}", {
+        why,
+        path: running.configPath,
+        error: message,
+      });
+      return { ok: false, generation: own.configGeneration, changed: [], error: message };
+    }
+    const pool = this.#pool;
+    const planes = () => this.#planes;
+    const changed = applyReload(running, next, {
+      pool: {
+        update: (specs: readonly UpstreamSpec[]) => {
+          const changes = pool.update(specs);
+          const states: Record<string, MemberState> = pool.states();
+          const target = planes();
+          target?.broadcast({
+            t: "upstreams",
+            specs: [...specs],
+            states,
+            slots: target.assignSlots(specs),
+          });
+          return changes;
+        },
+        setPolicy: (policy) => {
+          pool.setPolicy(policy);
+          planes()?.broadcast({ t: "policy", policy });
+        },
+      },
+      proxy: {
+        updateEngine: (changes) => planes()?.broadcast({ t: "engine", changes }),
+        setMaxConnections: (max) => planes()?.setMaxConnections(max),
+      },
+      relog: () => {
+        this.#logging[Symbol.dispose]();
+        this.#logging = setupLogging({
+          level: next.logLevel,
+          format: next.logFormat,
+          write: (line) => void this.#output.stderr.write(line),
+        });
+        planes()?.broadcast({ t: "log", level: next.logLevel, format: next.logFormat });
+      },
+      warn: (message) => logger.warning("{message}", { message }),
+    });
+    this.#running = next;
+    planes()?.setConfig(next);
+    own.configGeneration++;
+    own.configLoadedAt = Date.now();
+    logger.info("Reloaded {path} ({why}, generation {generation}): {changed}", {
+      path: next.configPath,
+      why,
+      generation: own.configGeneration,
+      changed: changed.length === 0 ? "nothing changed" : changed.join("; "),
+    });
+    return { ok: true, generation: own.configGeneration, changed };
+  }
+
+  /**
+   * The drain (`why` is the signal): readiness fails at once, the planes drain, then the final
+   * stats are persisted and printed. Resolves with the exit code: 1 when a second signal cut the
+   * drain short.
+   */
+  async #drain(observability: Observability, why: string): Promise<number> {
+    const logger = this.#logger;
+    observability.markStopping(); // /readyz fails from the first signal on
+    logger.info(
+      "Got {signal}: shutting down gracefully (send it again, a second later, to close at once)",
+      { signal: why },
+    );
+    const report = await this.#planes!.shutdown(this.#force.signal, {
+      delayMs: this.#config.drainDelayMs,
+      timeoutMs: this.#config.drainTimeoutMs,
+    });
+    if (report.aborted) {
+      logger.warning("Got {signal} again: closed {count} connection(s) without draining", {
+        signal: String(this.#force.signal.reason),
+        count: report.closedIdle + report.closedBusy,
+      });
+    }
+    // Every connection has ended: persist the final stats (--recovery-path), then print them,
+    // before the signal listeners go (a late signal with no listener would kill the process
+    // before the final line is out).
+    await observability.close();
+    await this.#persister?.close();
+    await this.#pool.close();
+    await this.#accessLog?.close();
+    this.#print();
+    return report.aborted ? 1 : 0;
+  }
+}
+
+/**
+ * Why `path` cannot be the recovery file when that can be seen without more grants (it is a
+ * directory), or `undefined` (fine, or not visible: the permission check speaks then).
+ */
+function directoryProblem(path: string): string | undefined {
+  try {
+    if (Deno.permissions.querySync({ name: "read", path }).state !== "granted") return undefined;
+    if (Deno.statSync(path).isDirectory) {
+      return `--recovery-path "${path}" is a directory: give a file in it, e.g. ${
+        path.replace(/\/+$/, "")
+      }/stats.json`;
+    }
+  } catch {
+    // Missing (it is created) or not visible: nothing to say yet.
+  }
+  return undefined;
+}
