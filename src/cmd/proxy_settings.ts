@@ -6,9 +6,9 @@
  * options and the reload diff are all derived from {@linkcode PROXY_SETTINGS}: adding a setting
  * is adding a row (and its `ProxyConfig` property, with its doc).
  *
- * The engine keeps its own defaults (`ENGINE_DEFAULTS`, for a `Proxy` built without the CLI):
- * it may not import this layer, so `test/proxy_settings_test.ts` checks that each engine row's
- * default parses to the engine's.
+ * A default the engine, the proxy or the pool applies too (a `Proxy` or pool built without the
+ * CLI) is written once, in their `ENGINE_DEFAULTS`, `PROXY_DEFAULTS` and `POOL_DEFAULTS`, and
+ * shown here as flag text (`durationText`).
  *
  * @module
  */
@@ -17,9 +17,9 @@ import { parseAddressFlag } from "../cli/address_flag.ts";
 import { parseDuration } from "../cli/duration.ts";
 import { type FlagSpec, parseChoiceFlag, parseIntegerFlag, UsageError } from "../cli/flags.ts";
 import { parseHealthInterval, parseUpstreams } from "../cli/upstreams.ts";
-import type { ResumeMode } from "../proxy/engine_config.ts";
-import type { ProxyOptions } from "../proxy/proxy.ts";
-import type { UpstreamPoolOptions } from "../proxy/upstream_pool.ts";
+import { ENGINE_DEFAULTS, type ResumeMode } from "../proxy/engine_config.ts";
+import { PROXY_DEFAULTS, type ProxyOptions } from "../proxy/proxy.ts";
+import { POOL_DEFAULTS, type UpstreamPoolOptions } from "../proxy/upstream_pool.ts";
 import type { ProxyConfig } from "./proxy_config.ts";
 
 /**
@@ -114,6 +114,13 @@ function setting<K extends keyof ProxyConfig>(row: Setting<K>): Setting {
 }
 
 const duration = (raw: RawValue, s: SettingName) => parseDuration(s.flag, raw);
+/** Milliseconds as a duration flag takes them (`30s`, `100ms`, `5m`); 0 as `zero`. */
+function durationText(ms: number, zero = "0s"): string {
+  if (ms === 0) return zero;
+  if (ms % 60_000 === 0) return `${ms / 60_000}m`;
+  if (ms % 1000 === 0) return `${ms / 1000}s`;
+  return `${ms}ms`;
+}
 const integer = (range: { min?: number; max?: number } = {}) => (raw: RawValue, s: SettingName) =>
   parseIntegerFlag(s.flag, raw, range);
 const choice = <T extends string>(choices: readonly T[]) => (raw: RawValue, s: SettingName) =>
@@ -172,7 +179,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
   setting({
     flag: "balance",
     field: "balance",
-    default: "leastconn",
+    default: POOL_DEFAULTS.policy,
     value: "POLICY",
     help:
       "leastconn (fewest connections per weight: Foo connections are long-lived and pipelined), roundrobin (weighted), or first (the first upstream that is up: primary and backups)",
@@ -183,7 +190,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
   setting({
     flag: "health-interval",
     field: "healthIntervalMs",
-    default: "2s",
+    default: durationText(POOL_DEFAULTS.intervalMs),
     value: "DUR",
     help: "time between two health checks of one upstream: at least 100ms, or 0 = none",
     parse: (raw) => parseHealthInterval(raw),
@@ -194,7 +201,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
   setting({
     flag: "health-timeout",
     field: "healthTimeoutMs",
-    default: "1s",
+    default: durationText(POOL_DEFAULTS.checkTimeoutMs),
     value: "DUR",
     help: "deadline of one health check",
     parse: duration,
@@ -205,7 +212,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
   setting({
     flag: "health-mode",
     field: "healthMode",
-    default: "foo",
+    default: POOL_DEFAULTS.mode,
     value: "MODE",
     help:
       "foo: send REQ 1 and expect ACK/NAK 1; tcp: connect only (servers that must not see probes)",
@@ -217,7 +224,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
   setting({
     flag: "health-rise",
     field: "healthRise",
-    default: "2",
+    default: String(POOL_DEFAULTS.rise),
     value: "N",
     help: "good checks in a row that bring an upstream up",
     parse: integer({ min: 1, max: 100 }),
@@ -228,7 +235,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
   setting({
     flag: "health-fall",
     field: "healthFall",
-    default: "3",
+    default: String(POOL_DEFAULTS.fall),
     value: "N",
     help: "failed checks in a row that take it down",
     parse: integer({ min: 1, max: 100 }),
@@ -239,7 +246,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
   setting({
     flag: "eject-after",
     field: "ejectAfter",
-    default: "5",
+    default: String(POOL_DEFAULTS.ejectAfter),
     value: "N",
     help: "connect failures or mid-stream errors in a row that eject an upstream (0 = never)",
     parse: integer({ max: 1000 }),
@@ -249,7 +256,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
   setting({
     flag: "eject-time",
     field: "ejectMs",
-    default: "30s",
+    default: durationText(POOL_DEFAULTS.ejectMs),
     value: "DUR",
     help: "first ejection's length; it doubles with each further one, up to 5 min",
     parse: duration,
@@ -349,7 +356,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
   setting({
     flag: "connect-timeout",
     field: "connectTimeoutMs",
-    default: "5s",
+    default: durationText(PROXY_DEFAULTS.connectTimeoutMs),
     value: "DUR",
     help: "per upstream connect attempt (0 = none)",
     parse: duration,
@@ -360,7 +367,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
   setting({
     flag: "connect-retries",
     field: "connectRetries",
-    default: "3",
+    default: String(PROXY_DEFAULTS.connectRetries),
     value: "N",
     help: "upstream connect retries with backoff, holding the client's first bytes",
     parse: integer({ max: 100 }),
@@ -403,7 +410,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
   setting({
     flag: "max-inflight",
     field: "maxInflight",
-    default: "10000",
+    default: String(ENGINE_DEFAULTS.maxInflight),
     value: "N",
     help: "unanswered REQs per client before its reads pause (0 = no limit)",
     parse: integer(),
@@ -413,7 +420,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
   setting({
     flag: "idle-timeout",
     field: "idleTimeoutMs",
-    default: "off",
+    default: durationText(ENGINE_DEFAULTS.idleTimeoutMs, "off"),
     value: "DUR",
     help: "close a client with no traffic and nothing in flight for this long",
     parse: duration,
@@ -423,7 +430,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
   setting({
     flag: "half-close-timeout",
     field: "halfCloseTimeoutMs",
-    default: "30s",
+    default: durationText(ENGINE_DEFAULTS.halfCloseTimeoutMs),
     value: "DUR",
     help: "after a client's FIN with replies owed, close once none came for this long (0 = wait)",
     parse: duration,
@@ -433,7 +440,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
   setting({
     flag: "drain-delay",
     field: "drainDelayMs",
-    default: "0s",
+    default: durationText(PROXY_DEFAULTS.drainDelayMs),
     value: "DUR",
     help: "on SIGTERM/SIGINT keep accepting this long (readiness already fails)",
     parse: duration,
@@ -443,7 +450,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
   setting({
     flag: "drain-timeout",
     field: "drainTimeoutMs",
-    default: "30s",
+    default: durationText(PROXY_DEFAULTS.drainTimeoutMs),
     value: "DUR",
     help: "on SIGTERM/SIGINT wait this long for clients to finish",
     parse: duration,
@@ -454,7 +461,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
   setting({
     flag: "resume",
     field: "resume",
-    default: "off",
+    default: ENGINE_DEFAULTS.resume,
     value: "MODE",
     optionalValue: true,
     help:
@@ -466,7 +473,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
   setting({
     flag: "resume-retries",
     field: "reconnectRetries",
-    default: "6",
+    default: String(ENGINE_DEFAULTS.reconnectRetries),
     value: "N",
     help: "reconnect attempts per failover (backoff 100 ms doubling to 2 s)",
     parse: integer({ max: 100 }),
@@ -476,7 +483,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
   setting({
     flag: "resume-max-failovers",
     field: "maxFailovers",
-    default: "4",
+    default: String(ENGINE_DEFAULTS.maxFailovers),
     value: "N",
     help: "failovers in a row that die without a reply before the client is closed",
     parse: integer({ max: 1000 }),
@@ -486,7 +493,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
   setting({
     flag: "resume-retain",
     field: "retainLimit",
-    default: "1048576",
+    default: String(ENGINE_DEFAULTS.retainLimit),
     value: "BYTES",
     help: "unanswered REQ bytes kept per client for replay",
     parse: integer({ max: 2 ** 30 }),

@@ -95,6 +95,18 @@ export interface ProxyOptions extends Omit<EngineOptions, "resume"> {
   announce?: boolean;
 }
 
+/**
+ * The defaults of the {@linkcode ProxyOptions} the CLI also sets, written once: the proxy applies
+ * them, and the CLI's settings table shows them as the flags' defaults.
+ */
+export const PROXY_DEFAULTS = Object.freeze({
+  connectTimeoutMs: 5000,
+  connectRetries: 3,
+  drainDelayMs: 0,
+  drainTimeoutMs: 30_000,
+  maxConnections: 10_000,
+});
+
 /** Options for {@linkcode Proxy.shutdown}. */
 export interface ShutdownOptions {
   /**
@@ -173,7 +185,7 @@ export class Proxy implements AsyncDisposable {
     this.#engine = resolveEngineConfig({ ...options, resume });
     this.#target = options.target ??
       new SingleUpstream(options.forward, {
-        connectTimeoutMs: options.connectTimeoutMs,
+        connectTimeoutMs: options.connectTimeoutMs ?? PROXY_DEFAULTS.connectTimeoutMs,
         random: options.random,
       });
     this.#forwardText = this.#target.label;
@@ -260,8 +272,8 @@ export class Proxy implements AsyncDisposable {
 
   async #runShutdown(signal: AbortSignal | undefined): Promise<ShutdownReport> {
     this.#shuttingDown = true;
-    const delayMs = this.#options.drainDelayMs ?? 0;
-    const timeoutMs = this.#options.drainTimeoutMs ?? 30_000;
+    const delayMs = this.#options.drainDelayMs ?? PROXY_DEFAULTS.drainDelayMs;
+    const timeoutMs = this.#options.drainTimeoutMs ?? PROXY_DEFAULTS.drainTimeoutMs;
     if (delayMs > 0 && !this.#closing) {
       this.#logger.info("Shutting down: accepting for {delayMs} ms more (--drain-delay)", {
         delayMs,
@@ -393,7 +405,9 @@ export class Proxy implements AsyncDisposable {
       const acceptedAtMs = this.#accessLog === undefined ? 0 : Date.now();
       const forward = this.#forwardText;
       const gate = this.#options.connectionGate;
-      const maxConnections = gate ? Atomics.load(gate, 1) : this.#options.maxConnections ?? 10_000;
+      const maxConnections = gate
+        ? Atomics.load(gate, 1)
+        : this.#options.maxConnections ?? PROXY_DEFAULTS.maxConnections;
       // With a shared gate the count is the process's: taken first, given back when refused.
       const open = gate ? Atomics.add(gate, 0, 1) : stats.connectionsActive;
       const slot = 2 + (this.#options.gateSlot ?? 0);
@@ -514,7 +528,7 @@ export class Proxy implements AsyncDisposable {
     connection.dialing = true;
     try {
       const dialed = await this.#target.dial({
-        retries: this.#options.connectRetries ?? 3,
+        retries: this.#options.connectRetries ?? PROXY_DEFAULTS.connectRetries,
         backoffMs: this.#options.connectBackoffMs,
         signal: stop.signal,
         onRetry: (retry, delayMs, error) => {

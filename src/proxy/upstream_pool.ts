@@ -45,6 +45,22 @@ export type BalancePolicy = "leastconn" | "roundrobin" | "first";
 /** An upstream's state, as `/stats` shows it. */
 export type UpstreamState = "up" | "down" | "ejected" | "draining";
 
+/**
+ * The defaults of {@linkcode UpstreamPoolOptions}, written once: the pool applies them, and the
+ * CLI's settings table shows them as the flags' defaults.
+ */
+export const POOL_DEFAULTS = Object.freeze({
+  policy: "leastconn" as BalancePolicy,
+  intervalMs: 2000,
+  checkTimeoutMs: 1000,
+  mode: "foo" as HealthMode,
+  rise: 2,
+  fall: 3,
+  ejectAfter: 5,
+  ejectMs: 30_000,
+  connectTimeoutMs: 5000,
+});
+
 /** Options for {@linkcode UpstreamPool}. */
 export interface UpstreamPoolOptions {
   /** @default {"leastconn"} */
@@ -279,7 +295,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
 
   /** Whether checks run for this set now (started, an interval, more than one or `checkLone`). */
   #checksWanted(): boolean {
-    return this.#started && (this.#options.intervalMs ?? 2000) > 0 &&
+    return this.#started && (this.#options.intervalMs ?? POOL_DEFAULTS.intervalMs) > 0 &&
       (this.#checkLone || this.#members.length > 1);
   }
 
@@ -308,7 +324,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
 
   /** Time between two checks of one upstream: the interval, stretched for a large set. */
   #period(): number {
-    const interval = this.#options.intervalMs ?? 2000;
+    const interval = this.#options.intervalMs ?? POOL_DEFAULTS.intervalMs;
     return Math.max(interval, (this.#members.length * 1000) / MAX_CHECKS_PER_SECOND);
   }
 
@@ -390,7 +406,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     if (specs.length === 0) throw new RangeError("UpstreamPool needs at least one upstream");
     assertUniqueNames(specs);
     // Whether the new set is checked (a lone upstream is not, without checkLone).
-    const checks = this.#started && (this.#options.intervalMs ?? 2000) > 0 &&
+    const checks = this.#started && (this.#options.intervalMs ?? POOL_DEFAULTS.intervalMs) > 0 &&
       (this.#checkLone || specs.length > 1);
     const changes: string[] = [];
     const next: Member[] = [];
@@ -529,7 +545,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
       member.pending++;
       try {
         const conn = await dialUpstream(member.spec.address, {
-          timeoutMs: this.#options.connectTimeoutMs,
+          timeoutMs: this.#options.connectTimeoutMs ?? POOL_DEFAULTS.connectTimeoutMs,
           signal: options.signal,
         });
         member.pending--;
@@ -640,9 +656,12 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
       this.#options.onPassive(member.spec.name, kind);
       return;
     }
-    const after = this.#options.ejectAfter ?? 5;
+    const after = this.#options.ejectAfter ?? POOL_DEFAULTS.ejectAfter;
     if (after <= 0 || member.failuresInARow < after || member.ejected) return;
-    const ms = Math.min(MAX_EJECT_MS, (this.#options.ejectMs ?? 30_000) * 2 ** member.ejections);
+    const ms = Math.min(
+      MAX_EJECT_MS,
+      (this.#options.ejectMs ?? POOL_DEFAULTS.ejectMs) * 2 ** member.ejections,
+    );
     member.ejections++;
     member.ejected = true;
     member.ejectedUntil = this.#now() + ms;
@@ -727,7 +746,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         );
     }
     if (candidates.length === 0) return undefined;
-    switch (this.#options.policy ?? "leastconn") {
+    switch (this.#options.policy ?? POOL_DEFAULTS.policy) {
       case "first":
         return candidates[0];
       case "roundrobin": {
@@ -782,8 +801,8 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     await waitOrAbort(offsetMs, signal, this.#timers);
     while (current()) {
       const result = await checkUpstream(member.spec.address, {
-        mode: this.#options.mode,
-        timeoutMs: this.#options.checkTimeoutMs ?? 1000,
+        mode: this.#options.mode ?? POOL_DEFAULTS.mode,
+        timeoutMs: this.#options.checkTimeoutMs ?? POOL_DEFAULTS.checkTimeoutMs,
         now: this.#now,
         signal,
       });
@@ -829,7 +848,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         member.ejected = false;
         this.#logger?.info("Upstream {name} back from ejection (health check passed)", { name });
       }
-      if (!member.healthy && member.goodInARow >= (this.#options.rise ?? 2)) {
+      if (!member.healthy && member.goodInARow >= (this.#options.rise ?? POOL_DEFAULTS.rise)) {
         member.healthy = true;
         this.#logger?.info("Upstream {name} is up ({count} good checks in a row)", {
           name,
@@ -839,7 +858,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     } else {
       member.badInARow++;
       member.goodInARow = 0;
-      if (member.healthy && member.badInARow >= (this.#options.fall ?? 3)) {
+      if (member.healthy && member.badInARow >= (this.#options.fall ?? POOL_DEFAULTS.fall)) {
         member.healthy = false;
         this.#logger?.warning("Upstream {name} is down ({count} failed checks: {error})", {
           name,
