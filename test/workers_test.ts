@@ -420,3 +420,33 @@ Deno.test("a reload adds and removes an upstream under load with 2 workers: no c
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("--workers 2 on a port another --workers 2 proxy holds exits 1 with one line, instead of sharing the port", async () => {
+  await using upstream = await startUpstream();
+  const first = await spawnWorkers(upstream.addr.port, ["--workers=2"]);
+  await using _first = first.child;
+  // SO_REUSEPORT lets any socket of the same user that sets it join the port: a second proxy
+  // started by mistake would silently take half of the first one's clients.
+  const second = spawnMain([
+    "proxy",
+    `--listen=${LOCAL}:${first.port}`,
+    `--forward=${LOCAL}:${upstream.addr.port}`,
+    "--http=off",
+    "--health=off",
+    "--workers=2",
+  ]);
+  await using _second = second;
+  const [said] = await second.stderr.waitFor(/Listening on|Cannot listen/, 20_000);
+  assert.match(said, /Cannot listen/, second.stderr.text);
+  const status = await second.status();
+  assert.equal(status.code, 1, second.stderr.text);
+  const errors = second.stderr.lines.filter((l) => /\[ERR\]/.test(l));
+  assert.equal(errors.length, 1, second.stderr.text);
+  assert.match(
+    errors[0],
+    new RegExp(`Cannot listen on 127\\.0\\.0\\.1:${first.port}: address already in use`),
+  );
+  // The first proxy still serves.
+  using client = await Client.open(first.port);
+  assert.ok(await client.roundTrip());
+});

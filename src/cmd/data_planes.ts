@@ -14,6 +14,7 @@ import type { Stats, WorkerStats } from "../stats/stats.ts";
 import { StatsRow } from "../stats/stats_row.ts";
 import { DEFAULT_LATENCY_BUCKETS } from "../stats/histogram.ts";
 import { waitOrAbort } from "../async/wait_or_abort.ts";
+import { describeError } from "../net/describe_error.ts";
 import { type FromPlane, type PlaneInit, serveDataPlane, type ToPlane } from "./data_plane.ts";
 import type { ProxyConfig } from "./proxy_config.ts";
 
@@ -156,6 +157,7 @@ export class DataPlanes {
    * @throws {PlaneStartError} when a plane cannot listen (every plane is ended then).
    */
   async start(): Promise<number> {
+    if (this.#options.count > 1) assertPortFree(this.#listen);
     const first = this.#spawn(0, this.#listen);
     try {
       this.#port = await first.ready.promise;
@@ -524,6 +526,24 @@ export class DataPlanes {
       );
     }, delayMs);
     this.#respawnTimers.add(timer);
+  }
+}
+
+/**
+ * Throws when `listen` (a fixed port) is taken. `SO_REUSEPORT` lets every socket of the same
+ * user that sets it join a port: the planes' binds would succeed next to another proxy still
+ * serving there (started twice by mistake), which would then take half of each other's clients.
+ * A bind without it fails on any listener there. Port 0 needs no look: the kernel never hands
+ * a port that is in use to a socket binding port 0, `SO_REUSEPORT` or not.
+ *
+ * @throws {PlaneStartError} when the port cannot be bound.
+ */
+function assertPortFree(listen: Address): void {
+  if (listen.port === 0) return;
+  try {
+    Deno.listen({ hostname: listen.hostname, port: listen.port }).close();
+  } catch (error) {
+    throw new PlaneStartError(describeError(error), error instanceof Deno.errors.AddrInUse);
   }
 }
 
