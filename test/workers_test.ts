@@ -450,3 +450,35 @@ Deno.test("--workers 2 on a port another --workers 2 proxy holds exits 1 with on
   using client = await Client.open(first.port);
   assert.ok(await client.roundTrip());
 });
+
+Deno.test("the request and response rates keep what a worker saw after it dies (they fall by age, not by a crash)", async () => {
+  await using upstream = await startUpstream();
+  const { child, port, http } = await spawnWorkers(upstream.addr.port, ["--workers=2"], {
+    env: { FOO_PROXY_TEST_HOOKS: "1" },
+  });
+  await using _child = child;
+  const clients = await Promise.all(Array.from({ length: 20 }, () => Client.open(port)));
+  try {
+    for (let round = 0; round < 5; round++) {
+      for (const client of clients) assert.ok(await client.roundTrip());
+    }
+    const before = await stats(http) as Snapshot & Record<string, number>;
+    assert.ok(before.workers[0].connections_active > 0, "worker 0 carries clients");
+    // Well inside the 10 s window: every REQ so far is in it (over 9.9 to 10 s of it).
+    const inWindow = (rate: number) => rate * 10 >= 100 && rate * 10 <= 101.1;
+    assert.ok(inWindow(before.request_rate_10s), `${before.request_rate_10s}`);
+    assert.ok(inWindow(before.response_rate_10s), `${before.response_rate_10s}`);
+    const crash = await fetch(`http://${LOCAL}:${http}/debug/crash-worker/0`, { method: "POST" });
+    assert.equal(crash.status, 200, await crash.text());
+    await child.stderr.waitFor(/Data-plane worker 0 died .*test hook/);
+    const after = await stats(http) as Snapshot & Record<string, number>;
+    assert.equal(after.msg_req, 100);
+    assert.ok(
+      inWindow(after.request_rate_10s),
+      `the dead worker's REQs left: ${after.request_rate_10s}`,
+    );
+    assert.ok(inWindow(after.response_rate_10s), `${after.response_rate_10s}`);
+  } finally {
+    for (const client of clients) client[Symbol.dispose]();
+  }
+});

@@ -462,7 +462,9 @@ export class DataPlanes {
     slot.state = "dead";
     this.#end(slot);
     const now = this.#options.own.clock();
-    slot.row.addTo(slot.row.read(), this.#options.base, { now, gauges: false, windows: false });
+    // Its window buckets too: the messages it saw were seen, and the rates drop them as they
+    // age (a crash is no reason for request_rate_10s to halve at once).
+    slot.row.addTo(slot.row.read(), this.#options.base, { now, gauges: false });
     for (const row of slot.upstreams) {
       const sum = this.#retired.get(row.name) ?? zeroCounts();
       for (const f of COUNT_FIELDS) sum[f] += row[f];
