@@ -482,3 +482,33 @@ Deno.test("the request and response rates keep what a worker saw after it dies (
     for (const client of clients) client[Symbol.dispose]();
   }
 });
+
+Deno.test("a frozen worker does not hang the drain: SIGTERM ends it after a bounded wait and exits with its last flushed totals", async () => {
+  await using upstream = await startUpstream();
+  // FOO_PROXY_TEST_HOOKS=freeze: the crash hook makes the worker spin for ever instead.
+  const { child, port, http } = await spawnWorkers(upstream.addr.port, [
+    "--workers=2",
+    "--drain-timeout=10m",
+  ], { env: { FOO_PROXY_TEST_HOOKS: "freeze" } });
+  await using _child = child;
+  const clients = await Promise.all(Array.from({ length: 20 }, () => Client.open(port)));
+  try {
+    for (const client of clients) assert.ok(await client.roundTrip());
+    const before = await stats(http);
+    assert.ok(before.workers.every((w) => w.connections_active > 0));
+    const freeze = await fetch(`http://${LOCAL}:${http}/debug/crash-worker/0`, { method: "POST" });
+    assert.equal(freeze.status, 200, await freeze.text());
+    // /stats still answers (a frozen worker is read as it last flushed).
+    assert.equal((await stats(http)).msg_req, 20);
+    child.kill("SIGTERM");
+    await child.stderr.waitFor(/Data-plane worker 0 does not answer/, 15_000);
+    // The drain goes on with worker 1's clients (a spinning worker cannot be torn down: its
+    // sockets close when the process exits).
+    await child.stderr.waitFor(/waiting up to 600000 ms for \d+ connection/);
+  } finally {
+    for (const client of clients) client[Symbol.dispose]();
+  }
+  const final: Snapshot = JSON.parse((await child.readLine(15_000)) ?? "null");
+  assert.equal((await child.status(15_000)).code, 0, child.stderr.text);
+  assert.equal(final.msg_req, 20, child.stderr.text);
+});

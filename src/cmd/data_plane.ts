@@ -50,8 +50,11 @@ export interface PlaneInit {
   thread: boolean;
   /** Time between two copies of its stats into its row, in ms. */
   flushMs: number;
-  /** `FOO_PROXY_TEST_HOOKS`: honour the `crash` message (tests of worker replacement). */
-  testHooks: boolean;
+  /**
+   * `FOO_PROXY_TEST_HOOKS`: what the `crash` message does (tests of worker replacement and of
+   * a frozen worker): throw an uncaught error, or spin for ever; unset: nothing.
+   */
+  testHooks?: "crash" | "freeze";
 }
 
 /** What the supervisor tells a plane. */
@@ -265,9 +268,15 @@ class DataPlane {
         void this.#close();
         break;
       case "crash":
-        if (this.#init.testHooks) {
+        if (this.#init.testHooks === "crash") {
           setTimeout(() => {
             throw new Error(`test hook: data-plane worker ${this.#init.index} crashes`);
+          }, 0);
+        } else if (this.#init.testHooks === "freeze") {
+          setTimeout(() => {
+            for (;;) {
+              // A busy loop: the worker answers no message again.
+            }
           }, 0);
         }
         break;

@@ -40,8 +40,8 @@ export interface DataPlanesOptions {
   onAccess: (lines: string[]) => void;
   /** A plane's report of an upstream failure or recovery. */
   onPassive: (name: string, kind: PassiveEvent) => void;
-  /** `FOO_PROXY_TEST_HOOKS`: planes honour `crash`. */
-  testHooks?: boolean;
+  /** `FOO_PROXY_TEST_HOOKS`: what planes do on `crash` (see `PlaneInit.testHooks`). */
+  testHooks?: "crash" | "freeze";
   /** Time between two copies of a plane's stats into its row, in ms. @default {100} */
   flushMs?: number;
 }
@@ -86,6 +86,11 @@ interface Slot {
 }
 
 const BUCKETS = DEFAULT_LATENCY_BUCKETS.length;
+/**
+ * How long a drain step waits for a plane's answer before ending it: a plane answers each at
+ * once, or once the connections it closes have ended (microseconds to milliseconds).
+ */
+const ANSWER_MS = 5000;
 const COUNT_FIELDS = [
   "connections_total",
   "requests",
@@ -286,7 +291,7 @@ export class DataPlanes {
     for (const slot of slots) slot.state = "stopping";
     const drainedAll = Promise.all(slots.map((s) => this.#expect(s, "drained")));
     const stopped = await Promise.all(
-      slots.map((s) => this.#ask(s, { t: "stop-accepting" }, "accepting-stopped")),
+      slots.map((s) => this.#askInTime(s, { t: "stop-accepting" }, "accepting-stopped")),
     );
     const active = stopped.reduce(
       (n, m) => n + (m?.t === "accepting-stopped" ? m.active : 0),
@@ -309,7 +314,7 @@ export class DataPlanes {
       // The counts come back once the idle ones are closed; the line is written before the
       // busy ones are, as one proxy wrote it.
       const counts = await Promise.all(
-        slots.map((s) => this.#ask(s, { t: "close-idle" }, "idle-closed")),
+        slots.map((s) => this.#askInTime(s, { t: "close-idle" }, "idle-closed")),
       );
       for (const m of counts) {
         if (m?.t !== "idle-closed") continue;
@@ -325,8 +330,30 @@ export class DataPlanes {
         },
       );
     }
-    await Promise.all(slots.map((s) => this.#ask(s, { t: "close" }, "stopped")));
+    await Promise.all(slots.map((s) => this.#askInTime(s, { t: "close" }, "stopped")));
     return { drained, closedIdle, closedBusy, aborted: force.aborted };
+  }
+
+  /**
+   * {@linkcode #ask}, for a drain step: a plane that has not answered within `ANSWER_MS` (it
+   * spins, or its event loop is stuck) is ended as if it had died while draining, so that
+   * neither the drain nor a second signal waits on it for ever.
+   */
+  async #askInTime(
+    slot: Slot,
+    message: ToPlane,
+    reply: FromPlane["t"],
+  ): Promise<FromPlane | undefined> {
+    const answer = this.#ask(slot, message, reply);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<"late">((resolve) =>
+      timer = setTimeout(() => resolve("late"), ANSWER_MS)
+    );
+    const first = await Promise.race([answer, late]);
+    clearTimeout(timer);
+    if (first !== "late") return first;
+    this.#died(slot, `it did not answer "${message.t}" within ${ANSWER_MS / 1000} s`, true);
+    return undefined;
   }
 
   /** Sends `message` to `slot` and resolves with its `reply` (`undefined` if it dies first). */
@@ -398,7 +425,7 @@ export class DataPlanes {
       states: this.#options.states(),
       thread: this.#options.thread,
       flushMs: this.#options.flushMs ?? 100,
-      testHooks: this.#options.testHooks ?? false,
+      testHooks: this.#options.testHooks,
     };
     endpoint.postMessage({ t: "init", init } satisfies ToPlane);
     return slot;
@@ -426,6 +453,8 @@ export class DataPlanes {
         slot.state = "dead";
         slot.ready.reject(new PlaneStartError(message.error, message.addrInUse));
         this.#end(slot);
+        // A drain that began while it started waits on it: it has nothing more to say.
+        this.#settle(slot);
         break;
       case "log":
         this.#options.onLog(message.lines);
@@ -456,7 +485,7 @@ export class DataPlanes {
    * never go backwards), its connections leave the process count, and a new plane takes its
    * place on the same port — at once, or after a backoff when it died young (a crash loop).
    */
-  #died(slot: Slot, error: string): void {
+  #died(slot: Slot, error: string, unresponsive = false): void {
     if (this.#slots[slot.index] !== slot || slot.state === "dead") return;
     const was = slot.state;
     slot.state = "dead";
@@ -473,14 +502,13 @@ export class DataPlanes {
     slot.upstreams = [];
     const open = Atomics.exchange(this.#gateView, 2 + slot.index, 0);
     Atomics.sub(this.#gateView, 0, open);
-    for (const resolve of slot.flushes.values()) resolve();
-    slot.flushes.clear();
     slot.ready.reject(new PlaneStartError(`data-plane worker ${slot.index} died: ${error}`, false));
-    for (const waiter of slot.waiting.values()) waiter(undefined);
-    slot.waiting.clear();
+    this.#settle(slot);
     if (was === "stopping") {
       this.#options.logger.error(
-        "Data-plane worker {worker} died while draining ({error}); its {open} connection(s) were closed",
+        unresponsive
+          ? "Data-plane worker {worker} does not answer while draining ({error}): given up on; its {open} connection(s) close when the process exits"
+          : "Data-plane worker {worker} died while draining ({error}); its {open} connection(s) were closed",
         { worker: slot.index, error, open },
       );
       return;
@@ -500,6 +528,14 @@ export class DataPlanes {
       },
     );
     this.#respawn(slot.index, slot.restarts + 1, delayMs);
+  }
+
+  /** Ends every wait on `slot` (it is gone: its flushes are as they are, it answers nothing). */
+  #settle(slot: Slot): void {
+    for (const resolve of slot.flushes.values()) resolve();
+    slot.flushes.clear();
+    for (const waiter of slot.waiting.values()) waiter(undefined);
+    slot.waiting.clear();
   }
 
   /** Starts a plane in place of one that died, after `delayMs`; tries again while it fails. */

@@ -508,7 +508,9 @@ async function serveProxy(
     accessDrop = countDrop;
     accessLogReopen = accessLog.reopen;
   }
-  const testHooks = denoEnvReader()("FOO_PROXY_TEST_HOOKS") === "1";
+  // 1: the crash hook crashes a worker; freeze: it makes one spin for ever.
+  const hooks = denoEnvReader()("FOO_PROXY_TEST_HOOKS");
+  const testHooks = hooks === "1" ? "crash" : hooks === "freeze" ? "freeze" : undefined;
   planes = new DataPlanes({
     config,
     count: layout.count,
