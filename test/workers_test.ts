@@ -512,3 +512,28 @@ Deno.test("a frozen worker does not hang the drain: SIGTERM ends it after a boun
   assert.equal((await child.status(15_000)).code, 0, child.stderr.text);
   assert.equal(final.msg_req, 20, child.stderr.text);
 });
+
+Deno.test("a worker that stops running (a busy loop) is reported once and fails /readyz: the kernel still hands it new clients", async () => {
+  await using upstream = await startUpstream();
+  const health = freePort();
+  const { child, http } = await spawnWorkers(upstream.addr.port, [
+    "--workers=2",
+    `--health=${LOCAL}:${health}`,
+  ], { env: { FOO_PROXY_TEST_HOOKS: "freeze" } });
+  await using _child = child;
+  const ready = async () => {
+    const response = await fetch(`http://${LOCAL}:${health}/readyz`);
+    await response.body?.cancel();
+    return response.status;
+  };
+  assert.equal(await ready(), 200);
+  const freeze = await fetch(`http://${LOCAL}:${http}/debug/crash-worker/0`, { method: "POST" });
+  assert.equal(freeze.status, 200, await freeze.text());
+  await child.stderr.waitFor(/Data-plane worker 0 has not run for \d+ s/, 10_000);
+  assert.equal(await ready(), 503);
+  assert.equal(
+    child.stderr.lines.filter((l) => /Data-plane worker 0 has not run/.test(l)).length,
+    1,
+    child.stderr.text,
+  );
+});

@@ -83,6 +83,10 @@ interface Slot {
   flushes: Map<number, () => void>;
   /** Replies awaited, by type: resolved with the reply, or `undefined` if the plane dies. */
   waiting: Map<FromPlane["t"], (message: FromPlane | undefined) => void>;
+  /** Its row's write count when the watchdog last saw it move, and when. */
+  pulse: { writes: number; at: number };
+  /** Whether its row has not moved for `FROZEN_MS` (its event loop does not run). */
+  frozen: boolean;
 }
 
 const BUCKETS = DEFAULT_LATENCY_BUCKETS.length;
@@ -91,6 +95,11 @@ const BUCKETS = DEFAULT_LATENCY_BUCKETS.length;
  * once, or once the connections it closes have ended (microseconds to milliseconds).
  */
 const ANSWER_MS = 5000;
+/**
+ * A plane whose row has not been written for this long is not running (it writes it every
+ * `flushMs`): a busy loop, or a synchronous call that does not return.
+ */
+const FROZEN_MS = 3000;
 const COUNT_FIELDS = [
   "connections_total",
   "requests",
@@ -115,6 +124,7 @@ export class DataPlanes {
   /** Per-upstream figures of planes that died. */
   #retired = new Map<string, UpstreamCounts>();
   #respawnTimers = new Set<ReturnType<typeof setTimeout>>();
+  #watchdog: ReturnType<typeof setInterval> | undefined;
 
   /** Planes, not started. */
   constructor(options: DataPlanesOptions) {
@@ -142,7 +152,7 @@ export class DataPlanes {
   /** Whether every plane is listening (and the planes are not draining). */
   get listening(): boolean {
     return !this.#stopping && this.#slots.length > 0 &&
-      this.#slots.every((s) => s.state === "running");
+      this.#slots.every((s) => s.state === "running" && !s.frozen);
   }
 
   /** Whether the drain has begun. */
@@ -175,7 +185,42 @@ export class DataPlanes {
       this.terminate();
       throw error;
     }
+    this.#watchdog = setInterval(() => this.#watch(), 1000);
     return this.#port;
+  }
+
+  /**
+   * Says once when a running plane stops running (its row stands still), and fails readiness
+   * until it runs again: no message reaches it, so it can be neither asked nor ended (a Worker
+   * spinning in a loop keeps its sockets, its listener included, until the process exits), and
+   * the kernel keeps handing it its share of new clients, who wait. Only a restart of the
+   * process helps; the operator, or the load balancer reading `/readyz`, has to know.
+   */
+  #watch(): void {
+    const now = performance.now();
+    for (const slot of this.#slots) {
+      if (slot.state !== "running") continue;
+      const writes = slot.row.writes;
+      if (writes !== slot.pulse.writes) {
+        slot.pulse = { writes, at: now };
+        if (slot.frozen) {
+          slot.frozen = false;
+          this.#options.logger.warning("Data-plane worker {worker} runs again", {
+            worker: slot.index,
+          });
+        }
+      } else if (!slot.frozen && now - slot.pulse.at >= FROZEN_MS) {
+        slot.frozen = true;
+        this.#options.logger.error(
+          "Data-plane worker {worker} has not run for {seconds} s (a busy loop?): its {open} connection(s) and the new clients the kernel hands it wait; /readyz fails until it runs again (restart the process to end it)",
+          {
+            worker: slot.index,
+            seconds: Math.round((now - slot.pulse.at) / 1000),
+            open: Atomics.load(this.#gateView, 2 + slot.index),
+          },
+        );
+      }
+    }
   }
 
   /** The config a plane started from now gets (after a reload). */
@@ -374,6 +419,7 @@ export class DataPlanes {
   /** Ends every plane at once (after {@linkcode shutdown}, or when the start failed). */
   terminate(): void {
     this.#stopping = true;
+    clearInterval(this.#watchdog);
     for (const timer of this.#respawnTimers) clearTimeout(timer);
     for (const slot of this.#slots) this.#end(slot);
   }
@@ -403,6 +449,8 @@ export class DataPlanes {
       ready: Promise.withResolvers(),
       flushes: new Map(),
       waiting: new Map(),
+      pulse: { writes: 0, at: performance.now() },
+      frozen: false,
     };
     slot.ready.promise.catch(() => {});
     this.#slots[index] = slot;
@@ -447,6 +495,7 @@ export class DataPlanes {
     switch (message.t) {
       case "ready":
         if (slot.state === "starting") slot.state = "running";
+        slot.pulse = { writes: slot.row.writes, at: performance.now() }; // a slow start is no stall
         slot.ready.resolve(message.port);
         break;
       case "failed":
