@@ -288,3 +288,25 @@ Deno.test("leastconn counts connects under way: 40 clients arriving together spr
     for (const conn of conns) conn.close();
   }
 });
+
+Deno.test("UpstreamPool: an upstream removed while a connect to it is under way still lists that connection as draining", async () => {
+  await using a = await startUpstream();
+  await using b = await startUpstream();
+  const [specA, specB] = specs([a, b]);
+  await using pool = new UpstreamPool([specA], { intervalMs: 0 });
+  const dialing = pool.dial(); // picks u0 now; the connect completes after the reload
+  pool.update([{ ...specB, name: "u1" }]);
+  const lease = await dialing;
+  try {
+    assert.equal(lease.upstream, "u0");
+    const row = pool.snapshot().find((r) => r.name === "u0");
+    assert.ok(row, "the removed upstream with an open connection is listed");
+    assert.equal(row.state, "draining");
+    assert.equal(row.connections_active, 1);
+    assert.equal(row.connections_total, 1);
+  } finally {
+    lease.conn.close();
+    lease.release?.(false);
+  }
+  assert.deepEqual(pool.snapshot().map((r) => r.name), ["u1"]);
+});

@@ -383,7 +383,8 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
       old.checking = false;
       old.checkStop?.abort();
       changes.push(`${old.spec.name} removed (draining ${old.active} connection(s))`);
-      if (old.active > 0) this.#leaving.set(old.spec.name, old);
+      // A connect under way becomes a connection to it: it is kept (listed, counted) for that.
+      if (old.active > 0 || old.pending > 0) this.#leaving.set(old.spec.name, old);
       else this.#byName.delete(old.spec.name);
     }
     this.#members = next;
@@ -480,6 +481,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         return this.#lease(member, conn);
       } catch (error) {
         member.pending--;
+        this.#forget(member);
         lastError = error;
         if (options.signal?.aborted) break;
         if (error instanceof UpstreamError && error.cause instanceof Deno.errors.NotCapable) {
@@ -532,6 +534,17 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     this.#localSinceLog = 0;
   }
 
+  /** Drops a removed upstream once nothing is open or being opened to it any more. */
+  #forget(member: Member): void {
+    if (
+      member.removed && member.active === 0 && member.pending === 0 &&
+      this.#leaving.get(member.spec.name) === member
+    ) {
+      this.#leaving.delete(member.spec.name);
+      this.#byName.delete(member.spec.name);
+    }
+  }
+
   #lease(member: Member, conn: Deno.TcpConn): TargetConnection {
     member.active++;
     member.total++;
@@ -544,12 +557,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         if (released) return;
         released = true;
         member.active--;
-        if (
-          member.removed && member.active === 0 && this.#leaving.get(member.spec.name) === member
-        ) {
-          this.#leaving.delete(member.spec.name);
-          this.#byName.delete(member.spec.name);
-        }
+        this.#forget(member);
         if (failed) {
           member.streamErrors++;
           if (this.#options.counters) this.#options.counters.upstreamStreamErrors++;
