@@ -531,6 +531,11 @@ Deno.test("a worker that stops running (a busy loop) is reported once and fails 
   assert.equal(freeze.status, 200, await freeze.text());
   await child.stderr.waitFor(/Data-plane worker 0 has not run for \d+ s/, 10_000);
   assert.equal(await ready(), 503);
+  // Reads no longer ask it to flush (each ask waited 1 s for it, and queued a message it would
+  // never read): 20 reads take well under 20 s.
+  const started = performance.now();
+  for (let i = 0; i < 20; i++) await stats(http);
+  assert.ok(performance.now() - started < 5000, `${performance.now() - started} ms`);
   assert.equal(
     child.stderr.lines.filter((l) => /Data-plane worker 0 has not run/.test(l)).length,
     1,

@@ -250,13 +250,17 @@ export class DataPlanes {
 
   /**
    * Asks every running plane to copy its stats into its row now, and waits for them (at most
-   * `timeoutMs`: a plane that does not answer, frozen or gone, is read as it last flushed).
+   * `timeoutMs`: a plane that does not answer, frozen or gone, is read as it last flushed; one
+   * known not to run is not asked).
    */
   async flushAll(timeoutMs = 1000): Promise<void> {
     const waits: Promise<void>[] = [];
     const asked: { slot: Slot; id: number }[] = [];
     for (const slot of this.#slots) {
       if (slot.state !== "running" && slot.state !== "stopping") continue;
+      // One that does not run would make every read wait the whole timeout, and keep a message
+      // for it per read (a SIGUSR2 storm): read it as it last flushed.
+      if (slot.frozen) continue;
       const id = this.#nextFlush++;
       const done = Promise.withResolvers<void>();
       slot.flushes.set(id, done.resolve);
