@@ -542,3 +542,35 @@ Deno.test("a worker that stops running (a busy loop) is reported once and fails 
     child.stderr.text,
   );
 });
+
+Deno.test("a worker that crashes leaves its last counts, and stderr stays one JSON log line per line", async () => {
+  await using upstream = await startUpstream();
+  const { child, port, http } = await spawnWorkers(upstream.addr.port, [
+    "--workers=2",
+    "--log-format=json",
+  ], { env: { FOO_PROXY_TEST_HOOKS: "1" } });
+  await using _child = child;
+  const clients = await Promise.all(Array.from({ length: 20 }, () => Client.open(port)));
+  let trips = 0;
+  try {
+    for (let round = 0; round < 3; round++) {
+      for (const client of clients) assert.ok(await client.roundTrip());
+      trips += clients.length;
+    }
+    // No read in between: what worker 0 counted since its last periodic flush is at stake.
+    const crash = await fetch(`http://${LOCAL}:${http}/debug/crash-worker/0`, { method: "POST" });
+    assert.equal(crash.status, 200, await crash.text());
+    await child.stderr.waitFor(/Data-plane worker 0 replaced/);
+    const after = await stats(http);
+    assert.equal(after.msg_req, trips);
+    assert.equal(after.msg_ack, trips);
+    assert.equal(after.upstreams[0].requests, trips);
+  } finally {
+    for (const client of clients) client[Symbol.dispose]();
+  }
+  child.kill("SIGTERM");
+  assert.equal((await child.status()).code, 0, child.stderr.text);
+  for (const line of child.stderr.lines) {
+    assert.doesNotThrow(() => JSON.parse(line), `not a JSON log line: ${line}`);
+  }
+});

@@ -83,7 +83,9 @@ export type FromPlane =
   | { t: "accepting-stopped"; active: number }
   | { t: "drained" }
   | { t: "idle-closed"; idle: number; busy: number }
-  | { t: "stopped"; upstreams: UpstreamSnapshot[] };
+  | { t: "stopped"; upstreams: UpstreamSnapshot[] }
+  /** An uncaught error: its last counts and lines are out; the supervisor ends and replaces it. */
+  | { t: "fatal"; error: string };
 
 /** Either end of a Worker, or a `MessagePort` of an in-process channel. */
 export interface PlaneEndpoint {
@@ -148,7 +150,25 @@ async function startPlane(
       write: (line) => logs.push(line),
     });
   }
-  const plane = new DataPlane(init, post, logs, logging);
+  let plane: DataPlane | undefined;
+  if (init.thread) {
+    // An uncaught error ends the plane, but through the supervisor: Deno would print its own
+    // multi-line report on stderr (not in --log-format, past the bounded writer), and what the
+    // plane counted and logged since its last flush would be lost with it.
+    let fatal = false;
+    globalThis.addEventListener("error", (event: ErrorEvent) => {
+      event.preventDefault();
+      if (fatal) return;
+      fatal = true;
+      try {
+        plane?.lastWords();
+      } finally {
+        logs.flush();
+        post({ t: "fatal", error: event.message });
+      }
+    });
+  }
+  plane = new DataPlane(init, post, logs, logging);
   try {
     const addr = await plane.proxy.start();
     post({ t: "ready", port: addr.port });
@@ -283,6 +303,14 @@ class DataPlane {
       case "init":
         break;
     }
+  }
+
+  /** Its counts into its row and its pending lines out, at once (it is about to be ended). */
+  lastWords(): void {
+    clearInterval(this.#flushTimer);
+    this.#row.write(this.#stats, this.#stats.clock());
+    this.#access.flush();
+    this.#post({ t: "upstreams", upstreams: this.#pool.snapshot() });
   }
 
   async #close(): Promise<void> {

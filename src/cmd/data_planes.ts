@@ -530,6 +530,9 @@ export class DataPlanes {
         slot.upstreams = message.upstreams;
         slot.state = "stopped";
         break;
+      case "fatal":
+        this.#died(slot, message.error);
+        break;
     }
   }
 
