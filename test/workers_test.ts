@@ -109,6 +109,19 @@ class Client implements Disposable {
   }
 }
 
+/** Opens `count` clients at once (the kernel spreads them over the workers). */
+function openClients(port: number, count: number): Promise<Client[]> {
+  return Promise.all(Array.from({ length: count }, () => Client.open(port)));
+}
+
+/** The test hook: crashes (or, with FOO_PROXY_TEST_HOOKS=freeze, freezes) worker `index`. */
+async function crashWorker(http: number, index: number): Promise<void> {
+  const response = await fetch(`http://${LOCAL}:${http}/debug/crash-worker/${index}`, {
+    method: "POST",
+  });
+  assert.equal(response.status, 200, await response.text());
+}
+
 for (const workers of [2, 3]) {
   Deno.test(`--workers ${workers}: totals are exact under pipelined load, and every worker carries connections`, async () => {
     await using upstream = await startUpstream();
@@ -208,7 +221,7 @@ Deno.test("a worker that crashes mid-load is replaced: its clients are closed, t
     env: { FOO_PROXY_TEST_HOOKS: "1" },
   });
   await using _child = child;
-  const clients = await Promise.all(Array.from({ length: 30 }, () => Client.open(port)));
+  const clients = await openClients(port, 30);
   try {
     for (let round = 0; round < 5; round++) {
       for (const client of clients) assert.ok(await client.roundTrip());
@@ -218,8 +231,7 @@ Deno.test("a worker that crashes mid-load is replaced: its clients are closed, t
     const onZero = before.workers[0].connections_active;
     const onOne = before.workers[1].connections_active;
     assert.equal(onZero + onOne, 30);
-    const crash = await fetch(`http://${LOCAL}:${http}/debug/crash-worker/0`, { method: "POST" });
-    assert.equal(crash.status, 200, await crash.text());
+    await crashWorker(http, 0);
     await child.stderr.waitFor(/Data-plane worker 0 died .*test hook/);
     await child.stderr.waitFor(/Data-plane worker 0 replaced/);
     const alive = await Promise.all(clients.map((c) => c.roundTrip()));
@@ -457,7 +469,7 @@ Deno.test("the request and response rates keep what a worker saw after it dies (
     env: { FOO_PROXY_TEST_HOOKS: "1" },
   });
   await using _child = child;
-  const clients = await Promise.all(Array.from({ length: 20 }, () => Client.open(port)));
+  const clients = await openClients(port, 20);
   try {
     for (let round = 0; round < 5; round++) {
       for (const client of clients) assert.ok(await client.roundTrip());
@@ -468,8 +480,7 @@ Deno.test("the request and response rates keep what a worker saw after it dies (
     const inWindow = (rate: number) => rate * 10 >= 100 && rate * 10 <= 101.1;
     assert.ok(inWindow(before.request_rate_10s), `${before.request_rate_10s}`);
     assert.ok(inWindow(before.response_rate_10s), `${before.response_rate_10s}`);
-    const crash = await fetch(`http://${LOCAL}:${http}/debug/crash-worker/0`, { method: "POST" });
-    assert.equal(crash.status, 200, await crash.text());
+    await crashWorker(http, 0);
     await child.stderr.waitFor(/Data-plane worker 0 died .*test hook/);
     const after = await stats(http) as Snapshot & Record<string, number>;
     assert.equal(after.msg_req, 100);
@@ -491,13 +502,12 @@ Deno.test("a frozen worker does not hang the drain: SIGTERM ends it after a boun
     "--drain-timeout=10m",
   ], { env: { FOO_PROXY_TEST_HOOKS: "freeze" } });
   await using _child = child;
-  const clients = await Promise.all(Array.from({ length: 20 }, () => Client.open(port)));
+  const clients = await openClients(port, 20);
   try {
     for (const client of clients) assert.ok(await client.roundTrip());
     const before = await stats(http);
     assert.ok(before.workers.every((w) => w.connections_active > 0));
-    const freeze = await fetch(`http://${LOCAL}:${http}/debug/crash-worker/0`, { method: "POST" });
-    assert.equal(freeze.status, 200, await freeze.text());
+    await crashWorker(http, 0);
     // /stats still answers (a frozen worker is read as it last flushed).
     assert.equal((await stats(http)).msg_req, 20);
     child.kill("SIGTERM");
@@ -527,8 +537,7 @@ Deno.test("a worker that stops running (a busy loop) is reported once and fails 
     return response.status;
   };
   assert.equal(await ready(), 200);
-  const freeze = await fetch(`http://${LOCAL}:${http}/debug/crash-worker/0`, { method: "POST" });
-  assert.equal(freeze.status, 200, await freeze.text());
+  await crashWorker(http, 0);
   await child.stderr.waitFor(/Data-plane worker 0 has not run for \d+ s/, 10_000);
   assert.equal(await ready(), 503);
   // Reads no longer ask it to flush (each ask waited 1 s for it, and queued a message it would
@@ -550,7 +559,7 @@ Deno.test("a worker that crashes leaves its last counts, and stderr stays one JS
     "--log-format=json",
   ], { env: { FOO_PROXY_TEST_HOOKS: "1" } });
   await using _child = child;
-  const clients = await Promise.all(Array.from({ length: 20 }, () => Client.open(port)));
+  const clients = await openClients(port, 20);
   let trips = 0;
   try {
     for (let round = 0; round < 3; round++) {
@@ -558,8 +567,7 @@ Deno.test("a worker that crashes leaves its last counts, and stderr stays one JS
       trips += clients.length;
     }
     // No read in between: what worker 0 counted since its last periodic flush is at stake.
-    const crash = await fetch(`http://${LOCAL}:${http}/debug/crash-worker/0`, { method: "POST" });
-    assert.equal(crash.status, 200, await crash.text());
+    await crashWorker(http, 0);
     await child.stderr.waitFor(/Data-plane worker 0 replaced/);
     const after = await stats(http);
     assert.equal(after.msg_req, trips);
