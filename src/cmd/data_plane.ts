@@ -165,6 +165,10 @@ async function startPlane(
       } finally {
         logs.flush();
         post({ t: "fatal", error: event.message });
+        // Nothing more runs here: a connection ending now would give its place in the
+        // process's connection gate back a second time, after the supervisor took this plane's
+        // count out of it on "fatal".
+        (globalThis as unknown as { close(): void }).close();
       }
     });
   }
