@@ -582,3 +582,29 @@ Deno.test("a worker that crashes leaves its last counts, and stderr stays one JS
     assert.doesNotThrow(() => JSON.parse(line), `not a JSON log line: ${line}`);
   }
 });
+
+Deno.test("a worker waiting to be replaced (it died young) shows no connections in the per-worker rows", async () => {
+  await using upstream = await startUpstream();
+  const { child, port, http } = await spawnWorkers(upstream.addr.port, ["--workers=2"], {
+    env: { FOO_PROXY_TEST_HOOKS: "1" },
+  });
+  await using _child = child;
+  await crashWorker(http, 0);
+  await child.stderr.waitFor(/Data-plane worker 0 replaced/);
+  // Within a second of its start: its next death waits for a backoff before the replacement.
+  const clients = await openClients(port, 20);
+  try {
+    for (const client of clients) assert.ok(await client.roundTrip());
+    assert.ok((await stats(http)).workers[0].connections_active > 0);
+    await crashWorker(http, 0);
+    await child.stderr.waitFor(/Data-plane worker 0 died .*replacing it in \d+ s/);
+    const during = await stats(http);
+    assert.equal(during.workers[0].connections_active, 0);
+    assert.equal(
+      during.workers.reduce((n, w) => n + w.connections_active, 0),
+      during.connections_active,
+    );
+  } finally {
+    for (const client of clients) client[Symbol.dispose]();
+  }
+});

@@ -286,7 +286,10 @@ export class DataPlanes {
   /** Each plane's connections, replies per second and restarts. */
   breakdown(now: number): WorkerStats[] {
     return this.#slots.map((slot) => {
-      const { connections, repliesPerSecond } = StatsRow.breakdown(slot.row.read(), now);
+      // One that died serves nobody (its row is its last flush, kept for the totals only).
+      const { connections, repliesPerSecond } = slot.state === "dead"
+        ? { connections: 0, repliesPerSecond: 0 }
+        : StatsRow.breakdown(slot.row.read(), now);
       return {
         worker: slot.index,
         connections_active: connections,
