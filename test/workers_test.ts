@@ -109,6 +109,19 @@ class Client implements Disposable {
   }
 }
 
+/** Opens `count` clients at once (the kernel spreads them over the workers). */
+function openClients(port: number, count: number): Promise<Client[]> {
+  return Promise.all(Array.from({ length: count }, () => Client.open(port)));
+}
+
+/** The test hook: crashes (or, with FOO_PROXY_TEST_HOOKS=freeze, freezes) worker `index`. */
+async function crashWorker(http: number, index: number): Promise<void> {
+  const response = await fetch(`http://${LOCAL}:${http}/debug/crash-worker/${index}`, {
+    method: "POST",
+  });
+  assert.equal(response.status, 200, await response.text());
+}
+
 for (const workers of [2, 3]) {
   Deno.test(`--workers ${workers}: totals are exact under pipelined load, and every worker carries connections`, async () => {
     await using upstream = await startUpstream();
@@ -208,7 +221,7 @@ Deno.test("a worker that crashes mid-load is replaced: its clients are closed, t
     env: { FOO_PROXY_TEST_HOOKS: "1" },
   });
   await using _child = child;
-  const clients = await Promise.all(Array.from({ length: 30 }, () => Client.open(port)));
+  const clients = await openClients(port, 30);
   try {
     for (let round = 0; round < 5; round++) {
       for (const client of clients) assert.ok(await client.roundTrip());
@@ -218,8 +231,7 @@ Deno.test("a worker that crashes mid-load is replaced: its clients are closed, t
     const onZero = before.workers[0].connections_active;
     const onOne = before.workers[1].connections_active;
     assert.equal(onZero + onOne, 30);
-    const crash = await fetch(`http://${LOCAL}:${http}/debug/crash-worker/0`, { method: "POST" });
-    assert.equal(crash.status, 200, await crash.text());
+    await crashWorker(http, 0);
     await child.stderr.waitFor(/Data-plane worker 0 died .*test hook/);
     await child.stderr.waitFor(/Data-plane worker 0 replaced/);
     const alive = await Promise.all(clients.map((c) => c.roundTrip()));
@@ -418,6 +430,182 @@ Deno.test("a reload adds and removes an upstream under load with 2 workers: no c
     assert.equal((await child.status()).code, 0, child.stderr.text);
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("--workers 2 on a port another --workers 2 proxy holds exits 1 with one line, instead of sharing the port", async () => {
+  await using upstream = await startUpstream();
+  const first = await spawnWorkers(upstream.addr.port, ["--workers=2"]);
+  await using _first = first.child;
+  // SO_REUSEPORT lets any socket of the same user that sets it join the port: a second proxy
+  // started by mistake would silently take half of the first one's clients.
+  const second = spawnMain([
+    "proxy",
+    `--listen=${LOCAL}:${first.port}`,
+    `--forward=${LOCAL}:${upstream.addr.port}`,
+    "--http=off",
+    "--health=off",
+    "--workers=2",
+  ]);
+  await using _second = second;
+  const [said] = await second.stderr.waitFor(/Listening on|Cannot listen/, 20_000);
+  assert.match(said, /Cannot listen/, second.stderr.text);
+  const status = await second.status();
+  assert.equal(status.code, 1, second.stderr.text);
+  const errors = second.stderr.lines.filter((l) => /\[ERR\]/.test(l));
+  assert.equal(errors.length, 1, second.stderr.text);
+  assert.match(
+    errors[0],
+    new RegExp(`Cannot listen on 127\\.0\\.0\\.1:${first.port}: address already in use`),
+  );
+  // The first proxy still serves.
+  using client = await Client.open(first.port);
+  assert.ok(await client.roundTrip());
+});
+
+Deno.test("the request and response rates keep what a worker saw after it dies (they fall by age, not by a crash)", async () => {
+  await using upstream = await startUpstream();
+  const { child, port, http } = await spawnWorkers(upstream.addr.port, ["--workers=2"], {
+    env: { FOO_PROXY_TEST_HOOKS: "1" },
+  });
+  await using _child = child;
+  const clients = await openClients(port, 20);
+  try {
+    for (let round = 0; round < 5; round++) {
+      for (const client of clients) assert.ok(await client.roundTrip());
+    }
+    const before = await stats(http) as Snapshot & Record<string, number>;
+    assert.ok(before.workers[0].connections_active > 0, "worker 0 carries clients");
+    // Well inside the 10 s window: every REQ so far is in it (over 9.9 to 10 s of it).
+    const inWindow = (rate: number) => rate * 10 >= 100 && rate * 10 <= 101.1;
+    assert.ok(inWindow(before.request_rate_10s), `${before.request_rate_10s}`);
+    assert.ok(inWindow(before.response_rate_10s), `${before.response_rate_10s}`);
+    await crashWorker(http, 0);
+    await child.stderr.waitFor(/Data-plane worker 0 died .*test hook/);
+    const after = await stats(http) as Snapshot & Record<string, number>;
+    assert.equal(after.msg_req, 100);
+    assert.ok(
+      inWindow(after.request_rate_10s),
+      `the dead worker's REQs left: ${after.request_rate_10s}`,
+    );
+    assert.ok(inWindow(after.response_rate_10s), `${after.response_rate_10s}`);
+  } finally {
+    for (const client of clients) client[Symbol.dispose]();
+  }
+});
+
+Deno.test("a frozen worker does not hang the drain: SIGTERM ends it after a bounded wait and exits with its last flushed totals", async () => {
+  await using upstream = await startUpstream();
+  // FOO_PROXY_TEST_HOOKS=freeze: the crash hook makes the worker spin for ever instead.
+  const { child, port, http } = await spawnWorkers(upstream.addr.port, [
+    "--workers=2",
+    "--drain-timeout=10m",
+  ], { env: { FOO_PROXY_TEST_HOOKS: "freeze" } });
+  await using _child = child;
+  const clients = await openClients(port, 20);
+  try {
+    for (const client of clients) assert.ok(await client.roundTrip());
+    const before = await stats(http);
+    assert.ok(before.workers.every((w) => w.connections_active > 0));
+    await crashWorker(http, 0);
+    // /stats still answers (a frozen worker is read as it last flushed).
+    assert.equal((await stats(http)).msg_req, 20);
+    child.kill("SIGTERM");
+    await child.stderr.waitFor(/Data-plane worker 0 does not answer/, 15_000);
+    // The drain goes on with worker 1's clients (a spinning worker cannot be torn down: its
+    // sockets close when the process exits).
+    await child.stderr.waitFor(/waiting up to 600000 ms for \d+ connection/);
+  } finally {
+    for (const client of clients) client[Symbol.dispose]();
+  }
+  const final: Snapshot = JSON.parse((await child.readLine(15_000)) ?? "null");
+  assert.equal((await child.status(15_000)).code, 0, child.stderr.text);
+  assert.equal(final.msg_req, 20, child.stderr.text);
+});
+
+Deno.test("a worker that stops running (a busy loop) is reported once and fails /readyz: the kernel still hands it new clients", async () => {
+  await using upstream = await startUpstream();
+  const health = freePort();
+  const { child, http } = await spawnWorkers(upstream.addr.port, [
+    "--workers=2",
+    `--health=${LOCAL}:${health}`,
+  ], { env: { FOO_PROXY_TEST_HOOKS: "freeze" } });
+  await using _child = child;
+  const ready = async () => {
+    const response = await fetch(`http://${LOCAL}:${health}/readyz`);
+    await response.body?.cancel();
+    return response.status;
+  };
+  assert.equal(await ready(), 200);
+  await crashWorker(http, 0);
+  await child.stderr.waitFor(/Data-plane worker 0 has not run for \d+ s/, 10_000);
+  assert.equal(await ready(), 503);
+  // Reads no longer ask it to flush (each ask waited 1 s for it, and queued a message it would
+  // never read): 20 reads take well under 20 s.
+  const started = performance.now();
+  for (let i = 0; i < 20; i++) await stats(http);
+  assert.ok(performance.now() - started < 5000, `${performance.now() - started} ms`);
+  assert.equal(
+    child.stderr.lines.filter((l) => /Data-plane worker 0 has not run/.test(l)).length,
+    1,
+    child.stderr.text,
+  );
+});
+
+Deno.test("a worker that crashes leaves its last counts, and stderr stays one JSON log line per line", async () => {
+  await using upstream = await startUpstream();
+  const { child, port, http } = await spawnWorkers(upstream.addr.port, [
+    "--workers=2",
+    "--log-format=json",
+  ], { env: { FOO_PROXY_TEST_HOOKS: "1" } });
+  await using _child = child;
+  const clients = await openClients(port, 20);
+  let trips = 0;
+  try {
+    for (let round = 0; round < 3; round++) {
+      for (const client of clients) assert.ok(await client.roundTrip());
+      trips += clients.length;
+    }
+    // No read in between: what worker 0 counted since its last periodic flush is at stake.
+    await crashWorker(http, 0);
+    await child.stderr.waitFor(/Data-plane worker 0 replaced/);
+    const after = await stats(http);
+    assert.equal(after.msg_req, trips);
+    assert.equal(after.msg_ack, trips);
+    assert.equal(after.upstreams[0].requests, trips);
+  } finally {
+    for (const client of clients) client[Symbol.dispose]();
+  }
+  child.kill("SIGTERM");
+  assert.equal((await child.status()).code, 0, child.stderr.text);
+  for (const line of child.stderr.lines) {
+    assert.doesNotThrow(() => JSON.parse(line), `not a JSON log line: ${line}`);
+  }
+});
+
+Deno.test("a worker waiting to be replaced (it died young) shows no connections in the per-worker rows", async () => {
+  await using upstream = await startUpstream();
+  const { child, port, http } = await spawnWorkers(upstream.addr.port, ["--workers=2"], {
+    env: { FOO_PROXY_TEST_HOOKS: "1" },
+  });
+  await using _child = child;
+  await crashWorker(http, 0);
+  await child.stderr.waitFor(/Data-plane worker 0 replaced/);
+  // Within a second of its start: its next death waits for a backoff before the replacement.
+  const clients = await openClients(port, 20);
+  try {
+    for (const client of clients) assert.ok(await client.roundTrip());
+    assert.ok((await stats(http)).workers[0].connections_active > 0);
+    await crashWorker(http, 0);
+    await child.stderr.waitFor(/Data-plane worker 0 died .*replacing it in \d+ s/);
+    const during = await stats(http);
+    assert.equal(during.workers[0].connections_active, 0);
+    assert.equal(
+      during.workers.reduce((n, w) => n + w.connections_active, 0),
+      during.connections_active,
+    );
+  } finally {
+    for (const client of clients) client[Symbol.dispose]();
   }
 });
 

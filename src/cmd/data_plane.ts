@@ -57,8 +57,11 @@ export interface PlaneInit {
   thread: boolean;
   /** Time between two copies of its stats into its row, in ms. */
   flushMs: number;
-  /** `FOO_PROXY_TEST_HOOKS`: honour the `crash` message (tests of worker replacement). */
-  testHooks: boolean;
+  /**
+   * `FOO_PROXY_TEST_HOOKS`: what the `crash` message does (tests of worker replacement and of
+   * a frozen worker): throw an uncaught error, or spin for ever; unset: nothing.
+   */
+  testHooks?: "crash" | "freeze";
 }
 
 /** What the supervisor tells a plane. */
@@ -92,7 +95,9 @@ export type FromPlane =
   | { t: "accepting-stopped"; active: number }
   | { t: "drained" }
   | { t: "idle-closed"; idle: number; busy: number }
-  | { t: "stopped"; upstreams: UpstreamSnapshot[] };
+  | { t: "stopped"; upstreams: UpstreamSnapshot[] }
+  /** An uncaught error: its last counts and lines are out; the supervisor ends and replaces it. */
+  | { t: "fatal"; error: string };
 
 /** Either end of a Worker, or a `MessagePort` of an in-process channel. */
 export interface PlaneEndpoint {
@@ -157,7 +162,31 @@ async function startPlane(
       write: (line) => logs.push(line),
     });
   }
+  // Set once built: the error handler, installed first, hands over what it has counted.
+  const built: { plane?: DataPlane } = {};
+  if (init.thread) {
+    // An uncaught error ends the plane, but through the supervisor: Deno would print its own
+    // multi-line report on stderr (not in --log-format, past the bounded writer), and what the
+    // plane counted and logged since its last flush would be lost with it.
+    let fatal = false;
+    globalThis.addEventListener("error", (event: ErrorEvent) => {
+      event.preventDefault();
+      if (fatal) return;
+      fatal = true;
+      try {
+        built.plane?.lastWords();
+      } finally {
+        logs.flush();
+        post({ t: "fatal", error: event.message });
+        // Nothing more runs here: a connection ending now would give its place in the
+        // process's connection gate back a second time, after the supervisor took this plane's
+        // count out of it on "fatal".
+        (globalThis as unknown as { close(): void }).close();
+      }
+    });
+  }
   const plane = new DataPlane(init, post, logs, logging);
+  built.plane = plane;
   try {
     const addr = await plane.proxy.start();
     post({ t: "ready", port: addr.port });
@@ -285,15 +314,29 @@ class DataPlane {
         void this.#close();
         break;
       case "crash":
-        if (this.#init.testHooks) {
+        if (this.#init.testHooks === "crash") {
           setTimeout(() => {
             throw new Error(`test hook: data-plane worker ${this.#init.index} crashes`);
+          }, 0);
+        } else if (this.#init.testHooks === "freeze") {
+          setTimeout(() => {
+            for (;;) {
+              // A busy loop: the worker answers no message again.
+            }
           }, 0);
         }
         break;
       case "init":
         break;
     }
+  }
+
+  /** Its counts into its row and its pending lines out, at once (it is about to be ended). */
+  lastWords(): void {
+    clearInterval(this.#flushTimer);
+    this.#row.write(this.#stats, this.#stats.clock());
+    this.#access.flush();
+    this.#post({ t: "upstreams", upstreams: this.#pool.snapshot() });
   }
 
   async #close(): Promise<void> {

@@ -14,6 +14,7 @@ import type { Stats, WorkerStats } from "../stats/stats.ts";
 import { StatsRow } from "../stats/stats_row.ts";
 import { DEFAULT_LATENCY_BUCKETS } from "../stats/histogram.ts";
 import { waitOrAbort } from "../async/wait_or_abort.ts";
+import { describeError } from "../net/describe_error.ts";
 import { type FromPlane, type PlaneInit, serveDataPlane, type ToPlane } from "./data_plane.ts";
 import type { ProxyConfig } from "./proxy_config.ts";
 
@@ -39,8 +40,8 @@ export interface DataPlanesOptions {
   onAccess: (lines: string[]) => void;
   /** A plane's report of an upstream failure or recovery. */
   onPassive: (name: string, kind: PassiveEvent) => void;
-  /** `FOO_PROXY_TEST_HOOKS`: planes honour `crash`. */
-  testHooks?: boolean;
+  /** `FOO_PROXY_TEST_HOOKS`: what planes do on `crash` (see `PlaneInit.testHooks`). */
+  testHooks?: "crash" | "freeze";
   /** Time between two copies of a plane's stats into its row, in ms. @default {100} */
   flushMs?: number;
 }
@@ -87,12 +88,26 @@ interface Slot {
   flushes: Map<number, () => void>;
   /** Replies awaited, by type: resolved with the reply, or `undefined` if the plane dies. */
   waiting: Map<FromPlane["t"], (message: FromPlane | undefined) => void>;
+  /** Its row's write count when the watchdog last saw it move, and when. */
+  pulse: { writes: number; at: number };
+  /** Whether its row has not moved for `FROZEN_MS` (its event loop does not run). */
+  frozen: boolean;
 }
 
 const BUCKETS = DEFAULT_LATENCY_BUCKETS.length;
 
 /** Upstream names the shared connection counts have room for, over the process's life. */
 export const UPSTREAM_SLOTS = 4096;
+/**
+ * How long a drain step waits for a plane's answer before ending it: a plane answers each at
+ * once, or once the connections it closes have ended (microseconds to milliseconds).
+ */
+const ANSWER_MS = 5000;
+/**
+ * A plane whose row has not been written for this long is not running (it writes it every
+ * `flushMs`): a busy loop, or a synchronous call that does not return.
+ */
+const FROZEN_MS = 3000;
 const COUNT_FIELDS = [
   "connections_total",
   "requests",
@@ -125,6 +140,7 @@ export class DataPlanes {
   /** Per-upstream figures of planes that died. */
   #retired = new Map<string, UpstreamCounts>();
   #respawnTimers = new Set<ReturnType<typeof setTimeout>>();
+  #watchdog: ReturnType<typeof setInterval> | undefined;
 
   /** Planes, not started. */
   constructor(options: DataPlanesOptions) {
@@ -169,7 +185,7 @@ export class DataPlanes {
   /** Whether every plane is listening (and the planes are not draining). */
   get listening(): boolean {
     return !this.#stopping && this.#slots.length > 0 &&
-      this.#slots.every((s) => s.state === "running");
+      this.#slots.every((s) => s.state === "running" && !s.frozen);
   }
 
   /** Whether the drain has begun. */
@@ -189,6 +205,7 @@ export class DataPlanes {
    * @throws {PlaneStartError} when a plane cannot listen (every plane is ended then).
    */
   async start(): Promise<number> {
+    if (this.#options.count > 1) assertPortFree(this.#listen);
     const first = this.#spawn(0, this.#listen);
     try {
       this.#port = await first.ready.promise;
@@ -202,7 +219,42 @@ export class DataPlanes {
       throw error;
     }
     this.#started = true;
+    this.#watchdog = setInterval(() => this.#watch(), 1000);
     return this.#port;
+  }
+
+  /**
+   * Says once when a running plane stops running (its row stands still), and fails readiness
+   * until it runs again: no message reaches it, so it can be neither asked nor ended (a Worker
+   * spinning in a loop keeps its sockets, its listener included, until the process exits), and
+   * the kernel keeps handing it its share of new clients, who wait. Only a restart of the
+   * process helps; the operator, or the load balancer reading `/readyz`, has to know.
+   */
+  #watch(): void {
+    const now = performance.now();
+    for (const slot of this.#slots) {
+      if (slot.state !== "running") continue;
+      const writes = slot.row.writes;
+      if (writes !== slot.pulse.writes) {
+        slot.pulse = { writes, at: now };
+        if (slot.frozen) {
+          slot.frozen = false;
+          this.#options.logger.warning("Data-plane worker {worker} runs again", {
+            worker: slot.index,
+          });
+        }
+      } else if (!slot.frozen && now - slot.pulse.at >= FROZEN_MS) {
+        slot.frozen = true;
+        this.#options.logger.error(
+          "Data-plane worker {worker} has not run for {seconds} s (a busy loop?): its {open} connection(s) and the new clients the kernel hands it wait; /readyz fails until it runs again (restart the process to end it)",
+          {
+            worker: slot.index,
+            seconds: Math.round((now - slot.pulse.at) / 1000),
+            open: Atomics.load(this.#gateView, 2 + slot.index),
+          },
+        );
+      }
+    }
   }
 
   /** The config a plane started from now gets (after a reload). */
@@ -232,13 +284,17 @@ export class DataPlanes {
 
   /**
    * Asks every running plane to copy its stats into its row now, and waits for them (at most
-   * `timeoutMs`: a plane that does not answer, frozen or gone, is read as it last flushed).
+   * `timeoutMs`: a plane that does not answer, frozen or gone, is read as it last flushed; one
+   * known not to run is not asked).
    */
   async flushAll(timeoutMs = 1000): Promise<void> {
     const waits: Promise<void>[] = [];
     const asked: { slot: Slot; id: number }[] = [];
     for (const slot of this.#slots) {
       if (slot.state !== "running" && slot.state !== "stopping") continue;
+      // One that does not run would make every read wait the whole timeout, and keep a message
+      // for it per read (a SIGUSR2 storm): read it as it last flushed.
+      if (slot.frozen) continue;
       const id = this.#nextFlush++;
       const done = Promise.withResolvers<void>();
       slot.flushes.set(id, done.resolve);
@@ -264,7 +320,10 @@ export class DataPlanes {
   /** Each plane's connections, replies per second and restarts. */
   breakdown(now: number): WorkerStats[] {
     return this.#slots.map((slot) => {
-      const { connections, repliesPerSecond } = StatsRow.breakdown(slot.row.read(), now);
+      // One that died serves nobody (its row is its last flush, kept for the totals only).
+      const { connections, repliesPerSecond } = slot.state === "dead"
+        ? { connections: 0, repliesPerSecond: 0 }
+        : StatsRow.breakdown(slot.row.read(), now);
       return {
         worker: slot.index,
         connections_active: connections,
@@ -318,7 +377,7 @@ export class DataPlanes {
     for (const slot of slots) slot.state = "stopping";
     const drainedAll = Promise.all(slots.map((s) => this.#expect(s, "drained")));
     const stopped = await Promise.all(
-      slots.map((s) => this.#ask(s, { t: "stop-accepting" }, "accepting-stopped")),
+      slots.map((s) => this.#askInTime(s, { t: "stop-accepting" }, "accepting-stopped")),
     );
     const active = stopped.reduce(
       (n, m) => n + (m?.t === "accepting-stopped" ? m.active : 0),
@@ -341,7 +400,7 @@ export class DataPlanes {
       // The counts come back once the idle ones are closed; the line is written before the
       // busy ones are, as one proxy wrote it.
       const counts = await Promise.all(
-        slots.map((s) => this.#ask(s, { t: "close-idle" }, "idle-closed")),
+        slots.map((s) => this.#askInTime(s, { t: "close-idle" }, "idle-closed")),
       );
       for (const m of counts) {
         if (m?.t !== "idle-closed") continue;
@@ -357,8 +416,30 @@ export class DataPlanes {
         },
       );
     }
-    await Promise.all(slots.map((s) => this.#ask(s, { t: "close" }, "stopped")));
+    await Promise.all(slots.map((s) => this.#askInTime(s, { t: "close" }, "stopped")));
     return { drained, closedIdle, closedBusy, aborted: force.aborted };
+  }
+
+  /**
+   * {@linkcode #ask}, for a drain step: a plane that has not answered within `ANSWER_MS` (it
+   * spins, or its event loop is stuck) is ended as if it had died while draining, so that
+   * neither the drain nor a second signal waits on it for ever.
+   */
+  async #askInTime(
+    slot: Slot,
+    message: ToPlane,
+    reply: FromPlane["t"],
+  ): Promise<FromPlane | undefined> {
+    const answer = this.#ask(slot, message, reply);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<"late">((resolve) =>
+      timer = setTimeout(() => resolve("late"), ANSWER_MS)
+    );
+    const first = await Promise.race([answer, late]);
+    clearTimeout(timer);
+    if (first !== "late") return first;
+    this.#died(slot, `it did not answer "${message.t}" within ${ANSWER_MS / 1000} s`, true);
+    return undefined;
   }
 
   /** Sends `message` to `slot` and resolves with its `reply` (`undefined` if it dies first). */
@@ -379,6 +460,7 @@ export class DataPlanes {
   /** Ends every plane at once (after {@linkcode shutdown}, or when the start failed). */
   terminate(): void {
     this.#stopping = true;
+    clearInterval(this.#watchdog);
     for (const timer of this.#respawnTimers) clearTimeout(timer);
     for (const slot of this.#slots) this.#end(slot);
   }
@@ -409,6 +491,8 @@ export class DataPlanes {
       ready: Promise.withResolvers(),
       flushes: new Map(),
       waiting: new Map(),
+      pulse: { writes: 0, at: performance.now() },
+      frozen: false,
     };
     slot.ready.promise.catch(() => {});
     this.#slots[index] = slot;
@@ -438,7 +522,7 @@ export class DataPlanes {
       states: this.#options.states(),
       thread: this.#options.thread,
       flushMs: this.#options.flushMs ?? 100,
-      testHooks: this.#options.testHooks ?? false,
+      testHooks: this.#options.testHooks,
     };
     endpoint.postMessage({ t: "init", init } satisfies ToPlane);
     return slot;
@@ -461,12 +545,15 @@ export class DataPlanes {
     switch (message.t) {
       case "ready":
         if (slot.state === "starting") slot.state = "running";
+        slot.pulse = { writes: slot.row.writes, at: performance.now() }; // a slow start is no stall
         slot.ready.resolve(message.port);
         break;
       case "failed":
         slot.state = "dead";
         slot.ready.reject(new PlaneStartError(message.error, message.addrInUse));
         this.#end(slot);
+        // A drain that began while it started waits on it: it has nothing more to say.
+        this.#settle(slot);
         break;
       case "log":
         this.#options.onLog(message.lines);
@@ -489,6 +576,9 @@ export class DataPlanes {
         slot.upstreams = message.upstreams;
         slot.state = "stopped";
         break;
+      case "fatal":
+        this.#died(slot, message.error);
+        break;
     }
   }
 
@@ -497,7 +587,7 @@ export class DataPlanes {
    * never go backwards), its connections leave the process count, and a new plane takes its
    * place on the same port — at once, or after a backoff when it died young (a crash loop).
    */
-  #died(slot: Slot, error: string): void {
+  #died(slot: Slot, error: string, unresponsive = false): void {
     if (this.#slots[slot.index] !== slot || slot.state === "dead") return;
     const was = slot.state;
     slot.state = "dead";
@@ -507,10 +597,13 @@ export class DataPlanes {
       slot.ready.reject(
         new PlaneStartError(`data-plane worker ${slot.index}: ${error}`, false, !slot.heard),
       );
+      this.#settle(slot);
       return;
     }
     const now = this.#options.own.clock();
-    slot.row.addTo(slot.row.read(), this.#options.base, { now, gauges: false, windows: false });
+    // Its window buckets too: the messages it saw were seen, and the rates drop them as they
+    // age (a crash is no reason for request_rate_10s to halve at once).
+    slot.row.addTo(slot.row.read(), this.#options.base, { now, gauges: false });
     for (const row of slot.upstreams) {
       const sum = this.#retired.get(row.name) ?? zeroCounts();
       for (const f of COUNT_FIELDS) sum[f] += row[f];
@@ -521,14 +614,13 @@ export class DataPlanes {
     Atomics.sub(this.#gateView, 0, open);
     const row = slot.index * UPSTREAM_SLOTS;
     for (let i = 0; i < UPSTREAM_SLOTS; i++) Atomics.store(this.#sharedView, row + i, 0);
-    for (const resolve of slot.flushes.values()) resolve();
-    slot.flushes.clear();
     slot.ready.reject(new PlaneStartError(`data-plane worker ${slot.index} died: ${error}`, false));
-    for (const waiter of slot.waiting.values()) waiter(undefined);
-    slot.waiting.clear();
+    this.#settle(slot);
     if (was === "stopping") {
       this.#options.logger.error(
-        "Data-plane worker {worker} died while draining ({error}); its {open} connection(s) were closed",
+        unresponsive
+          ? "Data-plane worker {worker} does not answer while draining ({error}): given up on; its {open} connection(s) close when the process exits"
+          : "Data-plane worker {worker} died while draining ({error}); its {open} connection(s) were closed",
         { worker: slot.index, error, open },
       );
       return;
@@ -548,6 +640,14 @@ export class DataPlanes {
       },
     );
     this.#respawn(slot.index, slot.restarts + 1, delayMs);
+  }
+
+  /** Ends every wait on `slot` (it is gone: its flushes are as they are, it answers nothing). */
+  #settle(slot: Slot): void {
+    for (const resolve of slot.flushes.values()) resolve();
+    slot.flushes.clear();
+    for (const waiter of slot.waiting.values()) waiter(undefined);
+    slot.waiting.clear();
   }
 
   /** Starts a plane in place of one that died, after `delayMs`; tries again while it fails. */
@@ -576,6 +676,24 @@ export class DataPlanes {
       );
     }, delayMs);
     this.#respawnTimers.add(timer);
+  }
+}
+
+/**
+ * Throws when `listen` (a fixed port) is taken. `SO_REUSEPORT` lets every socket of the same
+ * user that sets it join a port: the planes' binds would succeed next to another proxy still
+ * serving there (started twice by mistake), which would then take half of each other's clients.
+ * A bind without it fails on any listener there. Port 0 needs no look: the kernel never hands
+ * a port that is in use to a socket binding port 0, `SO_REUSEPORT` or not.
+ *
+ * @throws {PlaneStartError} when the port cannot be bound.
+ */
+function assertPortFree(listen: Address): void {
+  if (listen.port === 0) return;
+  try {
+    Deno.listen({ hostname: listen.hostname, port: listen.port }).close();
+  } catch (error) {
+    throw new PlaneStartError(describeError(error), error instanceof Deno.errors.AddrInUse);
   }
 }
 

@@ -120,7 +120,8 @@ class Supervisor {
   /** Reloads run one at a time; one more may wait, shared by every request made meanwhile. */
   #reloadChain: Promise<unknown> = Promise.resolve();
   #reloadWaiting: Promise<ReloadResult> | undefined;
-  #testHooks = denoEnvReader()("FOO_PROXY_TEST_HOOKS") === "1";
+  /** `FOO_PROXY_TEST_HOOKS`: 1, the crash hook crashes a worker; freeze: it makes one spin. */
+  #testHooks = testHooksOf(denoEnvReader()("FOO_PROXY_TEST_HOOKS"));
 
   constructor(args: string[], context: CommandContext, output: ProxyOutput, usage: string) {
     this.#args = args;
@@ -635,4 +636,8 @@ function directoryProblem(path: string): string | undefined {
     // Missing (it is created) or not visible: nothing to say yet.
   }
   return undefined;
+}
+
+function testHooksOf(value: string | undefined): "crash" | "freeze" | undefined {
+  return value === "1" ? "crash" : value === "freeze" ? "freeze" : undefined;
 }

@@ -69,6 +69,11 @@ export class StatsRow {
     this.#values = new Float64Array(this.buffer, 8, floats);
   }
 
+  /** How many writes have begun (it moves while the writer runs: a watchdog's pulse). */
+  get writes(): number {
+    return Atomics.load(this.#seq, 0);
+  }
+
   /** Copies `stats` in (the worker, its only writer). */
   write(stats: Stats, now: number): void {
     const v = this.#values;
