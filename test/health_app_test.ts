@@ -19,6 +19,18 @@ Deno.test("/livez answers 200 even when readiness fails", async () => {
   assert.deepEqual(await res.json(), { status: "ok" });
 });
 
+Deno.test("/livez answers 503 with the reason when the process cannot recover by itself (a stuck worker)", async () => {
+  let stuck: string | undefined = undefined;
+  const app = createHealthApp({ stuck: () => stuck });
+  assert.equal((await app.request("/livez")).status, 200);
+  stuck = "data-plane worker 1 not running for 31 s: restart the process";
+  const res = await app.request("/livez");
+  assert.equal(res.status, 503);
+  assert.deepEqual(await res.json(), { status: "stuck", detail: stuck });
+  // The original names stay what they were: the process answers.
+  assert.equal((await app.request("/health")).status, 200);
+});
+
 Deno.test("/readyz answers 200 when every check passes", async () => {
   const app = createHealthApp({
     checks: () => [{ name: "listener", ok: true }, { name: "upstream", ok: true }],

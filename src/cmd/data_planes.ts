@@ -108,6 +108,11 @@ const ANSWER_MS = 5000;
  * `flushMs`): a busy loop, or a synchronous call that does not return.
  */
 const FROZEN_MS = 3000;
+/**
+ * A plane frozen this long makes `/livez` fail, so an orchestrator restarts the process (the only
+ * remedy); long enough that no GC pause or slow synchronous call trips it.
+ */
+const STUCK_MS = 30_000;
 const COUNT_FIELDS = [
   "connections_total",
   "requests",
@@ -186,6 +191,20 @@ export class DataPlanes {
   get listening(): boolean {
     return !this.#stopping && this.#slots.length > 0 &&
       this.#slots.every((s) => s.state === "running" && !s.frozen);
+  }
+
+  /**
+   * Why the process cannot recover by itself: a worker that has not run for `ms` (a Worker
+   * spinning in a loop cannot be ended, and keeps its listener, so the kernel keeps handing it
+   * new clients who wait); `undefined` while every worker runs or has only just stalled.
+   */
+  stuck(ms = STUCK_MS): string | undefined {
+    const now = performance.now();
+    const stuck = this.#slots.filter((s) => s.frozen && now - s.pulse.at >= ms);
+    if (stuck.length === 0) return undefined;
+    return `data-plane worker${stuck.length === 1 ? "" : "s"} ${
+      stuck.map((s) => s.index).join(", ")
+    } not running for ${Math.round((now - stuck[0].pulse.at) / 1000)} s: restart the process`;
   }
 
   /** Whether the drain has begun. */

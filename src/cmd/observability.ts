@@ -96,6 +96,8 @@ export interface ObservabilityOptions {
   activeConnections?: () => number;
   /** Awaited before `/stats` and `/metrics` are built (see `StatsAppOptions.beforeRead`). */
   beforeRead?: () => Promise<void>;
+  /** Why the process cannot recover by itself (`/livez` fails with it); unset: it always can. */
+  stuck?: () => string | undefined;
   /** The test hook `POST /debug/crash-worker/N`; unset: not served. */
   crashWorker?: (index: number) => boolean;
 }
@@ -247,6 +249,7 @@ export async function startObservability(options: ObservabilityOptions): Promise
     ? createHealthApp({
       version: VERSION,
       uptimeSeconds: () => Math.round((stats.clock() - stats.startedAt) / 1000),
+      stuck: options.stuck,
       checks: proxyReadinessChecks({
         listening: options.listening,
         shuttingDown: () => stopping.value || (options.shuttingDown?.() ?? false),

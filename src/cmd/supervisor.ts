@@ -461,6 +461,7 @@ class Supervisor {
         activeConnections: () => planes.activeConnections,
         beforeRead: () => planes.flushAll(),
         crashWorker: this.#testHooks ? (index) => planes.crash(index) : undefined,
+        stuck: () => planes.stuck(),
         listening: () => planes.listening,
         shuttingDown: () => planes.stopping,
         forward: config.forward,

@@ -16,6 +16,12 @@ export interface HealthAppOptions {
    * Unset: always ready (the process answers).
    */
   checks?: () => ReadinessCheck[];
+  /**
+   * Why the process cannot recover by itself (`/livez` then answers 503 with it, so an
+   * orchestrator restarts it), or `undefined` while it can. Unset: `/livez` answers 200 whenever
+   * the process answers.
+   */
+  stuck?: () => string | undefined;
   /** Seconds since start, for the liveness answers; unset: left out. */
   uptimeSeconds?: () => number;
   /** foo-proxy's version, for the liveness answers. @default {VERSION} */
@@ -41,7 +47,12 @@ export function createHealthApp(options: HealthAppOptions = {}): Hono {
   for (const path of ["/health", "/heartbeat", "/status"]) {
     app.get(path, (c) => c.json(alive(), 200, NO_STORE));
   }
-  app.get("/livez", (c) => c.json({ status: "ok" }, 200, NO_STORE));
+  app.get("/livez", (c) => {
+    const stuck = options.stuck?.();
+    return stuck === undefined
+      ? c.json({ status: "ok" }, 200, NO_STORE)
+      : c.json({ status: "stuck", detail: stuck }, 503, NO_STORE);
+  });
   app.get("/readyz", (c) => {
     let checks: ReadinessCheck[];
     try {
