@@ -437,7 +437,10 @@ export interface SpawnMainOptions {
    * @default {DEFAULT_CHILD_FLAGS}
    */
   permissions?: readonly string[];
-  /** Extra environment variables (added to this process's environment). Unset: none. */
+  /**
+   * Extra environment variables (added to this process's environment; with the default
+   * `permissions`, after `FOO_PROXY_WORKERS=2`, which a test may override). Unset: none.
+   */
   env?: Record<string, string>;
   /**
    * A shell command run first, in the same process (`bash -c "PREFIX && exec deno …"`), e.g.
@@ -469,7 +472,12 @@ export class MainProcess implements AsyncDisposable {
     this.process = new Deno.Command(program, {
       args: programArgs,
       cwd: REPO_ROOT,
-      env: options.env,
+      // With the default grants, two workers unless a test says otherwise: the suite's load
+      // does not grow with the CI machine's CPUs (auto), and two is where the split shows. A
+      // test with grants of its own keeps auto (which falls back where a grant is missing).
+      env: options.permissions === undefined
+        ? { FOO_PROXY_WORKERS: "2", ...options.env }
+        : options.env,
       stdin: "null",
       stdout: "piped",
       stderr: "piped",

@@ -60,7 +60,7 @@ Deno.test("permissionNeeds() lists listen, forward, http, health and the recover
 
 Deno.test("assertPermissions() passes when everything is granted and names every missing one at once", () => {
   assertPermissions(targets, { query: () => "granted", standalone: false });
-  const RUN = "run: deno run --allow-net '--allow-env=FOO_PROXY_*'";
+  const RUN = "run: deno run --allow-net '--allow-env=FOO_PROXY_*' --allow-read=src --unstable-net";
   const TAIL = "src/main.ts proxy --recovery-path /var/lib/foo-proxy/stats.json " +
     "(deno task start cannot take more permission flags)";
   const cases: [(d: PermissionNeed["descriptor"]) => boolean, string][] = [
@@ -175,7 +175,7 @@ Deno.test("a missing net grant for --listen, --forward or an explicit --http exi
     // The exact command that works, with the same arguments (a task cannot take more flags).
     assert.ok(
       text.includes(
-        `run: deno run --allow-net '--allow-env=FOO_PROXY_*' src/main.ts proxy ${
+        `run: deno run --allow-net '--allow-env=FOO_PROXY_*' --allow-read=src --unstable-net src/main.ts proxy ${
           [...args.slice(1), ...extra].join(" ")
         } (deno task start cannot take more permission flags)`,
       ),
@@ -211,7 +211,7 @@ Deno.test("--recovery-path needs read and write of its directory only: missing, 
       assert.ok(
         denied.stderr.text.startsWith(
           `foo-proxy: Missing permission: write access to ${dir} (recovery file --recovery-path); ` +
-            `run: deno run --allow-net '--allow-env=FOO_PROXY_*' --allow-write=${dir} src/main.ts proxy `,
+            `run: deno run --allow-net '--allow-env=FOO_PROXY_*' --allow-read=src --unstable-net --allow-write=${dir} src/main.ts proxy `,
         ),
         denied.stderr.text,
       );

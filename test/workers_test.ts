@@ -354,6 +354,7 @@ Deno.test("--workers 2 without --unstable-net, or without read access to src/, e
   if (navigator.hardwareConcurrency > 1) {
     const { child, port } = await spawnWorkers(upstream.addr.port, [], {
       permissions: noUnstable,
+      env: { FOO_PROXY_WORKERS: "auto" },
     });
     await using _child = child;
     assert.match(child.stderr.text, /Using 1 core of \d+: .*--unstable-net/);
@@ -614,7 +615,10 @@ Deno.test("workers whose module cannot load: auto serves on the main thread and 
   // Reading src/ is granted, but one module of the worker's is not: the Worker dies loading.
   const permissions = [...DEFAULT_CHILD_FLAGS, `--deny-read=${REPO_ROOT}/src/stats/stats_row.ts`];
   {
-    const { child, port } = await spawnWorkers(upstream.addr.port, [], { permissions });
+    const { child, port } = await spawnWorkers(upstream.addr.port, [], {
+      permissions,
+      env: { FOO_PROXY_WORKERS: "auto" },
+    });
     await using _child = child;
     assert.match(child.stderr.text, /The data-plane workers cannot start \(.*stats_row\.ts/);
     assert.match(child.stderr.text, /\(data plane on the main thread\)/);

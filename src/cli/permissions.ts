@@ -122,8 +122,17 @@ export interface MissingMessageOptions {
   baseFlags?: readonly string[];
 }
 
-/** What `deno task start` grants: the base of the suggested `deno run` line. */
-const START_FLAGS = ["--allow-net", "--allow-env=FOO_PROXY_*"];
+/**
+ * What `deno task start` grants (less its `examples` read): the base of the suggested `deno run`
+ * line, so the command it suggests runs on every core (the workers load from `src/` and share
+ * the port with `--unstable-net`).
+ */
+const START_FLAGS = [
+  "--allow-net",
+  "--allow-env=FOO_PROXY_*",
+  "--allow-read=src",
+  "--unstable-net",
+];
 
 /**
  * The one line for the missing `needs`: each permission with its target and the flag that
