@@ -19,7 +19,8 @@ import { DEFAULT_LATENCY_BUCKETS } from "../src/stats/histogram.ts";
 import { MergedStats } from "../src/stats/merged_stats.ts";
 import { Stats } from "../src/stats/stats.ts";
 import { StatsRow } from "../src/stats/stats_row.ts";
-import { startUpstream } from "./_util.ts";
+import { startUpstream, waitUntil } from "./_util.ts";
+import { PostedLines } from "../src/cmd/data_plane.ts";
 
 const NOW = 1_700_000_000_000;
 const BUCKETS = DEFAULT_LATENCY_BUCKETS.length;
@@ -262,4 +263,25 @@ Deno.test("leastconn counts every worker's connections: a worker sends new clien
     for (const server of servers) await server.close();
   }
   assert.deepEqual([...counts], new Array(16).fill(0));
+});
+
+Deno.test("a plane's log lines on their way to the supervisor are bounded per batch: past it, dropped and counted", async () => {
+  const sent: string[][] = [];
+  const lines = new PostedLines((batch) => sent.push(batch), 100);
+  let dropped = 0;
+  lines.onDrop = () => dropped++;
+  for (let i = 0; i < 50; i++) lines.push(`line ${String(i).padStart(3, "0")}\n`); // 9 each
+  assert.equal(sent.length, 0, "batched, not sent at once");
+  lines.flush();
+  assert.equal(sent.length, 1);
+  assert.equal(sent[0].length, 11); // 11 × 9 = 99 ≤ 100
+  assert.equal(dropped, 39);
+  // A line bigger than the bound alone is still sent: the bound is for floods, not sizes.
+  lines.push("x".repeat(500) + "\n");
+  lines.flush();
+  assert.equal(sent[1].length, 1);
+  // Unflushed lines go out on their own within 10 ms.
+  lines.push("late\n");
+  await waitUntil(() => sent.length === 3, "the batch timer");
+  assert.deepEqual(sent[2], ["late\n"]);
 });

@@ -105,30 +105,52 @@ export interface PlaneEndpoint {
   onmessage: ((event: MessageEvent) => void) | null;
 }
 
-/** Lines batched for 10 ms and sent in one message. */
-class PostedLines {
+/**
+ * Lines batched for 10 ms and sent in one message, at most {@linkcode POSTED_MAX_BYTES} of them
+ * per batch: past it a line is dropped and counted (`onDrop`), so a flood of log lines cannot
+ * queue without bound on its way to the supervisor (whose own writers drop and count the same way
+ * when stderr or the file stalls).
+ */
+export class PostedLines {
+  /** Counts a dropped line; unset: dropped uncounted. */
+  onDrop: (() => void) | undefined;
   #lines: string[] = [];
+  #bytes = 0;
+  #max: number;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #send: (lines: string[]) => void;
 
-  constructor(send: (lines: string[]) => void) {
+  /** Batches lines for `send`; `maxBytes` (UTF-16 units) per batch. */
+  constructor(send: (lines: string[]) => void, maxBytes = POSTED_MAX_BYTES) {
     this.#send = send;
+    this.#max = maxBytes;
   }
 
+  /** Queues `line` (with its newline) for the next batch, or drops and counts it. */
   push(line: string): void {
+    if (this.#bytes + line.length > this.#max && this.#lines.length > 0) {
+      this.onDrop?.();
+      return;
+    }
     this.#lines.push(line);
+    this.#bytes += line.length;
     this.#timer ??= setTimeout(() => this.flush(), 10);
   }
 
+  /** Sends what is queued now. */
   flush(): void {
     clearTimeout(this.#timer);
     this.#timer = undefined;
     if (this.#lines.length === 0) return;
     const lines = this.#lines;
     this.#lines = [];
+    this.#bytes = 0;
     this.#send(lines);
   }
 }
+
+/** Text a plane sends the supervisor per 10 ms batch of log (or access-log) lines, at most. */
+export const POSTED_MAX_BYTES = 256 * 1024;
 
 /**
  * Serves a data plane on `endpoint`: waits for `init`, starts, and follows the supervisor's
@@ -246,6 +268,8 @@ class DataPlane {
     this.#pool.applyStates(init.states);
     stats.upstreams = () => this.#pool.snapshot();
     this.#access = new PostedLines((lines) => post({ t: "access", lines }));
+    this.#access.onDrop = () => stats.accessLogLinesDropped++;
+    logs.onDrop = () => stats.logLinesDropped++;
     const format = config.accessLog === "json" ? "json" : "text";
     this.proxy = new Proxy({
       target: this.#pool,
