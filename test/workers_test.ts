@@ -114,6 +114,13 @@ function openClients(port: number, count: number): Promise<Client[]> {
   return Promise.all(Array.from({ length: count }, () => Client.open(port)));
 }
 
+/** `rounds` round trips on every client, each answered. */
+async function roundTrips(clients: Client[], rounds: number): Promise<void> {
+  for (let round = 0; round < rounds; round++) {
+    for (const client of clients) assert.ok(await client.roundTrip());
+  }
+}
+
 /** The test hook: crashes (or, with FOO_PROXY_TEST_HOOKS=freeze, freezes) worker `index`. */
 async function crashWorker(http: number, index: number): Promise<void> {
   const response = await fetch(`http://${LOCAL}:${http}/debug/crash-worker/${index}`, {
@@ -223,9 +230,7 @@ Deno.test("a worker that crashes mid-load is replaced: its clients are closed, t
   await using _child = child;
   const clients = await openClients(port, 30);
   try {
-    for (let round = 0; round < 5; round++) {
-      for (const client of clients) assert.ok(await client.roundTrip());
-    }
+    await roundTrips(clients, 5);
     const before = await stats(http);
     assert.equal(before.msg_req, 150);
     const onZero = before.workers[0].connections_active;
@@ -472,9 +477,7 @@ Deno.test("the request and response rates keep what a worker saw after it dies (
   await using _child = child;
   const clients = await openClients(port, 20);
   try {
-    for (let round = 0; round < 5; round++) {
-      for (const client of clients) assert.ok(await client.roundTrip());
-    }
+    await roundTrips(clients, 5);
     const before = await stats(http) as Snapshot & Record<string, number>;
     assert.ok(before.workers[0].connections_active > 0, "worker 0 carries clients");
     // Well inside the 10 s window: every REQ so far is in it (over 9.9 to 10 s of it).

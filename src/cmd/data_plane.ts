@@ -214,6 +214,8 @@ async function startPlane(
     post({ t: "ready", port: addr.port });
     return plane;
   } catch (error) {
+    // Nothing of it runs on: its flush timer would keep an in-process plane's thread alive.
+    plane.lastWords();
     logs.flush();
     post({
       t: "failed",

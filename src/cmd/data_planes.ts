@@ -47,14 +47,10 @@ export interface DataPlanesOptions {
 }
 
 /** The per-upstream figures the planes count (the supervisor's pool has the states). */
-export interface UpstreamCounts {
-  connections_active: number;
-  connections_total: number;
-  requests: number;
-  replies: number;
-  connect_failures: number;
-  stream_errors: number;
-}
+export type UpstreamCounts = Pick<
+  UpstreamSnapshot,
+  "connections_active" | typeof COUNT_FIELDS[number]
+>;
 
 /** A plane could not start (the listener could not be bound). */
 export class PlaneStartError extends Error {
@@ -717,12 +713,7 @@ function assertPortFree(listen: Address): void {
 }
 
 function zeroCounts(): UpstreamCounts {
-  return {
-    connections_active: 0,
-    connections_total: 0,
-    requests: 0,
-    replies: 0,
-    connect_failures: 0,
-    stream_errors: 0,
-  };
+  const zero = { connections_active: 0 } as UpstreamCounts;
+  for (const f of COUNT_FIELDS) zero[f] = 0;
+  return zero;
 }
