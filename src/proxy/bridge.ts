@@ -209,7 +209,11 @@ class Session {
     // With the access log the analyzers count into this connection's own counters, added to the
     // shared ones after every chunk; without it they count into the shared ones directly.
     const counts = this.own?.counts ?? stats.counts;
-    const sizes = { initialSize: config.initialBufferSize, maxSize: config.maxBufferSize };
+    const sizes = {
+      initialSize: config.initialBufferSize,
+      maxSize: config.maxBufferSize,
+      pool: config.bufferPool ?? undefined,
+    };
     this.downSource = new ChunkSource(downstream, { ...sizes, held: options.held });
     this.upSource = new ChunkSource(upstream, sizes);
     // Within the in-flight limit every REQ is matched by Seq (never merely counted).
@@ -288,6 +292,8 @@ class Session {
       this.internalError(error);
     }
     await requests;
+    this.downSource.release();
+    this.upSource.release();
     signal?.removeEventListener("abort", this);
     this.config.timers.clearTimeout(this.timer);
     this.requests.end();
@@ -747,9 +753,11 @@ class Session {
     this.up = up;
     this.matchedAtConnect = this.tracker.matched;
     this.unmatchedAtConnect = this.tracker.unmatched;
+    this.upSource.release();
     const source = new ChunkSource(up, {
       initialSize: this.config.initialBufferSize,
       maxSize: this.config.maxBufferSize,
+      pool: this.config.bufferPool ?? undefined,
     });
     this.upSource = source;
     stats.failovers++;

@@ -6,6 +6,7 @@
  */
 
 import { systemTimers, type Timers } from "../async/timers.ts";
+import { BufferPool } from "./buffer_pool.ts";
 
 /** What happens to a connection whose upstream connection dies (`--resume`). */
 export type ResumeMode = "off" | "verbatim" | "renumber";
@@ -13,12 +14,21 @@ export type ResumeMode = "off" | "verbatim" | "renumber";
 /** Settings of the bridge engine; each unset one takes its default. */
 export interface EngineOptions {
   /**
-   * First read-buffer size per direction, in bytes; it doubles when a read fills it. A pending
-   * read pins its buffer, so idle connections cost this much per side. @default {1024}
+   * Small read-buffer size per direction, in bytes: a pending read pins its buffer, so an idle
+   * connection costs this much per side. A read that fills it moves the connection to a large
+   * buffer from {@linkcode bufferPool} until its reads turn small again. @default {64}
    */
   initialBufferSize?: number;
-  /** Largest read buffer per direction. @default {65536} */
+  /**
+   * Largest read buffer per direction: a partial reply line held back whole (`resume`) may grow
+   * the buffer beyond the pool's size up to this. @default {65536}
+   */
   maxBufferSize?: number;
+  /**
+   * Where connections borrow a large read buffer while data flows (16 KiB). `null`: each
+   * connection allocates its own when needed. @default {a new pool per resolved config}
+   */
+  bufferPool?: BufferPool | null;
   /**
    * Most valid REQs forwarded upstream and not yet answered per connection; at the limit the
    * downstream is not read (TCP backpressure holds the client). Exact: a chunk holding more is
@@ -86,10 +96,14 @@ export interface EngineOptions {
 /** {@linkcode EngineOptions} with every default applied. */
 export type EngineConfig = Readonly<Required<EngineOptions>>;
 
+/** Size of the large read buffers a resolved config's pool lends. */
+const LARGE_BUFFER = 16384;
+
 /** The defaults of {@linkcode EngineOptions}. */
 export const ENGINE_DEFAULTS: EngineConfig = Object.freeze({
-  initialBufferSize: 1024,
+  initialBufferSize: 64,
   maxBufferSize: 65536,
+  bufferPool: null,
   maxInflight: 10_000,
   idleTimeoutMs: 0,
   halfCloseTimeoutMs: 30_000,
@@ -141,5 +155,8 @@ export function resolveEngineConfig(options: EngineOptions = {}): EngineConfig {
     );
   }
   config.maxBufferSize = Math.max(config.initialBufferSize, config.maxBufferSize);
+  if (options.bufferPool === undefined) {
+    config.bufferPool = new BufferPool(Math.min(LARGE_BUFFER, config.maxBufferSize));
+  }
   return Object.freeze(config);
 }

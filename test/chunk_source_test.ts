@@ -1,0 +1,146 @@
+import assert from "node:assert/strict";
+import { BufferPool } from "../src/proxy/buffer_pool.ts";
+import { ChunkSource } from "../src/proxy/chunk_source.ts";
+import { listenLocal, withTimeout, writeAll } from "./_util.ts";
+
+/** A connected pair on 127.0.0.1: `a` writes, `b` is read through a source. */
+async function pair(): Promise<{ a: Deno.TcpConn; b: Deno.TcpConn; close(): void }> {
+  using listener = listenLocal();
+  const [a, b] = await Promise.all([
+    Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port }),
+    listener.accept(),
+  ]);
+  return {
+    a,
+    b,
+    close() {
+      for (const c of [a, b]) {
+        try {
+          c.close();
+        } catch {
+          // closed already
+        }
+      }
+    },
+  };
+}
+
+/** Reads chunks until `total` bytes came; returns them joined and the buffer size of each read. */
+async function readAll(
+  source: ChunkSource,
+  total: number,
+): Promise<{ data: Uint8Array; sizes: number[] }> {
+  const data = new Uint8Array(total);
+  const sizes: number[] = [];
+  let got = 0;
+  while (got < total) {
+    sizes.push(source.bufferSize);
+    const chunk = await withTimeout(source.next(), 5000, "a chunk");
+    assert.ok(chunk !== null, "stream ended early");
+    data.set(chunk, got);
+    got += chunk.length;
+  }
+  return { data, sizes };
+}
+
+Deno.test("ChunkSource reads into its small buffer while idle, a pooled large one while data flows, and goes back", async () => {
+  const { a, b, close } = await pair();
+  try {
+    const pool = new BufferPool(4096);
+    const source = new ChunkSource(b, { initialSize: 64, pool });
+    // Lock-step traffic: one short line at a time stays in the small buffer.
+    for (let i = 0; i < 3; i++) {
+      await writeAll(a, "REQ 1 hi\n");
+      const { sizes } = await readAll(source, 9);
+      assert.deepEqual(sizes, [64]);
+    }
+    assert.equal(pool.lent, 0);
+    // A burst fills the small buffer: the following reads borrow a large one.
+    const burst = new Uint8Array(200_000).map((_, i) => 65 + (i % 26));
+    const writing = writeAll(a, burst);
+    const { data, sizes } = await readAll(source, burst.length);
+    await writing;
+    assert.deepEqual(data, burst);
+    assert.equal(sizes[0], 64);
+    assert.ok(sizes.includes(4096), `large reads expected: ${sizes.join(",")}`);
+    assert.ok(!sizes.some((s) => s !== 64 && s !== 4096), sizes.join(","));
+    // The flow stops: a small read gives the large buffer back before the next read waits.
+    await writeAll(a, "REQ 2\n");
+    await readAll(source, 6);
+    await writeAll(a, "REQ 3\n");
+    const after = await readAll(source, 6);
+    assert.deepEqual(after.sizes, [64]);
+    assert.equal(pool.lent, 0, "the large buffer went back to the pool");
+    assert.equal(pool.free, 1);
+  } finally {
+    close();
+  }
+});
+
+Deno.test("ChunkSource keeps a partial line across buffer changes, whatever the chunking", async () => {
+  const { a, b, close } = await pair();
+  try {
+    const pool = new BufferPool(1024);
+    const source = new ChunkSource(b, { initialSize: 16, maxSize: 8192, pool });
+    // Lines of growing length (up to 5 KiB: beyond the pool's size), relayed whole lines only.
+    const lines: string[] = [];
+    for (let i = 1; i <= 40; i++) lines.push(`ACK ${i} ${"x".repeat(i * i * 3)}\n`);
+    const text = lines.join("");
+    const writing = (async () => {
+      const bytes = new TextEncoder().encode(text);
+      // Uneven writes, so reads end mid-line in every buffer size.
+      for (let off = 0, k = 1; off < bytes.length; k = (k * 7) % 1500 + 1) {
+        await writeAll(a, bytes.subarray(off, Math.min(bytes.length, off + k)));
+        off += k;
+      }
+    })();
+    const out: string[] = [];
+    const decoder = new TextDecoder();
+    while (out.length < lines.length) {
+      const chunk = await withTimeout(source.next(), 5000, "a chunk");
+      assert.ok(chunk !== null);
+      const nl = chunk.lastIndexOf(10);
+      if (nl < 0) {
+        assert.ok(source.keep(chunk, 0), "a line below maxSize is kept");
+        continue;
+      }
+      out.push(...decoder.decode(chunk.subarray(0, nl + 1)).split(/(?<=\n)/));
+      assert.ok(source.keep(chunk, nl + 1));
+    }
+    await writing;
+    assert.deepEqual(out, lines);
+    source.release();
+    assert.equal(pool.lent, 0, "every borrowed buffer went back");
+  } finally {
+    close();
+  }
+});
+
+Deno.test("ChunkSource never gives back a buffer a failed read may still hold", async () => {
+  const { a, b, close } = await pair();
+  const pool = new BufferPool(256);
+  const source = new ChunkSource(b, { initialSize: 8, pool });
+  await writeAll(a, "REQ 1 a\n");
+  await readAll(source, 8);
+  // The read filled the small buffer: the next one borrows the large buffer, and fails.
+  const pending = source.read();
+  assert.equal(source.bufferSize, 256);
+  b.close();
+  await assert.rejects(pending);
+  source.release();
+  assert.equal(pool.free, 0, "the buffer the failed read had is not reused");
+  assert.equal(pool.lent, 1);
+  close();
+});
+
+Deno.test("BufferPool keeps at most maxFree buffers and lends only its size", () => {
+  const pool = new BufferPool(32, { maxFree: 2 });
+  const taken = [pool.take(), pool.take(), pool.take()];
+  assert.equal(pool.lent, 3);
+  for (const t of taken) pool.give(t);
+  assert.equal(pool.free, 2);
+  pool.give(new Uint8Array(16)); // not one of ours
+  assert.equal(pool.free, 2);
+  assert.equal(pool.take(), taken[1]);
+  assert.throws(() => new BufferPool(0), RangeError);
+});
