@@ -41,6 +41,8 @@ export interface LoadScenario {
 export interface IdleScenario {
   /** Connections held. */
   connections: number;
+  /** Rounds of it. @default the run's rounds */
+  rounds?: number;
   /** Which targets it runs on. @default every target but direct */
   targets?: (spec: TargetSpec) => boolean;
 }
@@ -189,7 +191,7 @@ export async function runComparison(
     if (comparison.idle) {
       const pick = comparison.idle.targets ?? ((t: TargetSpec) => t.kind !== "direct");
       const specs = comparison.targets.filter(pick);
-      for (let round = 1; round <= options.rounds; round++) {
+      for (let round = 1; round <= (comparison.idle.rounds ?? options.rounds); round++) {
         for (const spec of rotate(specs, round - 1)) {
           // A fresh process each time, so earlier garbage does not blur the growth.
           await using t = await start(spec);
