@@ -217,4 +217,11 @@ ${rawRounds(results)}
   return errors > 0 ? 1 : 0;
 }
 
-if (import.meta.main) Deno.exit(await main(Deno.args));
+if (import.meta.main) {
+  Deno.exit(
+    await main(Deno.args).catch((error) => {
+      writeStderrLine(`engine_cost: ${error instanceof Error ? error.message : error}`);
+      return error instanceof RangeError || error instanceof TypeError ? 2 : 1;
+    }),
+  );
+}

@@ -3,7 +3,13 @@ import { e2eRatios, e2eTargets, parseE2eConfig } from "../bench/e2e.ts";
 import { fmt, median, pairedRatio, ratio, rotate } from "../bench/harness/numbers.ts";
 import { comparisonTable, ratiosTo, summaryTable } from "../bench/harness/report.ts";
 import { fooVariants, parseModes, parseTarget } from "../bench/harness/target_list.ts";
-import { forwardFlag, haproxyConfig, startServer, startTarget } from "../bench/harness/target.ts";
+import {
+  forwardFlag,
+  grantFile,
+  haproxyConfig,
+  startServer,
+  startTarget,
+} from "../bench/harness/target.ts";
 
 Deno.test("harness median() takes the middle of the finite values", () => {
   const cases: [number[], number][] = [
@@ -193,6 +199,18 @@ Deno.test("harness HAProxy config: TCP mode, every upstream, checks only when as
   assert.match(checked, /^ {4}option redispatch$/m);
   assert.match(checked, /stats socket \/tmp\/s mode 600 level admin/);
   assert.equal(forwardFlag([{ name: "a", port: 1 }]), "127.0.0.1:1");
+  assert.deepEqual(grantFile(["--allow-net", "--allow-read=src"], "/l"), [
+    "--allow-net",
+    "--allow-read=src,/l",
+    "--allow-write=/l",
+  ]);
+  assert.deepEqual(grantFile(["--allow-net"], "/l"), [
+    "--allow-net",
+    "--allow-read=/l",
+    "--allow-write=/l",
+  ]);
+  assert.deepEqual(grantFile(["--allow-read"], "/l"), ["--allow-read", "--allow-write=/l"]);
+  assert.deepEqual(grantFile(["--allow-net"], undefined), ["--allow-net"]);
   assert.equal(
     forwardFlag([{ name: "a", port: 1 }, { name: "b", port: 2 }]),
     "a=127.0.0.1:1,b=127.0.0.1:2",
@@ -222,7 +240,10 @@ Deno.test("harness startTarget() passes a foo-proxy target's extra flags, and na
     await assert.rejects(
       () => startTarget({ key: "bogus", kind: "foo", flags: ["--bogus-flag", "3"] }, ctx),
       (error: Error) => {
-        assert.match(error.message, /foo-proxy bogus exited with status 2 \(a usage error/);
+        assert.match(
+          error.message,
+          /foo-proxy bogus exited with status 2 \(foo-proxy's status for a usage/,
+        );
         assert.match(error.message, /--bogus-flag/);
         return true;
       },

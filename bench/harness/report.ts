@@ -21,6 +21,8 @@ export interface Metric {
   pick: (s: Sample) => number;
   /** Only proxies have it (direct shows "—"). @default false */
   proxyOnly?: boolean;
+  /** Not a figure to divide (ratio columns show "—"). @default false */
+  noRatio?: boolean;
 }
 
 /** The metrics a load scenario may show, by name. */
@@ -44,7 +46,12 @@ export const METRICS = {
     pick: (s) => s.cpuPerConnectionUs,
     proxyOnly: true,
   },
-  otherCores: { label: "other work on the machine (cores)", digits: 2, pick: (s) => s.otherCores },
+  otherCores: {
+    label: "other work on the machine (cores)",
+    digits: 2,
+    pick: (s) => s.otherCores,
+    noRatio: true,
+  },
 } satisfies Record<string, Metric>;
 
 /** A metric's name. */
@@ -75,6 +82,8 @@ export interface ValueRow {
   /** Median per target key (missing: "—"). */
   values: Record<string, number>;
   digits: number;
+  /** Ratio columns show "—". @default false */
+  noRatio?: boolean;
 }
 
 /** Options of {@linkcode comparisonTable}. */
@@ -103,7 +112,9 @@ export function comparisonTable(rows: readonly ValueRow[], options: TableOptions
       r.scenario,
       r.metric,
       ...options.targets.map((t) => fmt(r.values[t.key] ?? NaN, r.digits)),
-      ...options.ratios.map(([a, b]) => ratio(r.values[a] ?? NaN, r.values[b] ?? NaN)),
+      ...options.ratios.map(([a, b]) =>
+        r.noRatio ? "—" : ratio(r.values[a] ?? NaN, r.values[b] ?? NaN)
+      ),
     ]),
   );
 }
@@ -120,6 +131,7 @@ export function loadRows(
       scenario: scenario.label,
       metric: m.label,
       digits: m.digits,
+      noRatio: m.noRatio,
       values: Object.fromEntries(targets.map((t) => [
         t.key,
         m.proxyOnly && t.kind === "direct"

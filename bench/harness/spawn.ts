@@ -55,7 +55,7 @@ export function freePorts(count: number): number[] {
 export async function exitReason(child: Child): Promise<string> {
   const status = await child.status;
   const hint = status.code === 2
-    ? " (a usage error: does this build know every flag it was given?)"
+    ? " (foo-proxy's status for a usage or permission error, e.g. a flag this build does not know)"
     : "";
   const tail = child.stderr.tail(600).trim();
   return `${child.name} exited with status ${status.code}${hint} before it listened${

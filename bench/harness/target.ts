@@ -293,6 +293,19 @@ export async function startFlags(checkout: string): Promise<string[]> {
   return [...FALLBACK_START_FLAGS];
 }
 
+/**
+ * `flags` with read and write access to `file` added (to the existing `--allow-read` list, so
+ * what `deno task start` grants stays granted); `flags` as they are without a file.
+ */
+export function grantFile(flags: readonly string[], file: string | undefined): string[] {
+  if (file === undefined) return [...flags];
+  const read = flags.findIndex((f) => f.startsWith("--allow-read"));
+  const out = [...flags];
+  if (read < 0) out.push(`--allow-read=${file}`);
+  else if (out[read].includes("=")) out[read] = `${out[read]},${file}`;
+  return [...out, `--allow-write=${file}`];
+}
+
 /** The `--forward` value for `upstreams`: one address, or `name=addr,…`. */
 export function forwardFlag(upstreams: readonly { name: string; port: number }[]): string {
   return upstreams.length === 1
@@ -310,8 +323,7 @@ async function startFoo(spec: TargetSpec, ctx: StartContext): Promise<RunningTar
     : `${ctx.tmpDir}/access_${spec.key.replace(/\W/g, "_")}_${port}.log`;
   const child = spawnProcess(Deno.execPath(), [
     "run",
-    ...await startFlags(checkout),
-    ...(accessLogFile ? [`--allow-write=${accessLogFile}`] : []),
+    ...grantFile(await startFlags(checkout), accessLogFile),
     ...(spec.denoFlags ?? []),
     "src/main.ts",
     "proxy",
