@@ -119,6 +119,8 @@ export interface RunningTarget extends AsyncDisposable {
   helperPids: number[];
   /** HAProxy: its generated configuration. */
   haproxyConfig?: string;
+  /** HAProxy: its stats socket (admin level). */
+  haproxySocket?: string;
 }
 
 /** What every target of a run shares. */
@@ -272,7 +274,7 @@ async function startHaproxy(spec: TargetSpec, ctx: StartContext): Promise<Runnin
     cpus: cpus(spec, ctx),
   });
   await started(child, port);
-  return withChild(spec, child, port, { haproxyConfig: text });
+  return withChild(spec, child, port, { haproxyConfig: text, haproxySocket: socket });
 }
 
 /**
