@@ -18,6 +18,7 @@
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { writeStderrLine, writeStdoutLine } from "../src/cmd/output.ts";
+import { numberFlag } from "./harness/number_flag.ts";
 import { type ComparisonResults, type LoadScenario, runComparison } from "./harness/comparison.ts";
 import { CHURN_LOAD, closedLoop, type Sample, THROUGHPUT_LOAD } from "./harness/load.ts";
 import { fmt, median, ratio } from "./harness/numbers.ts";
@@ -174,16 +175,11 @@ export function parseE2eConfig(args: string[]): E2eConfig & { help: boolean } {
     throw new RangeError("--seconds and --duration are the same flag: give one");
   }
   const quick = values.quick === true;
-  const num = (name: string, text: string | undefined, fallback: number, min: number) => {
-    const n = text === undefined ? fallback : Number(text);
-    if (!Number.isFinite(n) || n < min) throw new RangeError(`Invalid --${name} "${text}"`);
-    return n;
-  };
   const accessLog = values["access-log"];
   if (accessLog !== "off" && accessLog !== "text" && accessLog !== "json") {
     throw new RangeError(`Invalid --access-log "${accessLog}": expected off, text or json`);
   }
-  const only = new Set(values.only.split(",").map((s) => Math.round(num("only", s, 0, 1))));
+  const only = new Set(values.only.split(",").map((s) => Math.round(numberFlag("only", s, 0, 1))));
   for (const n of only) {
     if (n !== 4 && !E2E_LOADS.has(n)) {
       throw new RangeError(`Invalid --only "${values.only}": scenarios are 1 to 6`);
@@ -191,14 +187,14 @@ export function parseE2eConfig(args: string[]): E2eConfig & { help: boolean } {
   }
   return {
     help: values.help === true,
-    rounds: Math.round(num("rounds", values.rounds, quick ? 1 : 3, 1)),
-    seconds: num("seconds", values.seconds ?? values.duration, quick ? 2 : 5, 2),
-    warmup: num("warmup", values.warmup, quick ? 0.5 : 1, 0),
-    settle: num("settle", values.settle, quick ? 2 : 10, 0),
-    idle: Math.round(num("idle", values.idle, quick ? 500 : 5000, 1)),
+    rounds: Math.round(numberFlag("rounds", values.rounds, quick ? 1 : 3, 1)),
+    seconds: numberFlag("seconds", values.seconds ?? values.duration, quick ? 2 : 5, 2),
+    warmup: numberFlag("warmup", values.warmup, quick ? 0.5 : 1, 0),
+    settle: numberFlag("settle", values.settle, quick ? 2 : 10, 0),
+    idle: Math.round(numberFlag("idle", values.idle, quick ? 500 : 5000, 1)),
     only,
     haproxy: !values["no-haproxy"],
-    viewers: Math.round(num("viewers", values.viewers, 0, 0)),
+    viewers: Math.round(numberFlag("viewers", values.viewers, 0, 0)),
     accessLog,
     write: !values["no-write"],
     results: values.results === undefined ? undefined : resolve(values.results),

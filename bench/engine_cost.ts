@@ -18,6 +18,7 @@
  */
 import { parseArgs } from "node:util";
 import { writeStderrLine, writeStdoutLine } from "../src/cmd/output.ts";
+import { numberFlag } from "./harness/number_flag.ts";
 import { type LoadScenario, runComparison } from "./harness/comparison.ts";
 import { closedLoop, THROUGHPUT_LOAD } from "./harness/load.ts";
 import { pairedRatio, ratio } from "./harness/numbers.ts";
@@ -124,11 +125,6 @@ async function main(args: string[]): Promise<number> {
     return 0;
   }
   const quick = values.quick === true;
-  const num = (name: string, text: string | undefined, fallback: number, min: number) => {
-    const n = text === undefined ? fallback : Number(text);
-    if (!Number.isFinite(n) || n < min) throw new RangeError(`Invalid --${name} "${text}"`);
-    return n;
-  };
   const only = new Set(values.only.split(","));
   for (const part of only) {
     if (part !== "load" && part !== "idle") throw new RangeError(`Invalid --only "${part}"`);
@@ -142,7 +138,7 @@ async function main(args: string[]): Promise<number> {
       throw new Error(`No ${what} checkout at ${dir} (git worktree add ${dir} <commit>)`);
     }
   }
-  const idle = Math.round(num("idle", values.idle, quick ? 300 : 2000, 1));
+  const idle = Math.round(numberFlag("idle", values.idle, quick ? 300 : 2000, 1));
   const all = targets(oldDir, newDir);
   const results = await runComparison({
     targets: all,
@@ -150,16 +146,16 @@ async function main(args: string[]): Promise<number> {
     idle: only.has("idle")
       ? {
         connections: idle,
-        rounds: Math.round(num("idle-rounds", values["idle-rounds"], quick ? 1 : 3, 1)),
+        rounds: Math.round(numberFlag("idle-rounds", values["idle-rounds"], quick ? 1 : 3, 1)),
       }
       : undefined,
   }, {
-    rounds: Math.round(num("rounds", values.rounds, quick ? 1 : 3, 1)),
-    seconds: num("seconds", values.seconds, quick ? 2 : 5, 2),
-    warmup: num("warmup", values.warmup, 1, 0),
+    rounds: Math.round(numberFlag("rounds", values.rounds, quick ? 1 : 3, 1)),
+    seconds: numberFlag("seconds", values.seconds, quick ? 2 : 5, 2),
+    warmup: numberFlag("warmup", values.warmup, 1, 0),
     checkout: newDir,
     fdLimit: 20_000,
-    maxOtherCores: num("max-other", values["max-other"], 0.25, 0),
+    maxOtherCores: numberFlag("max-other", values["max-other"], 0.25, 0),
     log: (line) => writeStderrLine(`engine_cost: ${line}`),
   });
   const rows = [

@@ -18,6 +18,7 @@
  */
 import { parseArgs } from "node:util";
 import { writeStderrLine, writeStdoutLine } from "../src/cmd/output.ts";
+import { numberFlag } from "./harness/number_flag.ts";
 import { runLoad, type Sample } from "./harness/load.ts";
 import { fmt, median, ratio, rotate } from "./harness/numbers.ts";
 import { codeMeasured, markdownTable, writeReport } from "./harness/report.ts";
@@ -123,22 +124,17 @@ function parseConfig(args: string[]): Config & { help: boolean } {
     },
   });
   const quick = values.quick === true;
-  const num = (name: string, text: string | undefined, fallback: number, min: number) => {
-    const n = text === undefined ? fallback : Number(text);
-    if (!Number.isFinite(n) || n < min) throw new RangeError(`Invalid --${name} "${text}"`);
-    return n;
-  };
   const config = {
     help: values.help === true,
-    rounds: Math.round(num("rounds", values.rounds, quick ? 1 : 3, 1)),
-    seconds: num("seconds", values.seconds, quick ? 2 : 5, 2),
-    warmup: num("warmup", values.warmup, 1, 0),
+    rounds: Math.round(numberFlag("rounds", values.rounds, quick ? 1 : 3, 1)),
+    seconds: numberFlag("seconds", values.seconds, quick ? 2 : 5, 2),
+    warmup: numberFlag("warmup", values.warmup, 1, 0),
     resilienceSeconds: Math.round(
-      num("resilience-seconds", values["resilience-seconds"], quick ? 4 : 6, 2),
+      numberFlag("resilience-seconds", values["resilience-seconds"], quick ? 4 : 6, 2),
     ),
-    killAt: Math.round(num("kill-at", values["kill-at"], 2, 1)),
-    delayMs: Math.round(num("delay-ms", values["delay-ms"], 5, 0)),
-    healthMs: Math.round(num("health-ms", values["health-ms"], 500, 10)),
+    killAt: Math.round(numberFlag("kill-at", values["kill-at"], 2, 1)),
+    delayMs: Math.round(numberFlag("delay-ms", values["delay-ms"], 5, 0)),
+    healthMs: Math.round(numberFlag("health-ms", values["health-ms"], 500, 10)),
     cpuBound: !values["no-cpu-bound"],
     single: !values["no-single"],
     worktree: values.worktree === true,

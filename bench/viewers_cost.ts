@@ -20,6 +20,7 @@
  */
 import { parseArgs } from "node:util";
 import { writeStderrLine, writeStdoutLine } from "../src/cmd/output.ts";
+import { numberFlag } from "./harness/number_flag.ts";
 import { type LoadScenario, runComparison } from "./harness/comparison.ts";
 import { CHURN_LOAD, THROUGHPUT_LOAD } from "./harness/load.ts";
 import { fmt } from "./harness/numbers.ts";
@@ -129,21 +130,16 @@ async function main(args: string[]): Promise<number> {
     return 0;
   }
   const quick = values.quick === true;
-  const num = (name: string, text: string | undefined, fallback: number, min: number) => {
-    const n = text === undefined ? fallback : Number(text);
-    if (!Number.isFinite(n) || n < min) throw new RangeError(`Invalid --${name} "${text}"`);
-    return n;
-  };
   const configs = pick("configs", values.configs, CONFIGS, ["a"]);
   const loads = pick("loads", values.loads, LOADS, []);
-  const rounds = Math.round(num("rounds", values.rounds, quick ? 1 : 5, 1));
+  const rounds = Math.round(numberFlag("rounds", values.rounds, quick ? 1 : 5, 1));
   const results = await runComparison({ targets: configs, loads, fresh: true }, {
     rounds,
-    seconds: num("seconds", values.seconds, quick ? 2 : 5, 2),
-    warmup: num("warmup", values.warmup, 1, 0),
-    settle: num("settle", values.settle, quick ? 2 : 10, 0),
-    maxOtherCores: num("max-other", values["max-other"], 0.3, 0),
-    maxReruns: Math.round(num("max-reruns", values["max-reruns"], 6, 0)),
+    seconds: numberFlag("seconds", values.seconds, quick ? 2 : 5, 2),
+    warmup: numberFlag("warmup", values.warmup, 1, 0),
+    settle: numberFlag("settle", values.settle, quick ? 2 : 10, 0),
+    maxOtherCores: numberFlag("max-other", values["max-other"], 0.3, 0),
+    maxReruns: Math.round(numberFlag("max-reruns", values["max-reruns"], 6, 0)),
     log: (line) => writeStderrLine(`viewers_cost: ${line}`),
   });
   const rows = loads.flatMap((s) => loadRows(results, s, configs));

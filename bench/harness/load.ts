@@ -77,6 +77,11 @@ export interface LoadOptions {
   onProgress?: (line: string) => void;
 }
 
+/** `deno run` arguments of `foo-proxy bench` against `port` with `flags`, from a checkout. */
+function benchArgs(port: number, flags: readonly string[]): string[] {
+  return ["run", "--allow-net", "src/main.ts", "bench", "--connect", `${HOST}:${port}`, ...flags];
+}
+
 const PROGRESS = /^bench: (?:warm-up \d+s left|\d+s): \d+ replies\/s, (\d+) total/;
 
 interface Mark {
@@ -100,20 +105,14 @@ function sum(pids: readonly number[]): number {
  * than two progress lines.
  */
 export async function runLoad(port: number, options: LoadOptions): Promise<Sample> {
-  const args = [
-    "run",
-    "--allow-net",
-    "src/main.ts",
-    "bench",
-    "--connect",
-    `${HOST}:${port}`,
+  const args = benchArgs(port, [
     "--json",
     "--duration",
     `${options.seconds}s`,
     "--warmup",
     `${options.warmup ?? 0}s`,
     ...options.args,
-  ];
+  ]);
   const [command, argv] = options.cpus === undefined
     ? [Deno.execPath(), args]
     : ["taskset", ["-c", options.cpus, Deno.execPath(), ...args]];
@@ -212,18 +211,12 @@ export interface SettleOptions {
 export async function settle(port: number, seconds: number, options: SettleOptions): Promise<void> {
   if (seconds <= 0) return;
   const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-net",
-      "src/main.ts",
-      "bench",
-      "--connect",
-      `${HOST}:${port}`,
+    args: benchArgs(port, [
       "--quiet",
       "--duration",
       `${seconds}s`,
       ...(options.args ?? THROUGHPUT_LOAD),
-    ],
+    ]),
     cwd: options.checkout,
     stdin: "null",
     stdout: "null",
