@@ -448,7 +448,9 @@ function workersChecks(results: ComparisonResults, targets: readonly TargetSpec[
   const one = targets.find((t) => t.workers === 1);
   const checks: string[] = [];
   if (!one) return checks;
-  for (const t of targets.filter((t) => t.workers !== undefined && t !== one)) {
+  for (
+    const t of targets.filter((t) => t.workers !== undefined && t !== one && t.key !== "watched")
+  ) {
     const r = med(t.key, (s) => s.cpuPerReplyUs) / med(one.key, (s) => s.cpuPerReplyUs);
     checks.push(
       `proxy CPU per reply (scenario 1), ${t.key} ÷ ${one.key}: ${
