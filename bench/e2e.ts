@@ -36,7 +36,9 @@ import {
   writeReport,
 } from "./harness/report.ts";
 import { fooVariants } from "./harness/target_list.ts";
-import { haproxyConfig, REPO_ROOT, type TargetSpec } from "./harness/target.ts";
+import { haproxyConfig } from "./harness/haproxy_config.ts";
+import { REPO_ROOT } from "./harness/spawn.ts";
+import type { TargetSpec } from "./harness/target.ts";
 
 const RESULTS = new URL("./RESULTS.md", import.meta.url).pathname;
 const DENO_JSON = new URL("../deno.json", import.meta.url).pathname;
@@ -282,7 +284,20 @@ async function main(args: string[]): Promise<number> {
     writeStdoutLine(usage());
     return 0;
   }
-  const fdLimit = Math.max(65536, 2 * config.idle + 1000);
+  const fdNeeded = 2 * config.idle + 1000;
+  const fdLimit = Math.max(65536, fdNeeded);
+  const childFdLimit = Number(
+    new TextDecoder().decode(
+      (await new Deno.Command("sh", {
+        args: ["-c", `ulimit -n ${fdLimit} 2>/dev/null; ulimit -n`],
+        stdout: "piped",
+      }).output()).stdout,
+    ),
+  );
+  if (config.only.has(4) && childFdLimit < fdNeeded) {
+    config.idle = Math.max(100, Math.floor((childFdLimit - 1000) / 2));
+    writeStderrLine(`e2e: the fd limit is ${childFdLimit}: scenario 4 holds ${config.idle}`);
+  }
   const haproxyInstalled = config.haproxy &&
     (await new Deno.Command("haproxy", { args: ["-v"], stdout: "null", stderr: "null" })
       .output().then((o) => o.success, () => false));
@@ -337,10 +352,13 @@ async function main(args: string[]): Promise<number> {
         config.viewers > 0 ? ` + ${config.viewers} viewers + top` : ""
       }${config.accessLog !== "off" ? ` + access log (${config.accessLog})` : ""}`;
     }
-    return `foo-proxy ${t.key}${ran}${pin}`;
+    return `${t.key === "foo-proxy" ? t.key : `foo-proxy ${t.key}`}${ran}${pin}`;
   };
   const rows: ValueRow[] = [
-    ...loads.flatMap((s) => loadRows(results, s, targets)),
+    ...loads.flatMap((s) => [
+      ...loadRows(results, s, targets),
+      ...(s.id === "latency" ? addedOverDirect(results, targets) : []),
+    ]),
     ...idleRows(results, "4 idle memory", config.idle),
   ];
   const table = comparisonTable(rows, { targets, ratios: e2eRatios(targets), title });
@@ -361,7 +379,7 @@ async function main(args: string[]): Promise<number> {
   const checks = workersChecks(results, targets);
   const errors = [...results.loads.values()].flat().reduce((n, s) => n + s.bench.errors_total, 0);
   writeStdoutLine(table);
-  writeStdoutLine(`\n${summary}`);
+  if (summary) writeStdoutLine(`\n${summary}`);
   if (checks.length > 0) writeStdoutLine(`\n${checks.map((c) => `- ${c}`).join("\n")}`);
   for (const [key, w] of results.watching) {
     writeStdoutLine(
@@ -439,6 +457,34 @@ ${rawRounds(results)}
       : `e2e: ${RESULTS} left alone (--write-results updates it)`,
   );
   return errors > 0 ? 1 : 0;
+}
+
+/**
+ * p50 and p99 added over direct, per round (rounds are interleaved, so pairing a target's run with
+ * direct's of the same round cancels drift), then the median.
+ */
+function addedOverDirect(results: ComparisonResults, targets: readonly TargetSpec[]): ValueRow[] {
+  const direct = results.loads.get("latency/direct") ?? [];
+  const row = (metric: string, pick: (s: Sample) => number): ValueRow => ({
+    scenario: "2 latency",
+    metric,
+    digits: 3,
+    noRatio: true,
+    values: Object.fromEntries(
+      targets.filter((t) => t.kind !== "direct").map((t) => [
+        t.key,
+        median(
+          (results.loads.get(`latency/${t.key}`) ?? []).map((s, i) =>
+            direct[i] ? pick(s) - pick(direct[i]) : NaN
+          ),
+        ),
+      ]),
+    ),
+  });
+  return [
+    row("p50 added over direct (ms)", (s) => s.bench.latency_p50_ms),
+    row("p99 added over direct (ms)", (s) => s.bench.latency_p99_ms),
+  ];
 }
 
 /** The workers issue's targets, where this run measured what they compare. */

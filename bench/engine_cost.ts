@@ -32,7 +32,8 @@ import {
   writeReport,
 } from "./harness/report.ts";
 import { codeMeasured } from "./harness/report.ts";
-import { REPO_ROOT, type TargetSpec } from "./harness/target.ts";
+import { REPO_ROOT } from "./harness/spawn.ts";
+import type { TargetSpec } from "./harness/target.ts";
 
 const RESULTS = new URL("./ENGINE_COST.md", import.meta.url).pathname;
 

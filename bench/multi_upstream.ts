@@ -22,16 +22,9 @@ import { numberFlag } from "./harness/number_flag.ts";
 import { runLoad, type Sample } from "./harness/load.ts";
 import { fmt, median, ratio, rotate } from "./harness/numbers.ts";
 import { codeMeasured, markdownTable, writeReport } from "./harness/report.ts";
-import { HOST } from "./harness/spawn.ts";
-import {
-  REPO_ROOT,
-  type RunningTarget,
-  startFlags,
-  startServer,
-  startTarget,
-  type TargetSpec,
-  type Upstream,
-} from "./harness/target.ts";
+import { startServer, type Upstream } from "./harness/foo_server.ts";
+import { HOST, REPO_ROOT } from "./harness/spawn.ts";
+import { type RunningTarget, startFlags, startTarget, type TargetSpec } from "./harness/target.ts";
 
 const TRACKED_RESULTS = new URL("./MULTI_UPSTREAM.md", import.meta.url).pathname;
 const UPSTREAM_NAMES = ["a", "b", "c"] as const;

@@ -13,7 +13,8 @@ import { Child } from "../scripts/child.ts";
 import { writeStdoutLine } from "../src/cmd/output.ts";
 import { THROUGHPUT_LOAD } from "./harness/load.ts";
 import { HOST } from "./harness/spawn.ts";
-import { startServer, startTarget } from "./harness/target.ts";
+import { startServer } from "./harness/foo_server.ts";
+import { startTarget } from "./harness/target.ts";
 
 const MAIN = new URL("../src/main.ts", import.meta.url).pathname;
 

@@ -3,13 +3,9 @@ import { e2eRatios, e2eTargets, parseE2eConfig } from "../bench/e2e.ts";
 import { fmt, median, pairedRatio, ratio, rotate } from "../bench/harness/numbers.ts";
 import { comparisonTable, ratiosTo, summaryTable } from "../bench/harness/report.ts";
 import { fooVariants, parseModes, parseTarget } from "../bench/harness/target_list.ts";
-import {
-  forwardFlag,
-  grantFile,
-  haproxyConfig,
-  startServer,
-  startTarget,
-} from "../bench/harness/target.ts";
+import { startServer } from "../bench/harness/foo_server.ts";
+import { haproxyConfig } from "../bench/harness/haproxy_config.ts";
+import { forwardFlag, grantFile, startTarget } from "../bench/harness/target.ts";
 
 Deno.test("harness median() takes the middle of the finite values", () => {
   const cases: [number[], number][] = [
@@ -181,6 +177,7 @@ Deno.test("harness tables: a column per target, ratio columns, a summary row per
     "| mux2 | 100 | 0.50× |",
     "| haproxy | 200 | 1.00× |",
   ]);
+  assert.equal(summaryTable({ targets, columns: [{ heading: "x", row: undefined }] }), "");
 });
 
 Deno.test("harness HAProxy config: TCP mode, every upstream, checks only when asked", () => {

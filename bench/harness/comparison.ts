@@ -11,15 +11,9 @@ import { runLoad, type Sample, settle } from "./load.ts";
 import type { MetricId } from "./report.ts";
 import { rotate } from "./numbers.ts";
 import { pinProcess } from "./pinning.ts";
-import {
-  REPO_ROOT,
-  type RunningTarget,
-  type ServerOptions,
-  startServer,
-  startTarget,
-  type TargetSpec,
-  type Upstream,
-} from "./target.ts";
+import { type ServerOptions, startServer, type Upstream } from "./foo_server.ts";
+import { REPO_ROOT } from "./spawn.ts";
+import { type RunningTarget, startTarget, type TargetSpec } from "./target.ts";
 
 /** A load scenario: one `foo-proxy bench` invocation and the rows it fills. */
 export interface LoadScenario {
@@ -246,15 +240,22 @@ async function measureRun(
     if (options.taskset) { for (const pid of serverPids) await pinProcess(pid, rest); }
     const seen = { events: t.watchers?.events ?? 0, frames: t.watchers?.frames ?? 0 };
     const t0 = performance.now();
-    const s = await runLoad(t.port, {
-      args: scenario.args,
-      seconds: options.seconds,
-      warmup: options.warmup ?? 1,
-      checkout,
-      proxyPid: t.child?.pid,
-      serverPids,
-      helperPids: t.helperPids,
-      cpus: rest,
+    const load = () =>
+      runLoad(t.port, {
+        args: scenario.args,
+        seconds: options.seconds,
+        warmup: options.warmup ?? 1,
+        checkout,
+        proxyPid: t.child?.pid,
+        serverPids,
+        helperPids: t.helperPids,
+        cpus: rest,
+      });
+    // Seen on a loaded machine: the load generator died. Once more, unless the target is gone.
+    const s = await load().catch((error) => {
+      if (t.child?.exited) throw error;
+      options.log(`${t.spec.key} ${scenario.id}: ${error.message}; running it again`);
+      return load();
     });
     if (t.watchers) {
       const w = results.watching.get(t.spec.key) ?? { events: 0, frames: 0, seconds: 0 };

@@ -272,11 +272,13 @@ export interface SummaryOptions {
 
 /**
  * The figures that matter most, transposed: a row per target, a column per figure, each followed
- * by its ratio to `baseline` (so adding targets adds rows, not columns).
+ * by its ratio to `baseline` (so adding targets adds rows, not columns); "" when no figure was
+ * measured.
  */
 export function summaryTable(options: SummaryOptions): string {
   const title = options.title ?? targetTitle;
   const columns = options.columns.filter((c) => c.row !== undefined);
+  if (columns.length === 0) return "";
   const base = options.baseline;
   return markdownTable(
     [

@@ -10,6 +10,9 @@ import { Child } from "../../scripts/child.ts";
 /** The address every bench process listens on. */
 export const HOST = "127.0.0.1";
 
+/** The checkout this harness belongs to (with a trailing slash). */
+export const REPO_ROOT: string = new URL("../../", import.meta.url).pathname;
+
 /** Options of {@linkcode spawnProcess}. */
 export interface SpawnOptions {
   /** The name in messages. */
