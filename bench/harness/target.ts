@@ -2,7 +2,8 @@
  * The targets a bench compares, as data ({@linkcode TargetSpec}), and how each is started and torn
  * down: direct (no proxy), foo-proxy from this or another checkout with any extra flags, a
  * watched foo-proxy (dashboard streams, `top`, an access log), the bare forwarder, and HAProxy
- * with a generated configuration. Also the Foo servers they forward to.
+ * with a generated configuration (`haproxy_config.ts`). The Foo servers behind them are in
+ * `foo_server.ts`.
  *
  * @module
  */
