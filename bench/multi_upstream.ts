@@ -1,17 +1,16 @@
 /**
- * The three-upstream benchmark (issue 12): three Foo servers (`foo-proxy server --reply hash`, each
- * its own process) behind, in turn, foo-proxy with `--resume`, foo-proxy without it, and HAProxy
- * (`balance leastconn`, `check` on every server, TCP mode). Rounds are interleaved (the target
- * order rotates every round) and the report gives medians and ratios within the run:
+ * The three-upstream benchmark (issue 12), a suite of the bench harness (`bench/harness/`): three
+ * Foo servers (`foo-proxy server --reply hash`, each its own process) behind, in turn, foo-proxy
+ * with `--resume`, foo-proxy without it, and HAProxy (`balance leastconn`, `check` on every server,
+ * TCP mode). Rounds are interleaved (the target order rotates every round); each target gets fresh
+ * servers and a fresh proxy process per run:
  *
- * 1. throughput: `foo-proxy bench --connections 48 --pipeline 8 --replies hash`, against servers
- *    that answer after 5 ms (`--delay-ms 5`: latency-bound), and the same against servers that
- *    answer at once (CPU-bound: the figure to compare with bench/RESULTS.md); proxy CPU per reply
- *    from /proc/PID/stat (utime + stime);
- * 2. resilience: the same load against the 5 ms servers, without warm-up, and one of the three
- *    servers is SIGKILLed mid-run. The load generator's report counts failed client connections
- *    (errors by kind) and, since there is no warm-up, `requests − responses` is the replies lost
- *    or wrong.
+ * 1. throughput: `foo-proxy bench --connections 48 --pipeline 8 --replies hash` against servers
+ *    that answer after 5 ms (latency-bound), the same against servers that answer at once
+ *    (CPU-bound), and through one such server (the control);
+ * 2. resilience: the same load against the 5 ms servers, without warm-up, and the busiest server
+ *    is SIGKILLed mid-run; the generator's report counts failed client connections and, with no
+ *    warm-up, `requests − responses` is the replies lost or wrong.
  *
  * Run: `deno run -A bench/multi_upstream.ts [--rounds 3] [--results FILE | --write-results]`.
  *
@@ -19,12 +18,15 @@
  */
 import { parseArgs } from "node:util";
 import { writeStderrLine, writeStdoutLine } from "../src/cmd/output.ts";
-import { Child } from "../scripts/child.ts";
-import { commandOutput, delay, fmt, ratio } from "./_common.ts";
+import { numberFlag } from "./harness/number_flag.ts";
+import { runLoad, type Sample } from "./harness/load.ts";
+import { fmt, median, ratio, rotate } from "./harness/numbers.ts";
+import { codeMeasured, markdownTable, writeReport } from "./harness/report.ts";
+import { startServer, type Upstream } from "./harness/foo_server.ts";
+import { HOST, REPO_ROOT } from "./harness/spawn.ts";
+import { type RunningTarget, startFlags, startTarget, type TargetSpec } from "./harness/target.ts";
 
-const REPO_ROOT = new URL("..", import.meta.url).pathname;
 const TRACKED_RESULTS = new URL("./MULTI_UPSTREAM.md", import.meta.url).pathname;
-const HOST = "127.0.0.1";
 const UPSTREAM_NAMES = ["a", "b", "c"] as const;
 /**
  * The upstream the resilience run kills when the target's connections are spread evenly (as
@@ -37,6 +39,24 @@ const LOAD_FLAGS = ["--connections", "48", "--pipeline", "8", "--replies", "hash
 type TargetName = "foo-proxy --resume" | "foo-proxy" | "haproxy";
 const TARGETS: TargetName[] = ["foo-proxy --resume", "foo-proxy", "haproxy"];
 
+/** The three targets as harness data. */
+function targetSpecs(config: Config): Record<TargetName, TargetSpec> {
+  const flags = [
+    "--balance",
+    "leastconn",
+    "--health-interval",
+    `${config.healthMs}ms`,
+    "--drain-timeout",
+    "1s",
+  ];
+  const foo = { kind: "foo", checkout: config.checkout, logLevel: "info" } as const;
+  return {
+    "foo-proxy --resume": { ...foo, key: "foo-proxy --resume", flags: [...flags, "--resume"] },
+    "foo-proxy": { ...foo, key: "foo-proxy", flags },
+    haproxy: { key: "haproxy", kind: "haproxy", balance: "leastconn", checkMs: config.healthMs },
+  };
+}
+
 interface Config {
   rounds: number;
   seconds: number;
@@ -48,8 +68,8 @@ interface Config {
   cpuBound: boolean;
   /** Measure the working tree as it is (and as it changes), not a snapshot of HEAD. */
   worktree: boolean;
-  /** The src/main.ts that is run: the snapshot's, or the working tree's. */
-  mainPath: string;
+  /** The checkout that runs: the snapshot, or the working tree. */
+  checkout: string;
   single: boolean;
   results: string | undefined;
   writeResults: boolean;
@@ -65,6 +85,7 @@ function usage(): string {
   --kill-at S             SIGKILL the busiest upstream after S seconds    (default 2)
   --delay-ms N            the servers' reply delay (--delay-ms)       (default 5)
   --health-ms N           health-check interval, both proxies         (default 500)
+  --quick                 a smoke run: 1 round, 2 s throughput runs, a 4 s resilience run
   --no-cpu-bound          skip the throughput run against three 0 ms servers
   --no-single             skip the control: the same run through one 0 ms server
   --worktree              run the working tree's src/ (default: a snapshot of HEAD taken
@@ -74,18 +95,19 @@ function usage(): string {
   --write-results         write it to bench/MULTI_UPSTREAM.md`;
 }
 
-function parseConfig(args: string[]): Config {
+function parseConfig(args: string[]): Config & { help: boolean } {
   const { values } = parseArgs({
     args,
     strict: true,
     options: {
-      rounds: { type: "string", default: "3" },
-      seconds: { type: "string", default: "5" },
+      rounds: { type: "string" },
+      seconds: { type: "string" },
       warmup: { type: "string", default: "1" },
-      "resilience-seconds": { type: "string", default: "6" },
+      "resilience-seconds": { type: "string" },
       "kill-at": { type: "string", default: "2" },
       "delay-ms": { type: "string", default: "5" },
       "health-ms": { type: "string", default: "500" },
+      quick: { type: "boolean" },
       "no-cpu-bound": { type: "boolean" },
       "no-single": { type: "boolean" },
       worktree: { type: "boolean" },
@@ -94,27 +116,22 @@ function parseConfig(args: string[]): Config {
       help: { type: "boolean", short: "h" },
     },
   });
-  if (values.help) {
-    writeStdoutLine(usage());
-    Deno.exit(0);
-  }
-  const num = (name: string, text: string, min: number) => {
-    const n = Number(text);
-    if (!Number.isFinite(n) || n < min) throw new RangeError(`Invalid --${name} "${text}"`);
-    return n;
-  };
-  const config: Config = {
-    rounds: Math.round(num("rounds", values.rounds, 1)),
-    seconds: num("seconds", values.seconds, 1),
-    warmup: num("warmup", values.warmup, 0),
-    resilienceSeconds: Math.round(num("resilience-seconds", values["resilience-seconds"], 2)),
-    killAt: Math.round(num("kill-at", values["kill-at"], 1)),
-    delayMs: Math.round(num("delay-ms", values["delay-ms"], 0)),
-    healthMs: Math.round(num("health-ms", values["health-ms"], 10)),
+  const quick = values.quick === true;
+  const config = {
+    help: values.help === true,
+    rounds: Math.round(numberFlag("rounds", values.rounds, quick ? 1 : 3, 1)),
+    seconds: numberFlag("seconds", values.seconds, quick ? 2 : 5, 2),
+    warmup: numberFlag("warmup", values.warmup, 1, 0),
+    resilienceSeconds: Math.round(
+      numberFlag("resilience-seconds", values["resilience-seconds"], quick ? 4 : 6, 2),
+    ),
+    killAt: Math.round(numberFlag("kill-at", values["kill-at"], 2, 1)),
+    delayMs: Math.round(numberFlag("delay-ms", values["delay-ms"], 5, 0)),
+    healthMs: Math.round(numberFlag("health-ms", values["health-ms"], 500, 10)),
     cpuBound: !values["no-cpu-bound"],
     single: !values["no-single"],
     worktree: values.worktree === true,
-    mainPath: `${REPO_ROOT}src/main.ts`,
+    checkout: REPO_ROOT,
     results: values["write-results"] ? TRACKED_RESULTS : values.results,
     writeResults: values["write-results"] === true,
   };
@@ -125,223 +142,33 @@ function parseConfig(args: string[]): Config {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Processes
+// One run: fresh servers, a fresh target
 
-/** `count` distinct free ports (all held open at once, so none is handed out twice). */
-function freePorts(count: number): number[] {
-  const listeners = Array.from({ length: count }, () => Deno.listen({ hostname: HOST, port: 0 }));
-  const ports = listeners.map((l) => l.addr.port);
-  for (const l of listeners) l.close();
-  return ports;
-}
-
-async function waitForPort(port: number, child: Child, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      (await Deno.connect({ hostname: HOST, port })).close();
-      return;
-    } catch {
-      if (child.exited || Date.now() > deadline) {
-        throw new Error(`${child.name} is not listening on ${port}: ${child.stderr.tail()}`);
-      }
-      await delay(50);
-    }
-  }
-}
-
-/** The permission and runtime flags of `deno task start`, so foo-proxy runs as users start it. */
-async function startFlags(): Promise<string[]> {
-  const config = JSON.parse(await Deno.readTextFile(`${REPO_ROOT}deno.json`));
-  const words = String(config.tasks?.start ?? "").split(/\s+/);
-  return words.slice(words.indexOf("run") + 1, words.indexOf("src/main.ts"))
-    .filter((w) => w.startsWith("--"));
-}
-
-interface Server {
-  name: string;
-  port: number;
-  child: Child;
-}
-
-/** Starts the three Foo servers (run directly by deno, so SIGKILL hits the server itself). */
-function startServers(
-  config: Config,
-  delayMs: number,
-  names: readonly string[] = UPSTREAM_NAMES,
-): Promise<Server[]> {
-  return Promise.all(names.map(async (name) => {
-    const child = new Child([
-      "run",
-      "--allow-net",
-      "--allow-env=FOO_PROXY_*",
-      config.mainPath,
-      "server",
-      "--listen",
-      `${HOST}:0`,
-      "--reply",
-      "hash",
-      "--delay-ms",
-      String(delayMs),
-      "--log-level",
-      "warning",
-    ], { name: `server ${name}`, disposeSignal: "SIGTERM", disposeGraceMs: 3000 });
-    const m = await child.stdout.waitFor(/listening on \S+:(\d+)/, `server ${name}`);
-    return { name, port: Number(m[1]), child };
+/** Starts fresh servers answering after `delayMs` (`names`: which) and the target, runs `fn`. */
+async function withTarget<T>(
+  spec: TargetSpec,
+  options: { config: Config; delayMs: number; names: readonly string[]; tmpDir: string },
+  fn: (target: RunningTarget, servers: Upstream[]) => Promise<T>,
+): Promise<T> {
+  await using stack = new AsyncDisposableStack();
+  const servers = await Promise.all(options.names.map(async (name) => {
+    const server = await startServer({
+      name,
+      checkout: options.config.checkout,
+      flags: ["--reply", "hash", "--delay-ms", String(options.delayMs)],
+    });
+    stack.use(server.child);
+    return server;
   }));
-}
-
-interface Target {
-  name: TargetName;
-  child: Child;
-  port: number;
-  /** foo-proxy's --http port. */
-  httpPort?: number;
-  /** HAProxy's stats socket. */
-  socket?: string;
-  config?: string;
-}
-
-async function startFooProxy(
-  servers: Server[],
-  resume: boolean,
-  config: Config,
-  flags: string[],
-): Promise<Target> {
-  const [port, httpPort] = freePorts(2);
-  const child = new Child([
-    "run",
-    ...flags,
-    config.mainPath,
-    "proxy",
-    "--listen",
-    `${HOST}:${port}`,
-    "--forward",
-    servers.map((s) => `${s.name}=${HOST}:${s.port}`).join(","),
-    "--balance",
-    "leastconn",
-    "--health-interval",
-    `${config.healthMs}ms`,
-    ...(resume ? ["--resume"] : []),
-    "--http",
-    `${HOST}:${httpPort}`,
-    "--health",
-    "off",
-    "--drain-timeout",
-    "1s",
-    "--log-level",
-    "info",
-  ], {
-    name: resume ? "foo-proxy --resume" : "foo-proxy",
-    disposeSignal: "SIGTERM",
-    disposeGraceMs: 5000,
-  });
-  await waitForPort(port, child);
-  return { name: resume ? "foo-proxy --resume" : "foo-proxy", child, port, httpPort };
-}
-
-/**
- * HAProxy's configuration: TCP mode, leastconn over the three servers, each with `check` at the
- * interval foo-proxy uses and HAProxy's default rise 2 / fall 3. `option redispatch` lets a
- * connect that fails on a dead-but-not-yet-down server go to another one on its last retry, as
- * foo-proxy's failover does; everything else is at its default.
- */
-export function haproxyConfig(
-  listenPort: number,
-  servers: { name: string; port: number }[],
-  options: { healthMs: number; socket: string },
-): string {
-  const lines = [
-    "# Generated by bench/multi_upstream.ts: HAProxy in TCP mode, leastconn, checked servers.",
-    "global",
-    `    stats socket ${options.socket} mode 600 level admin`,
-    "",
-    "defaults",
-    "    mode tcp",
-    "    timeout connect 5s",
-    "    timeout client 1m",
-    "    timeout server 1m",
-    "    retries 3",
-    "    option redispatch",
-    "",
-    "frontend foo",
-    `    bind ${HOST}:${listenPort}`,
-    "    default_backend foo_upstreams",
-    "",
-    "backend foo_upstreams",
-    "    balance leastconn",
-    ...servers.map((s) =>
-      `    server ${s.name} ${HOST}:${s.port} check inter ${options.healthMs}ms rise 2 fall 3`
-    ),
-  ];
-  return lines.join("\n") + "\n";
-}
-
-async function startHaproxy(servers: Server[], config: Config, dir: string): Promise<Target> {
-  const [port] = freePorts(1);
-  const socket = `${dir}/haproxy_${port}.sock`;
-  const path = `${dir}/haproxy_${port}.cfg`;
-  const text = haproxyConfig(port, servers, { healthMs: config.healthMs, socket });
-  await Deno.writeTextFile(path, text);
-  const child = new Child(["-f", path], {
-    name: "haproxy",
-    command: "haproxy",
-    disposeSignal: "SIGTERM",
-    disposeGraceMs: 3000,
-  });
-  await waitForPort(port, child);
-  return { name: "haproxy", child, port, socket, config: text };
-}
-
-function startTarget(
-  name: TargetName,
-  servers: Server[],
-  config: Config,
-  flags: string[],
-  dir: string,
-): Promise<Target> {
-  if (name === "haproxy") return startHaproxy(servers, config, dir);
-  return startFooProxy(servers, name === "foo-proxy --resume", config, flags);
-}
-
-/** Fresh servers that answer at once (`names`: which), a fresh target, one throughput run. */
-async function cpuBoundRun(
-  name: TargetName,
-  names: readonly string[],
-  config: Config,
-  flags: string[],
-  dir: string,
-): Promise<ThroughputSample> {
-  const servers = await startServers(config, 0, names);
-  try {
-    const target = await startTarget(name, servers, config, flags, dir);
-    try {
-      return await throughputRun(target, servers, config);
-    } finally {
-      await target.child.stop("SIGTERM");
-    }
-  } finally {
-    await Promise.all(servers.map((s) => s.child[Symbol.asyncDispose]()));
-  }
+  const target = stack.use(await startTarget(spec, { upstreams: servers, tmpDir: options.tmpDir }));
+  return await fn(target, servers);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Readings
 
-/** CPU time (user + system) used by `pid` so far, in seconds. */
-async function cpuSeconds(pid: number): Promise<number> {
-  let stat: string;
-  try {
-    stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-  } catch {
-    return NaN; // it exited: the sample is reported as missing (—), and the run goes on
-  }
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime; USER_HZ = 100
-}
-
 /** Per-upstream open connections as the target sees them ("a=16 b=16 c=16"). */
-async function upstreamConnections(target: Target): Promise<string> {
+async function upstreamConnections(target: RunningTarget): Promise<string> {
   return formatSpread(await upstreamSpread(target));
 }
 
@@ -350,18 +177,18 @@ function formatSpread(spread: Map<string, number> | string): string {
   return [...spread].map(([name, n]) => `${name}=${n}`).join(" ");
 }
 
-async function upstreamSpread(target: Target): Promise<Map<string, number> | string> {
+async function upstreamSpread(target: RunningTarget): Promise<Map<string, number> | string> {
   try {
     if (target.httpPort) {
       const res = await fetch(`http://${HOST}:${target.httpPort}/upstreams`);
       const list = await res.json() as { name: string; connections_active: number }[];
       return new Map(list.map((u) => [u.name, u.connections_active]));
     }
-    if (target.socket) {
-      const csv = await haproxyCommand(target.socket, "show stat");
-      // pxname,svname,qcur,qmax,scur,…,status is column 17.
+    if (target.haproxySocket) {
+      const csv = await haproxyCommand(target.haproxySocket, "show stat");
+      // pxname,svname,qcur,qmax,scur,…
       return new Map(
-        csv.split("\n").filter((l) => l.startsWith("foo_upstreams,"))
+        csv.split("\n").filter((l) => l.startsWith("foo_upstream,"))
           .map((l) => l.split(","))
           .filter((f) => f[1] !== "BACKEND")
           .map((f) => [f[1], Number(f[4])]),
@@ -390,80 +217,75 @@ async function haproxyCommand(socket: string, command: string): Promise<string> 
   }
 }
 
-/** The load generator's JSON (the fields used here). */
-interface BenchJson {
-  requests: number;
-  responses: number;
-  responses_per_sec: number;
-  connections_opened: number;
-  errors: Record<string, number>;
-  errors_total: number;
+async function targetCounters(target: RunningTarget): Promise<string> {
+  try {
+    if (target.httpPort) {
+      const res = await fetch(`http://${HOST}:${target.httpPort}/stats`);
+      const s = await res.json() as Record<string, unknown> & {
+        upstreams: { name: string; state: string; stream_errors: number; ejections: number }[];
+      };
+      const keys = ["failovers", "replays", "resume_failures", "upstream_errors"];
+      const picked = keys.filter((k) => k in s).map((k) => `${k}=${s[k]}`);
+      const ups = s.upstreams.map((u) =>
+        `${u.name}:${u.state}/stream_errors=${u.stream_errors}/ejections=${u.ejections}`
+      );
+      return [...picked, ...ups].join(" ");
+    }
+    if (target.haproxySocket) {
+      const csv = await haproxyCommand(target.haproxySocket, "show stat");
+      return csv.split("\n").filter((l) => l.startsWith("foo_upstream,")).map((l) => l.split(","))
+        .map((f) => `${f[1]}:${f[17]}/eresp=${f[14]}/wretr=${f[15]}/wredis=${f[16]}`)
+        .join(" ");
+    }
+  } catch (error) {
+    return `? (${(error as Error).message})`;
+  }
+  return "";
 }
+
+// ---------------------------------------------------------------------------------------------
+// Runs
 
 interface ThroughputSample {
   repliesPerSec: number;
   cpuCores: number;
-  /** CPU of the busiest of the three servers (cores): 1 is a saturated server. */
-  busiestServerCores: number;
+  /** CPU of the three servers (cores, summed). */
+  serverCores: number;
   cpuUsPerReply: number;
   errors: number;
   spread: string;
 }
 
 async function throughputRun(
-  target: Target,
-  servers: Server[],
+  target: RunningTarget,
+  servers: Upstream[],
   config: Config,
 ): Promise<ThroughputSample> {
-  const pid = target.child.pid;
-  const bench = new Child([
-    "run",
-    "--allow-net",
-    config.mainPath,
-    "bench",
-    "--connect",
-    `${HOST}:${target.port}`,
-    ...LOAD_FLAGS,
-    "--duration",
-    `${config.seconds}s`,
-    "--warmup",
-    `${config.warmup}s`,
-    "--json",
-  ], { name: "bench" });
-  // Start the CPU reading once load flows, and read the spread in the middle of the run.
-  await bench.stderr.waitFor(/^bench: /, "bench progress");
-  const cpu0 = await cpuSeconds(pid);
-  const server0 = await Promise.all(servers.map((s) => cpuSeconds(s.child.pid)));
-  const t0 = performance.now();
-  await delay(config.warmup * 500 + config.seconds * 500);
-  const spread = await upstreamConnections(target);
-  await bench.status;
-  const cpu1 = await cpuSeconds(pid);
-  const server1 = await Promise.all(servers.map((s) => cpuSeconds(s.child.pid)));
-  const elapsed = (performance.now() - t0) / 1000;
-  await Promise.all([bench.stdout.done, bench.stderr.done]);
-  for (const c of [target.child, ...servers.map((s) => s.child)]) {
+  // The spread is read in the middle of the run.
+  const middle = Math.max(1, Math.round(config.seconds / 2));
+  let spread: Promise<string> = Promise.resolve("?");
+  const s: Sample = await runLoad(target.port, {
+    args: LOAD_FLAGS,
+    seconds: config.seconds,
+    warmup: config.warmup,
+    checkout: config.checkout,
+    proxyPid: target.child?.pid,
+    serverPids: servers.map((u) => u.child.pid),
+    onProgress: (line) => {
+      if (line.startsWith(`bench: ${middle}s:`)) spread = upstreamConnections(target);
+    },
+  });
+  for (const c of [target.child!, ...servers.map((u) => u.child)]) {
     if (c.exited) writeStderrLine(`multi_upstream: ${c.name} exited: ${c.stderr.tail(300)}`);
   }
-  const json = parseBench(bench);
-  const cpuCores = (cpu1 - cpu0) / elapsed;
   return {
-    repliesPerSec: json.responses_per_sec,
-    cpuCores,
-    busiestServerCores: Math.max(...server1.map((c, i) => c - server0[i])) / elapsed,
-    cpuUsPerReply: cpuCores / json.responses_per_sec * 1e6,
-    errors: json.errors_total,
-    spread,
+    repliesPerSec: s.bench.responses_per_sec,
+    cpuCores: s.proxyCores,
+    serverCores: s.serverCores,
+    cpuUsPerReply: s.cpuPerReplyUs,
+    errors: s.bench.errors_total,
+    spread: await spread,
   };
-}
-
-function parseBench(bench: Child): BenchJson {
-  const line = bench.stdout.lines.at(-1) ?? "";
-  try {
-    return JSON.parse(line);
-  } catch (error) {
-    throw new Error(`bench printed no JSON: ${bench.stderr.tail()}`, { cause: error });
-  }
 }
 
 interface ResilienceSample {
@@ -488,57 +310,65 @@ interface ResilienceSample {
 }
 
 async function resilienceRun(
-  target: Target,
-  servers: Server[],
+  target: RunningTarget,
+  servers: Upstream[],
   config: Config,
 ): Promise<ResilienceSample> {
-  const bench = new Child([
-    "run",
-    "--allow-net",
-    config.mainPath,
-    "bench",
-    "--connect",
-    `${HOST}:${target.port}`,
-    ...LOAD_FLAGS,
-    "--duration",
-    `${config.resilienceSeconds}s`,
-    "--json",
-  ], { name: "bench" });
-  await bench.stderr.waitFor(new RegExp(`^bench: ${config.killAt}s:`), "bench progress");
-  const spread = await upstreamSpread(target);
-  const spreadBefore = formatSpread(spread);
-  let victim = DEFAULT_VICTIM;
-  if (typeof spread !== "string") {
-    for (const [name, n] of spread) if (n > spread.get(victim)!) victim = name;
-  }
-  const victimConnections = typeof spread === "string" ? NaN : spread.get(victim)!;
-  const logFrom = target.child.stderr.lines.length;
-  servers.find((s) => s.name === victim)!.child.kill("SIGKILL");
-  await delay(Math.min(1500, (config.resilienceSeconds - config.killAt) * 500));
-  const spreadAfter = await upstreamConnections(target);
-  await bench.status;
-  await Promise.all([bench.stdout.done, bench.stderr.done]);
-  const json = parseBench(bench);
+  let kill:
+    | Promise<
+      { victim: string; victimConnections: number; before: string; after: string; logFrom: number }
+    >
+    | undefined;
+  const killAt = async () => {
+    const spread = await upstreamSpread(target);
+    let victim = DEFAULT_VICTIM;
+    if (typeof spread !== "string") {
+      for (const [name, n] of spread) if (n > spread.get(victim)!) victim = name;
+    }
+    const logFrom = target.child!.stderr.lines.length;
+    servers.find((s) => s.name === victim)!.child.kill("SIGKILL");
+    await new Promise((r) =>
+      setTimeout(r, Math.min(1500, (config.resilienceSeconds - config.killAt) * 500))
+    );
+    return {
+      victim,
+      victimConnections: typeof spread === "string" ? NaN : spread.get(victim)!,
+      before: formatSpread(spread),
+      after: await upstreamConnections(target),
+      logFrom,
+    };
+  };
+  const s = await runLoad(target.port, {
+    args: LOAD_FLAGS,
+    seconds: config.resilienceSeconds,
+    checkout: config.checkout,
+    proxyPid: target.child?.pid,
+    onProgress: (line) => {
+      if (kill === undefined && line.startsWith(`bench: ${config.killAt}s:`)) kill = killAt();
+    },
+  });
+  if (kill === undefined) throw new Error(`The resilience run ended before ${config.killAt} s`);
+  const k = await kill;
   // Progress lines: "bench: Ns: R replies/s, …"; compare the seconds after the kill with before.
-  const rates = bench.stderr.lines.map((l) => /^bench: (\d+)s: (\d+) replies/.exec(l))
+  const rates = s.progress.map((l) => /^bench: (\d+)s: (\d+) replies/.exec(l))
     .filter((m) => m !== null).map((m) => ({ t: Number(m![1]), r: Number(m![2]) }));
   const before = rates.filter((x) => x.t > 1 && x.t <= config.killAt).map((x) => x.r);
   const after = rates.filter((x) => x.t > config.killAt + 1).map((x) => x.r);
-  const counters = await targetCounters(target);
+  const json = s.bench;
   const wrong = json.errors.wrong_reply ?? 0;
   return {
-    victim,
-    victimConnections,
+    victim: k.victim,
+    victimConnections: k.victimConnections,
     failedConnections: json.errors_total - wrong,
     lostOrWrong: json.requests - json.responses,
     wrongReplies: wrong,
     errors: Object.fromEntries(Object.entries(json.errors).filter(([, n]) => n > 0)),
     repliesPerSec: json.responses_per_sec,
     afterKillRatio: median(after) / median(before),
-    spreadBefore,
-    spreadAfter,
-    counters,
-    log: summariseLog(target.child.stderr.lines.slice(logFrom)),
+    spreadBefore: k.before,
+    spreadAfter: k.after,
+    counters: await targetCounters(target),
+    log: summariseLog(target.child!.stderr.lines.slice(k.logFrom)),
   };
 }
 
@@ -557,7 +387,7 @@ function summariseLog(lines: string[]): string[] {
 function describeThroughput(t: ThroughputSample): string {
   return `${fmt(t.repliesPerSec)} replies/s, ${fmt(t.cpuCores, 2)} cores = ${
     fmt(t.cpuUsPerReply, 2)
-  } µs CPU/reply, busiest server ${fmt(t.busiestServerCores, 2)} cores, errors ${t.errors}, ` +
+  } µs CPU/reply, servers ${fmt(t.serverCores, 2)} cores, errors ${t.errors}, ` +
     `connections ${t.spread}`;
 }
 
@@ -567,48 +397,6 @@ function describeResilience(s: ResilienceSample): string {
     `${JSON.stringify(s.errors)}, ${fmt(s.repliesPerSec)} replies/s, after/before kill ` +
     `${s.afterKillRatio.toFixed(2)}, connections ${s.spreadBefore} -> ${s.spreadAfter}; ` +
     s.counters;
-}
-
-async function targetCounters(target: Target): Promise<string> {
-  try {
-    if (target.httpPort) {
-      const res = await fetch(`http://${HOST}:${target.httpPort}/stats`);
-      const s = await res.json() as Record<string, unknown> & {
-        upstreams: { name: string; state: string; stream_errors: number; ejections: number }[];
-      };
-      const keys = ["failovers", "replays", "resume_failures", "upstream_errors"];
-      const picked = keys.filter((k) => k in s).map((k) => `${k}=${s[k]}`);
-      const ups = s.upstreams.map((u) =>
-        `${u.name}:${u.state}/stream_errors=${u.stream_errors}/ejections=${u.ejections}`
-      );
-      return [...picked, ...ups].join(" ");
-    }
-    if (target.socket) {
-      const csv = await haproxyCommand(target.socket, "show stat");
-      return csv.split("\n").filter((l) => l.startsWith("foo_upstreams,")).map((l) => l.split(","))
-        .map((f) => `${f[1]}:${f[17]}/eresp=${f[14]}/wretr=${f[15]}/wredis=${f[16]}`)
-        .join(" ");
-    }
-  } catch (error) {
-    return `? (${(error as Error).message})`;
-  }
-  return "";
-}
-
-// ---------------------------------------------------------------------------------------------
-// Report
-
-function median(xs: number[]): number {
-  const s = xs.filter(Number.isFinite).sort((a, b) => a - b);
-  if (s.length === 0) return NaN;
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-}
-
-function table(header: string[], rows: string[][]): string {
-  const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
-  return [line(header), line(header.map((_, i) => (i === 0 ? "---" : "---:"))), ...rows.map(line)]
-    .join("\n");
 }
 
 interface TargetResults {
@@ -622,7 +410,7 @@ interface TargetResults {
 // ---------------------------------------------------------------------------------------------
 
 async function main(args: string[]): Promise<number> {
-  let config: Config;
+  let config: ReturnType<typeof parseConfig>;
   try {
     config = parseConfig(args);
   } catch (error) {
@@ -630,111 +418,95 @@ async function main(args: string[]): Promise<number> {
     writeStderrLine(`multi_upstream: ${error.message.split("\n")[0]} (see --help)`);
     return 2;
   }
-  const haproxyVersion = (await commandOutput("haproxy", ["-v"]))?.split("\n")[0];
-  if (!haproxyVersion) {
+  if (config.help) {
+    writeStdoutLine(usage());
+    return 0;
+  }
+  const version = await new Deno.Command("haproxy", { args: ["-v"], stdout: "piped" }).output()
+    .then((o) => o.success ? new TextDecoder().decode(o.stdout).split("\n")[0] : "", () => "");
+  if (!version) {
     writeStderrLine("multi_upstream: haproxy is not installed (scripts/setup_haproxy.sh)");
     return 1;
   }
-  const flags = await startFlags();
-  const cpuinfo = await Deno.readTextFile("/proc/cpuinfo");
-  const cpuModel = /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? "unknown";
-  const nproc = (await commandOutput("nproc", [])) ?? "?";
-  const kernel = (await commandOutput("uname", ["-r"])) ?? "?";
-  const commit = (await commandOutput("git", ["-C", REPO_ROOT, "rev-parse", "--short", "HEAD"])) ??
-    "unknown";
-  const dirty = config.worktree
-    ? (await commandOutput("git", ["-C", REPO_ROOT, "status", "--porcelain", "src"]))
-      ?.split("\n").map((l) => /^\s*\S+\s+(.+)$/.exec(l)?.[1]).filter((f) => f !== undefined) ??
-      []
-    : [];
   const started = new Date();
-  const dir = await Deno.makeTempDir({ prefix: "foo_multi_" });
+  const tmpDir = await Deno.makeTempDir({ prefix: "foo_multi_" });
+  const code = await codeMeasured(REPO_ROOT);
   if (!config.worktree) {
     // A clean copy of HEAD: others may edit src/ while this runs, and every target restarts.
-    const snapshot = `${dir}/head`;
+    const snapshot = `${tmpDir}/head`;
     await Deno.mkdir(snapshot);
     const archive = await new Deno.Command("sh", {
-      args: ["-c", `git -C "$1" archive "$3" | tar -x -C "$2"`, "sh", REPO_ROOT, snapshot, commit],
+      args: ["-c", `git -C "$1" archive HEAD | tar -x -C "$2"`, "sh", REPO_ROOT, snapshot],
     }).output();
-    if (!archive.success) throw new Error(`git archive ${commit} failed`);
-    config.mainPath = `${snapshot}/src/main.ts`;
+    if (!archive.success) throw new Error("git archive HEAD failed");
+    config.checkout = `${snapshot}/`;
   }
+  const specs = targetSpecs(config);
   const results = new Map<TargetName, TargetResults>(
     TARGETS.map((t) => [t, { slow: [], fast: [], single: [], resilience: [] }]),
   );
   let haproxyCfg = "";
   try {
     for (let round = 0; round < config.rounds; round++) {
-      const order = TARGETS.map((_, i) => TARGETS[(i + round) % TARGETS.length]);
-      for (const name of order) {
+      for (const name of rotate(TARGETS, round)) {
         const r = results.get(name)!;
+        const run = { config, tmpDir, names: UPSTREAM_NAMES };
         // Servers answering after --delay-ms: throughput, then the kill.
-        {
-          const servers = await startServers(config, config.delayMs);
-          try {
-            const target = await startTarget(name, servers, config, flags, dir);
-            if (target.config) haproxyCfg = target.config;
-            try {
-              const t = await throughputRun(target, servers, config);
-              r.slow.push(t);
-              writeStderrLine(
-                `round ${round + 1} ${name} ${config.delayMs} ms servers: ${describeThroughput(t)}`,
-              );
-              const s = await resilienceRun(target, servers, config);
-              r.resilience.push(s);
-              writeStderrLine(`round ${round + 1} ${name}: ${describeResilience(s)}`);
-              for (const l of s.log) writeStderrLine(`    ${name}: ${l}`);
-            } finally {
-              await target.child.stop("SIGTERM");
-            }
-          } finally {
-            await Promise.all(servers.map((s) => s.child[Symbol.asyncDispose]()));
-          }
-        }
+        await withTarget(specs[name], { ...run, delayMs: config.delayMs }, async (t, servers) => {
+          if (t.haproxyConfig) haproxyCfg = t.haproxyConfig;
+          const s = await throughputRun(t, servers, config);
+          r.slow.push(s);
+          writeStderrLine(
+            `round ${round + 1} ${name} ${config.delayMs} ms servers: ${describeThroughput(s)}`,
+          );
+          const k = await resilienceRun(t, servers, config);
+          r.resilience.push(k);
+          writeStderrLine(`round ${round + 1} ${name}: ${describeResilience(k)}`);
+          for (const l of k.log) writeStderrLine(`    ${name}: ${l}`);
+        });
         // Servers answering at once: CPU-bound throughput, three upstreams then one.
-        if (config.cpuBound) {
-          const t = await cpuBoundRun(name, UPSTREAM_NAMES, config, flags, dir);
-          r.fast.push(t);
-          writeStderrLine(`round ${round + 1} ${name} 0 ms servers: ${describeThroughput(t)}`);
-        }
-        if (config.single) {
-          const t = await cpuBoundRun(name, ["a"], config, flags, dir);
-          r.single.push(t);
-          writeStderrLine(`round ${round + 1} ${name} one 0 ms server: ${describeThroughput(t)}`);
+        const cpuBoundRuns = [
+          { on: config.cpuBound, list: r.fast, names: UPSTREAM_NAMES, what: "0 ms servers" },
+          { on: config.single, list: r.single, names: ["a"], what: "one 0 ms server" },
+        ];
+        for (const c of cpuBoundRuns.filter((c) => c.on)) {
+          const s = await withTarget(
+            specs[name],
+            { ...run, names: c.names, delayMs: 0 },
+            (t, servers) => throughputRun(t, servers, config),
+          );
+          c.list.push(s);
+          writeStderrLine(`round ${round + 1} ${name} ${c.what}: ${describeThroughput(s)}`);
         }
       }
     }
   } finally {
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await Deno.remove(tmpDir, { recursive: true }).catch(() => {});
   }
   const elapsedS = (Date.now() - started.getTime()) / 1000;
+  const cpuinfo = await Deno.readTextFile("/proc/cpuinfo");
   const report = renderReport({
     config,
     results,
     haproxyCfg,
     facts: {
       date: started.toISOString(),
-      commit,
-      dirty,
-      nproc,
-      cpuModel,
-      kernel,
+      commit: code,
+      dirty: [],
+      nproc: String(navigator.hardwareConcurrency),
+      cpuModel: /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? "unknown",
+      kernel: Deno.osRelease(),
       deno: `${Deno.version.deno} (V8 ${Deno.version.v8})`,
-      haproxy: haproxyVersion,
+      haproxy: version,
       elapsedS,
       command: `deno run -A bench/multi_upstream.ts ${args.join(" ")}`.trim(),
-      flags,
+      flags: await startFlags(config.checkout),
     },
   });
   writeStdoutLine(report);
   const path = config.results ??
     await Deno.makeTempFile({ prefix: "multi_upstream_", suffix: ".md" });
-  await Deno.writeTextFile(path, report);
-  await new Deno.Command(Deno.execPath(), {
-    args: ["fmt", "--quiet", "--config", `${REPO_ROOT}deno.json`, path],
-    stderr: "null",
-  })
-    .output();
+  await writeReport([path], report, `${REPO_ROOT}deno.json`);
   writeStderrLine(`multi_upstream: report written to ${path}`);
   return 0;
 }
@@ -753,6 +525,7 @@ interface Facts {
   flags: string[];
 }
 
+/** The Markdown report of a run. */
 function renderReport(
   input: {
     config: Config;
@@ -785,8 +558,8 @@ function renderReport(
       digits: 2,
     },
     {
-      label: `${id} ${what}: busiest server's CPU (cores)`,
-      pick: (r) => pick(r).map((s) => s.busiestServerCores),
+      label: `${id} ${what}: the servers' CPU (cores, summed)`,
+      pick: (r) => pick(r).map((s) => s.serverCores),
       digits: 2,
     },
   ];
@@ -826,9 +599,10 @@ function renderReport(
     ["replies lost or wrong (requests − verified replies)", (s) => s.lostOrWrong],
     ["of which wrong replies (`wrong_reply`)", (s) => s.wrongReplies],
   ];
-  const failTable = table(
+  const failTable = markdownTable(
     ["per round (one of three upstreams SIGKILLed)", ...TARGETS],
     failRows.map(([label, pick]) => [label, ...TARGETS.map((t) => perRound(t, pick))]),
+    1,
   );
   const spreads = TARGETS.flatMap((t) => [
     `- ${t}: 1a ${res(t).slow.map((s) => s.spread).join(" / ")}` +
@@ -862,7 +636,7 @@ function renderReport(
     : `working tree with uncommitted changes in ${facts.dirty.join(", ")}`;
   return `# Three upstreams: foo-proxy and HAProxy side by side
 
-Generated by \`bench/multi_upstream.ts\` (issue 12); do not edit by hand, re-run
+Generated by \`bench/multi_upstream.ts\` (issue 12, on the bench harness); do not edit by hand, re-run
 \`deno run -A bench/multi_upstream.ts --rounds ${config.rounds} --write-results\`.
 
 - Date: ${facts.date}
@@ -907,12 +681,19 @@ Scenarios:
     config.killAt + 2
   } s on with those before the kill.
 
-CPU: utime + stime (/proc/PID/stat) while the load ran, divided by the elapsed time; per reply
-divides that by the measured replies/s.
+CPU: utime + stime (/proc/PID/stat, every thread) between the load generator's first and last
+progress lines, divided by that window; per reply divides the CPU time by the replies counted in
+that window.
 
 ## Results (medians)
 
-${table(["metric", ...TARGETS, "foo-proxy --resume ÷ HAProxy", "foo-proxy ÷ HAProxy"], rows)}
+${
+    markdownTable(
+      ["metric", ...TARGETS, "foo-proxy --resume ÷ HAProxy", "foo-proxy ÷ HAProxy"],
+      rows,
+      1,
+    )
+  }
 
 Client connections per upstream in the middle of each throughput run (round by round):
 
@@ -935,4 +716,11 @@ ${input.haproxyCfg.trim()}
 `;
 }
 
-if (import.meta.main) Deno.exit(await main(Deno.args));
+if (import.meta.main) {
+  Deno.exit(
+    await main(Deno.args).catch((error) => {
+      writeStderrLine(`multi_upstream: ${error instanceof Error ? error.message : error}`);
+      return 1;
+    }),
+  );
+}

@@ -11,10 +11,16 @@
 import { parseArgs } from "node:util";
 import { Child } from "../scripts/child.ts";
 import { writeStdoutLine } from "../src/cmd/output.ts";
-import { delay, THROUGHPUT_LOAD } from "./_common.ts";
+import { THROUGHPUT_LOAD } from "./harness/load.ts";
+import { HOST } from "./harness/spawn.ts";
+import { startServer } from "./harness/foo_server.ts";
+import { startTarget } from "./harness/target.ts";
 
 const MAIN = new URL("../src/main.ts", import.meta.url).pathname;
-const HOST = "127.0.0.1";
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
 
 /** CPU seconds and name of every thread of `pid`. */
 async function threads(pid: number): Promise<Map<number, { name: string; cpu: number }>> {
@@ -33,13 +39,6 @@ async function threads(pid: number): Promise<Map<number, { name: string; cpu: nu
   return out;
 }
 
-function freePort(): number {
-  const listener = Deno.listen({ hostname: HOST, port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
-}
-
 async function main(): Promise<void> {
   const { values } = parseArgs({
     args: Deno.args,
@@ -49,47 +48,31 @@ async function main(): Promise<void> {
     },
   });
   const seconds = Number(values.seconds);
-  const upstreamPort = freePort();
-  const proxyPort = freePort();
-  await using server = new Child(
-    ["run", "--allow-net", MAIN, "server", "--listen", `${HOST}:${upstreamPort}`],
-    { name: "server" },
-  );
-  await server.stderr.waitFor(/listening/i, "the server to listen");
-  await using proxy = new Child([
-    "run",
-    "--allow-net",
-    "--allow-env=FOO_PROXY_*",
-    `--allow-read=${new URL("../src", import.meta.url).pathname}`,
-    "--unstable-net",
-    "--v8-flags=--max-semi-space-size=8",
-    MAIN,
-    "proxy",
-    "--listen",
-    `${HOST}:${proxyPort}`,
-    "--forward",
-    `${HOST}:${upstreamPort}`,
-    "--http=off",
-    "--health=off",
-    `--workers=${values.workers}`,
-  ], { name: "proxy" });
-  await proxy.stderr.waitFor(/Listening on/, "the proxy to listen");
+  const server = await startServer();
+  await using _server = server.child;
+  const tmpDir = await Deno.makeTempDir({ prefix: "foo_threads_" });
+  await using proxy = await startTarget({
+    key: `w${values.workers}`,
+    kind: "foo",
+    admin: false,
+    flags: [`--workers=${values.workers}`],
+  }, { upstreams: [server], tmpDir });
   await using load = new Child([
     "run",
     "--allow-net",
     MAIN,
     "bench",
     "--connect",
-    `${HOST}:${proxyPort}`,
+    `${HOST}:${proxy.port}`,
     ...THROUGHPUT_LOAD,
     "--duration",
     `${seconds + 3}s`,
   ], { name: "load" });
   await delay(1500); // past the load's ramp-up
-  const before = await threads(proxy.pid);
+  const before = await threads(proxy.child!.pid);
   const started = performance.now();
   await delay(seconds * 1000);
-  const after = await threads(proxy.pid);
+  const after = await threads(proxy.child!.pid);
   const wall = (performance.now() - started) / 1000;
   let total = 0;
   const rows: { tid: number; name: string; share: number }[] = [];
@@ -109,6 +92,7 @@ async function main(): Promise<void> {
   }
   writeStdoutLine(`  all threads              ${(total * 100).toFixed(0).padStart(4)} % of a core`);
   await load.status;
+  await Deno.remove(tmpDir, { recursive: true });
 }
 
 if (import.meta.main) await main();

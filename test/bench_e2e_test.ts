@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { parseWorkersList, pinning } from "../bench/e2e.ts";
+import { pinning } from "../bench/harness/pinning.ts";
+import { parseWorkersList } from "../bench/harness/target_list.ts";
 
 Deno.test("bench:e2e --workers takes counts from 1 and auto, in the order given", () => {
   assert.deepEqual(parseWorkersList("1,2"), [1, 2]);
