@@ -64,6 +64,8 @@ export interface ProxyConfig {
   adminHosts: string[];
   /** What to do when an upstream connection dies: off, or replay verbatim / renumbered. */
   resume: ResumeMode;
+  /** `--mux`: shared upstream connections per upstream; 0: one per client. */
+  mux: number;
   halfCloseTimeoutMs: number;
   reconnectRetries: number;
   maxFailovers: number;
@@ -111,6 +113,11 @@ export function parseProxyConfig(
   for (const s of PROXY_SETTINGS) config[s.field] = s.parse(v[s.flag], s);
   const parsed = config as unknown as ProxyConfig;
   parsed.forward = parsed.upstreams[0].address;
+  if (parsed.mux > 0 && parsed.resume === "renumber") {
+    throw new UsageError(
+      "--mux cannot be combined with --resume=renumber (shared connections carry the clients' own Seqs); use --resume",
+    );
+  }
   // Given (by flag, variable or file): a bind failure is then fatal, not a warning.
   parsed.httpExplicit = v.http !== undefined;
   parsed.healthExplicit = v.health !== undefined;

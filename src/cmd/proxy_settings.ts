@@ -457,6 +457,17 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     reload: "restart",
     option: "drainTimeoutMs",
   }),
+  setting({
+    flag: "mux",
+    field: "mux",
+    default: "0",
+    value: "N",
+    help:
+      "share N upstream connections per upstream (per worker) among all clients: whole REQ lines forwarded verbatim, writes coalesced, replies routed in order; invalid lines are refused (0 = one upstream connection per client)",
+    parse: integer({ max: 1024 }),
+    reload: "restart",
+    option: "mux",
+  }),
   // A string flag: `--resume` alone is rewritten to `--resume=verbatim` before parsing.
   setting({
     flag: "resume",

@@ -101,6 +101,14 @@ export class ChunkSource {
     return this.#want;
   }
 
+  /**
+   * Bytes at the front of the last chunk that an earlier chunk had already served (after a read
+   * that found the end of stream: the partial line kept then).
+   */
+  get carried(): number {
+    return this.#at;
+  }
+
   /** Whether bytes handed over at construction are still to be served (by {@linkcode next}). */
   get holding(): boolean {
     return this.#first !== undefined || this.#rest !== undefined;

@@ -11,7 +11,8 @@ import { type CloseReason, Stats } from "../stats/stats.ts";
 import { acceptLoop } from "../net/accept_loop.ts";
 import { waitOrAbort } from "../async/wait_or_abort.ts";
 import type { AccessRecord } from "./access_log.ts";
-import { bridge, BridgeState } from "./bridge.ts";
+import { bridge, BridgeState, type ConnectionSummary } from "./bridge.ts";
+import { MuxHub } from "./mux.ts";
 import {
   type EngineConfig,
   type EngineOptions,
@@ -93,6 +94,12 @@ export interface ProxyOptions extends Omit<EngineOptions, "resume"> {
   gateSlot?: number;
   /** Log "Listening on …" at start (a data plane leaves it to the supervisor). @default {true} */
   announce?: boolean;
+  /**
+   * Share this many upstream connections per upstream among every client (`--mux`, see
+   * `mux.ts`); `resume` then replays a dead shared connection's REQs on another. 0: each client
+   * gets its own upstream connection. @default {0}
+   */
+  mux?: number;
 }
 
 /**
@@ -164,6 +171,7 @@ export class Proxy implements AsyncDisposable {
   #engine: EngineConfig;
   #accessLog: ((record: AccessRecord) => void) | undefined;
   #target: UpstreamTarget;
+  #mux: MuxHub | undefined;
   #closeAll = new AbortController();
   #accepting: Promise<void> | undefined;
   #closing = false;
@@ -189,6 +197,21 @@ export class Proxy implements AsyncDisposable {
         random: options.random,
       });
     this.#forwardText = this.#target.label;
+    const mux = options.mux ?? 0;
+    if (mux > 0) {
+      if (resume === "renumber") {
+        throw new RangeError("--mux cannot renumber Seqs (--resume=renumber): use --resume");
+      }
+      this.#mux = new MuxHub({
+        stats: this.stats,
+        target: this.#target,
+        connections: mux,
+        logger: this.#logger,
+        connectRetries: options.connectRetries ?? PROXY_DEFAULTS.connectRetries,
+        connectBackoffMs: options.connectBackoffMs,
+        resume: resume !== "off",
+      });
+    }
     this.#accessLog = options.accessLog;
     options.signal?.addEventListener("abort", () => void this.close(), { once: true });
   }
@@ -256,6 +279,7 @@ export class Proxy implements AsyncDisposable {
     for (const connection of this.#connections) connection.controller.abort();
     await this.#accepting;
     await this.drained();
+    this.#mux?.close();
     this.#finished.resolve();
   }
 
@@ -376,6 +400,28 @@ export class Proxy implements AsyncDisposable {
     });
   }
 
+  // The access-log callback of one connection: field by field, one object per line, not a rest
+  // copy and a spread.
+  #recordEnd(acceptedAtMs: number, peer: string): (s: ConnectionSummary) => void {
+    return (s) =>
+      this.#accessLog?.({
+        startedAtMs: acceptedAtMs,
+        client: peer,
+        upstream: s.upstream,
+        durationMs: s.durationMs,
+        bytesFromClient: s.bytesFromClient,
+        bytesFromUpstream: s.bytesFromUpstream,
+        reqs: s.reqs,
+        acks: s.acks,
+        naks: s.naks,
+        invalid: s.invalid,
+        latencyP50Ms: s.latencyP50Ms,
+        latencyMaxMs: s.latencyMaxMs,
+        failovers: s.failovers,
+        reason: s.reason,
+      });
+  }
+
   // An access-log line for a connection that ended before it was bridged.
   #logRefused(client: string, reason: CloseReason): void {
     this.#accessLog?.({
@@ -436,6 +482,16 @@ export class Proxy implements AsyncDisposable {
         } catch {
           // The client is already gone; the first read says so.
         }
+        if (this.#mux !== undefined) {
+          reason = await this.#mux.serve(downstream, {
+            config: this.#engine,
+            signal: connection.controller.signal,
+            label: peer,
+            state: connection.state,
+            onEnd: this.#accessLog === undefined ? undefined : this.#recordEnd(acceptedAtMs, peer),
+          });
+          return;
+        }
         // Dialing lives in its own function so that what only the dial needs (the first-bytes
         // reader, its abort plumbing, the retry callback) is not kept alive by this frame while
         // the connection is bridged.
@@ -459,24 +515,7 @@ export class Proxy implements AsyncDisposable {
           held: dialed.held,
           state: connection.state,
           lease: dialed.lease,
-          // Field by field: one object per line, not a rest copy and a spread.
-          onEnd: this.#accessLog === undefined ? undefined : (s) =>
-            this.#accessLog?.({
-              startedAtMs: acceptedAtMs,
-              client: peer,
-              upstream: s.upstream,
-              durationMs: s.durationMs,
-              bytesFromClient: s.bytesFromClient,
-              bytesFromUpstream: s.bytesFromUpstream,
-              reqs: s.reqs,
-              acks: s.acks,
-              naks: s.naks,
-              invalid: s.invalid,
-              latencyP50Ms: s.latencyP50Ms,
-              latencyMaxMs: s.latencyMaxMs,
-              failovers: s.failovers,
-              reason: s.reason,
-            }),
+          onEnd: this.#accessLog === undefined ? undefined : this.#recordEnd(acceptedAtMs, peer),
         });
         this.#logger.debug("Closed {downstream} -> {upstream}: {reason}", {
           downstream: peer,

@@ -518,6 +518,11 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
    * Opens a connection to an upstream the policy picks; a failed connect is tried on another
    * (`retries` more attempts across the set, with backoff once every candidate failed).
    */
+  /** How many upstreams are configured. */
+  get upstreamCount(): number {
+    return this.#members.length;
+  }
+
   async dial(options: TargetDialOptions = {}): Promise<TargetConnection> {
     const retries = options.retries ?? 0;
     const failed = new Set<Member>();
@@ -620,6 +625,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
       conn,
       upstream: member.spec.name,
       counters: member.counters,
+      usable: () => member.state() === "up",
       release: (failed: boolean) => {
         if (released) return;
         released = true;

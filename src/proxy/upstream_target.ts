@@ -38,12 +38,19 @@ export interface TargetConnection {
    * toward ejecting the upstream). Unset: nothing to report.
    */
   release?: (failed: boolean) => void;
+  /**
+   * Whether the upstream still takes new work (not draining, ejected, down or removed): a shared
+   * connection (`--mux`) stops taking clients when it turns false. Unset: always.
+   */
+  usable?: () => boolean;
 }
 
 /** Where upstream connections come from. */
 export interface UpstreamTarget {
   /** The upstream(s), for log lines. */
   readonly label: string;
+  /** How many upstreams there are (`--mux` opens N connections per upstream). Unset: 1. */
+  readonly upstreamCount?: number;
   /**
    * Opens an upstream connection (with `setNoDelay(true)`).
    *
@@ -64,6 +71,8 @@ export interface SingleUpstreamOptions {
 export class SingleUpstream implements UpstreamTarget {
   /** The upstream's address text. */
   readonly label: string;
+  /** One. */
+  readonly upstreamCount = 1;
   #address: Address;
   #options: SingleUpstreamOptions;
 

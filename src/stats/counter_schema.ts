@@ -390,6 +390,30 @@ export const COUNTER_SCHEMA: readonly SchemaEntry[] = [
     { family: "foo_proxy_replies_dropped_total" },
   ),
   field(
+    "mux_refused_lines",
+    "muxRefusedLines",
+    "--mux: client lines not forwarded: invalid lines (a server may or may not answer them, which would put every reply after out of step), a last line without its newline, a line too long.",
+    { family: "foo_proxy_mux_refused_lines_total" },
+  ),
+  field(
+    "mux_desyncs",
+    "muxDesyncs",
+    "--mux: shared upstream connections closed because a reply did not answer the REQ first in line (unsolicited, wrong Seq, invalid).",
+    { family: "foo_proxy_mux_desyncs_total" },
+  ),
+  field(
+    "mux_slow_clients",
+    "muxSlowClients",
+    "--mux: clients closed for leaving over 4 MiB of replies unread (a shared connection never waits for one client).",
+    { family: "foo_proxy_mux_slow_clients_total" },
+  ),
+  field(
+    "mux_upstream_connections",
+    "muxUpstreamConnections",
+    "--mux: shared upstream connections open.",
+    { family: "foo_proxy_mux_upstream_connections", kind: "gauge" },
+  ),
+  field(
     "usr1_ignored",
     "usr1Ignored",
     "SIGUSR1 signals neutralised (the debugger Deno opens on it is closed; stats are on SIGUSR2).",

@@ -193,6 +193,14 @@ export class Stats {
   internalErrors = 0;
   /** Replies dropped by renumbering (Seq of no REQ of ours). */
   repliesDropped = 0;
+  /** `--mux`: client lines not forwarded (invalid, cut by the end of stream, too long). */
+  muxRefusedLines = 0;
+  /** `--mux`: shared upstream connections closed for a reply that answered nothing in line. */
+  muxDesyncs = 0;
+  /** `--mux`: clients closed for leaving too many replies unread. */
+  muxSlowClients = 0;
+  /** `--mux`: shared upstream connections open (a gauge). */
+  muxUpstreamConnections = 0;
   /** SIGUSR1 signals received and neutralised. */
   usr1Ignored = 0;
   /** Log lines dropped at a stalled stderr. */

@@ -169,6 +169,16 @@ export class FooServer implements AsyncDisposable {
     return this.#finished.promise;
   }
 
+  /**
+   * Closes every open connection at once (replies owed are lost) and keeps accepting: an upstream
+   * that restarts, or a load balancer that cuts connections. Returns how many were closed.
+   */
+  dropConnections(): number {
+    const count = this.#conns.size;
+    for (const conn of this.#conns) closeQuietly(conn);
+    return count;
+  }
+
   /** Stops accepting, closes every connection, and resolves when all have ended. */
   close(): Promise<void> {
     this.#closing ??= this.#close();

@@ -1,0 +1,101 @@
+/**
+ * Classifies one whole line from its head, by the same grammar as the streaming
+ * {@linkcode Analyzer}: the multiplexer routes by line, so it needs each line's type and Seq
+ * where it stands, without a state machine. Nothing is allocated: the result goes into a
+ * {@linkcode LineHead} the caller reuses.
+ *
+ * @module
+ */
+import { MSG_ACK, MSG_NAK, MSG_REQ } from "./analyzer.ts";
+
+/** Why a line is invalid (the analyzer's counters: `invalid_type`, `invalid_seq`, …). */
+export const INVALID_TYPE = -1;
+/** Missing or non-numeric Seq. */
+export const INVALID_SEQ = -2;
+/** A well-formed line going the wrong way. */
+export const INVALID_DIRECTION = -3;
+
+/** What {@linkcode readLineHead} found. */
+export interface LineHead {
+  /** `MSG_REQ`, `MSG_ACK` or `MSG_NAK`; or `INVALID_TYPE`, `INVALID_SEQ`, `INVALID_DIRECTION`. */
+  type: number;
+  /** The Seq of a valid line; -1 when it is above 2^53 (not exact). */
+  seq: number;
+}
+
+const CR = 13;
+const SP = 32;
+const TAB = 9;
+const TYPE_REQ = 0x524551; // "REQ"
+const TYPE_ACK = 0x41434b; // "ACK"
+const TYPE_NAK = 0x4e414b; // "NAK"
+
+/**
+ * Classifies `buf[start, end)`, one line without its `\n`, as sent by a client (`fromClient`) or
+ * a server, into `out`. Returns whether it is a valid message.
+ */
+export function readLineHead(
+  buf: Uint8Array,
+  start: number,
+  end: number,
+  fromClient: boolean,
+  out: LineHead,
+): boolean {
+  if (end - start < 4) {
+    // Too short for a type and a separator: "REQ" alone lacks its Seq, anything else its type.
+    out.type = end - start === 3 && knownType(buf, start) !== 0
+      ? wrongWay(knownType(buf, start), fromClient) ? INVALID_DIRECTION : INVALID_SEQ
+      : INVALID_TYPE;
+    // "REQ\r" is a missing Seq too (CR before the newline).
+    return false;
+  }
+  const type = knownType(buf, start);
+  if (type === 0) return invalid(out, INVALID_TYPE);
+  if (wrongWay(type, fromClient)) return invalid(out, INVALID_DIRECTION);
+  const sep = buf[start + 3];
+  if (sep !== SP && sep !== TAB) return invalid(out, sep === CR ? INVALID_SEQ : INVALID_TYPE);
+  let i = start + 4;
+  while (i < end && (buf[i] === SP || buf[i] === TAB)) i++;
+  if (i === end) return invalid(out, INVALID_SEQ);
+  let d = buf[i] - 48;
+  if (d < 0 || d > 9) return invalid(out, INVALID_SEQ);
+  let seq = 0;
+  while (i < end && (d = buf[i] - 48) >= 0 && d <= 9) {
+    if (seq >= 0) {
+      const next = seq * 10 + d;
+      seq = next > Number.MAX_SAFE_INTEGER ? -1 : next;
+    }
+    i++;
+  }
+  if (i < end) {
+    const c = buf[i];
+    if (c === CR) {
+      if (i + 1 !== end) return invalid(out, INVALID_SEQ);
+    } else if (c !== SP && c !== TAB) {
+      return invalid(out, INVALID_SEQ);
+    }
+  }
+  out.type = type;
+  out.seq = seq;
+  return true;
+}
+
+function knownType(buf: Uint8Array, at: number): number {
+  const head = (buf[at] << 16) | (buf[at + 1] << 8) | buf[at + 2];
+  return head === TYPE_REQ
+    ? MSG_REQ
+    : head === TYPE_ACK
+    ? MSG_ACK
+    : head === TYPE_NAK
+    ? MSG_NAK
+    : 0;
+}
+
+function wrongWay(type: number, fromClient: boolean): boolean {
+  return (type === MSG_REQ) !== fromClient;
+}
+
+function invalid(out: LineHead, kind: number): false {
+  out.type = kind;
+  return false;
+}

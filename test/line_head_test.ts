@@ -1,0 +1,105 @@
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import { Analyzer, createMessageCounts, type MessageCounts } from "../src/protocol/analyzer.ts";
+import {
+  INVALID_DIRECTION,
+  INVALID_SEQ,
+  INVALID_TYPE,
+  type LineHead,
+  readLineHead,
+} from "../src/protocol/line_head.ts";
+
+const KIND: Record<number, keyof MessageCounts> = {
+  1: "msg_req",
+  2: "msg_ack",
+  3: "msg_nak",
+  [INVALID_TYPE]: "invalid_type",
+  [INVALID_SEQ]: "invalid_seq",
+  [INVALID_DIRECTION]: "invalid_direction",
+};
+
+/** What the streaming analyzer says of one line (without its newline). */
+function analyzed(line: Uint8Array, fromClient: boolean): { kind: string; seq?: number } {
+  const counts = createMessageCounts();
+  let seq: number | undefined;
+  const analyzer = new Analyzer(fromClient ? "downstream" : "upstream", counts, {
+    onMessage: (_type, s) => seq = s,
+  });
+  const withNl = new Uint8Array(line.length + 1);
+  withNl.set(line);
+  withNl[line.length] = 10;
+  analyzer.feed(withNl);
+  const kind = (Object.keys(counts) as (keyof MessageCounts)[]).find((k) => counts[k] === 1)!;
+  return seq === undefined ? { kind } : { kind, seq };
+}
+
+function headed(line: Uint8Array, fromClient: boolean): { kind: string; seq?: number } {
+  const out: LineHead = { type: 0, seq: 0 };
+  // Embedded in a bigger buffer, so offsets matter.
+  const buf = new Uint8Array(line.length + 6).fill(65);
+  buf.set(line, 3);
+  const valid = readLineHead(buf, 3, 3 + line.length, fromClient, out);
+  assert.equal(valid, out.type > 0);
+  return valid ? { kind: KIND[out.type], seq: out.seq } : { kind: KIND[out.type] };
+}
+
+const enc = (s: string) => new TextEncoder().encode(s);
+
+Deno.test("readLineHead classifies lines as the analyzer does (table)", () => {
+  const lines = [
+    "REQ 1",
+    "REQ 7 Hey",
+    "REQ\t7\tHey",
+    "REQ  12",
+    "REQ 5\r",
+    "REQ 5 data\r",
+    "REQ 5\rx",
+    "REQ",
+    "REQ\r",
+    "REQ ",
+    "REQ x",
+    "REQ 1x",
+    "REQ +1",
+    "req 1",
+    "",
+    "\r",
+    "RE",
+    "REQX 1",
+    "ACK 1",
+    "NAK 2 oops",
+    "ACK",
+    "ACKX",
+    "REQ 99999999999999999999 big",
+    "REQ 9007199254740993",
+    "REQ 9007199254740991",
+  ];
+  for (const fromClient of [true, false]) {
+    for (const line of lines) {
+      assert.deepEqual(
+        headed(enc(line), fromClient),
+        analyzed(enc(line), fromClient),
+        `${JSON.stringify(line)} from ${fromClient ? "client" : "server"}`,
+      );
+    }
+  }
+});
+
+Deno.test("readLineHead agrees with the analyzer on any line (property)", () => {
+  const alphabet = ["R", "E", "Q", "A", "C", "K", "N", " ", "\t", "\r", "0", "1", "9", "x", "-"];
+  const line = fc.oneof(
+    fc.array(fc.constantFrom(...alphabet), { maxLength: 12 }).map((a) => a.join("")),
+    fc.tuple(
+      fc.constantFrom("REQ", "ACK", "NAK", "REQ ", "ACK\t"),
+      fc.array(fc.constantFrom(...alphabet), { maxLength: 10 }).map((a) => a.join("")),
+    ).map(([a, b]) => a + b),
+    fc.tuple(fc.constantFrom("REQ ", "ACK ", "NAK "), fc.bigInt({ min: 0n, max: 10n ** 20n }))
+      .map(([a, n]) => a + n.toString()),
+  );
+  fc.assert(
+    fc.property(line, fc.boolean(), (text, fromClient) => {
+      const bytes = enc(text);
+      assert.deepEqual(headed(bytes, fromClient), analyzed(bytes, fromClient));
+    }),
+    { numRuns: 5000 },
+  );
+});

@@ -1,0 +1,26 @@
+import assert from "node:assert/strict";
+import { hashReply } from "../src/protocol/reply_hash.ts";
+import { connectTo, lineReader, readLines, startProxy, startUpstream, writeAll } from "./_util.ts";
+
+Deno.test("--mux: 200 clients share 2 upstream connections and each gets exactly its own replies", async () => {
+  await using upstream = await startUpstream({ reply: "hash" });
+  await using proxy = await startProxy(upstream.addr, { mux: 2 });
+  const clients = 200;
+  await Promise.all(Array.from({ length: clients }, async (_, c) => {
+    const conn = await connectTo(proxy.addr);
+    try {
+      const reader = lineReader(conn);
+      // Each client its own Seqs and data, pipelined, so the server's answers differ by client.
+      const lines = Array.from({ length: 20 }, (_, i) => `REQ ${c * 7 + i} c${c}-${i}`);
+      await writeAll(conn, lines.map((l) => l + "\n").join(""));
+      const got = await readLines(reader, lines.length, 10_000);
+      assert.deepEqual(got, lines.map((l) => hashReply(l)));
+    } finally {
+      conn.close();
+    }
+  }));
+  assert.equal(upstream.accepted, 2, "the upstream saw exactly N connections");
+  const counts = proxy.stats.counts;
+  assert.equal(counts.msg_req, clients * 20);
+  assert.equal(counts.msg_ack + counts.msg_nak, clients * 20);
+});
