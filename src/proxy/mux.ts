@@ -300,6 +300,7 @@ class Channel {
         this.spare = this.out;
         this.out = spare;
         this.outLength = 0;
+        this.hub.stats.muxUpstreamWrites++;
         for (let off = 0; off < bytes.length;) {
           off += await this.conn.write(off === 0 ? bytes : bytes.subarray(off));
         }

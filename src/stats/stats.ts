@@ -201,6 +201,8 @@ export class Stats {
   muxSlowClients = 0;
   /** `--mux`: shared upstream connections open (a gauge). */
   muxUpstreamConnections = 0;
+  /** `--mux`: writes to shared upstream connections (REQs forwarded ÷ this: the coalescing). */
+  muxUpstreamWrites = 0;
   /** SIGUSR1 signals received and neutralised. */
   usr1Ignored = 0;
   /** Log lines dropped at a stalled stderr. */
