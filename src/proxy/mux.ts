@@ -84,6 +84,8 @@ const NL = 10;
  * connection, so a client that stopped reading is cut off here.
  */
 const MAX_UNWRITTEN = 4 * 1024 * 1024;
+/** Bytes queued on a shared connection past which its clients wait for the write under way. */
+const CHANNEL_HIGH_WATER = 1024 * 1024;
 /** After a failed dial, how long working shared connections carry on before another is tried. */
 const REDIAL_MS = 1000;
 
@@ -149,7 +151,9 @@ export class MuxHub {
     if (this.closed) return "shutdown";
     let best: Channel | undefined;
     let usable = 0;
-    for (const channel of [...this.channels]) {
+    // Backwards: a retired connection leaves the list at once.
+    for (let i = this.channels.length - 1; i >= 0; i--) {
+      const channel = this.channels[i];
       if (!channel.usable()) {
         // Its upstream is draining, ejected or down: no new clients; closed once idle.
         if (channel.size === 0 && !channel.writing) channel.fail("shutdown", undefined);
@@ -245,6 +249,8 @@ class Channel {
   writing = false;
   flushQueued = false;
   dead = false;
+  /** Clients waiting for the queue to fall below its high-water mark. */
+  room: PromiseWithResolvers<void> | undefined = undefined;
   readonly flushBound: () => void;
 
   constructor(hub: MuxHub, lease: TargetConnection) {
@@ -301,6 +307,12 @@ class Channel {
         this.out = spare;
         this.outLength = 0;
         this.hub.stats.muxUpstreamWrites++;
+        const room = this.room;
+        if (room !== undefined) {
+          // What was queued is on its way: waiting clients may queue again.
+          this.room = undefined;
+          room.resolve();
+        }
         for (let off = 0; off < bytes.length;) {
           off += await this.conn.write(off === 0 ? bytes : bytes.subarray(off));
         }
@@ -310,6 +322,12 @@ class Channel {
     } finally {
       this.writing = false;
     }
+  }
+
+  /** Resolves when the queued bytes went to the socket (or the connection died). */
+  drained(): Promise<void> {
+    this.room ??= Promise.withResolvers();
+    return this.room.promise;
   }
 
   /** Reads replies and routes each to the client at the head of the FIFO. */
@@ -388,6 +406,7 @@ class Channel {
     if (this.dead) return;
     this.dead = true;
     closeQuietly(this.conn);
+    this.room?.resolve();
     this.hub.remove(this);
     const stats = this.hub.stats;
     const owed = this.size;
@@ -563,6 +582,20 @@ export class MuxClient {
           if (channel === undefined || channel.dead || this.rebinding !== undefined) {
             channel = await this.bind();
             if (channel === undefined) break read;
+          }
+          // The server reads slower than clients send: wait (TCP backpressure holds this
+          // client) rather than queue without bound.
+          while (channel.outLength >= CHANNEL_HIGH_WATER && !channel.dead) {
+            await channel.drained();
+            if (this.closed) break read;
+          }
+          if (channel.dead) {
+            channel = await this.bind();
+            if (channel === undefined) break read;
+          } else if (this.channel !== channel) {
+            // Its REQs there were all answered while it waited: it stays on this one.
+            this.channel = channel;
+            this.owed = 0;
           }
           stats.counts.msg_req++;
           this.reqs++;
