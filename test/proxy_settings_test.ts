@@ -49,6 +49,8 @@ const OTHER_VALUE: Record<string, string> = {
   "pid-file": "/tmp/foo.pid",
   "connect-timeout": "2s",
   "connect-retries": "1",
+  pool: "8",
+  "pool-idle-timeout": "5s",
   workers: "3",
   "max-connections": "50",
   "fd-limit": "1000",

@@ -39,6 +39,10 @@ export interface ProxyConfig {
   maxInflight: number;
   idleTimeoutMs: number;
   connectRetries: number;
+  /** `--pool`: idle upstream connections kept per upstream per worker; 0: off. */
+  pool: number;
+  /** `--pool-idle-timeout` in ms; 0: never. */
+  poolIdleTimeoutMs: number;
   drainDelayMs: number;
   drainTimeoutMs: number;
   /** Where to serve the stats app; `null`: off. */
