@@ -327,7 +327,6 @@ class Session {
     this.reason = reason;
     closeQuietly(this.down);
     if (!this.pooled) closeQuietly(this.up);
-    this.detachedPump?.resolve({ end: "eof" });
     // An upstream that closed while replies were owed failed this client as surely as a reset.
     this.releaseLease(
       reason === "upstream_error" || (reason === "upstream_closed" && this.state.outstanding > 0),
@@ -535,6 +534,8 @@ class Session {
       this.pooled = true;
       this.lease = undefined; // released by the pool, as not failed
       this.counters = undefined;
+      // Only now: otherwise run() waits for the reply pump, which may be writing from its buffer.
+      this.detachedPump?.resolve({ end: "eof" });
     }
     // Refused: finish() closes the connection; the detached pump's read then fails and returns.
   }

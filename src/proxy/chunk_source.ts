@@ -163,6 +163,8 @@ export class ChunkSource {
       if (got.length > 0) return got;
     }
     const n = await this.read();
+    // Detached meanwhile: the read's bytes belong to the new owner.
+    if (this.#detached) return null;
     return n === null ? null : this.take(n);
   }
 
