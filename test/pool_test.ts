@@ -235,6 +235,7 @@ Deno.test("--pool: draining or ejecting an upstream closes its idle connections;
   const port = proxy.addr.port;
   await shortClient(port, 1, 2);
   assert.equal(counters.upstreamPoolIdle, 1);
+  assert.equal(pool.snapshot()[0].connections_active, 0, "an idle connection is not active");
   assert.ok(pool.drain("a"));
   assert.equal(counters.upstreamPoolIdle, 0);
   await waitUntil(() => upstream.connections === 0, "the idle connection to close");
@@ -266,6 +267,22 @@ Deno.test("--pool: draining or ejecting an upstream closes its idle connections;
   assert.equal(counters.upstreamPoolIdle, 0, "an ejected upstream's idle list is emptied");
   await waitUntil(() => upstream.connections === 0, "the idle connection to close");
   assert.equal(counters.upstreamPoolReused, 0);
+  // A reload that removes the upstream closes its idle connections too.
+  pool.applyStates({
+    a: {
+      healthy: true,
+      ejected: false,
+      ejectedForMs: 0,
+      awaitingFirstCheck: false,
+      draining: false,
+    },
+  });
+  await shortClient(port, 1, 2);
+  assert.equal(counters.upstreamPoolIdle, 1);
+  pool.update([{ name: "b", address: upstream.addr, weight: 1 }]);
+  assert.equal(counters.upstreamPoolIdle, 0, "a removed upstream's idle list is emptied");
+  await shortClient(port, 1, 2);
+  assert.equal(counters.upstreamPoolIdle, 1, "the new upstream pools its own");
 });
 
 Deno.test("--pool 4 --workers 2: each worker pools its own connections; the stats add up", async () => {

@@ -10,6 +10,10 @@
  *   unanswered REQs and replies are relayed whole lines only (plus Seq renumbering when asked);
  * - an upstream strategy for when the upstream connection ends: close (default), or replace it
  *   through the {@linkcode UpstreamTarget} and replay ({@linkcode Failover}, `resume.ts`).
+ * - `--pool`: a client that ends cleanly (its EOF with nothing owed, so its FIN is not passed on)
+ *   offers its upstream connection back ({@linkcode TargetConnection.recycle}) instead of closing
+ *   it, handing over the read pending on it; one taken from the pool comes with that read
+ *   (`rest`), served first.
  *
  * An exchange that is complete ends: once the client has half-closed and every REQ it sent has
  * its reply relayed, the connection is closed (`completed`) without waiting for an upstream FIN

@@ -273,6 +273,8 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
   #localSinceLog = 0;
   /** The proxy stopped or closed: no connection is pooled any more. */
   #idleClosed = false;
+  /** Idle lists of removed upstreams whose closed connections' reads have not ended yet. */
+  #retired = new Set<IdleConnections>();
 
   /**
    * A pool of `specs` (at least one, names unique); checks start with {@linkcode start}.
@@ -318,7 +320,17 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     this.#idleClosed = true;
     const members = [...this.#members, ...this.#leaving.values()];
     for (const m of members) m.idle?.clear("the proxy stops");
-    await Promise.all(members.map((m) => m.idle?.closed()));
+    const lists = [...members.map((m) => m.idle), ...this.#retired];
+    await Promise.all(lists.map((idle) => idle?.closed()));
+  }
+
+  /** Closes a removed upstream's idle connections; {@linkcode closeIdle} still waits for them. */
+  #retire(member: Member): void {
+    const idle = member.idle;
+    if (idle === undefined || idle.size === 0) return;
+    idle.clear("removed");
+    this.#retired.add(idle);
+    void idle.closed().then(() => this.#retired.delete(idle));
   }
 
   #newMember(spec: UpstreamSpec): Member {
@@ -491,6 +503,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     for (const old of this.#members) {
       if (named.has(old.spec.name)) continue;
       old.removed = true;
+      this.#retire(old); // idle connections are not open ones: it leaves without them
       old.generation++;
       old.checking = false;
       old.checkStop?.abort();
