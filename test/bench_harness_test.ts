@@ -65,17 +65,20 @@ Deno.test("--modes rejects empty, malformed and repeated entries", () => {
 });
 
 Deno.test("--target KEY=FLAGS names a column and passes the flags as words", () => {
-  const cases: [string, { key: string; flags: string[] }][] = [
+  const cases: [string, { key: string; flags: string[]; workers?: number }][] = [
     ["mux2=--mux 2", { key: "mux2", flags: ["--mux", "2"] }],
+    // --workers among the flags is the target's worker count (what --taskset pins it to).
     ["w1=--workers 1 --max-inflight 500", {
       key: "w1",
       flags: ["--workers", "1", "--max-inflight", "500"],
+      workers: 1,
     }],
+    ["m=--mux 2 --workers=2", { key: "m", flags: ["--mux", "2", "--workers=2"], workers: 2 }],
     ["plain=", { key: "plain", flags: [] }],
     ["a=--x=1", { key: "a", flags: ["--x=1"] }],
   ];
   for (const [text, want] of cases) assert.deepEqual(parseTarget(text), want, text);
-  for (const bad of ["--mux 2", "=--mux 2", "mux 2=--mux 2", "m=2 --mux"]) {
+  for (const bad of ["--mux 2", "=--mux 2", "mux 2=--mux 2", "m=2 --mux", "w=--workers 0"]) {
     assert.throws(() => parseTarget(bad), RangeError, bad);
   }
 });

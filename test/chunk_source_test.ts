@@ -144,3 +144,35 @@ Deno.test("BufferPool keeps at most maxFree buffers and lends only its size", ()
   assert.equal(pool.take(), taken[1]);
   assert.throws(() => new BufferPool(0), RangeError);
 });
+
+Deno.test("ChunkSource.detach hands the pending read to a new source; the old reader leaves the bytes alone", async () => {
+  const { a, b, close } = await pair();
+  try {
+    const pool = new BufferPool(4096);
+    const old = new ChunkSource(b, { initialSize: 64, pool });
+    // A burst moves the old source to a borrowed large buffer, with a read pending on it.
+    const burst = new Uint8Array(10_000).fill(65);
+    const writing = writeAll(a, burst);
+    await readAll(old, burst.length);
+    await writing;
+    assert.equal(pool.lent, 1);
+    const reading = old.next();
+    const rest = old.detach();
+    assert.ok(rest !== undefined);
+    assert.ok(old.detached);
+    assert.equal(old.detach(), undefined, "a second detach has nothing to hand over");
+    old.release();
+    assert.equal(pool.lent, 1, "the buffer the pending read pins is not given back");
+    const next = new ChunkSource(b, { initialSize: 64, held: { bytes: new Uint8Array(0), rest } });
+    assert.ok(next.holding);
+    await writeAll(a, "ACK 1\n");
+    assert.equal(new TextDecoder().decode((await next.next())!), "ACK 1\n");
+    // The old reader's read completed: it is told it was detached and does not take the chunk.
+    assert.equal(await reading, null, "the old reader gets nothing");
+    await writeAll(a, "ACK 2\n");
+    assert.equal(new TextDecoder().decode((await next.next())!), "ACK 2\n");
+    next.release();
+  } finally {
+    close();
+  }
+});

@@ -32,6 +32,11 @@ Deno.test("parseProxyConfig takes Go-style flags, env fallbacks, and flags win o
   assert.deepEqual(defaults.listen, { hostname: "0.0.0.0", port: 8002 });
   assert.deepEqual(defaults.forward, { hostname: "localhost", port: 8001 });
   assert.equal(defaults.connectTimeoutMs, 5000);
+  assert.equal(defaults.pool, 0, "--pool is off unless asked for");
+  assert.equal(defaults.poolIdleTimeoutMs, 30_000);
+  const pooled = parseProxyConfig(["--pool", "8", "--pool-idle-timeout", "2s"]);
+  assert.equal(pooled.pool, 8);
+  assert.equal(pooled.poolIdleTimeoutMs, 2000);
   assert.throws(() => parseProxyConfig(["--nope"]), UsageError);
   assert.throws(() => parseProxyConfig(["--listen"]), UsageError);
   assert.throws(() => parseProxyConfig(["--forward", "nowhere"]), /--forward: Invalid address/);
@@ -51,6 +56,16 @@ for (
       /"-1" for --max-connections: it cannot be negative; expected an integer/,
     ],
     [["--connect-retries", "-1"], /"-1" for --connect-retries: it cannot be negative/],
+    [["--pool", "-1"], /"-1" for --pool: it cannot be negative/],
+    [["--pool", "many"], /Invalid value "many" for --pool: expected an integer from 0 to 100000/],
+    [
+      ["--pool-idle-timeout", "soon"],
+      /Invalid value "soon" for --pool-idle-timeout: expected a duration/,
+    ],
+    [["--mux", "-1"], /"-1" for --mux: it cannot be negative/],
+    [["--mux", "x"], /Invalid value "x" for --mux: expected an integer from 0 to 1024/],
+    [["--mux", "2", "--pool", "4"], /--mux and --pool exclude each other/],
+    [["--mux", "2", "--resume=renumber"], /--mux cannot be combined with --resume=renumber/],
   ] as const
 ) {
   Deno.test(`foo-proxy ${args.join(" ")} exits 2 with one line naming the problem and where the usage is`, async () => {

@@ -49,6 +49,8 @@ const OTHER_VALUE: Record<string, string> = {
   "pid-file": "/tmp/foo.pid",
   "connect-timeout": "2s",
   "connect-retries": "1",
+  pool: "8",
+  "pool-idle-timeout": "5s",
   workers: "3",
   "max-connections": "50",
   "fd-limit": "1000",
@@ -145,12 +147,19 @@ Deno.test("the flags' defaults are the engine's own defaults (ENGINE_DEFAULTS)",
   assert.ok(compared >= 6, `only ${compared} engine settings compared`);
 });
 
+/** Every setting at its other value, twice over: --mux and --pool exclude each other. */
+function allOtherValues(): ProxyConfig[] {
+  const args = (skip: string) =>
+    PROXY_SETTINGS.filter((s) => s.type !== "boolean" && s.reload !== "none" && s.flag !== skip)
+      .map((s) => argOf(s.flag));
+  return [parseProxyConfig(args("pool")), parseProxyConfig(args("mux"))];
+}
+
 Deno.test("the Proxy, pool and engine options are the rows' values under the rows' keys", () => {
-  const config = parseProxyConfig(
-    PROXY_SETTINGS.filter((s) => s.type !== "boolean" && s.reload !== "none").map((s) =>
-      argOf(s.flag)
-    ),
-  );
+  for (const config of allOtherValues()) checkOptionsOf(config);
+});
+
+function checkOptionsOf(config: ProxyConfig): void {
   const proxy = proxyOptionsOf(config) as Record<string, unknown>;
   const pool = poolOptionsOf(config) as Record<string, unknown>;
   const engine = engineUpdateOf(config);
@@ -167,7 +176,7 @@ Deno.test("the Proxy, pool and engine options are the rows' values under the row
     Object.keys(proxy).sort(),
     PROXY_SETTINGS.flatMap((s) => s.option ?? []).sort(),
   );
-});
+}
 
 /** What applyReload did, through fake targets. */
 function reloadOne(old: ProxyConfig, next: ProxyConfig) {

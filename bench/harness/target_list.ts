@@ -62,7 +62,10 @@ export function parseModes(text: string): FooVariant[] {
         `Invalid --modes entry "${w}" in "${text}": expected 1:1, NAME or NAME=VALUE, e.g. pool=64`,
       );
     }
-    return { key: w, flags: m[2] === undefined ? [`--${m[1]}`] : [`--${m[1]}`, m[2]] };
+    return withWorkers({
+      key: w,
+      flags: m[2] === undefined ? [`--${m[1]}`] : [`--${m[1]}`, m[2]],
+    });
   });
   return unique(variants, "--modes");
 }
@@ -85,7 +88,23 @@ export function parseTarget(text: string): FooVariant {
   if (flags.length > 0 && !flags[0].startsWith("-")) {
     throw new RangeError(`Invalid --target "${text}": the flags must start with a flag`);
   }
-  return { key, flags };
+  return withWorkers({ key, flags });
+}
+
+/** Takes `--workers N` (or `--workers=N`) among a variant's flags as its worker count (pinning). */
+function withWorkers(variant: FooVariant): FooVariant {
+  const flags = variant.flags;
+  for (let i = 0; i < flags.length; i++) {
+    const value = flags[i] === "--workers"
+      ? flags[i + 1]
+      : flags[i].startsWith("--workers=")
+      ? flags[i].slice("--workers=".length)
+      : undefined;
+    if (value === undefined) continue;
+    const [workers] = parseWorkersList(value);
+    return { ...variant, workers };
+  }
+  return variant;
 }
 
 /**

@@ -258,6 +258,7 @@ class DataPlane {
       ...poolOptionsOf(config),
       logger,
       counters: stats,
+      idleCounters: stats,
       onPassive: (name, kind) => post({ t: "passive", name, kind }),
       shared: {
         counts: new Int32Array(init.shared.buffer),

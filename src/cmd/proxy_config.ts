@@ -39,6 +39,10 @@ export interface ProxyConfig {
   maxInflight: number;
   idleTimeoutMs: number;
   connectRetries: number;
+  /** `--pool`: idle upstream connections kept per upstream per worker; 0: off. */
+  pool: number;
+  /** `--pool-idle-timeout` in ms; 0: never. */
+  poolIdleTimeoutMs: number;
   drainDelayMs: number;
   drainTimeoutMs: number;
   /** Where to serve the stats app; `null`: off. */
@@ -113,6 +117,11 @@ export function parseProxyConfig(
   for (const s of PROXY_SETTINGS) config[s.field] = s.parse(v[s.flag], s);
   const parsed = config as unknown as ProxyConfig;
   parsed.forward = parsed.upstreams[0].address;
+  if (parsed.mux > 0 && parsed.pool > 0) {
+    throw new UsageError(
+      "--mux and --pool exclude each other: --mux already shares a few connections among every client",
+    );
+  }
   if (parsed.mux > 0 && parsed.resume === "renumber") {
     throw new UsageError(
       "--mux cannot be combined with --resume=renumber (shared connections carry the clients' own Seqs); use --resume",

@@ -20,6 +20,7 @@ import { parseHealthInterval, parseUpstreams } from "../cli/upstreams.ts";
 import { ENGINE_DEFAULTS, type ResumeMode } from "../proxy/engine_config.ts";
 import { PROXY_DEFAULTS, type ProxyOptions } from "../proxy/proxy.ts";
 import { POOL_DEFAULTS, type UpstreamPoolOptions } from "../proxy/upstream_pool.ts";
+import { POOL_IDLE_TIMEOUT_MS } from "../proxy/upstream_target.ts";
 import type { ProxyConfig } from "./proxy_config.ts";
 
 /**
@@ -373,6 +374,29 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     parse: integer({ max: 100 }),
     reload: "restart",
     option: "connectRetries",
+  }),
+  setting({
+    flag: "pool",
+    field: "pool",
+    default: "0",
+    value: "N",
+    help:
+      "idle upstream connections kept per upstream (per worker) for the next client: a client that ends cleanly leaves its connection there; 0 = off, every client dials (restart to change)",
+    parse: integer({ max: 100_000 }),
+    reload: "restart",
+    option: "pool",
+    poolOption: "idleMax",
+  }),
+  setting({
+    flag: "pool-idle-timeout",
+    field: "poolIdleTimeoutMs",
+    default: durationText(POOL_IDLE_TIMEOUT_MS),
+    value: "DUR",
+    help: "close a pooled connection unused this long (0 = never; restart to change)",
+    parse: duration,
+    reload: "restart",
+    option: "poolIdleTimeoutMs",
+    poolOption: "idleTimeoutMs",
   }),
   setting({
     flag: "workers",

@@ -10,6 +10,10 @@
  *   unanswered REQs and replies are relayed whole lines only (plus Seq renumbering when asked);
  * - an upstream strategy for when the upstream connection ends: close (default), or replace it
  *   through the {@linkcode UpstreamTarget} and replay ({@linkcode Failover}, `resume.ts`).
+ * - `--pool`: a client that ends cleanly (its EOF with nothing owed, so its FIN is not passed on)
+ *   offers its upstream connection back ({@linkcode TargetConnection.recycle}) instead of closing
+ *   it, handing over the read pending on it; one taken from the pool comes with that read
+ *   (`rest`), served first.
  *
  * An exchange that is complete ends: once the client has half-closed and every REQ it sent has
  * its reply relayed, the connection is closed (`completed`) without waiting for an upstream FIN
@@ -190,6 +194,10 @@ class Session {
   timerBound: (() => void) | undefined = undefined;
   /** The access log's own figures of this connection; undefined when not asked for. */
   own: OwnFigures | undefined = undefined;
+  /** `--pool`: the upstream connection went to the idle pool (it is not closed here). */
+  pooled = false;
+  /** `--pool`: wakes {@linkcode run} once the connection is pooled (its reply pump is detached). */
+  detachedPump: PromiseWithResolvers<PumpEnd> | undefined = undefined;
 
   constructor(downstream: Deno.TcpConn, upstream: Deno.TcpConn, options: BridgeOptions) {
     const config = options.config ?? ENGINE_DEFAULTS;
@@ -215,7 +223,7 @@ class Session {
       pool: config.bufferPool ?? undefined,
     };
     this.downSource = new ChunkSource(downstream, { ...sizes, held: options.held });
-    this.upSource = new ChunkSource(upstream, sizes);
+    this.upSource = upstreamSource(upstream, config, options.lease?.rest);
     // Within the in-flight limit every REQ is matched by Seq (never merely counted).
     const tracker = new LatencyTracker(stats.latency, {
       maxOutstanding: Math.max(config.maxInflight, config.maxTrackedRequests, MIN_MATCHED),
@@ -263,9 +271,13 @@ class Session {
     if (this.config.idleTimeoutMs > 0) this.arm(this.config.idleTimeoutMs);
     const requests = this.pumpRequests();
     let replies = this.pumpReplies(this.upSource);
+    // A pooled connection's reply pump stays parked on a read the pool now owns: not awaited.
+    if (this.lease?.recycle !== undefined) this.detachedPump = Promise.withResolvers();
     try {
       for (;;) {
-        const end = await replies;
+        const end = this.detachedPump === undefined
+          ? await replies
+          : await Promise.race([replies, this.detachedPump.promise]);
         if (this.closed) break;
         if (end.end === "write_error") {
           this.downstreamFailed(end.error);
@@ -318,7 +330,7 @@ class Session {
     this.closed = true;
     this.reason = reason;
     closeQuietly(this.down);
-    closeQuietly(this.up);
+    if (!this.pooled) closeQuietly(this.up);
     // An upstream that closed while replies were owed failed this client as surely as a reset.
     this.releaseLease(
       reason === "upstream_error" || (reason === "upstream_closed" && this.state.outstanding > 0),
@@ -490,6 +502,8 @@ class Session {
     this.partialAtEof = this.requests.midLine;
     this.log?.end();
     if (this.answered() && !this.replyBusy && this.othersAnswered()) {
+      // Nothing owed and the FIN not passed on: the upstream connection may serve another client.
+      if (this.lease?.recycle !== undefined) this.recycle();
       this.finish("client_closed");
       return;
     }
@@ -504,6 +518,30 @@ class Session {
     this.need?.resolve(); // a failover waiting for the client to speak re-checks
     if (this.answered()) this.linger();
     else if (this.config.halfCloseTimeoutMs > 0) this.arm(this.config.halfCloseTimeoutMs);
+  }
+
+  /**
+   * `--pool`: offers the upstream connection to the idle pool when the exchange ended provably
+   * clean: no partial line either way, nothing being written, not failing over (every REQ
+   * answered and the FIN not sent upstream are the caller's part). The pending reply read goes
+   * with it; the reply pump returns untouched when it completes.
+   */
+  recycle(): void {
+    const lease = this.lease!;
+    if (
+      this.partialAtEof || this.requests.midLine || this.replies.midLine || this.failing ||
+      this.replyBusy || this.state.writing > 0 || this.muteLine || this.writeError !== undefined
+    ) return;
+    const rest = this.upSource.detach();
+    if (rest === undefined) return;
+    if (lease.recycle!(this.up, rest)) {
+      this.pooled = true;
+      this.lease = undefined; // released by the pool, as not failed
+      this.counters = undefined;
+      // Only now: otherwise run() waits for the reply pump, which may be writing from its buffer.
+      this.detachedPump?.resolve({ end: "eof" });
+    }
+    // Refused: finish() closes the connection; the detached pump's read then fails and returns.
   }
 
   /**
@@ -560,12 +598,19 @@ class Session {
     for (;;) {
       let chunk: Uint8Array | null;
       try {
-        // An upstream source holds nothing: its reads go straight to the connection.
-        const got = await source.read();
-        chunk = got === null ? null : source.take(got);
+        // A pooled connection's source first serves the read pending when it was pooled.
+        if (source.holding) {
+          chunk = await source.next();
+        } else {
+          const got = await source.read();
+          // Pooled meanwhile: the bytes (or end) are the pool's, or the next client's.
+          if (source.detached) return { end: "eof" };
+          chunk = got === null ? null : source.take(got);
+        }
       } catch (error) {
         return { end: "read_error", error };
       }
+      if (source.detached) return { end: "eof" };
       if (chunk === null) return { end: "eof" };
       let k = chunk.length;
       if (whole) {
@@ -754,11 +799,7 @@ class Session {
     this.matchedAtConnect = this.tracker.matched;
     this.unmatchedAtConnect = this.tracker.unmatched;
     this.upSource.release();
-    const source = new ChunkSource(up, {
-      initialSize: this.config.initialBufferSize,
-      maxSize: this.config.maxBufferSize,
-      pool: this.config.bufferPool ?? undefined,
-    });
+    const source = upstreamSource(up, this.config, next.rest);
     this.upSource = source;
     stats.failovers++;
     if (this.own !== undefined) this.own.failovers++;
@@ -845,6 +886,20 @@ class Session {
     if (quiet < limit) return this.arm(limit - quiet);
     this.finish("idle_timeout");
   }
+}
+
+/** The reply pump's source on `up`, serving first the read pending when it was pooled (`rest`). */
+function upstreamSource(
+  up: Deno.TcpConn,
+  config: EngineConfig,
+  rest: Promise<Uint8Array | null> | undefined,
+): ChunkSource {
+  return new ChunkSource(up, {
+    initialSize: config.initialBufferSize,
+    maxSize: config.maxBufferSize,
+    pool: config.bufferPool ?? undefined,
+    held: rest === undefined ? undefined : { bytes: EMPTY, rest },
+  });
 }
 
 /** Fewest REQs matched by Seq per connection, whatever the in-flight limit. */

@@ -65,6 +65,9 @@ export class ChunkSource {
   #carry = 0;
   /** Where the pending read writes into #buf (the carry it started after). */
   #at = 0;
+  /** The pending read's promise (what {@linkcode detach} hands over). */
+  #reading: Promise<number | null> | undefined;
+  #detached = false;
 
   /** Creates a source reading `conn`; nothing is read until {@linkcode next}. */
   constructor(conn: Deno.Conn, options: ChunkSourceOptions = {}) {
@@ -109,6 +112,39 @@ export class ChunkSource {
     return this.#at;
   }
 
+  /**
+   * Whether {@linkcode detach} handed the connection's pending read over: a pump whose read
+   * completes afterwards must return without touching the bytes (they are the new owner's).
+   */
+  get detached(): boolean {
+    return this.#detached;
+  }
+
+  /**
+   * Hands the pending read over to a new owner (an idle pool) and marks this source detached:
+   * resolves with the bytes that read brings, `null` at end of stream; rejects with its error.
+   * Undefined (nothing changes) when no read is pending or held bytes are still unserved. The
+   * read's buffer stays pinned by it, so it is never given back to the pool.
+   */
+  detach(): Promise<Uint8Array | null> | undefined {
+    if (this.#detached || this.#first !== undefined) return undefined;
+    let handed: Promise<Uint8Array | null>;
+    if (this.#rest !== undefined) {
+      handed = this.#rest;
+    } else if (this.#pending && this.#reading !== undefined) {
+      const buf = this.#buf;
+      const at = this.#at;
+      handed = this.#reading.then((n) => n === null ? null : buf.subarray(at, at + n));
+      // Handled here once (a refused hand-over is closed at once): its owner still sees it fail.
+      handed.catch(() => {});
+    } else {
+      return undefined;
+    }
+    this.#detached = true;
+    this.#pending = true;
+    return handed;
+  }
+
   /** Whether bytes handed over at construction are still to be served (by {@linkcode next}). */
   get holding(): boolean {
     return this.#first !== undefined || this.#rest !== undefined;
@@ -127,12 +163,16 @@ export class ChunkSource {
     }
     const rest = this.#rest;
     if (rest !== undefined) {
-      this.#rest = undefined;
+      // Kept until it settles: a detach meanwhile hands this very read over.
       const got = await rest;
+      if (this.#detached) return null;
+      this.#rest = undefined;
       if (got === null) return null;
       if (got.length > 0) return got;
     }
     const n = await this.read();
+    // Detached meanwhile: the read's bytes belong to the new owner.
+    if (this.#detached) return null;
     return n === null ? null : this.take(n);
   }
 
@@ -149,7 +189,7 @@ export class ChunkSource {
     this.#carry = 0;
     this.#at = carry;
     this.#pending = true;
-    return this.conn.read(carry === 0 ? this.#buf : this.#buf.subarray(carry));
+    return this.#reading = this.conn.read(carry === 0 ? this.#buf : this.#buf.subarray(carry));
   }
 
   /** The chunk that a {@linkcode read} of `n` bytes completed, valid until the next read. */

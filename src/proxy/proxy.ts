@@ -74,6 +74,14 @@ export interface ProxyOptions extends Omit<EngineOptions, "resume"> {
   resume?: ResumeMode | boolean;
   /** Where upstream connections come from; unset: `forward` alone. */
   target?: UpstreamTarget;
+  /**
+   * Idle upstream connections kept for the next client, per upstream (`--pool`): a client that
+   * ends cleanly leaves its connection there. 0: none, every client dials. Applies to `forward`
+   * alone; a `target` is given its own. @default {0}
+   */
+  pool?: number;
+  /** A pooled connection unused this long (ms) is closed; 0: never. @default {30000} */
+  poolIdleTimeoutMs?: number;
   /** Gets one record per finished connection (the access log); unset: none are made. */
   accessLog?: (record: AccessRecord) => void;
   /** Aborting closes the proxy like {@linkcode Proxy.close}. Unset: only `close()` does. */
@@ -180,6 +188,8 @@ export class Proxy implements AsyncDisposable {
   #shuttingDown = false;
   #shutdown: Promise<ShutdownReport> | undefined;
   #finished = Promise.withResolvers<void>();
+  /** Settles once the idle pooled connections closed at stopAccepting have ended. */
+  #idleClosed: Promise<void> | undefined;
 
   /** Creates a proxy; nothing is opened until {@linkcode Proxy.start}. */
   constructor(options: ProxyOptions) {
@@ -197,6 +207,11 @@ export class Proxy implements AsyncDisposable {
       new SingleUpstream(options.forward, {
         connectTimeoutMs: options.connectTimeoutMs ?? PROXY_DEFAULTS.connectTimeoutMs,
         random: options.random,
+        idleMax: options.pool,
+        idleTimeoutMs: options.poolIdleTimeoutMs,
+        idleCounters: this.stats,
+        timers: options.timers,
+        logger: this.#logger,
       });
     this.#forwardText = this.#target.label;
     const mux = options.mux ?? 0;
@@ -263,10 +278,11 @@ export class Proxy implements AsyncDisposable {
     return Promise.resolve(this.addr);
   }
 
-  /** Stops accepting new connections; open ones carry on. */
+  /** Stops accepting new connections (and closes the idle pooled ones); open ones carry on. */
   stopAccepting(): void {
     if (this.#closing) return;
     this.#closing = true;
+    this.#idleClosed = this.#target.closeIdle?.();
     try {
       this.#listener?.close();
     } catch {
@@ -283,6 +299,9 @@ export class Proxy implements AsyncDisposable {
     await this.#accepting;
     await this.drained();
     this.#mux?.close();
+    await this.#idleClosed;
+    // Connections that ended while draining were not pooled; this waits for the last reads.
+    await this.#target.closeIdle?.();
     this.#finished.resolve();
   }
 

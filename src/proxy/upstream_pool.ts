@@ -36,7 +36,14 @@ import { backoffDelay } from "./dial_with_retry.ts";
 import { systemTimers, type Timers } from "../async/timers.ts";
 import { type CheckResult, checkUpstream, type HealthMode } from "./health_check.ts";
 import { dialUpstream, isLocalError, UpstreamError } from "./upstream.ts";
-import type { TargetConnection, TargetDialOptions, UpstreamTarget } from "./upstream_target.ts";
+import {
+  idleConnectionsFor,
+  type IdlePoolOptions,
+  type TargetConnection,
+  type TargetDialOptions,
+  type UpstreamTarget,
+} from "./upstream_target.ts";
+import type { IdleConnections } from "./idle_connections.ts";
 import { waitOrAbort } from "../async/wait_or_abort.ts";
 
 /** How new connections are spread. */
@@ -61,8 +68,11 @@ export const POOL_DEFAULTS = Object.freeze({
   connectTimeoutMs: 5000,
 });
 
-/** Options for {@linkcode UpstreamPool}. */
-export interface UpstreamPoolOptions {
+/**
+ * Options for {@linkcode UpstreamPool}. With `idleMax` (`--pool`) each upstream keeps up to that
+ * many idle connections of clients that ended cleanly, for the next client it is picked for.
+ */
+export interface UpstreamPoolOptions extends IdlePoolOptions {
   /** @default {"leastconn"} */
   policy?: BalancePolicy;
   /** Connect timeout per attempt in ms; 0: none. @default {5000} */
@@ -211,6 +221,8 @@ class Member {
   current = 0; // smooth weighted round robin
   removed = false; // no longer configured: its check loop ends
   lastCheck: (CheckResult & { at: number }) | undefined;
+  /** Its idle connections (`--pool`); undefined when pooling is off. */
+  idle: IdleConnections | undefined = undefined;
   /** Bumped to end its check loop (removed, moved): a loop runs while its generation is current. */
   generation = 0;
   /** Whether a check loop of the current generation runs. */
@@ -224,6 +236,12 @@ class Member {
   constructor(spec: UpstreamSpec) {
     this.spec = spec;
     this.label = formatAddress(spec.address);
+  }
+
+  /** Whether it may take a new connection by its own state (up, not draining or removed). */
+  usable(): boolean {
+    return !this.draining && !this.removed && this.healthy && !this.ejected &&
+      !this.awaitingFirstCheck;
   }
 
   state(): UpstreamState {
@@ -253,6 +271,10 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
   #leaving = new Map<string, Member>();
   #lastLocalLog = -Infinity;
   #localSinceLog = 0;
+  /** The proxy stopped or closed: no connection is pooled any more. */
+  #idleClosed = false;
+  /** Idle lists of removed upstreams whose closed connections' reads have not ended yet. */
+  #retired = new Set<IdleConnections>();
 
   /**
    * A pool of `specs` (at least one, names unique); checks start with {@linkcode start}.
@@ -262,9 +284,9 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
   constructor(specs: readonly UpstreamSpec[], options: UpstreamPoolOptions = {}) {
     if (specs.length === 0) throw new RangeError("UpstreamPool needs at least one upstream");
     assertUniqueNames(specs);
-    this.#members = specs.map((spec) => new Member(spec));
-    for (const member of this.#members) this.#byName.set(member.spec.name, member);
     this.#options = options;
+    this.#members = specs.map((spec) => this.#newMember(spec));
+    for (const member of this.#members) this.#byName.set(member.spec.name, member);
     this.#assignSlots();
     this.#now = options.now ?? (() => performance.now());
     this.#random = options.random ?? Math.random;
@@ -286,11 +308,41 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     this.#startChecks();
   }
 
-  /** Stops the checks; resolves when they have. */
+  /** Stops the checks and closes the idle connections; resolves when they have. */
   async close(): Promise<void> {
     this.#stop.abort();
     for (const m of [...this.#members, ...this.#leaving.values()]) m.checkStop?.abort();
-    await Promise.all(this.#loops);
+    await Promise.all([this.closeIdle(), ...this.#loops]);
+  }
+
+  /** Closes every idle pooled connection and pools none from now on (the proxy stops). */
+  async closeIdle(): Promise<void> {
+    this.#idleClosed = true;
+    const members = [...this.#members, ...this.#leaving.values()];
+    for (const m of members) m.idle?.clear("the proxy stops");
+    const lists = [...members.map((m) => m.idle), ...this.#retired];
+    await Promise.all(lists.map((idle) => idle?.closed()));
+  }
+
+  /** Closes a removed upstream's idle connections; {@linkcode closeIdle} still waits for them. */
+  #retire(member: Member): void {
+    const idle = member.idle;
+    if (idle === undefined || idle.size === 0) return;
+    idle.clear("removed");
+    this.#retired.add(idle);
+    void idle.closed().then(() => this.#retired.delete(idle));
+  }
+
+  #newMember(spec: UpstreamSpec): Member {
+    const member = new Member(spec);
+    member.idle = idleConnectionsFor(spec.name, this.#options);
+    return member;
+  }
+
+  /** Closes the idle connections of every upstream that may not take new ones now. */
+  #sweepIdle(): void {
+    for (const m of this.#members) if (!m.usable()) m.idle?.clear(m.state());
+    for (const m of this.#leaving.values()) m.idle?.clear("removed");
   }
 
   /** Whether checks run for this set now (started, an interval, more than one or `checkLone`). */
@@ -415,7 +467,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
       named.add(spec.name);
       const old = this.#byName.get(spec.name);
       if (old === undefined) {
-        const member = new Member(spec);
+        const member = this.#newMember(spec);
         member.awaitingFirstCheck = checks;
         member.healthy = !checks;
         this.#byName.set(spec.name, member);
@@ -433,6 +485,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
       if (address !== old.label) {
         changes.push(`${spec.name} moved to ${address}`);
         old.label = address;
+        old.idle?.clear("moved"); // connections to the old address serve nobody new
         old.generation++; // the old address's checks end; the new one is checked afresh
         old.checking = false;
         old.checkStop?.abort();
@@ -450,6 +503,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     for (const old of this.#members) {
       if (named.has(old.spec.name)) continue;
       old.removed = true;
+      this.#retire(old); // idle connections are not open ones: it leaves without them
       old.generation++;
       old.checking = false;
       old.checkStop?.abort();
@@ -462,6 +516,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     this.#members = next;
     this.#assignSlots();
     this.#startChecks();
+    this.#sweepIdle();
     return changes;
   }
 
@@ -473,6 +528,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
       this.#logger?.info("Upstream {name} draining: no new connections", { name });
     }
     member.draining = true;
+    member.idle?.clear("draining");
     this.#options.onStateChange?.();
     return true;
   }
@@ -547,6 +603,10 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         options.onRetry?.(attempt, 0, lastError);
       }
       if (member === undefined) throw this.#noUpstream();
+      if (member.idle !== undefined && member.usable()) {
+        const pooled = member.idle.take();
+        if (pooled !== undefined) return this.#lease(member, pooled.conn, pooled.rest);
+      }
       member.pending++;
       try {
         const conn = await dialUpstream(member.spec.address, {
@@ -612,7 +672,11 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     this.#localSinceLog = 0;
   }
 
-  #lease(member: Member, conn: Deno.TcpConn): TargetConnection {
+  #lease(
+    member: Member,
+    conn: Deno.TcpConn,
+    rest?: Promise<Uint8Array | null>,
+  ): TargetConnection {
     member.active++;
     member.total++;
     const shared = this.#options.shared;
@@ -621,22 +685,32 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
       : -1;
     if (cell >= 0) Atomics.add(shared!.counts, cell, 1);
     let released = false;
+    const release = (failed: boolean) => {
+      if (released) return;
+      released = true;
+      member.active--;
+      if (cell >= 0) Atomics.sub(shared!.counts, cell, 1);
+      this.#forgetIfGone(member);
+      if (failed) {
+        member.streamErrors++;
+        if (this.#options.counters) this.#options.counters.upstreamStreamErrors++;
+        this.#failure(member, "mid-stream errors", "stream_error");
+      }
+    };
+    const idle = member.idle;
     return {
       conn,
       upstream: member.spec.name,
       counters: member.counters,
-      usable: () => member.state() === "up",
-      release: (failed: boolean) => {
-        if (released) return;
-        released = true;
-        member.active--;
-        if (cell >= 0) Atomics.sub(shared!.counts, cell, 1);
-        this.#forgetIfGone(member);
-        if (failed) {
-          member.streamErrors++;
-          if (this.#options.counters) this.#options.counters.upstreamStreamErrors++;
-          this.#failure(member, "mid-stream errors", "stream_error");
-        }
+      usable: () => member.usable(),
+      release,
+      rest,
+      // Pooled only while the upstream may take new connections: an idle connection does not
+      // count as active (leastconn), and one of an upstream going away would serve nobody.
+      recycle: idle === undefined ? undefined : (c, r) => {
+        if (released || this.#idleClosed || !member.usable() || !idle.put(c, r)) return false;
+        release(false);
+        return true;
       },
     };
   }
@@ -672,6 +746,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     member.ejected = true;
     member.ejectedUntil = this.#now() + ms;
     member.failuresInARow = 0;
+    member.idle?.clear("ejected");
     this.#logger?.warning(
       "Upstream {name} ejected for {seconds} s after {count} {what} in a row (ejection {n})",
       { name: member.spec.name, seconds: ms / 1000, count: after, what, n: member.ejections },
@@ -729,6 +804,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
       member.awaitingFirstCheck = state.awaitingFirstCheck;
       if (!member.removed) member.draining = state.draining;
     }
+    this.#sweepIdle();
   }
 
   /** The member the policy picks among those that may take a connection, not in `skip`. */
@@ -827,6 +903,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     }
     member.lastCheck = { ...result, at: this.#now() };
     this.#recordCheck(member, result);
+    if (!member.usable()) member.idle?.clear(member.state());
     this.#options.onStateChange?.();
   }
 

@@ -8,6 +8,9 @@
  */
 import { type Address, formatAddress } from "../net/address.ts";
 import { dialWithRetry } from "./dial_with_retry.ts";
+import { IdleConnections, type IdlePoolCounters } from "./idle_connections.ts";
+import type { Logger } from "@logtape/logtape";
+import type { Timers } from "../async/timers.ts";
 import type { UpstreamError } from "./upstream.ts";
 
 /** Options for one {@linkcode UpstreamTarget.dial}. */
@@ -43,6 +46,17 @@ export interface TargetConnection {
    * connection (`--mux`) stops taking clients when it turns false. Unset: always.
    */
   usable?: () => boolean;
+  /**
+   * A connection taken from an idle pool (`--pool`): the read that was pending on it, to serve
+   * before reading again. Unset: a fresh connection.
+   */
+  rest?: Promise<Uint8Array | null>;
+  /**
+   * Offers the connection back for the next client (`--pool`), with the read pending on it. True:
+   * the pool took it and the lease is released (not failed); false: the caller closes it and
+   * releases as usual. Unset: never pooled.
+   */
+  recycle?: (conn: Deno.TcpConn, rest: Promise<Uint8Array | null>) => boolean;
 }
 
 /** Where upstream connections come from. */
@@ -57,10 +71,49 @@ export interface UpstreamTarget {
    * @throws {UpstreamError} when every attempt failed or the dial was aborted.
    */
   dial(options?: TargetDialOptions): Promise<TargetConnection>;
+  /**
+   * Closes every idle pooled connection (`--pool`: the proxy stops accepting or closes); resolves
+   * once their pending reads have ended. Unset: nothing is pooled.
+   */
+  closeIdle?(): Promise<void>;
+}
+
+/** The idle-pool options a target takes (`--pool`, `--pool-idle-timeout`). */
+export interface IdlePoolOptions {
+  /** Idle connections kept per upstream; 0: no pooling. @default {0} */
+  idleMax?: number;
+  /** An idle connection unused this long (ms) is closed; 0: never. @default {30000} */
+  idleTimeoutMs?: number;
+  /** Counters of the pooled connections. Unset: not counted. */
+  idleCounters?: IdlePoolCounters;
+  /** Timers of the idle timeouts. @default {the global timers} */
+  timers?: Timers;
+  /** Log sink for pooled connections. Unset: nothing logged. */
+  logger?: Logger;
+}
+
+/** The default of {@linkcode IdlePoolOptions.idleTimeoutMs}. */
+export const POOL_IDLE_TIMEOUT_MS = 30_000;
+
+/** The idle list of upstream `name` as `options` say; undefined when pooling is off. */
+export function idleConnectionsFor(
+  name: string,
+  options: IdlePoolOptions,
+): IdleConnections | undefined {
+  const max = options.idleMax ?? 0;
+  if (max <= 0) return undefined;
+  return new IdleConnections({
+    max,
+    idleTimeoutMs: options.idleTimeoutMs ?? POOL_IDLE_TIMEOUT_MS,
+    name,
+    counters: options.idleCounters,
+    logger: options.logger,
+    timers: options.timers,
+  });
 }
 
 /** Options for {@linkcode SingleUpstream}. */
-export interface SingleUpstreamOptions {
+export interface SingleUpstreamOptions extends IdlePoolOptions {
   /** Connect timeout per attempt in ms; 0: none. @default {5000} */
   connectTimeoutMs?: number;
   /** Random numbers in [0, 1) for backoff jitter. @default {Math.random} */
@@ -75,16 +128,30 @@ export class SingleUpstream implements UpstreamTarget {
   readonly upstreamCount = 1;
   #address: Address;
   #options: SingleUpstreamOptions;
+  #idle: IdleConnections | undefined;
+  #closed = false;
 
   /** A target dialing `address`. */
   constructor(address: Address, options: SingleUpstreamOptions = {}) {
     this.#address = address;
     this.#options = options;
     this.label = formatAddress(address);
+    this.#idle = idleConnectionsFor(this.label, options);
   }
 
-  /** Dials the address, retrying as `options` say. */
+  /** Closes the idle connections; none are kept after. */
+  async closeIdle(): Promise<void> {
+    this.#closed = true;
+    this.#idle?.clear("the proxy stops");
+    await this.#idle?.closed();
+  }
+
+  /** Hands out an idle connection, or dials the address, retrying as `options` say. */
   async dial(options: TargetDialOptions = {}): Promise<TargetConnection> {
+    const pooled = this.#idle?.take();
+    if (pooled !== undefined) {
+      return { conn: pooled.conn, upstream: this.label, rest: pooled.rest, recycle: this.#recycle };
+    }
     const conn = await dialWithRetry(this.#address, {
       timeoutMs: this.#options.connectTimeoutMs,
       random: this.#options.random,
@@ -94,6 +161,9 @@ export class SingleUpstream implements UpstreamTarget {
       signal: options.signal,
       onRetry: options.onRetry,
     });
-    return { conn, upstream: this.label };
+    return { conn, upstream: this.label, recycle: this.#idle && this.#recycle };
   }
+
+  #recycle = (conn: Deno.TcpConn, rest: Promise<Uint8Array | null>): boolean =>
+    !this.#closed && this.#idle !== undefined && this.#idle.put(conn, rest);
 }

@@ -293,6 +293,31 @@ export const COUNTER_SCHEMA: readonly SchemaEntry[] = [
       "ENOMEM): the proxy's trouble, never counted against an upstream.",
     { family: "foo_proxy_upstream_local_errors_total" },
   ),
+  field(
+    "upstream_pool_reused",
+    "upstreamPoolReused",
+    "--pool: upstream connections handed to a client from the idle pool instead of dialed.",
+    { family: "foo_proxy_upstream_pool_reused_total" },
+  ),
+  field(
+    "upstream_pool_idle",
+    "upstreamPoolIdle",
+    "--pool: upstream connections idle in the pool now.",
+    { kind: "gauge", family: "foo_proxy_upstream_pool_idle" },
+  ),
+  field(
+    "upstream_pool_discarded",
+    "upstreamPoolDiscarded",
+    "--pool: idle pooled connections the server closed, reset or sent unsolicited bytes on " +
+      "(closed, never handed out).",
+    { family: "foo_proxy_upstream_pool_discarded_total" },
+  ),
+  field(
+    "upstream_pool_expired",
+    "upstreamPoolExpired",
+    "--pool: idle pooled connections closed after --pool-idle-timeout.",
+    { family: "foo_proxy_upstream_pool_expired_total" },
+  ),
   {
     ...field(
       "bytes_downstream",

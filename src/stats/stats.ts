@@ -50,6 +50,14 @@ export interface StatsSnapshot {
    * the proxy's own trouble, never counted against an upstream.
    */
   upstream_local_errors: number;
+  /** `--pool`: upstream connections handed to a client from an idle pool instead of dialed. */
+  upstream_pool_reused: number;
+  /** `--pool`: upstream connections idle in a pool now. */
+  upstream_pool_idle: number;
+  /** `--pool`: idle pooled connections the server closed, reset or sent unsolicited bytes on. */
+  upstream_pool_discarded: number;
+  /** `--pool`: idle pooled connections closed after `--pool-idle-timeout`. */
+  upstream_pool_expired: number;
   /** Bytes received from downstream clients (and forwarded upstream). */
   bytes_downstream: number;
   /** Bytes received from the upstream (and forwarded to clients). */
@@ -187,6 +195,14 @@ export class Stats {
   upstreamStreamErrors = 0;
   /** Upstream connects that failed for want of a local resource (never an upstream's fault). */
   upstreamLocalErrors = 0;
+  /** `--pool`: upstream connections handed to a client from an idle pool instead of dialed. */
+  upstreamPoolReused = 0;
+  /** `--pool`: upstream connections idle in a pool now (a gauge). */
+  upstreamPoolIdle = 0;
+  /** `--pool`: idle pooled connections the server closed, reset or sent unsolicited bytes on. */
+  upstreamPoolDiscarded = 0;
+  /** `--pool`: idle pooled connections closed after `--pool-idle-timeout`. */
+  upstreamPoolExpired = 0;
   bytesDownstream = 0;
   bytesUpstream = 0;
   /** Upstream connect attempts that failed and were retried. */

@@ -164,6 +164,15 @@ export class FooServer implements AsyncDisposable {
     return this.#writes;
   }
 
+  /**
+   * Writes `text` to every open connection, unasked (a misbehaving server: a line nobody asked
+   * for). Resolves once written; a connection that fails is skipped.
+   */
+  async sendUnsolicited(text: string): Promise<void> {
+    const bytes = new TextEncoder().encode(text);
+    await Promise.all([...this.#conns].map((conn) => this.#writeAll(conn, bytes).catch(() => {})));
+  }
+
   /** Resolves once the server has closed and every connection has ended. */
   get finished(): Promise<void> {
     return this.#finished.promise;
