@@ -1,0 +1,311 @@
+/**
+ * `--mux N` under attack (issue 19): no client's bytes may shift another client's replies. Every
+ * test runs real sockets through a {@linkcode Proxy} sharing N upstream connections, with clients
+ * that validate every line they get against `hashReply` of their own REQs (the server computes
+ * each reply from the Seq and the data, so a reply routed to the wrong client is seen).
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import { hashReply } from "../src/protocol/reply_hash.ts";
+import type { Proxy } from "../src/proxy/proxy.ts";
+import {
+  chunked,
+  connectTo,
+  LineReader,
+  listenLocal,
+  startProxy,
+  startUpstream,
+  waitUntil,
+  writeAll,
+} from "./_util.ts";
+
+const decoder = new TextDecoder();
+
+/** The replies a hash server owes `lines` (invalid lines get none), one string with newlines. */
+function expectedReplies(lines: string[]): string {
+  return lines.map(hashReply).filter((r) => r !== undefined).map((r) => r + "\n").join("");
+}
+
+/** Whether `line` is a REQ the proxy forwards (and the hash server answers). */
+function isValid(line: string): boolean {
+  return hashReply(line) !== undefined;
+}
+
+/** Reads everything until the proxy closes the connection (EOF or reset). */
+async function readUntilClosed(conn: Deno.Conn, timeoutMs = 10_000): Promise<string> {
+  const reader = new LineReader(conn);
+  try {
+    return decoder.decode(await reader.readAll(timeoutMs));
+  } catch (error) {
+    if (error instanceof Deno.errors.ConnectionReset) return decoder.decode(reader.buffered);
+    throw error;
+  }
+}
+
+/** The client's lines joined with newlines: `REQ <seq> <data>`, all valid. */
+function reqs(seqs: number[], data: string): string[] {
+  return seqs.map((seq) => `REQ ${seq} ${data}`);
+}
+
+const VALID_LINE = fc
+  .tuple(
+    fc.integer({ min: 0, max: 99_999 }),
+    fc.stringMatching(/^[a-z0-9 ]{0,12}$/),
+    fc.boolean(),
+  )
+  .map(([seq, data, cr]) => `REQ ${seq}${data === "" ? "" : " " + data}${cr ? "\r" : ""}`);
+
+const INVALID_LINE = fc.constantFrom(
+  "",
+  "\r",
+  "req 1",
+  "REQ",
+  "REQ x",
+  "REQ 5x",
+  "REQ +1",
+  "REQ -1",
+  " REQ 1",
+  "ACK 3",
+  "NAK 4 z",
+  "hello world",
+);
+
+Deno.test("--mux 1 property: any interleaving of K clients' chunkings gets each client exactly the direct replies to its REQs, in order", async () => {
+  await using upstream = await startUpstream({ reply: "hash" });
+  await using proxy = await startProxy(upstream.addr, { mux: 1 });
+  const client = fc.record({
+    lines: fc.array(fc.oneof({ weight: 4, arbitrary: VALID_LINE }, INVALID_LINE), {
+      minLength: 1,
+      maxLength: 12,
+    }),
+    cuts: fc.array(fc.nat(), { maxLength: 8 }),
+  });
+  await fc.assert(
+    fc.asyncProperty(
+      fc.array(client, { minLength: 2, maxLength: 5 }),
+      fc.array(fc.nat(), { minLength: 1, maxLength: 40 }),
+      async (clients, order) => {
+        const stats = proxy.stats;
+        const before = { req: stats.counts.msg_req, refused: stats.muxRefusedLines };
+        const conns = await Promise.all(clients.map(() => connectTo(proxy.addr)));
+        try {
+          const chunks = clients.map((c) => chunked(c.lines.map((l) => l + "\n").join(""), c.cuts));
+          const next = clients.map(() => 0);
+          // Write every chunk in the interleaving `order` picks, one write at a time.
+          for (let step = 0;; step++) {
+            const active = chunks.flatMap((list, k) => next[k] < list.length ? [k] : []);
+            if (active.length === 0) break;
+            const k = active[order[step % order.length] % active.length];
+            await writeAll(conns[k], chunks[k][next[k]++]);
+          }
+          await Promise.all(conns.map((conn) => conn.closeWrite()));
+          const got = await Promise.all(conns.map((conn) => readUntilClosed(conn)));
+          got.forEach((text, k) =>
+            assert.equal(text, expectedReplies(clients[k].lines), `client ${k}`)
+          );
+          const all = clients.flatMap((c) => c.lines);
+          assert.equal(stats.counts.msg_req - before.req, all.filter(isValid).length);
+          assert.equal(
+            stats.muxRefusedLines - before.refused,
+            all.filter((l) => !isValid(l)).length,
+          );
+        } finally {
+          for (const conn of conns) conn.close();
+        }
+      },
+    ),
+    { numRuns: 30 },
+  );
+  assert.equal(upstream.accepted, 1, "every run shared the one upstream connection");
+  assert.equal(proxy.stats.muxDesyncs, 0);
+});
+
+/**
+ * Clients that each send `count` REQs with Seqs no other client uses, then read every line they
+ * get until the proxy closes them: each must have got a prefix of exactly its own replies.
+ */
+async function validatePrefixes(proxy: Proxy, clients: number, count: number): Promise<number> {
+  let complete = 0;
+  await Promise.all(Array.from({ length: clients }, async (_, c) => {
+    using conn = await connectTo(proxy.addr);
+    const lines = reqs(Array.from({ length: count }, (_, i) => 1000 * (c + 1) + i), `c${c}`);
+    await writeAll(conn, lines.map((l) => l + "\n").join(""));
+    await conn.closeWrite();
+    const text = await readUntilClosed(conn);
+    const want = expectedReplies(lines);
+    assert.ok(want.startsWith(text), `client ${c} got a reply that is not its own: ${text}`);
+    if (text === want) complete++;
+  }));
+  return complete;
+}
+
+Deno.test("--mux: a server that answers twice is out of step: the shared connection closes, no client gets another's reply", async () => {
+  await using upstream = await startUpstream({ reply: "hash", duplicateReplies: true });
+  await using proxy = await startProxy(upstream.addr, { mux: 2 });
+  await validatePrefixes(proxy, 30, 5);
+  assert.ok(proxy.stats.muxDesyncs >= 1, "the duplicates were seen");
+  assert.equal(proxy.stats.muxUpstreamConnections, 0, "no shared connection kept after desync");
+  // The proxy is still up: a client is served (and closed when its connection desyncs too).
+  using conn = await connectTo(proxy.addr);
+  await writeAll(conn, "REQ 1 alive\n");
+  assert.equal(await new LineReader(conn).readLine(), hashReply("REQ 1 alive"));
+});
+
+Deno.test("--mux: an unsolicited line from the server closes the shared connection; every client got only its own replies", async () => {
+  // A hand-written server: answers like the hash server, and after 10 replies slips in a line
+  // nobody asked for.
+  const listener = listenLocal();
+  const tasks: Promise<void>[] = [];
+  let unsolicited = 0;
+  const serve = async (conn: Deno.TcpConn) => {
+    const reader = new LineReader(conn);
+    let replies = 0;
+    try {
+      for (;;) {
+        const line = await reader.readLine(10_000);
+        if (line === null) return;
+        let out = hashReply(line)! + "\n";
+        if (++replies === 10) {
+          out += "ACK 424242 00000000\n";
+          unsolicited++;
+        }
+        await writeAll(conn, out);
+      }
+    } catch {
+      // The proxy closed it.
+    } finally {
+      conn.close();
+    }
+  };
+  const accepting = (async () => {
+    for await (const conn of listener) tasks.push(serve(conn));
+  })();
+  await using proxy = await startProxy(listener.addr as Deno.NetAddr, { mux: 1 });
+  const complete = await validatePrefixes(proxy, 10, 3);
+  assert.equal(proxy.stats.muxDesyncs, unsolicited);
+  assert.ok(unsolicited >= 1 && complete < 10, "the clients owed replies on it were closed");
+  await proxy.close();
+  listener.close();
+  await accepting;
+  await Promise.all(tasks);
+});
+
+/** Random bytes that can never form a valid REQ (no `R`), with a newline every so often. */
+function junk(length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  for (let i = 0; i < length; i++) {
+    const b = Math.floor(Math.random() * 256);
+    out[i] = b === 82 ? 83 : Math.random() < 0.05 ? 10 : b;
+  }
+  return out;
+}
+
+Deno.test("--mux 2: 200 validating clients beside 20 fuzzing clients each get exactly their replies; counters are exact", async () => {
+  await using upstream = await startUpstream({ reply: "hash" });
+  await using proxy = await startProxy(upstream.addr, { mux: 2 });
+  const stats = proxy.stats;
+  let fuzzReqs = 0; // valid REQ lines the fuzzers sent (and the proxy surely read)
+  let fuzzRefused = 0; // invalid lines the fuzzers sent that the proxy surely saw whole
+  let mayRefuse = 0; // partial lines cut by a reset: refused only if the close came as a FIN
+  let huge = 0;
+  const validators = Array.from({ length: 200 }, async (_, c) => {
+    using conn = await connectTo(proxy.addr);
+    const reader = new LineReader(conn);
+    // Every client starts at Seq 1, as real ones do: only the data tells them apart.
+    for (let round = 0; round < 3; round++) {
+      const lines = reqs(Array.from({ length: 7 }, (_, i) => round * 7 + i + 1), `v${c}`);
+      await writeAll(conn, lines.map((l) => l + "\n").join(""));
+      assert.deepEqual(await reader.readLines(7, 15_000), lines.map((l) => hashReply(l)));
+    }
+  });
+  const fuzzers = Array.from({ length: 20 }, async (_, f) => {
+    const conn = await connectTo(proxy.addr);
+    try {
+      switch (f % 6) {
+        case 0: { // random bytes, then FIN: every complete line refused, the tail too
+          const bytes = junk(3000);
+          const lines = bytes.filter((b) => b === 10).length;
+          await writeAll(conn, bytes);
+          await conn.closeWrite();
+          await readUntilClosed(conn);
+          fuzzRefused += lines + (bytes.at(-1) === 10 ? 0 : 1);
+          break;
+        }
+        case 1: { // invalid lines between valid ones: only the valid ones answered
+          const lines = [`REQ 1 f${f}`, "req 2", "", `REQ 3 f${f}`, "ACK 4", "REQ 5x", `REQ 6`];
+          await writeAll(conn, lines.map((l) => l + "\n").join(""));
+          await conn.closeWrite();
+          assert.equal(await readUntilClosed(conn), expectedReplies(lines));
+          fuzzReqs += 3;
+          fuzzRefused += 4;
+          break;
+        }
+        case 2: { // a line without its newline, then reset (or FIN, if nothing was unread)
+          await writeAll(conn, `REQ 1 f${f}\n`);
+          assert.equal(await new LineReader(conn).readLine(), hashReply(`REQ 1 f${f}`));
+          await writeAll(conn, `REQ 2 f${f} never ends`);
+          fuzzReqs += 1;
+          mayRefuse += 1;
+          break;
+        }
+        case 3: { // half-close mid-line: the complete line answered, the partial refused
+          await writeAll(conn, `REQ 1 f${f}\nREQ 2 f${f} par`);
+          await conn.closeWrite();
+          assert.equal(await readUntilClosed(conn), expectedReplies([`REQ 1 f${f}`]));
+          fuzzReqs += 1;
+          fuzzRefused += 1;
+          break;
+        }
+        case 4: // connect and go
+          break;
+        case 5: { // a line longer than 64 KiB: the client is closed, nobody else notices
+          try {
+            await writeAll(conn, "REQ 1 " + "x".repeat(100_000));
+          } catch {
+            // Closed by the proxy while writing.
+          }
+          await readUntilClosed(conn);
+          huge++;
+          break;
+        }
+      }
+    } finally {
+      conn.close();
+    }
+  });
+  await Promise.all([...validators, ...fuzzers]);
+  await waitUntil(() => stats.connectionsActive === 0, "every client to have ended");
+  const validatorReqs = 200 * 21;
+  assert.equal(stats.counts.msg_req, validatorReqs + fuzzReqs);
+  assert.equal(stats.counts.msg_ack + stats.counts.msg_nak, validatorReqs + fuzzReqs);
+  assert.equal(upstream.received, validatorReqs + fuzzReqs, "the server saw only valid REQs");
+  assert.equal(upstream.invalid, 0, "no invalid line reached the server");
+  const refusedBase = fuzzRefused + huge;
+  assert.ok(
+    stats.muxRefusedLines >= refusedBase && stats.muxRefusedLines <= refusedBase + mayRefuse,
+    `refused ${stats.muxRefusedLines}, expected ${refusedBase}..${refusedBase + mayRefuse}`,
+  );
+  assert.equal(stats.muxDesyncs, 0);
+  assert.equal(upstream.accepted, 2);
+  assert.equal(stats.latency.inFlight, 0, "nothing left in flight");
+});
+
+Deno.test("--mux 3: 1 000 concurrent clients use exactly 3 upstream connections", async () => {
+  await using upstream = await startUpstream({ reply: "hash" });
+  await using proxy = await startProxy(upstream.addr, { mux: 3 });
+  const conns = await Promise.all(Array.from({ length: 1000 }, () => connectTo(proxy.addr)));
+  try {
+    await Promise.all(conns.map(async (conn, c) => {
+      const lines = reqs([1, 2, 3], `n${c}`);
+      await writeAll(conn, lines.map((l) => l + "\n").join(""));
+      assert.deepEqual(await new LineReader(conn).readLines(3, 20_000), lines.map(hashReply));
+    }));
+  } finally {
+    for (const conn of conns) conn.close();
+  }
+  assert.equal(upstream.accepted, 3);
+  assert.equal(proxy.stats.muxUpstreamConnections, 3);
+  assert.equal(proxy.stats.counts.msg_req, 3000);
+});
