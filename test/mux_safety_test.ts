@@ -309,3 +309,145 @@ Deno.test("--mux 3: 1 000 concurrent clients use exactly 3 upstream connections"
   assert.equal(proxy.stats.muxUpstreamConnections, 3);
   assert.equal(proxy.stats.counts.msg_req, 3000);
 });
+
+/** `REQ 1` … `REQ count` as bytes. */
+function seqReqs(count: number): Uint8Array {
+  const parts: string[] = [];
+  for (let seq = 1; seq <= count; seq++) parts.push(`REQ ${seq}\n`);
+  return new TextEncoder().encode(parts.join(""));
+}
+
+/** Reads the replies to `seqReqs(count)` and checks them, every one in order. */
+async function expectSeqReplies(conn: Deno.Conn, count: number, timeoutMs: number): Promise<void> {
+  const want: string[] = [];
+  for (let seq = 1; seq <= count; seq++) want.push(hashReply(`REQ ${seq}`) + "\n");
+  const expected = want.join("");
+  const got = await new LineReader(conn).readExactly(expected.length, timeoutMs);
+  if (got !== expected) {
+    const at = [...got].findIndex((ch, i) => ch !== expected[i]);
+    assert.fail(`replies differ at byte ${at}: ${JSON.stringify(got.slice(at, at + 40))}`);
+  }
+}
+
+/** Fast clients that each do `rounds` pipelined batches of 10, validating every reply. */
+function fastClients(proxy: Proxy, count: number, rounds: number): Promise<void[]> {
+  return Promise.all(Array.from({ length: count }, async (_, c) => {
+    using conn = await connectTo(proxy.addr);
+    const reader = new LineReader(conn);
+    for (let round = 0; round < rounds; round++) {
+      const lines = reqs(Array.from({ length: 10 }, (_, i) => round * 10 + i + 1), `fast${c}`);
+      await writeAll(conn, lines.map((l) => l + "\n").join(""));
+      assert.deepEqual(await reader.readLines(10, 10_000), lines.map(hashReply));
+    }
+  }));
+}
+
+Deno.test("--mux: a client that never reads is paused at --max-inflight and never blocks the fast clients beside it", async () => {
+  await using upstream = await startUpstream({ reply: "hash" });
+  await using proxy = await startProxy(upstream.addr, { mux: 1, maxInflight: 100 });
+  const count = 100_000;
+  const slow = await connectTo(proxy.addr);
+  try {
+    // Far more replies than the socket buffers hold: the proxy must stop reading it.
+    const writing = writeAll(slow, seqReqs(count)).catch(() => {});
+    await waitUntil(
+      () => proxy.stats.inflightLimitPauses > 0,
+      "the slow client to be paused",
+      20_000,
+    );
+    await fastClients(proxy, 20, 10);
+    assert.ok(upstream.maxUnanswered <= 100 + 20 * 10, `unanswered ${upstream.maxUnanswered}`);
+    assert.equal(proxy.stats.muxSlowClients, 0, "paused, not cut off");
+    const forwarded = upstream.received - 20 * 10 * 10;
+    assert.ok(forwarded < count, `stuck: only ${forwarded} of its ${count} REQs forwarded so far`);
+    assert.equal(upstream.accepted, 1);
+    // It reads at last, and gets every reply, in order.
+    await expectSeqReplies(slow, count, 60_000);
+    await writing;
+  } finally {
+    slow.close();
+  }
+  assert.equal(proxy.stats.muxDesyncs, 0);
+});
+
+Deno.test("--mux: without an in-flight limit, a client that never reads is cut off past 4 MiB of unread replies; the others flow on", async () => {
+  await using upstream = await startUpstream({ reply: "hash" });
+  await using proxy = await startProxy(upstream.addr, { mux: 1, maxInflight: 0 });
+  const slow = await connectTo(proxy.addr);
+  try {
+    const writing = writeAll(slow, seqReqs(1_000_000)).catch(() => {});
+    await waitUntil(
+      () => proxy.stats.muxSlowClients === 1,
+      "the slow client to be cut off",
+      30_000,
+    );
+    await writing;
+    await fastClients(proxy, 20, 10);
+    assert.equal(upstream.accepted, 1, "the shared connection survived it");
+  } finally {
+    slow.close();
+  }
+  assert.equal(proxy.stats.muxDesyncs, 0);
+});
+
+for (const resume of [false, true]) {
+  Deno.test(`--mux: the upstream connections dropped mid-flight ${resume ? "with --resume: every client gets every reply exactly once, in order" : "without --resume: exactly the clients with REQs outstanding are closed"}`, async () => {
+    await using upstream = await startUpstream({ reply: "hash", delayMs: 300 });
+    await using proxy = await startProxy(upstream.addr, {
+      mux: 2,
+      resume: resume ? "verbatim" : "off",
+    });
+    const stats = proxy.stats;
+    // Idle clients: answered once, owe nothing now.
+    const idle = await Promise.all(Array.from({ length: 3 }, () => connectTo(proxy.addr)));
+    const busy = await Promise.all(Array.from({ length: 4 }, () => connectTo(proxy.addr)));
+    try {
+      await Promise.all(idle.map(async (conn, c) => {
+        await writeAll(conn, `REQ 1 idle${c}\n`);
+        assert.equal(await new LineReader(conn).readLine(), hashReply(`REQ 1 idle${c}`));
+      }));
+      const sent = busy.map((_, c) => reqs([1, 2, 3, 4, 5], `busy${c}`));
+      await Promise.all(
+        busy.map((conn, c) => writeAll(conn, sent[c].map((l) => l + "\n").join(""))),
+      );
+      await waitUntil(() => upstream.received === 3 + 20, "the server to hold every busy REQ");
+      assert.equal(stats.counts.msg_ack + stats.counts.msg_nak, 3, "none answered yet");
+      assert.ok(upstream.dropConnections() >= 1);
+      const got = await Promise.all(
+        busy.map((conn) => readUntilClosedOrLines(conn, resume ? 5 : 0)),
+      );
+      got.forEach((text, c) =>
+        assert.equal(text, resume ? expectedReplies(sent[c]) : "", `busy ${c}`)
+      );
+      if (resume) {
+        assert.equal(stats.failovers, 4, "one failover per busy client");
+        assert.equal(stats.replays, 20, "every unanswered REQ replayed once");
+      } else {
+        assert.equal(stats.failovers, 0);
+        await waitUntil(() => stats.connectionsActive === 3, "only the idle clients to be left");
+      }
+      // The idle clients were never touched, and keep working.
+      await Promise.all(idle.map(async (conn, c) => {
+        await writeAll(conn, `REQ 2 idle${c}\n`);
+        assert.equal(await new LineReader(conn).readLine(), hashReply(`REQ 2 idle${c}`));
+      }));
+      if (resume) {
+        // ...and so do the busy ones.
+        await Promise.all(busy.map(async (conn, c) => {
+          await writeAll(conn, `REQ 6 busy${c}\n`);
+          assert.equal(await new LineReader(conn).readLine(), hashReply(`REQ 6 busy${c}`));
+        }));
+      }
+      assert.equal(stats.muxDesyncs, 0);
+    } finally {
+      for (const conn of [...idle, ...busy]) conn.close();
+    }
+  });
+}
+
+/** `count` lines when `count` > 0 (as text with newlines); else everything up to the close. */
+async function readUntilClosedOrLines(conn: Deno.Conn, count: number): Promise<string> {
+  if (count === 0) return await readUntilClosed(conn);
+  const lines = await new LineReader(conn).readLines(count, 10_000);
+  return lines.map((l) => l + "\n").join("");
+}

@@ -566,6 +566,8 @@ class MuxClient {
           this.refuse();
           continue;
         }
+        // Read now: the shared head is overwritten by other clients' lines during the awaits.
+        const seq = head.seq;
         // The gate: at the limit, wait until replies are written (the chunk stays valid: no
         // read starts meanwhile).
         while (max > 0 && this.inflight >= max) {
@@ -579,7 +581,6 @@ class MuxClient {
           if (this.closed) return;
           now = stats.clock();
         }
-        const seq = head.seq;
         let channel = this.channel;
         if (channel === undefined || channel.dead || this.rebinding !== undefined) {
           channel = await this.bind();
