@@ -451,3 +451,103 @@ async function readUntilClosedOrLines(conn: Deno.Conn, count: number): Promise<s
   const lines = await new LineReader(conn).readLines(count, 10_000);
   return lines.map((l) => l + "\n").join("");
 }
+
+Deno.test("--mux: a client that half-closes gets every reply, then is closed; a partial last line is counted and never forwarded", async () => {
+  await using upstream = await startUpstream({ reply: "hash", delayMs: 50, closeAfterFin: false });
+  await using proxy = await startProxy(upstream.addr, { mux: 1 });
+  const stats = proxy.stats;
+  // A neighbour whose next line must not fuse with the partial one.
+  using neighbour = await connectTo(proxy.addr);
+  {
+    using conn = await connectTo(proxy.addr);
+    const lines = reqs([1, 2, 3, 4, 5], "fin");
+    await writeAll(conn, lines.map((l) => l + "\n").join(""));
+    await conn.closeWrite();
+    assert.equal(await readUntilClosed(conn), expectedReplies(lines));
+  }
+  {
+    using conn = await connectTo(proxy.addr);
+    await writeAll(conn, "REQ 1 a\nREQ 2 b\nREQ 3 never fini");
+    await conn.closeWrite();
+    assert.equal(await readUntilClosed(conn), expectedReplies(["REQ 1 a", "REQ 2 b"]));
+  }
+  await writeAll(neighbour, "shed\nREQ 9 n\n");
+  assert.equal(await new LineReader(neighbour).readLine(), hashReply("REQ 9 n"));
+  assert.equal(stats.counts.invalid_truncated, 1);
+  assert.equal(stats.muxRefusedLines, 2, "the partial line and the neighbour's junk");
+  assert.equal(upstream.received, 8);
+  assert.equal(upstream.invalid, 0, "neither reached the server");
+  assert.equal(stats.closed.completed, 2);
+});
+
+Deno.test("--mux: idle clients hold no upstream socket; the first to speak opens one", async () => {
+  await using upstream = await startUpstream({ reply: "hash" });
+  await using proxy = await startProxy(upstream.addr, { mux: 2 });
+  const conns = await Promise.all(Array.from({ length: 50 }, () => connectTo(proxy.addr)));
+  try {
+    await waitUntil(() => proxy.stats.connectionsActive === 50, "every client to be accepted");
+    assert.equal(upstream.accepted, 0);
+    await writeAll(conns[7], "REQ 1 speak\n");
+    assert.equal(await new LineReader(conns[7]).readLine(), hashReply("REQ 1 speak"));
+    assert.equal(upstream.accepted, 1);
+  } finally {
+    for (const conn of conns) conn.close();
+  }
+});
+
+Deno.test("--mux: --idle-timeout closes an idle client, never one waiting on replies", async () => {
+  await using upstream = await startUpstream({ reply: "hash", delayMs: 400 });
+  await using proxy = await startProxy(upstream.addr, { mux: 1, idleTimeoutMs: 150 });
+  using idle = await connectTo(proxy.addr);
+  using waiting = await connectTo(proxy.addr);
+  await writeAll(waiting, "REQ 1 slow\n");
+  assert.equal(await readUntilClosed(idle), "", "the idle one is closed");
+  assert.equal(proxy.stats.closed.idle_timeout, 1);
+  // The one waiting 400 ms (> 150) for its reply is not idle: it gets it.
+  assert.equal(await new LineReader(waiting).readLine(), hashReply("REQ 1 slow"));
+});
+
+Deno.test("--mux: shutdown drains: busy clients get their replies, idle ones are closed at the drain timeout", async () => {
+  await using upstream = await startUpstream({ reply: "hash", delayMs: 100 });
+  await using proxy = await startProxy(upstream.addr, { mux: 2, drainTimeoutMs: 500 });
+  using idle = await connectTo(proxy.addr);
+  using busy = await connectTo(proxy.addr);
+  await waitUntil(() => proxy.stats.connectionsActive === 2, "both clients to be accepted");
+  const lines = reqs([1, 2, 3], "drain");
+  await writeAll(busy, lines.map((l) => l + "\n").join(""));
+  await waitUntil(() => upstream.received === 3, "the REQs to reach the server");
+  const report = proxy.shutdown();
+  assert.deepEqual(await new LineReader(busy).readLines(3), lines.map(hashReply));
+  await busy.closeWrite();
+  assert.equal(await readUntilClosed(busy), "");
+  assert.equal(await readUntilClosed(idle), "");
+  assert.deepEqual(await report, { drained: false, closedIdle: 1, closedBusy: 0, aborted: false });
+  await waitUntil(() => upstream.connections === 0, "the shared connections to be closed");
+});
+
+Deno.test("--mux: the access log has one record per client with its own REQs and replies", async () => {
+  await using upstream = await startUpstream({ reply: "hash" });
+  const records: { client: string; reqs: number; acks: number; naks: number; invalid: number }[] =
+    [];
+  await using proxy = await startProxy(upstream.addr, {
+    mux: 1,
+    accessLog: (record) => records.push(record),
+  });
+  const ports: number[] = [];
+  await Promise.all([3, 5, 8].map(async (count, c) => {
+    using conn = await connectTo(proxy.addr);
+    ports[c] = (conn.localAddr as Deno.NetAddr).port;
+    const lines = [...reqs(Array.from({ length: count }, (_, i) => i + 1), `log${c}`), "junk"];
+    await writeAll(conn, lines.map((l) => l + "\n").join(""));
+    await conn.closeWrite();
+    assert.equal(await readUntilClosed(conn), expectedReplies(lines));
+  }));
+  await waitUntil(() => records.length === 3, "three records");
+  [3, 5, 8].forEach((count, c) => {
+    const record = records.find((r) => r.client.endsWith(`:${ports[c]}`));
+    assert.ok(record, `a record for client ${c}`);
+    assert.equal(record.reqs, count);
+    assert.equal(record.acks + record.naks, count);
+    assert.equal(record.invalid, 1);
+  });
+});
