@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import { hashReply } from "../src/protocol/reply_hash.ts";
 import type { Proxy } from "../src/proxy/proxy.ts";
+import { UpstreamPool } from "../src/proxy/upstream_pool.ts";
 import {
   chunked,
   connectTo,
@@ -550,4 +551,41 @@ Deno.test("--mux: the access log has one record per client with its own REQs and
     assert.equal(record.acks + record.naks, count);
     assert.equal(record.invalid, 1);
   });
+});
+
+Deno.test("--mux with two upstreams: a drained one finishes its clients' REQs, takes no new ones, and its shared connection closes", async () => {
+  const options = { reply: "hash" as const, delayMs: 30 };
+  await using a = await startUpstream(options);
+  await using b = await startUpstream(options);
+  const specs = [a, b].map((server, k) => ({
+    name: `u${k}`,
+    address: { hostname: "127.0.0.1", port: server.addr.port },
+    weight: 1,
+  }));
+  await using pool = new UpstreamPool(specs, { policy: "roundrobin", intervalMs: 0 });
+  await using proxy = await startProxy(a.addr, { mux: 1, target: pool });
+  const batch = (count: number, tag: string) =>
+    Promise.all(Array.from({ length: count }, async (_, c) => {
+      using conn = await connectTo(proxy.addr);
+      const lines = reqs([1, 2, 3, 4, 5], `${tag}${c}`);
+      await writeAll(conn, lines.map((l) => l + "\n").join(""));
+      assert.deepEqual(await new LineReader(conn).readLines(5, 10_000), lines.map(hashReply));
+    }));
+  // Both upstreams get a shared connection, and the drain comes while b owes replies.
+  // (clients that speak while the first shared connection is busy have a second one dialed, and
+  // the clients after that take the less busy one).
+  const first = batch(20, "first");
+  await waitUntil(() => a.received > 0, "the first shared connection to be busy");
+  const second = batch(20, "second");
+  await waitUntil(() => proxy.stats.muxUpstreamConnections === 2, "a second shared connection");
+  const third = batch(20, "third");
+  await waitUntil(() => b.received > 0, "the second upstream to have work");
+  assert.ok(pool.drain("u1"));
+  await Promise.all([first, second, third]); // b's clients got every reply
+  const atDrain = b.received;
+  await batch(20, "after");
+  assert.equal(b.received, atDrain, "no new REQ went to the drained upstream");
+  await waitUntil(() => b.connections === 0, "the drained upstream's shared connection to close");
+  assert.equal(b.accepted, 1);
+  assert.equal(proxy.stats.muxDesyncs, 0);
 });
