@@ -74,7 +74,8 @@ const INVALID_LINE = fc.constantFrom(
 );
 
 Deno.test("--mux 1 property: any interleaving of K clients' chunkings gets each client exactly the direct replies to its REQs, in order", async () => {
-  await using upstream = await startUpstream({ reply: "hash" });
+  // Like real servers, it answers invalid lines too: one forwarded would shift every reply after.
+  await using upstream = await startUpstream({ reply: "hash", answerInvalid: true });
   await using proxy = await startProxy(upstream.addr, { mux: 1 });
   const client = fc.record({
     lines: fc.array(fc.oneof({ weight: 4, arbitrary: VALID_LINE }, INVALID_LINE), {
@@ -120,6 +121,7 @@ Deno.test("--mux 1 property: any interleaving of K clients' chunkings gets each 
     { numRuns: 30 },
   );
   assert.equal(upstream.accepted, 1, "every run shared the one upstream connection");
+  assert.equal(upstream.invalid, 0, "no invalid line reached the server");
   assert.equal(proxy.stats.muxDesyncs, 0);
 });
 
@@ -588,4 +590,31 @@ Deno.test("--mux with two upstreams: a drained one finishes its clients' REQs, t
   await waitUntil(() => b.connections === 0, "the drained upstream's shared connection to close");
   assert.equal(b.accepted, 1);
   assert.equal(proxy.stats.muxDesyncs, 0);
+});
+
+// KNOWN HOLE (ignored until decided): the Seq check cannot see a duplicate reply when the REQ
+// after the one it duplicates has the same Seq and another owner — the common case, as every
+// client starts at Seq 1. Here 20 clients each send `REQ 1 c<k>` at once on one shared
+// connection to a server that answers twice: the duplicate of c0's reply goes to c1, c1's to c2,
+// and so on (19 of 20 got another client's answer when found); the desync is only seen at the
+// end. Fixes need a decision: never queue a REQ right behind another client's REQ with the same
+// Seq (costs coalescing of lock-step clients), or have the proxy put a REQ of its own between
+// them (the server then sees REQs no client sent).
+Deno.test({
+  name:
+    "--mux: a server that answers twice never gets one client's reply to another, even when their Seqs are equal",
+  ignore: true,
+  fn: async () => {
+    await using upstream = await startUpstream({ reply: "hash", duplicateReplies: true });
+    await using proxy = await startProxy(upstream.addr, { mux: 1 });
+    await Promise.all(Array.from({ length: 20 }, async (_, c) => {
+      using conn = await connectTo(proxy.addr);
+      const lines = [`REQ 1 c${c}`];
+      await writeAll(conn, lines.map((l) => l + "\n").join(""));
+      await conn.closeWrite();
+      const text = await readUntilClosed(conn);
+      assert.ok(expectedReplies(lines).startsWith(text), `client ${c} got ${text}`);
+    }));
+    assert.ok(proxy.stats.muxDesyncs >= 1);
+  },
 });
