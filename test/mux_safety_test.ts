@@ -24,14 +24,14 @@ import {
 
 const decoder = new TextDecoder();
 
-/** The replies a hash server owes `lines` (invalid lines get none), one string with newlines. */
-function expectedReplies(lines: string[]): string {
-  return lines.map(hashReply).filter((r) => r !== undefined).map((r) => r + "\n").join("");
+/** Whether `line` is a REQ the proxy forwards: valid, with a Seq of at most 18 digits. */
+function isValid(line: string): boolean {
+  return hashReply(line) !== undefined && /^REQ[ \t]+\d{1,18}(\D|$)/.test(line);
 }
 
-/** Whether `line` is a REQ the proxy forwards (and the hash server answers). */
-function isValid(line: string): boolean {
-  return hashReply(line) !== undefined;
+/** The replies a hash server owes `lines` (refused lines get none), one string with newlines. */
+function expectedReplies(lines: string[]): string {
+  return lines.filter(isValid).map((line) => hashReply(line) + "\n").join("");
 }
 
 /** Reads everything until the proxy closes the connection (EOF or reset). */
@@ -71,6 +71,7 @@ const INVALID_LINE = fc.constantFrom(
   "ACK 3",
   "NAK 4 z",
   "hello world",
+  `REQ ${"0".repeat(18)}1 too long`,
 );
 
 Deno.test("--mux 1 property: any interleaving of K clients' chunkings gets each client exactly the direct replies to its REQs, in order", async () => {
@@ -618,3 +619,27 @@ Deno.test({
     assert.ok(proxy.stats.muxDesyncs >= 1);
   },
 });
+
+for (const answerInvalid of [true, false]) {
+  const digits = answerInvalid ? 19 : 5000;
+  Deno.test(`--mux: a REQ with a ${digits}-digit Seq (which ${answerInvalid ? "a server answers NAK 0 ERRDECODE" : "a server never answers"}) is refused; its neighbours' replies stay in step`, async () => {
+    // The server decodes at most 18 digits (answerInvalid) or 4096 (otherwise: it skips the line).
+    await using upstream = await startUpstream({ reply: "hash", answerInvalid, delayMs: 20 });
+    await using proxy = await startProxy(upstream.addr, { mux: 1 });
+    using attacker = await connectTo(proxy.addr);
+    // Leading zeros: a small value the proxy could check, but more digits than the server reads.
+    await writeAll(attacker, `REQ ${"0".repeat(digits - 1)}7 mine\n`);
+    await Promise.all(Array.from({ length: 10 }, async (_, c) => {
+      using conn = await connectTo(proxy.addr);
+      const lines = reqs([7, 8, 9], `victim${c}`);
+      await writeAll(conn, lines.map((l) => l + "\n").join(""));
+      await conn.closeWrite();
+      assert.equal(await readUntilClosed(conn), expectedReplies(lines), `victim ${c}`);
+    }));
+    await attacker.closeWrite();
+    assert.equal(await readUntilClosed(attacker), "", "the attacker got nobody's reply");
+    assert.equal(proxy.stats.muxRefusedLines, 1);
+    assert.equal(proxy.stats.muxDesyncs, 0);
+    assert.equal(upstream.invalid, 0);
+  });
+}

@@ -8,8 +8,9 @@
  *
  * Safety rules, each so that no client's bytes can shift another's replies:
  * - only whole, valid REQ lines are forwarded: an invalid line (which some servers answer and
- *   some do not) is refused and counted, never forwarded; a line still arriving waits in its
- *   client's buffer; a line at end of stream without its newline is refused;
+ *   some do not), or a REQ whose Seq has more digits than a server decodes (18), is refused and
+ *   counted, never forwarded; a line still arriving waits in its client's buffer; a line at end
+ *   of stream without its newline is refused;
  * - every reply must answer the REQ at the head of the queue (its Seq, and ACK/NAK): a reply that
  *   does not (an unsolicited, duplicate or invalid line) means the connection is out of step, and
  *   it is closed as failed rather than routing anything further on it;
@@ -79,6 +80,12 @@ const NL = 10;
  * connection, so a client that stopped reading is cut off here.
  */
 const MAX_UNWRITTEN = 4 * 1024 * 1024;
+/**
+ * The longest Seq forwarded, in digits: servers that answer every line answer a longer one as
+ * invalid (`NAK 0 ERRDECODE`, Seq 0: more than their integer holds) and others may skip it;
+ * either way the replies behind it would be out of step.
+ */
+const MAX_SEQ_DIGITS = 18;
 /** After a failed dial, how long working shared connections carry on before another is tried. */
 const REDIAL_MS = 1000;
 
@@ -99,7 +106,7 @@ export class MuxHub {
   nextDialAt = 0;
   closed = false;
   /** Reused by the line parsers (single-threaded, never held across an await). */
-  readonly head: LineHead = { type: 0, seq: 0 };
+  readonly head: LineHead = { type: 0, seq: 0, digits: 0 };
 
   /** A hub dialing through `options.target`; nothing is dialed before a client needs it. */
   constructor(options: MuxHubOptions) {
@@ -563,6 +570,12 @@ class MuxClient {
         this.bytesIn += start - lineStart;
         if (!readLineHead(chunk, lineStart, nl, true, head)) {
           countInvalid(stats, head.type);
+          this.refuse();
+          continue;
+        }
+        if (head.digits > MAX_SEQ_DIGITS) {
+          // More than a server decodes: answered as invalid (Seq 0) or not at all, either way out
+          // of step with the REQs behind it.
           this.refuse();
           continue;
         }
