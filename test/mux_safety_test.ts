@@ -14,6 +14,7 @@ import { UpstreamPool } from "../src/proxy/upstream_pool.ts";
 import {
   chunked,
   connectTo,
+  freePort,
   LineReader,
   listenLocal,
   startProxy,
@@ -145,17 +146,23 @@ async function validatePrefixes(proxy: Proxy, clients: number, count: number): P
   return complete;
 }
 
-Deno.test("--mux: a server that answers twice is out of step: the shared connection closes, no client gets another's reply", async () => {
-  await using upstream = await startUpstream({ reply: "hash", duplicateReplies: true });
-  await using proxy = await startProxy(upstream.addr, { mux: 2 });
-  await validatePrefixes(proxy, 30, 5);
-  assert.ok(proxy.stats.muxDesyncs >= 1, "the duplicates were seen");
-  assert.equal(proxy.stats.muxUpstreamConnections, 0, "no shared connection kept after desync");
-  // The proxy is still up: a client is served (and closed when its connection desyncs too).
-  using conn = await connectTo(proxy.addr);
-  await writeAll(conn, "REQ 1 alive\n");
-  assert.equal(await new LineReader(conn).readLine(), hashReply("REQ 1 alive"));
-});
+for (const resume of [false, true]) {
+  Deno.test(`--mux${resume ? " --resume" : ""}: a server that answers twice is out of step: the shared connection closes, no client gets another's reply`, async () => {
+    await using upstream = await startUpstream({ reply: "hash", duplicateReplies: true });
+    await using proxy = await startProxy(upstream.addr, {
+      mux: 2,
+      resume: resume ? "verbatim" : "off",
+    });
+    await validatePrefixes(proxy, 30, 5);
+    assert.ok(proxy.stats.muxDesyncs >= 1, "the duplicates were seen");
+    if (resume) assert.ok(proxy.stats.failovers >= 1, "replayed on another connection");
+    else assert.equal(proxy.stats.muxUpstreamConnections, 0, "none kept after a desync");
+    // The proxy is still up: a client is served (and closed when its connection desyncs too).
+    using conn = await connectTo(proxy.addr);
+    await writeAll(conn, "REQ 1 alive\n");
+    assert.equal(await new LineReader(conn).readLine(), hashReply("REQ 1 alive"));
+  });
+}
 
 Deno.test("--mux: an unsolicited line from the server closes the shared connection; every client got only its own replies", async () => {
   // A hand-written server: answers like the hash server, and after 10 replies slips in a line
@@ -643,3 +650,24 @@ for (const answerInvalid of [true, false]) {
     assert.equal(upstream.invalid, 0);
   });
 }
+
+Deno.test("--mux: an upstream that is down closes only the clients that speak; once it is up, they are served", async () => {
+  const port = freePort();
+  await using proxy = await startProxy({ hostname: "127.0.0.1", port, transport: "tcp" }, {
+    mux: 2,
+    connectRetries: 0,
+  });
+  using idle = await connectTo(proxy.addr);
+  {
+    using conn = await connectTo(proxy.addr);
+    await writeAll(conn, "REQ 1 down\n");
+    assert.equal(await readUntilClosed(conn), "");
+  }
+  assert.equal(proxy.stats.closed.upstream_unreachable, 1);
+  await using _upstream = await startUpstream({
+    reply: "hash",
+    listen: { hostname: "127.0.0.1", port },
+  });
+  await writeAll(idle, "REQ 2 up\n");
+  assert.equal(await new LineReader(idle).readLine(), hashReply("REQ 2 up"));
+});
