@@ -66,3 +66,31 @@ for (
     assert.match(lines[0], pattern);
   });
 }
+
+Deno.test("--mux coalesces: many clients' lock-step REQs go up in far fewer writes", async () => {
+  await using upstream = await startUpstream({ reply: "hash" });
+  await using proxy = await startProxy(upstream.addr, { mux: 1 });
+  const clients = 100;
+  const rounds = 20;
+  const conns = await Promise.all(Array.from({ length: clients }, () => connectTo(proxy.addr)));
+  try {
+    await Promise.all(conns.map(async (conn, c) => {
+      const reader = lineReader(conn);
+      for (let i = 0; i < rounds; i++) {
+        const line = `REQ ${i} c${c}`;
+        await writeAll(conn, line + "\n");
+        assert.deepEqual(await readLines(reader, 1, 10_000), [hashReply(line)]);
+      }
+    }));
+  } finally {
+    for (const conn of conns) conn.close();
+  }
+  const stats = proxy.stats;
+  assert.equal(stats.counts.msg_req, clients * rounds);
+  // One write per shared connection per event-loop turn: with 100 clients in lock-step, each
+  // write carries many clients' lines (without coalescing there would be one per REQ).
+  assert.ok(
+    stats.muxUpstreamWrites * 4 < clients * rounds,
+    `${stats.muxUpstreamWrites} writes for ${clients * rounds} REQs`,
+  );
+});

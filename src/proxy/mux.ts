@@ -57,20 +57,25 @@ export interface MuxHubOptions {
   connectBackoffMs?: number;
   /** Keep each forwarded REQ's bytes until answered, to replay them (`--resume`). */
   resume?: boolean;
+  /**
+   * Called when a client has ended (its socket closed), with its `owner` and why: one function
+   * for every client, so an idle client keeps no closure of its own.
+   */
+  ended?: (owner: unknown, reason: CloseReason) => void;
 }
 
 /** Options for {@linkcode MuxHub.serve}: what is particular to one client. */
 export interface MuxClientOptions {
   /** The engine's settings (in-flight limit, timeouts, buffers, resume). */
   config: EngineConfig;
-  /** Aborting closes the client (reason `shutdown`). */
-  signal?: AbortSignal;
   /** Text naming the client in log lines. */
   label?: string;
   /** Live state for the owner (idle checks, shutdown order). */
   state?: BridgeState;
   /** Called once at the end with this client's own figures (the access log). */
   onEnd?: (summary: ConnectionSummary) => void;
+  /** Handed to {@linkcode MuxHubOptions.ended} when the client has ended. */
+  owner?: unknown;
 }
 
 const NL = 10;
@@ -86,6 +91,8 @@ const MAX_UNWRITTEN = 4 * 1024 * 1024;
  * either way the replies behind it would be out of step.
  */
 const MAX_SEQ_DIGITS = 18;
+/** Bytes queued on a shared connection past which its clients wait for the write under way. */
+const CHANNEL_HIGH_WATER = 1024 * 1024;
 /** After a failed dial, how long working shared connections carry on before another is tried. */
 const REDIAL_MS = 1000;
 
@@ -98,6 +105,7 @@ export class MuxHub {
   readonly connectRetries: number;
   readonly connectBackoffMs: number | undefined;
   readonly resume: boolean;
+  readonly ended: ((owner: unknown, reason: CloseReason) => void) | undefined;
   /** Open shared connections (dying ones are removed at once). */
   readonly channels: Channel[] = [];
   /** Shared connections being dialed. */
@@ -120,6 +128,7 @@ export class MuxHub {
     this.connectRetries = options.connectRetries ?? 3;
     this.connectBackoffMs = options.connectBackoffMs;
     this.resume = options.resume ?? false;
+    this.ended = options.ended;
   }
 
   /** Shared connections open now. */
@@ -133,11 +142,11 @@ export class MuxHub {
   }
 
   /**
-   * Serves one client until it ends; resolves with why (never rejects). The downstream is closed
-   * by then.
+   * A client to serve: `run()` it (it resolves with why it ended, never rejects; the downstream
+   * is closed by then); `stop()` ends it (reason `shutdown`).
    */
-  serve(downstream: Deno.TcpConn, options: MuxClientOptions): Promise<CloseReason> {
-    return new MuxClient(this, downstream, options).run();
+  client(downstream: Deno.TcpConn, options: MuxClientOptions): MuxClient {
+    return new MuxClient(this, downstream, options);
   }
 
   /**
@@ -149,7 +158,9 @@ export class MuxHub {
     if (this.closed) return "shutdown";
     let best: Channel | undefined;
     let usable = 0;
-    for (const channel of [...this.channels]) {
+    // Backwards: a retired connection leaves the list at once.
+    for (let i = this.channels.length - 1; i >= 0; i--) {
+      const channel = this.channels[i];
       if (!channel.usable()) {
         // Its upstream is draining, ejected or down: no new clients; closed once idle.
         if (channel.size === 0 && !channel.writing) channel.fail("shutdown", undefined);
@@ -245,6 +256,8 @@ class Channel {
   writing = false;
   flushQueued = false;
   dead = false;
+  /** Clients waiting for the queue to fall below its high-water mark. */
+  room: PromiseWithResolvers<void> | undefined = undefined;
   readonly flushBound: () => void;
 
   constructor(hub: MuxHub, lease: TargetConnection) {
@@ -300,6 +313,13 @@ class Channel {
         this.spare = this.out;
         this.out = spare;
         this.outLength = 0;
+        this.hub.stats.muxUpstreamWrites++;
+        const room = this.room;
+        if (room !== undefined) {
+          // What was queued is on its way: waiting clients may queue again.
+          this.room = undefined;
+          room.resolve();
+        }
         for (let off = 0; off < bytes.length;) {
           off += await this.conn.write(off === 0 ? bytes : bytes.subarray(off));
         }
@@ -309,6 +329,12 @@ class Channel {
     } finally {
       this.writing = false;
     }
+  }
+
+  /** Resolves when the queued bytes went to the socket (or the connection died). */
+  drained(): Promise<void> {
+    this.room ??= Promise.withResolvers();
+    return this.room.promise;
   }
 
   /** Reads replies and routes each to the client at the head of the FIFO. */
@@ -387,6 +413,7 @@ class Channel {
     if (this.dead) return;
     this.dead = true;
     closeQuietly(this.conn);
+    this.room?.resolve();
     this.hub.remove(this);
     const stats = this.hub.stats;
     const owed = this.size;
@@ -440,16 +467,17 @@ class Channel {
   }
 }
 
-/** One client in mux mode. */
-class MuxClient {
+/** One client in mux mode (see {@linkcode MuxHub.client}). */
+export class MuxClient {
   readonly hub: MuxHub;
   readonly down: Deno.TcpConn;
   readonly source: ChunkSource;
   readonly config: EngineConfig;
   readonly label: string;
   readonly state: BridgeState | undefined;
-  readonly signal: AbortSignal | undefined;
-  readonly onEnd: ((summary: ConnectionSummary) => void) | undefined;
+  readonly owner: unknown;
+  /** Its own figures for the access log; unset when there is none. */
+  readonly own: OwnFigures | undefined;
   /** The shared connection its unanswered REQs are on; unset while it owes nothing. */
   channel: Channel | undefined = undefined;
   /** A replay under way (`--resume`): new lines wait for it. */
@@ -465,27 +493,20 @@ class MuxClient {
   spare: Uint8Array = EMPTY;
   writing = false;
   flushQueued = false;
-  readonly flushBound: () => void;
+  /** `flush` bound, made on the first reply (an idle client keeps no closure). */
+  flushBound: (() => void) | undefined = undefined;
   room: PromiseWithResolvers<void> | undefined = undefined;
   eof = false;
   closed = false;
   reason: CloseReason | undefined = undefined;
-  done = Promise.withResolvers<void>();
+  /** Made when the read loop ends before the client is closed (replies still to write). */
+  done: PromiseWithResolvers<void> | undefined = undefined;
   timer: unknown = undefined;
   lastActivity = 0;
   /** Failovers in a row without a reply (`--resume`). */
   strikes = 0;
-  // Its own figures, for the access log.
-  startedAt = 0;
+  /** REQs forwarded (a client that sent some and half-closed ends `completed`). */
   reqs = 0;
-  acks = 0;
-  naks = 0;
-  invalid = 0;
-  bytesIn = 0;
-  bytesOut = 0;
-  failovers = 0;
-  upstream = "";
-  latency: Histogram | undefined;
 
   constructor(hub: MuxHub, downstream: Deno.TcpConn, options: MuxClientOptions) {
     this.hub = hub;
@@ -493,26 +514,124 @@ class MuxClient {
     this.config = options.config;
     this.label = options.label ?? "";
     this.state = options.state;
-    this.signal = options.signal;
-    this.onEnd = options.onEnd;
-    if (options.onEnd !== undefined) this.latency = new Histogram();
+    this.owner = options.owner;
+    this.own = options.onEnd === undefined ? undefined : new OwnFigures(options.onEnd);
     this.source = new ChunkSource(downstream, {
       initialSize: this.config.initialBufferSize,
       maxSize: this.config.maxBufferSize,
       pool: this.config.bufferPool ?? undefined,
     });
-    this.flushBound = () => void this.flush();
   }
 
+  /** Serves the client until it ends; resolves with why (never rejects). */
   async run(): Promise<CloseReason> {
-    const { signal, hub } = this;
+    const { hub, source, config } = this;
     const stats = hub.stats;
-    signal?.addEventListener("abort", this, { once: true });
-    if (signal?.aborted) this.handleEvent();
-    this.startedAt = this.lastActivity = stats.clock();
-    if (this.config.idleTimeoutMs > 0) this.arm(this.config.idleTimeoutMs);
+    const head = hub.head;
+    const max = config.maxInflight;
+    this.lastActivity = stats.clock();
+    if (this.own !== undefined) this.own.startedAt = this.lastActivity;
+    if (config.idleTimeoutMs > 0) this.arm(config.idleTimeoutMs);
+    // One async frame per client (an idle client keeps every suspended frame alive).
     try {
-      await this.readLoop();
+      read: for (;;) {
+        let chunk: Uint8Array;
+        try {
+          const n = await source.read();
+          if (n === null) {
+            this.ended();
+            break;
+          }
+          chunk = source.take(n);
+        } catch (error) {
+          if (!this.closed) {
+            hub.logger?.debug("Downstream failed on {connection}: {error}", {
+              connection: this.label,
+              error: String(error),
+            });
+            this.finish("downstream_error");
+          }
+          break;
+        }
+        if (this.closed) break;
+        let now = stats.clock();
+        this.lastActivity = now;
+        const fresh = chunk.length - source.carried;
+        stats.bytesDownstream += fresh;
+        if (this.own !== undefined) this.own.bytesFromClient += fresh;
+        let start = 0;
+        let valid = 0;
+        for (;;) {
+          const nl = chunk.indexOf(NL, start);
+          if (nl < 0) break;
+          const lineStart = start;
+          start = nl + 1;
+          if (!readLineHead(chunk, lineStart, nl, true, head)) {
+            countInvalid(stats, head.type);
+            this.refuse();
+            continue;
+          }
+          if (head.digits > MAX_SEQ_DIGITS) {
+            // More than a server decodes: answered as invalid (Seq 0) or not at all, either way
+            // out of step with the REQs behind it.
+            this.refuse();
+            continue;
+          }
+          // Read now: the shared head is overwritten by other clients' lines during the awaits.
+          const seq = head.seq;
+          // The gate: at the limit, wait until replies are written (the chunk stays valid: no
+          // read starts meanwhile).
+          while (max > 0 && this.inflight >= max) {
+            stats.inflightLimitPauses++;
+            if (valid > 0) {
+              stats.recordRequests(valid, now);
+              valid = 0;
+            }
+            this.room = Promise.withResolvers();
+            await this.room.promise;
+            if (this.closed) break read;
+            now = stats.clock();
+          }
+          let channel = this.channel;
+          if (channel === undefined || channel.dead || this.rebinding !== undefined) {
+            channel = await this.bind();
+            if (channel === undefined) break read;
+          }
+          // The server reads slower than clients send: wait (TCP backpressure holds this
+          // client) rather than queue without bound.
+          while (channel.outLength >= CHANNEL_HIGH_WATER && !channel.dead) {
+            await channel.drained();
+            if (this.closed) break read;
+          }
+          if (channel.dead) {
+            channel = await this.bind();
+            if (channel === undefined) break read;
+          } else if (this.channel !== channel) {
+            // Its REQs there were all answered while it waited: it stays on this one.
+            this.channel = channel;
+            this.owed = 0;
+          }
+          stats.counts.msg_req++;
+          this.reqs++;
+          valid++;
+          this.inflight++;
+          this.owed++;
+          stats.latency.inFlight++;
+          if (channel.lease.counters !== undefined) channel.lease.counters.requests++;
+          channel.send(this, chunk, lineStart, start, seq, now);
+        }
+        if (valid > 0) stats.recordRequests(valid, now);
+        this.updateState();
+        if (start < chunk.length && !source.keep(chunk, start)) {
+          stats.muxRefusedLines++;
+          hub.logger?.warning(
+            "Closing {connection}: a line longer than {max} bytes (--mux forwards whole lines only)",
+            { connection: this.label, max: config.maxBufferSize },
+          );
+          this.finish("downstream_error");
+          break read;
+        }
+      }
     } catch (error) {
       stats.internalErrors++;
       hub.logger?.error("Internal error on {connection}: {error}", {
@@ -521,105 +640,21 @@ class MuxClient {
       });
       this.finish("downstream_error");
     }
-    await this.done.promise;
-    signal?.removeEventListener("abort", this);
-    this.config.timers.clearTimeout(this.timer);
-    this.source.release();
+    if (!this.closed) {
+      this.done = Promise.withResolvers();
+      await this.done.promise;
+    }
+    config.timers.clearTimeout(this.timer);
+    source.release();
     const reason = this.reason ?? "client_closed";
-    this.report(reason);
+    this.own?.report(this, reason);
+    hub.ended?.(this.owner, reason);
     return reason;
   }
 
-  /** The abort signal's listener. */
-  handleEvent(): void {
+  /** Ends the client (reason `shutdown`). */
+  stop(): void {
     this.finish("shutdown");
-  }
-
-  async readLoop(): Promise<void> {
-    const { hub, source, config } = this;
-    const stats = hub.stats;
-    const head = hub.head;
-    const max = config.maxInflight;
-    for (;;) {
-      let chunk: Uint8Array;
-      try {
-        const n = await source.read();
-        if (n === null) return this.ended();
-        chunk = source.take(n);
-      } catch (error) {
-        if (!this.closed) {
-          hub.logger?.debug("Downstream failed on {connection}: {error}", {
-            connection: this.label,
-            error: String(error),
-          });
-          this.finish("downstream_error");
-        }
-        return;
-      }
-      if (this.closed) return;
-      let now = stats.clock();
-      this.lastActivity = now;
-      stats.bytesDownstream += chunk.length - source.carried;
-      let start = 0;
-      let valid = 0;
-      for (;;) {
-        const nl = chunk.indexOf(NL, start);
-        if (nl < 0) break;
-        const lineStart = start;
-        start = nl + 1;
-        this.bytesIn += start - lineStart;
-        if (!readLineHead(chunk, lineStart, nl, true, head)) {
-          countInvalid(stats, head.type);
-          this.refuse();
-          continue;
-        }
-        if (head.digits > MAX_SEQ_DIGITS) {
-          // More than a server decodes: answered as invalid (Seq 0) or not at all, either way out
-          // of step with the REQs behind it.
-          this.refuse();
-          continue;
-        }
-        // Read now: the shared head is overwritten by other clients' lines during the awaits.
-        const seq = head.seq;
-        // The gate: at the limit, wait until replies are written (the chunk stays valid: no
-        // read starts meanwhile).
-        while (max > 0 && this.inflight >= max) {
-          stats.inflightLimitPauses++;
-          if (valid > 0) {
-            stats.recordRequests(valid, now);
-            valid = 0;
-          }
-          this.room = Promise.withResolvers();
-          await this.room.promise;
-          if (this.closed) return;
-          now = stats.clock();
-        }
-        let channel = this.channel;
-        if (channel === undefined || channel.dead || this.rebinding !== undefined) {
-          channel = await this.bind();
-          if (channel === undefined) return;
-        }
-        stats.counts.msg_req++;
-        this.reqs++;
-        valid++;
-        this.inflight++;
-        this.owed++;
-        stats.latency.inFlight++;
-        if (channel.lease.counters !== undefined) channel.lease.counters.requests++;
-        channel.send(this, chunk, lineStart, start, seq, now);
-      }
-      if (valid > 0) stats.recordRequests(valid, now);
-      this.updateState();
-      if (start < chunk.length && !source.keep(chunk, start)) {
-        stats.muxRefusedLines++;
-        hub.logger?.warning(
-          "Closing {connection}: a line longer than {max} bytes (--mux forwards whole lines only)",
-          { connection: this.label, max: config.maxBufferSize },
-        );
-        this.finish("downstream_error");
-        return;
-      }
-    }
   }
 
   /** A shared connection for the next REQ: the current one, or one acquired now. */
@@ -636,13 +671,13 @@ class MuxClient {
     }
     this.channel = channel;
     this.owed = 0;
-    this.upstream = channel.name;
+    if (this.own !== undefined) this.own.upstream = channel.name;
     return channel;
   }
 
   /** An invalid line: never forwarded (a server may or may not answer it: the FIFO would slip). */
   refuse(): void {
-    this.invalid++;
+    if (this.own !== undefined) this.own.invalid++;
     this.hub.stats.muxRefusedLines++;
     this.hub.logger?.debug("Refused an invalid line from {connection} (--mux forwards REQs only)", {
       connection: this.label,
@@ -660,9 +695,7 @@ class MuxClient {
   ): void {
     if (from === this.channel && --this.owed === 0) this.channel = undefined;
     this.strikes = 0;
-    if (type === MSG_ACK) this.acks++;
-    else this.naks++;
-    this.latency?.record(latency);
+    this.own?.reply(type, latency);
     if (this.closed) return;
     const n = end - start;
     if (this.outLength + n > this.out.length) {
@@ -678,7 +711,7 @@ class MuxClient {
     this.outReplies++;
     if (!this.flushQueued && !this.writing) {
       this.flushQueued = true;
-      queueMicrotask(this.flushBound);
+      queueMicrotask(this.flushBound ??= () => void this.flush());
     }
   }
 
@@ -699,7 +732,7 @@ class MuxClient {
         for (let off = 0; off < bytes.length;) {
           off += await this.down.write(off === 0 ? bytes : bytes.subarray(off));
         }
-        this.bytesOut += bytes.length;
+        if (this.own !== undefined) this.own.bytesFromUpstream += bytes.length;
         this.inflight -= replies;
         this.lastActivity = stats.clock();
         const room = this.room;
@@ -802,7 +835,6 @@ class MuxClient {
     }
     this.channel = channel;
     this.owed = 0;
-    this.upstream = channel.name;
     const now = stats.clock();
     const head = hub.head;
     for (const line of lines) {
@@ -814,7 +846,10 @@ class MuxClient {
     }
     stats.failovers++;
     stats.replays += lines.length;
-    this.failovers++;
+    if (this.own !== undefined) {
+      this.own.failovers++;
+      this.own.upstream = channel.name;
+    }
     this.hub.logger?.info("Resumed {connection} on {upstream}, replayed {count} REQ(s)", {
       connection: this.label,
       upstream: channel.name,
@@ -850,7 +885,7 @@ class MuxClient {
       this.state.outstanding = 0;
       this.state.writing = 0;
     }
-    this.done.resolve();
+    this.done?.resolve();
   }
 
   arm(ms: number): void {
@@ -879,17 +914,41 @@ class MuxClient {
     if (quiet < limit) return this.arm(limit - quiet);
     this.finish("idle_timeout");
   }
+}
 
-  report(reason: CloseReason): void {
-    const onEnd = this.onEnd;
-    if (onEnd === undefined) return;
-    const latency = this.latency!;
-    onEnd({
+const EMPTY = new Uint8Array(0);
+
+/** A client's own figures, for its access-log line (only made when the log is on). */
+class OwnFigures {
+  readonly onEnd: (summary: ConnectionSummary) => void;
+  readonly latency = new Histogram();
+  startedAt = 0;
+  acks = 0;
+  naks = 0;
+  invalid = 0;
+  bytesFromClient = 0;
+  bytesFromUpstream = 0;
+  failovers = 0;
+  upstream = "";
+
+  constructor(onEnd: (summary: ConnectionSummary) => void) {
+    this.onEnd = onEnd;
+  }
+
+  reply(type: number, latency: number): void {
+    if (type === MSG_ACK) this.acks++;
+    else this.naks++;
+    this.latency.record(latency);
+  }
+
+  report(client: MuxClient, reason: CloseReason): void {
+    const latency = this.latency;
+    this.onEnd({
       startedAt: this.startedAt,
-      durationMs: this.hub.stats.clock() - this.startedAt,
-      bytesFromClient: this.bytesIn,
-      bytesFromUpstream: this.bytesOut,
-      reqs: this.reqs,
+      durationMs: client.hub.stats.clock() - this.startedAt,
+      bytesFromClient: this.bytesFromClient,
+      bytesFromUpstream: this.bytesFromUpstream,
+      reqs: client.reqs,
       acks: this.acks,
       naks: this.naks,
       invalid: this.invalid,
@@ -901,8 +960,6 @@ class MuxClient {
     });
   }
 }
-
-const EMPTY = new Uint8Array(0);
 
 function countReply(stats: Stats, type: number): void {
   if (type === MSG_ACK) stats.counts.msg_ack++;

@@ -12,7 +12,7 @@ import { acceptLoop } from "../net/accept_loop.ts";
 import { waitOrAbort } from "../async/wait_or_abort.ts";
 import type { AccessRecord } from "./access_log.ts";
 import { bridge, BridgeState, type ConnectionSummary } from "./bridge.ts";
-import { MuxHub } from "./mux.ts";
+import { type MuxClient, MuxHub } from "./mux.ts";
 import {
   type EngineConfig,
   type EngineOptions,
@@ -137,14 +137,16 @@ export interface ShutdownReport {
 
 /** One downstream connection being served. */
 interface Connection {
-  /** Aborting closes this connection (reason `shutdown`). */
-  controller: AbortController;
+  /** Aborting closes this connection (reason `shutdown`); a 1:1 connection's. */
+  controller: AbortController | undefined;
+  /** A `--mux` client (stopped instead: it needs no signal of its own). */
+  client: MuxClient | undefined;
   /** What the bridge has in flight. */
   state: BridgeState;
   /** Whether the upstream is still being dialed (held bytes count as in flight). */
   dialing: boolean;
   /** Settles when the connection has ended. */
-  task: Promise<void>;
+  task: Promise<unknown>;
 }
 
 /** What dialing the upstream gave: the connection and the downstream bytes held meanwhile. */
@@ -210,6 +212,7 @@ export class Proxy implements AsyncDisposable {
         connectRetries: options.connectRetries ?? PROXY_DEFAULTS.connectRetries,
         connectBackoffMs: options.connectBackoffMs,
         resume: resume !== "off",
+        ended: (owner, reason) => this.#muxEnded(owner, reason),
       });
     }
     this.#accessLog = options.accessLog;
@@ -276,7 +279,7 @@ export class Proxy implements AsyncDisposable {
     this.#shuttingDown = true;
     this.stopAccepting();
     this.#closeAll.abort();
-    for (const connection of this.#connections) connection.controller.abort();
+    for (const connection of this.#connections) stop(connection);
     await this.#accepting;
     await this.drained();
     this.#mux?.close();
@@ -345,7 +348,7 @@ export class Proxy implements AsyncDisposable {
       else idle.push(connection);
     }
     before?.(idle.length, busy);
-    for (const connection of idle) connection.controller.abort();
+    for (const connection of idle) stop(connection);
     await Promise.all(idle.map((connection) => connection.task));
     return { idle: idle.length, busy };
   }
@@ -381,8 +384,10 @@ export class Proxy implements AsyncDisposable {
 
   #acceptLoop(listener: Deno.TcpListener): Promise<void> {
     return acceptLoop(listener, (conn) => {
+      if (this.#mux !== undefined) return this.#acceptMux(this.#mux, conn);
       const connection: Connection = {
         controller: new AbortController(),
+        client: undefined,
         state: new BridgeState(),
         dialing: false,
         task: DONE,
@@ -442,56 +447,100 @@ export class Proxy implements AsyncDisposable {
     });
   }
 
+  /**
+   * Counts a new downstream in, or refuses it at `--max-connections` (closing it): returns its
+   * peer address text when admitted. Undo with {@linkcode #release}.
+   */
+  #admit(downstream: Deno.TcpConn): string | undefined {
+    const stats = this.stats;
+    stats.connectionsTotal++;
+    const peer = formatAddress(downstream.remoteAddr as Deno.NetAddr);
+    const gate = this.#options.connectionGate;
+    const maxConnections = gate
+      ? Atomics.load(gate, 1)
+      : this.#options.maxConnections ?? PROXY_DEFAULTS.maxConnections;
+    // With a shared gate the count is the process's: taken first, given back when refused.
+    const open = gate ? Atomics.add(gate, 0, 1) : stats.connectionsActive;
+    if (open >= maxConnections) {
+      if (gate) Atomics.sub(gate, 0, 1);
+      stats.connectionsRejected++;
+      stats.recordClose("max_connections");
+      this.#logRefused(peer, "max_connections");
+      this.#logger.warning("Rejected {downstream}: {active} connections open (--max-connections)", {
+        downstream: peer,
+        active: open,
+      });
+      downstream.close();
+      return undefined;
+    }
+    stats.connectionsActive++;
+    if (gate) Atomics.add(gate, 2 + (this.#options.gateSlot ?? 0), 1);
+    try {
+      downstream.setNoDelay(true);
+    } catch {
+      // The client is already gone; the first read says so.
+    }
+    return peer;
+  }
+
+  /** Counts an admitted connection out, with why it ended. */
+  #release(reason: CloseReason): void {
+    const stats = this.stats;
+    stats.connectionsActive--;
+    const gate = this.#options.connectionGate;
+    if (gate) {
+      Atomics.sub(gate, 2 + (this.#options.gateSlot ?? 0), 1);
+      Atomics.sub(gate, 0, 1);
+    }
+    stats.recordClose(reason);
+  }
+
+  /**
+   * A `--mux` client: no frame of this proxy's waits for it (an idle client keeps only its own);
+   * the hub's `ended` hook counts it out.
+   */
+  #acceptMux(hub: MuxHub, downstream: Deno.TcpConn): void {
+    const peer = this.#admit(downstream);
+    if (peer === undefined) return;
+    const connection: Connection = {
+      controller: undefined,
+      client: undefined,
+      state: new BridgeState(),
+      dialing: false,
+      task: DONE,
+    };
+    this.#connections.add(connection);
+    const accessLog = this.#accessLog;
+    const client = hub.client(downstream, {
+      config: this.#engine,
+      label: peer,
+      state: connection.state,
+      owner: connection,
+      onEnd: accessLog === undefined ? undefined : this.#recordEnd(Date.now(), peer),
+    });
+    connection.client = client;
+    if (this.#closeAll.signal.aborted) client.stop();
+    connection.task = client.run();
+  }
+
+  /** The hub's `ended` hook: a mux client has ended. */
+  #muxEnded(owner: unknown, reason: CloseReason): void {
+    const connection = owner as Connection;
+    if (!this.#connections.delete(connection)) return;
+    this.#release(reason);
+  }
+
   // Serves one connection and removes it from #connections when done; never rejects.
   async #handle(downstream: Deno.TcpConn, connection: Connection): Promise<void> {
     try {
-      const stats = this.stats;
-      stats.connectionsTotal++;
-      const peer = formatAddress(downstream.remoteAddr as Deno.NetAddr);
+      const peer = this.#admit(downstream);
+      if (peer === undefined) return;
       const acceptedAtMs = this.#accessLog === undefined ? 0 : Date.now();
       const forward = this.#forwardText;
-      const gate = this.#options.connectionGate;
-      const maxConnections = gate
-        ? Atomics.load(gate, 1)
-        : this.#options.maxConnections ?? PROXY_DEFAULTS.maxConnections;
-      // With a shared gate the count is the process's: taken first, given back when refused.
-      const open = gate ? Atomics.add(gate, 0, 1) : stats.connectionsActive;
-      const slot = 2 + (this.#options.gateSlot ?? 0);
-      if (open >= maxConnections) {
-        if (gate) Atomics.sub(gate, 0, 1);
-        stats.connectionsRejected++;
-        stats.recordClose("max_connections");
-        this.#logRefused(peer, "max_connections");
-        this.#logger.warning(
-          "Rejected {downstream}: {active} connections open (--max-connections)",
-          {
-            downstream: peer,
-            active: open,
-          },
-        );
-        downstream.close();
-        return;
-      }
-      stats.connectionsActive++;
-      if (gate) Atomics.add(gate, slot, 1);
       let reason: CloseReason = "client_closed";
-      if (this.#closeAll.signal.aborted) connection.controller.abort();
+      const controller = connection.controller!;
+      if (this.#closeAll.signal.aborted) controller.abort();
       try {
-        try {
-          downstream.setNoDelay(true);
-        } catch {
-          // The client is already gone; the first read says so.
-        }
-        if (this.#mux !== undefined) {
-          reason = await this.#mux.serve(downstream, {
-            config: this.#engine,
-            signal: connection.controller.signal,
-            label: peer,
-            state: connection.state,
-            onEnd: this.#accessLog === undefined ? undefined : this.#recordEnd(acceptedAtMs, peer),
-          });
-          return;
-        }
         // Dialing lives in its own function so that what only the dial needs (the first-bytes
         // reader, its abort plumbing, the retry callback) is not kept alive by this frame while
         // the connection is bridged.
@@ -506,11 +555,11 @@ export class Proxy implements AsyncDisposable {
           upstream: forward,
         });
         reason = await bridge(downstream, dialed.upstream, {
-          stats,
+          stats: this.stats,
           config: this.#engine,
           target: this.#target,
           logger: this.#logger,
-          signal: connection.controller.signal,
+          signal: controller.signal,
           label: `${peer} -> ${dialed.name}`,
           held: dialed.held,
           state: connection.state,
@@ -523,12 +572,7 @@ export class Proxy implements AsyncDisposable {
           reason,
         });
       } finally {
-        stats.connectionsActive--;
-        if (gate) {
-          Atomics.sub(gate, slot, 1);
-          Atomics.sub(gate, 0, 1);
-        }
-        stats.recordClose(reason);
+        this.#release(reason);
       }
     } catch (error) {
       this.#logger.error("Unexpected error in a connection: {error}", { error: String(error) });
@@ -547,7 +591,7 @@ export class Proxy implements AsyncDisposable {
     peer: string,
   ): Promise<Dialed | CloseReason> {
     const stats = this.stats;
-    const closing = connection.controller.signal;
+    const closing = connection.controller!.signal;
     // One controller ends the dial, aborted by the client going away or by the connection
     // closing (cheaper than AbortSignal.any, which leaves weak references on `closing`).
     const stop = new AbortController();
@@ -608,4 +652,10 @@ export class Proxy implements AsyncDisposable {
   }
 }
 
-const DONE: Promise<void> = Promise.resolve();
+const DONE: Promise<unknown> = Promise.resolve();
+
+/** Ends a connection (reason `shutdown`). */
+function stop(connection: Connection): void {
+  if (connection.client !== undefined) connection.client.stop();
+  else connection.controller?.abort();
+}

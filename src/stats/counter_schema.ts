@@ -414,6 +414,12 @@ export const COUNTER_SCHEMA: readonly SchemaEntry[] = [
     { family: "foo_proxy_mux_upstream_connections", kind: "gauge" },
   ),
   field(
+    "mux_upstream_writes",
+    "muxUpstreamWrites",
+    "--mux: writes to shared upstream connections (REQs forwarded per write: how much clients' lines were coalesced).",
+    { family: "foo_proxy_mux_upstream_writes_total" },
+  ),
+  field(
     "usr1_ignored",
     "usr1Ignored",
     "SIGUSR1 signals neutralised (the debugger Deno opens on it is closed; stats are on SIGUSR2).",

@@ -76,6 +76,16 @@ export interface StatsSnapshot {
    * upstream connection (relayed, they would answer a request the client did not make).
    */
   replies_dropped: number;
+  /** `--mux`: client lines not forwarded (invalid, cut by the end of stream, too long). */
+  mux_refused_lines: number;
+  /** `--mux`: shared upstream connections closed for a reply that answered nothing in line. */
+  mux_desyncs: number;
+  /** `--mux`: clients closed for leaving over 4 MiB of replies unread. */
+  mux_slow_clients: number;
+  /** `--mux`: shared upstream connections open now. */
+  mux_upstream_connections: number;
+  /** `--mux`: writes to shared upstream connections (REQs per write: the coalescing). */
+  mux_upstream_writes: number;
   /** SIGUSR1 signals neutralised (Deno's debugger closed again); stats are on SIGUSR2. */
   usr1_ignored: number;
   /** Log lines dropped because stderr was not being read (output never blocks traffic). */
@@ -201,6 +211,8 @@ export class Stats {
   muxSlowClients = 0;
   /** `--mux`: shared upstream connections open (a gauge). */
   muxUpstreamConnections = 0;
+  /** `--mux`: writes to shared upstream connections (REQs forwarded ÷ this: the coalescing). */
+  muxUpstreamWrites = 0;
   /** SIGUSR1 signals received and neutralised. */
   usr1Ignored = 0;
   /** Log lines dropped at a stalled stderr. */
