@@ -34,7 +34,7 @@ function analyzed(line: Uint8Array, fromClient: boolean): { kind: string; seq?: 
 }
 
 function headed(line: Uint8Array, fromClient: boolean): { kind: string; seq?: number } {
-  const out: LineHead = { type: 0, seq: 0 };
+  const out: LineHead = { type: 0, seq: 0, digits: 0 };
   // Embedded in a bigger buffer, so offsets matter.
   const buf = new Uint8Array(line.length + 6).fill(65);
   buf.set(line, 3);
@@ -102,4 +102,20 @@ Deno.test("readLineHead agrees with the analyzer on any line (property)", () => 
     }),
     { numRuns: 5000 },
   );
+});
+
+Deno.test("readLineHead counts a valid line's Seq digits, leading zeros included", () => {
+  const out: LineHead = { type: 0, seq: 0, digits: 0 };
+  for (
+    const [line, digits] of [
+      ["REQ 7 Hey", 1],
+      ["REQ 007\r", 3],
+      ["ACK 123456789012345678", 18],
+      [`REQ ${"0".repeat(18)}1 x`, 19],
+    ] as const
+  ) {
+    const bytes = enc(line);
+    assert.ok(readLineHead(bytes, 0, bytes.length, line.startsWith("REQ"), out), line);
+    assert.equal(out.digits, digits, line);
+  }
 });

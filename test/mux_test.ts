@@ -1,6 +1,15 @@
 import assert from "node:assert/strict";
 import { hashReply } from "../src/protocol/reply_hash.ts";
-import { connectTo, lineReader, readLines, startProxy, startUpstream, writeAll } from "./_util.ts";
+import {
+  connectTo,
+  lineReader,
+  readLines,
+  spawnMain,
+  spawnProxy,
+  startProxy,
+  startUpstream,
+  writeAll,
+} from "./_util.ts";
 
 Deno.test("--mux: 200 clients share 2 upstream connections and each gets exactly its own replies", async () => {
   await using upstream = await startUpstream({ reply: "hash" });
@@ -24,6 +33,39 @@ Deno.test("--mux: 200 clients share 2 upstream connections and each gets exactly
   assert.equal(counts.msg_req, clients * 20);
   assert.equal(counts.msg_ack + counts.msg_nak, clients * 20);
 });
+
+Deno.test("--workers 2 --mux 2: 100 clients through a spawned proxy, 4 upstream connections, exact replies", async () => {
+  // Replies a little late, so each worker's first shared connection is busy when more clients speak.
+  await using upstream = await startUpstream({ reply: "hash", delayMs: 20 });
+  const { child, port } = await spawnProxy(upstream.addr, ["--workers=2", "--mux=2"]);
+  await using _child = child;
+  for (let round = 0; round < 2; round++) {
+    await Promise.all(Array.from({ length: 100 }, async (_, c) => {
+      using conn = await connectTo(port);
+      const lines = Array.from({ length: 20 }, (_, i) => `REQ ${i + 1} w${round}-${c}`);
+      await writeAll(conn, lines.map((l) => l + "\n").join(""));
+      assert.deepEqual(await readLines(lineReader(conn), 20, 20_000), lines.map(hashReply));
+    }));
+  }
+  assert.equal(upstream.accepted, 4, "N per worker");
+  assert.equal(upstream.received, 2 * 100 * 20);
+});
+
+for (
+  const [flags, pattern] of [
+    [["--mux", "-1"], /Invalid value "-1" for --mux: it cannot be negative/],
+    [["--mux", "x"], /Invalid value "x" for --mux: expected an integer/],
+    [["--mux", "2", "--resume=renumber"], /--mux cannot be combined with --resume=renumber/],
+  ] as const
+) {
+  Deno.test(`foo-proxy proxy ${flags.join(" ")} exits 2 with one line saying why`, async () => {
+    await using child = spawnMain(["proxy", "--http=off", "--health=off", ...flags]);
+    assert.equal((await child.status()).code, 2);
+    const lines = child.stderr.text.trimEnd().split("\n");
+    assert.equal(lines.length, 1, child.stderr.text);
+    assert.match(lines[0], pattern);
+  });
+}
 
 Deno.test("--mux coalesces: many clients' lock-step REQs go up in far fewer writes", async () => {
   await using upstream = await startUpstream({ reply: "hash" });

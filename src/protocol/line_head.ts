@@ -21,6 +21,8 @@ export interface LineHead {
   type: number;
   /** The Seq of a valid line; -1 when it is above 2^53 (not exact). */
   seq: number;
+  /** How many digits the Seq of a valid line has (leading zeros included). */
+  digits: number;
 }
 
 const CR = 13;
@@ -60,6 +62,7 @@ export function readLineHead(
   let d = buf[i] - 48;
   if (d < 0 || d > 9) return invalid(out, INVALID_SEQ);
   let seq = 0;
+  const first = i;
   while (i < end && (d = buf[i] - 48) >= 0 && d <= 9) {
     if (seq >= 0) {
       const next = seq * 10 + d;
@@ -77,6 +80,7 @@ export function readLineHead(
   }
   out.type = type;
   out.seq = seq;
+  out.digits = i - first;
   return true;
 }
 

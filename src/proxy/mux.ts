@@ -8,8 +8,9 @@
  *
  * Safety rules, each so that no client's bytes can shift another's replies:
  * - only whole, valid REQ lines are forwarded: an invalid line (which some servers answer and
- *   some do not) is refused and counted, never forwarded; a line still arriving waits in its
- *   client's buffer; a line at end of stream without its newline is refused;
+ *   some do not), or a REQ whose Seq has more digits than a server decodes (18), is refused and
+ *   counted, never forwarded; a line still arriving waits in its client's buffer; a line at end
+ *   of stream without its newline is refused;
  * - every reply must answer the REQ at the head of the queue (its Seq, and ACK/NAK): a reply that
  *   does not (an unsolicited, duplicate or invalid line) means the connection is out of step, and
  *   it is closed as failed rather than routing anything further on it;
@@ -84,6 +85,12 @@ const NL = 10;
  * connection, so a client that stopped reading is cut off here.
  */
 const MAX_UNWRITTEN = 4 * 1024 * 1024;
+/**
+ * The longest Seq forwarded, in digits: servers that answer every line answer a longer one as
+ * invalid (`NAK 0 ERRDECODE`, Seq 0: more than their integer holds) and others may skip it;
+ * either way the replies behind it would be out of step.
+ */
+const MAX_SEQ_DIGITS = 18;
 /** Bytes queued on a shared connection past which its clients wait for the write under way. */
 const CHANNEL_HIGH_WATER = 1024 * 1024;
 /** After a failed dial, how long working shared connections carry on before another is tried. */
@@ -107,7 +114,7 @@ export class MuxHub {
   nextDialAt = 0;
   closed = false;
   /** Reused by the line parsers (single-threaded, never held across an await). */
-  readonly head: LineHead = { type: 0, seq: 0 };
+  readonly head: LineHead = { type: 0, seq: 0, digits: 0 };
 
   /** A hub dialing through `options.target`; nothing is dialed before a client needs it. */
   constructor(options: MuxHubOptions) {
@@ -564,6 +571,14 @@ export class MuxClient {
             this.refuse();
             continue;
           }
+          if (head.digits > MAX_SEQ_DIGITS) {
+            // More than a server decodes: answered as invalid (Seq 0) or not at all, either way
+            // out of step with the REQs behind it.
+            this.refuse();
+            continue;
+          }
+          // Read now: the shared head is overwritten by other clients' lines during the awaits.
+          const seq = head.seq;
           // The gate: at the limit, wait until replies are written (the chunk stays valid: no
           // read starts meanwhile).
           while (max > 0 && this.inflight >= max) {
@@ -577,7 +592,6 @@ export class MuxClient {
             if (this.closed) break read;
             now = stats.clock();
           }
-          const seq = head.seq;
           let channel = this.channel;
           if (channel === undefined || channel.dead || this.rebinding !== undefined) {
             channel = await this.bind();
