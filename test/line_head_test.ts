@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import { Analyzer, createMessageCounts, type MessageCounts } from "../src/protocol/analyzer.ts";
 import {
+  hasInnerBreak,
   INVALID_DIRECTION,
   INVALID_SEQ,
   INVALID_TYPE,
@@ -117,5 +118,28 @@ Deno.test("readLineHead counts a valid line's Seq digits, leading zeros included
     const bytes = enc(line);
     assert.ok(readLineHead(bytes, 0, bytes.length, line.startsWith("REQ"), out), line);
     assert.equal(out.digits, digits, line);
+  }
+});
+
+Deno.test("hasInnerBreak finds what a line-splitting server would split at, and nothing else", () => {
+  const cases: [string, boolean][] = [
+    ["REQ 1 plain data", false],
+    ["REQ 1 tab\tdata", false],
+    ["REQ 1 data\r", false],
+    ["REQ 1 é € 😀 data", false],
+    ["REQ 1 a\rb", true],
+    ["REQ 1 a\r\r", true],
+    ["REQ 1 a\vb", true],
+    ["REQ 1 a\fb", true],
+    ["REQ 1 a\0b", true],
+    ["REQ 1 a\x1eb", true],
+    ["REQ 1 a\u0085b", true],
+    ["REQ 1 a\u2028b", true],
+    ["REQ 1 a\u2029b", true],
+    ["REQ 1 \u2027 \u202a", false],
+  ];
+  for (const [line, want] of cases) {
+    const bytes = new TextEncoder().encode(`xx${line}yy`);
+    assert.equal(hasInnerBreak(bytes, 2, bytes.length - 2), want, JSON.stringify(line));
   }
 });

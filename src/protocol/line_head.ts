@@ -103,3 +103,26 @@ function invalid(out: LineHead, kind: number): false {
   out.type = kind;
   return false;
 }
+
+/**
+ * Whether `buf[start, end)` (one line without its `\n`) holds a byte a line-splitting server might
+ * end a line at, so that it would read two lines and answer twice: a control character other than
+ * TAB (a CR is allowed only last, before the newline), or the UTF-8 forms of U+0085 NEL, U+2028
+ * and U+2029 (Python's `splitlines`, for one, splits on all of these).
+ */
+export function hasInnerBreak(buf: Uint8Array, start: number, end: number): boolean {
+  const last = buf[end - 1] === CR ? end - 1 : end;
+  for (let i = start; i < last; i++) {
+    const c = buf[i];
+    if (c < 0x20) {
+      if (c !== TAB) return true;
+    } else if (c === 0xc2) {
+      if (buf[i + 1] === 0x85 && i + 1 < last) return true;
+    } else if (c === 0xe2) {
+      if (i + 2 < last && buf[i + 1] === 0x80 && (buf[i + 2] === 0xa8 || buf[i + 2] === 0xa9)) {
+        return true;
+      }
+    }
+  }
+  return false;
+}

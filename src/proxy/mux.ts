@@ -8,12 +8,16 @@
  *
  * Safety rules, each so that no client's bytes can shift another's replies:
  * - only whole, valid REQ lines are forwarded: an invalid line (which some servers answer and
- *   some do not), or a REQ whose Seq has more digits than a server decodes (18), is refused and
- *   counted, never forwarded; a line still arriving waits in its client's buffer; a line at end
- *   of stream without its newline is refused;
+ *   some do not), a REQ whose Seq has more digits than a server decodes (18), or one holding a
+ *   byte a server might split lines at (a control character, a Unicode line separator), is
+ *   refused and counted, never forwarded; a line still arriving waits in its client's buffer; a
+ *   line at end of stream without its newline is refused;
  * - every reply must answer the REQ at the head of the queue (its Seq, and ACK/NAK): a reply that
- *   does not (an unsolicited, duplicate or invalid line) means the connection is out of step, and
- *   it is closed as failed rather than routing anything further on it;
+ *   does not (an unsolicited or invalid line, a duplicate followed by a REQ of another Seq) means
+ *   the connection is out of step, and it is closed as failed rather than routing anything
+ *   further on it. The limit: the proxy trusts the server to answer each line once (Foo servers
+ *   do); a duplicate reply whose next REQ in line has the same Seq cannot be told from that REQ's
+ *   answer;
  * - a client that does not read gets its replies buffered (bounded), never blocking the shared
  *   connection; past `--max-inflight` unwritten replies its reads pause, and past a hard byte
  *   limit it is closed;
@@ -28,6 +32,7 @@
 import type { Logger } from "@logtape/logtape";
 import { MSG_ACK } from "../protocol/analyzer.ts";
 import {
+  hasInnerBreak,
   INVALID_DIRECTION,
   INVALID_SEQ,
   INVALID_TYPE,
@@ -571,9 +576,10 @@ export class MuxClient {
             this.refuse();
             continue;
           }
-          if (head.digits > MAX_SEQ_DIGITS) {
-            // More than a server decodes: answered as invalid (Seq 0) or not at all, either way
-            // out of step with the REQs behind it.
+          if (head.digits > MAX_SEQ_DIGITS || hasInnerBreak(chunk, lineStart, nl)) {
+            // More Seq digits than a server decodes: answered as invalid (Seq 0) or not at all;
+            // a byte a server may split lines at: answered twice. Either way out of step with
+            // the REQs behind it.
             this.refuse();
             continue;
           }
