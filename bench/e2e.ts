@@ -491,11 +491,15 @@ function addedOverDirect(results: ComparisonResults, targets: readonly TargetSpe
 function workersChecks(results: ComparisonResults, targets: readonly TargetSpec[]): string[] {
   const med = (key: string, pick: (s: Sample) => number) =>
     median((results.loads.get(`throughput/${key}`) ?? []).map(pick));
-  const one = targets.find((t) => t.workers === 1);
+  const one = targets.find((t) => t.workers === 1 && t.key !== "watched");
   const checks: string[] = [];
   if (!one) return checks;
+  // Only targets that differ by their worker count alone (`--workers LIST`), not other modes.
+  const onlyWorkers = (t: TargetSpec) =>
+    t.workers !== undefined && t.flags?.filter((f) => f.startsWith("--")).length === 2;
+  if (!onlyWorkers(one)) return checks;
   for (
-    const t of targets.filter((t) => t.workers !== undefined && t !== one && t.key !== "watched")
+    const t of targets.filter((t) => onlyWorkers(t) && t !== one && t.key !== "watched")
   ) {
     const r = med(t.key, (s) => s.cpuPerReplyUs) / med(one.key, (s) => s.cpuPerReplyUs);
     checks.push(
