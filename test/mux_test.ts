@@ -2,12 +2,16 @@ import assert from "node:assert/strict";
 import { hashReply } from "../src/protocol/reply_hash.ts";
 import {
   connectTo,
+  freePort,
   lineReader,
   readLines,
+  readText,
   spawnMain,
   spawnProxy,
   startProxy,
   startUpstream,
+  waitUntil,
+  withTimeout,
   writeAll,
 } from "./_util.ts";
 
@@ -93,4 +97,15 @@ Deno.test("--mux coalesces: many clients' lock-step REQs go up in far fewer writ
     stats.muxUpstreamWrites * 4 < clients * rounds,
     `${stats.muxUpstreamWrites} writes for ${clients * rounds} REQs`,
   );
+});
+
+Deno.test("--mux: close() while a shared connection is being dialed ends at once (the dial is aborted)", async () => {
+  // Nothing listens there: every attempt is refused, and the backoff before the next is long.
+  const forward = { transport: "tcp", hostname: "127.0.0.1", port: freePort() } as const;
+  const proxy = await startProxy(forward, { mux: 1, connectRetries: 3, connectBackoffMs: 20_000 });
+  using conn = await connectTo(proxy.addr);
+  await writeAll(conn, "REQ 1 a\n");
+  await waitUntil(() => proxy.stats.upstreamConnectRetries >= 1, "a connect retry is waiting");
+  await withTimeout(proxy.close(), 2000, "close() with a shared connection's dial backing off");
+  assert.equal(await readText(conn, 2000), "", "the client is closed, nothing sent to it");
 });
