@@ -176,3 +176,26 @@ Deno.test("ChunkSource.detach hands the pending read to a new source; the old re
     close();
   }
 });
+
+Deno.test("ChunkSource gives its borrowed buffer back when the stream ends on it (the pool reuses it)", async () => {
+  const { a, b, close } = await pair();
+  try {
+    const pool = new BufferPool(4096);
+    const source = new ChunkSource(b, { initialSize: 64, pool });
+    // A burst and then the end: the last reads, the end's included, go into the large buffer.
+    await writeAll(a, new Uint8Array(3000).fill(65));
+    a.close();
+    let got = 0;
+    for (;;) {
+      const chunk = await withTimeout(source.next(), 5000, "a chunk");
+      if (chunk === null) break;
+      got += chunk.length;
+    }
+    assert.equal(got, 3000);
+    source.release();
+    assert.equal(pool.lent, 0, "given back");
+    assert.equal(pool.free, 1, "kept for the next connection");
+  } finally {
+    close();
+  }
+});

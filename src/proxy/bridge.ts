@@ -395,7 +395,7 @@ class Session {
             chunk = await source.next();
           } else {
             const got = await source.read();
-            chunk = got === null ? null : source.take(got);
+            chunk = got === null ? source.end() : source.take(got);
           }
         } catch (error) {
           if (!this.closed) this.downstreamFailed(error);
@@ -624,7 +624,7 @@ class Session {
           const got = await source.read();
           // Pooled meanwhile: the bytes (or end) are the pool's, or the next client's.
           if (source.detached) return { end: "eof" };
-          chunk = got === null ? null : source.take(got);
+          chunk = got === null ? source.end() : source.take(got);
         }
       } catch (error) {
         return { end: "read_error", error };

@@ -173,13 +173,13 @@ export class ChunkSource {
     const n = await this.read();
     // Detached meanwhile: the read's bytes belong to the new owner.
     if (this.#detached) return null;
-    return n === null ? null : this.take(n);
+    return n === null ? this.end() : this.take(n);
   }
 
   /**
    * The hot path of {@linkcode next} once nothing is {@linkcode holding}: starts a read into the
    * buffer and returns the connection's own promise (no async frame of ours per chunk); pass what
-   * it resolves with, unless `null` (end of stream), to {@linkcode take}.
+   * it resolves with to {@linkcode take}, or, when `null` (end of stream), call {@linkcode end}.
    *
    * @throws (the promise rejects with) the read's error.
    */
@@ -209,6 +209,16 @@ export class ChunkSource {
     if (n <= this.#smallSize) this.#want = this.#smallSize;
     else if (size > this.#large) this.#want = this.#large;
     return buf.subarray(0, total);
+  }
+
+  /**
+   * The {@linkcode read} found the end of stream: its buffer is free again, so
+   * {@linkcode release} gives a borrowed one back (a stream that ended after a burst would
+   * otherwise leave it to the GC, and the pool would allocate anew). Returns `null`.
+   */
+  end(): null {
+    if (!this.#detached) this.#pending = false;
+    return null;
   }
 
   /**

@@ -550,6 +550,7 @@ export class MuxClient {
         try {
           const n = await source.read();
           if (n === null) {
+            source.end();
             this.ended();
             break;
           }
