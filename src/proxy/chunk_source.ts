@@ -168,7 +168,7 @@ export class ChunkSource {
       if (this.#detached) return null;
       this.#rest = undefined;
       if (got === null) return null;
-      if (got.length > 0) return got;
+      if (got.length > 0) return this.#carry === 0 ? got : this.#join(got);
     }
     const n = await this.read();
     // Detached meanwhile: the read's bytes belong to the new owner.
@@ -256,6 +256,20 @@ export class ChunkSource {
     if (this.#borrowed && !this.#pending) this.#pool!.give(this.#buf);
     this.#borrowed = false;
     this.#buf = this.#small ?? EMPTY;
+  }
+
+  /**
+   * The tail kept from a held chunk, then the hand-over's bytes `got` (which may lie in the
+   * buffer, after where the held bytes were): a new array, on this once-per-connection path.
+   */
+  #join(got: Uint8Array): Uint8Array {
+    const carry = this.#carry;
+    const joined = new Uint8Array(carry + got.length);
+    joined.set(this.#buf.subarray(0, carry));
+    joined.set(got, carry);
+    this.#carry = 0;
+    this.#at = carry;
+    return joined;
   }
 
   /** Moves to a buffer of `size` bytes, bringing the first `carry` bytes along. */
