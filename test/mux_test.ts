@@ -2,12 +2,16 @@ import assert from "node:assert/strict";
 import { hashReply } from "../src/protocol/reply_hash.ts";
 import {
   connectTo,
+  freePort,
   lineReader,
   readLines,
+  readText,
   spawnMain,
   spawnProxy,
   startProxy,
   startUpstream,
+  waitUntil,
+  withTimeout,
   writeAll,
 } from "./_util.ts";
 
@@ -93,4 +97,52 @@ Deno.test("--mux coalesces: many clients' lock-step REQs go up in far fewer writ
     stats.muxUpstreamWrites * 4 < clients * rounds,
     `${stats.muxUpstreamWrites} writes for ${clients * rounds} REQs`,
   );
+});
+
+Deno.test("--mux: close() while a shared connection is being dialed ends at once (the dial is aborted)", async () => {
+  // Nothing listens there: every attempt is refused, and the backoff before the next is long.
+  const forward = { transport: "tcp", hostname: "127.0.0.1", port: freePort() } as const;
+  const proxy = await startProxy(forward, { mux: 1, connectRetries: 3, connectBackoffMs: 20_000 });
+  using conn = await connectTo(proxy.addr);
+  await writeAll(conn, "REQ 1 a\n");
+  await waitUntil(() => proxy.stats.upstreamConnectRetries >= 1, "a connect retry is waiting");
+  await withTimeout(proxy.close(), 2000, "close() with a shared connection's dial backing off");
+  assert.equal(await readText(conn, 2000), "", "the client is closed, nothing sent to it");
+});
+
+Deno.test("--workers 2 --mux 2: /stats adds up the workers exactly (REQs, replies, the shared-connection gauge)", async () => {
+  await using upstream = await startUpstream({ reply: "hash", delayMs: 20 });
+  const http = freePort();
+  const child = spawnMain([
+    "proxy",
+    "--listen=127.0.0.1:0",
+    `--forward=127.0.0.1:${upstream.addr.port}`,
+    `--http=127.0.0.1:${http}`,
+    "--health=off",
+    "--workers=2",
+    "--mux=2",
+  ]);
+  await using _child = child;
+  const port = Number((await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
+  await Promise.all(Array.from({ length: 100 }, async (_, c) => {
+    using conn = await connectTo(port);
+    const lines = Array.from({ length: 20 }, (_, i) => `REQ ${i + 1} s${c}`);
+    await writeAll(conn, lines.map((l) => l + "\n").join(""));
+    assert.deepEqual(await readLines(lineReader(conn), 20, 20_000), lines.map(hashReply));
+  }));
+  let last: Record<string, unknown> = {};
+  await waitUntil(
+    async () => {
+      const response = await fetch(`http://127.0.0.1:${http}/stats`);
+      last = await response.json();
+      return (last.msg_total as number) >= 4000 && last.connections_active === 0;
+    },
+    "the workers' counters to be flushed",
+    10_000,
+  ).catch(() => {});
+  assert.equal(last.msg_req, 2000, JSON.stringify(last));
+  assert.equal((last.msg_ack as number) + (last.msg_nak as number), 2000);
+  assert.equal(last.msg_total, 4000);
+  assert.equal(last.mux_upstream_connections, upstream.connections, "the gauge: every worker's");
+  assert.equal(last.connections_active, 0);
 });

@@ -101,6 +101,32 @@ Deno.test("--pool: a pooled connection the server closes while idle is discarded
   assert.equal(proxy.stats.upstreamStreamErrors + proxy.stats.upstreamErrors, 0);
 });
 
+for (const mode of ENGINE_MODES) {
+  Deno.test(`--pool: a pooled connection the server closes as it is handed out, before the client sent a byte, is replaced by a fresh one (${mode.name})`, async () => {
+    await using upstream = await startUpstream();
+    await using proxy = await pooledOnce(upstream, mode.options);
+    using conn = await connectTo(proxy.addr.port);
+    await waitUntil(
+      () => proxy.stats.upstreamPoolReused === 1,
+      "the client to take the pooled one",
+    );
+    // The server closes it (its idle timeout, say) before the new client's first REQ.
+    upstream.dropConnections();
+    // Plain mode has an upstream connection before it reads the client (it dials again at once);
+    // --resume dials again when the client speaks.
+    const settled = mode.options.resume === undefined
+      ? () => upstream.accepted === 2 || proxy.stats.connectionsActive === 0
+      : () => upstream.connections === 0;
+    await waitUntil(settled, "the proxy to see the close");
+    await writeAll(conn, requests(5, 6));
+    assert.deepEqual(await readLines(conn, 2), acks(5, 6), "served on a fresh connection");
+    assert.equal(upstream.accepted, 2);
+    await conn.closeWrite();
+    assert.equal(await readText(conn), "");
+    assert.equal(proxy.stats.upstreamErrors, 0, "nothing failed that the client could see");
+  });
+}
+
 Deno.test("--pool: unsolicited bytes on an idle pooled connection discard it; the next client never sees them", async () => {
   await using upstream = await startUpstream();
   await using proxy = await pooledOnce(upstream);

@@ -13,7 +13,8 @@
  * - `--pool`: a client that ends cleanly (its EOF with nothing owed, so its FIN is not passed on)
  *   offers its upstream connection back ({@linkcode TargetConnection.recycle}) instead of closing
  *   it, handing over the read pending on it; one taken from the pool comes with that read
- *   (`rest`), served first.
+ *   (`rest`), served first. One that ends before the client sent a byte on it (the server closed
+ *   it as it was taken) is replaced by a fresh dial, as if it had never been handed out.
  *
  * An exchange that is complete ends: once the client has half-closed and every REQ it sent has
  * its reply relayed, the connection is closed (`completed`) without waiting for an upstream FIN
@@ -198,6 +199,12 @@ class Session {
   pooled = false;
   /** `--pool`: wakes {@linkcode run} once the connection is pooled (its reply pump is detached). */
   detachedPump: PromiseWithResolvers<PumpEnd> | undefined = undefined;
+  /** Where another upstream connection comes from (a dead pooled one is replaced). */
+  readonly target: UpstreamTarget | undefined;
+  /** `--pool`: the upstream connection came from the idle pool and no client byte went on it. */
+  untried = false;
+  /** `--pool`: ends the dial replacing a pooled connection found dead (the session ended). */
+  redialing: AbortController | undefined = undefined;
 
   constructor(downstream: Deno.TcpConn, upstream: Deno.TcpConn, options: BridgeOptions) {
     const config = options.config ?? ENGINE_DEFAULTS;
@@ -205,6 +212,8 @@ class Session {
     this.down = downstream;
     this.up = upstream;
     this.lease = options.lease;
+    this.target = options.target;
+    this.untried = options.lease?.rest !== undefined;
     this.counters = options.lease?.counters;
     this.lastUpstream = options.lease?.upstream ?? options.target?.label ?? "";
     this.stats = stats;
@@ -284,6 +293,14 @@ class Session {
           break;
         }
         // The upstream connection ended: its EOF, its error, or a failed write to it.
+        if (this.untried && this.failover === undefined && this.target !== undefined) {
+          // A pooled connection that died before this client sent a byte on it was dead when
+          // handed out (the server closed it as it was taken): a fresh dial would have served.
+          const source = await this.redial();
+          if (source === undefined) break;
+          replies = this.pumpReplies(source);
+          continue;
+        }
         const error = this.writeError ?? end.error;
         this.writeError = undefined;
         const why: CloseReason = error !== undefined ? "upstream_error" : "upstream_closed";
@@ -336,6 +353,7 @@ class Session {
       reason === "upstream_error" || (reason === "upstream_closed" && this.state.outstanding > 0),
     );
     this.failover?.abort();
+    this.redialing?.abort();
     this.room?.resolve();
     this.need?.resolve();
     this.setReady(false);
@@ -377,7 +395,7 @@ class Session {
             chunk = await source.next();
           } else {
             const got = await source.read();
-            chunk = got === null ? null : source.take(got);
+            chunk = got === null ? source.end() : source.take(got);
           }
         } catch (error) {
           if (!this.closed) this.downstreamFailed(error);
@@ -452,6 +470,7 @@ class Session {
             }
             if (bytes.length === 0) continue;
             const up = this.up;
+            this.untried = false;
             try {
               let off = 0;
               while (off < bytes.length) {
@@ -605,7 +624,7 @@ class Session {
           const got = await source.read();
           // Pooled meanwhile: the bytes (or end) are the pool's, or the next client's.
           if (source.detached) return { end: "eof" };
-          chunk = got === null ? null : source.take(got);
+          chunk = got === null ? source.end() : source.take(got);
         }
       } catch (error) {
         return { end: "read_error", error };
@@ -710,6 +729,62 @@ class Session {
       error: String(error),
     });
     this.finish("downstream_error");
+  }
+
+  /**
+   * `--pool`: replaces a pooled upstream connection that ended before this client sent a byte on
+   * it; the request pump waits meanwhile. Returns the new connection's source, or undefined once
+   * the session ended.
+   */
+  async redial(): Promise<ChunkSource | undefined> {
+    const { config, stats } = this;
+    this.untried = false;
+    this.failing = true;
+    closeQuietly(this.up);
+    this.releaseLease(false);
+    const abort = new AbortController();
+    this.redialing = abort;
+    let next: TargetConnection;
+    try {
+      next = await this.target!.dial({
+        retries: config.reconnectRetries,
+        backoffMs: config.reconnectBackoffMs,
+        maxBackoffMs: config.maxReconnectBackoffMs,
+        signal: this.signal === undefined
+          ? abort.signal
+          : AbortSignal.any([abort.signal, this.signal]),
+        onRetry: () => stats.upstreamConnectRetries++,
+      });
+    } catch (error) {
+      if (this.closed) return undefined;
+      stats.upstreamErrors++;
+      this.logger?.warning(
+        "Cannot replace the dead pooled upstream connection of {connection}: {error}",
+        {
+          connection: this.label,
+          error: String(error),
+        },
+      );
+      this.finish("upstream_unreachable");
+      return undefined;
+    } finally {
+      this.redialing = undefined;
+    }
+    if (this.closed) {
+      closeQuietly(next.conn);
+      next.release?.(false);
+      return undefined;
+    }
+    this.up = next.conn;
+    this.lease = next;
+    this.counters = next.counters;
+    this.lastUpstream = next.upstream;
+    this.untried = next.rest !== undefined;
+    this.upSource.release();
+    this.upSource = upstreamSource(next.conn, config, next.rest);
+    this.failing = false;
+    this.setReady(true);
+    return this.upSource;
   }
 
   /**

@@ -168,18 +168,18 @@ export class ChunkSource {
       if (this.#detached) return null;
       this.#rest = undefined;
       if (got === null) return null;
-      if (got.length > 0) return got;
+      if (got.length > 0) return this.#carry === 0 ? got : this.#join(got);
     }
     const n = await this.read();
     // Detached meanwhile: the read's bytes belong to the new owner.
     if (this.#detached) return null;
-    return n === null ? null : this.take(n);
+    return n === null ? this.end() : this.take(n);
   }
 
   /**
    * The hot path of {@linkcode next} once nothing is {@linkcode holding}: starts a read into the
    * buffer and returns the connection's own promise (no async frame of ours per chunk); pass what
-   * it resolves with, unless `null` (end of stream), to {@linkcode take}.
+   * it resolves with to {@linkcode take}, or, when `null` (end of stream), call {@linkcode end}.
    *
    * @throws (the promise rejects with) the read's error.
    */
@@ -209,6 +209,16 @@ export class ChunkSource {
     if (n <= this.#smallSize) this.#want = this.#smallSize;
     else if (size > this.#large) this.#want = this.#large;
     return buf.subarray(0, total);
+  }
+
+  /**
+   * The {@linkcode read} found the end of stream: its buffer is free again, so
+   * {@linkcode release} gives a borrowed one back (a stream that ended after a burst would
+   * otherwise leave it to the GC, and the pool would allocate anew). Returns `null`.
+   */
+  end(): null {
+    if (!this.#detached) this.#pending = false;
+    return null;
   }
 
   /**
@@ -246,6 +256,20 @@ export class ChunkSource {
     if (this.#borrowed && !this.#pending) this.#pool!.give(this.#buf);
     this.#borrowed = false;
     this.#buf = this.#small ?? EMPTY;
+  }
+
+  /**
+   * The tail kept from a held chunk, then the hand-over's bytes `got` (which may lie in the
+   * buffer, after where the held bytes were): a new array, on this once-per-connection path.
+   */
+  #join(got: Uint8Array): Uint8Array {
+    const carry = this.#carry;
+    const joined = new Uint8Array(carry + got.length);
+    joined.set(this.#buf.subarray(0, carry));
+    joined.set(got, carry);
+    this.#carry = 0;
+    this.#at = carry;
+    return joined;
   }
 
   /** Moves to a buffer of `size` bytes, bringing the first `carry` bytes along. */

@@ -5,7 +5,8 @@
  * no partial line either way, its FIN not passed upstream. It comes with the read that was pending
  * on it (`rest`): while the connection is idle here, that read settling means the server closed
  * it, reset it, or sent bytes nobody asked for, and the connection is closed and counted, never
- * handed out. One handed out takes `rest` along, and its new bridge serves it first.
+ * handed out. One handed out takes `rest` along, and its new bridge serves it first (and dials
+ * afresh when it ends before the client sent a byte on it).
  *
  * @module
  */

@@ -118,6 +118,8 @@ export class MuxHub {
   /** No dial for more connections (while some work) before this `stats.clock` time. */
   nextDialAt = 0;
   closed = false;
+  /** Aborts a dial under way when the hub closes (a dial backing off could take many seconds). */
+  readonly #abort = new AbortController();
   /** Reused by the line parsers (single-threaded, never held across an await). */
   readonly head: LineHead = { type: 0, seq: 0, digits: 0 };
 
@@ -191,6 +193,7 @@ export class MuxHub {
     const dialing = (async (): Promise<Channel | CloseReason> => {
       try {
         const lease = await this.target.dial({
+          signal: this.#abort.signal,
           retries: this.connectRetries,
           backoffMs: this.connectBackoffMs,
           onRetry: () => this.stats.upstreamConnectRetries++,
@@ -234,6 +237,7 @@ export class MuxHub {
   /** Closes every shared connection (the proxy is closing; its clients have ended). */
   close(): void {
     this.closed = true;
+    this.#abort.abort();
     for (const channel of [...this.channels]) channel.fail("shutdown", undefined);
   }
 }
@@ -485,6 +489,8 @@ export class MuxClient {
   readonly own: OwnFigures | undefined;
   /** The shared connection its unanswered REQs are on; unset while it owes nothing. */
   channel: Channel | undefined = undefined;
+  /** Woken by {@linkcode finish}: a client waiting for a shared connection's dial stops waiting. */
+  stopped: PromiseWithResolvers<CloseReason> | undefined = undefined;
   /** A replay under way (`--resume`): new lines wait for it. */
   rebinding: Promise<boolean> | undefined = undefined;
   /** REQs forwarded whose reply is not written to the client yet. */
@@ -544,6 +550,7 @@ export class MuxClient {
         try {
           const n = await source.read();
           if (n === null) {
+            source.end();
             this.ended();
             break;
           }
@@ -668,8 +675,7 @@ export class MuxClient {
     if (this.rebinding !== undefined && !await this.rebinding) return undefined;
     if (this.closed) return undefined;
     if (this.channel !== undefined && !this.channel.dead) return this.channel;
-    const got = this.hub.acquire();
-    const channel = got instanceof Channel ? got : typeof got === "string" ? got : await got;
+    const channel = await this.acquire();
     if (this.closed) return undefined;
     if (typeof channel === "string") {
       this.finish(channel);
@@ -679,6 +685,14 @@ export class MuxClient {
     this.owed = 0;
     if (this.own !== undefined) this.own.upstream = channel.name;
     return channel;
+  }
+
+  /** The hub's {@linkcode MuxHub.acquire}, waiting for a dial only while this client is open. */
+  acquire(): Channel | CloseReason | Promise<Channel | CloseReason> {
+    const got = this.hub.acquire();
+    if (got instanceof Channel || typeof got === "string") return got;
+    this.stopped = Promise.withResolvers();
+    return Promise.race([got, this.stopped.promise]).finally(() => this.stopped = undefined);
   }
 
   /** An invalid line: never forwarded (a server may or may not answer it: the FIFO would slip). */
@@ -832,8 +846,7 @@ export class MuxClient {
     const stats = hub.stats;
     // Let the dying connection's other clients go first: they all land on the same new one.
     await Promise.resolve();
-    const got = hub.acquire();
-    const channel = got instanceof Channel ? got : typeof got === "string" ? got : await got;
+    const channel = await this.acquire();
     if (this.closed) return false;
     if (typeof channel === "string") {
       this.finish(channel);
@@ -887,6 +900,7 @@ export class MuxClient {
     const room = this.room;
     this.room = undefined;
     room?.resolve();
+    this.stopped?.resolve(reason);
     if (this.state !== undefined) {
       this.state.outstanding = 0;
       this.state.writing = 0;
