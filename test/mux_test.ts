@@ -4,6 +4,7 @@ import {
   connectTo,
   freePort,
   lineReader,
+  listenLocal,
   readLines,
   readText,
   spawnMain,
@@ -145,4 +146,50 @@ Deno.test("--workers 2 --mux 2: /stats adds up the workers exactly (REQs, replie
   assert.equal(last.msg_total, 4000);
   assert.equal(last.mux_upstream_connections, upstream.connections, "the gauge: every worker's");
   assert.equal(last.connections_active, 0);
+});
+
+Deno.test("--mux: a server that stops reading holds its clients back (TCP backpressure); the proxy does not queue without bound", async () => {
+  // An upstream that accepts and never reads: once the kernel's buffers are full, the shared
+  // connection's write waits, and its queue must stop growing instead of taking all a client sends.
+  using listener = listenLocal();
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of listener) held.push(conn);
+  })().catch(() => {});
+  try {
+    await using proxy = await startProxy(listener.addr, { mux: 1, maxInflight: 0 });
+    using client = await connectTo(proxy.addr);
+    const line = `REQ 1 ${"x".repeat(1000)}\n`;
+    const total = 32 * 1024 * 1024;
+    const burst = new TextEncoder().encode(line.repeat(total / line.length));
+    // Never completes while the server does not read: left pending, the client is closed at the end.
+    const writing = writeAll(client, burst).catch(() => {});
+    // Wait until the proxy stops taking the client's bytes (stable for 300 ms), then check how
+    // much it took: its queue (1 MiB past the write under way) and the kernel's socket buffers.
+    let last = -1;
+    let stableSince = Date.now();
+    await waitUntil(
+      () => {
+        const now = proxy.stats.bytesDownstream;
+        if (now !== last) {
+          last = now;
+          stableSince = Date.now();
+          return false;
+        }
+        return now > 0 && Date.now() - stableSince >= 300;
+      },
+      "the proxy to stop reading the client",
+      20_000,
+    );
+    assert.ok(
+      proxy.stats.bytesDownstream < 16 * 1024 * 1024,
+      `the proxy read ${proxy.stats.bytesDownstream} bytes of ${burst.length} from a client whose server reads nothing`,
+    );
+    client.close();
+    await writing;
+  } finally {
+    listener.close();
+    for (const conn of held) conn.close();
+    await accepting;
+  }
 });

@@ -613,7 +613,11 @@ export class MuxClient {
           // The server reads slower than clients send: wait (TCP backpressure holds this
           // client) rather than queue without bound.
           while (channel.outLength >= CHANNEL_HIGH_WATER && !channel.dead) {
-            await channel.drained();
+            // Woken by the queue's write, or by this client closing (finish() resolves room).
+            const room = this.room = Promise.withResolvers();
+            channel.drained().then(room.resolve);
+            await room.promise;
+            if (this.room === room) this.room = undefined;
             if (this.closed) break read;
           }
           if (channel.dead) {
