@@ -64,7 +64,7 @@ const MiB = 1024 * 1024;
 /** Usage text of the soak. */
 export const SOAK_USAGE =
   `Usage: deno task soak [--seconds N] [--restarts N] [--idle N] [--rate N] [--reset-rate N]
-                      [--invalid N] [--wrong-way N] [--workers N|auto]
+                      [--invalid N] [--wrong-way N] [--workers N|auto] [--mux N]
                       [--no-reset-flood] [--no-slowloris] [--no-resume]
 
 Runs mixed load (pipelining, churn, idle connections, connections mixing invalid lines or
@@ -88,6 +88,8 @@ the soak even with --no-resume.
   --wrong-way N     unsolicited-reply clients (send ACK n, NAK n)   (default 2)
   --workers N|auto  the proxy's data-plane workers (passed to it; it starts like
                     deno task start)                  (default: not passed, auto)
+  --mux N           run the proxy with --mux N; the invalid-line and wrong-way clients are
+                    left out (--mux refuses those lines)   (default: not passed, 1:1)
   --no-reset-flood  leave out the reset flood
   --no-slowloris    leave out the admin slowloris and its GET /stats probes
   --no-resume       run the proxy without --resume (replies are then expected to be lost)
@@ -534,6 +536,8 @@ interface ProxySnapshot {
   workers?: { worker: number; connections_active: number; restarts: number }[];
   /** Data-plane workers that died and were started again. */
   worker_restarts?: number;
+  /** `--mux`: shared upstream connections open. */
+  mux_upstream_connections?: number;
 }
 
 async function proxyStats(proxy: Child): Promise<ProxySnapshot> {
@@ -556,6 +560,7 @@ export async function main(args: string[]): Promise<number> {
   let slowloris: boolean;
   let resume: boolean;
   let workers: string | undefined;
+  let mux: number;
   try {
     const { values } = parseArgs({
       args,
@@ -572,6 +577,7 @@ export async function main(args: string[]): Promise<number> {
         "no-slowloris": { type: "boolean", default: false },
         "no-resume": { type: "boolean", default: false },
         workers: { type: "string" },
+        mux: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -598,6 +604,13 @@ export async function main(args: string[]): Promise<number> {
     workers = values.workers === undefined || values.workers === "auto"
       ? values.workers
       : String(whole("workers", values.workers, 1));
+    mux = values.mux === undefined ? 0 : whole("mux", values.mux, 1);
+    if (mux > 0) {
+      // --mux refuses invalid and wrong-way lines (their answers would put a shared connection
+      // out of step): those clients expect the server's answers, so they are left out.
+      invalidClients = 0;
+      wrongWayClients = 0;
+    }
   } catch (error) {
     writeStderrLine(`soak: ${(error as Error).message.split("\n")[0]} (see --help)`);
     return 2;
@@ -636,7 +649,7 @@ export async function main(args: string[]): Promise<number> {
         resetFlood ? `reset flood at ${resetRate}/s` : "no reset flood"
       }, ${slowloris ? "admin slowloris" : "no slowloris"}, proxy ${
         resume ? "with" : "WITHOUT"
-      } --resume, --workers ${workers ?? "not passed (auto)"}`,
+      } --resume, --workers ${workers ?? "not passed (auto)"}${mux > 0 ? `, --mux ${mux}` : ""}`,
   );
 
   let server = await startServer();
@@ -651,6 +664,7 @@ export async function main(args: string[]): Promise<number> {
     "src/main.ts",
     "proxy",
     ...(workers === undefined ? [] : ["--workers", workers]),
+    ...(mux > 0 ? ["--mux", String(mux)] : []),
     "--listen",
     `${LOCAL}:${proxyPort}`,
     "--forward",
@@ -792,6 +806,8 @@ export async function main(args: string[]): Promise<number> {
       stats = await proxyStats(proxy);
     }
     const after = await sample(proxy.pid, elapsed());
+    // --mux keeps its shared connections once opened (N per upstream per worker at most).
+    const shared = stats.mux_upstream_connections ?? 0;
     const start = samples[0] ?? end;
     const peak = Math.max(end.rssBytes, ...samples.map((x) => x.rssBytes));
 
@@ -872,8 +888,10 @@ export async function main(args: string[]): Promise<number> {
         resume ? Object.keys(errors).length === 0 : "info",
       ],
       [
-        `descriptors back to baseline after the clients left: ${baseline.fds} -> ${after.fds}`,
-        after.fds <= baseline.fds + 2,
+        `descriptors back to baseline after the clients left: ${baseline.fds} -> ${after.fds}${
+          shared > 0 ? ` (${shared} shared upstream connections of --mux stay open)` : ""
+        }`,
+        after.fds <= baseline.fds + 2 + shared,
       ],
       [
         `RSS bounded under load: ${mb(start.rssBytes)} at t=${start.t} s -> ${

@@ -676,3 +676,35 @@ Deno.test("--mux refuses a REQ holding a byte a server might split lines at; its
   assert.equal(upstream.received, fine.length + 10, "no smuggled line reached the server");
   assert.equal(proxy.stats.muxDesyncs, 0);
 });
+
+Deno.test("--mux never opens more than N per upstream while the upstream's state flaps (down while busy, up again)", async () => {
+  await using upstream = await startUpstream({ reply: "hash", delayMs: 200 });
+  const spec = {
+    name: "u0",
+    address: { hostname: "127.0.0.1", port: upstream.addr.port },
+    weight: 1,
+  };
+  await using pool = new UpstreamPool([spec], { intervalMs: 0 });
+  await using proxy = await startProxy(upstream.addr, { mux: 1, target: pool });
+  const state = (healthy: boolean) => ({
+    u0: { healthy, ejected: false, ejectedForMs: 0, awaitingFirstCheck: false, draining: false },
+  });
+  const ask = async (tag: string) => {
+    using conn = await connectTo(proxy.addr);
+    const lines = reqs([1, 2], tag);
+    await writeAll(conn, lines.map((l) => l + "\n").join(""));
+    assert.deepEqual(await new LineReader(conn).readLines(2, 10_000), lines.map(hashReply));
+  };
+  // The shared connection is busy (replies take 200 ms) when the health checks mark the lone
+  // upstream down: a client arriving then rides the busy connection (nothing is up, so the
+  // down one is used, as 1:1 dials it) instead of opening a second.
+  const first = ask("first");
+  await waitUntil(() => upstream.received > 0, "the shared connection to be busy");
+  pool.applyStates(state(false));
+  const second = ask("second");
+  await waitUntil(() => upstream.received >= 4, "the second client's REQs upstream");
+  pool.applyStates(state(true));
+  await Promise.all([first, second, ask("third")]);
+  assert.equal(upstream.accepted, 1, "one shared connection, whatever the state did");
+  assert.equal(proxy.stats.muxUpstreamConnections, 1);
+});

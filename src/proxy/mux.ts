@@ -164,20 +164,30 @@ export class MuxHub {
   acquire(): Channel | Promise<Channel | CloseReason> | CloseReason {
     if (this.closed) return "shutdown";
     let best: Channel | undefined;
-    let usable = 0;
+    /** The least busy connection to an upstream that is down or ejected but not draining. */
+    let fallback: Channel | undefined;
     // Backwards: a retired connection leaves the list at once.
     for (let i = this.channels.length - 1; i >= 0; i--) {
       const channel = this.channels[i];
       if (!channel.usable()) {
-        // Its upstream is draining, ejected or down: no new clients; closed once idle.
-        if (channel.size === 0 && !channel.writing) channel.fail("shutdown", undefined);
+        // Its upstream is draining, ejected or down: closed once idle.
+        if (channel.size === 0 && !channel.writing) {
+          channel.fail("shutdown", undefined);
+        } else if (channel.accepting() && (fallback === undefined || channel.size < fallback.size)) {
+          fallback = channel;
+        }
         continue;
       }
-      usable++;
       if (best === undefined || channel.size < best.size) best = channel;
     }
-    if (best !== undefined && (best.size === 0 || usable >= this.limit)) return best;
+    // Every open connection counts toward the limit, usable or not, so the upstream never sees
+    // more than N per worker even while its state flaps.
+    const full = this.channels.length >= this.limit;
+    if (best !== undefined && (best.size === 0 || full)) return best;
     if (this.dialing !== undefined) return best ?? this.dialing;
+    // At the limit with nothing up: the least busy connection anyway, as a 1:1 client is dialed
+    // to an upstream that is down when none is up (never to one that is draining).
+    if (full && fallback !== undefined) return fallback;
     // After a failed dial, the working connections carry on alone for a while.
     if (best !== undefined && this.stats.clock() < this.nextDialAt) return best;
     const dialing = this.#dial();
@@ -283,6 +293,11 @@ class Channel {
   /** Whether new clients may be put on it (alive, and its upstream is taking connections). */
   usable(): boolean {
     return !this.dead && this.lease.usable?.() !== false;
+  }
+
+  /** Whether its upstream may still take clients at all (alive, not draining or removed). */
+  accepting(): boolean {
+    return !this.dead && this.lease.accepting?.() !== false;
   }
 
   /** Queues `buf[start, end)` (one whole REQ line with its newline) for `client`. */

@@ -703,6 +703,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
       upstream: member.spec.name,
       counters: member.counters,
       usable: () => member.usable(),
+      accepting: () => !member.draining && !member.removed,
       release,
       rest,
       // Pooled only while the upstream may take new connections: an idle connection does not

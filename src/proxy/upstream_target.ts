@@ -47,6 +47,11 @@ export interface TargetConnection {
    */
   usable?: () => boolean;
   /**
+   * Whether the upstream may take new work at all (not draining or removed; it may be down or
+   * ejected, and be used when nothing is up). Unset: always.
+   */
+  accepting?: () => boolean;
+  /**
    * A connection taken from an idle pool (`--pool`): the read that was pending on it, to serve
    * before reading again. Unset: a fresh connection.
    */
