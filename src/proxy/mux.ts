@@ -173,7 +173,9 @@ export class MuxHub {
         // Its upstream is draining, ejected or down: closed once idle.
         if (channel.size === 0 && !channel.writing) {
           channel.fail("shutdown", undefined);
-        } else if (channel.accepting() && (fallback === undefined || channel.size < fallback.size)) {
+        } else if (
+          channel.accepting() && (fallback === undefined || channel.size < fallback.size)
+        ) {
           fallback = channel;
         }
         continue;
