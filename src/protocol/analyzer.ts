@@ -90,6 +90,20 @@ const TYPE_REQ = 0x524551; // "REQ"
 const TYPE_ACK = 0x41434b; // "ACK"
 const TYPE_NAK = 0x4e414b; // "NAK"
 
+/**
+ * The message type code (`MSG_REQ`, `MSG_ACK`, `MSG_NAK`) of a line whose first three bytes are
+ * `head` (big-endian, `b0 << 16 | b1 << 8 | b2`); 0 for any other type.
+ */
+export function messageType(head: number): number {
+  return head === TYPE_REQ
+    ? MSG_REQ
+    : head === TYPE_ACK
+    ? MSG_ACK
+    : head === TYPE_NAK
+    ? MSG_NAK
+    : 0;
+}
+
 const K_TYPE = 0;
 const K_SEQ = 1;
 const K_DIRECTION = 2;
@@ -142,13 +156,7 @@ export class Analyzer {
       // the state machine below from the same line start, so results never differ.
       if (state === S_TYPE0 && i + 5 < n) {
         const head = (chunk[i] << 16) | (chunk[i + 1] << 8) | chunk[i + 2];
-        const type = head === TYPE_REQ
-          ? MSG_REQ
-          : head === TYPE_ACK
-          ? MSG_ACK
-          : head === TYPE_NAK
-          ? MSG_NAK
-          : 0;
+        const type = messageType(head);
         const sep = chunk[i + 3];
         let d = chunk[i + 4] - 48;
         if (
@@ -232,13 +240,7 @@ export class Analyzer {
           break;
         case S_AFTER_TYPE: {
           const head = this.#head;
-          const type = head === TYPE_REQ
-            ? MSG_REQ
-            : head === TYPE_ACK
-            ? MSG_ACK
-            : head === TYPE_NAK
-            ? MSG_NAK
-            : 0;
+          const type = messageType(head);
           if (type === 0) {
             state = this.#invalid(K_TYPE, c);
           } else if ((type === MSG_REQ) !== this.#fromClient) {

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { MSG_ACK, MSG_NAK, MSG_REQ } from "./analyzer.ts";
+import { messageType, MSG_REQ } from "./analyzer.ts";
 
 /** Why a line is invalid (the analyzer's counters: `invalid_type`, `invalid_seq`, …). */
 export const INVALID_TYPE = -1;
@@ -28,9 +28,6 @@ export interface LineHead {
 const CR = 13;
 const SP = 32;
 const TAB = 9;
-const TYPE_REQ = 0x524551; // "REQ"
-const TYPE_ACK = 0x41434b; // "ACK"
-const TYPE_NAK = 0x4e414b; // "NAK"
 
 /**
  * Classifies `buf[start, end)`, one line without its `\n`, as sent by a client (`fromClient`) or
@@ -85,14 +82,7 @@ export function readLineHead(
 }
 
 function knownType(buf: Uint8Array, at: number): number {
-  const head = (buf[at] << 16) | (buf[at + 1] << 8) | buf[at + 2];
-  return head === TYPE_REQ
-    ? MSG_REQ
-    : head === TYPE_ACK
-    ? MSG_ACK
-    : head === TYPE_NAK
-    ? MSG_NAK
-    : 0;
+  return messageType((buf[at] << 16) | (buf[at + 1] << 8) | buf[at + 2]);
 }
 
 function wrongWay(type: number, fromClient: boolean): boolean {

@@ -696,6 +696,11 @@ export class MuxClient {
     if (this.rebinding !== undefined && !await this.rebinding) return undefined;
     if (this.closed) return undefined;
     if (this.channel !== undefined && !this.channel.dead) return this.channel;
+    return await this.take();
+  }
+
+  /** Binds to a shared connection from the hub; when there is none, the client ends. */
+  async take(): Promise<Channel | undefined> {
     const channel = await this.acquire();
     if (this.closed) return undefined;
     if (typeof channel === "string") {
@@ -867,14 +872,8 @@ export class MuxClient {
     const stats = hub.stats;
     // Let the dying connection's other clients go first: they all land on the same new one.
     await Promise.resolve();
-    const channel = await this.acquire();
-    if (this.closed) return false;
-    if (typeof channel === "string") {
-      this.finish(channel);
-      return false;
-    }
-    this.channel = channel;
-    this.owed = 0;
+    const channel = await this.take();
+    if (channel === undefined) return false;
     const now = stats.clock();
     const head = hub.head;
     for (const line of lines) {
@@ -886,10 +885,7 @@ export class MuxClient {
     }
     stats.failovers++;
     stats.replays += lines.length;
-    if (this.own !== undefined) {
-      this.own.failovers++;
-      this.own.upstream = channel.name;
-    }
+    if (this.own !== undefined) this.own.failovers++;
     this.hub.logger?.info("Resumed {connection} on {upstream}, replayed {count} REQ(s)", {
       connection: this.label,
       upstream: channel.name,
