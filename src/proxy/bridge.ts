@@ -114,8 +114,8 @@ export class BridgeState {
  * the reason; never rejects. See the module docs for how it ends.
  */
 export function bridge(
-  downstream: Deno.TcpConn,
-  upstream: Deno.TcpConn,
+  downstream: Deno.Conn,
+  upstream: Deno.Conn,
   options: BridgeOptions,
 ): Promise<CloseReason> {
   return new Session(downstream, upstream, options).run();
@@ -137,7 +137,7 @@ const MIN_REQ_LINE = 6;
  * connection keeps all of it alive, so its size is heap per idle connection.
  */
 class Session {
-  readonly down: Deno.TcpConn;
+  readonly down: Deno.Conn;
   readonly downSource: ChunkSource;
   readonly stats: Stats;
   readonly config: EngineConfig;
@@ -153,7 +153,7 @@ class Session {
   readonly log: RequestLog | undefined;
   readonly failover: Failover | undefined;
   rewriter: ReplyRewriter | undefined = undefined;
-  up: Deno.TcpConn;
+  up: Deno.Conn;
   upSource: ChunkSource;
   /** The current upstream connection's lease (released when it ends). */
   lease: TargetConnection | undefined;
@@ -206,7 +206,7 @@ class Session {
   /** `--pool`: ends the dial replacing a pooled connection found dead (the session ended). */
   redialing: AbortController | undefined = undefined;
 
-  constructor(downstream: Deno.TcpConn, upstream: Deno.TcpConn, options: BridgeOptions) {
+  constructor(downstream: Deno.Conn, upstream: Deno.Conn, options: BridgeOptions) {
     const config = options.config ?? ENGINE_DEFAULTS;
     const stats = options.stats;
     this.down = downstream;
@@ -889,7 +889,7 @@ class Session {
     return source;
   }
 
-  async replay(up: Deno.TcpConn, bytes: Uint8Array, generation: number): Promise<void> {
+  async replay(up: Deno.Conn, bytes: Uint8Array, generation: number): Promise<void> {
     try {
       let off = 0;
       while (off < bytes.length) off += await up.write(off === 0 ? bytes : bytes.subarray(off));
@@ -965,7 +965,7 @@ class Session {
 
 /** The reply pump's source on `up`, serving first the read pending when it was pooled (`rest`). */
 function upstreamSource(
-  up: Deno.TcpConn,
+  up: Deno.Conn,
   config: EngineConfig,
   rest: Promise<Uint8Array | null> | undefined,
 ): ChunkSource {

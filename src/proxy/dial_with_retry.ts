@@ -51,7 +51,7 @@ export function backoffDelay(
 export async function dialWithRetry(
   address: Address,
   options: DialWithRetryOptions = {},
-): Promise<Deno.TcpConn> {
+): Promise<Deno.Conn> {
   const retries = options.retries ?? 3;
   for (let retry = 0;; retry++) {
     try {

@@ -56,7 +56,7 @@ export async function checkUpstream(
     latencyMs: Math.round((now() - started) * 1000) / 1000,
     ...(error === undefined ? {} : { error }),
   });
-  let conn: Deno.TcpConn;
+  let conn: Deno.Conn;
   try {
     conn = await dialUpstream(address, { timeoutMs, signal: options.signal });
   } catch (error) {

@@ -43,19 +43,19 @@ export interface IdleConnectionsOptions {
 
 /** One pooled connection and the read pending on it. */
 export interface IdleConnection {
-  conn: Deno.TcpConn;
+  conn: Deno.Conn;
   /** The read pending when it was pooled: bytes, `null` (end of stream), or its error. */
   rest: Promise<Uint8Array | null>;
 }
 
 class Entry implements IdleConnection {
-  conn: Deno.TcpConn;
+  conn: Deno.Conn;
   rest: Promise<Uint8Array | null>;
   timer: unknown = undefined;
   /** Settles once `rest` has (so a close can wait for the read to end). */
   settled: Promise<void>;
 
-  constructor(conn: Deno.TcpConn, rest: Promise<Uint8Array | null>) {
+  constructor(conn: Deno.Conn, rest: Promise<Uint8Array | null>) {
     this.conn = conn;
     this.rest = rest;
     this.settled = rest.then(() => {}, () => {});
@@ -85,7 +85,7 @@ export class IdleConnections {
    * Keeps `conn` (with the read pending on it) for the next client; false when full or off (the
    * caller closes it then).
    */
-  put(conn: Deno.TcpConn, rest: Promise<Uint8Array | null>): boolean {
+  put(conn: Deno.Conn, rest: Promise<Uint8Array | null>): boolean {
     if (this.#idle.length >= this.#options.max) return false;
     const entry = new Entry(conn, rest);
     this.#idle.push(entry);

@@ -152,7 +152,7 @@ export class MuxHub {
    * A client to serve: `run()` it (it resolves with why it ended, never rejects; the downstream
    * is closed by then); `stop()` ends it (reason `shutdown`).
    */
-  client(downstream: Deno.TcpConn, options: MuxClientOptions): MuxClient {
+  client(downstream: Deno.Conn, options: MuxClientOptions): MuxClient {
     return new MuxClient(this, downstream, options);
   }
 
@@ -257,7 +257,7 @@ export class MuxHub {
 /** One shared upstream connection: a write queue out, and the FIFO of owed replies in. */
 class Channel {
   readonly hub: MuxHub;
-  readonly conn: Deno.TcpConn;
+  readonly conn: Deno.Conn;
   readonly source: ChunkSource;
   readonly lease: TargetConnection;
   readonly name: string;
@@ -496,7 +496,7 @@ class Channel {
 /** One client in mux mode (see {@linkcode MuxHub.client}). */
 export class MuxClient {
   readonly hub: MuxHub;
-  readonly down: Deno.TcpConn;
+  readonly down: Deno.Conn;
   readonly source: ChunkSource;
   readonly config: EngineConfig;
   readonly label: string;
@@ -536,7 +536,7 @@ export class MuxClient {
   /** REQs forwarded (a client that sent some and half-closed ends `completed`). */
   reqs = 0;
 
-  constructor(hub: MuxHub, downstream: Deno.TcpConn, options: MuxClientOptions) {
+  constructor(hub: MuxHub, downstream: Deno.Conn, options: MuxClientOptions) {
     this.hub = hub;
     this.down = downstream;
     this.config = options.config;

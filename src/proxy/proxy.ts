@@ -159,7 +159,7 @@ interface Connection {
 
 /** What dialing the upstream gave: the connection and the downstream bytes held meanwhile. */
 interface Dialed {
-  upstream: Deno.TcpConn;
+  upstream: Deno.Conn;
   /** The upstream's name. */
   name: string;
   /** What the target handed out with the connection (released when it ends). */
@@ -470,7 +470,7 @@ export class Proxy implements AsyncDisposable {
    * Counts a new downstream in, or refuses it at `--max-connections` (closing it): returns its
    * peer address text when admitted. Undo with {@linkcode #release}.
    */
-  #admit(downstream: Deno.TcpConn): string | undefined {
+  #admit(downstream: Deno.Conn): string | undefined {
     const stats = this.stats;
     stats.connectionsTotal++;
     const peer = formatAddress(downstream.remoteAddr as Deno.NetAddr);
@@ -495,7 +495,8 @@ export class Proxy implements AsyncDisposable {
     stats.connectionsActive++;
     if (gate) Atomics.add(gate, 2 + (this.#options.gateSlot ?? 0), 1);
     try {
-      downstream.setNoDelay(true);
+      // A TLS or WebSocket downstream has no socket option of its own to set.
+      (downstream as Partial<Deno.TcpConn>).setNoDelay?.(true);
     } catch {
       // The client is already gone; the first read says so.
     }
@@ -518,7 +519,7 @@ export class Proxy implements AsyncDisposable {
    * A `--mux` client: no frame of this proxy's waits for it (an idle client keeps only its own);
    * the hub's `ended` hook counts it out.
    */
-  #acceptMux(hub: MuxHub, downstream: Deno.TcpConn): void {
+  #acceptMux(hub: MuxHub, downstream: Deno.Conn): void {
     const peer = this.#admit(downstream);
     if (peer === undefined) return;
     const connection: Connection = {
@@ -550,7 +551,7 @@ export class Proxy implements AsyncDisposable {
   }
 
   // Serves one connection and removes it from #connections when done; never rejects.
-  async #handle(downstream: Deno.TcpConn, connection: Connection): Promise<void> {
+  async #handle(downstream: Deno.Conn, connection: Connection): Promise<void> {
     try {
       const peer = this.#admit(downstream);
       if (peer === undefined) return;
@@ -605,7 +606,7 @@ export class Proxy implements AsyncDisposable {
   // Resolves with the upstream and the held bytes, or with why the connection ended (the
   // downstream is closed then).
   async #dial(
-    downstream: Deno.TcpConn,
+    downstream: Deno.Conn,
     connection: Connection,
     peer: string,
   ): Promise<Dialed | CloseReason> {

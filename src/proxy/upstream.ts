@@ -35,7 +35,7 @@ export interface DialOptions {
 export async function dialUpstream(
   address: Address,
   options: DialOptions = {},
-): Promise<Deno.TcpConn> {
+): Promise<Deno.Conn> {
   const timeoutMs = options.timeoutMs ?? 5000;
   const outer = options.signal;
   // A timer cleared once connected, and one listener removed then, rather than

@@ -674,7 +674,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
 
   #lease(
     member: Member,
-    conn: Deno.TcpConn,
+    conn: Deno.Conn,
     rest?: Promise<Uint8Array | null>,
   ): TargetConnection {
     member.active++;

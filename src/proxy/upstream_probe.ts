@@ -133,7 +133,7 @@ export class UpstreamProbe implements AsyncDisposable {
 
   /** Probes once now and resolves with whether the upstream accepted the connection. */
   async probeOnce(): Promise<boolean> {
-    let conn: Deno.TcpConn;
+    let conn: Deno.Conn;
     try {
       conn = await dialUpstream(this.address, {
         timeoutMs: this.#timeoutMs,

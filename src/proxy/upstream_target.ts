@@ -31,7 +31,7 @@ export interface TargetDialOptions {
 
 /** A dialed upstream connection and the name of the upstream it goes to. */
 export interface TargetConnection {
-  conn: Deno.TcpConn;
+  conn: Deno.Conn;
   /** The upstream's name for logs and labels (its address). */
   upstream: string;
   /** Per-upstream counters the engine adds the REQs and replies of this connection to. */
@@ -61,7 +61,7 @@ export interface TargetConnection {
    * the pool took it and the lease is released (not failed); false: the caller closes it and
    * releases as usual. Unset: never pooled.
    */
-  recycle?: (conn: Deno.TcpConn, rest: Promise<Uint8Array | null>) => boolean;
+  recycle?: (conn: Deno.Conn, rest: Promise<Uint8Array | null>) => boolean;
 }
 
 /** Where upstream connections come from. */
@@ -169,6 +169,6 @@ export class SingleUpstream implements UpstreamTarget {
     return { conn, upstream: this.label, recycle: this.#idle && this.#recycle };
   }
 
-  #recycle = (conn: Deno.TcpConn, rest: Promise<Uint8Array | null>): boolean =>
+  #recycle = (conn: Deno.Conn, rest: Promise<Uint8Array | null>): boolean =>
     !this.#closed && this.#idle !== undefined && this.#idle.put(conn, rest);
 }
