@@ -34,6 +34,7 @@ import { ENGINE_DEFAULTS, type EngineConfig } from "./engine_config.ts";
 import type { HeldBytes } from "./first_bytes_reader.ts";
 import { Failover } from "./resume.ts";
 import type { TargetConnection, UpstreamTarget } from "./upstream_target.ts";
+import { type SourceRate, takeTokens } from "./source_table.ts";
 
 /** Options for {@linkcode bridge}: what is particular to one connection. */
 export interface BridgeOptions {
@@ -63,6 +64,11 @@ export interface BridgeOptions {
    * not collected, and the connection costs nothing extra.
    */
   onEnd?: (summary: ConnectionSummary) => void;
+  /**
+   * `--rate-limit-per-source`: the token bucket of the client's source; each REQ forwarded takes
+   * a token, and with none left the client is not read until there is one. Unset: no limit.
+   */
+  rate?: SourceRate;
 }
 
 /** One connection's own figures, for its access-log line. */
@@ -205,6 +211,8 @@ class Session {
   untried = false;
   /** `--pool`: ends the dial replacing a pooled connection found dead (the session ended). */
   redialing: AbortController | undefined = undefined;
+  /** `--rate-limit-per-source`: the source's token bucket; undefined: no limit. */
+  readonly rate: SourceRate | undefined;
 
   constructor(downstream: Deno.Conn, upstream: Deno.Conn, options: BridgeOptions) {
     const config = options.config ?? ENGINE_DEFAULTS;
@@ -221,6 +229,7 @@ class Session {
     this.logger = options.logger;
     this.label = options.label ?? "";
     this.signal = options.signal;
+    this.rate = options.rate;
     this.state = options.state ?? new BridgeState();
     if (options.onEnd) this.own = new OwnFigures(options.onEnd, stats.counts);
     // With the access log the analyzers count into this connection's own counters, added to the
@@ -387,6 +396,7 @@ class Session {
     const { state, stats, config, log } = this;
     const source = this.downSource;
     const gated = config.maxInflight > 0;
+    const rate = this.rate;
     try {
       for (;;) {
         let chunk: Uint8Array | null;
@@ -419,6 +429,11 @@ class Session {
                 budget = config.maxInflight - this.inFlight();
               }
             }
+            // Tokens for at most the REQs the budget allows, given back below if unused.
+            if (
+              rate !== undefined &&
+              (budget = await takeTokens(rate, budget, this, config.timers, stats)) === 0
+            ) return;
             // The chunk waits while the upstream is being replaced: its REQs follow the replay.
             if (this.failing && !await this.waitReady()) return;
             if (this.closed) return;
@@ -442,6 +457,7 @@ class Session {
               );
               end = stop;
             }
+            if (rate !== undefined && valid < budget) rate.giveBack(budget - valid);
             const part = start === 0 && end === n ? chunk : chunk.subarray(start, end);
             start = end;
             stats.bytesDownstream += part.length;

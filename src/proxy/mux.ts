@@ -45,6 +45,7 @@ import type { BridgeState, ConnectionSummary } from "./bridge.ts";
 import { ChunkSource } from "./chunk_source.ts";
 import type { EngineConfig } from "./engine_config.ts";
 import type { TargetConnection, UpstreamTarget } from "./upstream_target.ts";
+import { type SourceRate, takeTokens } from "./source_table.ts";
 
 /** Options for {@linkcode MuxHub}. */
 export interface MuxHubOptions {
@@ -81,6 +82,11 @@ export interface MuxClientOptions {
   onEnd?: (summary: ConnectionSummary) => void;
   /** Handed to {@linkcode MuxHubOptions.ended} when the client has ended. */
   owner?: unknown;
+  /**
+   * `--rate-limit-per-source`: the token bucket of the client's source; each REQ forwarded takes
+   * a token, and with none left the client is not read until there is one. Unset: no limit.
+   */
+  rate?: SourceRate;
 }
 
 const NL = 10;
@@ -535,6 +541,10 @@ export class MuxClient {
   strikes = 0;
   /** REQs forwarded (a client that sent some and half-closed ends `completed`). */
   reqs = 0;
+  /** `--rate-limit-per-source`: the source's token bucket; undefined: no limit. */
+  readonly rate: SourceRate | undefined;
+  /** Tokens taken for the REQs of the chunk being forwarded (the rest given back after it). */
+  credit = 0;
 
   constructor(hub: MuxHub, downstream: Deno.Conn, options: MuxClientOptions) {
     this.hub = hub;
@@ -543,6 +553,7 @@ export class MuxClient {
     this.label = options.label ?? "";
     this.state = options.state;
     this.owner = options.owner;
+    this.rate = options.rate;
     this.own = options.onEnd === undefined ? undefined : new OwnFigures(options.onEnd);
     this.source = new ChunkSource(downstream, {
       initialSize: this.config.initialBufferSize,
@@ -557,6 +568,7 @@ export class MuxClient {
     const stats = hub.stats;
     const head = hub.head;
     const max = config.maxInflight;
+    const rate = this.rate;
     this.lastActivity = stats.clock();
     if (this.own !== undefined) this.own.startedAt = this.lastActivity;
     if (config.idleTimeoutMs > 0) this.arm(config.idleTimeoutMs);
@@ -609,6 +621,16 @@ export class MuxClient {
           }
           // Read now: the shared head is overwritten by other clients' lines during the awaits.
           const seq = head.seq;
+          // Out of tokens: wait for the refill (the chunk stays valid: no read starts meanwhile).
+          if (rate !== undefined && this.credit === 0) {
+            if (valid > 0) {
+              stats.recordRequests(valid, now);
+              valid = 0;
+            }
+            this.credit = await takeTokens(rate, Infinity, this, config.timers, stats);
+            if (this.closed) break read;
+            now = stats.clock();
+          }
           // The gate: at the limit, wait until replies are written (the chunk stays valid: no
           // read starts meanwhile).
           while (max > 0 && this.inflight >= max) {
@@ -645,6 +667,7 @@ export class MuxClient {
             this.channel = channel;
             this.owed = 0;
           }
+          if (rate !== undefined) this.credit--;
           stats.counts.msg_req++;
           this.reqs++;
           valid++;
@@ -655,6 +678,7 @@ export class MuxClient {
           channel.send(this, chunk, lineStart, start, seq, now);
         }
         if (valid > 0) stats.recordRequests(valid, now);
+        if (this.credit > 0) this.giveBackCredit();
         this.updateState();
         if (start < chunk.length && !source.keep(chunk, start)) {
           stats.muxRefusedLines++;
@@ -679,11 +703,18 @@ export class MuxClient {
       await this.done.promise;
     }
     config.timers.clearTimeout(this.timer);
+    if (this.credit > 0) this.giveBackCredit();
     source.release();
     const reason = this.reason ?? "client_closed";
     this.own?.report(this, reason);
     hub.ended?.(this.owner, reason);
     return reason;
+  }
+
+  /** Tokens taken and not used go back to the source's other connections. */
+  giveBackCredit(): void {
+    this.rate?.giveBack(this.credit);
+    this.credit = 0;
   }
 
   /** Ends the client (reason `shutdown`). */

@@ -22,6 +22,16 @@ import {
 import { FirstBytesReader, type HeldBytes } from "./first_bytes_reader.ts";
 import { UpstreamError } from "./upstream.ts";
 import { SingleUpstream, type TargetConnection, type UpstreamTarget } from "./upstream_target.ts";
+import { CidrList, parseIp } from "../net/cidr.ts";
+import { LogBudget } from "./log_budget.ts";
+import {
+  createSourceTableBuffer,
+  SOURCE_LIMITED,
+  sourceClock,
+  SourceRate,
+  SourceTable,
+  TABLE_FULL,
+} from "./source_table.ts";
 
 /**
  * Options for {@linkcode Proxy}: where to listen and forward, the accept and drain behaviour,
@@ -108,6 +118,58 @@ export interface ProxyOptions extends Omit<EngineOptions, "resume"> {
    * gets its own upstream connection. @default {0}
    */
   mux?: number;
+  // ---- Source access (step 2 of the accept pipeline: see #checkSource) ----
+  /**
+   * `--allow`: the only sources let in (a list or its text, `10.0.0.0/8,::1`). Unset or empty:
+   * every source not denied.
+   */
+  allow?: CidrList | string;
+  /** `--deny`: sources closed at accept, before a byte is read; wins over `allow`. Unset: none. */
+  deny?: CidrList | string;
+  /** `--max-connections-per-source`: connections one source address may have open; 0: any. @default {0} */
+  maxConnectionsPerSource?: number;
+  /**
+   * `--rate-limit-per-source`: REQs a second one source address may send, over all its
+   * connections (a token bucket holding a second's worth); past it its reads pause. 0: no limit.
+   * @default {0}
+   */
+  rateLimitPerSource?: number;
+  /**
+   * The process-wide per-source table (`source_table.ts`) the two limits above count in, shared
+   * by every worker. Unset: this proxy makes its own when a limit is first set.
+   */
+  sourceTable?: SourceTable;
+}
+
+/** The source-access settings {@linkcode Proxy.setAccess} changes (a reload). */
+export type SourceAccess = Pick<
+  ProxyOptions,
+  "allow" | "deny" | "maxConnectionsPerSource" | "rateLimitPerSource"
+>;
+
+/** Source access as the accept path reads it; `undefined` when no rule is set (the fast path). */
+interface AccessRules {
+  allow: CidrList | undefined;
+  deny: CidrList | undefined;
+  maxPerSource: number;
+  rate: number;
+}
+
+/** The rules of `access`, or `undefined` when it sets none. */
+function accessRules(access: SourceAccess): AccessRules | undefined {
+  const list = (value: CidrList | string | undefined) => {
+    const parsed = typeof value === "string" ? CidrList.parse(value) : value;
+    return parsed === undefined || parsed.empty ? undefined : parsed;
+  };
+  const rules: AccessRules = {
+    allow: list(access.allow),
+    deny: list(access.deny),
+    maxPerSource: access.maxConnectionsPerSource ?? 0,
+    rate: access.rateLimitPerSource ?? 0,
+  };
+  const none = rules.allow === undefined && rules.deny === undefined && rules.maxPerSource <= 0 &&
+    rules.rate <= 0;
+  return none ? undefined : rules;
 }
 
 /**
@@ -155,6 +217,8 @@ interface Connection {
   dialing: boolean;
   /** Settles when the connection has ended. */
   task: Promise<unknown>;
+  /** Its place in the per-source table (and token bucket); unset without per-source limits. */
+  source: SourceRate | undefined;
 }
 
 /** What dialing the upstream gave: the connection and the downstream bytes held meanwhile. */
@@ -190,6 +254,11 @@ export class Proxy implements AsyncDisposable {
   #finished = Promise.withResolvers<void>();
   /** Settles once the idle pooled connections closed at stopAccepting have ended. */
   #idleClosed: Promise<void> | undefined;
+  /** Source access; `undefined` when no rule is set (then the accept path checks nothing). */
+  #access: AccessRules | undefined;
+  #sourceTable: SourceTable | undefined;
+  /** Refusals logged per second at most (a flood of denied connects must not flood the log). */
+  #refusalLog = new LogBudget(10);
 
   /** Creates a proxy; nothing is opened until {@linkcode Proxy.start}. */
   constructor(options: ProxyOptions) {
@@ -231,6 +300,8 @@ export class Proxy implements AsyncDisposable {
       });
     }
     this.#accessLog = options.accessLog;
+    this.#access = accessRules(options);
+    this.#sourceTable = options.sourceTable;
     options.signal?.addEventListener("abort", () => void this.close(), { once: true });
   }
 
@@ -385,6 +456,24 @@ export class Proxy implements AsyncDisposable {
     this.#options = { ...this.#options, maxConnections: max };
   }
 
+  /**
+   * Changes source access (a reload): connections accepted from now on see the new lists and
+   * limits; open ones are not closed (nor counted against a per-source limit turned on now).
+   *
+   * @throws {RangeError} for a list that does not parse (nothing changes then).
+   */
+  setAccess(access: SourceAccess): void {
+    this.#access = accessRules(access);
+  }
+
+  /**
+   * Gives back every per-source place this proxy's open connections hold (its worker is about to
+   * be ended, and no connection of it will end on its own).
+   */
+  releaseSources(): void {
+    for (const connection of this.#connections) this.#releaseSource(connection);
+  }
+
   /** Number of connections currently being served. */
   get activeConnections(): number {
     return this.#connections.size;
@@ -410,6 +499,7 @@ export class Proxy implements AsyncDisposable {
         state: new BridgeState(),
         dialing: false,
         task: DONE,
+        source: undefined,
       };
       // Added first: #handle removes it when it ends, possibly before returning its promise.
       this.#connections.add(connection);
@@ -520,14 +610,22 @@ export class Proxy implements AsyncDisposable {
    * the hub's `ended` hook counts it out.
    */
   #acceptMux(hub: MuxHub, downstream: Deno.Conn): void {
+    const source = this.#access === undefined
+      ? undefined
+      : this.#checkSource(downstream, (downstream.remoteAddr as Deno.NetAddr).hostname);
+    if (source === false) return;
     const peer = this.#admit(downstream);
-    if (peer === undefined) return;
+    if (peer === undefined) {
+      if (source !== undefined) this.#sourceTable!.close(source.slot);
+      return;
+    }
     const connection: Connection = {
       controller: undefined,
       client: undefined,
       state: new BridgeState(),
       dialing: false,
       task: DONE,
+      source,
     };
     this.#connections.add(connection);
     const accessLog = this.#accessLog;
@@ -537,6 +635,7 @@ export class Proxy implements AsyncDisposable {
       state: connection.state,
       owner: connection,
       onEnd: accessLog === undefined ? undefined : this.#recordEnd(Date.now(), peer),
+      rate: source !== undefined && source.rate > 0 ? source : undefined,
     });
     connection.client = client;
     if (this.#closeAll.signal.aborted) client.stop();
@@ -547,12 +646,21 @@ export class Proxy implements AsyncDisposable {
   #muxEnded(owner: unknown, reason: CloseReason): void {
     const connection = owner as Connection;
     if (!this.#connections.delete(connection)) return;
+    this.#releaseSource(connection);
     this.#release(reason);
   }
 
   // Serves one connection and removes it from #connections when done; never rejects.
   async #handle(downstream: Deno.Conn, connection: Connection): Promise<void> {
     try {
+      if (this.#access !== undefined) {
+        const source = this.#checkSource(
+          downstream,
+          (downstream.remoteAddr as Deno.NetAddr).hostname,
+        );
+        if (source === false) return;
+        connection.source = source;
+      }
       const peer = this.#admit(downstream);
       if (peer === undefined) return;
       const acceptedAtMs = this.#accessLog === undefined ? 0 : Date.now();
@@ -584,6 +692,9 @@ export class Proxy implements AsyncDisposable {
           held: dialed.held,
           state: connection.state,
           lease: dialed.lease,
+          rate: connection.source !== undefined && connection.source.rate > 0
+            ? connection.source
+            : undefined,
           onEnd: this.#accessLog === undefined ? undefined : this.#recordEnd(acceptedAtMs, peer),
         });
         this.#logger.debug("Closed {downstream} -> {upstream}: {reason}", {
@@ -597,8 +708,93 @@ export class Proxy implements AsyncDisposable {
     } catch (error) {
       this.#logger.error("Unexpected error in a connection: {error}", { error: String(error) });
     } finally {
+      this.#releaseSource(connection);
       this.#connections.delete(connection);
     }
+  }
+
+  /**
+   * Step 2 of the accept pipeline (docs/edge.md): `--allow`/`--deny` on the source address (text
+   * or 16 bytes), then `--max-connections-per-source`, before a byte of the client is read.
+   * Returns the connection's place in the per-source table (unset when no per-source limit is on,
+   * or the table had no room), or `false` when it is refused: then it is closed, counted, in the
+   * access log, and logged (at most 10 lines a second).
+   */
+  #checkSource(
+    downstream: Deno.Conn,
+    address: string | Uint8Array,
+  ): SourceRate | undefined | false {
+    const rules = this.#access!;
+    const bytes = typeof address === "string" ? parseIp(address) : address;
+    let refused: "denied" | "source_limit" | undefined;
+    let why = "";
+    if (bytes === undefined) {
+      // Not an IP address (a Unix socket?): nothing to match, so no list can let it in.
+      refused = rules.allow !== undefined ? "denied" : undefined;
+      why = "not an IP address (--allow)";
+    } else if (rules.deny?.has(bytes)) {
+      refused = "denied";
+      why = "--deny";
+    } else if (rules.allow !== undefined && !rules.allow.has(bytes)) {
+      refused = "denied";
+      why = "not in --allow";
+    }
+    let source: SourceRate | undefined;
+    if (
+      refused === undefined && bytes !== undefined && (rules.maxPerSource > 0 || rules.rate > 0)
+    ) {
+      const table = this.#sourceTable ??= new SourceTable(
+        createSourceTableBuffer(this.#options.maxConnections ?? PROXY_DEFAULTS.maxConnections),
+      );
+      // A second's worth: a client may send a pipelined batch at once, and over any T seconds
+      // no more than rate × (T + 1) REQs go through.
+      const burst = Math.max(1, rules.rate);
+      const slot = table.open(bytes, rules.maxPerSource, burst, sourceClock());
+      if (slot === SOURCE_LIMITED) {
+        refused = "source_limit";
+        why = `${rules.maxPerSource} connections open (--max-connections-per-source)`;
+      } else if (slot === TABLE_FULL) {
+        // Fail open: every live entry holds a connection, so --max-connections still bounds
+        // the process; refusing would shut newcomers out for others' sake.
+        this.stats.sourceTableFull++;
+        const held = this.#refusalLog.take();
+        if (held !== false) {
+          this.#logger.warning(
+            "The per-source table has no room for {downstream}: served without per-source limits{held}",
+            {
+              downstream: formatAddress(downstream.remoteAddr as Deno.NetAddr),
+              held: heldText(held),
+            },
+          );
+        }
+      } else {
+        source = new SourceRate(table, slot, rules.rate, burst);
+      }
+    }
+    if (refused === undefined) return source;
+    const stats = this.stats;
+    stats.connectionsTotal++;
+    stats.recordClose(refused);
+    const peer = formatAddress(downstream.remoteAddr as Deno.NetAddr);
+    this.#logRefused(peer, refused);
+    const held = this.#refusalLog.take();
+    if (held !== false) {
+      this.#logger.warning("Refused {downstream}: {why}{held}", {
+        downstream: peer,
+        why,
+        held: heldText(held),
+      });
+    }
+    downstream.close();
+    return false;
+  }
+
+  /** Counts a connection out of its source's entry (once). */
+  #releaseSource(connection: Connection): void {
+    const source = connection.source;
+    if (source === undefined) return;
+    connection.source = undefined;
+    source.table.close(source.slot);
   }
 
   // Dials the upstream while reading the client's first bytes, so they are neither lost nor left
@@ -673,6 +869,11 @@ export class Proxy implements AsyncDisposable {
 }
 
 const DONE: Promise<unknown> = Promise.resolve();
+
+/** What a rate-limited log line adds about the lines held back before it. */
+function heldText(held: number): string {
+  return held === 0 ? "" : ` (${held} more refused without a log line in the last second)`;
+}
 
 /** Ends a connection (reason `shutdown`). */
 function stop(connection: Connection): void {

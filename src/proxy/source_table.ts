@@ -17,6 +17,7 @@
  *
  * @module
  */
+import type { Timers } from "../async/timers.ts";
 
 /** Slots per bucket: a lookup reads two buckets of this many. */
 export const BUCKET_SLOTS = 8;
@@ -306,6 +307,42 @@ export class SourceRate {
   waitMs(): number {
     return this.table.waitMs(this.slot, this.rate);
   }
+}
+
+/** What {@linkcode takeTokens} waits for: a connection's wake-up, resolved when it closes. */
+export interface TokenWaiter {
+  /** Whether the connection has closed. */
+  readonly closed: boolean;
+  /** Resolved by the connection when it closes (and maybe earlier: then it only re-checks). */
+  room: PromiseWithResolvers<void> | undefined;
+}
+
+/**
+ * Takes up to `want` tokens of `rate`, waiting until there is one: the pump that calls it does
+ * not read its client meanwhile (backpressure: nothing is dropped, no reply invented). A wait is
+ * counted in `counters.rateLimitPauses`. Resolves with how many, or 0 once `waiter` is closed.
+ */
+export async function takeTokens(
+  rate: SourceRate,
+  want: number,
+  waiter: TokenWaiter,
+  timers: Timers,
+  counters: { rateLimitPauses: number },
+): Promise<number> {
+  let got = rate.take(want);
+  if (got > 0) return got;
+  counters.rateLimitPauses++;
+  while (got === 0 && !waiter.closed) {
+    const room = waiter.room = Promise.withResolvers();
+    const timer = timers.setTimeout(room.resolve, rate.waitMs());
+    await room.promise;
+    timers.clearTimeout(timer);
+    if (waiter.room === room) waiter.room = undefined;
+    if (!waiter.closed) got = rate.take(want);
+  }
+  // Taken just as the connection closed: back to the source's other connections.
+  if (waiter.closed && got > 0) rate.giveBack(got);
+  return waiter.closed ? 0 : got;
 }
 
 /**

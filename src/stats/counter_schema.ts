@@ -30,6 +30,9 @@ export const CLOSE_REASONS = [
   "shutdown",
   "idle_timeout",
   "max_connections",
+  // Source access (--allow/--deny, --max-connections-per-source): refused before a byte is read.
+  "denied",
+  "source_limit",
 ] as const;
 
 /** Why a proxied connection ended (a metrics label: a closed set, never an address). */
@@ -383,6 +386,19 @@ export const COUNTER_SCHEMA: readonly SchemaEntry[] = [
     "inflightLimitPauses",
     "Times reading a downstream paused at --max-inflight unanswered REQs.",
     { family: "foo_proxy_inflight_limit_pauses_total", recovered: "optional" },
+  ),
+  // Source access and per-source limits (--rate-limit-per-source, the per-source table).
+  field(
+    "rate_limit_pauses",
+    "rateLimitPauses",
+    "Times reading a downstream paused because its source had used its --rate-limit-per-source tokens.",
+    { family: "foo_proxy_rate_limit_pauses_total", recovered: "optional" },
+  ),
+  field(
+    "source_table_full",
+    "sourceTableFull",
+    "Connections served without per-source limits because the per-source table had no room for their source.",
+    { family: "foo_proxy_source_table_full_total" },
   ),
   field(
     "failovers",

@@ -71,6 +71,10 @@ export interface StatsSnapshot {
   upstream_connect_retries: number;
   /** Times a downstream was not read because it had `--max-inflight` REQs unanswered. */
   inflight_limit_pauses: number;
+  /** Times a downstream's reading paused at its source's `--rate-limit-per-source`. */
+  rate_limit_pauses: number;
+  /** Connections served without per-source limits: the per-source table had no room. */
+  source_table_full: number;
   /** `--resume`: dead upstream connections replaced by a new one (REQs replayed on it). */
   failovers: number;
   /** `--resume`: REQs sent again on a new upstream connection (counted here, not in `msg_req`). */
@@ -209,6 +213,10 @@ export class Stats {
   upstreamConnectRetries = 0;
   /** Times a downstream's reading paused at the in-flight REQ limit. */
   inflightLimitPauses = 0;
+  /** Times a downstream's reading paused at its source's `--rate-limit-per-source`. */
+  rateLimitPauses = 0;
+  /** Connections served without per-source limits (the per-source table was full). */
+  sourceTableFull = 0;
   /** Upstream connections replaced after they died (`--resume`). */
   failovers = 0;
   /** REQs replayed on a new upstream connection (`--resume`). */
