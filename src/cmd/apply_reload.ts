@@ -8,14 +8,20 @@ import type { EngineOptions } from "../proxy/engine_config.ts";
 import type { Proxy } from "../proxy/proxy.ts";
 import type { UpstreamPool } from "../proxy/upstream_pool.ts";
 import type { ProxyConfig } from "./proxy_config.ts";
-import { engineUpdateOf, PROXY_SETTINGS, RELOAD_ORDER, type Setting } from "./proxy_settings.ts";
+import {
+  accessOf,
+  engineUpdateOf,
+  PROXY_SETTINGS,
+  RELOAD_ORDER,
+  type Setting,
+} from "./proxy_settings.ts";
 
 /** What {@linkcode applyReload} changes. */
 export interface ReloadTargets {
   /** The upstream pool: its upstreams and balance policy. */
   pool: Pick<UpstreamPool, "update" | "setPolicy">;
-  /** The proxy: the engine settings of new connections and the accept limit. */
-  proxy: Pick<Proxy, "updateEngine" | "setMaxConnections">;
+  /** The proxy: the engine settings of new connections, the accept limit, source access. */
+  proxy: Pick<Proxy, "updateEngine" | "setMaxConnections" | "setAccess">;
   /** Sets logging up again from the new config. */
   relog: () => void;
   /** Logs a warning (a setting that changed but takes effect on restart only). */
@@ -65,6 +71,10 @@ export function applyReload(old: ProxyConfig, next: ProxyConfig, targets: Reload
           targets.proxy.setMaxConnections(max);
           changed.push(`${s.flag} ${max}`);
         }
+        break;
+      case "access":
+        targets.proxy.setAccess(accessOf(next));
+        changed.push("source access (for new connections)");
         break;
       case "log":
         targets.relog();

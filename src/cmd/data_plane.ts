@@ -13,7 +13,8 @@ import { getLogger } from "@logtape/logtape";
 import type { Address } from "../net/address.ts";
 import { type AccessRecord, formatAccessLine } from "../proxy/access_log.ts";
 import type { EngineOptions } from "../proxy/engine_config.ts";
-import { Proxy } from "../proxy/proxy.ts";
+import { Proxy, type SourceAccess } from "../proxy/proxy.ts";
+import { SourceTable } from "../proxy/source_table.ts";
 import type { UpstreamSpec } from "../proxy/upstream_spec.ts";
 import {
   type BalancePolicy,
@@ -44,6 +45,8 @@ export interface PlaneInit {
   row: SharedArrayBuffer;
   /** The process's connection gate (see `ProxyOptions.connectionGate`). */
   gate: SharedArrayBuffer;
+  /** The process's per-source table (see `source_table.ts`). */
+  sources: SharedArrayBuffer;
   /** Every plane's connections per upstream (see `SharedConnections`): leastconn's counts. */
   shared: {
     buffer: SharedArrayBuffer;
@@ -69,6 +72,7 @@ export type ToPlane =
   | { t: "init"; init: PlaneInit }
   | { t: "flush"; id: number }
   | { t: "engine"; changes: Omit<EngineOptions, "resume" | "timers" | "random"> }
+  | { t: "access"; access: SourceAccess }
   | {
     t: "upstreams";
     specs: UpstreamSpec[];
@@ -287,6 +291,7 @@ class DataPlane {
       reusePort: init.reusePort,
       connectionGate: new Int32Array(init.gate),
       gateSlot: init.index,
+      sourceTable: new SourceTable(init.sources),
       announce: false,
     });
     // Rows a few times a second; the per-upstream figures every fifth time (they are many
@@ -305,6 +310,9 @@ class DataPlane {
         break;
       case "engine":
         this.proxy.updateEngine(message.changes);
+        break;
+      case "access":
+        this.proxy.setAccess(message.access);
         break;
       case "upstreams":
         this.#pool.setSlots(message.slots);
@@ -361,6 +369,8 @@ class DataPlane {
   /** Its counts into its row and its pending lines out, at once (it is about to be ended). */
   lastWords(): void {
     clearInterval(this.#flushTimer);
+    // Its connections end with it, uncounted by themselves: their sources get their places back.
+    this.proxy.releaseSources();
     this.#row.write(this.#stats, this.#stats.clock());
     this.#access.flush();
     this.#post({ t: "upstreams", upstreams: this.#pool.snapshot() });

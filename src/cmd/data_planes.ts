@@ -12,6 +12,7 @@ import type { ShutdownReport } from "../proxy/proxy.ts";
 import type { MemberState, PassiveEvent, UpstreamSnapshot } from "../proxy/upstream_pool.ts";
 import type { Stats, WorkerStats } from "../stats/stats.ts";
 import { StatsRow } from "../stats/stats_row.ts";
+import { createSourceTableBuffer } from "../proxy/source_table.ts";
 import { DEFAULT_LATENCY_BUCKETS } from "../stats/histogram.ts";
 import { waitOrAbort } from "../async/wait_or_abort.ts";
 import { describeError } from "../net/describe_error.ts";
@@ -126,6 +127,8 @@ export class DataPlanes {
   #listen: Address;
   #slots: Slot[] = [];
   #gate: SharedArrayBuffer;
+  /** The per-source table every plane counts in (`--max-connections-per-source`, rates). */
+  #sources: SharedArrayBuffer;
   #gateView: Int32Array;
   /** Each plane's open connections per upstream slot (leastconn over the process). */
   #shared: SharedArrayBuffer;
@@ -154,6 +157,8 @@ export class DataPlanes {
     this.#gate = new SharedArrayBuffer(4 * (2 + options.count));
     this.#gateView = new Int32Array(this.#gate);
     Atomics.store(this.#gateView, 1, options.maxConnections);
+    // Made whether or not a per-source limit is set, so that a reload can turn one on.
+    this.#sources = createSourceTableBuffer(options.maxConnections);
     this.#shared = new SharedArrayBuffer(4 * options.count * UPSTREAM_SLOTS);
     this.#sharedView = new Int32Array(this.#shared);
     this.assignSlots(options.config.upstreams);
@@ -528,6 +533,7 @@ export class DataPlanes {
       reusePort: this.#options.count > 1,
       row: row.buffer,
       gate: this.#gate,
+      sources: this.#sources,
       shared: {
         buffer: this.#shared,
         capacity: UPSTREAM_SLOTS,

@@ -36,6 +36,14 @@ export interface ProxyConfig {
   maxConnections: number | undefined;
   /** The fd limit handed in; `undefined`: read it at start if possible ("auto"). */
   fdLimit: number | undefined;
+  /** `--allow`: source ranges let in, normalised (`10.0.0.0/8,::1/128`); `""`: every source. */
+  allow: string;
+  /** `--deny`: source ranges closed at accept, normalised; `""`: none. */
+  deny: string;
+  /** `--max-connections-per-source`; 0: no limit. */
+  maxConnectionsPerSource: number;
+  /** `--rate-limit-per-source` in REQs a second; 0: no limit. */
+  rateLimitPerSource: number;
   maxInflight: number;
   idleTimeoutMs: number;
   connectRetries: number;

@@ -18,9 +18,10 @@ import { parseDuration } from "../cli/duration.ts";
 import { type FlagSpec, parseChoiceFlag, parseIntegerFlag, UsageError } from "../cli/flags.ts";
 import { parseHealthInterval, parseUpstreams } from "../cli/upstreams.ts";
 import { ENGINE_DEFAULTS, type ResumeMode } from "../proxy/engine_config.ts";
-import { PROXY_DEFAULTS, type ProxyOptions } from "../proxy/proxy.ts";
+import { PROXY_DEFAULTS, type ProxyOptions, type SourceAccess } from "../proxy/proxy.ts";
 import { POOL_DEFAULTS, type UpstreamPoolOptions } from "../proxy/upstream_pool.ts";
 import { POOL_IDLE_TIMEOUT_MS } from "../proxy/upstream_target.ts";
+import { CidrList } from "../net/cidr.ts";
 import type { ProxyConfig } from "./proxy_config.ts";
 
 /**
@@ -30,6 +31,8 @@ import type { ProxyConfig } from "./proxy_config.ts";
  * - `balance`: the pool switches policy;
  * - `engine`: new connections get it ({@linkcode Proxy.updateEngine}; needs `option`);
  * - `max-connections`: the accept limit changes (a change to `auto` keeps the running one);
+ * - `access`: new connections see the new source lists and per-source limits
+ *   ({@linkcode Proxy.setAccess}; needs `option`);
  * - `log`: logging is set up again;
  * - `live`: read at each use (the admin token and hosts), so the new value holds at once;
  * - `restart`: a warning that it takes effect on restart;
@@ -40,6 +43,7 @@ export type ReloadEffect =
   | "balance"
   | "engine"
   | "max-connections"
+  | "access"
   | "log"
   | "live"
   | "restart"
@@ -51,6 +55,7 @@ export const RELOAD_ORDER: readonly ReloadEffect[] = [
   "balance",
   "engine",
   "max-connections",
+  "access",
   "log",
   "live",
   "restart",
@@ -140,6 +145,14 @@ const appAddress = (raw: RawValue, s: SettingName): Address | null => {
   return parseAddressFlag(s.flag, text, { defaultHost: "127.0.0.1" });
 };
 const text = (raw: RawValue) => String(raw);
+/** A list of address ranges (`10.0.0.0/8,::1`), written back normalised; unset: `""`, none. */
+const cidrList = (raw: RawValue, s: SettingName) => {
+  try {
+    return CidrList.parse(typeof raw === "string" ? raw : "").toString();
+  } catch (error) {
+    throw new UsageError(`--${s.flag}: ${(error as Error).message}`);
+  }
+};
 const flagGiven = (raw: RawValue) => raw === true;
 
 function parseResumeMode(raw: RawValue): ResumeMode {
@@ -431,6 +444,53 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     parse: integerOrAuto,
     reload: "restart",
   }),
+  // ---- Source access (docs/edge.md): checked at accept, before a byte is read ----
+  setting({
+    flag: "allow",
+    field: "allow",
+    value: "CIDR[,CIDR…]",
+    multiple: true,
+    defaultText: "any",
+    help:
+      "let in only clients whose address is in these ranges (IPv4 and IPv6; empty = every source not denied); others are closed at accept (reload: new connections)",
+    parse: cidrList,
+    reload: "access",
+    option: "allow",
+  }),
+  setting({
+    flag: "deny",
+    field: "deny",
+    value: "CIDR[,CIDR…]",
+    multiple: true,
+    defaultText: "none",
+    help:
+      "close clients from these ranges at accept, before a byte is read; wins over --allow (reload: new connections)",
+    parse: cidrList,
+    reload: "access",
+    option: "deny",
+  }),
+  setting({
+    flag: "max-connections-per-source",
+    field: "maxConnectionsPerSource",
+    default: "0",
+    value: "N",
+    help:
+      "connections one client address may have open in the whole process, more are closed and counted (0 = no limit; reload: new connections)",
+    parse: integer({ max: 1_000_000 }),
+    reload: "access",
+    option: "maxConnectionsPerSource",
+  }),
+  setting({
+    flag: "rate-limit-per-source",
+    field: "rateLimitPerSource",
+    default: "0",
+    value: "REQ/S",
+    help:
+      "REQs a second one client address may send over all its connections (burst: a second's worth); past it the proxy stops reading it until tokens refill (0 = no limit; reload: new connections)",
+    parse: integer({ max: 100_000_000 }),
+    reload: "access",
+    option: "rateLimitPerSource",
+  }),
   setting({
     flag: "max-inflight",
     field: "maxInflight",
@@ -614,9 +674,19 @@ export function poolOptionsOf(config: ProxyConfig): Partial<UpstreamPoolOptions>
 
 /** What {@linkcode Proxy.updateEngine} takes: the `engine` rows' options, from `config`. */
 export function engineUpdateOf(config: ProxyConfig): Record<string, unknown> {
+  return reloadOptionsOf(config, "engine");
+}
+
+/** What {@linkcode Proxy.setAccess} takes: the `access` rows' options, from `config`. */
+export function accessOf(config: ProxyConfig): SourceAccess {
+  return reloadOptionsOf(config, "access") as SourceAccess;
+}
+
+/** The options of the rows a reload applies as `effect`, from `config`. */
+function reloadOptionsOf(config: ProxyConfig, effect: ReloadEffect): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const s of PROXY_SETTINGS) {
-    if (s.reload === "engine") out[s.option ?? s.field] = config[s.field];
+    if (s.reload === effect) out[s.option ?? s.field] = config[s.field];
   }
   return out;
 }

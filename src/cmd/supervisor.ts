@@ -562,6 +562,7 @@ class Supervisor {
       proxy: {
         updateEngine: (changes) => planes()?.broadcast({ t: "engine", changes }),
         setMaxConnections: (max) => planes()?.setMaxConnections(max),
+        setAccess: (access) => planes()?.broadcast({ t: "access", access }),
       },
       relog: () => {
         this.#logging[Symbol.dispose]();

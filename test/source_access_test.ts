@@ -1,0 +1,291 @@
+/**
+ * Source access: `--allow`/`--deny` checked at accept before a byte is read, the per-source
+ * connection limit and REQ rate (process-wide across workers), and their reload. Clients bind
+ * their source address with Python (Deno.connect cannot bind a local address).
+ */
+import * as assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { Proxy } from "../src/proxy/proxy.ts";
+import { parseIp } from "../src/net/cidr.ts";
+import { SourceTable } from "../src/proxy/source_table.ts";
+import {
+  acks,
+  connectTo,
+  DEFAULT_CHILD_FLAGS,
+  freePort,
+  type MainProcess,
+  readLines,
+  requests,
+  spawnMain,
+  spawnProxy,
+  startProxy,
+  startUpstream,
+  waitUntil,
+  writeAll,
+} from "./_util.ts";
+
+const CLIENT = fileURLToPath(new URL("./_bound_client.py", import.meta.url));
+
+/** What `_bound_client.py` saw. */
+interface Seen {
+  right: number;
+  wrong: number;
+  ends: string[];
+  seconds: number;
+}
+
+/** Runs `_bound_client.py` from `source` against `port` (see its docs). */
+async function boundClient(
+  source: string,
+  port: number,
+  count: number,
+  connections = 1,
+  host = "127.0.0.1",
+): Promise<Seen> {
+  const out = await new Deno.Command("python3", {
+    args: [CLIENT, source, host, String(port), String(count), String(connections)],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  assert.ok(out.success, `python client: ${new TextDecoder().decode(out.stderr)}`);
+  return JSON.parse(text);
+}
+
+/** The stats line a SIGUSR2 prints. */
+async function usr2Stats(child: MainProcess) {
+  child.kill("SIGUSR2");
+  return JSON.parse((await child.stdout.waitFor(/^\{.*\}$/))[0]);
+}
+
+/** Whether every connection was closed by the proxy without a reply. */
+function refused(seen: Seen): boolean {
+  return seen.right === 0 && seen.wrong === 0 &&
+    seen.ends.every((e) => e === "eof" || e === "reset");
+}
+
+/** Whether every reply came, right. */
+function served(seen: Seen, count: number): boolean {
+  return seen.right === count * seen.ends.length && seen.wrong === 0 &&
+    seen.ends.every((e) => e === "ok");
+}
+
+Deno.test("--allow lets in only its sources: 127.0.0.2 is closed at accept, 127.0.0.1 served", async () => {
+  await using upstream = await startUpstream();
+  await using proxy = await startProxy(upstream.addr, { allow: "127.0.0.1" });
+  const port = proxy.addr.port;
+  assert.ok(refused(await boundClient("127.0.0.2", port, 3)));
+  assert.ok(served(await boundClient("127.0.0.1", port, 3), 3));
+  // Refused before the dial: the upstream saw the one served client only.
+  assert.equal(upstream.accepted, 1);
+  assert.equal(proxy.stats.closed.denied, 1);
+  assert.equal(proxy.stats.connectionsTotal, 2);
+});
+
+Deno.test("--deny wins over --allow, and an empty --allow lets every other source in", async () => {
+  await using upstream = await startUpstream();
+  {
+    await using proxy = await startProxy(upstream.addr, {
+      allow: "127.0.0.0/8",
+      deny: "127.0.0.2",
+    });
+    assert.ok(refused(await boundClient("127.0.0.2", proxy.addr.port, 1)));
+    assert.ok(served(await boundClient("127.0.0.3", proxy.addr.port, 1), 1));
+  }
+  {
+    await using proxy = await startProxy(upstream.addr, { deny: "127.0.0.2/32", allow: "" });
+    assert.ok(refused(await boundClient("127.0.0.2", proxy.addr.port, 1)));
+    assert.ok(served(await boundClient("127.0.0.1", proxy.addr.port, 1), 1));
+    assert.equal(proxy.stats.closed.denied, 1);
+  }
+});
+
+Deno.test("IPv6 and IPv4 on a dual-stack listener: --allow ::1 serves ::1 and refuses 127.0.0.1", async () => {
+  await using upstream = await startUpstream();
+  const proxy = new Proxy({
+    listen: { hostname: "::", port: 0 },
+    forward: upstream.addr,
+    allow: "::1",
+  });
+  await using _ = proxy;
+  await proxy.start();
+  const port = proxy.addr.port;
+  assert.ok(served(await boundClient("::1", port, 2, 1, "::1"), 2));
+  // IPv4 reaches a `::` listener as ::ffff:127.0.0.1 (or 127.0.0.1): either way not ::1.
+  assert.ok(refused(await boundClient("127.0.0.1", port, 2)));
+  // And an IPv4 range matches the mapped form.
+  proxy.setAccess({ allow: "127.0.0.0/8" });
+  assert.ok(served(await boundClient("127.0.0.1", port, 2), 2));
+  assert.ok(refused(await boundClient("::1", port, 2, 1, "::1")));
+});
+
+Deno.test("a flood of denied connects is counted in full and logged at most 10 lines a second", async () => {
+  await using upstream = await startUpstream();
+  const { child, port } = await spawnProxy(upstream.addr, [
+    "--deny=127.0.0.0/8",
+    "--access-log=text",
+  ]);
+  await using _ = child;
+  const seen = await boundClient("127.0.0.N+", port, 1, 300);
+  assert.ok(refused(seen), JSON.stringify(seen.ends));
+  const stats = await usr2Stats(child);
+  assert.equal(stats.connections_closed.denied, 300);
+  // Every refused connection has its access-log line; the warnings are bounded.
+  await child.stderr.waitFor(/127\.0\.1\.50:\d+ .*denied/);
+  child.kill("SIGTERM");
+  await child.status();
+  const lines = child.stderr.text.split("\n");
+  const accessLines = lines.filter((l) => / denied/.test(l) && !/Refused/.test(l)).length;
+  const warnings = lines.filter((l) => /Refused 127\./.test(l)).length;
+  assert.equal(accessLines, 300);
+  assert.ok(warnings >= 1 && warnings <= 60, `${warnings} warnings for 300 refusals`);
+  assert.equal(upstream.accepted, 0);
+});
+
+Deno.test("--max-connections-per-source holds per source and frees a place when one closes", async () => {
+  await using upstream = await startUpstream();
+  await using proxy = await startProxy(upstream.addr, { maxConnectionsPerSource: 2 });
+  const port = proxy.addr.port;
+  const open = [await connectTo(port), await connectTo(port)];
+  for (const [i, conn] of open.entries()) {
+    await writeAll(conn, requests(1, 1));
+    assert.deepEqual(await readLines(conn, 1), acks(1, 1), `client ${i}`);
+  }
+  assert.ok(refused(await boundClient("127.0.0.1", port, 1)), "a third from 127.0.0.1");
+  assert.ok(served(await boundClient("127.0.0.2", port, 1), 1), "another source");
+  assert.equal(proxy.stats.closed.source_limit, 1);
+  open.pop()!.close();
+  await waitUntil(() => proxy.activeConnections === 1, "the closed client to be counted out");
+  assert.ok(served(await boundClient("127.0.0.1", port, 1), 1), "room again");
+  open[0].close();
+});
+
+Deno.test("--max-connections-per-source is a process-wide limit across --workers 2", async () => {
+  await using upstream = await startUpstream();
+  const { child, port } = await spawnProxy(upstream.addr, [
+    "--workers=2",
+    "--max-connections-per-source=3",
+  ]);
+  await using _ = child;
+  // 10 connections at once (the kernel spreads them over both workers): 3 served, 7 refused.
+  const seen = await boundClient("127.0.0.1", port, 1, 10);
+  assert.equal(seen.right, 3, JSON.stringify(seen));
+  assert.equal(seen.ends.filter((e) => e === "ok").length, 3);
+  assert.equal(seen.ends.filter((e) => e === "eof" || e === "reset").length, 7);
+  // All closed now: the source has its 3 places back, in whichever worker.
+  const again = await boundClient("127.0.0.1", port, 1, 3);
+  assert.ok(served(again, 1), JSON.stringify(again));
+  const stats = await usr2Stats(child);
+  assert.equal(stats.connections_closed.source_limit, 7);
+  child.kill("SIGTERM");
+  assert.equal((await child.status()).code, 0);
+});
+
+Deno.test("--rate-limit-per-source 200: two pipelining clients of one source share ~200 REQ/s, no REQ lost, another source not slowed", async () => {
+  await using upstream = await startUpstream();
+  const { child, port } = await spawnProxy(upstream.addr, [
+    "--workers=2",
+    "--rate-limit-per-source=200",
+  ]);
+  await using _ = child;
+  // 2 × 300 REQs at once from 127.0.0.1: the burst (200) at once, the other 400 at 200/s.
+  const limited = boundClient("127.0.0.1", port, 300, 2);
+  // Once 127.0.0.1 waits for tokens, another source pipelines 150 REQs (within its own burst):
+  // a bucket shared by every source would hold them 0.75 s at least.
+  await waitUntil(async () => {
+    return (await usr2Stats(child)).rate_limit_pauses > 0;
+  }, "127.0.0.1 to run out of tokens");
+  const other = await boundClient("127.0.0.2", port, 150, 1);
+  const seen = await limited;
+  assert.ok(served(seen, 300), JSON.stringify(seen));
+  // (600 - 200) / 200 = 2 s at the least; a shared machine may add some.
+  assert.ok(seen.seconds >= 1.8 && seen.seconds <= 4, `${seen.seconds} s for 600 REQs`);
+  const rate = 400 / seen.seconds;
+  assert.ok(rate <= 220, `${rate} REQ/s past the burst`);
+  assert.ok(served(other, 150), JSON.stringify(other));
+  assert.ok(other.seconds < 0.5, `another source took ${other.seconds} s`);
+  const stats = await usr2Stats(child);
+  assert.ok(stats.rate_limit_pauses > 0);
+  assert.equal(stats.msg_req, 750);
+  assert.equal(stats.msg_ack, 750);
+  child.kill("SIGTERM");
+  assert.equal((await child.status()).code, 0);
+});
+
+Deno.test("--rate-limit-per-source holds with --mux too: REQs wait for tokens, every reply right", async () => {
+  await using upstream = await startUpstream();
+  await using proxy = await startProxy(upstream.addr, { rateLimitPerSource: 100, mux: 1 });
+  const seen = await boundClient("127.0.0.1", proxy.addr.port, 250, 1);
+  assert.ok(served(seen, 250), JSON.stringify(seen));
+  // (250 - 100) / 100 = 1.5 s at the least.
+  assert.ok(seen.seconds >= 1.3 && seen.seconds <= 3.5, `${seen.seconds} s`);
+  assert.ok(proxy.stats.rateLimitPauses > 0);
+});
+
+Deno.test("a flood of distinct sources leaves the per-source table's entries bounded", async () => {
+  await using upstream = await startUpstream();
+  const table = new SourceTable(
+    (await import("../src/proxy/source_table.ts")).createSourceTableBuffer(8),
+  );
+  await using proxy = await startProxy(upstream.addr, {
+    maxConnectionsPerSource: 1,
+    sourceTable: table,
+  });
+  // 400 sources, one after another, each served and gone: 16 slots hold them.
+  const seen = await boundClient("127.0.0.N+", proxy.addr.port, 1, 400);
+  assert.ok(served(seen, 1), JSON.stringify(seen.ends.filter((e) => e !== "ok")));
+  await waitUntil(() => proxy.activeConnections === 0, "every client to be counted out");
+  assert.deepEqual(table.usage(), { entries: 16, connections: 0 });
+  assert.equal(table.connections(parseIp("127.0.1.1")!), 0);
+  assert.equal(proxy.stats.sourceTableFull, 0);
+});
+
+Deno.test("a reload (SIGHUP) swaps --allow/--deny for new connections; an open one stays", async () => {
+  await using upstream = await startUpstream();
+  const dir = await Deno.makeTempDir({ prefix: "foo-proxy-access-" });
+  try {
+    const path = `${dir}/foo-proxy.jsonc`;
+    await Deno.writeTextFile(path, JSON.stringify({ deny: "127.0.0.2" }));
+    await using child = spawnMain([
+      "proxy",
+      `--config=${path}`,
+      "--listen=127.0.0.1:0",
+      `--forward=127.0.0.1:${upstream.addr.port}`,
+      `--http=127.0.0.1:${freePort()}`,
+      "--health=off",
+    ], {
+      permissions: [
+        ...DEFAULT_CHILD_FLAGS,
+        `--allow-read=${dir},${fileURLToPath(new URL("../src", import.meta.url))}`,
+      ],
+    });
+    const port = Number((await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/))[1]);
+    assert.ok(refused(await boundClient("127.0.0.2", port, 1)));
+    const open = await connectTo(port);
+    await writeAll(open, requests(1, 1));
+    assert.deepEqual(await readLines(open, 1), acks(1, 1));
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify({ allow: "127.0.0.2", "rate-limit-per-source": 5 }),
+    );
+    child.kill("SIGHUP");
+    await child.stderr.waitFor(/Reloaded .*source access \(for new connections\)/);
+    assert.ok(refused(await boundClient("127.0.0.1", port, 1)), "127.0.0.1 is no longer allowed");
+    assert.ok(served(await boundClient("127.0.0.2", port, 3), 3));
+    // The connection opened before the reload carries on, unlimited.
+    await writeAll(open, requests(2, 11));
+    assert.deepEqual(await readLines(open, 10), acks(2, 11));
+    open.close();
+    // A list that does not parse changes nothing.
+    await Deno.writeTextFile(path, JSON.stringify({ allow: "127.0.0.300" }));
+    child.kill("SIGHUP");
+    await child.stderr.waitFor(
+      /Reload \(SIGHUP\) of .* failed; the running config is kept: --allow: Invalid address range "127\.0\.0\.300"/,
+    );
+    assert.ok(served(await boundClient("127.0.0.2", port, 1), 1));
+    child.kill("SIGTERM");
+    assert.equal((await child.status()).code, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
