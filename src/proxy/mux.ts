@@ -621,15 +621,19 @@ export class MuxClient {
           }
           // Read now: the shared head is overwritten by other clients' lines during the awaits.
           const seq = head.seq;
-          // Out of tokens: wait for the refill (the chunk stays valid: no read starts meanwhile).
-          if (rate !== undefined && this.credit === 0) {
-            if (valid > 0) {
-              stats.recordRequests(valid, now);
-              valid = 0;
+          // A token for this REQ; out of them, wait for the refill (the chunk stays valid: no
+          // read starts meanwhile). One taken for a REQ that is then not sent is lost: one.
+          if (rate !== undefined) {
+            if (this.credit === 0) {
+              if (valid > 0) {
+                stats.recordRequests(valid, now);
+                valid = 0;
+              }
+              this.credit = await takeTokens(rate, Infinity, this, config.timers, stats);
+              if (this.closed) break read;
+              now = stats.clock();
             }
-            this.credit = await takeTokens(rate, Infinity, this, config.timers, stats);
-            if (this.closed) break read;
-            now = stats.clock();
+            this.credit--;
           }
           // The gate: at the limit, wait until replies are written (the chunk stays valid: no
           // read starts meanwhile).
@@ -667,7 +671,6 @@ export class MuxClient {
             this.channel = channel;
             this.owed = 0;
           }
-          if (rate !== undefined) this.credit--;
           stats.counts.msg_req++;
           this.reqs++;
           valid++;
