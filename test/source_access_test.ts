@@ -289,3 +289,31 @@ Deno.test("a reload (SIGHUP) swaps --allow/--deny for new connections; an open o
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a worker that crashes gives its connections' per-source places back", async () => {
+  await using upstream = await startUpstream();
+  const http = freePort();
+  await using child = spawnMain([
+    "proxy",
+    "--listen=127.0.0.1:0",
+    `--forward=127.0.0.1:${upstream.addr.port}`,
+    `--http=127.0.0.1:${http}`,
+    "--health=off",
+    "--workers=1",
+    "--max-connections-per-source=2",
+  ], { env: { FOO_PROXY_TEST_HOOKS: "1" } });
+  const port = Number((await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/))[1]);
+  const open = [await connectTo(port), await connectTo(port)];
+  for (const conn of open) {
+    await writeAll(conn, requests(1, 1));
+    assert.deepEqual(await readLines(conn, 1), acks(1, 1));
+  }
+  const crash = await fetch(`http://127.0.0.1:${http}/debug/crash-worker/0`, { method: "POST" });
+  assert.equal(crash.status, 200, await crash.text());
+  await child.stderr.waitFor(/Data-plane worker 0 replaced/);
+  for (const conn of open) conn.close();
+  // Its two connections died with it: 127.0.0.1 has both places again.
+  assert.ok(served(await boundClient("127.0.0.1", port, 1, 2), 1));
+  child.kill("SIGTERM");
+  assert.equal((await child.status()).code, 0);
+});
