@@ -21,6 +21,7 @@ import {
   startProxy,
   startUpstream,
   waitUntil,
+  withTimeout,
   writeAll,
 } from "./_util.ts";
 
@@ -240,42 +241,49 @@ Deno.test("a flood of distinct sources leaves the per-source table's entries bou
   assert.equal(proxy.stats.sourceTableFull, 0);
 });
 
-Deno.test("a reload (SIGHUP) swaps --allow/--deny for new connections; an open one stays", async () => {
+Deno.test("a reload (SIGHUP) swaps --allow/--deny: new connections see them, open ones from sources now refused are closed", async () => {
   await using upstream = await startUpstream();
   const dir = await Deno.makeTempDir({ prefix: "foo-proxy-access-" });
   try {
     const path = `${dir}/foo-proxy.jsonc`;
     await Deno.writeTextFile(path, JSON.stringify({ deny: "127.0.0.2" }));
+    // On `::`, so that Deno's own clients can come from two sources: ::1 and 127.0.0.1.
     await using child = spawnMain([
       "proxy",
       `--config=${path}`,
-      "--listen=127.0.0.1:0",
+      "--listen=[::]:0",
       `--forward=127.0.0.1:${upstream.addr.port}`,
-      `--http=127.0.0.1:${freePort()}`,
+      "--http=off",
       "--health=off",
+      "--access-log=text",
     ], {
       permissions: [
         ...DEFAULT_CHILD_FLAGS,
         `--allow-read=${dir},${fileURLToPath(new URL("../src", import.meta.url))}`,
       ],
     });
-    const port = Number((await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/))[1]);
+    const port = Number((await child.stderr.waitFor(/Listening on \[::\]:(\d+)/))[1]);
     assert.ok(refused(await boundClient("127.0.0.2", port, 1)));
-    const open = await connectTo(port);
-    await writeAll(open, requests(1, 1));
-    assert.deepEqual(await readLines(open, 1), acks(1, 1));
+    const fromV4 = await Deno.connect({ hostname: "127.0.0.1", port });
+    const fromV6 = await Deno.connect({ hostname: "::1", port });
+    for (const conn of [fromV4, fromV6]) {
+      await writeAll(conn, requests(1, 1));
+      assert.deepEqual(await readLines(conn, 1), acks(1, 1));
+    }
     await Deno.writeTextFile(
       path,
-      JSON.stringify({ allow: "127.0.0.2", "rate-limit-per-source": 5 }),
+      JSON.stringify({ allow: "127.0.0.2,::1", "rate-limit-per-source": 5 }),
     );
     child.kill("SIGHUP");
     await child.stderr.waitFor(/Reloaded .*source access \(for new connections\)/);
+    await child.stderr.waitFor(/Closing 1 open connection\(s\) from sources the reloaded/);
+    // 127.0.0.1's open connection is closed; ::1's carries on, unlimited (it began before).
+    const end = fromV4.read(new Uint8Array(16));
+    assert.equal(await withTimeout(end, 5000, "127.0.0.1's connection to be closed"), null);
+    await writeAll(fromV6, requests(2, 21));
+    assert.deepEqual(await readLines(fromV6, 20), acks(2, 21));
     assert.ok(refused(await boundClient("127.0.0.1", port, 1)), "127.0.0.1 is no longer allowed");
     assert.ok(served(await boundClient("127.0.0.2", port, 3), 3));
-    // The connection opened before the reload carries on, unlimited.
-    await writeAll(open, requests(2, 11));
-    assert.deepEqual(await readLines(open, 10), acks(2, 11));
-    open.close();
     // A list that does not parse changes nothing.
     await Deno.writeTextFile(path, JSON.stringify({ allow: "127.0.0.300" }));
     child.kill("SIGHUP");
@@ -283,8 +291,17 @@ Deno.test("a reload (SIGHUP) swaps --allow/--deny for new connections; an open o
       /Reload \(SIGHUP\) of .* failed; the running config is kept: --allow: Invalid address range "127\.0\.0\.300"/,
     );
     assert.ok(served(await boundClient("127.0.0.2", port, 1), 1));
+    const stats = await usr2Stats(child);
+    assert.equal(stats.connections_closed.denied, 3);
+    fromV4.close();
+    fromV6.close();
     child.kill("SIGTERM");
     assert.equal((await child.status()).code, 0);
+    // The closed one's access-log line says why.
+    assert.match(
+      child.stderr.text,
+      /127\.0\.0\.1\]:\d+ -> 127\.0\.0\.1:\d+ .* req=1 ack=1 .* denied/,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -317,3 +334,19 @@ Deno.test("a worker that crashes gives its connections' per-source places back",
   child.kill("SIGTERM");
   assert.equal((await child.status()).code, 0);
 });
+
+for (const mode of [{ name: "1:1", mux: 0 }, { name: "--mux", mux: 1 }]) {
+  Deno.test(`setAccess() closes the open connections of a source it now denies (${mode.name})`, async () => {
+    await using upstream = await startUpstream();
+    await using proxy = await startProxy(upstream.addr, { mux: mode.mux, deny: "192.0.2.0/24" });
+    const conn = await connectTo(proxy.addr.port);
+    await writeAll(conn, requests(1, 2));
+    assert.deepEqual(await readLines(conn, 2), acks(1, 2));
+    proxy.setAccess({ deny: "192.0.2.0/24,127.0.0.1" });
+    const end = conn.read(new Uint8Array(16));
+    assert.equal(await withTimeout(end, 5000, "the denied client to be closed"), null);
+    conn.close();
+    await waitUntil(() => proxy.activeConnections === 0, "the client to be counted out");
+    assert.equal(proxy.stats.closed.denied, 1);
+  });
+}

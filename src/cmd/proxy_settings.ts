@@ -452,7 +452,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     multiple: true,
     defaultText: "any",
     help:
-      "let in only clients whose address is in these ranges (IPv4 and IPv6; empty = every source not denied); others are closed at accept (reload: new connections)",
+      "let in only clients whose address is in these ranges (IPv4 and IPv6; empty = every source not denied); others are closed at accept (a reload also closes open connections it now refuses)",
     parse: cidrList,
     reload: "access",
     option: "allow",
@@ -464,7 +464,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     multiple: true,
     defaultText: "none",
     help:
-      "close clients from these ranges at accept, before a byte is read; wins over --allow (reload: new connections)",
+      "close clients from these ranges at accept, before a byte is read; wins over --allow (a reload also closes open connections it now refuses)",
     parse: cidrList,
     reload: "access",
     option: "deny",

@@ -347,7 +347,8 @@ class Session {
 
   /** The abort signal's listener (an EventListenerObject: no closure needed). */
   handleEvent(): void {
-    this.finish("shutdown");
+    // A reload that denied the client's source aborts with "denied" (see Proxy.setAccess).
+    this.finish(this.signal?.reason === "denied" ? "denied" : "shutdown");
   }
 
   /** Ends the connection: closes both sockets and wakes every waiter. The first reason wins. */

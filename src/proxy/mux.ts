@@ -720,9 +720,9 @@ export class MuxClient {
     this.credit = 0;
   }
 
-  /** Ends the client (reason `shutdown`). */
-  stop(): void {
-    this.finish("shutdown");
+  /** Ends the client (reason `shutdown`, or `denied` when a reload denied its source). */
+  stop(reason: "shutdown" | "denied" = "shutdown"): void {
+    this.finish(reason);
   }
 
   /** A shared connection for the next REQ: the current one, or one acquired now. */

@@ -219,6 +219,11 @@ interface Connection {
   task: Promise<unknown>;
   /** Its place in the per-source table (and token bucket); unset without per-source limits. */
   source: SourceRate | undefined;
+  /**
+   * Its source address while `--allow`/`--deny` are set (a reload that denies it closes the
+   * connection); unset otherwise.
+   */
+  address: Uint8Array | undefined;
 }
 
 /** What dialing the upstream gave: the connection and the downstream bytes held meanwhile. */
@@ -458,12 +463,30 @@ export class Proxy implements AsyncDisposable {
 
   /**
    * Changes source access (a reload): connections accepted from now on see the new lists and
-   * limits; open ones are not closed (nor counted against a per-source limit turned on now).
+   * limits, and open connections from a source the new lists refuse are closed (reason
+   * `denied`: an operator who denies a source wants it out, not only kept from coming back).
+   * Open connections are not counted against a per-source limit turned on now, nor closed by a
+   * lower one, and keep the rate they started with.
    *
    * @throws {RangeError} for a list that does not parse (nothing changes then).
    */
   setAccess(access: SourceAccess): void {
-    this.#access = accessRules(access);
+    const rules = accessRules(access);
+    this.#access = rules;
+    if (rules === undefined || (rules.allow === undefined && rules.deny === undefined)) return;
+    let closed = 0;
+    for (const connection of this.#connections) {
+      const address = connection.address;
+      if (address === undefined || refusal(rules, address) === undefined) continue;
+      stop(connection, "denied");
+      closed++;
+    }
+    if (closed > 0) {
+      this.#logger.warning(
+        "Closing {count} open connection(s) from sources the reloaded --allow/--deny refuse",
+        { count: closed },
+      );
+    }
   }
 
   /**
@@ -500,6 +523,7 @@ export class Proxy implements AsyncDisposable {
         dialing: false,
         task: DONE,
         source: undefined,
+        address: undefined,
       };
       // Added first: #handle removes it when it ends, possibly before returning its promise.
       this.#connections.add(connection);
@@ -610,23 +634,25 @@ export class Proxy implements AsyncDisposable {
    * the hub's `ended` hook counts it out.
    */
   #acceptMux(hub: MuxHub, downstream: Deno.Conn): void {
-    const source = this.#access === undefined
-      ? undefined
-      : this.#checkSource(downstream, (downstream.remoteAddr as Deno.NetAddr).hostname);
-    if (source === false) return;
-    const peer = this.#admit(downstream);
-    if (peer === undefined) {
-      if (source !== undefined) this.#sourceTable!.close(source.slot);
-      return;
-    }
     const connection: Connection = {
       controller: undefined,
       client: undefined,
       state: new BridgeState(),
       dialing: false,
       task: DONE,
-      source,
+      source: undefined,
+      address: undefined,
     };
+    if (
+      this.#access !== undefined &&
+      !this.#checkSource(downstream, (downstream.remoteAddr as Deno.NetAddr).hostname, connection)
+    ) return;
+    const peer = this.#admit(downstream);
+    if (peer === undefined) {
+      this.#releaseSource(connection);
+      return;
+    }
+    const source = connection.source;
     this.#connections.add(connection);
     const accessLog = this.#accessLog;
     const client = hub.client(downstream, {
@@ -653,14 +679,10 @@ export class Proxy implements AsyncDisposable {
   // Serves one connection and removes it from #connections when done; never rejects.
   async #handle(downstream: Deno.Conn, connection: Connection): Promise<void> {
     try {
-      if (this.#access !== undefined) {
-        const source = this.#checkSource(
-          downstream,
-          (downstream.remoteAddr as Deno.NetAddr).hostname,
-        );
-        if (source === false) return;
-        connection.source = source;
-      }
+      if (
+        this.#access !== undefined &&
+        !this.#checkSource(downstream, (downstream.remoteAddr as Deno.NetAddr).hostname, connection)
+      ) return;
       const peer = this.#admit(downstream);
       if (peer === undefined) return;
       const acceptedAtMs = this.#accessLog === undefined ? 0 : Date.now();
@@ -716,33 +738,24 @@ export class Proxy implements AsyncDisposable {
   /**
    * Step 2 of the accept pipeline (docs/edge.md): `--allow`/`--deny` on the source address (text
    * or 16 bytes), then `--max-connections-per-source`, before a byte of the client is read.
-   * Returns the connection's place in the per-source table (unset when no per-source limit is on,
-   * or the table had no room), or `false` when it is refused: then it is closed, counted, in the
-   * access log, and logged (at most 10 lines a second).
+   * Sets `connection`'s place in the per-source table (unset when no per-source limit is on, or
+   * the table had no room) and address. Returns false when it is refused: then it is closed,
+   * counted, in the access log, and logged (at most 10 lines a second).
    */
   #checkSource(
     downstream: Deno.Conn,
     address: string | Uint8Array,
-  ): SourceRate | undefined | false {
+    connection: Connection,
+  ): boolean {
     const rules = this.#access!;
     const bytes = typeof address === "string" ? parseIp(address) : address;
     let refused: "denied" | "source_limit" | undefined;
-    let why = "";
-    if (bytes === undefined) {
-      // Not an IP address (a Unix socket?): nothing to match, so no list can let it in.
-      refused = rules.allow !== undefined ? "denied" : undefined;
-      why = "not an IP address (--allow)";
-    } else if (rules.deny?.has(bytes)) {
+    let why = bytes === undefined
+      ? rules.allow === undefined ? undefined : "not an IP address (--allow)"
+      : refusal(rules, bytes);
+    if (why !== undefined) {
       refused = "denied";
-      why = "--deny";
-    } else if (rules.allow !== undefined && !rules.allow.has(bytes)) {
-      refused = "denied";
-      why = "not in --allow";
-    }
-    let source: SourceRate | undefined;
-    if (
-      refused === undefined && bytes !== undefined && (rules.maxPerSource > 0 || rules.rate > 0)
-    ) {
+    } else if (bytes !== undefined && (rules.maxPerSource > 0 || rules.rate > 0)) {
       const table = this.#sourceTable ??= new SourceTable(
         createSourceTableBuffer(this.#options.maxConnections ?? PROXY_DEFAULTS.maxConnections),
       );
@@ -768,10 +781,13 @@ export class Proxy implements AsyncDisposable {
           );
         }
       } else {
-        source = new SourceRate(table, slot, rules.rate, burst);
+        connection.source = new SourceRate(table, slot, rules.rate, burst);
       }
     }
-    if (refused === undefined) return source;
+    if (refused === undefined) {
+      if (rules.allow !== undefined || rules.deny !== undefined) connection.address = bytes;
+      return true;
+    }
     const stats = this.stats;
     stats.connectionsTotal++;
     stats.recordClose(refused);
@@ -844,7 +860,7 @@ export class Proxy implements AsyncDisposable {
       return { upstream: dialed.conn, name: dialed.upstream, lease: dialed, held: first.release() };
     } catch (error) {
       const reason: CloseReason = closing.aborted
-        ? "shutdown"
+        ? closing.reason === "denied" ? "denied" : "shutdown"
         : goneWhy === "error"
         ? "downstream_error"
         : goneWhy === "eof"
@@ -870,13 +886,20 @@ export class Proxy implements AsyncDisposable {
 
 const DONE: Promise<unknown> = Promise.resolve();
 
+/** Why `rules` refuse the source `address` (16 bytes), or `undefined` when they let it in. */
+function refusal(rules: AccessRules, address: Uint8Array): string | undefined {
+  if (rules.deny?.has(address)) return "--deny";
+  if (rules.allow !== undefined && !rules.allow.has(address)) return "not in --allow";
+  return undefined;
+}
+
 /** What a rate-limited log line adds about the lines held back before it. */
 function heldText(held: number): string {
   return held === 0 ? "" : ` (${held} more refused without a log line in the last second)`;
 }
 
-/** Ends a connection (reason `shutdown`). */
-function stop(connection: Connection): void {
-  if (connection.client !== undefined) connection.client.stop();
-  else connection.controller?.abort();
+/** Ends a connection (reason `shutdown`, or `denied` when a reload denied its source). */
+function stop(connection: Connection, reason: "shutdown" | "denied" = "shutdown"): void {
+  if (connection.client !== undefined) connection.client.stop(reason);
+  else connection.controller?.abort(reason);
 }
