@@ -39,6 +39,13 @@ Deno.test("SourceTable's token bucket refills at the rate, up to the burst, and 
   assertEquals(table.take(slot, 100, 10, 5, 1000), 5, "the burst at once");
   assertEquals(table.take(slot, 100, 10, 5, 1000), 0);
   assertEquals(table.waitMs(slot, 10), 100, "a token every 100 ms at 10/s");
+  // Two connections of the source waiting: each waits for its share (the pair wakes 10 times a
+  // second, not 20), never more than a second.
+  const second = table.open(ip("10.0.0.1"), 0, 5, 1000);
+  assertEquals(second, slot);
+  assertEquals(table.waitMs(slot, 10), 200);
+  assertEquals(table.waitMs(slot, 1), 1000);
+  table.close(second);
   assertEquals(table.take(slot, 100, 10, 5, 1250), 2, "2.5 tokens in 250 ms: two whole ones");
   table.giveBack(slot, 1, 5);
   assertEquals(table.take(slot, 100, 10, 5, 1250), 1);

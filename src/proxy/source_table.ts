@@ -184,10 +184,18 @@ export class SourceTable {
     this.#unlock(bucket);
   }
 
-  /** Milliseconds until `slot` has a whole token again at `rate` per second (an estimate). */
+  /**
+   * Milliseconds a connection of `slot` should wait for a token at `rate` per second: until the
+   * next one, times the source's open connections (each waits for its share, so a source's
+   * paused connections wake about `rate` times a second in all, not each of them; at most 1 s).
+   */
   waitMs(slot: number, rate: number): number {
     const tokens = this.#doubles[this.#doubleAt(slot) + F_TOKENS];
-    return Math.max(1, Math.ceil((1 - tokens) * 1000 / rate));
+    const conns = Math.max(
+      1,
+      Atomics.load(this.#words, slot * SLOT_WORDS + HEADER_WORDS + S_CONNS),
+    );
+    return Math.min(1000, Math.max(1, Math.ceil((1 - tokens) * conns * 1000 / rate)));
   }
 
   /** Open connections of `address` (tests, and the curious). */
