@@ -16,8 +16,12 @@ scope.onmessage = (event: MessageEvent) => {
     start: SharedArrayBuffer;
   };
   const table = new SourceTable(buffer);
-  // Both workers start together, so their updates overlap.
-  Atomics.wait(new Int32Array(start), 0, 0, 5000);
+  // A barrier: both workers start together, so their updates overlap.
+  const ready = new Int32Array(start);
+  Atomics.add(ready, 0, 1);
+  while (Atomics.load(ready, 0) < 2) {
+    // Spin until the other worker is here too.
+  }
   let tokens = 0;
   let refused = 0;
   for (let i = 0; i < rounds; i++) {

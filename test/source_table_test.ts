@@ -111,8 +111,9 @@ Deno.test("SourceTable used by two Workers at once loses no count and hands out 
   const buffer = createSourceTableBuffer(64);
   const start = new SharedArrayBuffer(4);
   const addresses = [ip("127.0.0.1"), ip("127.0.0.2"), ip("::1")];
-  const rounds = 200_000;
-  const rate = 1000; // a token per round of each worker's clock
+  const rounds = 1_000_000;
+  // A token every 10 rounds per address: scarce, so two workers race for each one.
+  const rate = 100;
   const burst = 50;
   const workers = [0, 1].map(() =>
     new Worker(new URL("./_source_table_worker.ts", import.meta.url), { type: "module" })
@@ -123,19 +124,32 @@ Deno.test("SourceTable used by two Workers at once loses no count and hands out 
         w.onmessage = (e) => resolve(e.data)
       )
     );
+    // They meet at a barrier in `start`, then run at once.
     for (const w of workers) w.postMessage({ buffer, addresses, rounds, rate, burst, start });
-    // Both are waiting on `start` (or about to): let them go together.
-    Atomics.store(new Int32Array(start), 0, 1);
-    Atomics.notify(new Int32Array(start), 0);
     const done = await Promise.all(results);
     const table = new SourceTable(buffer);
     for (const a of addresses) assertEquals(table.connections(a), 0, "every open was closed");
     assertEquals(done.map((d) => d.refused), [0, 0]);
-    // Tokens of 127.0.0.1: the clocks ran to `rounds` ms; no more than burst + rate × time.
+    // The clocks ran to `rounds` ms: each address refilled rate × time at most, after its burst.
     const tokens = done.reduce((sum, d) => sum + d.tokens, 0);
-    const max = burst * addresses.length + rate * rounds / 1000;
+    const max = addresses.length * (burst + rate * rounds / 1000);
     assert(tokens <= max, `${tokens} tokens handed out, at most ${max} refilled`);
   } finally {
     for (const w of workers) w.terminate();
   }
+});
+
+Deno.test("a bucket lock whose holder was ended mid-update is taken over after a second", () => {
+  const buffer = createSourceTableBuffer(1);
+  const table = new SourceTable(buffer);
+  // Every lock word held, as by a Worker terminated inside an update (header: 8 words, then 8
+  // words a slot, the lock first).
+  const words = new Int32Array(buffer);
+  for (let slot = 0; slot < table.slots; slot++) words[8 + slot * 8] = 1;
+  const started = performance.now();
+  const slot = table.open(ip("127.0.0.1"), 0, 1, 0);
+  const waited = performance.now() - started;
+  assert(slot >= 0);
+  assert(waited >= 900 && waited < 5000, `waited ${waited} ms`);
+  assertEquals(table.connections(ip("127.0.0.1")), 1);
 });

@@ -43,8 +43,10 @@ const S_CONNS = 3;
 // Slot doubles (Float64, at byte 16 of the slot): tokens, time of the last refill (ms).
 const F_TOKENS = 2;
 const F_LAST = 3;
-/** Spins before a lock is taken anyway (its holder was ended mid-update: never wait for ever). */
-const MAX_SPINS = 1 << 22;
+/** Tries of a held lock before sleeping between tries. */
+const SPINS = 64;
+/** A lock held this long (ms) is taken anyway: its holder was ended mid-update. */
+const STEAL_MS = 1000;
 
 /**
  * The slots a table for `maxConnections` gets: twice as many, rounded up to a power of two (at
@@ -266,12 +268,27 @@ export class SourceTable {
 
   #lock(bucket: number): void {
     const at = bucket * BUCKET_SLOTS * SLOT_WORDS + HEADER_WORDS + S_LOCK;
-    for (let spins = 0; spins < MAX_SPINS; spins++) {
-      if (Atomics.compareExchange(this.#words, at, 0, 1) === 0) return;
+    if (Atomics.compareExchange(this.#words, at, 0, 1) !== 0) this.#lockSlowly(at);
+  }
+
+  /** The lock word at `at` is held: spin a little, then sleep in short steps. */
+  #lockSlowly(at: number): void {
+    const words = this.#words;
+    let deadline = 0;
+    for (let tries = 1;; tries++) {
+      if (Atomics.compareExchange(words, at, 0, 1) === 0) return;
+      if (tries < SPINS) continue;
+      // Its holder may have lost its core (more threads than cores): give it ours a moment.
+      Atomics.wait(words, at, 1, 0.05);
+      const now = performance.now();
+      if (deadline === 0) deadline = now + STEAL_MS;
+      else if (now > deadline) {
+        // Held for a second: its holder was ended in the middle (a Worker terminated). Take it
+        // over rather than freeze this thread; at worst one count is off by one.
+        Atomics.store(words, at, 1);
+        return;
+      }
     }
-    // Held for seconds: its holder was ended in the middle (a Worker terminated). Take it over
-    // rather than freeze this thread; at worst one count is off by one.
-    Atomics.store(this.#words, at, 1);
   }
 
   #unlock(bucket: number): void {
