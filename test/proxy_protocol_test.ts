@@ -454,3 +454,56 @@ Deno.test("--send-proxy with --mux or --pool is a usage error (exit 2) saying wh
   assert.equal((await bad.status()).code, 2);
   assert.match(bad.stderr.text, /--accept-proxy: Invalid address range "10\.0\.0\.1\/8"/);
 });
+
+Deno.test("foo-proxy proxy --accept-proxy (workers): the access log and stats show the header's client; SIGHUP with a new list applies to new connections", async () => {
+  await using upstream = await startUpstream();
+  const dir = await Deno.makeTempDir({ prefix: "foo-proxy-accept-proxy-" });
+  const path = `${dir}/foo-proxy.jsonc`;
+  const write = (list: string) =>
+    Deno.writeTextFile(path, JSON.stringify({ "accept-proxy": list, "access-log": "text" }));
+  await write("127.0.0.1");
+  try {
+    await using child = spawnMain([
+      "proxy",
+      `--config=${path}`,
+      "--listen=127.0.0.1:0",
+      `--forward=127.0.0.1:${upstream.addr.port}`,
+      "--http=off",
+      "--health=off",
+    ], {
+      permissions: [
+        "--allow-net",
+        "--allow-env=FOO_PROXY_*",
+        `--allow-read=${dir},src`,
+        "--unstable-net",
+      ],
+      env: { FOO_PROXY_WORKERS: "2" },
+    });
+    const port = Number((await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
+    assert.deepEqual(await exchange(port, [`${V1}REQ 1 a\n`]), ["ACK 1", "ACK 2"]);
+    await child.stderr.waitFor(/ 192\.0\.2\.1:54321 -> /);
+    child.kill("SIGUSR2");
+    const before = JSON.parse((await child.readLine()) ?? "null");
+    assert.equal(before.proxy_headers, 1);
+    await write("127.0.0.2");
+    child.kill("SIGHUP");
+    await child.stderr.waitFor(/Reloaded .*\(SIGHUP, generation 2\)/);
+    // Each worker hears of the reload on its own: wait until new connections are refused, then
+    // every one is.
+    const refused = async () => {
+      using conn = await connectTo(port);
+      await writeAll(conn, `${V1}REQ 1 a\n`);
+      return (await readText(conn)) === "";
+    };
+    await waitUntil(refused, "a header from 127.0.0.1 refused after the reload");
+    for (let i = 0; i < 6; i++) assert.ok(await refused(), `connection ${i} after the reload`);
+    child.kill("SIGUSR2");
+    const after = JSON.parse((await child.readLine()) ?? "null");
+    assert.ok(after.proxy_header_untrusted >= 7, JSON.stringify(after));
+    assert.ok(after.connections_closed.proxy_header >= 7);
+    child.kill("SIGTERM");
+    assert.equal((await child.status()).code, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -21,8 +21,8 @@ import { ENGINE_DEFAULTS, type ResumeMode } from "../proxy/engine_config.ts";
 import { PROXY_DEFAULTS, type ProxyOptions } from "../proxy/proxy.ts";
 import { POOL_DEFAULTS, type UpstreamPoolOptions } from "../proxy/upstream_pool.ts";
 import { POOL_IDLE_TIMEOUT_MS } from "../proxy/upstream_target.ts";
-import type { ProxyConfig } from "./proxy_config.ts";
 import { CidrList } from "../net/cidr.ts";
+import type { ProxyConfig } from "./proxy_config.ts";
 
 /**
  * What a reload does when a setting's value in the config file changed, in the order
@@ -141,6 +141,14 @@ const appAddress = (raw: RawValue, s: SettingName): Address | null => {
   return parseAddressFlag(s.flag, text, { defaultHost: "127.0.0.1" });
 };
 const text = (raw: RawValue) => String(raw);
+/** A list of address ranges (`10.0.0.0/8,::1`), written back normalised; unset: `""`, none. */
+const cidrList = (raw: RawValue, s: SettingName) => {
+  try {
+    return CidrList.parse(typeof raw === "string" ? raw : "").toString();
+  } catch (error) {
+    throw new UsageError(`--${s.flag}: ${(error as Error).message}`);
+  }
+};
 const flagGiven = (raw: RawValue) => raw === true;
 
 function parseResumeMode(raw: RawValue): ResumeMode {
@@ -545,14 +553,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     defaultText: "off",
     help:
       "peers (load balancers) whose connections must start with a PROXY header (v1 or v2), whose client is then the one logs and limits see; a header from others closes (reload: new connections)",
-    parse: (raw, s) => {
-      if (raw === undefined) return "";
-      try {
-        return CidrList.parse(String(raw)).toString();
-      } catch (error) {
-        throw new UsageError(`--${s.flag}: ${(error as Error).message}`);
-      }
-    },
+    parse: cidrList,
     reload: "engine",
     option: "acceptProxy",
   }),
