@@ -186,7 +186,7 @@ interface Connection {
   /** Settles when the connection has ended. */
   task: Promise<unknown>;
   /** `--accept-proxy`: the downstream as the PROXY header step wrapped it (its close reason). */
-  proxied?: ProxiedConn;
+  proxied: ProxiedConn | undefined;
 }
 
 /** What dialing the upstream gave: the connection and the downstream bytes held meanwhile. */
@@ -481,14 +481,17 @@ export class Proxy implements AsyncDisposable {
       if (pending !== undefined) this.#connections.delete(pending);
       return this.#acceptMux(this.#mux, conn, peer);
     }
+    const proxied = conn instanceof ProxiedConn ? conn : undefined;
+    // Every field in the literal: one shape for every connection record.
     const connection: Connection = pending ?? {
       controller: new AbortController(),
       client: undefined,
       state: new BridgeState(),
       dialing: false,
       task: DONE,
+      proxied,
     };
-    if (conn instanceof ProxiedConn) connection.proxied = conn;
+    connection.proxied = proxied;
     // Added first: #handle removes it when it ends, possibly before returning its promise.
     this.#connections.add(connection);
     connection.task = this.#handle(conn, connection, peer);
@@ -517,6 +520,7 @@ export class Proxy implements AsyncDisposable {
       state: new BridgeState(),
       dialing: false,
       task: DONE,
+      proxied: undefined,
     };
     this.#connections.add(connection);
     if (this.#closeAll.signal.aborted) connection.controller!.abort();
@@ -554,6 +558,9 @@ export class Proxy implements AsyncDisposable {
         downstream: peer,
       });
       this.#serve(downstream, peer, connection);
+    }).catch((error) => {
+      this.#connections.delete(connection);
+      this.#logger.error("Unexpected error in a connection: {error}", { error: String(error) });
     });
   }
 
