@@ -8,6 +8,8 @@
 import assert from "node:assert/strict";
 import type { AccessRecord } from "../src/proxy/access_log.ts";
 import type { ProxyOptions } from "../src/proxy/proxy.ts";
+import { checkUpstream } from "../src/proxy/health_check.ts";
+import { checkPreamble } from "../src/proxy/proxy_header_step.ts";
 import {
   encodeProxyHeader,
   PROXY_V2_SIGNATURE,
@@ -16,11 +18,13 @@ import {
 } from "../src/net/proxy_header.ts";
 import {
   connectTo,
+  freePort,
   LineReader,
   listenLocal,
   readText,
   recordingLogger,
   spawnMain,
+  spawnProxy,
   startProxy,
   startUpstream,
   waitUntil,
@@ -508,5 +512,56 @@ Deno.test("foo-proxy proxy --accept-proxy (workers): the access log and stats sh
     assert.equal((await child.status()).code, 0);
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("--send-proxy: health checks start with v1 UNKNOWN / v2 LOCAL, which an upstream that demands a header answers", async () => {
+  const recorder = startRecordingUpstream();
+  try {
+    // Without a header such an upstream closes the probe: the check would mark it down.
+    const bare = await checkUpstream(recorder.addr, { timeoutMs: 2000 });
+    assert.equal(bare.ok, false);
+    for (const version of ["v1", "v2"] as const) {
+      const checked = await checkUpstream(recorder.addr, {
+        timeoutMs: 2000,
+        preamble: checkPreamble(version),
+      });
+      assert.equal(checked.ok, true, checked.error);
+    }
+    assert.deepEqual(recorder.headers.map((h) => [h.version, h.command, h.family]), [
+      [1, "proxy", "unknown"],
+      [2, "local", "unknown"],
+    ]);
+  } finally {
+    await recorder.close();
+  }
+});
+
+Deno.test("foo-proxy proxy --send-proxy v2: the health checks' LOCAL headers and a client's header reach the upstream", async () => {
+  const recorder = startRecordingUpstream();
+  try {
+    const { child, port } = await spawnProxy(recorder.addr, [
+      "--send-proxy=v2",
+      "--health-interval=100ms",
+      // A lone upstream is checked when the health app is on (its /readyz reports it); the
+      // last --health given wins.
+      `--health=127.0.0.1:${freePort()}`,
+    ]);
+    await using _child = child;
+    await waitUntil(
+      () => recorder.headers.filter((h) => h.command === "local").length >= 3,
+      "three health checks with a LOCAL header",
+    );
+    using conn = await connectTo(port);
+    await writeAll(conn, "REQ 7 a\n");
+    assert.deepEqual(await new LineReader(conn).readLines(1), ["ACK 7"]);
+    const local = conn.localAddr as Deno.NetAddr;
+    assert.ok(
+      recorder.headers.some((h) => h.source?.port === local.port && h.destination?.port === port),
+      JSON.stringify(recorder.headers),
+    );
+    assert.doesNotMatch(child.stderr.text, /down|failed/i);
+  } finally {
+    await recorder.close();
   }
 });

@@ -573,10 +573,11 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     default: "off",
     value: "off|v1|v2",
     help:
-      "start each upstream connection with a PROXY header carrying the client's address (1:1 only: not with --mux or --pool, whose connections are shared; health checks send none)",
+      "start each upstream connection with a PROXY header carrying the client's address (1:1 only: not with --mux or --pool, whose connections are shared); health checks send v1 UNKNOWN / v2 LOCAL",
     parse: choice(["off", "v1", "v2"] as const),
     reload: "restart",
     option: "sendProxy",
+    poolOption: "sendProxy",
   }),
   setting({
     flag: "log-level",

@@ -331,6 +331,8 @@ export interface EncodeProxyHeaderOptions {
   source?: ProxyEndpoint;
   /** The address the client connected to. */
   destination?: ProxyEndpoint;
+  /** v2: a LOCAL header (the sender's own connection, a health check); the addresses are ignored. */
+  local?: boolean;
 }
 
 /**
@@ -345,7 +347,7 @@ export function encodeProxyHeader(
   const { source, destination } = options;
   const src = source && parseIp(source.hostname);
   const dst = destination && parseIp(destination.hostname);
-  const known = src !== undefined && dst !== undefined;
+  const known = src !== undefined && dst !== undefined && !(version === 2 && options.local);
   const mapped = (b: Uint8Array) =>
     b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff;
   const v4 = known && mapped(src) && mapped(dst);
@@ -361,9 +363,9 @@ export function encodeProxyHeader(
   const body = !known ? 0 : v4 ? 12 : 36;
   const out = new Uint8Array(V2_FIXED + body);
   out.set(PROXY_V2_SIGNATURE);
-  // An unknown client is PROXY with family UNSPEC ("use the connection's addresses"); LOCAL would
-  // say the connection is the proxy's own.
-  out[12] = 0x21;
+  // An unknown client is PROXY with family UNSPEC ("use the connection's addresses"); LOCAL says
+  // the connection is the sender's own.
+  out[12] = options.local ? 0x20 : 0x21;
   out[13] = !known ? 0x00 : v4 ? 0x11 : 0x21;
   out[14] = body >> 8;
   out[15] = body & 0xff;

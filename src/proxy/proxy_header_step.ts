@@ -375,3 +375,15 @@ export function sendProxyHeader(version: 1 | 2, downstream: Deno.Conn): Uint8Arr
     destination: { hostname: local.hostname, port: local.port },
   });
 }
+
+/**
+ * What a health check sends first with `--send-proxy`: the header a receiver must accept for a
+ * connection that carries no client (v1 `UNKNOWN`; v2 `LOCAL`, the command the spec made for
+ * health checks), so an upstream that demands a header on every connection answers the probe.
+ * Unset or off: nothing.
+ */
+export function checkPreamble(sendProxy: "off" | "v1" | "v2" | undefined): Uint8Array | undefined {
+  if (sendProxy === "v1") return encodeProxyHeader(1);
+  if (sendProxy === "v2") return encodeProxyHeader(2, { local: true });
+  return undefined;
+}
