@@ -27,16 +27,6 @@ export type ProxyHeaderFailure =
   | "timeout"
   | "truncated";
 
-/** Every {@linkcode ProxyHeaderFailure}, in the order reports list them. */
-export const PROXY_HEADER_FAILURES: readonly ProxyHeaderFailure[] = [
-  "missing",
-  "malformed",
-  "oversized",
-  "untrusted",
-  "timeout",
-  "truncated",
-];
-
 /** Options for {@linkcode readProxyHeader}. */
 export interface ReadProxyHeaderOptions {
   /** Close the connection when the whole header has not come within this many ms; 0: never. */
