@@ -64,6 +64,8 @@ const OTHER_VALUE: Record<string, string> = {
   "resume-retries": "2",
   "resume-max-failovers": "1",
   "resume-retain": "4096",
+  "ws-listen": "127.0.0.1:9",
+  "ws-origin": "https://a.example",
   "log-level": "debug",
   "log-format": "json",
   help: "",

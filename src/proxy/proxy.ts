@@ -22,6 +22,7 @@ import {
 import { FirstBytesReader, type HeldBytes } from "./first_bytes_reader.ts";
 import { UpstreamError } from "./upstream.ts";
 import { SingleUpstream, type TargetConnection, type UpstreamTarget } from "./upstream_target.ts";
+import { WebSocketListener, type WebSocketListenerOptions } from "./websocket_listener.ts";
 
 /**
  * Options for {@linkcode Proxy}: where to listen and forward, the accept and drain behaviour,
@@ -108,6 +109,11 @@ export interface ProxyOptions extends Omit<EngineOptions, "resume"> {
    * gets its own upstream connection. @default {0}
    */
   mux?: number;
+  /**
+   * Also accept WebSocket clients there (`--ws-listen`; see `websocket_listener.ts`), bound with
+   * `reusePort` like `listen`: served by {@linkcode Proxy.serve}. Unset: none.
+   */
+  webSocket?: Omit<WebSocketListenerOptions, "serve" | "stats" | "logger" | "reusePort">;
 }
 
 /**
@@ -174,6 +180,7 @@ export class Proxy implements AsyncDisposable {
   #options: ProxyOptions;
   #logger: Logger;
   #listener: Deno.TcpListener | undefined;
+  #webSocket: WebSocketListener | undefined;
   // A set of plain records rather than a map keyed by task promises: no `.catch`/`.finally`
   // promises and closures per connection (measured: less heap per idle connection).
   #connections = new Set<Connection>();
@@ -190,6 +197,8 @@ export class Proxy implements AsyncDisposable {
   #finished = Promise.withResolvers<void>();
   /** Settles once the idle pooled connections closed at stopAccepting have ended. */
   #idleClosed: Promise<void> | undefined;
+  /** Settles once the WebSocket listener and its handshakes have ended. */
+  #webSocketClosed: Promise<void> | undefined;
 
   /** Creates a proxy; nothing is opened until {@linkcode Proxy.start}. */
   constructor(options: ProxyOptions) {
@@ -245,6 +254,11 @@ export class Proxy implements AsyncDisposable {
     return this.#listener.addr;
   }
 
+  /** The bound WebSocket listen address (after start), or undefined without `webSocket`. */
+  get webSocketAddr(): Deno.NetAddr | undefined {
+    return this.#webSocket?.addr;
+  }
+
   /** Whether the listener is bound and the proxy is not closing. */
   get listening(): boolean {
     return this.#listener !== undefined && !this.#closing;
@@ -267,6 +281,21 @@ export class Proxy implements AsyncDisposable {
       ? Deno.listen({ hostname: listen.hostname, port: listen.port, reusePort: true })
       : Deno.listen({ hostname: listen.hostname, port: listen.port });
     this.#accepting = this.#acceptLoop(this.#listener);
+    if (this.#options.webSocket !== undefined) {
+      this.#webSocket = new WebSocketListener({
+        ...this.#options.webSocket,
+        reusePort: this.#options.reusePort,
+        serve: (conn) => this.serve(conn),
+        stats: this.stats,
+        logger: this.#logger,
+      });
+      try {
+        this.#webSocket.start();
+      } catch (error) {
+        this.#listener.close();
+        throw error;
+      }
+    }
     if (this.#options.announce === false) return Promise.resolve(this.addr);
     const everywhere = this.addr.hostname === "0.0.0.0" || this.addr.hostname === "::";
     this.#logger.info("Listening on {listen}{scope}, forwarding to {forward}", {
@@ -288,6 +317,7 @@ export class Proxy implements AsyncDisposable {
     } catch {
       // Already closed.
     }
+    this.#webSocketClosed = this.#webSocket?.close();
   }
 
   /** Stops accepting, closes every connection, and resolves when all have ended. */
@@ -297,6 +327,7 @@ export class Proxy implements AsyncDisposable {
     this.#closeAll.abort();
     for (const connection of this.#connections) stop(connection);
     await this.#accepting;
+    await this.#webSocketClosed;
     await this.drained();
     this.#mux?.close();
     await this.#idleClosed;
@@ -402,19 +433,7 @@ export class Proxy implements AsyncDisposable {
   }
 
   #acceptLoop(listener: Deno.TcpListener): Promise<void> {
-    return acceptLoop(listener, (conn) => {
-      if (this.#mux !== undefined) return this.#acceptMux(this.#mux, conn);
-      const connection: Connection = {
-        controller: new AbortController(),
-        client: undefined,
-        state: new BridgeState(),
-        dialing: false,
-        task: DONE,
-      };
-      // Added first: #handle removes it when it ends, possibly before returning its promise.
-      this.#connections.add(connection);
-      connection.task = this.#handle(conn, connection);
-    }, {
+    return acceptLoop(listener, (conn) => this.#accept(conn), {
       closed: () => this.#closing,
       label: formatAddress(this.#options.listen),
       logger: this.#logger,
@@ -422,6 +441,38 @@ export class Proxy implements AsyncDisposable {
       onConnectionError: () => this.stats.acceptErrors++,
       onResourceError: () => this.stats.acceptResourceErrors++,
     });
+  }
+
+  /**
+   * Serves a downstream connection that did not come from this proxy's listener (a WebSocket
+   * client, see `websocket_listener.ts`) exactly as an accepted one: admission and
+   * `--max-connections`, the connection mode, dial, bridge, stats, access log and close reasons.
+   * Once the proxy stops accepting, `conn` is closed at once.
+   */
+  serve(conn: Deno.Conn): void {
+    if (this.#closing) {
+      try {
+        conn.close();
+      } catch {
+        // Already closed.
+      }
+      return;
+    }
+    this.#accept(conn);
+  }
+
+  #accept(conn: Deno.Conn): void {
+    if (this.#mux !== undefined) return this.#acceptMux(this.#mux, conn);
+    const connection: Connection = {
+      controller: new AbortController(),
+      client: undefined,
+      state: new BridgeState(),
+      dialing: false,
+      task: DONE,
+    };
+    // Added first: #handle removes it when it ends, possibly before returning its promise.
+    this.#connections.add(connection);
+    connection.task = this.#handle(conn, connection);
   }
 
   // The access-log callback of one connection: field by field, one object per line, not a rest
