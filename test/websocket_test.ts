@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import type { AccessRecord } from "../src/proxy/access_log.ts";
+import { WebSocketConn } from "../src/net/websocket_conn.ts";
 import { Proxy, type ProxyOptions } from "../src/proxy/proxy.ts";
 import { makeCertificates } from "./_tls.ts";
 import {
@@ -321,4 +322,32 @@ Deno.test("foo-proxy proxy --ws-listen serves WebSocket clients in every worker;
   const stderr = new TextDecoder().decode(out.stderr);
   assert.equal(out.code, 0, stderr);
   assert.match(new TextDecoder().decode(out.stdout), /OK!/);
+});
+
+Deno.test("WebSocketConn: a text reply never splits a UTF-8 character between messages, and bytes that are not UTF-8 go as binary", async () => {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  using client = await connectTo(listener.addr);
+  const inner = await listener.accept();
+  const ws = new WebSocketConn(inner);
+  try {
+    await writeAllBytes(client, frame(1, "REQ 1\n", { mask: [1, 1, 1, 1] }));
+    const got = new Uint8Array(64);
+    const n = await ws.read(got);
+    assert.equal(new TextDecoder().decode(got.subarray(0, n!)), "REQ 1\n");
+    const frames = new FrameReader(client);
+    await ws.write(new Uint8Array([0x41, 0xc3])); // "A" and the first byte of "é"
+    await ws.write(new Uint8Array([0xa9, 0x0a]));
+    await ws.write(new Uint8Array([0xff, 0x0a]));
+    const first = (await frames.next())!;
+    const second = (await frames.next())!;
+    const third = (await frames.next())!;
+    assert.deepEqual([first.opcode, [...first.payload]], [1, [0x41]]);
+    assert.deepEqual([second.opcode, new TextDecoder().decode(second.payload)], [1, "é\n"]);
+    assert.deepEqual([third.opcode, [...third.payload]], [2, [0xff, 0x0a]]);
+  } finally {
+    ws.close();
+  }
+  const close = await new FrameReader(client).next();
+  assert.equal(close?.opcode, 8);
+  assert.equal(closeCode(close!.payload), 1000);
 });
