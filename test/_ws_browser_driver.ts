@@ -91,7 +91,8 @@ if (import.meta.main) {
   try {
     Deno.exit(await main(Deno.args));
   } catch (error) {
-    console.error(error instanceof Error ? error.stack : String(error));
+    const text = error instanceof Error ? error.stack ?? error.message : String(error);
+    await Deno.stderr.write(new TextEncoder().encode(text + "\n"));
     Deno.exit(1);
   }
 }
