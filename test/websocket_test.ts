@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import type { AccessRecord } from "../src/proxy/access_log.ts";
 import { WebSocketConn } from "../src/net/websocket_conn.ts";
+import { parseProxyConfig } from "../src/cmd/proxy_config.ts";
 import { Proxy, type ProxyOptions } from "../src/proxy/proxy.ts";
 import { makeCertificates } from "./_tls.ts";
 import {
@@ -46,6 +47,14 @@ async function startWsProxy(
   await proxy.start();
   const scheme = webSocket.tls ? "wss" : "ws";
   return Object.assign(proxy, { wsUrl: `${scheme}://127.0.0.1:${proxy.webSocketAddr!.port}/` });
+}
+
+/** A raw client upgraded on the proxy's WebSocket port, and a reader of its frames. */
+async function openRaw(port: number): Promise<{ conn: Deno.TcpConn; frames: FrameReader }> {
+  const conn = await connectTo(port);
+  const r = await rawRequest(conn, upgradeHead(`127.0.0.1:${port}`));
+  assert.equal(r.status, 101);
+  return { conn, frames: new FrameReader(conn, r.rest) };
 }
 
 for (
@@ -175,13 +184,7 @@ Deno.test("WebSocket: a plain HTTP request gets 426, a bad handshake 400, a huge
 Deno.test("WebSocket: an unmasked frame is closed with 1002, invalid UTF-8 in text with 1007; a ping gets its pong", async () => {
   await using upstream = await startUpstream();
   await using proxy = await startWsProxy(upstream.addr);
-  const port = proxy.webSocketAddr!.port;
-  const open = async () => {
-    const conn = await connectTo(port);
-    const r = await rawRequest(conn, upgradeHead(`127.0.0.1:${port}`));
-    assert.equal(r.status, 101);
-    return { conn, frames: new FrameReader(conn, r.rest) };
-  };
+  const open = () => openRaw(proxy.webSocketAddr!.port);
   {
     const { conn, frames } = await open();
     using _ = conn;
@@ -214,10 +217,7 @@ Deno.test("WebSocket: an unmasked frame is closed with 1002, invalid UTF-8 in te
 Deno.test("WebSocket: a client that floods REQs and never reads is held back by TCP (nothing queues), while another WebSocket client and a TCP client are served", async () => {
   await using upstream = await startUpstream();
   await using proxy = await startWsProxy(upstream.addr);
-  const port = proxy.webSocketAddr!.port;
-  const attacker = await connectTo(port);
-  const r = await rawRequest(attacker, upgradeHead(`127.0.0.1:${port}`));
-  assert.equal(r.status, 101);
+  const { conn: attacker } = await openRaw(proxy.webSocketAddr!.port);
   const line = new TextEncoder().encode("REQ 1 xxxxxxxxxxxxxxxxxxxxxxxxx\n"); // 32 bytes
   const payload = new Uint8Array(128 * 1024 * 1024);
   for (let at = 0; at < payload.length; at += line.length) payload.set(line, at);
@@ -234,11 +234,25 @@ Deno.test("WebSocket: a client that floods REQs and never reads is held back by 
     using tcp = await connectTo(proxy.addr);
     await writeAll(tcp, requests(1, 20));
     assert.deepEqual(await readLines(tcp, 20), acks(1, 20));
-    // What the proxy took from the attacker is what TCP buffers and --max-inflight let through,
-    // not its 128 MiB.
+    // The proxy stops reading the attacker once its replies back up: what it took is what TCP
+    // buffers and --max-inflight let through (a few MB), not its 128 MiB. Stopped means no byte
+    // more for 20 checks in a row.
+    let last = -1;
+    let still = 0;
+    await waitUntil(
+      async () => {
+        await new Promise((resolve) => setTimeout(resolve, 25));
+        const now = proxy.stats.bytesDownstream;
+        still = now === last ? still + 1 : 0;
+        last = now;
+        return still >= 20;
+      },
+      "the proxy to stop reading the attacker",
+      20_000,
+    );
     assert.equal(floodDone, false);
     assert.ok(
-      proxy.stats.bytesDownstream < 64 * 1024 * 1024,
+      proxy.stats.bytesDownstream < 32 * 1024 * 1024,
       `read ${proxy.stats.bytesDownstream} bytes of the flood`,
     );
   } finally {
@@ -350,4 +364,81 @@ Deno.test("WebSocketConn: a text reply never splits a UTF-8 character between me
   const close = await new FrameReader(client).next();
   assert.equal(close?.opcode, 8);
   assert.equal(closeCode(close!.payload), 1000);
+});
+
+Deno.test("WebSocket: a line spans fragments of one message around a ping; the client's close frame is its FIN: replies owed still come, then our close", async () => {
+  await using upstream = await startUpstream();
+  await using proxy = await startWsProxy(upstream.addr);
+  const { conn, frames } = await openRaw(proxy.webSocketAddr!.port);
+  using _conn = conn;
+  const mask = [3, 1, 4, 1];
+  await writeAllBytes(conn, frame(2, "REQ 1\nRE", { fin: false, mask }));
+  await writeAllBytes(conn, frame(9, "p", { mask }));
+  await writeAllBytes(conn, frame(0, "Q 2", { fin: false, mask }));
+  await writeAllBytes(conn, frame(0, "\n", { mask }));
+  await writeAllBytes(conn, frame(8, new Uint8Array([0x03, 0xe8]), { mask }));
+  let text = "";
+  const opcodes: number[] = [];
+  for (;;) {
+    const f = await frames.next();
+    if (f === null) break;
+    opcodes.push(f.opcode);
+    if (f.opcode === 2) text += new TextDecoder().decode(f.payload);
+    if (f.opcode === 8) {
+      assert.equal(closeCode(f.payload), 1000);
+      break;
+    }
+  }
+  assert.equal(text, "ACK 1\nACK 2\n");
+  assert.ok(opcodes.includes(10), "the ping got its pong");
+  assert.equal(opcodes.at(-1), 8);
+  await waitUntil(() => proxy.activeConnections === 0, "the connection to end");
+  assert.equal(proxy.stats.wsMessagesIn, 1, "one message in three fragments");
+  const { completed = 0, client_closed = 0 } = proxy.stats.closed;
+  assert.equal(completed + client_closed, 1);
+});
+
+Deno.test("WebSocket: stalled handshakes past the cap make room for a real client, counted", async () => {
+  await using upstream = await startUpstream();
+  await using proxy = await startWsProxy(upstream.addr, {}, { maxHandshakes: 4 });
+  const port = proxy.webSocketAddr!.port;
+  const stalled: Deno.Conn[] = [];
+  try {
+    for (let i = 0; i < 8; i++) {
+      const conn = await connectTo(port);
+      await writeAll(conn, "GET / HTTP/1.1\r\n");
+      stalled.push(conn);
+    }
+    await using client = await ApiClient.open(proxy.wsUrl);
+    client.socket.send(requests(1, 3));
+    assert.deepEqual(await client.lines(3), acks(1, 3));
+    assert.ok(proxy.stats.wsRejectedBusy >= 5, `busy ${proxy.stats.wsRejectedBusy}`);
+    // The oldest were closed: at most the cap of them hold a descriptor.
+    for (const conn of stalled.slice(0, 4)) {
+      // Well before the 5 s handshake deadline.
+      const n = await withTimeout(conn.read(new Uint8Array(16)).catch(() => null), 2000, "close");
+      assert.equal(n, null);
+    }
+  } finally {
+    for (const conn of stalled) conn.close();
+  }
+});
+
+Deno.test("--ws-listen and --ws-origin refuse bad values with a usage error", () => {
+  const config = parseProxyConfig([
+    "--ws-listen=127.0.0.1:0",
+    "--ws-origin=HTTPS://App.Example:443,null",
+  ]);
+  assert.deepEqual(config.wsListen, { hostname: "127.0.0.1", port: 0 });
+  assert.deepEqual(config.wsOrigins, ["https://app.example", "null"]);
+  assert.equal(parseProxyConfig([]).wsListen, null);
+  for (
+    const bad of [
+      ["--ws-listen=nope"],
+      ["--ws-origin=https://a.example/path"],
+      ["--ws-origin=a.example"],
+    ]
+  ) {
+    assert.throws(() => parseProxyConfig(bad), { name: "UsageError" }, bad.join(" "));
+  }
 });

@@ -123,7 +123,6 @@ export class WebSocketListener implements AsyncDisposable {
     if (this.#pending.size >= max) {
       // A flood of stalled handshakes cannot keep a real client out: the oldest makes room.
       this.#pending.values().next().value?.();
-      this.#options.stats.wsRejectedBusy++;
     }
     const task = this.#handshake(conn).catch((error) => {
       this.#options.logger?.error("WebSocket handshake failed: {error}", { error: String(error) });
@@ -137,7 +136,9 @@ export class WebSocketListener implements AsyncDisposable {
     const peer = formatAddress(conn.remoteAddr as Deno.NetAddr);
     let why: "timeout" | "evicted" | undefined;
     const end = (reason: "timeout" | "evicted") => {
-      why ??= reason;
+      if (why !== undefined) return;
+      why = reason;
+      if (reason === "evicted") stats.wsRejectedBusy++;
       this.#pending.delete(conn);
       closeQuietly(conn);
     };
