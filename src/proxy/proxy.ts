@@ -23,7 +23,15 @@ import { FirstBytesReader, type HeldBytes } from "./first_bytes_reader.ts";
 import { UpstreamError } from "./upstream.ts";
 import { SingleUpstream, type TargetConnection, type UpstreamTarget } from "./upstream_target.ts";
 import { CidrList, parseIp } from "../net/cidr.ts";
-import { LogBudget } from "./log_budget.ts";
+import {
+  LogLimiter,
+  ProxiedConn,
+  type ProxyHeaderFailure,
+  readProxyHeader,
+  sendProxyHeader,
+  SendProxyTarget,
+} from "./proxy_header_step.ts";
+import { WebSocketListener, type WebSocketListenerOptions } from "./websocket_listener.ts";
 import {
   createSourceTableBuffer,
   SOURCE_LIMITED,
@@ -118,6 +126,25 @@ export interface ProxyOptions extends Omit<EngineOptions, "resume"> {
    * gets its own upstream connection. @default {0}
    */
   mux?: number;
+  /**
+   * `--accept-proxy`: peers (a list, or its text) whose connections must start with a PROXY
+   * header (v1 or v2), read before anything else; the client it names is then the connection's
+   * address everywhere. A header from any other peer closes its connection. Unset or empty: no
+   * header is read or looked for. Changed by {@linkcode Proxy.setAcceptProxy}.
+   */
+  acceptProxy?: CidrList | string;
+  /** `--accept-proxy-timeout`: ms a listed peer has to send its whole header; 0: no limit. @default {3000} */
+  acceptProxyTimeoutMs?: number;
+  /**
+   * `--send-proxy`: start each upstream connection with a PROXY header of this version carrying
+   * the client's address (1:1 connections only: refused with `mux` or `pool`). @default {"off"}
+   */
+  sendProxy?: "off" | "v1" | "v2";
+  /**
+   * Also accept WebSocket clients there (`--ws-listen`; see `websocket_listener.ts`), bound with
+   * `reusePort` like `listen`: served by {@linkcode Proxy.serve}. Unset: none.
+   */
+  webSocket?: Omit<WebSocketListenerOptions, "serve" | "stats" | "logger" | "reusePort">;
   // ---- Source access (step 2 of the accept pipeline: see #checkSource) ----
   /**
    * `--allow`: the only sources let in (a list or its text, `10.0.0.0/8,::1`). Unset or empty:
@@ -182,7 +209,14 @@ export const PROXY_DEFAULTS = Object.freeze({
   drainDelayMs: 0,
   drainTimeoutMs: 30_000,
   maxConnections: 10_000,
+  acceptProxyTimeoutMs: 3000,
 });
+
+/**
+ * The {@linkcode ProxyOptions} that are not engine settings but that, like them, a reload gives
+ * to connections accepted from then on ({@linkcode Proxy.updateEngine} takes them too).
+ */
+export const CONNECTION_SETTINGS = ["acceptProxy"] as const;
 
 /** Options for {@linkcode Proxy.shutdown}. */
 export interface ShutdownOptions {
@@ -224,6 +258,8 @@ interface Connection {
    * connection); unset otherwise.
    */
   address: Uint8Array | undefined;
+  /** `--accept-proxy`: the downstream as the PROXY header step wrapped it (its close reason). */
+  proxied: ProxiedConn | undefined;
 }
 
 /** What dialing the upstream gave: the connection and the downstream bytes held meanwhile. */
@@ -243,6 +279,7 @@ export class Proxy implements AsyncDisposable {
   #options: ProxyOptions;
   #logger: Logger;
   #listener: Deno.TcpListener | undefined;
+  #webSocket: WebSocketListener | undefined;
   // A set of plain records rather than a map keyed by task promises: no `.catch`/`.finally`
   // promises and closures per connection (measured: less heap per idle connection).
   #connections = new Set<Connection>();
@@ -262,8 +299,15 @@ export class Proxy implements AsyncDisposable {
   /** Source access; `undefined` when no rule is set (then the accept path checks nothing). */
   #access: AccessRules | undefined;
   #sourceTable: SourceTable | undefined;
-  /** Refusals logged per second at most (a flood of denied connects must not flood the log). */
-  #refusalLog = new LogBudget(10);
+  /** A refusal line a second per kind at most (a flood of denied connects must not flood the log). */
+  #refusalLog = new LogLimiter();
+  /** `--accept-proxy`; undefined: off. */
+  #acceptProxy: CidrList | undefined;
+  #proxyHeaderLog = new LogLimiter();
+  /** `--send-proxy`'s version; 0: off. */
+  #sendProxy: 0 | 1 | 2;
+  /** Settles once the WebSocket listener and its handshakes have ended. */
+  #webSocketClosed: Promise<void> | undefined;
 
   /** Creates a proxy; nothing is opened until {@linkcode Proxy.start}. */
   constructor(options: ProxyOptions) {
@@ -304,6 +348,13 @@ export class Proxy implements AsyncDisposable {
         ended: (owner, reason) => this.#muxEnded(owner, reason),
       });
     }
+    this.setAcceptProxy(options.acceptProxy);
+    this.#sendProxy = options.sendProxy === "v1" ? 1 : options.sendProxy === "v2" ? 2 : 0;
+    if (this.#sendProxy > 0 && (mux > 0 || (options.pool ?? 0) > 0)) {
+      throw new RangeError(
+        "--send-proxy needs a connection per client: --mux and --pool share upstream connections among clients",
+      );
+    }
     this.#accessLog = options.accessLog;
     this.#access = accessRules(options);
     this.#sourceTable = options.sourceTable;
@@ -319,6 +370,11 @@ export class Proxy implements AsyncDisposable {
   get addr(): Deno.NetAddr {
     if (!this.#listener) throw new Error("Proxy is not started");
     return this.#listener.addr;
+  }
+
+  /** The bound WebSocket listen address (after start), or undefined without `webSocket`. */
+  get webSocketAddr(): Deno.NetAddr | undefined {
+    return this.#webSocket?.addr;
   }
 
   /** Whether the listener is bound and the proxy is not closing. */
@@ -343,6 +399,21 @@ export class Proxy implements AsyncDisposable {
       ? Deno.listen({ hostname: listen.hostname, port: listen.port, reusePort: true })
       : Deno.listen({ hostname: listen.hostname, port: listen.port });
     this.#accepting = this.#acceptLoop(this.#listener);
+    if (this.#options.webSocket !== undefined) {
+      this.#webSocket = new WebSocketListener({
+        ...this.#options.webSocket,
+        reusePort: this.#options.reusePort,
+        serve: (conn) => this.serve(conn),
+        stats: this.stats,
+        logger: this.#logger,
+      });
+      try {
+        this.#webSocket.start();
+      } catch (error) {
+        this.#listener.close();
+        throw error;
+      }
+    }
     if (this.#options.announce === false) return Promise.resolve(this.addr);
     const everywhere = this.addr.hostname === "0.0.0.0" || this.addr.hostname === "::";
     this.#logger.info("Listening on {listen}{scope}, forwarding to {forward}", {
@@ -364,6 +435,7 @@ export class Proxy implements AsyncDisposable {
     } catch {
       // Already closed.
     }
+    this.#webSocketClosed = this.#webSocket?.close();
   }
 
   /** Stops accepting, closes every connection, and resolves when all have ended. */
@@ -373,6 +445,7 @@ export class Proxy implements AsyncDisposable {
     this.#closeAll.abort();
     for (const connection of this.#connections) stop(connection);
     await this.#accepting;
+    await this.#webSocketClosed;
     await this.drained();
     this.#mux?.close();
     await this.#idleClosed;
@@ -452,8 +525,23 @@ export class Proxy implements AsyncDisposable {
    * Changes engine settings for connections accepted from now on (a reload); open connections
    * keep what they started with.
    */
-  updateEngine(changes: Omit<EngineOptions, "resume" | "timers" | "random">): void {
-    this.#engine = resolveEngineConfig({ ...this.#engine, ...changes });
+  updateEngine(
+    changes: Omit<EngineOptions, "resume" | "timers" | "random"> & { acceptProxy?: string },
+  ): void {
+    // `--accept-proxy` reloads with the engine rows (new connections get it), but is not one.
+    const { acceptProxy, ...engine } = changes;
+    if (acceptProxy !== undefined) this.setAcceptProxy(acceptProxy);
+    this.#engine = resolveEngineConfig({ ...this.#engine, ...engine });
+  }
+
+  /**
+   * Changes `--accept-proxy` (a reload): connections accepted from now on use the new list.
+   *
+   * @throws {RangeError} for an invalid list text.
+   */
+  setAcceptProxy(list: CidrList | string | undefined): void {
+    const parsed = typeof list === "string" ? CidrList.parse(list) : list;
+    this.#acceptProxy = parsed === undefined || parsed.empty ? undefined : parsed;
   }
 
   /** Changes `maxConnections` (a reload); open connections above it are not closed. */
@@ -514,21 +602,7 @@ export class Proxy implements AsyncDisposable {
   }
 
   #acceptLoop(listener: Deno.TcpListener): Promise<void> {
-    return acceptLoop(listener, (conn) => {
-      if (this.#mux !== undefined) return this.#acceptMux(this.#mux, conn);
-      const connection: Connection = {
-        controller: new AbortController(),
-        client: undefined,
-        state: new BridgeState(),
-        dialing: false,
-        task: DONE,
-        source: undefined,
-        address: undefined,
-      };
-      // Added first: #handle removes it when it ends, possibly before returning its promise.
-      this.#connections.add(connection);
-      connection.task = this.#handle(conn, connection);
-    }, {
+    return acceptLoop(listener, (conn) => this.#accept(conn), {
       closed: () => this.#closing,
       label: formatAddress(this.#options.listen),
       logger: this.#logger,
@@ -538,9 +612,145 @@ export class Proxy implements AsyncDisposable {
     });
   }
 
+  /**
+   * Serves a downstream connection that did not come from this proxy's listener (a WebSocket
+   * client, see `websocket_listener.ts`) exactly as an accepted one: admission and
+   * `--max-connections`, the connection mode, dial, bridge, stats, access log and close reasons.
+   * Once the proxy stops accepting, `conn` is closed at once.
+   */
+  serve(conn: Deno.Conn): void {
+    if (this.#closing) {
+      try {
+        conn.close();
+      } catch {
+        // Already closed.
+      }
+      return;
+    }
+    // Not through step 1: a PROXY header comes before a WebSocket's HTTP request, not in it.
+    this.#serve(conn, formatAddress(conn.remoteAddr as Deno.NetAddr));
+  }
+
+  /** Step 1 (`--accept-proxy`) if it is on, then the rest: every accepted connection. */
+  #accept(conn: Deno.Conn): void {
+    const peer = formatAddress(conn.remoteAddr as Deno.NetAddr);
+    if (this.#acceptProxy !== undefined) return this.#readProxyHeader(conn, peer);
+    this.#serve(conn, peer);
+  }
+
+  /** Steps 2 to 4 of a connection whose client is `peer` (the real one, after step 1). */
+  #serve(conn: Deno.Conn, peer: string, pending?: Connection): void {
+    if (this.#mux !== undefined) {
+      if (pending !== undefined) this.#connections.delete(pending);
+      return this.#acceptMux(this.#mux, conn, peer);
+    }
+    const proxied = conn instanceof ProxiedConn ? conn : undefined;
+    // Every field in the literal: one shape for every connection record.
+    const connection: Connection = pending ?? {
+      controller: new AbortController(),
+      client: undefined,
+      state: new BridgeState(),
+      dialing: false,
+      task: DONE,
+      proxied,
+      source: undefined,
+      address: undefined,
+    };
+    connection.proxied = proxied;
+    // Added first: #handle removes it when it ends, possibly before returning its promise.
+    this.#connections.add(connection);
+    connection.task = this.#handle(conn, connection, peer);
+  }
+
+  /**
+   * Step 1, `--accept-proxy`: a listed peer's connection is served once its PROXY header is read
+   * (with the client it names as `peer`); any other's at once, its first bytes watched for a
+   * header it may not send.
+   */
+  #readProxyHeader(conn: Deno.Conn, transport: string): void {
+    if (!this.#acceptProxy!.has((conn.remoteAddr as Deno.NetAddr).hostname)) {
+      const watched = new ProxiedConn(conn, {
+        onHeader: () =>
+          this.#proxyHeaderFailed(
+            "untrusted",
+            transport,
+            "a PROXY header from a peer not in --accept-proxy",
+          ),
+      });
+      return this.#serve(watched, transport);
+    }
+    const connection: Connection = {
+      controller: new AbortController(),
+      client: undefined,
+      state: new BridgeState(),
+      dialing: false,
+      task: DONE,
+      proxied: undefined,
+      source: undefined,
+      address: undefined,
+    };
+    this.#connections.add(connection);
+    if (this.#closeAll.signal.aborted) connection.controller!.abort();
+    connection.task = readProxyHeader(conn, {
+      timeoutMs: this.#options.acceptProxyTimeoutMs ?? PROXY_DEFAULTS.acceptProxyTimeoutMs,
+      signal: connection.controller!.signal,
+    }).then((result) => {
+      if (!result.ok) {
+        this.#connections.delete(connection);
+        this.stats.connectionsTotal++;
+        const reason: CloseReason = result.kind === "closed"
+          ? "client_closed"
+          : result.kind === "aborted"
+          ? "shutdown"
+          : "proxy_header";
+        this.stats.recordClose(reason);
+        this.#logRefused(transport, reason);
+        if (reason === "proxy_header") {
+          this.#proxyHeaderFailed(result.kind as ProxyHeaderFailure, transport, result.reason);
+        }
+        return;
+      }
+      this.stats.proxyHeaders++;
+      const { source, destination } = result.header;
+      const downstream = source === undefined && result.held.length === 0
+        ? conn
+        : new ProxiedConn(conn, {
+          remoteAddr: source && { transport: "tcp", ...source },
+          localAddr: destination && { transport: "tcp", ...destination },
+          held: result.held,
+        });
+      const peer = source === undefined ? transport : formatAddress(source);
+      this.#logger.debug("PROXY header from {transport}: client {downstream}", {
+        transport,
+        downstream: peer,
+      });
+      this.#serve(downstream, peer, connection);
+    }).catch((error) => {
+      this.#connections.delete(connection);
+      this.#logger.error("Unexpected error in a connection: {error}", { error: String(error) });
+    });
+  }
+
+  /** Counts and logs (at most a line a second per kind) a connection closed at step 1. */
+  #proxyHeaderFailed(kind: ProxyHeaderFailure, transport: string, reason: string): void {
+    this.stats[PROXY_HEADER_COUNTERS[kind]]++;
+    const skipped = this.#proxyHeaderLog.take(kind, Date.now());
+    if (skipped === undefined) return;
+    this.#logger.warning("Closed {downstream}: {reason} (PROXY header {kind}){skipped}", {
+      downstream: transport,
+      reason,
+      kind,
+      skipped: skipped > 0 ? `; ${skipped} more like it in the last second not logged` : "",
+    });
+  }
+
   // The access-log callback of one connection: field by field, one object per line, not a rest
   // copy and a spread.
-  #recordEnd(acceptedAtMs: number, peer: string): (s: ConnectionSummary) => void {
+  #recordEnd(
+    acceptedAtMs: number,
+    peer: string,
+    proxied: ProxiedConn | undefined,
+  ): (s: ConnectionSummary) => void {
     return (s) =>
       this.#accessLog?.({
         startedAtMs: acceptedAtMs,
@@ -556,7 +766,7 @@ export class Proxy implements AsyncDisposable {
         latencyP50Ms: s.latencyP50Ms,
         latencyMaxMs: s.latencyMaxMs,
         failovers: s.failovers,
-        reason: s.reason,
+        reason: closeReason(proxied, s.reason),
       });
   }
 
@@ -581,13 +791,12 @@ export class Proxy implements AsyncDisposable {
   }
 
   /**
-   * Counts a new downstream in, or refuses it at `--max-connections` (closing it): returns its
-   * peer address text when admitted. Undo with {@linkcode #release}.
+   * Counts a new downstream from client `peer` in, or refuses it at `--max-connections` (closing
+   * it): returns `peer` when admitted. Undo with {@linkcode #release}.
    */
-  #admit(downstream: Deno.Conn): string | undefined {
+  #admit(downstream: Deno.Conn, peer: string): string | undefined {
     const stats = this.stats;
     stats.connectionsTotal++;
-    const peer = formatAddress(downstream.remoteAddr as Deno.NetAddr);
     const gate = this.#options.connectionGate;
     const maxConnections = gate
       ? Atomics.load(gate, 1)
@@ -633,13 +842,14 @@ export class Proxy implements AsyncDisposable {
    * A `--mux` client: no frame of this proxy's waits for it (an idle client keeps only its own);
    * the hub's `ended` hook counts it out.
    */
-  #acceptMux(hub: MuxHub, downstream: Deno.Conn): void {
+  #acceptMux(hub: MuxHub, downstream: Deno.Conn, source: string): void {
     const connection: Connection = {
       controller: undefined,
       client: undefined,
       state: new BridgeState(),
       dialing: false,
       task: DONE,
+      proxied: downstream instanceof ProxiedConn ? downstream : undefined,
       source: undefined,
       address: undefined,
     };
@@ -647,12 +857,12 @@ export class Proxy implements AsyncDisposable {
       this.#access !== undefined &&
       !this.#checkSource(downstream, (downstream.remoteAddr as Deno.NetAddr).hostname, connection)
     ) return;
-    const peer = this.#admit(downstream);
+    const peer = this.#admit(downstream, source);
     if (peer === undefined) {
       this.#releaseSource(connection);
       return;
     }
-    const source = connection.source;
+    const grant = connection.source;
     this.#connections.add(connection);
     const accessLog = this.#accessLog;
     const client = hub.client(downstream, {
@@ -660,8 +870,10 @@ export class Proxy implements AsyncDisposable {
       label: peer,
       state: connection.state,
       owner: connection,
-      onEnd: accessLog === undefined ? undefined : this.#recordEnd(Date.now(), peer),
-      rate: source !== undefined && source.rate > 0 ? source : undefined,
+      onEnd: accessLog === undefined
+        ? undefined
+        : this.#recordEnd(Date.now(), peer, connection.proxied),
+      rate: grant !== undefined && grant.rate > 0 ? grant : undefined,
     });
     connection.client = client;
     if (this.#closeAll.signal.aborted) client.stop();
@@ -673,18 +885,23 @@ export class Proxy implements AsyncDisposable {
     const connection = owner as Connection;
     if (!this.#connections.delete(connection)) return;
     this.#releaseSource(connection);
-    this.#release(reason);
+    this.#release(closeReason(connection.proxied, reason));
   }
 
   // Serves one connection and removes it from #connections when done; never rejects.
-  async #handle(downstream: Deno.Conn, connection: Connection): Promise<void> {
+  async #handle(downstream: Deno.Conn, connection: Connection, source: string): Promise<void> {
     try {
       if (
         this.#access !== undefined &&
         !this.#checkSource(downstream, (downstream.remoteAddr as Deno.NetAddr).hostname, connection)
       ) return;
-      const peer = this.#admit(downstream);
+      const peer = this.#admit(downstream, source);
       if (peer === undefined) return;
+      const proxied = connection.proxied;
+      // `--send-proxy`: every upstream connection of this client starts with its header.
+      const target = this.#sendProxy === 0
+        ? this.#target
+        : new SendProxyTarget(this.#target, sendProxyHeader(this.#sendProxy, downstream));
       const acceptedAtMs = this.#accessLog === undefined ? 0 : Date.now();
       const forward = this.#forwardText;
       let reason: CloseReason = "client_closed";
@@ -694,10 +911,10 @@ export class Proxy implements AsyncDisposable {
         // Dialing lives in its own function so that what only the dial needs (the first-bytes
         // reader, its abort plumbing, the retry callback) is not kept alive by this frame while
         // the connection is bridged.
-        const dialed = await this.#dial(downstream, connection, peer);
+        const dialed = await this.#dial(downstream, connection, peer, target);
         if (typeof dialed === "string") {
-          reason = dialed;
-          this.#logRefused(peer, dialed);
+          reason = closeReason(proxied, dialed);
+          this.#logRefused(peer, reason);
           return;
         }
         this.#logger.debug("Bridging {downstream} -> {upstream}", {
@@ -707,7 +924,7 @@ export class Proxy implements AsyncDisposable {
         reason = await bridge(downstream, dialed.upstream, {
           stats: this.stats,
           config: this.#engine,
-          target: this.#target,
+          target,
           logger: this.#logger,
           signal: controller.signal,
           label: `${peer} -> ${dialed.name}`,
@@ -717,7 +934,9 @@ export class Proxy implements AsyncDisposable {
           rate: connection.source !== undefined && connection.source.rate > 0
             ? connection.source
             : undefined,
-          onEnd: this.#accessLog === undefined ? undefined : this.#recordEnd(acceptedAtMs, peer),
+          onEnd: this.#accessLog === undefined
+            ? undefined
+            : this.#recordEnd(acceptedAtMs, peer, proxied),
         });
         this.#logger.debug("Closed {downstream} -> {upstream}: {reason}", {
           downstream: peer,
@@ -725,7 +944,7 @@ export class Proxy implements AsyncDisposable {
           reason,
         });
       } finally {
-        this.#release(reason);
+        this.#release(closeReason(proxied, reason));
       }
     } catch (error) {
       this.#logger.error("Unexpected error in a connection: {error}", { error: String(error) });
@@ -740,7 +959,7 @@ export class Proxy implements AsyncDisposable {
    * or 16 bytes), then `--max-connections-per-source`, before a byte of the client is read.
    * Sets `connection`'s place in the per-source table (unset when no per-source limit is on, or
    * the table had no room) and address. Returns false when it is refused: then it is closed,
-   * counted, in the access log, and logged (at most 10 lines a second).
+   * counted, in the access log, and logged (a line a second per kind at most).
    */
   #checkSource(
     downstream: Deno.Conn,
@@ -770,8 +989,8 @@ export class Proxy implements AsyncDisposable {
         // Fail open: every live entry holds a connection, so --max-connections still bounds
         // the process; refusing would shut newcomers out for others' sake.
         this.stats.sourceTableFull++;
-        const held = this.#refusalLog.take();
-        if (held !== false) {
+        const held = this.#refusalLog.take("table_full", Date.now());
+        if (held !== undefined) {
           this.#logger.warning(
             "The per-source table has no room for {downstream}: served without per-source limits{held}",
             {
@@ -793,8 +1012,8 @@ export class Proxy implements AsyncDisposable {
     stats.recordClose(refused);
     const peer = formatAddress(downstream.remoteAddr as Deno.NetAddr);
     this.#logRefused(peer, refused);
-    const held = this.#refusalLog.take();
-    if (held !== false) {
+    const held = this.#refusalLog.take(refused, Date.now());
+    if (held !== undefined) {
       this.#logger.warning("Refused {downstream}: {why}{held}", {
         downstream: peer,
         why,
@@ -821,6 +1040,7 @@ export class Proxy implements AsyncDisposable {
     downstream: Deno.Conn,
     connection: Connection,
     peer: string,
+    target: UpstreamTarget,
   ): Promise<Dialed | CloseReason> {
     const stats = this.stats;
     const closing = connection.controller!.signal;
@@ -842,7 +1062,7 @@ export class Proxy implements AsyncDisposable {
     });
     connection.dialing = true;
     try {
-      const dialed = await this.#target.dial({
+      const dialed = await target.dial({
         retries: this.#options.connectRetries ?? PROXY_DEFAULTS.connectRetries,
         backoffMs: this.#options.connectBackoffMs,
         signal: stop.signal,
@@ -895,7 +1115,22 @@ function refusal(rules: AccessRules, address: Uint8Array): string | undefined {
 
 /** What a rate-limited log line adds about the lines held back before it. */
 function heldText(held: number): string {
-  return held === 0 ? "" : ` (${held} more refused without a log line in the last second)`;
+  return held === 0 ? "" : `; ${held} more like it in the last second not logged`;
+}
+
+/** The counter of each way a connection is closed at the PROXY header step. */
+const PROXY_HEADER_COUNTERS = {
+  missing: "proxyHeaderMissing",
+  malformed: "proxyHeaderMalformed",
+  oversized: "proxyHeaderOversized",
+  untrusted: "proxyHeaderUntrusted",
+  timeout: "proxyHeaderTimeout",
+  truncated: "proxyHeaderTruncated",
+} as const satisfies Record<ProxyHeaderFailure, keyof Stats>;
+
+/** The reason a connection ended: `proxy_header` when it was closed for a header it may not send. */
+function closeReason(proxied: ProxiedConn | undefined, reason: CloseReason): CloseReason {
+  return proxied?.refused ? "proxy_header" : reason;
 }
 
 /** Ends a connection (reason `shutdown`, or `denied` when a reload denied its source). */
