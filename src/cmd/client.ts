@@ -18,6 +18,13 @@ import {
 } from "../cli/flags.ts";
 import { ClientError, runClient } from "../tools/client.ts";
 import { startCommand } from "./command_start.ts";
+import {
+  parseTlsClientFlags,
+  TLS_CLIENT_FLAGS,
+  type TlsClientConfig,
+  tlsClientOptions,
+} from "./tls_client_flags.ts";
+import { SmallFileError } from "../proxy/read_small_file.ts";
 import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.ts";
 
 /** Flags of `foo-proxy client`: the one definition the parser, `--help` and the README use. */
@@ -38,6 +45,7 @@ export const CLIENT_FLAGS: Record<string, FlagSpec> = {
     value: "DUR",
     help: "longest wait to connect or for a reply (0 = none)",
   },
+  ...TLS_CLIENT_FLAGS,
   "log-level": {
     type: "string",
     default: "warning",
@@ -62,7 +70,7 @@ export const CLIENT_USAGE = `Usage: foo-proxy client [flags]
 
 A Foo test driver: sends REQ 1..N on each connection and verifies every reply (the right Seq,
 in order, ACK or NAK, nothing extra). Prints progress dots then "OK!" and exits 0; otherwise
-exits 1 with one line on stderr saying what was wrong.
+exits 1 with one line on stderr saying what was wrong (2 for a bad flag or an unreadable --ca).
 
 Flags (each also from FOO_PROXY_<NAME>, e.g. FOO_PROXY_CONNECT; flags win):
 ${formatFlagHelp(CLIENT_FLAGS)}
@@ -77,6 +85,8 @@ export interface ClientConfig {
   connections: number;
   payload: number;
   timeoutMs: number;
+  /** `--tls`, `--ca`, `--sni`; `null`: plain TCP. */
+  tls: TlsClientConfig | null;
   logLevel: string;
   logFormat: string;
   help: boolean;
@@ -102,6 +112,7 @@ export function parseClientConfig(
     connections: parseIntegerFlag("connections", v.connections, { min: 1, max: 100_000 }),
     payload: parseIntegerFlag("payload", v.payload, { max: 1 << 24 }),
     timeoutMs: parseDuration("timeout", v.timeout),
+    tls: parseTlsClientFlags(v),
     logLevel: String(v["log-level"]),
     logFormat: String(v["log-format"]),
     help: v.help === true,
@@ -143,6 +154,7 @@ export async function runClientCommand(
   try {
     const result = await runClient({
       connect: config.connect,
+      tls: await tlsClientOptions(config.tls),
       requests: config.requests,
       pipeline: config.pipeline,
       connections: config.connections,
@@ -159,10 +171,13 @@ export async function runClientCommand(
     );
     return 0;
   } catch (error) {
-    if (!(error instanceof ClientError) && !(error instanceof RangeError)) throw error;
+    if (
+      !(error instanceof ClientError) && !(error instanceof RangeError) &&
+      !(error instanceof SmallFileError)
+    ) throw error;
     if (live && dots > 0) writeRaw("\n");
     writeStderrLine(`foo-proxy client: ${error.message}`);
-    return 1;
+    return error instanceof SmallFileError ? 2 : 1;
   }
 }
 

@@ -10,6 +10,7 @@ import { getLogger, type Logger } from "@logtape/logtape";
 import { type Address, formatAddress } from "../net/address.ts";
 import { formatMessage, parseMessage } from "../protocol/message.ts";
 import { describeError } from "../net/describe_error.ts";
+import { dialTcpOrTls, type TlsClientOptions } from "../net/tls_dial.ts";
 
 /** Options for {@linkcode runClient}. */
 export interface ClientOptions {
@@ -34,6 +35,8 @@ export interface ClientOptions {
   signal?: AbortSignal;
   /** LogTape logger; unset: the `foo-proxy.client` category. */
   logger?: Logger;
+  /** Speak TLS, verifying the server's certificate (the timeout covers the handshake). */
+  tls?: TlsClientOptions;
 }
 
 /** What a successful run did. */
@@ -90,6 +93,7 @@ export async function runClient(options: ClientOptions): Promise<ClientResult> {
   const counts = { verified: 0, acks: 0, naks: 0 };
   const driver: Driver = {
     address: options.connect,
+    tls: options.tls,
     requests,
     pipeline,
     data: "x".repeat(payload),
@@ -126,6 +130,7 @@ export async function runClient(options: ClientOptions): Promise<ClientResult> {
 
 interface Driver {
   address: Address;
+  tls: TlsClientOptions | undefined;
   requests: number;
   pipeline: number;
   data: string;
@@ -292,7 +297,7 @@ async function dial(
   driver: Driver,
   target: string,
   fail: (message: string, cause?: unknown) => ClientError,
-): Promise<Deno.TcpConn> {
+): Promise<Deno.Conn> {
   if (driver.stop.aborted) throw driver.stop.reason;
   const attempt = new AbortController();
   const onStop = () => attempt.abort();
@@ -305,14 +310,7 @@ async function dial(
     }, driver.timeoutMs)
     : undefined;
   try {
-    const conn = await Deno.connect({
-      hostname: driver.address.hostname,
-      port: driver.address.port,
-      transport: "tcp",
-      signal: attempt.signal,
-    });
-    conn.setNoDelay(true);
-    return conn;
+    return await dialTcpOrTls(driver.address, { signal: attempt.signal, tls: driver.tls });
   } catch (error) {
     if (driver.stop.aborted) throw driver.stop.reason;
     const why = timedOut ? `connect timed out after ${driver.timeoutMs} ms` : describeError(error);

@@ -1,0 +1,72 @@
+/**
+ * `--tls`, `--ca FILE` and `--sni NAME` of the bundled client and load generator: written once
+ * for both, so that they can talk to a TLS listener (`foo-proxy server --tls-cert`, a proxy
+ * terminating TLS). The server's certificate is always verified.
+ *
+ * @module
+ */
+import { type FlagSpec, type FlagValues, UsageError } from "../cli/flags.ts";
+import type { TlsClientOptions } from "../net/tls_dial.ts";
+import { readSmallFile } from "../proxy/read_small_file.ts";
+
+/** The flags, spread into a command's flag table. */
+export const TLS_CLIENT_FLAGS: Record<string, FlagSpec> = {
+  tls: {
+    type: "boolean",
+    default: false,
+    help: "speak TLS, verifying the server's certificate",
+  },
+  ca: {
+    type: "string",
+    value: "FILE",
+    defaultText: "default roots",
+    help: "PEM CA certificate(s) trusted besides the default roots",
+  },
+  sni: {
+    type: "string",
+    value: "NAME",
+    defaultText: "the host",
+    help: "name sent as SNI and verified (needs --tls)",
+  },
+};
+
+/** What the flags asked for; `null`: plain TCP. */
+export interface TlsClientConfig {
+  /** `--ca`; `null`: the default roots only. */
+  caFile: string | null;
+  /** `--sni`; `null`: the host connected to. */
+  serverName: string | null;
+}
+
+/**
+ * Reads the flags from parsed values.
+ *
+ * @throws {UsageError} for `--ca` or `--sni` without `--tls`.
+ */
+export function parseTlsClientFlags(v: FlagValues): TlsClientConfig | null {
+  const caFile = typeof v.ca === "string" && v.ca !== "" ? v.ca : null;
+  const serverName = typeof v.sni === "string" && v.sni !== "" ? v.sni : null;
+  if (v.tls !== true) {
+    if (caFile !== null || serverName !== null) throw new UsageError("--ca and --sni need --tls");
+    return null;
+  }
+  return { caFile, serverName };
+}
+
+/**
+ * The dial options of `config` (the CA file read, asynchronously and bounded); `undefined` for
+ * plain TCP.
+ *
+ * @throws {SmallFileError} when the CA file cannot be read.
+ */
+export async function tlsClientOptions(
+  config: TlsClientConfig | null,
+): Promise<TlsClientOptions | undefined> {
+  if (config === null) return undefined;
+  const tls: TlsClientOptions = {};
+  if (config.caFile !== null) {
+    tls.caCerts = [await readSmallFile(config.caFile, { what: "--ca file" })];
+  }
+  if (config.serverName !== null) tls.serverName = config.serverName;
+  return tls;
+}
