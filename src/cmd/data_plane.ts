@@ -15,6 +15,7 @@ import { type AccessRecord, formatAccessLine } from "../proxy/access_log.ts";
 import type { EngineOptions } from "../proxy/engine_config.ts";
 import { Proxy } from "../proxy/proxy.ts";
 import type { UpstreamSpec } from "../proxy/upstream_spec.ts";
+import type { UpstreamTls } from "../proxy/upstream.ts";
 import {
   type BalancePolicy,
   type MemberState,
@@ -62,6 +63,11 @@ export interface PlaneInit {
    * a frozen worker): throw an uncaught error, or spin for ever; unset: nothing.
    */
   testHooks?: "crash" | "freeze";
+  /**
+   * `--upstream-tls`: the PEM texts the supervisor read from its files (a Worker is handed text,
+   * never a path to read). Unset: plain TCP.
+   */
+  upstreamTls?: UpstreamTls;
 }
 
 /** What the supervisor tells a plane. */
@@ -256,6 +262,7 @@ class DataPlane {
     if (init.thread) installLastResort(stats, logger);
     this.#pool = new UpstreamPool(config.upstreams, {
       ...poolOptionsOf(config),
+      tls: init.upstreamTls,
       logger,
       counters: stats,
       idleCounters: stats,

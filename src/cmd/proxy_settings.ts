@@ -375,6 +375,62 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     reload: "restart",
     option: "connectRetries",
   }),
+  // --upstream-tls: the files are read (asynchronously, bounded) by the supervisor at start and
+  // handed to the planes as PEM text; a reload does not read them again.
+  setting({
+    flag: "upstream-tls",
+    field: "upstreamTls",
+    type: "boolean",
+    default: false,
+    help:
+      "speak TLS to the upstreams (dials, --pool, --mux, --resume and health checks), always verifying their certificate: a refused one is a counted connect failure (restart to change)",
+    parse: flagGiven,
+    reload: "restart",
+    reloadName: "upstream TLS",
+  }),
+  setting({
+    flag: "upstream-ca",
+    field: "upstreamCa",
+    value: "FILE",
+    defaultText: "default roots",
+    help:
+      "PEM CA certificate(s) trusted for the upstreams' certificates, besides the default roots (needs --upstream-tls; restart to change)",
+    parse: pathOrNull,
+    reload: "restart",
+    reloadName: "upstream TLS",
+  }),
+  setting({
+    flag: "upstream-sni",
+    field: "upstreamSni",
+    value: "NAME",
+    defaultText: "its host",
+    help:
+      "name sent as SNI and verified in the upstreams' certificates (needs --upstream-tls; Deno cannot combine it with --upstream-cert; restart to change)",
+    parse: pathOrNull,
+    reload: "restart",
+    reloadName: "upstream TLS",
+  }),
+  setting({
+    flag: "upstream-cert",
+    field: "upstreamCert",
+    value: "FILE",
+    defaultText: "none",
+    help:
+      "PEM client certificate presented to the upstreams, with --upstream-key (needs --upstream-tls; restart to change)",
+    parse: pathOrNull,
+    reload: "restart",
+    reloadName: "upstream TLS",
+  }),
+  setting({
+    flag: "upstream-key",
+    field: "upstreamKey",
+    value: "FILE",
+    defaultText: "none",
+    help: "PEM private key of --upstream-cert (restart to change)",
+    parse: pathOrNull,
+    reload: "restart",
+    reloadName: "upstream TLS",
+  }),
   setting({
     flag: "pool",
     field: "pool",

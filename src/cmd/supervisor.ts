@@ -31,10 +31,12 @@ import { HttpBindError, type Observability, startObservability } from "./observa
 import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.ts";
 import { PidFile, PidFileError } from "./pid_file.ts";
 import { mergeUpstreams, type PlaneLayout, planeLayout } from "./plane_layout.ts";
-import { parseProxyConfig, type ProxyConfig } from "./proxy_config.ts";
+import { checkUpstreamTls, parseProxyConfig, type ProxyConfig } from "./proxy_config.ts";
 import { poolOptionsOf } from "./proxy_settings.ts";
 import { setupRecovery } from "./recovery_setup.ts";
 import { type InstalledSignals, installSignals } from "./signals.ts";
+import { readUpstreamTls, UpstreamTlsFileError } from "./upstream_tls_files.ts";
+import type { UpstreamTls } from "../proxy/upstream.ts";
 
 /** Where the proxy writes: bounded, non-blocking writers of stdout and stderr. */
 export interface ProxyOutput {
@@ -109,6 +111,8 @@ class Supervisor {
   #layout!: PlaneLayout;
   #planes: DataPlanes | undefined;
   #pool!: UpstreamPool;
+  /** `--upstream-tls`: the PEM texts of its files, read at start. */
+  #upstreamTls: UpstreamTls | undefined;
   #maxConnections = 0;
   #persister: RecoveryPersister | undefined;
   #accessLog: AccessLogOutput | undefined;
@@ -140,6 +144,7 @@ class Supervisor {
   async run(readConfig: (path: string) => string): Promise<number> {
     const parsed = this.#parse(readConfig);
     if (parsed !== undefined) return parsed;
+    await this.#readUpstreamTls();
     await this.#openFiles();
     this.#installSignals();
     this.#sizeConnections();
@@ -178,32 +183,35 @@ class Supervisor {
   /** Parses flags and the file; undefined to go on, or the exit code (help, version, bad flag). */
   #parse(readConfig: (path: string) => string): number | undefined {
     const args = this.#args;
-    const started = startCommand(() => parseProxyConfig(args, denoEnvReader(), readConfig), {
-      usage: this.#usage,
-      command: "foo-proxy",
-      // --help and --version are written at once: the process exits right after.
-      stdout: this.#context.stdout ?? writeStdoutLine,
-      logWrite: (line) => void this.#output.stderr.write(line),
-      check: (config) => {
-        // What the recovery path is, before asking for grants: where Deno lets us look already.
-        const notAFile = config.recoveryPath === null
-          ? undefined
-          : directoryProblem(config.recoveryPath);
-        if (notAFile !== undefined) {
-          writeStderrLine(`foo-proxy: ${notAFile}`);
-          return 2;
-        }
-        try {
-          // Before anything opens: every missing permission in one line, and exit 2.
-          assertPermissions(config, { args });
-        } catch (error) {
-          if (!(error instanceof MissingPermissionError)) throw error;
-          writeStderrLine(`foo-proxy: ${error.message}`);
-          return 2;
-        }
-        return undefined;
+    const started = startCommand(
+      () => checkUpstreamTls(parseProxyConfig(args, denoEnvReader(), readConfig)),
+      {
+        usage: this.#usage,
+        command: "foo-proxy",
+        // --help and --version are written at once: the process exits right after.
+        stdout: this.#context.stdout ?? writeStdoutLine,
+        logWrite: (line) => void this.#output.stderr.write(line),
+        check: (config) => {
+          // What the recovery path is, before asking for grants: where Deno lets us look already.
+          const notAFile = config.recoveryPath === null
+            ? undefined
+            : directoryProblem(config.recoveryPath);
+          if (notAFile !== undefined) {
+            writeStderrLine(`foo-proxy: ${notAFile}`);
+            return 2;
+          }
+          try {
+            // Before anything opens: every missing permission in one line, and exit 2.
+            assertPermissions(config, { args });
+          } catch (error) {
+            if (!(error instanceof MissingPermissionError)) throw error;
+            writeStderrLine(`foo-proxy: ${error.message}`);
+            return 2;
+          }
+          return undefined;
+        },
       },
-    });
+    );
     if (typeof started === "number") return started;
     this.#config = this.#running = started.config;
     this.#logging = started.logging;
@@ -217,6 +225,16 @@ class Supervisor {
     this.#own.statsLinesDropped = stdout.dropped;
     stdout.onDrop = () => this.#own.statsLinesDropped++;
     return undefined;
+  }
+
+  /** The `--upstream-tls` files, read once: exit 2 when one cannot be used. */
+  async #readUpstreamTls(): Promise<void> {
+    try {
+      this.#upstreamTls = await readUpstreamTls(this.#config);
+    } catch (error) {
+      if (!(error instanceof UpstreamTlsFileError)) throw error;
+      refuse(error.message);
+    }
   }
 
   /** The recovery file: restores into `base`; the persister saves the merged totals. */
@@ -308,6 +326,7 @@ class Supervisor {
     const config = this.#config;
     this.#pool = new UpstreamPool(config.upstreams, {
       ...poolOptionsOf(config),
+      tls: this.#upstreamTls,
       logger: this.#logger,
       counters: this.#own,
       onStateChange: () => this.#sendStates(),
@@ -391,6 +410,7 @@ class Supervisor {
       },
       onPassive: (name, kind) => this.#pool.passive(name, kind),
       testHooks: this.#testHooks,
+      upstreamTls: this.#upstreamTls,
     });
     this.#defer(() => planes.terminate());
     return planes;
@@ -527,7 +547,7 @@ class Supervisor {
     let next: ProxyConfig;
     try {
       const text = await readConfigFile(running.configPath);
-      next = parseProxyConfig(this.#args, denoEnvReader(), () => text);
+      next = checkUpstreamTls(parseProxyConfig(this.#args, denoEnvReader(), () => text));
     } catch (error) {
       own.configReloadFailures++;
       const message = error instanceof Error ? error.message : String(error);

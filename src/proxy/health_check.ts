@@ -7,7 +7,8 @@
  * @module
  */
 import type { Address } from "../net/address.ts";
-import { dialUpstream, isLocalError } from "./upstream.ts";
+import { dialUpstream, isLocalError, type UpstreamTls } from "./upstream.ts";
+import { closeQuietly } from "../net/tls_dial.ts";
 import { describeError } from "../net/describe_error.ts";
 
 /** How an upstream is checked. */
@@ -39,6 +40,8 @@ export interface CheckOptions {
   now?: () => number;
   /** Aborting ends the check at once (as a failure). */
   signal?: AbortSignal;
+  /** Check over TLS, as the proxy dials (a certificate that fails verification fails it). */
+  tls?: UpstreamTls;
 }
 
 const REPLY_TO_PROBE = /^(ACK|NAK)[ \t]+0*1([ \t][^\n]*)?\r?$/;
@@ -58,7 +61,7 @@ export async function checkUpstream(
   });
   let conn: Deno.Conn;
   try {
-    conn = await dialUpstream(address, { timeoutMs, signal: options.signal });
+    conn = await dialUpstream(address, { timeoutMs, signal: options.signal, tls: options.tls });
   } catch (error) {
     const failed = result(false, error instanceof Error ? error.message : String(error));
     return isLocalError(error) ? { ...failed, local: true } : failed;
@@ -106,13 +109,5 @@ export async function checkUpstream(
     timer = undefined;
     options.signal?.removeEventListener("abort", onAbort);
     closeQuietly(conn);
-  }
-}
-
-function closeQuietly(conn: Deno.Conn): void {
-  try {
-    conn.close();
-  } catch {
-    // Already closed.
   }
 }
