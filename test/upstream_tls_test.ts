@@ -431,3 +431,47 @@ Deno.test("foo-proxy proxy: an --upstream-* flag without --upstream-tls, or an -
   assert.equal((await notPem.status()).code, 2);
   assert.match(notPem.stderr.text, /--upstream-ca ".*server\.key" holds no PEM certificate/);
 });
+
+Deno.test("SIGHUP reads the --upstream-ca file again (no --config needed): a CA put in place then makes the upstream trusted, for new connections", async () => {
+  await using certs = await makeCertificates();
+  await using upstream = await tlsUpstream(certs);
+  const caFile = `${certs.dir}/upstream-ca.pem`;
+  // At first the file holds another certificate: the upstream's is refused.
+  await Deno.copyFile(certs.untrustedCert, caFile);
+  await using proxy = spawnMain([
+    "proxy",
+    "--listen=127.0.0.1:0",
+    `--forward=127.0.0.1:${upstream.addr.port}`,
+    "--connect-retries=0",
+    "--http=off",
+    "--health=off",
+    "--workers=2",
+    "--upstream-tls",
+    `--upstream-ca=${caFile}`,
+  ], {
+    permissions: [
+      "--allow-net",
+      "--allow-env=FOO_PROXY_*",
+      `--allow-read=${certs.dir},${new URL("../src", import.meta.url).pathname}`,
+      "--unstable-net",
+    ],
+  });
+  const port = Number((await proxy.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
+  await refused(port);
+  await Deno.copyFile(certs.caCert, caFile);
+  proxy.kill("SIGHUP");
+  await proxy.stderr.waitFor(
+    /Reload \(SIGHUP\): upstream TLS: the CA or client certificate files changed/,
+  );
+  // Both workers got it (several clients land on both).
+  for (let i = 0; i < 4; i++) await exchange(port, 3);
+  // A file that is no longer a certificate keeps the running one.
+  await Deno.writeTextFile(caFile, "not a certificate\n");
+  proxy.kill("SIGHUP");
+  await proxy.stderr.waitFor(
+    /the --upstream-tls files are kept as they were: .*holds no PEM certificate/,
+  );
+  await exchange(port, 3);
+  proxy.kill("SIGTERM");
+  assert.equal((await proxy.status()).code, 0);
+});

@@ -82,6 +82,7 @@ export type ToPlane =
     slots: Record<string, number>;
   }
   | { t: "policy"; policy: BalancePolicy }
+  | { t: "upstream-tls"; tls: UpstreamTls | undefined }
   | { t: "states"; states: Record<string, MemberState> }
   | { t: "log"; level: string; format: string }
   | { t: "stop-accepting" }
@@ -320,6 +321,9 @@ class DataPlane {
         break;
       case "policy":
         this.#pool.setPolicy(message.policy);
+        break;
+      case "upstream-tls":
+        this.#pool.setTls(message.tls);
         break;
       case "states":
         this.#pool.applyStates(message.states);

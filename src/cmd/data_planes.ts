@@ -280,6 +280,12 @@ export class DataPlanes {
     this.#config = config;
   }
 
+  /** New `--upstream-tls` files (a reload): for every plane running, and those started later. */
+  setUpstreamTls(tls: UpstreamTls | undefined): void {
+    this.#options = { ...this.#options, upstreamTls: tls };
+    this.broadcast({ t: "upstream-tls", tls });
+  }
+
   /** Sets the process-wide connection limit (a reload). */
   setMaxConnections(max: number): void {
     Atomics.store(this.#gateView, 1, max);

@@ -376,7 +376,8 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     option: "connectRetries",
   }),
   // --upstream-tls: the files are read (asynchronously, bounded) by the supervisor at start and
-  // handed to the planes as PEM text; a reload does not read them again.
+  // at every reload (SIGHUP, POST /reload: a renewed certificate at the same path), and handed to
+  // the planes as PEM text; a changed flag takes a restart.
   setting({
     flag: "upstream-tls",
     field: "upstreamTls",
@@ -394,7 +395,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     value: "FILE",
     defaultText: "default roots",
     help:
-      "PEM CA certificate(s) trusted for the upstreams' certificates, besides the default roots (needs --upstream-tls; restart to change)",
+      "PEM CA certificate(s) trusted for the upstreams' certificates, besides the default roots (needs --upstream-tls; read again on reload, a new path takes a restart)",
     parse: pathOrNull,
     reload: "restart",
     reloadName: "upstream TLS",
@@ -416,7 +417,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     value: "FILE",
     defaultText: "none",
     help:
-      "PEM client certificate presented to the upstreams, with --upstream-key (needs --upstream-tls; restart to change)",
+      "PEM client certificate presented to the upstreams, with --upstream-key (needs --upstream-tls; read again on reload, a new path takes a restart)",
     parse: pathOrNull,
     reload: "restart",
     reloadName: "upstream TLS",
@@ -426,7 +427,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     field: "upstreamKey",
     value: "FILE",
     defaultText: "none",
-    help: "PEM private key of --upstream-cert (restart to change)",
+    help: "PEM private key of --upstream-cert (read again on reload, a new path takes a restart)",
     parse: pathOrNull,
     reload: "restart",
     reloadName: "upstream TLS",

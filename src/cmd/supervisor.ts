@@ -237,6 +237,37 @@ class Supervisor {
     }
   }
 
+  /**
+   * A reload reads the `--upstream-tls` files of the running config again (a renewed CA or
+   * client certificate at the same path): new connections and checks use them, open ones keep
+   * theirs. Resolves with what changed, `undefined` when nothing did, or the error when a file
+   * cannot be used (the running ones are kept; logged and counted as a failed reload).
+   */
+  async #rereadUpstreamTls(why: string): Promise<string | undefined | Error> {
+    const running = this.#running;
+    if (!running.upstreamTls) return undefined;
+    let tls: UpstreamTls | undefined;
+    try {
+      tls = await readUpstreamTls(running);
+    } catch (error) {
+      if (!(error instanceof UpstreamTlsFileError)) throw error;
+      this.#own.configReloadFailures++;
+      this.#logger.error(
+        "Reload ({why}): the --upstream-tls files are kept as they were: {error}",
+        { why, error: error.message },
+      );
+      return error;
+    }
+    if (JSON.stringify(tls) === JSON.stringify(this.#upstreamTls)) return undefined;
+    this.#upstreamTls = tls;
+    this.#pool.setTls(tls);
+    this.#planes?.setUpstreamTls(tls);
+    const change =
+      "upstream TLS: the CA or client certificate files changed; new connections use them";
+    this.#logger.info("Reload ({why}): {change}", { why, change });
+    return change;
+  }
+
   /** The recovery file: restores into `base`; the persister saves the merged totals. */
   async #openFiles(): Promise<void> {
     const path = this.#config.recoveryPath;
@@ -538,11 +569,18 @@ class Supervisor {
     const own = this.#own;
     const running = this.#running;
     const logger = this.#logger;
+    const tlsReread = await this.#rereadUpstreamTls(why);
+    if (tlsReread instanceof Error) {
+      return { ok: false, generation: own.configGeneration, changed: [], error: tlsReread.message };
+    }
+    const tlsChanged = tlsReread === undefined ? [] : [tlsReread];
     if (running.configPath === null) {
-      logger.info("Got {why}: nothing to reload (no --config file; flags are read at start)", {
-        why,
-      });
-      return { ok: true, generation: own.configGeneration, changed: [] };
+      if (tlsReread === undefined) {
+        logger.info("Got {why}: nothing to reload (no --config file; flags are read at start)", {
+          why,
+        });
+      }
+      return { ok: true, generation: own.configGeneration, changed: tlsChanged };
     }
     let next: ProxyConfig;
     try {
@@ -594,6 +632,7 @@ class Supervisor {
       },
       warn: (message) => logger.warning("{message}", { message }),
     });
+    changed.push(...tlsChanged);
     this.#running = next;
     planes()?.setConfig(next);
     own.configGeneration++;

@@ -331,6 +331,14 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     await Promise.all(lists.map((idle) => idle?.closed()));
   }
 
+  /**
+   * New TLS settings (`--upstream-tls` files read again): the next dials and checks use them;
+   * connections open or idle keep theirs.
+   */
+  setTls(tls: UpstreamTls | undefined): void {
+    this.#options = { ...this.#options, tls };
+  }
+
   /** Closes a removed upstream's idle connections; {@linkcode closeIdle} still waits for them. */
   #retire(member: Member): void {
     const idle = member.idle;
