@@ -7,6 +7,9 @@
 import assert from "node:assert/strict";
 import { checkUpstreamTls, parseProxyConfig } from "../src/cmd/proxy_config.ts";
 import { UsageError } from "../src/cli/flags.ts";
+import { parseBenchConfig } from "../src/cmd/bench.ts";
+import { parseClientConfig } from "../src/cmd/client.ts";
+import { parseServerConfig } from "../src/cmd/server.ts";
 import { checkUpstream } from "../src/proxy/health_check.ts";
 import { dialUpstream, UpstreamError, type UpstreamTls } from "../src/proxy/upstream.ts";
 import { UpstreamPool } from "../src/proxy/upstream_pool.ts";
@@ -430,6 +433,29 @@ Deno.test("foo-proxy proxy: an --upstream-* flag without --upstream-tls, or an -
   ], { permissions });
   assert.equal((await notPem.status()).code, 2);
   assert.match(notPem.stderr.text, /--upstream-ca ".*server\.key" holds no PEM certificate/);
+  // Without a read grant for it: the preflight names the file and the flag.
+  await using ungranted = spawnMain([...base, "--upstream-tls", `--upstream-ca=${certs.caCert}`], {
+    permissions: ["--allow-net", "--allow-env=FOO_PROXY_*"],
+  });
+  assert.equal((await ungranted.status()).code, 2);
+  assert.match(
+    ungranted.stderr.text,
+    /Missing permission: read access to \S+ca\.pem \(TLS file --upstream-ca\)/,
+  );
+});
+
+Deno.test("the tools' TLS flags: --ca and --sni need --tls; --tls-cert and --tls-key go together", () => {
+  const client = parseClientConfig(["--tls", "--ca=ca.pem", "--sni=localhost"]);
+  assert.deepEqual(client.tls, { caFile: "ca.pem", serverName: "localhost" });
+  assert.equal(parseClientConfig([]).tls, null);
+  assert.throws(() => parseClientConfig(["--ca=ca.pem"]), /--ca and --sni need --tls/);
+  const bench = parseBenchConfig(["--tls", "--ca=ca.pem"]);
+  assert.deepEqual(bench.tls, { caFile: "ca.pem", serverName: null });
+  assert.throws(() => parseBenchConfig(["--sni=x"]), /--ca and --sni need --tls/);
+  const server = parseServerConfig(["--tls-cert=c.pem", "--tls-key=k.pem"]);
+  assert.deepEqual(server.tls, { certFile: "c.pem", keyFile: "k.pem" });
+  assert.equal(parseServerConfig([]).tls, null);
+  assert.throws(() => parseServerConfig(["--tls-cert=c.pem"]), /go together/);
 });
 
 Deno.test("SIGHUP reads the --upstream-ca file again (no --config needed): a CA put in place then makes the upstream trusted, for new connections", async () => {
