@@ -10,6 +10,7 @@ import { UsageError } from "../src/cli/flags.ts";
 import { parseBenchConfig } from "../src/cmd/bench.ts";
 import { parseClientConfig } from "../src/cmd/client.ts";
 import { parseServerConfig } from "../src/cmd/server.ts";
+import { tlsClientOptions } from "../src/cmd/tls_client_flags.ts";
 import { checkUpstream } from "../src/proxy/health_check.ts";
 import { dialUpstream, UpstreamError, type UpstreamTls } from "../src/proxy/upstream.ts";
 import { UpstreamPool } from "../src/proxy/upstream_pool.ts";
@@ -433,6 +434,15 @@ Deno.test("foo-proxy proxy: an --upstream-* flag without --upstream-tls, or an -
   ], { permissions });
   assert.equal((await notPem.status()).code, 2);
   assert.match(notPem.stderr.text, /--upstream-ca ".*server\.key" holds no PEM certificate/);
+  // A client certificate with another certificate's key.
+  await using mismatched = spawnMain([
+    ...base,
+    "--upstream-tls",
+    `--upstream-cert=${certs.clientCert}`,
+    `--upstream-key=${certs.serverKey}`,
+  ], { permissions });
+  assert.equal((await mismatched.status()).code, 2);
+  assert.match(mismatched.stderr.text, /--upstream-cert ".*" cannot be used: .*KeyMismatch/);
   // Without a read grant for it: the preflight names the file and the flag.
   await using ungranted = spawnMain([...base, "--upstream-tls", `--upstream-ca=${certs.caCert}`], {
     permissions: ["--allow-net", "--allow-env=FOO_PROXY_*"],
@@ -442,6 +452,28 @@ Deno.test("foo-proxy proxy: an --upstream-* flag without --upstream-tls, or an -
     ungranted.stderr.text,
     /Missing permission: read access to \S+ca\.pem \(TLS file --upstream-ca\)/,
   );
+});
+
+Deno.test("the tools' --ca: a file with no usable certificate is refused before any connection", async () => {
+  await using certs = await makeCertificates();
+  for (const path of [certs.clientKey, `${certs.dir}/ca.srl`]) {
+    await assert.rejects(
+      tlsClientOptions({ caFile: path, serverName: null }),
+      /holds no usable certificate: no PEM certificate in it/,
+    );
+  }
+  await Deno.writeTextFile(
+    `${certs.dir}/bad.pem`,
+    "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+  );
+  await assert.rejects(
+    tlsClientOptions({ caFile: `${certs.dir}/bad.pem`, serverName: null }),
+    /holds no usable certificate: .*BadEncoding/,
+  );
+  assert.deepEqual(await tlsClientOptions({ caFile: certs.caCert, serverName: "x" }), {
+    caCerts: [certs.caPem],
+    serverName: "x",
+  });
 });
 
 Deno.test("the tools' TLS flags: --ca and --sni need --tls; --tls-cert and --tls-key go together", () => {

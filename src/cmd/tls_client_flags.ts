@@ -6,8 +6,8 @@
  * @module
  */
 import { type FlagSpec, type FlagValues, UsageError } from "../cli/flags.ts";
-import type { TlsClientOptions } from "../net/tls_dial.ts";
-import { readSmallFile } from "../proxy/read_small_file.ts";
+import { type TlsClientOptions, tlsOptionsProblem } from "../net/tls_dial.ts";
+import { readSmallFile, SmallFileError } from "../proxy/read_small_file.ts";
 
 /** The flags, spread into a command's flag table. */
 export const TLS_CLIENT_FLAGS: Record<string, FlagSpec> = {
@@ -57,7 +57,7 @@ export function parseTlsClientFlags(v: FlagValues): TlsClientConfig | null {
  * The dial options of `config` (the CA file read, asynchronously and bounded); `undefined` for
  * plain TCP.
  *
- * @throws {SmallFileError} when the CA file cannot be read.
+ * @throws {SmallFileError} when the CA file cannot be read or holds no usable certificate.
  */
 export async function tlsClientOptions(
   config: TlsClientConfig | null,
@@ -66,6 +66,14 @@ export async function tlsClientOptions(
   const tls: TlsClientOptions = {};
   if (config.caFile !== null) {
     tls.caCerts = [await readSmallFile(config.caFile, { what: "--ca file" })];
+    const problem = tlsOptionsProblem(tls);
+    if (problem !== undefined) {
+      throw new SmallFileError(
+        `--ca "${config.caFile}" holds no usable certificate: ${problem}`,
+        config.caFile,
+        "unreadable",
+      );
+    }
   }
   if (config.serverName !== null) tls.serverName = config.serverName;
   return tls;

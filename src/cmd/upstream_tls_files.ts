@@ -7,6 +7,7 @@
  */
 import { readSmallFile } from "../proxy/read_small_file.ts";
 import type { UpstreamTls } from "../proxy/upstream.ts";
+import { tlsOptionsProblem } from "../net/tls_dial.ts";
 import type { ProxyConfig } from "./proxy_config.ts";
 
 /** An `--upstream-*` file could not be read or holds no PEM of the kind it should. */
@@ -49,9 +50,23 @@ export async function readUpstreamTls(config: ProxyConfig): Promise<UpstreamTls 
     read(config.upstreamKey, "--upstream-key", PRIVATE_KEY, "private key"),
   ]);
   const tls: UpstreamTls = {};
-  if (ca !== undefined) tls.caCerts = [ca];
+  if (ca !== undefined) {
+    tls.caCerts = [ca];
+    const problem = tlsOptionsProblem(tls);
+    if (problem !== undefined) {
+      throw new UpstreamTlsFileError(
+        `--upstream-ca "${config.upstreamCa}" cannot be used: ${problem}`,
+      );
+    }
+  }
   if (config.upstreamSni !== null) tls.serverName = config.upstreamSni;
   if (cert !== undefined && key !== undefined) {
+    const problem = tlsOptionsProblem({ cert, key });
+    if (problem !== undefined) {
+      throw new UpstreamTlsFileError(
+        `--upstream-cert "${config.upstreamCert}" with --upstream-key "${config.upstreamKey}" cannot be used: ${problem}`,
+      );
+    }
     tls.cert = cert;
     tls.key = key;
   }

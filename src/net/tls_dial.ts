@@ -51,6 +51,28 @@ export class TlsHandshakeError extends Error {
   }
 }
 
+/**
+ * Why Deno would refuse these certificates or this key at every handshake (a CA that does not
+ * parse, a key that is not the certificate's), found at once and without a connection:
+ * `Deno.createHttpClient` parses them the way a TLS dial does. `undefined`: usable.
+ */
+export function tlsOptionsProblem(tls: TlsClientOptions): string | undefined {
+  // Text without a certificate in it parses as no certificate at all, not as an error.
+  if (tls.caCerts?.some((pem) => !pem.includes("-----BEGIN CERTIFICATE-----"))) {
+    return "no PEM certificate in it";
+  }
+  try {
+    const client = Deno.createHttpClient({
+      caCerts: tls.caCerts,
+      ...(tls.cert !== undefined ? { cert: tls.cert, key: tls.key ?? "" } : {}),
+    });
+    client.close();
+    return undefined;
+  } catch (error) {
+    return error instanceof Error ? error.message : String(error);
+  }
+}
+
 /** Options for {@linkcode dialTcpOrTls}. */
 export interface DialTcpOrTlsOptions {
   /** Aborting ends the connect or the handshake at once (the caller's deadline). */
