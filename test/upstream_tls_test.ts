@@ -533,3 +533,34 @@ Deno.test("SIGHUP reads the --upstream-ca file again (no --config needed): a CA 
   proxy.kill("SIGTERM");
   assert.equal((await proxy.status()).code, 0);
 });
+
+Deno.test("--resume redials over TLS: the replay goes to a new verified TLS connection", async () => {
+  await using certs = await makeCertificates();
+  using upstream = Deno.listenTls({
+    hostname: "127.0.0.1",
+    port: 0,
+    cert: certs.serverCertPem,
+    key: certs.serverKeyPem,
+  });
+  const accepted = upstream[Symbol.asyncIterator]();
+  const accept = async () => (await withTimeout(accepted.next(), 10_000, "a connection")).value;
+  await using proxy = await startProxy(upstream.addr, {
+    resume: "verbatim",
+    upstreamTls: { caCerts: [certs.caPem] },
+  });
+  using client = await connectTo(proxy.addr);
+  await writeAll(client, "REQ 1 a\nREQ 2 b\n");
+  const first = await accept();
+  assert.deepEqual(await readLines(first, 2), ["REQ 1 a", "REQ 2 b"]);
+  await writeAll(first, "ACK 1\n");
+  assert.deepEqual(await readLines(client, 1), ["ACK 1"]);
+  first.close(); // the upstream dies owing one reply
+  const second = await accept();
+  assert.deepEqual(await readLines(second, 1), ["REQ 2 b"], "replayed over TLS");
+  await writeAll(second, "ACK 2\n");
+  assert.deepEqual(await readLines(client, 1), ["ACK 2"]);
+  assert.equal(proxy.stats.failovers, 1);
+  client.close();
+  assert.equal(await readText(second), "");
+  second.close();
+});
