@@ -11,6 +11,7 @@ import { parseBenchConfig } from "../src/cmd/bench.ts";
 import { parseClientConfig } from "../src/cmd/client.ts";
 import { parseServerConfig } from "../src/cmd/server.ts";
 import { tlsClientOptions } from "../src/cmd/tls_client_flags.ts";
+import { DASHBOARD_HTML } from "../src/http/dashboard.ts";
 import { checkUpstream } from "../src/proxy/health_check.ts";
 import { dialUpstream, UpstreamError, type UpstreamTls } from "../src/proxy/upstream.ts";
 import { UpstreamPool } from "../src/proxy/upstream_pool.ts";
@@ -563,4 +564,13 @@ Deno.test("--resume redials over TLS: the replay goes to a new verified TLS conn
   client.close();
   assert.equal(await readText(second), "");
   second.close();
+});
+
+Deno.test("the dashboard shows the upstream TLS failures, as alerts", () => {
+  for (const field of ["upstream_tls_verify_failures", "upstream_tls_handshake_failures"]) {
+    assert.match(
+      DASHBOARD_HTML,
+      new RegExp(`<dd id="${field}" data-field="${field}"[^>]*data-alert`),
+    );
+  }
 });
