@@ -346,6 +346,14 @@ Deno.test("parseProxyConfig: the --upstream-* flags need --upstream-tls; a certi
       ),
     /--upstream-sni "db.example" cannot be combined with --upstream-cert/,
   );
+  for (const bad of ["a b", "-x", "a..b", "[::1"]) {
+    assert.throws(
+      () => parse("--upstream-tls", `--upstream-sni=${bad}`),
+      /for --upstream-sni: expected a host name or an IP address/,
+    );
+  }
+  assert.equal(parse("--upstream-tls", "--upstream-sni=[::1]").upstreamSni, "::1");
+  assert.throws(() => parseClientConfig(["--tls", "--sni=a b"]), /for --sni: expected a host/);
   const config = parse("--upstream-tls", "--upstream-ca=ca.pem", "--upstream-sni=localhost");
   assert.equal(config.upstreamTls, true);
   assert.equal(config.upstreamCa, "ca.pem");

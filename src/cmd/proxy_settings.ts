@@ -14,6 +14,7 @@
  */
 import type { Address } from "../net/address.ts";
 import { parseAddressFlag } from "../cli/address_flag.ts";
+import { serverNameOf } from "../net/tls_dial.ts";
 import { parseDuration } from "../cli/duration.ts";
 import { type FlagSpec, parseChoiceFlag, parseIntegerFlag, UsageError } from "../cli/flags.ts";
 import { parseHealthInterval, parseUpstreams } from "../cli/upstreams.ts";
@@ -140,6 +141,17 @@ const appAddress = (raw: RawValue, s: SettingName): Address | null => {
   return parseAddressFlag(s.flag, text, { defaultHost: "127.0.0.1" });
 };
 const text = (raw: RawValue) => String(raw);
+/** A host name or IP address to send as SNI; unset or empty: `null`. */
+const serverNameOrNull = (raw: RawValue, s: SettingName): string | null => {
+  if (typeof raw !== "string" || raw === "") return null;
+  const name = serverNameOf(raw);
+  if (name === undefined) {
+    throw new UsageError(
+      `Invalid value "${raw}" for --${s.flag}: expected a host name or an IP address`,
+    );
+  }
+  return name;
+};
 const flagGiven = (raw: RawValue) => raw === true;
 
 function parseResumeMode(raw: RawValue): ResumeMode {
@@ -407,7 +419,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     defaultText: "its host",
     help:
       "name sent as SNI and verified in the upstreams' certificates (needs --upstream-tls; Deno cannot combine it with --upstream-cert; restart to change)",
-    parse: pathOrNull,
+    parse: serverNameOrNull,
     reload: "restart",
     reloadName: "upstream TLS",
   }),

@@ -6,7 +6,7 @@
  * @module
  */
 import { type FlagSpec, type FlagValues, UsageError } from "../cli/flags.ts";
-import { type TlsClientOptions, tlsOptionsProblem } from "../net/tls_dial.ts";
+import { serverNameOf, type TlsClientOptions, tlsOptionsProblem } from "../net/tls_dial.ts";
 import { readSmallFile, SmallFileError } from "../proxy/read_small_file.ts";
 
 /** The flags, spread into a command's flag table. */
@@ -45,7 +45,15 @@ export interface TlsClientConfig {
  */
 export function parseTlsClientFlags(v: FlagValues): TlsClientConfig | null {
   const caFile = typeof v.ca === "string" && v.ca !== "" ? v.ca : null;
-  const serverName = typeof v.sni === "string" && v.sni !== "" ? v.sni : null;
+  let serverName: string | null = null;
+  if (typeof v.sni === "string" && v.sni !== "") {
+    serverName = serverNameOf(v.sni) ?? null;
+    if (serverName === null) {
+      throw new UsageError(
+        `Invalid value "${v.sni}" for --sni: expected a host name or an IP address`,
+      );
+    }
+  }
   if (v.tls !== true) {
     if (caFile !== null || serverName !== null) throw new UsageError("--ca and --sni need --tls");
     return null;

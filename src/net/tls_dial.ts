@@ -11,6 +11,7 @@
  * @module
  */
 import type { Address } from "./address.ts";
+import { parseIp } from "./cidr.ts";
 
 /** TLS on a client connection. The certificate is verified against the roots plus `caCerts`. */
 export interface TlsClientOptions {
@@ -49,6 +50,19 @@ export class TlsHandshakeError extends Error {
     this.name = "TlsHandshakeError";
     this.kind = kind ?? (/invalid peer certificate/i.test(why) ? "verify" : "handshake");
   }
+}
+
+const DNS_NAME = /^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?$/;
+
+/**
+ * `text` as a name `Deno.startTls` takes to send as SNI and verify: a host name, or an IP address
+ * (brackets dropped); `undefined` when it is neither (Deno would refuse it at every dial).
+ */
+export function serverNameOf(text: string): string | undefined {
+  const name = text.trim();
+  const bare = name.startsWith("[") && name.endsWith("]") ? name.slice(1, -1) : name;
+  if (parseIp(bare) !== undefined && !bare.includes("%")) return bare;
+  return name.length <= 253 && DNS_NAME.test(name) ? name : undefined;
 }
 
 /**

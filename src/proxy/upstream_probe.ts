@@ -1,5 +1,6 @@
 /**
- * A periodic TCP connect probe of the upstream, for the `/readyz` upstream check.
+ * A periodic connect probe of the upstream (TCP, or TCP and a TLS handshake with
+ * `--upstream-tls`), for the `/readyz` upstream check.
  *
  * @module
  */
