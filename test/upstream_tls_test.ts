@@ -582,3 +582,43 @@ Deno.test("the dashboard shows the upstream TLS failures, as alerts", () => {
     );
   }
 });
+
+Deno.test("a reload that names another --upstream-ca file warns and keeps reading the one the proxy started with, reload after reload", async () => {
+  await using certs = await makeCertificates();
+  await using upstream = await tlsUpstream(certs);
+  const config = `${certs.dir}/proxy.jsonc`;
+  const write = (ca: string) =>
+    Deno.writeTextFile(config, JSON.stringify({ "upstream-tls": true, "upstream-ca": ca }));
+  await write(certs.untrustedCert);
+  await using proxy = spawnMain([
+    "proxy",
+    "--listen=127.0.0.1:0",
+    `--forward=127.0.0.1:${upstream.addr.port}`,
+    "--connect-retries=0",
+    "--http=off",
+    "--health=off",
+    "--workers=1",
+    `--config=${config}`,
+  ], {
+    permissions: [
+      "--allow-net",
+      "--allow-env=FOO_PROXY_*",
+      `--allow-read=${certs.dir},${new URL("../src", import.meta.url).pathname}`,
+      "--unstable-net",
+    ],
+  });
+  const port = Number((await proxy.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
+  await refused(port);
+  await write(certs.caCert);
+  for (const generation of [2, 3]) {
+    proxy.kill("SIGHUP");
+    await proxy.stderr.waitFor(new RegExp(`generation ${generation}\\)`));
+    await refused(port);
+  }
+  assert.match(
+    proxy.stderr.text,
+    /upstream TLS changed in the config file: it takes effect on restart/,
+  );
+  proxy.kill("SIGTERM");
+  assert.equal((await proxy.status()).code, 0);
+});

@@ -238,17 +238,18 @@ class Supervisor {
   }
 
   /**
-   * A reload reads the `--upstream-tls` files of the running config again (a renewed CA or
+   * A reload reads the `--upstream-tls` files the proxy started with again (a renewed CA or
    * client certificate at the same path): new connections and checks use them, open ones keep
    * theirs. Resolves with what changed, `undefined` when nothing did, or the error when a file
    * cannot be used (the running ones are kept; logged and counted as a failed reload).
    */
   async #rereadUpstreamTls(why: string): Promise<string | undefined | Error> {
-    const running = this.#running;
-    if (!running.upstreamTls) return undefined;
+    // The flags as started: new paths or names wait for the restart a reload warns about.
+    const started = this.#config;
+    if (!started.upstreamTls) return undefined;
     let tls: UpstreamTls | undefined;
     try {
-      tls = await readUpstreamTls(running);
+      tls = await readUpstreamTls(started);
     } catch (error) {
       if (!(error instanceof UpstreamTlsFileError)) throw error;
       this.#own.configReloadFailures++;
