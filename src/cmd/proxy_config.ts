@@ -81,6 +81,12 @@ export interface ProxyConfig {
   /** `--mux`: shared upstream connections per upstream; 0: one per client. */
   mux: number;
   halfCloseTimeoutMs: number;
+  /** `--accept-proxy`: the peers trusted to send a PROXY header, normalised; `""`: off. */
+  acceptProxy: string;
+  /** `--accept-proxy-timeout` in ms; 0: no limit. */
+  acceptProxyTimeoutMs: number;
+  /** `--send-proxy`: the PROXY header version sent upstream, or off. */
+  sendProxy: "off" | "v1" | "v2";
   reconnectRetries: number;
   maxFailovers: number;
   retainLimit: number;
@@ -135,6 +141,13 @@ export function parseProxyConfig(
   if (parsed.mux > 0 && parsed.resume === "renumber") {
     throw new UsageError(
       "--mux cannot be combined with --resume=renumber (shared connections carry the clients' own Seqs); use --resume",
+    );
+  }
+  if (parsed.sendProxy !== "off" && (parsed.mux > 0 || parsed.pool > 0)) {
+    throw new UsageError(
+      `--send-proxy cannot be combined with --${
+        parsed.mux > 0 ? "mux" : "pool"
+      }: a PROXY header names one client, and those upstream connections are shared by many (the spec forbids it)`,
     );
   }
   // Given (by flag, variable or file): a bind failure is then fatal, not a warning.

@@ -22,6 +22,7 @@ import { ENGINE_DEFAULTS, type ResumeMode } from "../proxy/engine_config.ts";
 import { PROXY_DEFAULTS, type ProxyOptions } from "../proxy/proxy.ts";
 import { POOL_DEFAULTS, type UpstreamPoolOptions } from "../proxy/upstream_pool.ts";
 import { POOL_IDLE_TIMEOUT_MS } from "../proxy/upstream_target.ts";
+import { CidrList } from "../net/cidr.ts";
 import type { ProxyConfig } from "./proxy_config.ts";
 
 /**
@@ -151,6 +152,14 @@ const serverNameOrNull = (raw: RawValue, s: SettingName): string | null => {
     );
   }
   return name;
+};
+/** A list of address ranges (`10.0.0.0/8,::1`), written back normalised; unset: `""`, none. */
+const cidrList = (raw: RawValue, s: SettingName) => {
+  try {
+    return CidrList.parse(typeof raw === "string" ? raw : "").toString();
+  } catch (error) {
+    throw new UsageError(`--${s.flag}: ${(error as Error).message}`);
+  }
 };
 const flagGiven = (raw: RawValue) => raw === true;
 
@@ -603,6 +612,41 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     parse: integer({ max: 2 ** 30 }),
     reload: "engine",
     option: "retainLimit",
+  }),
+  // The PROXY protocol (--accept-proxy, --send-proxy): one block.
+  setting({
+    flag: "accept-proxy",
+    field: "acceptProxy",
+    value: "CIDR[,CIDR…]",
+    multiple: true,
+    defaultText: "off",
+    help:
+      "peers (load balancers) whose connections must start with a PROXY header (v1 or v2), whose client is then the one logs and limits see; a header from others closes (reload: new connections)",
+    parse: cidrList,
+    reload: "engine",
+    option: "acceptProxy",
+  }),
+  setting({
+    flag: "accept-proxy-timeout",
+    field: "acceptProxyTimeoutMs",
+    default: durationText(PROXY_DEFAULTS.acceptProxyTimeoutMs),
+    value: "DUR",
+    help: "a listed peer that has not sent its whole PROXY header by then is closed (0 = no limit)",
+    parse: duration,
+    reload: "restart",
+    option: "acceptProxyTimeoutMs",
+  }),
+  setting({
+    flag: "send-proxy",
+    field: "sendProxy",
+    default: "off",
+    value: "off|v1|v2",
+    help:
+      "start each upstream connection with a PROXY header carrying the client's address (1:1 only: not with --mux or --pool, whose connections are shared); health checks send v1 UNKNOWN / v2 LOCAL",
+    parse: choice(["off", "v1", "v2"] as const),
+    reload: "restart",
+    option: "sendProxy",
+    poolOption: "sendProxy",
   }),
   setting({
     flag: "log-level",

@@ -22,6 +22,15 @@ import {
 import { FirstBytesReader, type HeldBytes } from "./first_bytes_reader.ts";
 import { UpstreamError, type UpstreamTls } from "./upstream.ts";
 import { SingleUpstream, type TargetConnection, type UpstreamTarget } from "./upstream_target.ts";
+import { CidrList } from "../net/cidr.ts";
+import {
+  LogLimiter,
+  ProxiedConn,
+  type ProxyHeaderFailure,
+  readProxyHeader,
+  sendProxyHeader,
+  SendProxyTarget,
+} from "./proxy_header_step.ts";
 
 /**
  * Options for {@linkcode Proxy}: where to listen and forward, the accept and drain behaviour,
@@ -113,6 +122,20 @@ export interface ProxyOptions extends Omit<EngineOptions, "resume"> {
    * gets its own upstream connection. @default {0}
    */
   mux?: number;
+  /**
+   * `--accept-proxy`: peers (a list, or its text) whose connections must start with a PROXY
+   * header (v1 or v2), read before anything else; the client it names is then the connection's
+   * address everywhere. A header from any other peer closes its connection. Unset or empty: no
+   * header is read or looked for. Changed by {@linkcode Proxy.setAcceptProxy}.
+   */
+  acceptProxy?: CidrList | string;
+  /** `--accept-proxy-timeout`: ms a listed peer has to send its whole header; 0: no limit. @default {3000} */
+  acceptProxyTimeoutMs?: number;
+  /**
+   * `--send-proxy`: start each upstream connection with a PROXY header of this version carrying
+   * the client's address (1:1 connections only: refused with `mux` or `pool`). @default {"off"}
+   */
+  sendProxy?: "off" | "v1" | "v2";
 }
 
 /**
@@ -125,7 +148,14 @@ export const PROXY_DEFAULTS = Object.freeze({
   drainDelayMs: 0,
   drainTimeoutMs: 30_000,
   maxConnections: 10_000,
+  acceptProxyTimeoutMs: 3000,
 });
+
+/**
+ * The {@linkcode ProxyOptions} that are not engine settings but that, like them, a reload gives
+ * to connections accepted from then on ({@linkcode Proxy.updateEngine} takes them too).
+ */
+export const CONNECTION_SETTINGS = ["acceptProxy"] as const;
 
 /** Options for {@linkcode Proxy.shutdown}. */
 export interface ShutdownOptions {
@@ -160,6 +190,8 @@ interface Connection {
   dialing: boolean;
   /** Settles when the connection has ended. */
   task: Promise<unknown>;
+  /** `--accept-proxy`: the downstream as the PROXY header step wrapped it (its close reason). */
+  proxied: ProxiedConn | undefined;
 }
 
 /** What dialing the upstream gave: the connection and the downstream bytes held meanwhile. */
@@ -195,6 +227,11 @@ export class Proxy implements AsyncDisposable {
   #finished = Promise.withResolvers<void>();
   /** Settles once the idle pooled connections closed at stopAccepting have ended. */
   #idleClosed: Promise<void> | undefined;
+  /** `--accept-proxy`; undefined: off. */
+  #acceptProxy: CidrList | undefined;
+  #proxyHeaderLog = new LogLimiter();
+  /** `--send-proxy`'s version; 0: off. */
+  #sendProxy: 0 | 1 | 2;
 
   /** Creates a proxy; nothing is opened until {@linkcode Proxy.start}. */
   constructor(options: ProxyOptions) {
@@ -236,6 +273,13 @@ export class Proxy implements AsyncDisposable {
         resume: resume !== "off",
         ended: (owner, reason) => this.#muxEnded(owner, reason),
       });
+    }
+    this.setAcceptProxy(options.acceptProxy);
+    this.#sendProxy = options.sendProxy === "v1" ? 1 : options.sendProxy === "v2" ? 2 : 0;
+    if (this.#sendProxy > 0 && (mux > 0 || (options.pool ?? 0) > 0)) {
+      throw new RangeError(
+        "--send-proxy needs a connection per client: --mux and --pool share upstream connections among clients",
+      );
     }
     this.#accessLog = options.accessLog;
     options.signal?.addEventListener("abort", () => void this.close(), { once: true });
@@ -383,8 +427,23 @@ export class Proxy implements AsyncDisposable {
    * Changes engine settings for connections accepted from now on (a reload); open connections
    * keep what they started with.
    */
-  updateEngine(changes: Omit<EngineOptions, "resume" | "timers" | "random">): void {
-    this.#engine = resolveEngineConfig({ ...this.#engine, ...changes });
+  updateEngine(
+    changes: Omit<EngineOptions, "resume" | "timers" | "random"> & { acceptProxy?: string },
+  ): void {
+    // `--accept-proxy` reloads with the engine rows (new connections get it), but is not one.
+    const { acceptProxy, ...engine } = changes;
+    if (acceptProxy !== undefined) this.setAcceptProxy(acceptProxy);
+    this.#engine = resolveEngineConfig({ ...this.#engine, ...engine });
+  }
+
+  /**
+   * Changes `--accept-proxy` (a reload): connections accepted from now on use the new list.
+   *
+   * @throws {RangeError} for an invalid list text.
+   */
+  setAcceptProxy(list: CidrList | string | undefined): void {
+    const parsed = typeof list === "string" ? CidrList.parse(list) : list;
+    this.#acceptProxy = parsed === undefined || parsed.empty ? undefined : parsed;
   }
 
   /** Changes `maxConnections` (a reload); open connections above it are not closed. */
@@ -410,17 +469,9 @@ export class Proxy implements AsyncDisposable {
 
   #acceptLoop(listener: Deno.TcpListener): Promise<void> {
     return acceptLoop(listener, (conn) => {
-      if (this.#mux !== undefined) return this.#acceptMux(this.#mux, conn);
-      const connection: Connection = {
-        controller: new AbortController(),
-        client: undefined,
-        state: new BridgeState(),
-        dialing: false,
-        task: DONE,
-      };
-      // Added first: #handle removes it when it ends, possibly before returning its promise.
-      this.#connections.add(connection);
-      connection.task = this.#handle(conn, connection);
+      const peer = formatAddress(conn.remoteAddr as Deno.NetAddr);
+      if (this.#acceptProxy !== undefined) return this.#readProxyHeader(conn, peer);
+      this.#serve(conn, peer);
     }, {
       closed: () => this.#closing,
       label: formatAddress(this.#options.listen),
@@ -431,9 +482,115 @@ export class Proxy implements AsyncDisposable {
     });
   }
 
+  /** Steps 2 to 4 of a connection whose client is `peer` (the real one, after step 1). */
+  #serve(conn: Deno.Conn, peer: string, pending?: Connection): void {
+    if (this.#mux !== undefined) {
+      if (pending !== undefined) this.#connections.delete(pending);
+      return this.#acceptMux(this.#mux, conn, peer);
+    }
+    const proxied = conn instanceof ProxiedConn ? conn : undefined;
+    // Every field in the literal: one shape for every connection record.
+    const connection: Connection = pending ?? {
+      controller: new AbortController(),
+      client: undefined,
+      state: new BridgeState(),
+      dialing: false,
+      task: DONE,
+      proxied,
+    };
+    connection.proxied = proxied;
+    // Added first: #handle removes it when it ends, possibly before returning its promise.
+    this.#connections.add(connection);
+    connection.task = this.#handle(conn, connection, peer);
+  }
+
+  /**
+   * Step 1, `--accept-proxy`: a listed peer's connection is served once its PROXY header is read
+   * (with the client it names as `peer`); any other's at once, its first bytes watched for a
+   * header it may not send.
+   */
+  #readProxyHeader(conn: Deno.Conn, transport: string): void {
+    if (!this.#acceptProxy!.has((conn.remoteAddr as Deno.NetAddr).hostname)) {
+      const watched = new ProxiedConn(conn, {
+        onHeader: () =>
+          this.#proxyHeaderFailed(
+            "untrusted",
+            transport,
+            "a PROXY header from a peer not in --accept-proxy",
+          ),
+      });
+      return this.#serve(watched, transport);
+    }
+    const connection: Connection = {
+      controller: new AbortController(),
+      client: undefined,
+      state: new BridgeState(),
+      dialing: false,
+      task: DONE,
+      proxied: undefined,
+    };
+    this.#connections.add(connection);
+    if (this.#closeAll.signal.aborted) connection.controller!.abort();
+    connection.task = readProxyHeader(conn, {
+      timeoutMs: this.#options.acceptProxyTimeoutMs ?? PROXY_DEFAULTS.acceptProxyTimeoutMs,
+      signal: connection.controller!.signal,
+    }).then((result) => {
+      if (!result.ok) {
+        this.#connections.delete(connection);
+        this.stats.connectionsTotal++;
+        const reason: CloseReason = result.kind === "closed"
+          ? "client_closed"
+          : result.kind === "aborted"
+          ? "shutdown"
+          : "proxy_header";
+        this.stats.recordClose(reason);
+        this.#logRefused(transport, reason);
+        if (reason === "proxy_header") {
+          this.#proxyHeaderFailed(result.kind as ProxyHeaderFailure, transport, result.reason);
+        }
+        return;
+      }
+      this.stats.proxyHeaders++;
+      const { source, destination } = result.header;
+      const downstream = source === undefined && result.held.length === 0
+        ? conn
+        : new ProxiedConn(conn, {
+          remoteAddr: source && { transport: "tcp", ...source },
+          localAddr: destination && { transport: "tcp", ...destination },
+          held: result.held,
+        });
+      const peer = source === undefined ? transport : formatAddress(source);
+      this.#logger.debug("PROXY header from {transport}: client {downstream}", {
+        transport,
+        downstream: peer,
+      });
+      this.#serve(downstream, peer, connection);
+    }).catch((error) => {
+      this.#connections.delete(connection);
+      this.#logger.error("Unexpected error in a connection: {error}", { error: String(error) });
+    });
+  }
+
+  /** Counts and logs (at most a line a second per kind) a connection closed at step 1. */
+  #proxyHeaderFailed(kind: ProxyHeaderFailure, transport: string, reason: string): void {
+    this.stats[PROXY_HEADER_COUNTERS[kind]]++;
+    const skipped = this.#proxyHeaderLog.take(kind, Date.now());
+    if (skipped === undefined) return;
+    this.#logger.warning("Closed {downstream}: {reason} (PROXY header {kind}){skipped}", {
+      downstream: transport,
+      reason,
+      kind,
+      skipped: skipped > 0 ? `; ${skipped} more like it in the last second not logged` : "",
+    });
+  }
+
   // The access-log callback of one connection: field by field, one object per line, not a rest
   // copy and a spread.
-  #recordEnd(acceptedAtMs: number, peer: string): (s: ConnectionSummary) => void {
+  #recordEnd(
+    acceptedAtMs: number,
+    peer: string,
+    proxied: ProxiedConn | undefined,
+  ): (s: ConnectionSummary) => void {
     return (s) =>
       this.#accessLog?.({
         startedAtMs: acceptedAtMs,
@@ -449,7 +606,7 @@ export class Proxy implements AsyncDisposable {
         latencyP50Ms: s.latencyP50Ms,
         latencyMaxMs: s.latencyMaxMs,
         failovers: s.failovers,
-        reason: s.reason,
+        reason: closeReason(proxied, s.reason),
       });
   }
 
@@ -474,13 +631,12 @@ export class Proxy implements AsyncDisposable {
   }
 
   /**
-   * Counts a new downstream in, or refuses it at `--max-connections` (closing it): returns its
-   * peer address text when admitted. Undo with {@linkcode #release}.
+   * Counts a new downstream from client `peer` in, or refuses it at `--max-connections` (closing
+   * it): returns `peer` when admitted. Undo with {@linkcode #release}.
    */
-  #admit(downstream: Deno.Conn): string | undefined {
+  #admit(downstream: Deno.Conn, peer: string): string | undefined {
     const stats = this.stats;
     stats.connectionsTotal++;
-    const peer = formatAddress(downstream.remoteAddr as Deno.NetAddr);
     const gate = this.#options.connectionGate;
     const maxConnections = gate
       ? Atomics.load(gate, 1)
@@ -526,8 +682,8 @@ export class Proxy implements AsyncDisposable {
    * A `--mux` client: no frame of this proxy's waits for it (an idle client keeps only its own);
    * the hub's `ended` hook counts it out.
    */
-  #acceptMux(hub: MuxHub, downstream: Deno.Conn): void {
-    const peer = this.#admit(downstream);
+  #acceptMux(hub: MuxHub, downstream: Deno.Conn, source: string): void {
+    const peer = this.#admit(downstream, source);
     if (peer === undefined) return;
     const connection: Connection = {
       controller: undefined,
@@ -535,6 +691,7 @@ export class Proxy implements AsyncDisposable {
       state: new BridgeState(),
       dialing: false,
       task: DONE,
+      proxied: downstream instanceof ProxiedConn ? downstream : undefined,
     };
     this.#connections.add(connection);
     const accessLog = this.#accessLog;
@@ -543,7 +700,9 @@ export class Proxy implements AsyncDisposable {
       label: peer,
       state: connection.state,
       owner: connection,
-      onEnd: accessLog === undefined ? undefined : this.#recordEnd(Date.now(), peer),
+      onEnd: accessLog === undefined
+        ? undefined
+        : this.#recordEnd(Date.now(), peer, connection.proxied),
     });
     connection.client = client;
     if (this.#closeAll.signal.aborted) client.stop();
@@ -554,14 +713,19 @@ export class Proxy implements AsyncDisposable {
   #muxEnded(owner: unknown, reason: CloseReason): void {
     const connection = owner as Connection;
     if (!this.#connections.delete(connection)) return;
-    this.#release(reason);
+    this.#release(closeReason(connection.proxied, reason));
   }
 
   // Serves one connection and removes it from #connections when done; never rejects.
-  async #handle(downstream: Deno.Conn, connection: Connection): Promise<void> {
+  async #handle(downstream: Deno.Conn, connection: Connection, source: string): Promise<void> {
     try {
-      const peer = this.#admit(downstream);
+      const peer = this.#admit(downstream, source);
       if (peer === undefined) return;
+      const proxied = connection.proxied;
+      // `--send-proxy`: every upstream connection of this client starts with its header.
+      const target = this.#sendProxy === 0
+        ? this.#target
+        : new SendProxyTarget(this.#target, sendProxyHeader(this.#sendProxy, downstream));
       const acceptedAtMs = this.#accessLog === undefined ? 0 : Date.now();
       const forward = this.#forwardText;
       let reason: CloseReason = "client_closed";
@@ -571,10 +735,10 @@ export class Proxy implements AsyncDisposable {
         // Dialing lives in its own function so that what only the dial needs (the first-bytes
         // reader, its abort plumbing, the retry callback) is not kept alive by this frame while
         // the connection is bridged.
-        const dialed = await this.#dial(downstream, connection, peer);
+        const dialed = await this.#dial(downstream, connection, peer, target);
         if (typeof dialed === "string") {
-          reason = dialed;
-          this.#logRefused(peer, dialed);
+          reason = closeReason(proxied, dialed);
+          this.#logRefused(peer, reason);
           return;
         }
         this.#logger.debug("Bridging {downstream} -> {upstream}", {
@@ -584,14 +748,16 @@ export class Proxy implements AsyncDisposable {
         reason = await bridge(downstream, dialed.upstream, {
           stats: this.stats,
           config: this.#engine,
-          target: this.#target,
+          target,
           logger: this.#logger,
           signal: controller.signal,
           label: `${peer} -> ${dialed.name}`,
           held: dialed.held,
           state: connection.state,
           lease: dialed.lease,
-          onEnd: this.#accessLog === undefined ? undefined : this.#recordEnd(acceptedAtMs, peer),
+          onEnd: this.#accessLog === undefined
+            ? undefined
+            : this.#recordEnd(acceptedAtMs, peer, proxied),
         });
         this.#logger.debug("Closed {downstream} -> {upstream}: {reason}", {
           downstream: peer,
@@ -599,7 +765,7 @@ export class Proxy implements AsyncDisposable {
           reason,
         });
       } finally {
-        this.#release(reason);
+        this.#release(closeReason(proxied, reason));
       }
     } catch (error) {
       this.#logger.error("Unexpected error in a connection: {error}", { error: String(error) });
@@ -616,6 +782,7 @@ export class Proxy implements AsyncDisposable {
     downstream: Deno.Conn,
     connection: Connection,
     peer: string,
+    target: UpstreamTarget,
   ): Promise<Dialed | CloseReason> {
     const stats = this.stats;
     const closing = connection.controller!.signal;
@@ -637,7 +804,7 @@ export class Proxy implements AsyncDisposable {
     });
     connection.dialing = true;
     try {
-      const dialed = await this.#target.dial({
+      const dialed = await target.dial({
         retries: this.#options.connectRetries ?? PROXY_DEFAULTS.connectRetries,
         backoffMs: this.#options.connectBackoffMs,
         signal: stop.signal,
@@ -680,6 +847,21 @@ export class Proxy implements AsyncDisposable {
 }
 
 const DONE: Promise<unknown> = Promise.resolve();
+
+/** The counter of each way a connection is closed at the PROXY header step. */
+const PROXY_HEADER_COUNTERS = {
+  missing: "proxyHeaderMissing",
+  malformed: "proxyHeaderMalformed",
+  oversized: "proxyHeaderOversized",
+  untrusted: "proxyHeaderUntrusted",
+  timeout: "proxyHeaderTimeout",
+  truncated: "proxyHeaderTruncated",
+} as const satisfies Record<ProxyHeaderFailure, keyof Stats>;
+
+/** The reason a connection ended: `proxy_header` when it was closed for a header it may not send. */
+function closeReason(proxied: ProxiedConn | undefined, reason: CloseReason): CloseReason {
+  return proxied?.refused ? "proxy_header" : reason;
+}
 
 /** Ends a connection (reason `shutdown`). */
 function stop(connection: Connection): void {

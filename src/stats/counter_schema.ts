@@ -30,6 +30,7 @@ export const CLOSE_REASONS = [
   "shutdown",
   "idle_timeout",
   "max_connections",
+  "proxy_header",
 ] as const;
 
 /** Why a proxied connection ended (a metrics label: a closed set, never an address). */
@@ -397,6 +398,39 @@ export const COUNTER_SCHEMA: readonly SchemaEntry[] = [
     summed: true,
     metric: { family: "foo_proxy_connections_closed_total" },
   },
+  // --accept-proxy / --send-proxy: one block.
+  field(
+    "proxy_headers",
+    "proxyHeaders",
+    "--accept-proxy: PROXY headers read from listed peers (the client they name is the connection's address).",
+    { family: "foo_proxy_proxy_headers_total" },
+  ),
+  proxyHeaderError(
+    "missing",
+    "proxyHeaderMissing",
+    "Connections from a listed peer that did not start with a PROXY header.",
+  ),
+  proxyHeaderError("malformed", "proxyHeaderMalformed", "PROXY headers that broke the spec."),
+  proxyHeaderError(
+    "oversized",
+    "proxyHeaderOversized",
+    "PROXY headers over the bounds (v1 107 bytes, v2 4 KiB).",
+  ),
+  proxyHeaderError(
+    "untrusted",
+    "proxyHeaderUntrusted",
+    "PROXY headers from peers not in --accept-proxy.",
+  ),
+  proxyHeaderError(
+    "timeout",
+    "proxyHeaderTimeout",
+    "Listed peers whose header did not come within --accept-proxy-timeout.",
+  ),
+  proxyHeaderError(
+    "truncated",
+    "proxyHeaderTruncated",
+    "Connections that ended in the middle of their PROXY header.",
+  ),
   field(
     "upstream_connect_retries",
     "upstreamConnectRetries",
@@ -709,6 +743,31 @@ function invalid(kind: "type" | "seq" | "direction" | "truncated", help: string)
     recovered: "required",
     summed: true,
     metric: { family: "foo_proxy_invalid_messages_total", labels: { kind } },
+  };
+}
+
+function proxyHeaderError(
+  kind: "missing" | "malformed" | "oversized" | "untrusted" | "timeout" | "truncated",
+  store: NumericField<Stats>,
+  help: string,
+): StoredSpec {
+  // Flat names: a group member's slot is named without its group, and other groups use these
+  // kinds (`truncated`) already.
+  return {
+    name: `proxy_header_${kind}`,
+    section: "snapshot",
+    kind: "counter",
+    help,
+    store: { field: store },
+    recovered: false,
+    summed: true,
+    metric: {
+      family: "foo_proxy_proxy_header_errors_total",
+      labels: { kind },
+      help: kind === "missing"
+        ? "--accept-proxy: connections closed at the PROXY header step, by kind."
+        : undefined,
+    },
   };
 }
 

@@ -71,6 +71,20 @@ export interface StatsSnapshot {
   msg_invalid_by_kind: { type: number; seq: number; direction: number; truncated: number };
   /** Closed connections by reason. */
   connections_closed: Partial<Record<CloseReason, number>>;
+  /** `--accept-proxy`: PROXY headers read from listed peers. */
+  proxy_headers: number;
+  /** `--accept-proxy`: connections from a listed peer that did not start with a header. */
+  proxy_header_missing: number;
+  /** `--accept-proxy`: headers that broke the spec. */
+  proxy_header_malformed: number;
+  /** `--accept-proxy`: headers over the bounds (v1 107 bytes, v2 4 KiB). */
+  proxy_header_oversized: number;
+  /** `--accept-proxy`: headers from peers not in the list. */
+  proxy_header_untrusted: number;
+  /** `--accept-proxy`: listed peers whose header did not come within the timeout. */
+  proxy_header_timeout: number;
+  /** `--accept-proxy`: connections that ended mid-header. */
+  proxy_header_truncated: number;
   /** Upstream connect attempts that failed and were retried (`--connect-retries`). */
   upstream_connect_retries: number;
   /** Times a downstream was not read because it had `--max-inflight` REQs unanswered. */
@@ -213,6 +227,20 @@ export class Stats {
   upstreamPoolExpired = 0;
   bytesDownstream = 0;
   bytesUpstream = 0;
+  /** `--accept-proxy`: PROXY headers read. */
+  proxyHeaders = 0;
+  /** `--accept-proxy`: connections from a listed peer without a header. */
+  proxyHeaderMissing = 0;
+  /** `--accept-proxy`: headers that broke the spec. */
+  proxyHeaderMalformed = 0;
+  /** `--accept-proxy`: headers over the bounds. */
+  proxyHeaderOversized = 0;
+  /** `--accept-proxy`: headers from peers not in the list. */
+  proxyHeaderUntrusted = 0;
+  /** `--accept-proxy`: listed peers too slow to send their header. */
+  proxyHeaderTimeout = 0;
+  /** `--accept-proxy`: connections that ended mid-header. */
+  proxyHeaderTruncated = 0;
   /** Upstream connect attempts that failed and were retried. */
   upstreamConnectRetries = 0;
   /** Times a downstream's reading paused at the in-flight REQ limit. */
