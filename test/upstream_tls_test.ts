@@ -13,6 +13,7 @@ import { parseServerConfig } from "../src/cmd/server.ts";
 import { tlsClientOptions } from "../src/cmd/tls_client_flags.ts";
 import { DASHBOARD_HTML } from "../src/http/dashboard.ts";
 import { checkUpstream } from "../src/proxy/health_check.ts";
+import { checkPreamble } from "../src/proxy/proxy_header_step.ts";
 import { dialUpstream, UpstreamError, type UpstreamTls } from "../src/proxy/upstream.ts";
 import { UpstreamPool } from "../src/proxy/upstream_pool.ts";
 import { UpstreamProbe } from "../src/proxy/upstream_probe.ts";
@@ -201,16 +202,11 @@ Deno.test("health checks and the readiness probe speak TLS: a good certificate p
 });
 
 const MTLS_SERVER = `
-import socket, ssl, sys, threading
 ca, cert, key = sys.argv[1:4]
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(cert, key)
 ctx.load_verify_locations(ca)
 ctx.verify_mode = ssl.CERT_REQUIRED
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen(16)
-print(s.getsockname()[1], flush=True)
 def serve(c):
     try:
         t = ctx.wrap_socket(c, server_side=True)
@@ -221,10 +217,49 @@ def serve(c):
         t.close()
     except Exception as e:
         print("refused", type(e).__name__, flush=True)
+`;
+
+/**
+ * A Python TLS server on 127.0.0.1: `serve` defines `ctx` and `serve(c)` (one accepted socket, in a
+ * thread of its own). It prints its port first, then what `serve` prints, a line per event.
+ */
+function startPython(serve: string, args: string[]) {
+  const script = `import socket, ssl, sys, threading
+${serve}
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(16)
+print(s.getsockname()[1], flush=True)
 while True:
     c, _ = s.accept()
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 `;
+  const child = new Deno.Command("python3", {
+    args: ["-c", script, ...args],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let out = "";
+  const nextLine = async () => {
+    while (!out.includes("\n")) {
+      const { value, done } = await withTimeout(lines.read(), 10_000, "python's output");
+      if (done) throw new Error("python exited");
+      out += value;
+    }
+    const line = out.slice(0, out.indexOf("\n"));
+    out = out.slice(out.indexOf("\n") + 1);
+    return line;
+  };
+  return {
+    nextLine,
+    async [Symbol.asyncDispose]() {
+      child.kill();
+      await child.status;
+      await lines.cancel().catch(() => {});
+    },
+  };
+}
 
 async function hasPython(): Promise<boolean> {
   try {
@@ -240,24 +275,13 @@ Deno.test({
   ignore: !(await hasPython()),
   fn: async () => {
     await using certs = await makeCertificates();
-    const child = new Deno.Command("python3", {
-      args: ["-c", MTLS_SERVER, certs.caCert, certs.serverCert, certs.serverKey],
-      stdout: "piped",
-      stderr: "inherit",
-    }).spawn();
-    const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    let out = "";
-    const nextLine = async () => {
-      while (!out.includes("\n")) {
-        const { value, done } = await withTimeout(lines.read(), 10_000, "python's output");
-        if (done) throw new Error("python exited");
-        out += value;
-      }
-      const line = out.slice(0, out.indexOf("\n"));
-      out = out.slice(out.indexOf("\n") + 1);
-      return line;
-    };
-    try {
+    await using python = startPython(MTLS_SERVER, [
+      certs.caCert,
+      certs.serverCert,
+      certs.serverKey,
+    ]);
+    const nextLine = python.nextLine;
+    {
       const port = Number(await nextLine());
       const forward = { hostname: "127.0.0.1", port, transport: "tcp" as const };
       const withCert: UpstreamTls = {
@@ -286,11 +310,63 @@ Deno.test({
         await waitUntil(() => proxy.stats.connectionsActive === 0, "the client to be closed");
         assert.equal(proxy.stats.counts.msg_ack, 0);
       }
-    } finally {
-      child.kill();
-      await child.status;
-      await lines.cancel().catch(() => {});
     }
+  },
+});
+
+// Reads a PROXY v1 header in the clear, then shakes hands (HAProxy's `accept-proxy ssl`).
+const PROXY_THEN_TLS_SERVER = `
+cert, key = sys.argv[1:3]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+def serve(c):
+    try:
+        header = b""
+        while not header.endswith(b"\\r\\n") and len(header) < 108:
+            b = c.recv(1)
+            if not b:
+                break
+            header += b
+            if len(header) == 6 and header != b"PROXY ":
+                break
+        if not header.startswith(b"PROXY ") or not header.endswith(b"\\r\\n"):
+            print("no header first", flush=True)
+            c.close()
+            return
+        print("header " + header.decode().strip(), flush=True)
+        t = ctx.wrap_socket(c, server_side=True)
+        parts = header.split()
+        source = parts[2].decode() if len(parts) > 2 else "unknown"
+        for line in t.makefile("rb"):
+            t.sendall(b"ACK " + line.split()[1] + b" " + source.encode() + b"\\n")
+        t.close()
+    except Exception as e:
+        print("error " + type(e).__name__ + " " + str(e), flush=True)
+`;
+
+Deno.test({
+  name:
+    "--send-proxy with --upstream-tls: the PROXY header goes first, in the clear, then the TLS handshake (HAProxy's accept-proxy ssl); health checks too",
+  ignore: !(await hasPython()),
+  fn: async () => {
+    await using certs = await makeCertificates();
+    await using python = startPython(PROXY_THEN_TLS_SERVER, [certs.serverCert, certs.serverKey]);
+    const port = Number(await python.nextLine());
+    const forward = { hostname: "127.0.0.1", port, transport: "tcp" as const };
+    const tls: UpstreamTls = { caCerts: [certs.caPem] };
+    await using proxy = await startProxy(forward, { sendProxy: "v1", upstreamTls: tls });
+    const conn = await connectTo(proxy.addr.port);
+    await writeAll(conn, "REQ 1 hi\nREQ 2 hi\n");
+    assert.deepEqual(await readLines(conn, 2), ["ACK 1 127.0.0.1", "ACK 2 127.0.0.1"]);
+    conn.close();
+    assert.match(await python.nextLine(), /^header PROXY TCP4 127\.0\.0\.1 127\.0\.0\.1 \d+ \d+$/);
+    const checked = await checkUpstream(forward, {
+      tls,
+      preamble: checkPreamble("v1"),
+      timeoutMs: 5000,
+    });
+    assert.equal(checked.ok, true, checked.error);
+    assert.equal(await python.nextLine(), "header PROXY UNKNOWN");
   },
 });
 
@@ -353,6 +429,11 @@ Deno.test("parseProxyConfig: the --upstream-* flags need --upstream-tls; a certi
     );
   }
   assert.equal(parse("--upstream-tls", "--upstream-sni=[::1]").upstreamSni, "::1");
+  assert.throws(
+    () =>
+      parse("--upstream-tls", "--upstream-cert=c.pem", "--upstream-key=k.pem", "--send-proxy=v1"),
+    /--send-proxy cannot be combined with --upstream-cert/,
+  );
   assert.throws(() => parseClientConfig(["--tls", "--sni=a b"]), /for --sni: expected a host/);
   const config = parse("--upstream-tls", "--upstream-ca=ca.pem", "--upstream-sni=localhost");
   assert.equal(config.upstreamTls, true);

@@ -187,6 +187,11 @@ export function checkUpstreamTls(config: ProxyConfig): ProxyConfig {
   if ((config.upstreamCert === null) !== (config.upstreamKey === null)) {
     throw new UsageError("--upstream-cert and --upstream-key go together: give both or neither");
   }
+  if (config.upstreamCert !== null && config.sendProxy !== "off") {
+    throw new UsageError(
+      "--send-proxy cannot be combined with --upstream-cert: the PROXY header goes in the clear before the TLS handshake, and Deno.connectTls (the only way to present a client certificate) connects and shakes hands in one call",
+    );
+  }
   const sni = config.upstreamSni;
   if (config.upstreamCert !== null && sni !== null) {
     const other = config.upstreams.find((u) => u.address.hostname !== sni);

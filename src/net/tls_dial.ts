@@ -93,6 +93,23 @@ export interface DialTcpOrTlsOptions {
   signal?: AbortSignal;
   /** Complete a TLS handshake before resolving. Unset: plain TCP. */
   tls?: TlsClientOptions;
+  /**
+   * Bytes written first, in the clear, before any TLS handshake: a PROXY protocol header, which
+   * precedes TLS as it precedes every other byte (HAProxy's `send-proxy` on an `ssl` server).
+   * Not possible with a client certificate (`Deno.connectTls` shakes hands on its own). Unset:
+   * none.
+   */
+  preamble?: Uint8Array;
+}
+
+/** The preamble could not be written (the connection broke right after it was made). */
+export class PreambleError extends Error {
+  /** Creates the error from the write's; the message is `cannot send the PROXY header: …`. */
+  constructor(cause: unknown) {
+    const why = cause instanceof Error ? cause.message : String(cause);
+    super(`cannot send the PROXY header: ${why.replace(/\s*\(os error \d+\)$/, "")}`, { cause });
+    this.name = "PreambleError";
+  }
 }
 
 /**
@@ -108,9 +125,14 @@ export async function dialTcpOrTls(
   address: Address,
   options: DialTcpOrTlsOptions = {},
 ): Promise<Deno.Conn> {
-  const { tls, signal } = options;
+  const { tls, signal, preamble } = options;
   const { hostname, port } = address;
   if (tls?.cert !== undefined) {
+    if (preamble !== undefined && preamble.length > 0) {
+      throw new TypeError(
+        "A PROXY header cannot precede a TLS handshake that presents a client certificate: Deno.connectTls connects and shakes hands in one call",
+      );
+    }
     const conn = await abortable(
       Deno.connectTls({ hostname, port, caCerts: tls.caCerts, cert: tls.cert, key: tls.key ?? "" }),
       signal,
@@ -119,6 +141,15 @@ export async function dialTcpOrTls(
   }
   const conn = await Deno.connect({ hostname, port, signal });
   conn.setNoDelay(true);
+  if (preamble !== undefined && preamble.length > 0) {
+    // A fresh socket's buffer takes a header at once; a connection closed under it rejects.
+    try {
+      for (let at = 0; at < preamble.length;) at += await conn.write(preamble.subarray(at));
+    } catch (error) {
+      closeQuietly(conn);
+      throw new PreambleError(error);
+    }
+  }
   if (tls === undefined) return conn;
   let tlsConn: Deno.TlsConn;
   try {

@@ -66,7 +66,14 @@ export async function checkUpstream(
   });
   let conn: Deno.Conn;
   try {
-    conn = await dialUpstream(address, { timeoutMs, signal: options.signal, tls: options.tls });
+    // The preamble is written first, before a TLS handshake (and in `tcp` mode too: a receiver
+    // that demands a header is then not left waiting for one).
+    conn = await dialUpstream(address, {
+      timeoutMs,
+      signal: options.signal,
+      tls: options.tls,
+      preamble: options.preamble,
+    });
   } catch (error) {
     const failed = result(false, error instanceof Error ? error.message : String(error));
     return isLocalError(error) ? { ...failed, local: true } : failed;
@@ -85,13 +92,9 @@ export async function checkUpstream(
   const onAbort = () => closeQuietly(conn);
   options.signal?.addEventListener("abort", onAbort, { once: true });
   try {
-    const req = new TextEncoder().encode(
+    const probe = new TextEncoder().encode(
       `REQ 1 ${options.probeText ?? "foo-proxy-health-check"}\n`,
     );
-    const preamble = options.preamble ?? new Uint8Array(0);
-    const probe = new Uint8Array(preamble.length + req.length);
-    probe.set(preamble);
-    probe.set(req, preamble.length);
     for (let off = 0; off < probe.length;) off += await conn.write(probe.subarray(off));
     const buf = new Uint8Array(512);
     let length = 0;

@@ -50,6 +50,11 @@ export interface DialOptions {
    * that fails verification fails the dial. Unset: plain TCP.
    */
   tls?: UpstreamTls;
+  /**
+   * Bytes written first, in the clear, before the TLS handshake if any (`--send-proxy`'s PROXY
+   * header): a failure to write them is a failed connect. Unset: none.
+   */
+  preamble?: Uint8Array;
 }
 
 /**
@@ -82,7 +87,11 @@ export async function dialUpstream(
   outer?.addEventListener("abort", onAbort, { once: true });
   if (outer?.aborted) onAbort();
   try {
-    return await dialTcpOrTls(address, { signal: controller.signal, tls: options.tls });
+    return await dialTcpOrTls(address, {
+      signal: controller.signal,
+      tls: options.tls,
+      preamble: options.preamble,
+    });
   } catch (error) {
     const tls = error instanceof TlsHandshakeError ? error : undefined;
     const why = timedOut

@@ -624,7 +624,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         options.onRetry?.(attempt, 0, lastError);
       }
       if (member === undefined) throw this.#noUpstream();
-      if (member.idle !== undefined && member.usable()) {
+      if (member.idle !== undefined && member.usable() && options.preamble === undefined) {
         const pooled = member.idle.take();
         if (pooled !== undefined) return this.#lease(member, pooled.conn, pooled.rest);
       }
@@ -634,6 +634,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
           timeoutMs: this.#options.connectTimeoutMs ?? POOL_DEFAULTS.connectTimeoutMs,
           signal: options.signal,
           tls: this.#options.tls,
+          preamble: options.preamble,
         });
         member.pending--;
         if (member.failuresInARow > 0) this.#options.onPassive?.(member.spec.name, "recovered");

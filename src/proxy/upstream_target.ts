@@ -27,6 +27,12 @@ export interface TargetDialOptions {
   onRetry?: (retry: number, delayMs: number, error: UpstreamError) => void;
   /** An upstream to pass over when another can take the connection (the one that just died). */
   avoid?: string;
+  /**
+   * Bytes written first on a new connection, before any TLS handshake (`--send-proxy`'s PROXY
+   * header); a connection asked for with one is always dialed, never taken from an idle pool.
+   * Unset: none.
+   */
+  preamble?: Uint8Array;
 }
 
 /** A dialed upstream connection and the name of the upstream it goes to. */
@@ -170,7 +176,7 @@ export class SingleUpstream implements UpstreamTarget {
 
   /** Hands out an idle connection, or dials the address, retrying as `options` say. */
   async dial(options: TargetDialOptions = {}): Promise<TargetConnection> {
-    const pooled = this.#idle?.take();
+    const pooled = options.preamble === undefined ? this.#idle?.take() : undefined;
     if (pooled !== undefined) {
       return { conn: pooled.conn, upstream: this.label, rest: pooled.rest, recycle: this.#recycle };
     }
@@ -185,6 +191,7 @@ export class SingleUpstream implements UpstreamTarget {
         maxBackoffMs: options.maxBackoffMs,
         signal: options.signal,
         tls: this.#options.tls,
+        preamble: options.preamble,
         onRetry: (retry, delayMs, error) => {
           countTlsFailure(counters, error);
           options.onRetry?.(retry, delayMs, error);
