@@ -73,6 +73,8 @@ const OTHER_VALUE: Record<string, string> = {
   "accept-proxy": "10.0.0.0/8",
   "accept-proxy-timeout": "1s",
   "send-proxy": "v2",
+  "ws-listen": "127.0.0.1:9",
+  "ws-origin": "https://a.example",
   "log-level": "debug",
   "log-format": "json",
   help: "",

@@ -571,6 +571,10 @@ Deno.test("the tools' TLS flags: --ca and --sni need --tls; --tls-cert and --tls
   assert.deepEqual(client.tls, { caFile: "ca.pem", serverName: "localhost" });
   assert.equal(parseClientConfig([]).tls, null);
   assert.throws(() => parseClientConfig(["--ca=ca.pem"]), /--ca and --sni need --tls/);
+  assert.throws(
+    () => parseClientConfig(["--tls", "--ws=wss://localhost:9/"]),
+    /--tls, --ca and --sni are for --connect/,
+  );
   const bench = parseBenchConfig(["--tls", "--ca=ca.pem"]);
   assert.deepEqual(bench.tls, { caFile: "ca.pem", serverName: null });
   assert.throws(() => parseBenchConfig(["--sni=x"]), /--ca and --sni need --tls/);

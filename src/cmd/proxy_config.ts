@@ -80,6 +80,10 @@ export interface ProxyConfig {
   resume: ResumeMode;
   /** `--mux`: shared upstream connections per upstream; 0: one per client. */
   mux: number;
+  /** `--ws-listen`: where WebSocket clients connect; `null`: no WebSocket listener. */
+  wsListen: Address | null;
+  /** `--ws-origin`: origins allowed to open a WebSocket (normalized, `null`, `*`); empty: same host. */
+  wsOrigins: string[];
   halfCloseTimeoutMs: number;
   /** `--accept-proxy`: the peers trusted to send a PROXY header, normalised; `""`: off. */
   acceptProxy: string;

@@ -23,6 +23,7 @@ import { PROXY_DEFAULTS, type ProxyOptions } from "../proxy/proxy.ts";
 import { POOL_DEFAULTS, type UpstreamPoolOptions } from "../proxy/upstream_pool.ts";
 import { POOL_IDLE_TIMEOUT_MS } from "../proxy/upstream_target.ts";
 import { CidrList } from "../net/cidr.ts";
+import { normalizeOrigin } from "../net/websocket_upgrade.ts";
 import type { ProxyConfig } from "./proxy_config.ts";
 
 /**
@@ -170,6 +171,20 @@ function parseResumeMode(raw: RawValue): ResumeMode {
   if (t === "verbatim" || t === "true" || t === "1" || t === "yes" || t === "on") return "verbatim";
   if (t === "renumber") return "renumber";
   throw new UsageError(`Invalid value "${text}" for --resume: expected verbatim, renumber or off`);
+}
+
+/** `--ws-origin`: a list of origins as browsers send them (`normalizeOrigin`), `null` or `*`. */
+function parseOrigins(raw: RawValue, s: SettingName): string[] {
+  const items = String(raw ?? "").split(",").map((o) => o.trim()).filter(Boolean);
+  return items.map((item) => {
+    const origin = normalizeOrigin(item);
+    if (origin === undefined) {
+      throw new UsageError(
+        `Invalid origin "${item}" for --${s.flag}: expected scheme://host[:port] (no path), null or *`,
+      );
+    }
+    return origin;
+  });
 }
 
 /** The most data-plane workers `--workers` takes. */
@@ -647,6 +662,31 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     reload: "restart",
     option: "sendProxy",
     poolOption: "sendProxy",
+  }),
+  // ---- WebSocket ingress ----
+  setting({
+    flag: "ws-listen",
+    field: "wsListen",
+    value: "ADDR",
+    defaultText: "off",
+    help:
+      "also accept WebSocket clients there (ws://; each message carries Foo bytes, replies come back as messages), served by the same engine, limits, stats and access log (restart to change)",
+    parse: (raw, s) =>
+      raw === undefined || String(raw).trim() === "" || String(raw).trim().toLowerCase() === "off"
+        ? null
+        : parseAddressFlag(s.flag, String(raw), { defaultHost: "0.0.0.0" }),
+    reload: "restart",
+  }),
+  setting({
+    flag: "ws-origin",
+    field: "wsOrigins",
+    value: "ORIGIN[,…]",
+    multiple: true,
+    defaultText: "same host",
+    help:
+      "browser pages (Origin: scheme://host[:port], null, or * for any) allowed to open a WebSocket; others get 403. Unset: only pages of the host and port the client connected to; clients that send no Origin (not a browser) are let in (restart to change)",
+    parse: parseOrigins,
+    reload: "restart",
   }),
   setting({
     flag: "log-level",

@@ -31,6 +31,7 @@ import {
   sendProxyHeader,
   SendProxyTarget,
 } from "./proxy_header_step.ts";
+import { WebSocketListener, type WebSocketListenerOptions } from "./websocket_listener.ts";
 
 /**
  * Options for {@linkcode Proxy}: where to listen and forward, the accept and drain behaviour,
@@ -136,6 +137,11 @@ export interface ProxyOptions extends Omit<EngineOptions, "resume"> {
    * the client's address (1:1 connections only: refused with `mux` or `pool`). @default {"off"}
    */
   sendProxy?: "off" | "v1" | "v2";
+  /**
+   * Also accept WebSocket clients there (`--ws-listen`; see `websocket_listener.ts`), bound with
+   * `reusePort` like `listen`: served by {@linkcode Proxy.serve}. Unset: none.
+   */
+  webSocket?: Omit<WebSocketListenerOptions, "serve" | "stats" | "logger" | "reusePort">;
 }
 
 /**
@@ -211,6 +217,7 @@ export class Proxy implements AsyncDisposable {
   #options: ProxyOptions;
   #logger: Logger;
   #listener: Deno.TcpListener | undefined;
+  #webSocket: WebSocketListener | undefined;
   // A set of plain records rather than a map keyed by task promises: no `.catch`/`.finally`
   // promises and closures per connection (measured: less heap per idle connection).
   #connections = new Set<Connection>();
@@ -232,6 +239,8 @@ export class Proxy implements AsyncDisposable {
   #proxyHeaderLog = new LogLimiter();
   /** `--send-proxy`'s version; 0: off. */
   #sendProxy: 0 | 1 | 2;
+  /** Settles once the WebSocket listener and its handshakes have ended. */
+  #webSocketClosed: Promise<void> | undefined;
 
   /** Creates a proxy; nothing is opened until {@linkcode Proxy.start}. */
   constructor(options: ProxyOptions) {
@@ -296,6 +305,11 @@ export class Proxy implements AsyncDisposable {
     return this.#listener.addr;
   }
 
+  /** The bound WebSocket listen address (after start), or undefined without `webSocket`. */
+  get webSocketAddr(): Deno.NetAddr | undefined {
+    return this.#webSocket?.addr;
+  }
+
   /** Whether the listener is bound and the proxy is not closing. */
   get listening(): boolean {
     return this.#listener !== undefined && !this.#closing;
@@ -318,6 +332,21 @@ export class Proxy implements AsyncDisposable {
       ? Deno.listen({ hostname: listen.hostname, port: listen.port, reusePort: true })
       : Deno.listen({ hostname: listen.hostname, port: listen.port });
     this.#accepting = this.#acceptLoop(this.#listener);
+    if (this.#options.webSocket !== undefined) {
+      this.#webSocket = new WebSocketListener({
+        ...this.#options.webSocket,
+        reusePort: this.#options.reusePort,
+        serve: (conn) => this.serve(conn),
+        stats: this.stats,
+        logger: this.#logger,
+      });
+      try {
+        this.#webSocket.start();
+      } catch (error) {
+        this.#listener.close();
+        throw error;
+      }
+    }
     if (this.#options.announce === false) return Promise.resolve(this.addr);
     const everywhere = this.addr.hostname === "0.0.0.0" || this.addr.hostname === "::";
     this.#logger.info("Listening on {listen}{scope}, forwarding to {forward}", {
@@ -339,6 +368,7 @@ export class Proxy implements AsyncDisposable {
     } catch {
       // Already closed.
     }
+    this.#webSocketClosed = this.#webSocket?.close();
   }
 
   /** Stops accepting, closes every connection, and resolves when all have ended. */
@@ -348,6 +378,7 @@ export class Proxy implements AsyncDisposable {
     this.#closeAll.abort();
     for (const connection of this.#connections) stop(connection);
     await this.#accepting;
+    await this.#webSocketClosed;
     await this.drained();
     this.#mux?.close();
     await this.#idleClosed;
@@ -468,11 +499,7 @@ export class Proxy implements AsyncDisposable {
   }
 
   #acceptLoop(listener: Deno.TcpListener): Promise<void> {
-    return acceptLoop(listener, (conn) => {
-      const peer = formatAddress(conn.remoteAddr as Deno.NetAddr);
-      if (this.#acceptProxy !== undefined) return this.#readProxyHeader(conn, peer);
-      this.#serve(conn, peer);
-    }, {
+    return acceptLoop(listener, (conn) => this.#accept(conn), {
       closed: () => this.#closing,
       label: formatAddress(this.#options.listen),
       logger: this.#logger,
@@ -480,6 +507,32 @@ export class Proxy implements AsyncDisposable {
       onConnectionError: () => this.stats.acceptErrors++,
       onResourceError: () => this.stats.acceptResourceErrors++,
     });
+  }
+
+  /**
+   * Serves a downstream connection that did not come from this proxy's listener (a WebSocket
+   * client, see `websocket_listener.ts`) exactly as an accepted one: admission and
+   * `--max-connections`, the connection mode, dial, bridge, stats, access log and close reasons.
+   * Once the proxy stops accepting, `conn` is closed at once.
+   */
+  serve(conn: Deno.Conn): void {
+    if (this.#closing) {
+      try {
+        conn.close();
+      } catch {
+        // Already closed.
+      }
+      return;
+    }
+    // Not through step 1: a PROXY header comes before a WebSocket's HTTP request, not in it.
+    this.#serve(conn, formatAddress(conn.remoteAddr as Deno.NetAddr));
+  }
+
+  /** Step 1 (`--accept-proxy`) if it is on, then the rest: every accepted connection. */
+  #accept(conn: Deno.Conn): void {
+    const peer = formatAddress(conn.remoteAddr as Deno.NetAddr);
+    if (this.#acceptProxy !== undefined) return this.#readProxyHeader(conn, peer);
+    this.#serve(conn, peer);
   }
 
   /** Steps 2 to 4 of a connection whose client is `peer` (the real one, after step 1). */

@@ -575,6 +575,45 @@ export const COUNTER_SCHEMA: readonly SchemaEntry[] = [
     "Dashboard event-stream clients (GET /events) refused because the cap on streams was reached.",
     { family: "foo_proxy_sse_clients_refused_total" },
   ),
+  // ---- WebSocket ingress (--ws-listen) ----
+  field(
+    "ws_connections",
+    "wsConnections",
+    "WebSocket clients upgraded (--ws-listen) and handed to the engine like TCP clients.",
+    { family: "foo_proxy_ws_connections_total" },
+  ),
+  wsRejected("origin", "wsRejectedOrigin", "an Origin not allowed (403, --ws-origin)"),
+  wsRejected("not_websocket", "wsRejectedNotWebsocket", "not an upgrade request (426)"),
+  wsRejected(
+    "bad_request",
+    "wsRejectedBadRequest",
+    "a malformed or too large request, a bad key or version (400, 426, 431)",
+  ),
+  wsRejected("timeout", "wsRejectedTimeout", "no whole request within the handshake deadline"),
+  wsRejected("busy", "wsRejectedBusy", "closed in its handshake to make room (handshake cap)"),
+  wsRejected("tls", "wsRejectedTls", "a failed TLS handshake (wss)"),
+  {
+    ...field("ws_messages_in", "wsMessagesIn", "WebSocket data messages received from clients."),
+    metric: {
+      family: "foo_proxy_ws_messages_total",
+      labels: { direction: "in" },
+      help: "WebSocket data messages, by direction.",
+    },
+  },
+  {
+    ...field(
+      "ws_messages_out",
+      "wsMessagesOut",
+      "WebSocket data messages sent to clients (one per chunk of replies).",
+    ),
+    metric: { family: "foo_proxy_ws_messages_total", labels: { direction: "out" } },
+  },
+  field(
+    "ws_protocol_errors",
+    "wsProtocolErrors",
+    "WebSocket clients closed for breaking the protocol (1002: unmasked frame, bad opcode or fragmentation; 1007: invalid UTF-8 in a text message).",
+    { family: "foo_proxy_ws_protocol_errors_total" },
+  ),
   field(
     "worker_restarts",
     "workerRestarts",
@@ -728,6 +767,24 @@ function window(
       family: `foo_proxy_${requests ? "requests" : "responses"}_per_second`,
       labels: { window: span },
       help: `${messages} per second over a window.`,
+    },
+  };
+}
+
+/** A `ws_rejected_<reason>` counter: one series of `foo_proxy_ws_rejected_total`. */
+function wsRejected(reason: string, store: NumericField<Stats>, what: string): StoredSpec {
+  return {
+    ...field(
+      `ws_rejected_${reason}`,
+      store,
+      `WebSocket connections refused before the upgrade: ${what}.`,
+    ),
+    metric: {
+      family: "foo_proxy_ws_rejected_total",
+      labels: { reason },
+      help: reason === "origin"
+        ? "WebSocket connections refused before the upgrade, by reason."
+        : undefined,
     },
   };
 }
