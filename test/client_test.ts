@@ -250,6 +250,7 @@ Deno.test("parseClientConfig reads flags and FOO_PROXY_* variables", () => {
     connections: 4,
     payload: 0,
     timeoutMs: 10_000,
+    tls: null,
     logLevel: "warning",
     logFormat: "text",
     help: false,

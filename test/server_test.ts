@@ -353,6 +353,7 @@ Deno.test("FooServer.start() rejects when the port is taken", async () => {
 Deno.test("parseServerConfig reads flags, Go-style flags and FOO_PROXY_* variables", () => {
   assert.deepEqual(parseServerConfig([]), {
     listen: { hostname: "0.0.0.0", port: 8001 },
+    tls: null,
     nakEvery: 0,
     fragment: false,
     delayMs: 0,

@@ -34,6 +34,10 @@ export interface PermissionTargets {
   pidFile?: string | null;
   /** The access-log file; unset, `null` or `""`: none (stderr). */
   accessLogFile?: string | null;
+  /** `--upstream-ca`, `--upstream-cert`, `--upstream-key` (read at start and on reload). */
+  upstreamCa?: string | null;
+  upstreamCert?: string | null;
+  upstreamKey?: string | null;
 }
 
 /** One permission the proxy needs, with the words used when it is missing. */
@@ -97,6 +101,17 @@ export function permissionNeeds(targets: PermissionTargets): PermissionNeed[] {
     const purpose = "access log --access-log-file";
     needs.push({ descriptor: { name: "read", path }, target: path, purpose });
     needs.push({ descriptor: { name: "write", path }, target: path, purpose });
+  }
+  for (
+    const [path, flag] of [
+      [targets.upstreamCa, "--upstream-ca"],
+      [targets.upstreamCert, "--upstream-cert"],
+      [targets.upstreamKey, "--upstream-key"],
+    ] as const
+  ) {
+    if (path) {
+      needs.push({ descriptor: { name: "read", path }, target: path, purpose: `TLS file ${flag}` });
+    }
   }
   if (targets.pidFile) {
     const path = targets.pidFile;

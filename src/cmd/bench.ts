@@ -26,6 +26,13 @@ import {
   runLoad,
 } from "../tools/load.ts";
 import {
+  parseTlsClientFlags,
+  TLS_CLIENT_FLAGS,
+  type TlsClientConfig,
+  tlsClientOptions,
+} from "./tls_client_flags.ts";
+import { SmallFileError } from "../proxy/read_small_file.ts";
+import {
   type CommandContext,
   reportUsageError,
   writeStderrLine,
@@ -75,6 +82,7 @@ export const BENCH_FLAGS: Record<string, FlagSpec> = {
     help:
       'seq: check type and Seq; hash: also check each reply is what "foo-proxy server --reply hash" answers (counts wrong_reply)',
   },
+  ...TLS_CLIENT_FLAGS,
   json: { type: "boolean", env: false, help: "one JSON object on stdout (latencies in ms)" },
   quiet: { type: "boolean", short: "q", help: "no progress line" },
   help: { type: "boolean", short: "h", env: false, help: "print this help" },
@@ -108,6 +116,8 @@ export interface BenchConfig {
   rate: number;
   requestsPerConnection: number;
   replies: "seq" | "hash";
+  /** `--tls`, `--ca`, `--sni`; `null`: plain TCP. */
+  tls: TlsClientConfig | null;
   json: boolean;
   quiet: boolean;
   help: boolean;
@@ -144,6 +154,7 @@ export function parseBenchConfig(
       v["requests-per-connection"],
     ),
     replies: parseChoiceFlag("replies", v.replies, ["seq", "hash"] as const),
+    tls: parseTlsClientFlags(v),
     json: v.json === true,
     quiet: v.quiet === true,
     help: v.help === true,
@@ -243,6 +254,14 @@ export async function runBench(args: string[], context: CommandContext = {}): Pr
     stdout(`foo-proxy ${VERSION}`);
     return 0;
   }
+  let tls: LoadOptions["tls"];
+  try {
+    tls = await tlsClientOptions(config.tls);
+  } catch (error) {
+    if (!(error instanceof SmallFileError)) throw error;
+    writeStderrLine(`foo-proxy bench: ${error.message}`);
+    return 2;
+  }
   const stop = new AbortController();
   const onSignal = () => stop.abort();
   const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
@@ -258,6 +277,7 @@ export async function runBench(args: string[], context: CommandContext = {}): Pr
     rate: config.rate,
     requestsPerConnection: config.requestsPerConnection,
     replies: config.replies,
+    tls,
     signal: stop.signal,
     onProgress: config.quiet ? undefined : (p) => writeStderrLine(progressLine(p)),
   };

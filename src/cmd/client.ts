@@ -18,6 +18,13 @@ import {
 } from "../cli/flags.ts";
 import { ClientError, runClient } from "../tools/client.ts";
 import { startCommand } from "./command_start.ts";
+import {
+  parseTlsClientFlags,
+  TLS_CLIENT_FLAGS,
+  type TlsClientConfig,
+  tlsClientOptions,
+} from "./tls_client_flags.ts";
+import { SmallFileError } from "../proxy/read_small_file.ts";
 import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.ts";
 
 /** Flags of `foo-proxy client`: the one definition the parser, `--help` and the README use. */
@@ -45,6 +52,7 @@ export const CLIENT_FLAGS: Record<string, FlagSpec> = {
     value: "DUR",
     help: "longest wait to connect or for a reply (0 = none)",
   },
+  ...TLS_CLIENT_FLAGS,
   "log-level": {
     type: "string",
     default: "warning",
@@ -69,7 +77,7 @@ export const CLIENT_USAGE = `Usage: foo-proxy client [flags]
 
 A Foo test driver: sends REQ 1..N on each connection and verifies every reply (the right Seq,
 in order, ACK or NAK, nothing extra). Prints progress dots then "OK!" and exits 0; otherwise
-exits 1 with one line on stderr saying what was wrong.
+exits 1 with one line on stderr saying what was wrong (2 for a bad flag or an unreadable --ca).
 
 Flags (each also from FOO_PROXY_<NAME>, e.g. FOO_PROXY_CONNECT; flags win):
 ${formatFlagHelp(CLIENT_FLAGS)}
@@ -86,6 +94,8 @@ export interface ClientConfig {
   connections: number;
   payload: number;
   timeoutMs: number;
+  /** `--tls`, `--ca`, `--sni`; `null`: plain TCP. */
+  tls: TlsClientConfig | null;
   logLevel: string;
   logFormat: string;
   help: boolean;
@@ -104,14 +114,22 @@ export function parseClientConfig(
   const v = parseFlags(args, CLIENT_FLAGS, { getEnv });
   const connect = parseAddressFlag("connect", String(v.connect), { defaultHost: "localhost" });
   if (connect.port === 0) throw new UsageError(`--connect: port 0 cannot be connected to`);
+  const ws = parseWebSocketUrl(v.ws);
+  const tls = parseTlsClientFlags(v);
+  if (ws !== undefined && tls !== null) {
+    throw new UsageError(
+      "--tls, --ca and --sni are for --connect (TCP); a wss:// URL is verified by Deno's WebSocket, which trusts a CA file given as DENO_CERT=FILE besides the default roots",
+    );
+  }
   return {
     connect,
-    ws: parseWebSocketUrl(v.ws),
+    ws,
     requests: parseIntegerFlag("requests", v.requests),
     pipeline: parseIntegerFlag("pipeline", v.pipeline, { min: 1, max: 1_000_000 }),
     connections: parseIntegerFlag("connections", v.connections, { min: 1, max: 100_000 }),
     payload: parseIntegerFlag("payload", v.payload, { max: 1 << 24 }),
     timeoutMs: parseDuration("timeout", v.timeout),
+    tls,
     logLevel: String(v["log-level"]),
     logFormat: String(v["log-format"]),
     help: v.help === true,
@@ -168,6 +186,7 @@ export async function runClientCommand(
   try {
     const result = await runClient({
       connect: config.connect,
+      tls: await tlsClientOptions(config.tls),
       webSocket: config.ws,
       requests: config.requests,
       pipeline: config.pipeline,
@@ -185,10 +204,13 @@ export async function runClientCommand(
     );
     return 0;
   } catch (error) {
-    if (!(error instanceof ClientError) && !(error instanceof RangeError)) throw error;
+    if (
+      !(error instanceof ClientError) && !(error instanceof RangeError) &&
+      !(error instanceof SmallFileError)
+    ) throw error;
     if (live && dots > 0) writeRaw("\n");
     writeStderrLine(`foo-proxy client: ${error.message}`);
-    return 1;
+    return error instanceof SmallFileError ? 2 : 1;
   }
 }
 

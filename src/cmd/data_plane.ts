@@ -16,6 +16,7 @@ import type { EngineOptions } from "../proxy/engine_config.ts";
 import { Proxy, type SourceAccess } from "../proxy/proxy.ts";
 import { SourceTable } from "../proxy/source_table.ts";
 import type { UpstreamSpec } from "../proxy/upstream_spec.ts";
+import type { UpstreamTls } from "../proxy/upstream.ts";
 import {
   type BalancePolicy,
   type MemberState,
@@ -67,6 +68,11 @@ export interface PlaneInit {
    * a frozen worker): throw an uncaught error, or spin for ever; unset: nothing.
    */
   testHooks?: "crash" | "freeze";
+  /**
+   * `--upstream-tls`: the PEM texts the supervisor read from its files (a Worker is handed text,
+   * never a path to read). Unset: plain TCP.
+   */
+  upstreamTls?: UpstreamTls;
 }
 
 /** What the supervisor tells a plane. */
@@ -82,6 +88,7 @@ export type ToPlane =
     slots: Record<string, number>;
   }
   | { t: "policy"; policy: BalancePolicy }
+  | { t: "upstream-tls"; tls: UpstreamTls | undefined }
   | { t: "states"; states: Record<string, MemberState> }
   | { t: "log"; level: string; format: string }
   | { t: "stop-accepting" }
@@ -262,6 +269,7 @@ class DataPlane {
     if (init.thread) installLastResort(stats, logger);
     this.#pool = new UpstreamPool(config.upstreams, {
       ...poolOptionsOf(config),
+      tls: init.upstreamTls,
       logger,
       counters: stats,
       idleCounters: stats,
@@ -327,6 +335,9 @@ class DataPlane {
         break;
       case "policy":
         this.#pool.setPolicy(message.policy);
+        break;
+      case "upstream-tls":
+        this.#pool.setTls(message.tls);
         break;
       case "states":
         this.#pool.applyStates(message.states);

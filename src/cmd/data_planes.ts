@@ -18,6 +18,7 @@ import { waitOrAbort } from "../async/wait_or_abort.ts";
 import { describeError } from "../net/describe_error.ts";
 import { type FromPlane, type PlaneInit, serveDataPlane, type ToPlane } from "./data_plane.ts";
 import type { ProxyConfig } from "./proxy_config.ts";
+import type { UpstreamTls } from "../proxy/upstream.ts";
 
 /** Options for {@linkcode DataPlanes}. */
 export interface DataPlanesOptions {
@@ -45,6 +46,8 @@ export interface DataPlanesOptions {
   testHooks?: "crash" | "freeze";
   /** Time between two copies of a plane's stats into its row, in ms. @default {100} */
   flushMs?: number;
+  /** `--upstream-tls`, its files read (see `PlaneInit.upstreamTls`). Unset: plain TCP. */
+  upstreamTls?: UpstreamTls;
 }
 
 /** The per-upstream figures the planes count (the supervisor's pool has the states). */
@@ -294,6 +297,12 @@ export class DataPlanes {
   /** The config a plane started from now gets (after a reload). */
   setConfig(config: ProxyConfig): void {
     this.#config = config;
+  }
+
+  /** New `--upstream-tls` files (a reload): for every plane running, and those started later. */
+  setUpstreamTls(tls: UpstreamTls | undefined): void {
+    this.#options = { ...this.#options, upstreamTls: tls };
+    this.broadcast({ t: "upstream-tls", tls });
   }
 
   /** Sets the process-wide connection limit (a reload). */
@@ -562,6 +571,7 @@ export class DataPlanes {
       thread: this.#options.thread,
       flushMs: this.#options.flushMs ?? 100,
       testHooks: this.#options.testHooks,
+      upstreamTls: this.#options.upstreamTls,
     };
     endpoint.postMessage({ t: "init", init } satisfies ToPlane);
     return slot;

@@ -47,6 +47,16 @@ export interface ProxyConfig {
   maxInflight: number;
   idleTimeoutMs: number;
   connectRetries: number;
+  /** `--upstream-tls`: speak TLS to the upstreams, verifying their certificates. */
+  upstreamTls: boolean;
+  /** `--upstream-ca`: a PEM file of CA certificates added to the roots; `null`: none. */
+  upstreamCa: string | null;
+  /** `--upstream-sni`: the name sent and verified; `null`: each upstream's host. */
+  upstreamSni: string | null;
+  /** `--upstream-cert`: a PEM client certificate; `null`: none. */
+  upstreamCert: string | null;
+  /** `--upstream-key`: the client certificate's PEM key; `null`: none. */
+  upstreamKey: string | null;
   /** `--pool`: idle upstream connections kept per upstream per worker; 0: off. */
   pool: number;
   /** `--pool-idle-timeout` in ms; 0: never. */
@@ -161,4 +171,47 @@ export function parseProxyConfig(
 /** `--resume` alone means `--resume=verbatim` (parseArgs has no optional values). */
 export function resumeAlias(arg: string): string {
   return arg === "--resume" || arg === "-resume" ? "--resume=verbatim" : arg;
+}
+
+/**
+ * The `--upstream-*` TLS flags need `--upstream-tls`, a certificate needs its key, and Deno
+ * cannot send a client certificate with an SNI name other than the host it dials. Apart from
+ * {@linkcode parseProxyConfig}, which reads each flag on its own: the supervisor checks the
+ * whole at start and at each reload.
+ *
+ * @throws {UsageError} naming the flags.
+ */
+export function checkUpstreamTls(config: ProxyConfig): ProxyConfig {
+  const given = (
+    [
+      ["--upstream-ca", config.upstreamCa],
+      ["--upstream-sni", config.upstreamSni],
+      ["--upstream-cert", config.upstreamCert],
+      ["--upstream-key", config.upstreamKey],
+    ] as const
+  ).filter(([, value]) => value !== null).map(([flag]) => flag);
+  if (!config.upstreamTls) {
+    if (given.length > 0) {
+      throw new UsageError(`${given.join(", ")} need(s) --upstream-tls`);
+    }
+    return config;
+  }
+  if ((config.upstreamCert === null) !== (config.upstreamKey === null)) {
+    throw new UsageError("--upstream-cert and --upstream-key go together: give both or neither");
+  }
+  if (config.upstreamCert !== null && config.sendProxy !== "off") {
+    throw new UsageError(
+      "--send-proxy cannot be combined with --upstream-cert: the PROXY header goes in the clear before the TLS handshake, and Deno.connectTls (the only way to present a client certificate) connects and shakes hands in one call",
+    );
+  }
+  const sni = config.upstreamSni;
+  if (config.upstreamCert !== null && sni !== null) {
+    const other = config.upstreams.find((u) => u.address.hostname !== sni);
+    if (other !== undefined) {
+      throw new UsageError(
+        `--upstream-sni "${sni}" cannot be combined with --upstream-cert for upstream "${other.name}": Deno sends a client certificate only from Deno.connectTls, which sends the host it dials as SNI (Deno.startTls takes another name but no certificate); give the upstream by that name instead`,
+      );
+    }
+  }
+  return config;
 }

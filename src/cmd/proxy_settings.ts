@@ -14,6 +14,7 @@
  */
 import type { Address } from "../net/address.ts";
 import { parseAddressFlag } from "../cli/address_flag.ts";
+import { serverNameOf } from "../net/tls_dial.ts";
 import { parseDuration } from "../cli/duration.ts";
 import { type FlagSpec, parseChoiceFlag, parseIntegerFlag, UsageError } from "../cli/flags.ts";
 import { parseHealthInterval, parseUpstreams } from "../cli/upstreams.ts";
@@ -146,6 +147,17 @@ const appAddress = (raw: RawValue, s: SettingName): Address | null => {
   return parseAddressFlag(s.flag, text, { defaultHost: "127.0.0.1" });
 };
 const text = (raw: RawValue) => String(raw);
+/** A host name or IP address to send as SNI; unset or empty: `null`. */
+const serverNameOrNull = (raw: RawValue, s: SettingName): string | null => {
+  if (typeof raw !== "string" || raw === "") return null;
+  const name = serverNameOf(raw);
+  if (name === undefined) {
+    throw new UsageError(
+      `Invalid value "${raw}" for --${s.flag}: expected a host name or an IP address`,
+    );
+  }
+  return name;
+};
 /** A list of address ranges (`10.0.0.0/8,::1`), written back normalised; unset: `""`, none. */
 const cidrList = (raw: RawValue, s: SettingName) => {
   try {
@@ -402,6 +414,63 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     parse: integer({ max: 100 }),
     reload: "restart",
     option: "connectRetries",
+  }),
+  // --upstream-tls: the files are read (asynchronously, bounded) by the supervisor at start and
+  // at every reload (SIGHUP, POST /reload: a renewed certificate at the same path), and handed to
+  // the planes as PEM text; a changed flag takes a restart.
+  setting({
+    flag: "upstream-tls",
+    field: "upstreamTls",
+    type: "boolean",
+    default: false,
+    help:
+      "speak TLS to the upstreams (dials, --pool, --mux, --resume and health checks), always verifying their certificate: a refused one is a counted connect failure (restart to change)",
+    parse: flagGiven,
+    reload: "restart",
+    reloadName: "upstream TLS",
+  }),
+  setting({
+    flag: "upstream-ca",
+    field: "upstreamCa",
+    value: "FILE",
+    defaultText: "default roots",
+    help:
+      "PEM CA certificate(s) trusted for the upstreams' certificates, besides the default roots (needs --upstream-tls; read again on reload, a new path takes a restart)",
+    parse: pathOrNull,
+    reload: "restart",
+    reloadName: "upstream TLS",
+  }),
+  setting({
+    flag: "upstream-sni",
+    field: "upstreamSni",
+    value: "NAME",
+    defaultText: "its host",
+    help:
+      "name sent as SNI and verified in the upstreams' certificates (needs --upstream-tls; Deno cannot combine it with --upstream-cert; restart to change)",
+    parse: serverNameOrNull,
+    reload: "restart",
+    reloadName: "upstream TLS",
+  }),
+  setting({
+    flag: "upstream-cert",
+    field: "upstreamCert",
+    value: "FILE",
+    defaultText: "none",
+    help:
+      "PEM client certificate presented to the upstreams, with --upstream-key (needs --upstream-tls; read again on reload, a new path takes a restart)",
+    parse: pathOrNull,
+    reload: "restart",
+    reloadName: "upstream TLS",
+  }),
+  setting({
+    flag: "upstream-key",
+    field: "upstreamKey",
+    value: "FILE",
+    defaultText: "none",
+    help: "PEM private key of --upstream-cert (read again on reload, a new path takes a restart)",
+    parse: pathOrNull,
+    reload: "restart",
+    reloadName: "upstream TLS",
   }),
   setting({
     flag: "pool",

@@ -13,7 +13,9 @@ import {
   parseChoiceFlag,
   parseFlags,
   parseIntegerFlag,
+  UsageError,
 } from "../cli/flags.ts";
+import { readSmallFile } from "../proxy/read_small_file.ts";
 import { FooServer } from "../tools/server.ts";
 import { startCommand } from "./command_start.ts";
 import { type CommandContext, writeStdoutLine } from "./output.ts";
@@ -25,6 +27,18 @@ export const SERVER_FLAGS: Record<string, FlagSpec> = {
     default: ":8001",
     value: "ADDR",
     help: "where to listen (:PORT binds every interface; port 0 picks a free one)",
+  },
+  "tls-cert": {
+    type: "string",
+    value: "FILE",
+    defaultText: "none",
+    help: "serve TLS with this PEM certificate chain (with --tls-key): a TLS upstream",
+  },
+  "tls-key": {
+    type: "string",
+    value: "FILE",
+    defaultText: "none",
+    help: "the PEM private key of --tls-cert",
   },
   "nak-every": {
     type: "string",
@@ -89,8 +103,8 @@ export const SERVER_USAGE = `Usage: foo-proxy server [flags]
 A Foo server for demos and tests: answers every REQ with ACK (or NAK) and the same Seq, in
 order, for any number of pipelining connections. With --reply hash it computes each reply from
 the Seq and the data like real Foo servers ("ACK|NAK <seq> <8 hex digits>", see reply_hash.ts),
-so a REQ sent with another Seq gets another answer. Prints "listening on HOST:PORT" on stdout
-once bound; SIGINT/SIGTERM close it and exit 0.
+so a REQ sent with another Seq gets another answer. With --tls-cert and --tls-key it serves TLS.
+Prints "listening on HOST:PORT" on stdout once bound; SIGINT/SIGTERM close it and exit 0.
 
 Flags (each also from FOO_PROXY_<NAME>, e.g. FOO_PROXY_NAK_EVERY; flags win):
 ${formatFlagHelp(SERVER_FLAGS)}
@@ -100,6 +114,8 @@ ADDR is :PORT, PORT, HOST:PORT or [IPv6]:PORT.`;
 /** Parsed configuration of `foo-proxy server`. */
 export interface ServerConfig {
   listen: Address;
+  /** `--tls-cert` and `--tls-key`: serve TLS; `null`: plain TCP. */
+  tls: { certFile: string; keyFile: string } | null;
   nakEvery: number;
   fragment: boolean;
   delayMs: number;
@@ -129,8 +145,14 @@ export function parseServerConfig(
   getEnv?: (name: string) => string | undefined,
 ): ServerConfig {
   const v = parseFlags(args, SERVER_FLAGS, { getEnv });
+  const certFile = v["tls-cert"];
+  const keyFile = v["tls-key"];
+  if ((typeof certFile === "string") !== (typeof keyFile === "string")) {
+    throw new UsageError("--tls-cert and --tls-key go together: give both or neither");
+  }
   return {
     listen: parseAddressFlag("listen", String(v.listen), { defaultHost: "0.0.0.0" }),
+    tls: typeof certFile === "string" && typeof keyFile === "string" ? { certFile, keyFile } : null,
     nakEvery: parseIntegerFlag("nak-every", v["nak-every"]),
     fragment: v.fragment === true,
     delayMs: parseIntegerFlag("delay-ms", v["delay-ms"], { max: 3_600_000 }),
@@ -158,6 +180,19 @@ export async function runServer(args: string[], context: CommandContext = {}): P
   const { config } = started;
   using _logging = started.logging;
   const logger = getLogger(["foo-proxy", "server"]);
+  let tls: { cert: string; key: string } | undefined;
+  if (config.tls) {
+    try {
+      const [cert, key] = await Promise.all([
+        readSmallFile(config.tls.certFile, { what: "--tls-cert file" }),
+        readSmallFile(config.tls.keyFile, { what: "--tls-key file" }),
+      ]);
+      tls = { cert, key };
+    } catch (error) {
+      logger.error("{error}", { error: error instanceof Error ? error.message : String(error) });
+      return 2;
+    }
+  }
 
   const stop = Promise.withResolvers<string>();
   const signals: [Deno.Signal, () => void][] = Deno.build.os === "windows"
@@ -170,6 +205,7 @@ export async function runServer(args: string[], context: CommandContext = {}): P
   try {
     await using server = new FooServer({
       listen: config.listen,
+      tls,
       nakEvery: config.nakEvery,
       fragment: config.fragment,
       delayMs: config.delayMs,

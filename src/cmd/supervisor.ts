@@ -31,10 +31,12 @@ import { HttpBindError, type Observability, startObservability } from "./observa
 import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.ts";
 import { PidFile, PidFileError } from "./pid_file.ts";
 import { mergeUpstreams, type PlaneLayout, planeLayout } from "./plane_layout.ts";
-import { parseProxyConfig, type ProxyConfig } from "./proxy_config.ts";
+import { checkUpstreamTls, parseProxyConfig, type ProxyConfig } from "./proxy_config.ts";
 import { poolOptionsOf } from "./proxy_settings.ts";
 import { setupRecovery } from "./recovery_setup.ts";
 import { type InstalledSignals, installSignals } from "./signals.ts";
+import { readUpstreamTls, UpstreamTlsFileError } from "./upstream_tls_files.ts";
+import type { UpstreamTls } from "../proxy/upstream.ts";
 
 /** Where the proxy writes: bounded, non-blocking writers of stdout and stderr. */
 export interface ProxyOutput {
@@ -109,6 +111,8 @@ class Supervisor {
   #layout!: PlaneLayout;
   #planes: DataPlanes | undefined;
   #pool!: UpstreamPool;
+  /** `--upstream-tls`: the PEM texts of its files, read at start. */
+  #upstreamTls: UpstreamTls | undefined;
   #maxConnections = 0;
   #persister: RecoveryPersister | undefined;
   #accessLog: AccessLogOutput | undefined;
@@ -140,6 +144,7 @@ class Supervisor {
   async run(readConfig: (path: string) => string): Promise<number> {
     const parsed = this.#parse(readConfig);
     if (parsed !== undefined) return parsed;
+    await this.#readUpstreamTls();
     await this.#openFiles();
     this.#installSignals();
     this.#sizeConnections();
@@ -178,32 +183,35 @@ class Supervisor {
   /** Parses flags and the file; undefined to go on, or the exit code (help, version, bad flag). */
   #parse(readConfig: (path: string) => string): number | undefined {
     const args = this.#args;
-    const started = startCommand(() => parseProxyConfig(args, denoEnvReader(), readConfig), {
-      usage: this.#usage,
-      command: "foo-proxy",
-      // --help and --version are written at once: the process exits right after.
-      stdout: this.#context.stdout ?? writeStdoutLine,
-      logWrite: (line) => void this.#output.stderr.write(line),
-      check: (config) => {
-        // What the recovery path is, before asking for grants: where Deno lets us look already.
-        const notAFile = config.recoveryPath === null
-          ? undefined
-          : directoryProblem(config.recoveryPath);
-        if (notAFile !== undefined) {
-          writeStderrLine(`foo-proxy: ${notAFile}`);
-          return 2;
-        }
-        try {
-          // Before anything opens: every missing permission in one line, and exit 2.
-          assertPermissions(config, { args });
-        } catch (error) {
-          if (!(error instanceof MissingPermissionError)) throw error;
-          writeStderrLine(`foo-proxy: ${error.message}`);
-          return 2;
-        }
-        return undefined;
+    const started = startCommand(
+      () => checkUpstreamTls(parseProxyConfig(args, denoEnvReader(), readConfig)),
+      {
+        usage: this.#usage,
+        command: "foo-proxy",
+        // --help and --version are written at once: the process exits right after.
+        stdout: this.#context.stdout ?? writeStdoutLine,
+        logWrite: (line) => void this.#output.stderr.write(line),
+        check: (config) => {
+          // What the recovery path is, before asking for grants: where Deno lets us look already.
+          const notAFile = config.recoveryPath === null
+            ? undefined
+            : directoryProblem(config.recoveryPath);
+          if (notAFile !== undefined) {
+            writeStderrLine(`foo-proxy: ${notAFile}`);
+            return 2;
+          }
+          try {
+            // Before anything opens: every missing permission in one line, and exit 2.
+            assertPermissions(config, { args });
+          } catch (error) {
+            if (!(error instanceof MissingPermissionError)) throw error;
+            writeStderrLine(`foo-proxy: ${error.message}`);
+            return 2;
+          }
+          return undefined;
+        },
       },
-    });
+    );
     if (typeof started === "number") return started;
     this.#config = this.#running = started.config;
     this.#logging = started.logging;
@@ -217,6 +225,48 @@ class Supervisor {
     this.#own.statsLinesDropped = stdout.dropped;
     stdout.onDrop = () => this.#own.statsLinesDropped++;
     return undefined;
+  }
+
+  /** The `--upstream-tls` files, read once: exit 2 when one cannot be used. */
+  async #readUpstreamTls(): Promise<void> {
+    try {
+      this.#upstreamTls = await readUpstreamTls(this.#config);
+    } catch (error) {
+      if (!(error instanceof UpstreamTlsFileError)) throw error;
+      refuse(error.message);
+    }
+  }
+
+  /**
+   * A reload reads the `--upstream-tls` files the proxy started with again (a renewed CA or
+   * client certificate at the same path): new connections and checks use them, open ones keep
+   * theirs. Resolves with what changed, `undefined` when nothing did, or the error when a file
+   * cannot be used (the running ones are kept; logged and counted as a failed reload).
+   */
+  async #rereadUpstreamTls(why: string): Promise<string | undefined | Error> {
+    // The flags as started: new paths or names wait for the restart a reload warns about.
+    const started = this.#config;
+    if (!started.upstreamTls) return undefined;
+    let tls: UpstreamTls | undefined;
+    try {
+      tls = await readUpstreamTls(started);
+    } catch (error) {
+      if (!(error instanceof UpstreamTlsFileError)) throw error;
+      this.#own.configReloadFailures++;
+      this.#logger.error(
+        "Reload ({why}): the --upstream-tls files are kept as they were: {error}",
+        { why, error: error.message },
+      );
+      return error;
+    }
+    if (JSON.stringify(tls) === JSON.stringify(this.#upstreamTls)) return undefined;
+    this.#upstreamTls = tls;
+    this.#pool.setTls(tls);
+    this.#planes?.setUpstreamTls(tls);
+    const change =
+      "upstream TLS: the CA or client certificate files changed; new connections use them";
+    this.#logger.info("Reload ({why}): {change}", { why, change });
+    return change;
   }
 
   /** The recovery file: restores into `base`; the persister saves the merged totals. */
@@ -308,6 +358,7 @@ class Supervisor {
     const config = this.#config;
     this.#pool = new UpstreamPool(config.upstreams, {
       ...poolOptionsOf(config),
+      tls: this.#upstreamTls,
       logger: this.#logger,
       counters: this.#own,
       onStateChange: () => this.#sendStates(),
@@ -391,6 +442,7 @@ class Supervisor {
       },
       onPassive: (name, kind) => this.#pool.passive(name, kind),
       testHooks: this.#testHooks,
+      upstreamTls: this.#upstreamTls,
     });
     this.#defer(() => planes.terminate());
     return planes;
@@ -526,16 +578,23 @@ class Supervisor {
     const own = this.#own;
     const running = this.#running;
     const logger = this.#logger;
+    const tlsReread = await this.#rereadUpstreamTls(why);
+    if (tlsReread instanceof Error) {
+      return { ok: false, generation: own.configGeneration, changed: [], error: tlsReread.message };
+    }
+    const tlsChanged = tlsReread === undefined ? [] : [tlsReread];
     if (running.configPath === null) {
-      logger.info("Got {why}: nothing to reload (no --config file; flags are read at start)", {
-        why,
-      });
-      return { ok: true, generation: own.configGeneration, changed: [] };
+      if (tlsReread === undefined) {
+        logger.info("Got {why}: nothing to reload (no --config file; flags are read at start)", {
+          why,
+        });
+      }
+      return { ok: true, generation: own.configGeneration, changed: tlsChanged };
     }
     let next: ProxyConfig;
     try {
       const text = await readConfigFile(running.configPath);
-      next = parseProxyConfig(this.#args, denoEnvReader(), () => text);
+      next = checkUpstreamTls(parseProxyConfig(this.#args, denoEnvReader(), () => text));
     } catch (error) {
       own.configReloadFailures++;
       const message = error instanceof Error ? error.message : String(error);
@@ -583,6 +642,7 @@ class Supervisor {
       },
       warn: (message) => logger.warning("{message}", { message }),
     });
+    changed.push(...tlsChanged);
     this.#running = next;
     planes()?.setConfig(next);
     own.configGeneration++;

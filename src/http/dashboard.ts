@@ -77,6 +77,8 @@ const RESILIENCE: readonly Row[] = [
   ["internal_errors", "Internal errors", "int", "alert"],
   ["upstream_errors", "Upstream errors", "int", "alert"],
   ["upstream_connect_retries", "Upstream connect retries", "int", "alert"],
+  ["upstream_tls_verify_failures", "Upstream TLS: certificate refused", "int", "alert"],
+  ["upstream_tls_handshake_failures", "Upstream TLS: handshake failed", "int", "alert"],
   ["inflight_limit_pauses", "Pauses at --max-inflight", "int"],
   ["accept_errors", "Accept errors", "int", "alert"],
   ["accept_resource_errors", "Accept errors (out of resources)", "int", "alert"],

@@ -7,7 +7,8 @@
  * @module
  */
 import type { Address } from "../net/address.ts";
-import { dialUpstream, isLocalError } from "./upstream.ts";
+import { dialUpstream, isLocalError, type UpstreamTls } from "./upstream.ts";
+import { closeQuietly } from "../net/tls_dial.ts";
 import { describeError } from "../net/describe_error.ts";
 
 /** How an upstream is checked. */
@@ -44,6 +45,8 @@ export interface CheckOptions {
   now?: () => number;
   /** Aborting ends the check at once (as a failure). */
   signal?: AbortSignal;
+  /** Check over TLS, as the proxy dials (a certificate that fails verification fails it). */
+  tls?: UpstreamTls;
 }
 
 const REPLY_TO_PROBE = /^(ACK|NAK)[ \t]+0*1([ \t][^\n]*)?\r?$/;
@@ -63,7 +66,14 @@ export async function checkUpstream(
   });
   let conn: Deno.Conn;
   try {
-    conn = await dialUpstream(address, { timeoutMs, signal: options.signal });
+    // The preamble is written first, before a TLS handshake (and in `tcp` mode too: a receiver
+    // that demands a header is then not left waiting for one).
+    conn = await dialUpstream(address, {
+      timeoutMs,
+      signal: options.signal,
+      tls: options.tls,
+      preamble: options.preamble,
+    });
   } catch (error) {
     const failed = result(false, error instanceof Error ? error.message : String(error));
     return isLocalError(error) ? { ...failed, local: true } : failed;
@@ -82,13 +92,9 @@ export async function checkUpstream(
   const onAbort = () => closeQuietly(conn);
   options.signal?.addEventListener("abort", onAbort, { once: true });
   try {
-    const req = new TextEncoder().encode(
+    const probe = new TextEncoder().encode(
       `REQ 1 ${options.probeText ?? "foo-proxy-health-check"}\n`,
     );
-    const preamble = options.preamble ?? new Uint8Array(0);
-    const probe = new Uint8Array(preamble.length + req.length);
-    probe.set(preamble);
-    probe.set(req, preamble.length);
     for (let off = 0; off < probe.length;) off += await conn.write(probe.subarray(off));
     const buf = new Uint8Array(512);
     let length = 0;
@@ -115,13 +121,5 @@ export async function checkUpstream(
     timer = undefined;
     options.signal?.removeEventListener("abort", onAbort);
     closeQuietly(conn);
-  }
-}
-
-function closeQuietly(conn: Deno.Conn): void {
-  try {
-    conn.close();
-  } catch {
-    // Already closed.
   }
 }

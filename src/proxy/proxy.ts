@@ -20,7 +20,7 @@ import {
   type ResumeMode,
 } from "./engine_config.ts";
 import { FirstBytesReader, type HeldBytes } from "./first_bytes_reader.ts";
-import { UpstreamError } from "./upstream.ts";
+import { UpstreamError, type UpstreamTls } from "./upstream.ts";
 import { SingleUpstream, type TargetConnection, type UpstreamTarget } from "./upstream_target.ts";
 import { CidrList, parseIp } from "../net/cidr.ts";
 import {
@@ -100,6 +100,11 @@ export interface ProxyOptions extends Omit<EngineOptions, "resume"> {
   pool?: number;
   /** A pooled connection unused this long (ms) is closed; 0: never. @default {30000} */
   poolIdleTimeoutMs?: number;
+  /**
+   * Speak TLS to `forward` (`--upstream-tls`; a `target` is given its own), its failed
+   * handshakes counted in `stats`. Unset: plain TCP.
+   */
+  upstreamTls?: UpstreamTls;
   /** Gets one record per finished connection (the access log); unset: none are made. */
   accessLog?: (record: AccessRecord) => void;
   /** Aborting closes the proxy like {@linkcode Proxy.close}. Unset: only `close()` does. */
@@ -327,6 +332,8 @@ export class Proxy implements AsyncDisposable {
         random: options.random,
         idleMax: options.pool,
         idleTimeoutMs: options.poolIdleTimeoutMs,
+        tls: options.upstreamTls,
+        tlsCounters: this.stats,
         idleCounters: this.stats,
         timers: options.timers,
         logger: this.#logger,

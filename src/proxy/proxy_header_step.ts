@@ -17,7 +17,6 @@ import {
   ProxyHeaderParser,
   proxyHeaderStart,
 } from "../net/proxy_header.ts";
-import { describeError } from "../net/describe_error.ts";
 import type { TargetConnection, TargetDialOptions, UpstreamTarget } from "./upstream_target.ts";
 
 /** Why a connection was closed at the PROXY header step: the label of its counter. */
@@ -337,21 +336,13 @@ export class SendProxyTarget implements UpstreamTarget {
     this.upstreamCount = target.upstreamCount;
   }
 
-  /** Dials through the wrapped target, then writes the header. */
+  /**
+   * Dials through the wrapped target with the header as the first bytes: written by the dial
+   * itself, before a TLS handshake (`--upstream-tls`), as the PROXY protocol puts it in front of
+   * everything; a failure to write it is a failed connect (retried, counted against the upstream).
+   */
   async dial(options?: TargetDialOptions): Promise<TargetConnection> {
-    const lease = await this.#target.dial(options);
-    try {
-      for (let at = 0; at < this.#header.length;) {
-        at += await lease.conn.write(this.#header.subarray(at));
-      }
-    } catch (error) {
-      closeQuietly(lease.conn);
-      lease.release?.(true);
-      throw new Error(
-        `Cannot send the PROXY header to upstream "${lease.upstream}": ${describeError(error)}`,
-        { cause: error },
-      );
-    }
+    const lease = await this.#target.dial({ ...options, preamble: this.#header });
     return { ...lease, recycle: undefined };
   }
 }

@@ -36,12 +36,14 @@ import { backoffDelay } from "./dial_with_retry.ts";
 import { systemTimers, type Timers } from "../async/timers.ts";
 import { type CheckResult, checkUpstream, type HealthMode } from "./health_check.ts";
 import { checkPreamble } from "./proxy_header_step.ts";
-import { dialUpstream, isLocalError, UpstreamError } from "./upstream.ts";
+import { dialUpstream, isLocalError, UpstreamError, type UpstreamTls } from "./upstream.ts";
 import {
+  countTlsFailure,
   idleConnectionsFor,
   type IdlePoolOptions,
   type TargetConnection,
   type TargetDialOptions,
+  type TlsFailureCounters,
   type UpstreamTarget,
 } from "./upstream_target.ts";
 import type { IdleConnections } from "./idle_connections.ts";
@@ -78,6 +80,11 @@ export interface UpstreamPoolOptions extends IdlePoolOptions {
   policy?: BalancePolicy;
   /** Connect timeout per attempt in ms; 0: none. @default {5000} */
   connectTimeoutMs?: number;
+  /**
+   * `--upstream-tls`: every dial and every check speaks TLS, verifying the certificate; a
+   * handshake that fails is a connect failure like a refused connect. Unset: plain TCP.
+   */
+  tls?: UpstreamTls;
   /** Time between two checks of one upstream, in ms; 0: no active checks. @default {2000} */
   intervalMs?: number;
   /** Deadline of one check, in ms. @default {1000} */
@@ -153,8 +160,8 @@ export interface MemberState {
   draining: boolean;
 }
 
-/** Process-wide upstream counters a pool adds to. */
-export interface UpstreamCounters {
+/** Process-wide upstream counters a pool adds to (a failed TLS handshake also by its kind). */
+export interface UpstreamCounters extends TlsFailureCounters {
   /** Failed connects (every attempt). */
   upstreamConnectFailures: number;
   /** Upstream connections that failed mid-stream. */
@@ -328,6 +335,14 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     for (const m of members) m.idle?.clear("the proxy stops");
     const lists = [...members.map((m) => m.idle), ...this.#retired];
     await Promise.all(lists.map((idle) => idle?.closed()));
+  }
+
+  /**
+   * New TLS settings (`--upstream-tls` files read again): the next dials and checks use them;
+   * connections open or idle keep theirs.
+   */
+  setTls(tls: UpstreamTls | undefined): void {
+    this.#options = { ...this.#options, tls };
   }
 
   /** Closes a removed upstream's idle connections; {@linkcode closeIdle} still waits for them. */
@@ -609,7 +624,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         options.onRetry?.(attempt, 0, lastError);
       }
       if (member === undefined) throw this.#noUpstream();
-      if (member.idle !== undefined && member.usable()) {
+      if (member.idle !== undefined && member.usable() && options.preamble === undefined) {
         const pooled = member.idle.take();
         if (pooled !== undefined) return this.#lease(member, pooled.conn, pooled.rest);
       }
@@ -618,6 +633,8 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         const conn = await dialUpstream(member.spec.address, {
           timeoutMs: this.#options.connectTimeoutMs ?? POOL_DEFAULTS.connectTimeoutMs,
           signal: options.signal,
+          tls: this.#options.tls,
+          preamble: options.preamble,
         });
         member.pending--;
         if (member.failuresInARow > 0) this.#options.onPassive?.(member.spec.name, "recovered");
@@ -640,6 +657,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         }
         member.connectFailures++;
         if (this.#options.counters) this.#options.counters.upstreamConnectFailures++;
+        countTlsFailure(this.#options.counters, error);
         this.#failure(member, "connect failures", "connect_failure");
         failed.add(member);
       }
@@ -895,6 +913,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
         timeoutMs: this.#options.checkTimeoutMs ?? POOL_DEFAULTS.checkTimeoutMs,
         now: this.#now,
         signal,
+        tls: this.#options.tls,
       });
       if (!current()) return; // stopped, removed or moved meanwhile: the result is stale
       this.#record(member, result);

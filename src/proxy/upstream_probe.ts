@@ -1,12 +1,13 @@
 /**
- * A periodic TCP connect probe of the upstream, for the `/readyz` upstream check.
+ * A periodic connect probe of the upstream (TCP, or TCP and a TLS handshake with
+ * `--upstream-tls`), for the `/readyz` upstream check.
  *
  * @module
  */
 import type { Logger } from "@logtape/logtape";
 import { type Address, formatAddress } from "../net/address.ts";
 import { type Clock, systemClock } from "../stats/clock.ts";
-import { dialUpstream, UpstreamError } from "./upstream.ts";
+import { dialUpstream, UpstreamError, type UpstreamTls } from "./upstream.ts";
 import { waitOrAbort } from "../async/wait_or_abort.ts";
 
 /** Options for {@linkcode UpstreamProbe}. */
@@ -29,6 +30,8 @@ export interface UpstreamProbeOptions {
   onProbe?: (ok: boolean) => void;
   /** Aborting stops the probe like {@linkcode UpstreamProbe.close}. Unset: only close() does. */
   signal?: AbortSignal;
+  /** Probe with a TLS handshake, as the proxy dials (a refused certificate fails it). */
+  tls?: UpstreamTls;
 }
 
 /**
@@ -44,6 +47,7 @@ export class UpstreamProbe implements AsyncDisposable {
   #clock: Clock;
   #logger: Logger | undefined;
   #onProbe: ((ok: boolean) => void) | undefined;
+  #tls: UpstreamTls | undefined;
   #stop = new AbortController();
   #loop: Promise<void> | undefined;
   #lastOk: number | undefined;
@@ -72,6 +76,7 @@ export class UpstreamProbe implements AsyncDisposable {
     this.#clock = options.clock ?? systemClock;
     this.#logger = options.logger;
     this.#onProbe = options.onProbe;
+    this.#tls = options.tls;
     if (options.signal?.aborted) this.#stop.abort();
     else options.signal?.addEventListener("abort", () => void this.close(), { once: true });
   }
@@ -138,6 +143,7 @@ export class UpstreamProbe implements AsyncDisposable {
       conn = await dialUpstream(this.address, {
         timeoutMs: this.#timeoutMs,
         signal: this.#stop.signal,
+        tls: this.#tls,
       });
     } catch (error) {
       if (this.#stop.signal.aborted) return false;

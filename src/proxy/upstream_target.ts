@@ -11,7 +11,7 @@ import { dialWithRetry } from "./dial_with_retry.ts";
 import { IdleConnections, type IdlePoolCounters } from "./idle_connections.ts";
 import type { Logger } from "@logtape/logtape";
 import type { Timers } from "../async/timers.ts";
-import type { UpstreamError } from "./upstream.ts";
+import { UpstreamError, type UpstreamTls } from "./upstream.ts";
 
 /** Options for one {@linkcode UpstreamTarget.dial}. */
 export interface TargetDialOptions {
@@ -27,6 +27,12 @@ export interface TargetDialOptions {
   onRetry?: (retry: number, delayMs: number, error: UpstreamError) => void;
   /** An upstream to pass over when another can take the connection (the one that just died). */
   avoid?: string;
+  /**
+   * Bytes written first on a new connection, before any TLS handshake (`--send-proxy`'s PROXY
+   * header); a connection asked for with one is always dialed, never taken from an idle pool.
+   * Unset: none.
+   */
+  preamble?: Uint8Array;
 }
 
 /** A dialed upstream connection and the name of the upstream it goes to. */
@@ -123,6 +129,23 @@ export interface SingleUpstreamOptions extends IdlePoolOptions {
   connectTimeoutMs?: number;
   /** Random numbers in [0, 1) for backoff jitter. @default {Math.random} */
   random?: () => number;
+  /** Speak TLS to the upstream (see {@linkcode UpstreamTls}). Unset: plain TCP. */
+  tls?: UpstreamTls;
+  /** Where failed TLS handshakes are counted (`Stats` fits). Unset: not counted. */
+  tlsCounters?: TlsFailureCounters;
+}
+
+/** Counters of failed TLS handshakes with upstreams, by kind. */
+export interface TlsFailureCounters {
+  upstreamTlsVerifyFailures: number;
+  upstreamTlsHandshakeFailures: number;
+}
+
+/** Adds a failed dial to `counters` when its TLS handshake failed. */
+export function countTlsFailure(counters: TlsFailureCounters | undefined, error: unknown): void {
+  if (counters === undefined || !(error instanceof UpstreamError)) return;
+  if (error.tls === "verify") counters.upstreamTlsVerifyFailures++;
+  else if (error.tls === "handshake") counters.upstreamTlsHandshakeFailures++;
 }
 
 /** One upstream address. */
@@ -153,19 +176,31 @@ export class SingleUpstream implements UpstreamTarget {
 
   /** Hands out an idle connection, or dials the address, retrying as `options` say. */
   async dial(options: TargetDialOptions = {}): Promise<TargetConnection> {
-    const pooled = this.#idle?.take();
+    const pooled = options.preamble === undefined ? this.#idle?.take() : undefined;
     if (pooled !== undefined) {
       return { conn: pooled.conn, upstream: this.label, rest: pooled.rest, recycle: this.#recycle };
     }
-    const conn = await dialWithRetry(this.#address, {
-      timeoutMs: this.#options.connectTimeoutMs,
-      random: this.#options.random,
-      retries: options.retries ?? 0,
-      backoffMs: options.backoffMs,
-      maxBackoffMs: options.maxBackoffMs,
-      signal: options.signal,
-      onRetry: options.onRetry,
-    });
+    const counters = this.#options.tlsCounters;
+    let conn: Deno.Conn;
+    try {
+      conn = await dialWithRetry(this.#address, {
+        timeoutMs: this.#options.connectTimeoutMs,
+        random: this.#options.random,
+        retries: options.retries ?? 0,
+        backoffMs: options.backoffMs,
+        maxBackoffMs: options.maxBackoffMs,
+        signal: options.signal,
+        tls: this.#options.tls,
+        preamble: options.preamble,
+        onRetry: (retry, delayMs, error) => {
+          countTlsFailure(counters, error);
+          options.onRetry?.(retry, delayMs, error);
+        },
+      });
+    } catch (error) {
+      countTlsFailure(counters, error);
+      throw error;
+    }
     return { conn, upstream: this.label, recycle: this.#idle && this.#recycle };
   }
 

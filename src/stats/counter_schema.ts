@@ -297,6 +297,31 @@ export const COUNTER_SCHEMA: readonly SchemaEntry[] = [
       "ENOMEM): the proxy's trouble, never counted against an upstream.",
     { family: "foo_proxy_upstream_local_errors_total" },
   ),
+  {
+    ...field(
+      "upstream_tls_verify_failures",
+      "upstreamTlsVerifyFailures",
+      "--upstream-tls: connects whose TLS handshake refused the upstream's certificate (unknown " +
+        "issuer, wrong name, expired); each is also a connect failure.",
+      { recovered: "optional" },
+    ),
+    metric: {
+      family: "foo_proxy_upstream_tls_failures_total",
+      labels: { kind: "verify" },
+      help:
+        "--upstream-tls: upstream connects whose TLS handshake failed, by kind (each is also a connect failure).",
+    },
+  },
+  {
+    ...field(
+      "upstream_tls_handshake_failures",
+      "upstreamTlsHandshakeFailures",
+      "--upstream-tls: connects whose TLS handshake failed otherwise (an alert, a peer that does " +
+        "not speak TLS, the connect timeout); each is also a connect failure.",
+      { recovered: "optional" },
+    ),
+    metric: { family: "foo_proxy_upstream_tls_failures_total", labels: { kind: "handshake" } },
+  },
   field(
     "upstream_pool_reused",
     "upstreamPoolReused",

@@ -50,6 +50,10 @@ export interface StatsSnapshot {
    * the proxy's own trouble, never counted against an upstream.
    */
   upstream_local_errors: number;
+  /** `--upstream-tls`: connects whose TLS handshake refused the upstream's certificate. */
+  upstream_tls_verify_failures: number;
+  /** `--upstream-tls`: connects whose TLS handshake failed otherwise. */
+  upstream_tls_handshake_failures: number;
   /** `--pool`: upstream connections handed to a client from an idle pool instead of dialed. */
   upstream_pool_reused: number;
   /** `--pool`: upstream connections idle in a pool now. */
@@ -233,6 +237,10 @@ export class Stats {
   upstreamStreamErrors = 0;
   /** Upstream connects that failed for want of a local resource (never an upstream's fault). */
   upstreamLocalErrors = 0;
+  /** `--upstream-tls`: connects whose handshake refused the upstream's certificate. */
+  upstreamTlsVerifyFailures = 0;
+  /** `--upstream-tls`: connects whose handshake failed otherwise (alert, not TLS, timeout). */
+  upstreamTlsHandshakeFailures = 0;
   /** `--pool`: upstream connections handed to a client from an idle pool instead of dialed. */
   upstreamPoolReused = 0;
   /** `--pool`: upstream connections idle in a pool now (a gauge). */

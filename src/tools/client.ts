@@ -10,6 +10,7 @@ import { getLogger, type Logger } from "@logtape/logtape";
 import { type Address, formatAddress } from "../net/address.ts";
 import { formatMessage, parseMessage } from "../protocol/message.ts";
 import { describeError } from "../net/describe_error.ts";
+import { dialTcpOrTls, type TlsClientOptions } from "../net/tls_dial.ts";
 import { connectWebSocket } from "./websocket_client_conn.ts";
 
 /** Options for {@linkcode runClient}. */
@@ -40,6 +41,8 @@ export interface ClientOptions {
    * text message, the replies' messages are read as one stream. Unset: TCP to `connect`.
    */
   webSocket?: string;
+  /** Speak TLS, verifying the server's certificate (the timeout covers the handshake). */
+  tls?: TlsClientOptions;
 }
 
 /** What a successful run did. */
@@ -96,6 +99,7 @@ export async function runClient(options: ClientOptions): Promise<ClientResult> {
   const counts = { verified: 0, acks: 0, naks: 0 };
   const driver: Driver = {
     address: options.connect,
+    tls: options.tls,
     requests,
     pipeline,
     data: "x".repeat(payload),
@@ -133,6 +137,7 @@ export async function runClient(options: ClientOptions): Promise<ClientResult> {
 
 interface Driver {
   address: Address;
+  tls: TlsClientOptions | undefined;
   requests: number;
   pipeline: number;
   data: string;
@@ -319,14 +324,7 @@ async function dial(
     if (driver.webSocket !== undefined) {
       return await connectWebSocket(driver.webSocket, { signal: attempt.signal });
     }
-    const conn = await Deno.connect({
-      hostname: driver.address.hostname,
-      port: driver.address.port,
-      transport: "tcp",
-      signal: attempt.signal,
-    });
-    conn.setNoDelay(true);
-    return conn;
+    return await dialTcpOrTls(driver.address, { signal: attempt.signal, tls: driver.tls });
   } catch (error) {
     if (driver.stop.aborted) throw driver.stop.reason;
     const why = timedOut ? `connect timed out after ${driver.timeoutMs} ms` : describeError(error);

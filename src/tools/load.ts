@@ -14,6 +14,7 @@
  * @module
  */
 import type { Address } from "../net/address.ts";
+import { dialTcpOrTls, type TlsClientOptions } from "../net/tls_dial.ts";
 import { FNV_START, fnvUpdate, isNakHash } from "../protocol/reply_hash.ts";
 
 /** Why a request or a connection failed, as counted in {@linkcode LoadReport.errors}. */
@@ -141,6 +142,8 @@ export interface LoadOptions {
   replies?: "seq" | "hash";
   /** Monotonic clock in ms. @default {performance.now} */
   now?: () => number;
+  /** Speak TLS, verifying the server's certificate; a failed handshake counts as `connect`. */
+  tls?: TlsClientOptions;
 }
 
 /**
@@ -387,7 +390,7 @@ type SessionEnd = "done" | "stopped" | "failed";
 /** One connection slot: connects, sends, verifies, and reconnects until the run stops. */
 class Slot {
   #run: LoadRun;
-  #conn: Deno.TcpConn | undefined;
+  #conn: Deno.Conn | undefined;
   #closedByUs = false;
   #failed = false;
   // Per connection.
@@ -436,13 +439,9 @@ class Slot {
   async run(): Promise<void> {
     const run = this.#run;
     while (!run.stopping) {
-      let conn: Deno.TcpConn;
+      let conn: Deno.Conn;
       try {
-        conn = await Deno.connect({
-          hostname: run.target.hostname,
-          port: run.target.port,
-          transport: "tcp",
-        });
+        conn = await dialTcpOrTls(run.target, { tls: run.options.tls, signal: run.stopSignal });
       } catch {
         if (run.stopping) return;
         run.countError("connect");
@@ -475,7 +474,7 @@ class Slot {
     if (this.#conn) this.#closeConn();
   }
 
-  async #session(conn: Deno.TcpConn): Promise<SessionEnd> {
+  async #session(conn: Deno.Conn): Promise<SessionEnd> {
     const run = this.#run;
     this.#conn = conn;
     this.#closedByUs = false;
@@ -485,11 +484,6 @@ class Slot {
     this.#state = R_START;
     run.openConnections++;
     if (run.measuring) run.counters.opened++;
-    try {
-      conn.setNoDelay(true);
-    } catch {
-      // Already reset: the first read says so.
-    }
     if (run.stopping) {
       this.#closeConn();
       return "stopped";
@@ -545,7 +539,7 @@ class Slot {
     this.#flushing = this.#write(this.#conn, length);
   }
 
-  async #write(conn: Deno.TcpConn, length: number): Promise<void> {
+  async #write(conn: Deno.Conn, length: number): Promise<void> {
     try {
       for (;;) {
         let off = 0;

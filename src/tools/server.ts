@@ -16,6 +16,11 @@ import { FNV_START, fnvUpdate, isNakHash, writeHash } from "../protocol/reply_ha
 export interface FooServerOptions {
   /** Where to listen; port 0 asks the OS for a free port. */
   listen: Address;
+  /**
+   * Serve TLS with this PEM certificate chain and key (`Deno.listenTls`): a TLS upstream for
+   * tests and demos. Unset: plain TCP.
+   */
+  tls?: { cert: string; key: string };
   /** Every Nth valid REQ of a connection (counting from its first) gets NAK; 0/unset: never. */
   nakEvery?: number;
   /**
@@ -72,8 +77,8 @@ const DELAY_HIGH_WATER = 1 << 20;
 export class FooServer implements AsyncDisposable {
   #options: FooServerOptions;
   #logger: Logger;
-  #listener: Deno.TcpListener | undefined;
-  #conns = new Set<Deno.TcpConn>();
+  #listener: Deno.Listener | undefined;
+  #conns = new Set<Deno.Conn>();
   #tasks = new Set<Promise<void>>();
   #accepting: Promise<void> | undefined;
   #closeAll = new AbortController();
@@ -111,7 +116,10 @@ export class FooServer implements AsyncDisposable {
       if (this.#closing) throw new Error("FooServer is closed");
       if (this.#listener) throw new Error("FooServer already started");
       const { hostname, port } = this.#options.listen;
-      this.#listener = Deno.listen({ hostname, port, transport: "tcp" });
+      const tls = this.#options.tls;
+      this.#listener = tls
+        ? Deno.listenTls({ hostname, port, transport: "tcp", cert: tls.cert, key: tls.key })
+        : Deno.listen({ hostname, port, transport: "tcp" });
     } catch (error) {
       return Promise.reject(error);
     }
@@ -123,7 +131,7 @@ export class FooServer implements AsyncDisposable {
   /** The bound address (after {@linkcode FooServer.start}). */
   get addr(): Deno.NetAddr {
     if (!this.#listener) throw new Error("FooServer is not started");
-    return this.#listener.addr;
+    return this.#listener.addr as Deno.NetAddr;
   }
 
   /** Connections currently open. */
@@ -211,9 +219,9 @@ export class FooServer implements AsyncDisposable {
     this.#finished.resolve();
   }
 
-  async #acceptLoop(listener: Deno.TcpListener): Promise<void> {
+  async #acceptLoop(listener: Deno.Listener): Promise<void> {
     for (;;) {
-      let conn: Deno.TcpConn;
+      let conn: Deno.Conn;
       try {
         conn = await listener.accept();
       } catch (error) {
@@ -249,11 +257,12 @@ export class FooServer implements AsyncDisposable {
     }
   }
 
-  async #serve(conn: Deno.TcpConn): Promise<void> {
+  async #serve(conn: Deno.Conn): Promise<void> {
     const peer = formatAddress(conn.remoteAddr as Deno.NetAddr);
     this.#logger.debug("Accepted {peer}", { peer });
     try {
-      conn.setNoDelay(true);
+      // A TlsConn has none (its handshake runs at the first read).
+      (conn as Partial<Deno.TcpConn>).setNoDelay?.(true);
     } catch {
       // The peer is already gone; the first read says so.
     }
@@ -310,7 +319,7 @@ export class FooServer implements AsyncDisposable {
     this.#logger.debug("Closed {peer}: {why}", { peer, why });
   }
 
-  async #send(conn: Deno.TcpConn, bytes: Uint8Array, replies: number): Promise<void> {
+  async #send(conn: Deno.Conn, bytes: Uint8Array, replies: number): Promise<void> {
     if (this.#options.fragment) {
       for (let start = 0; start < bytes.length;) {
         const end = bytes.indexOf(NL, start) + 1 || bytes.length;
@@ -326,7 +335,7 @@ export class FooServer implements AsyncDisposable {
     this.#requests += replies;
   }
 
-  async #writeAll(conn: Deno.TcpConn, bytes: Uint8Array): Promise<void> {
+  async #writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
     for (let off = 0; off < bytes.length;) {
       this.#writes++;
       off += await conn.write(off === 0 ? bytes : bytes.subarray(off));
