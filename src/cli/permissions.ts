@@ -34,6 +34,9 @@ export interface PermissionTargets {
   pidFile?: string | null;
   /** The access-log file; unset, `null` or `""`: none (stderr). */
   accessLogFile?: string | null;
+  /** The TLS certificate and key files (read at start and at each reload); unset: none. */
+  tlsCert?: string | null;
+  tlsKey?: string | null;
 }
 
 /** One permission the proxy needs, with the words used when it is missing. */
@@ -97,6 +100,11 @@ export function permissionNeeds(targets: PermissionTargets): PermissionNeed[] {
     const purpose = "access log --access-log-file";
     needs.push({ descriptor: { name: "read", path }, target: path, purpose });
     needs.push({ descriptor: { name: "write", path }, target: path, purpose });
+  }
+  for (const [path, flag] of [[targets.tlsCert, "--tls-cert"], [targets.tlsKey, "--tls-key"]]) {
+    if (path) {
+      needs.push({ descriptor: { name: "read", path }, target: path, purpose: `TLS ${flag}` });
+    }
   }
   if (targets.pidFile) {
     const path = targets.pidFile;

@@ -15,6 +15,7 @@ import { type AccessRecord, formatAccessLine } from "../proxy/access_log.ts";
 import type { EngineOptions } from "../proxy/engine_config.ts";
 import { Proxy } from "../proxy/proxy.ts";
 import type { UpstreamSpec } from "../proxy/upstream_spec.ts";
+import type { TlsKeyPair } from "../proxy/tls_termination.ts";
 import {
   type BalancePolicy,
   type MemberState,
@@ -40,6 +41,8 @@ export interface PlaneInit {
   listen: Address;
   /** Bind with `SO_REUSEPORT` (more than one plane). */
   reusePort: boolean;
+  /** The key pair to terminate TLS with (`--tls-cert`, read by the supervisor); unset: plain TCP. */
+  tls?: TlsKeyPair;
   /** Its stats row (see `stats_row.ts`). */
   row: SharedArrayBuffer;
   /** The process's connection gate (see `ProxyOptions.connectionGate`). */
@@ -78,6 +81,8 @@ export type ToPlane =
   | { t: "policy"; policy: BalancePolicy }
   | { t: "states"; states: Record<string, MemberState> }
   | { t: "log"; level: string; format: string }
+  /** A reload's key pair (and handshake deadline): answered with `tls-set`. */
+  | { t: "tls"; pair: TlsKeyPair; handshakeTimeoutMs: number }
   | { t: "stop-accepting" }
   | { t: "close-idle" }
   | { t: "close" }
@@ -93,6 +98,8 @@ export type FromPlane =
   | { t: "flushed"; id: number; upstreams: UpstreamSnapshot[] }
   | { t: "upstreams"; upstreams: UpstreamSnapshot[] }
   | { t: "accepting-stopped"; active: number }
+  /** The reload's key pair serves new clients; `error`: it could not, the old one still does. */
+  | { t: "tls-set"; error?: string }
   | { t: "drained" }
   | { t: "idle-closed"; idle: number; busy: number }
   | { t: "stopped"; upstreams: UpstreamSnapshot[] }
@@ -285,6 +292,7 @@ class DataPlane {
       stats,
       logger,
       reusePort: init.reusePort,
+      tls: init.tls,
       connectionGate: new Int32Array(init.gate),
       gateSlot: init.index,
       announce: false,
@@ -325,6 +333,14 @@ class DataPlane {
             format: message.format,
             write: (line) => this.#logs.push(line),
           });
+        }
+        break;
+      case "tls":
+        try {
+          this.proxy.setTls(message.pair, message.handshakeTimeoutMs);
+          this.#post({ t: "tls-set" });
+        } catch (error) {
+          this.#post({ t: "tls-set", error: describeError(error) });
         }
         break;
       case "stop-accepting":

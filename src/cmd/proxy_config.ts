@@ -74,6 +74,12 @@ export interface ProxyConfig {
   reconnectRetries: number;
   maxFailovers: number;
   retainLimit: number;
+  /** `--tls-cert`: the PEM certificate chain TLS is terminated with; `null`: plain TCP. */
+  tlsCert: string | null;
+  /** `--tls-key`: its PEM private key; `null`: none. */
+  tlsKey: string | null;
+  /** `--tls-handshake-timeout` in ms; 0: no deadline. */
+  tlsHandshakeTimeoutMs: number;
   logLevel: string;
   logFormat: string;
   help: boolean;
@@ -131,6 +137,20 @@ export function parseProxyConfig(
   parsed.httpExplicit = v.http !== undefined;
   parsed.healthExplicit = v.health !== undefined;
   return parsed;
+}
+
+/**
+ * Why the TLS flags of `config` cannot be used together (`--tls-cert` without `--tls-key`, or the
+ * other way round), or `undefined`. Checked at start and at each reload rather than by
+ * {@linkcode parseProxyConfig}, which takes every flag on its own.
+ */
+export function tlsFlagsProblem(
+  config: Pick<ProxyConfig, "tlsCert" | "tlsKey">,
+): string | undefined {
+  if ((config.tlsCert === null) === (config.tlsKey === null)) return undefined;
+  return config.tlsCert === null
+    ? "--tls-key needs --tls-cert (the certificate chain it is the key of)"
+    : "--tls-cert needs --tls-key (its private key)";
 }
 
 /** `--resume` alone means `--resume=verbatim` (parseArgs has no optional values). */

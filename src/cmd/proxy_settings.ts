@@ -21,6 +21,7 @@ import { ENGINE_DEFAULTS, type ResumeMode } from "../proxy/engine_config.ts";
 import { PROXY_DEFAULTS, type ProxyOptions } from "../proxy/proxy.ts";
 import { POOL_DEFAULTS, type UpstreamPoolOptions } from "../proxy/upstream_pool.ts";
 import { POOL_IDLE_TIMEOUT_MS } from "../proxy/upstream_target.ts";
+import { TLS_HANDSHAKE_TIMEOUT_MS } from "../proxy/tls_termination.ts";
 import type { ProxyConfig } from "./proxy_config.ts";
 
 /**
@@ -32,6 +33,8 @@ import type { ProxyConfig } from "./proxy_config.ts";
  * - `max-connections`: the accept limit changes (a change to `auto` keeps the running one);
  * - `log`: logging is set up again;
  * - `live`: read at each use (the admin token and hosts), so the new value holds at once;
+ * - `tls`: the key pair files are read again on every reload, changed or not (the supervisor's
+ *   `#reloadTls`), and the handshake deadline goes with them;
  * - `restart`: a warning that it takes effect on restart;
  * - `none`: not a setting a file can hold (`--config`, `--help`, `--version`).
  */
@@ -42,6 +45,7 @@ export type ReloadEffect =
   | "max-connections"
   | "log"
   | "live"
+  | "tls"
   | "restart"
   | "none";
 
@@ -53,6 +57,7 @@ export const RELOAD_ORDER: readonly ReloadEffect[] = [
   "max-connections",
   "log",
   "live",
+  "tls",
   "restart",
 ];
 
@@ -534,6 +539,36 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     parse: integer({ max: 2 ** 30 }),
     reload: "engine",
     option: "retainLimit",
+  }),
+  setting({
+    flag: "tls-cert",
+    field: "tlsCert",
+    value: "FILE",
+    defaultText: "off",
+    help:
+      "terminate TLS on --listen with this PEM certificate chain (with --tls-key): read again on every SIGHUP and POST /reload, and a new pair swapped in without dropping a connection",
+    parse: pathOrNull,
+    reload: "tls",
+  }),
+  setting({
+    flag: "tls-key",
+    field: "tlsKey",
+    value: "FILE",
+    defaultText: "off",
+    help: "the PEM private key of --tls-cert (read again on every reload)",
+    parse: pathOrNull,
+    reload: "tls",
+  }),
+  setting({
+    flag: "tls-handshake-timeout",
+    field: "tlsHandshakeTimeoutMs",
+    default: durationText(TLS_HANDSHAKE_TIMEOUT_MS),
+    value: "DUR",
+    help:
+      "close a TLS client whose handshake has not completed in this long (counted); until then it holds a --max-connections slot. A handshake is 1-2 round trips, so 5s lets a slow mobile link through while a staller holds its slot only briefly (0 = no deadline; a reload applies it)",
+    parse: duration,
+    reload: "tls",
+    option: "tlsHandshakeTimeoutMs",
   }),
   setting({
     flag: "log-level",

@@ -22,6 +22,7 @@ import {
 import { FirstBytesReader, type HeldBytes } from "./first_bytes_reader.ts";
 import { UpstreamError } from "./upstream.ts";
 import { SingleUpstream, type TargetConnection, type UpstreamTarget } from "./upstream_target.ts";
+import { listenTls, TlsHandshakes, type TlsKeyPair } from "./tls_termination.ts";
 
 /**
  * Options for {@linkcode Proxy}: where to listen and forward, the accept and drain behaviour,
@@ -108,6 +109,17 @@ export interface ProxyOptions extends Omit<EngineOptions, "resume"> {
    * gets its own upstream connection. @default {0}
    */
   mux?: number;
+  /**
+   * Terminate TLS on the listener with this key pair (`--tls-cert`, `--tls-key`): each client's
+   * handshake completes, within `tlsHandshakeTimeoutMs`, after it is admitted and before its
+   * upstream is dialed. {@linkcode Proxy.setTls} changes it. Unset: plain TCP.
+   */
+  tls?: TlsKeyPair;
+  /**
+   * The deadline of a TLS client's handshake in ms (the client is closed then, counted); 0: none.
+   * @default {5000}
+   */
+  tlsHandshakeTimeoutMs?: number;
 }
 
 /**
@@ -173,7 +185,9 @@ export class Proxy implements AsyncDisposable {
   readonly stats: Stats;
   #options: ProxyOptions;
   #logger: Logger;
-  #listener: Deno.TcpListener | undefined;
+  #listener: Deno.Listener | undefined;
+  /** The TLS handshake step (`tls` set); undefined: plain TCP. */
+  #handshakes: TlsHandshakes | undefined;
   // A set of plain records rather than a map keyed by task promises: no `.catch`/`.finally`
   // promises and closures per connection (measured: less heap per idle connection).
   #connections = new Set<Connection>();
@@ -231,6 +245,14 @@ export class Proxy implements AsyncDisposable {
       });
     }
     this.#accessLog = options.accessLog;
+    if (options.tls !== undefined) {
+      this.#handshakes = new TlsHandshakes({
+        stats: this.stats,
+        logger: this.#logger,
+        timeoutMs: options.tlsHandshakeTimeoutMs,
+        timers: options.timers,
+      });
+    }
     options.signal?.addEventListener("abort", () => void this.close(), { once: true });
   }
 
@@ -242,7 +264,7 @@ export class Proxy implements AsyncDisposable {
   /** The bound listen address (after start). */
   get addr(): Deno.NetAddr {
     if (!this.#listener) throw new Error("Proxy is not started");
-    return this.#listener.addr;
+    return this.#listener.addr as Deno.NetAddr;
   }
 
   /** Whether the listener is bound and the proxy is not closing. */
@@ -262,8 +284,10 @@ export class Proxy implements AsyncDisposable {
    */
   start(): Promise<Deno.NetAddr> {
     if (this.#listener) throw new Error("Proxy already started");
-    const { listen } = this.#options;
-    this.#listener = this.#options.reusePort
+    const { listen, tls } = this.#options;
+    this.#listener = tls !== undefined
+      ? listenTls(listen, tls)
+      : this.#options.reusePort
       ? Deno.listen({ hostname: listen.hostname, port: listen.port, reusePort: true })
       : Deno.listen({ hostname: listen.hostname, port: listen.port });
     this.#accepting = this.#acceptLoop(this.#listener);
@@ -380,6 +404,30 @@ export class Proxy implements AsyncDisposable {
     this.#engine = resolveEngineConfig({ ...this.#engine, ...changes });
   }
 
+  /**
+   * Serves `pair` to clients from now on (a reload of `--tls-cert`/`--tls-key`), dropping no
+   * connection: Deno's TLS listener keeps the pair it was opened with, so a second listener opens
+   * on the same port (`SO_REUSEPORT`) and accepts, then the old one closes. Open connections keep
+   * their sessions; `tlsHandshakeTimeoutMs`, when given, applies to handshakes from now on.
+   *
+   * @throws {Error} when the proxy does not terminate TLS or is not accepting, and the listen
+   * errors of the new listener (the old one keeps serving then).
+   */
+  setTls(pair: TlsKeyPair, tlsHandshakeTimeoutMs?: number): void {
+    const old = this.#listener;
+    if (this.#handshakes === undefined) throw new Error("This proxy does not terminate TLS");
+    if (old === undefined || this.#closing) throw new Error("This proxy is not accepting");
+    const next = listenTls({ hostname: this.#options.listen.hostname, port: this.addr.port }, pair);
+    this.#listener = next;
+    const accepting = this.#accepting;
+    const loop = this.#acceptLoop(next);
+    this.#accepting = Promise.all([accepting, loop]).then(() => {});
+    // Linux resets the connections still in the old listener's accept queue when it closes (the
+    // accept loop keeps it empty; net.ipv4.tcp_migrate_req=1 moves them to the new one instead).
+    old.close();
+    if (tlsHandshakeTimeoutMs !== undefined) this.#handshakes.timeoutMs = tlsHandshakeTimeoutMs;
+  }
+
   /** Changes `maxConnections` (a reload); open connections above it are not closed. */
   setMaxConnections(max: number): void {
     this.#options = { ...this.#options, maxConnections: max };
@@ -401,7 +449,7 @@ export class Proxy implements AsyncDisposable {
     await this.close();
   }
 
-  #acceptLoop(listener: Deno.TcpListener): Promise<void> {
+  #acceptLoop(listener: Deno.Listener): Promise<void> {
     return acceptLoop(listener, (conn) => {
       if (this.#mux !== undefined) return this.#acceptMux(this.#mux, conn);
       const connection: Connection = {
@@ -415,7 +463,8 @@ export class Proxy implements AsyncDisposable {
       this.#connections.add(connection);
       connection.task = this.#handle(conn, connection);
     }, {
-      closed: () => this.#closing,
+      // A listener retired by setTls is closed on purpose too.
+      closed: () => this.#closing || this.#listener !== listener,
       label: formatAddress(this.#options.listen),
       logger: this.#logger,
       signal: this.#closeAll.signal,
@@ -530,6 +579,40 @@ export class Proxy implements AsyncDisposable {
       task: DONE,
     };
     this.#connections.add(connection);
+    if (this.#handshakes !== undefined) {
+      // Only a TLS client waits here: the plain path stays synchronous.
+      connection.controller = new AbortController();
+      if (this.#closeAll.signal.aborted) connection.controller.abort();
+      connection.task = this.#muxAfterHandshake(hub, downstream, connection, peer);
+      return;
+    }
+    this.#startMuxClient(hub, downstream, connection, peer);
+  }
+
+  /** A TLS `--mux` client: its handshake, then the hub (or counted out). */
+  async #muxAfterHandshake(
+    hub: MuxHub,
+    downstream: Deno.Conn,
+    connection: Connection,
+    peer: string,
+  ): Promise<unknown> {
+    const cut = await this.#handshake(downstream, peer, connection.controller!.signal);
+    connection.controller = undefined;
+    if (cut !== undefined) {
+      this.#connections.delete(connection);
+      this.#release(cut);
+      return;
+    }
+    this.#startMuxClient(hub, downstream, connection, peer);
+    return connection.task;
+  }
+
+  #startMuxClient(
+    hub: MuxHub,
+    downstream: Deno.Conn,
+    connection: Connection,
+    peer: string,
+  ): void {
     const accessLog = this.#accessLog;
     const client = hub.client(downstream, {
       config: this.#engine,
@@ -541,6 +624,20 @@ export class Proxy implements AsyncDisposable {
     connection.client = client;
     if (this.#closeAll.signal.aborted) client.stop();
     connection.task = client.run();
+  }
+
+  /**
+   * The TLS handshake of an admitted client (with `tls`): resolves with `undefined` once done, or
+   * with why the client was closed (counted, logged, access-logged).
+   */
+  async #handshake(
+    downstream: Deno.Conn,
+    peer: string,
+    signal: AbortSignal,
+  ): Promise<CloseReason | undefined> {
+    const cut = await this.#handshakes!.run(downstream, peer, signal);
+    if (cut !== undefined) this.#logRefused(peer, cut);
+    return cut;
   }
 
   /** The hub's `ended` hook: a mux client has ended. */
@@ -561,6 +658,13 @@ export class Proxy implements AsyncDisposable {
       const controller = connection.controller!;
       if (this.#closeAll.signal.aborted) controller.abort();
       try {
+        if (this.#handshakes !== undefined) {
+          const cut = await this.#handshake(downstream, peer, controller.signal);
+          if (cut !== undefined) {
+            reason = cut;
+            return;
+          }
+        }
         // Dialing lives in its own function so that what only the dial needs (the first-bytes
         // reader, its abort plumbing, the retry callback) is not kept alive by this frame while
         // the connection is bridged.
