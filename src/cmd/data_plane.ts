@@ -336,12 +336,10 @@ class DataPlane {
         }
         break;
       case "tls":
-        try {
-          this.proxy.setTls(message.pair, message.handshakeTimeoutMs);
-          this.#post({ t: "tls-set" });
-        } catch (error) {
-          this.#post({ t: "tls-set", error: describeError(error) });
-        }
+        this.proxy.setTls(message.pair, message.handshakeTimeoutMs).then(
+          () => this.#post({ t: "tls-set" }),
+          (error) => this.#post({ t: "tls-set", error: describeError(error) }),
+        );
         break;
       case "stop-accepting":
         this.proxy.stopAccepting();

@@ -22,7 +22,7 @@ import {
 import { FirstBytesReader, type HeldBytes } from "./first_bytes_reader.ts";
 import { UpstreamError } from "./upstream.ts";
 import { SingleUpstream, type TargetConnection, type UpstreamTarget } from "./upstream_target.ts";
-import { listenTls, TlsHandshakes, type TlsKeyPair } from "./tls_termination.ts";
+import { canReusePort, listenTls, TlsHandshakes, type TlsKeyPair } from "./tls_termination.ts";
 
 /**
  * Options for {@linkcode Proxy}: where to listen and forward, the accept and drain behaviour,
@@ -411,21 +411,41 @@ export class Proxy implements AsyncDisposable {
    * their sessions; `tlsHandshakeTimeoutMs`, when given, applies to handshakes from now on.
    *
    * @throws {Error} when the proxy does not terminate TLS or is not accepting, and the listen
-   * errors of the new listener (the old one keeps serving then).
+   * errors of the new listener (the old pair keeps serving then).
    */
-  setTls(pair: TlsKeyPair, tlsHandshakeTimeoutMs?: number): void {
+  async setTls(pair: TlsKeyPair, tlsHandshakeTimeoutMs?: number): Promise<void> {
     const old = this.#listener;
     if (this.#handshakes === undefined) throw new Error("This proxy does not terminate TLS");
     if (old === undefined || this.#closing) throw new Error("This proxy is not accepting");
-    const next = listenTls({ hostname: this.#options.listen.hostname, port: this.addr.port }, pair);
-    this.#listener = next;
-    const accepting = this.#accepting;
-    const loop = this.#acceptLoop(next);
-    this.#accepting = Promise.all([accepting, loop]).then(() => {});
-    // Linux resets the connections still in the old listener's accept queue when it closes (the
-    // accept loop keeps it empty; net.ipv4.tcp_migrate_req=1 moves them to the new one instead).
-    old.close();
+    const address = { hostname: this.#options.listen.hostname, port: this.addr.port };
+    if (canReusePort()) {
+      this.#serve(listenTls(address, pair));
+      // Linux resets the connections still in the old listener's accept queue when it closes
+      // (the accept loop keeps it empty; net.ipv4.tcp_migrate_req=1 moves them to the new one).
+      old.close();
+    } else {
+      // Without --unstable-net no second listener can share the port: the old one closes first
+      // (its socket is released once its pending accept has ended), and a client connecting in
+      // that instant is refused.
+      old.close();
+      const current = this.#options.tls!;
+      try {
+        this.#serve(await listenWhenFree(() => listenTls(address, pair)));
+      } catch (error) {
+        this.#serve(await listenWhenFree(() => listenTls(address, current)));
+        throw error;
+      }
+    }
+    this.#options = { ...this.#options, tls: pair };
     if (tlsHandshakeTimeoutMs !== undefined) this.#handshakes.timeoutMs = tlsHandshakeTimeoutMs;
+  }
+
+  /** Accepts from `listener` from now on (besides any loop still ending on a retired one). */
+  #serve(listener: Deno.Listener): void {
+    this.#listener = listener;
+    const accepting = this.#accepting;
+    const loop = this.#acceptLoop(listener);
+    this.#accepting = Promise.all([accepting, loop]).then(() => {});
   }
 
   /** Changes `maxConnections` (a reload); open connections above it are not closed. */
@@ -777,6 +797,18 @@ export class Proxy implements AsyncDisposable {
 }
 
 const DONE: Promise<unknown> = Promise.resolve();
+
+/** `listen()`, tried again for a few ms while the port is still held by a listener just closed. */
+async function listenWhenFree<L>(listen: () => L): Promise<L> {
+  for (let attempt = 0;; attempt++) {
+    try {
+      return listen();
+    } catch (error) {
+      if (!(error instanceof Deno.errors.AddrInUse) || attempt >= 100) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+  }
+}
 
 /** Ends a connection (reason `shutdown`). */
 function stop(connection: Connection): void {

@@ -118,17 +118,25 @@ export async function readKeyPair(
 }
 
 /**
- * A TLS listener on `address` serving `pair`. Always `SO_REUSEPORT` (needs `--unstable-net`): a
- * new key pair is served by a second listener on the same port, opened before this one closes.
+ * Whether a listener can set `SO_REUSEPORT` (`--unstable-net`: `Deno.listenDatagram` exists
+ * exactly then; asking for `reusePort` without it ends the process).
+ */
+export function canReusePort(): boolean {
+  return typeof (Deno as unknown as Record<string, unknown>).listenDatagram === "function";
+}
+
+/**
+ * A TLS listener on `address` serving `pair`, with `SO_REUSEPORT` whenever it can be set: a new
+ * key pair is served by a second listener on the same port, opened before this one closes.
  */
 export function listenTls(address: Address, pair: TlsKeyPair): Deno.TlsListener {
-  return Deno.listenTls({
+  const options = {
     hostname: address.hostname,
     port: address.port,
     cert: pair.cert,
     key: pair.key,
-    reusePort: true,
-  });
+  };
+  return canReusePort() ? Deno.listenTls({ ...options, reusePort: true }) : Deno.listenTls(options);
 }
 
 /** Options for {@linkcode TlsHandshakes}. */
