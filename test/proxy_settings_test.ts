@@ -64,6 +64,9 @@ const OTHER_VALUE: Record<string, string> = {
   "resume-retries": "2",
   "resume-max-failovers": "1",
   "resume-retain": "4096",
+  "tls-cert": "/tmp/cert.pem",
+  "tls-key": "/tmp/key.pem",
+  "tls-handshake-timeout": "2s",
   "log-level": "debug",
   "log-format": "json",
   help: "",
@@ -215,6 +218,7 @@ Deno.test("a reload applies or warns about each changed setting as its row says"
       "max-connections": [["setMaxConnections"], undefined, [`max-connections 50`]],
       log: [["relog"], undefined, [`log ${next.logLevel} ${next.logFormat}`]],
       live: [[], undefined, [s.flag]],
+      tls: [[], undefined, []], // the supervisor reads the pair again on every reload
       restart: [[], new RegExp(`^${s.reloadName ?? s.flag} changed in the config file`), []],
     };
     const [wantCalls, wantWarning, wantChanged] = expected[s.reload];
