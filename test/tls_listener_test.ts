@@ -6,6 +6,7 @@
  * (POST /reload, SIGHUP) drops no connection, and a broken replacement keeps the old pair serving.
  */
 import assert from "node:assert/strict";
+import type { Logger } from "@logtape/logtape";
 import { Proxy } from "../src/proxy/proxy.ts";
 import { makeCertificates, type TestCertificates } from "./_tls.ts";
 import {
@@ -231,6 +232,36 @@ for (const { name, mux } of MODES) {
     staller.close();
   });
 }
+
+Deno.test("TLS: a flood of failed handshakes writes one log line, not one per client", async () => {
+  await using certs = await makeCertificates();
+  await using upstream = await startUpstream();
+  const lines: Record<string, unknown>[] = [];
+  const quiet = () => {};
+  const logger = {
+    debug: quiet,
+    warning: quiet,
+    error: quiet,
+    info: (message: string, properties?: Record<string, unknown>) => {
+      if (message.startsWith("TLS handshake")) lines.push(properties ?? {});
+    },
+  } as unknown as Logger;
+  await using proxy = await startTlsProxy(certs, upstream.addr, { logger });
+  const flood = Array.from({ length: 20 }, async () => {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: proxy.addr.port });
+    await writeAll(conn, "GET / HTTP/1.1\r\n\r\n");
+    await closedBy(conn);
+    conn.close();
+  });
+  await Promise.all(flood);
+  await waitUntil(
+    () => proxy.stats.snapshot().tls_handshake_failures.not_tls === 20,
+    "every failure to be counted",
+  );
+  assert.equal(lines.length, 1, JSON.stringify(lines));
+  assert.equal(lines[0].kind, "not_tls");
+  assert.match(String(lines[0].error), /received corrupt message/);
+});
 
 /**
  * A good client is refused: closed without a reply (at `--max-connections`). Deno finishes the
