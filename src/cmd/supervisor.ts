@@ -590,7 +590,10 @@ class Supervisor {
     }
     const handshakeTimeoutMs = config.tlsHandshakeTimeoutMs;
     const pairChanged = pair.cert !== running.pair.cert || pair.key !== running.pair.key;
-    if (!pairChanged && handshakeTimeoutMs === running.handshakeTimeoutMs) return {};
+    if (!pairChanged && handshakeTimeoutMs === running.handshakeTimeoutMs) {
+      this.#logger.info("TLS key pair read again ({why}): unchanged", { why });
+      return {};
+    }
     const errors = await this.#planes?.setTls(pair, handshakeTimeoutMs) ?? [];
     if (errors.length > 0) return fail(errors.join("; "));
     this.#tls = { pair, handshakeTimeoutMs };

@@ -63,7 +63,8 @@ export interface TlsKeyPairPaths {
 /**
  * Throws when `pair` cannot serve: it is given to a TLS listener on `127.0.0.1:0`, which Deno
  * refuses at once for a certificate or key that is not PEM and for a key that does not match the
- * certificate (`KeyMismatch`), and closed again.
+ * certificate (`KeyMismatch`), and closed again. Without the permission to listen there, nothing
+ * is checked (the listener serving it refuses a bad pair just the same).
  *
  * @throws {TlsKeyPairError} saying what is wrong with which file.
  */
@@ -72,6 +73,9 @@ export function checkKeyPair(pair: TlsKeyPair, paths: TlsKeyPairPaths): void {
   try {
     listener = Deno.listenTls({ hostname: "127.0.0.1", port: 0, cert: pair.cert, key: pair.key });
   } catch (error) {
+    // Without a grant for 127.0.0.1:0 (a narrow --allow-net) the pair is checked where it is
+    // used instead: by the listener, which refuses it the same way.
+    if (error instanceof Deno.errors.NotCapable) return;
     const message = error instanceof Error ? error.message : String(error);
     const why = message.includes("KeyMismatch")
       ? `the key "${paths.key}" (--tls-key) is not the certificate's`
