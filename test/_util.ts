@@ -5,6 +5,7 @@
  *
  * @module
  */
+import type { Logger } from "@logtape/logtape";
 import { fileURLToPath } from "node:url";
 import type { Timers } from "../src/async/timers.ts";
 import { Proxy, type ProxyOptions } from "../src/proxy/proxy.ts";
@@ -683,4 +684,27 @@ export function fakeTimers(): FakeTimers {
       }
     },
   };
+}
+
+/** A logger that keeps its lines by level (no error line may come from a client's request). */
+export function recordingLogger(): {
+  logger: Logger;
+  errors: string[];
+  warnings: string[];
+  debug: string[];
+} {
+  const errors: string[] = [];
+  const warnings: string[] = [];
+  const debug: string[] = [];
+  const keep = (into: string[]) => (message: string, props?: Record<string, unknown>) =>
+    into.push(`${message} ${JSON.stringify(props ?? {})}`);
+  const logger = {
+    error: keep(errors),
+    fatal: keep(errors),
+    warn: keep(warnings),
+    warning: keep(warnings),
+    info: () => {},
+    debug: keep(debug),
+  } as unknown as Logger;
+  return { logger, errors, warnings, debug };
 }

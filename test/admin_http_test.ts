@@ -9,30 +9,15 @@ import { createStatsApp } from "../src/http/stats_app.ts";
 import { HttpServer } from "../src/net/http_server.ts";
 import { systemClock } from "../src/stats/clock.ts";
 import { Stats } from "../src/stats/stats.ts";
-import { connectTo, readText, spawnMain, startUpstream, withTimeout, writeAll } from "./_util.ts";
-
-/** A logger that keeps its lines by level (no error line may come from a client's request). */
-function recordingLogger(): {
-  logger: Logger;
-  errors: string[];
-  warnings: string[];
-  debug: string[];
-} {
-  const errors: string[] = [];
-  const warnings: string[] = [];
-  const debug: string[] = [];
-  const keep = (into: string[]) => (message: string, props?: Record<string, unknown>) =>
-    into.push(`${message} ${JSON.stringify(props ?? {})}`);
-  const logger = {
-    error: keep(errors),
-    fatal: keep(errors),
-    warn: keep(warnings),
-    warning: keep(warnings),
-    info: () => {},
-    debug: keep(debug),
-  } as unknown as Logger;
-  return { logger, errors, warnings, debug };
-}
+import {
+  connectTo,
+  readText,
+  recordingLogger,
+  spawnMain,
+  startUpstream,
+  withTimeout,
+  writeAll,
+} from "./_util.ts";
 
 /** Sends `request` on a fresh connection; the whole answer, up to the server's close. */
 async function exchange(port: number, request: string, timeoutMs = 2000): Promise<string> {

@@ -244,6 +244,7 @@ Deno.test("parseClientConfig reads flags and FOO_PROXY_* variables", () => {
   );
   assert.deepEqual(config, {
     connect: local(9),
+    ws: undefined,
     requests: 5,
     pipeline: 3,
     connections: 4,
@@ -259,6 +260,14 @@ Deno.test("parseClientConfig reads flags and FOO_PROXY_* variables", () => {
     const bad of [["--pipeline", "0"], ["--connections", "x"], ["--connect", ":0"], ["--nope"]]
   ) {
     assert.throws(() => parseClientConfig(bad), { name: "UsageError" }, bad.join(" "));
+  }
+});
+
+Deno.test("parseClientConfig takes --ws ws:// and wss:// URLs only", () => {
+  assert.equal(parseClientConfig(["--ws=ws://127.0.0.1:9"]).ws, "ws://127.0.0.1:9/");
+  assert.equal(parseClientConfig(["--ws", "wss://h.example/x"]).ws, "wss://h.example/x");
+  for (const bad of ["http://127.0.0.1:9/", "127.0.0.1:9", "ws://"]) {
+    assert.throws(() => parseClientConfig([`--ws=${bad}`]), { name: "UsageError" }, bad);
   }
 });
 

@@ -24,6 +24,7 @@ import {
   RELOAD_ORDER,
 } from "../src/cmd/proxy_settings.ts";
 import { ENGINE_DEFAULTS } from "../src/proxy/engine_config.ts";
+import { CONNECTION_SETTINGS } from "../src/proxy/proxy.ts";
 import { REPO_ROOT } from "./_util.ts";
 
 /** A value other than the default for each flag, to see what a change of it does. */
@@ -64,6 +65,11 @@ const OTHER_VALUE: Record<string, string> = {
   "resume-retries": "2",
   "resume-max-failovers": "1",
   "resume-retain": "4096",
+  "accept-proxy": "10.0.0.0/8",
+  "accept-proxy-timeout": "1s",
+  "send-proxy": "v2",
+  "ws-listen": "127.0.0.1:9",
+  "ws-origin": "https://a.example",
   "tls-cert": "/tmp/cert.pem",
   "tls-key": "/tmp/key.pem",
   "tls-handshake-timeout": "2s",
@@ -152,10 +158,17 @@ Deno.test("the flags' defaults are the engine's own defaults (ENGINE_DEFAULTS)",
 
 /** Every setting at its other value, twice over: --mux and --pool exclude each other. */
 function allOtherValues(): ProxyConfig[] {
-  const args = (skip: string) =>
-    PROXY_SETTINGS.filter((s) => s.type !== "boolean" && s.reload !== "none" && s.flag !== skip)
+  const args = (...skip: string[]) =>
+    PROXY_SETTINGS.filter((s) =>
+      s.type !== "boolean" && s.reload !== "none" && !skip.includes(s.flag)
+    )
       .map((s) => argOf(s.flag));
-  return [parseProxyConfig(args("pool")), parseProxyConfig(args("mux"))];
+  // --send-proxy excludes --pool and --mux, which exclude each other.
+  return [
+    parseProxyConfig(args("pool", "send-proxy")),
+    parseProxyConfig(args("mux", "send-proxy")),
+    parseProxyConfig(args("mux", "pool")),
+  ];
 }
 
 Deno.test("the Proxy, pool and engine options are the rows' values under the rows' keys", () => {
@@ -171,7 +184,11 @@ function checkOptionsOf(config: ProxyConfig): void {
     if (s.poolOption !== undefined) assert.deepEqual(pool[s.poolOption], config[s.field], s.flag);
     if (s.reload === "engine") {
       assert.ok(s.option !== undefined, `--${s.flag} is applied to the engine: it needs an option`);
-      assert.ok(s.option in ENGINE_DEFAULTS, `--${s.flag}: ${s.option} is no engine setting`);
+      assert.ok(
+        s.option in ENGINE_DEFAULTS ||
+          (CONNECTION_SETTINGS as readonly string[]).includes(s.option),
+        `--${s.flag}: ${s.option} is no engine setting`,
+      );
       assert.deepEqual(engine[s.option], config[s.field], s.flag);
     }
   }

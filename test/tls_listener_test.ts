@@ -448,7 +448,7 @@ Deno.test("foo-proxy proxy --tls-cert: rotations under load (POST /reload, SIGHU
   }
 });
 
-Deno.test("foo-proxy proxy: --tls-cert without --tls-key, and a pair that does not match, are exit 2 before listening", async () => {
+Deno.test("foo-proxy proxy: --tls-cert without --tls-key, a pair that does not match, a missing file, and --accept-proxy with TLS are exit 2 before listening", async () => {
   await using certs = await makeCertificates();
   const permissions = ["--allow-net", "--allow-env=FOO_PROXY_*", `--allow-read=${certs.dir},src`];
   const run = async (flags: string[]) => {
@@ -466,6 +466,13 @@ Deno.test("foo-proxy proxy: --tls-cert without --tls-key, and a pair that does n
   assert.equal(mismatch.code, 2);
   assert.match(mismatch.stderr, /the key ".*rotated\.key" \(--tls-key\) is not the certificate's/);
   assert.ok(!mismatch.stderr.includes("Listening on"), mismatch.stderr);
+  const behindProxy = await run([
+    `--tls-cert=${certs.serverCert}`,
+    `--tls-key=${certs.serverKey}`,
+    "--accept-proxy=10.0.0.0/8",
+  ]);
+  assert.equal(behindProxy.code, 2);
+  assert.match(behindProxy.stderr, /--accept-proxy cannot be combined with --tls-cert/);
   const missing = await run([`--tls-cert=${certs.dir}/nope.pem`, `--tls-key=${certs.serverKey}`]);
   assert.equal(missing.code, 2);
   assert.match(

@@ -14,6 +14,8 @@ export interface HaproxyConfigOptions {
   checkMs?: number;
   /** A stats socket (admin level) path; unset: none. */
   socket?: string;
+  /** Terminate TLS on the frontend with this PEM (certificate and key, `bind … ssl crt`). */
+  sslCrt?: string;
 }
 
 /**
@@ -44,7 +46,7 @@ export function haproxyConfig(
     ...(options.checkMs === undefined ? [] : ["    retries 3", "    option redispatch"]),
     "",
     "frontend foo",
-    `    bind ${HOST}:${listenPort}`,
+    `    bind ${HOST}:${listenPort}${options.sslCrt ? ` ssl crt ${options.sslCrt}` : ""}`,
     "    default_backend foo_upstream",
     "",
     "backend foo_upstream",

@@ -79,7 +79,17 @@ export interface LoadOptions {
 
 /** `deno run` arguments of `foo-proxy bench` against `port` with `flags`, from a checkout. */
 function benchArgs(port: number, flags: readonly string[]): string[] {
-  return ["run", "--allow-net", "src/main.ts", "bench", "--connect", `${HOST}:${port}`, ...flags];
+  // Read access for a TLS load's `--ca` file.
+  return [
+    "run",
+    "--allow-net",
+    "--allow-read",
+    "src/main.ts",
+    "bench",
+    "--connect",
+    `${HOST}:${port}`,
+    ...flags,
+  ];
 }
 
 const PROGRESS = /^bench: (?:warm-up \d+s left|\d+s): \d+ replies\/s, (\d+) total/;

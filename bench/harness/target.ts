@@ -53,6 +53,8 @@ export interface TargetSpec {
   balance?: string;
   /** haproxy: `check inter` (ms) on every server, plus `option redispatch`; unset: no checks. */
   checkMs?: number;
+  /** haproxy: terminate TLS with this PEM (certificate then key); unset: plain TCP. */
+  sslCrt?: string;
   /** With `--taskset`: the proxy's cores and the load's. Unset: not pinned. */
   pin?: Pinning;
 }
@@ -173,6 +175,7 @@ async function startHaproxy(spec: TargetSpec, ctx: StartContext): Promise<Runnin
     balance: spec.balance,
     checkMs: spec.checkMs,
     socket,
+    sslCrt: spec.sslCrt,
   });
   const path = `${ctx.tmpDir}/haproxy_${port}.cfg`;
   await Deno.writeTextFile(path, text);

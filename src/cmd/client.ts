@@ -28,6 +28,13 @@ export const CLIENT_FLAGS: Record<string, FlagSpec> = {
     value: "ADDR",
     help: "the proxy or server to drive (a bare PORT means localhost)",
   },
+  ws: {
+    type: "string",
+    value: "URL",
+    defaultText: "off",
+    help:
+      "connect over WebSocket instead (ws://HOST:PORT/ or wss://…, e.g. a proxy's --ws-listen): REQs go as text messages",
+  },
   requests: { type: "string", default: "10", value: "N", help: "REQs per connection" },
   pipeline: { type: "string", default: "1", value: "N", help: "REQs in flight per connection" },
   connections: { type: "string", default: "1", value: "N", help: "connections at once" },
@@ -72,6 +79,8 @@ ADDR is :PORT, PORT, HOST:PORT or [IPv6]:PORT. ${DURATION_HELP}`;
 /** Parsed configuration of `foo-proxy client`. */
 export interface ClientConfig {
   connect: Address;
+  /** `--ws`: a WebSocket URL to drive instead of `connect`; undefined: TCP. */
+  ws: string | undefined;
   requests: number;
   pipeline: number;
   connections: number;
@@ -97,6 +106,7 @@ export function parseClientConfig(
   if (connect.port === 0) throw new UsageError(`--connect: port 0 cannot be connected to`);
   return {
     connect,
+    ws: parseWebSocketUrl(v.ws),
     requests: parseIntegerFlag("requests", v.requests),
     pipeline: parseIntegerFlag("pipeline", v.pipeline, { min: 1, max: 1_000_000 }),
     connections: parseIntegerFlag("connections", v.connections, { min: 1, max: 100_000 }),
@@ -107,6 +117,21 @@ export function parseClientConfig(
     help: v.help === true,
     version: v.version === true,
   };
+}
+
+/** `--ws`: a `ws://` or `wss://` URL, or undefined when not given. */
+function parseWebSocketUrl(raw: unknown): string | undefined {
+  if (raw === undefined || raw === "") return undefined;
+  let url: URL;
+  try {
+    url = new URL(String(raw));
+  } catch {
+    throw new UsageError(`Invalid value "${raw}" for --ws: expected ws://HOST:PORT/ or wss://…`);
+  }
+  if (url.protocol !== "ws:" && url.protocol !== "wss:") {
+    throw new UsageError(`Invalid value "${raw}" for --ws: expected a ws:// or wss:// URL`);
+  }
+  return url.href;
 }
 
 const DOTS = 10;
@@ -143,6 +168,7 @@ export async function runClientCommand(
   try {
     const result = await runClient({
       connect: config.connect,
+      webSocket: config.ws,
       requests: config.requests,
       pipeline: config.pipeline,
       connections: config.connections,

@@ -39,6 +39,8 @@ export interface PlaneInit {
   config: ProxyConfig;
   /** Where to listen: `config.listen` with the port the first plane bound. */
   listen: Address;
+  /** Where WebSocket clients connect (`--ws-listen`, with the port the first plane bound); null: none. */
+  wsListen: Address | null;
   /** Bind with `SO_REUSEPORT` (more than one plane). */
   reusePort: boolean;
   /** The key pair to terminate TLS with (`--tls-cert`, read by the supervisor); unset: plain TCP. */
@@ -90,7 +92,7 @@ export type ToPlane =
 
 /** What a plane tells the supervisor. */
 export type FromPlane =
-  | { t: "ready"; port: number }
+  | { t: "ready"; port: number; wsPort?: number }
   | { t: "failed"; error: string; addrInUse: boolean }
   | { t: "log"; lines: string[] }
   | { t: "access"; lines: string[] }
@@ -218,7 +220,7 @@ async function startPlane(
   built.plane = plane;
   try {
     const addr = await plane.proxy.start();
-    post({ t: "ready", port: addr.port });
+    post({ t: "ready", port: addr.port, wsPort: plane.proxy.webSocketAddr?.port });
     return plane;
   } catch (error) {
     // Nothing of it runs on: its flush timer would keep an in-process plane's thread alive.
@@ -294,6 +296,10 @@ class DataPlane {
       reusePort: init.reusePort,
       tls: init.tls,
       connectionGate: new Int32Array(init.gate),
+      webSocket: init.wsListen === null ? undefined : {
+        listen: init.wsListen,
+        origins: config.wsOrigins,
+      },
       gateSlot: init.index,
       announce: false,
     });

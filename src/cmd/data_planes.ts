@@ -84,6 +84,8 @@ interface Slot {
   heard: boolean;
   state: "starting" | "running" | "stopping" | "stopped" | "dead";
   ready: PromiseWithResolvers<number>;
+  /** Its WebSocket listener's port (once ready); 0: none. */
+  wsPort: number;
   flushes: Map<number, () => void>;
   /** Replies awaited, by type: resolved with the reply, or `undefined` if the plane dies. */
   waiting: Map<FromPlane["t"], (message: FromPlane | undefined) => void>;
@@ -137,6 +139,8 @@ export class DataPlanes {
   #upstreamSlots: Record<string, number> = {};
   #nextSlot = 0;
   #port = 0;
+  /** The port every plane's WebSocket listener is on (`--ws-listen`); 0: none yet. */
+  #wsPort = 0;
   #stopping = false;
   /** Whether {@linkcode start} has succeeded: a plane that dies before is no restart. */
   #started = false;
@@ -189,6 +193,11 @@ export class DataPlanes {
     return this.#port;
   }
 
+  /** The port every plane's WebSocket listener is on; 0 without `--ws-listen`. */
+  get wsPort(): number {
+    return this.#wsPort;
+  }
+
   /** Whether every plane is listening (and the planes are not draining). */
   get listening(): boolean {
     return !this.#stopping && this.#slots.length > 0 &&
@@ -226,11 +235,14 @@ export class DataPlanes {
    * @throws {PlaneStartError} when a plane cannot listen (every plane is ended then).
    */
   async start(): Promise<number> {
+    const ws = this.#options.config.wsListen;
     // A TLS listener always sets SO_REUSEPORT (a reload opens a second one on the port).
     if (this.#options.count > 1 || this.#tls !== undefined) assertPortFree(this.#listen);
+    if (this.#options.count > 1 && ws !== null) assertPortFree(ws);
     const first = this.#spawn(0, this.#listen);
     try {
       this.#port = await first.ready.promise;
+      this.#wsPort = first.wsPort;
       const rest: Slot[] = [];
       for (let i = 1; i < this.#options.count; i++) {
         rest.push(this.#spawn(i, { ...this.#listen, port: this.#port }));
@@ -536,6 +548,7 @@ export class DataPlanes {
       heard: false,
       state: "starting",
       ready: Promise.withResolvers(),
+      wsPort: 0,
       flushes: new Map(),
       waiting: new Map(),
       pulse: { writes: 0, at: performance.now() },
@@ -553,10 +566,13 @@ export class DataPlanes {
       endpoint.onmessageerror = () => this.#died(slot, "a message could not be read");
     }
     const config = this.#config;
+    // A restart setting: every plane, a replacement too, binds the port the first one got.
+    const ws = this.#options.config.wsListen;
     const init: PlaneInit = {
       index,
       config,
       listen,
+      wsListen: ws === null ? null : { ...ws, port: this.#wsPort || ws.port },
       reusePort: this.#options.count > 1,
       tls: this.#tls,
       row: row.buffer,
@@ -594,6 +610,7 @@ export class DataPlanes {
       case "ready":
         if (slot.state === "starting") slot.state = "running";
         slot.pulse = { writes: slot.row.writes, at: performance.now() }; // a slow start is no stall
+        slot.wsPort = message.wsPort ?? 0;
         slot.ready.resolve(message.port);
         break;
       case "failed":

@@ -70,7 +70,17 @@ export interface ProxyConfig {
   resume: ResumeMode;
   /** `--mux`: shared upstream connections per upstream; 0: one per client. */
   mux: number;
+  /** `--ws-listen`: where WebSocket clients connect; `null`: no WebSocket listener. */
+  wsListen: Address | null;
+  /** `--ws-origin`: origins allowed to open a WebSocket (normalized, `null`, `*`); empty: same host. */
+  wsOrigins: string[];
   halfCloseTimeoutMs: number;
+  /** `--accept-proxy`: the peers trusted to send a PROXY header, normalised; `""`: off. */
+  acceptProxy: string;
+  /** `--accept-proxy-timeout` in ms; 0: no limit. */
+  acceptProxyTimeoutMs: number;
+  /** `--send-proxy`: the PROXY header version sent upstream, or off. */
+  sendProxy: "off" | "v1" | "v2";
   reconnectRetries: number;
   maxFailovers: number;
   retainLimit: number;
@@ -133,6 +143,13 @@ export function parseProxyConfig(
       "--mux cannot be combined with --resume=renumber (shared connections carry the clients' own Seqs); use --resume",
     );
   }
+  if (parsed.sendProxy !== "off" && (parsed.mux > 0 || parsed.pool > 0)) {
+    throw new UsageError(
+      `--send-proxy cannot be combined with --${
+        parsed.mux > 0 ? "mux" : "pool"
+      }: a PROXY header names one client, and those upstream connections are shared by many (the spec forbids it)`,
+    );
+  }
   // Given (by flag, variable or file): a bind failure is then fatal, not a warning.
   parsed.httpExplicit = v.http !== undefined;
   parsed.healthExplicit = v.health !== undefined;
@@ -140,17 +157,22 @@ export function parseProxyConfig(
 }
 
 /**
- * Why the TLS flags of `config` cannot be used together (`--tls-cert` without `--tls-key`, or the
- * other way round), or `undefined`. Checked at start and at each reload rather than by
+ * Why the TLS flags of `config` cannot be used (`--tls-cert` without `--tls-key`, or the other way
+ * round; `--tls-cert` with `--accept-proxy`), or `undefined`. Checked at start and at each reload rather than by
  * {@linkcode parseProxyConfig}, which takes every flag on its own.
  */
 export function tlsFlagsProblem(
-  config: Pick<ProxyConfig, "tlsCert" | "tlsKey">,
+  config: Pick<ProxyConfig, "tlsCert" | "tlsKey" | "acceptProxy">,
 ): string | undefined {
-  if ((config.tlsCert === null) === (config.tlsKey === null)) return undefined;
-  return config.tlsCert === null
-    ? "--tls-key needs --tls-cert (the certificate chain it is the key of)"
-    : "--tls-cert needs --tls-key (its private key)";
+  if ((config.tlsCert === null) !== (config.tlsKey === null)) {
+    return config.tlsCert === null
+      ? "--tls-key needs --tls-cert (the certificate chain it is the key of)"
+      : "--tls-cert needs --tls-key (its private key)";
+  }
+  if (config.tlsCert !== null && config.acceptProxy.trim() !== "") {
+    return "--accept-proxy cannot be combined with --tls-cert: Deno has no server-side STARTTLS, so a PROXY header in front of a TLS ClientHello cannot be read (terminate TLS in front, or drop --accept-proxy)";
+  }
+  return undefined;
 }
 
 /** `--resume` alone means `--resume=verbatim` (parseArgs has no optional values). */

@@ -21,6 +21,8 @@ import { ENGINE_DEFAULTS, type ResumeMode } from "../proxy/engine_config.ts";
 import { PROXY_DEFAULTS, type ProxyOptions } from "../proxy/proxy.ts";
 import { POOL_DEFAULTS, type UpstreamPoolOptions } from "../proxy/upstream_pool.ts";
 import { POOL_IDLE_TIMEOUT_MS } from "../proxy/upstream_target.ts";
+import { CidrList } from "../net/cidr.ts";
+import { normalizeOrigin } from "../net/websocket_upgrade.ts";
 import { TLS_HANDSHAKE_TIMEOUT_MS } from "../proxy/tls_termination.ts";
 import type { ProxyConfig } from "./proxy_config.ts";
 
@@ -145,6 +147,14 @@ const appAddress = (raw: RawValue, s: SettingName): Address | null => {
   return parseAddressFlag(s.flag, text, { defaultHost: "127.0.0.1" });
 };
 const text = (raw: RawValue) => String(raw);
+/** A list of address ranges (`10.0.0.0/8,::1`), written back normalised; unset: `""`, none. */
+const cidrList = (raw: RawValue, s: SettingName) => {
+  try {
+    return CidrList.parse(typeof raw === "string" ? raw : "").toString();
+  } catch (error) {
+    throw new UsageError(`--${s.flag}: ${(error as Error).message}`);
+  }
+};
 const flagGiven = (raw: RawValue) => raw === true;
 
 function parseResumeMode(raw: RawValue): ResumeMode {
@@ -154,6 +164,20 @@ function parseResumeMode(raw: RawValue): ResumeMode {
   if (t === "verbatim" || t === "true" || t === "1" || t === "yes" || t === "on") return "verbatim";
   if (t === "renumber") return "renumber";
   throw new UsageError(`Invalid value "${text}" for --resume: expected verbatim, renumber or off`);
+}
+
+/** `--ws-origin`: a list of origins as browsers send them (`normalizeOrigin`), `null` or `*`. */
+function parseOrigins(raw: RawValue, s: SettingName): string[] {
+  const items = String(raw ?? "").split(",").map((o) => o.trim()).filter(Boolean);
+  return items.map((item) => {
+    const origin = normalizeOrigin(item);
+    if (origin === undefined) {
+      throw new UsageError(
+        `Invalid origin "${item}" for --${s.flag}: expected scheme://host[:port] (no path), null or *`,
+      );
+    }
+    return origin;
+  });
 }
 
 /** The most data-plane workers `--workers` takes. */
@@ -539,6 +563,66 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     parse: integer({ max: 2 ** 30 }),
     reload: "engine",
     option: "retainLimit",
+  }),
+  // The PROXY protocol (--accept-proxy, --send-proxy): one block.
+  setting({
+    flag: "accept-proxy",
+    field: "acceptProxy",
+    value: "CIDR[,CIDR…]",
+    multiple: true,
+    defaultText: "off",
+    help:
+      "peers (load balancers) whose connections must start with a PROXY header (v1 or v2), whose client is then the one logs and limits see; a header from others closes (reload: new connections)",
+    parse: cidrList,
+    reload: "engine",
+    option: "acceptProxy",
+  }),
+  setting({
+    flag: "accept-proxy-timeout",
+    field: "acceptProxyTimeoutMs",
+    default: durationText(PROXY_DEFAULTS.acceptProxyTimeoutMs),
+    value: "DUR",
+    help: "a listed peer that has not sent its whole PROXY header by then is closed (0 = no limit)",
+    parse: duration,
+    reload: "restart",
+    option: "acceptProxyTimeoutMs",
+  }),
+  setting({
+    flag: "send-proxy",
+    field: "sendProxy",
+    default: "off",
+    value: "off|v1|v2",
+    help:
+      "start each upstream connection with a PROXY header carrying the client's address (1:1 only: not with --mux or --pool, whose connections are shared); health checks send v1 UNKNOWN / v2 LOCAL",
+    parse: choice(["off", "v1", "v2"] as const),
+    reload: "restart",
+    option: "sendProxy",
+    poolOption: "sendProxy",
+  }),
+  // ---- WebSocket ingress ----
+  setting({
+    flag: "ws-listen",
+    field: "wsListen",
+    value: "ADDR",
+    defaultText: "off",
+    help:
+      "also accept WebSocket clients there (ws://; each message carries Foo bytes, replies come back as messages), served by the same engine, limits, stats and access log (restart to change)",
+    parse: (raw, s) =>
+      raw === undefined || String(raw).trim() === "" || String(raw).trim().toLowerCase() === "off"
+        ? null
+        : parseAddressFlag(s.flag, String(raw), { defaultHost: "0.0.0.0" }),
+    reload: "restart",
+  }),
+  setting({
+    flag: "ws-origin",
+    field: "wsOrigins",
+    value: "ORIGIN[,…]",
+    multiple: true,
+    defaultText: "same host",
+    help:
+      "browser pages (Origin: scheme://host[:port], null, or * for any) allowed to open a WebSocket; others get 403. Unset: only pages of the host and port the client connected to; clients that send no Origin (not a browser) are let in (restart to change)",
+    parse: parseOrigins,
+    reload: "restart",
   }),
   setting({
     flag: "tls-cert",

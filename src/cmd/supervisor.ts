@@ -474,6 +474,14 @@ class Supervisor {
         ? `${count} data-plane worker${count === 1 ? "" : "s"}`
         : "data plane on the main thread",
     });
+    if (config.wsListen !== null) {
+      this.#logger.info("WebSocket clients on ws://{listen}/ (origins: {origins})", {
+        listen: formatAddress({ hostname: config.wsListen.hostname, port: this.#planes!.wsPort }),
+        origins: config.wsOrigins.length > 0
+          ? config.wsOrigins.join(", ")
+          : "pages of this host and port, and clients that send no Origin",
+      });
+    }
   }
 
   /** The admin HTTP servers: stats from the merged view, counts into the supervisor's own. */

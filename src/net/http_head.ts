@@ -108,7 +108,7 @@ export function targetProblem(target: string): string | undefined {
 }
 
 /** Whether `head` is a refusal. */
-export function isRefusal(head: RequestHead | HeadRefusal): head is HeadRefusal {
+export function isRefusal<T extends object>(head: T | HeadRefusal): head is HeadRefusal {
   return "status" in head;
 }
 

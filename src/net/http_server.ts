@@ -17,7 +17,8 @@
 import type { Logger } from "@logtape/logtape";
 import { acceptLoop } from "./accept_loop.ts";
 import { hostAllowed } from "./host_allowed.ts";
-import { isRefusal, parseRequestHead } from "./http_head.ts";
+import { isRefusal } from "./http_head.ts";
+import { readRequestHead } from "./read_request_head.ts";
 import { hasNoContent, reasonPhrase } from "./http_status.ts";
 
 /** Options for {@linkcode HttpServer}. */
@@ -74,7 +75,6 @@ export class HttpServerCounters {
   acceptErrors = 0;
 }
 
-const CRLF_CRLF = [13, 10, 13, 10];
 /** A flood at the connection cap is worth one warning, not one per connection. */
 const FULL_WARNING_EVERY_MS = 60_000;
 /** A Host header: a name, an IPv4 or a bracketed IPv6 address, and an optional port. */
@@ -234,42 +234,13 @@ export class HttpServer implements AsyncDisposable {
       Math.max(1, (o.requestTimeoutMs ?? 10_000) - (performance.now() - started));
     deadline(o.headerTimeoutMs ?? 5000);
     try {
-      const maxHeader = o.maxHeaderBytes ?? 16384;
-      let buf = new Uint8Array(2048);
-      let length = 0;
-      let headEnd = -1;
-      while (headEnd < 0) {
-        if (length === buf.length) {
-          if (buf.length >= maxHeader) {
-            return await this.#refuse(conn, 431, "request headers too large");
-          }
-          const bigger = new Uint8Array(Math.min(maxHeader, buf.length * 2));
-          bigger.set(buf);
-          buf = bigger;
-        }
-        let n: number | null;
-        try {
-          n = await conn.read(buf.subarray(length));
-        } catch {
-          return; // reset, or closed by the deadline
-        }
-        if (n === null) return;
-        silent = false;
-        const from = Math.max(0, length - 3);
-        const fresh = length;
-        length += n;
-        headEnd = indexOfSeq(buf, CRLF_CRLF, from, length);
-        // A bare LF ends a line for some parsers and not for others: refused at once, not left to
-        // wait for a CRLF CRLF that will not come (RFC 9112 §2.2 allows either).
-        if (hasBareLf(buf, fresh, headEnd < 0 ? length : headEnd + 4)) {
-          return await this.#refuse(conn, 400, "bare LF in the request head: lines end with CRLF");
-        }
-      }
-      // One character per octet (RFC 9110 §5.5: obs-text is octets): decoded as UTF-8, a value
-      // past Latin-1 (an emoji, a lone 0xff) was no ByteString, Headers threw, and the request got
-      // no answer and an error line.
-      const parsed = parseRequestHead(octetsToString(buf.subarray(0, headEnd)));
-      if (isRefusal(parsed)) return await this.#refuse(conn, parsed.status, parsed.message);
+      const read = await readRequestHead(conn, {
+        maxBytes: o.maxHeaderBytes,
+        onFirstByte: () => silent = false,
+      });
+      if (read === null) return;
+      if (isRefusal(read)) return await this.#refuse(conn, read.status, read.message);
+      const parsed = read.head;
       const given = parsed.headers.get("host") ?? "";
       if (given !== "" && !HOST_HEADER.test(given)) {
         return await this.#refuse(conn, 400, "bad Host header");
@@ -294,7 +265,7 @@ export class HttpServer implements AsyncDisposable {
           return await this.#refuse(conn, 413, "request body too large");
         }
       }
-      const buffered = buf.subarray(headEnd + 4, length);
+      const buffered = read.rest;
       // GET and HEAD bodies mean nothing to the apps: answered without waiting for them.
       const needsBody = parsed.method !== "GET" && parsed.method !== "HEAD";
       let body: Uint8Array<ArrayBuffer> | undefined;
@@ -420,36 +391,6 @@ export class HttpServer implements AsyncDisposable {
       // The peer left.
     }
   }
-}
-
-function indexOfSeq(buf: Uint8Array, seq: number[], from: number, to: number): number {
-  for (
-    let i = buf.indexOf(seq[0], from);
-    i >= 0 && i + seq.length <= to;
-    i = buf.indexOf(seq[0], i + 1)
-  ) {
-    let k = 1;
-    while (k < seq.length && buf[i + k] === seq[k]) k++;
-    if (k === seq.length) return i;
-  }
-  return -1;
-}
-
-/** `bytes` as a string of one character per octet (ISO-8859-1; not WHATWG `latin1`, which is windows-1252). */
-function octetsToString(bytes: Uint8Array): string {
-  let text = "";
-  for (let at = 0; at < bytes.length; at += 8192) {
-    text += String.fromCharCode(...bytes.subarray(at, at + 8192));
-  }
-  return text;
-}
-
-/** Whether `buf[from, to)` holds an LF not preceded by CR. */
-function hasBareLf(buf: Uint8Array, from: number, to: number): boolean {
-  for (let i = buf.indexOf(10, from); i >= 0 && i < to; i = buf.indexOf(10, i + 1)) {
-    if (i === 0 || buf[i - 1] !== 13) return true;
-  }
-  return false;
 }
 
 /** Reads into `target` from `from` until it is full; false when the peer left first. */

@@ -35,6 +35,11 @@ export interface CheckOptions {
   timeoutMs?: number;
   /** Data of the probe REQ. @default {"foo-proxy-health-check"} */
   probeText?: string;
+  /**
+   * `foo` mode: bytes sent before the probe REQ (`--send-proxy`: a PROXY header that names no
+   * client, which an upstream expecting headers must accept). Unset: none.
+   */
+  preamble?: Uint8Array;
   /** Milliseconds now. @default {performance.now} */
   now?: () => number;
   /** Aborting ends the check at once (as a failure). */
@@ -77,9 +82,13 @@ export async function checkUpstream(
   const onAbort = () => closeQuietly(conn);
   options.signal?.addEventListener("abort", onAbort, { once: true });
   try {
-    const probe = new TextEncoder().encode(
+    const req = new TextEncoder().encode(
       `REQ 1 ${options.probeText ?? "foo-proxy-health-check"}\n`,
     );
+    const preamble = options.preamble ?? new Uint8Array(0);
+    const probe = new Uint8Array(preamble.length + req.length);
+    probe.set(preamble);
+    probe.set(req, preamble.length);
     for (let off = 0; off < probe.length;) off += await conn.write(probe.subarray(off));
     const buf = new Uint8Array(512);
     let length = 0;

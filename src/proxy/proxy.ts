@@ -22,6 +22,16 @@ import {
 import { FirstBytesReader, type HeldBytes } from "./first_bytes_reader.ts";
 import { UpstreamError } from "./upstream.ts";
 import { SingleUpstream, type TargetConnection, type UpstreamTarget } from "./upstream_target.ts";
+import { CidrList } from "../net/cidr.ts";
+import {
+  LogLimiter,
+  ProxiedConn,
+  type ProxyHeaderFailure,
+  readProxyHeader,
+  sendProxyHeader,
+  SendProxyTarget,
+} from "./proxy_header_step.ts";
+import { WebSocketListener, type WebSocketListenerOptions } from "./websocket_listener.ts";
 import { canReusePort, listenTls, TlsHandshakes, type TlsKeyPair } from "./tls_termination.ts";
 
 /**
@@ -110,6 +120,25 @@ export interface ProxyOptions extends Omit<EngineOptions, "resume"> {
    */
   mux?: number;
   /**
+   * `--accept-proxy`: peers (a list, or its text) whose connections must start with a PROXY
+   * header (v1 or v2), read before anything else; the client it names is then the connection's
+   * address everywhere. A header from any other peer closes its connection. Unset or empty: no
+   * header is read or looked for. Changed by {@linkcode Proxy.setAcceptProxy}.
+   */
+  acceptProxy?: CidrList | string;
+  /** `--accept-proxy-timeout`: ms a listed peer has to send its whole header; 0: no limit. @default {3000} */
+  acceptProxyTimeoutMs?: number;
+  /**
+   * `--send-proxy`: start each upstream connection with a PROXY header of this version carrying
+   * the client's address (1:1 connections only: refused with `mux` or `pool`). @default {"off"}
+   */
+  sendProxy?: "off" | "v1" | "v2";
+  /**
+   * Also accept WebSocket clients there (`--ws-listen`; see `websocket_listener.ts`), bound with
+   * `reusePort` like `listen`: served by {@linkcode Proxy.serve}. Unset: none.
+   */
+  webSocket?: Omit<WebSocketListenerOptions, "serve" | "stats" | "logger" | "reusePort">;
+  /**
    * Terminate TLS on the listener with this key pair (`--tls-cert`, `--tls-key`): each client's
    * handshake completes, within `tlsHandshakeTimeoutMs`, after it is admitted and before its
    * upstream is dialed. {@linkcode Proxy.setTls} changes it. Unset: plain TCP.
@@ -132,7 +161,14 @@ export const PROXY_DEFAULTS = Object.freeze({
   drainDelayMs: 0,
   drainTimeoutMs: 30_000,
   maxConnections: 10_000,
+  acceptProxyTimeoutMs: 3000,
 });
+
+/**
+ * The {@linkcode ProxyOptions} that are not engine settings but that, like them, a reload gives
+ * to connections accepted from then on ({@linkcode Proxy.updateEngine} takes them too).
+ */
+export const CONNECTION_SETTINGS = ["acceptProxy"] as const;
 
 /** Options for {@linkcode Proxy.shutdown}. */
 export interface ShutdownOptions {
@@ -167,6 +203,8 @@ interface Connection {
   dialing: boolean;
   /** Settles when the connection has ended. */
   task: Promise<unknown>;
+  /** `--accept-proxy`: the downstream as the PROXY header step wrapped it (its close reason). */
+  proxied: ProxiedConn | undefined;
 }
 
 /** What dialing the upstream gave: the connection and the downstream bytes held meanwhile. */
@@ -186,6 +224,7 @@ export class Proxy implements AsyncDisposable {
   #options: ProxyOptions;
   #logger: Logger;
   #listener: Deno.Listener | undefined;
+  #webSocket: WebSocketListener | undefined;
   /** The TLS handshake step (`tls` set); undefined: plain TCP. */
   #handshakes: TlsHandshakes | undefined;
   // A set of plain records rather than a map keyed by task promises: no `.catch`/`.finally`
@@ -204,6 +243,13 @@ export class Proxy implements AsyncDisposable {
   #finished = Promise.withResolvers<void>();
   /** Settles once the idle pooled connections closed at stopAccepting have ended. */
   #idleClosed: Promise<void> | undefined;
+  /** `--accept-proxy`; undefined: off. */
+  #acceptProxy: CidrList | undefined;
+  #proxyHeaderLog = new LogLimiter();
+  /** `--send-proxy`'s version; 0: off. */
+  #sendProxy: 0 | 1 | 2;
+  /** Settles once the WebSocket listener and its handshakes have ended. */
+  #webSocketClosed: Promise<void> | undefined;
 
   /** Creates a proxy; nothing is opened until {@linkcode Proxy.start}. */
   constructor(options: ProxyOptions) {
@@ -244,6 +290,13 @@ export class Proxy implements AsyncDisposable {
         ended: (owner, reason) => this.#muxEnded(owner, reason),
       });
     }
+    this.setAcceptProxy(options.acceptProxy);
+    this.#sendProxy = options.sendProxy === "v1" ? 1 : options.sendProxy === "v2" ? 2 : 0;
+    if (this.#sendProxy > 0 && (mux > 0 || (options.pool ?? 0) > 0)) {
+      throw new RangeError(
+        "--send-proxy needs a connection per client: --mux and --pool share upstream connections among clients",
+      );
+    }
     this.#accessLog = options.accessLog;
     if (options.tls !== undefined) {
       this.#handshakes = new TlsHandshakes({
@@ -265,6 +318,11 @@ export class Proxy implements AsyncDisposable {
   get addr(): Deno.NetAddr {
     if (!this.#listener) throw new Error("Proxy is not started");
     return this.#listener.addr as Deno.NetAddr;
+  }
+
+  /** The bound WebSocket listen address (after start), or undefined without `webSocket`. */
+  get webSocketAddr(): Deno.NetAddr | undefined {
+    return this.#webSocket?.addr;
   }
 
   /** Whether the listener is bound and the proxy is not closing. */
@@ -291,6 +349,21 @@ export class Proxy implements AsyncDisposable {
       ? Deno.listen({ hostname: listen.hostname, port: listen.port, reusePort: true })
       : Deno.listen({ hostname: listen.hostname, port: listen.port });
     this.#accepting = this.#acceptLoop(this.#listener);
+    if (this.#options.webSocket !== undefined) {
+      this.#webSocket = new WebSocketListener({
+        ...this.#options.webSocket,
+        reusePort: this.#options.reusePort,
+        serve: (conn) => this.serve(conn),
+        stats: this.stats,
+        logger: this.#logger,
+      });
+      try {
+        this.#webSocket.start();
+      } catch (error) {
+        this.#listener.close();
+        throw error;
+      }
+    }
     if (this.#options.announce === false) return Promise.resolve(this.addr);
     const everywhere = this.addr.hostname === "0.0.0.0" || this.addr.hostname === "::";
     this.#logger.info("Listening on {listen}{scope}, forwarding to {forward}", {
@@ -312,6 +385,7 @@ export class Proxy implements AsyncDisposable {
     } catch {
       // Already closed.
     }
+    this.#webSocketClosed = this.#webSocket?.close();
   }
 
   /** Stops accepting, closes every connection, and resolves when all have ended. */
@@ -321,6 +395,7 @@ export class Proxy implements AsyncDisposable {
     this.#closeAll.abort();
     for (const connection of this.#connections) stop(connection);
     await this.#accepting;
+    await this.#webSocketClosed;
     await this.drained();
     this.#mux?.close();
     await this.#idleClosed;
@@ -400,8 +475,23 @@ export class Proxy implements AsyncDisposable {
    * Changes engine settings for connections accepted from now on (a reload); open connections
    * keep what they started with.
    */
-  updateEngine(changes: Omit<EngineOptions, "resume" | "timers" | "random">): void {
-    this.#engine = resolveEngineConfig({ ...this.#engine, ...changes });
+  updateEngine(
+    changes: Omit<EngineOptions, "resume" | "timers" | "random"> & { acceptProxy?: string },
+  ): void {
+    // `--accept-proxy` reloads with the engine rows (new connections get it), but is not one.
+    const { acceptProxy, ...engine } = changes;
+    if (acceptProxy !== undefined) this.setAcceptProxy(acceptProxy);
+    this.#engine = resolveEngineConfig({ ...this.#engine, ...engine });
+  }
+
+  /**
+   * Changes `--accept-proxy` (a reload): connections accepted from now on use the new list.
+   *
+   * @throws {RangeError} for an invalid list text.
+   */
+  setAcceptProxy(list: CidrList | string | undefined): void {
+    const parsed = typeof list === "string" ? CidrList.parse(list) : list;
+    this.#acceptProxy = parsed === undefined || parsed.empty ? undefined : parsed;
   }
 
   /**
@@ -419,7 +509,7 @@ export class Proxy implements AsyncDisposable {
     if (old === undefined || this.#closing) throw new Error("This proxy is not accepting");
     const address = { hostname: this.#options.listen.hostname, port: this.addr.port };
     if (canReusePort()) {
-      this.#serve(listenTls(address, pair));
+      this.#acceptFrom(listenTls(address, pair));
       // Linux resets the connections still in the old listener's accept queue when it closes
       // (the accept loop keeps it empty; net.ipv4.tcp_migrate_req=1 moves them to the new one).
       old.close();
@@ -430,9 +520,9 @@ export class Proxy implements AsyncDisposable {
       old.close();
       const current = this.#options.tls!;
       try {
-        this.#serve(await listenWhenFree(() => listenTls(address, pair)));
+        this.#acceptFrom(await listenWhenFree(() => listenTls(address, pair)));
       } catch (error) {
-        this.#serve(await listenWhenFree(() => listenTls(address, current)));
+        this.#acceptFrom(await listenWhenFree(() => listenTls(address, current)));
         throw error;
       }
     }
@@ -441,7 +531,7 @@ export class Proxy implements AsyncDisposable {
   }
 
   /** Accepts from `listener` from now on (besides any loop still ending on a retired one). */
-  #serve(listener: Deno.Listener): void {
+  #acceptFrom(listener: Deno.Listener): void {
     this.#listener = listener;
     const accepting = this.#accepting;
     const loop = this.#acceptLoop(listener);
@@ -470,19 +560,7 @@ export class Proxy implements AsyncDisposable {
   }
 
   #acceptLoop(listener: Deno.Listener): Promise<void> {
-    return acceptLoop(listener, (conn) => {
-      if (this.#mux !== undefined) return this.#acceptMux(this.#mux, conn);
-      const connection: Connection = {
-        controller: new AbortController(),
-        client: undefined,
-        state: new BridgeState(),
-        dialing: false,
-        task: DONE,
-      };
-      // Added first: #handle removes it when it ends, possibly before returning its promise.
-      this.#connections.add(connection);
-      connection.task = this.#handle(conn, connection);
-    }, {
+    return acceptLoop(listener, (conn) => this.#accept(conn), {
       // A listener retired by setTls is closed on purpose too.
       closed: () => this.#closing || this.#listener !== listener,
       label: formatAddress(this.#options.listen),
@@ -493,9 +571,141 @@ export class Proxy implements AsyncDisposable {
     });
   }
 
+  /**
+   * Serves a downstream connection that did not come from this proxy's listener (a WebSocket
+   * client, see `websocket_listener.ts`) exactly as an accepted one: admission and
+   * `--max-connections`, the connection mode, dial, bridge, stats, access log and close reasons.
+   * Once the proxy stops accepting, `conn` is closed at once.
+   */
+  serve(conn: Deno.Conn): void {
+    if (this.#closing) {
+      try {
+        conn.close();
+      } catch {
+        // Already closed.
+      }
+      return;
+    }
+    // Not through step 1: a PROXY header comes before a WebSocket's HTTP request, not in it.
+    this.#serve(conn, formatAddress(conn.remoteAddr as Deno.NetAddr));
+  }
+
+  /** Step 1 (`--accept-proxy`) if it is on, then the rest: every accepted connection. */
+  #accept(conn: Deno.Conn): void {
+    const peer = formatAddress(conn.remoteAddr as Deno.NetAddr);
+    if (this.#acceptProxy !== undefined) return this.#readProxyHeader(conn, peer);
+    this.#serve(conn, peer);
+  }
+
+  /** Steps 2 to 4 of a connection whose client is `peer` (the real one, after step 1). */
+  #serve(conn: Deno.Conn, peer: string, pending?: Connection): void {
+    if (this.#mux !== undefined) {
+      if (pending !== undefined) this.#connections.delete(pending);
+      return this.#acceptMux(this.#mux, conn, peer);
+    }
+    const proxied = conn instanceof ProxiedConn ? conn : undefined;
+    // Every field in the literal: one shape for every connection record.
+    const connection: Connection = pending ?? {
+      controller: new AbortController(),
+      client: undefined,
+      state: new BridgeState(),
+      dialing: false,
+      task: DONE,
+      proxied,
+    };
+    connection.proxied = proxied;
+    // Added first: #handle removes it when it ends, possibly before returning its promise.
+    this.#connections.add(connection);
+    connection.task = this.#handle(conn, connection, peer);
+  }
+
+  /**
+   * Step 1, `--accept-proxy`: a listed peer's connection is served once its PROXY header is read
+   * (with the client it names as `peer`); any other's at once, its first bytes watched for a
+   * header it may not send.
+   */
+  #readProxyHeader(conn: Deno.Conn, transport: string): void {
+    if (!this.#acceptProxy!.has((conn.remoteAddr as Deno.NetAddr).hostname)) {
+      const watched = new ProxiedConn(conn, {
+        onHeader: () =>
+          this.#proxyHeaderFailed(
+            "untrusted",
+            transport,
+            "a PROXY header from a peer not in --accept-proxy",
+          ),
+      });
+      return this.#serve(watched, transport);
+    }
+    const connection: Connection = {
+      controller: new AbortController(),
+      client: undefined,
+      state: new BridgeState(),
+      dialing: false,
+      task: DONE,
+      proxied: undefined,
+    };
+    this.#connections.add(connection);
+    if (this.#closeAll.signal.aborted) connection.controller!.abort();
+    connection.task = readProxyHeader(conn, {
+      timeoutMs: this.#options.acceptProxyTimeoutMs ?? PROXY_DEFAULTS.acceptProxyTimeoutMs,
+      signal: connection.controller!.signal,
+    }).then((result) => {
+      if (!result.ok) {
+        this.#connections.delete(connection);
+        this.stats.connectionsTotal++;
+        const reason: CloseReason = result.kind === "closed"
+          ? "client_closed"
+          : result.kind === "aborted"
+          ? "shutdown"
+          : "proxy_header";
+        this.stats.recordClose(reason);
+        this.#logRefused(transport, reason);
+        if (reason === "proxy_header") {
+          this.#proxyHeaderFailed(result.kind as ProxyHeaderFailure, transport, result.reason);
+        }
+        return;
+      }
+      this.stats.proxyHeaders++;
+      const { source, destination } = result.header;
+      const downstream = source === undefined && result.held.length === 0
+        ? conn
+        : new ProxiedConn(conn, {
+          remoteAddr: source && { transport: "tcp", ...source },
+          localAddr: destination && { transport: "tcp", ...destination },
+          held: result.held,
+        });
+      const peer = source === undefined ? transport : formatAddress(source);
+      this.#logger.debug("PROXY header from {transport}: client {downstream}", {
+        transport,
+        downstream: peer,
+      });
+      this.#serve(downstream, peer, connection);
+    }).catch((error) => {
+      this.#connections.delete(connection);
+      this.#logger.error("Unexpected error in a connection: {error}", { error: String(error) });
+    });
+  }
+
+  /** Counts and logs (at most a line a second per kind) a connection closed at step 1. */
+  #proxyHeaderFailed(kind: ProxyHeaderFailure, transport: string, reason: string): void {
+    this.stats[PROXY_HEADER_COUNTERS[kind]]++;
+    const skipped = this.#proxyHeaderLog.take(kind, Date.now());
+    if (skipped === undefined) return;
+    this.#logger.warning("Closed {downstream}: {reason} (PROXY header {kind}){skipped}", {
+      downstream: transport,
+      reason,
+      kind,
+      skipped: skipped > 0 ? `; ${skipped} more like it in the last second not logged` : "",
+    });
+  }
+
   // The access-log callback of one connection: field by field, one object per line, not a rest
   // copy and a spread.
-  #recordEnd(acceptedAtMs: number, peer: string): (s: ConnectionSummary) => void {
+  #recordEnd(
+    acceptedAtMs: number,
+    peer: string,
+    proxied: ProxiedConn | undefined,
+  ): (s: ConnectionSummary) => void {
     return (s) =>
       this.#accessLog?.({
         startedAtMs: acceptedAtMs,
@@ -511,7 +721,7 @@ export class Proxy implements AsyncDisposable {
         latencyP50Ms: s.latencyP50Ms,
         latencyMaxMs: s.latencyMaxMs,
         failovers: s.failovers,
-        reason: s.reason,
+        reason: closeReason(proxied, s.reason),
       });
   }
 
@@ -536,13 +746,12 @@ export class Proxy implements AsyncDisposable {
   }
 
   /**
-   * Counts a new downstream in, or refuses it at `--max-connections` (closing it): returns its
-   * peer address text when admitted. Undo with {@linkcode #release}.
+   * Counts a new downstream from client `peer` in, or refuses it at `--max-connections` (closing
+   * it): returns `peer` when admitted. Undo with {@linkcode #release}.
    */
-  #admit(downstream: Deno.Conn): string | undefined {
+  #admit(downstream: Deno.Conn, peer: string): string | undefined {
     const stats = this.stats;
     stats.connectionsTotal++;
-    const peer = formatAddress(downstream.remoteAddr as Deno.NetAddr);
     const gate = this.#options.connectionGate;
     const maxConnections = gate
       ? Atomics.load(gate, 1)
@@ -588,8 +797,8 @@ export class Proxy implements AsyncDisposable {
    * A `--mux` client: no frame of this proxy's waits for it (an idle client keeps only its own);
    * the hub's `ended` hook counts it out.
    */
-  #acceptMux(hub: MuxHub, downstream: Deno.Conn): void {
-    const peer = this.#admit(downstream);
+  #acceptMux(hub: MuxHub, downstream: Deno.Conn, source: string): void {
+    const peer = this.#admit(downstream, source);
     if (peer === undefined) return;
     const connection: Connection = {
       controller: undefined,
@@ -597,9 +806,10 @@ export class Proxy implements AsyncDisposable {
       state: new BridgeState(),
       dialing: false,
       task: DONE,
+      proxied: downstream instanceof ProxiedConn ? downstream : undefined,
     };
     this.#connections.add(connection);
-    if (this.#handshakes !== undefined) {
+    if (this.#handshakes !== undefined && isTls(downstream)) {
       // Only a TLS client waits here: the plain path stays synchronous.
       connection.controller = new AbortController();
       if (this.#closeAll.signal.aborted) connection.controller.abort();
@@ -639,7 +849,9 @@ export class Proxy implements AsyncDisposable {
       label: peer,
       state: connection.state,
       owner: connection,
-      onEnd: accessLog === undefined ? undefined : this.#recordEnd(Date.now(), peer),
+      onEnd: accessLog === undefined
+        ? undefined
+        : this.#recordEnd(Date.now(), peer, connection.proxied),
     });
     connection.client = client;
     if (this.#closeAll.signal.aborted) client.stop();
@@ -647,8 +859,8 @@ export class Proxy implements AsyncDisposable {
   }
 
   /**
-   * The TLS handshake of an admitted client (with `tls`): resolves with `undefined` once done, or
-   * with why the client was closed (counted, logged, access-logged).
+   * Step 3, the TLS handshake of an admitted client (with `tls`): resolves with `undefined` once
+   * done, or with why the client was closed (counted, logged, access-logged).
    */
   async #handshake(
     downstream: Deno.Conn,
@@ -664,21 +876,26 @@ export class Proxy implements AsyncDisposable {
   #muxEnded(owner: unknown, reason: CloseReason): void {
     const connection = owner as Connection;
     if (!this.#connections.delete(connection)) return;
-    this.#release(reason);
+    this.#release(closeReason(connection.proxied, reason));
   }
 
   // Serves one connection and removes it from #connections when done; never rejects.
-  async #handle(downstream: Deno.Conn, connection: Connection): Promise<void> {
+  async #handle(downstream: Deno.Conn, connection: Connection, source: string): Promise<void> {
     try {
-      const peer = this.#admit(downstream);
+      const peer = this.#admit(downstream, source);
       if (peer === undefined) return;
+      const proxied = connection.proxied;
+      // `--send-proxy`: every upstream connection of this client starts with its header.
+      const target = this.#sendProxy === 0
+        ? this.#target
+        : new SendProxyTarget(this.#target, sendProxyHeader(this.#sendProxy, downstream));
       const acceptedAtMs = this.#accessLog === undefined ? 0 : Date.now();
       const forward = this.#forwardText;
       let reason: CloseReason = "client_closed";
       const controller = connection.controller!;
       if (this.#closeAll.signal.aborted) controller.abort();
       try {
-        if (this.#handshakes !== undefined) {
+        if (this.#handshakes !== undefined && isTls(downstream)) {
           const cut = await this.#handshake(downstream, peer, controller.signal);
           if (cut !== undefined) {
             reason = cut;
@@ -688,10 +905,10 @@ export class Proxy implements AsyncDisposable {
         // Dialing lives in its own function so that what only the dial needs (the first-bytes
         // reader, its abort plumbing, the retry callback) is not kept alive by this frame while
         // the connection is bridged.
-        const dialed = await this.#dial(downstream, connection, peer);
+        const dialed = await this.#dial(downstream, connection, peer, target);
         if (typeof dialed === "string") {
-          reason = dialed;
-          this.#logRefused(peer, dialed);
+          reason = closeReason(proxied, dialed);
+          this.#logRefused(peer, reason);
           return;
         }
         this.#logger.debug("Bridging {downstream} -> {upstream}", {
@@ -701,14 +918,16 @@ export class Proxy implements AsyncDisposable {
         reason = await bridge(downstream, dialed.upstream, {
           stats: this.stats,
           config: this.#engine,
-          target: this.#target,
+          target,
           logger: this.#logger,
           signal: controller.signal,
           label: `${peer} -> ${dialed.name}`,
           held: dialed.held,
           state: connection.state,
           lease: dialed.lease,
-          onEnd: this.#accessLog === undefined ? undefined : this.#recordEnd(acceptedAtMs, peer),
+          onEnd: this.#accessLog === undefined
+            ? undefined
+            : this.#recordEnd(acceptedAtMs, peer, proxied),
         });
         this.#logger.debug("Closed {downstream} -> {upstream}: {reason}", {
           downstream: peer,
@@ -716,7 +935,7 @@ export class Proxy implements AsyncDisposable {
           reason,
         });
       } finally {
-        this.#release(reason);
+        this.#release(closeReason(proxied, reason));
       }
     } catch (error) {
       this.#logger.error("Unexpected error in a connection: {error}", { error: String(error) });
@@ -733,6 +952,7 @@ export class Proxy implements AsyncDisposable {
     downstream: Deno.Conn,
     connection: Connection,
     peer: string,
+    target: UpstreamTarget,
   ): Promise<Dialed | CloseReason> {
     const stats = this.stats;
     const closing = connection.controller!.signal;
@@ -754,7 +974,7 @@ export class Proxy implements AsyncDisposable {
     });
     connection.dialing = true;
     try {
-      const dialed = await this.#target.dial({
+      const dialed = await target.dial({
         retries: this.#options.connectRetries ?? PROXY_DEFAULTS.connectRetries,
         backoffMs: this.#options.connectBackoffMs,
         signal: stop.signal,
@@ -798,6 +1018,11 @@ export class Proxy implements AsyncDisposable {
 
 const DONE: Promise<unknown> = Promise.resolve();
 
+/** Whether `conn` came from a TLS listener (a WebSocket client served beside it did not). */
+function isTls(conn: Deno.Conn): boolean {
+  return typeof (conn as Partial<Deno.TlsConn>).handshake === "function";
+}
+
 /** `listen()`, tried again for a few ms while the port is still held by a listener just closed. */
 async function listenWhenFree<L>(listen: () => L): Promise<L> {
   for (let attempt = 0;; attempt++) {
@@ -808,6 +1033,21 @@ async function listenWhenFree<L>(listen: () => L): Promise<L> {
       await new Promise((resolve) => setTimeout(resolve, 1));
     }
   }
+}
+
+/** The counter of each way a connection is closed at the PROXY header step. */
+const PROXY_HEADER_COUNTERS = {
+  missing: "proxyHeaderMissing",
+  malformed: "proxyHeaderMalformed",
+  oversized: "proxyHeaderOversized",
+  untrusted: "proxyHeaderUntrusted",
+  timeout: "proxyHeaderTimeout",
+  truncated: "proxyHeaderTruncated",
+} as const satisfies Record<ProxyHeaderFailure, keyof Stats>;
+
+/** The reason a connection ended: `proxy_header` when it was closed for a header it may not send. */
+function closeReason(proxied: ProxiedConn | undefined, reason: CloseReason): CloseReason {
+  return proxied?.refused ? "proxy_header" : reason;
 }
 
 /** Ends a connection (reason `shutdown`). */

@@ -35,6 +35,7 @@ import type { UpstreamStats } from "../stats/stats.ts";
 import { backoffDelay } from "./dial_with_retry.ts";
 import { systemTimers, type Timers } from "../async/timers.ts";
 import { type CheckResult, checkUpstream, type HealthMode } from "./health_check.ts";
+import { checkPreamble } from "./proxy_header_step.ts";
 import { dialUpstream, isLocalError, UpstreamError } from "./upstream.ts";
 import {
   idleConnectionsFor,
@@ -83,6 +84,11 @@ export interface UpstreamPoolOptions extends IdlePoolOptions {
   checkTimeoutMs?: number;
   /** @default {"foo"} */
   mode?: HealthMode;
+  /**
+   * `--send-proxy`: `foo` checks start with a PROXY header that names no client (v1 `UNKNOWN`,
+   * v2 `LOCAL`), as the upstream expects one on every connection. @default {"off"}
+   */
+  sendProxy?: "off" | "v1" | "v2";
   /** Good checks in a row that bring a down upstream up. @default {2} */
   rise?: number;
   /** Bad checks in a row that take an up upstream down. @default {3} */
@@ -885,6 +891,7 @@ export class UpstreamPool implements UpstreamTarget, AsyncDisposable {
     while (current()) {
       const result = await checkUpstream(member.spec.address, {
         mode: this.#options.mode ?? POOL_DEFAULTS.mode,
+        preamble: checkPreamble(this.#options.sendProxy),
         timeoutMs: this.#options.checkTimeoutMs ?? POOL_DEFAULTS.checkTimeoutMs,
         now: this.#now,
         signal,

@@ -30,6 +30,7 @@ export const CLOSE_REASONS = [
   "shutdown",
   "idle_timeout",
   "max_connections",
+  "proxy_header",
   "tls_handshake",
 ] as const;
 
@@ -399,6 +400,39 @@ export const COUNTER_SCHEMA: readonly SchemaEntry[] = [
     summed: true,
     metric: { family: "foo_proxy_connections_closed_total" },
   },
+  // --accept-proxy / --send-proxy: one block.
+  field(
+    "proxy_headers",
+    "proxyHeaders",
+    "--accept-proxy: PROXY headers read from listed peers (the client they name is the connection's address).",
+    { family: "foo_proxy_proxy_headers_total" },
+  ),
+  proxyHeaderError(
+    "missing",
+    "proxyHeaderMissing",
+    "Connections from a listed peer that did not start with a PROXY header.",
+  ),
+  proxyHeaderError("malformed", "proxyHeaderMalformed", "PROXY headers that broke the spec."),
+  proxyHeaderError(
+    "oversized",
+    "proxyHeaderOversized",
+    "PROXY headers over the bounds (v1 107 bytes, v2 4 KiB).",
+  ),
+  proxyHeaderError(
+    "untrusted",
+    "proxyHeaderUntrusted",
+    "PROXY headers from peers not in --accept-proxy.",
+  ),
+  proxyHeaderError(
+    "timeout",
+    "proxyHeaderTimeout",
+    "Listed peers whose header did not come within --accept-proxy-timeout.",
+  ),
+  proxyHeaderError(
+    "truncated",
+    "proxyHeaderTruncated",
+    "Connections that ended in the middle of their PROXY header.",
+  ),
   field(
     "upstream_connect_retries",
     "upstreamConnectRetries",
@@ -583,6 +617,45 @@ export const COUNTER_SCHEMA: readonly SchemaEntry[] = [
     "Dashboard event-stream clients (GET /events) refused because the cap on streams was reached.",
     { family: "foo_proxy_sse_clients_refused_total" },
   ),
+  // ---- WebSocket ingress (--ws-listen) ----
+  field(
+    "ws_connections",
+    "wsConnections",
+    "WebSocket clients upgraded (--ws-listen) and handed to the engine like TCP clients.",
+    { family: "foo_proxy_ws_connections_total" },
+  ),
+  wsRejected("origin", "wsRejectedOrigin", "an Origin not allowed (403, --ws-origin)"),
+  wsRejected("not_websocket", "wsRejectedNotWebsocket", "not an upgrade request (426)"),
+  wsRejected(
+    "bad_request",
+    "wsRejectedBadRequest",
+    "a malformed or too large request, a bad key or version (400, 426, 431)",
+  ),
+  wsRejected("timeout", "wsRejectedTimeout", "no whole request within the handshake deadline"),
+  wsRejected("busy", "wsRejectedBusy", "closed in its handshake to make room (handshake cap)"),
+  wsRejected("tls", "wsRejectedTls", "a failed TLS handshake (wss)"),
+  {
+    ...field("ws_messages_in", "wsMessagesIn", "WebSocket data messages received from clients."),
+    metric: {
+      family: "foo_proxy_ws_messages_total",
+      labels: { direction: "in" },
+      help: "WebSocket data messages, by direction.",
+    },
+  },
+  {
+    ...field(
+      "ws_messages_out",
+      "wsMessagesOut",
+      "WebSocket data messages sent to clients (one per chunk of replies).",
+    ),
+    metric: { family: "foo_proxy_ws_messages_total", labels: { direction: "out" } },
+  },
+  field(
+    "ws_protocol_errors",
+    "wsProtocolErrors",
+    "WebSocket clients closed for breaking the protocol (1002: unmasked frame, bad opcode or fragmentation; 1007: invalid UTF-8 in a text message).",
+    { family: "foo_proxy_ws_protocol_errors_total" },
+  ),
   field(
     "worker_restarts",
     "workerRestarts",
@@ -740,6 +813,24 @@ function window(
   };
 }
 
+/** A `ws_rejected_<reason>` counter: one series of `foo_proxy_ws_rejected_total`. */
+function wsRejected(reason: string, store: NumericField<Stats>, what: string): StoredSpec {
+  return {
+    ...field(
+      `ws_rejected_${reason}`,
+      store,
+      `WebSocket connections refused before the upgrade: ${what}.`,
+    ),
+    metric: {
+      family: "foo_proxy_ws_rejected_total",
+      labels: { reason },
+      help: reason === "origin"
+        ? "WebSocket connections refused before the upgrade, by reason."
+        : undefined,
+    },
+  };
+}
+
 function invalid(kind: "type" | "seq" | "direction" | "truncated", help: string): StoredSpec {
   return {
     name: kind,
@@ -751,6 +842,31 @@ function invalid(kind: "type" | "seq" | "direction" | "truncated", help: string)
     recovered: "required",
     summed: true,
     metric: { family: "foo_proxy_invalid_messages_total", labels: { kind } },
+  };
+}
+
+function proxyHeaderError(
+  kind: "missing" | "malformed" | "oversized" | "untrusted" | "timeout" | "truncated",
+  store: NumericField<Stats>,
+  help: string,
+): StoredSpec {
+  // Flat names: a group member's slot is named without its group, and other groups use these
+  // kinds (`truncated`) already.
+  return {
+    name: `proxy_header_${kind}`,
+    section: "snapshot",
+    kind: "counter",
+    help,
+    store: { field: store },
+    recovered: false,
+    summed: true,
+    metric: {
+      family: "foo_proxy_proxy_header_errors_total",
+      labels: { kind },
+      help: kind === "missing"
+        ? "--accept-proxy: connections closed at the PROXY header step, by kind."
+        : undefined,
+    },
   };
 }
 

@@ -67,6 +67,20 @@ export interface StatsSnapshot {
   msg_invalid_by_kind: { type: number; seq: number; direction: number; truncated: number };
   /** Closed connections by reason. */
   connections_closed: Partial<Record<CloseReason, number>>;
+  /** `--accept-proxy`: PROXY headers read from listed peers. */
+  proxy_headers: number;
+  /** `--accept-proxy`: connections from a listed peer that did not start with a header. */
+  proxy_header_missing: number;
+  /** `--accept-proxy`: headers that broke the spec. */
+  proxy_header_malformed: number;
+  /** `--accept-proxy`: headers over the bounds (v1 107 bytes, v2 4 KiB). */
+  proxy_header_oversized: number;
+  /** `--accept-proxy`: headers from peers not in the list. */
+  proxy_header_untrusted: number;
+  /** `--accept-proxy`: listed peers whose header did not come within the timeout. */
+  proxy_header_timeout: number;
+  /** `--accept-proxy`: connections that ended mid-header. */
+  proxy_header_truncated: number;
   /** Upstream connect attempts that failed and were retried (`--connect-retries`). */
   upstream_connect_retries: number;
   /** Times a downstream was not read because it had `--max-inflight` REQs unanswered. */
@@ -126,6 +140,26 @@ export interface StatsSnapshot {
   admin_misdirected_requests: number;
   /** `GET /events` (dashboard) clients refused because the cap on event streams was reached. */
   sse_clients_refused: number;
+  /** WebSocket clients upgraded (`--ws-listen`) and served like TCP clients. */
+  ws_connections: number;
+  /** WebSocket connections refused for their `Origin` (403, `--ws-origin`). */
+  ws_rejected_origin: number;
+  /** Requests to the WebSocket port that were no upgrade (426). */
+  ws_rejected_not_websocket: number;
+  /** Upgrade requests refused as malformed or too large, or with a bad key or version. */
+  ws_rejected_bad_request: number;
+  /** WebSocket connections whose handshake did not complete in time. */
+  ws_rejected_timeout: number;
+  /** WebSocket connections closed in their handshake to make room (handshake cap). */
+  ws_rejected_busy: number;
+  /** wss connections whose TLS handshake failed. */
+  ws_rejected_tls: number;
+  /** WebSocket data messages received. */
+  ws_messages_in: number;
+  /** WebSocket data messages sent. */
+  ws_messages_out: number;
+  /** WebSocket clients closed for breaking the protocol (1002, 1007). */
+  ws_protocol_errors: number;
   /** Data-plane workers that died and were replaced. */
   worker_restarts: number;
   /** Per data-plane worker: its connections and replies per second (the balance across cores). */
@@ -213,6 +247,20 @@ export class Stats {
   upstreamPoolExpired = 0;
   bytesDownstream = 0;
   bytesUpstream = 0;
+  /** `--accept-proxy`: PROXY headers read. */
+  proxyHeaders = 0;
+  /** `--accept-proxy`: connections from a listed peer without a header. */
+  proxyHeaderMissing = 0;
+  /** `--accept-proxy`: headers that broke the spec. */
+  proxyHeaderMalformed = 0;
+  /** `--accept-proxy`: headers over the bounds. */
+  proxyHeaderOversized = 0;
+  /** `--accept-proxy`: headers from peers not in the list. */
+  proxyHeaderUntrusted = 0;
+  /** `--accept-proxy`: listed peers too slow to send their header. */
+  proxyHeaderTimeout = 0;
+  /** `--accept-proxy`: connections that ended mid-header. */
+  proxyHeaderTruncated = 0;
   /** Upstream connect attempts that failed and were retried. */
   upstreamConnectRetries = 0;
   /** Times a downstream's reading paused at the in-flight REQ limit. */
@@ -279,6 +327,26 @@ export class Stats {
   adminMisdirectedRequests = 0;
   /** `GET /events` clients refused at the event-stream cap. */
   sseClientsRefused = 0;
+  /** WebSocket clients upgraded. */
+  wsConnections = 0;
+  /** WebSocket upgrades refused for their `Origin`. */
+  wsRejectedOrigin = 0;
+  /** Requests to the WebSocket port that were no upgrade. */
+  wsRejectedNotWebsocket = 0;
+  /** Upgrade requests refused as malformed. */
+  wsRejectedBadRequest = 0;
+  /** WebSocket handshakes past their deadline. */
+  wsRejectedTimeout = 0;
+  /** WebSocket handshakes closed to make room. */
+  wsRejectedBusy = 0;
+  /** wss TLS handshakes that failed. */
+  wsRejectedTls = 0;
+  /** WebSocket data messages received. */
+  wsMessagesIn = 0;
+  /** WebSocket data messages sent. */
+  wsMessagesOut = 0;
+  /** WebSocket clients closed for breaking the protocol. */
+  wsProtocolErrors = 0;
   /** Times the config file was loaded (0: none). */
   configGeneration = 0;
   /** When it was last loaded (ms since the epoch); 0: never. */

@@ -10,6 +10,7 @@ import { getLogger, type Logger } from "@logtape/logtape";
 import { type Address, formatAddress } from "../net/address.ts";
 import { formatMessage, parseMessage } from "../protocol/message.ts";
 import { describeError } from "../net/describe_error.ts";
+import { connectWebSocket } from "./websocket_client_conn.ts";
 
 /** Options for {@linkcode runClient}. */
 export interface ClientOptions {
@@ -34,6 +35,11 @@ export interface ClientOptions {
   signal?: AbortSignal;
   /** LogTape logger; unset: the `foo-proxy.client` category. */
   logger?: Logger;
+  /**
+   * Connect to this WebSocket URL (`ws://` or `wss://`) instead of `connect`: each write is a
+   * text message, the replies' messages are read as one stream. Unset: TCP to `connect`.
+   */
+  webSocket?: string;
 }
 
 /** What a successful run did. */
@@ -99,6 +105,7 @@ export async function runClient(options: ClientOptions): Promise<ClientResult> {
     stop: stop.signal,
     numbered: connections > 1,
     progress: () => options.onProgress?.(counts.verified, total),
+    webSocket: options.webSocket,
   };
   let failure: unknown;
   const tasks = Array.from(
@@ -135,7 +142,11 @@ interface Driver {
   stop: AbortSignal;
   numbered: boolean;
   progress: () => void;
+  webSocket: string | undefined;
 }
+
+/** What the driver uses of a connection: a TCP one, or a WebSocket's. */
+type ClientConn = Pick<Deno.Conn, "read" | "write" | "closeWrite" | "close">;
 
 /** Longest reply line accepted before the driver gives up on finding its end. */
 const MAX_LINE = 1 << 16;
@@ -146,7 +157,7 @@ async function drive(driver: Driver, index: number): Promise<void> {
       cause,
       connection: index,
     });
-  const target = formatAddress(driver.address);
+  const target = driver.webSocket ?? formatAddress(driver.address);
   const conn = await dial(driver, target, fail);
   const { requests, pipeline, counts } = driver;
   let sent = 0;
@@ -292,7 +303,7 @@ async function dial(
   driver: Driver,
   target: string,
   fail: (message: string, cause?: unknown) => ClientError,
-): Promise<Deno.TcpConn> {
+): Promise<ClientConn> {
   if (driver.stop.aborted) throw driver.stop.reason;
   const attempt = new AbortController();
   const onStop = () => attempt.abort();
@@ -305,6 +316,9 @@ async function dial(
     }, driver.timeoutMs)
     : undefined;
   try {
+    if (driver.webSocket !== undefined) {
+      return await connectWebSocket(driver.webSocket, { signal: attempt.signal });
+    }
     const conn = await Deno.connect({
       hostname: driver.address.hostname,
       port: driver.address.port,

@@ -1,0 +1,212 @@
+/**
+ * The WebSocket ingress (`--ws-listen`): a listener that takes each connection through the
+ * WebSocket opening handshake (and first TLS, for wss) and hands the upgraded connection, as a
+ * `Deno.Conn` ({@linkcode WebSocketConn}), to the proxy's one engine (`serve`): admission,
+ * `--max-connections`, the connection modes, the stats and the access log are the TCP clients'.
+ *
+ * It is not built on `Deno.serve`: that server has no deadline for a request's headers and no
+ * cap on connections (a slowloris holds descriptors without limit), an EMFILE on its accept ends
+ * the process, and its WebSocket has no backpressure (messages queue in memory while the engine
+ * does not read; `send` never waits). Here the accept loop is the Foo listener's (EMFILE pauses
+ * it), the handshake has a deadline and a size limit, connections still in their handshake are
+ * capped (the oldest makes room), and frames are read and written on the socket itself.
+ *
+ * @module
+ */
+import type { Logger } from "@logtape/logtape";
+import { type Address, formatAddress } from "../net/address.ts";
+import { acceptLoop } from "../net/accept_loop.ts";
+import { WebSocketConn } from "../net/websocket_conn.ts";
+import { acceptUpgrade, type UpgradeRefusalReason } from "../net/websocket_upgrade.ts";
+import type { Stats } from "../stats/stats.ts";
+
+/** A certificate chain and its key, PEM text (wss). */
+export interface TlsKeyPair {
+  cert: string;
+  key: string;
+}
+
+/** Options for {@linkcode WebSocketListener}. */
+export interface WebSocketListenerOptions {
+  /** Where to listen (port 0: any free port). */
+  listen: Address;
+  /** Takes each upgraded connection (the proxy's `serve`). */
+  serve: (conn: Deno.Conn) => void;
+  /** Counters to add to. */
+  stats: Stats;
+  /** Logger; unset: nothing is logged. */
+  logger?: Logger;
+  /** Serve wss: TLS with this certificate. Unset: plain ws. */
+  tls?: TlsKeyPair;
+  /**
+   * The origins let in (`--ws-origin`; see `websocket_upgrade.ts`); a function is asked at each
+   * handshake. Unset or empty: same host only.
+   */
+  origins?: readonly string[] | (() => readonly string[] | undefined);
+  /** Bind with `SO_REUSEPORT` (one listener per data-plane worker). @default {false} */
+  reusePort?: boolean;
+  /** Deadline for the TLS handshake and the upgrade request, from accept, in ms. @default {5000} */
+  handshakeTimeoutMs?: number;
+  /** Largest upgrade request head, in bytes (past it: 431). @default {16384} */
+  maxHeadBytes?: number;
+  /** Connections in their handshake at once; past it the oldest is closed. @default {256} */
+  maxHandshakes?: number;
+}
+
+/** A running WebSocket listener; see the module docs. */
+export class WebSocketListener implements AsyncDisposable {
+  #options: WebSocketListenerOptions;
+  #listener: Deno.Listener | undefined;
+  #accepting: Promise<void> | undefined;
+  #closed = false;
+  /** Connections in their handshake, oldest first, and how to close each. */
+  #pending = new Map<Deno.Conn, () => void>();
+  #tasks = new Set<Promise<void>>();
+
+  /** Creates the listener; nothing is bound until {@linkcode start}. */
+  constructor(options: WebSocketListenerOptions) {
+    this.#options = options;
+  }
+
+  /**
+   * Binds and starts accepting; returns the bound address.
+   *
+   * @throws {Deno.errors.AddrInUse} (and other listen or certificate errors).
+   */
+  start(): Deno.NetAddr {
+    if (this.#listener) throw new Error("WebSocketListener already started");
+    const { listen, tls, reusePort } = this.#options;
+    const where = { hostname: listen.hostname, port: listen.port };
+    const reuse = reusePort ? { reusePort: true } : {};
+    this.#listener = tls === undefined
+      ? Deno.listen({ ...where, ...reuse })
+      : Deno.listenTls({ ...where, ...reuse, cert: tls.cert, key: tls.key });
+    const stats = this.#options.stats;
+    this.#accepting = acceptLoop(this.#listener, (conn) => this.#accept(conn), {
+      closed: () => this.#closed,
+      label: formatAddress(this.addr),
+      logger: this.#options.logger,
+      onConnectionError: () => stats.acceptErrors++,
+      onResourceError: () => stats.acceptResourceErrors++,
+    });
+    return this.addr;
+  }
+
+  /** The bound address. */
+  get addr(): Deno.NetAddr {
+    if (!this.#listener) throw new Error("WebSocketListener is not started");
+    return this.#listener.addr as Deno.NetAddr;
+  }
+
+  /** Stops accepting and closes the connections still in their handshake. */
+  async close(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      try {
+        this.#listener?.close();
+      } catch {
+        // Already closed.
+      }
+    }
+    for (const close of this.#pending.values()) close();
+    await this.#accepting;
+    while (this.#tasks.size > 0) await Promise.all([...this.#tasks]);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  #accept(conn: Deno.Conn): void {
+    if (this.#closed) return closeQuietly(conn);
+    const max = this.#options.maxHandshakes ?? 256;
+    if (this.#pending.size >= max) {
+      // A flood of stalled handshakes cannot keep a real client out: the oldest makes room.
+      this.#pending.values().next().value?.();
+    }
+    const task = this.#handshake(conn).catch((error) => {
+      this.#options.logger?.error("WebSocket handshake failed: {error}", { error: String(error) });
+      closeQuietly(conn);
+    }).finally(() => this.#tasks.delete(task));
+    this.#tasks.add(task);
+  }
+
+  async #handshake(conn: Deno.Conn): Promise<void> {
+    const stats = this.#options.stats;
+    const peer = formatAddress(conn.remoteAddr as Deno.NetAddr);
+    let why: "timeout" | "evicted" | undefined;
+    const end = (reason: "timeout" | "evicted") => {
+      if (why !== undefined) return;
+      why = reason;
+      if (reason === "evicted") stats.wsRejectedBusy++;
+      this.#pending.delete(conn);
+      closeQuietly(conn);
+    };
+    this.#pending.set(conn, () => end("evicted"));
+    const timer = setTimeout(() => end("timeout"), this.#options.handshakeTimeoutMs ?? 5000);
+    let upgrade;
+    try {
+      if (this.#options.tls !== undefined) {
+        try {
+          await (conn as Deno.TlsConn).handshake();
+        } catch (error) {
+          if (why === undefined) {
+            stats.wsRejectedTls++;
+            this.#options.logger?.debug("WebSocket TLS handshake from {peer} failed: {error}", {
+              peer,
+              error: String(error),
+            });
+          }
+          return closeQuietly(conn);
+        }
+      }
+      const origins = this.#options.origins;
+      upgrade = await acceptUpgrade(conn, {
+        origins: typeof origins === "function" ? origins() : origins,
+        maxHeadBytes: this.#options.maxHeadBytes,
+      });
+    } finally {
+      clearTimeout(timer);
+      this.#pending.delete(conn);
+    }
+    if (why === "timeout") stats.wsRejectedTimeout++;
+    if (upgrade === null || why !== undefined) return closeQuietly(conn);
+    if ("status" in upgrade) {
+      countRefusal(stats, upgrade.reason);
+      this.#options.logger?.info(
+        "WebSocket upgrade from {peer} refused: {status} {message}",
+        { peer, status: upgrade.status, message: upgrade.message },
+      );
+      return closeQuietly(conn);
+    }
+    stats.wsConnections++;
+    const ws = new WebSocketConn(conn, {
+      head: upgrade.rest,
+      onMessageIn: () => stats.wsMessagesIn++,
+      onMessageOut: () => stats.wsMessagesOut++,
+      onProtocolError: (error) => {
+        stats.wsProtocolErrors++;
+        this.#options.logger?.info("WebSocket client {peer} closed ({code}): {message}", {
+          peer,
+          code: error.code,
+          message: error.message,
+        });
+      },
+    });
+    this.#options.serve(ws);
+  }
+}
+
+function countRefusal(stats: Stats, reason: UpgradeRefusalReason): void {
+  if (reason === "origin") stats.wsRejectedOrigin++;
+  else if (reason === "not_websocket") stats.wsRejectedNotWebsocket++;
+  else stats.wsRejectedBadRequest++;
+}
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // Already closed.
+  }
+}
