@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import type { Logger } from "@logtape/logtape";
 import { Proxy } from "../src/proxy/proxy.ts";
 import { makeCertificates, type TestCertificates } from "./_tls.ts";
+import { ApiClient } from "./_websocket.ts";
 import {
   type LineReader,
   lineReader,
@@ -262,6 +263,30 @@ Deno.test("TLS: a flood of failed handshakes writes one log line, not one per cl
   assert.equal(lines[0].kind, "not_tls");
   assert.match(String(lines[0].error), /received corrupt message/);
 });
+
+for (const { name, mux } of MODES) {
+  Deno.test(`TLS (${name}): WebSocket clients served beside the TLS listener skip its handshake step`, async () => {
+    await using certs = await makeCertificates();
+    await using upstream = await startUpstream();
+    await using proxy = await startTlsProxy(certs, upstream.addr, {
+      mux,
+      webSocket: { listen: { hostname: "127.0.0.1", port: 0 } },
+    });
+    {
+      await using ws = await ApiClient.open(`ws://127.0.0.1:${proxy.webSocketAddr!.port}/`);
+      ws.socket.send("REQ 1 ws\nREQ 2 ws\n");
+      assert.deepEqual(await ws.lines(2), ["ACK 1", "ACK 2"]);
+      const tls = await connectGood(proxy.addr.port, certs);
+      await exchange(tls, lineReader(tls), 1);
+      tls.close();
+    }
+    await waitUntil(() => proxy.activeConnections === 0, "both clients to end");
+    const snapshot = proxy.stats.snapshot();
+    assert.equal(snapshot.tls_handshakes, 1, "one handshake: the TLS client's");
+    assert.equal(snapshot.tls_handshake_failures.other, 0);
+    assert.equal(snapshot.connections_closed.tls_handshake, undefined);
+  });
+}
 
 /**
  * A good client is refused: closed without a reply (at `--max-connections`). Deno finishes the
