@@ -552,7 +552,14 @@ class Supervisor {
   /** One reload: the config file (if any), then the TLS key pair (re-read every time). */
   async #reloadOnce(why: string): Promise<ReloadResult> {
     const result = await this.#reloadConfig(why);
-    if (this.#tls === undefined) return result;
+    if (this.#tls === undefined) {
+      if (this.#running.tlsCert !== null) {
+        this.#logger.warning(
+          "--tls-cert is new in the config file: the listener speaks TLS from the next restart",
+        );
+      }
+      return result;
+    }
     const tls = await this.#reloadTls(why);
     const errors = [result.error, tls.error].filter((e) => e !== undefined);
     return {
