@@ -79,6 +79,9 @@ const OTHER_VALUE: Record<string, string> = {
   "send-proxy": "v2",
   "ws-listen": "127.0.0.1:9",
   "ws-origin": "https://a.example",
+  "tls-cert": "/tmp/cert.pem",
+  "tls-key": "/tmp/key.pem",
+  "tls-handshake-timeout": "2s",
   "log-level": "debug",
   "log-format": "json",
   help: "",
@@ -243,6 +246,7 @@ Deno.test("a reload applies or warns about each changed setting as its row says"
       access: [["setAccess"], undefined, ["source access (for new connections)"]],
       log: [["relog"], undefined, [`log ${next.logLevel} ${next.logFormat}`]],
       live: [[], undefined, [s.flag]],
+      tls: [[], undefined, []], // the supervisor reads the pair again on every reload
       restart: [[], new RegExp(`^${s.reloadName ?? s.flag} changed in the config file`), []],
     };
     const [wantCalls, wantWarning, wantChanged] = expected[s.reload];

@@ -38,6 +38,9 @@ export interface PermissionTargets {
   upstreamCa?: string | null;
   upstreamCert?: string | null;
   upstreamKey?: string | null;
+  /** The TLS certificate and key files (read at start and at each reload); unset: none. */
+  tlsCert?: string | null;
+  tlsKey?: string | null;
 }
 
 /** One permission the proxy needs, with the words used when it is missing. */
@@ -107,6 +110,8 @@ export function permissionNeeds(targets: PermissionTargets): PermissionNeed[] {
       [targets.upstreamCa, "--upstream-ca"],
       [targets.upstreamCert, "--upstream-cert"],
       [targets.upstreamKey, "--upstream-key"],
+      [targets.tlsCert, "--tls-cert"],
+      [targets.tlsKey, "--tls-key"],
     ] as const
   ) {
     if (path) {

@@ -83,6 +83,8 @@ export function applyReload(old: ProxyConfig, next: ProxyConfig, targets: Reload
       case "live":
         for (const s of rows) changed.push(s.flag);
         break;
+      case "tls":
+        break; // the supervisor reads the key pair again on every reload, changed or not
       case "restart": {
         const names = new Set(rows.map((s) => s.reloadName ?? s.flag));
         for (const name of names) {

@@ -17,6 +17,7 @@ import { Proxy, type SourceAccess } from "../proxy/proxy.ts";
 import { SourceTable } from "../proxy/source_table.ts";
 import type { UpstreamSpec } from "../proxy/upstream_spec.ts";
 import type { UpstreamTls } from "../proxy/upstream.ts";
+import type { TlsKeyPair } from "../proxy/tls_termination.ts";
 import {
   type BalancePolicy,
   type MemberState,
@@ -44,6 +45,8 @@ export interface PlaneInit {
   wsListen: Address | null;
   /** Bind with `SO_REUSEPORT` (more than one plane). */
   reusePort: boolean;
+  /** The key pair to terminate TLS with (`--tls-cert`, read by the supervisor); unset: plain TCP. */
+  tls?: TlsKeyPair;
   /** Its stats row (see `stats_row.ts`). */
   row: SharedArrayBuffer;
   /** The process's connection gate (see `ProxyOptions.connectionGate`). */
@@ -91,6 +94,8 @@ export type ToPlane =
   | { t: "upstream-tls"; tls: UpstreamTls | undefined }
   | { t: "states"; states: Record<string, MemberState> }
   | { t: "log"; level: string; format: string }
+  /** A reload's key pair (and handshake deadline): answered with `tls-set`. */
+  | { t: "tls"; pair: TlsKeyPair; handshakeTimeoutMs: number }
   | { t: "stop-accepting" }
   | { t: "close-idle" }
   | { t: "close" }
@@ -106,6 +111,8 @@ export type FromPlane =
   | { t: "flushed"; id: number; upstreams: UpstreamSnapshot[] }
   | { t: "upstreams"; upstreams: UpstreamSnapshot[] }
   | { t: "accepting-stopped"; active: number }
+  /** The reload's key pair serves new clients; `error`: it could not, the old one still does. */
+  | { t: "tls-set"; error?: string }
   | { t: "drained" }
   | { t: "idle-closed"; idle: number; busy: number }
   | { t: "stopped"; upstreams: UpstreamSnapshot[] }
@@ -299,6 +306,7 @@ class DataPlane {
       stats,
       logger,
       reusePort: init.reusePort,
+      tls: init.tls,
       connectionGate: new Int32Array(init.gate),
       webSocket: init.wsListen === null ? undefined : {
         listen: init.wsListen,
@@ -351,6 +359,12 @@ class DataPlane {
             write: (line) => this.#logs.push(line),
           });
         }
+        break;
+      case "tls":
+        this.proxy.setTls(message.pair, message.handshakeTimeoutMs).then(
+          () => this.#post({ t: "tls-set" }),
+          (error) => this.#post({ t: "tls-set", error: describeError(error) }),
+        );
         break;
       case "stop-accepting":
         this.proxy.stopAccepting();

@@ -19,6 +19,7 @@ import { describeError } from "../net/describe_error.ts";
 import { type FromPlane, type PlaneInit, serveDataPlane, type ToPlane } from "./data_plane.ts";
 import type { ProxyConfig } from "./proxy_config.ts";
 import type { UpstreamTls } from "../proxy/upstream.ts";
+import type { TlsKeyPair } from "../proxy/tls_termination.ts";
 
 /** Options for {@linkcode DataPlanes}. */
 export interface DataPlanesOptions {
@@ -48,6 +49,8 @@ export interface DataPlanesOptions {
   flushMs?: number;
   /** `--upstream-tls`, its files read (see `PlaneInit.upstreamTls`). Unset: plain TCP. */
   upstreamTls?: UpstreamTls;
+  /** The key pair to terminate TLS with (`--tls-cert`); unset: plain TCP. */
+  tls?: TlsKeyPair;
 }
 
 /** The per-upstream figures the planes count (the supervisor's pool has the states). */
@@ -151,6 +154,8 @@ export class DataPlanes {
   /** Per-upstream figures of planes that died. */
   #retired = new Map<string, UpstreamCounts>();
   #respawnTimers = new Set<ReturnType<typeof setTimeout>>();
+  /** The key pair serving now (a reload replaces it): what a replacement plane starts with. */
+  #tls: TlsKeyPair | undefined;
   #watchdog: ReturnType<typeof setInterval> | undefined;
 
   /** Planes, not started. */
@@ -161,6 +166,7 @@ export class DataPlanes {
     this.#options = options;
     this.#config = options.config;
     this.#listen = options.config.listen;
+    this.#tls = options.tls;
     this.#gate = new SharedArrayBuffer(4 * (2 + options.count));
     this.#gateView = new Int32Array(this.#gate);
     Atomics.store(this.#gateView, 1, options.maxConnections);
@@ -238,10 +244,9 @@ export class DataPlanes {
    */
   async start(): Promise<number> {
     const ws = this.#options.config.wsListen;
-    if (this.#options.count > 1) {
-      assertPortFree(this.#listen);
-      if (ws !== null) assertPortFree(ws);
-    }
+    // A TLS listener always sets SO_REUSEPORT (a reload opens a second one on the port).
+    if (this.#options.count > 1 || this.#tls !== undefined) assertPortFree(this.#listen);
+    if (this.#options.count > 1 && ws !== null) assertPortFree(ws);
     const first = this.#spawn(0, this.#listen);
     try {
       this.#port = await first.ready.promise;
@@ -308,6 +313,31 @@ export class DataPlanes {
   /** Sets the process-wide connection limit (a reload). */
   setMaxConnections(max: number): void {
     Atomics.store(this.#gateView, 1, max);
+  }
+
+  /**
+   * Puts `pair` in service on every plane (a reload of `--tls-cert`/`--tls-key`): each opens a
+   * listener with it on the port, then closes its old one. Resolves with the planes' errors (each
+   * of those keeps its old pair); a plane that does not answer within `ANSWER_MS` is one.
+   */
+  async setTls(pair: TlsKeyPair, handshakeTimeoutMs: number): Promise<string[]> {
+    this.#tls = pair;
+    const message: ToPlane = { t: "tls", pair, handshakeTimeoutMs };
+    const live = this.#slots.filter((s) => s.state === "running" || s.state === "starting");
+    const answers = await Promise.all(live.map(async (slot) => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const late = new Promise<"late">((resolve) =>
+        timer = setTimeout(() => resolve("late"), ANSWER_MS)
+      );
+      const answer = await Promise.race([this.#ask(slot, message, "tls-set"), late]);
+      clearTimeout(timer);
+      if (answer === "late") return `data-plane worker ${slot.index} did not answer`;
+      if (answer === undefined) return undefined; // it died: its replacement starts with `pair`
+      return answer.t === "tls-set" && answer.error !== undefined
+        ? `data-plane worker ${slot.index}: ${answer.error}`
+        : undefined;
+    }));
+    return answers.filter((error): error is string => error !== undefined);
   }
 
   /** Sends `message` to every plane that runs. */
@@ -558,6 +588,7 @@ export class DataPlanes {
       listen,
       wsListen: ws === null ? null : { ...ws, port: this.#wsPort || ws.port },
       reusePort: this.#options.count > 1,
+      tls: this.#tls,
       row: row.buffer,
       gate: this.#gate,
       sources: this.#sources,

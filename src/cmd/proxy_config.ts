@@ -102,6 +102,12 @@ export interface ProxyConfig {
   reconnectRetries: number;
   maxFailovers: number;
   retainLimit: number;
+  /** `--tls-cert`: the PEM certificate chain TLS is terminated with; `null`: plain TCP. */
+  tlsCert: string | null;
+  /** `--tls-key`: its PEM private key; `null`: none. */
+  tlsKey: string | null;
+  /** `--tls-handshake-timeout` in ms; 0: no deadline. */
+  tlsHandshakeTimeoutMs: number;
   logLevel: string;
   logFormat: string;
   help: boolean;
@@ -166,6 +172,25 @@ export function parseProxyConfig(
   parsed.httpExplicit = v.http !== undefined;
   parsed.healthExplicit = v.health !== undefined;
   return parsed;
+}
+
+/**
+ * Why the TLS flags of `config` cannot be used (`--tls-cert` without `--tls-key`, or the other way
+ * round; `--tls-cert` with `--accept-proxy`), or `undefined`. Checked at start and at each reload rather than by
+ * {@linkcode parseProxyConfig}, which takes every flag on its own.
+ */
+export function tlsFlagsProblem(
+  config: Pick<ProxyConfig, "tlsCert" | "tlsKey" | "acceptProxy">,
+): string | undefined {
+  if ((config.tlsCert === null) !== (config.tlsKey === null)) {
+    return config.tlsCert === null
+      ? "--tls-key needs --tls-cert (the certificate chain it is the key of)"
+      : "--tls-cert needs --tls-key (its private key)";
+  }
+  if (config.tlsCert !== null && config.acceptProxy.trim() !== "") {
+    return "--accept-proxy cannot be combined with --tls-cert: Deno has no server-side STARTTLS, so a PROXY header in front of a TLS ClientHello cannot be read (terminate TLS in front, or drop --accept-proxy)";
+  }
+  return undefined;
 }
 
 /** `--resume` alone means `--resume=verbatim` (parseArgs has no optional values). */

@@ -24,6 +24,7 @@ import { POOL_DEFAULTS, type UpstreamPoolOptions } from "../proxy/upstream_pool.
 import { POOL_IDLE_TIMEOUT_MS } from "../proxy/upstream_target.ts";
 import { CidrList } from "../net/cidr.ts";
 import { normalizeOrigin } from "../net/websocket_upgrade.ts";
+import { TLS_HANDSHAKE_TIMEOUT_MS } from "../proxy/tls_termination.ts";
 import type { ProxyConfig } from "./proxy_config.ts";
 
 /**
@@ -37,6 +38,8 @@ import type { ProxyConfig } from "./proxy_config.ts";
  *   ({@linkcode Proxy.setAccess}; needs `option`);
  * - `log`: logging is set up again;
  * - `live`: read at each use (the admin token and hosts), so the new value holds at once;
+ * - `tls`: the key pair files are read again on every reload, changed or not (the supervisor's
+ *   `#reloadTls`), and the handshake deadline goes with them;
  * - `restart`: a warning that it takes effect on restart;
  * - `none`: not a setting a file can hold (`--config`, `--help`, `--version`).
  */
@@ -48,6 +51,7 @@ export type ReloadEffect =
   | "access"
   | "log"
   | "live"
+  | "tls"
   | "restart"
   | "none";
 
@@ -60,6 +64,7 @@ export const RELOAD_ORDER: readonly ReloadEffect[] = [
   "access",
   "log",
   "live",
+  "tls",
   "restart",
 ];
 
@@ -738,6 +743,36 @@ export const PROXY_SETTINGS: readonly Setting[] = [
       "browser pages (Origin: scheme://host[:port], null, or * for any) allowed to open a WebSocket; others get 403. Unset: only pages of the host and port the client connected to; clients that send no Origin (not a browser) are let in (restart to change)",
     parse: parseOrigins,
     reload: "restart",
+  }),
+  setting({
+    flag: "tls-cert",
+    field: "tlsCert",
+    value: "FILE",
+    defaultText: "off",
+    help:
+      "terminate TLS on --listen with this PEM certificate chain (with --tls-key): read again on every SIGHUP and POST /reload, and a new pair swapped in without dropping a connection",
+    parse: pathOrNull,
+    reload: "tls",
+  }),
+  setting({
+    flag: "tls-key",
+    field: "tlsKey",
+    value: "FILE",
+    defaultText: "off",
+    help: "the PEM private key of --tls-cert (read again on every reload)",
+    parse: pathOrNull,
+    reload: "tls",
+  }),
+  setting({
+    flag: "tls-handshake-timeout",
+    field: "tlsHandshakeTimeoutMs",
+    default: durationText(TLS_HANDSHAKE_TIMEOUT_MS),
+    value: "DUR",
+    help:
+      "close a TLS client whose handshake has not completed in this long (counted); until then it holds a --max-connections slot. A handshake is 1-2 round trips, so 5s lets a slow mobile link through while a staller holds its slot only briefly (0 = no deadline; a reload applies it)",
+    parse: duration,
+    reload: "tls",
+    option: "tlsHandshakeTimeoutMs",
   }),
   setting({
     flag: "log-level",

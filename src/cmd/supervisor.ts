@@ -31,7 +31,13 @@ import { HttpBindError, type Observability, startObservability } from "./observa
 import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.ts";
 import { PidFile, PidFileError } from "./pid_file.ts";
 import { mergeUpstreams, type PlaneLayout, planeLayout } from "./plane_layout.ts";
-import { checkUpstreamTls, parseProxyConfig, type ProxyConfig } from "./proxy_config.ts";
+import {
+  checkUpstreamTls,
+  parseProxyConfig,
+  type ProxyConfig,
+  tlsFlagsProblem,
+} from "./proxy_config.ts";
+import { readKeyPair, type TlsKeyPair, TlsKeyPairError } from "../proxy/tls_termination.ts";
 import { poolOptionsOf } from "./proxy_settings.ts";
 import { setupRecovery } from "./recovery_setup.ts";
 import { type InstalledSignals, installSignals } from "./signals.ts";
@@ -126,6 +132,8 @@ class Supervisor {
   #reloadWaiting: Promise<ReloadResult> | undefined;
   /** `FOO_PROXY_TEST_HOOKS`: 1, the crash hook crashes a worker; freeze: it makes one spin. */
   #testHooks = testHooksOf(denoEnvReader()("FOO_PROXY_TEST_HOOKS"));
+  /** `--tls-cert`: the key pair serving now and the handshake deadline it went with. */
+  #tls: { pair: TlsKeyPair; handshakeTimeoutMs: number } | undefined;
 
   constructor(args: string[], context: CommandContext, output: ProxyOutput, usage: string) {
     this.#args = args;
@@ -146,6 +154,7 @@ class Supervisor {
     if (parsed !== undefined) return parsed;
     await this.#readUpstreamTls();
     await this.#openFiles();
+    await this.#readTls();
     this.#installSignals();
     this.#sizeConnections();
     this.#makePool();
@@ -198,6 +207,11 @@ class Supervisor {
             : directoryProblem(config.recoveryPath);
           if (notAFile !== undefined) {
             writeStderrLine(`foo-proxy: ${notAFile}`);
+            return 2;
+          }
+          const tlsProblem = tlsFlagsProblem(config);
+          if (tlsProblem !== undefined) {
+            writeStderrLine(`foo-proxy: ${tlsProblem}`);
             return 2;
           }
           try {
@@ -284,6 +298,22 @@ class Supervisor {
       });
     } catch (error) {
       if (!(error instanceof RecoveryPathError)) throw error;
+      refuse(error.message);
+    }
+  }
+
+  /**
+   * `--tls-cert`/`--tls-key`: both files read (asynchronously, bounded) and checked as a pair
+   * before anything listens; an unusable pair is exit 2.
+   */
+  async #readTls(): Promise<void> {
+    const { tlsCert, tlsKey, tlsHandshakeTimeoutMs } = this.#config;
+    if (tlsCert === null || tlsKey === null) return;
+    try {
+      const pair = await readKeyPair({ cert: tlsCert, key: tlsKey });
+      this.#tls = { pair, handshakeTimeoutMs: tlsHandshakeTimeoutMs };
+    } catch (error) {
+      if (!(error instanceof TlsKeyPairError)) throw error;
       refuse(error.message);
     }
   }
@@ -443,6 +473,7 @@ class Supervisor {
       onPassive: (name, kind) => this.#pool.passive(name, kind),
       testHooks: this.#testHooks,
       upstreamTls: this.#upstreamTls,
+      tls: this.#tls?.pair,
     });
     this.#defer(() => planes.terminate());
     return planes;
@@ -490,8 +521,9 @@ class Supervisor {
     }
     const everywhere = config.listen.hostname === "0.0.0.0" || config.listen.hostname === "::";
     const { count, thread } = this.#layout;
-    this.#logger.info("Listening on {listen}{scope}, forwarding to {forward} ({workers})", {
+    this.#logger.info("Listening on {listen}{tls}{scope}, forwarding to {forward} ({workers})", {
       listen: formatAddress({ hostname: config.listen.hostname, port }),
+      tls: this.#tls === undefined ? "" : " (TLS)",
       // Binding every interface is what `:8002` meant in the original tool; say so plainly.
       scope: everywhere ? " (all interfaces: --listen 127.0.0.1:PORT for this host only)" : "",
       forward: this.#pool.label,
@@ -574,7 +606,80 @@ class Supervisor {
     return run;
   }
 
+  /** One reload: the config file (if any), then the TLS key pair (re-read every time). */
   async #reloadOnce(why: string): Promise<ReloadResult> {
+    const result = await this.#reloadConfig(why);
+    if (this.#tls === undefined) {
+      if (this.#running.tlsCert !== null) {
+        this.#logger.warning(
+          "--tls-cert is new in the config file: the listener speaks TLS from the next restart",
+        );
+      }
+      return result;
+    }
+    const tls = await this.#reloadTls(why);
+    const errors = [result.error, tls.error].filter((e) => e !== undefined);
+    return {
+      ok: result.ok && tls.error === undefined,
+      generation: result.generation,
+      changed: tls.changed === undefined ? result.changed : [...result.changed, tls.changed],
+      ...(errors.length > 0 ? { error: errors.join("; ") } : {}),
+    };
+  }
+
+  /**
+   * Reads the key pair files again (changed or not: a renewal rewrites them in place) and, when
+   * the pair or the handshake deadline differs, puts it in service on every plane without
+   * dropping a connection. A pair that cannot be read or used changes nothing: the running one
+   * keeps serving, the failure is counted and logged, and the reload reports it.
+   */
+  async #reloadTls(why: string): Promise<{ changed?: string; error?: string }> {
+    const running = this.#tls!;
+    const config = this.#running;
+    const own = this.#own;
+    const fail = (message: string) => {
+      own.tlsReloadFailures++;
+      this.#logger.error(
+        "TLS reload ({why}) failed; the running certificate keeps serving: {error}",
+        { why, error: message },
+      );
+      return { error: message };
+    };
+    const problem = tlsFlagsProblem(config);
+    if (problem !== undefined) return fail(problem);
+    if (config.tlsCert === null || config.tlsKey === null) {
+      this.#logger.warning(
+        "--tls-cert and --tls-key are gone from the config file: TLS stays on until a restart",
+      );
+      return {};
+    }
+    let pair: TlsKeyPair;
+    try {
+      pair = await readKeyPair({ cert: config.tlsCert, key: config.tlsKey });
+    } catch (error) {
+      if (!(error instanceof TlsKeyPairError)) throw error;
+      return fail(error.message);
+    }
+    const handshakeTimeoutMs = config.tlsHandshakeTimeoutMs;
+    const pairChanged = pair.cert !== running.pair.cert || pair.key !== running.pair.key;
+    if (!pairChanged && handshakeTimeoutMs === running.handshakeTimeoutMs) {
+      this.#logger.info("TLS key pair read again ({why}): unchanged", { why });
+      return {};
+    }
+    const errors = await this.#planes?.setTls(pair, handshakeTimeoutMs) ?? [];
+    if (errors.length > 0) return fail(errors.join("; "));
+    this.#tls = { pair, handshakeTimeoutMs };
+    if (!pairChanged) return { changed: `--tls-handshake-timeout ${handshakeTimeoutMs} ms` };
+    own.tlsReloads++;
+    this.#logger.info(
+      "TLS key pair reloaded ({why}) from {cert}: new clients get the new certificate, open connections keep theirs",
+      { why, cert: config.tlsCert },
+    );
+    return { changed: "TLS key pair" };
+  }
+
+  /** The config file part of a reload. */
+  async #reloadConfig(why: string): Promise<ReloadResult> {
     const own = this.#own;
     const running = this.#running;
     const logger = this.#logger;
@@ -584,7 +689,7 @@ class Supervisor {
     }
     const tlsChanged = tlsReread === undefined ? [] : [tlsReread];
     if (running.configPath === null) {
-      if (tlsReread === undefined) {
+      if (tlsReread === undefined && this.#tls === undefined) {
         logger.info("Got {why}: nothing to reload (no --config file; flags are read at start)", {
           why,
         });

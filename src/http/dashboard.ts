@@ -69,6 +69,18 @@ const INVALID: readonly Row[] = [
   ["msg_invalid_by_kind.truncated", "Truncated at close", "int", "alert"],
 ];
 
+const TLS: readonly Row[] = [
+  ["tls_handshakes", "Handshakes", "int"],
+  ["tls_handshake_failures.timeout", "Failed: too slow", "int", "alert"],
+  ["tls_handshake_failures.eof", "Failed: client left", "int"],
+  ["tls_handshake_failures.not_tls", "Failed: not TLS", "int", "alert"],
+  ["tls_handshake_failures.alert", "Failed: client refused our certificate", "int", "alert"],
+  ["tls_handshake_failures.incompatible", "Failed: no version or cipher in common", "int", "alert"],
+  ["tls_handshake_failures.other", "Failed: other", "int", "alert"],
+  ["tls_reloads", "Certificate reloads", "int"],
+  ["tls_reload_failures", "Certificate reload failures", "int", "alert"],
+];
+
 const RESILIENCE: readonly Row[] = [
   ["failovers", "Failovers (--resume)", "int", "alert"],
   ["replays", "Replayed REQs (--resume)", "int", "alert"],
@@ -206,6 +218,7 @@ ${section("upstreams", "Upstreams", upstreams(), "wide")}
 ${section("workers", "Data-plane workers", workers(), "span2")}
 ${section("invalid", "Invalid lines (forwarded unchanged)", list(INVALID))}
 ${section("closed", "Close reasons", closeReasons())}
+${section("tls", "TLS (--tls-cert)", list(TLS))}
 ${section("resilience", "Resilience and dropped output", list(RESILIENCE), "wide")}
 </div>
 </main>

@@ -40,6 +40,7 @@ import {
   SourceTable,
   TABLE_FULL,
 } from "./source_table.ts";
+import { canReusePort, listenTls, TlsHandshakes, type TlsKeyPair } from "./tls_termination.ts";
 
 /**
  * Options for {@linkcode Proxy}: where to listen and forward, the accept and drain behaviour,
@@ -171,6 +172,17 @@ export interface ProxyOptions extends Omit<EngineOptions, "resume"> {
    * by every worker. Unset: this proxy makes its own when a limit is first set.
    */
   sourceTable?: SourceTable;
+  /**
+   * Terminate TLS on the listener with this key pair (`--tls-cert`, `--tls-key`): each client's
+   * handshake completes, within `tlsHandshakeTimeoutMs`, after it is admitted and before its
+   * upstream is dialed. {@linkcode Proxy.setTls} changes it. Unset: plain TCP.
+   */
+  tls?: TlsKeyPair;
+  /**
+   * The deadline of a TLS client's handshake in ms (the client is closed then, counted); 0: none.
+   * @default {5000}
+   */
+  tlsHandshakeTimeoutMs?: number;
 }
 
 /** The source-access settings {@linkcode Proxy.setAccess} changes (a reload). */
@@ -283,8 +295,10 @@ export class Proxy implements AsyncDisposable {
   readonly stats: Stats;
   #options: ProxyOptions;
   #logger: Logger;
-  #listener: Deno.TcpListener | undefined;
+  #listener: Deno.Listener | undefined;
   #webSocket: WebSocketListener | undefined;
+  /** The TLS handshake step (`tls` set); undefined: plain TCP. */
+  #handshakes: TlsHandshakes | undefined;
   // A set of plain records rather than a map keyed by task promises: no `.catch`/`.finally`
   // promises and closures per connection (measured: less heap per idle connection).
   #connections = new Set<Connection>();
@@ -365,6 +379,14 @@ export class Proxy implements AsyncDisposable {
     this.#accessLog = options.accessLog;
     this.#access = accessRules(options);
     this.#sourceTable = options.sourceTable;
+    if (options.tls !== undefined) {
+      this.#handshakes = new TlsHandshakes({
+        stats: this.stats,
+        logger: this.#logger,
+        timeoutMs: options.tlsHandshakeTimeoutMs,
+        timers: options.timers,
+      });
+    }
     options.signal?.addEventListener("abort", () => void this.close(), { once: true });
   }
 
@@ -376,7 +398,7 @@ export class Proxy implements AsyncDisposable {
   /** The bound listen address (after start). */
   get addr(): Deno.NetAddr {
     if (!this.#listener) throw new Error("Proxy is not started");
-    return this.#listener.addr;
+    return this.#listener.addr as Deno.NetAddr;
   }
 
   /** The bound WebSocket listen address (after start), or undefined without `webSocket`. */
@@ -401,8 +423,10 @@ export class Proxy implements AsyncDisposable {
    */
   start(): Promise<Deno.NetAddr> {
     if (this.#listener) throw new Error("Proxy already started");
-    const { listen } = this.#options;
-    this.#listener = this.#options.reusePort
+    const { listen, tls } = this.#options;
+    this.#listener = tls !== undefined
+      ? listenTls(listen, tls)
+      : this.#options.reusePort
       ? Deno.listen({ hostname: listen.hostname, port: listen.port, reusePort: true })
       : Deno.listen({ hostname: listen.hostname, port: listen.port });
     this.#accepting = this.#acceptLoop(this.#listener);
@@ -551,6 +575,50 @@ export class Proxy implements AsyncDisposable {
     this.#acceptProxy = parsed === undefined || parsed.empty ? undefined : parsed;
   }
 
+  /**
+   * Serves `pair` to clients from now on (a reload of `--tls-cert`/`--tls-key`), dropping no
+   * connection: Deno's TLS listener keeps the pair it was opened with, so a second listener opens
+   * on the same port (`SO_REUSEPORT`) and accepts, then the old one closes. Open connections keep
+   * their sessions; `tlsHandshakeTimeoutMs`, when given, applies to handshakes from now on.
+   *
+   * @throws {Error} when the proxy does not terminate TLS or is not accepting, and the listen
+   * errors of the new listener (the old pair keeps serving then).
+   */
+  async setTls(pair: TlsKeyPair, tlsHandshakeTimeoutMs?: number): Promise<void> {
+    const old = this.#listener;
+    if (this.#handshakes === undefined) throw new Error("This proxy does not terminate TLS");
+    if (old === undefined || this.#closing) throw new Error("This proxy is not accepting");
+    const address = { hostname: this.#options.listen.hostname, port: this.addr.port };
+    if (canReusePort()) {
+      this.#acceptFrom(listenTls(address, pair));
+      // Linux resets the connections still in the old listener's accept queue when it closes
+      // (the accept loop keeps it empty; net.ipv4.tcp_migrate_req=1 moves them to the new one).
+      old.close();
+    } else {
+      // Without --unstable-net no second listener can share the port: the old one closes first
+      // (its socket is released once its pending accept has ended), and a client connecting in
+      // that instant is refused.
+      old.close();
+      const current = this.#options.tls!;
+      try {
+        this.#acceptFrom(await listenWhenFree(() => listenTls(address, pair)));
+      } catch (error) {
+        this.#acceptFrom(await listenWhenFree(() => listenTls(address, current)));
+        throw error;
+      }
+    }
+    this.#options = { ...this.#options, tls: pair };
+    if (tlsHandshakeTimeoutMs !== undefined) this.#handshakes.timeoutMs = tlsHandshakeTimeoutMs;
+  }
+
+  /** Accepts from `listener` from now on (besides any loop still ending on a retired one). */
+  #acceptFrom(listener: Deno.Listener): void {
+    this.#listener = listener;
+    const accepting = this.#accepting;
+    const loop = this.#acceptLoop(listener);
+    this.#accepting = Promise.all([accepting, loop]).then(() => {});
+  }
+
   /** Changes `maxConnections` (a reload); open connections above it are not closed. */
   setMaxConnections(max: number): void {
     this.#options = { ...this.#options, maxConnections: max };
@@ -608,9 +676,10 @@ export class Proxy implements AsyncDisposable {
     await this.close();
   }
 
-  #acceptLoop(listener: Deno.TcpListener): Promise<void> {
+  #acceptLoop(listener: Deno.Listener): Promise<void> {
     return acceptLoop(listener, (conn) => this.#accept(conn), {
-      closed: () => this.#closing,
+      // A listener retired by setTls is closed on purpose too.
+      closed: () => this.#closing || this.#listener !== listener,
       label: formatAddress(this.#options.listen),
       logger: this.#logger,
       signal: this.#closeAll.signal,
@@ -869,9 +938,44 @@ export class Proxy implements AsyncDisposable {
       this.#releaseSource(connection);
       return;
     }
-    const grant = connection.source;
     this.#connections.add(connection);
+    if (this.#handshakes !== undefined && isTls(downstream)) {
+      // Only a TLS client waits here: the plain path stays synchronous.
+      connection.controller = new AbortController();
+      if (this.#closeAll.signal.aborted) connection.controller.abort();
+      connection.task = this.#muxAfterHandshake(hub, downstream, connection, peer);
+      return;
+    }
+    this.#startMuxClient(hub, downstream, connection, peer);
+  }
+
+  /** A TLS `--mux` client: its handshake, then the hub (or counted out). */
+  async #muxAfterHandshake(
+    hub: MuxHub,
+    downstream: Deno.Conn,
+    connection: Connection,
+    peer: string,
+  ): Promise<unknown> {
+    const cut = await this.#handshake(downstream, peer, connection.controller!.signal);
+    connection.controller = undefined;
+    if (cut !== undefined) {
+      this.#connections.delete(connection);
+      this.#releaseSource(connection);
+      this.#release(cut);
+      return;
+    }
+    this.#startMuxClient(hub, downstream, connection, peer);
+    return connection.task;
+  }
+
+  #startMuxClient(
+    hub: MuxHub,
+    downstream: Deno.Conn,
+    connection: Connection,
+    peer: string,
+  ): void {
     const accessLog = this.#accessLog;
+    const grant = connection.source;
     const client = hub.client(downstream, {
       config: this.#engine,
       label: peer,
@@ -885,6 +989,20 @@ export class Proxy implements AsyncDisposable {
     connection.client = client;
     if (this.#closeAll.signal.aborted) client.stop();
     connection.task = client.run();
+  }
+
+  /**
+   * Step 3, the TLS handshake of an admitted client (with `tls`): resolves with `undefined` once
+   * done, or with why the client was closed (counted, logged, access-logged).
+   */
+  async #handshake(
+    downstream: Deno.Conn,
+    peer: string,
+    signal: AbortSignal,
+  ): Promise<CloseReason | undefined> {
+    const cut = await this.#handshakes!.run(downstream, peer, signal);
+    if (cut !== undefined) this.#logRefused(peer, cut);
+    return cut;
   }
 
   /** The hub's `ended` hook: a mux client has ended. */
@@ -915,6 +1033,13 @@ export class Proxy implements AsyncDisposable {
       const controller = connection.controller!;
       if (this.#closeAll.signal.aborted) controller.abort();
       try {
+        if (this.#handshakes !== undefined && isTls(downstream)) {
+          const cut = await this.#handshake(downstream, peer, controller.signal);
+          if (cut !== undefined) {
+            reason = cut;
+            return;
+          }
+        }
         // Dialing lives in its own function so that what only the dial needs (the first-bytes
         // reader, its abort plumbing, the retry callback) is not kept alive by this frame while
         // the connection is bridged.
@@ -1123,6 +1248,23 @@ function refusal(rules: AccessRules, address: Uint8Array): string | undefined {
 /** What a rate-limited log line adds about the lines held back before it. */
 function heldText(held: number): string {
   return held === 0 ? "" : `; ${held} more like it in the last second not logged`;
+}
+
+/** Whether `conn` came from a TLS listener (a WebSocket client served beside it did not). */
+function isTls(conn: Deno.Conn): boolean {
+  return typeof (conn as Partial<Deno.TlsConn>).handshake === "function";
+}
+
+/** `listen()`, tried again for a few ms while the port is still held by a listener just closed. */
+async function listenWhenFree<L>(listen: () => L): Promise<L> {
+  for (let attempt = 0;; attempt++) {
+    try {
+      return listen();
+    } catch (error) {
+      if (!(error instanceof Deno.errors.AddrInUse) || attempt >= 100) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+  }
 }
 
 /** The counter of each way a connection is closed at the PROXY header step. */

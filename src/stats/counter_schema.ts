@@ -34,10 +34,37 @@ export const CLOSE_REASONS = [
   // Source access (--allow/--deny, --max-connections-per-source): refused before a byte is read.
   "denied",
   "source_limit",
+  "tls_handshake",
 ] as const;
 
 /** Why a proxied connection ended (a metrics label: a closed set, never an address). */
 export type CloseReason = typeof CLOSE_REASONS[number];
+
+/**
+ * How a TLS handshake with a client failed (`--tls-cert`; see `tls_termination.ts`), in the order
+ * reports list them: a metrics label, a closed set.
+ */
+export const TLS_HANDSHAKE_FAILURES = [
+  "timeout",
+  "eof",
+  "not_tls",
+  "alert",
+  "incompatible",
+  "other",
+] as const;
+
+/** How a TLS handshake failed. */
+export type TlsHandshakeFailure = typeof TLS_HANDSHAKE_FAILURES[number];
+
+/** The `Stats` field each kind of handshake failure is counted in. */
+export const TLS_FAILURE_FIELDS = {
+  timeout: "tlsHandshakeTimeout",
+  eof: "tlsHandshakeEof",
+  not_tls: "tlsHandshakeNotTls",
+  alert: "tlsHandshakeAlert",
+  incompatible: "tlsHandshakeIncompatible",
+  other: "tlsHandshakeOther",
+} as const satisfies Record<TlsHandshakeFailure, NumericField<Stats>>;
 
 /** The numeric fields of `T` (where a counter may be stored). */
 export type NumericField<T> = { [K in keyof T]: T[K] extends number ? K : never }[keyof T];
@@ -520,6 +547,46 @@ export const COUNTER_SCHEMA: readonly SchemaEntry[] = [
     { family: "foo_proxy_mux_upstream_writes_total" },
   ),
   field(
+    "tls_handshakes",
+    "tlsHandshakes",
+    "--tls-cert: TLS handshakes with clients that succeeded.",
+    { family: "foo_proxy_tls_handshakes_total" },
+  ),
+  {
+    ...tlsFailure("timeout", "No handshake within --tls-handshake-timeout (closed)."),
+    metric: {
+      family: "foo_proxy_tls_handshake_failures_total",
+      labels: { kind: "timeout" },
+      help: "--tls-cert: TLS handshakes with clients that failed (the client is closed), by kind.",
+    },
+  },
+  tlsFailure("eof", "The client closed or reset the connection mid-handshake."),
+  tlsFailure("not_tls", "The client sent bytes that are not TLS (plain text, HTTP, a Foo line)."),
+  tlsFailure(
+    "alert",
+    "The client refused our certificate (a fatal alert: UnknownCA, BadCertificate).",
+  ),
+  tlsFailure("incompatible", "No TLS version, cipher or group in common (an old client)."),
+  tlsFailure("other", "Any other handshake error."),
+  {
+    ...field(
+      "tls_reloads",
+      "tlsReloads",
+      "--tls-cert: reloads (SIGHUP, POST /reload) that put a new key pair in service.",
+      { family: "foo_proxy_tls_reloads_total" },
+    ),
+    summed: false,
+  },
+  {
+    ...field(
+      "tls_reload_failures",
+      "tlsReloadFailures",
+      "--tls-cert: reloads whose key pair could not be read or used (the running one kept serving).",
+      { family: "foo_proxy_tls_reload_failures_total" },
+    ),
+    summed: false,
+  },
+  field(
     "usr1_ignored",
     "usr1Ignored",
     "SIGUSR1 signals neutralised (the debugger Deno opens on it is closed; stats are on SIGUSR2).",
@@ -841,6 +908,20 @@ function proxyHeaderError(
         ? "--accept-proxy: connections closed at the PROXY header step, by kind."
         : undefined,
     },
+  };
+}
+
+function tlsFailure(kind: TlsHandshakeFailure, help: string): StoredSpec {
+  return {
+    name: kind,
+    section: "snapshot",
+    kind: "counter",
+    help,
+    group: "tls_handshake_failures",
+    store: { field: TLS_FAILURE_FIELDS[kind] },
+    recovered: false,
+    summed: true,
+    metric: { family: "foo_proxy_tls_handshake_failures_total", labels: { kind } },
   };
 }
 

@@ -7,7 +7,7 @@
  */
 import { createMessageCounts, type MessageCounts } from "../protocol/analyzer.ts";
 import type { Clock } from "./clock.ts";
-import { buildSnapshot, type CloseReason } from "./counter_schema.ts";
+import { buildSnapshot, type CloseReason, type TlsHandshakeFailure } from "./counter_schema.ts";
 import { LatencyStats } from "./latency.ts";
 import { MovingWindow } from "./window.ts";
 
@@ -116,6 +116,14 @@ export interface StatsSnapshot {
   mux_upstream_connections: number;
   /** `--mux`: writes to shared upstream connections (REQs per write: the coalescing). */
   mux_upstream_writes: number;
+  /** `--tls-cert`: TLS handshakes with clients that succeeded. */
+  tls_handshakes: number;
+  /** `--tls-cert`: TLS handshakes with clients that failed (the client closed), by kind. */
+  tls_handshake_failures: Record<TlsHandshakeFailure, number>;
+  /** `--tls-cert`: reloads that put a new key pair in service. */
+  tls_reloads: number;
+  /** `--tls-cert`: reloads whose key pair could not be used (the running one kept serving). */
+  tls_reload_failures: number;
   /** SIGUSR1 signals neutralised (Deno's debugger closed again); stats are on SIGUSR2. */
   usr1_ignored: number;
   /** Log lines dropped because stderr was not being read (output never blocks traffic). */
@@ -293,6 +301,24 @@ export class Stats {
   muxUpstreamConnections = 0;
   /** `--mux`: writes to shared upstream connections (REQs forwarded ÷ this: the coalescing). */
   muxUpstreamWrites = 0;
+  /** `--tls-cert`: TLS handshakes with clients that succeeded. */
+  tlsHandshakes = 0;
+  /** `--tls-cert`: handshakes closed at `--tls-handshake-timeout`. */
+  tlsHandshakeTimeout = 0;
+  /** `--tls-cert`: handshakes the client ended (EOF or reset). */
+  tlsHandshakeEof = 0;
+  /** `--tls-cert`: clients that sent something other than TLS. */
+  tlsHandshakeNotTls = 0;
+  /** `--tls-cert`: clients that refused our certificate (a fatal alert). */
+  tlsHandshakeAlert = 0;
+  /** `--tls-cert`: clients with no TLS version, cipher or group in common. */
+  tlsHandshakeIncompatible = 0;
+  /** `--tls-cert`: other handshake failures. */
+  tlsHandshakeOther = 0;
+  /** `--tls-cert`: reloads that put a new key pair in service (the supervisor's). */
+  tlsReloads = 0;
+  /** `--tls-cert`: reloads whose key pair could not be used (the supervisor's). */
+  tlsReloadFailures = 0;
   /** SIGUSR1 signals received and neutralised. */
   usr1Ignored = 0;
   /** Log lines dropped at a stalled stderr. */
