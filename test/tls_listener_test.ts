@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import type { Logger } from "@logtape/logtape";
 import { Proxy } from "../src/proxy/proxy.ts";
 import { makeCertificates, type TestCertificates } from "./_tls.ts";
-import { ApiClient } from "./_websocket.ts";
+import { frame, FrameReader, rawRequest, upgradeHead, writeAllBytes } from "./_websocket.ts";
 import {
   type LineReader,
   lineReader,
@@ -265,7 +265,7 @@ Deno.test("TLS: a flood of failed handshakes writes one log line, not one per cl
 });
 
 for (const { name, mux } of MODES) {
-  Deno.test(`TLS (${name}): WebSocket clients served beside the TLS listener skip its handshake step`, async () => {
+  Deno.test(`TLS (${name}): WebSocket clients (wss, with the same key pair) skip the Foo listener's handshake step`, async () => {
     await using certs = await makeCertificates();
     await using upstream = await startUpstream();
     await using proxy = await startTlsProxy(certs, upstream.addr, {
@@ -273,9 +273,18 @@ for (const { name, mux } of MODES) {
       webSocket: { listen: { hostname: "127.0.0.1", port: 0 } },
     });
     {
-      await using ws = await ApiClient.open(`ws://127.0.0.1:${proxy.webSocketAddr!.port}/`);
-      ws.socket.send("REQ 1 ws\nREQ 2 ws\n");
-      assert.deepEqual(await ws.lines(2), ["ACK 1", "ACK 2"]);
+      // wss: the WebSocket listener's own TLS handshake, then Proxy.serve (no second one).
+      const port = proxy.webSocketAddr!.port;
+      using ws = await Deno.connectTls({ hostname: "localhost", port, caCerts: [certs.caPem] });
+      const upgraded = await rawRequest(ws, upgradeHead(`localhost:${port}`));
+      assert.equal(upgraded.status, 101);
+      const frames = new FrameReader(ws, upgraded.rest);
+      await writeAllBytes(ws, frame(1, "REQ 1 ws\nREQ 2 ws\n", { mask: [9, 8, 7, 6] }));
+      let text = "";
+      while (text.split("\n").length < 3) {
+        text += new TextDecoder().decode((await frames.next())!.payload);
+      }
+      assert.equal(text, "ACK 1\nACK 2\n");
       const tls = await connectGood(proxy.addr.port, certs);
       await exchange(tls, lineReader(tls), 1);
       tls.close();

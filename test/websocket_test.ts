@@ -442,3 +442,61 @@ Deno.test("--ws-listen and --ws-origin refuse bad values with a usage error", ()
     assert.throws(() => parseProxyConfig(bad), { name: "UsageError" }, bad.join(" "));
   }
 });
+
+/** The common name of the certificate a TLS server on `port` presents, verified with `caPath`. */
+async function presentedName(port: number, caPath: string): Promise<string> {
+  const script = [
+    "import socket, ssl, sys",
+    "ctx = ssl.create_default_context(cafile=sys.argv[2])",
+    "with socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=10) as raw:",
+    "    with ctx.wrap_socket(raw, server_hostname='localhost') as s:",
+    "        print(dict(x[0] for x in s.getpeercert()['subject'])['commonName'])",
+  ].join("\n");
+  const out = await new Deno.Command("python3", {
+    args: ["-c", script, String(port), caPath],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.ok(out.success, new TextDecoder().decode(out.stderr));
+  return new TextDecoder().decode(out.stdout).trim();
+}
+
+Deno.test("wss takes the Foo listener's key pair and follows its rotation; an open wss client keeps going", async () => {
+  await using certs = await makeCertificates();
+  await using upstream = await startUpstream();
+  await using proxy = await startWsProxy(upstream.addr, {
+    tls: { cert: certs.serverCertPem, key: certs.serverKeyPem },
+  });
+  const port = proxy.webSocketAddr!.port;
+  assert.equal(await presentedName(port, certs.caCert), "localhost");
+  using open = await Deno.connectTls({ hostname: "localhost", port, caCerts: [certs.caPem] });
+  const r = await rawRequest(open, upgradeHead(`localhost:${port}`));
+  assert.equal(r.status, 101);
+  const frames = new FrameReader(open, r.rest);
+  await proxy.setTls({
+    cert: await Deno.readTextFile(certs.rotatedCert),
+    key: await Deno.readTextFile(certs.rotatedKey),
+  });
+  assert.equal(await presentedName(port, certs.caCert), "rotated");
+  await writeAllBytes(open, frame(1, "REQ 7 still\n", { mask: [1, 2, 3, 4] }));
+  assert.equal(new TextDecoder().decode((await frames.next())!.payload), "ACK 7\n");
+});
+
+Deno.test("a WebSocket client from a denied source is closed before its upgrade request is read", async () => {
+  await using upstream = await startUpstream();
+  // A handshake deadline far past the test's wait: only the source check can close it in time.
+  await using proxy = await startWsProxy(upstream.addr, { deny: "127.0.0.0/8" }, {
+    handshakeTimeoutMs: 120_000,
+  });
+  using conn = await connectTo(proxy.webSocketAddr!.port);
+  // Nothing sent: a client the proxy waited on would stay open until the deadline.
+  const got = await withTimeout(
+    conn.read(new Uint8Array(64)).catch(() => null),
+    10_000,
+    "the denied client to be closed",
+  );
+  assert.equal(got, null);
+  assert.equal(proxy.stats.closed.denied, 1);
+  assert.equal(proxy.stats.wsConnections, 0);
+  assert.equal(upstream.accepted, 0);
+});

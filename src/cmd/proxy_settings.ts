@@ -726,7 +726,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     value: "ADDR",
     defaultText: "off",
     help:
-      "also accept WebSocket clients there (ws://; each message carries Foo bytes, replies come back as messages), served by the same engine, limits, stats and access log (restart to change)",
+      "also accept WebSocket clients there (ws://, or wss:// with --tls-cert; each message carries Foo bytes, replies come back as messages), served by the same engine, limits, stats and access log (restart to change)",
     parse: (raw, s) =>
       raw === undefined || String(raw).trim() === "" || String(raw).trim().toLowerCase() === "off"
         ? null

@@ -532,7 +532,8 @@ class Supervisor {
         : "data plane on the main thread",
     });
     if (config.wsListen !== null) {
-      this.#logger.info("WebSocket clients on ws://{listen}/ (origins: {origins})", {
+      this.#logger.info("WebSocket clients on {scheme}://{listen}/ (origins: {origins})", {
+        scheme: this.#tls === undefined ? "ws" : "wss",
         listen: formatAddress({ hostname: config.wsListen.hostname, port: this.#planes!.wsPort }),
         origins: config.wsOrigins.length > 0
           ? config.wsOrigins.join(", ")

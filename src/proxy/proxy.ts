@@ -40,7 +40,12 @@ import {
   SourceTable,
   TABLE_FULL,
 } from "./source_table.ts";
-import { canReusePort, listenTls, TlsHandshakes, type TlsKeyPair } from "./tls_termination.ts";
+import {
+  listenTls,
+  replaceTlsListener,
+  TlsHandshakes,
+  type TlsKeyPair,
+} from "./tls_termination.ts";
 
 /**
  * Options for {@linkcode Proxy}: where to listen and forward, the accept and drain behaviour,
@@ -432,8 +437,11 @@ export class Proxy implements AsyncDisposable {
     this.#accepting = this.#acceptLoop(this.#listener);
     if (this.#options.webSocket !== undefined) {
       this.#webSocket = new WebSocketListener({
+        // wss with the Foo listener's key pair (and its rotations: see setTls).
+        tls,
         ...this.#options.webSocket,
         reusePort: this.#options.reusePort,
+        admit: (conn) => this.#allowedSource(conn),
         serve: (conn) => this.serve(conn),
         stats: this.stats,
         logger: this.#logger,
@@ -589,26 +597,10 @@ export class Proxy implements AsyncDisposable {
     if (this.#handshakes === undefined) throw new Error("This proxy does not terminate TLS");
     if (old === undefined || this.#closing) throw new Error("This proxy is not accepting");
     const address = { hostname: this.#options.listen.hostname, port: this.addr.port };
-    if (canReusePort()) {
-      this.#acceptFrom(listenTls(address, pair));
-      // Linux resets the connections still in the old listener's accept queue when it closes
-      // (the accept loop keeps it empty; net.ipv4.tcp_migrate_req=1 moves them to the new one).
-      old.close();
-    } else {
-      // Without --unstable-net no second listener can share the port: the old one closes first
-      // (its socket is released once its pending accept has ended), and a client connecting in
-      // that instant is refused.
-      old.close();
-      const current = this.#options.tls!;
-      try {
-        this.#acceptFrom(await listenWhenFree(() => listenTls(address, pair)));
-      } catch (error) {
-        this.#acceptFrom(await listenWhenFree(() => listenTls(address, current)));
-        throw error;
-      }
-    }
+    await replaceTlsListener(old, address, pair, this.#options.tls!, (l) => this.#acceptFrom(l));
     this.#options = { ...this.#options, tls: pair };
     if (tlsHandshakeTimeoutMs !== undefined) this.#handshakes.timeoutMs = tlsHandshakeTimeoutMs;
+    await this.#webSocket?.setTls(pair);
   }
 
   /** Accepts from `listener` from now on (besides any loop still ending on a retired one). */
@@ -1139,6 +1131,29 @@ export class Proxy implements AsyncDisposable {
       if (rules.allow !== undefined || rules.deny !== undefined) connection.address = bytes;
       return true;
     }
+    this.#refuseSource(downstream, refused, why!);
+    return false;
+  }
+
+  /**
+   * `--allow`/`--deny` alone, for a WebSocket client before its upgrade request is read: true
+   * when its address is let in (the rest of step 2 runs once it is upgraded), else it is closed
+   * and counted like any refused client.
+   */
+  #allowedSource(downstream: Deno.Conn): boolean {
+    const rules = this.#access;
+    if (rules === undefined || (rules.allow === undefined && rules.deny === undefined)) {
+      return true;
+    }
+    const bytes = parseIp((downstream.remoteAddr as Deno.NetAddr).hostname);
+    const why = bytes === undefined ? "not an IP address (--allow)" : refusal(rules, bytes);
+    if (why === undefined) return true;
+    this.#refuseSource(downstream, "denied", why);
+    return false;
+  }
+
+  /** Closes a client step 2 refused: counted, in the access log, logged (a line a second). */
+  #refuseSource(downstream: Deno.Conn, refused: "denied" | "source_limit", why: string): void {
     const stats = this.stats;
     stats.connectionsTotal++;
     stats.recordClose(refused);
@@ -1153,7 +1168,6 @@ export class Proxy implements AsyncDisposable {
       });
     }
     downstream.close();
-    return false;
   }
 
   /** Counts a connection out of its source's entry (once). */
@@ -1253,18 +1267,6 @@ function heldText(held: number): string {
 /** Whether `conn` came from a TLS listener (a WebSocket client served beside it did not). */
 function isTls(conn: Deno.Conn): boolean {
   return typeof (conn as Partial<Deno.TlsConn>).handshake === "function";
-}
-
-/** `listen()`, tried again for a few ms while the port is still held by a listener just closed. */
-async function listenWhenFree<L>(listen: () => L): Promise<L> {
-  for (let attempt = 0;; attempt++) {
-    try {
-      return listen();
-    } catch (error) {
-      if (!(error instanceof Deno.errors.AddrInUse) || attempt >= 100) throw error;
-      await new Promise((resolve) => setTimeout(resolve, 1));
-    }
-  }
 }
 
 /** The counter of each way a connection is closed at the PROXY header step. */

@@ -143,6 +143,49 @@ export function listenTls(address: Address, pair: TlsKeyPair): Deno.TlsListener 
   return canReusePort() ? Deno.listenTls({ ...options, reusePort: true }) : Deno.listenTls(options);
 }
 
+/** `listen()`, tried again for a few ms while the port is still held by a listener just closed. */
+async function listenWhenFree<L>(listen: () => L): Promise<L> {
+  for (let attempt = 0;; attempt++) {
+    try {
+      return listen();
+    } catch (error) {
+      if (!(error instanceof Deno.errors.AddrInUse) || attempt >= 100) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+  }
+}
+
+/**
+ * Puts `pair` in service on the port of `old`, a TLS listener serving `current`, handing each
+ * new listener to `use`: with `SO_REUSEPORT` a second listener opens and accepts before `old`
+ * closes (Linux resets connections still in the old one's accept queue when it closes; the
+ * accept loop keeps it empty, and `net.ipv4.tcp_migrate_req=1` moves them to the new one).
+ * Without it (no `--unstable-net`) no second listener can share the port: `old` closes first
+ * and a client connecting in that instant is refused.
+ *
+ * @throws the listen error of a pair that cannot be served (`current` serves again then).
+ */
+export async function replaceTlsListener(
+  old: Deno.Listener,
+  address: Address,
+  pair: TlsKeyPair,
+  current: TlsKeyPair,
+  use: (listener: Deno.TlsListener) => void,
+): Promise<void> {
+  if (canReusePort()) {
+    use(listenTls(address, pair));
+    old.close();
+    return;
+  }
+  old.close();
+  try {
+    use(await listenWhenFree(() => listenTls(address, pair)));
+  } catch (error) {
+    use(await listenWhenFree(() => listenTls(address, current)));
+    throw error;
+  }
+}
+
 /** Options for {@linkcode TlsHandshakes}. */
 export interface TlsHandshakesOptions {
   /** Where `tls_handshakes` and `tls_handshake_failures` are counted. */

@@ -19,12 +19,7 @@ import { acceptLoop } from "../net/accept_loop.ts";
 import { WebSocketConn } from "../net/websocket_conn.ts";
 import { acceptUpgrade, type UpgradeRefusalReason } from "../net/websocket_upgrade.ts";
 import type { Stats } from "../stats/stats.ts";
-
-/** A certificate chain and its key, PEM text (wss). */
-export interface TlsKeyPair {
-  cert: string;
-  key: string;
-}
+import { listenTls, replaceTlsListener, type TlsKeyPair } from "./tls_termination.ts";
 
 /** Options for {@linkcode WebSocketListener}. */
 export interface WebSocketListenerOptions {
@@ -32,6 +27,11 @@ export interface WebSocketListenerOptions {
   listen: Address;
   /** Takes each upgraded connection (the proxy's `serve`). */
   serve: (conn: Deno.Conn) => void;
+  /**
+   * Asked first of each accepted connection, before a byte is read (the proxy's `--allow` and
+   * `--deny`): false when it was refused (and closed). Unset: every connection is taken.
+   */
+  admit?: (conn: Deno.Conn) => boolean;
   /** Counters to add to. */
   stats: Stats;
   /** Logger; unset: nothing is logged. */
@@ -78,18 +78,42 @@ export class WebSocketListener implements AsyncDisposable {
     const { listen, tls, reusePort } = this.#options;
     const where = { hostname: listen.hostname, port: listen.port };
     const reuse = reusePort ? { reusePort: true } : {};
-    this.#listener = tls === undefined
-      ? Deno.listen({ ...where, ...reuse })
-      : Deno.listenTls({ ...where, ...reuse, cert: tls.cert, key: tls.key });
+    // wss always takes SO_REUSEPORT when it can: a new key pair is served by a second listener
+    // on the port, opened before the old one closes (setTls).
+    this.#listen(
+      tls === undefined ? Deno.listen({ ...where, ...reuse }) : listenTls(listen, tls),
+    );
+    return this.addr;
+  }
+
+  /**
+   * Serves wss with `pair` from now on: a second listener on the port, then the old one closes
+   * (connections open on it keep going; see `Proxy.setTls` for what Linux does to any still in
+   * its accept queue). Nothing is done for plain ws, or once closed.
+   *
+   * @throws when the pair cannot be used (the old listener then keeps serving).
+   */
+  async setTls(pair: TlsKeyPair): Promise<void> {
+    const old = this.#listener;
+    if (this.#options.tls === undefined || old === undefined || this.#closed) return;
+    const address = { hostname: this.#options.listen.hostname, port: this.addr.port };
+    await replaceTlsListener(old, address, pair, this.#options.tls, (l) => this.#listen(l));
+    this.#options = { ...this.#options, tls: pair };
+  }
+
+  /** Accepts from `listener` from now on (besides any loop still ending on a retired one). */
+  #listen(listener: Deno.Listener): void {
+    this.#listener = listener;
     const stats = this.#options.stats;
-    this.#accepting = acceptLoop(this.#listener, (conn) => this.#accept(conn), {
+    const loop = acceptLoop(listener, (conn) => this.#accept(conn), {
       closed: () => this.#closed,
       label: formatAddress(this.addr),
       logger: this.#options.logger,
       onConnectionError: () => stats.acceptErrors++,
       onResourceError: () => stats.acceptResourceErrors++,
     });
-    return this.addr;
+    const before = this.#accepting;
+    this.#accepting = before === undefined ? loop : Promise.all([before, loop]).then(() => {});
   }
 
   /** The bound address. */
@@ -119,6 +143,7 @@ export class WebSocketListener implements AsyncDisposable {
 
   #accept(conn: Deno.Conn): void {
     if (this.#closed) return closeQuietly(conn);
+    if (this.#options.admit !== undefined && !this.#options.admit(conn)) return;
     const max = this.#options.maxHandshakes ?? 256;
     if (this.#pending.size >= max) {
       // A flood of stalled handshakes cannot keep a real client out: the oldest makes room.
