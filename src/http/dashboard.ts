@@ -81,6 +81,29 @@ const TLS: readonly Row[] = [
   ["tls_reload_failures", "Certificate reload failures", "int", "alert"],
 ];
 
+/** Who may come in: source lists and limits, PROXY headers, the WebSocket door. */
+const ACCESS: readonly Row[] = [
+  ["connections_closed.denied", "Refused: --allow / --deny", "int", "alert"],
+  ["connections_closed.source_limit", "Refused: --max-connections-per-source", "int", "alert"],
+  ["rate_limit_pauses", "Reads paused: --rate-limit-per-source", "int"],
+  ["source_table_full", "Per-source table full (served unlimited)", "int", "alert"],
+  ["proxy_headers", "PROXY headers taken", "int"],
+  ["proxy_header_untrusted", "PROXY header from a peer not listed", "int", "alert"],
+  ["proxy_header_missing", "PROXY header missing", "int", "alert"],
+  ["proxy_header_malformed", "PROXY header malformed", "int", "alert"],
+  ["proxy_header_oversized", "PROXY header oversized", "int", "alert"],
+  ["proxy_header_truncated", "PROXY header cut short", "int", "alert"],
+  ["proxy_header_timeout", "PROXY header too slow", "int", "alert"],
+  ["ws_connections", "ws clients upgraded (--ws-listen)", "int"],
+  ["ws_rejected_origin", "ws: Origin refused (403)", "int", "alert"],
+  ["ws_rejected_not_websocket", "ws: not an upgrade (426)", "int", "alert"],
+  ["ws_rejected_bad_request", "ws: bad handshake", "int", "alert"],
+  ["ws_rejected_timeout", "ws: handshake too slow", "int", "alert"],
+  ["ws_rejected_busy", "ws: handshakes over the cap", "int", "alert"],
+  ["ws_rejected_tls", "ws: TLS handshake failed", "int", "alert"],
+  ["ws_protocol_errors", "ws: protocol errors", "int", "alert"],
+];
+
 const RESILIENCE: readonly Row[] = [
   ["failovers", "Failovers (--resume)", "int", "alert"],
   ["replays", "Replayed REQs (--resume)", "int", "alert"],
@@ -219,6 +242,7 @@ ${section("workers", "Data-plane workers", workers(), "span2")}
 ${section("invalid", "Invalid lines (forwarded unchanged)", list(INVALID))}
 ${section("closed", "Close reasons", closeReasons())}
 ${section("tls", "TLS (--tls-cert)", list(TLS))}
+${section("access", "Access control and other doors", list(ACCESS))}
 ${section("resilience", "Resilience and dropped output", list(RESILIENCE), "wide")}
 </div>
 </main>
