@@ -106,6 +106,7 @@ async function main(args: string[]): Promise<number> {
   const combined = `${certs.dir}/combined.pem`;
   await Deno.writeTextFile(combined, certs.serverCertPem + certs.serverKeyPem);
 
+  const TLS = ["--tls", "--ca", certs.caCert];
   const targets: TargetSpec[] = [];
   const plain = new Set<string>();
   const tls = new Set<string>();
@@ -140,14 +141,20 @@ async function main(args: string[]): Promise<number> {
       flags: ["--tls-cert", certs.serverCert, "--tls-key", certs.serverKey],
       // The certificate files are read at start (the task's read access covers src/ only).
       denoFlags: [`--allow-read=${certs.dir}`],
+      settleArgs: [...THROUGHPUT_LOAD, ...TLS],
     });
     tls.add("tls");
     if (haproxy) {
-      targets.push({ key: "haproxy-tls", kind: "haproxy", title: "HAProxy TLS", sslCrt: combined });
+      targets.push({
+        key: "haproxy-tls",
+        kind: "haproxy",
+        title: "HAProxy TLS",
+        sslCrt: combined,
+        settleArgs: [...THROUGHPUT_LOAD, ...TLS],
+      });
       tls.add("haproxy-tls");
     }
   }
-  const TLS = ["--tls", "--ca", certs.caCert];
   const inPlain = (t: TargetSpec) => plain.has(t.key);
   const inTls = (t: TargetSpec) => tls.has(t.key);
   const loads: LoadScenario[] = [

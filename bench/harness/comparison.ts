@@ -149,7 +149,9 @@ export async function runComparison(
       return t;
     };
     const settled = async (t: RunningTarget) => {
-      if (t.spec.kind !== "direct") await settle(t.port, options.settle ?? 0, { checkout });
+      if (t.spec.kind !== "direct") {
+        await settle(t.port, options.settle ?? 0, { checkout, args: t.spec.settleArgs });
+      }
       return t;
     };
     const measure = (t: RunningTarget, scenario: LoadScenario, round: number) =>

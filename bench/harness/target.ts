@@ -53,6 +53,8 @@ export interface TargetSpec {
   balance?: string;
   /** haproxy: `check inter` (ms) on every server, plus `option redispatch`; unset: no checks. */
   checkMs?: number;
+  /** The settling load's `foo-proxy bench` flags (e.g. `--tls --ca FILE`); unset: throughput. */
+  settleArgs?: readonly string[];
   /** haproxy: terminate TLS with this PEM (certificate then key); unset: plain TCP. */
   sslCrt?: string;
   /** With `--taskset`: the proxy's cores and the load's. Unset: not pinned. */
