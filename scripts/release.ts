@@ -51,6 +51,9 @@ Flags:
   --out-dir DIR         where binaries go                        (default dist)
   --allow-net=HOSTS     bake in net access to HOSTS only (host:port,…) instead of any address
   --recovery-dir DIR    bake in read/write of DIR, for --recovery-path DIR/<file>
+  --allow-read=PATHS    bake in read of PATHS only (absolute files or directories, comma-separated):
+                        the TLS files (--tls-cert, --tls-key, --upstream-ca, --upstream-cert,
+                        --upstream-key), a --config file, the tools' --ca
   -h, --help            print this help
 
 Offline: set DENORT_BIN=/path/to/denort (Deno ${Deno.version.deno}'s runtime for the one target you
@@ -76,6 +79,11 @@ export interface PlanOptions {
   netHosts?: readonly string[];
   /** Bake in read/write of this directory; unset: no file access at all. */
   recoveryDir?: string;
+  /**
+   * Bake in read (only) of these absolute paths, files or directories: TLS files, a config file.
+   * Unset or empty: none.
+   */
+  readPaths?: readonly string[];
   /** Permission flags to start from; unset: those of `deno task start`. */
   permissionFlags?: readonly string[];
   /** The deno executable; unset: the one running this script. */
@@ -87,7 +95,7 @@ export interface PlanOptions {
 /**
  * The `deno compile` commands for `mode` (`compile` or `release`).
  *
- * @throws {RangeError} for an unknown target.
+ * @throws {RangeError} for an unknown target, or a read path that is not absolute.
  * @throws {PermissionPolicyError} when the permission flags break the policy.
  */
 export function planCompile(mode: "compile" | "release", options: PlanOptions = {}): CompileStep[] {
@@ -95,6 +103,7 @@ export function planCompile(mode: "compile" | "release", options: PlanOptions = 
   let flags = [...(options.permissionFlags ?? startPermissionFlags())];
   if (options.netHosts?.length) flags = narrowNetFlags(flags, options.netHosts);
   if (options.recoveryDir) flags.push(...recoveryPermissionFlags(options.recoveryDir));
+  if (options.readPaths?.length) flags = withReadPaths(flags, options.readPaths);
   const deno = options.deno ?? Deno.execPath();
   const v8Flags = options.v8Flags ?? startV8Flags();
   const targets: (string | undefined)[] = options.targets?.length
@@ -129,6 +138,29 @@ export function planCompile(mode: "compile" | "release", options: PlanOptions = 
       ],
     };
   });
+}
+
+/**
+ * `flags` with read access to `paths` added to their one `--allow-read=` list (made if missing):
+ * one list, whatever Deno does with a repeated flag.
+ *
+ * @throws {RangeError} for a relative path (a binary runs from any directory, where it would
+ * name another file) or one holding a comma (the list's separator).
+ */
+export function withReadPaths(flags: readonly string[], paths: readonly string[]): string[] {
+  for (const path of paths) {
+    if (!path.startsWith("/") && !/^[A-Za-z]:[\\/]/.test(path)) {
+      throw new RangeError(
+        `--allow-read: "${path}" is not an absolute path (a binary runs from any directory, where a relative path names another file)`,
+      );
+    }
+    if (path.includes(",")) {
+      throw new RangeError(`--allow-read: "${path}" holds a comma, which separates the paths`);
+    }
+  }
+  const i = flags.findIndex((f) => f.startsWith("--allow-read="));
+  if (i < 0) return [...flags, `--allow-read=${paths.join(",")}`];
+  return flags.with(i, `${flags[i]},${paths.join(",")}`);
 }
 
 /** `argv` as one line a POSIX shell runs unchanged. */
@@ -233,6 +265,7 @@ export async function main(args: string[]): Promise<number> {
         "out-dir": { type: "string" },
         "allow-net": { type: "string" },
         "recovery-dir": { type: "string" },
+        "allow-read": { type: "string", multiple: true },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -260,6 +293,7 @@ export async function main(args: string[]): Promise<number> {
       outDir: values["out-dir"],
       netHosts: values["allow-net"]?.split(",").filter((h) => h !== ""),
       recoveryDir: values["recovery-dir"],
+      readPaths: values["allow-read"]?.flatMap((list) => list.split(",")).filter((p) => p !== ""),
     });
   } catch (error) {
     if (error instanceof RangeError || error instanceof PermissionPolicyError) {

@@ -112,6 +112,26 @@ Deno.test("assertPermissions() treats 'prompt' as missing and words the fix for 
       "(recovery file --recovery-path); " +
       'rebuild the binary with "deno task compile --recovery-dir /var/lib/foo-proxy"',
   });
+  // A TLS file is only read: the fix is a read grant, not --recovery-dir's read and write.
+  const tlsTargets = {
+    ...targets,
+    recoveryPath: null,
+    tlsCert: "/etc/tls/c.pem",
+    tlsKey: "/k.pem",
+  };
+  assert.throws(
+    () =>
+      assertPermissions(tlsTargets, {
+        query: grantAllBut((d) => d.name === "read"),
+        standalone: true,
+      }),
+    {
+      name: "MissingPermissionError",
+      message: "Missing permissions: read access to /etc/tls/c.pem (TLS file --tls-cert), " +
+        "read access to /k.pem (TLS file --tls-key); " +
+        'rebuild the binary with "deno task compile --allow-read=/etc/tls/c.pem,/k.pem"',
+    },
+  );
   assert.throws(standalone((d) => d.name === "net" && d.host === "localhost:8001"), {
     name: "MissingPermissionError",
     message: "Missing permission: net access to localhost:8001 (upstream --forward); " +
@@ -144,10 +164,11 @@ Deno.test("the proxy serves real traffic with only --allow-net=<listen>,<upstrea
   assert.equal(upstream.requests, 2);
 });
 
-Deno.test("a missing net grant for --listen, --forward or an explicit --http exits 2 with one line, opening nothing", async () => {
+Deno.test("a missing net grant for --listen, --forward, an explicit --http or --ws-listen exits 2 with one line, opening nothing", async () => {
   await using upstream = await startUpstream();
   const listen = freePort();
   const http = freePort();
+  const ws = freePort();
   const up = upstream.addr.port;
   const args = ["proxy", "--listen", `${LOCAL}:${listen}`, "--forward", `${LOCAL}:${up}`];
   const cases: [string[], string[], string[]][] = [
@@ -158,6 +179,12 @@ Deno.test("a missing net grant for --listen, --forward or an explicit --http exi
       [`--allow-net=${LOCAL}:${listen},${LOCAL}:${up}`],
       ["--http", `${LOCAL}:${http}`, "--health", "off"],
       [`${LOCAL}:${http} (stats HTTP --http)`],
+    ],
+    // The edge's second listener is named too (not found only when a worker fails to bind it).
+    [
+      [`--allow-net=${LOCAL}:${listen},${LOCAL}:${up}`],
+      ["--ws-listen", `${LOCAL}:${ws}`, "--http", "off", "--health", "off"],
+      [`${LOCAL}:${ws} (WebSocket listen --ws-listen)`],
     ],
   ];
   for (const [permissions, extra, missing] of cases) {

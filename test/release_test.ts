@@ -144,6 +144,42 @@ Deno.test("deno task compile --dry-run prints one command for this machine; flag
   ]);
 });
 
+Deno.test("deno task compile --allow-read=PATHS bakes in read (only) of the TLS files, in one list with --recovery-dir's; a relative path is refused", async () => {
+  const tls = "/etc/foo-proxy/tls";
+  const ca = "/etc/foo-proxy/upstream ca.pem";
+  const readOnly = await run(["task", "compile", "--dry-run", `--allow-read=${tls},${ca}`]);
+  assert.equal(readOnly.code, 0, readOnly.stderr);
+  const words = await shellWords(readOnly.stdout.trimEnd());
+  assert.deepEqual(words.filter((w) => w.startsWith("--allow-")), [
+    "--allow-net",
+    "--allow-env=FOO_PROXY_*",
+    `--allow-read=${tls},${ca}`,
+  ]);
+  const both = await run([
+    "task",
+    "compile",
+    "--dry-run",
+    "--recovery-dir",
+    "/var/lib/foo-proxy",
+    `--allow-read=${tls}`,
+    "--allow-read=/etc/foo-proxy/proxy.jsonc",
+  ]);
+  assert.equal(both.code, 0, both.stderr);
+  assert.deepEqual(
+    (await shellWords(both.stdout.trimEnd())).filter((w) => /^--allow-(read|write)/.test(w)),
+    [
+      `--allow-read=/var/lib/foo-proxy,${tls},/etc/foo-proxy/proxy.jsonc`,
+      "--allow-write=/var/lib/foo-proxy",
+    ],
+  );
+  const relative = await runRelease(["compile", "--dry-run", "--allow-read=certs/server.pem"]);
+  assert.equal(relative.code, 2);
+  assert.deepEqual(problemLines(relative.stderr), [
+    'release: --allow-read: "certs/server.pem" is not an absolute path (a binary runs from any directory, where a relative path names another file)',
+  ]);
+  assert.equal(relative.stdout, "");
+});
+
 Deno.test("release script rejects an unknown target and a forbidden permission with one line", async () => {
   const bad = await runRelease(["release", "--dry-run", "--target", "riscv64-unknown-linux-gnu"]);
   assert.equal(bad.code, 2);

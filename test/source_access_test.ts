@@ -352,10 +352,18 @@ Deno.test("a worker that crashes gives its connections' per-source places back",
   assert.equal((await child.status()).code, 0);
 });
 
-for (const mode of [{ name: "1:1", mux: 0 }, { name: "--mux", mux: 1 }]) {
+for (
+  const mode of [
+    { name: "1:1", mux: 0, deny: "192.0.2.0/24" },
+    { name: "--mux", mux: 1, deny: "192.0.2.0/24" },
+    // The usual incident: the proxy ran with no list at all until the operator denied a source.
+    { name: "1:1, no list before", mux: 0, deny: "" },
+    { name: "--mux, no list before", mux: 1, deny: "" },
+  ]
+) {
   Deno.test(`setAccess() closes the open connections of a source it now denies (${mode.name})`, async () => {
     await using upstream = await startUpstream();
-    await using proxy = await startProxy(upstream.addr, { mux: mode.mux, deny: "192.0.2.0/24" });
+    await using proxy = await startProxy(upstream.addr, { mux: mode.mux, deny: mode.deny });
     const conn = await connectTo(proxy.addr.port);
     await writeAll(conn, requests(1, 2));
     assert.deepEqual(await readLines(conn, 2), acks(1, 2));

@@ -25,11 +25,14 @@ import { makeCertificates, type TestCertificates } from "./_tls.ts";
 import {
   acks,
   connectTo,
+  freePort,
   listenLocal,
+  type MainProcess,
   readLines,
   readText,
   requests,
   spawnMain,
+  type SpawnMainOptions,
   startProxy,
   startUpstream,
   waitUntil,
@@ -46,6 +49,23 @@ async function tlsUpstream(certs: TestCertificates, untrusted = false) {
       ? { cert: await read(certs.untrustedCert), key: await read(certs.untrustedKey) }
       : { cert: certs.serverCertPem, key: certs.serverKeyPem },
   });
+}
+
+/** What a spawned proxy runs with: the test's certificate directory readable, besides `src`. */
+function readingCerts(certs: TestCertificates): SpawnMainOptions {
+  return {
+    permissions: [
+      "--allow-net",
+      "--allow-env=FOO_PROXY_*",
+      `--allow-read=${certs.dir},${new URL("../src", import.meta.url).pathname}`,
+      "--unstable-net",
+    ],
+  };
+}
+
+/** The port a spawned proxy listens on, from its start-up log line. */
+async function listeningPort(proxy: MainProcess): Promise<number> {
+  return Number((await proxy.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
 }
 
 /** Sends REQ 1..n through `port`, expects their ACKs, half-closes, expects the close. */
@@ -600,15 +620,8 @@ Deno.test("SIGHUP reads the --upstream-ca file again (no --config needed): a CA 
     "--workers=2",
     "--upstream-tls",
     `--upstream-ca=${caFile}`,
-  ], {
-    permissions: [
-      "--allow-net",
-      "--allow-env=FOO_PROXY_*",
-      `--allow-read=${certs.dir},${new URL("../src", import.meta.url).pathname}`,
-      "--unstable-net",
-    ],
-  });
-  const port = Number((await proxy.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
+  ], readingCerts(certs));
+  const port = await listeningPort(proxy);
   await refused(port);
   await Deno.copyFile(certs.caCert, caFile);
   proxy.kill("SIGHUP");
@@ -684,15 +697,8 @@ Deno.test("a reload that names another --upstream-ca file warns and keeps readin
     "--health=off",
     "--workers=1",
     `--config=${config}`,
-  ], {
-    permissions: [
-      "--allow-net",
-      "--allow-env=FOO_PROXY_*",
-      `--allow-read=${certs.dir},${new URL("../src", import.meta.url).pathname}`,
-      "--unstable-net",
-    ],
-  });
-  const port = Number((await proxy.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
+  ], readingCerts(certs));
+  const port = await listeningPort(proxy);
   await refused(port);
   await write(certs.caCert);
   for (const generation of [2, 3]) {
@@ -706,4 +712,72 @@ Deno.test("a reload that names another --upstream-ca file warns and keeps readin
   );
   proxy.kill("SIGTERM");
   assert.equal((await proxy.status()).code, 0);
+});
+
+Deno.test("a reload whose --upstream-ca file cannot be used still applies the config file (a --deny added in an incident) and answers 422", async () => {
+  await using certs = await makeCertificates();
+  await using upstream = await tlsUpstream(certs);
+  const caFile = `${certs.dir}/upstream-ca.pem`;
+  await Deno.copyFile(certs.caCert, caFile);
+  const config = `${certs.dir}/proxy.jsonc`;
+  await Deno.writeTextFile(config, JSON.stringify({ deny: "" }));
+  const http = freePort();
+  await using proxy = spawnMain([
+    "proxy",
+    "--listen=127.0.0.1:0",
+    `--forward=127.0.0.1:${upstream.addr.port}`,
+    "--connect-retries=0",
+    `--http=127.0.0.1:${http}`,
+    "--health=off",
+    "--workers=1",
+    "--upstream-tls",
+    `--upstream-ca=${caFile}`,
+    `--config=${config}`,
+  ], readingCerts(certs));
+  const port = await listeningPort(proxy);
+  using open = await connectTo(port);
+  await writeAll(open, requests(1, 1));
+  assert.deepEqual(await readLines(open, 1), acks(1, 1));
+  // A renewal caught half-written, while the operator denies the attacking network.
+  await Deno.writeTextFile(caFile, "not a certificate yet\n");
+  await Deno.writeTextFile(config, JSON.stringify({ deny: "127.0.0.1" }));
+  const response = await fetch(`http://127.0.0.1:${http}/reload`, { method: "POST" });
+  const body = await response.json();
+  assert.equal(response.status, 422, JSON.stringify(body));
+  assert.equal(body.ok, false);
+  assert.match(body.error, /--upstream-ca .* holds no PEM certificate/);
+  assert.ok(body.changed.some((c: string) => /source access/.test(c)), JSON.stringify(body));
+  // The deny is in force: the open client from 127.0.0.1 is closed, a new one refused.
+  assert.equal(await readText(open, 5000), "");
+  await refused(port);
+  proxy.kill("SIGTERM");
+  assert.equal((await proxy.status()).code, 0);
+});
+
+Deno.test("foo-proxy server --tls-cert/--tls-key: a key that is not the certificate's, or a file with no certificate, is exit 2 naming the file, before listening", async () => {
+  await using certs = await makeCertificates();
+  const cases = [
+    [
+      certs.serverCert,
+      certs.clientKey,
+      `the key "${certs.clientKey}" \\(--tls-key\\) is not the certificate's`,
+    ],
+    [
+      certs.serverKey,
+      certs.serverKey,
+      `no PEM certificate in "${certs.serverKey}" \\(--tls-cert\\)`,
+    ],
+  ] as const;
+  for (const [cert, key, why] of cases) {
+    await using child = spawnMain([
+      "server",
+      "--listen=127.0.0.1:0",
+      `--tls-cert=${cert}`,
+      `--tls-key=${key}`,
+    ], { permissions: ["--allow-net", `--allow-read=${certs.dir}`] });
+    assert.equal((await child.status()).code, 2, child.stderr.text);
+    assert.match(child.stderr.text, new RegExp(`Cannot use the TLS key pair: ${why}`));
+    assert.doesNotMatch(child.stderr.text, /Cannot listen/);
+    assert.equal(child.stdout.text, "", "never listening");
+  }
 });

@@ -41,6 +41,8 @@ export interface PermissionTargets {
   /** The TLS certificate and key files (read at start and at each reload); unset: none. */
   tlsCert?: string | null;
   tlsKey?: string | null;
+  /** The WebSocket listener's address (`--ws-listen`); unset or `null`: none. */
+  wsListen?: Address | null;
 }
 
 /** One permission the proxy needs, with the words used when it is missing. */
@@ -54,6 +56,11 @@ export interface PermissionNeed {
   target: string;
   /** Why it is needed, naming the flag that asked for it: `upstream --forward`. */
   purpose: string;
+  /**
+   * Only read, never written (a TLS file): a binary is rebuilt with `--allow-read=PATH`, not
+   * with the read and write of `--recovery-dir`. Unset: not known to be read only.
+   */
+  readOnly?: boolean;
 }
 
 /** Permissions the proxy needs were not granted. The message is the one line to print. */
@@ -72,9 +79,11 @@ export class MissingPermissionError extends Error {
 }
 
 /**
- * Every permission `targets` need, in the order they would be used: listen, forward, HTTP and
- * health (when asked for explicitly), then read and write of the recovery file's directory (the
- * file is replaced through a temporary file beside it, so the directory must be writable).
+ * Every permission `targets` need, in the order they would be used: listen (and the WebSocket
+ * listener), forward, HTTP and health (when asked for explicitly), then the files: read and
+ * write of the recovery file's directory (the file is replaced through a temporary file beside
+ * it, so the directory must be writable) and of the access log, read only of the TLS files, read
+ * and write of the pid file.
  */
 export function permissionNeeds(targets: PermissionTargets): PermissionNeed[] {
   const net = (address: Address, purpose: string): PermissionNeed => {
@@ -84,6 +93,7 @@ export function permissionNeeds(targets: PermissionTargets): PermissionNeed[] {
   const upstreams = targets.upstreams?.map((u) => u.address) ?? [targets.forward];
   const needs = [
     net(targets.listen, "listen --listen"),
+    ...(targets.wsListen ? [net(targets.wsListen, "WebSocket listen --ws-listen")] : []),
     ...upstreams.map((address) => net(address, "upstream --forward")),
   ];
   if (targets.http && targets.httpExplicit !== false) {
@@ -115,7 +125,8 @@ export function permissionNeeds(targets: PermissionTargets): PermissionNeed[] {
     ] as const
   ) {
     if (path) {
-      needs.push({ descriptor: { name: "read", path }, target: path, purpose: `TLS file ${flag}` });
+      const purpose = `TLS file ${flag}`;
+      needs.push({ descriptor: { name: "read", path }, target: path, purpose, readOnly: true });
     }
   }
   if (targets.pidFile) {
@@ -169,10 +180,16 @@ export function missingPermissionsMessage(
   });
   const head = `Missing permission${needs.length > 1 ? "s" : ""}: ${what.join(", ")}`;
   if (options.standalone) {
+    // Files only read (TLS files) are granted together by one --allow-read list of the build.
+    const readOnly = needs.filter((need) => need.readOnly).map((need) => need.target);
     const fixes = needs.map((need) =>
       need.descriptor.name === "net"
         ? `this binary was built with a narrower --allow-net: rebuild it with "deno task compile" ` +
           `(any address) or add ${need.target} to its --allow-net list`
+        : need.readOnly
+        ? `rebuild the binary with "deno task compile --allow-read=${
+          [...new Set(readOnly)].join(",")
+        }"`
         : `rebuild the binary with "deno task compile --recovery-dir ${need.target}"`
     );
     return `${head}; ${[...new Set(fixes)].join("; ")}`;

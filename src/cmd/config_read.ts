@@ -24,6 +24,7 @@ export async function readConfigFile(path: string): Promise<string> {
         descriptor: { name: "read", path },
         target: path,
         purpose: "config file --config",
+        readOnly: true,
       }], { standalone: Deno.build.standalone, args: Deno.args }),
     );
   }

@@ -16,6 +16,7 @@ import {
   UsageError,
 } from "../cli/flags.ts";
 import { readSmallFile } from "../proxy/read_small_file.ts";
+import { checkKeyPair } from "../proxy/tls_termination.ts";
 import { FooServer } from "../tools/server.ts";
 import { startCommand } from "./command_start.ts";
 import { type CommandContext, writeStdoutLine } from "./output.ts";
@@ -188,6 +189,8 @@ export async function runServer(args: string[], context: CommandContext = {}): P
         readSmallFile(config.tls.keyFile, { what: "--tls-key file" }),
       ]);
       tls = { cert, key };
+      // A pair that cannot serve is a bad flag (exit 2, saying which file), not a listen failure.
+      checkKeyPair(tls, { cert: config.tls.certFile, key: config.tls.keyFile });
     } catch (error) {
       logger.error("{error}", { error: error instanceof Error ? error.message : String(error) });
       return 2;

@@ -684,18 +684,21 @@ class Supervisor {
     const own = this.#own;
     const running = this.#running;
     const logger = this.#logger;
+    // An --upstream-tls file that cannot be used (a renewal caught half-written) keeps the running
+    // ones and fails the reload, but holds back nothing else: the config file (a --deny added in an
+    // incident) is still applied, as the listener's key pair is.
     const tlsReread = await this.#rereadUpstreamTls(why);
-    if (tlsReread instanceof Error) {
-      return { ok: false, generation: own.configGeneration, changed: [], error: tlsReread.message };
-    }
-    const tlsChanged = tlsReread === undefined ? [] : [tlsReread];
+    const tlsFailed: { ok: boolean; error?: string } = tlsReread instanceof Error
+      ? { ok: false, error: tlsReread.message }
+      : { ok: true };
+    const tlsChanged = typeof tlsReread === "string" ? [tlsReread] : [];
     if (running.configPath === null) {
       if (tlsReread === undefined && this.#tls === undefined) {
         logger.info("Got {why}: nothing to reload (no --config file; flags are read at start)", {
           why,
         });
       }
-      return { ok: true, generation: own.configGeneration, changed: tlsChanged };
+      return { ...tlsFailed, generation: own.configGeneration, changed: tlsChanged };
     }
     let next: ProxyConfig;
     try {
@@ -709,7 +712,8 @@ class Supervisor {
         path: running.configPath,
         error: message,
       });
-      return { ok: false, generation: own.configGeneration, changed: [], error: message };
+      const both = tlsFailed.error === undefined ? message : `${tlsFailed.error}; ${message}`;
+      return { ok: false, generation: own.configGeneration, changed: tlsChanged, error: both };
     }
     const pool = this.#pool;
     const planes = () => this.#planes;
@@ -759,7 +763,7 @@ class Supervisor {
       generation: own.configGeneration,
       changed: changed.length === 0 ? "nothing changed" : changed.join("; "),
     });
-    return { ok: true, generation: own.configGeneration, changed };
+    return { ...tlsFailed, generation: own.configGeneration, changed };
   }
 
   /**

@@ -280,6 +280,12 @@ interface Connection {
    * connection); unset otherwise.
    */
   address: Uint8Array | undefined;
+  /**
+   * The downstream as served (its `remoteAddr` is the client, after `--accept-proxy` the one its
+   * header names): a reload that sets `--allow`/`--deny` finds there the source of a connection
+   * accepted while none was set. Unset while its PROXY header is read.
+   */
+  downstream: Deno.Conn | undefined;
   /** `--accept-proxy`: the downstream as the PROXY header step wrapped it (its close reason). */
   proxied: ProxiedConn | undefined;
 }
@@ -631,7 +637,8 @@ export class Proxy implements AsyncDisposable {
     if (rules === undefined || (rules.allow === undefined && rules.deny === undefined)) return;
     let closed = 0;
     for (const connection of this.#connections) {
-      const address = connection.address;
+      // Accepted while no list was set, a connection kept no address: its downstream has it.
+      const address = connection.address ?? addressOf(connection.downstream);
       if (address === undefined || refusal(rules, address) === undefined) continue;
       stop(connection, "denied");
       closed++;
@@ -723,8 +730,10 @@ export class Proxy implements AsyncDisposable {
       proxied,
       source: undefined,
       address: undefined,
+      downstream: conn,
     };
     connection.proxied = proxied;
+    connection.downstream = conn;
     // Added first: #handle removes it when it ends, possibly before returning its promise.
     this.#connections.add(connection);
     connection.task = this.#handle(conn, connection, peer);
@@ -756,6 +765,7 @@ export class Proxy implements AsyncDisposable {
       proxied: undefined,
       source: undefined,
       address: undefined,
+      downstream: undefined,
     };
     this.#connections.add(connection);
     if (this.#closeAll.signal.aborted) connection.controller!.abort();
@@ -920,6 +930,7 @@ export class Proxy implements AsyncDisposable {
       proxied: downstream instanceof ProxiedConn ? downstream : undefined,
       source: undefined,
       address: undefined,
+      downstream,
     };
     if (
       this.#access !== undefined &&
@@ -1251,6 +1262,12 @@ export class Proxy implements AsyncDisposable {
 }
 
 const DONE: Promise<unknown> = Promise.resolve();
+
+/** The 16 bytes of `downstream`'s client address; `undefined` when unknown. */
+function addressOf(downstream: Deno.Conn | undefined): Uint8Array | undefined {
+  const hostname = (downstream?.remoteAddr as Deno.NetAddr | undefined)?.hostname;
+  return hostname === undefined ? undefined : parseIp(hostname);
+}
 
 /** Why `rules` refuse the source `address` (16 bytes), or `undefined` when they let it in. */
 function refusal(rules: AccessRules, address: Uint8Array): string | undefined {
