@@ -236,6 +236,23 @@ Deno.test("--rate-limit-per-source holds with --mux too: REQs wait for tokens, e
   assert.ok(proxy.stats.rateLimitPauses > 0);
 });
 
+for (const mode of [{ name: "1:1", mux: 0 }, { name: "--mux", mux: 1 }]) {
+  Deno.test(`--rate-limit-per-source (${mode.name}): a client whose REQs wait for tokens is not idle, whatever --idle-timeout says`, async () => {
+    await using upstream = await startUpstream();
+    await using proxy = await startProxy(upstream.addr, {
+      mux: mode.mux,
+      rateLimitPerSource: 2,
+      idleTimeoutMs: 200,
+    });
+    using conn = await connectTo(proxy.addr.port);
+    // The burst (2) at once, then a REQ each 0.5 s: the last waits 1 s with nothing in flight.
+    await writeAll(conn, requests(1, 4));
+    // Old: the idle timer closed it while REQ 3 or 4 waited (read, not yet forwarded).
+    assert.deepEqual(await readLines(conn, 4, 10_000), acks(1, 4));
+    assert.ok(proxy.stats.rateLimitPauses > 0);
+  });
+}
+
 Deno.test("a flood of distinct sources leaves the per-source table's entries bounded", async () => {
   await using upstream = await startUpstream();
   const table = new SourceTable(
