@@ -5,6 +5,7 @@
  */
 import * as assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
+import type { Logger } from "@logtape/logtape";
 import { Proxy } from "../src/proxy/proxy.ts";
 import { parseIp } from "../src/net/cidr.ts";
 import { SourceTable } from "../src/proxy/source_table.ts";
@@ -154,6 +155,31 @@ Deno.test("a flood of denied connects is counted in full and logged a line a sec
   assert.equal(accessLines, 300);
   assert.ok(warnings >= 1 && warnings <= 10, `${warnings} warnings for 300 refusals`);
   assert.equal(upstream.accepted, 0);
+});
+
+Deno.test("a flood of connects at --max-connections is counted in full and logged a line a second", async () => {
+  await using upstream = await startUpstream();
+  const warnings: string[] = [];
+  const logger = {
+    debug: () => {},
+    info: () => {},
+    warning: (message: string) => warnings.push(message),
+    error: (message: string) => warnings.push(message),
+  } as unknown as Logger;
+  await using proxy = await startProxy(upstream.addr, { maxConnections: 1, logger });
+  using holder = await connectTo(proxy.addr.port);
+  await writeAll(holder, requests(1, 1));
+  assert.deepEqual(await readLines(holder, 1), acks(1, 1));
+  const started = performance.now();
+  for (let i = 0; i < 30; i++) {
+    using conn = await connectTo(proxy.addr.port);
+    const end = conn.read(new Uint8Array(16)).catch(() => null);
+    assert.equal(await withTimeout(end, 5000, "a client over the limit to be closed"), null);
+  }
+  await waitUntil(() => proxy.stats.connectionsRejected === 30, "every refusal to be counted");
+  const rejected = warnings.filter((line) => line.startsWith("Rejected"));
+  const most = 1 + Math.ceil((performance.now() - started) / 1000);
+  assert.ok(rejected.length >= 1 && rejected.length <= most, `${rejected.length} warnings`);
 });
 
 Deno.test("--max-connections-per-source holds per source and frees a place when one closes", async () => {

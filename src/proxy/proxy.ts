@@ -24,6 +24,7 @@ import { UpstreamError, type UpstreamTls } from "./upstream.ts";
 import { SingleUpstream, type TargetConnection, type UpstreamTarget } from "./upstream_target.ts";
 import { CidrList, parseIp } from "../net/cidr.ts";
 import {
+  heldText,
   LogLimiter,
   ProxiedConn,
   type ProxyHeaderFailure,
@@ -808,7 +809,7 @@ export class Proxy implements AsyncDisposable {
       downstream: transport,
       reason,
       kind,
-      skipped: skipped > 0 ? `; ${skipped} more like it in the last second not logged` : "",
+      skipped: heldText(skipped),
     });
   }
 
@@ -876,10 +877,14 @@ export class Proxy implements AsyncDisposable {
       stats.connectionsRejected++;
       stats.recordClose("max_connections");
       this.#logRefused(peer, "max_connections");
-      this.#logger.warning("Rejected {downstream}: {active} connections open (--max-connections)", {
-        downstream: peer,
-        active: open,
-      });
+      // A line a second at most: a connect flood at the limit must not flood the log too.
+      const held = this.#refusalLog.take("max_connections", Date.now());
+      if (held !== undefined) {
+        this.#logger.warning(
+          "Rejected {downstream}: {active} connections open (--max-connections){held}",
+          { downstream: peer, active: open, held: heldText(held) },
+        );
+      }
       downstream.close();
       return undefined;
     }
@@ -1257,11 +1262,6 @@ function refusal(rules: AccessRules, address: Uint8Array): string | undefined {
   if (rules.deny?.has(address)) return "--deny";
   if (rules.allow !== undefined && !rules.allow.has(address)) return "not in --allow";
   return undefined;
-}
-
-/** What a rate-limited log line adds about the lines held back before it. */
-function heldText(held: number): string {
-  return held === 0 ? "" : `; ${held} more like it in the last second not logged`;
 }
 
 /** Whether `conn` came from a TLS listener (a WebSocket client served beside it did not). */

@@ -20,6 +20,7 @@ import { WebSocketConn } from "../net/websocket_conn.ts";
 import { acceptUpgrade, type UpgradeRefusalReason } from "../net/websocket_upgrade.ts";
 import type { Stats } from "../stats/stats.ts";
 import { listenTls, replaceTlsListener, type TlsKeyPair } from "./tls_termination.ts";
+import { heldText, LogLimiter } from "./proxy_header_step.ts";
 
 /** Options for {@linkcode WebSocketListener}. */
 export interface WebSocketListenerOptions {
@@ -59,9 +60,14 @@ export class WebSocketListener implements AsyncDisposable {
   #listener: Deno.Listener | undefined;
   #accepting: Promise<void> | undefined;
   #closed = false;
-  /** Connections in their handshake, oldest first, and how to close each. */
-  #pending = new Map<Deno.Conn, () => void>();
+  /**
+   * Connections in their handshake, oldest first, and how to close each: `evicted` to make room
+   * (counted), `closed` by the listener's close (not counted: no client did anything wrong).
+   */
+  #pending = new Map<Deno.Conn, (why: "evicted" | "closed") => void>();
   #tasks = new Set<Promise<void>>();
+  /** Refusal and protocol-error lines: one a second per kind (a flood must not flood the log). */
+  #log = new LogLimiter();
 
   /** Creates the listener; nothing is bound until {@linkcode start}. */
   constructor(options: WebSocketListenerOptions) {
@@ -132,7 +138,7 @@ export class WebSocketListener implements AsyncDisposable {
         // Already closed.
       }
     }
-    for (const close of this.#pending.values()) close();
+    for (const close of this.#pending.values()) close("closed");
     await this.#accepting;
     while (this.#tasks.size > 0) await Promise.all([...this.#tasks]);
   }
@@ -147,7 +153,7 @@ export class WebSocketListener implements AsyncDisposable {
     const max = this.#options.maxHandshakes ?? 256;
     if (this.#pending.size >= max) {
       // A flood of stalled handshakes cannot keep a real client out: the oldest makes room.
-      this.#pending.values().next().value?.();
+      this.#pending.values().next().value?.("evicted");
     }
     const task = this.#handshake(conn).catch((error) => {
       this.#options.logger?.error("WebSocket handshake failed: {error}", { error: String(error) });
@@ -159,15 +165,17 @@ export class WebSocketListener implements AsyncDisposable {
   async #handshake(conn: Deno.Conn): Promise<void> {
     const stats = this.#options.stats;
     const peer = formatAddress(conn.remoteAddr as Deno.NetAddr);
-    let why: "timeout" | "evicted" | undefined;
-    const end = (reason: "timeout" | "evicted") => {
+    let why: "timeout" | "evicted" | "closed" | undefined;
+    const end = (reason: "timeout" | "evicted" | "closed") => {
       if (why !== undefined) return;
       why = reason;
+      // Counted here, whichever stage (TLS or the upgrade request) it cuts short.
       if (reason === "evicted") stats.wsRejectedBusy++;
+      else if (reason === "timeout") stats.wsRejectedTimeout++;
       this.#pending.delete(conn);
       closeQuietly(conn);
     };
-    this.#pending.set(conn, () => end("evicted"));
+    this.#pending.set(conn, end);
     const timer = setTimeout(() => end("timeout"), this.#options.handshakeTimeoutMs ?? 5000);
     let upgrade;
     try {
@@ -194,14 +202,16 @@ export class WebSocketListener implements AsyncDisposable {
       clearTimeout(timer);
       this.#pending.delete(conn);
     }
-    if (why === "timeout") stats.wsRejectedTimeout++;
     if (upgrade === null || why !== undefined) return closeQuietly(conn);
     if ("status" in upgrade) {
       countRefusal(stats, upgrade.reason);
-      this.#options.logger?.info(
-        "WebSocket upgrade from {peer} refused: {status} {message}",
-        { peer, status: upgrade.status, message: upgrade.message },
-      );
+      const held = this.#log.take("refused", Date.now());
+      if (held !== undefined) {
+        this.#options.logger?.info(
+          "WebSocket upgrade from {peer} refused: {status} {message}{held}",
+          { peer, status: upgrade.status, message: upgrade.message, held: heldText(held) },
+        );
+      }
       return closeQuietly(conn);
     }
     stats.wsConnections++;
@@ -211,10 +221,13 @@ export class WebSocketListener implements AsyncDisposable {
       onMessageOut: () => stats.wsMessagesOut++,
       onProtocolError: (error) => {
         stats.wsProtocolErrors++;
-        this.#options.logger?.info("WebSocket client {peer} closed ({code}): {message}", {
+        const held = this.#log.take("protocol", Date.now());
+        if (held === undefined) return;
+        this.#options.logger?.info("WebSocket client {peer} closed ({code}): {message}{held}", {
           peer,
           code: error.code,
           message: error.message,
+          held: heldText(held),
         });
       },
     });
