@@ -374,6 +374,43 @@ Deno.test("WebSocket: a flood of refused upgrades and protocol errors writes a l
   assert.ok(errors.length >= 1 && errors.length <= most, `${errors.length} protocol error lines`);
 });
 
+Deno.test("--accept-proxy with --ws-listen: a listed balancer's PROXY header before the upgrade names the client, for the access log and the per-source limits", async () => {
+  await using upstream = await startUpstream();
+  const records: AccessRecord[] = [];
+  await using proxy = await startWsProxy(upstream.addr, {
+    acceptProxy: "127.0.0.1",
+    maxConnectionsPerSource: 1,
+    accessLog: (record) => records.push(record),
+  });
+  const port = proxy.webSocketAddr!.port;
+  // Two clients behind one balancer: two sources, one connection each.
+  const clients = [];
+  for (const [i, client] of ["192.0.2.1", "192.0.2.2"].entries()) {
+    const conn = await connectTo(port);
+    const header = `PROXY TCP4 ${client} 10.0.0.1 ${40000 + i} 8080\r\n`;
+    const r = await rawRequest(conn, header + upgradeHead(`127.0.0.1:${port}`));
+    assert.equal(r.status, 101, `client ${client}`);
+    clients.push({ conn, frames: new FrameReader(conn, r.rest) });
+  }
+  for (const [i, { conn, frames }] of clients.entries()) {
+    await writeAllBytes(conn, frame(1, `REQ ${i + 1}\n`, { mask: [1, 2, 3, 4] }));
+    assert.equal(new TextDecoder().decode((await frames.next())!.payload), `ACK ${i + 1}\n`);
+  }
+  for (const { conn } of clients) conn.close();
+  await waitUntil(() => records.length === 2, "both access-log lines");
+  assert.deepEqual(records.map((r) => r.client).sort(), ["192.0.2.1:40000", "192.0.2.2:40001"]);
+  assert.equal(proxy.stats.proxyHeaders, 2);
+  // A listed peer without a header is closed before its request is answered, counted.
+  {
+    using conn = await connectTo(port);
+    await writeAll(conn, upgradeHead(`127.0.0.1:${port}`));
+    const n = await withTimeout(conn.read(new Uint8Array(64)).catch(() => null), 5000, "close");
+    assert.equal(n, null);
+  }
+  await waitUntil(() => proxy.stats.proxyHeaderMissing === 1, "the missing header to be counted");
+  assert.equal(proxy.stats.wsConnections, 2);
+});
+
 Deno.test("foo-proxy proxy --ws-listen serves WebSocket clients in every worker; foo-proxy client --ws drives it", async () => {
   await using upstream = await startUpstream();
   const { child } = await spawnProxy(upstream.addr, ["--ws-listen=127.0.0.1:0", "--workers=2"]);

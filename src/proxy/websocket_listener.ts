@@ -33,6 +33,14 @@ export interface WebSocketListenerOptions {
    * `--deny`): false when it was refused (and closed). Unset: every connection is taken.
    */
   admit?: (conn: Deno.Conn) => boolean;
+  /**
+   * Runs first on each accepted connection, under the handshake's deadline (the proxy's PROXY
+   * header step, `--accept-proxy`): resolves with the connection to go on with (its `remoteAddr`
+   * the client's), or undefined when it closed it. `signal` aborts when this listener cuts the
+   * handshake short (deadline, cap, close: counted here). With it, `admit` is asked of what it
+   * gives. Unset: none.
+   */
+  preface?: (conn: Deno.Conn, signal: AbortSignal) => Promise<Deno.Conn | undefined>;
   /** Counters to add to. */
   stats: Stats;
   /** Logger; unset: nothing is logged. */
@@ -149,7 +157,8 @@ export class WebSocketListener implements AsyncDisposable {
 
   #accept(conn: Deno.Conn): void {
     if (this.#closed) return closeQuietly(conn);
-    if (this.#options.admit !== undefined && !this.#options.admit(conn)) return;
+    const { admit, preface } = this.#options;
+    if (preface === undefined && admit !== undefined && !admit(conn)) return;
     const max = this.#options.maxHandshakes ?? 256;
     if (this.#pending.size >= max) {
       // A flood of stalled handshakes cannot keep a real client out: the oldest makes room.
@@ -164,11 +173,13 @@ export class WebSocketListener implements AsyncDisposable {
 
   async #handshake(conn: Deno.Conn): Promise<void> {
     const stats = this.#options.stats;
-    const peer = formatAddress(conn.remoteAddr as Deno.NetAddr);
+    let peer = formatAddress(conn.remoteAddr as Deno.NetAddr);
     let why: "timeout" | "evicted" | "closed" | undefined;
+    const cut = new AbortController();
     const end = (reason: "timeout" | "evicted" | "closed") => {
       if (why !== undefined) return;
       why = reason;
+      cut.abort();
       // Counted here, whichever stage (TLS or the upgrade request) it cuts short.
       if (reason === "evicted") stats.wsRejectedBusy++;
       else if (reason === "timeout") stats.wsRejectedTimeout++;
@@ -178,7 +189,17 @@ export class WebSocketListener implements AsyncDisposable {
     this.#pending.set(conn, end);
     const timer = setTimeout(() => end("timeout"), this.#options.handshakeTimeoutMs ?? 5000);
     let upgrade;
+    // The client's connection: `conn`, or what the preface made of it.
+    let client = conn;
     try {
+      const { admit, preface } = this.#options;
+      if (preface !== undefined) {
+        const given = await preface(conn, cut.signal);
+        if (given === undefined || why !== undefined) return closeQuietly(conn);
+        if (admit !== undefined && !admit(given)) return;
+        client = given;
+        peer = formatAddress(given.remoteAddr as Deno.NetAddr);
+      }
       if (this.#options.tls !== undefined) {
         try {
           await (conn as Deno.TlsConn).handshake();
@@ -194,7 +215,7 @@ export class WebSocketListener implements AsyncDisposable {
         }
       }
       const origins = this.#options.origins;
-      upgrade = await acceptUpgrade(conn, {
+      upgrade = await acceptUpgrade(client, {
         origins: typeof origins === "function" ? origins() : origins,
         maxHeadBytes: this.#options.maxHeadBytes,
       });
@@ -215,7 +236,7 @@ export class WebSocketListener implements AsyncDisposable {
       return closeQuietly(conn);
     }
     stats.wsConnections++;
-    const ws = new WebSocketConn(conn, {
+    const ws = new WebSocketConn(client, {
       head: upgrade.rest,
       onMessageIn: () => stats.wsMessagesIn++,
       onMessageOut: () => stats.wsMessagesOut++,
