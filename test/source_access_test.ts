@@ -5,6 +5,7 @@
  */
 import * as assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
+import type { Logger } from "@logtape/logtape";
 import { Proxy } from "../src/proxy/proxy.ts";
 import { parseIp } from "../src/net/cidr.ts";
 import { SourceTable } from "../src/proxy/source_table.ts";
@@ -156,6 +157,31 @@ Deno.test("a flood of denied connects is counted in full and logged a line a sec
   assert.equal(upstream.accepted, 0);
 });
 
+Deno.test("a flood of connects at --max-connections is counted in full and logged a line a second", async () => {
+  await using upstream = await startUpstream();
+  const warnings: string[] = [];
+  const logger = {
+    debug: () => {},
+    info: () => {},
+    warning: (message: string) => warnings.push(message),
+    error: (message: string) => warnings.push(message),
+  } as unknown as Logger;
+  await using proxy = await startProxy(upstream.addr, { maxConnections: 1, logger });
+  using holder = await connectTo(proxy.addr.port);
+  await writeAll(holder, requests(1, 1));
+  assert.deepEqual(await readLines(holder, 1), acks(1, 1));
+  const started = performance.now();
+  for (let i = 0; i < 30; i++) {
+    using conn = await connectTo(proxy.addr.port);
+    const end = conn.read(new Uint8Array(16)).catch(() => null);
+    assert.equal(await withTimeout(end, 5000, "a client over the limit to be closed"), null);
+  }
+  await waitUntil(() => proxy.stats.connectionsRejected === 30, "every refusal to be counted");
+  const rejected = warnings.filter((line) => line.startsWith("Rejected"));
+  const most = 1 + Math.ceil((performance.now() - started) / 1000);
+  assert.ok(rejected.length >= 1 && rejected.length <= most, `${rejected.length} warnings`);
+});
+
 Deno.test("--max-connections-per-source holds per source and frees a place when one closes", async () => {
   await using upstream = await startUpstream();
   await using proxy = await startProxy(upstream.addr, { maxConnectionsPerSource: 2 });
@@ -235,6 +261,23 @@ Deno.test("--rate-limit-per-source holds with --mux too: REQs wait for tokens, e
   assert.ok(seen.seconds >= 1.3 && seen.seconds <= 3.5, `${seen.seconds} s`);
   assert.ok(proxy.stats.rateLimitPauses > 0);
 });
+
+for (const mode of [{ name: "1:1", mux: 0 }, { name: "--mux", mux: 1 }]) {
+  Deno.test(`--rate-limit-per-source (${mode.name}): a client whose REQs wait for tokens is not idle, whatever --idle-timeout says`, async () => {
+    await using upstream = await startUpstream();
+    await using proxy = await startProxy(upstream.addr, {
+      mux: mode.mux,
+      rateLimitPerSource: 2,
+      idleTimeoutMs: 200,
+    });
+    using conn = await connectTo(proxy.addr.port);
+    // The burst (2) at once, then a REQ each 0.5 s: the last waits 1 s with nothing in flight.
+    await writeAll(conn, requests(1, 4));
+    // Old: the idle timer closed it while REQ 3 or 4 waited (read, not yet forwarded).
+    assert.deepEqual(await readLines(conn, 4, 10_000), acks(1, 4));
+    assert.ok(proxy.stats.rateLimitPauses > 0);
+  });
+}
 
 Deno.test("a flood of distinct sources leaves the per-source table's entries bounded", async () => {
   await using upstream = await startUpstream();

@@ -7,6 +7,7 @@
  */
 import assert from "node:assert/strict";
 import type { Logger } from "@logtape/logtape";
+import type { AccessRecord } from "../src/proxy/access_log.ts";
 import { Proxy } from "../src/proxy/proxy.ts";
 import { makeCertificates, type TestCertificates } from "./_tls.ts";
 import { frame, FrameReader, rawRequest, upgradeHead, writeAllBytes } from "./_websocket.ts";
@@ -231,6 +232,32 @@ for (const { name, mux } of MODES) {
     assert.equal(proxy.stats.snapshot().tls_handshake_failures.timeout, 1);
     assert.ok(proxy.stats.snapshot().connections_rejected >= 1);
     staller.close();
+  });
+}
+
+for (const { name, mux } of MODES) {
+  Deno.test(`TLS (${name}): a reload that denies a client in its handshake closes it as denied, not as a shutdown`, async () => {
+    await using certs = await makeCertificates();
+    await using upstream = await startUpstream();
+    const records: AccessRecord[] = [];
+    await using proxy = await startTlsProxy(certs, upstream.addr, {
+      mux,
+      deny: "192.0.2.0/24",
+      tlsHandshakeTimeoutMs: 30_000,
+      accessLog: (record) => records.push(record),
+    });
+    // Admitted, and stalled in its handshake (no ClientHello).
+    const staller = await Deno.connect({ hostname: "127.0.0.1", port: proxy.addr.port });
+    await waitUntil(() => proxy.stats.connectionsActive === 1, "the staller to be admitted");
+    proxy.setAccess({ deny: "192.0.2.0/24,127.0.0.1" });
+    // (Its socket is not seen to close: Deno holds a TLS connection closed before its handshake
+    // until the client sends or leaves; see docs/edge.md.)
+    await waitUntil(() => proxy.activeConnections === 0, "the staller to be counted out");
+    staller.close();
+    const snapshot = proxy.stats.snapshot();
+    assert.deepEqual(snapshot.connections_closed, { denied: 1 });
+    assert.deepEqual(records.map((r) => r.reason), ["denied"]);
+    assert.equal(snapshot.connections_active, 0);
   });
 }
 

@@ -5,6 +5,7 @@
  * origin allow-list, the handshake's limits, protocol errors, a flood that never reads, wss.
  */
 import assert from "node:assert/strict";
+import type { Logger } from "@logtape/logtape";
 import type { AccessRecord } from "../src/proxy/access_log.ts";
 import { WebSocketConn } from "../src/net/websocket_conn.ts";
 import { parseProxyConfig } from "../src/cmd/proxy_config.ts";
@@ -307,6 +308,107 @@ Deno.test("WebSocket over TLS (wss) with the test CA", async () => {
     await withTimeout(plain.read(new Uint8Array(64)).catch(() => null), 5000, "close");
   }
   await waitUntil(() => proxy.stats.wsRejectedTls === 1, "the TLS failure to be counted");
+});
+
+Deno.test("wss: a client that stalls its TLS handshake is closed at the deadline and counted as a timeout", async () => {
+  await using certs = await makeCertificates();
+  await using upstream = await startUpstream();
+  await using proxy = await startWsProxy(upstream.addr, {}, {
+    tls: { cert: certs.serverCertPem, key: certs.serverKeyPem },
+    handshakeTimeoutMs: 200,
+  });
+  // No ClientHello. (Its socket is not seen to close: Deno holds a TLS connection closed before
+  // its handshake until the client sends or leaves; see docs/edge.md.)
+  using _staller = await connectTo(proxy.webSocketAddr!.port);
+  await waitUntil(() => proxy.stats.wsRejectedTimeout === 1, "the stalled handshake to be counted");
+  assert.equal(proxy.stats.wsRejectedTls, 0);
+  assert.equal(proxy.stats.wsRejectedBusy, 0);
+});
+
+Deno.test("WebSocket: a handshake closed by the proxy's shutdown is not counted as evicted by the handshake cap", async () => {
+  await using upstream = await startUpstream();
+  const proxy = await startWsProxy(upstream.addr);
+  const port = proxy.webSocketAddr!.port;
+  using staller = await connectTo(port);
+  await writeAll(staller, "GET / HTTP/1.1\r\n"); // and nothing more
+  {
+    // Accepted after the staller: once it is upgraded, the staller is in its handshake.
+    const { conn } = await openRaw(port);
+    conn.close();
+  }
+  await proxy.close();
+  const n = await withTimeout(staller.read(new Uint8Array(16)).catch(() => null), 5000, "close");
+  assert.equal(n, null);
+  assert.equal(proxy.stats.wsRejectedBusy, 0, "a shutdown is no handshake-cap eviction");
+});
+
+Deno.test("WebSocket: a flood of refused upgrades and protocol errors writes a log line a second per kind, not one per client", async () => {
+  await using upstream = await startUpstream();
+  const lines: string[] = [];
+  const keep = (message: string) => lines.push(message);
+  const logger = { debug: () => {}, info: keep, warning: keep, error: keep } as unknown as Logger;
+  await using proxy = await startWsProxy(upstream.addr, { logger });
+  const port = proxy.webSocketAddr!.port;
+  const started = performance.now();
+  for (let i = 0; i < 20; i++) {
+    using conn = await connectTo(port);
+    const r = await rawRequest(
+      conn,
+      upgradeHead(`127.0.0.1:${port}`, ["Origin: http://evil.example"]),
+    );
+    assert.equal(r.status, 403);
+  }
+  for (let i = 0; i < 20; i++) {
+    const { conn, frames } = await openRaw(port);
+    using _ = conn;
+    await writeAllBytes(conn, frame(1, "REQ 1\n", { masked: false }));
+    assert.equal((await frames.next())?.opcode, 8);
+  }
+  await waitUntil(() => proxy.stats.wsProtocolErrors === 20, "every protocol error to be counted");
+  assert.equal(proxy.stats.wsRejectedOrigin, 20);
+  const refusals = lines.filter((line) => line.startsWith("WebSocket upgrade"));
+  const errors = lines.filter((line) => line.startsWith("WebSocket client"));
+  // A line a second per kind at most (the first at once, the next a second later, …).
+  const most = 1 + Math.ceil((performance.now() - started) / 1000);
+  assert.ok(refusals.length >= 1 && refusals.length <= most, `${refusals.length} refusal lines`);
+  assert.ok(errors.length >= 1 && errors.length <= most, `${errors.length} protocol error lines`);
+});
+
+Deno.test("--accept-proxy with --ws-listen: a listed balancer's PROXY header before the upgrade names the client, for the access log and the per-source limits", async () => {
+  await using upstream = await startUpstream();
+  const records: AccessRecord[] = [];
+  await using proxy = await startWsProxy(upstream.addr, {
+    acceptProxy: "127.0.0.1",
+    maxConnectionsPerSource: 1,
+    accessLog: (record) => records.push(record),
+  });
+  const port = proxy.webSocketAddr!.port;
+  // Two clients behind one balancer: two sources, one connection each.
+  const clients = [];
+  for (const [i, client] of ["192.0.2.1", "192.0.2.2"].entries()) {
+    const conn = await connectTo(port);
+    const header = `PROXY TCP4 ${client} 10.0.0.1 ${40000 + i} 8080\r\n`;
+    const r = await rawRequest(conn, header + upgradeHead(`127.0.0.1:${port}`));
+    assert.equal(r.status, 101, `client ${client}`);
+    clients.push({ conn, frames: new FrameReader(conn, r.rest) });
+  }
+  for (const [i, { conn, frames }] of clients.entries()) {
+    await writeAllBytes(conn, frame(1, `REQ ${i + 1}\n`, { mask: [1, 2, 3, 4] }));
+    assert.equal(new TextDecoder().decode((await frames.next())!.payload), `ACK ${i + 1}\n`);
+  }
+  for (const { conn } of clients) conn.close();
+  await waitUntil(() => records.length === 2, "both access-log lines");
+  assert.deepEqual(records.map((r) => r.client).sort(), ["192.0.2.1:40000", "192.0.2.2:40001"]);
+  assert.equal(proxy.stats.proxyHeaders, 2);
+  // A listed peer without a header is closed before its request is answered, counted.
+  {
+    using conn = await connectTo(port);
+    await writeAll(conn, upgradeHead(`127.0.0.1:${port}`));
+    const n = await withTimeout(conn.read(new Uint8Array(64)).catch(() => null), 5000, "close");
+    assert.equal(n, null);
+  }
+  await waitUntil(() => proxy.stats.proxyHeaderMissing === 1, "the missing header to be counted");
+  assert.equal(proxy.stats.wsConnections, 2);
 });
 
 Deno.test("foo-proxy proxy --ws-listen serves WebSocket clients in every worker; foo-proxy client --ws drives it", async () => {

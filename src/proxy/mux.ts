@@ -541,6 +541,11 @@ export class MuxClient {
   strikes = 0;
   /** REQs forwarded (a client that sent some and half-closed ends `completed`). */
   reqs = 0;
+  /**
+   * Whether a chunk read from the client is still being forwarded (its REQs waiting for tokens,
+   * the in-flight gate or a channel): not idle, even with nothing in flight.
+   */
+  forwarding = false;
   /** `--rate-limit-per-source`: the source's token bucket; undefined: no limit. */
   readonly rate: SourceRate | undefined;
   /** Tokens taken for the REQs of the chunk being forwarded (the rest given back after it). */
@@ -595,6 +600,7 @@ export class MuxClient {
           break;
         }
         if (this.closed) break;
+        this.forwarding = true;
         let now = stats.clock();
         this.lastActivity = now;
         const fresh = chunk.length - source.carried;
@@ -682,6 +688,7 @@ export class MuxClient {
         }
         if (valid > 0) stats.recordRequests(valid, now);
         if (this.credit > 0) this.giveBackCredit();
+        this.forwarding = false;
         this.updateState();
         if (start < chunk.length && !source.keep(chunk, start)) {
           stats.muxRefusedLines++;
@@ -981,7 +988,7 @@ export class MuxClient {
     }
     const limit = this.config.idleTimeoutMs;
     if (limit <= 0) return;
-    if (this.inflight > 0 || this.writing) return this.arm(limit);
+    if (this.inflight > 0 || this.writing || this.forwarding) return this.arm(limit);
     if (quiet < limit) return this.arm(limit - quiet);
     this.finish("idle_timeout");
   }

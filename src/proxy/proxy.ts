@@ -24,6 +24,7 @@ import { UpstreamError, type UpstreamTls } from "./upstream.ts";
 import { SingleUpstream, type TargetConnection, type UpstreamTarget } from "./upstream_target.ts";
 import { CidrList, parseIp } from "../net/cidr.ts";
 import {
+  heldText,
   LogLimiter,
   ProxiedConn,
   type ProxyHeaderFailure,
@@ -448,6 +449,11 @@ export class Proxy implements AsyncDisposable {
         ...this.#options.webSocket,
         reusePort: this.#options.reusePort,
         admit: (conn) => this.#allowedSource(conn),
+        // `--accept-proxy`: a listed balancer's header comes before the upgrade request (not
+        // with wss: Deno cannot read one in front of a TLS ClientHello).
+        preface: tls === undefined
+          ? (conn, signal) => this.#webSocketProxyHeader(conn, signal)
+          : undefined,
         serve: (conn) => this.serve(conn),
         stats: this.stats,
         logger: this.#logger,
@@ -702,7 +708,8 @@ export class Proxy implements AsyncDisposable {
       }
       return;
     }
-    // Not through step 1: a PROXY header comes before a WebSocket's HTTP request, not in it.
+    // Step 1 ran before the upgrade request was read (#webSocketProxyHeader): `conn`'s address
+    // is the header's client.
     this.#serve(conn, formatAddress(conn.remoteAddr as Deno.NetAddr));
   }
 
@@ -769,44 +776,77 @@ export class Proxy implements AsyncDisposable {
     };
     this.#connections.add(connection);
     if (this.#closeAll.signal.aborted) connection.controller!.abort();
-    connection.task = readProxyHeader(conn, {
-      timeoutMs: this.#options.acceptProxyTimeoutMs ?? PROXY_DEFAULTS.acceptProxyTimeoutMs,
-      signal: connection.controller!.signal,
-    }).then((result) => {
-      if (!result.ok) {
-        this.#connections.delete(connection);
-        this.stats.connectionsTotal++;
-        const reason: CloseReason = result.kind === "closed"
-          ? "client_closed"
-          : result.kind === "aborted"
-          ? "shutdown"
-          : "proxy_header";
-        this.stats.recordClose(reason);
-        this.#logRefused(transport, reason);
-        if (reason === "proxy_header") {
-          this.#proxyHeaderFailed(result.kind as ProxyHeaderFailure, transport, result.reason);
-        }
-        return;
-      }
-      this.stats.proxyHeaders++;
-      const { source, destination } = result.header;
-      const downstream = source === undefined && result.held.length === 0
-        ? conn
-        : new ProxiedConn(conn, {
-          remoteAddr: source && { transport: "tcp", ...source },
-          localAddr: destination && { transport: "tcp", ...destination },
-          held: result.held,
-        });
-      const peer = source === undefined ? transport : formatAddress(source);
-      this.#logger.debug("PROXY header from {transport}: client {downstream}", {
-        transport,
-        downstream: peer,
-      });
-      this.#serve(downstream, peer, connection);
-    }).catch((error) => {
+    connection.task = this.#headerOf(conn, transport, connection.controller!.signal).then(
+      (read) => {
+        if (read === undefined) this.#connections.delete(connection);
+        else this.#serve(read.downstream, read.peer, connection);
+      },
+    ).catch((error) => {
       this.#connections.delete(connection);
       this.#logger.error("Unexpected error in a connection: {error}", { error: String(error) });
     });
+  }
+
+  /**
+   * Reads the PROXY header of `conn`, from the listed peer `transport`: resolves with the
+   * connection as the header's client, or undefined when it was closed (counted, logged,
+   * access-logged; aborted by `signal`: only when `countAborted`).
+   */
+  async #headerOf(
+    conn: Deno.Conn,
+    transport: string,
+    signal: AbortSignal,
+    countAborted = true,
+  ): Promise<{ downstream: Deno.Conn; peer: string } | undefined> {
+    const result = await readProxyHeader(conn, {
+      timeoutMs: this.#options.acceptProxyTimeoutMs ?? PROXY_DEFAULTS.acceptProxyTimeoutMs,
+      signal,
+    });
+    if (!result.ok && result.kind === "aborted" && !countAborted) return undefined;
+    if (!result.ok) {
+      this.stats.connectionsTotal++;
+      const reason: CloseReason = result.kind === "closed"
+        ? "client_closed"
+        : result.kind === "aborted"
+        ? "shutdown"
+        : "proxy_header";
+      this.stats.recordClose(reason);
+      this.#logRefused(transport, reason);
+      if (reason === "proxy_header") {
+        this.#proxyHeaderFailed(result.kind as ProxyHeaderFailure, transport, result.reason);
+      }
+      return undefined;
+    }
+    this.stats.proxyHeaders++;
+    const { source, destination } = result.header;
+    const downstream = source === undefined && result.held.length === 0
+      ? conn
+      : new ProxiedConn(conn, {
+        remoteAddr: source && { transport: "tcp", ...source },
+        localAddr: destination && { transport: "tcp", ...destination },
+        held: result.held,
+      });
+    const peer = source === undefined ? transport : formatAddress(source);
+    this.#logger.debug("PROXY header from {transport}: client {downstream}", {
+      transport,
+      downstream: peer,
+    });
+    return { downstream, peer };
+  }
+
+  /**
+   * Step 1 for a WebSocket client (`--accept-proxy`): a listed peer's header, read before its
+   * upgrade request; any other peer's connection as it is. `signal`: the WebSocket listener cut
+   * the handshake short (and counted it).
+   */
+  #webSocketProxyHeader(conn: Deno.Conn, signal: AbortSignal): Promise<Deno.Conn | undefined> {
+    const remote = conn.remoteAddr as Deno.NetAddr;
+    if (this.#acceptProxy === undefined || !this.#acceptProxy.has(remote.hostname)) {
+      return Promise.resolve(conn);
+    }
+    return this.#headerOf(conn, formatAddress(remote), signal, false).then((read) =>
+      read?.downstream
+    );
   }
 
   /** Counts and logs (at most a line a second per kind) a connection closed at step 1. */
@@ -818,7 +858,7 @@ export class Proxy implements AsyncDisposable {
       downstream: transport,
       reason,
       kind,
-      skipped: skipped > 0 ? `; ${skipped} more like it in the last second not logged` : "",
+      skipped: heldText(skipped),
     });
   }
 
@@ -886,10 +926,14 @@ export class Proxy implements AsyncDisposable {
       stats.connectionsRejected++;
       stats.recordClose("max_connections");
       this.#logRefused(peer, "max_connections");
-      this.#logger.warning("Rejected {downstream}: {active} connections open (--max-connections)", {
-        downstream: peer,
-        active: open,
-      });
+      // A line a second at most: a connect flood at the limit must not flood the log too.
+      const held = this.#refusalLog.take("max_connections", Date.now());
+      if (held !== undefined) {
+        this.#logger.warning(
+          "Rejected {downstream}: {active} connections open (--max-connections){held}",
+          { downstream: peer, active: open, held: heldText(held) },
+        );
+      }
       downstream.close();
       return undefined;
     }
@@ -1274,11 +1318,6 @@ function refusal(rules: AccessRules, address: Uint8Array): string | undefined {
   if (rules.deny?.has(address)) return "--deny";
   if (rules.allow !== undefined && !rules.allow.has(address)) return "not in --allow";
   return undefined;
-}
-
-/** What a rate-limited log line adds about the lines held back before it. */
-function heldText(held: number): string {
-  return held === 0 ? "" : `; ${held} more like it in the last second not logged`;
 }
 
 /** Whether `conn` came from a TLS listener (a WebSocket client served beside it did not). */

@@ -316,6 +316,11 @@ export class LogLimiter {
   }
 }
 
+/** What a line {@linkcode LogLimiter} let through adds about the `held` lines left out before it. */
+export function heldText(held: number): string {
+  return held === 0 ? "" : `; ${held} more like it in the last second not logged`;
+}
+
 /**
  * `--send-proxy`: a target whose every connection starts with `header` (the first dial and each
  * `--resume` redial alike: the upstream must see the same client on the new connection). Its

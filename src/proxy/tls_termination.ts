@@ -224,12 +224,13 @@ export class TlsHandshakes {
   /**
    * Runs the handshake of `conn` (a `Deno.TlsConn`) within the deadline. Resolves with
    * `undefined` once it is done, or with why the connection ended (it is closed then):
-   * `tls_handshake` (failed or too slow: counted by kind, logged at most once a second) or
-   * `shutdown` (`signal` aborted first). Never rejects.
+   * `tls_handshake` (failed or too slow: counted by kind, logged at most once a second),
+   * `shutdown` (`signal` aborted first), or `denied` (`signal` aborted with that reason: a reload
+   * denied the client's source). Never rejects.
    */
   async run(conn: Deno.Conn, peer: string, signal: AbortSignal): Promise<CloseReason | undefined> {
-    let cut: "timeout" | "shutdown" | undefined;
-    const close = (why: "timeout" | "shutdown") => {
+    let cut: "timeout" | "shutdown" | "denied" | undefined;
+    const close = (why: "timeout" | "shutdown" | "denied") => {
       if (cut !== undefined) return;
       cut = why;
       closeQuietly(conn);
@@ -237,7 +238,7 @@ export class TlsHandshakes {
     const timer = this.timeoutMs > 0
       ? this.#timers.setTimeout(() => close("timeout"), this.timeoutMs)
       : undefined;
-    const onAbort = () => close("shutdown");
+    const onAbort = () => close(signal.reason === "denied" ? "denied" : "shutdown");
     signal.addEventListener("abort", onAbort, { once: true });
     if (signal.aborted) onAbort();
     let failure: TlsHandshakeFailure | undefined;
@@ -258,7 +259,7 @@ export class TlsHandshakes {
       this.#timers.clearTimeout(timer);
       signal.removeEventListener("abort", onAbort);
     }
-    if (cut === "shutdown") return "shutdown";
+    if (cut === "shutdown" || cut === "denied") return cut;
     failure ??= "timeout";
     this.#stats[TLS_FAILURE_FIELDS[failure]]++;
     this.#log(peer, failure, error);

@@ -20,6 +20,7 @@ import { WebSocketConn } from "../net/websocket_conn.ts";
 import { acceptUpgrade, type UpgradeRefusalReason } from "../net/websocket_upgrade.ts";
 import type { Stats } from "../stats/stats.ts";
 import { listenTls, replaceTlsListener, type TlsKeyPair } from "./tls_termination.ts";
+import { heldText, LogLimiter } from "./proxy_header_step.ts";
 
 /** Options for {@linkcode WebSocketListener}. */
 export interface WebSocketListenerOptions {
@@ -32,6 +33,14 @@ export interface WebSocketListenerOptions {
    * `--deny`): false when it was refused (and closed). Unset: every connection is taken.
    */
   admit?: (conn: Deno.Conn) => boolean;
+  /**
+   * Runs first on each accepted connection, under the handshake's deadline (the proxy's PROXY
+   * header step, `--accept-proxy`): resolves with the connection to go on with (its `remoteAddr`
+   * the client's), or undefined when it closed it. `signal` aborts when this listener cuts the
+   * handshake short (deadline, cap, close: counted here). With it, `admit` is asked of what it
+   * gives. Unset: none.
+   */
+  preface?: (conn: Deno.Conn, signal: AbortSignal) => Promise<Deno.Conn | undefined>;
   /** Counters to add to. */
   stats: Stats;
   /** Logger; unset: nothing is logged. */
@@ -59,9 +68,14 @@ export class WebSocketListener implements AsyncDisposable {
   #listener: Deno.Listener | undefined;
   #accepting: Promise<void> | undefined;
   #closed = false;
-  /** Connections in their handshake, oldest first, and how to close each. */
-  #pending = new Map<Deno.Conn, () => void>();
+  /**
+   * Connections in their handshake, oldest first, and how to close each: `evicted` to make room
+   * (counted), `closed` by the listener's close (not counted: no client did anything wrong).
+   */
+  #pending = new Map<Deno.Conn, (why: "evicted" | "closed") => void>();
   #tasks = new Set<Promise<void>>();
+  /** Refusal and protocol-error lines: one a second per kind (a flood must not flood the log). */
+  #log = new LogLimiter();
 
   /** Creates the listener; nothing is bound until {@linkcode start}. */
   constructor(options: WebSocketListenerOptions) {
@@ -132,7 +146,7 @@ export class WebSocketListener implements AsyncDisposable {
         // Already closed.
       }
     }
-    for (const close of this.#pending.values()) close();
+    for (const close of this.#pending.values()) close("closed");
     await this.#accepting;
     while (this.#tasks.size > 0) await Promise.all([...this.#tasks]);
   }
@@ -143,11 +157,12 @@ export class WebSocketListener implements AsyncDisposable {
 
   #accept(conn: Deno.Conn): void {
     if (this.#closed) return closeQuietly(conn);
-    if (this.#options.admit !== undefined && !this.#options.admit(conn)) return;
+    const { admit, preface } = this.#options;
+    if (preface === undefined && admit !== undefined && !admit(conn)) return;
     const max = this.#options.maxHandshakes ?? 256;
     if (this.#pending.size >= max) {
       // A flood of stalled handshakes cannot keep a real client out: the oldest makes room.
-      this.#pending.values().next().value?.();
+      this.#pending.values().next().value?.("evicted");
     }
     const task = this.#handshake(conn).catch((error) => {
       this.#options.logger?.error("WebSocket handshake failed: {error}", { error: String(error) });
@@ -158,19 +173,33 @@ export class WebSocketListener implements AsyncDisposable {
 
   async #handshake(conn: Deno.Conn): Promise<void> {
     const stats = this.#options.stats;
-    const peer = formatAddress(conn.remoteAddr as Deno.NetAddr);
-    let why: "timeout" | "evicted" | undefined;
-    const end = (reason: "timeout" | "evicted") => {
+    let peer = formatAddress(conn.remoteAddr as Deno.NetAddr);
+    let why: "timeout" | "evicted" | "closed" | undefined;
+    const cut = new AbortController();
+    const end = (reason: "timeout" | "evicted" | "closed") => {
       if (why !== undefined) return;
       why = reason;
+      cut.abort();
+      // Counted here, whichever stage (TLS or the upgrade request) it cuts short.
       if (reason === "evicted") stats.wsRejectedBusy++;
+      else if (reason === "timeout") stats.wsRejectedTimeout++;
       this.#pending.delete(conn);
       closeQuietly(conn);
     };
-    this.#pending.set(conn, () => end("evicted"));
+    this.#pending.set(conn, end);
     const timer = setTimeout(() => end("timeout"), this.#options.handshakeTimeoutMs ?? 5000);
     let upgrade;
+    // The client's connection: `conn`, or what the preface made of it.
+    let client = conn;
     try {
+      const { admit, preface } = this.#options;
+      if (preface !== undefined) {
+        const given = await preface(conn, cut.signal);
+        if (given === undefined || why !== undefined) return closeQuietly(conn);
+        if (admit !== undefined && !admit(given)) return;
+        client = given;
+        peer = formatAddress(given.remoteAddr as Deno.NetAddr);
+      }
       if (this.#options.tls !== undefined) {
         try {
           await (conn as Deno.TlsConn).handshake();
@@ -186,7 +215,7 @@ export class WebSocketListener implements AsyncDisposable {
         }
       }
       const origins = this.#options.origins;
-      upgrade = await acceptUpgrade(conn, {
+      upgrade = await acceptUpgrade(client, {
         origins: typeof origins === "function" ? origins() : origins,
         maxHeadBytes: this.#options.maxHeadBytes,
       });
@@ -194,27 +223,32 @@ export class WebSocketListener implements AsyncDisposable {
       clearTimeout(timer);
       this.#pending.delete(conn);
     }
-    if (why === "timeout") stats.wsRejectedTimeout++;
     if (upgrade === null || why !== undefined) return closeQuietly(conn);
     if ("status" in upgrade) {
       countRefusal(stats, upgrade.reason);
-      this.#options.logger?.info(
-        "WebSocket upgrade from {peer} refused: {status} {message}",
-        { peer, status: upgrade.status, message: upgrade.message },
-      );
+      const held = this.#log.take("refused", Date.now());
+      if (held !== undefined) {
+        this.#options.logger?.info(
+          "WebSocket upgrade from {peer} refused: {status} {message}{held}",
+          { peer, status: upgrade.status, message: upgrade.message, held: heldText(held) },
+        );
+      }
       return closeQuietly(conn);
     }
     stats.wsConnections++;
-    const ws = new WebSocketConn(conn, {
+    const ws = new WebSocketConn(client, {
       head: upgrade.rest,
       onMessageIn: () => stats.wsMessagesIn++,
       onMessageOut: () => stats.wsMessagesOut++,
       onProtocolError: (error) => {
         stats.wsProtocolErrors++;
-        this.#options.logger?.info("WebSocket client {peer} closed ({code}): {message}", {
+        const held = this.#log.take("protocol", Date.now());
+        if (held === undefined) return;
+        this.#options.logger?.info("WebSocket client {peer} closed ({code}): {message}{held}", {
           peer,
           code: error.code,
           message: error.message,
+          held: heldText(held),
         });
       },
     });
