@@ -18,7 +18,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
+import { CHROMIUM, launchChromium } from "./_chromium.ts";
 
 /** What the predicates use of the page's `window` (they run there, not here). */
 interface Page {
@@ -45,30 +45,16 @@ interface StatsFields {
   request_rate_10s: number;
 }
 
-const ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
-
 async function main(args: string[]): Promise<number> {
-  const [base, rateText, screenshot, executablePath = "/usr/bin/chromium"] = args;
+  const [base, rateText, screenshot, executablePath = CHROMIUM] = args;
   const rate = Number(rateText);
   const stats = async (): Promise<StatsFields> => await (await fetch(`${base}/stats`)).json();
   const report = (line: Record<string, unknown>) =>
     Deno.stdout.write(new TextEncoder().encode(JSON.stringify(line) + "\n"));
   const stdin = Deno.stdin.readable.pipeThrough(new TextDecoderStream()).getReader();
 
-  const userDataDir = await Deno.makeTempDir({ prefix: "foo-proxy-chromium-" });
-  const context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath,
-    headless: true,
-    args: ARGS,
-    viewport: { width: 1280, height: 900 },
-  });
+  const browser = await launchChromium(executablePath, { viewport: { width: 1280, height: 900 } });
+  const context = browser.context;
   try {
     const page = context.pages()[0] ?? await context.newPage();
     const problems: string[] = [];
@@ -207,8 +193,7 @@ async function main(args: string[]): Promise<number> {
     await report({ phase: "gone", status });
     return 0;
   } finally {
-    await context.close();
-    await Deno.remove(userDataDir, { recursive: true });
+    await browser.close();
   }
 }
 

@@ -12,16 +12,7 @@
  *
  * @module
  */
-import { chromium } from "playwright-core";
-
-const ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
+import { CHROMIUM, launchChromium } from "./_chromium.ts";
 
 /** What a page saw: the reply lines, each message's type, and how the socket ended. */
 interface Seen {
@@ -65,13 +56,9 @@ function exchange(url: string): Promise<Seen> {
 }
 
 async function main(args: string[]): Promise<number> {
-  const [page, other, ws, executablePath = "/usr/bin/chromium"] = args;
-  const userDataDir = await Deno.makeTempDir({ prefix: "foo-proxy-chromium-ws-" });
-  const context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath,
-    headless: true,
-    args: ARGS,
-  });
+  const [page, other, ws, executablePath = CHROMIUM] = args;
+  const browser = await launchChromium(executablePath);
+  const context = browser.context;
   try {
     const tab = context.pages()[0] ?? await context.newPage();
     await tab.goto(page);
@@ -82,8 +69,7 @@ async function main(args: string[]): Promise<number> {
     await Deno.stdout.write(new TextEncoder().encode(line));
     return 0;
   } finally {
-    await context.close();
-    await Deno.remove(userDataDir, { recursive: true }).catch(() => {});
+    await browser.close();
   }
 }
 

@@ -9,29 +9,21 @@
  * repository root). Otherwise the picture goes to a temporary file, so `deno task test` leaves
  * the work tree clean.
  */
+import { chromiumInstalled } from "./_chromium.ts";
 import assert from "node:assert/strict";
 import { runLoad } from "../src/tools/load.ts";
 import { connectTo, OutputLines, REPO_ROOT, spawnMain, startUpstream, writeAll } from "./_util.ts";
 
-const CHROMIUM = "/usr/bin/chromium";
 const DRIVER = `${REPO_ROOT}test/_browser_driver.ts`;
 const TRACKED_SCREENSHOT = `${REPO_ROOT}docs/dashboard.png`;
 /** Where the screenshot goes when asked for (`FOO_PROXY_SCREENSHOT`); unset: a temporary file. */
 const ASKED_SCREENSHOT = Deno.env.get("FOO_PROXY_SCREENSHOT");
 const RATE = 400; // REQs per second sent through the proxy
 
-function exists(path: string): boolean {
-  try {
-    return Deno.statSync(path).isFile;
-  } catch {
-    return false;
-  }
-}
-
 Deno.test({
   name:
     "the dashboard in Chromium shows live numbers that agree with /stats, and says when the proxy is gone",
-  ignore: !exists(CHROMIUM),
+  ignore: !chromiumInstalled(),
   async fn() {
     const tracked = await Deno.readFile(TRACKED_SCREENSHOT);
     const screenshot = ASKED_SCREENSHOT === undefined

@@ -5,25 +5,17 @@
  * missing. A page served from that origin sends REQs split across messages and gets its replies
  * as text messages; a page of another origin is refused before the upgrade.
  */
+import { CHROMIUM, chromiumInstalled } from "./_chromium.ts";
 import assert from "node:assert/strict";
 import { Proxy } from "../src/proxy/proxy.ts";
 import { acks, REPO_ROOT, startUpstream } from "./_util.ts";
 
-const CHROMIUM = "/usr/bin/chromium";
 const DRIVER = `${REPO_ROOT}test/_ws_browser_driver.ts`;
-
-function exists(path: string): boolean {
-  try {
-    return Deno.statSync(path).isFile;
-  } catch {
-    return false;
-  }
-}
 
 Deno.test({
   name:
     "a page in Chromium sends REQs over WebSocket, split across messages, and gets its replies; a page of another origin is refused",
-  ignore: !exists(CHROMIUM),
+  ignore: !chromiumInstalled(),
   async fn() {
     const servePage = () =>
       Deno.serve(
