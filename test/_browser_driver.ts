@@ -18,7 +18,8 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { CHROMIUM, launchChromium } from "./_chromium.ts";
+import { CHROMIUM } from "./_chromium.ts";
+import { launchChromium } from "./_chromium_launch.ts";
 
 /** What the predicates use of the page's `window` (they run there, not here). */
 interface Page {

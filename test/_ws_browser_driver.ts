@@ -12,7 +12,8 @@
  *
  * @module
  */
-import { CHROMIUM, launchChromium } from "./_chromium.ts";
+import { CHROMIUM } from "./_chromium.ts";
+import { launchChromium } from "./_chromium_launch.ts";
 
 /** What a page saw: the reply lines, each message's type, and how the socket ended. */
 interface Seen {
