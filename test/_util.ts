@@ -558,6 +558,47 @@ function show(lines: string[]): string {
   return lines.length === 0 ? "nothing" : JSON.stringify(lines);
 }
 
+/** Options for {@linkcode spawnConfigProxy}. */
+export interface ConfigProxyOptions {
+  /** What the child may read (`--allow-read=`): the file, or its directory. */
+  read: string;
+  /** The `--http` port (/stats, /reload). */
+  http: number;
+  /** More flags. Unset: none. */
+  flags?: string[];
+  /** As {@linkcode SpawnMainOptions.shellPrefix}. */
+  shellPrefix?: string;
+}
+
+/**
+ * Spawns `foo-proxy proxy --config=PATH` on `127.0.0.1:0` with /stats on `options.http`, health
+ * off, on the main thread (no read grant of `src/`); resolves once it listens, with the child
+ * and its port (a child that does not get there is killed).
+ */
+export async function spawnConfigProxy(
+  path: string,
+  options: ConfigProxyOptions,
+): Promise<{ child: MainProcess; port: number }> {
+  const child = spawnMain([
+    "proxy",
+    `--config=${path}`,
+    "--listen=127.0.0.1:0",
+    `--http=127.0.0.1:${options.http}`,
+    "--health=off",
+    ...options.flags ?? [],
+  ], {
+    permissions: ["--allow-net", "--allow-env=FOO_PROXY_*", `--allow-read=${options.read}`],
+    shellPrefix: options.shellPrefix,
+  });
+  try {
+    const port = Number((await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
+    return { child, port };
+  } catch (error) {
+    await child[Symbol.asyncDispose]();
+    throw error;
+  }
+}
+
 /** One way of running the bridge engine, for suites that must hold in every mode. */
 export interface EngineMode {
   /** Appended to test names. */

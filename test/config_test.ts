@@ -214,7 +214,11 @@ Deno.test("a reload of a --config that became a FIFO fails in one line; traffic,
   const dir = await Deno.makeTempDir({ prefix: "foo-proxy-config-" });
   const path = `${dir}/foo-proxy.jsonc`;
   const http = freePort();
-  await Deno.writeTextFile(path, JSON.stringify({ forward: [`127.0.0.1:${a.addr.port}`] }));
+  // Not followed (--config-watch off): the FIFO is read on SIGHUP and POST /reload alone.
+  await Deno.writeTextFile(
+    path,
+    JSON.stringify({ forward: [`127.0.0.1:${a.addr.port}`], "config-watch": "off" }),
+  );
   try {
     await using child = spawnWithConfig(dir, path, http);
     const port = Number((await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);

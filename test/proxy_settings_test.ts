@@ -46,6 +46,7 @@ const OTHER_VALUE: Record<string, string> = {
   "admin-token": "secret",
   "admin-hosts": "a.example",
   "access-log": "json",
+  "config-watch": "off",
   "access-log-file": "/tmp/access.log",
   "pid-file": "/tmp/foo.pid",
   "connect-timeout": "2s",

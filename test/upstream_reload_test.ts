@@ -17,6 +17,7 @@ import {
   LineReader,
   listenLocal,
   MAIN_PATH,
+  spawnConfigProxy,
   spawnMain,
   startProxy,
   startUpstream,
@@ -247,18 +248,7 @@ async function spawnWithConfig(
     Deno.writeTextFile(path, JSON.stringify({ ...settings, ...more }, null, 2));
   await write({});
   const http = freePort();
-  const child = spawnMain([
-    "proxy",
-    `--config=${path}`,
-    "--listen=127.0.0.1:0",
-    `--http=127.0.0.1:${http}`,
-    "--health=off",
-    ...flags,
-  ], {
-    permissions: ["--allow-net", "--allow-env=FOO_PROXY_*", `--allow-read=${dir}`],
-    shellPrefix,
-  });
-  const port = Number((await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
+  const { child, port } = await spawnConfigProxy(path, { read: dir, http, flags, shellPrefix });
   const json = async (path: string, init?: RequestInit) =>
     await (await fetch(`http://127.0.0.1:${http}${path}`, init)).json();
   return {

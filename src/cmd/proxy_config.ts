@@ -80,6 +80,8 @@ export interface ProxyConfig {
   accessLogFile: string | null;
   /** `--config`: the file the rest came from in part; `null`: flags and environment only. */
   configPath: string | null;
+  /** `--config-watch`: reload when the `--config` file changes. */
+  configWatch: boolean;
   /** Bearer token of the admin write endpoints; `undefined`: loopback only. */
   adminToken: string | undefined;
   /** `--admin-hosts`: more names the admin servers answer to (`*`: any). */

@@ -346,9 +346,19 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     value: "FILE",
     defaultText: "none",
     help:
-      "read the flags from a JSON-with-comments file (keys are the flag names; flags and FOO_PROXY_* win); SIGHUP and POST /reload read it again",
+      "read the flags from a JSON-with-comments file (keys are the flag names; flags and FOO_PROXY_* win); SIGHUP, POST /reload and a change to the file (--config-watch) read it again",
     parse: pathOrNull,
     reload: "none",
+  }),
+  setting({
+    flag: "config-watch",
+    field: "configWatch",
+    default: "on",
+    value: "on|off",
+    help:
+      "with --config: reload when the file changes (its directory is watched, so a rename over it or a Kubernetes ConfigMap's symlink swap is seen), like SIGHUP, once per burst of writes (250 ms)",
+    parse: (raw, s) => parseChoiceFlag(s.flag, raw, ["on", "off"] as const) === "on",
+    reload: "restart",
   }),
   setting({
     flag: "admin-token",

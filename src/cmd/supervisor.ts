@@ -22,6 +22,7 @@ import { type AccessLogOutput, openAccessLog } from "./access_log_output.ts";
 import { applyReload } from "./apply_reload.ts";
 import { startCommand } from "./command_start.ts";
 import { readConfigBeforeParse, readConfigFile } from "./config_read.ts";
+import { watchConfigFile } from "./config_watch.ts";
 import { DataPlanes, PlaneStartError } from "./data_planes.ts";
 import { fdsNeeded, maxConnectionsFor, readFdLimit } from "./fd_limit.ts";
 import { installLastResort } from "./last_resort.ts";
@@ -130,6 +131,10 @@ class Supervisor {
   /** Reloads run one at a time; one more may wait, shared by every request made meanwhile. */
   #reloadChain: Promise<unknown> = Promise.resolve();
   #reloadWaiting: Promise<ReloadResult> | undefined;
+  /** Whether the waiting reload was asked for by SIGHUP or POST /reload too (not only the watch). */
+  #reloadAsked = false;
+  /** The `--config` text last read (start or reload, good or bad): the watch skips a file unchanged. */
+  #configText: string | undefined;
   /** `FOO_PROXY_TEST_HOOKS`: 1, the crash hook crashes a worker; freeze: it makes one spin. */
   #testHooks = testHooksOf(denoEnvReader()("FOO_PROXY_TEST_HOOKS"));
   /** `--tls-cert`: the key pair serving now and the handshake deadline it went with. */
@@ -166,6 +171,7 @@ class Supervisor {
     // `foo-proxy wait --pid-file`) can signal a proxy that serves, and query it.
     await this.#pidFile?.write();
     this.#persister?.start();
+    await this.#watchConfig();
     // One upstream is dialed whatever its checks say (as a last resort), so they serve only
     // /readyz: without a health app it sees no probe traffic, until a reload adds upstreams.
     this.#pool.start({ checkLone: observability.healthAddr !== undefined });
@@ -228,6 +234,9 @@ class Supervisor {
     );
     if (typeof started === "number") return started;
     this.#config = this.#running = started.config;
+    if (started.config.configPath !== null) {
+      this.#configText = readConfig(started.config.configPath);
+    }
     this.#logging = started.logging;
     this.#defer(() => this.#logging[Symbol.dispose]());
     const layout = planeLayout(this.#config);
@@ -596,11 +605,14 @@ class Supervisor {
    * is read asynchronously, with a deadline); one more may wait, and every request made while it
    * waits shares it: a SIGHUP storm queues nothing.
    */
-  reload(why: string): Promise<ReloadResult> {
+  reload(why: string, options: { ifChanged?: boolean } = {}): Promise<ReloadResult> {
+    if (options.ifChanged !== true) this.#reloadAsked = true;
     if (this.#reloadWaiting) return this.#reloadWaiting;
     const run = this.#reloadChain.then(() => {
       this.#reloadWaiting = undefined;
-      return this.#reloadOnce(why);
+      const asked = this.#reloadAsked;
+      this.#reloadAsked = false;
+      return this.#reloadOnce(asked ? why : WATCH_WHY, !asked);
     });
     this.#reloadWaiting = run;
     this.#reloadChain = run.catch(() => {});
@@ -608,7 +620,10 @@ class Supervisor {
   }
 
   /** One reload: the config file (if any), then the TLS key pair (re-read every time). */
-  async #reloadOnce(why: string): Promise<ReloadResult> {
+  async #reloadOnce(why: string, ifChanged = false): Promise<ReloadResult> {
+    if (ifChanged && await this.#configUnchanged()) {
+      return { ok: true, generation: this.#own.configGeneration, changed: [] };
+    }
     const result = await this.#reloadConfig(why);
     if (this.#tls === undefined) {
       if (this.#running.tlsCert !== null) {
@@ -679,6 +694,45 @@ class Supervisor {
     return { changed: "TLS key pair" };
   }
 
+  /**
+   * `--config-watch`: a change to the file (or to a link on the way to it) reloads it, through
+   * {@linkcode reload}, once per burst of events; a file whose text did not change is left alone
+   * (an editor's save without edits, a ConfigMap update of another key). A directory that
+   * cannot be watched is logged once and counted; SIGHUP still works.
+   */
+  async #watchConfig(): Promise<void> {
+    const path = this.#config.configPath;
+    if (path === null || !this.#config.configWatch) return;
+    const watch = await watchConfigFile({
+      path,
+      onChange: () => void this.reload(WATCH_WHY, { ifChanged: true }),
+      onError: (message) => {
+        this.#own.configWatchFailures++;
+        this.#logger.warning(
+          "Cannot watch {path} for changes ({error}): it is reloaded on SIGHUP and POST /reload only",
+          { path, error: message },
+        );
+      },
+    });
+    if (watch === undefined) return;
+    this.#defer(() => watch.close());
+    this.#logger.info("Reloading {path} when it changes (watching {directories})", {
+      path,
+      directories: watch.directories.join(", "),
+    });
+  }
+
+  /** Whether the `--config` file holds the text last read (a file that cannot be read: no). */
+  async #configUnchanged(): Promise<boolean> {
+    const path = this.#running.configPath;
+    if (path === null) return true;
+    try {
+      return await readConfigFile(path) === this.#configText;
+    } catch {
+      return false; // the reload says why
+    }
+  }
+
   /** The config file part of a reload. */
   async #reloadConfig(why: string): Promise<ReloadResult> {
     const own = this.#own;
@@ -703,6 +757,7 @@ class Supervisor {
     let next: ProxyConfig;
     try {
       const text = await readConfigFile(running.configPath);
+      this.#configText = text;
       next = checkUpstreamTls(parseProxyConfig(this.#args, denoEnvReader(), () => text));
     } catch (error) {
       own.configReloadFailures++;
@@ -817,6 +872,9 @@ function directoryProblem(path: string): string | undefined {
   }
   return undefined;
 }
+
+/** What a reload the watch asked for says it was for. */
+const WATCH_WHY = "the file changed";
 
 function testHooksOf(value: string | undefined): "crash" | "freeze" | undefined {
   return value === "1" ? "crash" : value === "freeze" ? "freeze" : undefined;

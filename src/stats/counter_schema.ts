@@ -744,6 +744,14 @@ export const COUNTER_SCHEMA: readonly SchemaEntry[] = [
     ),
     summed: false,
   },
+  {
+    ...field(
+      "config_watch_failures",
+      "configWatchFailures",
+      "`--config-watch`: times the file's directory could not be watched (no read grant, the inotify limit); reloads then need SIGHUP.",
+    ),
+    summed: false,
+  },
 
   // What `GET /stats` adds after the snapshot (and `/metrics` exposes): latency and anomalies.
   {
