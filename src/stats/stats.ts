@@ -180,6 +180,8 @@ export interface StatsSnapshot {
   config_loaded_at: string | null;
   /** Reloads that changed nothing because the file did not parse or validate. */
   config_reload_failures: number;
+  /** Resolutions of a `--forward dns+NAME:PORT` name that failed or found no record: the last good set is kept. */
+  dns_resolve_failures: number;
 }
 
 /** One upstream's figures in `/stats` and the SIGUSR2 line (see `upstream_pool.ts`). */
@@ -369,6 +371,8 @@ export class Stats {
   configLoadedAt = 0;
   /** Reloads refused for a bad file. */
   configReloadFailures = 0;
+  /** Failed (or empty) resolutions of a `dns+` upstream name. */
+  dnsResolveFailures = 0;
   /** Data-plane workers replaced after dying. */
   workerRestarts = 0;
   /** Where the per-worker figures come from; unset: none are reported. */
