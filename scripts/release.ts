@@ -163,6 +163,27 @@ export function withReadPaths(flags: readonly string[], paths: readonly string[]
   return flags.with(i, `${flags[i]},${paths.join(",")}`);
 }
 
+/** The paths of (repeatable) `--allow-read=A,B` values, in order; empty entries dropped. */
+export function readPathList(values: readonly string[] | undefined): string[] | undefined {
+  return values?.flatMap((list) => list.split(",")).filter((p) => p !== "");
+}
+
+/**
+ * Runs `plan`; a {@linkcode RangeError} or {@linkcode PermissionPolicyError} (a bad flag) becomes
+ * one stderr line `<script>: <message>` and `undefined` (exit 2); other errors propagate.
+ */
+export function planOrReport<T>(script: string, plan: () => T): T | undefined {
+  try {
+    return plan();
+  } catch (error) {
+    if (error instanceof RangeError || error instanceof PermissionPolicyError) {
+      writeStderrLine(`${script}: ${error.message}`);
+      return undefined;
+    }
+    throw error;
+  }
+}
+
 /** `argv` as one line a POSIX shell runs unchanged. */
 export function formatCommand(argv: readonly string[]): string {
   return argv.map(shellQuote).join(" ");
@@ -286,22 +307,15 @@ export async function main(args: string[]): Promise<number> {
     return 2;
   }
   const root = new URL("../", import.meta.url);
-  let steps: CompileStep[];
-  try {
-    steps = planCompile(mode, {
+  const steps = planOrReport("release", () =>
+    planCompile(mode, {
       targets: values.target,
       outDir: values["out-dir"],
       netHosts: values["allow-net"]?.split(",").filter((h) => h !== ""),
       recoveryDir: values["recovery-dir"],
-      readPaths: values["allow-read"]?.flatMap((list) => list.split(",")).filter((p) => p !== ""),
-    });
-  } catch (error) {
-    if (error instanceof RangeError || error instanceof PermissionPolicyError) {
-      writeStderrLine(`release: ${error.message}`);
-      return 2;
-    }
-    throw error;
-  }
+      readPaths: readPathList(values["allow-read"]),
+    }));
+  if (steps === undefined) return 2;
   if (values["dry-run"]) {
     for (const step of steps) writeStdoutLine(formatCommand(step.argv));
     return 0;

@@ -554,6 +554,26 @@ export function spawnMain(args: string[], options: SpawnMainOptions = {}): MainP
   return new MainProcess(args, options);
 }
 
+/**
+ * `foo-proxy proxy --config=PATH` on `127.0.0.1:0`, `--http` on `http` (or off), `--health=off`,
+ * then `flags`; allowed to read `dir` (the file's) and nothing else.
+ */
+export function spawnWithConfig(
+  dir: string,
+  path: string,
+  http: number | "off",
+  flags: readonly string[] = [],
+): MainProcess {
+  return spawnMain([
+    "proxy",
+    `--config=${path}`,
+    "--listen=127.0.0.1:0",
+    `--http=${http === "off" ? "off" : `127.0.0.1:${http}`}`,
+    "--health=off",
+    ...flags,
+  ], { permissions: ["--allow-net", "--allow-env=FOO_PROXY_*", `--allow-read=${dir}`] });
+}
+
 function show(lines: string[]): string {
   return lines.length === 0 ? "nothing" : JSON.stringify(lines);
 }

@@ -11,8 +11,7 @@ import {
   connectTo,
   freePort,
   LineReader,
-  type MainProcess,
-  spawnMain,
+  spawnWithConfig,
   startUpstream,
   waitUntil,
   writeAll,
@@ -74,13 +73,7 @@ Deno.test("reload adds and removes an upstream under load without dropping a con
     );
   await write([`a=127.0.0.1:${a.addr.port}`]);
   try {
-    await using child = spawnMain([
-      "proxy",
-      `--config=${path}`,
-      "--listen=127.0.0.1:0",
-      `--http=127.0.0.1:${http}`,
-      "--health=off",
-    ], { permissions: ["--allow-net", "--allow-env=FOO_PROXY_*", `--allow-read=${dir}`] });
+    await using child = spawnWithConfig(dir, path, http);
     const port = Number((await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1]);
     // A client that keeps pipelining through the reload, on upstream a.
     using busy = await connectTo(port);
@@ -148,13 +141,7 @@ Deno.test("a reload changes the admin token (a leaked one is revoked) and says t
     );
   await write("one", "off");
   try {
-    await using child = spawnMain([
-      "proxy",
-      `--config=${path}`,
-      "--listen=127.0.0.1:0",
-      `--http=127.0.0.1:${http}`,
-      "--health=off",
-    ], { permissions: ["--allow-net", "--allow-env=FOO_PROXY_*", `--allow-read=${dir}`] });
+    await using child = spawnWithConfig(dir, path, http);
     await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000);
     await child.stderr.waitFor(/Serving stats on/, 20_000);
     const drain = (token: string) =>
@@ -197,17 +184,6 @@ Deno.test("parseConfigFile: keys Object.prototype holds (toString, constructor, 
     );
   }
 });
-
-/** Spawns the proxy on `--config=path` (read access to `dir`), stats on `http`. */
-function spawnWithConfig(dir: string, path: string, http: number | "off"): MainProcess {
-  return spawnMain([
-    "proxy",
-    `--config=${path}`,
-    "--listen=127.0.0.1:0",
-    `--http=${http === "off" ? "off" : `127.0.0.1:${http}`}`,
-    "--health=off",
-  ], { permissions: ["--allow-net", "--allow-env=FOO_PROXY_*", `--allow-read=${dir}`] });
-}
 
 Deno.test("a reload of a --config that became a FIFO fails in one line; traffic, /reload and SIGTERM carry on", async () => {
   await using a = await startUpstream();

@@ -32,6 +32,8 @@ const OTHER_VALUE: Record<string, string> = {
   listen: ":9",
   forward: "127.0.0.1:7",
   balance: "first",
+  "dns-interval": "10s",
+  "dns-server": "127.0.0.1:53",
   "health-interval": "5s",
   "health-timeout": "2s",
   "health-mode": "tcp",

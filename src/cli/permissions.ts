@@ -15,7 +15,7 @@ export interface PermissionTargets {
   /** The upstream Foo server (dialed). */
   forward: Address;
   /** Every upstream when there are several (each dialed); unset: `forward` alone. */
-  upstreams?: readonly { address: Address }[];
+  upstreams?: readonly { address: Address; dns?: true }[];
   /** The stats HTTP server's address; unset, `null` or `false`: not served. */
   http?: Address | null | false;
   /** The health HTTP server's address; unset, `null` or `false`: not served. */
@@ -63,6 +63,9 @@ export interface PermissionNeed {
   readOnly?: boolean;
 }
 
+/** The target of a net permission to every address (`--allow-net` without a list). */
+const ANY_ADDRESS = "any address";
+
 /** Permissions the proxy needs were not granted. The message is the one line to print. */
 export class MissingPermissionError extends Error {
   /** The first need that was not granted. */
@@ -90,12 +93,22 @@ export function permissionNeeds(targets: PermissionTargets): PermissionNeed[] {
     const host = formatAddress(address);
     return { descriptor: { name: "net", host }, target: host, purpose };
   };
-  const upstreams = targets.upstreams?.map((u) => u.address) ?? [targets.forward];
-  const needs = [
+  const upstreams = targets.upstreams?.filter((u) => !u.dns).map((u) => u.address) ??
+    [targets.forward];
+  const needs: PermissionNeed[] = [
     net(targets.listen, "listen --listen"),
     ...(targets.wsListen ? [net(targets.wsListen, "WebSocket listen --ws-listen")] : []),
     ...upstreams.map((address) => net(address, "upstream --forward")),
   ];
+  // The records' addresses, and the system resolver's name servers, are known only at run time:
+  // Deno checks net access to the name server it asks, and to every address dialed.
+  if (targets.upstreams?.some((u) => u.dns)) {
+    needs.push({
+      descriptor: { name: "net" },
+      target: ANY_ADDRESS,
+      purpose: "upstreams from DNS --forward dns+NAME:PORT and their name server",
+    });
+  }
   if (targets.http && targets.httpExplicit !== false) {
     needs.push(net(targets.http, "stats HTTP --http"));
   }
@@ -183,7 +196,9 @@ export function missingPermissionsMessage(
     // Files only read (TLS files) are granted together by one --allow-read list of the build.
     const readOnly = needs.filter((need) => need.readOnly).map((need) => need.target);
     const fixes = needs.map((need) =>
-      need.descriptor.name === "net"
+      need.target === ANY_ADDRESS
+        ? `this binary was built with a narrower --allow-net: rebuild it with "deno task compile" (any address)`
+        : need.descriptor.name === "net"
         ? `this binary was built with a narrower --allow-net: rebuild it with "deno task compile" ` +
           `(any address) or add ${need.target} to its --allow-net list`
         : need.readOnly
@@ -198,7 +213,11 @@ export function missingPermissionsMessage(
   for (const need of needs) {
     const name = need.descriptor.name;
     if (name === "net") {
-      if (!flags.some((f) => f === "--allow-net")) flags.push(`--allow-net=${need.target}`);
+      if (need.target === ANY_ADDRESS) {
+        const narrow = flags.filter((f) => f.startsWith("--allow-net="));
+        for (const flag of narrow) flags.splice(flags.indexOf(flag), 1);
+        if (!flags.includes("--allow-net")) flags.push("--allow-net");
+      } else if (!flags.some((f) => f === "--allow-net")) flags.push(`--allow-net=${need.target}`);
     } else {
       const flag = `--allow-${name}=${need.target}`;
       if (!flags.includes(flag)) flags.push(flag);

@@ -1,6 +1,7 @@
 /**
  * The `--forward` list: one or more upstreams, comma-separated and/or from repeated flags, each
- * `[NAME=]ADDR[*WEIGHT]` (`a:8001,b:8001*3`, `primary=10.0.0.1:8001`).
+ * `[NAME=]ADDR[*WEIGHT]` (`a:8001,b:8001*3`, `primary=10.0.0.1:8001`), where ADDR may be
+ * `dns+HOST:PORT`: every A/AAAA record of HOST is an upstream (a Kubernetes headless Service).
  *
  * @module
  */
@@ -18,6 +19,15 @@ export const MAX_WEIGHT = 1000;
  * ten `/metrics` series; past this a set is a misconfiguration (or an attack on a config file).
  */
 export const MAX_UPSTREAMS = 1000;
+
+/**
+ * Most records one `dns+` name yields (the lowest addresses, so the same ones whatever their order
+ * in the answer); each such entry counts this much toward {@linkcode MAX_UPSTREAMS}.
+ */
+export const MAX_DNS_RECORDS = 64;
+
+/** The prefix of a `--forward` entry whose upstreams are a DNS name's records. */
+export const DNS_PREFIX = "dns+";
 
 /** Shortest `--health-interval` other than 0 (none): faster checks are probe floods. */
 export const MIN_HEALTH_INTERVAL_MS = 100;
@@ -43,8 +53,9 @@ export function parseHealthInterval(value: string | boolean | undefined): number
 /**
  * Parses `--forward` values (each may hold a comma-separated list).
  *
- * @throws {UsageError} naming the bad entry: empty, bad address, bad weight, duplicate name;
- * or for more than {@linkcode MAX_UPSTREAMS} upstreams.
+ * @throws {UsageError} naming the bad entry: empty, bad address, bad weight, duplicate name, an
+ * address after `dns+`; or for more than {@linkcode MAX_UPSTREAMS} upstreams (a `dns+` entry
+ * counting as {@linkcode MAX_DNS_RECORDS}).
  */
 export function parseUpstreams(
   values: readonly string[],
@@ -52,19 +63,16 @@ export function parseUpstreams(
 ): UpstreamSpec[] {
   const specs: UpstreamSpec[] = [];
   const names = new Set<string>();
+  let count = 0;
   for (const value of values) {
     for (const raw of value.split(",")) {
-      if (specs.length === MAX_UPSTREAMS) {
-        throw new UsageError(
-          `--forward: more than ${MAX_UPSTREAMS} upstreams; a proxy takes at most ${MAX_UPSTREAMS}`,
-        );
-      }
       const text = raw.trim();
       if (text === "") throw new UsageError(`--forward: an empty entry in "${value}"`);
       const named = /^([A-Za-z][\w.-]{0,62})=(.+)$/.exec(text);
       const rest = named ? named[2] : text;
       const weighted = /^(.*)\*(\d+)$/.exec(rest);
-      const addressText = weighted ? weighted[1] : rest;
+      const dns = (weighted ? weighted[1] : rest).startsWith(DNS_PREFIX);
+      const addressText = (weighted ? weighted[1] : rest).slice(dns ? DNS_PREFIX.length : 0);
       const weight = weighted ? Number(weighted[2]) : 1;
       if (!Number.isSafeInteger(weight) || weight < 1 || weight > MAX_WEIGHT) {
         throw new UsageError(
@@ -75,7 +83,24 @@ export function parseUpstreams(
       const name = named ? named[1] : formatAddress(address);
       if (names.has(name)) throw new UsageError(`--forward: "${name}" is given twice`);
       names.add(name);
-      specs.push({ name, address, weight });
+      if (dns) {
+        if (/^[\d.]+$|:/.test(address.hostname)) {
+          throw new UsageError(
+            `--forward: "${text}": ${DNS_PREFIX} needs a DNS name, not an address`,
+          );
+        }
+        specs.push({ name, address, weight, dns: true });
+        count += MAX_DNS_RECORDS;
+      } else {
+        specs.push({ name, address, weight });
+        count++;
+      }
+      if (count > MAX_UPSTREAMS) {
+        throw new UsageError(
+          `--forward: more than ${MAX_UPSTREAMS} upstreams; a proxy takes at most ${MAX_UPSTREAMS}` +
+            ` (a ${DNS_PREFIX} name counts as ${MAX_DNS_RECORDS})`,
+        );
+      }
     }
   }
   if (specs.length === 0) throw new UsageError("--forward: no upstream given");

@@ -22,6 +22,10 @@ export interface ProxyConfig {
   /** Every upstream. */
   upstreams: UpstreamSpec[];
   balance: BalancePolicy;
+  /** `--dns-interval`: how often `dns+` upstream names are resolved again, in ms. */
+  dnsIntervalMs: number;
+  /** `--dns-server`: the name server asked; `null`: the system resolver. */
+  dnsServer: Address | null;
   healthIntervalMs: number;
   healthTimeoutMs: number;
   healthMode: HealthMode;

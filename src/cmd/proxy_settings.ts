@@ -22,6 +22,7 @@ import { ENGINE_DEFAULTS, type ResumeMode } from "../proxy/engine_config.ts";
 import { PROXY_DEFAULTS, type ProxyOptions, type SourceAccess } from "../proxy/proxy.ts";
 import { POOL_DEFAULTS, type UpstreamPoolOptions } from "../proxy/upstream_pool.ts";
 import { POOL_IDLE_TIMEOUT_MS } from "../proxy/upstream_target.ts";
+import { DNS_DEFAULTS } from "./dns_upstreams.ts";
 import { CidrList } from "../net/cidr.ts";
 import { normalizeOrigin } from "../net/websocket_upgrade.ts";
 import { TLS_HANDSHAKE_TIMEOUT_MS } from "../proxy/tls_termination.ts";
@@ -218,7 +219,7 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     value: "ADDR[,ADDR…]",
     multiple: true,
     help:
-      "the upstream Foo server(s), at most 1000: a list and/or repeated flags, each [NAME=]HOST:PORT[*WEIGHT]",
+      "the upstream Foo server(s), at most 1000: a list and/or repeated flags, each [NAME=]HOST:PORT[*WEIGHT]; dns+HOST:PORT takes every A/AAAA record of HOST (up to 64, see --dns-interval)",
     parse: (raw) => parseUpstreams([String(raw)]),
     reload: "upstreams",
   }),
@@ -232,6 +233,33 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     parse: choice(["leastconn", "roundrobin", "first"] as const),
     reload: "balance",
     poolOption: "policy",
+  }),
+  setting({
+    flag: "dns-interval",
+    field: "dnsIntervalMs",
+    default: durationText(DNS_DEFAULTS.intervalMs),
+    value: "DUR",
+    help:
+      "how often each --forward dns+NAME:PORT name is resolved again (its A/AAAA records are the upstreams: new ones join once checked, vanished ones drain), at least 1s (restart to change)",
+    parse: (raw, s) => {
+      const ms = parseDuration(s.flag, raw);
+      if (ms < 1000) throw new UsageError(`--${s.flag}: ${String(raw).trim()} is below 1s`);
+      return ms;
+    },
+    reload: "restart",
+  }),
+  setting({
+    flag: "dns-server",
+    field: "dnsServer",
+    value: "IP:PORT",
+    defaultText: "system",
+    help:
+      "the name server --forward dns+ names are asked (UDP); unset: the system's (/etc/resolv.conf) (restart to change)",
+    parse: (raw, s) =>
+      raw === undefined || String(raw).trim() === ""
+        ? null
+        : parseAddressFlag(s.flag, String(raw), { defaultHost: "127.0.0.1" }),
+    reload: "restart",
   }),
   setting({
     flag: "health-interval",

@@ -20,6 +20,7 @@ import { MergedStats } from "../stats/merged_stats.ts";
 import { Stats } from "../stats/stats.ts";
 import { type AccessLogOutput, openAccessLog } from "./access_log_output.ts";
 import { applyReload } from "./apply_reload.ts";
+import { DnsUpstreams } from "./dns_upstreams.ts";
 import { startCommand } from "./command_start.ts";
 import { readConfigBeforeParse, readConfigFile } from "./config_read.ts";
 import { watchConfigFile } from "./config_watch.ts";
@@ -130,6 +131,10 @@ class Supervisor {
   #statesQueued = false;
   /** Reloads run one at a time; one more may wait, shared by every request made meanwhile. */
   #reloadChain: Promise<unknown> = Promise.resolve();
+  /** The `--forward dns+` names, resolved; set up in {@linkcode run}. */
+  #dns!: DnsUpstreams;
+  /** The running `--forward` list as written (`dns+` entries not expanded). */
+  #forwardSpecs: readonly UpstreamSpec[] = [];
   #reloadWaiting: Promise<ReloadResult> | undefined;
   /** Whether the waiting reload was asked for by SIGHUP or POST /reload too (not only the watch). */
   #reloadAsked = false;
@@ -158,11 +163,15 @@ class Supervisor {
     const parsed = this.#parse(readConfig);
     if (parsed !== undefined) return parsed;
     await this.#readUpstreamTls();
+    // Before the signals: a SIGHUP's reload finds the names resolved.
+    await this.#resolveDns();
     await this.#openFiles();
     await this.#readTls();
     this.#installSignals();
     this.#sizeConnections();
     this.#makePool();
+    // Stopped before the pool closes (undone newest first): no answer lands on a closed pool.
+    this.#defer(() => this.#dns.stop());
     await this.#openAccessLog();
     await this.#acquirePidFile();
     await this.#startPlanes();
@@ -175,6 +184,7 @@ class Supervisor {
     // One upstream is dialed whatever its checks say (as a last resort), so they serve only
     // /readyz: without a health app it sees no probe traffic, until a reload adds upstreams.
     this.#pool.start({ checkLone: observability.healthAddr !== undefined });
+    this.#dns.start(() => this.#serialized(() => this.#applyDns()));
     return await this.#drain(observability, await this.#stop.promise);
   }
 
@@ -387,6 +397,62 @@ class Supervisor {
         { max, needed: fdsNeeded(max), limit: fdLimit },
       );
     }
+  }
+
+  /**
+   * The `--forward dns+` names are resolved once before the pool is built (a name without an answer
+   * stands for itself, dialed by name), then every `--dns-interval` ({@linkcode #applyDns}).
+   */
+  async #resolveDns(): Promise<void> {
+    const config = this.#config;
+    this.#dns = new DnsUpstreams({
+      intervalMs: config.dnsIntervalMs,
+      nameServer: config.dnsServer,
+      counters: this.#own,
+      logger: this.#logger,
+    });
+    this.#forwardSpecs = config.upstreams;
+    this.#dns.setSpecs(config.upstreams);
+    await this.#dns.refresh();
+    this.#config = this.#running = { ...config, upstreams: this.#dns.expand(config.upstreams) };
+  }
+
+  /**
+   * A changed DNS answer: the running `--forward` list expanded again, through the same pool update
+   * as a reload (new records join once checked, vanished ones drain).
+   */
+  #applyDns(): void {
+    const running = this.#running;
+    const specs = this.#dns.expand(this.#forwardSpecs);
+    if (JSON.stringify(specs) === JSON.stringify(running.upstreams)) return;
+    const changes = this.#updateUpstreams(specs);
+    this.#running = { ...running, upstreams: specs };
+    this.#planes?.setConfig(this.#running);
+    this.#logger.info("Upstreams from DNS: {changed}", {
+      changed: changes.length === 0 ? "nothing changed" : changes.join("; "),
+    });
+  }
+
+  /** Runs `fn` after the reloads (and DNS updates) before it, one at a time. */
+  #serialized<T>(fn: () => T | Promise<T>): Promise<T> {
+    const run = this.#reloadChain.then(fn);
+    this.#reloadChain = run.catch(() => {});
+    return run;
+  }
+
+  /** The pool's new upstream list, sent to the planes too; returns what changed. */
+  #updateUpstreams(specs: readonly UpstreamSpec[]): string[] {
+    const pool = this.#pool;
+    const changes = pool.update(specs);
+    const states: Record<string, MemberState> = pool.states();
+    const target = this.#planes;
+    target?.broadcast({
+      t: "upstreams",
+      specs: [...specs],
+      states,
+      slots: target.assignSlots(specs),
+    });
+    return changes;
   }
 
   /**
@@ -770,22 +836,16 @@ class Supervisor {
       const both = tlsFailed.error === undefined ? message : `${tlsFailed.error}; ${message}`;
       return { ok: false, generation: own.configGeneration, changed: tlsChanged, error: both };
     }
+    // New dns+ names are resolved before the set is compared; known ones keep their last answer.
+    this.#forwardSpecs = next.upstreams;
+    this.#dns.setSpecs(next.upstreams);
+    await this.#dns.refresh("new");
+    next = { ...next, upstreams: this.#dns.expand(next.upstreams) };
     const pool = this.#pool;
     const planes = () => this.#planes;
     const changed = applyReload(running, next, {
       pool: {
-        update: (specs: readonly UpstreamSpec[]) => {
-          const changes = pool.update(specs);
-          const states: Record<string, MemberState> = pool.states();
-          const target = planes();
-          target?.broadcast({
-            t: "upstreams",
-            specs: [...specs],
-            states,
-            slots: target.assignSlots(specs),
-          });
-          return changes;
-        },
+        update: (specs: readonly UpstreamSpec[]) => this.#updateUpstreams(specs),
         setPolicy: (policy) => {
           pool.setPolicy(policy);
           planes()?.broadcast({ t: "policy", policy });

@@ -13,4 +13,10 @@ export interface UpstreamSpec {
   address: Address;
   /** Share of new connections relative to the others (leastconn and roundrobin). */
   weight: number;
+  /**
+   * `dns+HOST:PORT`: `address.hostname` is a DNS name whose A/AAAA records are the upstreams. The
+   * supervisor replaces the entry with one upstream per record (`NAME@IP`, same port and weight);
+   * until a first answer it stands for itself, dialed by name. Unset: a plain address.
+   */
+  dns?: true;
 }

@@ -752,6 +752,14 @@ export const COUNTER_SCHEMA: readonly SchemaEntry[] = [
     ),
     summed: false,
   },
+  {
+    ...field(
+      "dns_resolve_failures",
+      "dnsResolveFailures",
+      "Resolutions of a `--forward dns+NAME:PORT` name that failed or found no record: the last good set is kept.",
+    ),
+    summed: false,
+  },
 
   // What `GET /stats` adds after the snapshot (and `/metrics` exposes): latency and anomalies.
   {

@@ -182,6 +182,8 @@ export interface StatsSnapshot {
   config_reload_failures: number;
   /** `--config-watch`: times the file's directory could not be watched. */
   config_watch_failures: number;
+  /** Resolutions of a `--forward dns+NAME:PORT` name that failed or found no record: the last good set is kept. */
+  dns_resolve_failures: number;
 }
 
 /** One upstream's figures in `/stats` and the SIGUSR2 line (see `upstream_pool.ts`). */
@@ -373,6 +375,8 @@ export class Stats {
   configReloadFailures = 0;
   /** `--config-watch`: times the file could not be watched (the proxy went on without it). */
   configWatchFailures = 0;
+  /** Failed (or empty) resolutions of a `dns+` upstream name. */
+  dnsResolveFailures = 0;
   /** Data-plane workers replaced after dying. */
   workerRestarts = 0;
   /** Where the per-worker figures come from; unset: none are reported. */
