@@ -390,7 +390,7 @@ function metric(text: string, series: string): number {
   return Number(line.slice(series.length + 1));
 }
 
-Deno.test("foo-proxy proxy --tls-cert: rotations under load (POST /reload, SIGHUP) drop no connection; new clients get the new certificate; a broken one keeps the old serving", async () => {
+Deno.test("foo-proxy proxy --tls-cert: rotations under load (POST /reload, SIGHUP) drop no open connection (a connect racing the old listener's close: at most a reset a rotation); new clients get the new certificate; a broken one keeps the old serving", async () => {
   await using certs = await makeCertificates();
   await using upstream = await startUpstream();
   const dir = await Deno.makeTempDir({ prefix: "foo-proxy-tls-live-" });
@@ -496,7 +496,16 @@ Deno.test("foo-proxy proxy --tls-cert: rotations under load (POST /reload, SIGHU
     await progressed();
     stop = true;
     await Promise.all(load);
-    assert.deepEqual(errors, [], "a connection failed during the rotations");
+    // Open connections never fail. A new connect can be reset at the instant a rotation closes
+    // the old SO_REUSEPORT listener (Linux resets what waits in its accept queue, unless
+    // net.ipv4.tcp_migrate_req=1 moves it: README, docs/edge.md): at most one a rotation, and
+    // only a reset, never a wrong or missing reply; none where the sysctl is on.
+    assert.deepEqual(errors.filter((e) => !e.startsWith("new connection")), [], "open connection");
+    const resets = errors.filter((e) => /^new connection: ConnectionReset/.test(e));
+    assert.deepEqual(resets, errors.filter((e) => e.startsWith("new connection")), "only resets");
+    const migrate = await Deno.readTextFile("/proc/sys/net/ipv4/tcp_migrate_req")
+      .then((t) => t.trim(), () => "0");
+    assert.ok(resets.length <= (migrate === "1" ? 0 : 4), `${resets.length} resets: ${resets}`);
     const text = await metrics(http);
     assert.equal(metric(text, "foo_proxy_tls_reloads_total"), 4);
     assert.equal(metric(text, "foo_proxy_tls_reload_failures_total"), 2);
