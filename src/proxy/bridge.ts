@@ -430,11 +430,13 @@ class Session {
                 budget = config.maxInflight - this.inFlight();
               }
             }
-            // Tokens for at most the REQs the budget allows, given back below if unused.
-            if (
-              rate !== undefined &&
-              (budget = await takeTokens(rate, budget, this, config.timers, stats)) === 0
-            ) return;
+            // Tokens for at most the REQs the budget allows, given back below if unused; only
+            // an empty bucket costs a wait (no promise per chunk while tokens are there).
+            if (rate !== undefined) {
+              const got = rate.take(budget);
+              budget = got > 0 ? got : await takeTokens(rate, budget, this, config.timers, stats);
+              if (budget === 0) return;
+            }
             // The chunk waits while the upstream is being replaced: its REQs follow the replay.
             if (this.failing && !await this.waitReady()) return;
             if (this.closed) return;
