@@ -51,6 +51,7 @@ const OTHER_VALUE: Record<string, string> = {
   "config-watch": "off",
   "access-log-file": "/tmp/access.log",
   "pid-file": "/tmp/foo.pid",
+  takeover: "",
   "connect-timeout": "2s",
   "connect-retries": "1",
   pool: "8",

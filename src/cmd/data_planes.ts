@@ -19,7 +19,7 @@ import { describeError } from "../net/describe_error.ts";
 import { type FromPlane, type PlaneInit, serveDataPlane, type ToPlane } from "./data_plane.ts";
 import type { ProxyConfig } from "./proxy_config.ts";
 import type { UpstreamTls } from "../proxy/upstream.ts";
-import type { TlsKeyPair } from "../proxy/tls_termination.ts";
+import { canReusePort, type TlsKeyPair } from "../proxy/tls_termination.ts";
 
 /** Options for {@linkcode DataPlanes}. */
 export interface DataPlanesOptions {
@@ -51,6 +51,11 @@ export interface DataPlanesOptions {
   upstreamTls?: UpstreamTls;
   /** The key pair to terminate TLS with (`--tls-cert`); unset: plain TCP. */
   tls?: TlsKeyPair;
+  /**
+   * Join ports another proxy holds (`--takeover`): no look for a free port first. Every listener
+   * sets `SO_REUSEPORT` whenever it can (`--unstable-net`), so that a later takeover can join it.
+   */
+  share?: boolean;
 }
 
 /** The per-upstream figures the planes count (the supervisor's pool has the states). */
@@ -244,9 +249,12 @@ export class DataPlanes {
    */
   async start(): Promise<number> {
     const ws = this.#options.config.wsListen;
-    // A TLS listener always sets SO_REUSEPORT (a reload opens a second one on the port).
-    if (this.#options.count > 1 || this.#tls !== undefined) assertPortFree(this.#listen);
-    if (this.#options.count > 1 && ws !== null) assertPortFree(ws);
+    // Every listener sets SO_REUSEPORT when it can (workers share the port, a TLS reload opens a
+    // second listener, a takeover binds beside): look first that nobody else holds it.
+    if (canReusePort() && this.#options.share !== true) {
+      assertPortFree(this.#listen);
+      if (ws !== null) assertPortFree(ws);
+    }
     const first = this.#spawn(0, this.#listen);
     try {
       this.#port = await first.ready.promise;
@@ -587,7 +595,7 @@ export class DataPlanes {
       config,
       listen,
       wsListen: ws === null ? null : { ...ws, port: this.#wsPort || ws.port },
-      reusePort: this.#options.count > 1,
+      reusePort: canReusePort(),
       tls: this.#tls,
       row: row.buffer,
       gate: this.#gate,

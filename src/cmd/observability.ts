@@ -100,6 +100,13 @@ export interface ObservabilityOptions {
   stuck?: () => string | undefined;
   /** The test hook `POST /debug/crash-worker/N`; unset: not served. */
   crashWorker?: (index: number) => boolean;
+  /**
+   * Bind with `SO_REUSEPORT` (needs `--unstable-net`), so that a takeover can bind beside; a
+   * port is looked at first (nobody else may hold it) unless `share`. @default {false}
+   */
+  reusePort?: boolean;
+  /** Join ports a running proxy holds (`--takeover`): no look first. @default {false} */
+  share?: boolean;
 }
 
 /** The running HTTP servers and probe. Close with {@linkcode Observability.close}. */
@@ -295,9 +302,16 @@ export async function startObservability(options: ObservabilityOptions): Promise
     try {
       // Our bounded server, not Deno.serve: capped connections, header and body deadlines, and
       // an accept loop that survives running out of file descriptors.
+      const { hostname, port } = plan.address;
+      // SO_REUSEPORT would let this join a port another process serves: unless asked to
+      // (a takeover), a bind without it looks first.
+      if (options.reusePort && options.share !== true && port !== 0) {
+        Deno.listen({ hostname, port }).close();
+      }
       server = new HttpServer({
-        hostname: plan.address.hostname,
-        port: plan.address.port,
+        hostname,
+        port,
+        reusePort: options.reusePort,
         handler: (request) => app.fetch(request),
         maxConnections: options.maxAdminConnections,
         allowedHosts: options.adminHosts,

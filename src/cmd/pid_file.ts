@@ -30,6 +30,8 @@ export interface PidFileOptions {
    * one. Unset: the `--pid-file` wording.
    */
   heldMessage?: (pid: string | undefined) => string;
+  /** How long to wait for the lock before deciding another live process holds it. @default {200} */
+  waitMs?: number;
 }
 
 async function samePathAndFile(path: string, file: Deno.FsFile): Promise<boolean> {
@@ -73,7 +75,9 @@ export class PidFile {
       let timer: ReturnType<typeof setTimeout> | undefined;
       const locked = await Promise.race([
         file.lock(true).then(() => true),
-        new Promise<false>((resolve) => timer = setTimeout(() => resolve(false), LOCK_WAIT_MS)),
+        new Promise<false>((resolve) =>
+          timer = setTimeout(() => resolve(false), options.waitMs ?? LOCK_WAIT_MS)
+        ),
       ]);
       clearTimeout(timer);
       if (!locked) {
@@ -112,9 +116,12 @@ export class PidFile {
     this.#written = true;
   }
 
-  /** Removes the file and lets go of the lock (on exit). */
-  async release(): Promise<void> {
-    if (this.#written) await Deno.remove(this.#path).catch(() => {});
+  /**
+   * Removes the file and lets go of the lock (on exit). `keep`: leaves the file for the process
+   * waiting for the lock (a takeover), which writes its own pid there.
+   */
+  async release(options: { keep?: boolean } = {}): Promise<void> {
+    if (this.#written && options.keep !== true) await Deno.remove(this.#path).catch(() => {});
     try {
       this.#file.close();
     } catch {

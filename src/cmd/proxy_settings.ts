@@ -433,9 +433,19 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     value: "FILE",
     defaultText: "off",
     help:
-      "write the process id there once serving, listener and admin ports bound (removed on exit; refused while another live proxy holds it)",
+      "write the process id there once serving, listener and admin ports bound (removed on exit; refused while another live proxy holds it); FILE.sock beside it takes a --takeover request when read and write of it are granted",
     parse: pathOrNull,
     reload: "restart",
+  }),
+  setting({
+    flag: "takeover",
+    field: "takeover",
+    type: "boolean",
+    default: false,
+    help:
+      "zero-downtime upgrade: with the --pid-file of a running proxy, bind beside it (SO_REUSEPORT, --unstable-net), then make it stop accepting and drain; its statistics carry over (no running proxy: a normal start)",
+    parse: flagGiven,
+    reload: "none",
   }),
   setting({
     flag: "connect-timeout",

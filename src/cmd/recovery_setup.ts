@@ -33,6 +33,11 @@ export interface RecoverySetupOptions {
    * `stats`, the ones restored into.
    */
   persisted?: () => Stats;
+  /**
+   * Restore what the file holds. `false` after a takeover: the proxy taken over wrote it, and
+   * its totals came over its takeover socket already. @default {true}
+   */
+  restore?: boolean;
 }
 
 /**
@@ -56,8 +61,8 @@ export async function setupRecovery(
       path,
     });
   }
-  const loaded = await loadRecoveryFile(path, { logger });
-  if (loaded.state) {
+  const loaded = options.restore === false ? undefined : await loadRecoveryFile(path, { logger });
+  if (loaded?.state) {
     const result = restoreRecoveryState(stats, loaded.state, { latency: stats.latency });
     logger.info(
       "Restored statistics from {path}: {messages} messages, saved {downtime} s ago ({windows})",
@@ -76,7 +81,7 @@ export async function setupRecovery(
         { path, reasons: result.ignoredReasons.map((r) => JSON.stringify(r)).join(", ") },
       );
     }
-  } else if (!loaded.movedTo) {
+  } else if (loaded !== undefined && !loaded.movedTo) {
     logger.info("No recovery file at {path} yet: starting from zero", { path });
   }
   return new RecoveryPersister(path, {

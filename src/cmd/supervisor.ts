@@ -39,7 +39,27 @@ import {
   type ProxyConfig,
   tlsFlagsProblem,
 } from "./proxy_config.ts";
-import { readKeyPair, type TlsKeyPair, TlsKeyPairError } from "../proxy/tls_termination.ts";
+import {
+  canReusePort,
+  readKeyPair,
+  type TlsKeyPair,
+  TlsKeyPairError,
+} from "../proxy/tls_termination.ts";
+import { checkRecoveryPath } from "../proxy/recovery_file.ts";
+import {
+  captureRecoveryState,
+  type RecoveryState,
+  restoreRecoveryState,
+  serializeRecoveryState,
+} from "../stats/recovery.ts";
+import {
+  requestTakeover,
+  type Takeover,
+  TakeoverError,
+  TakeoverListener,
+  takeoverSocketPath,
+  UPDATE_MS,
+} from "./takeover.ts";
 import { poolOptionsOf } from "./proxy_settings.ts";
 import { setupRecovery } from "./recovery_setup.ts";
 import { type InstalledSignals, installSignals } from "./signals.ts";
@@ -144,6 +164,28 @@ class Supervisor {
   #testHooks = testHooksOf(denoEnvReader()("FOO_PROXY_TEST_HOOKS"));
   /** `--tls-cert`: the key pair serving now and the handshake deadline it went with. */
   #tls: { pair: TlsKeyPair; handshakeTimeoutMs: number } | undefined;
+  /** `--takeover`: the exchange with the running proxy, until this one serves and commits it. */
+  #takeover: Takeover | undefined;
+  /** `--takeover`: the totals of the proxy taken over, as last heard (they count as ours). */
+  #carried: Stats | undefined;
+  /** `--takeover`: the old proxy's drain, then its pid file, socket and recovery file taken. */
+  #takingOver: Promise<void> | undefined;
+  /** `--takeover`: stops following the old proxy (this one stops before it has drained). */
+  #takeoverCancel: (() => void) | undefined;
+  /** The pid of the proxy this one hands over to (it asked on the takeover socket). */
+  #handingOverTo: number | undefined;
+  /** Resolves when this proxy's drain is over and its final totals are counted. */
+  #drainDone = Promise.withResolvers<void>();
+  /** Resolves when this proxy's admin ports are closed (it drains: nobody reads its stats). */
+  #adminClosed = Promise.withResolvers<void>();
+  /**
+   * `--takeover`: resolves once the totals carried over are newer than anything the old proxy
+   * answered (its first update after it closed its admin ports): `/stats` waits for it, so the
+   * counters a scraper sees never go back.
+   */
+  #carriedFresh = Promise.withResolvers<void>();
+  /** Whether the drain has begun (a takeover still under way takes nothing more). */
+  #stopping = false;
 
   constructor(args: string[], context: CommandContext, output: ProxyOutput, usage: string) {
     this.#args = args;
@@ -155,6 +197,7 @@ class Supervisor {
       own: this.#own,
       base: this.#base,
       addRows: (target, now) => this.#planes?.addRows(target, now),
+      carried: () => this.#carried,
     });
   }
 
@@ -165,6 +208,8 @@ class Supervisor {
     await this.#readUpstreamTls();
     // Before the signals: a SIGHUP's reload finds the names resolved.
     await this.#resolveDns();
+    // Before the recovery file: after a takeover the totals come from the proxy taken over.
+    await this.#askTakeover();
     await this.#openFiles();
     await this.#readTls();
     this.#installSignals();
@@ -173,13 +218,19 @@ class Supervisor {
     // Stopped before the pool closes (undone newest first): no answer lands on a closed pool.
     this.#defer(() => this.#dns.stop());
     await this.#openAccessLog();
-    await this.#acquirePidFile();
+    // Taking over, the running proxy holds the pid file until it has drained.
+    if (this.#takeover === undefined) await this.#acquirePidFile();
     await this.#startPlanes();
     const observability = await this.#startAdmin();
-    // Written last, once the listener and the admin ports are bound: whoever reads it (or runs
-    // `foo-proxy wait --pid-file`) can signal a proxy that serves, and query it.
-    await this.#pidFile?.write();
-    this.#persister?.start();
+    if (this.#takeover !== undefined) {
+      this.#commitTakeover();
+    } else {
+      // Written last, once the listener and the admin ports are bound: whoever reads it (or runs
+      // `foo-proxy wait --pid-file`) can signal a proxy that serves, and query it.
+      await this.#pidFile?.write();
+      await this.#listenTakeover();
+      this.#persister?.start();
+    }
     await this.#watchConfig();
     // One upstream is dialed whatever its checks say (as a last resort), so they serve only
     // /readyz: without a health app it sees no probe traffic, until a reload adds upstreams.
@@ -307,18 +358,25 @@ class Supervisor {
     const path = this.#config.recoveryPath;
     if (path === null) return;
     try {
-      this.#persister = await setupRecovery(path, {
-        stats: this.#base,
-        logger: this.#logger,
-        persisted: () => {
-          this.#stats.refresh();
-          return this.#stats;
-        },
-      });
+      // Taking over, the running proxy holds the file until it has drained: only looked at now.
+      if (this.#takeover !== undefined) await checkRecoveryPath(path);
+      else this.#persister = await this.#setupRecovery(path, true);
     } catch (error) {
       if (!(error instanceof RecoveryPathError)) throw error;
       refuse(error.message);
     }
+  }
+
+  #setupRecovery(path: string, restore: boolean): Promise<RecoveryPersister> {
+    return setupRecovery(path, {
+      stats: this.#base,
+      logger: this.#logger,
+      restore,
+      persisted: () => {
+        this.#stats.refresh();
+        return this.#stats;
+      },
+    });
   }
 
   /**
@@ -518,13 +576,192 @@ class Supervisor {
     const path = this.#config.pidFile;
     if (path === null) return;
     try {
-      this.#pidFile = await PidFile.acquire(path);
+      this.#pidFile = await PidFile.acquire(path, {
+        heldMessage: this.#config.takeover
+          ? (pid) =>
+            `Pid file "${path}" is held by a running foo-proxy${
+              pid ? ` (pid ${pid})` : ""
+            } that has no takeover socket (${
+              takeoverSocketPath(path)
+            }: it was started by an older build or without access to that path): stop it first`
+          : undefined,
+      });
     } catch (error) {
       if (!(error instanceof PidFileError)) throw error;
       refuse(error.message);
     }
-    const pidFile = this.#pidFile!;
-    this.#defer(() => pidFile.release());
+    this.#holdPidFile(this.#pidFile!);
+  }
+
+  /** Lets go of `pidFile` on the way out: left in place for a proxy taking over. */
+  #holdPidFile(pidFile: PidFile): void {
+    this.#defer(() => pidFile.release({ keep: this.#handingOverTo !== undefined }));
+  }
+
+  /**
+   * `--takeover`: asks the proxy holding `--pid-file` (on the socket beside it) for its totals,
+   * which count as this one's from now on; nothing changes for it until this one serves and
+   * commits ({@linkcode #commitTakeover}). No proxy answering there: a normal start.
+   */
+  async #askTakeover(): Promise<void> {
+    const config = this.#config;
+    if (!config.takeover) return;
+    const pidFile = config.pidFile;
+    if (pidFile === null) {
+      refuse(
+        "--takeover needs --pid-file: the running proxy's, beside which its takeover socket is",
+      );
+    }
+    if (!canReusePort()) {
+      refuse(
+        "--takeover needs --unstable-net: the new proxy binds its ports beside the running one's (SO_REUSEPORT), which must have it too",
+      );
+    }
+    const path = takeoverSocketPath(pidFile);
+    try {
+      this.#takeover = await requestTakeover(path);
+    } catch (error) {
+      if (!(error instanceof TakeoverError)) throw error;
+      const cause = error.cause;
+      if (cause instanceof Deno.errors.NotFound || cause instanceof Deno.errors.ConnectionRefused) {
+        this.#logger.info("--takeover: no proxy answers on {path}: starting as the only one", {
+          path,
+        });
+        return;
+      }
+      refuse(`--takeover: ${error.message}; the running proxy serves on`, 1);
+    }
+    this.#carried = statsOf(this.#takeover.first);
+    this.#logger.info(
+      "Taking over from the proxy holding {pidFile}: {messages} messages so far carry over",
+      {
+        pidFile,
+        messages: this.#carried.counts.msg_req + this.#carried.counts.msg_ack +
+          this.#carried.counts.msg_nak,
+      },
+    );
+  }
+
+  /**
+   * `--takeover`, once this proxy serves: the old one stops accepting and drains; its totals are
+   * followed until its final ones; then its pid file, takeover socket and recovery file are
+   * taken (it lets go of them as it exits).
+   */
+  #commitTakeover(): void {
+    const takeover = this.#takeover!;
+    this.#takeover = undefined;
+    this.#takeoverCancel = takeover.cancel;
+    const logger = this.#logger;
+    const config = this.#config;
+    logger.info("Serving: the running proxy stops accepting and drains");
+    this.#takingOver = (async () => {
+      const fresh = this.#carriedFresh;
+      // Bounded: an old proxy that stops answering must not hold /stats for ever.
+      const timer = setTimeout(() => fresh.resolve(), CARRIED_WAIT_MS);
+      const complete = await takeover.go((state) => {
+        this.#carried = statsOf(state);
+        fresh.resolve();
+      });
+      clearTimeout(timer);
+      fresh.resolve();
+      if (complete) {
+        logger.info("The proxy taken over has drained; its final totals are counted");
+      } else {
+        this.#own.takeoverFailures++;
+        logger.warning(
+          "The proxy taken over went away before its final totals: what it counted in its last {ms} ms is missing",
+          { ms: UPDATE_MS },
+        );
+      }
+      if (this.#stopping || config.pidFile === null) return;
+      let pidFile: PidFile;
+      try {
+        // It exits right after its final totals: the lock is free then.
+        pidFile = await PidFile.acquire(config.pidFile, { waitMs: 30_000 });
+      } catch (error) {
+        if (!(error instanceof PidFileError)) throw error;
+        this.#own.takeoverFailures++;
+        logger.error("Cannot take the pid file after the takeover: {error}", {
+          error: error.message,
+        });
+        return;
+      }
+      this.#pidFile = pidFile;
+      this.#holdPidFile(pidFile);
+      if (this.#stopping) return;
+      await pidFile.write();
+      await this.#listenTakeover();
+      if (config.recoveryPath !== null && !this.#stopping) {
+        try {
+          this.#persister = await this.#setupRecovery(config.recoveryPath, false);
+          const persister = this.#persister;
+          this.#defer(() => persister.close());
+          persister.start();
+        } catch (error) {
+          if (!(error instanceof RecoveryPathError)) throw error;
+          this.#own.takeoverFailures++;
+          logger.error("Cannot take the recovery file after the takeover: {error}", {
+            error: error.message,
+          });
+        }
+      }
+      logger.info("Took over: this proxy (pid {pid}) holds {pidFile}", {
+        pid: Deno.pid,
+        pidFile: config.pidFile,
+      });
+    })().catch((error) => {
+      this.#own.takeoverFailures++;
+      logger.error("The takeover failed after this proxy began serving: {error}", {
+        error: error instanceof Error ? error.message : String(error),
+      });
+    });
+  }
+
+  /**
+   * Every proxy with `--pid-file` listens for a takeover beside it (`FILE.sock`). A socket that
+   * cannot be opened is logged and counted: the proxy serves on, and cannot be taken over.
+   */
+  async #listenTakeover(): Promise<void> {
+    const pidFile = this.#config.pidFile;
+    if (pidFile === null) return;
+    const path = takeoverSocketPath(pidFile);
+    if (!await granted(path)) {
+      // Not an error: a grant of the pid file alone (as before --takeover existed) still serves.
+      this.#logger.info(
+        "Not listening for a takeover (--takeover): read and write of {path} are not granted",
+        { path },
+      );
+      return;
+    }
+    let listener: TakeoverListener;
+    try {
+      listener = await TakeoverListener.listen(path, {
+        capture: async () => {
+          await this.#planes?.flushAll();
+          this.#stats.refresh();
+          return serializeRecoveryState(
+            captureRecoveryState(this.#stats, { latency: this.#stats.latency }),
+          );
+        },
+        handOver: (pid) => {
+          this.#handingOverTo = pid;
+          this.#stop.resolve(`a takeover by pid ${pid}`);
+          return { stopped: this.#adminClosed.promise, drained: this.#drainDone.promise };
+        },
+        failed: (why) => {
+          this.#own.takeoverFailures++;
+          this.#logger.warning("Takeover request refused ({why}): serving on", { why });
+        },
+      });
+    } catch (error) {
+      if (!(error instanceof TakeoverError)) throw error;
+      this.#own.takeoverFailures++;
+      this.#logger.warning("This proxy cannot be taken over (--takeover): {error}", {
+        error: error.message,
+      });
+      return;
+    }
+    this.#defer(() => listener.close());
   }
 
   #makePlanes(layout: PlaneLayout): DataPlanes {
@@ -549,6 +786,7 @@ class Supervisor {
       testHooks: this.#testHooks,
       upstreamTls: this.#upstreamTls,
       tls: this.#tls?.pair,
+      share: this.#takeover !== undefined,
     });
     this.#defer(() => planes.terminate());
     return planes;
@@ -627,7 +865,11 @@ class Supervisor {
         stats: this.#stats,
         counters: this.#own,
         activeConnections: () => planes.activeConnections,
-        beforeRead: () => planes.flushAll(),
+        // Taking over: the carried totals first (see #carriedFresh).
+        beforeRead: () =>
+          this.#carried === undefined
+            ? planes.flushAll()
+            : Promise.all([planes.flushAll(), this.#carriedFresh.promise]).then(() => {}),
         crashWorker: this.#testHooks ? (index) => planes.crash(index) : undefined,
         stuck: () => planes.stuck(),
         listening: () => planes.listening,
@@ -652,6 +894,9 @@ class Supervisor {
         maxConnections: this.#maxConnections,
         http: config.http,
         health: config.health,
+        // Bound so that a takeover can bind beside, as it binds beside the running proxy's.
+        reusePort: canReusePort(),
+        share: this.#takeover !== undefined,
         required: { http: config.httpExplicit, health: config.healthExplicit },
         logger: this.#logger,
       });
@@ -888,13 +1133,31 @@ class Supervisor {
    */
   async #drain(observability: Observability, why: string): Promise<number> {
     const logger = this.#logger;
+    this.#stopping = true;
     observability.markStopping(); // /readyz fails from the first signal on
-    logger.info(
-      "Got {signal}: shutting down gracefully (send it again, a second later, to close at once)",
-      { signal: why },
-    );
+    if (this.#takingOver !== undefined) {
+      // Stopping before the proxy taken over has drained: its totals as last heard stand.
+      this.#takeoverCancel?.();
+      await this.#takingOver;
+    }
+    const handingOver = this.#handingOverTo !== undefined;
+    if (handingOver) {
+      // The new proxy serves the admin ports already (beside these): its totals include ours.
+      await observability.close();
+      this.#adminClosed.resolve();
+      logger.info(
+        "Taken over by pid {pid}: stopped accepting; draining (SIGTERM, a second later, closes at once)",
+        { pid: this.#handingOverTo },
+      );
+    } else {
+      logger.info(
+        "Got {signal}: shutting down gracefully (send it again, a second later, to close at once)",
+        { signal: why },
+      );
+    }
     const report = await this.#planes!.shutdown(this.#force.signal, {
-      delayMs: this.#config.drainDelayMs,
+      // The new proxy accepts already: no reason to keep accepting here.
+      delayMs: handingOver ? 0 : this.#config.drainDelayMs,
       timeoutMs: this.#config.drainTimeoutMs,
     });
     if (report.aborted) {
@@ -910,6 +1173,9 @@ class Supervisor {
     await this.#persister?.close();
     await this.#pool.close();
     await this.#accessLog?.close();
+    // A proxy taking over hears the final totals now (its takeover socket is closed on the way
+    // out, after they are sent).
+    this.#drainDone.resolve();
     this.#print();
     return report.aborted ? 1 : 0;
   }
@@ -932,6 +1198,25 @@ function directoryProblem(path: string): string | undefined {
   }
   return undefined;
 }
+
+/** Statistics holding a takeover's `state` (totals, windows, latency), as a restart restores them. */
+function statsOf(state: RecoveryState): Stats {
+  const stats = new Stats({ clock: systemClock });
+  restoreRecoveryState(stats, state, { latency: stats.latency });
+  return stats;
+}
+
+/** Whether read and write of `path` are granted (a Unix socket's path needs both). */
+async function granted(path: string): Promise<boolean> {
+  const [read, write] = await Promise.all([
+    Deno.permissions.query({ name: "read", path }),
+    Deno.permissions.query({ name: "write", path }),
+  ]);
+  return read.state === "granted" && write.state === "granted";
+}
+
+/** `--takeover`: the longest `/stats` waits for the old proxy's first update after `go`. */
+const CARRIED_WAIT_MS = 2000;
 
 /** What a reload the watch asked for says it was for. */
 const WATCH_WHY = "the file changed";

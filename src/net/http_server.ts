@@ -50,6 +50,8 @@ export interface HttpServerOptions {
   logger?: Logger;
   /** Counters to add to; unset: kept on the server only. */
   counters?: HttpServerCounters;
+  /** Set `SO_REUSEPORT` (needs `--unstable-net`): a takeover's server binds beside. @default {false} */
+  reusePort?: boolean;
 }
 
 /** What an {@linkcode HttpServer} counts. */
@@ -108,7 +110,10 @@ export class HttpServer implements AsyncDisposable {
    */
   start(): Deno.NetAddr {
     if (this.#listener) throw new Error("HttpServer already started");
-    this.#listener = Deno.listen({ hostname: this.#options.hostname, port: this.#options.port });
+    const { hostname, port, reusePort } = this.#options;
+    this.#listener = reusePort
+      ? Deno.listen({ hostname, port, reusePort: true })
+      : Deno.listen({ hostname, port });
     this.#accepting = acceptLoop(this.#listener, (conn) => this.#accept(conn), {
       closed: () => this.#closed,
       label: `${this.#options.hostname}:${this.#listener.addr.port}`,

@@ -757,6 +757,16 @@ export const COUNTER_SCHEMA: readonly SchemaEntry[] = [
       "dns_resolve_failures",
       "dnsResolveFailures",
       "Resolutions of a `--forward dns+NAME:PORT` name that failed or found no record: the last good set is kept.",
+      { family: "foo_proxy_dns_resolve_failures_total" },
+    ),
+    summed: false,
+  },
+  {
+    ...field(
+      "takeover_failures",
+      "takeoverFailures",
+      "`--takeover` steps that failed: a bad or abandoned request on this proxy's takeover socket (it serves on), the socket could not be opened, or the proxy taken over went away before its final statistics.",
+      { family: "foo_proxy_takeover_failures_total" },
     ),
     summed: false,
   },

@@ -21,6 +21,8 @@ export interface MergeSources {
   base: Stats;
   /** Adds every live worker's row to `target` at `now`. */
   addRows: (target: Stats, now: number) => void;
+  /** The totals of the proxy this one took over (`--takeover`), as last heard; unset: none. */
+  carried?: () => Stats | undefined;
 }
 
 /** See the module docs. */
@@ -45,6 +47,8 @@ export class MergedStats extends Stats {
     this.windows.response10s = new MovingWindow(10_000, 100);
     this.latency.histogram.reset();
     addStats(base, this, now);
+    const carried = this.#sources.carried?.();
+    if (carried !== undefined) addStats(carried, this, now);
     addStats(own, this, now);
     for (const spec of STORED_COUNTERS) {
       if (!spec.summed) writeCounter(spec, this, this.latency, readCounter(spec, own, own.latency));

@@ -184,6 +184,8 @@ export interface StatsSnapshot {
   config_watch_failures: number;
   /** Resolutions of a `--forward dns+NAME:PORT` name that failed or found no record: the last good set is kept. */
   dns_resolve_failures: number;
+  /** `--takeover` steps that failed (a bad or abandoned request, no socket, no final statistics). */
+  takeover_failures: number;
 }
 
 /** One upstream's figures in `/stats` and the SIGUSR2 line (see `upstream_pool.ts`). */
@@ -377,6 +379,8 @@ export class Stats {
   configWatchFailures = 0;
   /** Failed (or empty) resolutions of a `dns+` upstream name. */
   dnsResolveFailures = 0;
+  /** `--takeover` steps that failed (see `cmd/takeover.ts`). */
+  takeoverFailures = 0;
   /** Data-plane workers replaced after dying. */
   workerRestarts = 0;
   /** Where the per-worker figures come from; unset: none are reported. */

@@ -1,0 +1,418 @@
+/**
+ * `--takeover`: a zero-downtime upgrade. Every proxy run with `--pid-file FILE` listens on a Unix
+ * socket beside it, `FILE.sock` (mode 0600: the same user only). A new proxy started with the
+ * same `--pid-file` and `--takeover` binds its ports beside the running one (`SO_REUSEPORT`),
+ * and once it serves, asks over that socket:
+ *
+ * 1. new → old `{"t":"takeover","pid":N}`: the old one answers with its statistics now
+ *    (`{"t":"stats","final":false,"state":…}`, the recovery file's state as text), changing
+ *    nothing yet;
+ * 2. new → old `{"t":"go"}`: the new one counts the old one's totals as its own from here on; the
+ *    old one stops accepting, closes its admin ports and drains, sending its statistics again
+ *    every {@linkcode UPDATE_MS} and a last time (`"final":true`) once every client is gone;
+ *    then it exits, letting go of the pid file, which the new one takes.
+ *
+ * A new proxy that goes away before `go` leaves the old one serving as before. Each message is one
+ * line of JSON, at most {@linkcode MAX_LINE_BYTES}.
+ *
+ * @module
+ */
+import { parseRecoveryState, type RecoveryState } from "../stats/recovery.ts";
+
+/** How often a draining old proxy sends its statistics. */
+export const UPDATE_MS = 250;
+/** The longest message line (a recovery state is a few KiB). */
+export const MAX_LINE_BYTES = 1024 * 1024;
+/** How long either side waits for the other's next step (an answer, a `go`). */
+export const STEP_TIMEOUT_MS = 10_000;
+/** The longest path a Unix socket address holds on Linux (`sun_path`, less its NUL). */
+export const MAX_SOCKET_PATH_BYTES = 107;
+
+/** The takeover socket of a proxy with `--pid-file pidFile`. */
+export function takeoverSocketPath(pidFile: string): string {
+  return `${pidFile}.sock`;
+}
+
+/** A takeover step failed; the message says which and why. */
+export class TakeoverError extends Error {
+  /** Creates the error. */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "TakeoverError";
+  }
+}
+
+/** One message of the exchange. */
+type Message =
+  | { t: "takeover"; pid: number }
+  | { t: "go" }
+  | { t: "stats"; final: boolean; state: string }
+  | { t: "busy" };
+
+const encoder = new TextEncoder();
+
+/** Lines of JSON read from `conn`, each bounded; throws {@linkcode TakeoverError} on garbage. */
+async function* messages(conn: Deno.Conn): AsyncGenerator<Message> {
+  const decoder = new TextDecoder("utf-8", { fatal: true });
+  const buffer = new Uint8Array(64 * 1024);
+  let pending = "";
+  for (;;) {
+    const n = await conn.read(buffer);
+    if (n === null) {
+      if (pending.length > 0) throw new TakeoverError("the peer closed in the middle of a line");
+      return;
+    }
+    let text: string;
+    try {
+      text = decoder.decode(buffer.subarray(0, n), { stream: true });
+    } catch {
+      throw new TakeoverError("the peer sent bytes that are not UTF-8");
+    }
+    pending += text;
+    for (let end = pending.indexOf("\n"); end >= 0; end = pending.indexOf("\n")) {
+      const line = pending.slice(0, end);
+      pending = pending.slice(end + 1);
+      yield parseMessage(line);
+    }
+    if (pending.length > MAX_LINE_BYTES) {
+      throw new TakeoverError(`the peer sent a line longer than ${MAX_LINE_BYTES} bytes`);
+    }
+  }
+}
+
+function parseMessage(line: string): Message {
+  let value: unknown;
+  try {
+    value = JSON.parse(line);
+  } catch {
+    throw new TakeoverError("the peer sent a line that is not JSON");
+  }
+  const m = value as Record<string, unknown> | null;
+  if (typeof m !== "object" || m === null || Array.isArray(m)) {
+    throw new TakeoverError("the peer sent a message that is not an object");
+  }
+  switch (m.t) {
+    case "takeover":
+      if (Number.isSafeInteger(m.pid) && (m.pid as number) > 0) {
+        return { t: "takeover", pid: m.pid as number };
+      }
+      break;
+    case "go":
+      return { t: "go" };
+    case "busy":
+      return { t: "busy" };
+    case "stats":
+      if (typeof m.final === "boolean" && typeof m.state === "string") {
+        return { t: "stats", final: m.final, state: m.state };
+      }
+      break;
+  }
+  throw new TakeoverError(`the peer sent an unknown message (${JSON.stringify(String(m.t))})`);
+}
+
+async function send(conn: Deno.Conn, message: Message): Promise<void> {
+  const bytes = encoder.encode(JSON.stringify(message) + "\n");
+  for (let off = 0; off < bytes.length;) off += await conn.write(bytes.subarray(off));
+}
+
+/** `promise`, or a {@linkcode TakeoverError} saying `what` took too long. */
+async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new TakeoverError(`${what}: no answer in ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+// --- The running (old) proxy's side ---------------------------------------------------------
+
+/** What the old proxy does for a takeover. */
+export interface TakeoverHooks {
+  /** Its statistics now, as recovery-state text (the planes flushed first). */
+  capture: () => Promise<string>;
+  /**
+   * The new proxy said `go` (its pid given): stop accepting and drain. `stopped` resolves once
+   * this proxy no longer answers for its statistics (its admin ports closed: updates sent from
+   * then on are the newest anyone saw), `drained` once every client is gone (the final
+   * statistics are captured after).
+   */
+  handOver: (pid: number) => { stopped: Promise<void>; drained: Promise<void> };
+  /** A takeover that failed (a bad message, a peer gone before `go`): logged and counted. */
+  failed: (why: string) => void;
+}
+
+/**
+ * The old proxy's takeover socket: listens at `path` (a stale socket left by a crash is replaced;
+ * anything else there is refused), answers one takeover at a time.
+ */
+export class TakeoverListener {
+  #listener: Deno.UnixListener;
+  #path: string;
+  #hooks: TakeoverHooks;
+  #busy = false;
+  #closed = false;
+  #serving: Promise<void>;
+  /** Connections not (yet) committed to a takeover: closed by {@linkcode close}. */
+  #pending = new Set<Deno.Conn>();
+  /** Every connection's handler, awaited by {@linkcode close} (the final statistics go out). */
+  #handlers = new Set<Promise<void>>();
+
+  private constructor(listener: Deno.UnixListener, path: string, hooks: TakeoverHooks) {
+    this.#listener = listener;
+    this.#path = path;
+    this.#hooks = hooks;
+    this.#serving = this.#accept();
+  }
+
+  /**
+   * Listens at `path`. Call only while holding the pid file's lock: it guards this path too.
+   *
+   * @throws {TakeoverError} when the path is too long or holds something other than a socket.
+   */
+  static async listen(path: string, hooks: TakeoverHooks): Promise<TakeoverListener> {
+    if (encoder.encode(path).length > MAX_SOCKET_PATH_BYTES) {
+      throw new TakeoverError(
+        `"${path}" is longer than the ${MAX_SOCKET_PATH_BYTES} bytes a Unix socket path may be: use a shorter --pid-file path`,
+      );
+    }
+    try {
+      const info = await Deno.lstat(path);
+      if (!info.isSocket) {
+        throw new TakeoverError(
+          `"${path}" exists and is not a socket: remove it, or use another --pid-file`,
+        );
+      }
+      await Deno.remove(path); // left by a proxy that was killed: nobody listens there
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) {
+        if (error instanceof TakeoverError) throw error;
+        throw new TakeoverError(`cannot replace "${path}": ${describe(error)}`, { cause: error });
+      }
+    }
+    let listener: Deno.UnixListener;
+    try {
+      listener = Deno.listen({ transport: "unix", path });
+    } catch (error) {
+      throw new TakeoverError(`cannot listen on "${path}": ${describe(error)}`, { cause: error });
+    }
+    try {
+      await Deno.chmod(path, 0o600);
+    } catch (error) {
+      listener.close();
+      await Deno.remove(path).catch(() => {});
+      throw new TakeoverError(`cannot restrict "${path}" to this user: ${describe(error)}`, {
+        cause: error,
+      });
+    }
+    return new TakeoverListener(listener, path, hooks);
+  }
+
+  /** The socket's path. */
+  get path(): string {
+    return this.#path;
+  }
+
+  /**
+   * Stops listening and removes the socket file; requests not committed are dropped, and a
+   * takeover in progress is waited for (its final statistics go out first).
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.#listener.close();
+    } catch {
+      // Closed already.
+    }
+    await this.#serving;
+    for (const conn of this.#pending) closeQuietly(conn);
+    await Promise.all(this.#handlers);
+    await Deno.remove(this.#path).catch(() => {});
+  }
+
+  async #accept(): Promise<void> {
+    for (;;) {
+      let conn: Deno.Conn;
+      try {
+        conn = await this.#listener.accept();
+      } catch {
+        return; // closed
+      }
+      this.#pending.add(conn);
+      const handler: Promise<void> = this.#serve(conn).finally(() => {
+        this.#pending.delete(conn);
+        this.#handlers.delete(handler);
+        closeQuietly(conn);
+      });
+      this.#handlers.add(handler);
+    }
+  }
+
+  async #serve(conn: Deno.Conn): Promise<void> {
+    const hooks = this.#hooks;
+    const incoming = messages(conn);
+    let pid: number | undefined;
+    try {
+      const first = await within(
+        incoming.next(),
+        STEP_TIMEOUT_MS,
+        "waiting for a takeover request",
+      );
+      if (first.done) return; // a connect and close: somebody checking the socket is there
+      if (first.value.t !== "takeover") {
+        throw new TakeoverError(`expected a takeover request, got "${first.value.t}"`);
+      }
+      if (this.#busy) {
+        await send(conn, { t: "busy" });
+        hooks.failed(`pid ${first.value.pid} asked while another takeover was under way`);
+        return;
+      }
+      this.#busy = true;
+      pid = first.value.pid;
+      await send(conn, { t: "stats", final: false, state: await hooks.capture() });
+      const go = await within(incoming.next(), STEP_TIMEOUT_MS, "waiting for go");
+      if (go.done) {
+        throw new TakeoverError("the new proxy went away before it took over; serving on");
+      }
+      if (go.value.t !== "go") throw new TakeoverError(`expected go, got "${go.value.t}"`);
+    } catch (error) {
+      this.#busy = false;
+      if (this.#closed) return; // dropped by close(): the proxy is stopping anyway
+      hooks.failed(
+        `${pid === undefined ? "" : `pid ${pid}: `}${
+          error instanceof TakeoverError ? error.message : describe(error)
+        }`,
+      );
+      return;
+    }
+    // Committed: from here the old proxy only drains. Updates go out until the last one.
+    this.#pending.delete(conn);
+    const { stopped, drained } = hooks.handOver(pid);
+    let done = false;
+    void drained.finally(() => done = true);
+    try {
+      await stopped;
+      while (!done) {
+        await send(conn, { t: "stats", final: false, state: await hooks.capture() });
+        await Promise.race([drained, new Promise((resolve) => setTimeout(resolve, UPDATE_MS))]);
+      }
+    } catch {
+      // The new proxy is gone: it keeps the last totals it got; the drain goes on regardless.
+    }
+    await drained;
+    await send(conn, { t: "stats", final: true, state: await hooks.capture() }).catch(() => {});
+  }
+}
+
+// --- The new proxy's side -------------------------------------------------------------------
+
+/** A takeover under way, from the new proxy's side. */
+export interface Takeover {
+  /** The old proxy's statistics when it was asked (before `go`). */
+  first: RecoveryState;
+  /**
+   * Commits: the old proxy stops accepting and drains. `onStats` hears each later update (the
+   * first once the old proxy no longer answers for its statistics); the promise resolves when the
+   * old proxy sent its final statistics (`true`) or went away without them (`false`: the last
+   * update stands).
+   */
+  go: (onStats: (state: RecoveryState) => void) => Promise<boolean>;
+  /** Abandons it before `go`: the old proxy serves on. */
+  cancel: () => void;
+}
+
+/**
+ * Connects to the old proxy's socket at `path` and asks for its statistics (`pid`: this
+ * process's).
+ *
+ * @throws {TakeoverError} when it cannot be reached, refuses, or answers badly.
+ */
+export async function requestTakeover(path: string, pid = Deno.pid): Promise<Takeover> {
+  let conn: Deno.UnixConn;
+  try {
+    conn = await within(
+      Deno.connect({ transport: "unix", path }),
+      STEP_TIMEOUT_MS,
+      `connecting to "${path}"`,
+    );
+  } catch (error) {
+    throw new TakeoverError(
+      `cannot reach the running proxy's takeover socket "${path}": ${describe(error)}`,
+      { cause: error },
+    );
+  }
+  const close = () => closeQuietly(conn);
+  const incoming = messages(conn);
+  const next = async (what: string): Promise<Message | undefined> => {
+    const result = await within(incoming.next(), STEP_TIMEOUT_MS, what);
+    return result.done ? undefined : result.value;
+  };
+  let first: RecoveryState;
+  try {
+    await send(conn, { t: "takeover", pid });
+    const answer = await next("asking the running proxy for its statistics");
+    if (answer === undefined) throw new TakeoverError("the running proxy closed the socket");
+    if (answer.t === "busy") {
+      throw new TakeoverError("another takeover of the running proxy is under way");
+    }
+    if (answer.t !== "stats") throw new TakeoverError(`unexpected answer "${answer.t}"`);
+    first = parseState(answer.state);
+  } catch (error) {
+    close();
+    throw error instanceof TakeoverError ? error : new TakeoverError(describe(error), {
+      cause: error,
+    });
+  }
+  return {
+    first,
+    cancel: close,
+    go: async (onStats) => {
+      try {
+        await send(conn, { t: "go" });
+        // No deadline: the old proxy drains for as long as its --drain-timeout allows.
+        for await (const message of incoming) {
+          if (message.t !== "stats") continue;
+          onStats(parseState(message.state));
+          if (message.final) return true;
+        }
+        return false;
+      } catch {
+        return false;
+      } finally {
+        close();
+      }
+    },
+  };
+}
+
+function parseState(text: string): RecoveryState {
+  try {
+    return parseRecoveryState(text);
+  } catch (error) {
+    throw new TakeoverError(
+      `the running proxy sent statistics that do not parse: ${(error as Error).message}`,
+    );
+  }
+}
+
+function describe(error: unknown): string {
+  if (error instanceof Deno.errors.NotCapable) {
+    return "not permitted (grant --allow-read and --allow-write of this path)";
+  }
+  if (error instanceof Error) return error.message.replace(/\s*\(os error \d+\)/, "");
+  return String(error);
+}
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // Closed already.
+  }
+}
