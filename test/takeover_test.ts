@@ -240,7 +240,7 @@ Deno.test("--takeover twice in a row: each new proxy takes the pid file and its 
   }
 });
 
-Deno.test("--takeover with nobody to take over starts as the only proxy; without --pid-file it is refused", async () => {
+Deno.test("--takeover with nobody to take over starts as the only proxy; without --pid-file or --unstable-net it is refused", async () => {
   await using upstream = await startUpstream();
   const s = await setup(upstream.addr.port);
   try {
@@ -257,6 +257,11 @@ Deno.test("--takeover with nobody to take over starts as the only proxy; without
     await using refused = spawnMain([...noPidFile, "--takeover"], { permissions: s.permissions });
     assert.equal((await refused.status()).code, 2);
     assert.match(refused.stderr.text, /--takeover needs --pid-file/);
+
+    const stable = s.permissions.filter((flag) => flag !== "--unstable-net");
+    await using noReuse = spawnMain([...s.args, "--takeover"], { permissions: stable });
+    assert.equal((await noReuse.status()).code, 2);
+    assert.match(noReuse.stderr.text, /--takeover needs --unstable-net/);
   } finally {
     await Deno.remove(s.dir, { recursive: true });
   }
