@@ -769,3 +769,34 @@ export function recordingLogger(): {
   } as unknown as Logger;
   return { logger, errors, warnings, debug };
 }
+
+/**
+ * A client doing REQ/ACK in lock-step on one connection until `stop()`, which resolves with how
+ * many round trips it made, or rejects with the first reply missing or wrong.
+ */
+export async function lockStepClient(port: number): Promise<{ stop: () => Promise<number> }> {
+  const conn = await connectTo(port);
+  const reader = new LineReader(conn);
+  let stopped = false;
+  let seq = 0;
+  const done = (async () => {
+    try {
+      while (!stopped) {
+        seq++;
+        await writeAll(conn, `REQ ${seq}\n`);
+        const line = await reader.readLine();
+        if (line !== `ACK ${seq}`) throw new Error(`REQ ${seq} got ${JSON.stringify(line)}`);
+      }
+      return seq;
+    } finally {
+      conn.close();
+    }
+  })();
+  done.catch(() => {}); // reported by stop(); a failing test kills the proxy first
+  return {
+    stop: () => {
+      stopped = true;
+      return done;
+    },
+  };
+}

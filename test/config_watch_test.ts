@@ -6,14 +6,7 @@
  * that cannot be watched is logged, counted, and SIGHUP still works.
  */
 import assert from "node:assert/strict";
-import {
-  connectTo,
-  freePort,
-  LineReader,
-  spawnConfigProxy,
-  startUpstream,
-  writeAll,
-} from "./_util.ts";
+import { freePort, lockStepClient, spawnConfigProxy, startUpstream } from "./_util.ts";
 
 /** The config file's text: `forward` and fast checks, so an added upstream serves soon. */
 function configText(forward: string[], extra: Record<string, unknown> = {}): string {
@@ -36,36 +29,6 @@ async function spawnWithConfig(path: string, read: string, http: number, watchin
   return spawned;
 }
 
-/**
- * A client doing REQ/ACK in lock-step until `stop()`: resolves with how many round trips it made;
- * rejects on the first reply missing or wrong.
- */
-async function lockStep(port: number) {
-  const conn = await connectTo(port);
-  const reader = new LineReader(conn);
-  let stopped = false;
-  let seq = 0;
-  const done = (async () => {
-    try {
-      while (!stopped) {
-        seq++;
-        await writeAll(conn, `REQ ${seq}\n`);
-        assert.deepEqual(await reader.readLines(1), [`ACK ${seq}`]);
-      }
-      return seq;
-    } finally {
-      conn.close();
-    }
-  })();
-  done.catch(() => {}); // reported by stop(); a failing test kills the proxy first
-  return {
-    stop: () => {
-      stopped = true;
-      return done;
-    },
-  };
-}
-
 const reloaded = (generation: number) =>
   new RegExp(`Reloaded .* \\(the file changed, generation ${generation}\\): (.*)`);
 
@@ -81,7 +44,7 @@ Deno.test("--config-watch: a rewrite, a burst, an editor's rename, a bad file, a
   try {
     const { child, port } = await spawnWithConfig(path, dir, http);
     await using _child = child;
-    const client = await lockStep(port);
+    const client = await lockStepClient(port);
     // A burst of writes (the last adds b): one reload, with the last text.
     for (let k = 1; k <= 5; k++) {
       await Deno.writeTextFile(path, configText(k < 5 ? [fa] : [fa, fb], { "max-inflight": k }));
@@ -138,7 +101,7 @@ Deno.test("--config-watch: a Kubernetes ConfigMap update (the ..data symlink swa
   try {
     const { child, port } = await spawnWithConfig(`${dir}/config.json`, dir, http);
     await using _child = child;
-    const client = await lockStep(port);
+    const client = await lockStepClient(port);
     await configMapSwap(
       dir,
       "..2026_12_03_10_01_00.2",

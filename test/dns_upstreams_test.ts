@@ -14,6 +14,7 @@ import {
   connectTo,
   freePort,
   LineReader,
+  lockStepClient,
   recordingLogger,
   spawnMain,
   spawnWithConfig,
@@ -73,6 +74,32 @@ async function startDnsServer(answers: Map<string, Answer>) {
   };
 }
 
+/**
+ * A proxy forwarding to `dns+svc.test:PORT`, asking the name server on `dnsPort` every second,
+ * checking upstreams every 100 ms; resolves once it listens.
+ */
+async function spawnDnsProxy(port: number, dnsPort: number) {
+  const http = freePort();
+  const child = spawnMain([
+    "proxy",
+    "--listen=127.0.0.1:0",
+    `--http=127.0.0.1:${http}`,
+    "--health=off",
+    `--forward=dns+svc.test:${port}`,
+    `--dns-server=127.0.0.1:${dnsPort}`,
+    "--dns-interval=1s",
+    "--health-interval=100ms",
+    "--health-rise=1",
+  ]);
+  try {
+    const listening = await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000);
+    return { child, http, proxyPort: Number(listening[1]) };
+  } catch (error) {
+    await child[Symbol.asyncDispose]();
+    throw error;
+  }
+}
+
 interface Row {
   name: string;
   state: string;
@@ -97,21 +124,8 @@ Deno.test("dns+NAME:PORT: a record that appears joins and gets traffic, one that
   const answers = new Map<string, Answer>([["svc.test", ["127.0.0.1"]]]);
   const dns = await startDnsServer(answers);
   try {
-    const http = freePort();
-    await using child = spawnMain([
-      "proxy",
-      "--listen=127.0.0.1:0",
-      `--http=127.0.0.1:${http}`,
-      "--health=off",
-      `--forward=dns+svc.test:${port}`,
-      `--dns-server=127.0.0.1:${dns.port}`,
-      "--dns-interval=1s",
-      "--health-interval=100ms",
-      "--health-rise=1",
-    ]);
-    const proxyPort = Number(
-      (await child.stderr.waitFor(/Listening on 127\.0\.0\.1:(\d+)/, 20_000))[1],
-    );
+    const { child, http, proxyPort } = await spawnDnsProxy(port, dns.port);
+    await using _child = child;
     const json = async (path: string) =>
       await (await fetch(`http://127.0.0.1:${http}${path}`)).json();
     const rows = async () =>
@@ -164,6 +178,75 @@ Deno.test("dns+NAME:PORT: a record that appears joins and gets traffic, one that
     assert.equal((await rows())[nameB].connections_total, 3);
     assert.match(child.stderr.text, /dns\+svc\.test could not be resolved/);
     for (const c of [second, third, fourth]) c.conn.close();
+    child.kill("SIGTERM");
+    assert.equal((await child.status()).code, 0);
+  } finally {
+    await dns.close();
+  }
+});
+
+/** Fresh clients, one REQ/ACK each, until `stop()`: resolves with how many were served. */
+function newClients(port: number) {
+  let stopped = false;
+  let count = 0;
+  const done = (async () => {
+    while (!stopped) {
+      const { conn } = await served(port, 1);
+      conn.close();
+      count++;
+    }
+    return count;
+  })();
+  done.catch(() => {});
+  return {
+    stop: () => {
+      stopped = true;
+      return done;
+    },
+  };
+}
+
+Deno.test("dns+NAME:PORT under load: records appear, vanish and fail to resolve while clients run, and none is dropped", async () => {
+  await using a = await startUpstream();
+  const port = a.addr.port;
+  await using _b = await startUpstream({ listen: { hostname: "127.0.0.2", port } });
+  await using _c = await startUpstream({ listen: { hostname: "127.0.0.3", port } });
+  const answers = new Map<string, Answer>([["svc.test", ["127.0.0.1"]]]);
+  const dns = await startDnsServer(answers);
+  try {
+    const { child, http, proxyPort } = await spawnDnsProxy(port, dns.port);
+    await using _child = child;
+    const rows = async () =>
+      Object.fromEntries(
+        ((await (await fetch(`http://127.0.0.1:${http}/upstreams`)).json()) as Row[])
+          .map((u) => [u.name.replace(/^.*@/, ""), u]),
+      );
+    const steady = await Promise.all([1, 2, 3].map(() => lockStepClient(proxyPort)));
+    const fresh = [newClients(proxyPort), newClients(proxyPort)];
+    answers.set("svc.test", ["127.0.0.1", "127.0.0.2"]);
+    await waitUntil(async () => (await rows())["127.0.0.2"]?.connections_total > 0, "b to serve");
+    answers.set("svc.test", ["127.0.0.2", "127.0.0.3"]);
+    await waitUntil(async () => (await rows())["127.0.0.3"]?.connections_total > 0, "c to serve");
+    assert.equal((await rows())["127.0.0.1"]?.state, "draining", "a drains, its clients served");
+    answers.set("svc.test", "servfail");
+    await waitUntil(
+      async () =>
+        (await (await fetch(`http://127.0.0.1:${http}/stats`)).json()).dns_resolve_failures > 0,
+      "a failure to be counted",
+    );
+    answers.set("svc.test", ["127.0.0.3"]);
+    await waitUntil(async () => (await rows())["127.0.0.2"]?.state !== "up", "b to drain");
+    const served = await Promise.all([...steady, ...fresh].map((client) => client.stop()));
+    assert.ok(served.every((n) => n > 0), `each client was served: ${served}`);
+    const stats = await (await fetch(`http://127.0.0.1:${http}/stats`)).json();
+    const sent = served.slice(0, 3).reduce((x, y) => x + y, 0) + served[3] + served[4];
+    assert.equal(stats.msg_req, sent, "every REQ sent reached the proxy");
+    assert.equal(stats.msg_ack, sent, "and was answered");
+    assert.deepEqual(
+      Object.keys(stats.connections_closed).filter((reason) => reason !== "client_closed"),
+      [],
+      "no connection closed for any reason but its client's",
+    );
     child.kill("SIGTERM");
     assert.equal((await child.status()).code, 0);
   } finally {
