@@ -723,7 +723,8 @@ class Supervisor {
    */
   async #listenTakeover(): Promise<void> {
     const pidFile = this.#config.pidFile;
-    if (pidFile === null) return;
+    // No Unix sockets (nor SO_REUSEPORT as Linux has it) on Windows: no takeover there.
+    if (pidFile === null || Deno.build.os === "windows") return;
     const path = takeoverSocketPath(pidFile);
     if (!await granted(path)) {
       // Not an error: a grant of the pid file alone (as before --takeover existed) still serves.
