@@ -290,3 +290,44 @@ Deno.test("--recovery-path naming a directory says so before asking for any gran
     await Deno.remove(dir);
   }
 });
+
+Deno.test("proxy --check: a valid configuration is one line and exit 0 without binding; a bad one exits 2 naming it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "foo-proxy-check-" });
+  try {
+    // The port is taken: a check binds nothing, so it does not notice.
+    using held = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const config = `${dir}/foo-proxy.jsonc`;
+    await Deno.writeTextFile(config, `{ "forward": ["a=127.0.0.1:7001", "b=127.0.0.1:7002"] }`);
+    const permissions = ["--allow-net", "--allow-env=FOO_PROXY_*", `--allow-read=${dir}`];
+    const args = ["proxy", "--check", `--listen=127.0.0.1:${held.addr.port}`, `--config=${config}`];
+    {
+      await using child = spawnMain(args, { permissions });
+      assert.equal((await child.status()).code, 0, child.stderr.text);
+      assert.equal(
+        child.stdout.text,
+        `foo-proxy: the configuration is valid: listen 127.0.0.1:${held.addr.port}, forward to 2 upstreams (${config})\n`,
+      );
+    }
+    await Deno.writeTextFile(config, `{ "forward": ["a=127.0.0.1:7001"], "max-connections": -3 }`);
+    {
+      await using child = spawnMain(args, { permissions });
+      assert.equal((await child.status()).code, 2);
+      assert.match(child.stderr.text, /--max-connections/);
+      assert.equal(child.stdout.text, "");
+    }
+    await Deno.writeTextFile(config, `{ "forward": ["a=127.0.0.1:7001"] }`);
+    {
+      await using child = spawnMain([
+        ...args,
+        `--tls-cert=${dir}/none.pem`,
+        `--tls-key=${dir}/none.key`,
+      ], {
+        permissions,
+      });
+      assert.equal((await child.status()).code, 2);
+      assert.match(child.stderr.text, /Cannot read TLS certificate \(--tls-cert\)/);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -52,6 +52,7 @@ const OTHER_VALUE: Record<string, string> = {
   "access-log-file": "/tmp/access.log",
   "pid-file": "/tmp/foo.pid",
   takeover: "",
+  check: "",
   "connect-timeout": "2s",
   "connect-retries": "1",
   pool: "8",

@@ -78,6 +78,8 @@ export interface ProxyConfig {
   recoveryPath: string | null;
   /** The pid file; `null`: none. */
   pidFile: string | null;
+  /** `--check`: validate everything that can be without binding, then exit. */
+  check: boolean;
   /** `--takeover`: take over from the proxy holding `pidFile` (see cmd/takeover.ts). */
   takeover: boolean;
   /** `--access-log`. */

@@ -438,6 +438,17 @@ export const PROXY_SETTINGS: readonly Setting[] = [
     reload: "restart",
   }),
   setting({
+    flag: "check",
+    field: "check",
+    type: "boolean",
+    default: false,
+    env: false,
+    help:
+      "check the flags, the --config file, the permissions and the files (TLS pairs, the recovery path), print one line and exit 0, or 2 naming what is wrong; binds nothing (like nginx -t), e.g. before a --takeover",
+    parse: flagGiven,
+    reload: "none",
+  }),
+  setting({
     flag: "takeover",
     field: "takeover",
     type: "boolean",

@@ -206,6 +206,7 @@ class Supervisor {
     const parsed = this.#parse(readConfig);
     if (parsed !== undefined) return parsed;
     await this.#readUpstreamTls();
+    if (this.#config.check) return await this.#check();
     // Before the signals: a SIGHUP's reload finds the names resolved.
     await this.#resolveDns();
     // Before the recovery file: after a takeover the totals come from the proxy taken over.
@@ -237,6 +238,34 @@ class Supervisor {
     this.#pool.start({ checkLone: observability.healthAddr !== undefined });
     this.#dns.start(() => this.#serialized(() => this.#applyDns()));
     return await this.#drain(observability, await this.#stop.promise);
+  }
+
+  /**
+   * `--check`: what a start would refuse, without binding or taking anything: the flags and file
+   * (parsed already), the permissions (checked in #parse), the `--upstream-tls` files (read
+   * already), the key pair, the recovery path. One line on stdout; exit 0.
+   */
+  async #check(): Promise<number> {
+    await this.#readTls();
+    const path = this.#config.recoveryPath;
+    if (path !== null) {
+      try {
+        await checkRecoveryPath(path);
+      } catch (error) {
+        if (!(error instanceof RecoveryPathError)) throw error;
+        refuse(error.message);
+      }
+    }
+    const config = this.#config;
+    const upstreams = config.upstreams.length;
+    const line = `foo-proxy: the configuration is valid: listen ${
+      formatAddress(config.listen)
+    }, forward to ${
+      upstreams === 1 ? formatAddress(config.forward) : `${upstreams} upstreams`
+    }${config.configPath === null ? "" : ` (${config.configPath})`}`;
+    if (this.#context.stdout) this.#context.stdout(line);
+    else writeStdoutLine(line);
+    return 0;
   }
 
   /** Undoes what is still held, newest first. */
