@@ -346,17 +346,21 @@ Deno.test("the takeover socket: garbage, a request abandoned before go and a sec
   }
 });
 
+/** A client that stays (4 REQs answered, then open): a proxy's drain waits for it. */
+async function stayingClient(port: number): Promise<Deno.TcpConn> {
+  const conn = await connectTo(port);
+  await writeAll(conn, requests(1, 4));
+  assert.equal((await lineReader(conn).readLines(4, 5000)).length, 4);
+  return conn;
+}
+
 Deno.test("the proxy taken over dies while it drains: the new one keeps its last totals, counts the failure and takes the pid file", async () => {
   await using upstream = await startUpstream();
   const s = await setup(upstream.addr.port);
   try {
     await using old = spawnMain(s.args, { permissions: s.permissions });
     await waitPid(s.pidFile, old.pid);
-    // A client that stays: the old proxy's drain waits for it.
-    using stays = await connectTo(s.port);
-    const reader = lineReader(stays);
-    await writeAll(stays, requests(1, 4));
-    assert.equal((await reader.readLines(4, 5000)).length, 4);
+    using _stays = await stayingClient(s.port);
     await using next = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
     await old.stderr.waitFor(/Taken over by pid \d+: stopped accepting/, 30_000);
     await waitUntil(async () => (await stats(s.http)).msg_req === 4, "the carried totals");
@@ -367,6 +371,31 @@ Deno.test("the proxy taken over dies while it drains: the new one keeps its last
     const now = await stats(s.http);
     assert.equal(now.msg_req, 4, "the last totals it heard stand");
     assert.equal(now.takeover_failures, 1);
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});
+
+Deno.test("a --takeover of a proxy already draining for a SIGTERM is refused: the old one finishes its drain and exits", async () => {
+  await using upstream = await startUpstream();
+  const s = await setup(upstream.addr.port);
+  try {
+    await using old = spawnMain(s.args, { permissions: s.permissions });
+    await waitPid(s.pidFile, old.pid);
+    const stays = await stayingClient(s.port);
+    const reader = lineReader(stays);
+    old.kill("SIGTERM");
+    await old.stderr.waitFor(/Got SIGTERM: shutting down gracefully/);
+    await using next = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
+    assert.equal((await next.status(30_000)).code, 1, next.stderr.text);
+    assert.match(next.stderr.text, /the running proxy is shutting down/);
+    // Its client still served, then gone: the drain ends and the old proxy exits.
+    await writeAll(stays, requests(5, 5));
+    assert.equal((await reader.readLines(1, 5000)).length, 1);
+    stays.close();
+    assert.equal((await old.status(15_000)).code, 0, old.stderr.text);
+    await assert.rejects(Deno.lstat(s.pidFile), Deno.errors.NotFound);
+    await assert.rejects(Deno.lstat(`${s.pidFile}.sock`), Deno.errors.NotFound);
   } finally {
     await Deno.remove(s.dir, { recursive: true });
   }

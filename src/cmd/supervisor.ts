@@ -629,7 +629,7 @@ class Supervisor {
         });
         return;
       }
-      refuse(`--takeover: ${error.message}; the running proxy serves on`, 1);
+      refuse(`--takeover: ${error.message}; nothing changed for the running proxy`, 1);
     }
     this.#carried = statsOf(this.#takeover.first);
     this.#logger.info(
@@ -743,7 +743,10 @@ class Supervisor {
             captureRecoveryState(this.#stats, { latency: this.#stats.latency }),
           );
         },
+        // A drain begun for a signal decided already not to hand over (#drain): too late.
+        stopping: () => this.#stopping && this.#handingOverTo === undefined,
         handOver: (pid) => {
+          if (this.#stopping && this.#handingOverTo === undefined) return undefined;
           this.#handingOverTo = pid;
           this.#stop.resolve(`a takeover by pid ${pid}`);
           return { stopped: this.#adminClosed.promise, drained: this.#drainDone.promise };

@@ -12,7 +12,9 @@
  *    every {@linkcode UPDATE_MS} and a last time (`"final":true`) once every client is gone;
  *    then it exits, letting go of the pid file, which the new one takes.
  *
- * A new proxy that goes away before `go` leaves the old one serving as before. Each message is one
+ * A proxy already shutting down (a signal) answers the request with `{"t":"stopping"}`: it drains
+ * and exits on its own. A new proxy that goes away before `go` leaves the old one serving as
+ * before. Each message is one
  * line of JSON, at most {@linkcode MAX_LINE_BYTES}.
  *
  * @module
@@ -47,7 +49,8 @@ type Message =
   | { t: "takeover"; pid: number }
   | { t: "go" }
   | { t: "stats"; final: boolean; state: string }
-  | { t: "busy" };
+  | { t: "busy" }
+  | { t: "stopping" };
 
 const encoder = new TextEncoder();
 
@@ -101,6 +104,8 @@ function parseMessage(line: string): Message {
       return { t: "go" };
     case "busy":
       return { t: "busy" };
+    case "stopping":
+      return { t: "stopping" };
     case "stats":
       if (typeof m.final === "boolean" && typeof m.state === "string") {
         return { t: "stats", final: m.final, state: m.state };
@@ -140,9 +145,12 @@ export interface TakeoverHooks {
    * The new proxy said `go` (its pid given): stop accepting and drain. `stopped` resolves once
    * this proxy no longer answers for its statistics (its admin ports closed: updates sent from
    * then on are the newest anyone saw), `drained` once every client is gone (the final
-   * statistics are captured after).
+   * statistics are captured after). `undefined`: this proxy is shutting down already (a signal),
+   * it cannot hand over.
    */
-  handOver: (pid: number) => { stopped: Promise<void>; drained: Promise<void> };
+  handOver: (pid: number) => { stopped: Promise<void>; drained: Promise<void> } | undefined;
+  /** Whether this proxy is shutting down already: a takeover request is refused. */
+  stopping: () => boolean;
   /** A takeover that failed (a bad message, a peer gone before `go`): logged and counted. */
   failed: (why: string) => void;
 }
@@ -258,6 +266,7 @@ export class TakeoverListener {
     const hooks = this.#hooks;
     const incoming = messages(conn);
     let pid: number | undefined;
+    let handing: ReturnType<TakeoverHooks["handOver"]>;
     try {
       const first = await within(
         incoming.next(),
@@ -267,6 +276,11 @@ export class TakeoverListener {
       if (first.done) return; // a connect and close: somebody checking the socket is there
       if (first.value.t !== "takeover") {
         throw new TakeoverError(`expected a takeover request, got "${first.value.t}"`);
+      }
+      if (hooks.stopping()) {
+        await send(conn, { t: "stopping" });
+        hooks.failed(`pid ${first.value.pid} asked while this proxy shuts down`);
+        return;
       }
       if (this.#busy) {
         await send(conn, { t: "busy" });
@@ -281,6 +295,11 @@ export class TakeoverListener {
         throw new TakeoverError("the new proxy went away before it took over; serving on");
       }
       if (go.value.t !== "go") throw new TakeoverError(`expected go, got "${go.value.t}"`);
+      handing = hooks.handOver(pid);
+      // A signal came between the request and go: nothing was handed over, the drain goes on.
+      if (handing === undefined) {
+        throw new TakeoverError("go came after this proxy began to shut down");
+      }
     } catch (error) {
       this.#busy = false;
       if (this.#closed) return; // dropped by close(): the proxy is stopping anyway
@@ -293,7 +312,7 @@ export class TakeoverListener {
     }
     // Committed: from here the old proxy only drains. Updates go out until the last one.
     this.#pending.delete(conn);
-    const { stopped, drained } = hooks.handOver(pid);
+    const { stopped, drained } = handing;
     let done = false;
     void drained.finally(() => done = true);
     try {
@@ -360,6 +379,11 @@ export async function requestTakeover(path: string, pid = Deno.pid): Promise<Tak
     if (answer === undefined) throw new TakeoverError("the running proxy closed the socket");
     if (answer.t === "busy") {
       throw new TakeoverError("another takeover of the running proxy is under way");
+    }
+    if (answer.t === "stopping") {
+      throw new TakeoverError(
+        "the running proxy is shutting down (a signal): start this one once it has exited",
+      );
     }
     if (answer.t !== "stats") throw new TakeoverError(`unexpected answer "${answer.t}"`);
     first = parseState(answer.state);
