@@ -15,6 +15,9 @@ import {
   waitUntil,
   writeAll,
 } from "./_util.ts";
+import { captureRecoveryState, serializeRecoveryState } from "../src/stats/recovery.ts";
+import { Stats } from "../src/stats/stats.ts";
+import { systemClock } from "../src/stats/clock.ts";
 
 /** What `net.ipv4.tcp_migrate_req` is here: with 1, a closing listener's backlog moves over. */
 async function migrateReq(): Promise<boolean> {
@@ -396,6 +399,36 @@ Deno.test("a --takeover of a proxy already draining for a SIGTERM is refused: th
     assert.equal((await old.status(15_000)).code, 0, old.stderr.text);
     await assert.rejects(Deno.lstat(s.pidFile), Deno.errors.NotFound);
     await assert.rejects(Deno.lstat(`${s.pidFile}.sock`), Deno.errors.NotFound);
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});
+
+Deno.test("a --takeover whose go the running proxy does not take (it gave up waiting) stops with exit 1 instead of serving beside it", async () => {
+  await using upstream = await startUpstream();
+  const s = await setup(upstream.addr.port);
+  try {
+    // The running proxy, played here: it holds the pid file and answers on the socket, but
+    // closes on go, as it does once its wait for go is over. It serves on, pid file held.
+    await Deno.writeTextFile(s.pidFile, `${Deno.pid}\n`);
+    using held = await Deno.open(s.pidFile, { write: true });
+    await held.lock(true);
+    using socket = Deno.listen({ transport: "unix", path: `${s.pidFile}.sock` });
+    const state = serializeRecoveryState(
+      captureRecoveryState(new Stats({ clock: systemClock }), {}),
+    );
+    const played = (async () => {
+      using conn = await socket.accept();
+      const reader = lineReader(conn);
+      assert.equal(JSON.parse((await reader.readLine(30_000)) ?? "null").t, "takeover");
+      await writeAll(conn, JSON.stringify({ t: "stats", final: false, state }) + "\n");
+      assert.deepEqual(JSON.parse((await reader.readLine(30_000)) ?? "null"), { t: "go" });
+    })();
+    await using next = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
+    await played;
+    assert.equal((await next.status(20_000)).code, 1, next.stderr.text);
+    assert.match(next.stderr.text, /did not take the go/);
+    assert.equal(await pidIn(s.pidFile), String(Deno.pid), "the pid file is the running one's");
   } finally {
     await Deno.remove(s.dir, { recursive: true });
   }

@@ -184,6 +184,8 @@ class Supervisor {
    * counters a scraper sees never go back.
    */
   #carriedFresh = Promise.withResolvers<void>();
+  /** `--takeover`: the running proxy did not take the go and serves on; this one exits 1. */
+  #notTakenOver = false;
   /** Whether the drain has begun (a takeover still under way takes nothing more). */
   #stopping = false;
 
@@ -668,23 +670,38 @@ class Supervisor {
         logger.info("The proxy taken over has drained; its final totals are counted");
       } else {
         this.#own.takeoverFailures++;
-        logger.warning(
-          "The proxy taken over went away before its final totals: what it counted in its last {ms} ms is missing",
-          { ms: UPDATE_MS },
-        );
       }
       if (this.#stopping || config.pidFile === null) return;
       let pidFile: PidFile;
       try {
-        // It exits right after its final totals: the lock is free then.
-        pidFile = await PidFile.acquire(config.pidFile, { waitMs: 30_000 });
+        // It exits right after its final totals: the lock is free then. Gone without them, it
+        // died (its lock with it), or never took the go (it gave up waiting): it holds it still.
+        pidFile = await PidFile.acquire(config.pidFile, {
+          waitMs: complete ? 30_000 : GONE_WAIT_MS,
+        });
       } catch (error) {
         if (!(error instanceof PidFileError)) throw error;
+        if (!complete) {
+          // Not beside it for ever, unknown to its pid file and counting its totals as of then.
+          logger.error(
+            "The running proxy did not take the go (it still holds {pidFile}: it gave up waiting, or was stopping) and serves on: this proxy stops",
+            { pidFile: config.pidFile },
+          );
+          this.#notTakenOver = true;
+          this.#stop.resolve("a takeover that did not happen");
+          return;
+        }
         this.#own.takeoverFailures++;
         logger.error("Cannot take the pid file after the takeover: {error}", {
           error: error.message,
         });
         return;
+      }
+      if (!complete) {
+        logger.warning(
+          "The proxy taken over went away before its final totals: what it counted in its last {ms} ms is missing",
+          { ms: UPDATE_MS },
+        );
       }
       this.#pidFile = pidFile;
       this.#holdPidFile(pidFile);
@@ -1180,7 +1197,7 @@ class Supervisor {
     // out, after they are sent).
     this.#drainDone.resolve();
     this.#print();
-    return report.aborted ? 1 : 0;
+    return report.aborted || this.#notTakenOver ? 1 : 0;
   }
 }
 
@@ -1217,6 +1234,12 @@ async function granted(path: string): Promise<boolean> {
   ]);
   return read.state === "granted" && write.state === "granted";
 }
+
+/**
+ * `--takeover`: how long the pid file's lock is waited for after the old proxy went away without
+ * its final totals (dead, its lock goes with its socket; alive, it never took the go).
+ */
+const GONE_WAIT_MS = 2000;
 
 /** `--takeover`: the longest `/stats` waits for the old proxy's first update after `go`. */
 const CARRIED_WAIT_MS = 2000;
