@@ -433,3 +433,32 @@ Deno.test("a --takeover whose go the running proxy does not take (it gave up wai
     await Deno.remove(s.dir, { recursive: true });
   }
 });
+
+Deno.test("a --takeover stopped (SIGTERM) before it serves abandons the takeover: the running proxy serves on", async () => {
+  await using upstream = await startUpstream();
+  const s = await setup(upstream.addr.port);
+  try {
+    await using old = spawnMain(s.args, { permissions: s.permissions });
+    await waitPid(s.pidFile, old.pid);
+    await exchange(s.port, 3);
+    // Its access log a FIFO: opened after its signals are installed, before its planes start.
+    const fifo = `${s.dir}/access.fifo`;
+    assert.equal((await new Deno.Command("mkfifo", { args: [fifo] }).output()).code, 0);
+    await using next = spawnMain([
+      ...s.args,
+      "--takeover",
+      "--access-log=text",
+      `--access-log-file=${fifo}`,
+    ], { permissions: s.permissions });
+    using _log = await Deno.open(fifo, { read: true });
+    next.kill("SIGTERM");
+    assert.equal((await next.status(30_000)).code, 0, next.stderr.text);
+    assert.doesNotMatch(next.stderr.text, /Serving: the running proxy stops accepting/);
+    assert.doesNotMatch(old.stderr.text, /Taken over/);
+    await exchange(s.port, 4); // the old one serves on, its pid file kept
+    assert.equal((await stats(s.http)).msg_req, 7);
+    assert.equal(await pidIn(s.pidFile), String(old.pid));
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});

@@ -147,6 +147,8 @@ class Supervisor {
   #pidFile: PidFile | undefined;
   #signals!: InstalledSignals;
   #stop = Promise.withResolvers<string>();
+  /** Whether {@linkcode #stop} resolved (a signal during the start: no takeover is committed). */
+  #stopAsked = false;
   #force = new AbortController();
   #statesQueued = false;
   /** Reloads run one at a time; one more may wait, shared by every request made meanwhile. */
@@ -190,6 +192,7 @@ class Supervisor {
   #stopping = false;
 
   constructor(args: string[], context: CommandContext, output: ProxyOutput, usage: string) {
+    void this.#stop.promise.then(() => this.#stopAsked = true);
     this.#args = args;
     this.#usage = usage;
     this.#context = context;
@@ -225,7 +228,8 @@ class Supervisor {
     await this.#startPlanes();
     const observability = await this.#startAdmin();
     if (this.#takeover !== undefined) {
-      this.#commitTakeover();
+      if (this.#stopAsked) this.#abandonTakeover();
+      else this.#commitTakeover();
     } else {
       // Written last, once the listener and the admin ports are bound: whoever reads it (or runs
       // `foo-proxy wait --pid-file`) can signal a proxy that serves, and query it.
@@ -642,6 +646,18 @@ class Supervisor {
           this.#carried.counts.msg_nak,
       },
     );
+  }
+
+  /**
+   * `--takeover`, stopped (a signal) before this proxy served: the old one is left serving, and
+   * its totals are not this one's.
+   */
+  #abandonTakeover(): void {
+    this.#takeover!.cancel();
+    this.#takeover = undefined;
+    this.#carried = undefined;
+    this.#carriedFresh.resolve();
+    this.#logger.info("Stopped before serving: no takeover, the running proxy serves on");
   }
 
   /**
