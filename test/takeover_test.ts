@@ -462,3 +462,40 @@ Deno.test("a --takeover stopped (SIGTERM) before it serves abandons the takeover
     await Deno.remove(s.dir, { recursive: true });
   }
 });
+
+Deno.test("the takeover socket survives the process running out of file descriptors: a takeover works once they come back", async () => {
+  await using upstream = await startUpstream();
+  const s = await setup(upstream.addr.port, ["--max-connections=10000"]);
+  try {
+    await using old = spawnMain(s.args, {
+      permissions: s.permissions,
+      shellPrefix: "ulimit -n 256",
+    });
+    await waitPid(s.pidFile, old.pid);
+    const clients: Deno.Conn[] = [];
+    try {
+      // More clients than the process has descriptors for: accepts fail (EMFILE) until they go.
+      for (let k = 0; k < 300; k++) clients.push(await connectTo(s.port));
+      await old.stderr.waitFor(/Too many open files/, 20_000);
+      // A peer at the takeover socket now: its accept fails too.
+      const early = await Deno.connect({ transport: "unix", path: `${s.pidFile}.sock` });
+      await old.stderr.waitFor(/Accept on .*\.sock failed: .*Too many open files/, 20_000);
+      early.close();
+    } finally {
+      for (const conn of clients) conn.close();
+    }
+    await waitUntil(async () => {
+      try {
+        await exchange(s.port, 1);
+        return true;
+      } catch {
+        return false;
+      }
+    }, "a client served again");
+    await using next = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
+    await next.stderr.waitFor(/Took over: this proxy/, 30_000);
+    assert.equal((await old.status()).code, 0, old.stderr.text);
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});

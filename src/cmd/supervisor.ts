@@ -784,6 +784,7 @@ class Supervisor {
           this.#stop.resolve(`a takeover by pid ${pid}`);
           return { stopped: this.#adminClosed.promise, drained: this.#drainDone.promise };
         },
+        logger: this.#logger,
         failed: (why) => {
           this.#own.takeoverFailures++;
           this.#logger.warning("Takeover request refused ({why}): serving on", { why });

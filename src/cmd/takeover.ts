@@ -19,6 +19,8 @@
  *
  * @module
  */
+import type { Logger } from "@logtape/logtape";
+import { acceptLoop } from "../net/accept_loop.ts";
 import { parseRecoveryState, type RecoveryState } from "../stats/recovery.ts";
 
 /** How often a draining old proxy sends its statistics. */
@@ -153,6 +155,8 @@ export interface TakeoverHooks {
   stopping: () => boolean;
   /** A takeover that failed (a bad message, a peer gone before `go`): logged and counted. */
   failed: (why: string) => void;
+  /** Where a failed accept (out of file descriptors) is logged; unset: nowhere. */
+  logger?: Logger;
 }
 
 /**
@@ -244,14 +248,9 @@ export class TakeoverListener {
     await Deno.remove(this.#path).catch(() => {});
   }
 
-  async #accept(): Promise<void> {
-    for (;;) {
-      let conn: Deno.Conn;
-      try {
-        conn = await this.#listener.accept();
-      } catch {
-        return; // closed
-      }
+  /** Until closed: out of file descriptors, accepts pause and resume (the proxy's own loop). */
+  #accept(): Promise<void> {
+    return acceptLoop(this.#listener, (conn) => {
       this.#pending.add(conn);
       const handler: Promise<void> = this.#serve(conn).finally(() => {
         this.#pending.delete(conn);
@@ -259,7 +258,7 @@ export class TakeoverListener {
         closeQuietly(conn);
       });
       this.#handlers.add(handler);
-    }
+    }, { closed: () => this.#closed, label: this.#path, logger: this.#hooks.logger });
   }
 
   async #serve(conn: Deno.Conn): Promise<void> {
