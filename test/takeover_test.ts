@@ -392,6 +392,9 @@ Deno.test("a --takeover of a proxy already draining for a SIGTERM is refused: th
     await using next = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
     assert.equal((await next.status(30_000)).code, 1, next.stderr.text);
     assert.match(next.stderr.text, /the running proxy is shutting down/);
+    await old.stderr.waitFor(
+      /Takeover request refused \(pid \d+ asked while this proxy shuts down\): draining on/,
+    );
     // Its client still served, then gone: the drain ends and the old proxy exits.
     await writeAll(stays, requests(5, 5));
     assert.equal((await reader.readLines(1, 5000)).length, 1);

@@ -787,7 +787,10 @@ class Supervisor {
         logger: this.#logger,
         failed: (why) => {
           this.#own.takeoverFailures++;
-          this.#logger.warning("Takeover request refused ({why}): serving on", { why });
+          this.#logger.warning("Takeover request refused ({why}): {then}", {
+            why,
+            then: this.#stopping ? "draining on" : "serving on",
+          });
         },
       });
     } catch (error) {
