@@ -676,8 +676,11 @@ class Supervisor {
       const fresh = this.#carriedFresh;
       // Bounded: an old proxy that stops answering must not hold /stats for ever.
       const timer = setTimeout(() => fresh.resolve(), CARRIED_WAIT_MS);
+      // Any update after go: it took the go (it sends them once its admin ports are closed).
+      let heard = false;
       const complete = await takeover.go((state) => {
         this.#carried = statsOf(state);
+        heard = true;
         fresh.resolve();
       });
       clearTimeout(timer);
@@ -690,14 +693,14 @@ class Supervisor {
       if (this.#stopping || config.pidFile === null) return;
       let pidFile: PidFile;
       try {
-        // It exits right after its final totals: the lock is free then. Gone without them, it
+        // It exits right after its final totals: the lock is free then. Gone without any, it
         // died (its lock with it), or never took the go (it gave up waiting): it holds it still.
         pidFile = await PidFile.acquire(config.pidFile, {
-          waitMs: complete ? 30_000 : GONE_WAIT_MS,
+          waitMs: complete || heard ? 30_000 : GONE_WAIT_MS,
         });
       } catch (error) {
         if (!(error instanceof PidFileError)) throw error;
-        if (!complete) {
+        if (!complete && !heard) {
           // Not beside it for ever, unknown to its pid file and counting its totals as of then.
           logger.error(
             "The running proxy did not take the go (it still holds {pidFile}: it gave up waiting, or was stopping) and serves on: this proxy stops",
