@@ -502,3 +502,32 @@ Deno.test("the takeover socket survives the process running out of file descript
     await Deno.remove(s.dir, { recursive: true });
   }
 });
+
+Deno.test("a go that comes after the proxy began to drain for a SIGTERM is answered stopping: it drains on and exits", async () => {
+  await using upstream = await startUpstream();
+  const s = await setup(upstream.addr.port);
+  try {
+    await using old = spawnMain(s.args, { permissions: s.permissions });
+    await waitPid(s.pidFile, old.pid);
+    const stays = await stayingClient(s.port);
+    const asked = await askSocket(`${s.pidFile}.sock`, `{"t":"takeover","pid":4242}\n`, {
+      keep: true,
+    });
+    assert.equal(JSON.parse(asked.line ?? "null").t, "stats");
+    old.kill("SIGTERM");
+    await old.stderr.waitFor(/Got SIGTERM: shutting down gracefully/);
+    await writeAll(asked.conn, `{"t":"go"}\n`);
+    const reader = lineReader(asked.conn);
+    assert.deepEqual(JSON.parse((await reader.readLine(10_000)) ?? "null"), { t: "stopping" });
+    assert.equal(await reader.readLine(10_000), null);
+    asked.conn.close();
+    await old.stderr.waitFor(
+      /Takeover request refused \(pid 4242: go came after this proxy began to shut down\): draining on/,
+    );
+    stays.close();
+    assert.equal((await old.status(15_000)).code, 0, old.stderr.text);
+    await assert.rejects(Deno.lstat(s.pidFile), Deno.errors.NotFound);
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});

@@ -678,29 +678,37 @@ class Supervisor {
       const timer = setTimeout(() => fresh.resolve(), CARRIED_WAIT_MS);
       // Any update after go: it took the go (it sends them once its admin ports are closed).
       let heard = false;
-      const complete = await takeover.go((state) => {
+      const ended = await takeover.go((state) => {
         this.#carried = statsOf(state);
         heard = true;
         fresh.resolve();
       });
       clearTimeout(timer);
       fresh.resolve();
+      const complete = ended === "final";
       if (complete) {
         logger.info("The proxy taken over has drained; its final totals are counted");
       } else {
         this.#own.takeoverFailures++;
       }
+      if (ended === "stopping") {
+        logger.warning(
+          "The running proxy began to shut down (a signal) before the go: it drains on its own, and what it counted since it was asked is not carried over",
+        );
+      }
+      // It drains and exits, letting go of the pid file: it took the go, or stops anyway.
+      const drains = complete || heard || ended === "stopping";
       if (this.#stopping || config.pidFile === null) return;
       let pidFile: PidFile;
       try {
         // It exits right after its final totals: the lock is free then. Gone without any, it
         // died (its lock with it), or never took the go (it gave up waiting): it holds it still.
         pidFile = await PidFile.acquire(config.pidFile, {
-          waitMs: complete || heard ? 30_000 : GONE_WAIT_MS,
+          waitMs: drains ? 30_000 : GONE_WAIT_MS,
         });
       } catch (error) {
         if (!(error instanceof PidFileError)) throw error;
-        if (!complete && !heard) {
+        if (!drains) {
           // Not beside it for ever, unknown to its pid file and counting its totals as of then.
           logger.error(
             "The running proxy did not take the go (it still holds {pidFile}: it gave up waiting, or was stopping) and serves on: this proxy stops",
@@ -716,7 +724,7 @@ class Supervisor {
         });
         return;
       }
-      if (!complete) {
+      if (ended === "gone") {
         logger.warning(
           "The proxy taken over went away before its final totals: what it counted in its last {ms} ms is missing",
           { ms: UPDATE_MS },

@@ -12,8 +12,8 @@
  *    every {@linkcode UPDATE_MS} and a last time (`"final":true`) once every client is gone;
  *    then it exits, letting go of the pid file, which the new one takes.
  *
- * A proxy already shutting down (a signal) answers the request with `{"t":"stopping"}`: it drains
- * and exits on its own. A new proxy that goes away before `go` leaves the old one serving as
+ * A proxy already shutting down (a signal) answers the request, or a `go` that came after it
+ * began, with `{"t":"stopping"}`: it drains and exits on its own. A new proxy that goes away before `go` leaves the old one serving as
  * before. Each message is one
  * line of JSON, at most {@linkcode MAX_LINE_BYTES}.
  *
@@ -297,6 +297,7 @@ export class TakeoverListener {
       handing = hooks.handOver(pid);
       // A signal came between the request and go: nothing was handed over, the drain goes on.
       if (handing === undefined) {
+        await send(conn, { t: "stopping" });
         throw new TakeoverError("go came after this proxy began to shut down");
       }
     } catch (error) {
@@ -337,10 +338,11 @@ export interface Takeover {
   /**
    * Commits: the old proxy stops accepting and drains. `onStats` hears each later update (the
    * first once the old proxy no longer answers for its statistics); the promise resolves when the
-   * old proxy sent its final statistics (`true`) or went away without them (`false`: the last
-   * update stands).
+   * old proxy sent its final statistics (`"final"`), went away without them (`"gone"`: the last
+   * update stands), or began to shut down (a signal) before the go came (`"stopping"`: it drains
+   * on its own, its totals from then on not sent).
    */
-  go: (onStats: (state: RecoveryState) => void) => Promise<boolean>;
+  go: (onStats: (state: RecoveryState) => void) => Promise<"final" | "gone" | "stopping">;
   /** Abandons it before `go`: the old proxy serves on. */
   cancel: () => void;
 }
@@ -400,13 +402,14 @@ export async function requestTakeover(path: string, pid = Deno.pid): Promise<Tak
         await send(conn, { t: "go" });
         // No deadline: the old proxy drains for as long as its --drain-timeout allows.
         for await (const message of incoming) {
+          if (message.t === "stopping") return "stopping";
           if (message.t !== "stats") continue;
           onStats(parseState(message.state));
-          if (message.final) return true;
+          if (message.final) return "final";
         }
-        return false;
+        return "gone";
       } catch {
-        return false;
+        return "gone";
       } finally {
         close();
       }
