@@ -379,34 +379,6 @@ Deno.test("the proxy taken over dies while it drains: the new one keeps its last
   }
 });
 
-Deno.test("a --takeover of a proxy already draining for a SIGTERM is refused: the old one finishes its drain and exits", async () => {
-  await using upstream = await startUpstream();
-  const s = await setup(upstream.addr.port);
-  try {
-    await using old = spawnMain(s.args, { permissions: s.permissions });
-    await waitPid(s.pidFile, old.pid);
-    const stays = await stayingClient(s.port);
-    const reader = lineReader(stays);
-    old.kill("SIGTERM");
-    await old.stderr.waitFor(/Got SIGTERM: shutting down gracefully/);
-    await using next = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
-    assert.equal((await next.status(30_000)).code, 1, next.stderr.text);
-    assert.match(next.stderr.text, /the running proxy is shutting down/);
-    await old.stderr.waitFor(
-      /Takeover request refused \(pid \d+ asked while this proxy shuts down\): draining on/,
-    );
-    // Its client still served, then gone: the drain ends and the old proxy exits.
-    await writeAll(stays, requests(5, 5));
-    assert.equal((await reader.readLines(1, 5000)).length, 1);
-    stays.close();
-    assert.equal((await old.status(15_000)).code, 0, old.stderr.text);
-    await assert.rejects(Deno.lstat(s.pidFile), Deno.errors.NotFound);
-    await assert.rejects(Deno.lstat(`${s.pidFile}.sock`), Deno.errors.NotFound);
-  } finally {
-    await Deno.remove(s.dir, { recursive: true });
-  }
-});
-
 Deno.test("a --takeover whose go the running proxy does not take (it gave up waiting) stops with exit 1 instead of serving beside it", async () => {
   await using upstream = await startUpstream();
   const s = await setup(upstream.addr.port);
@@ -503,19 +475,26 @@ Deno.test("the takeover socket survives the process running out of file descript
   }
 });
 
-Deno.test("a go that comes after the proxy began to drain for a SIGTERM is answered stopping: it drains on and exits", async () => {
+Deno.test("a proxy draining for a SIGTERM refuses a takeover request, and a go asked for before it, with stopping: it drains on and exits", async () => {
   await using upstream = await startUpstream();
   const s = await setup(upstream.addr.port);
   try {
     await using old = spawnMain(s.args, { permissions: s.permissions });
     await waitPid(s.pidFile, old.pid);
     const stays = await stayingClient(s.port);
+    // Asked before the SIGTERM, go after it.
     const asked = await askSocket(`${s.pidFile}.sock`, `{"t":"takeover","pid":4242}\n`, {
       keep: true,
     });
     assert.equal(JSON.parse(asked.line ?? "null").t, "stats");
     old.kill("SIGTERM");
     await old.stderr.waitFor(/Got SIGTERM: shutting down gracefully/);
+    await using next = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
+    assert.equal((await next.status(30_000)).code, 1, next.stderr.text);
+    assert.match(next.stderr.text, /the running proxy is shutting down/);
+    await old.stderr.waitFor(
+      /Takeover request refused \(pid \d+ asked while this proxy shuts down\): draining on/,
+    );
     await writeAll(asked.conn, `{"t":"go"}\n`);
     const reader = lineReader(asked.conn);
     assert.deepEqual(JSON.parse((await reader.readLine(10_000)) ?? "null"), { t: "stopping" });
@@ -524,9 +503,13 @@ Deno.test("a go that comes after the proxy began to drain for a SIGTERM is answe
     await old.stderr.waitFor(
       /Takeover request refused \(pid 4242: go came after this proxy began to shut down\): draining on/,
     );
+    // Its client still served, then gone: the drain ends and the old proxy exits.
+    await writeAll(stays, requests(5, 5));
+    assert.equal((await lineReader(stays).readLines(1, 5000)).length, 1);
     stays.close();
     assert.equal((await old.status(15_000)).code, 0, old.stderr.text);
     await assert.rejects(Deno.lstat(s.pidFile), Deno.errors.NotFound);
+    await assert.rejects(Deno.lstat(`${s.pidFile}.sock`), Deno.errors.NotFound);
   } finally {
     await Deno.remove(s.dir, { recursive: true });
   }
