@@ -176,6 +176,8 @@ class Supervisor {
   #takeoverCancel: (() => void) | undefined;
   /** The pid of the proxy this one hands over to (it asked on the takeover socket). */
   #handingOverTo: number | undefined;
+  /** The proxy this one hands over to went away before the final totals (see #holdPidFile). */
+  #successorGone = false;
   /** Resolves when this proxy's drain is over and its final totals are counted. */
   #drainDone = Promise.withResolvers<void>();
   /** Resolves when this proxy's admin ports are closed (it drains: nobody reads its stats). */
@@ -599,9 +601,11 @@ class Supervisor {
     this.#holdPidFile(this.#pidFile!);
   }
 
-  /** Lets go of `pidFile` on the way out: left in place for a proxy taking over. */
+  /** Lets go of `pidFile` on the way out: left in place for a proxy taking over (still there). */
   #holdPidFile(pidFile: PidFile): void {
-    this.#defer(() => pidFile.release({ keep: this.#handingOverTo !== undefined }));
+    this.#defer(() =>
+      pidFile.release({ keep: this.#handingOverTo !== undefined && !this.#successorGone })
+    );
   }
 
   /**
@@ -796,6 +800,13 @@ class Supervisor {
           return { stopped: this.#adminClosed.promise, drained: this.#drainDone.promise };
         },
         logger: this.#logger,
+        successorGone: () => {
+          this.#successorGone = true;
+          this.#logger.warning(
+            "The proxy taking over (pid {pid}) went away while this one drained: nobody takes the pid file",
+            { pid: this.#handingOverTo },
+          );
+        },
         failed: (why) => {
           this.#own.takeoverFailures++;
           this.#logger.warning("Takeover request refused ({why}): {then}", {

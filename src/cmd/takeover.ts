@@ -153,6 +153,11 @@ export interface TakeoverHooks {
   handOver: (pid: number) => { stopped: Promise<void>; drained: Promise<void> } | undefined;
   /** Whether this proxy is shutting down already: a takeover request is refused. */
   stopping: () => boolean;
+  /**
+   * The new proxy went away after `go` (stopped, or killed), before the final statistics: it will
+   * not take the pid file.
+   */
+  successorGone: () => void;
   /** A takeover that failed (a bad message, a peer gone before `go`): logged and counted. */
   failed: (why: string) => void;
   /** Where a failed accept (out of file descriptors) is logged; unset: nowhere. */
@@ -315,6 +320,7 @@ export class TakeoverListener {
     const { stopped, drained } = handing;
     let done = false;
     void drained.finally(() => done = true);
+    let gone = false;
     try {
       await stopped;
       while (!done) {
@@ -323,9 +329,14 @@ export class TakeoverListener {
       }
     } catch {
       // The new proxy is gone: it keeps the last totals it got; the drain goes on regardless.
+      gone = true;
     }
     await drained;
-    await send(conn, { t: "stats", final: true, state: await hooks.capture() }).catch(() => {});
+    if (!gone) {
+      await send(conn, { t: "stats", final: true, state: await hooks.capture() })
+        .catch(() => gone = true);
+    }
+    if (gone) hooks.successorGone();
   }
 }
 
