@@ -551,6 +551,11 @@ Deno.test("the new proxy stopped while the old one drains: the old one, finishin
   const s = await setup(upstream.addr.port);
   try {
     await using mid = await midTakeover(s);
+    // One SIGTERM to the old one changes nothing: it drains on, its client served.
+    mid.old.kill("SIGTERM");
+    await mid.old.stderr.waitFor(/Got SIGTERM: draining already/);
+    await writeAll(mid.stays, requests(5, 5));
+    assert.equal((await lineReader(mid.stays).readLines(1, 5000)).length, 1);
     mid.next.kill("SIGTERM");
     assert.equal((await mid.next.status()).code, 0, mid.next.stderr.text);
     mid.stays.close();

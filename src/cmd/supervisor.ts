@@ -415,7 +415,16 @@ class Supervisor {
     this.#signals = installSignals({
       // The planes copy their counters out first: the line counts every message relayed so far.
       onStats: () => void (this.#planes?.flushAll() ?? Promise.resolve()).then(() => this.#print()),
-      onStop: (name) => this.#stop.resolve(name),
+      onStop: (name) => {
+        // The first signal after a takeover began the drain: said, or it would pass unseen.
+        if (this.#stopAsked) {
+          this.#logger.info(
+            "Got {signal}: draining already (send it again, a second later, to close at once)",
+            { signal: name },
+          );
+        }
+        this.#stop.resolve(name);
+      },
       onForce: (name) => this.#force.abort(name),
       onReload: () => {
         void this.reload("SIGHUP");
@@ -1208,7 +1217,7 @@ class Supervisor {
       await observability.close();
       this.#adminClosed.resolve();
       logger.info(
-        "Taken over by pid {pid}: stopped accepting; draining (SIGTERM, a second later, closes at once)",
+        "Taken over by pid {pid}: stopped accepting; draining (SIGTERM twice, a second apart, closes at once)",
         { pid: this.#handingOverTo },
       );
     } else {
