@@ -15,6 +15,9 @@ import {
   waitUntil,
   writeAll,
 } from "./_util.ts";
+import { captureRecoveryState, serializeRecoveryState } from "../src/stats/recovery.ts";
+import { Stats } from "../src/stats/stats.ts";
+import { systemClock } from "../src/stats/clock.ts";
 
 /** What `net.ipv4.tcp_migrate_req` is here: with 1, a closing listener's backlog moves over. */
 async function migrateReq(): Promise<boolean> {
@@ -90,11 +93,13 @@ async function shortClient(port: number, n: number, tally: Tally, stop: () => bo
       tally.connects++;
       const reader = lineReader(conn);
       await writeAll(conn, requests(1, n));
-      tally.reqs += n;
       for (let i = 1; i <= n; i++) {
         const line = await reader.readLine(5000);
         if (line === null) throw new Error(`closed after ${i - 1} of ${n} replies`);
         if (!/^(ACK|NAK) \d+/.test(line)) throw new Error(`not a reply: ${line}`);
+        // Counted once it got in: one reset in a closing listener's backlog (written into, never
+        // read by a proxy) is allowed below, its REQs never counted by either.
+        if (i === 1) tally.reqs += n;
         tally.replies++;
       }
     } catch (error) {
@@ -351,19 +356,52 @@ Deno.test("the takeover socket: garbage, a request abandoned before go and a sec
   }
 });
 
+/** A client that stays (4 REQs answered, then open): a proxy's drain waits for it. */
+async function stayingClient(port: number): Promise<Deno.TcpConn> {
+  const conn = await connectTo(port);
+  await writeAll(conn, requests(1, 4));
+  assert.equal((await lineReader(conn).readLines(4, 5000)).length, 4);
+  return conn;
+}
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // Closed already.
+  }
+}
+
+/** A proxy with a client that stays, and a new one that took it over: the old one drains. */
+async function midTakeover(s: Setup) {
+  const old = spawnMain(s.args, { permissions: s.permissions });
+  try {
+    await waitPid(s.pidFile, old.pid);
+    const stays = await stayingClient(s.port);
+    const next = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
+    await old.stderr.waitFor(/Taken over by pid \d+: stopped accepting/, 30_000);
+    return {
+      old,
+      next,
+      stays,
+      async [Symbol.asyncDispose]() {
+        closeQuietly(stays);
+        await next[Symbol.asyncDispose]();
+        await old[Symbol.asyncDispose]();
+      },
+    };
+  } catch (error) {
+    await old[Symbol.asyncDispose]();
+    throw error;
+  }
+}
+
 Deno.test("the proxy taken over dies while it drains: the new one keeps its last totals, counts the failure and takes the pid file", async () => {
   await using upstream = await startUpstream();
   const s = await setup(upstream.addr.port);
   try {
-    await using old = spawnMain(s.args, { permissions: s.permissions });
-    await waitPid(s.pidFile, old.pid);
-    // A client that stays: the old proxy's drain waits for it.
-    using stays = await connectTo(s.port);
-    const reader = lineReader(stays);
-    await writeAll(stays, requests(1, 4));
-    assert.equal((await reader.readLines(4, 5000)).length, 4);
-    await using next = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
-    await old.stderr.waitFor(/Taken over by pid \d+: stopped accepting/, 30_000);
+    await using mid = await midTakeover(s);
+    const { old, next } = mid;
     await waitUntil(async () => (await stats(s.http)).msg_req === 4, "the carried totals");
     old.kill("SIGKILL");
     await next.stderr.waitFor(/went away before its final totals/);
@@ -372,6 +410,164 @@ Deno.test("the proxy taken over dies while it drains: the new one keeps its last
     const now = await stats(s.http);
     assert.equal(now.msg_req, 4, "the last totals it heard stand");
     assert.equal(now.takeover_failures, 1);
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});
+
+Deno.test("a --takeover whose go the running proxy does not take (it gave up waiting) stops with exit 1 instead of serving beside it", async () => {
+  await using upstream = await startUpstream();
+  const s = await setup(upstream.addr.port);
+  try {
+    // The running proxy, played here: it holds the pid file and answers on the socket, but
+    // closes on go, as it does once its wait for go is over. It serves on, pid file held.
+    await Deno.writeTextFile(s.pidFile, `${Deno.pid}\n`);
+    using held = await Deno.open(s.pidFile, { write: true });
+    await held.lock(true);
+    using socket = Deno.listen({ transport: "unix", path: `${s.pidFile}.sock` });
+    const state = serializeRecoveryState(
+      captureRecoveryState(new Stats({ clock: systemClock }), {}),
+    );
+    const played = (async () => {
+      using conn = await socket.accept();
+      const reader = lineReader(conn);
+      assert.equal(JSON.parse((await reader.readLine(30_000)) ?? "null").t, "takeover");
+      await writeAll(conn, JSON.stringify({ t: "stats", final: false, state }) + "\n");
+      assert.deepEqual(JSON.parse((await reader.readLine(30_000)) ?? "null"), { t: "go" });
+    })();
+    await using next = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
+    await played;
+    assert.equal((await next.status(20_000)).code, 1, next.stderr.text);
+    assert.match(next.stderr.text, /did not take the go/);
+    assert.equal(await pidIn(s.pidFile), String(Deno.pid), "the pid file is the running one's");
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});
+
+Deno.test("a --takeover stopped (SIGTERM) before it serves abandons the takeover: the running proxy serves on", async () => {
+  await using upstream = await startUpstream();
+  const s = await setup(upstream.addr.port);
+  try {
+    await using old = spawnMain(s.args, { permissions: s.permissions });
+    await waitPid(s.pidFile, old.pid);
+    await exchange(s.port, 3);
+    // Its access log a FIFO: opened after its signals are installed, before its planes start.
+    const fifo = `${s.dir}/access.fifo`;
+    assert.equal((await new Deno.Command("mkfifo", { args: [fifo] }).output()).code, 0);
+    await using next = spawnMain([
+      ...s.args,
+      "--takeover",
+      "--access-log=text",
+      `--access-log-file=${fifo}`,
+    ], { permissions: s.permissions });
+    using _log = await Deno.open(fifo, { read: true });
+    next.kill("SIGTERM");
+    assert.equal((await next.status(30_000)).code, 0, next.stderr.text);
+    assert.doesNotMatch(next.stderr.text, /Serving: the running proxy stops accepting/);
+    assert.doesNotMatch(old.stderr.text, /Taken over/);
+    await exchange(s.port, 4); // the old one serves on, its pid file kept
+    assert.equal((await stats(s.http)).msg_req, 7);
+    assert.equal(await pidIn(s.pidFile), String(old.pid));
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});
+
+Deno.test("the takeover socket survives the process running out of file descriptors: a takeover works once they come back", async () => {
+  await using upstream = await startUpstream();
+  const s = await setup(upstream.addr.port, ["--max-connections=10000"]);
+  try {
+    await using old = spawnMain(s.args, {
+      permissions: s.permissions,
+      shellPrefix: "ulimit -n 256",
+    });
+    await waitPid(s.pidFile, old.pid);
+    const clients: Deno.Conn[] = [];
+    try {
+      // More clients than the process has descriptors for: accepts fail (EMFILE) until they go.
+      for (let k = 0; k < 300; k++) clients.push(await connectTo(s.port));
+      await old.stderr.waitFor(/Too many open files/, 20_000);
+      // A peer at the takeover socket now: its accept fails too.
+      const early = await Deno.connect({ transport: "unix", path: `${s.pidFile}.sock` });
+      await old.stderr.waitFor(/Accept on .*\.sock failed: .*Too many open files/, 20_000);
+      early.close();
+    } finally {
+      for (const conn of clients) conn.close();
+    }
+    await waitUntil(async () => {
+      try {
+        await exchange(s.port, 1);
+        return true;
+      } catch {
+        return false;
+      }
+    }, "a client served again");
+    await using next = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
+    await next.stderr.waitFor(/Took over: this proxy/, 30_000);
+    assert.equal((await old.status()).code, 0, old.stderr.text);
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});
+
+Deno.test("a proxy draining for a SIGTERM refuses a takeover request, and a go asked for before it, with stopping: it drains on and exits", async () => {
+  await using upstream = await startUpstream();
+  const s = await setup(upstream.addr.port);
+  try {
+    await using old = spawnMain(s.args, { permissions: s.permissions });
+    await waitPid(s.pidFile, old.pid);
+    const stays = await stayingClient(s.port);
+    // Asked before the SIGTERM, go after it.
+    const asked = await askSocket(`${s.pidFile}.sock`, `{"t":"takeover","pid":4242}\n`, {
+      keep: true,
+    });
+    assert.equal(JSON.parse(asked.line ?? "null").t, "stats");
+    old.kill("SIGTERM");
+    await old.stderr.waitFor(/Got SIGTERM: shutting down gracefully/);
+    await using next = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
+    assert.equal((await next.status(30_000)).code, 1, next.stderr.text);
+    assert.match(next.stderr.text, /the running proxy is shutting down/);
+    await old.stderr.waitFor(
+      /Takeover request refused \(pid \d+ asked while this proxy shuts down\): draining on/,
+    );
+    await writeAll(asked.conn, `{"t":"go"}\n`);
+    const reader = lineReader(asked.conn);
+    assert.deepEqual(JSON.parse((await reader.readLine(10_000)) ?? "null"), { t: "stopping" });
+    assert.equal(await reader.readLine(10_000), null);
+    asked.conn.close();
+    await old.stderr.waitFor(
+      /Takeover request refused \(pid 4242: go came after this proxy began to shut down\): draining on/,
+    );
+    // Its client still served, then gone: the drain ends and the old proxy exits.
+    await writeAll(stays, requests(5, 5));
+    assert.equal((await lineReader(stays).readLines(1, 5000)).length, 1);
+    stays.close();
+    assert.equal((await old.status(15_000)).code, 0, old.stderr.text);
+    await assert.rejects(Deno.lstat(s.pidFile), Deno.errors.NotFound);
+    await assert.rejects(Deno.lstat(`${s.pidFile}.sock`), Deno.errors.NotFound);
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});
+
+Deno.test("the new proxy stopped while the old one drains: the old one, finishing, removes the pid file it kept for it", async () => {
+  await using upstream = await startUpstream();
+  const s = await setup(upstream.addr.port);
+  try {
+    await using mid = await midTakeover(s);
+    // One SIGTERM to the old one changes nothing: it drains on, its client served.
+    mid.old.kill("SIGTERM");
+    await mid.old.stderr.waitFor(/Got SIGTERM: draining already/);
+    await writeAll(mid.stays, requests(5, 5));
+    assert.equal((await lineReader(mid.stays).readLines(1, 5000)).length, 1);
+    mid.next.kill("SIGTERM");
+    assert.equal((await mid.next.status()).code, 0, mid.next.stderr.text);
+    mid.stays.close();
+    assert.equal((await mid.old.status()).code, 0, mid.old.stderr.text);
+    // Nobody holds it: a pid left there would name a process that is gone.
+    await assert.rejects(Deno.lstat(s.pidFile), Deno.errors.NotFound);
+    await assert.rejects(Deno.lstat(`${s.pidFile}.sock`), Deno.errors.NotFound);
   } finally {
     await Deno.remove(s.dir, { recursive: true });
   }

@@ -147,6 +147,8 @@ class Supervisor {
   #pidFile: PidFile | undefined;
   #signals!: InstalledSignals;
   #stop = Promise.withResolvers<string>();
+  /** Whether {@linkcode #stop} resolved (a signal during the start: no takeover is committed). */
+  #stopAsked = false;
   #force = new AbortController();
   #statesQueued = false;
   /** Reloads run one at a time; one more may wait, shared by every request made meanwhile. */
@@ -174,6 +176,8 @@ class Supervisor {
   #takeoverCancel: (() => void) | undefined;
   /** The pid of the proxy this one hands over to (it asked on the takeover socket). */
   #handingOverTo: number | undefined;
+  /** The proxy this one hands over to went away before the final totals (see #holdPidFile). */
+  #successorGone = false;
   /** Resolves when this proxy's drain is over and its final totals are counted. */
   #drainDone = Promise.withResolvers<void>();
   /** Resolves when this proxy's admin ports are closed (it drains: nobody reads its stats). */
@@ -184,10 +188,13 @@ class Supervisor {
    * counters a scraper sees never go back.
    */
   #carriedFresh = Promise.withResolvers<void>();
+  /** `--takeover`: the running proxy did not take the go and serves on; this one exits 1. */
+  #notTakenOver = false;
   /** Whether the drain has begun (a takeover still under way takes nothing more). */
   #stopping = false;
 
   constructor(args: string[], context: CommandContext, output: ProxyOutput, usage: string) {
+    void this.#stop.promise.then(() => this.#stopAsked = true);
     this.#args = args;
     this.#usage = usage;
     this.#context = context;
@@ -224,7 +231,8 @@ class Supervisor {
     await this.#startPlanes();
     const observability = await this.#startAdmin();
     if (this.#takeover !== undefined) {
-      this.#commitTakeover();
+      if (this.#stopAsked) this.#abandonTakeover();
+      else this.#commitTakeover();
     } else {
       // Written last, once the listener and the admin ports are bound: whoever reads it (or runs
       // `foo-proxy wait --pid-file`) can signal a proxy that serves, and query it.
@@ -436,7 +444,16 @@ class Supervisor {
     this.#signals = installSignals({
       // The planes copy their counters out first: the line counts every message relayed so far.
       onStats: () => void (this.#planes?.flushAll() ?? Promise.resolve()).then(() => this.#print()),
-      onStop: (name) => this.#stop.resolve(name),
+      onStop: (name) => {
+        // The first signal after a takeover began the drain: said, or it would pass unseen.
+        if (this.#stopAsked) {
+          this.#logger.info(
+            "Got {signal}: draining already (send it again, a second later, to close at once)",
+            { signal: name },
+          );
+        }
+        this.#stop.resolve(name);
+      },
       onForce: (name) => this.#force.abort(name),
       onReload: () => {
         void this.reload("SIGHUP");
@@ -622,9 +639,11 @@ class Supervisor {
     this.#holdPidFile(this.#pidFile!);
   }
 
-  /** Lets go of `pidFile` on the way out: left in place for a proxy taking over. */
+  /** Lets go of `pidFile` on the way out: left in place for a proxy taking over (still there). */
   #holdPidFile(pidFile: PidFile): void {
-    this.#defer(() => pidFile.release({ keep: this.#handingOverTo !== undefined }));
+    this.#defer(() =>
+      pidFile.release({ keep: this.#handingOverTo !== undefined && !this.#successorGone })
+    );
   }
 
   /**
@@ -658,7 +677,7 @@ class Supervisor {
         });
         return;
       }
-      refuse(`--takeover: ${error.message}; the running proxy serves on`, 1);
+      refuse(`--takeover: ${error.message}; nothing changed for the running proxy`, 1);
     }
     this.#carried = statsOf(this.#takeover.first);
     this.#logger.info(
@@ -669,6 +688,18 @@ class Supervisor {
           this.#carried.counts.msg_nak,
       },
     );
+  }
+
+  /**
+   * `--takeover`, stopped (a signal) before this proxy served: the old one is left serving, and
+   * its totals are not this one's.
+   */
+  #abandonTakeover(): void {
+    this.#takeover!.cancel();
+    this.#takeover = undefined;
+    this.#carried = undefined;
+    this.#carriedFresh.resolve();
+    this.#logger.info("Stopped before serving: no takeover, the running proxy serves on");
   }
 
   /**
@@ -687,33 +718,59 @@ class Supervisor {
       const fresh = this.#carriedFresh;
       // Bounded: an old proxy that stops answering must not hold /stats for ever.
       const timer = setTimeout(() => fresh.resolve(), CARRIED_WAIT_MS);
-      const complete = await takeover.go((state) => {
+      // Any update after go: it took the go (it sends them once its admin ports are closed).
+      let heard = false;
+      const ended = await takeover.go((state) => {
         this.#carried = statsOf(state);
+        heard = true;
         fresh.resolve();
       });
       clearTimeout(timer);
       fresh.resolve();
+      const complete = ended === "final";
       if (complete) {
         logger.info("The proxy taken over has drained; its final totals are counted");
       } else {
         this.#own.takeoverFailures++;
+      }
+      if (ended === "stopping") {
         logger.warning(
-          "The proxy taken over went away before its final totals: what it counted in its last {ms} ms is missing",
-          { ms: UPDATE_MS },
+          "The running proxy began to shut down (a signal) before the go: it drains on its own, and what it counted since it was asked is not carried over",
         );
       }
+      // It drains and exits, letting go of the pid file: it took the go, or stops anyway.
+      const drains = complete || heard || ended === "stopping";
       if (this.#stopping || config.pidFile === null) return;
       let pidFile: PidFile;
       try {
-        // It exits right after its final totals: the lock is free then.
-        pidFile = await PidFile.acquire(config.pidFile, { waitMs: 30_000 });
+        // It exits right after its final totals: the lock is free then. Gone without any, it
+        // died (its lock with it), or never took the go (it gave up waiting): it holds it still.
+        pidFile = await PidFile.acquire(config.pidFile, {
+          waitMs: drains ? 30_000 : GONE_WAIT_MS,
+        });
       } catch (error) {
         if (!(error instanceof PidFileError)) throw error;
+        if (!drains) {
+          // Not beside it for ever, unknown to its pid file and counting its totals as of then.
+          logger.error(
+            "The running proxy did not take the go (it still holds {pidFile}: it gave up waiting, or was stopping) and serves on: this proxy stops",
+            { pidFile: config.pidFile },
+          );
+          this.#notTakenOver = true;
+          this.#stop.resolve("a takeover that did not happen");
+          return;
+        }
         this.#own.takeoverFailures++;
         logger.error("Cannot take the pid file after the takeover: {error}", {
           error: error.message,
         });
         return;
+      }
+      if (ended === "gone") {
+        logger.warning(
+          "The proxy taken over went away before its final totals: what it counted in its last {ms} ms is missing",
+          { ms: UPDATE_MS },
+        );
       }
       this.#pidFile = pidFile;
       this.#holdPidFile(pidFile);
@@ -773,14 +830,28 @@ class Supervisor {
             captureRecoveryState(this.#stats, { latency: this.#stats.latency }),
           );
         },
+        // A drain begun for a signal decided already not to hand over (#drain): too late.
+        stopping: () => this.#stopping && this.#handingOverTo === undefined,
         handOver: (pid) => {
+          if (this.#stopping && this.#handingOverTo === undefined) return undefined;
           this.#handingOverTo = pid;
           this.#stop.resolve(`a takeover by pid ${pid}`);
           return { stopped: this.#adminClosed.promise, drained: this.#drainDone.promise };
         },
+        logger: this.#logger,
+        successorGone: () => {
+          this.#successorGone = true;
+          this.#logger.warning(
+            "The proxy taking over (pid {pid}) went away while this one drained: nobody takes the pid file",
+            { pid: this.#handingOverTo },
+          );
+        },
         failed: (why) => {
           this.#own.takeoverFailures++;
-          this.#logger.warning("Takeover request refused ({why}): serving on", { why });
+          this.#logger.warning("Takeover request refused ({why}): {then}", {
+            why,
+            then: this.#stopping ? "draining on" : "serving on",
+          });
         },
       });
     } catch (error) {
@@ -1176,7 +1247,7 @@ class Supervisor {
       await observability.close();
       this.#adminClosed.resolve();
       logger.info(
-        "Taken over by pid {pid}: stopped accepting; draining (SIGTERM, a second later, closes at once)",
+        "Taken over by pid {pid}: stopped accepting; draining (SIGTERM twice, a second apart, closes at once)",
         { pid: this.#handingOverTo },
       );
     } else {
@@ -1207,7 +1278,7 @@ class Supervisor {
     // out, after they are sent).
     this.#drainDone.resolve();
     this.#print();
-    return report.aborted ? 1 : 0;
+    return report.aborted || this.#notTakenOver ? 1 : 0;
   }
 }
 
@@ -1244,6 +1315,12 @@ async function granted(path: string): Promise<boolean> {
   ]);
   return read.state === "granted" && write.state === "granted";
 }
+
+/**
+ * `--takeover`: how long the pid file's lock is waited for after the old proxy went away without
+ * its final totals (dead, its lock goes with its socket; alive, it never took the go).
+ */
+const GONE_WAIT_MS = 2000;
 
 /** `--takeover`: the longest `/stats` waits for the old proxy's first update after `go`. */
 const CARRIED_WAIT_MS = 2000;

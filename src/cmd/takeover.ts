@@ -12,11 +12,15 @@
  *    every {@linkcode UPDATE_MS} and a last time (`"final":true`) once every client is gone;
  *    then it exits, letting go of the pid file, which the new one takes.
  *
- * A new proxy that goes away before `go` leaves the old one serving as before. Each message is one
+ * A proxy already shutting down (a signal) answers the request, or a `go` that came after it
+ * began, with `{"t":"stopping"}`: it drains and exits on its own. A new proxy that goes away before `go` leaves the old one serving as
+ * before. Each message is one
  * line of JSON, at most {@linkcode MAX_LINE_BYTES}.
  *
  * @module
  */
+import type { Logger } from "@logtape/logtape";
+import { acceptLoop } from "../net/accept_loop.ts";
 import { parseRecoveryState, type RecoveryState } from "../stats/recovery.ts";
 
 /** How often a draining old proxy sends its statistics. */
@@ -47,7 +51,8 @@ type Message =
   | { t: "takeover"; pid: number }
   | { t: "go" }
   | { t: "stats"; final: boolean; state: string }
-  | { t: "busy" };
+  | { t: "busy" }
+  | { t: "stopping" };
 
 const encoder = new TextEncoder();
 
@@ -101,6 +106,8 @@ function parseMessage(line: string): Message {
       return { t: "go" };
     case "busy":
       return { t: "busy" };
+    case "stopping":
+      return { t: "stopping" };
     case "stats":
       if (typeof m.final === "boolean" && typeof m.state === "string") {
         return { t: "stats", final: m.final, state: m.state };
@@ -140,11 +147,21 @@ export interface TakeoverHooks {
    * The new proxy said `go` (its pid given): stop accepting and drain. `stopped` resolves once
    * this proxy no longer answers for its statistics (its admin ports closed: updates sent from
    * then on are the newest anyone saw), `drained` once every client is gone (the final
-   * statistics are captured after).
+   * statistics are captured after). `undefined`: this proxy is shutting down already (a signal),
+   * it cannot hand over.
    */
-  handOver: (pid: number) => { stopped: Promise<void>; drained: Promise<void> };
+  handOver: (pid: number) => { stopped: Promise<void>; drained: Promise<void> } | undefined;
+  /** Whether this proxy is shutting down already: a takeover request is refused. */
+  stopping: () => boolean;
+  /**
+   * The new proxy went away after `go` (stopped, or killed), before the final statistics: it will
+   * not take the pid file.
+   */
+  successorGone: () => void;
   /** A takeover that failed (a bad message, a peer gone before `go`): logged and counted. */
   failed: (why: string) => void;
+  /** Where a failed accept (out of file descriptors) is logged; unset: nowhere. */
+  logger?: Logger;
 }
 
 /**
@@ -236,14 +253,9 @@ export class TakeoverListener {
     await Deno.remove(this.#path).catch(() => {});
   }
 
-  async #accept(): Promise<void> {
-    for (;;) {
-      let conn: Deno.Conn;
-      try {
-        conn = await this.#listener.accept();
-      } catch {
-        return; // closed
-      }
+  /** Until closed: out of file descriptors, accepts pause and resume (the proxy's own loop). */
+  #accept(): Promise<void> {
+    return acceptLoop(this.#listener, (conn) => {
       this.#pending.add(conn);
       const handler: Promise<void> = this.#serve(conn).finally(() => {
         this.#pending.delete(conn);
@@ -251,13 +263,14 @@ export class TakeoverListener {
         closeQuietly(conn);
       });
       this.#handlers.add(handler);
-    }
+    }, { closed: () => this.#closed, label: this.#path, logger: this.#hooks.logger });
   }
 
   async #serve(conn: Deno.Conn): Promise<void> {
     const hooks = this.#hooks;
     const incoming = messages(conn);
     let pid: number | undefined;
+    let handing: ReturnType<TakeoverHooks["handOver"]>;
     try {
       const first = await within(
         incoming.next(),
@@ -267,6 +280,11 @@ export class TakeoverListener {
       if (first.done) return; // a connect and close: somebody checking the socket is there
       if (first.value.t !== "takeover") {
         throw new TakeoverError(`expected a takeover request, got "${first.value.t}"`);
+      }
+      if (hooks.stopping()) {
+        await send(conn, { t: "stopping" });
+        hooks.failed(`pid ${first.value.pid} asked while this proxy shuts down`);
+        return;
       }
       if (this.#busy) {
         await send(conn, { t: "busy" });
@@ -281,6 +299,12 @@ export class TakeoverListener {
         throw new TakeoverError("the new proxy went away before it took over; serving on");
       }
       if (go.value.t !== "go") throw new TakeoverError(`expected go, got "${go.value.t}"`);
+      handing = hooks.handOver(pid);
+      // A signal came between the request and go: nothing was handed over, the drain goes on.
+      if (handing === undefined) {
+        await send(conn, { t: "stopping" });
+        throw new TakeoverError("go came after this proxy began to shut down");
+      }
     } catch (error) {
       this.#busy = false;
       if (this.#closed) return; // dropped by close(): the proxy is stopping anyway
@@ -293,9 +317,10 @@ export class TakeoverListener {
     }
     // Committed: from here the old proxy only drains. Updates go out until the last one.
     this.#pending.delete(conn);
-    const { stopped, drained } = hooks.handOver(pid);
+    const { stopped, drained } = handing;
     let done = false;
     void drained.finally(() => done = true);
+    let gone = false;
     try {
       await stopped;
       while (!done) {
@@ -304,9 +329,14 @@ export class TakeoverListener {
       }
     } catch {
       // The new proxy is gone: it keeps the last totals it got; the drain goes on regardless.
+      gone = true;
     }
     await drained;
-    await send(conn, { t: "stats", final: true, state: await hooks.capture() }).catch(() => {});
+    if (!gone) {
+      await send(conn, { t: "stats", final: true, state: await hooks.capture() })
+        .catch(() => gone = true);
+    }
+    if (gone) hooks.successorGone();
   }
 }
 
@@ -319,10 +349,11 @@ export interface Takeover {
   /**
    * Commits: the old proxy stops accepting and drains. `onStats` hears each later update (the
    * first once the old proxy no longer answers for its statistics); the promise resolves when the
-   * old proxy sent its final statistics (`true`) or went away without them (`false`: the last
-   * update stands).
+   * old proxy sent its final statistics (`"final"`), went away without them (`"gone"`: the last
+   * update stands), or began to shut down (a signal) before the go came (`"stopping"`: it drains
+   * on its own, its totals from then on not sent).
    */
-  go: (onStats: (state: RecoveryState) => void) => Promise<boolean>;
+  go: (onStats: (state: RecoveryState) => void) => Promise<"final" | "gone" | "stopping">;
   /** Abandons it before `go`: the old proxy serves on. */
   cancel: () => void;
 }
@@ -361,6 +392,11 @@ export async function requestTakeover(path: string, pid = Deno.pid): Promise<Tak
     if (answer.t === "busy") {
       throw new TakeoverError("another takeover of the running proxy is under way");
     }
+    if (answer.t === "stopping") {
+      throw new TakeoverError(
+        "the running proxy is shutting down (a signal): start this one once it has exited",
+      );
+    }
     if (answer.t !== "stats") throw new TakeoverError(`unexpected answer "${answer.t}"`);
     first = parseState(answer.state);
   } catch (error) {
@@ -377,13 +413,14 @@ export async function requestTakeover(path: string, pid = Deno.pid): Promise<Tak
         await send(conn, { t: "go" });
         // No deadline: the old proxy drains for as long as its --drain-timeout allows.
         for await (const message of incoming) {
+          if (message.t === "stopping") return "stopping";
           if (message.t !== "stats") continue;
           onStats(parseState(message.state));
-          if (message.final) return true;
+          if (message.final) return "final";
         }
-        return false;
+        return "gone";
       } catch {
-        return false;
+        return "gone";
       } finally {
         close();
       }
