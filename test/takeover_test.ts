@@ -572,3 +572,39 @@ Deno.test("the new proxy stopped while the old one drains: the old one, finishin
     await Deno.remove(s.dir, { recursive: true });
   }
 });
+
+Deno.test("the takeover socket closes a ninth silent connection at once; a takeover to another port warns that the old one stops accepting", async () => {
+  await using upstream = await startUpstream();
+  const s = await setup(upstream.addr.port);
+  try {
+    await using old = spawnMain(s.args, { permissions: s.permissions });
+    await waitPid(s.pidFile, old.pid);
+    const socket = `${s.pidFile}.sock`;
+    const silent = await Promise.all(
+      Array.from({ length: 8 }, () => Deno.connect({ transport: "unix", path: socket })),
+    );
+    // The ninth is closed at once, not after the 10 s a silent peer may wait.
+    const ninth = await Deno.connect({ transport: "unix", path: socket });
+    assert.equal(await lineReader(ninth).readLine(5000), null);
+    ninth.close();
+    await old.stderr.waitFor(/more than 8 connections waiting: one closed/);
+    assert.equal((await stats(s.http)).takeover_failures, 1);
+    for (const conn of silent) conn.close();
+
+    const elsewhere = freePort();
+    const moved = s.args.map((arg) =>
+      arg.startsWith("--listen=") ? `--listen=127.0.0.1:${elsewhere}` : arg
+    );
+    await using next = spawnMain([...moved, "--takeover"], { permissions: s.permissions });
+    await next.stderr.waitFor(
+      new RegExp(
+        `The proxy taken over listens on 127\\.0\\.0\\.1:${s.port}, this one on port ${elsewhere}: from now on nothing accepts clients on`,
+      ),
+      30_000,
+    );
+    await next.stderr.waitFor(/Took over: this proxy/, 30_000);
+    await exchange(elsewhere, 2);
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});

@@ -8,6 +8,7 @@
  * @module
  */
 import { getLogger, type Logger } from "@logtape/logtape";
+import { waitOrAbort } from "../async/wait_or_abort.ts";
 import { formatAddress } from "../net/address.ts";
 import { assertPermissions, MissingPermissionError } from "../cli/permissions.ts";
 import { denoEnvReader } from "../cli/flags.ts";
@@ -234,10 +235,11 @@ class Supervisor {
       if (this.#stopAsked) this.#abandonTakeover();
       else this.#commitTakeover();
     } else {
-      // Written last, once the listener and the admin ports are bound: whoever reads it (or runs
-      // `foo-proxy wait --pid-file`) can signal a proxy that serves, and query it.
-      await this.#pidFile?.write();
+      // Written last, once the listener, the admin ports and the takeover socket are bound:
+      // whoever reads it (or runs `foo-proxy wait --pid-file`) can signal a proxy that serves,
+      // query it, and take it over.
       await this.#listenTakeover();
+      await this.#pidFile?.write();
       this.#persister?.start();
     }
     await this.#watchConfig();
@@ -268,9 +270,9 @@ class Supervisor {
     const upstreams = config.upstreams.length;
     const line = `foo-proxy: the configuration is valid: listen ${
       formatAddress(config.listen)
-    }, forward to ${
-      upstreams === 1 ? formatAddress(config.forward) : `${upstreams} upstreams`
-    }${config.configPath === null ? "" : ` (${config.configPath})`}`;
+    }, forward to ${upstreams === 1 ? formatAddress(config.forward) : `${upstreams} upstreams`}${
+      config.configPath === null ? "" : ` (${config.configPath})`
+    }`;
     if (this.#context.stdout) this.#context.stdout(line);
     else writeStdoutLine(line);
     return 0;
@@ -714,6 +716,14 @@ class Supervisor {
     const logger = this.#logger;
     const config = this.#config;
     logger.info("Serving: the running proxy stops accepting and drains");
+    const port = this.#planes!.port;
+    const theirs = takeover.listen?.match(/:(\d+)$/)?.[1];
+    if (theirs !== undefined && Number(theirs) !== port) {
+      logger.warning(
+        "The proxy taken over listens on {theirs}, this one on port {port}: from now on nothing accepts clients on {theirs}",
+        { theirs: takeover.listen, port },
+      );
+    }
     this.#takingOver = (async () => {
       const fresh = this.#carriedFresh;
       // Bounded: an old proxy that stops answering must not hold /stats for ever.
@@ -775,8 +785,8 @@ class Supervisor {
       this.#pidFile = pidFile;
       this.#holdPidFile(pidFile);
       if (this.#stopping) return;
-      await pidFile.write();
       await this.#listenTakeover();
+      await pidFile.write();
       if (config.recoveryPath !== null && !this.#stopping) {
         try {
           this.#persister = await this.#setupRecovery(config.recoveryPath, false);
@@ -823,6 +833,8 @@ class Supervisor {
     let listener: TakeoverListener;
     try {
       listener = await TakeoverListener.listen(path, {
+        listen: () =>
+          formatAddress({ hostname: this.#config.listen.hostname, port: this.#planes!.port }),
         capture: async () => {
           await this.#planes?.flushAll();
           this.#stats.refresh();
@@ -1233,13 +1245,25 @@ class Supervisor {
    * drain short.
    */
   async #drain(observability: Observability, why: string): Promise<number> {
+    try {
+      return await this.#drainSteps(observability, why);
+    } finally {
+      // Whatever happened, a successor waiting on this proxy's takeover socket is let go (the
+      // socket's close waits for it).
+      this.#adminClosed.resolve();
+      this.#drainDone.resolve();
+    }
+  }
+
+  async #drainSteps(observability: Observability, why: string): Promise<number> {
     const logger = this.#logger;
     this.#stopping = true;
     observability.markStopping(); // /readyz fails from the first signal on
     if (this.#takingOver !== undefined) {
-      // Stopping before the proxy taken over has drained: its totals as last heard stand.
+      // Stopping before the proxy taken over has drained: its totals as last heard stand. Its
+      // pid file may still be held by it (the wait for the lock stops with the process).
       this.#takeoverCancel?.();
-      await this.#takingOver;
+      await Promise.race([this.#takingOver, waitOrAbort(TAKEOVER_STOP_WAIT_MS)]);
     }
     const handingOver = this.#handingOverTo !== undefined;
     if (handingOver) {
@@ -1321,6 +1345,9 @@ async function granted(path: string): Promise<boolean> {
  * its final totals (dead, its lock goes with its socket; alive, it never took the go).
  */
 const GONE_WAIT_MS = 2000;
+
+/** `--takeover`: how long a stop waits for the takeover's own steps to end. */
+const TAKEOVER_STOP_WAIT_MS = 2000;
 
 /** `--takeover`: the longest `/stats` waits for the old proxy's first update after `go`. */
 const CARRIED_WAIT_MS = 2000;

@@ -29,6 +29,8 @@ export const UPDATE_MS = 250;
 export const MAX_LINE_BYTES = 1024 * 1024;
 /** How long either side waits for the other's next step (an answer, a `go`). */
 export const STEP_TIMEOUT_MS = 10_000;
+/** Connections to a takeover socket not yet committed, at most; more are closed at once. */
+export const MAX_PENDING = 8;
 /** The longest path a Unix socket address holds on Linux (`sun_path`, less its NUL). */
 export const MAX_SOCKET_PATH_BYTES = 107;
 
@@ -50,7 +52,7 @@ export class TakeoverError extends Error {
 type Message =
   | { t: "takeover"; pid: number }
   | { t: "go" }
-  | { t: "stats"; final: boolean; state: string }
+  | { t: "stats"; final: boolean; state: string; listen?: string }
   | { t: "busy" }
   | { t: "stopping" };
 
@@ -110,7 +112,8 @@ function parseMessage(line: string): Message {
       return { t: "stopping" };
     case "stats":
       if (typeof m.final === "boolean" && typeof m.state === "string") {
-        return { t: "stats", final: m.final, state: m.state };
+        const listen = typeof m.listen === "string" ? { listen: m.listen } : {};
+        return { t: "stats", final: m.final, state: m.state, ...listen };
       }
       break;
   }
@@ -143,6 +146,8 @@ async function within<T>(promise: Promise<T>, ms: number, what: string): Promise
 export interface TakeoverHooks {
   /** Its statistics now, as recovery-state text (the planes flushed first). */
   capture: () => Promise<string>;
+  /** Where its clients connect (`host:port`), told to the new proxy with the first totals. */
+  listen: () => string;
   /**
    * The new proxy said `go` (its pid given): stop accepting and drain. `stopped` resolves once
    * this proxy no longer answers for its statistics (its admin ports closed: updates sent from
@@ -256,6 +261,13 @@ export class TakeoverListener {
   /** Until closed: out of file descriptors, accepts pause and resume (the proxy's own loop). */
   #accept(): Promise<void> {
     return acceptLoop(this.#listener, (conn) => {
+      // Only the same user can connect; still, a peer that never speaks holds a descriptor for
+      // STEP_TIMEOUT_MS: past a few of them, more are closed at once.
+      if (this.#pending.size >= MAX_PENDING) {
+        closeQuietly(conn);
+        this.#hooks.failed(`more than ${MAX_PENDING} connections waiting: one closed`);
+        return;
+      }
       this.#pending.add(conn);
       const handler: Promise<void> = this.#serve(conn).finally(() => {
         this.#pending.delete(conn);
@@ -293,7 +305,8 @@ export class TakeoverListener {
       }
       this.#busy = true;
       pid = first.value.pid;
-      await send(conn, { t: "stats", final: false, state: await hooks.capture() });
+      const state = await hooks.capture();
+      await send(conn, { t: "stats", final: false, state, listen: hooks.listen() });
       const go = await within(incoming.next(), STEP_TIMEOUT_MS, "waiting for go");
       if (go.done) {
         throw new TakeoverError("the new proxy went away before it took over; serving on");
@@ -346,6 +359,8 @@ export class TakeoverListener {
 export interface Takeover {
   /** The old proxy's statistics when it was asked (before `go`). */
   first: RecoveryState;
+  /** Where the old proxy's clients connect (`host:port`); unset: it did not say. */
+  listen?: string;
   /**
    * Commits: the old proxy stops accepting and drains. `onStats` hears each later update (the
    * first once the old proxy no longer answers for its statistics); the promise resolves when the
@@ -385,6 +400,7 @@ export async function requestTakeover(path: string, pid = Deno.pid): Promise<Tak
     return result.done ? undefined : result.value;
   };
   let first: RecoveryState;
+  let listen: string | undefined;
   try {
     await send(conn, { t: "takeover", pid });
     const answer = await next("asking the running proxy for its statistics");
@@ -399,6 +415,7 @@ export async function requestTakeover(path: string, pid = Deno.pid): Promise<Tak
     }
     if (answer.t !== "stats") throw new TakeoverError(`unexpected answer "${answer.t}"`);
     first = parseState(answer.state);
+    listen = answer.listen;
   } catch (error) {
     close();
     throw error instanceof TakeoverError ? error : new TakeoverError(describe(error), {
@@ -407,6 +424,7 @@ export async function requestTakeover(path: string, pid = Deno.pid): Promise<Tak
   }
   return {
     first,
+    listen,
     cancel: close,
     go: async (onStats) => {
       try {
