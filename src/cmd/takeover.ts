@@ -337,7 +337,9 @@ export class TakeoverListener {
     try {
       await stopped;
       while (!done) {
-        await send(conn, { t: "stats", final: false, state: await hooks.capture() });
+        // Bounded: a successor that stops reading (frozen, stopped) must not hold this one's exit.
+        const update = send(conn, { t: "stats", final: false, state: await hooks.capture() });
+        await within(update, STEP_TIMEOUT_MS, "sending totals");
         await Promise.race([drained, new Promise((resolve) => setTimeout(resolve, UPDATE_MS))]);
       }
     } catch {
@@ -346,8 +348,8 @@ export class TakeoverListener {
     }
     await drained;
     if (!gone) {
-      await send(conn, { t: "stats", final: true, state: await hooks.capture() })
-        .catch(() => gone = true);
+      const last = send(conn, { t: "stats", final: true, state: await hooks.capture() });
+      await within(last, STEP_TIMEOUT_MS, "sending the final totals").catch(() => gone = true);
     }
     if (gone) hooks.successorGone();
   }
