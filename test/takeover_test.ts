@@ -608,3 +608,48 @@ Deno.test("the takeover socket closes a ninth silent connection at once; a takeo
     await Deno.remove(s.dir, { recursive: true });
   }
 });
+
+/** Every counter sample of a `/metrics` scrape (`_total`, histogram buckets and counts), by series. */
+async function counterSeries(port: number): Promise<Map<string, number>> {
+  const response = await fetch(`http://127.0.0.1:${port}/metrics`);
+  assert.equal(response.status, 200);
+  const series = new Map<string, number>();
+  for (const line of (await response.text()).split("\n")) {
+    const match = line.match(/^(\S+(?:_total|_bucket|_count|_sum)(?:\{[^}]*\})?) (\S+)$/);
+    if (match) series.set(match[1], Number(match[2]));
+  }
+  return series;
+}
+
+Deno.test("/metrics across a --takeover: no counter series goes back, per-upstream ones included (the old proxy without --recovery-path, the new one with it)", async () => {
+  await using upstream = await startUpstream();
+  const s = await setup(upstream.addr.port);
+  const oldArgs = s.args.filter((arg) => !arg.startsWith("--recovery-path="));
+  try {
+    await using old = spawnMain(oldArgs, { permissions: s.permissions });
+    await waitPid(s.pidFile, old.pid);
+    await exchange(s.port, 25);
+    const before = await counterSeries(s.http);
+    assert.equal(
+      before.get(`foo_proxy_upstream_requests_total{upstream="127.0.0.1:${upstream.addr.port}"}`),
+      25,
+    );
+    await using next = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
+    await next.stderr.waitFor(/Took over: this proxy/, 30_000);
+    assert.equal((await old.status()).code, 0);
+    const after = await counterSeries(s.http);
+    const back = [...before].filter(([name, n]) => (after.get(name) ?? 0) < n)
+      .map(([name, n]) => `${name}: ${n} then ${after.get(name)}`);
+    assert.deepEqual(back, [], "counter series that went back");
+    await exchange(s.port, 5);
+    const rows =
+      (await stats(s.http) as unknown as { upstreams: { requests: number }[] }).upstreams;
+    assert.equal(rows[0].requests, 30, "the old proxy's 25 REQs and the new one's 5");
+    next.kill("SIGTERM");
+    assert.equal((await next.status(20_000)).code, 0, next.stderr.text);
+    const saved = JSON.parse(await Deno.readTextFile(s.recovery));
+    assert.equal(saved.totals.msg_req, 30, "the new proxy's recovery file holds both");
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});

@@ -34,6 +34,7 @@ import { HttpBindError, type Observability, startObservability } from "./observa
 import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.ts";
 import { PidFile, PidFileError } from "./pid_file.ts";
 import { mergeUpstreams, type PlaneLayout, planeLayout } from "./plane_layout.ts";
+import type { UpstreamSnapshot } from "../proxy/upstream_pool.ts";
 import {
   checkUpstreamTls,
   parseProxyConfig,
@@ -54,12 +55,15 @@ import {
   serializeRecoveryState,
 } from "../stats/recovery.ts";
 import {
+  type CarriedUpstreams,
   requestTakeover,
   type Takeover,
   TakeoverError,
   TakeoverListener,
   takeoverSocketPath,
   UPDATE_MS,
+  UPSTREAM_TOTALS,
+  type UpstreamTotals,
 } from "./takeover.ts";
 import { poolOptionsOf } from "./proxy_settings.ts";
 import { setupRecovery } from "./recovery_setup.ts";
@@ -171,6 +175,8 @@ class Supervisor {
   #takeover: Takeover | undefined;
   /** `--takeover`: the totals of the proxy taken over, as last heard (they count as ours). */
   #carried: Stats | undefined;
+  /** `--takeover`: its per-upstream totals, as last heard (added to the rows of the same name). */
+  #carriedUpstreams: CarriedUpstreams = {};
   /** `--takeover`: the old proxy's drain, then its pid file, socket and recovery file taken. */
   #takingOver: Promise<void> | undefined;
   /** `--takeover`: stops following the old proxy (this one stops before it has drained). */
@@ -578,7 +584,7 @@ class Supervisor {
     // An ejection without active checks ends when its time is up: looked at once a second.
     const expiry = setInterval(() => this.#pool.states(), 1000);
     this.#defer(() => clearInterval(expiry));
-    this.#stats.upstreams = () => mergeUpstreams(this.#pool.snapshot(), this.#planes);
+    this.#stats.upstreams = () => this.#upstreamRows();
     this.#stats.workers = () => this.#planes?.breakdown(systemClock()) ?? [];
     if (config.configPath !== null) {
       this.#own.configGeneration = 1;
@@ -681,7 +687,8 @@ class Supervisor {
       }
       refuse(`--takeover: ${error.message}; nothing changed for the running proxy`, 1);
     }
-    this.#carried = statsOf(this.#takeover.first);
+    this.#carried = statsOf(this.#takeover.first.state);
+    this.#carriedUpstreams = this.#takeover.first.upstreams;
     this.#logger.info(
       "Taking over from the proxy holding {pidFile}: {messages} messages so far carry over",
       {
@@ -700,6 +707,7 @@ class Supervisor {
     this.#takeover!.cancel();
     this.#takeover = undefined;
     this.#carried = undefined;
+    this.#carriedUpstreams = {};
     this.#carriedFresh.resolve();
     this.#logger.info("Stopped before serving: no takeover, the running proxy serves on");
   }
@@ -730,8 +738,9 @@ class Supervisor {
       const timer = setTimeout(() => fresh.resolve(), CARRIED_WAIT_MS);
       // Any update after go: it took the go (it sends them once its admin ports are closed).
       let heard = false;
-      const ended = await takeover.go((state) => {
-        this.#carried = statsOf(state);
+      const ended = await takeover.go((carried) => {
+        this.#carried = statsOf(carried.state);
+        this.#carriedUpstreams = carried.upstreams;
         heard = true;
         fresh.resolve();
       });
@@ -838,9 +847,16 @@ class Supervisor {
         capture: async () => {
           await this.#planes?.flushAll();
           this.#stats.refresh();
-          return serializeRecoveryState(
+          const state = serializeRecoveryState(
             captureRecoveryState(this.#stats, { latency: this.#stats.latency }),
           );
+          const upstreams: CarriedUpstreams = {};
+          for (const row of this.#upstreamRows()) {
+            const totals = {} as UpstreamTotals;
+            for (const field of UPSTREAM_TOTALS) totals[field] = row[field];
+            upstreams[row.name] = totals;
+          }
+          return { state, upstreams };
         },
         // A drain begun for a signal decided already not to hand over (#drain): too late.
         stopping: () => this.#stopping && this.#handingOverTo === undefined,
@@ -875,6 +891,22 @@ class Supervisor {
       return;
     }
     this.#defer(() => listener.close());
+  }
+
+  /**
+   * The per-upstream rows: the pool's states with the planes' counts, plus, after a takeover,
+   * the totals the proxy taken over counted for an upstream of the same name (one this proxy does
+   * not forward to is not shown, as after a reload that removes it).
+   */
+  #upstreamRows(): UpstreamSnapshot[] {
+    const rows = mergeUpstreams(this.#pool.snapshot(), this.#planes);
+    const carried = this.#carriedUpstreams;
+    for (const row of rows) {
+      const theirs = Object.hasOwn(carried, row.name) ? carried[row.name] : undefined;
+      if (theirs === undefined) continue;
+      for (const field of UPSTREAM_TOTALS) row[field] += theirs[field];
+    }
+    return rows;
   }
 
   #makePlanes(layout: PlaneLayout): DataPlanes {
@@ -996,7 +1028,7 @@ class Supervisor {
           get detail() {
             return pool.detail;
           },
-          snapshot: () => mergeUpstreams(pool.snapshot(), planes),
+          snapshot: () => this.#upstreamRows(),
           drain: (name: string) => pool.drain(name),
           enable: (name: string) => pool.enable(name),
         },
