@@ -35,6 +35,7 @@ import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.
 import { PidFile, PidFileError } from "./pid_file.ts";
 import { mergeUpstreams, type PlaneLayout, planeLayout } from "./plane_layout.ts";
 import type { UpstreamSnapshot } from "../proxy/upstream_pool.ts";
+import { dirname } from "node:path";
 import {
   checkUpstreamTls,
   parseProxyConfig,
@@ -273,6 +274,19 @@ class Supervisor {
       }
     }
     const config = this.#config;
+    // Opened by a start, not now: only looked at (a check writes nothing there).
+    const files = [
+      { path: config.pidFile, what: "pid file", flag: "--pid-file" },
+      {
+        path: config.accessLog === "off" ? null : config.accessLogFile,
+        what: "access log",
+        flag: "--access-log-file",
+      },
+    ];
+    for (const { path, what, flag } of files) {
+      const problem = path === null ? undefined : await placeProblem(path);
+      if (problem !== undefined) refuse(`Cannot open ${what} "${path}" (${flag}): ${problem}`);
+    }
     const upstreams = config.upstreams.length;
     const line = `foo-proxy: the configuration is valid: listen ${
       formatAddress(config.listen)
@@ -1352,6 +1366,26 @@ function directoryProblem(path: string): string | undefined {
     }
   } catch {
     // Missing (it is created) or not visible: nothing to say yet.
+  }
+  return undefined;
+}
+
+/**
+ * Why a file cannot be opened at `path`, as far as a look shows without opening it: its directory
+ * missing or not one, or the path a directory; `undefined` when fine or not visible (the
+ * permission check speaks then).
+ */
+async function placeProblem(path: string): Promise<string | undefined> {
+  const dir = dirname(path);
+  try {
+    if (!(await Deno.stat(dir)).isDirectory) return `"${dir}" is not a directory`;
+  } catch (error) {
+    return error instanceof Deno.errors.NotFound ? `directory "${dir}" does not exist` : undefined;
+  }
+  try {
+    if ((await Deno.stat(path)).isDirectory) return "it is a directory";
+  } catch {
+    // Missing (created by the start) or not visible.
   }
   return undefined;
 }
