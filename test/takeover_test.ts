@@ -621,7 +621,7 @@ async function counterSeries(port: number): Promise<Map<string, number>> {
   return series;
 }
 
-Deno.test("/metrics across a --takeover: no counter series goes back, per-upstream ones included (the old proxy without --recovery-path, the new one with it)", async () => {
+Deno.test("/metrics across a --takeover: no counter series goes back, per-upstream ones included; the new proxy's --recovery-path (the old one had none) holding garbage is moved aside, not overwritten", async () => {
   await using upstream = await startUpstream();
   const s = await setup(upstream.addr.port);
   const oldArgs = s.args.filter((arg) => !arg.startsWith("--recovery-path="));
@@ -630,6 +630,7 @@ Deno.test("/metrics across a --takeover: no counter series goes back, per-upstre
     await waitPid(s.pidFile, old.pid);
     await exchange(s.port, 25);
     const before = await counterSeries(s.http);
+    await Deno.writeTextFile(s.recovery, "not a recovery file, not the old proxy's either");
     assert.equal(
       before.get(`foo_proxy_upstream_requests_total{upstream="127.0.0.1:${upstream.addr.port}"}`),
       25,
@@ -641,6 +642,18 @@ Deno.test("/metrics across a --takeover: no counter series goes back, per-upstre
     const back = [...before].filter(([name, n]) => (after.get(name) ?? 0) < n)
       .map(([name, n]) => `${name}: ${n} then ${after.get(name)}`);
     assert.deepEqual(back, [], "counter series that went back");
+    assert.match(
+      next.stderr.text,
+      /moved it to .*stats\.json\.corrupt-\S+ and keeping the totals taken over/,
+    );
+    const aside = [...Deno.readDirSync(s.dir)].filter((e) =>
+      e.name.startsWith("stats.json.corrupt-")
+    );
+    assert.equal(aside.length, 1);
+    assert.equal(
+      await Deno.readTextFile(`${s.dir}/${aside[0].name}`),
+      "not a recovery file, not the old proxy's either",
+    );
     await exchange(s.port, 5);
     const rows =
       (await stats(s.http) as unknown as { upstreams: { requests: number }[] }).upstreams;

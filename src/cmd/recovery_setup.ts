@@ -61,8 +61,14 @@ export async function setupRecovery(
       path,
     });
   }
-  const loaded = options.restore === false ? undefined : await loadRecoveryFile(path, { logger });
-  if (loaded?.state) {
+  // Read even when not restored (a takeover): a bad file is moved aside, never overwritten.
+  const restore = options.restore !== false;
+  const loaded = await loadRecoveryFile(path, {
+    logger,
+    instead: restore ? undefined : "keeping the totals taken over",
+  });
+  // Not restored: the totals came from the proxy taken over (what it saved here is in them).
+  if (restore && loaded.state) {
     const result = restoreRecoveryState(stats, loaded.state, { latency: stats.latency });
     logger.info(
       "Restored statistics from {path}: {messages} messages, saved {downtime} s ago ({windows})",
@@ -81,7 +87,7 @@ export async function setupRecovery(
         { path, reasons: result.ignoredReasons.map((r) => JSON.stringify(r)).join(", ") },
       );
     }
-  } else if (loaded !== undefined && !loaded.movedTo) {
+  } else if (restore && !loaded.movedTo) {
     logger.info("No recovery file at {path} yet: starting from zero", { path });
   }
   return new RecoveryPersister(path, {
