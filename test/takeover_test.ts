@@ -666,3 +666,35 @@ Deno.test("/metrics across a --takeover: no counter series goes back, per-upstre
     await Deno.remove(s.dir, { recursive: true });
   }
 });
+
+Deno.test("--check with --takeover and the running proxy's flags: exit 0, and the running proxy hears nothing (no request on its socket, no file touched)", async () => {
+  await using upstream = await startUpstream();
+  const s = await setup(upstream.addr.port);
+  try {
+    await using old = spawnMain(s.args, { permissions: s.permissions });
+    await waitPid(s.pidFile, old.pid);
+    await exchange(s.port, 3);
+    const names = async () =>
+      (await Array.fromAsync(Deno.readDir(s.dir))).map((e) => e.name).sort();
+    const files = await names();
+    const pidText = await Deno.readTextFile(s.pidFile);
+    await using check = spawnMain([...s.args, "--takeover", "--check"], {
+      permissions: s.permissions,
+    });
+    assert.equal((await check.status()).code, 0, check.stderr.text);
+    assert.match(
+      check.stdout.text,
+      /^foo-proxy: the configuration is valid: listen 127\.0\.0\.1:\d+/,
+    );
+    assert.deepEqual(await names(), files);
+    assert.equal(await Deno.readTextFile(s.pidFile), pidText);
+    const now = await stats(s.http);
+    assert.equal(now.takeover_failures, 0);
+    assert.equal(now.msg_req, 3);
+    assert.doesNotMatch(old.stderr.text, /Takeover request|Taken over/);
+    await exchange(s.port, 2); // it serves on, alone
+    assert.equal((await stats(s.http)).msg_req, 5);
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});
