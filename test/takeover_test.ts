@@ -445,6 +445,22 @@ Deno.test("a --takeover whose go the running proxy does not take (it gave up wai
   }
 });
 
+/**
+ * A `--takeover` held after its request, before it serves: its access log is a FIFO, opened after
+ * the request and its signals, before its planes start. Opening `fifo` to read lets it go on.
+ */
+async function heldTakeover(s: Setup) {
+  const fifo = `${s.dir}/access.fifo`;
+  assert.equal((await new Deno.Command("mkfifo", { args: [fifo] }).output()).code, 0);
+  const next = spawnMain([
+    ...s.args,
+    "--takeover",
+    "--access-log=text",
+    `--access-log-file=${fifo}`,
+  ], { permissions: s.permissions });
+  return { next, fifo };
+}
+
 Deno.test("a --takeover stopped (SIGTERM) before it serves abandons the takeover: the running proxy serves on", async () => {
   await using upstream = await startUpstream();
   const s = await setup(upstream.addr.port);
@@ -452,15 +468,8 @@ Deno.test("a --takeover stopped (SIGTERM) before it serves abandons the takeover
     await using old = spawnMain(s.args, { permissions: s.permissions });
     await waitPid(s.pidFile, old.pid);
     await exchange(s.port, 3);
-    // Its access log a FIFO: opened after its signals are installed, before its planes start.
-    const fifo = `${s.dir}/access.fifo`;
-    assert.equal((await new Deno.Command("mkfifo", { args: [fifo] }).output()).code, 0);
-    await using next = spawnMain([
-      ...s.args,
-      "--takeover",
-      "--access-log=text",
-      `--access-log-file=${fifo}`,
-    ], { permissions: s.permissions });
+    const { next, fifo } = await heldTakeover(s);
+    await using _next = next;
     using _log = await Deno.open(fifo, { read: true });
     next.kill("SIGTERM");
     assert.equal((await next.status(30_000)).code, 0, next.stderr.text);
@@ -694,6 +703,41 @@ Deno.test("--check with --takeover and the running proxy's flags: exit 0, and th
     assert.doesNotMatch(old.stderr.text, /Takeover request|Taken over/);
     await exchange(s.port, 2); // it serves on, alone
     assert.equal((await stats(s.http)).msg_req, 5);
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});
+
+Deno.test("a go answered with stopping (a SIGTERM came after the request): once the old proxy has exited, its final save in the shared --recovery-path makes the totals exact", async () => {
+  await using upstream = await startUpstream();
+  const s = await setup(upstream.addr.port);
+  try {
+    await using old = spawnMain(s.args, { permissions: s.permissions });
+    await waitPid(s.pidFile, old.pid);
+    const stays = await stayingClient(s.port); // 4 REQs
+    const { next, fifo } = await heldTakeover(s);
+    await using _next = next;
+    await next.stderr.waitFor(/Taking over from the proxy holding .*: 8 messages so far/, 30_000);
+    const reader = lineReader(stays);
+    await writeAll(stays, requests(5, 7)); // counted by the old proxy after the request
+    assert.equal((await reader.readLines(3, 5000)).length, 3);
+    old.kill("SIGTERM");
+    await old.stderr.waitFor(/Got SIGTERM: shutting down gracefully/);
+    using _log = await Deno.open(fifo, { read: true });
+    await next.stderr.waitFor(/began to shut down \(a signal\) before the go/, 30_000);
+    await writeAll(stays, requests(8, 9)); // and while it drains on its own
+    assert.equal((await reader.readLines(2, 5000)).length, 2);
+    stays.close();
+    assert.equal((await old.status(30_000)).code, 0, old.stderr.text);
+    await next.stderr.waitFor(/Took over: this proxy/, 30_000);
+    await exchange(s.port, 1);
+    const total = await stats(s.http);
+    assert.equal(total.msg_req, 10, "the old proxy's 9 REQs and the new one's 1");
+    assert.equal(total.msg_ack + total.msg_nak, 10);
+    next.kill("SIGTERM");
+    assert.equal((await next.status(20_000)).code, 0, next.stderr.text);
+    const saved = JSON.parse(await Deno.readTextFile(s.recovery));
+    assert.equal(saved.totals.msg_req, 10, "the recovery file never goes back");
   } finally {
     await Deno.remove(s.dir, { recursive: true });
   }

@@ -14,6 +14,7 @@ import {
 } from "../proxy/recovery_file.ts";
 import {
   captureRecoveryState,
+  type RecoveryState,
   restoreRecoveryState,
   serializeRecoveryState,
 } from "../stats/recovery.ts";
@@ -38,6 +39,8 @@ export interface RecoverySetupOptions {
    * its totals came over its takeover socket already. @default {true}
    */
   restore?: boolean;
+  /** Not restoring: hears the state the file holds (`undefined`: none, or a bad file). */
+  found?: (state: RecoveryState | undefined) => void;
 }
 
 /**
@@ -68,6 +71,7 @@ export async function setupRecovery(
     instead: restore ? undefined : "keeping the totals taken over",
   });
   // Not restored: the totals came from the proxy taken over (what it saved here is in them).
+  if (!restore) options.found?.(loaded.state);
   if (restore && loaded.state) {
     const result = restoreRecoveryState(stats, loaded.state, { latency: stats.latency });
     logger.info(

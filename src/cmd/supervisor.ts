@@ -35,7 +35,7 @@ import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.
 import { PidFile, PidFileError } from "./pid_file.ts";
 import { mergeUpstreams, type PlaneLayout, planeLayout } from "./plane_layout.ts";
 import type { UpstreamSnapshot } from "../proxy/upstream_pool.ts";
-import { dirname } from "node:path";
+import { dirname, resolve } from "node:path";
 import {
   checkUpstreamTls,
   parseProxyConfig,
@@ -176,6 +176,8 @@ class Supervisor {
   #takeover: Takeover | undefined;
   /** `--takeover`: the totals of the proxy taken over, as last heard (they count as ours). */
   #carried: Stats | undefined;
+  /** `--takeover`: when the proxy taken over captured {@linkcode #carried} (its clock, ms). */
+  #carriedAt = 0;
   /** `--takeover`: its per-upstream totals, as last heard (added to the rows of the same name). */
   #carriedUpstreams: CarriedUpstreams = {};
   /** `--takeover`: the old proxy's drain, then its pid file, socket and recovery file taken. */
@@ -426,11 +428,16 @@ class Supervisor {
     }
   }
 
-  #setupRecovery(path: string, restore: boolean): Promise<RecoveryPersister> {
+  #setupRecovery(
+    path: string,
+    restore: boolean,
+    found?: (state: RecoveryState | undefined) => void,
+  ): Promise<RecoveryPersister> {
     return setupRecovery(path, {
       stats: this.#base,
       logger: this.#logger,
       restore,
+      found,
       persisted: () => {
         this.#stats.refresh();
         return this.#stats;
@@ -702,6 +709,7 @@ class Supervisor {
       refuse(`--takeover: ${error.message}; nothing changed for the running proxy`, 1);
     }
     this.#carried = statsOf(this.#takeover.first.state);
+    this.#carriedAt = this.#takeover.first.state.saved_at;
     this.#carriedUpstreams = this.#takeover.first.upstreams;
     this.#logger.info(
       "Taking over from the proxy holding {pidFile}: {messages} messages so far carry over",
@@ -754,6 +762,7 @@ class Supervisor {
       let heard = false;
       const ended = await takeover.go((carried) => {
         this.#carried = statsOf(carried.state);
+        this.#carriedAt = carried.state.saved_at;
         this.#carriedUpstreams = carried.upstreams;
         heard = true;
         fresh.resolve();
@@ -812,7 +821,31 @@ class Supervisor {
       await pidFile.write();
       if (config.recoveryPath !== null && !this.#stopping) {
         try {
-          this.#persister = await this.#setupRecovery(config.recoveryPath, false);
+          // Its final totals not heard (it was stopping, or went away), the file it shared with
+          // this proxy may hold newer ones: its last save, counted instead of what it sent.
+          let saved: RecoveryState | undefined;
+          const shared = takeover.recovery !== undefined &&
+            takeover.recovery === resolve(config.recoveryPath);
+          this.#persister = await this.#setupRecovery(
+            config.recoveryPath,
+            false,
+            (state) => saved = state,
+          );
+          if (!complete && shared && saved !== undefined && saved.saved_at > this.#carriedAt) {
+            const counted = this.#carried?.counts;
+            this.#carried = statsOf(saved);
+            this.#carriedAt = saved.saved_at;
+            const messages = (c: Stats["counts"] | undefined) =>
+              c === undefined ? 0 : c.msg_req + c.msg_ack + c.msg_nak;
+            logger.info(
+              "The proxy taken over saved newer totals in {path} than it sent: {messages} messages counted instead of {sent}",
+              {
+                path: config.recoveryPath,
+                messages: messages(this.#carried.counts),
+                sent: messages(counted),
+              },
+            );
+          }
           const persister = this.#persister;
           this.#defer(() => persister.close());
           persister.start();
@@ -858,6 +891,8 @@ class Supervisor {
       listener = await TakeoverListener.listen(path, {
         listen: () =>
           formatAddress({ hostname: this.#config.listen.hostname, port: this.#planes!.port }),
+        recovery: () =>
+          this.#config.recoveryPath === null ? undefined : resolve(this.#config.recoveryPath),
         capture: async () => {
           await this.#planes?.flushAll();
           this.#stats.refresh();

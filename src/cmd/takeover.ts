@@ -76,7 +76,14 @@ export class TakeoverError extends Error {
 type Message =
   | { t: "takeover"; pid: number }
   | { t: "go" }
-  | { t: "stats"; final: boolean; state: string; listen?: string; upstreams?: CarriedUpstreams }
+  | {
+    t: "stats";
+    final: boolean;
+    state: string;
+    listen?: string;
+    recovery?: string;
+    upstreams?: CarriedUpstreams;
+  }
   | { t: "busy" }
   | { t: "stopping" };
 
@@ -137,8 +144,9 @@ function parseMessage(line: string): Message {
     case "stats":
       if (typeof m.final === "boolean" && typeof m.state === "string") {
         const listen = typeof m.listen === "string" ? { listen: m.listen } : {};
+        const recovery = typeof m.recovery === "string" ? { recovery: m.recovery } : {};
         const upstreams = parseUpstreams(m.upstreams);
-        return { t: "stats", final: m.final, state: m.state, ...listen, upstreams };
+        return { t: "stats", final: m.final, state: m.state, ...listen, ...recovery, upstreams };
       }
       break;
   }
@@ -203,6 +211,8 @@ export interface TakeoverHooks {
   capture: () => Promise<{ state: string; upstreams: CarriedUpstreams }>;
   /** Where its clients connect (`host:port`), told to the new proxy with the first totals. */
   listen: () => string;
+  /** Its `--recovery-path`, absolute (told with the first totals); unset: it has none. */
+  recovery?: () => string | undefined;
   /**
    * The new proxy said `go` (its pid given): stop accepting and drain. `stopped` resolves once
    * this proxy no longer answers for its statistics (its admin ports closed: updates sent from
@@ -361,7 +371,14 @@ export class TakeoverListener {
       this.#busy = true;
       pid = first.value.pid;
       const captured = await hooks.capture();
-      await send(conn, { t: "stats", final: false, ...captured, listen: hooks.listen() });
+      const recovery = hooks.recovery?.();
+      await send(conn, {
+        t: "stats",
+        final: false,
+        ...captured,
+        listen: hooks.listen(),
+        ...(recovery === undefined ? {} : { recovery }),
+      });
       const go = await within(incoming.next(), STEP_TIMEOUT_MS, "waiting for go");
       if (go.done) {
         throw new TakeoverError("the new proxy went away before it took over; serving on");
@@ -416,6 +433,8 @@ export interface Takeover {
   first: Carried;
   /** Where the old proxy's clients connect (`host:port`); unset: it did not say. */
   listen?: string;
+  /** The old proxy's `--recovery-path`, absolute; unset: it has none (or did not say). */
+  recovery?: string;
   /**
    * Commits: the old proxy stops accepting and drains. `onStats` hears each later update (the
    * first once the old proxy no longer answers for its statistics); the promise resolves when the
@@ -456,6 +475,7 @@ export async function requestTakeover(path: string, pid = Deno.pid): Promise<Tak
   };
   let first: Carried;
   let listen: string | undefined;
+  let recovery: string | undefined;
   try {
     await send(conn, { t: "takeover", pid });
     const answer = await next("asking the running proxy for its statistics");
@@ -471,6 +491,7 @@ export async function requestTakeover(path: string, pid = Deno.pid): Promise<Tak
     if (answer.t !== "stats") throw new TakeoverError(`unexpected answer "${answer.t}"`);
     first = { state: parseState(answer.state), upstreams: answer.upstreams ?? {} };
     listen = answer.listen;
+    recovery = answer.recovery;
   } catch (error) {
     close();
     throw error instanceof TakeoverError ? error : new TakeoverError(describe(error), {
@@ -480,6 +501,7 @@ export async function requestTakeover(path: string, pid = Deno.pid): Promise<Tak
   return {
     first,
     listen,
+    recovery,
     cancel: close,
     go: async (onStats) => {
       try {
