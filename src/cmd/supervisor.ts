@@ -57,6 +57,7 @@ import {
 } from "../stats/recovery.ts";
 import {
   type CarriedUpstreams,
+  carriedUpstreams,
   requestTakeover,
   type Takeover,
   TakeoverError,
@@ -179,7 +180,7 @@ class Supervisor {
   /** `--takeover`: when the proxy taken over captured {@linkcode #carried} (its clock, ms). */
   #carriedAt = 0;
   /** `--takeover`: its per-upstream totals, as last heard (added to the rows of the same name). */
-  #carriedUpstreams: CarriedUpstreams = {};
+  #carriedUpstreams: CarriedUpstreams = carriedUpstreams();
   /** `--takeover`: the old proxy's drain, then its pid file, socket and recovery file taken. */
   #takingOver: Promise<void> | undefined;
   /** `--takeover`: stops following the old proxy (this one stops before it has drained). */
@@ -729,7 +730,7 @@ class Supervisor {
     this.#takeover!.cancel();
     this.#takeover = undefined;
     this.#carried = undefined;
-    this.#carriedUpstreams = {};
+    this.#carriedUpstreams = carriedUpstreams();
     this.#carriedFresh.resolve();
     this.#logger.info("Stopped before serving: no takeover, the running proxy serves on");
   }
@@ -899,7 +900,7 @@ class Supervisor {
           const state = serializeRecoveryState(
             captureRecoveryState(this.#stats, { latency: this.#stats.latency }),
           );
-          const upstreams: CarriedUpstreams = {};
+          const upstreams = carriedUpstreams();
           for (const row of this.#upstreamRows()) {
             const totals = {} as UpstreamTotals;
             for (const field of UPSTREAM_TOTALS) totals[field] = row[field];

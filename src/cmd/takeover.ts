@@ -50,6 +50,11 @@ export type UpstreamTotals = Record<typeof UPSTREAM_TOTALS[number], number>;
 /** Each upstream's counters by its configured name. */
 export type CarriedUpstreams = Record<string, UpstreamTotals>;
 
+/** An empty {@linkcode CarriedUpstreams}: no prototype, so any upstream name is a plain key. */
+export function carriedUpstreams(): CarriedUpstreams {
+  return Object.create(null);
+}
+
 /** A proxy's statistics as sent over the socket. */
 export interface Carried {
   /** The recovery file's state: counters, close reasons, windows, histogram. */
@@ -155,7 +160,7 @@ function parseMessage(line: string): Message {
 
 /** The per-upstream totals sent, checked: anything but a non-negative integer counter is refused. */
 function parseUpstreams(value: unknown): CarriedUpstreams {
-  const out: CarriedUpstreams = {};
+  const out = carriedUpstreams();
   if (value === undefined) return out; // a proxy that sends none
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     throw new TakeoverError("the peer sent per-upstream totals that are not an object");
@@ -489,7 +494,7 @@ export async function requestTakeover(path: string, pid = Deno.pid): Promise<Tak
       );
     }
     if (answer.t !== "stats") throw new TakeoverError(`unexpected answer "${answer.t}"`);
-    first = { state: parseState(answer.state), upstreams: answer.upstreams ?? {} };
+    first = { state: parseState(answer.state), upstreams: answer.upstreams ?? carriedUpstreams() };
     listen = answer.listen;
     recovery = answer.recovery;
   } catch (error) {
@@ -510,7 +515,10 @@ export async function requestTakeover(path: string, pid = Deno.pid): Promise<Tak
         for await (const message of incoming) {
           if (message.t === "stopping") return "stopping";
           if (message.t !== "stats") continue;
-          onStats({ state: parseState(message.state), upstreams: message.upstreams ?? {} });
+          onStats({
+            state: parseState(message.state),
+            upstreams: message.upstreams ?? carriedUpstreams(),
+          });
           if (message.final) return "final";
         }
         return "gone";
