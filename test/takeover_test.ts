@@ -331,6 +331,17 @@ Deno.test("the takeover socket: garbage, a request abandoned before go and a sec
     assert.equal(answer.t, "stats");
     assert.equal(answer.final, false);
     assert.equal(JSON.parse(answer.state).totals.msg_req, 7, "its totals, as the recovery file");
+    assert.deepEqual(answer.upstreams, {
+      [`127.0.0.1:${upstream.addr.port}`]: {
+        connections_total: 1,
+        requests: 7,
+        replies: 7,
+        connect_failures: 0,
+        stream_errors: 0,
+        ejections: 0,
+      },
+    }, "its per-upstream totals, which the recovery file does not keep");
+    assert.equal(answer.recovery, s.recovery, "its recovery path");
     // A second request while that one waits for its go: refused as busy.
     assert.deepEqual(
       JSON.parse((await askSocket(socket, `{"t":"takeover","pid":4343}\n`)).line ?? "null"),
@@ -415,26 +426,43 @@ Deno.test("the proxy taken over dies while it drains: the new one keeps its last
   }
 });
 
+/**
+ * The running proxy, played here: it holds the pid file (serving on) and listens on its socket.
+ * `answer` takes one request, answers it with empty totals and `extra` fields, then hands the
+ * rest of the connection to `then`.
+ */
+async function playedOld(s: Setup) {
+  await Deno.writeTextFile(s.pidFile, `${Deno.pid}\n`);
+  const held = await Deno.open(s.pidFile, { write: true });
+  await held.lock(true);
+  const socket = Deno.listen({ transport: "unix", path: `${s.pidFile}.sock` });
+  const state = serializeRecoveryState(
+    captureRecoveryState(new Stats({ clock: systemClock }), {}),
+  );
+  return {
+    async answer(extra: object, then: (reader: ReturnType<typeof lineReader>) => Promise<void>) {
+      using conn = await socket.accept();
+      const reader = lineReader(conn);
+      assert.equal(JSON.parse((await reader.readLine(30_000)) ?? "null").t, "takeover");
+      await writeAll(conn, JSON.stringify({ t: "stats", final: false, state, ...extra }) + "\n");
+      await then(reader);
+    },
+    [Symbol.dispose]() {
+      socket.close();
+      held.close();
+    },
+  };
+}
+
 Deno.test("a --takeover whose go the running proxy does not take (it gave up waiting) stops with exit 1 instead of serving beside it", async () => {
   await using upstream = await startUpstream();
   const s = await setup(upstream.addr.port);
   try {
-    // The running proxy, played here: it holds the pid file and answers on the socket, but
-    // closes on go, as it does once its wait for go is over. It serves on, pid file held.
-    await Deno.writeTextFile(s.pidFile, `${Deno.pid}\n`);
-    using held = await Deno.open(s.pidFile, { write: true });
-    await held.lock(true);
-    using socket = Deno.listen({ transport: "unix", path: `${s.pidFile}.sock` });
-    const state = serializeRecoveryState(
-      captureRecoveryState(new Stats({ clock: systemClock }), {}),
-    );
-    const played = (async () => {
-      using conn = await socket.accept();
-      const reader = lineReader(conn);
-      assert.equal(JSON.parse((await reader.readLine(30_000)) ?? "null").t, "takeover");
-      await writeAll(conn, JSON.stringify({ t: "stats", final: false, state }) + "\n");
+    // It answers on the socket, but closes on go, as it does once its wait for go is over.
+    using old = await playedOld(s);
+    const played = old.answer({}, async (reader) => {
       assert.deepEqual(JSON.parse((await reader.readLine(30_000)) ?? "null"), { t: "go" });
-    })();
+    });
     await using next = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
     await played;
     assert.equal((await next.status(20_000)).code, 1, next.stderr.text);
@@ -738,6 +766,24 @@ Deno.test("a go answered with stopping (a SIGTERM came after the request): once 
     assert.equal((await next.status(20_000)).code, 0, next.stderr.text);
     const saved = JSON.parse(await Deno.readTextFile(s.recovery));
     assert.equal(saved.totals.msg_req, 10, "the recovery file never goes back");
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});
+
+Deno.test("a --takeover answered with per-upstream totals that are not counters exits 1 and changes nothing", async () => {
+  await using upstream = await startUpstream();
+  const s = await setup(upstream.addr.port);
+  try {
+    using old = await playedOld(s);
+    const played = old.answer({ upstreams: { a: { requests: -1 } } }, async (reader) => {
+      assert.equal(await reader.readLine(30_000), null, "closed without a go");
+    });
+    await using next = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
+    await played;
+    assert.equal((await next.status(20_000)).code, 1, next.stderr.text);
+    assert.match(next.stderr.text, /a bad requests for upstream "a"; nothing changed/);
+    assert.equal(await pidIn(s.pidFile), String(Deno.pid), "the pid file is the running one's");
   } finally {
     await Deno.remove(s.dir, { recursive: true });
   }
