@@ -331,3 +331,51 @@ Deno.test("proxy --check: a valid configuration is one line and exit 0 without b
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("proxy --check looks at the pid file's and the access log's places without opening them: a missing directory exits 2 as a start would, and a valid check leaves nothing behind", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "foo-proxy-check-" });
+  try {
+    const permissions = [
+      "--allow-net",
+      "--allow-env=FOO_PROXY_*",
+      `--allow-read=${dir}`,
+      `--allow-write=${dir}`,
+    ];
+    const base = ["proxy", "--check", "--listen=127.0.0.1:0", "--forward=127.0.0.1:9"];
+    const refused: [string[], RegExp][] = [
+      [
+        [`--pid-file=${dir}/none/foo-proxy.pid`],
+        /pid file .* \(--pid-file\): directory ".*\/none" does not exist/,
+      ],
+      [
+        ["--access-log=text", `--access-log-file=${dir}/none/access.log`],
+        /access log .* \(--access-log-file\): directory ".*\/none" does not exist/,
+      ],
+      [
+        ["--access-log=text", `--access-log-file=${dir}/logs`],
+        /access log .* \(--access-log-file\): it is a directory/,
+      ],
+      [[`--recovery-path=${dir}/none/stats.json`], /directory ".*\/none" does not exist/],
+    ];
+    await Deno.mkdir(`${dir}/logs`);
+    for (const [flags, reason] of refused) {
+      await using child = spawnMain([...base, ...flags], { permissions });
+      assert.equal((await child.status()).code, 2, flags.join(" "));
+      assert.match(child.stderr.text, reason);
+      assert.equal(child.stdout.text, "");
+    }
+    await Deno.remove(`${dir}/logs`);
+    await using ok = spawnMain([
+      ...base,
+      `--pid-file=${dir}/foo-proxy.pid`,
+      "--access-log=text",
+      `--access-log-file=${dir}/access.log`,
+      `--recovery-path=${dir}/stats.json`,
+    ], { permissions });
+    assert.equal((await ok.status()).code, 0, ok.stderr.text);
+    // No pid file, lock, socket, log or recovery file (its probe is removed at once).
+    assert.deepEqual(await Array.fromAsync(Deno.readDir(dir)), []);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

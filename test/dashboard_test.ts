@@ -325,3 +325,22 @@ Deno.test("a tick timer that fires a little early does not bring the next tick m
     t.events.stop();
   }
 });
+
+Deno.test("a GET /events stream opens after beforeRead, as /stats is read: its first event is never older (a takeover's carried totals)", async () => {
+  const { stats, events } = setup();
+  stats.counts.msg_req = 10; // as the proxy taken over answered, before its newest totals came
+  const ready = Promise.withResolvers<void>();
+  const app = createStatsApp({ stats, events, beforeRead: () => ready.promise });
+  const pending = app.request("/events");
+  stats.counts.msg_req = 15; // its newest totals, then the wait is over
+  ready.resolve();
+  const res = await pending;
+  assert.equal(res.status, 200);
+  const reader = res.body!.getReader();
+  try {
+    assert.equal(JSON.parse((await readEvent(reader)).data).msg_req, 15);
+  } finally {
+    await reader.cancel();
+    events.stop();
+  }
+});

@@ -331,6 +331,17 @@ Deno.test("the takeover socket: garbage, a request abandoned before go and a sec
     assert.equal(answer.t, "stats");
     assert.equal(answer.final, false);
     assert.equal(JSON.parse(answer.state).totals.msg_req, 7, "its totals, as the recovery file");
+    assert.deepEqual(answer.upstreams, {
+      [`127.0.0.1:${upstream.addr.port}`]: {
+        connections_total: 1,
+        requests: 7,
+        replies: 7,
+        connect_failures: 0,
+        stream_errors: 0,
+        ejections: 0,
+      },
+    }, "its per-upstream totals, which the recovery file does not keep");
+    assert.equal(answer.recovery, s.recovery, "its recovery path");
     // A second request while that one waits for its go: refused as busy.
     assert.deepEqual(
       JSON.parse((await askSocket(socket, `{"t":"takeover","pid":4343}\n`)).line ?? "null"),
@@ -415,26 +426,43 @@ Deno.test("the proxy taken over dies while it drains: the new one keeps its last
   }
 });
 
+/**
+ * The running proxy, played here: it holds the pid file (serving on) and listens on its socket.
+ * `answer` takes one request, answers it with empty totals and `extra` fields, then hands the
+ * rest of the connection to `then`.
+ */
+async function playedOld(s: Setup) {
+  await Deno.writeTextFile(s.pidFile, `${Deno.pid}\n`);
+  const held = await Deno.open(s.pidFile, { write: true });
+  await held.lock(true);
+  const socket = Deno.listen({ transport: "unix", path: `${s.pidFile}.sock` });
+  const state = serializeRecoveryState(
+    captureRecoveryState(new Stats({ clock: systemClock }), {}),
+  );
+  return {
+    async answer(extra: object, then: (reader: ReturnType<typeof lineReader>) => Promise<void>) {
+      using conn = await socket.accept();
+      const reader = lineReader(conn);
+      assert.equal(JSON.parse((await reader.readLine(30_000)) ?? "null").t, "takeover");
+      await writeAll(conn, JSON.stringify({ t: "stats", final: false, state, ...extra }) + "\n");
+      await then(reader);
+    },
+    [Symbol.dispose]() {
+      socket.close();
+      held.close();
+    },
+  };
+}
+
 Deno.test("a --takeover whose go the running proxy does not take (it gave up waiting) stops with exit 1 instead of serving beside it", async () => {
   await using upstream = await startUpstream();
   const s = await setup(upstream.addr.port);
   try {
-    // The running proxy, played here: it holds the pid file and answers on the socket, but
-    // closes on go, as it does once its wait for go is over. It serves on, pid file held.
-    await Deno.writeTextFile(s.pidFile, `${Deno.pid}\n`);
-    using held = await Deno.open(s.pidFile, { write: true });
-    await held.lock(true);
-    using socket = Deno.listen({ transport: "unix", path: `${s.pidFile}.sock` });
-    const state = serializeRecoveryState(
-      captureRecoveryState(new Stats({ clock: systemClock }), {}),
-    );
-    const played = (async () => {
-      using conn = await socket.accept();
-      const reader = lineReader(conn);
-      assert.equal(JSON.parse((await reader.readLine(30_000)) ?? "null").t, "takeover");
-      await writeAll(conn, JSON.stringify({ t: "stats", final: false, state }) + "\n");
+    // It answers on the socket, but closes on go, as it does once its wait for go is over.
+    using old = await playedOld(s);
+    const played = old.answer({}, async (reader) => {
       assert.deepEqual(JSON.parse((await reader.readLine(30_000)) ?? "null"), { t: "go" });
-    })();
+    });
     await using next = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
     await played;
     assert.equal((await next.status(20_000)).code, 1, next.stderr.text);
@@ -445,6 +473,22 @@ Deno.test("a --takeover whose go the running proxy does not take (it gave up wai
   }
 });
 
+/**
+ * A `--takeover` held after its request, before it serves: its access log is a FIFO, opened after
+ * the request and its signals, before its planes start. Opening `fifo` to read lets it go on.
+ */
+async function heldTakeover(s: Setup) {
+  const fifo = `${s.dir}/access.fifo`;
+  assert.equal((await new Deno.Command("mkfifo", { args: [fifo] }).output()).code, 0);
+  const next = spawnMain([
+    ...s.args,
+    "--takeover",
+    "--access-log=text",
+    `--access-log-file=${fifo}`,
+  ], { permissions: s.permissions });
+  return { next, fifo };
+}
+
 Deno.test("a --takeover stopped (SIGTERM) before it serves abandons the takeover: the running proxy serves on", async () => {
   await using upstream = await startUpstream();
   const s = await setup(upstream.addr.port);
@@ -452,15 +496,8 @@ Deno.test("a --takeover stopped (SIGTERM) before it serves abandons the takeover
     await using old = spawnMain(s.args, { permissions: s.permissions });
     await waitPid(s.pidFile, old.pid);
     await exchange(s.port, 3);
-    // Its access log a FIFO: opened after its signals are installed, before its planes start.
-    const fifo = `${s.dir}/access.fifo`;
-    assert.equal((await new Deno.Command("mkfifo", { args: [fifo] }).output()).code, 0);
-    await using next = spawnMain([
-      ...s.args,
-      "--takeover",
-      "--access-log=text",
-      `--access-log-file=${fifo}`,
-    ], { permissions: s.permissions });
+    const { next, fifo } = await heldTakeover(s);
+    await using _next = next;
     using _log = await Deno.open(fifo, { read: true });
     next.kill("SIGTERM");
     assert.equal((await next.status(30_000)).code, 0, next.stderr.text);
@@ -604,6 +641,149 @@ Deno.test("the takeover socket closes a ninth silent connection at once; a takeo
     );
     await next.stderr.waitFor(/Took over: this proxy/, 30_000);
     await exchange(elsewhere, 2);
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});
+
+/** Every counter sample of a `/metrics` scrape (`_total`, histogram buckets and counts), by series. */
+async function counterSeries(port: number): Promise<Map<string, number>> {
+  const response = await fetch(`http://127.0.0.1:${port}/metrics`);
+  assert.equal(response.status, 200);
+  const series = new Map<string, number>();
+  for (const line of (await response.text()).split("\n")) {
+    const match = line.match(/^(\S+(?:_total|_bucket|_count|_sum)(?:\{[^}]*\})?) (\S+)$/);
+    if (match) series.set(match[1], Number(match[2]));
+  }
+  return series;
+}
+
+Deno.test("/metrics across a --takeover: no counter series goes back, per-upstream ones included; the new proxy's --recovery-path (the old one had none) holding garbage is moved aside, not overwritten", async () => {
+  await using upstream = await startUpstream();
+  const s = await setup(upstream.addr.port);
+  const oldArgs = s.args.filter((arg) => !arg.startsWith("--recovery-path="));
+  try {
+    await using old = spawnMain(oldArgs, { permissions: s.permissions });
+    await waitPid(s.pidFile, old.pid);
+    await exchange(s.port, 25);
+    const before = await counterSeries(s.http);
+    await Deno.writeTextFile(s.recovery, "not a recovery file, not the old proxy's either");
+    assert.equal(
+      before.get(`foo_proxy_upstream_requests_total{upstream="127.0.0.1:${upstream.addr.port}"}`),
+      25,
+    );
+    await using next = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
+    await next.stderr.waitFor(/Took over: this proxy/, 30_000);
+    assert.equal((await old.status()).code, 0);
+    const after = await counterSeries(s.http);
+    const back = [...before].filter(([name, n]) => (after.get(name) ?? 0) < n)
+      .map(([name, n]) => `${name}: ${n} then ${after.get(name)}`);
+    assert.deepEqual(back, [], "counter series that went back");
+    assert.match(
+      next.stderr.text,
+      /moved it to .*stats\.json\.corrupt-\S+ and keeping the totals taken over/,
+    );
+    const aside = [...Deno.readDirSync(s.dir)].filter((e) =>
+      e.name.startsWith("stats.json.corrupt-")
+    );
+    assert.equal(aside.length, 1);
+    assert.equal(
+      await Deno.readTextFile(`${s.dir}/${aside[0].name}`),
+      "not a recovery file, not the old proxy's either",
+    );
+    await exchange(s.port, 5);
+    const rows =
+      (await stats(s.http) as unknown as { upstreams: { requests: number }[] }).upstreams;
+    assert.equal(rows[0].requests, 30, "the old proxy's 25 REQs and the new one's 5");
+    next.kill("SIGTERM");
+    assert.equal((await next.status(20_000)).code, 0, next.stderr.text);
+    const saved = JSON.parse(await Deno.readTextFile(s.recovery));
+    assert.equal(saved.totals.msg_req, 30, "the new proxy's recovery file holds both");
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});
+
+Deno.test("--check with --takeover and the running proxy's flags: exit 0, and the running proxy hears nothing (no request on its socket, no file touched)", async () => {
+  await using upstream = await startUpstream();
+  const s = await setup(upstream.addr.port);
+  try {
+    await using old = spawnMain(s.args, { permissions: s.permissions });
+    await waitPid(s.pidFile, old.pid);
+    await exchange(s.port, 3);
+    const names = async () =>
+      (await Array.fromAsync(Deno.readDir(s.dir))).map((e) => e.name).sort();
+    const files = await names();
+    const pidText = await Deno.readTextFile(s.pidFile);
+    await using check = spawnMain([...s.args, "--takeover", "--check"], {
+      permissions: s.permissions,
+    });
+    assert.equal((await check.status()).code, 0, check.stderr.text);
+    assert.match(
+      check.stdout.text,
+      /^foo-proxy: the configuration is valid: listen 127\.0\.0\.1:\d+/,
+    );
+    assert.deepEqual(await names(), files);
+    assert.equal(await Deno.readTextFile(s.pidFile), pidText);
+    const now = await stats(s.http);
+    assert.equal(now.takeover_failures, 0);
+    assert.equal(now.msg_req, 3);
+    assert.doesNotMatch(old.stderr.text, /Takeover request|Taken over/);
+    await exchange(s.port, 2); // it serves on, alone
+    assert.equal((await stats(s.http)).msg_req, 5);
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});
+
+Deno.test("a go answered with stopping (a SIGTERM came after the request): once the old proxy has exited, its final save in the shared --recovery-path makes the totals exact", async () => {
+  await using upstream = await startUpstream();
+  const s = await setup(upstream.addr.port);
+  try {
+    await using old = spawnMain(s.args, { permissions: s.permissions });
+    await waitPid(s.pidFile, old.pid);
+    const stays = await stayingClient(s.port); // 4 REQs
+    const { next, fifo } = await heldTakeover(s);
+    await using _next = next;
+    await next.stderr.waitFor(/Taking over from the proxy holding .*: 8 messages so far/, 30_000);
+    const reader = lineReader(stays);
+    await writeAll(stays, requests(5, 7)); // counted by the old proxy after the request
+    assert.equal((await reader.readLines(3, 5000)).length, 3);
+    old.kill("SIGTERM");
+    await old.stderr.waitFor(/Got SIGTERM: shutting down gracefully/);
+    using _log = await Deno.open(fifo, { read: true });
+    await next.stderr.waitFor(/began to shut down \(a signal\) before the go/, 30_000);
+    await writeAll(stays, requests(8, 9)); // and while it drains on its own
+    assert.equal((await reader.readLines(2, 5000)).length, 2);
+    stays.close();
+    assert.equal((await old.status(30_000)).code, 0, old.stderr.text);
+    await next.stderr.waitFor(/Took over: this proxy/, 30_000);
+    await exchange(s.port, 1);
+    const total = await stats(s.http);
+    assert.equal(total.msg_req, 10, "the old proxy's 9 REQs and the new one's 1");
+    assert.equal(total.msg_ack + total.msg_nak, 10);
+    next.kill("SIGTERM");
+    assert.equal((await next.status(20_000)).code, 0, next.stderr.text);
+    const saved = JSON.parse(await Deno.readTextFile(s.recovery));
+    assert.equal(saved.totals.msg_req, 10, "the recovery file never goes back");
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});
+
+Deno.test("a --takeover answered with per-upstream totals that are not counters exits 1 and changes nothing", async () => {
+  await using upstream = await startUpstream();
+  const s = await setup(upstream.addr.port);
+  try {
+    using old = await playedOld(s);
+    const played = old.answer({ upstreams: { a: { requests: -1 } } }, async (reader) => {
+      assert.equal(await reader.readLine(30_000), null, "closed without a go");
+    });
+    await using next = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
+    await played;
+    assert.equal((await next.status(20_000)).code, 1, next.stderr.text);
+    assert.match(next.stderr.text, /a bad requests for upstream "a"; nothing changed/);
+    assert.equal(await pidIn(s.pidFile), String(Deno.pid), "the pid file is the running one's");
   } finally {
     await Deno.remove(s.dir, { recursive: true });
   }

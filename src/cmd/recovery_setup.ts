@@ -14,6 +14,7 @@ import {
 } from "../proxy/recovery_file.ts";
 import {
   captureRecoveryState,
+  type RecoveryState,
   restoreRecoveryState,
   serializeRecoveryState,
 } from "../stats/recovery.ts";
@@ -38,6 +39,8 @@ export interface RecoverySetupOptions {
    * its totals came over its takeover socket already. @default {true}
    */
   restore?: boolean;
+  /** Not restoring: hears the state the file holds (`undefined`: none, or a bad file). */
+  found?: (state: RecoveryState | undefined) => void;
 }
 
 /**
@@ -61,8 +64,15 @@ export async function setupRecovery(
       path,
     });
   }
-  const loaded = options.restore === false ? undefined : await loadRecoveryFile(path, { logger });
-  if (loaded?.state) {
+  // Read even when not restored (a takeover): a bad file is moved aside, never overwritten.
+  const restore = options.restore !== false;
+  const loaded = await loadRecoveryFile(path, {
+    logger,
+    instead: restore ? undefined : "keeping the totals taken over",
+  });
+  // Not restored: the totals came from the proxy taken over (what it saved here is in them).
+  if (!restore) options.found?.(loaded.state);
+  if (restore && loaded.state) {
     const result = restoreRecoveryState(stats, loaded.state, { latency: stats.latency });
     logger.info(
       "Restored statistics from {path}: {messages} messages, saved {downtime} s ago ({windows})",
@@ -81,7 +91,7 @@ export async function setupRecovery(
         { path, reasons: result.ignoredReasons.map((r) => JSON.stringify(r)).join(", ") },
       );
     }
-  } else if (loaded !== undefined && !loaded.movedTo) {
+  } else if (restore && !loaded.movedTo) {
     logger.info("No recovery file at {path} yet: starting from zero", { path });
   }
   return new RecoveryPersister(path, {

@@ -34,6 +34,8 @@ import { HttpBindError, type Observability, startObservability } from "./observa
 import { type CommandContext, writeStderrLine, writeStdoutLine } from "./output.ts";
 import { PidFile, PidFileError } from "./pid_file.ts";
 import { mergeUpstreams, type PlaneLayout, planeLayout } from "./plane_layout.ts";
+import type { UpstreamSnapshot } from "../proxy/upstream_pool.ts";
+import { dirname, resolve } from "node:path";
 import {
   checkUpstreamTls,
   parseProxyConfig,
@@ -54,12 +56,16 @@ import {
   serializeRecoveryState,
 } from "../stats/recovery.ts";
 import {
+  type CarriedUpstreams,
+  carriedUpstreams,
   requestTakeover,
   type Takeover,
   TakeoverError,
   TakeoverListener,
   takeoverSocketPath,
   UPDATE_MS,
+  UPSTREAM_TOTALS,
+  type UpstreamTotals,
 } from "./takeover.ts";
 import { poolOptionsOf } from "./proxy_settings.ts";
 import { setupRecovery } from "./recovery_setup.ts";
@@ -171,6 +177,10 @@ class Supervisor {
   #takeover: Takeover | undefined;
   /** `--takeover`: the totals of the proxy taken over, as last heard (they count as ours). */
   #carried: Stats | undefined;
+  /** `--takeover`: when the proxy taken over captured {@linkcode #carried} (its clock, ms). */
+  #carriedAt = 0;
+  /** `--takeover`: its per-upstream totals, as last heard (added to the rows of the same name). */
+  #carriedUpstreams: CarriedUpstreams = carriedUpstreams();
   /** `--takeover`: the old proxy's drain, then its pid file, socket and recovery file taken. */
   #takingOver: Promise<void> | undefined;
   /** `--takeover`: stops following the old proxy (this one stops before it has drained). */
@@ -267,6 +277,19 @@ class Supervisor {
       }
     }
     const config = this.#config;
+    // Opened by a start, not now: only looked at (a check writes nothing there).
+    const files = [
+      { path: config.pidFile, what: "pid file", flag: "--pid-file" },
+      {
+        path: config.accessLog === "off" ? null : config.accessLogFile,
+        what: "access log",
+        flag: "--access-log-file",
+      },
+    ];
+    for (const { path, what, flag } of files) {
+      const problem = path === null ? undefined : await placeProblem(path);
+      if (problem !== undefined) refuse(`Cannot open ${what} "${path}" (${flag}): ${problem}`);
+    }
     const upstreams = config.upstreams.length;
     const line = `foo-proxy: the configuration is valid: listen ${
       formatAddress(config.listen)
@@ -406,11 +429,16 @@ class Supervisor {
     }
   }
 
-  #setupRecovery(path: string, restore: boolean): Promise<RecoveryPersister> {
+  #setupRecovery(
+    path: string,
+    restore: boolean,
+    found?: (state: RecoveryState | undefined) => void,
+  ): Promise<RecoveryPersister> {
     return setupRecovery(path, {
       stats: this.#base,
       logger: this.#logger,
       restore,
+      found,
       persisted: () => {
         this.#stats.refresh();
         return this.#stats;
@@ -578,7 +606,7 @@ class Supervisor {
     // An ejection without active checks ends when its time is up: looked at once a second.
     const expiry = setInterval(() => this.#pool.states(), 1000);
     this.#defer(() => clearInterval(expiry));
-    this.#stats.upstreams = () => mergeUpstreams(this.#pool.snapshot(), this.#planes);
+    this.#stats.upstreams = () => this.#upstreamRows();
     this.#stats.workers = () => this.#planes?.breakdown(systemClock()) ?? [];
     if (config.configPath !== null) {
       this.#own.configGeneration = 1;
@@ -681,7 +709,9 @@ class Supervisor {
       }
       refuse(`--takeover: ${error.message}; nothing changed for the running proxy`, 1);
     }
-    this.#carried = statsOf(this.#takeover.first);
+    this.#carried = statsOf(this.#takeover.first.state);
+    this.#carriedAt = this.#takeover.first.state.saved_at;
+    this.#carriedUpstreams = this.#takeover.first.upstreams;
     this.#logger.info(
       "Taking over from the proxy holding {pidFile}: {messages} messages so far carry over",
       {
@@ -700,6 +730,7 @@ class Supervisor {
     this.#takeover!.cancel();
     this.#takeover = undefined;
     this.#carried = undefined;
+    this.#carriedUpstreams = carriedUpstreams();
     this.#carriedFresh.resolve();
     this.#logger.info("Stopped before serving: no takeover, the running proxy serves on");
   }
@@ -730,8 +761,10 @@ class Supervisor {
       const timer = setTimeout(() => fresh.resolve(), CARRIED_WAIT_MS);
       // Any update after go: it took the go (it sends them once its admin ports are closed).
       let heard = false;
-      const ended = await takeover.go((state) => {
-        this.#carried = statsOf(state);
+      const ended = await takeover.go((carried) => {
+        this.#carried = statsOf(carried.state);
+        this.#carriedAt = carried.state.saved_at;
+        this.#carriedUpstreams = carried.upstreams;
         heard = true;
         fresh.resolve();
       });
@@ -789,7 +822,31 @@ class Supervisor {
       await pidFile.write();
       if (config.recoveryPath !== null && !this.#stopping) {
         try {
-          this.#persister = await this.#setupRecovery(config.recoveryPath, false);
+          // Its final totals not heard (it was stopping, or went away), the file it shared with
+          // this proxy may hold newer ones: its last save, counted instead of what it sent.
+          let saved: RecoveryState | undefined;
+          const shared = takeover.recovery !== undefined &&
+            takeover.recovery === resolve(config.recoveryPath);
+          this.#persister = await this.#setupRecovery(
+            config.recoveryPath,
+            false,
+            (state) => saved = state,
+          );
+          if (!complete && shared && saved !== undefined && saved.saved_at > this.#carriedAt) {
+            const counted = this.#carried?.counts;
+            this.#carried = statsOf(saved);
+            this.#carriedAt = saved.saved_at;
+            const messages = (c: Stats["counts"] | undefined) =>
+              c === undefined ? 0 : c.msg_req + c.msg_ack + c.msg_nak;
+            logger.info(
+              "The proxy taken over saved newer totals in {path} than it sent: {messages} messages counted instead of {sent}",
+              {
+                path: config.recoveryPath,
+                messages: messages(this.#carried.counts),
+                sent: messages(counted),
+              },
+            );
+          }
           const persister = this.#persister;
           this.#defer(() => persister.close());
           persister.start();
@@ -835,12 +892,21 @@ class Supervisor {
       listener = await TakeoverListener.listen(path, {
         listen: () =>
           formatAddress({ hostname: this.#config.listen.hostname, port: this.#planes!.port }),
+        recovery: () =>
+          this.#config.recoveryPath === null ? undefined : resolve(this.#config.recoveryPath),
         capture: async () => {
           await this.#planes?.flushAll();
           this.#stats.refresh();
-          return serializeRecoveryState(
+          const state = serializeRecoveryState(
             captureRecoveryState(this.#stats, { latency: this.#stats.latency }),
           );
+          const upstreams = carriedUpstreams();
+          for (const row of this.#upstreamRows()) {
+            const totals = {} as UpstreamTotals;
+            for (const field of UPSTREAM_TOTALS) totals[field] = row[field];
+            upstreams[row.name] = totals;
+          }
+          return { state, upstreams };
         },
         // A drain begun for a signal decided already not to hand over (#drain): too late.
         stopping: () => this.#stopping && this.#handingOverTo === undefined,
@@ -875,6 +941,22 @@ class Supervisor {
       return;
     }
     this.#defer(() => listener.close());
+  }
+
+  /**
+   * The per-upstream rows: the pool's states with the planes' counts, plus, after a takeover,
+   * the totals the proxy taken over counted for an upstream of the same name (one this proxy does
+   * not forward to is not shown, as after a reload that removes it).
+   */
+  #upstreamRows(): UpstreamSnapshot[] {
+    const rows = mergeUpstreams(this.#pool.snapshot(), this.#planes);
+    const carried = this.#carriedUpstreams;
+    for (const row of rows) {
+      const theirs = Object.hasOwn(carried, row.name) ? carried[row.name] : undefined;
+      if (theirs === undefined) continue;
+      for (const field of UPSTREAM_TOTALS) row[field] += theirs[field];
+    }
+    return rows;
   }
 
   #makePlanes(layout: PlaneLayout): DataPlanes {
@@ -996,7 +1078,7 @@ class Supervisor {
           get detail() {
             return pool.detail;
           },
-          snapshot: () => mergeUpstreams(pool.snapshot(), planes),
+          snapshot: () => this.#upstreamRows(),
           drain: (name: string) => pool.drain(name),
           enable: (name: string) => pool.enable(name),
         },
@@ -1320,6 +1402,26 @@ function directoryProblem(path: string): string | undefined {
     }
   } catch {
     // Missing (it is created) or not visible: nothing to say yet.
+  }
+  return undefined;
+}
+
+/**
+ * Why a file cannot be opened at `path`, as far as a look shows without opening it: its directory
+ * missing or not one, or the path a directory; `undefined` when fine or not visible (the
+ * permission check speaks then).
+ */
+async function placeProblem(path: string): Promise<string | undefined> {
+  const dir = dirname(path);
+  try {
+    if (!(await Deno.stat(dir)).isDirectory) return `"${dir}" is not a directory`;
+  } catch (error) {
+    return error instanceof Deno.errors.NotFound ? `directory "${dir}" does not exist` : undefined;
+  }
+  try {
+    if ((await Deno.stat(path)).isDirectory) return "it is a directory";
+  } catch {
+    // Missing (created by the start) or not visible.
   }
   return undefined;
 }

@@ -5,8 +5,8 @@
  * and once it serves, asks over that socket:
  *
  * 1. new → old `{"t":"takeover","pid":N}`: the old one answers with its statistics now
- *    (`{"t":"stats","final":false,"state":…}`, the recovery file's state as text), changing
- *    nothing yet;
+ *    (`{"t":"stats","final":false,"state":…,"upstreams":…}`, the recovery file's state as text
+ *    and the per-upstream totals, which the recovery file does not keep), changing nothing yet;
  * 2. new → old `{"t":"go"}`: the new one counts the old one's totals as its own from here on; the
  *    old one stops accepting, closes its admin ports and drains, sending its statistics again
  *    every {@linkcode UPDATE_MS} and a last time (`"final":true`) once every client is gone;
@@ -34,6 +34,35 @@ export const MAX_PENDING = 8;
 /** The longest path a Unix socket address holds on Linux (`sun_path`, less its NUL). */
 export const MAX_SOCKET_PATH_BYTES = 107;
 
+/** The per-upstream counters a takeover carries over (those of `/metrics` `foo_proxy_upstream_*_total`). */
+export const UPSTREAM_TOTALS = [
+  "connections_total",
+  "requests",
+  "replies",
+  "connect_failures",
+  "stream_errors",
+  "ejections",
+] as const;
+
+/** One upstream's counters, as carried over. */
+export type UpstreamTotals = Record<typeof UPSTREAM_TOTALS[number], number>;
+
+/** Each upstream's counters by its configured name. */
+export type CarriedUpstreams = Record<string, UpstreamTotals>;
+
+/** An empty {@linkcode CarriedUpstreams}: no prototype, so any upstream name is a plain key. */
+export function carriedUpstreams(): CarriedUpstreams {
+  return Object.create(null);
+}
+
+/** A proxy's statistics as sent over the socket. */
+export interface Carried {
+  /** The recovery file's state: counters, close reasons, windows, histogram. */
+  state: RecoveryState;
+  /** The per-upstream counters (not in the recovery state); empty from a proxy that sent none. */
+  upstreams: CarriedUpstreams;
+}
+
 /** The takeover socket of a proxy with `--pid-file pidFile`. */
 export function takeoverSocketPath(pidFile: string): string {
   return `${pidFile}.sock`;
@@ -52,7 +81,14 @@ export class TakeoverError extends Error {
 type Message =
   | { t: "takeover"; pid: number }
   | { t: "go" }
-  | { t: "stats"; final: boolean; state: string; listen?: string }
+  | {
+    t: "stats";
+    final: boolean;
+    state: string;
+    listen?: string;
+    recovery?: string;
+    upstreams?: CarriedUpstreams;
+  }
   | { t: "busy" }
   | { t: "stopping" };
 
@@ -113,11 +149,40 @@ function parseMessage(line: string): Message {
     case "stats":
       if (typeof m.final === "boolean" && typeof m.state === "string") {
         const listen = typeof m.listen === "string" ? { listen: m.listen } : {};
-        return { t: "stats", final: m.final, state: m.state, ...listen };
+        const recovery = typeof m.recovery === "string" ? { recovery: m.recovery } : {};
+        const upstreams = parseUpstreams(m.upstreams);
+        return { t: "stats", final: m.final, state: m.state, ...listen, ...recovery, upstreams };
       }
       break;
   }
   throw new TakeoverError(`the peer sent an unknown message (${JSON.stringify(String(m.t))})`);
+}
+
+/** The per-upstream totals sent, checked: anything but a non-negative integer counter is refused. */
+function parseUpstreams(value: unknown): CarriedUpstreams {
+  const out = carriedUpstreams();
+  if (value === undefined) return out; // a proxy that sends none
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new TakeoverError("the peer sent per-upstream totals that are not an object");
+  }
+  for (const [name, row] of Object.entries(value)) {
+    const fields = row as Record<string, unknown> | null;
+    if (typeof fields !== "object" || fields === null || Array.isArray(fields)) {
+      throw new TakeoverError(
+        `the peer sent per-upstream totals for "${name}" that are not an object`,
+      );
+    }
+    const totals = {} as UpstreamTotals;
+    for (const field of UPSTREAM_TOTALS) {
+      const n = fields[field] ?? 0;
+      if (!Number.isSafeInteger(n) || (n as number) < 0) {
+        throw new TakeoverError(`the peer sent a bad ${field} for upstream "${name}"`);
+      }
+      totals[field] = n as number;
+    }
+    out[name] = totals;
+  }
+  return out;
 }
 
 async function send(conn: Deno.Conn, message: Message): Promise<void> {
@@ -144,10 +209,15 @@ async function within<T>(promise: Promise<T>, ms: number, what: string): Promise
 
 /** What the old proxy does for a takeover. */
 export interface TakeoverHooks {
-  /** Its statistics now, as recovery-state text (the planes flushed first). */
-  capture: () => Promise<string>;
+  /**
+   * Its statistics now, as recovery-state text, and its per-upstream totals (the planes flushed
+   * first).
+   */
+  capture: () => Promise<{ state: string; upstreams: CarriedUpstreams }>;
   /** Where its clients connect (`host:port`), told to the new proxy with the first totals. */
   listen: () => string;
+  /** Its `--recovery-path`, absolute (told with the first totals); unset: it has none. */
+  recovery?: () => string | undefined;
   /**
    * The new proxy said `go` (its pid given): stop accepting and drain. `stopped` resolves once
    * this proxy no longer answers for its statistics (its admin ports closed: updates sent from
@@ -305,8 +375,15 @@ export class TakeoverListener {
       }
       this.#busy = true;
       pid = first.value.pid;
-      const state = await hooks.capture();
-      await send(conn, { t: "stats", final: false, state, listen: hooks.listen() });
+      const captured = await hooks.capture();
+      const recovery = hooks.recovery?.();
+      await send(conn, {
+        t: "stats",
+        final: false,
+        ...captured,
+        listen: hooks.listen(),
+        ...(recovery === undefined ? {} : { recovery }),
+      });
       const go = await within(incoming.next(), STEP_TIMEOUT_MS, "waiting for go");
       if (go.done) {
         throw new TakeoverError("the new proxy went away before it took over; serving on");
@@ -338,7 +415,7 @@ export class TakeoverListener {
       await stopped;
       while (!done) {
         // Bounded: a successor that stops reading (frozen, stopped) must not hold this one's exit.
-        const update = send(conn, { t: "stats", final: false, state: await hooks.capture() });
+        const update = send(conn, { t: "stats", final: false, ...await hooks.capture() });
         await within(update, STEP_TIMEOUT_MS, "sending totals");
         await Promise.race([drained, new Promise((resolve) => setTimeout(resolve, UPDATE_MS))]);
       }
@@ -348,7 +425,7 @@ export class TakeoverListener {
     }
     await drained;
     if (!gone) {
-      const last = send(conn, { t: "stats", final: true, state: await hooks.capture() });
+      const last = send(conn, { t: "stats", final: true, ...await hooks.capture() });
       await within(last, STEP_TIMEOUT_MS, "sending the final totals").catch(() => gone = true);
     }
     if (gone) hooks.successorGone();
@@ -360,9 +437,11 @@ export class TakeoverListener {
 /** A takeover under way, from the new proxy's side. */
 export interface Takeover {
   /** The old proxy's statistics when it was asked (before `go`). */
-  first: RecoveryState;
+  first: Carried;
   /** Where the old proxy's clients connect (`host:port`); unset: it did not say. */
   listen?: string;
+  /** The old proxy's `--recovery-path`, absolute; unset: it has none (or did not say). */
+  recovery?: string;
   /**
    * Commits: the old proxy stops accepting and drains. `onStats` hears each later update (the
    * first once the old proxy no longer answers for its statistics); the promise resolves when the
@@ -370,7 +449,7 @@ export interface Takeover {
    * update stands), or began to shut down (a signal) before the go came (`"stopping"`: it drains
    * on its own, its totals from then on not sent).
    */
-  go: (onStats: (state: RecoveryState) => void) => Promise<"final" | "gone" | "stopping">;
+  go: (onStats: (carried: Carried) => void) => Promise<"final" | "gone" | "stopping">;
   /** Abandons it before `go`: the old proxy serves on. */
   cancel: () => void;
 }
@@ -401,8 +480,9 @@ export async function requestTakeover(path: string, pid = Deno.pid): Promise<Tak
     const result = await within(incoming.next(), STEP_TIMEOUT_MS, what);
     return result.done ? undefined : result.value;
   };
-  let first: RecoveryState;
+  let first: Carried;
   let listen: string | undefined;
+  let recovery: string | undefined;
   try {
     await send(conn, { t: "takeover", pid });
     const answer = await next("asking the running proxy for its statistics");
@@ -416,8 +496,9 @@ export async function requestTakeover(path: string, pid = Deno.pid): Promise<Tak
       );
     }
     if (answer.t !== "stats") throw new TakeoverError(`unexpected answer "${answer.t}"`);
-    first = parseState(answer.state);
+    first = { state: parseState(answer.state), upstreams: answer.upstreams ?? carriedUpstreams() };
     listen = answer.listen;
+    recovery = answer.recovery;
   } catch (error) {
     close();
     throw error instanceof TakeoverError ? error : new TakeoverError(describe(error), {
@@ -427,6 +508,7 @@ export async function requestTakeover(path: string, pid = Deno.pid): Promise<Tak
   return {
     first,
     listen,
+    recovery,
     cancel: close,
     go: async (onStats) => {
       try {
@@ -435,7 +517,10 @@ export async function requestTakeover(path: string, pid = Deno.pid): Promise<Tak
         for await (const message of incoming) {
           if (message.t === "stopping") return "stopping";
           if (message.t !== "stats") continue;
-          onStats(parseState(message.state));
+          onStats({
+            state: parseState(message.state),
+            upstreams: message.upstreams ?? carriedUpstreams(),
+          });
           if (message.final) return "final";
         }
         return "gone";

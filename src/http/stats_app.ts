@@ -53,8 +53,10 @@ export interface StatsAppOptions {
    */
   crashWorker?: (index: number) => boolean;
   /**
-   * Awaited before `GET /stats` and `GET /metrics` are built (the data-plane workers copy their
-   * counters out), so a read right after traffic counts all of it. Unset: nothing to wait for.
+   * Awaited before `GET /stats`, `GET /metrics` and `GET /upstreams` are built and before a
+   * `GET /events` stream opens (the data-plane workers copy their counters out; after a takeover,
+   * the totals carried over are the newest), so a read right after traffic counts all of it, and
+   * a stream's first event is never older than a read. Unset: nothing to wait for.
    */
   beforeRead?: () => Promise<void>;
 }
@@ -94,11 +96,13 @@ export function createStatsApp(options: StatsAppOptions): Hono {
       "X-Content-Type-Options": "nosniff",
     }));
   const events = options.events;
+  const beforeRead = options.beforeRead ?? (() => Promise.resolve());
   if (events) {
-    app.get("/events", (c) => {
+    app.get("/events", async (c) => {
       const headers = { ...NO_STORE, "Content-Type": "text/event-stream; charset=utf-8" };
       // Hono answers HEAD from this handler and drops the body unread: open no stream for it.
       if (c.req.method === "HEAD") return c.body(null, 200, headers);
+      await beforeRead();
       const stream = events.connect();
       if (!stream) {
         return c.json(
@@ -110,7 +114,6 @@ export function createStatsApp(options: StatsAppOptions): Hono {
       return c.body(stream, 200, { ...headers, "X-Accel-Buffering": "no" });
     });
   }
-  const beforeRead = options.beforeRead ?? (() => Promise.resolve());
   app.get("/stats", async (c) => {
     await beforeRead();
     return c.json(statsResponse(stats), 200, NO_STORE);

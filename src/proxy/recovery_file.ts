@@ -61,6 +61,8 @@ export interface LoadRecoveryOptions {
   now?: () => Date;
   /** Longest time to read the file, in ms. @default {5000} */
   timeoutMs?: number;
+  /** What the proxy goes on with when the file is bad, for the warning. @default {"starting from zero"} */
+  instead?: string;
 }
 
 /**
@@ -120,8 +122,8 @@ export async function loadRecoveryFile(
   }
   const movedTo = await moveAside(path, options.now?.() ?? new Date(), cause);
   options.logger?.warning(
-    "Recovery file {path} is {problem}; moved it to {movedTo} and starting from zero",
-    { path, problem, movedTo },
+    "Recovery file {path} is {problem}; moved it to {movedTo} and {instead}",
+    { path, problem, movedTo, instead: options.instead ?? "starting from zero" },
   );
   return { state: undefined, movedTo };
 }
