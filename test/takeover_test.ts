@@ -8,6 +8,7 @@ import {
   connectTo,
   freePort,
   lineReader,
+  type MainProcess,
   REPO_ROOT,
   requests,
   spawnMain,
@@ -15,6 +16,7 @@ import {
   waitUntil,
   writeAll,
 } from "./_util.ts";
+import type { FooServer } from "../src/tools/server.ts";
 import { captureRecoveryState, serializeRecoveryState } from "../src/stats/recovery.ts";
 import { Stats } from "../src/stats/stats.ts";
 import { systemClock } from "../src/stats/clock.ts";
@@ -131,12 +133,42 @@ async function waitPid(path: string, pid: number) {
   await waitUntil(async () => await pidIn(path) === String(pid), `pid ${pid} in ${path}`, 30_000);
 }
 
-Deno.test("--takeover under load: no refused connection, no lost reply, the counters carry over exactly and never go back", async () => {
-  await using upstream = await startUpstream();
-  const s = await setup(upstream.addr.port);
+/**
+ * A takeover test: our Foo server, a temporary directory (removed after) and the proxy flags of
+ * {@linkcode setup} (`extra` added).
+ */
+function takeoverTest(
+  name: string,
+  fn: (s: Setup, upstream: FooServer) => Promise<void>,
+  extra: string[] = [],
+): void {
+  Deno.test(name, async () => {
+    await using upstream = await startUpstream();
+    const s = await setup(upstream.addr.port, extra);
+    try {
+      await fn(s, upstream);
+    } finally {
+      await Deno.remove(s.dir, { recursive: true });
+    }
+  });
+}
+
+/** The running proxy, with the setup's flags (or `args`), once its pid is in the pid file. */
+async function startOld(s: Setup, args = s.args): Promise<MainProcess> {
+  const old = spawnMain(args, { permissions: s.permissions });
   try {
-    await using old = spawnMain(s.args, { permissions: s.permissions });
     await waitPid(s.pidFile, old.pid);
+    return old;
+  } catch (error) {
+    await old[Symbol.asyncDispose]();
+    throw error;
+  }
+}
+
+takeoverTest(
+  "--takeover under load: no refused connection, no lost reply, the counters carry over exactly and never go back",
+  async (s) => {
+    await using old = await startOld(s);
     const short: Tally = { connects: 0, reqs: 0, replies: 0, errors: [] };
     const long: Tally = { connects: 0, reqs: 0, replies: 0, errors: [] };
     let stopShort = false;
@@ -205,10 +237,8 @@ Deno.test("--takeover under load: no refused connection, no lost reply, the coun
     const saved = JSON.parse(await Deno.readTextFile(s.recovery));
     assert.equal(saved.totals.msg_req, reqs, "the recovery file holds both proxies' totals");
     await assert.rejects(Deno.lstat(`${s.pidFile}.sock`), Deno.errors.NotFound);
-  } finally {
-    await Deno.remove(s.dir, { recursive: true });
-  }
-});
+  },
+);
 
 /** `count` REQs on a new connection, every reply read; resolves when all are answered. */
 async function exchange(port: number, count: number): Promise<void> {
@@ -219,12 +249,10 @@ async function exchange(port: number, count: number): Promise<void> {
   assert.equal(replies.length, count);
 }
 
-Deno.test("--takeover twice in a row: each new proxy takes the pid file and its socket, and the totals of all three add up", async () => {
-  await using upstream = await startUpstream();
-  const s = await setup(upstream.addr.port);
-  try {
-    await using a = spawnMain(s.args, { permissions: s.permissions });
-    await waitPid(s.pidFile, a.pid);
+takeoverTest(
+  "--takeover twice in a row: each new proxy takes the pid file and its socket, and the totals of all three add up",
+  async (s) => {
+    await using a = await startOld(s);
     await exchange(s.port, 10);
     await using b = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
     await b.stderr.waitFor(/Took over: this proxy/, 30_000);
@@ -240,15 +268,12 @@ Deno.test("--takeover twice in a row: each new proxy takes the pid file and its 
     assert.equal(total.msg_ack + total.msg_nak, 60);
     const mode = (await Deno.lstat(`${s.pidFile}.sock`)).mode! & 0o777;
     assert.equal(mode, 0o600, "the takeover socket is this user's only");
-  } finally {
-    await Deno.remove(s.dir, { recursive: true });
-  }
-});
+  },
+);
 
-Deno.test("--takeover with nobody to take over starts as the only proxy; without --pid-file or --unstable-net it is refused", async () => {
-  await using upstream = await startUpstream();
-  const s = await setup(upstream.addr.port);
-  try {
+takeoverTest(
+  "--takeover with nobody to take over starts as the only proxy; without --pid-file or --unstable-net it is refused",
+  async (s) => {
     await using alone = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
     await alone.stderr.waitFor(
       /no proxy answers on .*foo-proxy\.pid\.sock: starting as the only one/,
@@ -267,15 +292,12 @@ Deno.test("--takeover with nobody to take over starts as the only proxy; without
     await using noReuse = spawnMain([...s.args, "--takeover"], { permissions: stable });
     assert.equal((await noReuse.status()).code, 2);
     assert.match(noReuse.stderr.text, /--takeover needs --unstable-net/);
-  } finally {
-    await Deno.remove(s.dir, { recursive: true });
-  }
-});
+  },
+);
 
-Deno.test("a proxy whose socket path is not granted serves on, and a --takeover of it is refused with the reason", async () => {
-  await using upstream = await startUpstream();
-  const s = await setup(upstream.addr.port);
-  try {
+takeoverTest(
+  "a proxy whose socket path is not granted serves on, and a --takeover of it is refused with the reason",
+  async (s) => {
     // Read and write of the pid file alone, as granted before --takeover existed.
     const narrow = [
       "--allow-net",
@@ -298,10 +320,8 @@ Deno.test("a proxy whose socket path is not granted serves on, and a --takeover 
     );
     await exchange(s.port, 5); // the old one never noticed
     assert.equal((await stats(s.http)).msg_req, 5);
-  } finally {
-    await Deno.remove(s.dir, { recursive: true });
-  }
-});
+  },
+);
 
 /** Sends `text` on a new connection to the takeover socket; resolves with what comes back. */
 async function askSocket(path: string, text: string, options: { keep?: boolean } = {}) {
@@ -313,12 +333,10 @@ async function askSocket(path: string, text: string, options: { keep?: boolean }
   return { line, conn };
 }
 
-Deno.test("the takeover socket: garbage, a request abandoned before go and a second request while one is open change nothing but a counter and a log line", async () => {
-  await using upstream = await startUpstream();
-  const s = await setup(upstream.addr.port);
-  try {
-    await using old = spawnMain(s.args, { permissions: s.permissions });
-    await waitPid(s.pidFile, old.pid);
+takeoverTest(
+  "the takeover socket: garbage, a request abandoned before go and a second request while one is open change nothing but a counter and a log line",
+  async (s, upstream) => {
+    await using old = await startOld(s);
     await exchange(s.port, 7);
     const socket = `${s.pidFile}.sock`;
 
@@ -362,10 +380,8 @@ Deno.test("the takeover socket: garbage, a request abandoned before go and a sec
     await next.stderr.waitFor(/Took over: this proxy/, 30_000);
     assert.equal((await old.status()).code, 0);
     assert.equal((await stats(s.http)).msg_req, 10);
-  } finally {
-    await Deno.remove(s.dir, { recursive: true });
-  }
-});
+  },
+);
 
 /** A client that stays (4 REQs answered, then open): a proxy's drain waits for it. */
 async function stayingClient(port: number): Promise<Deno.TcpConn> {
@@ -385,9 +401,8 @@ function closeQuietly(conn: Deno.Conn): void {
 
 /** A proxy with a client that stays, and a new one that took it over: the old one drains. */
 async function midTakeover(s: Setup) {
-  const old = spawnMain(s.args, { permissions: s.permissions });
+  const old = await startOld(s);
   try {
-    await waitPid(s.pidFile, old.pid);
     const stays = await stayingClient(s.port);
     const next = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
     await old.stderr.waitFor(/Taken over by pid \d+: stopped accepting/, 30_000);
@@ -407,10 +422,9 @@ async function midTakeover(s: Setup) {
   }
 }
 
-Deno.test("the proxy taken over dies while it drains: the new one keeps its last totals, counts the failure and takes the pid file", async () => {
-  await using upstream = await startUpstream();
-  const s = await setup(upstream.addr.port);
-  try {
+takeoverTest(
+  "the proxy taken over dies while it drains: the new one keeps its last totals, counts the failure and takes the pid file",
+  async (s) => {
     await using mid = await midTakeover(s);
     const { old, next } = mid;
     await waitUntil(async () => (await stats(s.http)).msg_req === 4, "the carried totals");
@@ -421,10 +435,8 @@ Deno.test("the proxy taken over dies while it drains: the new one keeps its last
     const now = await stats(s.http);
     assert.equal(now.msg_req, 4, "the last totals it heard stand");
     assert.equal(now.takeover_failures, 1);
-  } finally {
-    await Deno.remove(s.dir, { recursive: true });
-  }
-});
+  },
+);
 
 /**
  * The running proxy, played here: it holds the pid file (serving on) and listens on its socket.
@@ -454,10 +466,9 @@ async function playedOld(s: Setup) {
   };
 }
 
-Deno.test("a --takeover whose go the running proxy does not take (it gave up waiting) stops with exit 1 instead of serving beside it", async () => {
-  await using upstream = await startUpstream();
-  const s = await setup(upstream.addr.port);
-  try {
+takeoverTest(
+  "a --takeover whose go the running proxy does not take (it gave up waiting) stops with exit 1 instead of serving beside it",
+  async (s) => {
     // It answers on the socket, but closes on go, as it does once its wait for go is over.
     using old = await playedOld(s);
     const played = old.answer({}, async (reader) => {
@@ -468,10 +479,8 @@ Deno.test("a --takeover whose go the running proxy does not take (it gave up wai
     assert.equal((await next.status(20_000)).code, 1, next.stderr.text);
     assert.match(next.stderr.text, /did not take the go/);
     assert.equal(await pidIn(s.pidFile), String(Deno.pid), "the pid file is the running one's");
-  } finally {
-    await Deno.remove(s.dir, { recursive: true });
-  }
-});
+  },
+);
 
 /**
  * A `--takeover` held after its request, before it serves: its access log is a FIFO, opened after
@@ -489,12 +498,10 @@ async function heldTakeover(s: Setup) {
   return { next, fifo };
 }
 
-Deno.test("a --takeover stopped (SIGTERM) before it serves abandons the takeover: the running proxy serves on", async () => {
-  await using upstream = await startUpstream();
-  const s = await setup(upstream.addr.port);
-  try {
-    await using old = spawnMain(s.args, { permissions: s.permissions });
-    await waitPid(s.pidFile, old.pid);
+takeoverTest(
+  "a --takeover stopped (SIGTERM) before it serves abandons the takeover: the running proxy serves on",
+  async (s) => {
+    await using old = await startOld(s);
     await exchange(s.port, 3);
     const { next, fifo } = await heldTakeover(s);
     await using _next = next;
@@ -506,15 +513,12 @@ Deno.test("a --takeover stopped (SIGTERM) before it serves abandons the takeover
     await exchange(s.port, 4); // the old one serves on, its pid file kept
     assert.equal((await stats(s.http)).msg_req, 7);
     assert.equal(await pidIn(s.pidFile), String(old.pid));
-  } finally {
-    await Deno.remove(s.dir, { recursive: true });
-  }
-});
+  },
+);
 
-Deno.test("the takeover socket survives the process running out of file descriptors: a takeover works once they come back", async () => {
-  await using upstream = await startUpstream();
-  const s = await setup(upstream.addr.port, ["--max-connections=10000"]);
-  try {
+takeoverTest(
+  "the takeover socket survives the process running out of file descriptors: a takeover works once they come back",
+  async (s) => {
     await using old = spawnMain(s.args, {
       permissions: s.permissions,
       shellPrefix: "ulimit -n 256",
@@ -543,17 +547,14 @@ Deno.test("the takeover socket survives the process running out of file descript
     await using next = spawnMain([...s.args, "--takeover"], { permissions: s.permissions });
     await next.stderr.waitFor(/Took over: this proxy/, 30_000);
     assert.equal((await old.status()).code, 0, old.stderr.text);
-  } finally {
-    await Deno.remove(s.dir, { recursive: true });
-  }
-});
+  },
+  ["--max-connections=10000"],
+);
 
-Deno.test("a proxy draining for a SIGTERM refuses a takeover request, and a go asked for before it, with stopping: it drains on and exits", async () => {
-  await using upstream = await startUpstream();
-  const s = await setup(upstream.addr.port);
-  try {
-    await using old = spawnMain(s.args, { permissions: s.permissions });
-    await waitPid(s.pidFile, old.pid);
+takeoverTest(
+  "a proxy draining for a SIGTERM refuses a takeover request, and a go asked for before it, with stopping: it drains on and exits",
+  async (s) => {
+    await using old = await startOld(s);
     const stays = await stayingClient(s.port);
     // Asked before the SIGTERM, go after it.
     const asked = await askSocket(`${s.pidFile}.sock`, `{"t":"takeover","pid":4242}\n`, {
@@ -583,15 +584,12 @@ Deno.test("a proxy draining for a SIGTERM refuses a takeover request, and a go a
     assert.equal((await old.status(15_000)).code, 0, old.stderr.text);
     await assert.rejects(Deno.lstat(s.pidFile), Deno.errors.NotFound);
     await assert.rejects(Deno.lstat(`${s.pidFile}.sock`), Deno.errors.NotFound);
-  } finally {
-    await Deno.remove(s.dir, { recursive: true });
-  }
-});
+  },
+);
 
-Deno.test("the new proxy stopped while the old one drains: the old one, finishing, removes the pid file it kept for it", async () => {
-  await using upstream = await startUpstream();
-  const s = await setup(upstream.addr.port);
-  try {
+takeoverTest(
+  "the new proxy stopped while the old one drains: the old one, finishing, removes the pid file it kept for it",
+  async (s) => {
     await using mid = await midTakeover(s);
     // One SIGTERM to the old one changes nothing: it drains on, its client served.
     mid.old.kill("SIGTERM");
@@ -605,17 +603,13 @@ Deno.test("the new proxy stopped while the old one drains: the old one, finishin
     // Nobody holds it: a pid left there would name a process that is gone.
     await assert.rejects(Deno.lstat(s.pidFile), Deno.errors.NotFound);
     await assert.rejects(Deno.lstat(`${s.pidFile}.sock`), Deno.errors.NotFound);
-  } finally {
-    await Deno.remove(s.dir, { recursive: true });
-  }
-});
+  },
+);
 
-Deno.test("the takeover socket closes a ninth silent connection at once; a takeover to another port warns that the old one stops accepting", async () => {
-  await using upstream = await startUpstream();
-  const s = await setup(upstream.addr.port);
-  try {
-    await using old = spawnMain(s.args, { permissions: s.permissions });
-    await waitPid(s.pidFile, old.pid);
+takeoverTest(
+  "the takeover socket closes a ninth silent connection at once; a takeover to another port warns that the old one stops accepting",
+  async (s) => {
+    await using old = await startOld(s);
     const socket = `${s.pidFile}.sock`;
     const silent = await Promise.all(
       Array.from({ length: 8 }, () => Deno.connect({ transport: "unix", path: socket })),
@@ -641,10 +635,8 @@ Deno.test("the takeover socket closes a ninth silent connection at once; a takeo
     );
     await next.stderr.waitFor(/Took over: this proxy/, 30_000);
     await exchange(elsewhere, 2);
-  } finally {
-    await Deno.remove(s.dir, { recursive: true });
-  }
-});
+  },
+);
 
 /** Every counter sample of a `/metrics` scrape (`_total`, histogram buckets and counts), by series. */
 async function counterSeries(port: number): Promise<Map<string, number>> {
@@ -658,13 +650,11 @@ async function counterSeries(port: number): Promise<Map<string, number>> {
   return series;
 }
 
-Deno.test("/metrics across a --takeover: no counter series goes back, per-upstream ones included; the new proxy's --recovery-path (the old one had none) holding garbage is moved aside, not overwritten", async () => {
-  await using upstream = await startUpstream();
-  const s = await setup(upstream.addr.port);
-  const oldArgs = s.args.filter((arg) => !arg.startsWith("--recovery-path="));
-  try {
-    await using old = spawnMain(oldArgs, { permissions: s.permissions });
-    await waitPid(s.pidFile, old.pid);
+takeoverTest(
+  "/metrics across a --takeover: no counter series goes back, per-upstream ones included; the new proxy's --recovery-path (the old one had none) holding garbage is moved aside, not overwritten",
+  async (s, upstream) => {
+    const oldArgs = s.args.filter((arg) => !arg.startsWith("--recovery-path="));
+    await using old = await startOld(s, oldArgs);
     await exchange(s.port, 25);
     const before = await counterSeries(s.http);
     await Deno.writeTextFile(s.recovery, "not a recovery file, not the old proxy's either");
@@ -699,17 +689,13 @@ Deno.test("/metrics across a --takeover: no counter series goes back, per-upstre
     assert.equal((await next.status(20_000)).code, 0, next.stderr.text);
     const saved = JSON.parse(await Deno.readTextFile(s.recovery));
     assert.equal(saved.totals.msg_req, 30, "the new proxy's recovery file holds both");
-  } finally {
-    await Deno.remove(s.dir, { recursive: true });
-  }
-});
+  },
+);
 
-Deno.test("--check with --takeover and the running proxy's flags: exit 0, and the running proxy hears nothing (no request on its socket, no file touched)", async () => {
-  await using upstream = await startUpstream();
-  const s = await setup(upstream.addr.port);
-  try {
-    await using old = spawnMain(s.args, { permissions: s.permissions });
-    await waitPid(s.pidFile, old.pid);
+takeoverTest(
+  "--check with --takeover and the running proxy's flags: exit 0, and the running proxy hears nothing (no request on its socket, no file touched)",
+  async (s) => {
+    await using old = await startOld(s);
     await exchange(s.port, 3);
     const names = async () =>
       (await Array.fromAsync(Deno.readDir(s.dir))).map((e) => e.name).sort();
@@ -731,17 +717,13 @@ Deno.test("--check with --takeover and the running proxy's flags: exit 0, and th
     assert.doesNotMatch(old.stderr.text, /Takeover request|Taken over/);
     await exchange(s.port, 2); // it serves on, alone
     assert.equal((await stats(s.http)).msg_req, 5);
-  } finally {
-    await Deno.remove(s.dir, { recursive: true });
-  }
-});
+  },
+);
 
-Deno.test("a go answered with stopping (a SIGTERM came after the request): once the old proxy has exited, its final save in the shared --recovery-path makes the totals exact", async () => {
-  await using upstream = await startUpstream();
-  const s = await setup(upstream.addr.port);
-  try {
-    await using old = spawnMain(s.args, { permissions: s.permissions });
-    await waitPid(s.pidFile, old.pid);
+takeoverTest(
+  "a go answered with stopping (a SIGTERM came after the request): once the old proxy has exited, its final save in the shared --recovery-path makes the totals exact",
+  async (s) => {
+    await using old = await startOld(s);
     const stays = await stayingClient(s.port); // 4 REQs
     const { next, fifo } = await heldTakeover(s);
     await using _next = next;
@@ -766,15 +748,12 @@ Deno.test("a go answered with stopping (a SIGTERM came after the request): once 
     assert.equal((await next.status(20_000)).code, 0, next.stderr.text);
     const saved = JSON.parse(await Deno.readTextFile(s.recovery));
     assert.equal(saved.totals.msg_req, 10, "the recovery file never goes back");
-  } finally {
-    await Deno.remove(s.dir, { recursive: true });
-  }
-});
+  },
+);
 
-Deno.test("a --takeover answered with per-upstream totals that are not counters exits 1 and changes nothing", async () => {
-  await using upstream = await startUpstream();
-  const s = await setup(upstream.addr.port);
-  try {
+takeoverTest(
+  "a --takeover answered with per-upstream totals that are not counters exits 1 and changes nothing",
+  async (s) => {
     using old = await playedOld(s);
     const played = old.answer({ upstreams: { a: { requests: -1 } } }, async (reader) => {
       assert.equal(await reader.readLine(30_000), null, "closed without a go");
@@ -784,7 +763,5 @@ Deno.test("a --takeover answered with per-upstream totals that are not counters 
     assert.equal((await next.status(20_000)).code, 1, next.stderr.text);
     assert.match(next.stderr.text, /a bad requests for upstream "a"; nothing changed/);
     assert.equal(await pidIn(s.pidFile), String(Deno.pid), "the pid file is the running one's");
-  } finally {
-    await Deno.remove(s.dir, { recursive: true });
-  }
-});
+  },
+);
