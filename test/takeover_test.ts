@@ -129,8 +129,16 @@ async function longClient(port: number, tally: Tally, stop: () => boolean) {
   }
 }
 
-async function waitPid(path: string, pid: number) {
-  await waitUntil(async () => await pidIn(path) === String(pid), `pid ${pid} in ${path}`, 30_000);
+/** Until `pid` is in the pid file at `path` (or `gaveUp()`: then it throws). */
+async function waitPid(path: string, pid: number, gaveUp = () => false) {
+  await waitUntil(
+    async () => {
+      if (gaveUp()) throw new Error(`no longer waiting for pid ${pid} in ${path}`);
+      return await pidIn(path) === String(pid);
+    },
+    `pid ${pid} in ${path}`,
+    30_000,
+  );
 }
 
 /**
@@ -153,16 +161,51 @@ function takeoverTest(
   });
 }
 
-/** The running proxy, with the setup's flags (or `args`), once its pid is in the pid file. */
+/**
+ * The running proxy, with the setup's flags (or `args`), once its pid is in the pid file. A child
+ * that exits first fails at once, quoting its stderr. The setup's ports were free a moment ago
+ * ({@linkcode freePort}); when another socket took one meanwhile (the child exits "in use"), new
+ * ones are picked, in `s` and `args` alike, and it starts again (three tries).
+ */
 async function startOld(s: Setup, args = s.args): Promise<MainProcess> {
-  const old = spawnMain(args, { permissions: s.permissions });
-  try {
-    await waitPid(s.pidFile, old.pid);
-    return old;
-  } catch (error) {
-    await old[Symbol.asyncDispose]();
-    throw error;
+  for (let attempt = 1;; attempt++) {
+    const old = spawnMain(args, { permissions: s.permissions });
+    let exited = false;
+    try {
+      const started = waitPid(s.pidFile, old.pid, () => exited);
+      const code = await Promise.race([
+        started.then(() => null),
+        old.process.status.then((status) => status.code),
+      ]);
+      if (code === null) return old;
+      exited = true; // the poll above gives up
+      await started.catch(() => {});
+      await old.status();
+      if (attempt < 3 && /in use/i.test(old.stderr.text)) {
+        args = repick(s, args);
+        continue;
+      }
+      throw new Error(`the running proxy exited ${code} before writing its pid`);
+    } catch (error) {
+      await old[Symbol.asyncDispose]();
+      if (error instanceof Error) error.message += `; stderr: ${JSON.stringify(old.stderr.text)}`;
+      throw error;
+    }
   }
+}
+
+/** New free ports for `s` (its `args` too); returns `args` with the same change. */
+function repick(s: Setup, args: string[]): string[] {
+  const [port, http] = [freePort(), freePort()];
+  const change = (list: string[]) =>
+    list.map((arg) =>
+      arg.replace(`--listen=127.0.0.1:${s.port}`, `--listen=127.0.0.1:${port}`)
+        .replace(`--http=127.0.0.1:${s.http}`, `--http=127.0.0.1:${http}`)
+    );
+  const changed = change(args);
+  s.args = change(s.args);
+  [s.port, s.http] = [port, http];
+  return changed;
 }
 
 takeoverTest(
