@@ -14,8 +14,16 @@ import {
   spawnMain,
   startUpstream,
   waitUntil,
+  withTimeout,
   writeAll,
 } from "./_util.ts";
+import {
+  carriedUpstreams,
+  STEP_TIMEOUT_MS,
+  TakeoverListener,
+  UPSTREAM_TOTALS,
+  type UpstreamTotals,
+} from "../src/cmd/takeover.ts";
 import type { FooServer } from "../src/tools/server.ts";
 import { captureRecoveryState, serializeRecoveryState } from "../src/stats/recovery.ts";
 import { Stats } from "../src/stats/stats.ts";
@@ -806,5 +814,56 @@ takeoverTest(
     assert.equal((await next.status(20_000)).code, 1, next.stderr.text);
     assert.match(next.stderr.text, /a bad requests for upstream "a"; nothing changed/);
     assert.equal(await pidIn(s.pidFile), String(Deno.pid), "the pid file is the running one's");
+  },
+);
+
+/**
+ * The old proxy's side alone, at `dir/name`: the first totals are small, every later one is
+ * `big` (more than a Unix socket buffers); the drain ends at the `drainAt`-th capture.
+ */
+async function frozenSuccessor(dir: string, name: string, drainAt: number) {
+  const drained = Promise.withResolvers<void>();
+  const big = carriedUpstreams();
+  const row = Object.fromEntries(UPSTREAM_TOTALS.map((field) => [field, 1])) as UpstreamTotals;
+  for (let i = 0; i < 20_000; i++) big[`upstream-${i}-${"x".repeat(60)}`] = row;
+  let captures = 0;
+  const events: string[] = [];
+  const listener = await TakeoverListener.listen(`${dir}/${name}`, {
+    capture: () => {
+      if (++captures === drainAt) drained.resolve();
+      return Promise.resolve({ state: "{}", upstreams: captures === 1 ? carriedUpstreams() : big });
+    },
+    listen: () => "127.0.0.1:1",
+    handOver: () => ({ stopped: Promise.resolve(), drained: drained.promise }),
+    stopping: () => false,
+    successorGone: () => events.push("gone"),
+    failed: (why) => events.push(`failed: ${why}`),
+  });
+  // The successor: asks, reads the first totals, says go, then never reads again.
+  const conn = await Deno.connect({ transport: "unix", path: listener.path });
+  await writeAll(conn, JSON.stringify({ t: "takeover", pid: 4242 }) + "\n");
+  const answer = await lineReader(conn).readLine(10_000);
+  assert.match(answer ?? "", /^\{"t":"stats","final":false/);
+  await writeAll(conn, JSON.stringify({ t: "go" }) + "\n");
+  return { listener, conn, events };
+}
+
+Deno.test(
+  "a successor that stops reading after go cannot hold the old proxy's exit: an update or the final totals that cannot be sent give up after the step timeout, counted as the successor gone",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "foo-proxy-takeover-frozen-" });
+    try {
+      // Blocked in an update while draining (the drain ends meanwhile), and blocked in the final
+      // totals (the drain ended before any update): both at once, one step timeout in all.
+      const inUpdate = await frozenSuccessor(dir, "update.sock", 2);
+      const inFinal = await frozenSuccessor(dir, "final.sock", 1);
+      for (const { listener, conn, events } of [inUpdate, inFinal]) {
+        await withTimeout(listener.close(), STEP_TIMEOUT_MS + 20_000, "the old proxy's side");
+        assert.deepEqual(events, ["gone"]);
+        conn.close();
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
   },
 );
