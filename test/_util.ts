@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { freePorts } from "../scripts/free_port.ts";
 import type { Logger } from "@logtape/logtape";
 import { fileURLToPath } from "node:url";
 import type { Timers } from "../src/async/timers.ts";
@@ -94,42 +95,11 @@ export async function waitUntil(
 }
 
 /**
- * The kernel's ephemeral ports (`net.ipv4.ip_local_port_range`): where port-0 listeners and the
- * source ports of outgoing connections come from.
- */
-const EPHEMERAL_LOW = (() => {
-  try {
-    const low = Number(
-      Deno.readTextFileSync("/proc/sys/net/ipv4/ip_local_port_range").split(/\s+/)[0],
-    );
-    return Number.isInteger(low) && low > 10_000 ? low : 32_768;
-  } catch {
-    return 32_768;
-  }
-})();
-
-/** Ports {@linkcode freePort} gave out in this process: never twice. */
-const portsGiven = new Set<number>();
-
-/**
- * A port on 127.0.0.1 that was free a moment ago (bound, closed), for a child to bind later. It is
- * taken below the kernel's ephemeral range, so that no port-0 listener and no outgoing
- * connection's source port can take it meanwhile (one from port 0 could be any connection's
- * source port by the time the child binds it).
+ * A port on 127.0.0.1 that was free a moment ago, for a child to bind later: below the kernel's
+ * ephemeral range, so that nothing else takes it meanwhile (`scripts/free_port.ts`).
  */
 export function freePort(): number {
-  for (let attempt = 0; attempt < 1000; attempt++) {
-    const port = EPHEMERAL_LOW - 10_000 + Math.floor(Math.random() * 10_000);
-    if (portsGiven.has(port)) continue;
-    try {
-      Deno.listen({ hostname: "127.0.0.1", port }).close();
-    } catch {
-      continue; // someone else's
-    }
-    portsGiven.add(port);
-    return port;
-  }
-  throw new Error(`no free port in ${EPHEMERAL_LOW - 10_000}..${EPHEMERAL_LOW - 1}`);
+  return freePorts(1)[0];
 }
 
 /** Something {@linkcode LineReader} can read bytes from. */

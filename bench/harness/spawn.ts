@@ -6,6 +6,7 @@
  * @module
  */
 import { Child } from "../../scripts/child.ts";
+import { freePorts as freePortsBelowEphemeral } from "../../scripts/free_port.ts";
 
 /** The address every bench process listens on. */
 export const HOST = "127.0.0.1";
@@ -43,12 +44,9 @@ export function spawnProcess(command: string, args: string[], options: SpawnOpti
   });
 }
 
-/** `count` distinct free ports (all held open at once, so none is handed out twice). */
+/** `count` distinct free ports on {@linkcode HOST}, below the ephemeral range (`scripts/free_port.ts`). */
 export function freePorts(count: number): number[] {
-  const listeners = Array.from({ length: count }, () => Deno.listen({ hostname: HOST, port: 0 }));
-  const ports = listeners.map((l) => l.addr.port);
-  for (const l of listeners) l.close();
-  return ports;
+  return freePortsBelowEphemeral(count, HOST);
 }
 
 /**
