@@ -62,7 +62,13 @@ async function signed(dir: string, name: string, subject: string, ext: string): 
     "ca.pem",
     "-CAkey",
     "ca.key",
-    "-CAcreateserial",
+    // A serial of its own: with -CAcreateserial, certificates signed at once race on ca.srl (a CI
+    // run saw "Unable to load number from ca.srl").
+    "-set_serial",
+    `0x${
+      Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, "0"))
+        .join("")
+    }`,
     "-out",
     `${name}.pem`,
     "-days",

@@ -566,7 +566,8 @@ Deno.test("foo-proxy proxy: an --upstream-* flag without --upstream-tls, or an -
 
 Deno.test("the tools' --ca: a file with no usable certificate is refused before any connection", async () => {
   await using certs = await makeCertificates();
-  for (const path of [certs.clientKey, `${certs.dir}/ca.srl`]) {
+  await Deno.writeTextFile(`${certs.dir}/serial.txt`, "5F3A9C0D21E4B7A8\n"); // text, not PEM
+  for (const path of [certs.clientKey, `${certs.dir}/serial.txt`]) {
     await assert.rejects(
       tlsClientOptions({ caFile: path, serverName: null }),
       /holds no usable certificate: no PEM certificate in it/,
