@@ -270,13 +270,15 @@ Deno.test("health checks run once for the process: 3 workers probe an upstream n
   const interval = 150;
   // Checks run with more than one upstream; a probe is a connection the upstream counts.
   const elapsed = async (workers: number) => {
-    const startConnections = a.accepted;
     const { child } = await spawnWorkers(a.addr.port, [
       `--workers=${workers}`,
       `--forward=${LOCAL}:${b.addr.port}`, // with spawnWorkers' own: a and b
       `--health-interval=${interval}ms`,
     ]);
     await using _child = child;
+    // Counted from here, not from the spawn: probes made before this test saw the proxy listen
+    // (a loaded machine reads its log late) would shorten the time measured.
+    const startConnections = a.accepted;
     const started = performance.now();
     await waitUntil(() => a.accepted - startConnections >= 8, "8 probes", 20_000);
     const ms = performance.now() - started;
@@ -284,8 +286,8 @@ Deno.test("health checks run once for the process: 3 workers probe an upstream n
     await child.status();
     return ms;
   };
-  // 8 probes at one per interval (jittered ±10 %, the first spread over one interval) take at
-  // least ~6 intervals; a worker each probing would take a third of that with 3 workers.
+  // 8 probes at one per interval (jittered ±10 %) take at least 7 × 0.9 intervals after the
+  // first; a worker each probing would take a third of that with 3 workers.
   for (const workers of [1, 3]) {
     const ms = await elapsed(workers);
     assert.ok(ms >= 6 * interval * 0.9, `--workers ${workers}: 8 probes in ${ms.toFixed(0)} ms`);
@@ -589,13 +591,16 @@ Deno.test("a worker that crashes leaves its last counts, and stderr stays one JS
 
 Deno.test("a worker waiting to be replaced (it died young) shows no connections in the per-worker rows", async () => {
   await using upstream = await startUpstream();
+  // A death within a minute of the start is young (not the usual second): on a loaded machine
+  // the clients, round trips and /stats below can take longer than a second.
   const { child, port, http } = await spawnWorkers(upstream.addr.port, ["--workers=2"], {
-    env: { FOO_PROXY_TEST_HOOKS: "1" },
+    env: { FOO_PROXY_TEST_HOOKS: "1", FOO_PROXY_TEST_YOUNG_MS: "60000" },
   });
   await using _child = child;
   await crashWorker(http, 0);
-  await child.stderr.waitFor(/Data-plane worker 0 replaced/);
-  // Within a second of its start: its next death waits for a backoff before the replacement.
+  // Young already (within that minute): replaced after the first backoff, a second.
+  await child.stderr.waitFor(/Data-plane worker 0 replaced/, 20_000);
+  // Young: its next death waits for a backoff before the replacement.
   const clients = await openClients(port, 20);
   try {
     for (const client of clients) assert.ok(await client.roundTrip());

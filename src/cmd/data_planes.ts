@@ -47,6 +47,11 @@ export interface DataPlanesOptions {
   testHooks?: "crash" | "freeze";
   /** Time between two copies of a plane's stats into its row, in ms. @default {100} */
   flushMs?: number;
+  /**
+   * A plane that dies within this long of its start died young: it is replaced after a growing
+   * backoff (a crash loop), not at once. In ms. @default {1000}
+   */
+  youngMs?: number;
   /** `--upstream-tls`, its files read (see `PlaneInit.upstreamTls`). Unset: plain TCP. */
   upstreamTls?: UpstreamTls;
   /** The key pair to terminate TLS with (`--tls-cert`); unset: plain TCP. */
@@ -715,7 +720,7 @@ export class DataPlanes {
       return;
     }
     this.#options.own.workerRestarts++;
-    const young = performance.now() - slot.startedAt < 1000;
+    const young = performance.now() - slot.startedAt < (this.#options.youngMs ?? 1000);
     const delayMs = young ? Math.min(30_000, 1000 * 2 ** Math.min(slot.restarts, 5)) : 0;
     this.#options.logger.error(
       "Data-plane worker {worker} died ({error}); its {open} connection(s) were closed; {next}",

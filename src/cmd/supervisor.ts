@@ -171,6 +171,11 @@ class Supervisor {
   #configText: string | undefined;
   /** `FOO_PROXY_TEST_HOOKS`: 1, the crash hook crashes a worker; freeze: it makes one spin. */
   #testHooks = testHooksOf(denoEnvReader()("FOO_PROXY_TEST_HOOKS"));
+  /**
+   * `FOO_PROXY_TEST_YOUNG_MS` (with the test hooks only): how soon a worker's death counts as a
+   * crash loop, for a test that must do more than a loaded machine does in the usual second.
+   */
+  #youngMs = this.#testHooks ? positiveMs(denoEnvReader()("FOO_PROXY_TEST_YOUNG_MS")) : undefined;
   /** `--tls-cert`: the key pair serving now and the handshake deadline it went with. */
   #tls: { pair: TlsKeyPair; handshakeTimeoutMs: number } | undefined;
   /** `--takeover`: the exchange with the running proxy, until this one serves and commits it. */
@@ -979,6 +984,7 @@ class Supervisor {
       },
       onPassive: (name, kind) => this.#pool.passive(name, kind),
       testHooks: this.#testHooks,
+      youngMs: this.#youngMs,
       upstreamTls: this.#upstreamTls,
       tls: this.#tls?.pair,
       share: this.#takeover !== undefined,
@@ -1459,4 +1465,9 @@ const WATCH_WHY = "the file changed";
 
 function testHooksOf(value: string | undefined): "crash" | "freeze" | undefined {
   return value === "1" ? "crash" : value === "freeze" ? "freeze" : undefined;
+}
+
+function positiveMs(value: string | undefined): number | undefined {
+  const ms = Number(value);
+  return value !== undefined && Number.isSafeInteger(ms) && ms > 0 ? ms : undefined;
 }
