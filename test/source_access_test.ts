@@ -230,24 +230,25 @@ Deno.test("--rate-limit-per-source 200: two pipelining clients of one source sha
   await using _ = child;
   // 2 × 300 REQs at once from 127.0.0.1: the burst (200) at once, the other 400 at 200/s.
   const limited = boundClient("127.0.0.1", port, 300, 2);
-  // Once 127.0.0.1 waits for tokens, another source pipelines 150 REQs (within its own burst):
-  // a bucket shared by every source would hold them 0.75 s at least.
+  // Once 127.0.0.1 waits for tokens, another source pipelines 190 REQs (within its own burst):
+  // a bucket shared by every source would hold them 0.95 s at least.
   await waitUntil(async () => {
     return (await usr2Stats(child)).rate_limit_pauses > 0;
   }, "127.0.0.1 to run out of tokens");
-  const other = await boundClient("127.0.0.2", port, 150, 1);
+  const other = await boundClient("127.0.0.2", port, 190, 1);
   const seen = await limited;
   assert.ok(served(seen, 300), JSON.stringify(seen));
   // (600 - 200) / 200 = 2 s at the least; a shared machine may add some.
-  assert.ok(seen.seconds >= 1.8 && seen.seconds <= 4, `${seen.seconds} s for 600 REQs`);
+  assert.ok(seen.seconds >= 1.8 && seen.seconds <= 6, `${seen.seconds} s for 600 REQs`);
   const rate = 400 / seen.seconds;
   assert.ok(rate <= 220, `${rate} REQ/s past the burst`);
-  assert.ok(served(other, 150), JSON.stringify(other));
-  assert.ok(other.seconds < 0.5, `another source took ${other.seconds} s`);
+  assert.ok(served(other, 190), JSON.stringify(other));
+  // Under 0.9 s, not 0.5: a loaded machine alone can take half a second for 190 round trips.
+  assert.ok(other.seconds < 0.9, `another source took ${other.seconds} s`);
   const stats = await usr2Stats(child);
   assert.ok(stats.rate_limit_pauses > 0);
-  assert.equal(stats.msg_req, 750);
-  assert.equal(stats.msg_ack, 750);
+  assert.equal(stats.msg_req, 790);
+  assert.equal(stats.msg_ack, 790);
   child.kill("SIGTERM");
   assert.equal((await child.status()).code, 0);
 });
