@@ -281,15 +281,20 @@ takeoverTest(
     assert.equal(total.takeover_failures, 0);
     assert.ok(!old.stderr.text.includes("ERROR"), old.stderr.text);
 
-    next.kill("SIGTERM");
-    const last = JSON.parse((await next.readLine(20_000)) ?? "null");
-    assert.equal((await next.status()).code, 0, next.stderr.text);
+    const saved = await savedOnStop(s, next);
+    assert.equal(saved, reqs, "the recovery file holds both proxies' totals");
+    const last = JSON.parse((await next.readLine()) ?? "null");
     assert.equal(last.msg_req, reqs);
-    const saved = JSON.parse(await Deno.readTextFile(s.recovery));
-    assert.equal(saved.totals.msg_req, reqs, "the recovery file holds both proxies' totals");
     await assert.rejects(Deno.lstat(`${s.pidFile}.sock`), Deno.errors.NotFound);
   },
 );
+
+/** Stops `proxy` (SIGTERM, exit 0); the `msg_req` its recovery file holds then. */
+async function savedOnStop(s: Setup, proxy: MainProcess): Promise<number> {
+  proxy.kill("SIGTERM");
+  assert.equal((await proxy.status(20_000)).code, 0, proxy.stderr.text);
+  return JSON.parse(await Deno.readTextFile(s.recovery)).totals.msg_req;
+}
 
 /** `count` REQs on a new connection, every reply read; resolves when all are answered. */
 async function exchange(port: number, count: number): Promise<void> {
@@ -736,10 +741,7 @@ takeoverTest(
     const rows =
       (await stats(s.http) as unknown as { upstreams: { requests: number }[] }).upstreams;
     assert.equal(rows[0].requests, 30, "the old proxy's 25 REQs and the new one's 5");
-    next.kill("SIGTERM");
-    assert.equal((await next.status(20_000)).code, 0, next.stderr.text);
-    const saved = JSON.parse(await Deno.readTextFile(s.recovery));
-    assert.equal(saved.totals.msg_req, 30, "the new proxy's recovery file holds both");
+    assert.equal(await savedOnStop(s, next), 30, "the new proxy's recovery file holds both");
   },
 );
 
@@ -795,10 +797,7 @@ takeoverTest(
     const total = await stats(s.http);
     assert.equal(total.msg_req, 10, "the old proxy's 9 REQs and the new one's 1");
     assert.equal(total.msg_ack + total.msg_nak, 10);
-    next.kill("SIGTERM");
-    assert.equal((await next.status(20_000)).code, 0, next.stderr.text);
-    const saved = JSON.parse(await Deno.readTextFile(s.recovery));
-    assert.equal(saved.totals.msg_req, 10, "the recovery file never goes back");
+    assert.equal(await savedOnStop(s, next), 10, "the recovery file never goes back");
   },
 );
 
